@@ -1,0 +1,17 @@
+"""Evaluate a checkpoint: python evaluate.py ckpt=<path> [split=test|val|train|all] [data.root=<folder>]"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from lungnet.cli import run_safely
+    from lungnet.evaluation.run import evaluate
+
+    run_safely(evaluate, cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Training callbacks: freeze-then-unfreeze fine-tuning, figures to TensorBoard, atomic checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import os
+from weakref import proxy
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+from pytorch_lightning.callbacks import BaseFinetuning, ModelCheckpoint  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class FreezeUnfreeze(BaseFinetuning):
+    """Trains the head alone for ``unfreeze_at_epoch`` epochs, then the backbone at ``lr * backbone_lr_mult``.
+
+    Args:
+        unfreeze_at_epoch: first epoch that trains the backbone.
+        backbone_lr_mult: backbone learning rate as a fraction of the head's current one.
+        train_bn: keep BatchNorm layers trainable while frozen.
+    """
+
+    def __init__(self, unfreeze_at_epoch: int = 1, backbone_lr_mult: float = 0.1, train_bn: bool = False) -> None:
+        super().__init__()
+        self.unfreeze_at_epoch = unfreeze_at_epoch
+        self.backbone_lr_mult = backbone_lr_mult
+        self.train_bn = train_bn
+
+    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
+        self.freeze(pl_module.model.backbone, train_bn=self.train_bn)
+
+    def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer) -> None:
+        if epoch == self.unfreeze_at_epoch:
+            lr = optimizer.param_groups[0]["lr"] * self.backbone_lr_mult
+            log.info("Epoch %d: unfreezing the backbone at lr %.2e", epoch, lr)
+            self.unfreeze_and_add_param_group(
+                pl_module.model.backbone, optimizer, lr=lr, train_bn=True, initial_denom_lr=1.0
+            )
+
+
+class AtomicCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that writes to a temporary file and renames it, so a crash never leaves a torn file."""
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        tmp = f"{filepath}.tmp"
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+
+def confusion_figure(cm: np.ndarray, labels: list[str], title: str = "Confusion matrix") -> plt.Figure:
+    """Counts with row-normalised colour; rows are true classes."""
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = 2.2 + 0.8 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="Predicted", ylabel="True", title=title)
+    ax.set_xticklabels(labels, rotation=35, ha="right")
+    ax.set_yticklabels(labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{norm[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    fig.tight_layout()
+    return fig
+
+
+class FigureLogger(pl.Callback):
+    """Logs a confusion matrix and a grid of sample predictions to TensorBoard after validation.
+
+    Args:
+        every_n_epochs: how often.
+        n_samples: images in the sample grid.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, n_samples: int = 8) -> None:
+        self.every_n_epochs = every_n_epochs
+        self.n_samples = n_samples
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.current_epoch % self.every_n_epochs:
+            return
+        experiment = getattr(trainer.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_figure"):
+            return
+        dm = trainer.datamodule
+        if dm is None or "val" not in dm.datasets:
+            return
+        ds = dm.datasets["val"]
+        idx = np.linspace(0, len(ds) - 1, min(len(ds), 256)).astype(int)
+        batch = [ds[int(i)] for i in idx]
+        x = torch.stack([b["image"] for b in batch]).to(pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            probs = pl_module.probabilities(pl_module(x).float()).cpu()
+        pl_module.train(was_training)
+        labels = pl_module.labels
+        step = trainer.current_epoch
+        if not pl_module.multilabel:
+            targets = torch.stack([b["target"] for b in batch])
+            cm = np.zeros((len(labels), len(labels)), dtype=int)
+            np.add.at(cm, (targets.numpy(), probs.argmax(1).numpy()), 1)
+            experiment.add_figure(
+                "val/confusion_matrix", confusion_figure(cm, labels, f"Validation sample, epoch {step}"), step
+            )
+        experiment.add_figure("val/samples", self._samples(x.cpu(), probs, batch, labels, pl_module.multilabel), step)
+
+    def _samples(self, x, probs, batch, labels, multilabel) -> plt.Figure:
+        n = min(self.n_samples, len(x))
+        cols = min(4, n)
+        rows = (n + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
+        for k, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if k >= n:
+                continue
+            img = x[k, 0].numpy()
+            ax.imshow(img, cmap="gray")
+            pred = int(probs[k].argmax())
+            if multilabel:
+                title = f"top: {labels[pred]} {probs[k, pred]:.2f}"
+                color = "black"
+            else:
+                true = int(batch[k]["target"])
+                title = f"pred {labels[pred]} {probs[k, pred]:.2f}\ntrue {labels[true]}"
+                color = "green" if pred == true else "red"
+            ax.set_title(title, fontsize=9, color=color)
+        fig.tight_layout()
+        return fig

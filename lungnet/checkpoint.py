@@ -1,0 +1,92 @@
+"""Self-describing checkpoints: read safely (``weights_only=True``) and rebuild the model from them alone."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lungnet.models.registry import Classifier, create_model
+from lungnet.models.specs import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why."""
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, with everything the checkpoint says about itself."""
+
+    model: Classifier
+    spec: ModelSpec
+    labels: list[str]
+    multilabel: bool
+    data: dict
+    hparams: dict
+    path: Path
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """Per-class decision thresholds (operating point) when the run fitted them."""
+        return self.hparams.get("thresholds")
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sigmoid for multi-label, softmax otherwise."""
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Loads a checkpoint dict with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: missing file, pickled objects inside (refused), or not a lungnet checkpoint.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"Refusing to load {path}: it holds pickled Python objects, which could run code "
+            f"(only plain tensors and types are accepted; weights_only=True). Details: {exc}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"Checkpoint {path} is corrupt or truncated: {exc}") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "spec" not in ckpt.get("hyper_parameters", {}):
+        raise CheckpointError(f"{path} is not a lungnet checkpoint (no state_dict / hyper_parameters.spec)")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Rebuilds the trained model from a checkpoint alone (no config, no weights download)."""
+    ckpt = read_checkpoint(path)
+    hp = ckpt["hyper_parameters"]
+    spec = ModelSpec.from_dict(hp["spec"])
+    opts = {k: v for k, v in hp["model"].items() if k not in {"pretrained", "weights", "cache_dir", "name"}}
+    model = create_model(hp["model"]["name"], num_classes=len(hp["labels"]), **opts)
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit model {hp['model']['name']}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.spec = spec
+    model.eval()
+    return LoadedModel(
+        model=model,
+        spec=spec,
+        labels=list(hp["labels"]),
+        multilabel=bool(hp["multilabel"]),
+        data=dict(hp.get("data") or {}),
+        hparams=dict(hp),
+        path=Path(path),
+    )

@@ -1,0 +1,1 @@
+"""Datasets, image reading, splits and the DataModule."""

@@ -1,0 +1,221 @@
+"""One LightningDataModule for every source: scan -> check -> split -> Datasets -> DataLoaders.
+
+At setup it scans the source, lists unreadable files (``bad_files.csv``), assigns seeded
+stratified/patient-grouped splits, reports duplicate images and shared patients across splits
+(``data_report.json``) and writes the split files into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from lungnet.data.checks import enforce_no_test_leak, handle_bad_files, leakage_report, scan_files
+from lungnet.data.dataset import XrayDataset
+from lungnet.data.sources import DataError, Source, create_source
+from lungnet.data.splits import assign_splits, write_splits
+from lungnet.data.transforms import Normalize, build_transform, make_pipeline
+from lungnet.models.specs import ModelSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "options": {},
+    "image_size": None,
+    "resize": "squash",
+    "val_fraction": 0.1,
+    "test_fraction": 0.0,
+    "carve_val": False,
+    "cv_folds": 0,
+    "cv_fold": 0,
+    "batch_size": 32,
+    "num_workers": 0,
+    "pin_memory": False,
+    "persistent_workers": False,
+    "balance": "none",
+    "on_bad_file": "skip",
+    "verify": True,
+    "allow_leakage": False,
+    "intensity_check": True,
+}
+
+
+def make_source(cfg: dict) -> Source:
+    """The configured source (``cfg["source"]``, ``cfg["root"]``, ``cfg["options"]``)."""
+    return create_source(cfg["source"], cfg["root"], **dict(cfg.get("options") or {}))
+
+
+class LungDataModule(pl.LightningDataModule):
+    """Data for one run.
+
+    Args:
+        cfg: the ``data`` config (see ``conf/data/*.yaml``; missing keys take `DEFAULTS`).
+        spec: the model's spec (input size, mean/std, channels).
+        seed: split seed.
+        augment: albumentations steps for training (Hydra dicts).
+        run_dir: where split files and reports are written (None: nowhere).
+    """
+
+    def __init__(
+        self, cfg: dict, spec: ModelSpec, seed: int = 0, augment: list | None = None, run_dir: str | Path | None = None
+    ) -> None:
+        super().__init__()
+        self.cfg = {**DEFAULTS, **dict(cfg)}
+        self.spec = spec
+        self.seed = seed
+        self.augment = list(augment or [])
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.source = make_source(self.cfg)
+        self.labels: list[str] = list(self.source.labels)
+        self.multilabel = self.source.multilabel
+        self.image_size = int(self.cfg["image_size"] or spec.input_size)
+        self.table: pd.DataFrame | None = None
+        self.datasets: dict[str, XrayDataset] = {}
+        self.report: dict = {}
+
+    # ------------------------------------------------------------------ setup
+    def _is_writer(self) -> bool:
+        trainer = getattr(self, "_trainer", None)
+        return self.run_dir is not None and (trainer is None or trainer.is_global_zero)
+
+    def load_table(self, all_images: bool = False) -> pd.DataFrame:
+        """Scans, checks and splits the source (``all_images``: every image is split ``all``)."""
+        table = self.source.scan()
+        if table.empty:
+            raise DataError(f"No images found for dataset '{self.source.name}' under {self.source.root}")
+        writer = self._is_writer()
+        table = scan_files(table, verify=bool(self.cfg["verify"]))
+        report = self.run_dir / "bad_files.csv" if writer else None
+        table = handle_bad_files(table, self.cfg["on_bad_file"], report)
+        if all_images:
+            table["split"] = "all"
+            return table
+        table = assign_splits(
+            table,
+            self.seed,
+            self.cfg["val_fraction"],
+            self.cfg["test_fraction"],
+            self.cfg["carve_val"],
+            self.cfg["cv_folds"],
+            self.cfg["cv_fold"],
+        )
+        self.report = leakage_report(table)
+        self.report["sizes"] = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
+        self.report["class_counts"] = (
+            {s: table.loc[table["split"] == s, "label"].value_counts().to_dict() for s in ("train", "val", "test")}
+            if not self.multilabel
+            else {}
+        )
+        log.info(
+            "Dataset %s: %s; duplicates across splits %s; shared patients %s",
+            self.source.name,
+            self.report["sizes"],
+            self.report["duplicate_images"],
+            self.report["shared_patients"],
+        )
+        enforce_no_test_leak(self.report, bool(self.cfg["allow_leakage"]))
+        if self.report["sizes"]["train"] == 0:
+            raise DataError(f"Dataset '{self.source.name}' has no training images after splitting")
+        if writer:
+            write_splits(table, self.run_dir)
+            tmp = self.run_dir / ".data_report.json.tmp"
+            tmp.write_text(json.dumps(self.report, indent=2, default=str))
+            tmp.replace(self.run_dir / "data_report.json")
+        return table
+
+    def make_dataset(self, rows: pd.DataFrame, train: bool) -> XrayDataset:
+        """A Dataset over ``rows`` with the training or the evaluation pipeline."""
+        transform = build_transform(self.image_size, self.augment if train else None, self.cfg["resize"])
+        normalize = Normalize(self.spec.mean, self.spec.std, self.spec.in_chans)
+        return XrayDataset(rows, self.labels, self.multilabel, make_pipeline(transform, normalize))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is not None:
+            return
+        self.table = self.load_table()
+        for split in ("train", "val", "test"):
+            rows = self.table[self.table["split"] == split]
+            if len(rows):
+                self.datasets[split] = self.make_dataset(rows, train=split == "train")
+        if self.cfg["intensity_check"]:
+            self.check_intensity()
+
+    def check_intensity(self, n: int = 16) -> dict:
+        """Warns when normalised inputs look wrong (a common silent failure); returns the statistics."""
+        ds = self.datasets.get("val") or self.datasets["train"]
+        idx = np.linspace(0, len(ds) - 1, min(n, len(ds))).astype(int)
+        x = torch.stack([ds[int(i)]["image"] for i in idx])
+        stats = {"mean": float(x.mean()), "std": float(x.std())}
+        if abs(stats["mean"]) > 2.0 or not 0.1 < stats["std"] < 5.0:
+            log.warning(
+                "Normalised inputs look out of range (mean %.2f, std %.2f; expected roughly 0 and 1): "
+                "check the images' bit depth and the model's mean/std",
+                stats["mean"],
+                stats["std"],
+            )
+        return stats
+
+    # ------------------------------------------------------------ class balance
+    def class_weights(self) -> list[float] | None:
+        """Inverse-frequency loss weights from the train split (None unless ``balance=loss``).
+
+        Multi-label: ``pos_weight`` = negatives / positives per label.
+        """
+        if self.cfg["balance"] not in {"none", "loss", "sampler"}:
+            raise DataError(f"data.balance must be none, loss or sampler, got {self.cfg['balance']!r}")
+        if self.cfg["balance"] != "loss":
+            return None
+        ds = self.datasets["train"]
+        counts = ds.class_counts().astype(np.float64)
+        if self.multilabel:
+            known = (~torch.isnan(ds.targets)).sum(0).numpy()
+            return (np.maximum(known - counts, 1) / np.maximum(counts, 1)).tolist()
+        weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+        return weights.tolist()
+
+    def _sampler(self) -> WeightedRandomSampler | None:
+        if self.cfg["balance"] != "sampler" or self.multilabel:
+            return None
+        ds = self.datasets["train"]
+        per_class = 1.0 / np.maximum(ds.class_counts(), 1)
+        weights = per_class[ds.targets.numpy()]
+        gen = torch.Generator().manual_seed(self.seed)
+        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(ds), generator=gen)
+
+    # ------------------------------------------------------------- loaders
+    def loader(self, split: str, shuffle: bool = False, sampler=None) -> DataLoader:
+        """DataLoader over one split (``train``, ``val``, ``test``)."""
+        if split not in self.datasets:
+            raise DataError(
+                f"Dataset '{self.source.name}' has no '{split}' split (available: {', '.join(self.datasets)})"
+            )
+        workers = int(self.cfg["num_workers"])
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=int(self.cfg["batch_size"]),
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=bool(self.cfg["pin_memory"]),
+            persistent_workers=bool(self.cfg["persistent_workers"]) and workers > 0,
+            generator=gen,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = self._sampler()
+        return self.loader("train", shuffle=sampler is None, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")

@@ -1,0 +1,357 @@
+"""One class per dataset: finds the files and their labels and returns them as a table.
+
+A source turns a data root into a `pandas.DataFrame` with one row per image:
+
+- ``path``: absolute file path;
+- ``label``: the canonical label (single-label) or the raw finding string (multi-label);
+- ``target``: the class index (single-label only);
+- one float column per label for multi-label sources (1, 0 or NaN for unknown);
+- ``patient``: a patient id when the dataset has one (splits never cut a patient in two);
+- ``split``: ``train``/``val``/``test``/``trainval`` when the dataset ships a split, else empty.
+
+A new dataset is one class here plus one YAML file in ``conf/data/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+from lungnet import labels as L
+from lungnet.data.images import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+class DataError(ValueError):
+    """A data set that cannot be used as configured; the message says what to do."""
+
+
+def walk_images(folder: Path) -> list[Path]:
+    """All image files below ``folder``, sorted, following symlinked folders once (loops are skipped)."""
+    seen: set[str] = set()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            log.warning("Skipping %s: symlink loop (already visited %s)", dirpath, real)
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        for name in filenames:
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+                found.append(Path(dirpath) / name)
+    return sorted(found)
+
+
+class Source:
+    """Base class: a dataset on disk.
+
+    Subclasses set `labels`, `multilabel`, `citation` and `download`, and implement `scan`.
+    """
+
+    name: ClassVar[str] = ""
+    labels: ClassVar[list[str]] = []
+    multilabel: ClassVar[bool] = False
+    citation: ClassVar[str] = ""
+    download: ClassVar[str] = ""
+
+    def __init__(self, root: str | os.PathLike, **options) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.options = options
+
+    def check_root(self) -> None:
+        """Raises `DataError` naming the path, the dataset and where to get it when the root is missing."""
+        if not self.root.is_dir():
+            raise DataError(
+                f"Data root for dataset '{self.name}' not found: {self.root}\n"
+                f"  Get it from: {self.download}\n"
+                f"  Then pass data.root=/path/to/it (or set LUNGNET_DATA to the folder that holds it)."
+            )
+
+    def scan(self) -> pd.DataFrame:
+        """Returns the image table (see the module docstring)."""
+        raise NotImplementedError
+
+
+class FolderSource(Source):
+    """Class-folder datasets: ``<root>/{train,val,test}/<class>/*`` or flat ``<root>/<class>/*``.
+
+    Folder names are matched to the canonical labels case- and punctuation-insensitively and
+    through `lungnet.labels` aliases. Folders that match no label are an error (they usually mean
+    the wrong dataset or a typo), as are empty class folders and classes missing from a split.
+    """
+
+    def _class_folders(self, folder: Path) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            label = L.match_label(sub.name, self.labels)
+            if label is None:
+                raise DataError(
+                    f"Folder {sub} does not match any label of dataset '{self.name}' "
+                    f"(labels: {', '.join(self.labels)}). Rename it, or pick the right data=... config."
+                )
+            if label in out:
+                raise DataError(f"Folders {out[label]} and {sub} both map to label '{label}' in {folder}")
+            out[label] = sub
+        return out
+
+    def scan(self) -> pd.DataFrame:
+        self.check_root()
+        subdirs = {p.name: p for p in self.root.iterdir() if p.is_dir()}
+        split_dirs = {SPLIT_ALIASES[n.lower()]: p for n, p in subdirs.items() if n.lower() in SPLIT_ALIASES}
+        layout = split_dirs if split_dirs else {"": self.root}
+        rows = []
+        classes_per_split = {}
+        for split, folder in sorted(layout.items()):
+            classes = self._class_folders(folder)
+            if not classes:
+                raise DataError(
+                    f"No class folders found in {folder} for dataset '{self.name}' "
+                    f"(expected folders named like: {', '.join(self.labels)})"
+                )
+            classes_per_split[split or "all"] = set(classes)
+            for label, class_dir in classes.items():
+                files = walk_images(class_dir)
+                if not files:
+                    raise DataError(f"Class folder {class_dir} is empty (no image files): remove it or add images")
+                rows += [{"path": str(f), "label": label, "split": split} for f in files]
+        sets = list(classes_per_split.values())
+        if any(s != sets[0] for s in sets):
+            detail = "; ".join(f"{k}: {sorted(v)}" for k, v in classes_per_split.items())
+            raise DataError(f"Classes differ between splits of {self.root} ({detail}): every split needs every class")
+        table = pd.DataFrame(rows)
+        table["target"] = table["label"].map({lab: i for i, lab in enumerate(self.labels)}).astype(int)
+        table["patient"] = ""
+        return table
+
+
+class LabelledFolderSource(FolderSource):
+    """Any ``<root>/<class>/*`` folder for a given label list (e.g. an external test set for a checkpoint)."""
+
+    name = "folder"
+
+    def __init__(self, root: str | os.PathLike, labels: list[str], **options) -> None:
+        super().__init__(root, **options)
+        self.labels = list(labels)
+        self.download = "your own folder with one sub-folder per class"
+
+
+class PneumoniaSource(FolderSource):
+    """Kaggle "Chest X-Ray Images (Pneumonia)" (Kermany et al., pediatric CXR, Guangzhou).
+
+    Labels: NORMAL, PNEUMONIA. Layout ``{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg``; the official
+    val split has 16 images, so a stratified validation split is usually carved from train
+    (``data.carve_val=true``). PneumoniaMNIST (MedMNIST v2, 28 px) in the same layout works too.
+
+    Citation: Kermany D.S. et al., "Identifying Medical Diagnoses and Treatable Diseases by
+    Image-Based Deep Learning", Cell 172(5), 2018. PneumoniaMNIST: Yang J. et al., "MedMNIST v2",
+    Scientific Data 10, 2023.
+    """
+
+    name = "pneumonia"
+    labels = L.PNEUMONIA
+    citation = "Kermany et al., Cell 2018"
+    download = "https://www.kaggle.com/datasets/paultimothymooney/chest-xray-pneumonia (PneumoniaMNIST: https://zenodo.org/records/10519652)"
+
+
+class Lung5Source(FolderSource):
+    """Kaggle "Lung Disease Dataset (4 types)", five folders.
+
+    Labels: Bacterial Pneumonia, Corona Virus Disease, Normal, Tuberculosis, Viral Pneumonia.
+    Layout ``{train,val,test}/<class>/*``.
+
+    Citation: Kaggle dataset "omkarmanohardalvi/lungs-disease-dataset-4-types" (2023).
+    """
+
+    name = "lung5"
+    labels = L.LUNG5
+    citation = "Kaggle: Lung Disease Dataset (4 types)"
+    download = "https://www.kaggle.com/datasets/omkarmanohardalvi/lungs-disease-dataset-4-types"
+
+
+class Cxr4Source(FolderSource):
+    """Four-class curated chest X-ray folders: Normal, COVID-19, Pneumonia, Tuberculosis.
+
+    Folder names vary between curations (``COVID19``, ``TURBERCULOSIS``, ``NORMAL``...): aliases
+    map them onto the canonical labels. Without split folders an 80/20 stratified split is made.
+
+    Citation: Kaggle dataset "jtiptj/chest-xray-pneumoniacovid19tuberculosis" (curated from the
+    Kermany, COVID-19 Radiography and Shenzhen/Montgomery TB collections).
+    """
+
+    name = "cxr4"
+    labels = L.CXR4
+    citation = "Kaggle: Chest X-ray (Pneumonia, Covid-19, Tuberculosis)"
+    download = "https://www.kaggle.com/datasets/jtiptj/chest-xray-pneumoniacovid19tuberculosis"
+
+
+class DarkCovidNetSource(FolderSource):
+    """The three-class set of DarkCovidNet: Covid-19, No_findings, Pneumonia (flat class folders).
+
+    COVID-19 images come from the ieee8023 covid-chestxray-dataset, the others from NIH
+    ChestX-ray14: a model can learn the source rather than the disease; report that with results.
+
+    Citation: Ozturk T. et al., "Automated detection of COVID-19 cases using deep neural networks
+    with X-ray images", Computers in Biology and Medicine 121, 2020.
+    """
+
+    name = "darkcovidnet"
+    labels = L.DARKCOVIDNET
+    citation = "Ozturk et al., Comput Biol Med 2020"
+    download = "https://github.com/muhammedtalo/COVID-19 (X-Ray Image DataSet folder)"
+
+
+class SyntheticSource(FolderSource):
+    """SYNTHETIC phantoms generated by `lungnet.data.synthetic` (the offline default; not patients).
+
+    Labels: Normal, Consolidation, Cavity, Haze. The folder is generated on first use under the
+    data root (``images/<class>/`` with lesion masks in ``masks/<class>/``).
+    """
+
+    name = "synthetic"
+    labels = L.SYNTHETIC
+    citation = "lungnet synthetic phantoms (generated, no citation)"
+    download = "generated automatically by lungnet"
+
+    def scan(self) -> pd.DataFrame:
+        from lungnet.data.synthetic import generate
+
+        gen = {k: self.options[k] for k in ("n_per_class", "size", "seed") if k in self.options}
+        if self.root.is_dir() and any(self.root.iterdir()) and not (self.root / "manifest.json").exists():
+            raise DataError(f"{self.root} is not a lungnet synthetic data folder (no manifest.json), and lungnet "
+                            "will not generate phantoms into a folder that holds other files: choose another "
+                            "data.root, or split=all with a <root>/<class>/ folder")
+        generate(self.root, **gen)
+        root = self.root
+        self.root = root / "images"
+        try:
+            return super().scan()
+        finally:
+            self.root = root
+
+
+class NIHSource(Source):
+    """NIH ChestX-ray14 (Wang et al., CVPR 2017): 14 findings from ``Data_Entry_2017.csv``.
+
+    Layout: ``<root>/Data_Entry_2017.csv`` and the PNGs anywhere below ``<root>`` (``images/``,
+    ``images_001/images/``...). ``train_val_list.txt``/``test_list.txt``, when present, give the
+    official patient-wise split. Patient ids come from the ``Patient ID`` column.
+
+    Multi-label (``nih14``): one float target per finding in `lungnet.labels.NIH14` order.
+    Single-label (``nih6``, option ``findings``): images whose only finding (or "No Finding") is
+    one of the configured findings.
+
+    Citation: Wang X. et al., "ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on
+    Weakly-Supervised Classification and Localization of Common Thorax Diseases", CVPR 2017.
+    """
+
+    name = "nih14"
+    labels = L.NIH14
+    multilabel = True
+    citation = "Wang et al., CVPR 2017"
+    download = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
+
+    def _read_csv(self) -> pd.DataFrame:
+        self.check_root()
+        csv = self.root / self.options.get("csv", "Data_Entry_2017.csv")
+        if not csv.is_file():
+            raise DataError(f"NIH label file not found: {csv} (dataset '{self.name}'; get it from {self.download})")
+        entries = pd.read_csv(csv)
+        missing = {"Image Index", "Finding Labels", "Patient ID"} - set(entries.columns)
+        if missing:
+            raise DataError(f"{csv} lacks columns {sorted(missing)}: is it the official Data_Entry_2017.csv?")
+        files = {p.name: str(p) for p in walk_images(self.root)}
+        entries["path"] = entries["Image Index"].map(files)
+        n_missing = int(entries["path"].isna().sum())
+        if n_missing:
+            log.warning("%d of %d rows in %s have no image under %s: skipped", n_missing, len(entries), csv, self.root)
+        entries = entries.dropna(subset=["path"]).reset_index(drop=True)
+        if entries.empty:
+            raise DataError(f"None of the images listed in {csv} were found under {self.root}")
+        entries["patient"] = entries["Patient ID"].astype(str)
+        entries["split"] = ""
+        for fname, split in (("train_val_list.txt", "trainval"), ("test_list.txt", "test")):
+            lst = self.root / fname
+            if lst.is_file():
+                names = set(lst.read_text().split())
+                entries.loc[entries["Image Index"].isin(names), "split"] = split
+        return entries
+
+    def scan(self) -> pd.DataFrame:
+        entries = self._read_csv()
+        table = pd.DataFrame(
+            {
+                "path": entries["path"],
+                "label": entries["Finding Labels"],
+                "patient": entries["patient"],
+                "split": entries["split"],
+            }
+        )
+        findings = entries["Finding Labels"].str.split("|")
+        for lab in self.labels:
+            table[lab] = findings.map(lambda f, lab=lab: float(lab in f)).astype(np.float32)
+        return table
+
+
+class NIH6Source(NIHSource):
+    """NIH ChestX-ray14 single-label subset over a configurable list of findings (default six).
+
+    Keeps the images whose ``Finding Labels`` is exactly one of ``findings`` (``No Finding``
+    included when listed). Labels: the ``findings`` option in its order (default
+    `lungnet.labels.NIH6`). Split by patient. Citation: Wang et al., CVPR 2017.
+    """
+
+    name = "nih6"
+    multilabel = False
+
+    def __init__(self, root: str | os.PathLike, findings: list[str] | None = None, **options) -> None:
+        super().__init__(root, **options)
+        self.labels = list(findings or L.NIH6)
+        unknown = [f for f in self.labels if f not in L.NIH14 + ["No Finding"]]
+        if unknown:
+            raise DataError(f"Unknown NIH findings {unknown}; valid: {L.NIH14 + ['No Finding']}")
+
+    def scan(self) -> pd.DataFrame:
+        entries = self._read_csv()
+        keep = entries["Finding Labels"].isin(self.labels)
+        log.info("nih6: %d of %d images carry exactly one of %s", int(keep.sum()), len(entries), self.labels)
+        entries = entries[keep].reset_index(drop=True)
+        return pd.DataFrame(
+            {
+                "path": entries["path"],
+                "label": entries["Finding Labels"],
+                "target": entries["Finding Labels"].map(self.labels.index).astype(int),
+                "patient": entries["patient"],
+                "split": entries["split"],
+            }
+        )
+
+
+SOURCES: dict[str, type[Source]] = {
+    cls.name: cls
+    for cls in (PneumoniaSource, Lung5Source, Cxr4Source, DarkCovidNetSource, SyntheticSource, NIHSource, NIH6Source)
+}
+
+
+def create_source(name: str, root: str | os.PathLike, **options) -> Source:
+    """Builds the source registered under ``name``; unknown names list the valid ones."""
+    if name not in SOURCES:
+        raise DataError(f"Unknown dataset source '{name}'. Valid: {', '.join(sorted(SOURCES))}")
+    return SOURCES[name](root, **options)

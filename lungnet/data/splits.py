@@ -1,0 +1,144 @@
+"""Seeded, stratified and patient-grouped train/val/test splits, written to and read from disk.
+
+A patient never appears in two splits. The same table and seed always give the same split.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def _strat_key(table: pd.DataFrame) -> np.ndarray:
+    """Stratification key: the label, or the first finding for multi-label strings."""
+    return table["label"].astype(str).str.split("|").str[0].to_numpy()
+
+
+def _groups(table: pd.DataFrame) -> np.ndarray:
+    patient = table["patient"].astype(str)
+    # images without a patient id are their own group
+    return np.where(patient == "", "img:" + table.index.astype(str), "pat:" + patient)
+
+
+def holdout(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a stratified, patient-grouped held-out part of ``table``.
+
+    Args:
+        table: rows to split (needs ``label`` and ``patient``).
+        fraction: share of rows to hold out (0 < fraction < 1).
+        seed: random seed.
+
+    Returns:
+        A boolean array, True for held-out rows.
+    """
+    n_splits = max(2, round(1 / fraction))
+    y = _strat_key(table)
+    counts = pd.Series(y).value_counts()
+    # classes rarer than the fold count cannot be stratified: merge them into one bucket
+    y = np.where(pd.Series(y).map(counts).to_numpy() < n_splits, "__rare__", y)
+    groups = _groups(table)
+    x = np.zeros(len(table))
+    if len(set(groups)) == len(table):
+        splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, held = next(splitter.split(x, y))
+    else:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        _, held = next(splitter.split(x, y, groups))
+    mask = np.zeros(len(table), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def kfold(table: pd.DataFrame, n_folds: int, fold: int, seed: int) -> np.ndarray:
+    """Boolean mask of validation rows for fold ``fold`` of a stratified, patient-grouped k-fold."""
+    y, groups = _strat_key(table), _groups(table)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    _, held = list(splitter.split(np.zeros(len(table)), y, groups))[fold]
+    mask = np.zeros(len(table), dtype=bool)
+    mask[held] = True
+    return mask
+
+
+def assign_splits(
+    table: pd.DataFrame,
+    seed: int,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    carve_val: bool = False,
+    cv_folds: int = 0,
+    cv_fold: int = 0,
+) -> pd.DataFrame:
+    """Fills the ``split`` column with train/val/test.
+
+    Shipped splits are kept. Rows without one are divided: ``test_fraction`` becomes test (only
+    when the data set ships no test split), then ``val_fraction`` of the rest becomes val. A shipped
+    ``trainval`` part is divided into train and val. With ``carve_val`` a validation split is carved
+    from train even when the data set ships one (the shipped val is then dropped: e.g. the 16-image
+    official val of the Kaggle pneumonia set). With ``cv_folds`` > 1, val is fold ``cv_fold`` of a
+    k-fold over the non-test rows.
+
+    Args:
+        table: the source table.
+        seed: random seed for every random choice.
+        val_fraction: share of the non-test rows that becomes val.
+        test_fraction: share of all rows that becomes test when no test split is shipped.
+        carve_val: carve val from train even when a val split is shipped.
+        cv_folds: number of cross-validation folds (0 or 1: off).
+        cv_fold: which fold is val.
+
+    Returns:
+        A copy of the table with ``split`` in {train, val, test}.
+    """
+    table = table.copy().reset_index(drop=True)
+    split = table["split"].fillna("").astype(str).to_numpy().copy()
+    if carve_val and (split == "val").any():
+        log.info("Dropping the shipped val split (%d images): carving val from train instead", (split == "val").sum())
+        table = table[split != "val"].reset_index(drop=True)
+        split = split[split != "val"]
+    unassigned = split == ""
+    if test_fraction > 0 and not (split == "test").any() and unassigned.any():
+        idx = np.flatnonzero(unassigned)
+        held = holdout(table.iloc[idx], test_fraction, seed)
+        split[idx[held]] = "test"
+        unassigned = split == ""
+    pool = np.flatnonzero(unassigned | (split == "trainval") | ((split == "train") & (carve_val or cv_folds > 1)))
+    has_val = (split == "val").any()
+    if len(pool) and (cv_folds > 1 or carve_val or not has_val):
+        sub = table.iloc[pool]
+        held = kfold(sub, cv_folds, cv_fold, seed) if cv_folds > 1 else holdout(sub, val_fraction, seed + 1)
+        split[pool] = np.where(held, "val", "train")
+    split[split == ""] = "train"
+    split[split == "trainval"] = "train"
+    table["split"] = split
+    return table
+
+
+def check_patient_overlap(table: pd.DataFrame) -> dict[str, int]:
+    """Counts patients that appear in more than one split, per pair of splits."""
+    out = {}
+    with_id = table[table["patient"].astype(str) != ""]
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1 :]:
+            pa = set(with_id.loc[with_id["split"] == a, "patient"])
+            pb = set(with_id.loc[with_id["split"] == b, "patient"])
+            out[f"{a}/{b}"] = len(pa & pb)
+    return out
+
+
+def write_splits(table: pd.DataFrame, folder: str | Path) -> None:
+    """Writes ``<folder>/splits/{train,val,test}.csv`` (path, label, patient)."""
+    folder = Path(folder) / "splits"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        part = table.loc[table["split"] == name, ["path", "label", "patient"]]
+        tmp = folder / f".{name}.csv.tmp"
+        part.to_csv(tmp, index=False, encoding="utf-8", errors="surrogateescape")
+        tmp.replace(folder / f"{name}.csv")

@@ -1,0 +1,1 @@
+"""Evaluation: predictions over a split, metrics, plots and reports."""

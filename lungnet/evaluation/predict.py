@@ -1,0 +1,76 @@
+"""Run a model over a DataLoader and tabulate its predictions."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict_loader(
+    model: nn.Module, loader: DataLoader, multilabel: bool, device: str | torch.device = "cpu", desc: str = "Predicting"
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Probabilities, targets and paths for every item of ``loader`` (with a progress bar).
+
+    Returns:
+        (probs (N, C), targets (N,) or (N, C), paths).
+    """
+    model = model.to(device).eval()
+    probs, targets, paths = [], [], []
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        logits = model(batch["image"].to(device)).float()
+        p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
+        probs.append(p.cpu().numpy())
+        targets.append(batch["target"].numpy())
+        paths += list(batch["path"])
+    return np.concatenate(probs), np.concatenate(targets), paths
+
+
+def predictions_table(
+    paths: list[str],
+    probs: np.ndarray,
+    targets: np.ndarray | None,
+    labels: list[str],
+    multilabel: bool,
+    thresholds: list[float] | None = None,
+) -> pd.DataFrame:
+    """One row per image: file, true label(s), predicted label, probability per class, decision.
+
+    Single-label: ``predicted`` is the arg-max; with ``thresholds`` (one per class, an operating
+    point), ``decision`` lists the classes whose probability reaches their threshold.
+    Multi-label: ``predicted`` lists findings with probability >= threshold (0.5 by default).
+    """
+    table = pd.DataFrame({"path": paths})
+    if targets is not None:
+        if multilabel:
+            table["true"] = [
+                "|".join(lab for lab, t in zip(labels, row, strict=True) if t == 1) or "No Finding" for row in targets
+            ]
+        else:
+            table["true"] = [labels[int(t)] for t in targets]
+    thr = np.asarray(thresholds if thresholds is not None else [0.5] * len(labels), dtype=np.float64)
+    if multilabel:
+        table["predicted"] = [
+            "|".join(lab for lab, p, t in zip(labels, row, thr, strict=True) if p >= t) or "No Finding" for row in probs
+        ]
+    else:
+        table["predicted"] = [labels[int(i)] for i in probs.argmax(1)]
+        table["confidence"] = probs.max(1)
+        if thresholds is not None:
+            table["decision"] = [
+                "|".join(lab for lab, p, t in zip(labels, row, thr, strict=True) if p >= t) or "below threshold"
+                for row in probs
+            ]
+    if targets is not None and not multilabel:
+        table["correct"] = table["true"] == table["predicted"]
+    for j, lab in enumerate(labels):
+        table[f"p_{lab}"] = probs[:, j]
+    return table

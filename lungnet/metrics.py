@@ -1,0 +1,129 @@
+"""Classification metrics shared by training (torchmetrics, per step) and evaluation (on arrays).
+
+Single-label: accuracy, macro and per-class precision/recall/F1, AUROC and the confusion matrix.
+Multi-label: unknown targets (NaN) are masked; per-finding and macro AUROC, F1 at 0.5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+    MultilabelAUROC,
+    MultilabelF1Score,
+)
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_auroc,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+    multilabel_auroc,
+    multilabel_f1_score,
+)
+
+IGNORE = -1
+
+
+def metric_collection(num_classes: int, multilabel: bool) -> MetricCollection:
+    """Epoch-level metrics for the LightningModule (synced across DDP ranks by torchmetrics)."""
+    if multilabel:
+        return MetricCollection(
+            {
+                "auroc": MultilabelAUROC(num_labels=num_classes, average="macro", ignore_index=IGNORE),
+                "f1": MultilabelF1Score(num_labels=num_classes, average="macro", ignore_index=IGNORE),
+            }
+        )
+    kw = {"num_classes": num_classes}
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(average="micro", **kw),
+            "precision": MulticlassPrecision(average="macro", **kw),
+            "recall": MulticlassRecall(average="macro", **kw),
+            "f1": MulticlassF1Score(average="macro", **kw),
+            "auroc": MulticlassAUROC(average="macro", **kw),
+        }
+    )
+
+
+def mask_targets(targets: torch.Tensor) -> torch.Tensor:
+    """Multi-label float targets with NaN -> int targets with `IGNORE` for unknowns."""
+    return torch.where(torch.isnan(targets), torch.full_like(targets, IGNORE), targets).long()
+
+
+def _safe(fn, *args, **kwargs) -> list[float] | float:
+    value = fn(*args, **kwargs)
+    return value.tolist() if value.ndim else float(value)
+
+
+def compute_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], multilabel: bool) -> dict:
+    """All headline metrics from predicted probabilities.
+
+    Args:
+        probs: (N, C) probabilities (softmax for single-label, sigmoid for multi-label).
+        targets: (N,) class indices, or (N, C) floats with NaN for unknown.
+        labels: class names in output order.
+        multilabel: which of the two target layouts is given.
+
+    Returns:
+        A JSON-serialisable dict: headline numbers, ``per_class`` tables and (single-label) the
+        confusion matrix (rows: true class, columns: predicted).
+    """
+    p = torch.as_tensor(probs, dtype=torch.float32)
+    c = len(labels)
+    if multilabel:
+        t = mask_targets(torch.as_tensor(targets, dtype=torch.float32))
+        valid = [(t[:, j] != IGNORE).any() and t[t[:, j] != IGNORE, j].unique().numel() == 2 for j in range(c)]
+        per_auroc = multilabel_auroc(p, t, num_labels=c, average="none", ignore_index=IGNORE).tolist()
+        per_auroc = [a if ok else float("nan") for a, ok in zip(per_auroc, valid, strict=True)]
+        per_f1 = multilabel_f1_score(p, t, num_labels=c, average="none", ignore_index=IGNORE).tolist()
+        return {
+            "n": int(len(p)),
+            "auroc_macro": float(np.nanmean(per_auroc)) if any(valid) else float("nan"),
+            "f1_macro": float(np.mean(per_f1)),
+            "per_class": {
+                lab: {"auroc": a, "f1": f, "positives": int((t[:, j] == 1).sum())}
+                for j, (lab, a, f) in enumerate(zip(labels, per_auroc, per_f1, strict=True))
+            },
+        }
+    t = torch.as_tensor(targets, dtype=torch.long)
+    kw = {"num_classes": c}
+    present = torch.bincount(t, minlength=c) > 0
+    per_auroc = multiclass_auroc(p, t, average="none", **kw).tolist() if len(t) else [float("nan")] * c
+    per_auroc = [a if ok else float("nan") for a, ok in zip(per_auroc, present.tolist(), strict=True)]
+    per = {
+        "precision": multiclass_precision(p, t, average="none", **kw).tolist(),
+        "recall": multiclass_recall(p, t, average="none", **kw).tolist(),
+        "f1": multiclass_f1_score(p, t, average="none", **kw).tolist(),
+    }
+    cm = multiclass_confusion_matrix(p, t, **kw)
+    negatives = cm.sum() - cm.sum(0) - cm.sum(1) + cm.diag()
+    specificity = (negatives / (cm.sum() - cm.sum(1)).clamp(min=1)).tolist()
+    return {
+        "n": int(len(p)),
+        "accuracy": _safe(multiclass_accuracy, p, t, average="micro", **kw),
+        "precision_macro": float(np.mean(per["precision"])),
+        "recall_macro": float(np.mean(per["recall"])),
+        "f1_macro": float(np.mean(per["f1"])),
+        "auroc_macro": float(np.nanmean(per_auroc)) if any(present) else float("nan"),
+        "per_class": {
+            lab: {
+                "precision": per["precision"][j],
+                "recall": per["recall"][j],
+                "sensitivity": per["recall"][j],
+                "specificity": specificity[j],
+                "f1": per["f1"][j],
+                "auroc": per_auroc[j],
+                "support": int(cm[j].sum()),
+            }
+            for j, lab in enumerate(labels)
+        },
+        "confusion_matrix": cm.tolist(),
+    }

@@ -1,0 +1,183 @@
+"""The LightningModule: one model, its loss, optimiser and metrics; nothing dataset-specific.
+
+Everything it needs is stored as plain hyperparameters, so a checkpoint describes itself (model
+name and options, labels, spec, data and preprocessing config) and loads with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from lungnet.metrics import mask_targets, metric_collection
+from lungnet.models.registry import create_model
+
+log = logging.getLogger(__name__)
+
+OPTIM_DEFAULTS = {
+    "name": "adamw",
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "momentum": 0.9,
+    "backbone_lr_mult": 1.0,
+    "scheduler": "cosine",
+    "warmup_epochs": 0,
+    "plateau_patience": 2,
+    "plateau_factor": 0.1,
+    "min_lr": 1e-6,
+}
+
+
+class LitClassifier(pl.LightningModule):
+    """Chest X-ray classifier.
+
+    Args:
+        model: model options for `create_model` (name, pretrained, weights, in_chans, ...).
+        labels: class names in output order.
+        multilabel: sigmoid/BCE (NaN-masked) instead of softmax/CE.
+        optim: optimiser and scheduler options (see `OPTIM_DEFAULTS`).
+        label_smoothing: CE label smoothing.
+        class_weights: per-class CE weights, or BCE ``pos_weight`` for multi-label.
+        max_epochs: used by the cosine schedule.
+        data: the data config (stored so the checkpoint can rebuild the data pipeline).
+        extra: anything else to keep in the checkpoint (plain types).
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        labels: list[str],
+        multilabel: bool = False,
+        optim: dict | None = None,
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+        max_epochs: int = 10,
+        data: dict | None = None,
+        extra: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        opts = {k: v for k, v in model.items() if k not in {"pretrained"}}
+        # weights are loaded only when training starts from scratch; a checkpoint restores them anyway
+        self.model = create_model(num_classes=len(labels), pretrained=bool(model.get("pretrained", False)), **opts)
+        self.spec = self.model.spec
+        self.hparams["spec"] = self.spec.to_dict()
+        self.labels = list(labels)
+        self.multilabel = multilabel
+        self.optim = {**OPTIM_DEFAULTS, **(optim or {})}
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        metrics = metric_collection(len(labels), multilabel)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.train_acc = metric_collection(len(labels), multilabel).clone(prefix="train/")
+
+    def set_class_weights(self, weights: list[float] | None) -> None:
+        """Sets loss weights from the data (kept in the checkpoint's hyperparameters)."""
+        self.hparams["class_weights"] = weights
+        self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.device) if weights else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sigmoid for multi-label, softmax otherwise."""
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """CE (weights, label smoothing) or BCE-with-logits over known targets only."""
+        logits = logits.float()
+        if not self.multilabel:
+            return F.cross_entropy(
+                logits, target, weight=self.class_weights, label_smoothing=float(self.hparams.label_smoothing)
+            )
+        known = ~torch.isnan(target)
+        if not known.any():
+            return logits.sum() * 0.0
+        pos_weight = self.class_weights.expand_as(logits)[known] if self.class_weights is not None else None
+        return F.binary_cross_entropy_with_logits(logits[known], target[known], pos_weight=pos_weight)
+
+    def _metric_target(self, target: torch.Tensor) -> torch.Tensor:
+        return mask_targets(target) if self.multilabel else target
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["target"])
+        self.train_acc.update(self.probabilities(logits.float()).detach(), self._metric_target(batch["target"]))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits), sync_dist=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        values = self.train_acc.compute()
+        self.log_dict({k: v for k, v in values.items() if k in ("train/acc", "train/auroc")}, sync_dist=True)
+        self.train_acc.reset()
+
+    def _eval_step(self, batch: dict, metrics, prefix: str) -> None:
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["target"])
+        metrics.update(self.probabilities(logits.float()), self._metric_target(batch["target"]))
+        self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits), sync_dist=True)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.probabilities(self(batch["image"]).float())
+
+    def param_groups(self) -> list[dict]:
+        """Head at ``lr``; backbone at ``lr * backbone_lr_mult`` (discriminative learning rates)."""
+        lr = float(self.optim["lr"])
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
+        backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        groups = [{"params": head, "lr": lr, "name": "head"}]
+        if backbone:
+            groups.append({"params": backbone, "lr": lr * float(self.optim["backbone_lr_mult"]), "name": "backbone"})
+        return groups
+
+    def configure_optimizers(self):
+        o = self.optim
+        name = str(o["name"]).lower()
+        if name == "adamw":
+            opt = torch.optim.AdamW(self.param_groups(), weight_decay=float(o["weight_decay"]))
+        elif name == "adam":
+            opt = torch.optim.Adam(self.param_groups(), weight_decay=float(o["weight_decay"]))
+        elif name == "sgd":
+            opt = torch.optim.SGD(
+                self.param_groups(), momentum=float(o["momentum"]), weight_decay=float(o["weight_decay"]), nesterov=True
+            )
+        else:
+            raise ValueError(f"optim.name must be adamw, adam or sgd, got {o['name']!r}")
+        sched = str(o["scheduler"]).lower()
+        if sched == "none":
+            return opt
+        if sched == "cosine":
+            epochs = max(1, int(self.hparams.max_epochs))
+            warm = int(o["warmup_epochs"])
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=max(1, epochs - warm), eta_min=float(o["min_lr"])
+            )
+            if warm:
+                ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm)
+                cosine = torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warm])
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "epoch"}}
+        if sched == "plateau":
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=float(o["plateau_factor"]), patience=int(o["plateau_patience"])
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss"}}
+        raise ValueError(f"optim.scheduler must be cosine, plateau or none, got {o['scheduler']!r}")

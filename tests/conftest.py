@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny generated folders and CSVs in tmp_path, and the real sets in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+SHARED = Path(os.environ.get("LUNGNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared(name: str) -> Path:
+    """A real data set from ../shared/data, or skip when this checkout has none beside it."""
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"real data {path} not present (set LUNGNET_SHARED_DATA)")
+    return path
+
+
+def write_png(path: Path, seed: int, size: int = 32, mode: str = "L") -> Path:
+    """A small random grayscale-ish image (distinct per seed)."""
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((size, size)) * 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(arr)
+    img.convert(mode).save(path)
+    return path
+
+
+def make_class_folders(root: Path, classes: list[str], n: int, splits: list[str] | None = None, size: int = 32) -> Path:
+    """``root/[split/]class/img_i.png`` with ``n`` distinct images per class (and split)."""
+    seed = 0
+    for split in splits or [""]:
+        for cls in classes:
+            for i in range(n):
+                seed += 1
+                write_png(root / split / cls / f"img_{i:03d}.png", seed, size)
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """Pneumonia layout with train/val/test, 6 images per class and split."""
+    return make_class_folders(tmp_path / "chest_xray", ["NORMAL", "PNEUMONIA"], 6, ["train", "val", "test"])
+
+
+@pytest.fixture
+def tiny_nih(tmp_path: Path) -> Path:
+    """An NIH-like folder: Data_Entry_2017.csv and 30 PNGs from 10 patients."""
+    root = tmp_path / "nih"
+    findings = ["No Finding", "Effusion", "Atelectasis|Effusion", "Pneumonia", "Infiltration", "No Finding"]
+    rows = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position"]
+    k = 0
+    for patient in range(1, 11):
+        for follow in range(3):
+            name = f"{patient:08d}_{follow:03d}.png"
+            write_png(root / "images" / name, k)
+            rows.append(f"{name},{findings[k % len(findings)]},{follow},{patient},50,M,PA")
+            k += 1
+    (root / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
+    return root

@@ -1,0 +1,98 @@
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from lungnet.data.datamodule import LungDataModule
+from lungnet.data.sources import DataError
+from lungnet.models.specs import ModelSpec
+from tests.conftest import shared, write_png
+
+SPEC = ModelSpec(name="t", arch="t", input_size=32, in_chans=1, mean=(0.5,), std=(0.25,))
+
+
+def _cfg(source, root, **kw):
+    return {"source": source, "root": str(root), "batch_size": 4, **kw}
+
+
+def test_batches_splits_and_reports(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    dm = LungDataModule(_cfg("pneumonia", tiny_folder, carve_val=False), SPEC, seed=0, run_dir=run)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 1, 32, 32) and batch["target"].dtype == torch.long
+    assert set(batch) == {"image", "target", "path", "index"}
+    for name in ("train", "val", "test"):
+        assert (run / "splits" / f"{name}.csv").exists()
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["sizes"] == {"train": 12, "val": 12, "test": 12}
+    assert (run / "bad_files.csv").exists()
+
+
+def test_duplicate_into_test_is_refused(tiny_folder, tmp_path):
+    src = tiny_folder / "train" / "NORMAL" / "img_000.png"
+    (tiny_folder / "test" / "NORMAL" / "copy.png").write_bytes(src.read_bytes())
+    with pytest.raises(DataError, match="leaks"):
+        LungDataModule(_cfg("pneumonia", tiny_folder), SPEC).setup()
+    dm = LungDataModule(_cfg("pneumonia", tiny_folder, allow_leakage=True), SPEC)
+    dm.setup()
+    assert dm.report["duplicate_images"]["train/test"] == 1
+
+
+def test_bad_file_skipped_or_error(tiny_folder, tmp_path):
+    (tiny_folder / "train" / "NORMAL" / "broken.png").write_bytes(b"not a png")
+    dm = LungDataModule(_cfg("pneumonia", tiny_folder), SPEC, run_dir=tmp_path / "r")
+    dm.setup()
+    assert len(dm.datasets["train"]) == 12
+    assert "broken.png" in (tmp_path / "r" / "bad_files.csv").read_text()
+    with pytest.raises(DataError, match="broken.png"):
+        LungDataModule(_cfg("pneumonia", tiny_folder, on_bad_file="error"), SPEC).setup()
+
+
+def test_class_weights_and_sampler(tmp_path):
+    root = tmp_path / "imb"
+    for i in range(24):
+        write_png(root / ("PNEUMONIA" if i < 18 else "NORMAL") / f"{i}.png", i)
+    dm = LungDataModule(_cfg("pneumonia", root, balance="loss", val_fraction=0.25), SPEC, seed=0)
+    dm.setup()
+    w = dm.class_weights()
+    assert w[0] > 1 > w[1]
+    dm2 = LungDataModule(_cfg("pneumonia", root, balance="sampler", val_fraction=0.25), SPEC, seed=0)
+    dm2.setup()
+    seen = torch.cat([b["target"] for _ in range(20) for b in dm2.train_dataloader()])
+    assert 0.35 < seen.float().mean() < 0.65  # roughly balanced despite 3:1 imbalance
+
+
+def test_intensity_warning(tiny_folder, caplog):
+    bad_spec = ModelSpec(name="t", arch="t", input_size=32, in_chans=1, mean=(0.5,), std=(0.001,))
+    with caplog.at_level(logging.WARNING):
+        LungDataModule(_cfg("pneumonia", tiny_folder), bad_spec).setup()
+    assert "out of range" in caplog.text
+
+
+def test_real_nih6_and_nih14_patient_split():
+    root = shared("nih")
+    for source in ("nih6", "nih14"):
+        cfg = _cfg(source, root, val_fraction=0.15, test_fraction=0.15, verify=False, intensity_check=False)
+        dm = LungDataModule(cfg, SPEC, seed=3)
+        dm.setup()
+        assert dm.report["shared_patients"] == {"train/val": 0, "train/test": 0, "val/test": 0}
+        sizes = dm.report["sizes"]
+        assert sizes["train"] > sizes["val"] > 0 and sizes["test"] > 0
+        batch = next(iter(dm.val_dataloader()))
+        if source == "nih14":
+            assert batch["target"].shape == (4, 14) and batch["target"].dtype == torch.float32
+        else:
+            assert set(dm.labels) == {"No Finding", "Atelectasis", "Effusion", "Infiltration", "Pneumonia", "Edema"}
+
+
+def test_real_darkcovidnet_split_is_stratified():
+    dm = LungDataModule(_cfg("darkcovidnet", shared("darkcovidnet"), val_fraction=0.2, verify=False), SPEC, seed=0)
+    dm.setup()
+    val = dm.table[dm.table["split"] == "val"]
+    assert abs(len(val) - 185) <= 5
+    share = (val["label"] == "Covid-19").mean()
+    assert abs(share - 99 / 925) < 0.02
+    assert np.isfinite(dm.check_intensity()["mean"])

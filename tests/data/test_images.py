@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungnet.data.images import ImageReadError, read_image
+from tests.conftest import shared
+
+
+def test_8bit_rgb_rgba_palette_and_16bit(tmp_path):
+    base = (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)
+    Image.fromarray(base).save(tmp_path / "g.png")
+    Image.fromarray(np.stack([base] * 3, -1)).save(tmp_path / "rgb.jpg", quality=100)
+    rgba = np.dstack([base, base, base, np.full_like(base, 255)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(base).convert("P").save(tmp_path / "pal.png")
+    Image.fromarray(base.astype(np.uint16) * 256).save(tmp_path / "16.png")
+    g = read_image(tmp_path / "g.png")
+    assert g.shape == (64, 64) and g.dtype == np.float32 and 0 <= g.min() and g.max() <= 1
+    for name in ("rgb.jpg", "rgba.png", "pal.png", "16.png"):
+        arr = read_image(tmp_path / name)
+        assert arr.shape == (64, 64)
+        assert np.abs(arr - g).mean() < 0.02, name
+
+
+def test_16bit_png_keeps_more_than_8_bits(tmp_path):
+    arr = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "12bit.png")
+    out = read_image(tmp_path / "12bit.png")
+    assert len(np.unique(out)) > 256
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", "empty file"), (b"this is text, not an image", "not an image"), (None, "truncated")],
+)
+def test_bad_files_raise_readable_errors(tmp_path, content, reason):
+    path = tmp_path / "bad.png"
+    if content is None:  # a real PNG cut in half
+        rng = np.random.default_rng(0)
+        Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(path)
+        content = path.read_bytes()[: len(path.read_bytes()) // 2]
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError) as info:
+        read_image(path)
+    assert str(path) in str(info.value) and reason in str(info.value)
+
+
+def test_tiny_image_is_refused(tmp_path):
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "px.png")
+    with pytest.raises(ImageReadError, match="below the"):
+        read_image(tmp_path / "px.png")
+
+
+def test_real_monochrome1_dicom_is_inverted():
+    path = shared("dicom") / "RG1_UNCR.dcm"
+    img = read_image(path)
+    assert img.shape == (1955, 1841)
+    h, w = img.shape
+    # lung fields (upper middle, left and right of the spine) must come out darker than the mediastinum/spine
+    lungs = np.concatenate(
+        [img[h // 4 : h // 2, w // 5 : w // 3].ravel(), img[h // 4 : h // 2, 2 * w // 3 : 4 * w // 5].ravel()]
+    )
+    spine = img[h // 4 : h // 2, int(w * 0.47) : int(w * 0.53)]
+    assert lungs.mean() < spine.mean() - 0.1

@@ -1,0 +1,103 @@
+import pandas as pd
+import pytest
+
+from lungnet.data.sources import DataError, create_source
+from lungnet.labels import NIH14
+from tests.conftest import make_class_folders, shared, write_png
+
+
+def test_pneumonia_split_layout(tiny_folder):
+    table = create_source("pneumonia", tiny_folder).scan()
+    assert len(table) == 36
+    assert set(table["split"]) == {"train", "val", "test"}
+    assert set(table["label"]) == {"NORMAL", "PNEUMONIA"}
+    assert (table.loc[table["label"] == "PNEUMONIA", "target"] == 1).all()
+
+
+def test_cxr4_aliases_and_flat_layout(tmp_path):
+    root = make_class_folders(tmp_path / "cxr", ["NORMAL", "COVID19", "PNEUMONIA", "TURBERCULOSIS"], 3)
+    table = create_source("cxr4", root).scan()
+    assert sorted(table["label"].unique()) == sorted(["Normal", "COVID-19", "Pneumonia", "Tuberculosis"])
+    assert (table["split"] == "").all()
+
+
+def test_lung5_labels(tmp_path):
+    classes = ["Bacterial Pneumonia", "Corona Virus Disease", "Normal", "Tuberculosis", "Viral Pneumonia"]
+    root = make_class_folders(tmp_path / "lung5", classes, 2, ["train", "val", "test"])
+    table = create_source("lung5", root).scan()
+    assert table.groupby("split")["target"].nunique().tolist() == [5, 5, 5]
+
+
+def test_missing_root_names_path_dataset_and_source(tmp_path):
+    with pytest.raises(DataError) as info:
+        create_source("pneumonia", tmp_path / "nowhere").scan()
+    msg = str(info.value)
+    assert "nowhere" in msg and "pneumonia" in msg and "kaggle" in msg.lower()
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(DataError, match="nih14"):
+        create_source("mnist", "/tmp")
+
+
+def test_unknown_class_folder_empty_folder_and_split_mismatch(tmp_path):
+    make_class_folders(tmp_path / "a", ["NORMAL", "CATS"], 1)
+    with pytest.raises(DataError, match="CATS"):
+        create_source("pneumonia", tmp_path / "a").scan()
+    (tmp_path / "b" / "NORMAL").mkdir(parents=True)
+    write_png(tmp_path / "b" / "PNEUMONIA" / "x.png", 1)
+    with pytest.raises(DataError, match="empty"):
+        create_source("pneumonia", tmp_path / "b").scan()
+    make_class_folders(tmp_path / "c", ["NORMAL", "PNEUMONIA"], 1, ["train"])
+    make_class_folders(tmp_path / "c", ["NORMAL"], 1, ["test"])
+    with pytest.raises(DataError, match="differ between splits"):
+        create_source("pneumonia", tmp_path / "c").scan()
+
+
+def test_nih14_multilabel_targets(tiny_nih):
+    table = create_source("nih14", tiny_nih).scan()
+    assert len(table) == 30
+    row = table[table["label"] == "Atelectasis|Effusion"].iloc[0]
+    assert row["Atelectasis"] == 1 and row["Effusion"] == 1 and row["Pneumonia"] == 0
+    assert table["patient"].nunique() == 10
+
+
+def test_nih6_keeps_single_findings_only(tiny_nih):
+    table = create_source("nih6", tiny_nih).scan()
+    assert "Atelectasis|Effusion" not in set(table["label"])
+    assert set(table["label"]) <= {"No Finding", "Effusion", "Pneumonia", "Infiltration"}
+
+
+# --- the real sets in ../shared/data -------------------------------------------------------------
+
+
+def test_real_pneumoniamnist_counts():
+    table = create_source("pneumonia", shared("pneumoniamnist")).scan()
+    counts = table.groupby(["split", "label"]).size().to_dict()
+    assert counts == {
+        ("train", "NORMAL"): 1214,
+        ("train", "PNEUMONIA"): 3494,
+        ("val", "NORMAL"): 135,
+        ("val", "PNEUMONIA"): 389,
+    }
+
+
+def test_real_darkcovidnet_counts():
+    table = create_source("darkcovidnet", shared("darkcovidnet")).scan()
+    assert table["label"].value_counts().to_dict() == {"No_findings": 420, "Pneumonia": 406, "Covid-19": 99}
+
+
+def test_real_nih_labels_match_the_csv():
+    root = shared("nih")
+    table = create_source("nih14", root).scan()
+    csv = pd.read_csv(root / "Data_Entry_2017.csv").set_index("Image Index")
+    assert len(table) == 1496
+    for _, row in table.sample(50, random_state=0).iterrows():
+        name = row["path"].rsplit("/", 1)[-1]
+        truth = set(csv.loc[name, "Finding Labels"].split("|"))
+        decoded = {lab for lab in NIH14 if row[lab] == 1}
+        assert decoded == truth - {"No Finding"}
+        assert row["patient"] == str(csv.loc[name, "Patient ID"])
+    for finding in NIH14:
+        expected = csv["Finding Labels"].str.split("|").map(lambda f, x=finding: x in f).sum()
+        assert int(table[finding].sum()) == expected

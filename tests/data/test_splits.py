@@ -1,0 +1,64 @@
+import numpy as np
+import pandas as pd
+
+from lungnet.data.splits import assign_splits, check_patient_overlap, write_splits
+
+
+def _table(n=200, patients=True):
+    rng = np.random.default_rng(0)
+    labels = rng.choice(["A", "B", "C"], size=n, p=[0.6, 0.3, 0.1])
+    return pd.DataFrame(
+        {
+            "path": [f"/x/{i}.png" for i in range(n)],
+            "label": labels,
+            "patient": [str(i // 4) for i in range(n)] if patients else [""] * n,
+            "split": "",
+        }
+    )
+
+
+def test_split_is_seeded_stratified_and_patient_grouped():
+    t = _table()
+    a = assign_splits(t, seed=1, val_fraction=0.2, test_fraction=0.2)
+    b = assign_splits(t, seed=1, val_fraction=0.2, test_fraction=0.2)
+    c = assign_splits(t, seed=2, val_fraction=0.2, test_fraction=0.2)
+    assert (a["split"] == b["split"]).all()
+    assert (a["split"] != c["split"]).any()
+    assert check_patient_overlap(a) == {"train/val": 0, "train/test": 0, "val/test": 0}
+    sizes = a["split"].value_counts(normalize=True)
+    assert abs(sizes["test"] - 0.2) < 0.06 and abs(sizes["val"] - 0.16) < 0.06
+    for split in ("train", "val", "test"):
+        share = (a.loc[a["split"] == split, "label"] == "A").mean()
+        assert abs(share - (t["label"] == "A").mean()) < 0.12
+
+
+def test_shipped_splits_are_kept_and_carve_val_replaces_val():
+    t = _table(patients=False)
+    t["split"] = ["train"] * 150 + ["val"] * 10 + ["test"] * 40
+    kept = assign_splits(t, seed=0)
+    assert (kept["split"].value_counts().to_dict()) == {"train": 150, "test": 40, "val": 10}
+    carved = assign_splits(t, seed=0, val_fraction=0.2, carve_val=True)
+    assert len(carved) == 190 and (carved["split"] == "test").sum() == 40
+    assert 25 <= (carved["split"] == "val").sum() <= 35
+
+
+def test_missing_test_split_does_not_stop():
+    t = _table(patients=False)
+    t["split"] = ["train"] * 180 + ["val"] * 20
+    out = assign_splits(t, seed=0)
+    assert "test" not in set(out["split"])
+
+
+def test_kfold_validation_folds_partition_the_data():
+    t = _table()
+    folds = [assign_splits(t, seed=0, cv_folds=5, cv_fold=k) for k in range(5)]
+    val_sets = [set(f.loc[f["split"] == "val", "path"]) for f in folds]
+    assert sum(len(v) for v in val_sets) == len(t)
+    assert set().union(*val_sets) == set(t["path"])
+
+
+def test_write_splits(tmp_path):
+    out = assign_splits(_table(), seed=0, val_fraction=0.2, test_fraction=0.2)
+    write_splits(out, tmp_path)
+    back = pd.concat([pd.read_csv(tmp_path / "splits" / f"{s}.csv") for s in ("train", "val", "test")])
+    assert sorted(back["path"]) == sorted(out["path"])

@@ -1,0 +1,71 @@
+"""Every config option and preset composes, and the presets say what the reference setups say."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import CONF
+
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("data", "model", "trainer", "augment")}
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def _compose(overrides, name="train"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_group_options_compose(group, option):
+    cfg = _compose([f"{group}={option}"])
+    assert cfg[group] is not None
+
+
+def test_expected_options_exist():
+    assert set(GROUPS["data"]) >= {
+        "synthetic",
+        "pneumonia",
+        "pneumoniamnist",
+        "lung5",
+        "cxr4",
+        "darkcovidnet",
+        "nih6",
+        "nih14",
+    }
+    assert set(GROUPS["model"]) >= {
+        "simple_cnn",
+        "resnet18",
+        "vgg16",
+        "resnet50",
+        "resnet152",
+        "densenet121",
+        "densenet201",
+        "mobilenetv2",
+        "efficientnet_lite0",
+    }
+    assert set(GROUPS["trainer"]) >= {"cpu", "gpu", "ddp"}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiments_compose(name):
+    cfg = _compose([f"experiment={name}"])
+    assert cfg.data.name and cfg.model.name
+
+
+def test_reference_presets():
+    c = _compose(["experiment=lung5_transfer"])
+    assert c.data.name == "lung5" and c.data.image_size == 224 and c.augment.name == "xray"
+    assert c.hydra.sweeper.params.model == "vgg16,resnet152,densenet201"
+    c = _compose(["experiment=pneumonia_baselines"])
+    assert c.data.image_size == 150 and c.optim.name == "adam" and c.trainer.max_epochs == 10
+    c = _compose(["experiment=pneumonia_mobilenetv2_224"])
+    assert c.model.head_hidden == 128 and c.model.drop_rate == 0.3 and c.optim.lr == 1e-4
+    assert c.early_stopping.patience > 0
+    c = _compose(["experiment=cxr4_cnn"])
+    assert c.data.test_fraction == 0.2 and c.trainer.max_epochs == 30 and c.early_stopping.patience > 0
+    c = _compose(["experiment=nih6_resnet50"])
+    assert c.model.name == "resnet50" and c.model.in_chans == 1 and c.data.balance == "loss"
+
+
+def test_evaluate_config_composes():
+    cfg = _compose(["ckpt=x.ckpt", "data.root=/tmp"], name="evaluate")
+    assert cfg.split == "test" and cfg.data.root == "/tmp"

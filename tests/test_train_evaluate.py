@@ -1,0 +1,165 @@
+"""End-to-end: Hydra compose -> train -> self-describing checkpoint -> evaluate (in-process and as scripts)."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
+from lungnet.evaluation.run import evaluate
+from lungnet.training import train
+from tests.conftest import CONF, ROOT, make_class_folders
+
+TINY = [
+    "model=simple_cnn",
+    "data.image_size=32",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "log_figures_every=1",
+]
+
+
+def compose_cfg(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("synthetic")
+    cfg = compose_cfg(
+        "train", [f"data.root={tmp / 'syn'}", "data.options.n_per_class=10", "data.options.size=48", *TINY]
+    )
+    run = tmp / "run"
+    results = train(cfg, run)
+    return run, results
+
+
+def test_train_writes_a_complete_run_directory(trained):
+    run, results = trained
+    for name in (
+        "config.yaml",
+        "environment.json",
+        "data_report.json",
+        "metrics.json",
+        "bad_files.csv",
+        "predictions_val.csv",
+        "predictions_test.csv",
+        "splits/train.csv",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "csv/metrics.csv",
+    ):
+        assert (run / name).exists(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"accuracy", "f1_macro", "auroc_macro", "per_class", "confusion_matrix"}
+    assert metrics["test"]["n"] == len(pd.read_csv(run / "splits" / "test.csv"))
+    env = json.loads((run / "environment.json").read_text())
+    assert len(env["data_fingerprint"]) == 64 and env["packages"]["torch"]
+
+
+def test_checkpoint_is_self_describing_and_safe(trained):
+    run, _ = trained
+    ckpt = read_checkpoint(run / "checkpoints" / "best.ckpt")  # weights_only=True inside
+    hp = ckpt["hyper_parameters"]
+    assert hp["labels"] == ["Normal", "Consolidation", "Cavity", "Haze"]
+    assert hp["spec"]["input_size"] == 32 and hp["data"]["source"] == "synthetic"
+    loaded = load_model(run / "checkpoints" / "best.ckpt")
+    assert loaded.model(torch.zeros(1, 1, 32, 32)).shape == (1, 4)
+
+
+def test_pickled_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"spec": argparse.Namespace(x=1)}}, path)
+    with pytest.raises(CheckpointError, match="pickled"):
+        read_checkpoint(path)
+
+
+def test_evaluate_matches_training_metrics(trained, tmp_path):
+    run, results = trained
+    cfg = compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "split=test"])
+    out = evaluate(cfg, tmp_path / "eval")
+    assert out["accuracy"] == pytest.approx(results["test"]["accuracy"])
+    preds = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    assert len(preds) == results["test"]["n"] and {"path", "true", "predicted", "p_Haze"} <= set(preds.columns)
+
+
+def test_evaluate_split_all_on_an_external_folder(trained, tmp_path):
+    run, _ = trained
+    ext = make_class_folders(tmp_path / "external", ["Normal", "Haze"], 3)
+    cfg = compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "split=all", f"data.root={ext}"])
+    out = evaluate(cfg, tmp_path / "eval")
+    assert out["n"] == 6
+
+
+def test_evaluate_refuses_data_with_other_labels(trained, tiny_folder, tmp_path):
+    run, _ = trained
+    cfg = compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", f"data.root={tiny_folder}"])
+    with pytest.raises(Exception, match="not a lungnet synthetic data folder"):
+        evaluate(cfg, tmp_path / "eval")
+
+
+def _run(args, cwd, env_extra=None, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_scripts_multirun_then_evaluate(tmp_path):
+    """The documented commands: a two-model multirun, then evaluate.py on one of its checkpoints."""
+    data = make_class_folders(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], 8, ["train", "val"])
+    out = tmp_path / "outputs"
+    args = [
+        str(ROOT / "train.py"),
+        "-m",
+        "data=pneumoniamnist",
+        f"data.root={data}",
+        f"paths.output_dir={out}",
+        "model=simple_cnn,resnet18",
+        *[a for a in TINY if not a.startswith("model=")],
+    ]
+    proc = _run(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p for p in (out / "multirun").glob("*/*/*") if p.is_dir() and (p / "metrics.json").exists())
+    assert [r.name.split("_", 1)[1] for r in runs] == ["pneumoniamnist_simple_cnn", "pneumoniamnist_resnet18"]
+    ckpt = runs[1] / "checkpoints" / "best.ckpt"
+    proc = _run([str(ROOT / "evaluate.py"), f"ckpt={ckpt}", "split=val", f"paths.output_dir={out}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(next((out / "eval").glob("*/*/metrics.json")).read_text())
+    assert {"accuracy", "auroc_macro", "confusion_matrix", "per_class"} <= set(metrics)
+    assert set(metrics["per_class"]["PNEUMONIA"]) >= {"precision", "recall", "f1"}
+
+
+def test_user_errors_exit_nonzero_with_one_message(tmp_path):
+    proc = _run(
+        [
+            str(ROOT / "train.py"),
+            "data=nih6",
+            f"data.root={tmp_path / 'missing'}",
+            f"paths.output_dir={tmp_path / 'o'}",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "Data root for dataset 'nih6' not found" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    proc = _run(
+        [
+            str(ROOT / "train.py"),
+            "model.name=resnet9000",
+            f"paths.output_dir={tmp_path / 'o'}",
+            f"data.root={tmp_path / 'syn'}",
+            "data.options.n_per_class=2",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 2 and "Unknown model 'resnet9000'" in proc.stderr + proc.stdout
