@@ -69,3 +69,9 @@ def test_reference_presets():
 def test_evaluate_config_composes():
     cfg = _compose(["ckpt=x.ckpt", "data.root=/tmp"], name="evaluate")
     assert cfg.split == "test" and cfg.data.root == "/tmp"
+
+
+@pytest.mark.parametrize(("launcher", "target"), [("local", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
+def test_sweep_launchers_compose(launcher, target):
+    cfg = _compose([f"hydra/launcher={launcher}"])
+    assert cfg.hydra.launcher._target_.endswith(target)

@@ -1,0 +1,40 @@
+"""Multi-process (DDP, gloo on CPU): metrics are synced across ranks and equal a single-process run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from lungnet.training import train
+from tests.conftest import CONF, ROOT, make_class_folders
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    # 8 val images per class -> 16: divisible by 2 ranks, so DistributedSampler adds no padding duplicates
+    data = make_class_folders(tmp / "pneu", ["NORMAL", "PNEUMONIA"], 8, ["train", "val"])
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            "data=pneumoniamnist", f"data.root={data}", "model=simple_cnn", "data.image_size=32",
+            "data.batch_size=4", "data.num_workers=0", "data.persistent_workers=false", "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false"])
+    train(cfg, tmp / "run")
+    return tmp / "run" / "checkpoints" / "best.ckpt"
+
+
+def _validate(ckpt, devices, out):
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_validate.py"), str(ckpt), str(devices), str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_ddp_metrics_equal_single_process(tiny_ckpt, tmp_path):
+    single = _validate(tiny_ckpt, 1, tmp_path / "one.json")
+    multi = _validate(tiny_ckpt, 2, tmp_path / "two.json")
+    assert multi["world_size"] == 2 and single["world_size"] == 1
+    for key in ("val/acc", "val/auroc", "val/f1", "val/loss"):
+        assert multi[key] == pytest.approx(single[key], abs=1e-5), key
