@@ -1,4 +1,8 @@
-"""Evaluate a checkpoint: python evaluate.py ckpt=<path> [split=test|val|train|all] [data.root=<folder>]"""
+"""Evaluate a checkpoint: python evaluate.py ckpt=<path> [split=test|val|train|all] [data.root=<folder>]
+
+Writes metrics.json, predictions.csv, per_class.csv, thresholds.json, confusion_matrix.png, roc.png, pr.png,
+reliability.png, report.md and report.html (see lungnet/evaluation/run.py and conf/evaluate.yaml).
+"""
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

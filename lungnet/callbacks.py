@@ -1,9 +1,18 @@
-"""Training callbacks: freeze-then-unfreeze fine-tuning, figures to TensorBoard, atomic checkpoints."""
+"""Training callbacks and loggers: fine-tuning schedule, figures, atomic checkpoints, exact resume.
+
+`AtomicCheckpoint` writes every checkpoint (``best`` and ``last``) to a temporary file and renames it.
+`EpochSeeder` makes the global RNGs (dropout and anything else drawing from them) a function of
+(seed, epoch, rank), so a resumed run draws what an uninterrupted one would. `ResumableCSVLogger`
+flushes every row at once and, on resume, keeps the rows of the epochs the checkpoint covers.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
+import random
 from weakref import proxy
 
 import matplotlib
@@ -14,6 +23,12 @@ import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.callbacks import BaseFinetuning, ModelCheckpoint  # noqa: E402
+from pytorch_lightning.loggers import CSVLogger  # noqa: E402
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter  # noqa: E402
+from pytorch_lightning.loggers.logger import rank_zero_experiment  # noqa: E402
+
+from lungnet.data.dataset import derive_seed  # noqa: E402
+from lungnet.io import atomic_write  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +61,133 @@ class FreezeUnfreeze(BaseFinetuning):
 
 
 class AtomicCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that writes to a temporary file and renames it, so a crash never leaves a torn file."""
+    """ModelCheckpoint that writes to a temporary file and renames it, so a crash never leaves a torn file.
+
+    Both the monitored checkpoint and ``last.ckpt`` (``save_last=True``) go through `_save_checkpoint`.
+    Lightning 2.6 refreshes ``last.ckpt`` only in epochs that also save a top-k checkpoint (an epoch
+    that does not improve the monitored metric leaves an old ``last.ckpt``); this one refreshes it
+    after every epoch, so a resumed run loses at most the epoch it was killed in.
+    """
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        due = not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer)
+        super().on_validation_end(trainer, pl_module)
+        if due:
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        due = not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer)
+        super().on_train_epoch_end(trainer, pl_module)
+        if due:
+            self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: pl.Trainer) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"
         trainer.save_checkpoint(tmp, self.save_weights_only)
         if trainer.is_global_zero:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
             os.replace(tmp, filepath)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+
+class EpochSeeder(pl.Callback):
+    """Re-seeds torch, numpy and ``random`` at the start of every training epoch from (seed, epoch, rank).
+
+    Data order and augmentation are keyed by (seed, epoch, index) already (`lungnet.data.dataset`);
+    this covers the rest (dropout, stochastic layers), so no RNG state needs restoring on resume.
+
+    Args:
+        seed: the run seed.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = derive_seed(self.seed, trainer.current_epoch, trainer.global_rank, 0xE90C)
+        torch.manual_seed(value)
+        np.random.seed(value)
+        random.seed(value)
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """CSV writer that keeps the rows a resumed checkpoint covers instead of deleting the file."""
+
+    def __init__(self, log_dir: str, keep_before: tuple[int, int] | None) -> None:
+        self._keep_before = keep_before
+        super().__init__(log_dir=log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = self.metrics_file_path
+        if not os.path.isfile(path):
+            return
+        if self._keep_before is None:  # a fresh run: start a new file
+            os.remove(path)
+            return
+        epoch, step = self._keep_before
+        with open(path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
+        if text and not text.endswith("\n"):  # a row torn by a kill: drop it
+            text = text[: text.rfind("\n") + 1]
+        reader = csv.DictReader(io.StringIO(text))
+        fields = list(reader.fieldnames or [])
+        kept = [row for row in reader if _covered(row, epoch, step)]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write(path, lambda fh: fh.write(out.getvalue()), encoding="utf-8", newline="")
+        self.metrics_keys = fields
+        log.info("Resuming %s: kept %d rows of epochs < %d", path, len(kept), epoch)
+
+
+def _covered(row: dict, epoch: int, step: int) -> bool:
+    """A logged row belongs to the part of training a checkpoint covers (epochs before ``epoch``)."""
+    try:
+        if row.get("epoch") not in (None, ""):
+            return int(float(row["epoch"])) < epoch
+        return int(float(row["step"])) < step
+    except (TypeError, ValueError):
+        return False
+
+
+class ResumableCSVLogger(CSVLogger):
+    """CSVLogger that writes each row at once and continues ``metrics.csv`` when training resumes.
+
+    Lightning's CSVLogger deletes an existing ``metrics.csv`` and buffers up to 100 rows, so a
+    killed and resumed run loses its history. This one flushes every row and, given the resumed
+    checkpoint's epoch and step, keeps the rows of the epochs the checkpoint covers.
+
+    Args:
+        save_dir: the run directory.
+        name: sub-folder.
+        version: sub-sub-folder ("" for none).
+        resume_from: ``(first epoch to run, global step)`` of the checkpoint training resumes from;
+            None for a fresh run.
+    """
+
+    def __init__(
+        self, save_dir: str, name: str = "csv", version: str = "", resume_from: tuple[int, int] | None = None
+    ) -> None:
+        super().__init__(save_dir=save_dir, name=name, version=version, flush_logs_every_n_steps=1)
+        self._resume_from = resume_from
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(self.log_dir, self._resume_from)
+        return self._experiment
 
 
 def confusion_figure(cm: np.ndarray, labels: list[str], title: str = "Confusion matrix") -> plt.Figure:

@@ -60,8 +60,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"Checkpoint {path} is corrupt or truncated: {exc}") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "spec" not in ckpt.get("hyper_parameters", {}):
-        raise CheckpointError(f"{path} is not a lungnet checkpoint (no state_dict / hyper_parameters.spec)")
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or "state_dict" not in ckpt or not {"spec", "labels", "model"} <= set(hp):
+        raise CheckpointError(
+            f"{path} is not a lungnet checkpoint (no state_dict / hyper_parameters with spec, labels, model)"
+        )
     return ckpt
 
 
@@ -73,6 +76,18 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     opts = {k: v for k, v in hp["model"].items() if k not in {"pretrained", "weights", "cache_dir", "name"}}
     model = create_model(hp["model"]["name"], num_classes=len(hp["labels"]), **opts)
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    own = model.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit model {hp['model']['name']} with {len(hp['labels'])} classes "
+            f"({', '.join(hp['labels'])}): tensor shapes differ, e.g. {'; '.join(wrong[:3])} "
+            "(checkpoint vs model; a head trained for another number of classes?)"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -6,21 +6,59 @@ import logging
 import sys
 from collections.abc import Callable
 
+from hydra.errors import InstantiationException
+from omegaconf.errors import MissingMandatoryValue
+
 from lungnet.checkpoint import CheckpointError
 from lungnet.data.images import ImageReadError
 from lungnet.data.sources import DataError
+from lungnet.io import printable
 from lungnet.models.registry import ModelError
 from lungnet.models.weights import WeightsError
 
 log = logging.getLogger("lungnet")
 
-USER_ERRORS = (DataError, ModelError, WeightsError, CheckpointError, ImageReadError, FileNotFoundError)
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work (unknown option, out of range); the message lists valid ones."""
+
+
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    ModelError,
+    WeightsError,
+    CheckpointError,
+    ImageReadError,
+    FileNotFoundError,
+    MissingMandatoryValue,
+    InstantiationException,
+)
+
+
+class PrintableFilter(logging.Filter):
+    """Escapes undecodable file-name bytes in log records, which would otherwise break file handlers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        safe = printable(message)
+        if safe != message:
+            record.msg, record.args = safe, None
+        return True
+
+
+def install_printable_filter() -> None:
+    """Adds `PrintableFilter` to every handler of the root logger (Hydra's console and file handlers)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, PrintableFilter) for f in handler.filters):
+            handler.addFilter(PrintableFilter())
 
 
 def run_safely(fn: Callable, *args, **kwargs):
     """Calls ``fn``; a user error is logged as one clear message and exits with status 2."""
+    install_printable_filter()
     try:
         return fn(*args, **kwargs)
     except USER_ERRORS as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
+        log.error("%s: %s", type(exc).__name__, printable(exc))
         sys.exit(2)

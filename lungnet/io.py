@@ -1,51 +1,100 @@
-"""Atomic writes (temp file + rename): a crash never leaves a half-written report."""
+"""Atomic writes (temp file + fsync + rename): a crash or ``kill -9`` never leaves a half-written report.
+
+Also `printable`, which makes text holding undecodable file-name bytes safe to log and print.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 
 
+def printable(text: object) -> str:
+    """``str(text)`` with undecodable file-name bytes (surrogate escapes) shown as ``\\xff``.
+
+    Linux file names are bytes; Python maps bytes that are not UTF-8 to lone surrogates, which
+    cannot be encoded and make log handlers and CSV writers fail. Valid non-ASCII text is kept.
+    """
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _clean(obj):
-    """NaN/inf -> None so the JSON is standard."""
+    """NaN/inf -> None and undecodable strings escaped, so the JSON is standard UTF-8."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
+    if isinstance(obj, str):
+        return printable(obj)
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {printable(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_clean(v) for v in obj]
     return obj
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w", **open_kwargs) -> Path:
+    """Calls ``write(file)`` on a temporary file beside ``path``, syncs it and renames it over ``path``.
+
+    Args:
+        path: the final file.
+        write: writes the content into the open file it is given.
+        mode: ``w`` (text) or ``wb`` (bytes).
+        **open_kwargs: passed to `open` (encoding, errors, newline).
+
+    Returns:
+        The path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode, **open_kwargs) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_json(path: str | os.PathLike, data: dict) -> Path:
     """Writes ``data`` as indented JSON atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(_clean(data), indent=2, default=str)
+    return atomic_write(path, lambda fh: fh.write(text), encoding="utf-8")
 
 
-def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
-    """Writes a DataFrame as UTF-8 CSV atomically (undecodable file-name bytes are escaped)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False, encoding="utf-8", errors="backslashreplace")
-    os.replace(tmp, path)
-    return path
+def write_csv(path: str | os.PathLike, frame: pd.DataFrame, errors: str = "backslashreplace") -> Path:
+    """Writes a DataFrame as CSV atomically.
+
+    Args:
+        path: the CSV file.
+        frame: the table (no index column is written).
+        errors: how undecodable file-name bytes are written: ``backslashreplace`` (valid UTF-8,
+            ``\\xff``) or ``surrogateescape`` (the original bytes, so paths read back exactly).
+    """
+    if errors == "backslashreplace":  # undecodable bytes as \xff, as in the logs (`printable`)
+        text_columns = [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
+        frame = frame.assign(**{c: frame[c].map(printable, na_action="ignore") for c in text_columns})
+    return atomic_write(path, lambda fh: frame.to_csv(fh, index=False), encoding="utf-8", errors=errors, newline="")
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Writes text atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda fh: fh.write(text), encoding="utf-8", errors="backslashreplace")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Deletes ``*.tmp`` files a killed run left in ``folder`` and its sub-folders; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob("*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

@@ -66,3 +66,23 @@ def tiny_nih(tmp_path: Path) -> Path:
             k += 1
     (root / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+# Overrides for a tiny, fast training run (simple CNN, 32 px, one epoch).
+TINY = [
+    "model=simple_cnn",
+    "data.image_size=32",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def compose_cfg(name: str, overrides: list[str]):
+    """Composes conf/<name>.yaml with overrides through Hydra's compose API."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)

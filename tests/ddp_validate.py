@@ -19,8 +19,14 @@ def main(ckpt_path: str, devices: int, out: str) -> None:
     from lungnet.models.specs import ModelSpec
 
     dm = LungDataModule(hp["data"], ModelSpec.from_dict(hp["spec"]), seed=hp["extra"]["seed"])
-    trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-                         logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
     if trainer.is_global_zero:
         with open(out, "w") as fh:

@@ -17,17 +17,32 @@ def tiny_ckpt(tmp_path_factory):
     # 8 val images per class -> 16: divisible by 2 ranks, so DistributedSampler adds no padding duplicates
     data = make_class_folders(tmp / "pneu", ["NORMAL", "PNEUMONIA"], 8, ["train", "val"])
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            "data=pneumoniamnist", f"data.root={data}", "model=simple_cnn", "data.image_size=32",
-            "data.batch_size=4", "data.num_workers=0", "data.persistent_workers=false", "trainer.max_epochs=1",
-            "trainer.enable_progress_bar=false"])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "data=pneumoniamnist",
+                f"data.root={data}",
+                "model=simple_cnn",
+                "data.image_size=32",
+                "data.batch_size=4",
+                "data.num_workers=0",
+                "data.persistent_workers=false",
+                "trainer.max_epochs=1",
+                "trainer.enable_progress_bar=false",
+            ],
+        )
     train(cfg, tmp / "run")
     return tmp / "run" / "checkpoints" / "best.ckpt"
 
 
 def _validate(ckpt, devices, out):
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_validate.py"), str(ckpt), str(devices), str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "ddp_validate.py"), str(ckpt), str(devices), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 

@@ -9,28 +9,14 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
 from lungnet.evaluation.run import evaluate
 from lungnet.training import train
-from tests.conftest import CONF, ROOT, make_class_folders
+from tests.conftest import ROOT, compose_cfg, make_class_folders
+from tests.conftest import TINY as BASE_TINY
 
-TINY = [
-    "model=simple_cnn",
-    "data.image_size=32",
-    "data.batch_size=8",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "log_figures_every=1",
-]
-
-
-def compose_cfg(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+TINY = [*BASE_TINY, "log_figures_every=1"]
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,14 @@
 """One LightningDataModule for every source: scan -> check -> split -> Datasets -> DataLoaders.
 
 At setup it scans the source, lists unreadable files (``bad_files.csv``), assigns seeded
-stratified/patient-grouped splits, reports duplicate images and shared patients across splits
-(``data_report.json``) and writes the split files into the run directory.
+stratified/patient-grouped splits, reports duplicate images (exact, and with
+``near_duplicates`` perceptual) and shared patients across splits (``data_report.json``) and
+writes the split files into the run directory. Training batches come from an `EpochSampler`, so
+order and augmentation depend only on (seed, epoch, index).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,13 +16,15 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Sampler
 
+from lungnet.data.cache import build_cache
 from lungnet.data.checks import enforce_no_test_leak, handle_bad_files, leakage_report, scan_files
-from lungnet.data.dataset import XrayDataset
+from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset
 from lungnet.data.sources import DataError, Source, create_source
 from lungnet.data.splits import assign_splits, write_splits
-from lungnet.data.transforms import Normalize, build_transform, make_pipeline
+from lungnet.data.transforms import Normalize, build_transform
+from lungnet.io import write_json
 from lungnet.models.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,11 @@ DEFAULTS = {
     "on_bad_file": "skip",
     "verify": True,
     "allow_leakage": False,
+    "near_duplicates": False,
+    "near_duplicate_threshold": 12,
     "intensity_check": True,
+    "cache": False,
+    "cache_dir": "~/.cache/lungnet/images",
 }
 
 
@@ -82,7 +89,7 @@ class LungDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ setup
     def _is_writer(self) -> bool:
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         return self.run_dir is not None and (trainer is None or trainer.is_global_zero)
 
     def load_table(self, all_images: bool = False) -> pd.DataFrame:
@@ -91,7 +98,8 @@ class LungDataModule(pl.LightningDataModule):
         if table.empty:
             raise DataError(f"No images found for dataset '{self.source.name}' under {self.source.root}")
         writer = self._is_writer()
-        table = scan_files(table, verify=bool(self.cfg["verify"]))
+        near = bool(self.cfg["near_duplicates"])
+        table = scan_files(table, verify=bool(self.cfg["verify"]), near_duplicates=near and not all_images)
         report = self.run_dir / "bad_files.csv" if writer else None
         table = handle_bad_files(table, self.cfg["on_bad_file"], report)
         if all_images:
@@ -106,7 +114,7 @@ class LungDataModule(pl.LightningDataModule):
             self.cfg["cv_folds"],
             self.cfg["cv_fold"],
         )
-        self.report = leakage_report(table)
+        self.report = leakage_report(table, int(self.cfg["near_duplicate_threshold"]) if near else None)
         self.report["sizes"] = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
         self.report["class_counts"] = (
             {s: table.loc[table["split"] == s, "label"].value_counts().to_dict() for s in ("train", "val", "test")}
@@ -120,21 +128,25 @@ class LungDataModule(pl.LightningDataModule):
             self.report["duplicate_images"],
             self.report["shared_patients"],
         )
+        if writer:  # written before the leakage check: a refused run shows the details
+            write_json(self.run_dir / "data_report.json", self.report)
         enforce_no_test_leak(self.report, bool(self.cfg["allow_leakage"]))
         if self.report["sizes"]["train"] == 0:
             raise DataError(f"Dataset '{self.source.name}' has no training images after splitting")
         if writer:
             write_splits(table, self.run_dir)
-            tmp = self.run_dir / ".data_report.json.tmp"
-            tmp.write_text(json.dumps(self.report, indent=2, default=str))
-            tmp.replace(self.run_dir / "data_report.json")
         return table
 
     def make_dataset(self, rows: pd.DataFrame, train: bool) -> XrayDataset:
         """A Dataset over ``rows`` with the training or the evaluation pipeline."""
         transform = build_transform(self.image_size, self.augment if train else None, self.cfg["resize"])
         normalize = Normalize(self.spec.mean, self.spec.std, self.spec.in_chans)
-        return XrayDataset(rows, self.labels, self.multilabel, make_pipeline(transform, normalize))
+        pipeline = SeededPipeline(transform, normalize)
+        if not self.cfg["cache"]:
+            return XrayDataset(rows, self.labels, self.multilabel, pipeline, seed=self.seed)
+        reader = build_cache(rows["path"].tolist(), rows["sha1"].tolist(), self.image_size, self.cfg["resize"],
+                             self.cfg["cache_dir"], workers=max(1, int(self.cfg["num_workers"])))
+        return XrayDataset(rows, self.labels, self.multilabel, pipeline, reader=reader, seed=self.seed)
 
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
@@ -180,39 +192,53 @@ class LungDataModule(pl.LightningDataModule):
         weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
         return weights.tolist()
 
-    def _sampler(self) -> WeightedRandomSampler | None:
-        if self.cfg["balance"] != "sampler" or self.multilabel:
-            return None
+    def train_sampler(self) -> EpochSampler:
+        """Seeded per-epoch shuffling, or class-balanced weighted draws with ``balance=sampler``."""
         ds = self.datasets["train"]
+        if self.cfg["balance"] != "sampler" or self.multilabel:
+            return EpochSampler(len(ds), self.seed, shuffle=True)
         per_class = 1.0 / np.maximum(ds.class_counts(), 1)
-        weights = per_class[ds.targets.numpy()]
-        gen = torch.Generator().manual_seed(self.seed)
-        return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(ds), generator=gen)
+        return EpochSampler(len(ds), self.seed, weights=per_class[ds.targets.numpy()].tolist())
 
     # ------------------------------------------------------------- loaders
-    def loader(self, split: str, shuffle: bool = False, sampler=None) -> DataLoader:
-        """DataLoader over one split (``train``, ``val``, ``test``)."""
+    def loader(self, split: str, shuffle: bool = False, sampler: Sampler | None = None) -> DataLoader:
+        """DataLoader over one split (``train``, ``val``, ``test``).
+
+        Args:
+            split: the split.
+            shuffle: seeded per-epoch shuffling (an `EpochSampler`; ignored when ``sampler`` is given).
+            sampler: a sampler of indices or ``(epoch, index)`` keys.
+        """
         if split not in self.datasets:
             raise DataError(
                 f"Dataset '{self.source.name}' has no '{split}' split (available: {', '.join(self.datasets)})"
             )
         workers = int(self.cfg["num_workers"])
         gen = torch.Generator().manual_seed(self.seed)
+        batch = int(self.cfg["batch_size"])
+        # a training batch of one image breaks BatchNorm (and is noise): drop it
+        drop_last = sampler is not None and len(self.datasets[split]) % batch == 1
+        if sampler is None and shuffle:
+            sampler = EpochSampler(len(self.datasets[split]), self.seed, shuffle=True)
         return DataLoader(
             self.datasets[split],
-            batch_size=int(self.cfg["batch_size"]),
-            shuffle=shuffle,
+            batch_size=batch,
             sampler=sampler,
             num_workers=workers,
             pin_memory=bool(self.cfg["pin_memory"]),
             persistent_workers=bool(self.cfg["persistent_workers"]) and workers > 0,
             generator=gen,
-            drop_last=False,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
-        sampler = self._sampler()
-        return self.loader("train", shuffle=sampler is None, sampler=sampler)
+        sampler = self.train_sampler()
+        trainer = self.trainer
+        if trainer is not None:
+            # Lightning creates the iterator (and workers prefetch) before it calls set_epoch: on resume
+            # the first batches would come from epoch 0's order unless the epoch is set here already
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        return self.loader("train", sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val")

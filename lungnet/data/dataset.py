@@ -1,26 +1,118 @@
-"""A torch Dataset over a source table: returns ``{"image", "target", "path", "index"}``."""
+"""A torch Dataset over a source table, and the epoch-keyed sampler that makes training resumable exactly.
+
+Shuffling and augmentation are pure functions of ``(seed, epoch, index)``: `EpochSampler` yields
+``(epoch, index)`` keys (Lightning calls its ``set_epoch``), and `XrayDataset` seeds the
+albumentations pipeline from the key before transforming that item. No global or per-worker
+random state is involved, so a run resumed from a checkpoint, or run with any ``num_workers``,
+sees exactly the same batches as an uninterrupted one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
+import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from lungnet.data.images import read_image
+from lungnet.data.transforms import Normalize
+
+
+def derive_seed(*keys: int) -> int:
+    """A well-mixed 32-bit seed from integers (e.g. seed, epoch, index); equal keys give equal seeds."""
+    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
+
+
+def seed_transform(transform: A.BaseCompose | A.BasicTransform, seed: int) -> None:
+    """Seeds an albumentations pipeline; each step gets its own stream (no correlated coin flips)."""
+    transform.set_random_seed(seed)
+    for i, child in enumerate(getattr(transform, "transforms", None) or []):
+        seed_transform(child, derive_seed(seed, i + 1))
+
+
+class SeededPipeline:
+    """albumentations pipeline + `Normalize`: image (H, W) in [0, 1] -> tensor (C, H, W).
+
+    Args:
+        transform: resize and augmentation (`lungnet.data.transforms.build_transform`).
+        normalize: channel layout and standardisation.
+    """
+
+    def __init__(self, transform: A.Compose, normalize: Normalize) -> None:
+        self.transform = transform
+        self.normalize = normalize
+
+    def __call__(self, image: np.ndarray, seed: int | None = None) -> torch.Tensor:
+        """Transforms one image; with ``seed`` every random draw of the augmentation comes from it."""
+        if seed is not None:
+            seed_transform(self.transform, seed)
+        out = self.transform(image=image[..., None])["image"]
+        return self.normalize(np.clip(out[..., 0] if out.ndim == 3 else out, 0.0, 1.0))
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` keys: a seeded permutation (or weighted draw) that depends only on (seed, epoch).
+
+    Args:
+        n: dataset length.
+        seed: run seed.
+        shuffle: permute (False: 0..n-1 in order).
+        weights: per-item sampling weights; draws ``num_samples`` items with replacement (class balance).
+        num_samples: items per epoch with ``weights`` (default ``n``).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        shuffle: bool = True,
+        weights: Sequence[float] | None = None,
+        num_samples: int | None = None,
+    ) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
+        self.num_samples = int(num_samples or n)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch (also after resuming)."""
+        self.epoch = int(epoch)
+
+    def indices(self) -> list[int]:
+        """This epoch's item order."""
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 0x5A3))
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=gen).tolist()
+        if self.shuffle:
+            return torch.randperm(self.n, generator=gen).tolist()
+        return list(range(self.n))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return iter([(epoch, i) for i in self.indices()])
+
+    def __len__(self) -> int:
+        return self.num_samples if self.weights is not None else self.n
 
 
 class XrayDataset(Dataset):
     """Images and targets of one split.
 
+    Items are addressed by an index, or by an ``(epoch, index)`` key from `EpochSampler`: the key
+    seeds the augmentation, so the item is the same whenever and wherever (worker) it is loaded.
+
     Args:
         table: rows of the source table (``path`` and ``target`` or one column per label).
         labels: the ordered label list.
         multilabel: targets are float vectors (NaN = unknown) rather than class indices.
-        pipeline: image (H, W) float in [0, 1] -> tensor (C, H, W).
+        pipeline: image (H, W) float in [0, 1] -> tensor (C, H, W); a `SeededPipeline` is seeded per key.
         reader: image reader (the default decodes the file; the cache swaps in its own).
+        seed: run seed mixed into every item's augmentation seed.
     """
 
     def __init__(
@@ -30,6 +122,7 @@ class XrayDataset(Dataset):
         multilabel: bool,
         pipeline: Callable[[np.ndarray], torch.Tensor],
         reader: Callable[[str], np.ndarray] = read_image,
+        seed: int = 0,
     ) -> None:
         self.table = table.reset_index(drop=True)
         self.paths = self.table["path"].tolist()
@@ -41,12 +134,22 @@ class XrayDataset(Dataset):
             self.targets = torch.tensor(self.table["target"].to_numpy(np.int64))
         self.pipeline = pipeline
         self.reader = reader
+        self.seed = int(seed)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict:
-        image = self.pipeline(self.reader(self.paths[index]))
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple | list):
+            epoch, index = int(key[0]), int(key[1])
+            image = self.reader(self.paths[index])
+            if isinstance(self.pipeline, SeededPipeline):
+                image = self.pipeline(image, seed=derive_seed(self.seed, epoch, index))
+            else:
+                image = self.pipeline(image)
+        else:
+            index = int(key)
+            image = self.pipeline(self.reader(self.paths[index]))
         return {"image": image, "target": self.targets[index], "path": self.paths[index], "index": index}
 
     def class_counts(self) -> np.ndarray:

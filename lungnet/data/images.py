@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lungnet.io import printable
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
 MIN_SIDE = 8
 MAX_PIXELS = 64_000_000  # larger headers are treated as decompression bombs
+_OPEN_LOCK = threading.Lock()  # warnings filters are process-global: one header parse at a time
 
 
 class ImageReadError(ValueError):
@@ -28,19 +32,40 @@ class ImageReadError(ValueError):
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{printable(self.path)}: {reason}")
+
+
+# magic bytes of the raster formats Pillow reads: the content decides, not the suffix
+_RASTER_MAGIC = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",  # JPEG
+    b"II*\x00",  # TIFF little-endian
+    b"MM\x00*",  # TIFF big-endian
+    b"BM",  # BMP
+    b"GIF8",
+    b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
+)
+
+
+def _head(path: Path, n: int = 132) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
-    """True when the file has a DICOM suffix or the ``DICM`` magic at byte 128."""
-    if Path(path).suffix.lower() in {".dcm", ".dicom"}:
-        return True
+    """True when the file carries the ``DICM`` magic at byte 128, or has a DICOM suffix and no raster magic."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
+        head = _head(Path(path))
     except OSError:
         return False
+    if head[128:132] == b"DICM":
+        return True
+    return Path(path).suffix.lower() in {".dcm", ".dicom"} and not head.startswith(_RASTER_MAGIC)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (decoder plugins write multi-line explanations)."""
+    return " ".join(str(exc).split())
 
 
 def _scale_to_unit(arr: np.ndarray) -> np.ndarray:
@@ -61,29 +86,42 @@ def _read_dicom(path: Path) -> np.ndarray:
     except ImportError as exc:  # pragma: no cover - pydicom is a runtime dependency
         raise ImageReadError(path, "reading DICOM needs pydicom: pip install pydicom") from exc
     try:
-        ds = pydicom.dcmread(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about every oddity of the header
+            ds = pydicom.dcmread(path, force=True)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
-        raise ImageReadError(path, f"not a readable DICOM file ({exc})") from exc
-    if "PixelData" not in ds:
+        raise ImageReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageReadError(path, "DICOM file has no pixel data (PixelData element missing)")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * cols > MAX_PIXELS:
+        raise ImageReadError(path, f"DICOM header claims {cols}x{rows} px (decompression bomb?)")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoder plugins raise their own types
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
         hint = ""
         if syntax is not None and "2000" in name:
             hint = "; install a JPEG 2000 decoder: pip install pylibjpeg pylibjpeg-openjpeg"
         elif syntax is not None and "JPEG" in name:
             hint = "; install a JPEG decoder: pip install pylibjpeg pylibjpeg-libjpeg"
-        raise ImageReadError(path, f"cannot decode DICOM pixel data (transfer syntax {name}){hint}") from exc
-    if arr.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
-        arr = arr[0]  # multi-frame: first frame
-    arr = apply_modality_lut(arr, ds)
-    arr = apply_voi_lut(arr, ds)
-    if arr.ndim == 3:  # colour DICOM
-        arr = arr[..., :3].mean(axis=-1)
-    arr = _scale_to_unit(np.asarray(arr))
+        raise ImageReadError(
+            path,
+            f"cannot decode DICOM pixel data (transfer syntax {name}: {type(exc).__name__}: {_one_line(exc)}){hint}",
+        ) from exc
+    try:
+        if arr.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
+            arr = arr[0]  # multi-frame: first frame
+        arr = apply_modality_lut(arr, ds)
+        arr = apply_voi_lut(arr, ds)
+        if arr.ndim == 3:  # colour DICOM
+            arr = arr[..., :3].mean(axis=-1)
+        arr = _scale_to_unit(np.asarray(arr))
+    except Exception as exc:  # noqa: BLE001 - malformed LUTs fail in many ways
+        raise ImageReadError(
+            path, f"cannot apply the DICOM intensity transforms ({type(exc).__name__}: {exc})"
+        ) from exc
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         arr = 1.0 - arr  # MONOCHROME1 stores bright as low values: invert so lungs come out dark
     return arr
@@ -101,39 +139,50 @@ def _pil_to_gray(img: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, rgba)
     if img.mode != "L":
-        img = img.convert("RGB").convert("L")
+        img = img.convert("RGB").convert("L")  # CMYK, YCbCr, palette, 1-bit ...
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
+def _open(path: Path) -> Image.Image:
+    """Opens (header only) with Pillow; refuses oversized headers before any pixel is allocated."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit decides
+        img = Image.open(path)
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise ImageReadError(path, f"image header claims {width}x{height} px (decompression bomb?)")
+    return img
+
+
 def _read_pil(path: Path) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        previous = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-        try:
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > MAX_PIXELS:
-                    raise ImageReadError(path, f"image header claims {width}x{height} px (decompression bomb?)")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _pil_to_gray(img)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageReadError(path, f"image too large, refused as a decompression bomb ({exc})") from exc
-        except UnidentifiedImageError as exc:
-            raise ImageReadError(path, "not an image file (unrecognised format)") from exc
-        except OSError as exc:
-            raise ImageReadError(path, f"corrupt or truncated image ({exc})") from exc
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
+    try:
+        with _open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _pil_to_gray(img)
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"image too large, refused as a decompression bomb ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(path, "not an image file (unrecognised format)") from exc
+    except ImageReadError:
+        raise
+    except OSError as exc:
+        raise ImageReadError(path, f"corrupt or truncated image ({exc})") from exc
+    except MemoryError as exc:
+        raise ImageReadError(path, "not enough memory to decode the image") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow plugins raise ValueError, SyntaxError, struct.error ...
+        raise ImageReadError(path, f"corrupt image ({type(exc).__name__}: {exc})") from exc
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Reads one image file as grayscale.
 
+    The file's content decides the format, not its suffix (a JPEG named ``.png`` reads fine).
     DICOM files get the modality LUT (rescale slope/intercept), the VOI LUT or window, and
     MONOCHROME1 inversion; 16-bit PNG/TIFF keep their full range; RGBA is composited on black;
-    EXIF orientation is applied.
+    palette and CMYK are converted; EXIF orientation is applied. Headers claiming more than
+    `MAX_PIXELS` pixels are refused before any pixel is decoded.
 
     Args:
         path: the image file.
@@ -142,13 +191,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         A float32 array of shape (H, W) with values in [0, 1].
 
     Raises:
-        ImageReadError: the file is missing, empty, not an image, corrupt, too small or too large.
+        ImageReadError: the file is missing, unreadable, empty, not an image, corrupt, truncated, too
+            small or too large, a DICOM without pixel data or with an undecodable transfer syntax.
     """
     path = Path(path)
     try:
         size = path.stat().st_size
+        _head(path, 1)
     except OSError as exc:
-        raise ImageReadError(path, f"cannot access file ({exc.strerror or exc})") from exc
+        raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if not path.is_file():
+        raise ImageReadError(path, "not a regular file")
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     arr = _read_dicom(path) if is_dicom(path) else _read_pil(path)

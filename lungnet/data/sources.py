@@ -24,6 +24,7 @@ import pandas as pd
 
 from lungnet import labels as L
 from lungnet.data.images import IMAGE_SUFFIXES
+from lungnet.io import printable
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,37 @@ class DataError(ValueError):
 
 
 def walk_images(folder: Path) -> list[Path]:
-    """All image files below ``folder``, sorted, following symlinked folders once (loops are skipped)."""
+    """All image files below ``folder``, sorted.
+
+    Symlinked folders are followed, except a link back to the folder being walked or one of its
+    parents (a symlink loop) and a folder already visited through another link; both are skipped
+    with a warning. Unreadable folders are skipped with a warning. File names that are not valid
+    UTF-8 are kept (as Python's surrogate-escaped strings); hidden files are ignored.
+    """
+
+    def on_error(exc: OSError) -> None:
+        log.warning("Skipping %s: %s", printable(exc.filename), exc.strerror or exc)
+
     seen: set[str] = set()
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=on_error):
         real = os.path.realpath(dirpath)
         if real in seen:
-            log.warning("Skipping %s: symlink loop (already visited %s)", dirpath, real)
+            log.warning("Skipping %s: already visited as %s (symlinked folder)", printable(dirpath), printable(real))
             dirnames[:] = []
             continue
         seen.add(real)
-        dirnames.sort()
+        keep = []
+        for name in sorted(dirnames):
+            sub = os.path.join(dirpath, name)
+            target = os.path.realpath(sub)
+            if os.path.islink(sub) and (real == target or real.startswith(target.rstrip(os.sep) + os.sep)):
+                log.warning(
+                    "Skipping %s: symlink loop (points to %s, a parent folder)", printable(sub), printable(target)
+                )
+                continue
+            keep.append(name)
+        dirnames[:] = keep
         for name in filenames:
             if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
                 found.append(Path(dirpath) / name)
@@ -235,9 +256,11 @@ class SyntheticSource(FolderSource):
 
         gen = {k: self.options[k] for k in ("n_per_class", "size", "seed") if k in self.options}
         if self.root.is_dir() and any(self.root.iterdir()) and not (self.root / "manifest.json").exists():
-            raise DataError(f"{self.root} is not a lungnet synthetic data folder (no manifest.json), and lungnet "
-                            "will not generate phantoms into a folder that holds other files: choose another "
-                            "data.root, or split=all with a <root>/<class>/ folder")
+            raise DataError(
+                f"{self.root} is not a lungnet synthetic data folder (no manifest.json), and lungnet "
+                "will not generate phantoms into a folder that holds other files: choose another "
+                "data.root, or split=all with a <root>/<class>/ folder"
+            )
         generate(self.root, **gen)
         root = self.root
         self.root = root / "images"

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from lungnet.io import write_csv
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -134,11 +136,8 @@ def check_patient_overlap(table: pd.DataFrame) -> dict[str, int]:
 
 
 def write_splits(table: pd.DataFrame, folder: str | Path) -> None:
-    """Writes ``<folder>/splits/{train,val,test}.csv`` (path, label, patient)."""
+    """Writes ``<folder>/splits/{train,val,test}.csv`` (path, label, patient) atomically."""
     folder = Path(folder) / "splits"
-    folder.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         part = table.loc[table["split"] == name, ["path", "label", "patient"]]
-        tmp = folder / f".{name}.csv.tmp"
-        part.to_csv(tmp, index=False, encoding="utf-8", errors="surrogateescape")
-        tmp.replace(folder / f"{name}.csv")
+        write_csv(folder / f"{name}.csv", part, errors="surrogateescape")  # file-name bytes kept exactly

@@ -96,3 +96,50 @@ def test_real_darkcovidnet_split_is_stratified():
     share = (val["label"] == "Covid-19").mean()
     assert abs(share - 99 / 925) < 0.02
     assert np.isfinite(dm.check_intensity()["mean"])
+
+
+def _smooth(seed: int, size: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    img = sum(np.sin(2 * np.pi * (rng.random() * 3 * x + rng.random() * 3 * y + rng.random())) for _ in range(4))
+    return ((img - img.min()) / np.ptp(img) * 255).astype(np.uint8)
+
+
+def test_near_duplicate_into_test_is_refused(tiny_folder, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(_smooth(1)).save(tiny_folder / "train" / "NORMAL" / "smooth.png")
+    Image.fromarray(_smooth(2)).save(tiny_folder / "train" / "NORMAL" / "other.png")
+    resized = Image.fromarray(_smooth(1)).resize((96, 96), Image.Resampling.BILINEAR)
+    resized.save(tiny_folder / "test" / "NORMAL" / "copy.jpg", quality=80)  # not byte-identical: no exact dupe
+    dm = LungDataModule(_cfg("pneumonia", tiny_folder), SPEC)
+    dm.setup()  # exact hashes see nothing
+    assert dm.report["duplicate_images"]["train/test"] == 0 and "near_duplicate_images" not in dm.report
+    with pytest.raises(DataError, match="near duplicate images train/test: 1"):
+        LungDataModule(_cfg("pneumonia", tiny_folder, near_duplicates=True), SPEC, run_dir=tmp_path / "r").setup()
+    report = json.loads((tmp_path / "r" / "data_report.json").read_text())  # written for the refused run too
+    assert report["near_duplicate_examples"][0]["test"].endswith("copy.jpg")
+    assert report["near_duplicate_examples"][0]["train"].endswith("smooth.png")
+    dm = LungDataModule(_cfg("pneumonia", tiny_folder, near_duplicates=True, allow_leakage=True), SPEC)
+    dm.setup()
+    assert dm.report["near_duplicate_images"] == {"train/val": 0, "train/test": 1, "val/test": 0}
+    strict = LungDataModule(
+        _cfg("pneumonia", tiny_folder, near_duplicates=True, near_duplicate_threshold=0, allow_leakage=True), SPEC
+    )
+    strict.setup()
+    assert strict.report["near_duplicate_images"]["train/test"] == 0  # the threshold is honoured
+
+
+def test_epoch_sampler_is_a_function_of_seed_and_epoch(tiny_folder):
+    rotate = [{"_target_": "albumentations.Affine", "rotate": [-30, 30], "p": 1.0}]
+    dm = LungDataModule(_cfg("pneumonia", tiny_folder, balance="sampler"), SPEC, seed=3, augment=rotate)
+    dm.setup()
+    first, again = dm.train_sampler(), dm.train_sampler()
+    first.set_epoch(4)
+    again.set_epoch(4)
+    assert list(first) == list(again) and all(key[0] == 4 for key in first)
+    again.set_epoch(5)
+    assert list(first) != list(again)
+    ds = dm.datasets["train"]
+    assert torch.equal(ds[(4, 2)]["image"], ds[(4, 2)]["image"])  # the key alone decides the augmentation
+    assert not torch.equal(ds[(4, 2)]["image"], ds[(5, 2)]["image"])

@@ -1,0 +1,107 @@
+"""Training curves: ``write_training_curves(run_dir)`` turns a run's ``csv/metrics.csv`` into ``curves.png``.
+
+The CSVLogger writes one row per logging call with the other columns empty; rows are collapsed to one
+per epoch (last logged value of each column). The final numbers of the best checkpoint on test (or,
+without a test split, on validation) from the run's ``metrics.json`` go into the figure title.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from lungnet.evaluation.plots import save_figure  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+LOSS = (("train/loss_epoch", "train"), ("val/loss", "validation"))
+SCORES = (
+    ("train/acc", "train accuracy", "tab:blue", "-"),
+    ("val/acc", "validation accuracy", "tab:orange", "-"),
+    ("train/auroc", "train macro AUROC", "tab:blue", "--"),
+    ("val/auroc", "validation macro AUROC", "tab:orange", "--"),
+    ("val/f1", "validation macro F1", "tab:green", ":"),
+)
+
+
+def epoch_table(csv_path: str | os.PathLike) -> pd.DataFrame:
+    """One row per epoch: the last logged value of every metric column in that epoch."""
+    frame = pd.read_csv(csv_path)
+    if "epoch" not in frame.columns:
+        raise ValueError(f"{csv_path} has no 'epoch' column: not a Lightning CSVLogger metrics file")
+    frame = frame.dropna(subset=["epoch"])
+    frame["epoch"] = frame["epoch"].astype(int)
+    return frame.groupby("epoch").last().reset_index()
+
+
+def final_numbers(metrics_path: Path) -> str:
+    """``"test: accuracy 0.812, macro F1 0.790, macro AUROC 0.905"`` from a training run's metrics.json."""
+    if not metrics_path.is_file():
+        return ""
+    metrics = json.loads(metrics_path.read_text())
+    split = "test" if isinstance(metrics.get("test"), dict) else "val"
+    values = metrics.get(split) or {}
+    parts = [
+        f"{name} {values[key]:.3f}"
+        for key, name in (("accuracy", "accuracy"), ("f1_macro", "macro F1"), ("auroc_macro", "macro AUROC"))
+        if isinstance(values.get(key), int | float)
+    ]
+    where = "test" if split == "test" else "validation (no test split)"
+    return f"Best checkpoint on {where}: " + ", ".join(parts) if parts else ""
+
+
+def write_training_curves(run_dir: str | os.PathLike) -> Path | None:
+    """Writes ``<run_dir>/curves.png``: loss and accuracy (or AUROC) per epoch for train and validation.
+
+    Args:
+        run_dir: a training run directory holding ``csv/metrics.csv`` (and ``metrics.json``).
+
+    Returns:
+        The figure's path, or None when the run logged no epoch yet.
+    """
+    run_dir = Path(run_dir)
+    csv_path = run_dir / "csv" / "metrics.csv"
+    if not csv_path.is_file():
+        log.warning("No %s: no training curves written", csv_path)
+        return None
+    table = epoch_table(csv_path)
+    if table.empty:
+        log.warning("%s holds no epoch rows yet: no training curves written", csv_path)
+        return None
+    epochs = table["epoch"] + 1
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4.3))
+    for (col, name), colour in zip(LOSS, ("tab:blue", "tab:orange"), strict=True):
+        if col in table and table[col].notna().any():
+            ok = table[col].notna()
+            ax_loss.plot(epochs[ok], table.loc[ok, col], "o-", color=colour, label=name)
+    ax_loss.set_title("Loss")
+    ax_loss.set_ylabel("loss")
+    scores = [s for s in SCORES if s[0] in table and table[s[0]].notna().any()]
+    for col, name, colour, style in scores:
+        ok = table[col].notna()
+        ax_score.plot(epochs[ok], table.loc[ok, col], marker="o", ls=style, color=colour, label=name)
+    has_acc = any(s[0].endswith("/acc") for s in scores)
+    ax_score.set_title("Accuracy, AUROC and F1" if has_acc else "AUROC and F1")
+    ax_score.set_ylabel("score")
+    ax_score.set_ylim(0, 1.02)
+    for ax in (ax_loss, ax_score):
+        ax.set_xlabel("epoch")
+        if len(epochs) <= 20:
+            ax.set_xticks(sorted(set(epochs.tolist())))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    summary = final_numbers(run_dir / "metrics.json")
+    fig.suptitle(f"Training curves: {run_dir.name}" + (f"\n{summary}" if summary else ""), fontsize=11)
+    fig.tight_layout()
+    path = save_figure(fig, run_dir / "curves.png")
+    log.info("Wrote %s", path)
+    return path

@@ -1,0 +1,263 @@
+"""Explain a checkpoint on images: overlay PNGs, a grid, a summary CSV and a markdown section for report.md.
+
+``explain_checkpoint`` is the one call for `evaluate.py`, ``python -m lungnet.explain`` and notebooks;
+`lungnet.explain.pointing.score_checkpoint` scores methods against lesion masks or boxes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lungnet.checkpoint import LoadedModel, load_model
+from lungnet.data.images import read_image
+from lungnet.data.transforms import Normalize, build_transform, make_pipeline
+from lungnet.explain.base import ExplainError
+from lungnet.explain.cams import make_explainer
+from lungnet.explain.overlay import save_grid, save_side_by_side
+from lungnet.io import write_csv
+
+log = logging.getLogger(__name__)
+
+TITLES = {
+    "gradcam": "Grad-CAM",
+    "gradcampp": "Grad-CAM++",
+    "hirescam": "HiResCAM",
+    "scorecam": "Score-CAM",
+    "eigencam": "EigenCAM",
+    "ig": "Integrated Gradients",
+}
+MAX_CANDIDATES = 512
+
+
+def as_loaded(ckpt: str | os.PathLike | LoadedModel) -> LoadedModel:
+    """A `LoadedModel` from a checkpoint path (or the same object)."""
+    return ckpt if isinstance(ckpt, LoadedModel) else load_model(ckpt)
+
+
+def preprocessor(loaded: LoadedModel) -> Callable[[np.ndarray], torch.Tensor]:
+    """The checkpoint's evaluation pipeline: image (H, W) in [0, 1] -> normalised tensor (C, S, S)."""
+    size = int(loaded.data.get("image_size") or loaded.spec.input_size)
+    transform = build_transform(size, None, loaded.data.get("resize", "squash"))
+    return make_pipeline(transform, Normalize(loaded.spec.mean, loaded.spec.std, loaded.spec.in_chans))
+
+
+def image_table(images, loaded: LoadedModel) -> pd.DataFrame:
+    """Normalises the accepted inputs to a table with ``path`` and ``truth`` (class index, vector or None).
+
+    Args:
+        images: image paths, a table with ``path`` and ``target`` (or one column per label when
+            multi-label, or ``label``), or a Dataset with ``.table`` (`lungnet.data.dataset.XrayDataset`).
+        loaded: the model (its labels).
+    """
+    table = getattr(images, "table", images)
+    if not isinstance(table, pd.DataFrame):
+        return pd.DataFrame({"path": [str(p) for p in table], "truth": [None] * len(table)})
+    if "path" not in table:
+        raise ExplainError("an image table needs a 'path' column")
+    if loaded.multilabel and set(loaded.labels) <= set(table.columns):
+        truth = list(table[loaded.labels].to_numpy(np.float32))
+    elif "target" in table and not loaded.multilabel:
+        truth = [int(t) for t in table["target"]]
+    elif "label" in table and not loaded.multilabel:
+        truth = [loaded.labels.index(lab) if lab in loaded.labels else None for lab in table["label"]]
+    else:
+        truth = [None] * len(table)
+    return pd.DataFrame({"path": table["path"].astype(str).tolist(), "truth": truth})
+
+
+@torch.no_grad()
+def predict_paths(loaded: LoadedModel, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    """Probabilities (N, K) for image files with the checkpoint's own preprocessing."""
+    pipeline, out = preprocessor(loaded), []
+    model = loaded.model.eval()
+    device = next(model.parameters()).device
+    for i in range(0, len(paths), batch_size):
+        batch = torch.stack([pipeline(read_image(p)) for p in paths[i : i + batch_size]]).to(device)
+        out.append(loaded.probabilities(model(batch)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(loaded.labels)), np.float32)
+
+
+def _judge(loaded: LoadedModel, probs: np.ndarray, truth, explained: int) -> tuple[str, str, float, str | None]:
+    """(true text, predicted text, probability of the explained class, correct|wrong|None)."""
+    labels = loaded.labels
+    if loaded.multilabel:
+        thr = (loaded.thresholds or [0.5] * len(labels))[explained]
+        p = float(probs[explained])
+        said = "positive" if p >= thr else "negative"
+        pred = f"{labels[explained]} {said}"
+        if truth is None or not np.isfinite(truth[explained]):
+            true = "unknown"
+            verdict = None
+        else:
+            true = "|".join(lab for lab, t in zip(labels, truth, strict=True) if t == 1) or "No Finding"
+            verdict = "correct" if (p >= thr) == (truth[explained] == 1) else "wrong"
+        return true, pred, p, verdict
+    top = int(np.argmax(probs))
+    true = labels[truth] if truth is not None else "unknown"
+    verdict = None if truth is None else ("correct" if top == truth else "wrong")
+    return true, labels[top], float(probs[explained]), verdict
+
+
+def _round_robin(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows interleaved over true classes (file order within a class), so a short pick covers them all."""
+    key = table["true"].astype(str)
+    return table.assign(_rank=key.groupby(key).cumcount()).sort_values(["_rank"], kind="stable").drop(columns="_rank")
+
+
+def _select(table: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Up to ``n`` rows, half of them wrong predictions when there are enough, spread over the true classes."""
+    wrong = _round_robin(table[table["verdict"] == "wrong"])
+    rest = _round_robin(table[table["verdict"] != "wrong"])
+    take_wrong = min(len(wrong), max(n // 2, n - len(rest)))
+    return pd.concat([rest.head(n - take_wrong), wrong.head(take_wrong)])
+
+
+def _class_index(loaded: LoadedModel, class_index: int | str | None) -> int | None:
+    if class_index is None or isinstance(class_index, (int, np.integer)):
+        if class_index is not None and not 0 <= int(class_index) < max(2, len(loaded.labels)):
+            raise ExplainError(f"class_index {class_index} out of range for labels {loaded.labels}")
+        return None if class_index is None else int(class_index)
+    if class_index not in loaded.labels:
+        raise ExplainError(f"Unknown class '{class_index}'; the model's classes are {loaded.labels}")
+    return loaded.labels.index(class_index)
+
+
+def _short(text: str, keep: int = 2) -> str:
+    """A multi-label list ``A|B|C|D`` shortened for a figure title: ``A, B +2``."""
+    parts = str(text).split("|")
+    return ", ".join(parts[:keep]) + (f" +{len(parts) - keep}" if len(parts) > keep else "")
+
+
+def _cell(text: object) -> str:
+    """Text safe inside a markdown table cell (multi-label truths are joined with '|')."""
+    return str(text).replace("|", "\\|")
+
+
+def _link(path: Path, base: Path) -> str:
+    return Path(os.path.relpath(path, base)).as_posix()
+
+
+def explain_checkpoint(
+    ckpt: str | os.PathLike | LoadedModel,
+    images,
+    method: str = "gradcam",
+    n: int = 16,
+    class_index: int | str | None = None,
+    out_dir: str | os.PathLike = "explanations",
+    cam_layer: str | None = None,
+    images_per_call: int = 8,
+    report_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    **options,
+) -> dict:
+    """Explains ``n`` images (correct and wrong predictions) and writes the figures.
+
+    Writes ``out_dir/<method>/NN_<name>.png`` (original beside overlay, titled with true and
+    predicted class, probability and correct/wrong), ``grid.png`` with all of them and
+    ``explanations.csv``.
+
+    Args:
+        ckpt: checkpoint path or `LoadedModel`.
+        images: image paths, a table (``path`` + ``target``/label columns) or an `XrayDataset`.
+        method: gradcam, gradcampp, hirescam, scorecam, eigencam or ig.
+        n: number of images; up to half are wrong predictions when the truth is known.
+        class_index: class to explain (index or label; for multi-label a finding); None = predicted.
+        out_dir: output folder.
+        cam_layer: target-layer override (default: the checkpoint's ``spec.cam_layer``).
+        images_per_call: images per explainer call (bounds memory).
+        report_dir: folder of the report the markdown goes into (links are relative to it; default out_dir).
+        seed: shuffles the candidates (at most 512) before the pick, so it is not all from one patient or class.
+        **options: method options (``batch_size`` for scorecam, ``n_steps`` for ig).
+
+    Returns:
+        Summary dict: method, n, n_correct, n_wrong, files, grid, csv, markdown (a section for report.md).
+    """
+    loaded = as_loaded(ckpt)
+    chosen_class = _class_index(loaded, class_index)
+    table = image_table(images, loaded)
+    table = table.sample(frac=1.0, random_state=seed).head(MAX_CANDIDATES).reset_index(drop=True)
+    if table.empty:
+        raise ExplainError("No images to explain")
+    probs = predict_paths(loaded, table["path"].tolist())
+    explained = [chosen_class if chosen_class is not None else int(np.argmax(p)) for p in probs]
+    judged = [_judge(loaded, p, t, e) for p, t, e in zip(probs, table["truth"], explained, strict=True)]
+    table["true"], table["predicted"], table["probability"], table["verdict"] = zip(*judged, strict=True)
+    table["explained"] = [loaded.labels[e] for e in explained]
+    table["explained_index"] = explained
+    table = _select(table, n)
+
+    folder = Path(out_dir) / method
+    pipeline = preprocessor(loaded)
+    originals = [read_image(p) for p in table["path"]]
+    maps: list[np.ndarray] = []
+    with make_explainer(method, loaded.model, cam_layer, **options) as explainer:
+        for i in range(0, len(table), images_per_call):
+            batch = torch.stack([pipeline(img) for img in originals[i : i + images_per_call]])
+            targets = table["explained_index"].iloc[i : i + images_per_call].tolist()
+            maps += list(explainer(batch.to(next(loaded.model.parameters()).device), targets))
+    name = TITLES.get(method, method)
+    files, titles, colors = [], [], []
+    for k, (row, img, heat) in enumerate(zip(table.itertuples(), originals, maps, strict=True)):
+        verdict = row.verdict or "unlabelled"
+        color = {"correct": "green", "wrong": "red"}.get(verdict, "black")
+        true, pred = _short(row.true), _short(row.predicted)
+        title = f"true: {true} | pred: {pred} | p({row.explained})={row.probability:.2f} | {verdict}"
+        files.append(
+            save_side_by_side(
+                folder / f"{k:02d}_{Path(row.path).stem}.png",
+                img,
+                heat,
+                f"{name}: {title}",
+                color=color,
+                heat_title=f"{name} for {row.explained}",
+            )
+        )
+        titles.append(
+            "\n".join(
+                [Path(row.path).stem, *textwrap.wrap(f"true {true}", 34), *textwrap.wrap(f"pred {pred}", 34)]
+                + [f"p({row.explained})={row.probability:.2f} {verdict}"]
+            )
+        )
+        colors.append(color)
+    grid = save_grid(folder / "grid.png", originals, maps, titles, colors, suptitle=f"{name} ({loaded.spec.name})")
+    table["file"] = [str(f) for f in files]
+    csv = write_csv(folder / "explanations.csv", table.drop(columns=["truth"]))
+    n_correct, n_wrong = int((table["verdict"] == "correct").sum()), int((table["verdict"] == "wrong").sum())
+    base = Path(report_dir) if report_dir else Path(out_dir)
+    target_text = "the predicted class" if chosen_class is None else f"class '{loaded.labels[chosen_class]}'"
+    lines = [
+        f"### Explanations: {name}",
+        "",
+        f"{len(table)} images ({n_correct} correct, {n_wrong} wrong predictions), heatmaps for {target_text}, "
+        f"target layer `{cam_layer or loaded.spec.cam_layer}`" + (" (not used by IG)" if method == "ig" else "") + ".",
+        "",
+        f"![{name} grid]({_link(grid, base)})",
+        "",
+        "| image | true | predicted | explained | p | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row, f in zip(table.itertuples(), files, strict=True):
+        lines.append(
+            f"| [{Path(row.path).name}]({_link(f, base)}) | {_cell(row.true)} | {_cell(row.predicted)} "
+            f"| {_cell(row.explained)} | {row.probability:.3f} | {row.verdict or '-'} |"
+        )
+    markdown = "\n".join(lines) + "\n"
+    log.info("%s: %d overlays (%d correct, %d wrong) in %s", name, len(files), n_correct, n_wrong, folder)
+    return {
+        "method": method,
+        "n": len(files),
+        "n_correct": n_correct,
+        "n_wrong": n_wrong,
+        "files": [str(f) for f in files],
+        "grid": str(grid),
+        "csv": str(csv),
+        "markdown": markdown,
+    }

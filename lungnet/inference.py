@@ -1,0 +1,432 @@
+"""Use a trained model: ``Predictor(ckpt).predict(paths) -> rows``, shared by predict.py, the web app and the API.
+
+A `Predictor` opens a lungnet checkpoint (``.ckpt``), an exported ONNX file (run with ONNX Runtime,
+no torch model) or an exported TorchScript file; exports carry their preprocessing in a JSON sidecar
+(`lungnet.export`). Images are preprocessed exactly as the checkpoint's evaluation pipeline:
+`read_image` -> resize (``squash``/``pad``) to the trained input size -> the model's mean/std.
+A file that cannot be read becomes an error row; the others go on.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lungnet.checkpoint import CheckpointError, load_model
+from lungnet.data.images import IMAGE_SUFFIXES, ImageReadError, is_dicom, read_image
+from lungnet.data.transforms import Normalize, build_transform, make_pipeline
+from lungnet.evaluation.predict import predictions_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything needed to turn an image file into the model's input, and its outputs into decisions.
+
+    Attributes:
+        labels: class names in output order.
+        multilabel: sigmoid outputs (independent findings) instead of softmax.
+        input_size: square side the model was trained at.
+        in_chans: input channels.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+        resize: ``squash`` or ``pad`` (as in training).
+        thresholds: per-class operating point, or None.
+        model: the lungnet model name (informative).
+    """
+
+    labels: tuple[str, ...]
+    multilabel: bool
+    input_size: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = "squash"
+    thresholds: tuple[float, ...] | None = None
+    model: str = ""
+
+    def pipeline(self):
+        """Image (H, W) float in [0, 1] -> normalised tensor (C, S, S), the evaluation transform."""
+        return make_pipeline(
+            build_transform(self.input_size, None, self.resize), Normalize(self.mean, self.std, self.in_chans)
+        )
+
+    def to_dict(self) -> dict:
+        """Plain JSON types."""
+        d = asdict(self)
+        d["labels"], d["mean"], d["std"] = list(self.labels), list(self.mean), list(self.std)
+        d["thresholds"] = list(self.thresholds) if self.thresholds is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        """Inverse of `to_dict` (unknown keys, e.g. a sidecar's ``format``, are ignored)."""
+        try:
+            thr = d.get("thresholds")
+            return cls(
+                labels=tuple(str(x) for x in d["labels"]),
+                multilabel=bool(d["multilabel"]),
+                input_size=int(d["input_size"]),
+                in_chans=int(d["in_chans"]),
+                mean=tuple(float(x) for x in d["mean"]),
+                std=tuple(float(x) for x in d["std"]),
+                resize=str(d.get("resize") or "squash"),
+                thresholds=tuple(float(x) for x in thr) if thr is not None else None,
+                model=str(d.get("model", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"Preprocessing record is incomplete or malformed ({exc!r}): {d}") from exc
+
+    @classmethod
+    def from_loaded(cls, loaded) -> Preprocessing:
+        """From a `LoadedModel`: the spec's trained input size, mean/std, channels and the data config's resize."""
+        spec = loaded.spec
+        thr = loaded.thresholds
+        return cls(
+            labels=tuple(loaded.labels),
+            multilabel=loaded.multilabel,
+            input_size=int(spec.input_size),
+            in_chans=int(spec.in_chans),
+            mean=tuple(spec.mean),
+            std=tuple(spec.std),
+            resize=str(loaded.data.get("resize") or "squash"),
+            thresholds=tuple(float(t) for t in thr) if thr is not None else None,
+            model=spec.name,
+        )
+
+
+@dataclass
+class Prediction:
+    """One image's result: the CSV row, plus the arrays needed for a heatmap overlay.
+
+    Attributes:
+        file: the file as given.
+        row: plain values (file, predicted, confidence, decision, p_<label>..., error).
+        probs: class probabilities, None on error.
+        image: the decoded grayscale image (kept only when a heatmap was asked for).
+        heatmap: heatmap in [0, 1] at the original image size, or None.
+    """
+
+    file: str
+    row: dict
+    probs: np.ndarray | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the image was read and classified."""
+        return self.probs is not None
+
+
+def is_torchscript(path: Path) -> bool:
+    """True for a TorchScript archive (a zip with a ``code/`` folder), not a state-dict checkpoint."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any("/code/" in name for name in zf.namelist())
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+class _TorchBackend:
+    """A lungnet checkpoint run with PyTorch (the only kind that can give heatmaps)."""
+
+    def __init__(self, path: Path, device: str) -> None:
+        self.loaded = load_model(path)
+        self.device = torch.device(device)
+        self.model = self.loaded.model.to(self.device).eval()
+        self.prep = Preprocessing.from_loaded(self.loaded)
+
+    @torch.inference_mode()
+    def logits(self, batch: torch.Tensor) -> np.ndarray:
+        return self.model(batch.to(self.device)).float().cpu().numpy()
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class Predictor:
+    """Classifies image files with a checkpoint or an exported model.
+
+    Args:
+        ckpt: a lungnet ``.ckpt``, an ``.onnx`` file or a TorchScript file (exports need their sidecar
+            or embedded record, as written by `lungnet.export`).
+        device: ``cpu``, ``cuda`` or ``auto`` (PyTorch models only; ONNX runs on the CPU).
+        threads: ONNX Runtime intra-op threads (None: its default).
+
+    Raises:
+        CheckpointError: the model file is missing, unsafe or unusable.
+    """
+
+    def __init__(self, ckpt: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> None:
+        path = Path(ckpt).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"Model file not found: {path}")
+        self.path = path
+        device = resolve_device(device)
+        if path.suffix.lower() == ".onnx" or is_torchscript(path):
+            from lungnet.export import open_export
+
+            self.backend = open_export(path, device, threads)
+            self.kind = self.backend.kind
+        else:
+            self.backend = _TorchBackend(path, device)
+            self.kind = "checkpoint"
+        self.prep: Preprocessing = self.backend.prep
+        self.labels = list(self.prep.labels)
+        self._pipeline = self.prep.pipeline()
+        log.info(
+            "Loaded %s (%s): %d classes, %d px, resize=%s",
+            path,
+            self.kind,
+            len(self.labels),
+            self.prep.input_size,
+            self.prep.resize,
+        )
+
+    @property
+    def torch_model(self) -> torch.nn.Module | None:
+        """The PyTorch model (checkpoints only; needed for heatmaps)."""
+        return self.backend.model if self.kind == "checkpoint" else None
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """Grayscale (H, W) in [0, 1] -> the model's input tensor (C, S, S), as in evaluation."""
+        return self._pipeline(image)
+
+    def load(self, path: str | os.PathLike) -> tuple[np.ndarray, torch.Tensor]:
+        """Reads and preprocesses one file.
+
+        Returns:
+            (the decoded grayscale image (H, W), the preprocessed tensor (C, S, S)).
+
+        Raises:
+            ImageReadError: the file is not a readable image.
+        """
+        image = read_image(path)
+        return image, self.preprocess(image)
+
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        """Class probabilities (N, C) for a preprocessed batch (N, C, S, S)."""
+        logits = np.asarray(self.backend.logits(batch), dtype=np.float64)
+        if self.prep.multilabel:
+            return 1.0 / (1.0 + np.exp(-logits))
+        return _softmax(logits)
+
+    def heatmaps(self, batch: torch.Tensor, method: str = "gradcam", **options) -> np.ndarray:
+        """Class-activation heatmaps (N, S, S) in [0, 1] for the predicted class of each image.
+
+        Args:
+            batch: preprocessed images (N, C, S, S).
+            method: a `lungnet.explain` method name.
+            **options: ``cam_layer`` and method options for `lungnet.explain.cams.explain`.
+
+        Raises:
+            CheckpointError: the model is an export (heatmaps need the PyTorch checkpoint).
+        """
+        model = self.torch_model
+        if model is None:
+            raise CheckpointError(
+                f"Heatmaps need the PyTorch checkpoint (.ckpt); {self.path.name} is a {self.kind} export"
+            )
+        from lungnet.explain.cams import explain
+
+        with torch.enable_grad():
+            maps = explain(model, batch, method=method, multilabel=self.prep.multilabel, **options)
+        return np.asarray(maps, dtype=np.float32)
+
+    def rows(self, files: Sequence[str], probs: np.ndarray) -> list[dict]:
+        """CSV rows (file, predicted, confidence, decision, p_<label>..., error) for classified files."""
+        table = predictions_table(
+            list(files),
+            probs,
+            None,
+            self.labels,
+            self.prep.multilabel,
+            list(self.prep.thresholds) if self.prep.thresholds is not None else None,
+        )
+        table = table.rename(columns={"path": "file"})
+        table["error"] = ""
+        return table.to_dict("records")
+
+    def error_row(self, file: str, message: str) -> dict:
+        """A row for a file that could not be classified."""
+        return {"file": file, "predicted": "", "error": message}
+
+    def predict_iter(
+        self,
+        paths: Iterable[str | os.PathLike],
+        batch_size: int = 16,
+        explain: str | None = None,
+        progress: bool = False,
+        explain_options: dict | None = None,
+    ) -> Iterator[Prediction]:
+        """Classifies files in batches; yields one `Prediction` per file, in order.
+
+        Args:
+            paths: image files (PNG/JPEG/TIFF/BMP, 8/16-bit, DICOM).
+            batch_size: images per forward pass.
+            explain: a CAM method name (e.g. ``gradcam``) to compute heatmaps, or None.
+            progress: show a tqdm progress bar.
+            explain_options: ``cam_layer`` and method options passed to the explainer.
+        """
+        paths = [str(p) for p in paths]
+        bar = tqdm(total=len(paths), desc="Predicting", unit="img", disable=not progress)
+        try:
+            for start in range(0, len(paths), max(1, batch_size)):
+                yield from self._predict_batch(paths[start : start + batch_size], explain, explain_options or {})
+                bar.update(min(batch_size, len(paths) - start))
+        finally:
+            bar.close()
+
+    def predict(self, paths: Iterable[str | os.PathLike], batch_size: int = 16, progress: bool = False) -> list[dict]:
+        """CSV-ready rows, one per file (error rows for unreadable files)."""
+        return [p.row for p in self.predict_iter(paths, batch_size, progress=progress)]
+
+    def _predict_batch(self, files: list[str], explain: str | None, options: dict) -> list[Prediction]:
+        results: list[Prediction | None] = [None] * len(files)
+        images, tensors, index = [], [], []
+        for i, file in enumerate(files):
+            try:
+                image, tensor = self.load(file)
+            except ImageReadError as exc:
+                log.warning("Skipping %s: %s", file, exc.reason)
+                results[i] = Prediction(file, self.error_row(file, exc.reason))
+                continue
+            except Exception as exc:  # noqa: BLE001 - one odd file must not stop a batch job; it is reported
+                log.warning("Skipping %s: %s", file, exc)
+                results[i] = Prediction(file, self.error_row(file, f"cannot preprocess image ({exc})"))
+                continue
+            images.append(image)
+            tensors.append(tensor)
+            index.append(i)
+        if tensors:
+            batch = torch.stack(tensors)
+            probs = self.probabilities(batch)
+            maps = self.heatmaps(batch, explain, **options) if explain else None
+            rows = self.rows([files[i] for i in index], probs)
+            for k, i in enumerate(index):
+                heat = self.unpad(maps[k], images[k].shape) if maps is not None else None
+                results[i] = Prediction(
+                    files[i], rows[k], probs[k], images[k] if explain else None, heat if explain else None
+                )
+        return [r for r in results if r is not None]
+
+    def unpad(self, heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Crops a model-input-sized heatmap to the image content (``resize=pad`` adds borders)."""
+        if self.prep.resize != "pad":
+            return heatmap
+        # where the image lands in the padded input: run the same transform on an all-ones image
+        mask = build_transform(self.prep.input_size, None, "pad")(image=np.ones((*shape, 1), np.float32))["image"]
+        rows, cols = np.nonzero(mask[..., 0] > 0.5)
+        if rows.size == 0:
+            return heatmap
+        return heatmap[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+    def overlay(self, prediction: Prediction, alpha: float = 0.45) -> np.ndarray:
+        """RGB uint8 overlay of ``prediction``'s heatmap on its image, at the original image size."""
+        from lungnet.explain.overlay import overlay
+
+        if prediction.image is None or prediction.heatmap is None:
+            raise ValueError(f"{prediction.file}: no heatmap was computed (pass explain=...)")
+        return overlay(prediction.image, prediction.heatmap, alpha=alpha)
+
+
+def _wanted(path: Path) -> bool:
+    """Image suffix, or a suffix-less file with the DICOM magic (DICOM files often have no suffix)."""
+    suffix = path.suffix.lower()
+    return suffix in IMAGE_SUFFIXES or (suffix == "" and is_dicom(path))
+
+
+def collect_inputs(spec: str | os.PathLike) -> list[Path]:
+    """Files named by a file, a folder (searched recursively for images) or a glob pattern.
+
+    A file or glob match is kept whatever its type (an unreadable one becomes an error row); in a
+    folder only image files (and suffix-less DICOM) are taken. Hidden files and folders are skipped.
+
+    Raises:
+        FileNotFoundError: nothing matches.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts) and _wanted(p)
+        )
+        if not found:
+            raise FileNotFoundError(f"No image files ({', '.join(sorted(IMAGE_SUFFIXES))} or DICOM) under {path}")
+        return found
+    if glob.has_magic(text):
+        found = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if Path(p).is_file())
+        if not found:
+            raise FileNotFoundError(f"No files match {text}")
+        return found
+    raise FileNotFoundError(f"Input not found: {path} (give a file, a folder or a glob pattern)")
+
+
+def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
+    """``predict.py``: classify ``cfg.input`` with ``cfg.ckpt``; write predictions.csv (+ overlays) to ``run_dir``.
+
+    Returns:
+        The predictions.csv path.
+    """
+    import pandas as pd
+    from PIL import Image
+
+    from lungnet.explain.base import ExplainError
+    from lungnet.io import write_csv
+
+    run_dir = Path(run_dir)
+    predictor = Predictor(cfg.ckpt, device=str(cfg.device), threads=cfg.get("threads"))
+    exp = cfg.get("explain") or {}  # the explain config group (conf/explain/<method>.yaml), absent by default
+    explain = exp.get("method")
+    options = {k: v for k, v in {"cam_layer": exp.get("cam_layer"), **(exp.get("options") or {})}.items() if v}
+    if explain:
+        from lungnet.explain.cams import list_methods
+
+        if explain not in list_methods():
+            raise ExplainError(f"Unknown explanation method '{explain}'; choose from {', '.join(list_methods())}")
+        if predictor.torch_model is None:
+            raise CheckpointError(
+                f"Heatmaps need the PyTorch checkpoint (.ckpt); {cfg.ckpt} is a {predictor.kind} export"
+            )
+    files = collect_inputs(cfg.input)
+    heat_dir = run_dir / "heatmaps"
+    rows, failed = [], 0
+    preds = predictor.predict_iter(files, int(cfg.batch_size), explain, progress=True, explain_options=options)
+    for k, pred in enumerate(preds):
+        row = dict(pred.row)
+        if pred.ok and explain:
+            heat_dir.mkdir(parents=True, exist_ok=True)
+            out = heat_dir / f"{k:05d}_{Path(pred.file).stem[:80]}.png"  # index prefix: same stems never collide
+            Image.fromarray(predictor.overlay(pred, float(cfg.alpha))).save(out)
+            row["heatmap"] = str(out.relative_to(run_dir))
+        failed += not pred.ok
+        rows.append(row)
+    columns = ["file", "predicted", "confidence", "decision", *[f"p_{lab}" for lab in predictor.labels]]
+    table = pd.DataFrame(rows)
+    table = table[[c for c in columns if c in table] + [c for c in table if c not in columns]]
+    path = write_csv(run_dir / "predictions.csv", table)
+    log.info("%d images classified, %d unreadable (see the error column); wrote %s", len(rows) - failed, failed, path)
+    return path

@@ -1,0 +1,59 @@
+"""Training curves from a Lightning CSVLogger file: hand-written and from a real tiny training run."""
+
+import json
+
+import pytest
+
+from lungnet.evaluation.curves import epoch_table, final_numbers, write_training_curves
+from tests.evaluation.test_plots import assert_png
+
+CSV = """epoch,step,train/loss_step,train/loss_epoch,train/acc,val/loss,val/acc,val/auroc,val/f1
+0,4,1.30,,,,,,
+0,9,,,,1.10,0.40,0.60,0.30
+0,9,,1.20,0.35,,,,
+1,14,0.90,,,,,,
+1,19,,,,0.80,0.60,0.75,0.55
+1,19,,0.85,0.65,,,,
+2,29,,,,0.70,0.70,0.80,0.66
+2,29,,0.60,0.80,,,,
+"""
+
+
+def test_epoch_table_collapses_logger_rows(tmp_path):
+    (tmp_path / "m.csv").write_text(CSV)
+    table = epoch_table(tmp_path / "m.csv")
+    assert table["epoch"].tolist() == [0, 1, 2]
+    assert table["train/loss_epoch"].tolist() == [1.20, 0.85, 0.60]
+    assert table["val/acc"].tolist() == [0.40, 0.60, 0.70]
+
+
+def test_curves_from_a_hand_written_csv(tmp_path):
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text(CSV)
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.7, "f1_macro": 0.6, "auroc_macro": 0.8}}))
+    assert final_numbers(tmp_path / "metrics.json") == (
+        "Best checkpoint on test: accuracy 0.700, macro F1 0.600, macro AUROC 0.800"
+    )
+    path = write_training_curves(tmp_path)
+    assert path == tmp_path / "curves.png"
+    assert_png(path)
+
+
+def test_no_csv_means_no_figure(tmp_path):
+    assert write_training_curves(tmp_path) is None
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_curves_from_a_real_training_run(tiny_run):
+    table = epoch_table(tiny_run / "csv" / "metrics.csv")
+    assert table["epoch"].tolist() == [0, 1]
+    assert table[["train/loss_epoch", "val/loss", "train/acc", "val/acc"]].notna().all().all()
+    assert "test" in final_numbers(tiny_run / "metrics.json")
+    assert_png(write_training_curves(tiny_run))
+
+
+@pytest.mark.parametrize("missing", ["epoch"])
+def test_rejects_a_csv_without_epochs(tmp_path, missing):
+    (tmp_path / "m.csv").write_text("step,val/loss\n1,0.5\n")
+    with pytest.raises(ValueError, match=missing):
+        epoch_table(tmp_path / "m.csv")

@@ -1,0 +1,141 @@
+"""Bad configuration: one clear message, exit status 2, and no half-written run directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+
+from lungnet.cli import run_safely
+from lungnet.evaluation.run import evaluate
+from lungnet.training import train
+from tests.conftest import ROOT, compose_cfg, make_class_folders, write_png
+from tests.conftest import TINY as BASE_TINY
+
+TINY = [*BASE_TINY, "log_figures_every=100"]
+
+
+def _fails(fn, cfg, run, caplog) -> str:
+    """Runs ``fn`` as the entry points do; asserts exit status 2 and returns the logged message."""
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="lungnet"), pytest.raises(SystemExit) as info:
+        run_safely(fn, cfg, run)
+    assert info.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    return errors[0]
+
+
+def _nothing_written(run) -> None:
+    assert not run.exists() or not [p for p in run.rglob("*") if p.is_file()], list(run.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def pneumonia_ckpt(tmp_path_factory):
+    """A one-epoch checkpoint trained on a tiny two-class pneumonia folder."""
+    tmp = tmp_path_factory.mktemp("ckpt")
+    data = make_class_folders(tmp / "pneu", ["NORMAL", "PNEUMONIA"], 6, ["train", "val", "test"])
+    train(compose_cfg("train", ["data=pneumonia", f"data.root={data}", *TINY]), tmp / "run")
+    return tmp / "run" / "checkpoints" / "best.ckpt", data
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.name=resnet9000"], ["Unknown model 'resnet9000'", "simple_cnn", "timm"]),
+        (["data.source=mnist"], ["Unknown dataset source 'mnist'", "darkcovidnet"]),
+        (["optim.name=adamx"], ["optim.name='adamx' is not valid", "adamw"]),
+        (["checkpoint.monitor=val/nope"], ["checkpoint.monitor='val/nope' is not logged", "val/auroc"]),
+        (["+trainer.not_an_arg=1"], ["Unknown trainer argument(s) ['not_an_arg']"]),
+        (["data.balance=maybe"], ["data.balance='maybe' is not valid", "sampler"]),
+        (["+callbacks.x._target_=no.such.Callback"], ["no.such.Callback"]),
+    ],
+)
+def test_invalid_options(tmp_path, caplog, overrides, expected):
+    data = make_class_folders(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], 2, ["train", "test"])
+    run = tmp_path / "run"
+    message = _fails(
+        train, compose_cfg("train", ["data=pneumonia", f"data.root={data}", *TINY, *overrides]), run, caplog
+    )
+    for text in expected:
+        assert text in message, message
+    _nothing_written(run)
+
+
+def test_unknown_dataset_config_lists_valid_ones():
+    with pytest.raises(MissingConfigException) as info:
+        compose_cfg("train", ["data=mnist"])
+    assert "darkcovidnet" in str(info.value.options)  # Hydra prints "Available options in 'data'" from these
+
+
+def test_data_folder_mistakes(tmp_path, caplog):
+    run = tmp_path / "run"
+    base = ["data=pneumonia", *TINY]
+    message = _fails(train, compose_cfg("train", [*base, f"data.root={tmp_path / 'nowhere'}"]), run, caplog)
+    assert "Data root for dataset 'pneumonia' not found" in message and "nowhere" in message
+    empty = tmp_path / "empty"
+    (empty / "NORMAL").mkdir(parents=True)
+    write_png(empty / "PNEUMONIA" / "a.png", 1)
+    message = _fails(train, compose_cfg("train", [*base, f"data.root={empty}"]), run, caplog)
+    assert "is empty" in message and "NORMAL" in message
+    differ = make_class_folders(tmp_path / "differ", ["NORMAL", "PNEUMONIA"], 2, ["train"])
+    make_class_folders(differ, ["NORMAL"], 2, ["test"])
+    message = _fails(train, compose_cfg("train", [*base, f"data.root={differ}"]), run, caplog)
+    assert "Classes differ between splits" in message
+    _nothing_written(run)
+
+
+def test_checkpoint_from_another_dataset(pneumonia_ckpt, tmp_path, caplog):
+    ckpt, _ = pneumonia_ckpt
+    other = make_class_folders(tmp_path / "dcn", ["Covid-19", "No_findings", "Pneumonia"], 3)
+    run = tmp_path / "run"
+    cfg = compose_cfg("train", ["data=darkcovidnet", f"data.root={other}", *TINY, f"resume={ckpt}"])
+    message = _fails(train, cfg, run, caplog)
+    assert "Cannot resume" in message and "labels" in message and "dataset" in message
+    _nothing_written(run)
+    message = _fails(
+        evaluate, compose_cfg("evaluate", [f"ckpt={ckpt}", f"data.root={other}"]), tmp_path / "eval", caplog
+    )
+    assert "does not match any label" in message and "Covid-19" in message
+    _nothing_written(tmp_path / "eval")
+
+
+def test_head_size_mismatch(pneumonia_ckpt, tmp_path, caplog):
+    ckpt, data = pneumonia_ckpt
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["hyper_parameters"]["labels"] = ["NORMAL", "PNEUMONIA", "EXTRA"]  # head still has 2 outputs
+    bad = tmp_path / "three_labels.ckpt"
+    torch.save(state, bad)
+    message = _fails(evaluate, compose_cfg("evaluate", [f"ckpt={bad}"]), tmp_path / "eval", caplog)
+    assert "does not fit model simple_cnn with 3 classes" in message and "head" in message
+    cfg = compose_cfg("train", ["data=pneumonia", f"data.root={data}", *TINY, f"resume={bad}"])
+    message = _fails(train, cfg, tmp_path / "run", caplog)
+    assert "Cannot resume" in message and "EXTRA" in message
+    _nothing_written(tmp_path / "run")
+
+
+def test_evaluate_script_mismatch_exits_2_without_traceback(pneumonia_ckpt, tmp_path):
+    ckpt, _ = pneumonia_ckpt
+    other = make_class_folders(tmp_path / "dcn", ["Covid-19", "No_findings"], 2)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "evaluate.py"),
+            f"ckpt={ckpt}",
+            f"data.root={other}",
+            f"hydra.run.dir={tmp_path}/e",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "does not match any label" in proc.stdout + proc.stderr
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [".hydra", "evaluate.log"]

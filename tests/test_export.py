@@ -1,0 +1,95 @@
+"""ONNX / TorchScript export: parity with PyTorch on real X-rays, the recorded preprocessing, predict on an export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from lungnet.checkpoint import CheckpointError, load_model
+from lungnet.export import export, main, sidecar_path
+from lungnet.inference import Predictor, run_batch
+from tests.conftest import CONF, shared
+from tests.test_inference import LABELS, make_checkpoint
+
+
+def real_batch(predictor: Predictor, n: int = 3) -> torch.Tensor:
+    root = shared("darkcovidnet")
+    files = [sorted((root / cls).glob("*.jpg"))[0] for cls in ("Covid-19", "No_findings", "Pneumonia")][:n]
+    return torch.stack([predictor.load(f)[1] for f in files])
+
+
+@pytest.mark.parametrize(
+    ("arch", "size", "resize"),
+    [("simple_cnn", 64, "squash"), ("resnet18", 64, "pad"), ("mobilenetv2", 64, "squash")],
+)
+def test_onnx_and_torchscript_match_pytorch_on_real_images(tmp_path, arch, size, resize):
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", name=arch, size=size, resize=resize, thresholds=[0.2, 0.5, 0.3])
+    torch_pred = Predictor(ckpt)
+    batch = real_batch(torch_pred)
+    with torch.inference_mode():
+        reference = torch_pred.torch_model(batch).numpy()
+    for fmt in ("onnx", "torchscript"):
+        out = export(ckpt, fmt, tmp_path / f"model.{fmt}", verify=False)  # checked here, on real images
+        exported = Predictor(out)
+        assert exported.kind == fmt and exported.torch_model is None
+        assert exported.prep == torch_pred.prep  # labels, size, mean/std, in_chans, resize, thresholds
+        np.testing.assert_allclose(exported.backend.logits(batch), reference, atol=1e-4, rtol=0)
+        assert np.abs(exported.backend.logits(batch) - reference).max() < 1e-4
+
+
+def test_sidecar_and_onnx_metadata_record_the_preprocessing(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=48, resize="pad", thresholds=[0.2, 0.5, 0.3])
+    out = export(ckpt, "onnx")
+    assert out == tmp_path / "best.onnx"  # default: beside the checkpoint
+    loaded = load_model(ckpt)
+    side = json.loads(sidecar_path(out).read_text())
+    expected = {
+        "labels": LABELS,
+        "input_size": 48,
+        "in_chans": 1,
+        "mean": list(loaded.spec.mean),
+        "std": list(loaded.spec.std),
+        "resize": "pad",
+        "thresholds": [0.2, 0.5, 0.3],
+        "multilabel": False,
+        "format": "onnx",
+    }
+    assert {k: side[k] for k in expected} == expected
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["lungnet"]) == side
+    assert json.loads(meta["labels"]) == LABELS and meta["resize"] == "pad" and json.loads(meta["input_size"]) == 48
+    sidecar_path(out).unlink()  # the embedded copy is enough on its own
+    assert Predictor(out).prep.thresholds == (0.2, 0.5, 0.3)
+
+
+def test_predict_script_runs_on_onnx_without_the_checkpoint(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ck" / "best.ckpt", size=32, thresholds=[0.2, 0.5, 0.3])
+    onnx_file = export(ckpt, "onnx", tmp_path / "deploy" / "model.onnx")
+    expected = Predictor(ckpt).predict([shared("dicom") / "RG1_UNCR.dcm"])[0]
+    ckpt.unlink()
+    overrides = [f"ckpt={onnx_file}", f"input={shared('dicom') / 'RG1_UNCR.dcm'}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="predict", overrides=overrides)
+    csv = run_batch(cfg, tmp_path / "out")  # what predict.py runs, in-process
+    row = pd.read_csv(csv).iloc[0]
+    for lab in LABELS:
+        assert row[f"p_{lab}"] == pytest.approx(expected[f"p_{lab}"], abs=1e-5)
+    assert row["decision"] == expected["decision"]
+
+
+def test_heatmaps_need_the_checkpoint_and_bad_format_is_refused(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
+    exported = Predictor(export(ckpt, "torchscript"))
+    with pytest.raises(CheckpointError, match="Heatmaps need the PyTorch checkpoint"):
+        exported.heatmaps(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(CheckpointError, match="Unknown export format 'tflite'"):
+        export(ckpt, "tflite")
+    with pytest.raises(SystemExit) as exc:
+        main([f"ckpt={tmp_path / 'missing.ckpt'}"])
+    assert exc.value.code == 2

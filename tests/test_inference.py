@@ -1,0 +1,200 @@
+"""Predictor and predict.py: preprocessing as in evaluation, every readable format, error rows, heatmaps, exports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from lungnet.checkpoint import CheckpointError, load_model
+from lungnet.data.transforms import Normalize, build_transform, make_pipeline
+from lungnet.inference import Predictor, collect_inputs
+from lungnet.models.registry import create_model
+from tests.conftest import ROOT, shared
+
+LABELS = ["Covid-19", "No_findings", "Pneumonia"]
+
+
+def make_checkpoint(
+    path: Path,
+    name: str = "simple_cnn",
+    size: int = 32,
+    labels: list[str] | None = None,
+    resize: str = "squash",
+    thresholds: list[float] | None = None,
+    multilabel: bool = False,
+    in_chans: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """A lungnet checkpoint of a randomly initialised model, in the layout training writes (no training)."""
+    labels = labels or LABELS
+    torch.manual_seed(seed)
+    options = {"in_chans": in_chans or (1 if name == "simple_cnn" else 3), "drop_rate": 0.0, "head_hidden": 0}
+    model = create_model(name, num_classes=len(labels), image_size=size, **options)
+    hparams = {
+        "model": {"name": name, "pretrained": False, "weights": None, "cache_dir": None, **options},
+        "labels": labels,
+        "multilabel": multilabel,
+        "spec": model.spec.to_dict(),
+        "data": {"source": "darkcovidnet", "image_size": size, "resize": resize},
+    }
+    if thresholds is not None:
+        hparams["thresholds"] = thresholds
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.ckpt", thresholds=[0.3, 0.5, 0.4])
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt) -> Predictor:
+    return Predictor(ckpt)
+
+
+def xray(cls: str = "Pneumonia", k: int = 0) -> Path:
+    return sorted((shared("darkcovidnet") / cls).glob("*.jpg"))[k]
+
+
+def test_preprocessing_is_the_checkpoint_eval_pipeline(predictor, ckpt):
+    loaded = load_model(ckpt)
+    image, tensor = predictor.load(xray())
+    expected = make_pipeline(
+        build_transform(loaded.spec.input_size, None, loaded.data["resize"]),
+        Normalize(loaded.spec.mean, loaded.spec.std, loaded.spec.in_chans),
+    )(image)
+    assert tensor.shape == (1, 32, 32)
+    torch.testing.assert_close(tensor, expected)
+    with torch.no_grad():
+        reference = loaded.probabilities(loaded.model(expected[None])).numpy()
+    np.testing.assert_allclose(predictor.probabilities(tensor[None]), reference, atol=1e-6)
+
+
+def test_monochrome1_dicom_comes_out_with_dark_lungs(tmp_path):
+    predictor = Predictor(make_checkpoint(tmp_path / "m.ckpt", size=64))
+    _, tensor = predictor.load(shared("dicom") / "RG1_UNCR.dcm")
+    img = tensor[0].numpy()  # normalisation is monotone: darker stays darker
+    rows = slice(int(0.2 * 64), int(0.5 * 64))
+    lungs = np.concatenate([img[rows, int(0.2 * 64) : int(0.35 * 64)], img[rows, int(0.65 * 64) : int(0.8 * 64)]], 1)
+    mediastinum = img[rows, int(0.45 * 64) : int(0.55 * 64)]
+    abdomen = img[int(0.8 * 64) : int(0.95 * 64), int(0.2 * 64) : int(0.8 * 64)]
+    assert lungs.mean() < mediastinum.mean() - 0.3 and lungs.mean() < abdomen.mean() - 0.3
+
+
+def test_jpeg2000_dicom_matches_the_uncompressed_one(predictor):
+    rows = predictor.predict([shared("dicom") / "RG1_UNCR.dcm", shared("dicom") / "RG1_J2KI.dcm"])
+    assert [r["error"] for r in rows] == ["", ""]  # decoded here (Pillow's OpenJPEG), lossy but close
+    p = np.array([[r[f"p_{lab}"] for lab in LABELS] for r in rows])
+    assert np.abs(p[0] - p[1]).max() < 0.02
+
+
+def test_missing_jpeg2000_decoder_names_the_package(predictor, monkeypatch):
+    import pydicom.dataset
+
+    def no_decoder(self):
+        raise RuntimeError("Unable to decode the pixel data: no plugins available")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
+    (row,) = predictor.predict([shared("dicom") / "RG1_J2KI.dcm"])
+    assert "pip install pylibjpeg pylibjpeg-openjpeg" in row["error"] and row["predicted"] == ""
+
+
+def test_formats_16bit_tiff_rgba_and_error_rows(predictor, tmp_path):
+    base = (np.linspace(0, 1, 48 * 48).reshape(48, 48) ** 2).astype(np.float64)
+    Image.fromarray((base * 65535).astype(np.uint16)).save(tmp_path / "a16.png")
+    Image.fromarray((base * 255).astype(np.uint8)).save(tmp_path / "b8.tif")
+    rgba = np.dstack([(base * 255).astype(np.uint8)] * 3 + [np.full((48, 48), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "c.png")
+    (tmp_path / "d.png").write_text("not an image")
+    (tmp_path / "e.jpg").write_bytes(b"")
+    rows = predictor.predict(collect_inputs(tmp_path), batch_size=2)
+    assert [Path(r["file"]).name for r in rows] == ["a16.png", "b8.tif", "c.png", "d.png", "e.jpg"]
+    good, bad = rows[:3], rows[3:]
+    assert all(r["error"] == "" and r["predicted"] in LABELS for r in good)
+    probs = np.array([[r[f"p_{lab}"] for lab in LABELS] for r in good])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-3)  # 16-bit keeps the same picture as 8-bit
+    assert "not an image" in bad[0]["error"] and "empty file" in bad[1]["error"]
+
+
+def test_decision_uses_the_checkpoint_thresholds(predictor):
+    rows = predictor.predict([xray("Covid-19"), xray("No_findings")])
+    for r in rows:
+        expected = [lab for lab, t in zip(LABELS, [0.3, 0.5, 0.4], strict=True) if r[f"p_{lab}"] >= t]
+        assert r["decision"] == ("|".join(expected) or "below threshold")
+        assert r["predicted"] == max(LABELS, key=lambda lab: r[f"p_{lab}"])
+
+
+def test_collect_inputs_folder_glob_and_missing(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("sub/x.png", "y.JPG", "notes.txt", ".hidden.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in collect_inputs(tmp_path)] == ["x.png", "y.JPG"]  # sorted by path: sub/x.png, y.JPG
+    assert [p.name for p in collect_inputs(f"{tmp_path}/**/*.png")] == ["x.png"]
+    assert [p.name for p in collect_inputs(tmp_path / "notes.txt")] == ["notes.txt"]  # named: kept (error row)
+    with pytest.raises(FileNotFoundError, match="No files match"):
+        collect_inputs(f"{tmp_path}/*.dcm")
+    with pytest.raises(FileNotFoundError, match="Input not found"):
+        collect_inputs(tmp_path / "nope")
+
+
+def test_pad_resize_heatmaps_cover_only_the_image(tmp_path):
+    predictor = Predictor(make_checkpoint(tmp_path / "p.ckpt", size=32, resize="pad"))
+    wide = Image.open(xray()).convert("L")
+    wide = wide.crop((0, 0, wide.width, wide.height // 2))  # 2:1, so padding adds bands above and below
+    wide.save(tmp_path / "wide.png")
+    (pred,) = predictor.predict_iter([tmp_path / "wide.png"], explain="gradcam")
+    h, w = pred.image.shape
+    hh, hw = pred.heatmap.shape
+    assert hw == 32 and hh in (15, 16, 17)  # the padding bands were cropped away
+    rgb = predictor.overlay(pred)
+    assert rgb.shape == (h, w, 3) and rgb.dtype == np.uint8
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        Predictor(tmp_path / "none.ckpt")
+
+
+def _script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "predict.py"), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_predict_script_writes_csv_and_overlays(ckpt, tmp_path):
+    data = tmp_path / "in"
+    data.mkdir()
+    for k in range(2):
+        (data / f"p{k}.jpg").write_bytes(xray("Pneumonia", k).read_bytes())
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "outputs"
+    proc = _script([f"ckpt={ckpt}", f"input={data}", "explain=gradcam", f"paths.output_dir={out}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = list((out / "predict").glob("*/*"))
+    table = pd.read_csv(run / "predictions.csv", keep_default_na=False)
+    assert list(table.columns[:4]) == ["file", "predicted", "confidence", "decision"]
+    assert {f"p_{lab}" for lab in LABELS} <= set(table.columns)
+    assert table["error"].astype(bool).tolist() == [True, False, False]  # broken.png sorts first
+    heat = [run / h for h in table["heatmap"] if h]
+    assert len(heat) == 2 and all(Image.open(h).size == Image.open(xray("Pneumonia", 0)).size for h in heat[:1])
+    assert "Predicting" in proc.stderr  # tqdm progress bar
+    assert "Traceback" not in proc.stderr
+
+
+def test_predict_script_user_error_exits_2_without_traceback(tmp_path):
+    proc = _script([f"ckpt={tmp_path / 'x.ckpt'}", f"input={tmp_path}", f"paths.output_dir={tmp_path}"], tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Model file not found" in output and "Traceback" not in output

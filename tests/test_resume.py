@@ -1,0 +1,129 @@
+"""kill -9 during training, then resume=true: the run ends exactly where an uninterrupted one ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from lungnet.training import find_resume_checkpoint
+from tests.conftest import ROOT, make_class_folders
+
+
+class SlowBatches(pl.Callback):
+    """Test-only: sleeps after every training batch so the test has time to kill the run mid-epoch.
+
+    Sleeping changes no number; it is injected with ``+callbacks.slow._target_=tests.test_resume.SlowBatches``.
+    """
+
+    def __init__(self, seconds: float = 0.2) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        time.sleep(self.seconds)
+
+
+def _command(data: Path, run_dir: Path, workers: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "data=pneumoniamnist",
+        f"data.root={data}",
+        "model=simple_cnn",
+        "data.image_size=32",
+        "data.batch_size=8",
+        f"data.num_workers={workers}",
+        "data.persistent_workers=false",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=2",
+        "model.drop_rate=0.3",  # dropout draws from the global RNG: must resume exactly too
+        "log_figures_every=100",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+
+
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _epoch_of(ckpt: Path) -> int:
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
+    except (OSError, RuntimeError, EOFError, KeyError):
+        return -1
+
+
+def _per_epoch(run_dir: Path, prefix: str) -> pd.DataFrame:
+    log = pd.read_csv(run_dir / "csv" / "metrics.csv")
+    cols = [c for c in log.columns if c.startswith(prefix)]
+    rows = log.dropna(subset=cols, how="all")
+    return rows[["epoch", *cols]].groupby("epoch").first().sort_index()
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
+    data = make_class_folders(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], 16, ["train", "val", "test"])
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    ref_proc = subprocess.Popen(
+        _command(data, reference, 0), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    slow = ["+callbacks.slow._target_=tests.test_resume.SlowBatches", "+callbacks.slow.seconds=0.5"]
+    proc = subprocess.Popen(
+        _command(data, killed, 1, *slow), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if last.exists() and _epoch_of(last) >= 1:
+            os.kill(proc.pid, signal.SIGKILL)  # during epoch 2, the last of 0..2
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-3000:]
+    assert not (killed / "metrics.json").exists()
+    assert _epoch_of(last) in (1, 2)
+
+    resumed = subprocess.run(
+        _command(data, killed, 1, "resume=true"), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, ref_err = ref_proc.communicate(timeout=600)
+    assert ref_proc.returncode == 0, ref_err.decode()[-3000:]
+
+    a = json.loads((reference / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert b["epochs_trained"] == a["epochs_trained"] == 3
+    for split in ("val", "test"):
+        for key in ("accuracy", "auroc_macro", "f1_macro"):
+            assert b[split][key] == pytest.approx(a[split][key], abs=1e-6), (split, key)
+    for prefix in ("val/", "train/loss_epoch"):
+        pd.testing.assert_frame_equal(_per_epoch(killed, prefix), _per_epoch(reference, prefix), atol=1e-6, rtol=0)
+    assert len(_per_epoch(killed, "val/")) == 3  # every epoch's row survived the kill and the resume
+    probs_a = pd.read_csv(reference / "predictions_test.csv").filter(like="p_")
+    probs_b = pd.read_csv(killed / "predictions_test.csv").filter(like="p_")
+    pd.testing.assert_frame_equal(probs_b, probs_a, atol=1e-6, rtol=0)
+    ckpt = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+    assert not list(killed.rglob("*.tmp"))
+
+
+def test_resume_paths(tmp_path):
+    run = tmp_path / "run"
+    assert find_resume_checkpoint(run, True) is None  # nothing yet: fresh start
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert find_resume_checkpoint(tmp_path / "other", str(run)) == str(run / "checkpoints" / "last.ckpt")
+    assert find_resume_checkpoint(run, True) == str(run / "checkpoints" / "last.ckpt")
+    assert find_resume_checkpoint(run, False) is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        find_resume_checkpoint(run, str(tmp_path / "missing"))
