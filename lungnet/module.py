@@ -108,32 +108,36 @@ class LitClassifier(pl.LightningModule):
         logits = self(batch["image"])
         loss = self.loss(logits, batch["target"])
         self.train_acc.update(self.probabilities(logits.float()).detach(), self._metric_target(batch["target"]))
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits), sync_dist=True)
+        # the epoch mean is reduced across ranks lazily: keep it off the progress bar, which only rank 0 reads
+        # (rank 0 alone would enter the all-reduce and DDP would hang); the bar shows the step loss instead
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(logits), sync_dist=True)
+        self.log("loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, logger=False)
         return loss
 
     def on_train_epoch_end(self) -> None:
         values = self.train_acc.compute()
-        self.log_dict({k: v for k, v in values.items() if k in ("train/acc", "train/auroc")}, sync_dist=True)
+        # torchmetrics has already synced these across ranks in compute(): no second (lazy) reduction
+        self.log_dict({k: v for k, v in values.items() if k in ("train/acc", "train/auroc")})
         self.train_acc.reset()
 
     def _eval_step(self, batch: dict, metrics, prefix: str) -> None:
         logits = self(batch["image"])
         loss = self.loss(logits, batch["target"])
         metrics.update(self.probabilities(logits.float()), self._metric_target(batch["target"]))
-        self.log(f"{prefix}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(logits), sync_dist=True)
+        self.log(f"{prefix}/loss", loss, on_epoch=True, batch_size=len(logits), sync_dist=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True, sync_dist=True)
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)  # synced by torchmetrics
         self.val_metrics.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=True)
+        self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

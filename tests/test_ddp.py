@@ -53,3 +53,31 @@ def test_ddp_metrics_equal_single_process(tiny_ckpt, tmp_path):
     assert multi["world_size"] == 2 and single["world_size"] == 1
     for key in ("val/acc", "val/auroc", "val/f1", "val/loss"):
         assert multi[key] == pytest.approx(single[key], abs=1e-5), key
+
+
+def test_train_py_with_two_ddp_processes_completes(tmp_path):
+    """python train.py trainer=ddp_cpu: 2 gloo processes train, rank 0 alone writes the run directory."""
+    out = tmp_path / "outputs"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "trainer=ddp_cpu",
+            "model=simple_cnn",
+            "data.image_size=32",
+            f"data.root={tmp_path / 'syn'}",
+            "data.options.n_per_class=12",
+            "data.options.size=48",
+            "trainer.max_epochs=1",
+            f"paths.output_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [p for p in out.glob("*/*") if (p / "metrics.json").exists()]
+    assert len(runs) == 1
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["test"]["n"] > 0 and (runs[0] / "checkpoints" / "best.ckpt").exists()
