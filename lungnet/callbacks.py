@@ -28,6 +28,7 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter  # noqa: E402
 from pytorch_lightning.loggers.logger import rank_zero_experiment  # noqa: E402
 
 from lungnet.data.dataset import derive_seed  # noqa: E402
+from lungnet.evaluation.plots import confusion_figure  # noqa: E402
 from lungnet.io import atomic_write  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -188,32 +189,6 @@ class ResumableCSVLogger(CSVLogger):
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ContinuingWriter(self.log_dir, self._resume_from)
         return self._experiment
-
-
-def confusion_figure(cm: np.ndarray, labels: list[str], title: str = "Confusion matrix") -> plt.Figure:
-    """Counts with row-normalised colour; rows are true classes."""
-    cm = np.asarray(cm)
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    size = 2.2 + 0.8 * len(labels)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="Predicted", ylabel="True", title=title)
-    ax.set_xticklabels(labels, rotation=35, ha="right")
-    ax.set_yticklabels(labels)
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(
-                j,
-                i,
-                f"{cm[i, j]}\n{norm[i, j]:.0%}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if norm[i, j] > 0.5 else "black",
-            )
-    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
-    fig.tight_layout()
-    return fig
 
 
 class FigureLogger(pl.Callback):
