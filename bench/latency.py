@@ -1,10 +1,13 @@
-"""CPU inference benchmark: PyTorch eager vs TorchScript vs ONNX Runtime (fp32, optionally int8), one run.
+"""CPU inference benchmark: PyTorch eager vs TorchScript vs ONNX Runtime vs OpenVINO (fp32, optionally int8), one run.
 
     python bench/latency.py [--models densenet121 resnet50] [--size 224] [--batch 8] [--threads 2] [--int8]
+        [--trained outputs/<run>/checkpoints/best.ckpt ...]
 
 Measures single-image latency (median of ``--repeats`` calls) and batch throughput (images/s over
-``--batch`` images, best of three) per model and runtime, on randomly initialised weights (speed does
-not depend on them), and writes the table under "## CPU inference: eager vs TorchScript vs ONNX Runtime"
+``--batch`` images, best of three) per model and runtime (PyTorch eager, TorchScript, ONNX Runtime and
+OpenVINO on the files `lungnet.export` writes, fp32 and with ``--int8`` int8), on randomly initialised
+weights (speed does not depend on them); ``--trained`` checkpoints get an int8 accuracy check on their
+validation split. It writes the table under "## CPU inference: eager vs TorchScript vs ONNX Runtime"
 in docs/benchmarks.md (that section is replaced, the rest of the file is kept). Agreement with eager
 PyTorch is measured on real X-rays from ../shared/data/darkcovidnet when present.
 """
@@ -21,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +37,9 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lungnet.checkpoint import CheckpointError  # noqa: E402
 from lungnet.data.transforms import Normalize, build_transform, make_pipeline  # noqa: E402
+from lungnet.inference import Preprocessing  # noqa: E402
 from lungnet.models.registry import create_model  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -66,9 +70,24 @@ def real_images(model: torch.nn.Module, size: int, n: int) -> torch.Tensor | Non
     return torch.stack([pipe(read_image(f)) for f in files])
 
 
-def runtimes(model: torch.nn.Module, example: torch.Tensor, tmp: Path, threads: int, int8: bool, calib):
-    """name -> callable(batch tensor) -> logits ndarray, for each runtime."""
+def _prep(model: torch.nn.Module, size: int) -> Preprocessing:
+    spec = model.spec
+    labels = tuple(f"class{i}" for i in range(spec.num_classes))
+    return Preprocessing(
+        labels, False, size, spec.in_chans, tuple(spec.mean), tuple(spec.std), "squash", None, spec.name
+    )
+
+
+def runtimes(model: torch.nn.Module, size: int, tmp: Path, threads: int, int8: bool, calib: torch.Tensor):
+    """name -> callable(batch tensor) -> logits ndarray, for each runtime.
+
+    The ONNX files are written by `lungnet.export` (fp32, and int8 through its `quantize_onnx`), and
+    OpenVINO runs them through `lungnet.runtimes.OpenVinoRunner`: the paths predict.py ships.
+    """
     import onnxruntime as ort
+
+    from lungnet.export import export_onnx, quantize_onnx
+    from lungnet.runtimes import OpenVinoRunner
 
     out: dict[str, Callable[[torch.Tensor], np.ndarray]] = {}
 
@@ -85,6 +104,7 @@ def runtimes(model: torch.nn.Module, example: torch.Tensor, tmp: Path, threads: 
 
     out["PyTorch eager, channels_last + inference_mode"] = eager_cl
     model.to(memory_format=torch.contiguous_format)
+    example = calib[:1]
     with torch.no_grad():
         traced = torch.jit.trace(model, example, check_trace=False)
         frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
@@ -94,57 +114,24 @@ def runtimes(model: torch.nn.Module, example: torch.Tensor, tmp: Path, threads: 
             return frozen(x).numpy()
 
     out["TorchScript (trace + freeze + optimize_for_inference)"] = script
-    onnx_path = tmp / "model.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(onnx_path),
-            dynamo=False,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-        )
+    prep = _prep(model, size)
+    paths = {"fp32": export_onnx(model, prep, tmp / "model.onnx", prep.to_dict())}
+    if int8:
+        paths["int8"] = quantize_onnx(paths["fp32"], tmp / "model.int8.onnx", calib.numpy(), prep.to_dict())
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # passive, like OpenMP above
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    out["ONNX Runtime fp32 (ORT_ENABLE_ALL)"] = lambda x: session.run(None, {"image": x.numpy()})[0]
-    if int8:
-        q_session = _int8_session(onnx_path, tmp, opts, calib)
-        out["ONNX Runtime int8 (static QDQ, per-channel)"] = lambda x: q_session.run(None, {"image": x.numpy()})[0]
+    for precision, path in paths.items():
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        out[f"ONNX Runtime {precision}"] = lambda x, s=session: s.run(None, {"image": x.numpy()})[0]
+    try:
+        for precision, path in paths.items():
+            out[f"OpenVINO {precision} (same ONNX file)"] = OpenVinoRunner(path, threads).logits
+    except CheckpointError as exc:
+        log.warning("OpenVINO rows skipped: %s", exc)
     return out
-
-
-def _int8_session(onnx_path: Path, tmp: Path, opts, calib: torch.Tensor):
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter([{"image": calib[i : i + 1].numpy()} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    pre = tmp / "model.pre.onnx"
-    quant_pre_process(str(onnx_path), str(pre))
-    q_path = tmp / "model.int8.onnx"
-    quantize_static(
-        str(pre),
-        str(q_path),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return ort.InferenceSession(str(q_path), opts, providers=["CPUExecutionProvider"])
 
 
 def bench_model(name: str, args) -> list[dict]:
@@ -153,11 +140,13 @@ def bench_model(name: str, args) -> list[dict]:
     model = create_model(name, num_classes=3, image_size=args.size).eval()
     single = torch.randn(1, 3, args.size, args.size)
     batch = torch.randn(args.batch, 3, args.size, args.size)
-    real = real_images(model, args.size, 16)
-    calib = real if real is not None else torch.randn(16, 3, args.size, args.size)
+    pool = real_images(model, args.size, 48)
+    # int8 is calibrated on 24 real X-rays and agreement is measured on 24 others
+    calib = pool[0::2] if pool is not None else torch.randn(24, 3, args.size, args.size)
+    real = pool[1::2] if pool is not None else None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        fns = runtimes(model, single, Path(tmp), args.threads, args.int8, calib)
+        fns = runtimes(model, args.size, Path(tmp), args.threads, args.int8, calib)
         with torch.no_grad():
             reference = model(real).numpy() if real is not None else None
         for label, fn in fns.items():
@@ -181,6 +170,56 @@ def bench_model(name: str, args) -> list[dict]:
     return rows
 
 
+def trained_check(ckpt: Path, threads: int, calib_n: int) -> list[dict]:
+    """int8 against PyTorch on a trained single-label checkpoint: accuracy and agreement on its val split.
+
+    The int8 model is written by ``lungnet.export`` (calibrated on ``calib_n`` images of the run's train
+    split) and run by ONNX Runtime and by OpenVINO, as predict.py would.
+    """
+    import pandas as pd
+
+    from lungnet.export import export
+    from lungnet.inference import Predictor
+
+    run = ckpt.parent.parent
+    val = pd.read_csv(run / "splits" / "val.csv")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        q = export(
+            ckpt,
+            "onnx",
+            Path(tmp) / "model.int8.onnx",
+            int8=True,
+            calib=run / "splits" / "train.csv",
+            calib_n=calib_n,
+            min_agreement=0.0,
+        )
+        runners = {"PyTorch (checkpoint)": Predictor(ckpt)}
+        runners["ONNX Runtime int8"] = Predictor(q, threads=threads)
+        try:
+            runners["OpenVINO int8"] = Predictor(q, threads=threads, runtime="openvino")
+        except CheckpointError as exc:
+            log.warning("OpenVINO skipped: %s", exc)
+        reference = None
+        for label, predictor in runners.items():
+            predicted = np.array([r["predicted"] for r in predictor.predict(val["path"], batch_size=16)])
+            reference = predicted if reference is None else reference
+            rows.append(
+                {
+                    "checkpoint": str(ckpt),
+                    "model": predictor.prep.model,
+                    "runtime": label,
+                    "n": len(val),
+                    "accuracy": float((predicted == val["label"].to_numpy()).mean()),
+                    "agreement": float((predicted == reference).mean()),
+                }
+            )
+            log.info(
+                "%s | %s | accuracy %.3f | agreement %.3f", ckpt, label, rows[-1]["accuracy"], rows[-1]["agreement"]
+            )
+    return rows
+
+
 def machine() -> str:
     """CPU model name and core counts from lscpu, plus the load average."""
     try:
@@ -194,24 +233,36 @@ def machine() -> str:
     return f"{model}, {cpus} CPU(s) visible (lscpu), load average at the end {load}"
 
 
-def markdown(rows: list[dict], args, command: str, elapsed: float) -> str:
-    """The section text (heading, command, machine, table, verdict)."""
+def _versions() -> str:
     import onnxruntime
 
+    try:
+        import openvino
+
+        ov = f", openvino {openvino.__version__.split('-')[0]}"
+    except ImportError:
+        ov = " (openvino not installed: its rows are absent)"
+    return f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}{ov}"
+
+
+def markdown(rows: list[dict], trained: list[dict], args, command: str, elapsed: float) -> str:
+    """The section text (heading, command, machine, table, verdicts, trained-checkpoint check)."""
     lines = [
         HEADING,
         "",
         f"Run {datetime.datetime.now():%Y-%m-%d %H:%M} in {elapsed:.0f} s: `{command}`",
         "",
-        f"- Machine: {machine()}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
-        f"{args.threads} intra-op threads everywhere, passive waiting "
-        f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, ORT allow_spinning=0).",
+        f"- Machine: {machine()}; {_versions()}; "
+        f"{args.threads} threads everywhere, passive waiting "
+        f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, ORT allow_spinning=0; OpenVINO latency hint).",
         f"- Input {args.size} px, 3 channels, randomly initialised weights (speed does not depend on them). "
         f"Latency: median of {args.repeats} single-image calls; throughput: batch of {args.batch}, best of 3.",
-        "- Agreement: max |logit diff| and top-1 agreement with eager PyTorch on 16 real darkcovidnet X-rays.",
-        "- Caveats: the weights are random, so top-1 agreement (a near-constant random head) says little about "
-        "int8 accuracy; check agreement on a trained checkpoint before deploying int8. On a shared CPU (see the "
-        "load average) absolute numbers are a fraction of a dedicated machine's and ratios are noisy.",
+        "- ONNX files are written by `lungnet.export` (int8: its `quantize_onnx`, static QDQ, per-channel int8 "
+        "weights, uint8 activations, calibrated on 24 real darkcovidnet X-rays); OpenVINO runs the same files "
+        "through `lungnet.runtimes.OpenVinoRunner` (`predict.py runtime=openvino`).",
+        "- Agreement: max |logit diff| and top-1 agreement with eager PyTorch on 24 other real darkcovidnet X-rays. "
+        "The weights here are random, so top-1 agreement says little about int8 accuracy: see the trained "
+        "checkpoints below. On a shared CPU (see the load average) absolute numbers drop and ratios are noisy.",
         "",
         "| model | runtime | latency (ms) | throughput (img/s) | vs eager | max abs diff | top-1 agree |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -228,6 +279,21 @@ def markdown(rows: list[dict], args, command: str, elapsed: float) -> str:
         best = max((r for r in rows if r["model"] == name), key=lambda r: r["throughput"])
         verdict = "met" if best["speedup"] >= 2 else "NOT met"
         lines.append(f"- {name}: {best['runtime']}, {best['speedup']:.2f}x: 2x target {verdict}.")
+    if trained:
+        lines += [
+            "",
+            "int8 on trained checkpoints (`--trained`): each exported with `python -m lungnet.export ckpt=<ckpt> "
+            "int8=true calib=<run>/splits/train.csv calib_n=64`, then every image of the run's validation split "
+            "classified through `Predictor` by each runtime:",
+            "",
+            "| checkpoint | model | runtime | val images | accuracy | agreement with PyTorch |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for r in trained:
+            run = Path(r["checkpoint"]).parent.parent.name
+            lines.append(
+                f"| {run} | {r['model']} | {r['runtime']} | {r['n']} | {r['accuracy']:.3f} | {r['agreement']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -252,14 +318,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--int8", action="store_true", help="also static int8 quantisation (ONNX Runtime QDQ)")
+    parser.add_argument("--trained", nargs="*", type=Path, default=[], help="trained .ckpt files: int8 accuracy check")
+    parser.add_argument("--calib-n", type=int, default=64, help="calibration images for --trained")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = [row for name in args.models for row in bench_model(name, args)]
+    trained = [row for ckpt in args.trained for row in trained_check(ckpt, args.threads, args.calib_n)]
     command = " ".join(["python bench/latency.py", *sys.argv[1:]])
-    write_section(args.out, markdown(rows, args, command, time.perf_counter() - start))
+    write_section(args.out, markdown(rows, trained, args, command, time.perf_counter() - start))
     log.info("Wrote %s", args.out)
 
 

@@ -1,13 +1,20 @@
-"""Export a checkpoint to ONNX or TorchScript, with its preprocessing recorded; and open such exports.
+"""Export a checkpoint to ONNX (fp32 or int8) or TorchScript, with its preprocessing recorded.
 
 ``python -m lungnet.export ckpt=<best.ckpt> format=onnx|torchscript [out=<file>] [opset=17]``
+``python -m lungnet.export ckpt=<best.ckpt> int8=true calib=<folder|glob|run/splits/train.csv> [calib_n=64]``
 
 Writes the model file and a JSON sidecar ``<file>.json`` (labels, multilabel, input size, mean/std,
-in_chans, resize, thresholds, model name). The same record is embedded in the file itself (ONNX
+in_chans, resize, thresholds, model name, precision). The same record is embedded in the file itself (ONNX
 ``metadata_props`` key ``lungnet`` plus one key per field; a ``lungnet.json`` extra file in the
 TorchScript archive), so `lungnet.inference.Predictor` and ``predict.py ckpt=model.onnx`` can use an
-export alone, with ONNX Runtime and no torch model. The export is checked against PyTorch on a
-random batch before it is reported as written.
+export alone (`lungnet.runtimes`: ONNX Runtime or OpenVINO, no torch model). An fp32 export is checked
+against PyTorch on a random batch (max |logit diff| < 1e-4) before it is reported as written.
+
+``int8=true`` quantises statically with ONNX Runtime (QDQ: per-channel int8 weights, uint8 activations)
+calibrated on ``calib_n`` real images preprocessed like the checkpoint's evaluation. It is checked on
+those images: top-1 agreement with PyTorch below ``min_agreement`` refuses the export; the agreement and
+the largest probability difference are recorded in the sidecar. Calibrate on images like the ones the
+model will see (e.g. its validation folder), not on random noise.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,20 +33,23 @@ from omegaconf import OmegaConf
 
 from lungnet.checkpoint import CheckpointError, load_model
 from lungnet.inference import Preprocessing
+from lungnet.runtimes import TORCHSCRIPT_META, open_export, sidecar_path
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
-SIDECAR_SUFFIX = ".json"
-TORCHSCRIPT_META = "lungnet.json"  # extra file inside exported TorchScript archives
 PARITY_TOL = 1e-4
-DEFAULTS = {"ckpt": None, "format": "onnx", "out": None, "opset": 17, "verify": True}
-
-
-def sidecar_path(model_path: str | os.PathLike) -> Path:
-    """``model.onnx`` -> ``model.onnx.json``."""
-    path = Path(model_path)
-    return path.with_name(path.name + SIDECAR_SUFFIX)
+DEFAULTS = {
+    "ckpt": None,
+    "format": "onnx",
+    "out": None,
+    "opset": 17,
+    "verify": True,
+    "int8": False,
+    "calib": None,
+    "calib_n": 64,
+    "min_agreement": 0.9,
+}
 
 
 def _record(prep: Preprocessing, fmt: str, source: Path) -> dict:
@@ -49,6 +60,15 @@ def _example(prep: Preprocessing, batch: int = 2) -> torch.Tensor:
     return torch.randn(
         batch, prep.in_chans, prep.input_size, prep.input_size, generator=torch.Generator().manual_seed(0)
     )
+
+
+def _embed(proto, record: dict) -> None:
+    """Replaces an ONNX model's metadata_props with ``record`` (whole, and one key per field)."""
+    del proto.metadata_props[:]
+    fields = {"lungnet": json.dumps(record)}
+    fields.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()})
+    for key, value in fields.items():
+        proto.metadata_props.add(key=key, value=value)
 
 
 def export_onnx(model: torch.nn.Module, prep: Preprocessing, out: Path, record: dict, opset: int = 17) -> Path:
@@ -69,12 +89,56 @@ def export_onnx(model: torch.nn.Module, prep: Preprocessing, out: Path, record: 
             opset_version=opset,
         )
     proto = onnx.load(str(out))
-    del proto.metadata_props[:]
-    fields = {"lungnet": json.dumps(record)}
-    fields.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()})
-    for key, value in fields.items():
-        proto.metadata_props.add(key=key, value=value)
+    _embed(proto, record)
     onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+    return out
+
+
+def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, record: dict | None = None) -> Path:
+    """Static int8 quantisation of an fp32 ONNX file (ONNX Runtime, QDQ format).
+
+    Weights int8 per output channel, activations uint8 with ranges calibrated (min/max) on ``calib``.
+    BatchNormalization stays float: the pre-activation BN of DenseNet cannot be folded into a convolution.
+
+    Args:
+        fp32: the fp32 ``.onnx`` file.
+        out: the int8 file to write.
+        calib: preprocessed calibration images (N, C, S, S), float32.
+        record: metadata to embed (default: the fp32 file's).
+
+    Returns:
+        ``out``.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"image": calib[i : i + 1].astype(np.float32)} for i in range(len(calib))])
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre))  # shape inference + graph optimisation (BN folding where possible)
+        quantize_static(
+            str(pre),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=sorted(set(QDQRegistry) - {"BatchNormalization"}),
+        )
+    proto = onnx.load(str(out))
+    if record is None:
+        record = json.loads({p.key: p.value for p in onnx.load(str(fp32)).metadata_props}["lungnet"])
+    _embed(proto, record)
     onnx.save(proto, str(out))
     return out
 
@@ -89,138 +153,164 @@ def export_torchscript(model: torch.nn.Module, prep: Preprocessing, out: Path, r
     return out
 
 
+def calibration_batch(spec: str | os.PathLike, prep: Preprocessing, n: int = 64) -> tuple[torch.Tensor, list[str]]:
+    """Up to ``n`` images named by ``spec``, evenly spaced, preprocessed for the model.
+
+    ``spec`` is a file, a folder, a glob, or a split CSV with a ``path`` column (a run's ``splits/train.csv``).
+
+    Unreadable files are logged and skipped.
+
+    Returns:
+        (the batch (N, C, S, S), the files used).
+
+    Raises:
+        CheckpointError: no readable image.
+    """
+    from lungnet.data.images import ImageReadError, read_image
+    from lungnet.inference import collect_inputs
+
+    try:
+        if str(spec).lower().endswith(".csv"):  # a run's split file, e.g. outputs/<run>/splits/train.csv
+            import pandas as pd
+
+            files = [Path(p) for p in pd.read_csv(spec)["path"]]
+        else:
+            files = collect_inputs(spec)
+    except (FileNotFoundError, KeyError) as exc:
+        raise CheckpointError(f"Calibration images {spec}: {exc}") from exc
+    files = files[:: max(1, len(files) // max(n, 1))][:n]
+    pipe, tensors, used = prep.pipeline(), [], []
+    for f in files:
+        try:
+            tensors.append(pipe(read_image(f)))
+            used.append(str(f))
+        except ImageReadError as exc:
+            log.warning("Calibration: skipping %s (%s)", f, exc)
+    if not tensors:
+        raise CheckpointError(f"No readable calibration image in {spec}")
+    return torch.stack(tensors), used
+
+
+def agreement(prep: Preprocessing, reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """(decision agreement, max probability difference) between two logit arrays (N, K).
+
+    Single-label: top-1 agreement. Multi-label: agreement of the per-finding decisions (probability at or
+    above the checkpoint's thresholds, else 0.5) over all image-finding pairs.
+    """
+
+    def probs(z: np.ndarray) -> np.ndarray:
+        z = np.asarray(z, dtype=np.float64)
+        if prep.multilabel:
+            return 1.0 / (1.0 + np.exp(-z))
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    p, q = probs(reference), probs(other)
+    if prep.multilabel:
+        thr = np.asarray(prep.thresholds if prep.thresholds else [0.5] * p.shape[1])
+        agree = float(((p >= thr) == (q >= thr)).mean())
+    else:
+        agree = float((p.argmax(1) == q.argmax(1)).mean())
+    return agree, float(np.abs(p - q).max())
+
+
 def export(
     ckpt: str | os.PathLike,
     fmt: str = "onnx",
     out: str | os.PathLike | None = None,
     opset: int = 17,
     verify: bool = True,
+    int8: bool = False,
+    calib: str | os.PathLike | None = None,
+    calib_n: int = 64,
+    min_agreement: float = 0.9,
 ) -> Path:
     """Exports a lungnet checkpoint.
+
+    Files are written under temporary names and moved into place only once checked, so a failed export
+    never leaves a half-written or unverified model where a good one was.
 
     Args:
         ckpt: the ``.ckpt`` file.
         fmt: ``onnx`` or ``torchscript``.
-        out: output file (default: beside the checkpoint, ``best.onnx`` / ``best.pt``).
+        out: output file (default: beside the checkpoint, ``best.onnx`` / ``best.int8.onnx`` / ``best.pt``).
         opset: ONNX opset.
-        verify: run the export on a random batch and compare with PyTorch.
+        verify: compare the export with PyTorch (fp32: random batch, int8: the calibration images).
+        int8: static int8 quantisation (ONNX only), calibrated on ``calib``.
+        calib: file, folder, glob or split CSV of calibration X-rays (required with ``int8``).
+        calib_n: at most this many calibration images (evenly spaced over the sorted files).
+        min_agreement: refuse an int8 export whose top-1 agreement with PyTorch is below this.
 
     Returns:
         The model file (its sidecar is ``<file>.json``).
 
     Raises:
-        CheckpointError: unknown format, unusable checkpoint, or an export that disagrees with PyTorch.
+        CheckpointError: unknown format, unusable checkpoint, missing calibration images, or an export
+            that disagrees with PyTorch.
     """
     if fmt not in FORMATS:
         raise CheckpointError(f"Unknown export format '{fmt}': choose {' or '.join(FORMATS)}")
+    if int8 and fmt != "onnx":
+        raise CheckpointError("int8=true needs format=onnx (static quantisation with ONNX Runtime)")
+    if int8 and not calib:
+        raise CheckpointError("int8=true needs calibration images: calib=<folder or glob of X-rays like the inputs>")
     loaded = load_model(ckpt)
     model = loaded.model.cpu().eval()
     prep = Preprocessing.from_loaded(loaded)
-    out = Path(out) if out else loaded.path.with_suffix(FORMATS[fmt])
-    record = _record(prep, fmt, loaded.path)
-    if fmt == "onnx":
-        export_onnx(model, prep, out, record, opset)
-    else:
-        export_torchscript(model, prep, out, record)
-    sidecar_path(out).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    if verify:
-        diff = parity(model, out, _example(prep, 3))
-        if diff > PARITY_TOL:
-            raise CheckpointError(f"Exported {out} disagrees with PyTorch: max |logit diff| {diff:.2e} > {PARITY_TOL}")
-        log.info("Export matches PyTorch (max |logit diff| %.1e on a random batch)", diff)
+    default = loaded.path.with_suffix(".int8.onnx" if int8 else FORMATS[fmt])
+    out = Path(out) if out else default
+    record = {**_record(prep, fmt, loaded.path), "precision": "int8" if int8 else "fp32"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+        staged = Path(tmp) / out.name
+        if fmt == "torchscript":
+            export_torchscript(model, prep, staged, record)
+        elif not int8:
+            export_onnx(model, prep, staged, record, opset)
+        else:
+            batch, used = calibration_batch(calib, prep, calib_n)
+            fp32 = export_onnx(model, prep, Path(tmp) / "fp32.onnx", record, opset)
+            log.info("Quantising to int8, calibrated on %d images from %s", len(used), calib)
+            quantize_onnx(fp32, staged, batch.numpy(), record)
+            if verify:
+                with torch.inference_mode():
+                    ref = model(batch).numpy()
+                agree, diff = agreement(prep, ref, open_export(staged).logits(batch))
+                record["quantization"] = {
+                    "method": "onnxruntime static QDQ, per-channel int8 weights, uint8 activations, min/max",
+                    "calibration": str(calib),
+                    "calibration_images": len(used),
+                    "agreement_with_pytorch": agree,
+                    "max_probability_diff": diff,
+                }
+                log.info("int8 vs PyTorch on the calibration images: agreement %.3f, max |p diff| %.3f", agree, diff)
+                if agree < min_agreement:
+                    raise CheckpointError(
+                        f"int8 export agrees with PyTorch on only {agree:.1%} of {len(used)} calibration images "
+                        f"(min_agreement={min_agreement}); keep the fp32 export or calibrate on more typical images"
+                    )
+        if verify and not int8:
+            diff = parity(model, staged, _example(prep, 3))
+            if diff > PARITY_TOL:
+                raise CheckpointError(
+                    f"Exported {out} disagrees with PyTorch: max |logit diff| {diff:.2e} > {PARITY_TOL}"
+                )
+            log.info("Export matches PyTorch (max |logit diff| %.1e on a random batch)", diff)
+        sidecar_path(staged).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        os.replace(staged, out)
+        os.replace(sidecar_path(staged), sidecar_path(out))
     log.info("Wrote %s and %s", out, sidecar_path(out).name)
     return out
 
 
-def parity(model: torch.nn.Module, exported: str | os.PathLike, batch: torch.Tensor) -> float:
+def parity(
+    model: torch.nn.Module, exported: str | os.PathLike, batch: torch.Tensor, runtime: str = "onnxruntime"
+) -> float:
     """Max absolute logit difference between ``model`` and an exported file on ``batch``."""
     with torch.inference_mode():
         ref = model.eval()(batch).numpy()
-    runner = open_export(Path(exported))
+    runner = open_export(Path(exported), runtime=runtime)
     return float(np.abs(runner.logits(batch) - ref).max())
-
-
-class OnnxRunner:
-    """An exported ONNX model under ONNX Runtime (CPU), with its `Preprocessing`.
-
-    Args:
-        path: the ``.onnx`` file.
-        threads: intra-op threads (None: ONNX Runtime's default).
-    """
-
-    kind = "onnx"
-
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise CheckpointError("Running an .onnx model needs ONNX Runtime: pip install onnxruntime") from exc
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
-            raise CheckpointError(f"{path} is not a loadable ONNX model: {exc}") from exc
-        self.input = self.session.get_inputs()[0].name
-        embedded = self.session.get_modelmeta().custom_metadata_map.get("lungnet")
-        self.prep = Preprocessing.from_dict(read_record(path, embedded))
-
-    def logits(self, batch: torch.Tensor) -> np.ndarray:
-        """Logits (N, K) for a preprocessed batch."""
-        return self.session.run(None, {self.input: batch.detach().cpu().numpy().astype(np.float32)})[0]
-
-
-class TorchScriptRunner:
-    """An exported TorchScript model, with its `Preprocessing`.
-
-    Args:
-        path: the TorchScript file.
-        device: torch device.
-    """
-
-    kind = "torchscript"
-
-    def __init__(self, path: Path, device: str = "cpu") -> None:
-        extra = {TORCHSCRIPT_META: ""}
-        self.device = torch.device(device)
-        try:
-            self.model = torch.jit.load(str(path), map_location=self.device, _extra_files=extra).eval()
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path} is not a loadable TorchScript model: {exc}") from exc
-        raw = extra[TORCHSCRIPT_META]
-        self.prep = Preprocessing.from_dict(read_record(path, raw.decode() if isinstance(raw, bytes) else raw))
-
-    @torch.inference_mode()
-    def logits(self, batch: torch.Tensor) -> np.ndarray:
-        """Logits (N, K) for a preprocessed batch."""
-        return self.model(batch.to(self.device)).float().cpu().numpy()
-
-
-def read_record(path: Path, embedded: str | None = None) -> dict:
-    """The preprocessing record of an export: its sidecar, else the copy embedded in the file.
-
-    Raises:
-        CheckpointError: neither is present or readable.
-    """
-    side = sidecar_path(path)
-    try:
-        if side.is_file():
-            return json.loads(side.read_text(encoding="utf-8"))
-        if embedded:
-            return json.loads(embedded)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"Cannot read the preprocessing record of {path}: {exc}") from exc
-    raise CheckpointError(
-        f"{path} carries no preprocessing record: expected {side.name} beside it (python -m lungnet.export writes it)"
-    )
-
-
-def open_export(path: Path, device: str = "cpu", threads: int | None = None) -> OnnxRunner | TorchScriptRunner:
-    """Opens an ``.onnx`` file with ONNX Runtime, anything else as TorchScript."""
-    path = Path(path)
-    return OnnxRunner(path, threads) if path.suffix.lower() == ".onnx" else TorchScriptRunner(path, device)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -232,12 +322,24 @@ def main(argv: list[str] | None = None) -> Path:
     unknown = set(cli) - set(DEFAULTS)
     if unknown or cli.get("ckpt") is None:
         log.error(
-            "usage: python -m lungnet.export ckpt=<file.ckpt> format=onnx|torchscript [out=<file>] [opset=17]%s",
+            "usage: python -m lungnet.export ckpt=<file.ckpt> format=onnx|torchscript [out=<file>] [opset=17] "
+            "[int8=true calib=<folder|glob> calib_n=64 min_agreement=0.9]%s",
             f" (unknown keys: {', '.join(sorted(unknown))})" if unknown else "",
         )
         sys.exit(2)
     cfg = OmegaConf.merge(DEFAULTS, cli)
-    return run_safely(export, cfg.ckpt, str(cfg.format), cfg.out, int(cfg.opset), bool(cfg.verify))
+    return run_safely(
+        export,
+        cfg.ckpt,
+        str(cfg.format),
+        cfg.out,
+        int(cfg.opset),
+        bool(cfg.verify),
+        bool(cfg.int8),
+        cfg.calib,
+        int(cfg.calib_n),
+        float(cfg.min_agreement),
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Use a trained model: ``Predictor(ckpt).predict(paths) -> rows``, shared by predict.py, the web app and the API.
 
-A `Predictor` opens a lungnet checkpoint (``.ckpt``), an exported ONNX file (run with ONNX Runtime,
-no torch model) or an exported TorchScript file; exports carry their preprocessing in a JSON sidecar
-(`lungnet.export`). Images are preprocessed exactly as the checkpoint's evaluation pipeline:
+A `Predictor` opens a lungnet checkpoint (``.ckpt``), an exported ONNX file (fp32 or int8, run with ONNX
+Runtime or OpenVINO, no torch model) or an exported TorchScript file; exports carry their preprocessing
+in a JSON sidecar (written by `lungnet.export`, opened by `lungnet.runtimes`). Images are preprocessed
+exactly as the checkpoint's evaluation pipeline:
 `read_image` -> resize (``squash``/``pad``) to the trained input size -> the model's mean/std.
 A file that cannot be read becomes an error row; the others go on.
 """
@@ -170,22 +171,25 @@ class Predictor:
         ckpt: a lungnet ``.ckpt``, an ``.onnx`` file or a TorchScript file (exports need their sidecar
             or embedded record, as written by `lungnet.export`).
         device: ``cpu``, ``cuda`` or ``auto`` (PyTorch models only; ONNX runs on the CPU).
-        threads: ONNX Runtime intra-op threads (None: its default).
+        threads: ONNX Runtime / OpenVINO threads (None: the runtime's default).
+        runtime: for ``.onnx`` files, ``onnxruntime`` or ``openvino`` (`lungnet.runtimes`).
 
     Raises:
         CheckpointError: the model file is missing, unsafe or unusable.
     """
 
-    def __init__(self, ckpt: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self, ckpt: str | os.PathLike, device: str = "cpu", threads: int | None = None, runtime: str = "onnxruntime"
+    ) -> None:
         path = Path(ckpt).expanduser()
         if not path.is_file():
             raise CheckpointError(f"Model file not found: {path}")
         self.path = path
         device = resolve_device(device)
         if path.suffix.lower() == ".onnx" or is_torchscript(path):
-            from lungnet.export import open_export
+            from lungnet.runtimes import open_export
 
-            self.backend = open_export(path, device, threads)
+            self.backend = open_export(path, device, threads, runtime)
             self.kind = self.backend.kind
         else:
             self.backend = _TorchBackend(path, device)
@@ -398,7 +402,8 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
     from lungnet.io import write_csv
 
     run_dir = Path(run_dir)
-    predictor = Predictor(cfg.ckpt, device=str(cfg.device), threads=cfg.get("threads"))
+    runtime = str(cfg.get("runtime") or "onnxruntime")
+    predictor = Predictor(cfg.ckpt, device=str(cfg.device), threads=cfg.get("threads"), runtime=runtime)
     exp = cfg.get("explain") or {}  # the explain config group (conf/explain/<method>.yaml), absent by default
     explain = exp.get("method")
     options = {k: v for k, v in {"cam_layer": exp.get("cam_layer"), **(exp.get("options") or {})}.items() if v}

@@ -93,3 +93,50 @@ def test_heatmaps_need_the_checkpoint_and_bad_format_is_refused(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main([f"ckpt={tmp_path / 'missing.ckpt'}"])
     assert exc.value.code == 2
+
+
+def test_int8_export_is_calibrated_on_real_images_and_checked(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt", name="resnet18", size=64)
+    fp32 = export(ckpt, "onnx")
+    calib = shared("darkcovidnet")
+    q = export(ckpt, "onnx", int8=True, calib=calib, calib_n=12)
+    assert q.name == "best.int8.onnx" and q.stat().st_size < 0.5 * fp32.stat().st_size  # int8 weights
+    record = json.loads(sidecar_path(q).read_text())
+    assert record["precision"] == "int8" and record["quantization"]["calibration_images"] == 12
+    assert record["quantization"]["agreement_with_pytorch"] >= 0.9
+    node_types = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= node_types
+    meta = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
+    assert json.loads(meta["lungnet"])["labels"] == LABELS
+    torch_pred, int8_pred = Predictor(ckpt), Predictor(q)
+    batch = real_batch(torch_pred)
+    with torch.inference_mode():
+        ref = torch.softmax(torch_pred.torch_model(batch), 1).numpy()
+    got = int8_pred.probabilities(batch)
+    assert 0 < np.abs(got - ref).max() < 0.1  # quantised (not bit-equal), yet close
+
+
+def test_int8_export_refusals_leave_nothing_behind(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
+    with pytest.raises(CheckpointError, match="needs calibration images"):
+        export(ckpt, "onnx", int8=True)
+    with pytest.raises(CheckpointError, match="needs format=onnx"):
+        export(ckpt, "torchscript", int8=True, calib=shared("darkcovidnet"))
+    with pytest.raises(CheckpointError, match="Calibration images"):
+        export(ckpt, "onnx", int8=True, calib=tmp_path / "nowhere")
+    good = export(ckpt, "onnx", tmp_path / "model.onnx")
+    before = good.read_bytes()
+    with pytest.raises(CheckpointError, match="agrees with PyTorch on only"):  # impossible bar: refused
+        export(ckpt, "onnx", good, int8=True, calib=shared("darkcovidnet"), calib_n=4, min_agreement=1.01)
+    assert good.read_bytes() == before  # the earlier export is untouched
+    assert json.loads(sidecar_path(good).read_text())["precision"] == "fp32"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "model.onnx", "model.onnx.json"]
+
+
+def test_int8_calibration_from_a_split_csv(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
+    files = sorted(shared("darkcovidnet").glob("*/*.jpg"))[:5]
+    split = tmp_path / "train.csv"
+    pd.DataFrame({"path": [str(f) for f in files], "label": "x"}).to_csv(split, index=False)
+    q = export(ckpt, "onnx", tmp_path / "q.onnx", int8=True, calib=split)
+    assert json.loads(sidecar_path(q).read_text())["quantization"]["calibration_images"] == 5
