@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import sys
 import tempfile
 import threading
 from importlib import resources
@@ -29,7 +28,6 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
-from omegaconf import OmegaConf
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -50,6 +48,7 @@ DEFAULTS = {
     "alpha": 0.45,
     "overlay_max_side": 1024,
     "device": "cpu",
+    "runtime": "onnxruntime",  # .onnx models: onnxruntime | openvino
     "log_level": "info",
 }
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the file itself
@@ -221,20 +220,15 @@ def create_app(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``key=value`` arguments (ckpt, host, port, max_upload_mb, explain, alpha, device)."""
+    """Command line: ``key=value`` arguments (ckpt, host, port, max_upload_mb, explain, alpha, device, runtime)."""
     import uvicorn
 
-    from lungnet.cli import run_safely
+    from lungnet.cli import parse_key_values, run_safely
 
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
-    cli = OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv))
-    unknown = set(cli) - set(DEFAULTS)
-    if unknown or cli.get("ckpt") is None:
-        hint = f" (unknown keys: {', '.join(sorted(unknown))})" if unknown else ""
-        log.error("usage: python -m lungnet.app ckpt=<file> [port=8000] [host=127.0.0.1] [max_upload_mb=20]%s", hint)
-        sys.exit(2)
-    cfg = OmegaConf.merge(DEFAULTS, cli)
-    predictor = run_safely(Predictor, cfg.ckpt, device=str(cfg.device))
+    usage = "python -m lungnet.app ckpt=<file> [port=8000] [host=127.0.0.1] [max_upload_mb=20] [runtime=onnxruntime]"
+    cfg = parse_key_values(argv, DEFAULTS, usage, required=("ckpt",))
+    predictor = run_safely(Predictor, cfg.ckpt, device=str(cfg.device), runtime=str(cfg.runtime))
     explain = cfg.explain if predictor.torch_model is not None else None
     app = create_app(predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side))
     log.info("%s Serving %s on http://%s:%d", NOTICE, cfg.ckpt, cfg.host, int(cfg.port))

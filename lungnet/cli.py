@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from lungnet.checkpoint import CheckpointError
@@ -62,3 +63,18 @@ def run_safely(fn: Callable, *args, **kwargs):
     except USER_ERRORS as exc:
         log.error("%s: %s", type(exc).__name__, printable(exc))
         sys.exit(2)
+
+
+def parse_key_values(argv: list[str] | None, defaults: dict, usage: str, required: tuple[str, ...] = ()) -> DictConfig:
+    """``key=value`` command-line arguments merged over ``defaults`` (the small module entry points).
+
+    Unknown keys or a missing required key log ``usage`` (with the offending keys) and exit with status 2.
+    """
+    cli = OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv))
+    unknown = sorted(set(cli) - set(defaults))
+    missing = [k for k in required if cli.get(k) is None]
+    if unknown or missing:
+        hint = f" (unknown keys: {', '.join(unknown)})" if unknown else f" (missing: {', '.join(missing)})"
+        log.error("usage: %s%s", usage, hint)
+        sys.exit(2)
+    return OmegaConf.merge(defaults, cli)

@@ -22,14 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from lungnet.checkpoint import CheckpointError, load_model
 from lungnet.inference import Preprocessing
@@ -315,19 +313,14 @@ def parity(
 
 def main(argv: list[str] | None = None) -> Path:
     """Command line: ``key=value`` arguments as in the Hydra entry points (ckpt, format, out, opset, verify)."""
-    from lungnet.cli import run_safely
+    from lungnet.cli import parse_key_values, run_safely
 
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    cli = OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv))
-    unknown = set(cli) - set(DEFAULTS)
-    if unknown or cli.get("ckpt") is None:
-        log.error(
-            "usage: python -m lungnet.export ckpt=<file.ckpt> format=onnx|torchscript [out=<file>] [opset=17] "
-            "[int8=true calib=<folder|glob> calib_n=64 min_agreement=0.9]%s",
-            f" (unknown keys: {', '.join(sorted(unknown))})" if unknown else "",
-        )
-        sys.exit(2)
-    cfg = OmegaConf.merge(DEFAULTS, cli)
+    usage = (
+        "python -m lungnet.export ckpt=<file.ckpt> format=onnx|torchscript [out=<file>] [opset=17] "
+        "[int8=true calib=<folder|glob|splits csv> calib_n=64 min_agreement=0.9]"
+    )
+    cfg = parse_key_values(argv, DEFAULTS, usage, required=("ckpt",))
     return run_safely(
         export,
         cfg.ckpt,

@@ -91,6 +91,8 @@ def validate_config(cfg: DictConfig, source: Source) -> None:
     monitors = sorted({"val/loss", "train/loss_epoch", *(f"val/{n}" for n in names)})
     if cfg.checkpoint.monitor not in monitors:
         raise ConfigError(f"checkpoint.monitor={cfg.checkpoint.monitor!r} is not logged; choose one of: {monitors}")
+    if cfg.checkpoint.get("select", "best") not in ("best", "last"):
+        raise ConfigError(f"checkpoint.select={cfg.checkpoint.select!r}: choose best or last")
 
 
 def resume_target(run_dir: Path, resume) -> tuple[Path | None, Path]:
@@ -296,6 +298,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if not trainer.is_global_zero:
         return {}
     best = Path(trainer.checkpoint_callback.best_model_path or run_dir / "checkpoints" / "last.ckpt")
+    if cfg.checkpoint.get("select", "best") == "last":  # no selection on val (cross-validation folds)
+        best = run_dir / "checkpoints" / "last.ckpt"
     if not best.is_file():
         raise CheckpointError(f"Training ended without a checkpoint in {run_dir / 'checkpoints'}")
     results = evaluate_splits(best, dm, run_dir, ("val", "test"))
@@ -303,6 +307,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         best_checkpoint=str(best),
         epochs_trained=int(trainer.current_epoch),
         monitor=cfg.checkpoint.monitor,
+        selected=str(cfg.checkpoint.get("select", "best")),
         model=cfg.model.name,
         data=cfg.data.name,
     )

@@ -51,6 +51,7 @@ def pneumonia_ckpt(tmp_path_factory):
         (["data.source=mnist"], ["Unknown dataset source 'mnist'", "darkcovidnet"]),
         (["optim.name=adamx"], ["optim.name='adamx' is not valid", "adamw"]),
         (["checkpoint.monitor=val/nope"], ["checkpoint.monitor='val/nope' is not logged", "val/auroc"]),
+        (["checkpoint.select=median"], ["checkpoint.select='median': choose best or last"]),
         (["+trainer.not_an_arg=1"], ["Unknown trainer argument(s) ['not_an_arg']"]),
         (["data.balance=maybe"], ["data.balance='maybe' is not valid", "sampler"]),
         (["+callbacks.x._target_=no.such.Callback"], ["no.such.Callback"]),

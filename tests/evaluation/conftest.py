@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from lungnet.training import train
-from tests.conftest import CONF
+from tests.conftest import compose_cfg
 
 TINY = [
     "model=simple_cnn",
@@ -22,12 +21,6 @@ TINY = [
 ]
 
 FAST_EVAL = ["bootstrap.resamples=200", "calibration.bins=10"]
-
-
-def compose_cfg(name: str, overrides: list[str]):
-    """A composed config from conf/ (``train``, ``evaluate`` or ``compare``)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,88 @@
+"""Cross-validation summary over real k-fold training runs: pooled out-of-fold predictions and the fold checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from lungnet.data.sources import DataError
+from lungnet.evaluation.crossval import find_fold_runs, main, summarise, write_summary
+from lungnet.training import train
+from tests.conftest import compose_cfg, make_class_folders
+from tests.evaluation.conftest import TINY
+
+CLASSES = ["Covid-19", "No_findings", "Pneumonia"]
+
+
+@pytest.fixture(scope="module")
+def cv_runs(tmp_path_factory):
+    """Three real 1-epoch folds of a 3-fold CV on a darkcovidnet-layout folder (final-epoch checkpoints)."""
+    tmp = tmp_path_factory.mktemp("cv")
+    data = make_class_folders(tmp / "dcn", CLASSES, 6)
+    for fold in range(3):
+        overrides = [
+            "data=darkcovidnet",
+            f"data.root={data}",
+            "data.cv_folds=3",
+            f"data.cv_fold={fold}",
+            "checkpoint.select=last",
+            "trainer.max_epochs=1",
+            *TINY,
+        ]
+        train(compose_cfg("train", overrides), tmp / "multirun" / str(fold))
+    return tmp / "multirun"
+
+
+def test_pooled_out_of_fold_predictions_cover_every_image_once(cv_runs, tmp_path):
+    runs = find_fold_runs(cv_runs)
+    summary = summarise(runs, resamples=50)
+    oof = summary["oof"]
+    assert summary["folds_found"] == [0, 1, 2] and summary["selected"] == ["last"]
+    assert len(oof) == 18 and oof["path"].is_unique  # all 18 images, each scored once
+    for fold in range(3):
+        split = pd.read_csv(runs[fold] / "splits" / "val.csv")
+        assert set(oof.loc[oof["fold"] == fold, "path"]) == set(split["path"])
+        assert json.loads((runs[fold] / "metrics.json").read_text())["best_checkpoint"].endswith("last.ckpt")
+    pooled_acc = float((oof["true"] == oof["predicted"]).mean())
+    assert summary["pooled"]["accuracy"]["value"] == pytest.approx(pooled_acc)
+    per_fold = pd.DataFrame(summary["per_fold"])
+    assert summary["mean"]["accuracy"] == pytest.approx(per_fold["accuracy"].mean())
+    md = write_summary(summary, tmp_path / "out").read_text()
+    assert "final epoch of each fold" in md and "mean ± sd" in md
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "cv_summary.md",
+        "cv_summary.json",
+        "cv_folds.csv",
+        "oof_predictions.csv",
+    }
+
+
+def test_folds_that_do_not_belong_together_are_refused(cv_runs, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(cv_runs, mixed)
+    shutil.copytree(mixed / "1", mixed / "1b")  # the same fold twice
+    with pytest.raises(DataError, match="A fold appears twice"):
+        summarise(find_fold_runs(mixed))
+    shutil.rmtree(mixed / "1b")
+    config = mixed / "2" / "config.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["seed"] = 99
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DataError, match="differ in seed"):
+        summarise(find_fold_runs(mixed))
+
+
+def test_incomplete_cv_is_summarised_with_a_warning_and_bad_input_exits_2(cv_runs, tmp_path, caplog):
+    partial = tmp_path / "partial"
+    shutil.copytree(cv_runs / "0", partial / "0")
+    summary = summarise(find_fold_runs(partial), resamples=20)
+    assert summary["folds_found"] == [0] and np.isnan(summary["std"]["accuracy"])
+    assert "missing" in caplog.text
+    with pytest.raises(SystemExit) as exc:
+        main([f"runs={tmp_path / 'nowhere'}"])
+    assert exc.value.code == 2
