@@ -257,9 +257,9 @@ def markdown(rows: list[dict], trained: list[dict], args, command: str, elapsed:
         f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, ORT allow_spinning=0; OpenVINO latency hint).",
         f"- Input {args.size} px, 3 channels, randomly initialised weights (speed does not depend on them). "
         f"Latency: median of {args.repeats} single-image calls; throughput: batch of {args.batch}, best of 3.",
-        "- ONNX files are written by `lungnet.export` (int8: its `quantize_onnx`, static QDQ, per-channel int8 "
-        "weights, uint8 activations, calibrated on 24 real darkcovidnet X-rays); OpenVINO runs the same files "
-        "through `lungnet.runtimes.OpenVinoRunner` (`predict.py runtime=openvino`).",
+        "- ONNX files are written by `lungnet.export` (int8: its `quantize_onnx`, static QDQ, per-channel "
+        "reduced-range int8 weights, uint8 activations, calibrated on 24 real darkcovidnet X-rays); "
+        "OpenVINO runs the same files through `lungnet.runtimes.OpenVinoRunner` (`predict.py runtime=openvino`).",
         "- Agreement: max |logit diff| and top-1 agreement with eager PyTorch on 24 other real darkcovidnet X-rays. "
         "The weights here are random, so top-1 agreement says little about int8 accuracy: see the trained "
         "checkpoints below. On a shared CPU (see the load average) absolute numbers drop and ratios are noisy.",
@@ -283,7 +283,8 @@ def markdown(rows: list[dict], trained: list[dict], args, command: str, elapsed:
         lines += [
             "",
             "int8 on trained checkpoints (`--trained`): each exported with `python -m lungnet.export ckpt=<ckpt> "
-            "int8=true calib=<run>/splits/train.csv calib_n=64`, then every image of the run's validation split "
+            f"int8=true calib=<run>/splits/train.csv calib_n={args.calib_n}` (default `int8_weights=reduced`; the "
+            "export's own check then ran on other train images), and every image of the run's validation split "
             "classified through `Predictor` by each runtime:",
             "",
             "| checkpoint | model | runtime | val images | accuracy | agreement with PyTorch |",

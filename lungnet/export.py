@@ -10,11 +10,12 @@ TorchScript archive), so `lungnet.inference.Predictor` and ``predict.py ckpt=mod
 export alone (`lungnet.runtimes`: ONNX Runtime or OpenVINO, no torch model). An fp32 export is checked
 against PyTorch on a random batch (max |logit diff| < 1e-4) before it is reported as written.
 
-``int8=true`` quantises statically with ONNX Runtime (QDQ: per-channel int8 weights, uint8 activations)
-calibrated on ``calib_n`` real images preprocessed like the checkpoint's evaluation. It is checked on
-those images: top-1 agreement with PyTorch below ``min_agreement`` refuses the export; the agreement and
-the largest probability difference are recorded in the sidecar. Calibrate on images like the ones the
-model will see (e.g. its validation folder), not on random noise.
+``int8=true`` quantises statically with ONNX Runtime (QDQ: per-channel weights, uint8 activations)
+calibrated on ``calib_n`` real images preprocessed like the checkpoint's evaluation, and checks it on as
+many other images from the same source: top-1 agreement with PyTorch below ``min_agreement`` refuses the
+export; the agreement and the largest probability difference are recorded in the sidecar. Calibrate on
+images like the ones the model will see (e.g. the run's ``splits/train.csv``), not on random noise.
+``int8_weights`` picks the weight encoding (`quantize_onnx`): ``reduced`` (default), ``full`` or ``uint8``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 PARITY_TOL = 1e-4
+INT8_WEIGHTS = ("reduced", "full", "uint8")
 DEFAULTS = {
     "ckpt": None,
     "format": "onnx",
@@ -46,6 +48,7 @@ DEFAULTS = {
     "int8": False,
     "calib": None,
     "calib_n": 64,
+    "int8_weights": "reduced",
     "min_agreement": 0.9,
 }
 
@@ -93,10 +96,12 @@ def export_onnx(model: torch.nn.Module, prep: Preprocessing, out: Path, record: 
     return out
 
 
-def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, record: dict | None = None) -> Path:
+def quantize_onnx(
+    fp32: Path, out: Path, calib: np.ndarray, record: dict | None = None, weights: str = "reduced"
+) -> Path:
     """Static int8 quantisation of an fp32 ONNX file (ONNX Runtime, QDQ format).
 
-    Weights int8 per output channel, activations uint8 with ranges calibrated (min/max) on ``calib``.
+    Weights per output channel, activations uint8 with ranges calibrated (min/max) on ``calib``.
     BatchNormalization stays float: the pre-activation BN of DenseNet cannot be folded into a convolution.
 
     Args:
@@ -104,6 +109,9 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, record: dict | None 
         out: the int8 file to write.
         calib: preprocessed calibration images (N, C, S, S), float32.
         record: metadata to embed (default: the fp32 file's).
+        weights: ``reduced`` (int8 weights in 7 bits: the fast uint8 x int8 kernels of AVX2 CPUs without
+            VNNI saturate with full-range weights), ``full`` (int8, full range: for VNNI/AMX CPUs) or
+            ``uint8`` (uint8 x uint8: the most accurate, but slower; OpenVINO does not accelerate it).
 
     Returns:
         ``out``.
@@ -120,6 +128,8 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, record: dict | None 
         def get_next(self) -> dict | None:
             return next(self.items, None)
 
+    if weights not in INT8_WEIGHTS:
+        raise CheckpointError(f"int8_weights={weights!r}: choose {', '.join(INT8_WEIGHTS)}")
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre))  # shape inference + graph optimisation (BN folding where possible)
@@ -130,7 +140,8 @@ def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, record: dict | None 
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QUInt8 if weights == "uint8" else QuantType.QInt8,
+            reduce_range=weights == "reduced",
             op_types_to_quantize=sorted(set(QDQRegistry) - {"BatchNormalization"}),
         )
     proto = onnx.load(str(out))
@@ -151,20 +162,33 @@ def export_torchscript(model: torch.nn.Module, prep: Preprocessing, out: Path, r
     return out
 
 
-def calibration_batch(spec: str | os.PathLike, prep: Preprocessing, n: int = 64) -> tuple[torch.Tensor, list[str]]:
-    """Up to ``n`` images named by ``spec``, evenly spaced, preprocessed for the model.
+def _read_batch(files: list[Path], prep: Preprocessing) -> tuple[list[torch.Tensor], list[str]]:
+    """Preprocessed tensors of the readable files (unreadable ones are logged and skipped)."""
+    from lungnet.data.images import ImageReadError, read_image
+
+    pipe, tensors, used = prep.pipeline(), [], []
+    for f in files:
+        try:
+            tensors.append(pipe(read_image(f)))
+            used.append(str(f))
+        except ImageReadError as exc:
+            log.warning("Calibration: skipping %s (%s)", f, exc)
+    return tensors, used
+
+
+def calibration_sets(spec: str | os.PathLike, prep: Preprocessing, n: int = 64) -> dict:
+    """Up to ``n`` calibration images and up to ``n`` other images to check the int8 model on.
 
     ``spec`` is a file, a folder, a glob, or a split CSV with a ``path`` column (a run's ``splits/train.csv``).
-
-    Unreadable files are logged and skipped.
+    ``2n`` files are taken evenly spaced over the sorted list and alternate between the two sets, so the
+    check is on images the calibration did not see (with a single file both sets are that file).
 
     Returns:
-        (the batch (N, C, S, S), the files used).
+        ``{"calib": (N, C, S, S), "calib_files": [...], "check": (M, C, S, S), "check_files": [...]}``.
 
     Raises:
         CheckpointError: no readable image.
     """
-    from lungnet.data.images import ImageReadError, read_image
     from lungnet.inference import collect_inputs
 
     try:
@@ -176,17 +200,20 @@ def calibration_batch(spec: str | os.PathLike, prep: Preprocessing, n: int = 64)
             files = collect_inputs(spec)
     except (FileNotFoundError, KeyError) as exc:
         raise CheckpointError(f"Calibration images {spec}: {exc}") from exc
-    files = files[:: max(1, len(files) // max(n, 1))][:n]
-    pipe, tensors, used = prep.pipeline(), [], []
-    for f in files:
-        try:
-            tensors.append(pipe(read_image(f)))
-            used.append(str(f))
-        except ImageReadError as exc:
-            log.warning("Calibration: skipping %s (%s)", f, exc)
-    if not tensors:
+    files = files[:: max(1, len(files) // max(2 * n, 1))][: 2 * n]
+    calib, calib_files = _read_batch(files[0::2], prep)
+    check, check_files = _read_batch(files[1::2], prep)
+    if not calib:
         raise CheckpointError(f"No readable calibration image in {spec}")
-    return torch.stack(tensors), used
+    if not check:
+        log.warning("Only one calibration image: the int8 model is checked on the image it was calibrated on")
+        check, check_files = calib, calib_files
+    return {
+        "calib": torch.stack(calib),
+        "calib_files": calib_files,
+        "check": torch.stack(check),
+        "check_files": check_files,
+    }
 
 
 def agreement(prep: Preprocessing, reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
@@ -222,6 +249,7 @@ def export(
     calib: str | os.PathLike | None = None,
     calib_n: int = 64,
     min_agreement: float = 0.9,
+    int8_weights: str = "reduced",
 ) -> Path:
     """Exports a lungnet checkpoint.
 
@@ -236,8 +264,11 @@ def export(
         verify: compare the export with PyTorch (fp32: random batch, int8: the calibration images).
         int8: static int8 quantisation (ONNX only), calibrated on ``calib``.
         calib: file, folder, glob or split CSV of calibration X-rays (required with ``int8``).
-        calib_n: at most this many calibration images (evenly spaced over the sorted files).
-        min_agreement: refuse an int8 export whose top-1 agreement with PyTorch is below this.
+        calib_n: at most this many calibration images, and as many other images for the check (evenly
+            spaced over the sorted files).
+        min_agreement: refuse an int8 export whose top-1 agreement with PyTorch on the held-out check
+            images is below this.
+        int8_weights: ``reduced``, ``full`` or ``uint8`` (see `quantize_onnx`).
 
     Returns:
         The model file (its sidecar is ``<file>.json``).
@@ -266,26 +297,30 @@ def export(
         elif not int8:
             export_onnx(model, prep, staged, record, opset)
         else:
-            batch, used = calibration_batch(calib, prep, calib_n)
+            sets = calibration_sets(calib, prep, calib_n)
             fp32 = export_onnx(model, prep, Path(tmp) / "fp32.onnx", record, opset)
-            log.info("Quantising to int8, calibrated on %d images from %s", len(used), calib)
-            quantize_onnx(fp32, staged, batch.numpy(), record)
+            log.info("Quantising to int8, calibrated on %d images from %s", len(sets["calib_files"]), calib)
+            quantize_onnx(fp32, staged, sets["calib"].numpy(), record, int8_weights)
             if verify:
                 with torch.inference_mode():
-                    ref = model(batch).numpy()
-                agree, diff = agreement(prep, ref, open_export(staged).logits(batch))
+                    ref = model(sets["check"]).numpy()
+                agree, diff = agreement(prep, ref, open_export(staged).logits(sets["check"]))
+                n_check = len(sets["check_files"])
                 record["quantization"] = {
-                    "method": "onnxruntime static QDQ, per-channel int8 weights, uint8 activations, min/max",
+                    "method": "onnxruntime static QDQ, per-channel weights, uint8 activations, min/max calibration",
+                    "weights": int8_weights,
                     "calibration": str(calib),
-                    "calibration_images": len(used),
+                    "calibration_images": len(sets["calib_files"]),
+                    "check_images": n_check,
                     "agreement_with_pytorch": agree,
                     "max_probability_diff": diff,
                 }
-                log.info("int8 vs PyTorch on the calibration images: agreement %.3f, max |p diff| %.3f", agree, diff)
+                log.info("int8 vs PyTorch, %d held-out images: agreement %.3f, max |p diff| %.3f", n_check, agree, diff)
                 if agree < min_agreement:
                     raise CheckpointError(
-                        f"int8 export agrees with PyTorch on only {agree:.1%} of {len(used)} calibration images "
-                        f"(min_agreement={min_agreement}); keep the fp32 export or calibrate on more typical images"
+                        f"int8 export agrees with PyTorch on only {agree:.1%} of {n_check} held-out images "
+                        f"(min_agreement={min_agreement}); try int8_weights=uint8, keep the fp32 export, "
+                        "or calibrate on more typical images"
                     )
         if verify and not int8:
             diff = parity(model, staged, _example(prep, 3))
@@ -318,7 +353,7 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     usage = (
         "python -m lungnet.export ckpt=<file.ckpt> format=onnx|torchscript [out=<file>] [opset=17] "
-        "[int8=true calib=<folder|glob|splits csv> calib_n=64 min_agreement=0.9]"
+        "[int8=true calib=<folder|glob|splits csv> calib_n=64 min_agreement=0.9 int8_weights=reduced|full|uint8]"
     )
     cfg = parse_key_values(argv, DEFAULTS, usage, required=("ckpt",))
     return run_safely(
@@ -332,6 +367,7 @@ def main(argv: list[str] | None = None) -> Path:
         cfg.calib,
         int(cfg.calib_n),
         float(cfg.min_agreement),
+        str(cfg.int8_weights),
     )
 
 

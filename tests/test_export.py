@@ -102,8 +102,10 @@ def test_int8_export_is_calibrated_on_real_images_and_checked(tmp_path):
     q = export(ckpt, "onnx", int8=True, calib=calib, calib_n=12)
     assert q.name == "best.int8.onnx" and q.stat().st_size < 0.5 * fp32.stat().st_size  # int8 weights
     record = json.loads(sidecar_path(q).read_text())
-    assert record["precision"] == "int8" and record["quantization"]["calibration_images"] == 12
-    assert record["quantization"]["agreement_with_pytorch"] >= 0.9
+    quant = record["quantization"]
+    assert record["precision"] == "int8" and quant["weights"] == "reduced"
+    assert quant["calibration_images"] == 12 and quant["check_images"] == 12  # checked on 12 other images
+    assert quant["agreement_with_pytorch"] >= 0.9
     node_types = {n.op_type for n in onnx.load(str(q)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= node_types
     meta = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
@@ -138,5 +140,10 @@ def test_int8_calibration_from_a_split_csv(tmp_path):
     files = sorted(shared("darkcovidnet").glob("*/*.jpg"))[:5]
     split = tmp_path / "train.csv"
     pd.DataFrame({"path": [str(f) for f in files], "label": "x"}).to_csv(split, index=False)
-    q = export(ckpt, "onnx", tmp_path / "q.onnx", int8=True, calib=split)
-    assert json.loads(sidecar_path(q).read_text())["quantization"]["calibration_images"] == 5
+    q = export(ckpt, "onnx", tmp_path / "q.onnx", int8=True, calib=split, int8_weights="uint8")
+    quant = json.loads(sidecar_path(q).read_text())["quantization"]
+    assert (quant["calibration_images"], quant["check_images"], quant["weights"]) == (3, 2, "uint8")
+    weights = {i.data_type for i in onnx.load(str(q)).graph.initializer if i.name.endswith("_quantized")}
+    assert onnx.TensorProto.UINT8 in weights and onnx.TensorProto.INT8 not in weights  # (biases: int32)
+    with pytest.raises(CheckpointError, match="int8_weights='int4'"):
+        export(ckpt, "onnx", tmp_path / "q4.onnx", int8=True, calib=split, int8_weights="int4")
