@@ -4,10 +4,10 @@
         [--trained outputs/<run>/checkpoints/best.ckpt ...]
 
 Measures single-image latency (median of ``--repeats`` calls) and batch throughput (images/s over
-``--batch`` images, best of three) per model and runtime (PyTorch eager, TorchScript, ONNX Runtime and
+``--batch`` images, best of five) per model and runtime (PyTorch eager, TorchScript, ONNX Runtime and
 OpenVINO on the files `lungnet.export` writes, fp32 and with ``--int8`` int8), on randomly initialised
 weights (speed does not depend on them); ``--trained`` checkpoints get an int8 accuracy check on their
-validation split. It writes the table under "## CPU inference: eager vs TorchScript vs ONNX Runtime"
+validation split. It writes the table under "## CPU inference: eager vs TorchScript vs ONNX Runtime vs OpenVINO"
 in docs/benchmarks.md (that section is replaced, the rest of the file is kept). Agreement with eager
 PyTorch is measured on real X-rays from ../shared/data/darkcovidnet when present.
 """
@@ -43,7 +43,7 @@ from lungnet.inference import Preprocessing  # noqa: E402
 from lungnet.models.registry import create_model  # noqa: E402
 
 log = logging.getLogger("bench")
-HEADING = "## CPU inference: eager vs TorchScript vs ONNX Runtime"
+HEADING = "## CPU inference: eager vs TorchScript vs ONNX Runtime vs OpenVINO"
 SHARED = Path(os.environ.get("LUNGNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
@@ -151,7 +151,7 @@ def bench_model(name: str, args) -> list[dict]:
             reference = model(real).numpy() if real is not None else None
         for label, fn in fns.items():
             lat = timed(lambda fn=fn: fn(single), args.repeats)
-            thr = timed(lambda fn=fn: fn(batch), 3)
+            thr = timed(lambda fn=fn: fn(batch), 5)
             row = {
                 "model": name,
                 "runtime": label,
@@ -170,11 +170,11 @@ def bench_model(name: str, args) -> list[dict]:
     return rows
 
 
-def trained_check(ckpt: Path, threads: int, calib_n: int) -> list[dict]:
+def trained_check(ckpt: Path, threads: int, calib_n: int, weights: list[str]) -> list[dict]:
     """int8 against PyTorch on a trained single-label checkpoint: accuracy and agreement on its val split.
 
-    The int8 model is written by ``lungnet.export`` (calibrated on ``calib_n`` images of the run's train
-    split) and run by ONNX Runtime and by OpenVINO, as predict.py would.
+    One int8 model per ``weights`` encoding is written by ``lungnet.export`` (calibrated on ``calib_n``
+    images of the run's train split) and run by ONNX Runtime and by OpenVINO, as predict.py would.
     """
     import pandas as pd
 
@@ -185,21 +185,23 @@ def trained_check(ckpt: Path, threads: int, calib_n: int) -> list[dict]:
     val = pd.read_csv(run / "splits" / "val.csv")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        q = export(
-            ckpt,
-            "onnx",
-            Path(tmp) / "model.int8.onnx",
-            int8=True,
-            calib=run / "splits" / "train.csv",
-            calib_n=calib_n,
-            min_agreement=0.0,
-        )
         runners = {"PyTorch (checkpoint)": Predictor(ckpt)}
-        runners["ONNX Runtime int8"] = Predictor(q, threads=threads)
-        try:
-            runners["OpenVINO int8"] = Predictor(q, threads=threads, runtime="openvino")
-        except CheckpointError as exc:
-            log.warning("OpenVINO skipped: %s", exc)
+        for mode in weights:
+            q = export(
+                ckpt,
+                "onnx",
+                Path(tmp) / f"model.{mode}.int8.onnx",
+                int8=True,
+                calib=run / "splits" / "train.csv",
+                calib_n=calib_n,
+                min_agreement=0.0,
+                int8_weights=mode,
+            )
+            runners[f"ONNX Runtime int8 ({mode} weights)"] = Predictor(q, threads=threads)
+            try:
+                runners[f"OpenVINO int8 ({mode} weights)"] = Predictor(q, threads=threads, runtime="openvino")
+            except CheckpointError as exc:
+                log.warning("OpenVINO skipped: %s", exc)
         reference = None
         for label, predictor in runners.items():
             predicted = np.array([r["predicted"] for r in predictor.predict(val["path"], batch_size=16)])
@@ -256,7 +258,7 @@ def markdown(rows: list[dict], trained: list[dict], args, command: str, elapsed:
         f"{args.threads} threads everywhere, passive waiting "
         f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, ORT allow_spinning=0; OpenVINO latency hint).",
         f"- Input {args.size} px, 3 channels, randomly initialised weights (speed does not depend on them). "
-        f"Latency: median of {args.repeats} single-image calls; throughput: batch of {args.batch}, best of 3.",
+        f"Latency: median of {args.repeats} single-image calls; throughput: batch of {args.batch}, best of 5.",
         "- ONNX files are written by `lungnet.export` (int8: its `quantize_onnx`, static QDQ, per-channel "
         "reduced-range int8 weights, uint8 activations, calibrated on 24 real darkcovidnet X-rays); "
         "OpenVINO runs the same files through `lungnet.runtimes.OpenVinoRunner` (`predict.py runtime=openvino`).",
@@ -274,18 +276,28 @@ def markdown(rows: list[dict], trained: list[dict], args, command: str, elapsed:
             f"| {r['model']} | {r['runtime']} | {r['latency_ms']:.1f} | {r['throughput']:.1f} | "
             f"{r['speedup']:.2f}x | {diff} | {agree} |"
         )
-    lines += ["", "Fastest path per model against eager PyTorch (target: at least 2x throughput):", ""]
+    lines += [
+        "",
+        "Fastest path per model against the faster of the two eager PyTorch rows (target: at least 2x throughput):",
+        "",
+    ]
     for name in dict.fromkeys(r["model"] for r in rows):
-        best = max((r for r in rows if r["model"] == name), key=lambda r: r["throughput"])
-        verdict = "met" if best["speedup"] >= 2 else "NOT met"
-        lines.append(f"- {name}: {best['runtime']}, {best['speedup']:.2f}x: 2x target {verdict}.")
+        mine = [r for r in rows if r["model"] == name]
+        best = max(mine, key=lambda r: r["throughput"])
+        eager = max((r for r in mine if r["runtime"].startswith("PyTorch eager")), key=lambda r: r["throughput"])
+        ratio = best["throughput"] / eager["throughput"]
+        verdict = "met" if ratio >= 2 else "NOT met"
+        lines.append(
+            f"- {name}: {best['runtime']} {best['throughput']:.1f} img/s vs {eager['runtime']} "
+            f"{eager['throughput']:.1f} img/s = {ratio:.2f}x: 2x target {verdict}."
+        )
     if trained:
         lines += [
             "",
             "int8 on trained checkpoints (`--trained`): each exported with `python -m lungnet.export ckpt=<ckpt> "
-            f"int8=true calib=<run>/splits/train.csv calib_n={args.calib_n}` (default `int8_weights=reduced`; the "
-            "export's own check then ran on other train images), and every image of the run's validation split "
-            "classified through `Predictor` by each runtime:",
+            f"int8=true calib=<run>/splits/train.csv calib_n={args.calib_n} int8_weights=<mode>` (the export's own "
+            "check then ran on other train images), and every image of the run's validation split classified "
+            "through `Predictor` by each runtime:",
             "",
             "| checkpoint | model | runtime | val images | accuracy | agreement with PyTorch |",
             "|---|---|---|---:|---:|---:|",
@@ -321,13 +333,18 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true", help="also static int8 quantisation (ONNX Runtime QDQ)")
     parser.add_argument("--trained", nargs="*", type=Path, default=[], help="trained .ckpt files: int8 accuracy check")
     parser.add_argument("--calib-n", type=int, default=64, help="calibration images for --trained")
+    parser.add_argument(
+        "--int8-weights", nargs="+", default=["reduced"], help="weight encodings for --trained: reduced full uint8"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = [row for name in args.models for row in bench_model(name, args)]
-    trained = [row for ckpt in args.trained for row in trained_check(ckpt, args.threads, args.calib_n)]
+    trained = [
+        row for ckpt in args.trained for row in trained_check(ckpt, args.threads, args.calib_n, args.int8_weights)
+    ]
     command = " ".join(["python bench/latency.py", *sys.argv[1:]])
     write_section(args.out, markdown(rows, trained, args, command, time.perf_counter() - start))
     log.info("Wrote %s", args.out)
