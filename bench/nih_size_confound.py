@@ -24,12 +24,18 @@ from lungnet.evaluation.report import fmt, table  # noqa: E402
 from lungnet.evaluation.stats import binary_auroc as auroc  # noqa: E402
 
 
+def native_width(path: str) -> int:
+    """Pixel width of an image file (header only)."""
+    with Image.open(path) as image:
+        return image.size[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("predictions", type=Path, help="predictions.csv of evaluate.py on an nih14 checkpoint")
     args = parser.parse_args()
     preds = pd.read_csv(args.predictions)
-    sizes = np.array([Image.open(p).size[0] for p in preds["path"]])
+    sizes = np.array([native_width(p) for p in preds["path"]])
     native = sorted(set(sizes.tolist()))
     truth = preds["true"].fillna("").str.split("|")
     rows = []

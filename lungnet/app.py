@@ -49,6 +49,7 @@ DEFAULTS = {
     "overlay_max_side": 1024,
     "device": "cpu",
     "runtime": "onnxruntime",  # .onnx models: onnxruntime | openvino
+    "threads": None,  # ONNX Runtime / OpenVINO threads (None: the runtime's default)
     "log_level": "info",
 }
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the file itself
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
     usage = "python -m lungnet.app ckpt=<file> [port=8000] [host=127.0.0.1] [max_upload_mb=20] [runtime=onnxruntime]"
     cfg = parse_key_values(argv, DEFAULTS, usage, required=("ckpt",))
-    predictor = run_safely(Predictor, cfg.ckpt, device=str(cfg.device), runtime=str(cfg.runtime))
+    predictor = run_safely(Predictor, cfg.ckpt, device=str(cfg.device), threads=cfg.threads, runtime=str(cfg.runtime))
     explain = cfg.explain if predictor.torch_model is not None else None
     app = create_app(predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side))
     log.info("%s Serving %s on http://%s:%d", NOTICE, cfg.ckpt, cfg.host, int(cfg.port))

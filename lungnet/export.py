@@ -96,6 +96,15 @@ def export_onnx(model: torch.nn.Module, prep: Preprocessing, out: Path, record: 
     return out
 
 
+def _reembed(path: Path, record: dict) -> None:
+    """Rewrites an ONNX file's embedded record."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    _embed(proto, record)
+    onnx.save(proto, str(path))
+
+
 def quantize_onnx(
     fp32: Path, out: Path, calib: np.ndarray, record: dict | None = None, weights: str = "reduced"
 ) -> Path:
@@ -144,11 +153,9 @@ def quantize_onnx(
             reduce_range=weights == "reduced",
             op_types_to_quantize=sorted(set(QDQRegistry) - {"BatchNormalization"}),
         )
-    proto = onnx.load(str(out))
     if record is None:
         record = json.loads({p.key: p.value for p in onnx.load(str(fp32)).metadata_props}["lungnet"])
-    _embed(proto, record)
-    onnx.save(proto, str(out))
+    _reembed(out, record)
     return out
 
 
@@ -180,8 +187,9 @@ def calibration_sets(spec: str | os.PathLike, prep: Preprocessing, n: int = 64) 
     """Up to ``n`` calibration images and up to ``n`` other images to check the int8 model on.
 
     ``spec`` is a file, a folder, a glob, or a split CSV with a ``path`` column (a run's ``splits/train.csv``).
-    ``2n`` files are taken evenly spaced over the sorted list and alternate between the two sets, so the
-    check is on images the calibration did not see (with a single file both sets are that file).
+    ``2n`` files are taken evenly spaced over the list (a folder or glob is sorted; a CSV keeps its order)
+    and alternate between the two sets, so the check is on images the calibration did not see (with a
+    single file both sets are that file).
 
     Returns:
         ``{"calib": (N, C, S, S), "calib_files": [...], "check": (M, C, S, S), "check_files": [...]}``.
@@ -200,7 +208,10 @@ def calibration_sets(spec: str | os.PathLike, prep: Preprocessing, n: int = 64) 
             files = collect_inputs(spec)
     except (FileNotFoundError, KeyError) as exc:
         raise CheckpointError(f"Calibration images {spec}: {exc}") from exc
-    files = files[:: max(1, len(files) // max(2 * n, 1))][: 2 * n]
+    if n < 1:
+        raise CheckpointError(f"calib_n={n}: need at least 1 calibration image")
+    if len(files) > 2 * n:  # evenly spaced over the whole list (split CSVs are grouped by class)
+        files = [files[i] for i in np.linspace(0, len(files) - 1, 2 * n).round().astype(int)]
     calib, calib_files = _read_batch(files[0::2], prep)
     check, check_files = _read_batch(files[1::2], prep)
     if not calib:
@@ -219,8 +230,9 @@ def calibration_sets(spec: str | os.PathLike, prep: Preprocessing, n: int = 64) 
 def agreement(prep: Preprocessing, reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     """(decision agreement, max probability difference) between two logit arrays (N, K).
 
-    Single-label: top-1 agreement. Multi-label: agreement of the per-finding decisions (probability at or
-    above the checkpoint's thresholds, else 0.5) over all image-finding pairs.
+    Single-label: top-1 agreement. Multi-label: the lowest, over findings, of the agreement of the
+    per-finding decisions (probability at or above the checkpoint's thresholds, else 0.5); pooling all
+    image-finding pairs would let mostly-negative findings hide a broken one.
     """
 
     def probs(z: np.ndarray) -> np.ndarray:
@@ -233,7 +245,7 @@ def agreement(prep: Preprocessing, reference: np.ndarray, other: np.ndarray) -> 
     p, q = probs(reference), probs(other)
     if prep.multilabel:
         thr = np.asarray(prep.thresholds if prep.thresholds else [0.5] * p.shape[1])
-        agree = float(((p >= thr) == (q >= thr)).mean())
+        agree = float(((p >= thr) == (q >= thr)).mean(0).min())
     else:
         agree = float((p.argmax(1) == q.argmax(1)).mean())
     return agree, float(np.abs(p - q).max())
@@ -261,7 +273,7 @@ def export(
         fmt: ``onnx`` or ``torchscript``.
         out: output file (default: beside the checkpoint, ``best.onnx`` / ``best.int8.onnx`` / ``best.pt``).
         opset: ONNX opset.
-        verify: compare the export with PyTorch (fp32: random batch, int8: the calibration images).
+        verify: compare the export with PyTorch (fp32: random batch, int8: held-out images of ``calib``).
         int8: static int8 quantisation (ONNX only), calibrated on ``calib``.
         calib: file, folder, glob or split CSV of calibration X-rays (required with ``int8``).
         calib_n: at most this many calibration images, and as many other images for the check (evenly
@@ -283,6 +295,12 @@ def export(
         raise CheckpointError("int8=true needs format=onnx (static quantisation with ONNX Runtime)")
     if int8 and not calib:
         raise CheckpointError("int8=true needs calibration images: calib=<folder or glob of X-rays like the inputs>")
+    if int8 and int8_weights not in INT8_WEIGHTS:
+        raise CheckpointError(f"int8_weights={int8_weights!r}: choose {', '.join(INT8_WEIGHTS)}")
+    if out is not None and (Path(out).suffix.lower() == ".onnx") != (fmt == "onnx"):
+        raise CheckpointError(
+            f"out={out} does not fit format={fmt}: ONNX files end in .onnx, TorchScript files must not"
+        )
     loaded = load_model(ckpt)
     model = loaded.model.cpu().eval()
     prep = Preprocessing.from_loaded(loaded)
@@ -301,20 +319,20 @@ def export(
             fp32 = export_onnx(model, prep, Path(tmp) / "fp32.onnx", record, opset)
             log.info("Quantising to int8, calibrated on %d images from %s", len(sets["calib_files"]), calib)
             quantize_onnx(fp32, staged, sets["calib"].numpy(), record, int8_weights)
+            record["quantization"] = {
+                "method": "onnxruntime static QDQ, per-channel weights, uint8 activations, min/max calibration",
+                "weights": int8_weights,
+                "calibration": str(calib),
+                "calibration_images": len(sets["calib_files"]),
+            }
             if verify:
                 with torch.inference_mode():
                     ref = model(sets["check"]).numpy()
                 agree, diff = agreement(prep, ref, open_export(staged).logits(sets["check"]))
                 n_check = len(sets["check_files"])
-                record["quantization"] = {
-                    "method": "onnxruntime static QDQ, per-channel weights, uint8 activations, min/max calibration",
-                    "weights": int8_weights,
-                    "calibration": str(calib),
-                    "calibration_images": len(sets["calib_files"]),
-                    "check_images": n_check,
-                    "agreement_with_pytorch": agree,
-                    "max_probability_diff": diff,
-                }
+                record["quantization"].update(
+                    check_images=n_check, agreement_with_pytorch=agree, max_probability_diff=diff
+                )
                 log.info("int8 vs PyTorch, %d held-out images: agreement %.3f, max |p diff| %.3f", n_check, agree, diff)
                 if agree < min_agreement:
                     raise CheckpointError(
@@ -322,6 +340,7 @@ def export(
                         f"(min_agreement={min_agreement}); try int8_weights=uint8, keep the fp32 export, "
                         "or calibrate on more typical images"
                     )
+            _reembed(staged, record)  # the file carries the quantisation facts too
         if verify and not int8:
             diff = parity(model, staged, _example(prep, 3))
             if diff > PARITY_TOL:
@@ -330,6 +349,9 @@ def export(
                 )
             log.info("Export matches PyTorch (max |logit diff| %.1e on a random batch)", diff)
         sidecar_path(staged).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        # old sidecar first: a crash in between leaves the new model with its embedded record, never the
+        # new model beside the old model's sidecar (which read_record would trust)
+        sidecar_path(out).unlink(missing_ok=True)
         os.replace(staged, out)
         os.replace(sidecar_path(staged), sidecar_path(out))
     log.info("Wrote %s and %s", out, sidecar_path(out).name)

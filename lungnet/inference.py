@@ -181,14 +181,15 @@ class Predictor:
     def __init__(
         self, ckpt: str | os.PathLike, device: str = "cpu", threads: int | None = None, runtime: str = "onnxruntime"
     ) -> None:
+        from lungnet.runtimes import check_runtime, open_export
+
+        check_runtime(runtime)  # also for checkpoints: a misspelt runtime is an error, not ignored
         path = Path(ckpt).expanduser()
         if not path.is_file():
             raise CheckpointError(f"Model file not found: {path}")
         self.path = path
         device = resolve_device(device)
         if path.suffix.lower() == ".onnx" or is_torchscript(path):
-            from lungnet.runtimes import open_export
-
             self.backend = open_export(path, device, threads, runtime)
             self.kind = self.backend.kind
         else:

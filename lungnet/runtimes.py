@@ -162,6 +162,12 @@ class TorchScriptRunner:
         return self.model(batch.to(self.device)).float().cpu().numpy()
 
 
+def check_runtime(runtime: str) -> None:
+    """Raises CheckpointError for a runtime name other than ``onnxruntime`` or ``openvino``."""
+    if runtime not in RUNTIMES:
+        raise CheckpointError(f"Unknown runtime '{runtime}': choose {' or '.join(RUNTIMES)} (used for .onnx models)")
+
+
 def open_export(
     path: str | os.PathLike, device: str = "cpu", threads: int | None = None, runtime: str = "onnxruntime"
 ) -> OnnxRunner | OpenVinoRunner | TorchScriptRunner:
@@ -171,8 +177,7 @@ def open_export(
         CheckpointError: unknown runtime, missing runtime package, or an unloadable file.
     """
     path = Path(path)
+    check_runtime(runtime)
     if path.suffix.lower() != ".onnx":
         return TorchScriptRunner(path, device)
-    if runtime not in RUNTIMES:
-        raise CheckpointError(f"Unknown runtime '{runtime}' for {path.name}: choose {' or '.join(RUNTIMES)}")
     return OpenVinoRunner(path, threads) if runtime == "openvino" else OnnxRunner(path, threads)

@@ -93,6 +93,11 @@ def validate_config(cfg: DictConfig, source: Source) -> None:
         raise ConfigError(f"checkpoint.monitor={cfg.checkpoint.monitor!r} is not logged; choose one of: {monitors}")
     if cfg.checkpoint.get("select", "best") not in ("best", "last"):
         raise ConfigError(f"checkpoint.select={cfg.checkpoint.select!r}: choose best or last")
+    if cfg.checkpoint.get("select") == "last" and int(cfg.early_stopping.patience or 0) > 0:
+        raise ConfigError(
+            "checkpoint.select=last with early_stopping.patience>0 would still pick the epoch on val: "
+            "set early_stopping.patience=0"
+        )
 
 
 def resume_target(run_dir: Path, resume) -> tuple[Path | None, Path]:

@@ -52,6 +52,7 @@ def pneumonia_ckpt(tmp_path_factory):
         (["optim.name=adamx"], ["optim.name='adamx' is not valid", "adamw"]),
         (["checkpoint.monitor=val/nope"], ["checkpoint.monitor='val/nope' is not logged", "val/auroc"]),
         (["checkpoint.select=median"], ["checkpoint.select='median': choose best or last"]),
+        (["checkpoint.select=last", "early_stopping.patience=2"], ["set early_stopping.patience=0"]),
         (["+trainer.not_an_arg=1"], ["Unknown trainer argument(s) ['not_an_arg']"]),
         (["data.balance=maybe"], ["data.balance='maybe' is not valid", "sampler"]),
         (["+callbacks.x._target_=no.such.Callback"], ["no.such.Callback"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from lungnet.checkpoint import CheckpointError, load_model
-from lungnet.export import export, main, sidecar_path
+from lungnet.export import calibration_sets, export, main, sidecar_path
 from lungnet.inference import Predictor, run_batch
 from tests.conftest import CONF, shared
 from tests.test_inference import LABELS, make_checkpoint
@@ -110,6 +111,7 @@ def test_int8_export_is_calibrated_on_real_images_and_checked(tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear"} <= node_types
     meta = {p.key: p.value for p in onnx.load(str(q)).metadata_props}
     assert json.loads(meta["lungnet"])["labels"] == LABELS
+    assert json.loads(meta["lungnet"])["quantization"] == quant  # the file alone says how it was made
     torch_pred, int8_pred = Predictor(ckpt), Predictor(q)
     batch = real_batch(torch_pred)
     with torch.inference_mode():
@@ -147,3 +149,24 @@ def test_int8_calibration_from_a_split_csv(tmp_path):
     assert onnx.TensorProto.UINT8 in weights and onnx.TensorProto.INT8 not in weights  # (biases: int32)
     with pytest.raises(CheckpointError, match="int8_weights='int4'"):
         export(ckpt, "onnx", tmp_path / "q4.onnx", int8=True, calib=split, int8_weights="int4")
+
+
+def test_calibration_and_check_images_are_disjoint_and_span_the_source(tmp_path):
+    prep = Predictor(make_checkpoint(tmp_path / "best.ckpt", size=32)).prep
+    sets = calibration_sets(shared("darkcovidnet"), prep, 8)
+    assert len(sets["calib_files"]) == len(sets["check_files"]) == 8
+    assert set(sets["calib_files"]).isdisjoint(sets["check_files"])
+    for files in (sets["calib_files"], sets["check_files"]):  # evenly spaced: every class folder appears
+        assert {Path(f).parent.name for f in files} == set(LABELS)
+    assert sets["calib"].shape == (8, 1, 32, 32)
+    with pytest.raises(CheckpointError, match="calib_n=0"):
+        calibration_sets(shared("darkcovidnet"), prep, 0)
+
+
+def test_export_refuses_a_file_name_that_does_not_fit_the_format(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
+    with pytest.raises(CheckpointError, match="does not fit format=onnx"):
+        export(ckpt, "onnx", tmp_path / "model.bin")
+    with pytest.raises(CheckpointError, match="does not fit format=torchscript"):
+        export(ckpt, "torchscript", tmp_path / "model.onnx")
+    assert not list(tmp_path.glob("model.*"))

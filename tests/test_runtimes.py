@@ -13,11 +13,14 @@ from lungnet.runtimes import OnnxRunner, OpenVinoRunner, TorchScriptRunner, open
 from tests.test_export import real_batch
 from tests.test_inference import make_checkpoint
 
-pytest.importorskip("openvino", reason="openvino not installed (.ci/extra installs it)")
+
+def need_openvino() -> None:
+    pytest.importorskip("openvino", reason="openvino not installed (.ci/extra installs it)")
 
 
 @pytest.mark.parametrize(("arch", "size"), [("simple_cnn", 64), ("resnet18", 64), ("densenet121", 64)])
 def test_openvino_and_onnxruntime_match_pytorch_on_real_images(tmp_path, arch, size):
+    need_openvino()
     ckpt = make_checkpoint(tmp_path / "best.ckpt", name=arch, size=size)
     torch_pred = Predictor(ckpt)
     batch = real_batch(torch_pred)
@@ -32,6 +35,7 @@ def test_openvino_and_onnxruntime_match_pytorch_on_real_images(tmp_path, arch, s
 
 
 def test_openvino_reads_the_embedded_record_without_the_sidecar(tmp_path):
+    need_openvino()
     ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32, thresholds=[0.2, 0.5, 0.3])
     onnx_file = export(ckpt, "onnx")
     expected = Predictor(onnx_file).prep
@@ -47,12 +51,17 @@ def test_runtime_errors_are_clear(tmp_path):
     assert isinstance(open_export(export(ckpt, "torchscript"), runtime="openvino"), TorchScriptRunner)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
-    for runtime in ("onnxruntime", "openvino"):
-        with pytest.raises(CheckpointError, match="broken.onnx"):
-            open_export(broken, runtime=runtime)
+    with pytest.raises(CheckpointError, match="Unknown runtime 'openvnio'"):  # checked for checkpoints too
+        Predictor(ckpt, runtime="openvnio")
+    with pytest.raises(CheckpointError, match="broken.onnx"):
+        open_export(broken, runtime="onnxruntime")
+    need_openvino()
+    with pytest.raises(CheckpointError, match="broken.onnx"):
+        open_export(broken, runtime="openvino")
 
 
 def test_predict_script_runs_on_openvino(tmp_path):
+    need_openvino()
     import pandas as pd
 
     from lungnet.inference import run_batch

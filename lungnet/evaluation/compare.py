@@ -22,6 +22,7 @@ Checkpoints with different label lists are refused, and so are evaluations that 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -53,17 +54,28 @@ def find_checkpoints(runs: str | list | ListConfig) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif (path / "checkpoints" / "best.ckpt").is_file():
-            found.append(path / "checkpoints" / "best.ckpt")
+            found.append(selected_checkpoint(path))
         elif path.is_dir():
             below = sorted(path.rglob("checkpoints/best.ckpt"))
             if not below:
                 raise FileNotFoundError(f"No checkpoints/best.ckpt under {path}")
-            found += below
+            found += [selected_checkpoint(p.parent.parent) for p in below]
         else:
             raise FileNotFoundError(f"runs: {path} is neither a checkpoint nor a directory")
     if len(found) < 1:
         raise FileNotFoundError(f"runs={runs!r} names no checkpoint")
     return found
+
+
+def selected_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a run reported: ``last.ckpt`` when it was trained with ``checkpoint.select=last``."""
+    metrics = run_dir / "metrics.json"
+    try:
+        selected = json.loads(metrics.read_text(encoding="utf-8")).get("selected") if metrics.is_file() else None
+    except (OSError, ValueError):
+        selected = None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last if selected == "last" and last.is_file() else run_dir / "checkpoints" / "best.ckpt"
 
 
 def model_names(ckpts: list[Path]) -> list[str]:

@@ -50,9 +50,17 @@ def find_fold_runs(root: str | Path) -> list[Path]:
 
 
 def load_fold(run: Path) -> dict:
-    """One fold's config facts, validation metrics and predictions."""
-    cfg = OmegaConf.load(run / "config.yaml")
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    """One fold's config facts, validation metrics and predictions.
+
+    Raises:
+        DataError: an unreadable or incomplete run directory (named in the message).
+    """
+    try:
+        cfg = OmegaConf.load(run / "config.yaml")
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        metrics["val"]["n"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{run} is not a finished fold (config.yaml / metrics.json with val metrics): {exc}") from exc
     return {
         "run": run,
         "fold": int(cfg.data.get("cv_fold", 0)),
@@ -100,9 +108,19 @@ def summarise(runs: list[Path], resamples: int = 1000, seed: int = 0) -> dict:
     oof = pd.concat([f["predictions"].assign(fold=f["fold"]) for f in folds], ignore_index=True)
     labels = [c[2:] for c in oof.columns if c.startswith("p_")]
     probs = oof[[f"p_{lab}" for lab in labels]].to_numpy(dtype=np.float64)
-    targets = oof["true"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
-    pooled = bootstrap_ci(probs, targets, labels, False, resamples=resamples, seed=seed)
+    multilabel = "accuracy" not in folds[0]["val"]  # multi-label runs report AUROC/F1 per finding, no accuracy
+    if multilabel:  # "A|B" -> one 0/1 column per finding
+        truth = oof["true"].fillna("").astype(str).str.split("|")
+        targets = np.array([[float(lab in t) for lab in labels] for t in truth])
+    else:
+        targets = oof["true"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
+        if pd.isna(targets).any():
+            raise DataError(
+                f"Labels in predictions_val.csv that are not columns p_<label>: {set(oof['true']) - set(labels)}"
+            )
+    pooled = bootstrap_ci(probs, targets, labels, multilabel, resamples=resamples, seed=seed)
     return {
+        "multilabel": multilabel,
         "folds_expected": k,
         "folds_found": [f["fold"] for f in folds],
         "data": folds[0]["data"],

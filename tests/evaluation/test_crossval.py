@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from lungnet.data.sources import DataError
+from lungnet.evaluation.compare import find_checkpoints
 from lungnet.evaluation.crossval import find_fold_runs, main, summarise, write_summary
 from lungnet.training import train
 from tests.conftest import compose_cfg, make_class_folders
@@ -48,6 +49,7 @@ def test_pooled_out_of_fold_predictions_cover_every_image_once(cv_runs, tmp_path
         split = pd.read_csv(runs[fold] / "splits" / "val.csv")
         assert set(oof.loc[oof["fold"] == fold, "path"]) == set(split["path"])
         assert json.loads((runs[fold] / "metrics.json").read_text())["best_checkpoint"].endswith("last.ckpt")
+    assert [p.name for p in find_checkpoints(str(cv_runs))] == ["last.ckpt"] * 3  # compare.py scores what was reported
     pooled_acc = float((oof["true"] == oof["predicted"]).mean())
     assert summary["pooled"]["accuracy"]["value"] == pytest.approx(pooled_acc)
     per_fold = pd.DataFrame(summary["per_fold"])
@@ -86,3 +88,24 @@ def test_incomplete_cv_is_summarised_with_a_warning_and_bad_input_exits_2(cv_run
     with pytest.raises(SystemExit) as exc:
         main([f"runs={tmp_path / 'nowhere'}"])
     assert exc.value.code == 2
+
+
+def test_multilabel_folds_are_pooled_per_finding(tiny_nih, tmp_path):
+    for fold in range(2):
+        overrides = [
+            "data=nih14",
+            f"data.root={tiny_nih}",
+            "data.cv_folds=2",
+            f"data.cv_fold={fold}",
+            "checkpoint.select=last",
+            "trainer.max_epochs=1",
+            *TINY,
+        ]
+        train(compose_cfg("train", overrides), tmp_path / "multirun" / str(fold))
+    runs = find_fold_runs(tmp_path / "multirun")
+    summary = summarise(runs, resamples=20)
+    assert summary["multilabel"] and "accuracy" not in summary["pooled"]
+    n_test = len(pd.read_csv(runs[0] / "splits" / "test.csv"))  # the held-out test patients stay out of CV
+    assert n_test > 0 and len(summary["oof"]) == 30 - n_test and summary["oof"]["path"].is_unique
+    assert 0 <= summary["pooled"]["auroc_macro"]["value"] <= 1
+    assert "auroc_macro" in write_summary(summary, tmp_path / "out").read_text()
