@@ -140,9 +140,9 @@ def render(summary: dict) -> str:
     """The cv_summary.md text."""
     selected = ", ".join(summary["selected"])
     caveat = (
-        "final epoch of each fold (no selection on the scored images)"
+        "final epoch of each fold, no selection on the scored images"
         if summary["selected"] == ["last"]
-        else "best epoch of each fold chosen on that fold's own validation images (optimistic)"
+        else "best epoch of each fold, chosen on that fold's own validation images: optimistic"
     )
     head = ["fold", "n", *FOLD_METRICS]
     rows = [[str(r["fold"]), str(r["n"]), *[fmt(r[m]) for m in FOLD_METRICS]] for r in summary["per_fold"]]
@@ -154,7 +154,7 @@ def render(summary: dict) -> str:
             f"# {len(summary['folds_found'])}-fold cross-validation: {summary['model']} on {summary['data']}",
             "",
             f"Folds found {summary['folds_found']} of {summary['folds_expected']}; seed {summary['seed']}; "
-            f"checkpoint: {selected} ({caveat}).",
+            f"checkpoint: {selected} = {caveat}.",
             "",
             table(head, rows),
             "",
