@@ -151,7 +151,8 @@ def render(summary: dict) -> str:
     pooled_rows = [[m, fmt_ci(pooled[m])] for m in ("accuracy", "auroc_macro", "f1_macro") if m in pooled]
     return "\n".join(
         [
-            f"# {len(summary['folds_found'])}-fold cross-validation: {summary['model']} on {summary['data']}",
+            f"# {summary['folds_expected']}-fold cross-validation: {summary['model']} on {summary['data']}"
+            + ("" if len(summary["folds_found"]) == summary["folds_expected"] else " (incomplete)"),
             "",
             f"Folds found {summary['folds_found']} of {summary['folds_expected']}; seed {summary['seed']}; "
             f"checkpoint: {selected} = {caveat}.",
