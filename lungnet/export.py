@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from lungnet.checkpoint import CheckpointError, load_model
-from lungnet.inference import Preprocessing
+from lungnet.inference import Preprocessing, logits_to_probs
 from lungnet.runtimes import TORCHSCRIPT_META, open_export, sidecar_path
 
 log = logging.getLogger(__name__)
@@ -235,14 +235,7 @@ def agreement(prep: Preprocessing, reference: np.ndarray, other: np.ndarray) -> 
     image-finding pairs would let mostly-negative findings hide a broken one.
     """
 
-    def probs(z: np.ndarray) -> np.ndarray:
-        z = np.asarray(z, dtype=np.float64)
-        if prep.multilabel:
-            return 1.0 / (1.0 + np.exp(-z))
-        e = np.exp(z - z.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
-
-    p, q = probs(reference), probs(other)
+    p, q = logits_to_probs(reference, prep.multilabel), logits_to_probs(other, prep.multilabel)
     if prep.multilabel:
         thr = np.asarray(prep.thresholds if prep.thresholds else [0.5] * p.shape[1])
         agree = float(((p >= thr) == (q >= thr)).mean(0).min())

@@ -143,6 +143,12 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
+def logits_to_probs(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Logits (N, C) -> probabilities: sigmoid per finding (multi-label) or softmax over classes."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-logits)) if multilabel else _softmax(logits)
+
+
 class _TorchBackend:
     """A lungnet checkpoint run with PyTorch (the only kind that can give heatmaps)."""
 
@@ -230,10 +236,7 @@ class Predictor:
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """Class probabilities (N, C) for a preprocessed batch (N, C, S, S)."""
-        logits = np.asarray(self.backend.logits(batch), dtype=np.float64)
-        if self.prep.multilabel:
-            return 1.0 / (1.0 + np.exp(-logits))
-        return _softmax(logits)
+        return logits_to_probs(self.backend.logits(batch), self.prep.multilabel)
 
     def heatmaps(self, batch: torch.Tensor, method: str = "gradcam", **options) -> np.ndarray:
         """Class-activation heatmaps (N, S, S) in [0, 1] for the predicted class of each image.
