@@ -1,4 +1,4 @@
-"""Training callbacks and loggers: fine-tuning schedule, figures, atomic checkpoints, exact resume.
+"""Training callbacks and loggers: fine-tuning schedule, weight EMA, figures, atomic checkpoints, exact resume.
 
 `AtomicCheckpoint` writes every checkpoint (``best`` and ``last``) to a temporary file and renames it.
 `EpochSeeder` makes the global RNGs (dropout and anything else drawing from them) a function of
@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.callbacks import BaseFinetuning, ModelCheckpoint  # noqa: E402
+from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging  # noqa: E402
 from pytorch_lightning.loggers import CSVLogger  # noqa: E402
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter  # noqa: E402
 from pytorch_lightning.loggers.logger import rank_zero_experiment  # noqa: E402
@@ -59,6 +60,56 @@ class FreezeUnfreeze(BaseFinetuning):
             self.unfreeze_and_add_param_group(
                 pl_module.model.backbone, optimizer, lr=lr, train_bn=True, initial_denom_lr=1.0
             )
+
+
+class WeightEMA(EMAWeightAveraging):
+    """Exponential moving average of the weights, updated after every optimizer step from ``start_epoch`` on.
+
+    Lightning's `EMAWeightAveraging` does the averaging: validation, ``best.ckpt``/``last.ckpt`` (their
+    ``state_dict``) and the model left after training use the average; the live weights travel in the
+    checkpoint's ``current_model_state`` so a resumed run continues both. Before the first update the
+    average is only the untrained starting point, so until then validation and checkpoints use the live
+    weights (Lightning's callback would validate the starting point).
+
+    Args:
+        decay: weight of the old average at each step (0.98 forgets with a half-life of ~34 steps).
+        start_epoch: first epoch whose steps update the average (skips the noisy first steps).
+    """
+
+    def __init__(self, decay: float, start_epoch: int = 0) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema.decay must be in (0, 1), got {decay} (0 turns EMA off in the config)")
+        super().__init__(decay=decay)
+        self.start_epoch = int(start_epoch)
+        self._epoch = 0
+        self._swapped = False
+
+    def _updated(self) -> bool:
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch = trainer.current_epoch
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and self._epoch >= self.start_epoch
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._swapped = self._updated()
+        if self._swapped:
+            self._swap_models(pl_module)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._swapped:
+            self._swap_models(pl_module)
+            self._swapped = False
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._updated():
+            self._copy_average_to_current(pl_module)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if self._updated():
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
 
 class AtomicCheckpoint(ModelCheckpoint):

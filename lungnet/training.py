@@ -21,7 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from lungnet.callbacks import AtomicCheckpoint, EpochSeeder, FigureLogger, FreezeUnfreeze, ResumableCSVLogger
+from lungnet.callbacks import (
+    AtomicCheckpoint,
+    EpochSeeder,
+    FigureLogger,
+    FreezeUnfreeze,
+    ResumableCSVLogger,
+    WeightEMA,
+)
 from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
 from lungnet.cli import ConfigError
 from lungnet.data.datamodule import LungDataModule, make_source
@@ -79,10 +86,10 @@ def validate_config(cfg: DictConfig, source: Source) -> None:
     for key, (value, low) in numbers.items():
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < low):
             raise ConfigError(f"{key}={value!r} must be a number >= {low}")
-    for key in ("data.val_fraction", "data.test_fraction"):
+    for key in ("data.val_fraction", "data.test_fraction", "ema.decay"):
         value = OmegaConf.select(cfg, key)
         if value is not None and not 0 <= float(value) < 1:
-            raise ConfigError(f"{key}={value} must be in [0, 1)")
+            raise ConfigError(f"{key}={value} must be in [0, 1)" + (" (0: off)" if key == "ema.decay" else ""))
     accepted = set(inspect.signature(pl.Trainer).parameters) - {"callbacks", "logger", "default_root_dir"}
     unknown = sorted(set(plain(cfg.trainer)) - accepted)
     if unknown:
@@ -220,6 +227,9 @@ def build_trainer(
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping.patience)))
     if cfg.finetune.unfreeze_at_epoch:
         callbacks.append(FreezeUnfreeze(int(cfg.finetune.unfreeze_at_epoch), float(cfg.finetune.backbone_lr_mult)))
+    ema = cfg.get("ema") or {}
+    if float(ema.get("decay", 0.0) or 0.0):
+        callbacks.append(WeightEMA(float(ema["decay"]), int(ema.get("start_epoch", 0))))
     callbacks += list(extra or [])
     loggers = [
         TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),

@@ -1,0 +1,57 @@
+"""Training callbacks: the weight EMA validates, checkpoints and ends with the average it reports."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from lungnet.callbacks import WeightEMA
+from lungnet.checkpoint import read_checkpoint
+from lungnet.evaluation.run import evaluate
+from lungnet.training import train
+from tests.conftest import TINY as BASE_TINY
+from tests.conftest import compose_cfg
+
+TINY = [*BASE_TINY, "log_figures_every=100", "trainer.max_epochs=2"]
+
+
+def _train(tmp_path, *overrides):
+    cfg = compose_cfg(
+        "train",
+        [f"data.root={tmp_path / 'syn'}", "data.options.n_per_class=10", "data.options.size=48", *TINY, *overrides],
+    )
+    run = tmp_path / "run"
+    return run, train(cfg, run)
+
+
+def _differs(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_ema_checkpoint_holds_the_average_that_validation_scored(tmp_path):
+    run, results = _train(tmp_path, "ema.decay=0.5", "ema.start_epoch=0", "checkpoint.select=last")
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")  # weights_only=True
+    assert set(ckpt["current_model_state"]) == set(ckpt["state_dict"])
+    assert _differs(ckpt["state_dict"], ckpt["current_model_state"])  # the average is not the live weights
+    assert int(ckpt["averaging_state"]["n_averaged"]) == ckpt["global_step"]  # one update per optimizer step
+    # what Lightning logged for the last epoch's validation is what the saved (averaged) weights score
+    logged = pd.read_csv(run / "csv" / "metrics.csv").dropna(subset=["val/loss"]).iloc[-1]
+    out = evaluate(compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "split=val"]), tmp_path / "e")
+    assert out["accuracy"] == pytest.approx(float(logged["val/acc"]), abs=1e-6)
+    assert results["val"]["accuracy"] == pytest.approx(out["accuracy"])
+
+
+def test_ema_before_its_first_update_leaves_the_live_weights(tmp_path):
+    run, _ = _train(tmp_path, "ema.decay=0.5", "ema.start_epoch=5")  # never reached in 2 epochs
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert "current_model_state" not in ckpt and "averaging_state" not in ckpt
+    logged = pd.read_csv(run / "csv" / "metrics.csv").dropna(subset=["val/loss"]).iloc[-1]
+    out = evaluate(compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "split=val"]), tmp_path / "e")
+    assert out["accuracy"] == pytest.approx(float(logged["val/acc"]), abs=1e-6)
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.1])
+def test_ema_decay_outside_the_open_interval_is_refused(decay):
+    with pytest.raises(ValueError, match="ema.decay must be in"):
+        WeightEMA(decay)
