@@ -42,6 +42,7 @@ class Preprocessing:
         mean: per-channel normalisation mean.
         std: per-channel normalisation std.
         resize: ``squash`` or ``pad`` (as in training).
+        downsample_to: side every image was first reduced to in training (``data.downsample_to``), or None.
         thresholds: per-class operating point, or None.
         model: the lungnet model name (informative).
     """
@@ -55,11 +56,13 @@ class Preprocessing:
     resize: str = "squash"
     thresholds: tuple[float, ...] | None = None
     model: str = ""
+    downsample_to: int | None = None
 
     def pipeline(self):
         """Image (H, W) float in [0, 1] -> normalised tensor (C, S, S), the evaluation transform."""
         return make_pipeline(
-            build_transform(self.input_size, None, self.resize), Normalize(self.mean, self.std, self.in_chans)
+            build_transform(self.input_size, None, self.resize, self.downsample_to),
+            Normalize(self.mean, self.std, self.in_chans),
         )
 
     def to_dict(self) -> dict:
@@ -84,6 +87,7 @@ class Preprocessing:
                 resize=str(d.get("resize") or "squash"),
                 thresholds=tuple(float(x) for x in thr) if thr is not None else None,
                 model=str(d.get("model", "")),
+                downsample_to=int(d["downsample_to"]) if d.get("downsample_to") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"Preprocessing record is incomplete or malformed ({exc!r}): {d}") from exc
@@ -103,6 +107,7 @@ class Preprocessing:
             resize=str(loaded.data.get("resize") or "squash"),
             thresholds=tuple(float(t) for t in thr) if thr is not None else None,
             model=spec.name,
+            downsample_to=int(loaded.data["downsample_to"]) if loaded.data.get("downsample_to") else None,
         )
 
 

@@ -82,6 +82,7 @@ def validate_config(cfg: DictConfig, source: Source) -> None:
         "data.batch_size": (OmegaConf.select(cfg, "data.batch_size"), 1),
         "data.num_workers": (OmegaConf.select(cfg, "data.num_workers"), 0),
         "optim.lr": (OmegaConf.select(cfg, "optim.lr"), 0),
+        "data.downsample_to": (OmegaConf.select(cfg, "data.downsample_to"), 8),
     }
     for key, (value, low) in numbers.items():
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < low):

@@ -54,6 +54,7 @@ def pneumonia_ckpt(tmp_path_factory):
         (["checkpoint.select=median"], ["checkpoint.select='median': choose best or last"]),
         (["checkpoint.select=last", "early_stopping.patience=2"], ["set early_stopping.patience=0"]),
         (["+trainer.not_an_arg=1"], ["Unknown trainer argument(s) ['not_an_arg']"]),
+        (["data.downsample_to=4"], ["data.downsample_to=4 must be a number >= 8"]),
         (["ema.decay=1.0"], ["ema.decay=1.0 must be in [0, 1) (0: off)"]),
         (["data.balance=maybe"], ["data.balance='maybe' is not valid", "sampler"]),
         (["+callbacks.x._target_=no.such.Callback"], ["no.such.Callback"]),

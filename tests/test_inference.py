@@ -15,7 +15,7 @@ from PIL import Image
 
 from lungnet.checkpoint import CheckpointError, load_model
 from lungnet.data.transforms import Normalize, build_transform, make_pipeline
-from lungnet.inference import Predictor, collect_inputs
+from lungnet.inference import Predictor, Preprocessing, collect_inputs
 from lungnet.models.registry import create_model
 from tests.conftest import ROOT, shared
 
@@ -198,3 +198,18 @@ def test_predict_script_user_error_exits_2_without_traceback(tmp_path):
     proc = _script([f"ckpt={tmp_path / 'x.ckpt'}", f"input={tmp_path}", f"paths.output_dir={tmp_path}"], tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Model file not found" in output and "Traceback" not in output
+
+
+def test_predictor_downsamples_as_training_did(tmp_path):
+    path = make_checkpoint(tmp_path / "down.ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["hyper_parameters"]["data"]["downsample_to"] = 16
+    torch.save(ckpt, path)
+    predictor = Predictor(path)
+    assert predictor.prep.downsample_to == 16
+    assert Preprocessing.from_dict(predictor.prep.to_dict()) == predictor.prep  # the export sidecar keeps it
+    image, tensor = predictor.load(xray())
+    loaded = load_model(path)
+    norm = Normalize(loaded.spec.mean, loaded.spec.std, loaded.spec.in_chans)
+    torch.testing.assert_close(tensor, make_pipeline(build_transform(32, None, "squash", 16), norm)(image))
+    assert not torch.allclose(tensor, make_pipeline(build_transform(32, None, "squash"), norm)(image), atol=0.05)

@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 
 
-def cache_key(hashes: Sequence[str], image_size: int, resize: str) -> str:
+def cache_key(hashes: Sequence[str], image_size: int, resize: str, downsample_to: int | None = None) -> str:
     """Hash of the files' content hashes (in order) and the preprocessing."""
-    digest = hashlib.sha256(f"v{CACHE_VERSION}|{image_size}|{resize}|".encode())
+    extra = f"down{int(downsample_to)}|" if downsample_to else ""  # keys of caches built without it are unchanged
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{image_size}|{resize}|{extra}".encode())
     for h in hashes:
         digest.update(h.encode())
     return digest.hexdigest()[:24]
@@ -72,6 +73,7 @@ def build_cache(
     resize: str,
     cache_dir: str | os.PathLike,
     workers: int = 4,
+    downsample_to: int | None = None,
 ) -> CachedReader:
     """Returns a reader over a cache of ``paths``, building the cache when it does not exist yet.
 
@@ -82,10 +84,11 @@ def build_cache(
         resize: ``squash`` or ``pad``, as in the pipeline.
         cache_dir: where cache files live (shared between runs).
         workers: decoding threads.
+        downsample_to: first resize to this side (`lungnet.data.transforms.build_transform`); part of the key.
     """
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(hashes, image_size, resize)
+    key = cache_key(hashes, image_size, resize, downsample_to)
     array_path, index_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if array_path.exists() and index_path.exists():
         index = json.loads(index_path.read_text(encoding="utf-8", errors="surrogateescape"))
@@ -93,7 +96,7 @@ def build_cache(
             log.info("Using image cache %s (%d images)", array_path, len(index))
             return CachedReader(array_path, index)
         log.info("Image cache %s lists other files: rebuilding", array_path)
-    transform = build_transform(image_size, None, resize)
+    transform = build_transform(image_size, None, resize, downsample_to)
     tmp = cache_dir / f".{key}.{os.getpid()}.npy.tmp"
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), image_size, image_size))
     with ThreadPoolExecutor(max_workers=workers) as pool:

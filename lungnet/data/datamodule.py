@@ -33,6 +33,7 @@ DEFAULTS = {
     "options": {},
     "image_size": None,
     "resize": "squash",
+    "downsample_to": None,
     "val_fraction": 0.1,
     "test_fraction": 0.0,
     "carve_val": False,
@@ -139,13 +140,16 @@ class LungDataModule(pl.LightningDataModule):
 
     def make_dataset(self, rows: pd.DataFrame, train: bool) -> XrayDataset:
         """A Dataset over ``rows`` with the training or the evaluation pipeline."""
-        transform = build_transform(self.image_size, self.augment if train else None, self.cfg["resize"])
+        # a cached image is already downsampled and resized: the pipeline's resize is then the identity
+        downsample = None if self.cfg["cache"] else self.cfg["downsample_to"]
+        transform = build_transform(self.image_size, self.augment if train else None, self.cfg["resize"], downsample)
         normalize = Normalize(self.spec.mean, self.spec.std, self.spec.in_chans)
         pipeline = SeededPipeline(transform, normalize)
         if not self.cfg["cache"]:
             return XrayDataset(rows, self.labels, self.multilabel, pipeline, seed=self.seed)
         reader = build_cache(rows["path"].tolist(), rows["sha1"].tolist(), self.image_size, self.cfg["resize"],
-                             self.cfg["cache_dir"], workers=max(1, int(self.cfg["num_workers"])))
+                             self.cfg["cache_dir"], workers=max(1, int(self.cfg["num_workers"])),
+                             downsample_to=self.cfg["downsample_to"])
         return XrayDataset(rows, self.labels, self.multilabel, pipeline, reader=reader, seed=self.seed)
 
     def setup(self, stage: str | None = None) -> None:

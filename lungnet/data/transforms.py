@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -17,23 +18,37 @@ from hydra.utils import instantiate
 log = logging.getLogger(__name__)
 
 
-def build_transform(image_size: int, steps: Sequence | None = None, resize: str = "squash") -> A.Compose:
+def _resize_ops(size: int, resize: str, interpolation: int = cv2.INTER_LINEAR) -> list:
+    if resize == "pad":
+        return [
+            A.LongestMaxSize(max_size=size, interpolation=interpolation),
+            A.PadIfNeeded(size, size, border_mode=0, fill=0),
+        ]
+    if resize == "squash":
+        return [A.Resize(size, size, interpolation=interpolation)]
+    raise ValueError(f"data.resize must be 'squash' or 'pad', got {resize!r}")
+
+
+def build_transform(
+    image_size: int, steps: Sequence | None = None, resize: str = "squash", downsample_to: int | None = None
+) -> A.Compose:
     """Resize to ``image_size`` then apply the configured augmentation steps.
 
     Args:
         image_size: output side in pixels.
         steps: albumentations transforms, or Hydra dicts with ``_target_`` (None: no augmentation).
         resize: ``squash`` (plain resize) or ``pad`` (keep aspect ratio, pad with black).
+        downsample_to: first resize every image to this side, then to ``image_size``, so a set that mixes
+            native resolutions (the NIH sample: 64 and 256 px) carries the same detail in every image and
+            a model cannot tell the sources apart by sharpness (area interpolation, as image libraries
+            downsample; a 256 px NIH image reduced so differs from the 64 px release by ~0.1 % of the range on
+            average). None: off.
 
     Returns:
         An albumentations pipeline taking ``image=`` a float32 (H, W, 1) array in [0, 1].
     """
-    if resize == "pad":
-        ops = [A.LongestMaxSize(max_size=image_size), A.PadIfNeeded(image_size, image_size, border_mode=0, fill=0)]
-    elif resize == "squash":
-        ops = [A.Resize(image_size, image_size)]
-    else:
-        raise ValueError(f"data.resize must be 'squash' or 'pad', got {resize!r}")
+    ops = _resize_ops(int(downsample_to), resize, cv2.INTER_AREA) if downsample_to else []
+    ops += _resize_ops(image_size, resize)
     for step in steps or []:
         ops.append(instantiate(step) if isinstance(step, dict) or hasattr(step, "keys") else step)
     return A.Compose(ops)

@@ -45,7 +45,7 @@ def as_loaded(ckpt: str | os.PathLike | LoadedModel) -> LoadedModel:
 def preprocessor(loaded: LoadedModel) -> Callable[[np.ndarray], torch.Tensor]:
     """The checkpoint's evaluation pipeline: image (H, W) in [0, 1] -> normalised tensor (C, S, S)."""
     size = int(loaded.data.get("image_size") or loaded.spec.input_size)
-    transform = build_transform(size, None, loaded.data.get("resize", "squash"))
+    transform = build_transform(size, None, loaded.data.get("resize", "squash"), loaded.data.get("downsample_to"))
     return make_pipeline(transform, Normalize(loaded.spec.mean, loaded.spec.std, loaded.spec.in_chans))
 
 

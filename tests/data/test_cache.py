@@ -39,3 +39,13 @@ def test_reader_survives_pickling_for_workers(tmp_path):
     reader(paths[0])
     clone = pickle.loads(pickle.dumps(reader))
     assert np.array_equal(clone(paths[1]), reader(paths[1]))
+
+
+def test_downsampled_cache_matches_direct_and_has_its_own_key(tmp_path):
+    paths = [str(write_png(tmp_path / "img" / f"{i}.png", i, size=64)) for i in range(3)]
+    plain = build_cache(paths, ["a", "b", "c"], 32, "squash", tmp_path / "c")
+    down = build_cache(paths, ["a", "b", "c"], 32, "squash", tmp_path / "c", downsample_to=16)
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 2
+    direct = build_transform(32, None, "squash", 16)(image=read_image(paths[1])[..., None])["image"][..., 0]
+    assert np.abs(down(paths[1]) - direct).max() <= 0.5 / 255 + 1e-6
+    assert np.abs(plain(paths[1]) - direct).max() > 0.05  # the plain cache kept the detail

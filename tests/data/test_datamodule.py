@@ -143,3 +143,14 @@ def test_epoch_sampler_is_a_function_of_seed_and_epoch(tiny_folder):
     ds = dm.datasets["train"]
     assert torch.equal(ds[(4, 2)]["image"], ds[(4, 2)]["image"])  # the key alone decides the augmentation
     assert not torch.equal(ds[(4, 2)]["image"], ds[(5, 2)]["image"])
+
+
+def test_downsample_to_gives_the_same_batches_with_and_without_the_cache(tiny_folder, tmp_path):
+    images = {}
+    for cache in (False, True):
+        cfg = _cfg("pneumonia", tiny_folder, carve_val=False, downsample_to=16, cache=cache, cache_dir=str(tmp_path))
+        dm = LungDataModule(cfg, SPEC, seed=0, run_dir=tmp_path / f"run{cache}")
+        dm.setup()
+        images[cache] = next(iter(dm.val_dataloader()))["image"]
+    # the cache stores the downsampled image; the pipeline must not downsample it a second time
+    torch.testing.assert_close(images[True], images[False], atol=0.6 / 255 / 0.25, rtol=0)
