@@ -116,7 +116,7 @@ def full_loop(name: str, args, device: str, cache: bool, epochs: int) -> dict:
         enable_model_summary=False,
     )
     if args.channels_last:
-        module = module.to(memory_format=torch.channels_last)
+        module.use_channels_last()  # weights and every batch, as train.py channels_last=true
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     total = time.perf_counter() - t0

@@ -81,7 +81,14 @@ class LitClassifier(pl.LightningModule):
         self.hparams["class_weights"] = weights
         self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.device) if weights else None
 
+    def use_channels_last(self) -> None:
+        """NHWC memory layout for the weights and every input (faster convolutions on tensor-core GPUs)."""
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.channels_last = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "channels_last", False):
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

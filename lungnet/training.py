@@ -305,6 +305,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     module.spec.input_size = dm.image_size  # the checkpoint records the size actually trained at
     module.hparams["spec"] = module.spec.to_dict()
     module.set_class_weights(dm.class_weights())
+    if cfg.get("channels_last"):
+        module.use_channels_last()
     if int(cfg.trainer.get("devices", 1) or 1) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_json(run_dir / "environment.json", run_facts(dm.table))

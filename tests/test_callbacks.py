@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from lungnet.callbacks import WeightEMA
@@ -55,3 +56,29 @@ def test_ema_before_its_first_update_leaves_the_live_weights(tmp_path):
 def test_ema_decay_outside_the_open_interval_is_refused(decay):
     with pytest.raises(ValueError, match="ema.decay must be in"):
         WeightEMA(decay)
+
+
+class SeenLayout(pl.Callback):
+    """Test-only: records whether each input reaches the model in channels_last layout."""
+
+    instances: list[SeenLayout] = []
+
+    def __init__(self) -> None:
+        self.layouts: list[bool] = []
+        SeenLayout.instances.append(self)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.model.register_forward_pre_hook(
+            lambda _, args: self.layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        )
+
+
+def test_channels_last_reaches_batches_and_changes_no_result(tmp_path):
+    results, seen = {}, {}
+    for flag in ("false", "true"):
+        spy = "+callbacks.spy._target_=tests.test_callbacks.SeenLayout"
+        results[flag] = _train(tmp_path / flag, f"channels_last={flag}", "model.in_chans=3", spy)[1]
+        seen[flag] = SeenLayout.instances.pop().layouts
+    assert seen["true"] and all(seen["true"]) and not any(seen["false"])
+    for metric in ("accuracy", "auroc_macro"):
+        assert results["true"]["val"][metric] == pytest.approx(results["false"]["val"][metric], abs=1e-6)
