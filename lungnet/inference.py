@@ -347,7 +347,8 @@ class Predictor:
         if self.prep.resize != "pad":
             return heatmap
         # where the image lands in the padded input: run the same transform on an all-ones image
-        mask = build_transform(self.prep.input_size, None, "pad")(image=np.ones((*shape, 1), np.float32))["image"]
+        pad = build_transform(self.prep.input_size, None, "pad", self.prep.downsample_to)
+        mask = pad(image=np.ones((*shape, 1), np.float32))["image"]
         rows, cols = np.nonzero(mask[..., 0] > 0.5)
         if rows.size == 0:
             return heatmap

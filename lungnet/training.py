@@ -230,6 +230,11 @@ def build_trainer(
         callbacks.append(FreezeUnfreeze(int(cfg.finetune.unfreeze_at_epoch), float(cfg.finetune.backbone_lr_mult)))
     ema = cfg.get("ema") or {}
     if float(ema.get("decay", 0.0) or 0.0):
+        if not has_val:
+            log.warning(
+                "ema.decay without a validation split: best.ckpt holds the average but is chosen on the "
+                "training loss of the live weights; use checkpoint.select=last or add a validation split"
+            )
         callbacks.append(WeightEMA(float(ema["decay"]), int(ema.get("start_epoch", 0))))
     callbacks += list(extra or [])
     loggers = [
@@ -293,6 +298,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)  # weights_only=True
         check_resume_compatible(ckpt, ckpt_path, module, data_cfg)
+        if "current_model_state" in ckpt and not float(OmegaConf.select(cfg, "ema.decay") or 0):
+            raise CheckpointError(
+                f"Cannot resume from {ckpt_path}: it was trained with a weight EMA (ema.decay) and this config has "
+                "none; resuming would continue from the averaged weights. Resume with the same ema.decay."
+            )
         resume_from = (int(ckpt["epoch"]) + 1, int(ckpt["global_step"]))
     run_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(run_dir)

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from lungnet.callbacks import WeightEMA
-from lungnet.checkpoint import read_checkpoint
+from lungnet.checkpoint import CheckpointError, read_checkpoint
 from lungnet.evaluation.run import evaluate
 from lungnet.training import train
 from tests.conftest import TINY as BASE_TINY
@@ -82,3 +82,13 @@ def test_channels_last_reaches_batches_and_changes_no_result(tmp_path):
     assert seen["true"] and all(seen["true"]) and not any(seen["false"])
     for metric in ("accuracy", "auroc_macro"):
         assert results["true"]["val"][metric] == pytest.approx(results["false"]["val"][metric], abs=1e-6)
+
+
+def test_resuming_an_ema_run_without_ema_is_refused(tmp_path):
+    run, _ = _train(tmp_path, "ema.decay=0.5")
+    cfg = compose_cfg(
+        "train",
+        [f"data.root={tmp_path / 'syn'}", "data.options.n_per_class=10", "data.options.size=48", *TINY, "resume=true"],
+    )
+    with pytest.raises(CheckpointError, match="trained with a weight EMA"):
+        train(cfg, run)

@@ -18,14 +18,13 @@ from hydra.utils import instantiate
 log = logging.getLogger(__name__)
 
 
-def _resize_ops(size: int, resize: str, interpolation: int = cv2.INTER_LINEAR) -> list:
+def _resize_ops(size: int, resize: str, area: bool = False) -> list:
+    # area=True: area interpolation when shrinking (as image libraries downsample), bilinear when enlarging
+    kw = {"interpolation": cv2.INTER_LINEAR, **({"area_for_downscale": "image"} if area else {})}
     if resize == "pad":
-        return [
-            A.LongestMaxSize(max_size=size, interpolation=interpolation),
-            A.PadIfNeeded(size, size, border_mode=0, fill=0),
-        ]
+        return [A.LongestMaxSize(max_size=size, **kw), A.PadIfNeeded(size, size, border_mode=0, fill=0)]
     if resize == "squash":
-        return [A.Resize(size, size, interpolation=interpolation)]
+        return [A.Resize(size, size, **kw)]
     raise ValueError(f"data.resize must be 'squash' or 'pad', got {resize!r}")
 
 
@@ -40,14 +39,14 @@ def build_transform(
         resize: ``squash`` (plain resize) or ``pad`` (keep aspect ratio, pad with black).
         downsample_to: first resize every image to this side, then to ``image_size``, so a set that mixes
             native resolutions (the NIH sample: 64 and 256 px) carries the same detail in every image and
-            a model cannot tell the sources apart by sharpness (area interpolation, as image libraries
-            downsample; a 256 px NIH image reduced so differs from the 64 px release by ~0.1 % of the range on
+            a model cannot tell the sources apart by sharpness (area interpolation when shrinking, as image
+            libraries downsample, bilinear when enlarging a smaller image; a 256 px NIH image reduced so differs from the 64 px release by ~0.1 % of the range on
             average). None: off.
 
     Returns:
         An albumentations pipeline taking ``image=`` a float32 (H, W, 1) array in [0, 1].
     """
-    ops = _resize_ops(int(downsample_to), resize, cv2.INTER_AREA) if downsample_to else []
+    ops = _resize_ops(int(downsample_to), resize, area=True) if downsample_to else []
     ops += _resize_ops(image_size, resize)
     for step in steps or []:
         ops.append(instantiate(step) if isinstance(step, dict) or hasattr(step, "keys") else step)
