@@ -49,6 +49,32 @@ def find_fold_runs(root: str | Path) -> list[Path]:
     return runs
 
 
+# settings that may differ between the folds of one cross-validation (where and how fast, not what is trained)
+FREE_KEYS = (
+    "data.cv_fold",
+    "data.root",
+    "data.num_workers",
+    "data.persistent_workers",
+    "data.pin_memory",
+    "data.cache",
+    "data.cache_dir",
+    "data.verify",
+    "paths.",
+    "resume",
+    "log_figures_every",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.devices",
+    "trainer.accelerator",
+)
+
+
+def _settings(cfg) -> dict:
+    """The resolved config as ``{"dotted.key": value}``, without the keys folds may differ in."""
+    flat = pd.json_normalize(OmegaConf.to_container(cfg, resolve=False), sep=".").iloc[0].to_dict()
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in flat.items() if not k.startswith(FREE_KEYS)}
+
+
 def load_fold(run: Path) -> dict:
     """One fold's config facts, validation metrics and predictions.
 
@@ -68,6 +94,7 @@ def load_fold(run: Path) -> dict:
         "seed": int(cfg.seed),
         "data": str(cfg.data.name),
         "model": str(cfg.model.name),
+        "settings": _settings(cfg),
         "select": str(metrics.get("selected", "best")),
         "val": metrics["val"],
         "predictions": pd.read_csv(run / "predictions_val.csv"),
@@ -80,6 +107,13 @@ def check_folds(folds: list[dict]) -> None:
         values = sorted({str(f[key]) for f in folds})
         if len(values) > 1:
             raise DataError(f"The runs differ in {key}: {values}; summarise one cross-validation at a time")
+    shared = set.intersection(*(set(f["settings"]) for f in folds))  # keys added later count only where present
+    differ = {key: sorted({f["settings"][key] for f in folds}) for key in sorted(shared)}
+    differ = {key: values for key, values in differ.items() if len(values) > 1}
+    if differ:
+        raise DataError(
+            f"The folds were trained with different settings {differ}; summarise one recipe's folds at a time"
+        )
     k = folds[0]["folds"]
     if k < 2:
         raise DataError(f"{folds[0]['run']} is not a cross-validation fold (data.cv_folds={k})")
