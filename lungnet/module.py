@@ -68,6 +68,7 @@ class LitClassifier(pl.LightningModule):
         self.hparams["spec"] = self.spec.to_dict()
         self.labels = list(labels)
         self.multilabel = multilabel
+        self.channels_last = False  # `use_channels_last`
         self.optim = {**OPTIM_DEFAULTS, **(optim or {})}
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
@@ -87,7 +88,7 @@ class LitClassifier(pl.LightningModule):
         self.channels_last = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "channels_last", False):
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 

@@ -143,8 +143,9 @@ def find_resume_checkpoint(run_dir: Path, resume) -> str | None:
     return str(ckpt) if ckpt else None
 
 
-def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_cfg: dict) -> None:
-    """Refuses to continue a checkpoint trained for another model, label set or data set.
+def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_cfg: dict, ema: bool) -> None:
+    """Refuses to continue a checkpoint trained for another model, label set or data set, or with a weight EMA
+    when ``ema`` (this config's) is off: it would continue from the averaged weights.
 
     Raises:
         CheckpointError: what differs.
@@ -167,6 +168,11 @@ def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_
         raise CheckpointError(
             f"Cannot resume from {path}: it was trained for another setup ({'; '.join(diff)}). "
             "Resume with the config it was trained with, or start a new run (resume=false)."
+        )
+    if "current_model_state" in ckpt and not ema:
+        raise CheckpointError(
+            f"Cannot resume from {path}: it was trained with a weight EMA (ema.decay) and this config has "
+            "none; resuming would continue from the averaged weights. Resume with the same ema.decay."
         )
     own = module.state_dict()
     wrong = [k for k, v in ckpt["state_dict"].items() if k in own and own[k].shape != v.shape]
@@ -297,12 +303,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     resume_from = None
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)  # weights_only=True
-        check_resume_compatible(ckpt, ckpt_path, module, data_cfg)
-        if "current_model_state" in ckpt and not float(OmegaConf.select(cfg, "ema.decay") or 0):
-            raise CheckpointError(
-                f"Cannot resume from {ckpt_path}: it was trained with a weight EMA (ema.decay) and this config has "
-                "none; resuming would continue from the averaged weights. Resume with the same ema.decay."
-            )
+        check_resume_compatible(ckpt, ckpt_path, module, data_cfg, ema=bool(OmegaConf.select(cfg, "ema.decay")))
         resume_from = (int(ckpt["epoch"]) + 1, int(ckpt["global_step"]))
     run_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(run_dir)

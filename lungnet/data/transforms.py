@@ -40,8 +40,8 @@ def build_transform(
         downsample_to: first resize every image to this side, then to ``image_size``, so a set that mixes
             native resolutions (the NIH sample: 64 and 256 px) carries the same detail in every image and
             a model cannot tell the sources apart by sharpness (area interpolation when shrinking, as image
-            libraries downsample, bilinear when enlarging a smaller image; a 256 px NIH image reduced so differs from the 64 px release by ~0.1 % of the range on
-            average). None: off.
+            libraries downsample, bilinear when enlarging a smaller image; a 256 px NIH image reduced so
+            differs from the 64 px release by ~0.1 % of the range on average). None: off.
 
     Returns:
         An albumentations pipeline taking ``image=`` a float32 (H, W, 1) array in [0, 1].
