@@ -18,10 +18,10 @@ import torch
 
 from lungnet.checkpoint import LoadedModel, load_model
 from lungnet.data.images import read_image
-from lungnet.data.transforms import Normalize, build_transform, make_pipeline
 from lungnet.explain.base import ExplainError
 from lungnet.explain.cams import make_explainer
 from lungnet.explain.overlay import save_grid, save_side_by_side
+from lungnet.inference import Preprocessing
 from lungnet.io import write_csv
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,7 @@ def as_loaded(ckpt: str | os.PathLike | LoadedModel) -> LoadedModel:
 
 def preprocessor(loaded: LoadedModel) -> Callable[[np.ndarray], torch.Tensor]:
     """The checkpoint's evaluation pipeline: image (H, W) in [0, 1] -> normalised tensor (C, S, S)."""
-    size = int(loaded.data.get("image_size") or loaded.spec.input_size)
-    transform = build_transform(size, None, loaded.data.get("resize", "squash"), loaded.data.get("downsample_to"))
-    return make_pipeline(transform, Normalize(loaded.spec.mean, loaded.spec.std, loaded.spec.in_chans))
+    return Preprocessing.from_loaded(loaded).pipeline()
 
 
 def image_table(images, loaded: LoadedModel) -> pd.DataFrame:
