@@ -33,6 +33,7 @@ from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
 from lungnet.cli import ConfigError
 from lungnet.data.datamodule import LungDataModule, make_source
 from lungnet.data.sources import Source
+from lungnet.data.splits import changed_splits, split_fingerprint
 from lungnet.evaluation.curves import write_training_curves
 from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.io import remove_stale_temporaries, write_csv, write_json, write_text
@@ -141,6 +142,21 @@ def find_resume_checkpoint(run_dir: Path, resume) -> str | None:
     """The checkpoint ``resume`` points to (see `resume_target`), or None."""
     ckpt, _ = resume_target(Path(run_dir), resume)
     return str(ckpt) if ckpt else None
+
+
+def check_resume_splits(ckpt: dict, path: Path, now: dict) -> None:
+    """Refuses to continue a checkpoint on splits that no longer hold the images it was trained on.
+
+    Raises:
+        CheckpointError: which splits differ.
+    """
+    recorded = ckpt["hyper_parameters"].get("extra", {}).get("splits")
+    changed = changed_splits(recorded, now) if recorded else []
+    if changed:
+        raise CheckpointError(
+            f"Cannot resume from {path}: the splits differ from those it was trained with ({', '.join(changed)}); "
+            "the data folder or the split settings changed. Restore them, or start a new run (resume=false)."
+        )
 
 
 def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_cfg: dict, ema: bool) -> None:
@@ -315,6 +331,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     dm.setup("fit")
     module.spec.input_size = dm.image_size  # the checkpoint records the size actually trained at
     module.hparams["spec"] = module.spec.to_dict()
+    module.hparams["extra"]["splits"] = split_fingerprint(dm.table)  # evaluate.py and resume verify the splits
+    if resume_from is not None:
+        check_resume_splits(ckpt, ckpt_path, module.hparams["extra"]["splits"])
     module.set_class_weights(dm.class_weights())
     if cfg.get("channels_last"):
         module.use_channels_last()

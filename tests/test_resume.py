@@ -15,7 +15,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lungnet.training import find_resume_checkpoint
+from lungnet.checkpoint import CheckpointError
+from lungnet.training import check_resume_splits, find_resume_checkpoint
 from tests.conftest import ROOT, make_class_folders
 
 
@@ -127,3 +128,12 @@ def test_resume_paths(tmp_path):
     assert find_resume_checkpoint(run, False) is None
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         find_resume_checkpoint(run, str(tmp_path / "missing"))
+
+
+def test_resume_refuses_changed_splits(tmp_path):
+    recorded = {"train": {"n": 8, "digest": "a"}, "val": {"n": 2, "digest": "b"}}
+    ckpt = {"hyper_parameters": {"extra": {"splits": recorded}}}
+    check_resume_splits(ckpt, tmp_path / "last.ckpt", recorded)  # the same splits: resumes
+    check_resume_splits({"hyper_parameters": {"extra": {}}}, tmp_path / "last.ckpt", recorded)  # none recorded
+    with pytest.raises(CheckpointError, match=r"splits differ .*val \(2 images then, 3 now\)"):
+        check_resume_splits(ckpt, tmp_path / "last.ckpt", {**recorded, "val": {"n": 3, "digest": "c"}})

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
+from lungnet.data.sources import DataError
 from lungnet.evaluation.run import evaluate
 from lungnet.training import train
-from tests.conftest import ROOT, compose_cfg, make_class_folders
+from tests.conftest import ROOT, compose_cfg, make_class_folders, write_png
 from tests.conftest import TINY as BASE_TINY
 
 TINY = [*BASE_TINY, "log_figures_every=1"]
@@ -93,6 +95,24 @@ def test_evaluate_refuses_data_with_other_labels(trained, tiny_folder, tmp_path)
     cfg = compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", f"data.root={tiny_folder}"])
     with pytest.raises(Exception, match="not a lungnet synthetic data folder"):
         evaluate(cfg, tmp_path / "eval")
+
+
+def test_evaluate_verifies_the_recomputed_splits(trained, tmp_path):
+    run, _ = trained
+    ckpt = run / "checkpoints" / "best.ckpt"
+    recorded = read_checkpoint(ckpt)["hyper_parameters"]["extra"]["splits"]
+    assert set(recorded) == {"train", "val", "test"}
+    assert recorded["val"]["n"] == len(pd.read_csv(run / "splits" / "val.csv"))
+    moved = tmp_path / "moved"
+    shutil.copytree(load_model(ckpt).data["root"], moved)
+    args = [f"ckpt={ckpt}", "split=val", f"data.root={moved}", "explain.n=0", "report.figures=false"]
+    assert evaluate(compose_cfg("evaluate", args), tmp_path / "same")["n"] == recorded["val"]["n"]  # moved: same images
+    victim = sorted(moved.rglob("*.png"))[0]
+    write_png(victim, seed=999, size=48)  # one image now differs: its split no longer matches the checkpoint's
+    with pytest.raises(DataError, match=r"differ from those it was trained with: \w+ \(\d+ images then"):
+        evaluate(compose_cfg("evaluate", args), tmp_path / "changed")
+    out = evaluate(compose_cfg("evaluate", [*args, "data.allow_leakage=true"]), tmp_path / "allowed")
+    assert out["n"] == recorded["val"]["n"]
 
 
 def _run(args, cwd, env_extra=None, timeout=600):

@@ -5,6 +5,7 @@ A patient never appears in two splits. The same table and seed always give the s
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -141,3 +142,23 @@ def write_splits(table: pd.DataFrame, folder: str | Path) -> None:
     for name in SPLITS:
         part = table.loc[table["split"] == name, ["path", "label", "patient"]]
         write_csv(folder / f"{name}.csv", part, errors="surrogateescape")  # file-name bytes kept exactly
+
+
+def split_fingerprint(table: pd.DataFrame) -> dict[str, dict]:
+    """Per split: its image count and a digest of its images' content hashes (``sha1``), so a checkpoint can tell
+    later whether a recomputed split still holds the same images (wherever the data folder now lives)."""
+    out = {}
+    for name in SPLITS:
+        hashes = sorted(table.loc[table["split"] == name, "sha1"].astype(str))
+        if hashes:
+            out[name] = {"n": len(hashes), "digest": hashlib.sha1("\n".join(hashes).encode()).hexdigest()}
+    return out
+
+
+def changed_splits(recorded: dict, now: dict) -> list[str]:
+    """The splits whose images differ between two `split_fingerprint` results, e.g. ``val (185 then, 190 now)``."""
+    return [
+        f"{name} ({recorded.get(name, {}).get('n', 0)} images then, {now.get(name, {}).get('n', 0)} now)"
+        for name in SPLITS
+        if recorded.get(name, {}).get("digest") != now.get(name, {}).get("digest")
+    ]

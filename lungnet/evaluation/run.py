@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from lungnet.checkpoint import LoadedModel, load_model
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.sources import DataError, LabelledFolderSource
+from lungnet.data.splits import changed_splits, split_fingerprint
 from lungnet.evaluation import plots, stats
 from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.evaluation.report import write_report
@@ -76,7 +77,35 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
     else:
         check_compatible(loaded, dm)
         dm.setup("test")
+        check_same_splits(loaded, dm, allow=bool(cfg.get("allow_leakage")))
     return dm
+
+
+def check_same_splits(loaded: LoadedModel, dm: LungDataModule, allow: bool) -> None:
+    """Refuses splits that no longer hold the images the checkpoint was trained and validated on.
+
+    The splits are recomputed from the checkpoint's data config and seed; when the data folder or the split
+    rules changed since training, ``val`` or ``test`` may now hold training images and score optimistically.
+
+    Raises:
+        DataError: the splits differ and ``allow`` (``data.allow_leakage``) is False.
+    """
+    recorded = loaded.hparams.get("extra", {}).get("splits")
+    if not recorded:
+        log.info("%s records no split fingerprint (trained before lungnet kept one): splits not verified", loaded.path)
+        return
+    changed = changed_splits(recorded, split_fingerprint(dm.table))
+    if not changed:
+        return
+    message = (
+        f"The splits recomputed for {loaded.path} differ from those it was trained with: {', '.join(changed)}. "
+        f"The images under {dm.source.root} or lungnet's split rules changed since training, so the evaluated "
+        "split may hold images the model trained on. Evaluate other images with split=all on their own folder, "
+        "or set data.allow_leakage=true to evaluate anyway (numbers may be optimistic)."
+    )
+    if not allow:
+        raise DataError(message)
+    log.warning(message)
 
 
 def options(cfg: DictConfig) -> dict:

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from lungnet.data.splits import assign_splits, check_patient_overlap, write_splits
+from lungnet.data.splits import assign_splits, changed_splits, check_patient_overlap, split_fingerprint, write_splits
 
 
 def _table(n=200, patients=True):
@@ -62,3 +62,20 @@ def test_write_splits(tmp_path):
     write_splits(out, tmp_path)
     back = pd.concat([pd.read_csv(tmp_path / "splits" / f"{s}.csv") for s in ("train", "val", "test")])
     assert sorted(back["path"]) == sorted(out["path"])
+
+
+def test_split_fingerprint_follows_the_images_not_their_paths():
+    t = assign_splits(_table(), seed=0, val_fraction=0.2, test_fraction=0.2)
+    t["sha1"] = [f"h{i}" for i in range(len(t))]
+    before = split_fingerprint(t)
+    assert {k: v["n"] for k, v in before.items()} == t["split"].value_counts().to_dict()
+    moved = t.assign(path=["/elsewhere" + p for p in t["path"]])
+    assert changed_splits(before, split_fingerprint(moved)) == []
+    swapped = t.copy()
+    i, j = swapped.index[swapped["split"] == "train"][0], swapped.index[swapped["split"] == "val"][0]
+    swapped.loc[[i, j], "split"] = ["val", "train"]  # same sizes, other images
+    n_train, n_val = before["train"]["n"], before["val"]["n"]
+    assert changed_splits(before, split_fingerprint(swapped)) == [
+        f"train ({n_train} images then, {n_train} now)",
+        f"val ({n_val} images then, {n_val} now)",
+    ]
