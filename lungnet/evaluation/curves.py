@@ -43,7 +43,8 @@ def epoch_table(csv_path: str | os.PathLike) -> pd.DataFrame:
 
 
 def final_numbers(metrics_path: Path) -> str:
-    """``"test: accuracy 0.812, macro F1 0.790, macro AUROC 0.905"`` from a training run's metrics.json."""
+    """``"Best checkpoint on test: accuracy 0.812, ..."`` from a training run's metrics.json (``Final checkpoint``
+    when the run kept its last epoch, ``checkpoint.select=last``)."""
     if not metrics_path.is_file():
         return ""
     metrics = json.loads(metrics_path.read_text())
@@ -55,7 +56,8 @@ def final_numbers(metrics_path: Path) -> str:
         if isinstance(values.get(key), int | float)
     ]
     where = "test" if split == "test" else "validation (no test split)"
-    return f"Best checkpoint on {where}: " + ", ".join(parts) if parts else ""
+    which = "Final checkpoint (checkpoint.select=last)" if metrics.get("selected") == "last" else "Best checkpoint"
+    return f"{which} on {where}: " + ", ".join(parts) if parts else ""
 
 
 def write_training_curves(run_dir: str | os.PathLike) -> Path | None:

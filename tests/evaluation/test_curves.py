@@ -34,6 +34,10 @@ def test_curves_from_a_hand_written_csv(tmp_path):
     assert final_numbers(tmp_path / "metrics.json") == (
         "Best checkpoint on test: accuracy 0.700, macro F1 0.600, macro AUROC 0.800"
     )
+    (tmp_path / "last.json").write_text(json.dumps({"selected": "last", "val": {"accuracy": 0.7}}))
+    assert final_numbers(tmp_path / "last.json") == (
+        "Final checkpoint (checkpoint.select=last) on validation (no test split): accuracy 0.700"
+    )
     path = write_training_curves(tmp_path)
     assert path == tmp_path / "curves.png"
     assert_png(path)
