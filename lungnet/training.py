@@ -33,7 +33,7 @@ from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
 from lungnet.cli import ConfigError
 from lungnet.data.datamodule import LungDataModule, make_source
 from lungnet.data.sources import Source
-from lungnet.data.splits import changed_splits, split_fingerprint
+from lungnet.data.splits import ExpectedSplits, split_fingerprint
 from lungnet.evaluation.curves import write_training_curves
 from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.io import remove_stale_temporaries, write_csv, write_json, write_text
@@ -142,21 +142,6 @@ def find_resume_checkpoint(run_dir: Path, resume) -> str | None:
     """The checkpoint ``resume`` points to (see `resume_target`), or None."""
     ckpt, _ = resume_target(Path(run_dir), resume)
     return str(ckpt) if ckpt else None
-
-
-def check_resume_splits(ckpt: dict, path: Path, now: dict) -> None:
-    """Refuses to continue a checkpoint on splits that no longer hold the images it was trained on.
-
-    Raises:
-        CheckpointError: which splits differ.
-    """
-    recorded = ckpt["hyper_parameters"].get("extra", {}).get("splits")
-    changed = changed_splits(recorded, now) if recorded else []
-    if changed:
-        raise CheckpointError(
-            f"Cannot resume from {path}: the splits differ from those it was trained with ({', '.join(changed)}); "
-            "the data folder or the split settings changed. Restore them, or start a new run (resume=false)."
-        )
 
 
 def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_cfg: dict, ema: bool) -> None:
@@ -316,24 +301,28 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         extra={"seed": int(cfg.seed), "augment": plain(cfg.augment)},
     )
     extra = extra_callbacks(cfg)
-    resume_from = None
+    resume_from, expected = None, None
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)  # weights_only=True
         check_resume_compatible(ckpt, ckpt_path, module, data_cfg, ema=bool(OmegaConf.select(cfg, "ema.decay")))
         resume_from = (int(ckpt["epoch"]) + 1, int(ckpt["global_step"]))
+        expected = ExpectedSplits(ckpt["hyper_parameters"].get("extra", {}).get("splits"), ckpt_path, "resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(run_dir)
     if stale:
         log.info("Removed %d temporary file(s) left by an interrupted run: %s", len(stale), [p.name for p in stale])
     dm = LungDataModule(
-        data_cfg, module.spec, seed=int(cfg.seed), augment=plain(cfg.augment).get("train"), run_dir=run_dir
+        data_cfg,
+        module.spec,
+        seed=int(cfg.seed),
+        augment=plain(cfg.augment).get("train"),
+        run_dir=run_dir,
+        expected_splits=expected,  # a resume refused for changed splits leaves the run directory as it was
     )
     dm.setup("fit")
     module.spec.input_size = dm.image_size  # the checkpoint records the size actually trained at
     module.hparams["spec"] = module.spec.to_dict()
     module.hparams["extra"]["splits"] = split_fingerprint(dm.table)  # evaluate.py and resume verify the splits
-    if resume_from is not None:
-        check_resume_splits(ckpt, ckpt_path, module.hparams["extra"]["splits"])
     module.set_class_weights(dm.class_weights())
     if cfg.get("channels_last"):
         module.use_channels_last()

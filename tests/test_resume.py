@@ -15,9 +15,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lungnet.checkpoint import CheckpointError
-from lungnet.training import check_resume_splits, find_resume_checkpoint
-from tests.conftest import ROOT, make_class_folders
+from lungnet.checkpoint import read_checkpoint
+from lungnet.data.sources import DataError
+from lungnet.training import find_resume_checkpoint, train
+from tests.conftest import ROOT, TINY, compose_cfg, make_class_folders, write_png
 
 
 class SlowBatches(pl.Callback):
@@ -130,10 +131,19 @@ def test_resume_paths(tmp_path):
         find_resume_checkpoint(run, str(tmp_path / "missing"))
 
 
-def test_resume_refuses_changed_splits(tmp_path):
-    recorded = {"train": {"n": 8, "digest": "a"}, "val": {"n": 2, "digest": "b"}}
-    ckpt = {"hyper_parameters": {"extra": {"splits": recorded}}}
-    check_resume_splits(ckpt, tmp_path / "last.ckpt", recorded)  # the same splits: resumes
-    check_resume_splits({"hyper_parameters": {"extra": {}}}, tmp_path / "last.ckpt", recorded)  # none recorded
-    with pytest.raises(CheckpointError, match=r"splits differ .*val \(2 images then, 3 now\)"):
-        check_resume_splits(ckpt, tmp_path / "last.ckpt", {**recorded, "val": {"n": 3, "digest": "c"}})
+def test_refused_resume_leaves_the_run_directory_as_it_was(tmp_path):
+    """Changed images change the recomputed splits: resume refuses before rewriting the run's split files."""
+    data = make_class_folders(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], 8, ["train", "val"])
+    run = tmp_path / "run"
+    args = ["data=pneumoniamnist", f"data.root={data}", *TINY]
+    train(compose_cfg("train", args), run)
+    kept = ["splits/train.csv", "splits/val.csv", "splits/test.csv", "data_report.json", "bad_files.csv"]
+    before = {name: (run / name).read_bytes() for name in kept}
+    gone = sorted((data / "val").rglob("*.png"))[0]
+    gone.unlink()
+    write_png(gone.with_name("new.png"), seed=999)  # one val image replaced by another
+    resume = ["resume=true", "trainer.max_epochs=2"]
+    with pytest.raises(DataError, match=r"differ from those it was trained with: val \(\d+ images then.*resume=false"):
+        train(compose_cfg("train", [*args, *resume]), run)
+    assert {name: (run / name).read_bytes() for name in kept} == before
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 0  # not trained further

@@ -22,9 +22,9 @@ from lungnet.data.cache import build_cache
 from lungnet.data.checks import enforce_no_test_leak, handle_bad_files, leakage_report, scan_files
 from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset
 from lungnet.data.sources import DataError, Source, create_source
-from lungnet.data.splits import assign_splits, write_splits
+from lungnet.data.splits import ExpectedSplits, assign_splits, write_splits
 from lungnet.data.transforms import Normalize, build_transform
-from lungnet.io import write_json
+from lungnet.io import write_csv, write_json
 from lungnet.models.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,18 @@ class LungDataModule(pl.LightningDataModule):
         seed: split seed.
         augment: albumentations steps for training (Hydra dicts).
         run_dir: where split files and reports are written (None: nowhere).
+        expected_splits: the splits a checkpoint recorded (evaluation, resume, explanations): verified right
+            after splitting, before anything is written to ``run_dir``.
     """
 
     def __init__(
-        self, cfg: dict, spec: ModelSpec, seed: int = 0, augment: list | None = None, run_dir: str | Path | None = None
+        self,
+        cfg: dict,
+        spec: ModelSpec,
+        seed: int = 0,
+        augment: list | None = None,
+        run_dir: str | Path | None = None,
+        expected_splits: ExpectedSplits | None = None,
     ) -> None:
         super().__init__()
         self.cfg = {**DEFAULTS, **dict(cfg)}
@@ -80,6 +88,7 @@ class LungDataModule(pl.LightningDataModule):
         self.seed = seed
         self.augment = list(augment or [])
         self.run_dir = Path(run_dir) if run_dir else None
+        self.expected_splits = expected_splits
         self.source = make_source(self.cfg)
         self.labels: list[str] = list(self.source.labels)
         self.multilabel = self.source.multilabel
@@ -102,7 +111,10 @@ class LungDataModule(pl.LightningDataModule):
         near = bool(self.cfg["near_duplicates"])
         table = scan_files(table, verify=bool(self.cfg["verify"]), near_duplicates=near and not all_images)
         report = self.run_dir / "bad_files.csv" if writer else None
-        table = handle_bad_files(table, self.cfg["on_bad_file"], report)
+        # a run directory being resumed keeps its reports until its splits are verified
+        deferred = report if self.expected_splits is not None and self.cfg["on_bad_file"] == "skip" else None
+        bad = table.loc[table["error"] != "", ["path", "error"]]
+        table = handle_bad_files(table, self.cfg["on_bad_file"], None if deferred else report)
         if all_images:
             table["split"] = "all"
             return table
@@ -115,6 +127,10 @@ class LungDataModule(pl.LightningDataModule):
             self.cfg["cv_folds"],
             self.cfg["cv_fold"],
         )
+        if self.expected_splits is not None:
+            self.expected_splits.verify(table, self.source.root)
+        if deferred is not None:
+            write_csv(deferred, bad)
         self.report = leakage_report(table, int(self.cfg["near_duplicate_threshold"]) if near else None)
         self.report["sizes"] = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
         self.report["class_counts"] = (

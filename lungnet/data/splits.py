@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from lungnet.data.sources import DataError
 from lungnet.io import write_csv
 
 log = logging.getLogger(__name__)
@@ -162,3 +164,52 @@ def changed_splits(recorded: dict, now: dict) -> list[str]:
         for name in SPLITS
         if recorded.get(name, {}).get("digest") != now.get(name, {}).get("digest")
     ]
+
+
+_REMEDIES = {
+    "evaluate": "The evaluated split may hold images the model trained on. Evaluate other images with split=all on "
+    "their own folder, or set data.allow_leakage=true to evaluate anyway (numbers may be optimistic).",
+    "resume": "Continuing would train on other images than the run so far. Restore the data folder and the split "
+    "settings, or start a new run (resume=false).",
+    "explain": "Heatmaps are drawn anyway; the split may hold images the model trained on.",
+}
+
+
+@dataclass(frozen=True)
+class ExpectedSplits:
+    """The splits a checkpoint recorded, which splits recomputed from its data config and seed must reproduce.
+
+    Attributes:
+        recorded: the checkpoint's `split_fingerprint` (``hyper_parameters.extra.splits``; empty or None for
+            checkpoints made before lungnet recorded one: not verified).
+        checkpoint: the checkpoint's path, named in the message.
+        purpose: ``evaluate``, ``resume`` or ``explain``: what the message advises.
+        allow: a difference only warns (``data.allow_leakage=true`` for evaluation; always for explanations).
+    """
+
+    recorded: dict | None
+    checkpoint: Path | str
+    purpose: str
+    allow: bool = False
+
+    def verify(self, table: pd.DataFrame, root: Path | str) -> None:
+        """Checks the splits of ``table`` (images under ``root``) against the recorded ones.
+
+        Raises:
+            DataError: they differ and differences are not allowed; the message names the splits.
+        """
+        if not self.recorded:
+            log.info("%s records no split fingerprint (made before lungnet kept one): splits not verified",
+                     self.checkpoint)
+            return
+        changed = changed_splits(self.recorded, split_fingerprint(table))
+        if not changed:
+            return
+        message = (
+            f"The splits recomputed for {self.checkpoint} differ from those it was trained with: "
+            f"{', '.join(changed)}. The images under {root} or lungnet's split settings changed since. "
+            f"{_REMEDIES[self.purpose]}"
+        )
+        if not self.allow:
+            raise DataError(message)
+        log.warning(message)

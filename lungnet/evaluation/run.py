@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from lungnet.checkpoint import LoadedModel, load_model
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.sources import DataError, LabelledFolderSource
-from lungnet.data.splits import changed_splits, split_fingerprint
+from lungnet.data.splits import ExpectedSplits
 from lungnet.evaluation import plots, stats
 from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.evaluation.report import write_report
@@ -66,7 +66,9 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
     """The DataModule for evaluating ``loaded`` on ``split`` (``all``: every image, no split)."""
     cfg = data_config(loaded, overrides)
     seed = int(loaded.hparams.get("extra", {}).get("seed", 0))
-    dm = LungDataModule(cfg, loaded.spec, seed=seed, run_dir=run_dir)
+    # the splits are recomputed from the data config and seed: they must still hold the training-time images
+    expected = None if split == "all" else recorded_splits(loaded, "evaluate", allow=bool(cfg.get("allow_leakage")))
+    dm = LungDataModule(cfg, loaded.spec, seed=seed, run_dir=run_dir, expected_splits=expected)
     if split == "all":
         if loaded.multilabel:
             raise DataError("split=all reads <root>/<class>/ folders, which cannot hold multi-label targets")
@@ -77,35 +79,12 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
     else:
         check_compatible(loaded, dm)
         dm.setup("test")
-        check_same_splits(loaded, dm, allow=bool(cfg.get("allow_leakage")))
     return dm
 
 
-def check_same_splits(loaded: LoadedModel, dm: LungDataModule, allow: bool) -> None:
-    """Refuses splits that no longer hold the images the checkpoint was trained and validated on.
-
-    The splits are recomputed from the checkpoint's data config and seed; when the data folder or the split
-    rules changed since training, ``val`` or ``test`` may now hold training images and score optimistically.
-
-    Raises:
-        DataError: the splits differ and ``allow`` (``data.allow_leakage``) is False.
-    """
-    recorded = loaded.hparams.get("extra", {}).get("splits")
-    if not recorded:
-        log.info("%s records no split fingerprint (trained before lungnet kept one): splits not verified", loaded.path)
-        return
-    changed = changed_splits(recorded, split_fingerprint(dm.table))
-    if not changed:
-        return
-    message = (
-        f"The splits recomputed for {loaded.path} differ from those it was trained with: {', '.join(changed)}. "
-        f"The images under {dm.source.root} or lungnet's split rules changed since training, so the evaluated "
-        "split may hold images the model trained on. Evaluate other images with split=all on their own folder, "
-        "or set data.allow_leakage=true to evaluate anyway (numbers may be optimistic)."
-    )
-    if not allow:
-        raise DataError(message)
-    log.warning(message)
+def recorded_splits(loaded: LoadedModel, purpose: str, allow: bool) -> ExpectedSplits:
+    """The splits ``loaded`` was trained with, for `LungDataModule` to verify (see `ExpectedSplits`)."""
+    return ExpectedSplits(loaded.hparams.get("extra", {}).get("splits"), loaded.path, purpose, allow)
 
 
 def options(cfg: DictConfig) -> dict:

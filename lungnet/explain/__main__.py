@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from lungnet.checkpoint import LoadedModel, load_model
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.sources import walk_images
-from lungnet.evaluation.run import check_same_splits
+from lungnet.evaluation.run import recorded_splits
 from lungnet.explain.base import ExplainError
 from lungnet.explain.cams import list_methods
 from lungnet.explain.groundtruth import nih_box_cases, synthetic_cases
@@ -83,9 +83,9 @@ def _dataset(loaded: LoadedModel, split: str, root: str | None):
     if root:
         cfg["root"] = root
     seed = int(loaded.hparams.get("extra", {}).get("seed", 0))
-    dm = LungDataModule(resolve_root(cfg), loaded.spec, seed=seed)
+    expected = recorded_splits(loaded, "explain", allow=True)  # heatmaps of changed splits: a warning
+    dm = LungDataModule(resolve_root(cfg), loaded.spec, seed=seed, expected_splits=expected)
     dm.setup("test")
-    check_same_splits(loaded, dm, allow=True)  # heatmaps of changed splits are still heatmaps: a warning
     if split not in dm.datasets:
         raise ExplainError(f"Split '{split}' is empty for {loaded.path}; use images=train|val|test|<folder>|<csv>")
     return dm.datasets[split], dm.source.root

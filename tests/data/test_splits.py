@@ -1,7 +1,16 @@
 import numpy as np
 import pandas as pd
+import pytest
 
-from lungnet.data.splits import assign_splits, changed_splits, check_patient_overlap, split_fingerprint, write_splits
+from lungnet.data.sources import DataError
+from lungnet.data.splits import (
+    ExpectedSplits,
+    assign_splits,
+    changed_splits,
+    check_patient_overlap,
+    split_fingerprint,
+    write_splits,
+)
 
 
 def _table(n=200, patients=True):
@@ -79,3 +88,9 @@ def test_split_fingerprint_follows_the_images_not_their_paths():
         f"train ({n_train} images then, {n_train} now)",
         f"val ({n_val} images then, {n_val} now)",
     ]
+    expected = ExpectedSplits(before, "m.ckpt", "evaluate")
+    expected.verify(moved, "/elsewhere")  # the same images: passes
+    with pytest.raises(DataError, match=r"m\.ckpt differ .*train \(\d+ images then.*data\.allow_leakage=true"):
+        expected.verify(swapped, "/data")
+    ExpectedSplits(before, "m.ckpt", "explain", allow=True).verify(swapped, "/data")  # a warning only
+    ExpectedSplits(None, "old.ckpt", "resume").verify(swapped, "/data")  # nothing recorded: not verified
