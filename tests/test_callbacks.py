@@ -92,3 +92,27 @@ def test_resuming_an_ema_run_without_ema_is_refused(tmp_path):
     )
     with pytest.raises(CheckpointError, match="trained with a weight EMA"):
         train(cfg, run)
+
+
+class BatchNormModes(pl.Callback):
+    """Test-only: per training batch, the epoch and whether every backbone BatchNorm layer is in training mode."""
+
+    instances: list[BatchNormModes] = []
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, bool, bool]] = []
+        BatchNormModes.instances.append(self)
+
+    def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+        norms = [m for m in pl_module.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        frozen = not any(p.requires_grad for p in pl_module.model.backbone.parameters())
+        self.seen.append((trainer.current_epoch, all(m.training for m in norms), frozen))
+
+
+def test_frozen_backbone_normalises_with_its_running_statistics(tmp_path):
+    """Head-only epochs see the features validation sees (BatchNorm in eval mode); unfreezing trains them."""
+    BatchNormModes.instances.clear()
+    _train(tmp_path, "finetune.unfreeze_at_epoch=1", "+callbacks.bn._target_=tests.test_callbacks.BatchNormModes")
+    seen = BatchNormModes.instances[-1].seen
+    assert {s for s in seen if s[0] == 0} == {(0, False, True)}  # frozen: eval-mode BatchNorm
+    assert {s for s in seen if s[0] == 1} == {(1, True, False)}  # unfrozen: trained, batch statistics
