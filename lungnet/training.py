@@ -107,16 +107,6 @@ def validate_config(cfg: DictConfig, source: Source) -> None:
             "checkpoint.select=last with early_stopping.patience>0 would still pick the epoch on val: "
             "set early_stopping.patience=0"
         )
-    frozen = int(OmegaConf.select(cfg, "finetune.unfreeze_at_epoch") or 0)
-    warm = int(OmegaConf.select(cfg, "optim.warmup_epochs") or 0)
-    if frozen and warm and str(OmegaConf.select(cfg, "optim.scheduler")).lower() == "cosine":
-        log.warning(
-            "finetune.unfreeze_at_epoch=%d with optim.warmup_epochs=%d: the head-only epochs run inside the "
-            "learning-rate warm-up (from 0.1 x optim.lr), so the head barely trains before the backbone is "
-            "unfrozen. Set optim.warmup_epochs=0 to train it at optim.lr.",
-            frozen,
-            warm,
-        )
 
 
 def resume_target(run_dir: Path, resume) -> tuple[Path | None, Path]:

@@ -12,9 +12,8 @@ import torch
 from hydra.errors import MissingConfigException
 
 from lungnet.cli import run_safely
-from lungnet.data.datamodule import make_source
 from lungnet.evaluation.run import evaluate
-from lungnet.training import plain, resolve_root, train, validate_config
+from lungnet.training import train
 from tests.conftest import ROOT, compose_cfg, make_class_folders, write_png
 from tests.conftest import TINY as BASE_TINY
 
@@ -144,13 +143,3 @@ def test_evaluate_script_mismatch_exits_2_without_traceback(pneumonia_ckpt, tmp_
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "does not match any label" in proc.stdout + proc.stderr
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [".hydra", "evaluate.log"]
-
-
-def test_head_only_epochs_inside_the_warm_up_are_warned(tmp_path, caplog):
-    base = [f"data.root={tmp_path / 'syn'}", "finetune.unfreeze_at_epoch=1"]
-    for warmup, warned in ((1, True), (0, False)):
-        cfg = compose_cfg("train", [*base, f"optim.warmup_epochs={warmup}"])
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="lungnet"):
-            validate_config(cfg, make_source(resolve_root(plain(cfg.data))))
-        assert any("inside the learning-rate warm-up" in r.getMessage() for r in caplog.records) == warned
