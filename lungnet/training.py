@@ -306,7 +306,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         ckpt = read_checkpoint(ckpt_path)  # weights_only=True
         check_resume_compatible(ckpt, ckpt_path, module, data_cfg, ema=bool(OmegaConf.select(cfg, "ema.decay")))
         resume_from = (int(ckpt["epoch"]) + 1, int(ckpt["global_step"]))
-        expected = ExpectedSplits(ckpt["hyper_parameters"].get("extra", {}).get("splits"), ckpt_path, "resume")
+        expected = ExpectedSplits.of(ckpt["hyper_parameters"], ckpt_path, "resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(run_dir)
     if stale:

@@ -192,6 +192,11 @@ class ExpectedSplits:
     purpose: str
     allow: bool = False
 
+    @classmethod
+    def of(cls, hparams: dict, checkpoint: Path | str, purpose: str, allow: bool = False) -> ExpectedSplits:
+        """The splits recorded in a checkpoint's ``hyper_parameters`` (``hparams``)."""
+        return cls(hparams.get("extra", {}).get("splits"), checkpoint, purpose, allow)
+
     def verify(self, table: pd.DataFrame, root: Path | str) -> None:
         """Checks the splits of ``table`` (images under ``root``) against the recorded ones.
 

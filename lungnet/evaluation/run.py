@@ -67,7 +67,8 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
     cfg = data_config(loaded, overrides)
     seed = int(loaded.hparams.get("extra", {}).get("seed", 0))
     # the splits are recomputed from the data config and seed: they must still hold the training-time images
-    expected = None if split == "all" else recorded_splits(loaded, "evaluate", allow=bool(cfg.get("allow_leakage")))
+    allow = bool(cfg.get("allow_leakage"))
+    expected = None if split == "all" else ExpectedSplits.of(loaded.hparams, loaded.path, "evaluate", allow)
     dm = LungDataModule(cfg, loaded.spec, seed=seed, run_dir=run_dir, expected_splits=expected)
     if split == "all":
         if loaded.multilabel:
@@ -80,11 +81,6 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
         check_compatible(loaded, dm)
         dm.setup("test")
     return dm
-
-
-def recorded_splits(loaded: LoadedModel, purpose: str, allow: bool) -> ExpectedSplits:
-    """The splits ``loaded`` was trained with, for `LungDataModule` to verify (see `ExpectedSplits`)."""
-    return ExpectedSplits(loaded.hparams.get("extra", {}).get("splits"), loaded.path, purpose, allow)
 
 
 def options(cfg: DictConfig) -> dict:

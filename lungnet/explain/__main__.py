@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from lungnet.checkpoint import LoadedModel, load_model
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.sources import walk_images
-from lungnet.evaluation.run import recorded_splits
+from lungnet.data.splits import ExpectedSplits
 from lungnet.explain.base import ExplainError
 from lungnet.explain.cams import list_methods
 from lungnet.explain.groundtruth import nih_box_cases, synthetic_cases
@@ -83,7 +83,8 @@ def _dataset(loaded: LoadedModel, split: str, root: str | None):
     if root:
         cfg["root"] = root
     seed = int(loaded.hparams.get("extra", {}).get("seed", 0))
-    expected = recorded_splits(loaded, "explain", allow=True)  # heatmaps of changed splits: a warning
+    # heatmaps of changed splits are still heatmaps: a warning
+    expected = ExpectedSplits.of(loaded.hparams, loaded.path, "explain", allow=True)
     dm = LungDataModule(resolve_root(cfg), loaded.spec, seed=seed, expected_splits=expected)
     dm.setup("test")
     if split not in dm.datasets:
