@@ -41,6 +41,8 @@ def test_expected_options_exist():
         "densenet201",
         "mobilenetv2",
         "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
     }
     assert set(GROUPS["trainer"]) >= {"cpu", "gpu", "ddp"}
 

