@@ -33,6 +33,11 @@ class LoadedModel:
     path: Path
 
     @property
+    def seed(self) -> int:
+        """The training run's seed: with its data config it recomputes the run's splits (0 when unrecorded)."""
+        return int(self.hparams.get("extra", {}).get("seed", 0))
+
+    @property
     def thresholds(self) -> list[float] | None:
         """Per-class decision thresholds (operating point) when the run fitted them."""
         return self.hparams.get("thresholds")

@@ -64,6 +64,7 @@ def test_checkpoint_is_self_describing_and_safe(trained):
     assert hp["spec"]["input_size"] == 32 and hp["data"]["source"] == "synthetic"
     loaded = load_model(run / "checkpoints" / "best.ckpt")
     assert loaded.model(torch.zeros(1, 1, 32, 32)).shape == (1, 4)
+    assert loaded.seed == hp["extra"]["seed"] == 42  # evaluate and explain recompute the splits with it
 
 
 def test_pickled_checkpoint_is_refused(tmp_path):

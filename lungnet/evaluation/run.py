@@ -65,11 +65,10 @@ def check_compatible(loaded: LoadedModel, dm: LungDataModule) -> None:
 def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: Path) -> LungDataModule:
     """The DataModule for evaluating ``loaded`` on ``split`` (``all``: every image, no split)."""
     cfg = data_config(loaded, overrides)
-    seed = int(loaded.hparams.get("extra", {}).get("seed", 0))
     # the splits are recomputed from the data config and seed: they must still hold the training-time images
     allow = bool(cfg.get("allow_leakage"))
     expected = None if split == "all" else ExpectedSplits.of(loaded.hparams, loaded.path, "evaluate", allow)
-    dm = LungDataModule(cfg, loaded.spec, seed=seed, run_dir=run_dir, expected_splits=expected)
+    dm = LungDataModule(cfg, loaded.spec, seed=loaded.seed, run_dir=run_dir, expected_splits=expected)
     if split == "all":
         if loaded.multilabel:
             raise DataError("split=all reads <root>/<class>/ folders, which cannot hold multi-label targets")

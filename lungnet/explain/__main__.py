@@ -82,10 +82,9 @@ def _dataset(loaded: LoadedModel, split: str, root: str | None):
     cfg = dict(loaded.data)
     if root:
         cfg["root"] = root
-    seed = int(loaded.hparams.get("extra", {}).get("seed", 0))
     # heatmaps of changed splits are still heatmaps: a warning
     expected = ExpectedSplits.of(loaded.hparams, loaded.path, "explain", allow=True)
-    dm = LungDataModule(resolve_root(cfg), loaded.spec, seed=seed, expected_splits=expected)
+    dm = LungDataModule(resolve_root(cfg), loaded.spec, seed=loaded.seed, expected_splits=expected)
     dm.setup("test")
     if split not in dm.datasets:
         raise ExplainError(f"Split '{split}' is empty for {loaded.path}; use images=train|val|test|<folder>|<csv>")
