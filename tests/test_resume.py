@@ -131,17 +131,29 @@ def test_resume_paths(tmp_path):
         find_resume_checkpoint(run, str(tmp_path / "missing"))
 
 
-def test_refused_resume_leaves_the_run_directory_as_it_was(tmp_path):
-    """Changed images change the recomputed splits: resume refuses before rewriting the run's split files."""
+@pytest.mark.parametrize(
+    ("change", "policy"),
+    [("replace", "skip"), ("break", "skip"), ("break", "error")],
+    ids=["replaced", "unreadable-skip", "unreadable-error"],
+)
+def test_refused_resume_leaves_the_run_directory_as_it_was(tmp_path, change, policy):
+    """Changed images change the recomputed splits: resume refuses before rewriting the run's split files.
+
+    A val image replaced by another, or made unreadable (left out under ``on_bad_file=skip``; under ``error`` the
+    changed splits are reported first, so the run's empty ``bad_files.csv`` is not rewritten either).
+    """
     data = make_class_folders(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], 8, ["train", "val"])
     run = tmp_path / "run"
-    args = ["data=pneumoniamnist", f"data.root={data}", *TINY]
+    args = ["data=pneumoniamnist", f"data.root={data}", f"data.on_bad_file={policy}", *TINY]
     train(compose_cfg("train", args), run)
     kept = ["splits/train.csv", "splits/val.csv", "splits/test.csv", "data_report.json", "bad_files.csv"]
     before = {name: (run / name).read_bytes() for name in kept}
-    gone = sorted((data / "val").rglob("*.png"))[0]
-    gone.unlink()
-    write_png(gone.with_name("new.png"), seed=999)  # one val image replaced by another
+    image = sorted((data / "val").rglob("*.png"))[0]
+    if change == "replace":
+        image.unlink()
+        write_png(image.with_name("new.png"), seed=999)
+    else:
+        image.write_bytes(b"not an image")
     resume = ["resume=true", "trainer.max_epochs=2"]
     with pytest.raises(DataError, match=r"differ from those it was trained with: val \(\d+ images then.*resume=false"):
         train(compose_cfg("train", [*args, *resume]), run)

@@ -24,7 +24,7 @@ from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset
 from lungnet.data.sources import DataError, Source, create_source
 from lungnet.data.splits import ExpectedSplits, assign_splits, write_splits
 from lungnet.data.transforms import Normalize, build_transform
-from lungnet.io import write_csv, write_json
+from lungnet.io import write_json
 from lungnet.models.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,17 @@ class LungDataModule(pl.LightningDataModule):
         near = bool(self.cfg["near_duplicates"])
         table = scan_files(table, verify=bool(self.cfg["verify"]), near_duplicates=near and not all_images)
         report = self.run_dir / "bad_files.csv" if writer else None
-        # a run directory being resumed keeps its reports until its splits are verified
-        deferred = report if self.expected_splits is not None and self.cfg["on_bad_file"] == "skip" else None
-        bad = table.loc[table["error"] != "", ["path", "error"]]
-        table = handle_bad_files(table, self.cfg["on_bad_file"], None if deferred else report)
+        scanned = table
+        # a run directory being resumed keeps its reports until its splits are verified: the bad files are
+        # left out of the split as `skip` would, and reported (or refused, `error`) once the splits hold
+        deferred = self.expected_splits is not None
+        if deferred:
+            table = table[table["error"] == ""].reset_index(drop=True)
+        else:
+            table = handle_bad_files(table, self.cfg["on_bad_file"], report)
         if all_images:
+            if deferred:
+                table = handle_bad_files(scanned, self.cfg["on_bad_file"], report)
             table["split"] = "all"
             return table
         table = assign_splits(
@@ -127,10 +133,9 @@ class LungDataModule(pl.LightningDataModule):
             self.cfg["cv_folds"],
             self.cfg["cv_fold"],
         )
-        if self.expected_splits is not None:
+        if deferred:
             self.expected_splits.verify(table, self.source.root)
-        if deferred is not None:
-            write_csv(deferred, bad)
+            handle_bad_files(scanned, self.cfg["on_bad_file"], report)
         self.report = leakage_report(table, int(self.cfg["near_duplicate_threshold"]) if near else None)
         self.report["sizes"] = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
         self.report["class_counts"] = (
