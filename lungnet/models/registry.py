@@ -17,6 +17,7 @@ from lungnet.models.lite_pypi import LiteWeights, lite_weights
 from lungnet.models.simple_cnn import SimpleCNN
 from lungnet.models.specs import ModelSpec
 from lungnet.models.weights import (
+    PYPI_PREFIX,
     WeightsError,
     adapt_first_conv,
     load_into,
@@ -177,7 +178,7 @@ def _pypi_weights(weights: str | None, entry: Entry, name: str) -> LiteWeights |
         WeightsError: an unknown ``pypi:`` source.
         ModelError: Lite weights for another network than ``name``.
     """
-    if not (weights and weights.startswith("pypi:")):
+    if not (weights and weights.startswith(PYPI_PREFIX)):
         return None
     try:
         lite = lite_weights(weights)
