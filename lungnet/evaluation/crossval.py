@@ -4,6 +4,7 @@ Usage, after a k-fold multirun (each fold is one run directory)::
 
     python train.py -m experiment=darkcovidnet_best data.cv_folds=5 data.cv_fold=0,1,2,3,4 checkpoint.select=last
     python -m lungnet.evaluation.crossval runs=outputs/multirun/<date>/<time> [resamples=1000] [out=<dir>]
+    python -m lungnet.evaluation.crossval runs=<variant multirun> baseline=<baseline multirun>
 
 Each fold's validation predictions (``predictions_val.csv``, written by train.py) are pooled into one
 out-of-fold prediction per image. The summary refuses folds that do not belong together: different fold
@@ -11,6 +12,10 @@ counts, seeds, label lists or datasets, a fold seen twice, or validation images 
 With ``checkpoint.select=best`` each fold's epoch was chosen on the same images it is scored on, which
 flatters the numbers; the summary says which was used. Written to ``out`` (default: the multirun
 directory): ``cv_summary.md``, ``cv_summary.json``, ``cv_folds.csv`` and ``oof_predictions.csv``.
+
+With ``baseline=<another k-fold multirun>`` (the same data, seed and folds, e.g. another model or recipe) the
+two are compared on the images of the folds both have: the difference of each pooled metric with a paired
+bootstrap interval (`lungnet.evaluation.stats.paired_bootstrap`), written to ``cv_comparison.md`` / ``.json``.
 """
 
 from __future__ import annotations
@@ -25,12 +30,12 @@ from omegaconf import OmegaConf
 
 from lungnet.data.sources import DataError
 from lungnet.evaluation.report import fmt, fmt_ci, table
-from lungnet.evaluation.stats import bootstrap_ci
+from lungnet.evaluation.stats import bootstrap_ci, paired_bootstrap
 from lungnet.io import write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"runs": None, "resamples": 1000, "seed": 0, "out": None}
+DEFAULTS = {"runs": None, "baseline": None, "resamples": 1000, "seed": 0, "out": None}
 FOLD_METRICS = ("accuracy", "auroc_macro", "f1_macro", "recall_macro", "precision_macro")
 
 
@@ -211,18 +216,100 @@ def write_summary(summary: dict, out: Path) -> Path:
     return write_text(out / "cv_summary.md", render(summary))
 
 
+def compare(variant: dict, baseline: dict, resamples: int = 1000, seed: int = 0) -> dict:
+    """Paired comparison of two cross-validations' pooled out-of-fold predictions on the images both scored.
+
+    Args:
+        variant: a `summarise` result (A).
+        baseline: another one (B), of the same k-fold split.
+
+    Returns:
+        ``{"folds", "images", "variant", "baseline", "metrics"}``, ``metrics`` from `paired_bootstrap` (A - B).
+
+    Raises:
+        DataError: different data, seeds, fold counts or labels, no fold in common, or a common fold whose
+            validation images differ (the splits are not the same).
+    """
+    for key in ("data", "seed", "folds_expected", "multilabel"):
+        if variant[key] != baseline[key]:
+            raise DataError(
+                f"The cross-validations differ in {key}: {variant[key]} vs {baseline[key]}; "
+                "compare runs of the same k-fold split (same data, seed and data.cv_folds)"
+            )
+    folds = sorted(set(variant["folds_found"]) & set(baseline["folds_found"]))
+    if not folds:
+        raise DataError(f"No fold in common: {variant['folds_found']} vs {baseline['folds_found']}")
+    a = variant["oof"][variant["oof"]["fold"].isin(folds)].set_index("path")
+    b = baseline["oof"][baseline["oof"]["fold"].isin(folds)].set_index("path")
+    if list(a.columns) != list(b.columns):
+        raise DataError("The cross-validations predict different labels")
+    for fold in folds:
+        if set(a.index[a["fold"] == fold]) != set(b.index[b["fold"] == fold]):
+            raise DataError(f"Fold {fold} holds different validation images in the two runs: not the same split")
+    b = b.loc[a.index]
+    labels = [c[2:] for c in a.columns if c.startswith("p_")]
+    cols = [f"p_{lab}" for lab in labels]
+    if variant["multilabel"]:
+        targets = np.array([[float(lab in str(t).split("|")) for lab in labels] for t in a["true"].fillna("")])
+    else:
+        targets = a["true"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
+    metrics = paired_bootstrap(
+        a[cols].to_numpy(), b[cols].to_numpy(), targets, variant["multilabel"], resamples=resamples, seed=seed
+    )
+    return {
+        "folds": folds,
+        "images": len(a),
+        "variant": {"model": variant["model"], "runs": variant["runs"]},
+        "baseline": {"model": baseline["model"], "runs": baseline["runs"]},
+        "metrics": metrics,
+    }
+
+
+def render_comparison(result: dict) -> str:
+    """The cv_comparison.md text."""
+    a, b = result["variant"], result["baseline"]
+    rows = [
+        [m, fmt(v["a"]), fmt(v["b"]), f"{v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]", fmt(v["a_better"], 2)]
+        for m, v in result["metrics"].items()
+    ]
+    where = sorted({str(Path(r).parent) for r in a["runs"]}), sorted({str(Path(r).parent) for r in b["runs"]})
+    return "\n".join(
+        [
+            f"# Paired cross-validation comparison: {a['model']} (A) vs {b['model']} (B)",
+            "",
+            f"A: {', '.join(where[0])}; B: {', '.join(where[1])}. Folds {result['folds']}, {result['images']} "
+            "images, each scored out of fold by both. Differences A - B with 95% paired bootstrap intervals "
+            "(the same images resampled for both); the last column is the share of resamples in which A "
+            "scored better (lower, for loss).",
+            "",
+            table(["metric", "A", "B", "A - B [95% CI]", "A better"], rows),
+            "",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Command line: ``runs=<multirun dir> [resamples=1000] [seed=0] [out=<dir>]``."""
     from lungnet.cli import parse_key_values, run_safely
 
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    usage = "python -m lungnet.evaluation.crossval runs=<multirun dir> [resamples=1000] [seed=0] [out=<dir>]"
+    usage = (
+        "python -m lungnet.evaluation.crossval runs=<multirun dir> [baseline=<multirun dir>] [resamples=1000] "
+        "[seed=0] [out=<dir>]"
+    )
     cfg = parse_key_values(argv, DEFAULTS, usage, required=("runs",))
 
     def run() -> Path:
         summary = summarise(find_fold_runs(cfg.runs), int(cfg.resamples), int(cfg.seed))
-        path = write_summary(summary, Path(cfg.out or cfg.runs))
+        out = Path(cfg.out or cfg.runs)
+        path = write_summary(summary, out)
         log.info("Wrote %s\n%s", path, render(summary))
+        if cfg.baseline:
+            base = summarise(find_fold_runs(cfg.baseline), int(cfg.resamples), int(cfg.seed))
+            result = compare(summary, base, int(cfg.resamples), int(cfg.seed))
+            write_json(out / "cv_comparison.json", result)
+            path = write_text(out / "cv_comparison.md", render_comparison(result))
+            log.info("Wrote %s\n%s", path, render_comparison(result))
         return path
 
     return run_safely(run)

@@ -12,7 +12,7 @@ import yaml
 
 from lungnet.data.sources import DataError
 from lungnet.evaluation.compare import find_checkpoints
-from lungnet.evaluation.crossval import find_fold_runs, main, summarise, write_summary
+from lungnet.evaluation.crossval import compare, find_fold_runs, main, summarise, write_summary
 from lungnet.training import train
 from tests.conftest import compose_cfg, make_class_folders
 from tests.evaluation.conftest import TINY
@@ -88,6 +88,33 @@ def test_folds_that_do_not_belong_together_are_refused(cv_runs, tmp_path):
     cfg["new_key_in_a_later_version"] = 1
     config.write_text(yaml.safe_dump(cfg))
     assert summarise(find_fold_runs(mixed), resamples=10)["folds_found"] == [0, 1, 2]
+
+
+def test_two_cross_validations_are_compared_pairwise_on_common_folds(cv_runs, tmp_path):
+    """A variant whose out-of-fold predictions are all right beats the real folds by exactly their error rate."""
+    base = summarise(find_fold_runs(cv_runs), resamples=50)
+    variant = {**base, "oof": base["oof"].copy(), "model": "oracle", "folds_found": [0, 1]}
+    oof = variant["oof"]
+    onehot = pd.get_dummies(oof["true"]).reindex(columns=CLASSES, fill_value=False).to_numpy(dtype=float)
+    oof[[f"p_{c}" for c in CLASSES]] = onehot * 0.98 + 0.01
+    variant["oof"] = oof[oof["fold"] < 2]
+    result = compare(variant, base, resamples=100)
+    assert result["folds"] == [0, 1] and result["images"] == int((base["oof"]["fold"] < 2).sum())
+    acc = result["metrics"]["accuracy"]
+    common = base["oof"][base["oof"]["fold"] < 2]
+    assert acc["a"] == 1.0 and acc["b"] == pytest.approx(float((common["true"] == common["predicted"]).mean()))
+    assert acc["diff"] == pytest.approx(1.0 - acc["b"])
+    with pytest.raises(DataError, match="differ in seed"):
+        compare({**variant, "seed": 7}, base)
+    moved = base["oof"].copy()
+    moved.loc[moved.index[0], "path"] = "/elsewhere/x.png"  # a fold with other images: another split
+    with pytest.raises(DataError, match="different validation images"):
+        compare(variant, {**base, "oof": moved})
+    out = tmp_path / "cmp"
+    main([f"runs={cv_runs}", f"baseline={cv_runs}", f"out={out}", "resamples=20"])
+    md = (out / "cv_comparison.md").read_text()
+    assert "A - B [95% CI]" in md and "| accuracy |" in md
+    assert json.loads((out / "cv_comparison.json").read_text())["metrics"]["accuracy"]["diff"] == 0.0
 
 
 def test_incomplete_cv_is_summarised_with_a_warning_and_bad_input_exits_2(cv_runs, tmp_path, caplog):

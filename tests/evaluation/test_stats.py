@@ -103,6 +103,29 @@ def test_bootstrap_ci_contains_estimate_and_is_seeded(fixed):
     assert 0.02 < a["accuracy"]["hi"] - a["accuracy"]["lo"] < 0.2  # n=400: roughly +-0.05
 
 
+def test_paired_bootstrap_measures_the_difference_on_the_same_images(fixed):
+    p, y = fixed
+    rng = np.random.default_rng(5)
+    # B: A with 20 of its correct predictions turned wrong (moved to another class), otherwise identical
+    b = p.copy()
+    right = np.flatnonzero(p.argmax(1) == y)[:20]
+    b[right] = np.roll(np.eye(3)[y[right]], 1, axis=1) * 0.9 + 0.05
+    out = stats.paired_bootstrap(p, b, y, False, resamples=300, seed=1)
+    acc = out["accuracy"]
+    assert acc["diff"] == pytest.approx(20 / len(y)) and acc["a"] - acc["b"] == pytest.approx(acc["diff"])
+    assert 0 < acc["lo"] < acc["diff"] < acc["hi"] and acc["a_better"] == 1.0
+    # paired: narrower than either model's own interval (the shared images cancel out)
+    single = stats.bootstrap_ci(p, y, LABELS, False, resamples=300, seed=1)["accuracy"]
+    assert acc["hi"] - acc["lo"] < single["hi"] - single["lo"]
+    same = stats.paired_bootstrap(p, p, y, False, resamples=50, seed=1)
+    assert same["auroc_macro"]["diff"] == same["auroc_macro"]["lo"] == same["auroc_macro"]["hi"] == 0.0
+    assert same["loss"]["a_better"] == 0.0
+    noise = np.clip(p + rng.normal(0, 0.2, p.shape), 1e-3, None)
+    assert stats.paired_bootstrap(p, noise / noise.sum(1, keepdims=True), y, False, resamples=50)["loss"]["diff"] < 0
+    with pytest.raises(ValueError, match="same images"):
+        stats.paired_bootstrap(p, p[:-1], y, False)
+
+
 def test_bootstrap_multilabel_has_per_finding_intervals(multilabel):
     p, y = multilabel
     ci = stats.bootstrap_ci(p, y, list("abcd"), True, resamples=100, seed=0)
