@@ -133,6 +133,27 @@ def check_folds(folds: list[dict]) -> None:
         raise DataError(f"{int(paths.duplicated().sum())} validation images appear in more than one fold")
 
 
+def oof_arrays(oof: pd.DataFrame, multilabel: bool) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Labels, (N, C) probabilities and targets of out-of-fold predictions (columns ``true``, ``p_<label>``).
+
+    Multi-label ``true`` holds ``A|B``: one 0/1 target column per finding.
+
+    Raises:
+        DataError: single-label ``true`` values that are not among the ``p_<label>`` columns.
+    """
+    labels = [c[2:] for c in oof.columns if c.startswith("p_")]
+    probs = oof[[f"p_{lab}" for lab in labels]].to_numpy(dtype=np.float64)
+    if multilabel:
+        truth = oof["true"].fillna("").astype(str).str.split("|")
+        return labels, probs, np.array([[float(lab in t) for lab in labels] for t in truth])
+    targets = oof["true"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
+    if pd.isna(targets).any():
+        raise DataError(
+            f"Labels in predictions_val.csv that are not columns p_<label>: {set(oof['true']) - set(labels)}"
+        )
+    return labels, probs, targets
+
+
 def summarise(runs: list[Path], resamples: int = 1000, seed: int = 0) -> dict:
     """Per-fold table, mean and standard deviation, and pooled out-of-fold metrics with bootstrap CIs."""
     folds = sorted((load_fold(r) for r in runs), key=lambda f: f["fold"])
@@ -145,18 +166,8 @@ def summarise(runs: list[Path], resamples: int = 1000, seed: int = 0) -> dict:
         [{"fold": f["fold"], "n": f["val"]["n"], **{m: f["val"].get(m) for m in FOLD_METRICS}} for f in folds]
     )
     oof = pd.concat([f["predictions"].assign(fold=f["fold"]) for f in folds], ignore_index=True)
-    labels = [c[2:] for c in oof.columns if c.startswith("p_")]
-    probs = oof[[f"p_{lab}" for lab in labels]].to_numpy(dtype=np.float64)
     multilabel = "accuracy" not in folds[0]["val"]  # multi-label runs report AUROC/F1 per finding, no accuracy
-    if multilabel:  # "A|B" -> one 0/1 column per finding
-        truth = oof["true"].fillna("").astype(str).str.split("|")
-        targets = np.array([[float(lab in t) for lab in labels] for t in truth])
-    else:
-        targets = oof["true"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
-        if pd.isna(targets).any():
-            raise DataError(
-                f"Labels in predictions_val.csv that are not columns p_<label>: {set(oof['true']) - set(labels)}"
-            )
+    labels, probs, targets = oof_arrays(oof, multilabel)
     pooled = bootstrap_ci(probs, targets, labels, multilabel, resamples=resamples, seed=seed)
     return {
         "multilabel": multilabel,
@@ -247,15 +258,9 @@ def compare(variant: dict, baseline: dict, resamples: int = 1000, seed: int = 0)
         if set(a.index[a["fold"] == fold]) != set(b.index[b["fold"] == fold]):
             raise DataError(f"Fold {fold} holds different validation images in the two runs: not the same split")
     b = b.loc[a.index]
-    labels = [c[2:] for c in a.columns if c.startswith("p_")]
-    cols = [f"p_{lab}" for lab in labels]
-    if variant["multilabel"]:
-        targets = np.array([[float(lab in str(t).split("|")) for lab in labels] for t in a["true"].fillna("")])
-    else:
-        targets = a["true"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
-    metrics = paired_bootstrap(
-        a[cols].to_numpy(), b[cols].to_numpy(), targets, variant["multilabel"], resamples=resamples, seed=seed
-    )
+    _, probs_a, targets = oof_arrays(a, variant["multilabel"])
+    _, probs_b, _ = oof_arrays(b, variant["multilabel"])
+    metrics = paired_bootstrap(probs_a, probs_b, targets, variant["multilabel"], resamples=resamples, seed=seed)
     return {
         "folds": folds,
         "images": len(a),

