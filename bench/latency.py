@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 from lungnet.checkpoint import CheckpointError  # noqa: E402
 from lungnet.data.transforms import Normalize, build_transform, make_pipeline  # noqa: E402
-from lungnet.inference import Preprocessing  # noqa: E402
+from lungnet.hardware import cpu_has_native_bf16, cpu_summary  # noqa: E402
 from lungnet.models.registry import create_model  # noqa: E402
+from lungnet.preprocessing import Preprocessing  # noqa: E402
 
 log = logging.getLogger("bench")
 HEADING = "## CPU inference: eager vs TorchScript vs ONNX Runtime vs OpenVINO"
@@ -104,6 +105,12 @@ def runtimes(model: torch.nn.Module, size: int, tmp: Path, threads: int, int8: b
             return cl_model(x.contiguous(memory_format=torch.channels_last)).numpy()
 
     out["PyTorch eager, channels_last + inference_mode"] = eager_cl
+
+    def eager_bf16(x):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return cl_model(x.contiguous(memory_format=torch.channels_last)).float().numpy()
+
+    out["PyTorch eager, channels_last + bf16 autocast (predict.py precision=bf16)"] = eager_bf16
     example = calib[:1]
     with torch.no_grad():
         traced = torch.jit.trace(model, example, check_trace=False)
@@ -128,7 +135,11 @@ def runtimes(model: torch.nn.Module, size: int, tmp: Path, threads: int, int8: b
         out[f"ONNX Runtime {precision}"] = lambda x, s=session: s.run(None, {"image": x.numpy()})[0]
     try:
         for precision, path in paths.items():
-            out[f"OpenVINO {precision} (same ONNX file)"] = OpenVinoRunner(path, threads).logits
+            # the precision hint is always explicit: OpenVINO's own default is bf16 on AVX-512 BF16 / AMX CPUs
+            out[f"OpenVINO {precision} (same ONNX file)"] = OpenVinoRunner(path, threads, "fp32").logits
+        if cpu_has_native_bf16():
+            runner = OpenVinoRunner(paths["fp32"], threads, "bf16")
+            out["OpenVINO bf16 (fp32 ONNX file, precision=bf16)"] = runner.logits
     except CheckpointError as exc:
         log.warning("OpenVINO rows skipped: %s", exc)
     return out
@@ -173,7 +184,7 @@ def bench_model(name: str, args) -> list[dict]:
 
 
 def trained_check(ckpt: Path, threads: int, calib_n: int, weights: list[str]) -> list[dict]:
-    """int8 against PyTorch on a trained single-label checkpoint: accuracy and agreement on its val split.
+    """int8 and bf16 against PyTorch fp32 on a trained single-label checkpoint: accuracy and agreement on its val split.
 
     One int8 model per ``weights`` encoding is written by ``lungnet.export`` (calibrated on ``calib_n``
     images of the run's train split) and run by ONNX Runtime and by OpenVINO, as predict.py would.
@@ -188,6 +199,15 @@ def trained_check(ckpt: Path, threads: int, calib_n: int, weights: list[str]) ->
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runners = {"PyTorch (checkpoint)": Predictor(ckpt)}
+        if cpu_has_native_bf16():
+            runners["PyTorch bf16 autocast (precision=bf16)"] = Predictor(ckpt, precision="bf16")
+            fp32 = export(ckpt, "onnx", Path(tmp) / "model.onnx")
+            try:
+                runners["OpenVINO bf16 (fp32 ONNX, precision=bf16)"] = Predictor(
+                    fp32, threads=threads, runtime="openvino", precision="bf16"
+                )
+            except CheckpointError as exc:
+                log.warning("OpenVINO skipped: %s", exc)
         for mode in weights:
             q = export(
                 ckpt,
@@ -234,7 +254,9 @@ def machine() -> str:
     model = fields.get("Model name", platform.processor() or "unknown").strip()
     cpus = fields.get("CPU(s)", str(os.cpu_count())).strip()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{model}, {cpus} CPU(s) visible (lscpu), load average at the end {load}"
+    flags = " ".join(cpu_summary()["flags"]) or "none of those lungnet reports"
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16 (bf16 rows omitted)"
+    return f"{model}, {cpus} CPU(s) visible (lscpu), CPU flags {flags} ({bf16}), load average at the end {load}"
 
 
 def _versions() -> str:
@@ -263,7 +285,9 @@ def markdown(rows: list[dict], trained: list[dict], args, command: str, elapsed:
         f"Latency: median of {args.repeats} single-image calls; throughput: batch of {args.batch}, best of 5.",
         "- ONNX files are written by `lungnet.export` (int8: its `quantize_onnx`, static QDQ, per-channel "
         "reduced-range int8 weights, uint8 activations, calibrated on 24 real darkcovidnet X-rays); "
-        "OpenVINO runs the same files through `lungnet.runtimes.OpenVinoRunner` (`predict.py runtime=openvino`).",
+        "OpenVINO runs the same files through `lungnet.runtimes.OpenVinoRunner` (`predict.py runtime=openvino`) "
+        "with its precision hint set explicitly: fp32 rows run fp32 on every CPU (OpenVINO's own default is bf16 "
+        "on AVX-512 BF16 / AMX CPUs); the bf16 rows (`precision=bf16`) appear only on CPUs with native bf16.",
         "- Agreement: max |logit diff| and top-1 agreement with eager PyTorch on 24 other real darkcovidnet X-rays. "
         "The weights here are random, so top-1 agreement says little about int8 accuracy: see the trained "
         "checkpoints below. On a shared CPU (see the load average) absolute numbers drop and ratios are noisy.",

@@ -49,6 +49,7 @@ DEFAULTS = {
     "overlay_max_side": 1024,
     "device": "cpu",
     "runtime": "onnxruntime",  # .onnx models: onnxruntime | openvino
+    "precision": "fp32",  # fp32 | bf16 (checkpoints, or .onnx under runtime=openvino)
     "threads": None,  # ONNX Runtime / OpenVINO threads (None: the runtime's default)
     "log_level": "info",
 }
@@ -121,6 +122,7 @@ class Service:
             "probabilities": {lab: float(p) for lab, p in zip(labels, pred.probs, strict=True)},
             "predicted": row["predicted"],
             "thresholds": list(self.predictor.prep.thresholds) if self.predictor.prep.thresholds else None,
+            "precision": self.predictor.precision,
             "notice": NOTICE,
         }
         if "decision" in row:
@@ -185,7 +187,7 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": predictor.prep.model, "kind": predictor.kind, "labels": predictor.labels}
+        return {"status": "ok", **predictor.describe()}
 
     @app.post("/predict")
     async def predict(request: Request, heatmap: bool = False) -> JSONResponse:
@@ -229,7 +231,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
     usage = "python -m lungnet.app ckpt=<file> [port=8000] [host=127.0.0.1] [max_upload_mb=20] [runtime=onnxruntime]"
     cfg = parse_key_values(argv, DEFAULTS, usage, required=("ckpt",))
-    predictor = run_safely(Predictor, cfg.ckpt, device=str(cfg.device), threads=cfg.threads, runtime=str(cfg.runtime))
+    predictor = run_safely(
+        Predictor,
+        cfg.ckpt,
+        device=str(cfg.device),
+        threads=cfg.threads,
+        runtime=str(cfg.runtime),
+        precision=str(cfg.precision),
+    )
     explain = cfg.explain if predictor.torch_model is not None else None
     app = create_app(predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side))
     log.info("%s Serving %s on http://%s:%d", NOTICE, cfg.ckpt, cfg.host, int(cfg.port))

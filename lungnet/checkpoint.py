@@ -10,14 +10,11 @@ from pathlib import Path
 
 import torch
 
+from lungnet.errors import CheckpointError  # noqa: F401 - re-exported: lungnet.checkpoint.CheckpointError
 from lungnet.models.registry import Classifier, create_model
 from lungnet.models.specs import ModelSpec
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message says why."""
 
 
 @dataclass

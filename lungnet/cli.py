@@ -10,18 +10,14 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from lungnet.checkpoint import CheckpointError
 from lungnet.data.images import ImageReadError
 from lungnet.data.sources import DataError
+from lungnet.errors import CheckpointError, ConfigError
 from lungnet.io import printable
 from lungnet.models.registry import ModelError
 from lungnet.models.weights import WeightsError
 
 log = logging.getLogger("lungnet")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work (unknown option, out of range); the message lists valid ones."""
 
 
 USER_ERRORS = (

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from lungnet.checkpoint import CheckpointError, load_model
-from lungnet.inference import Preprocessing, logits_to_probs
+from lungnet.preprocessing import Preprocessing, logits_to_probs
 from lungnet.runtimes import TORCHSCRIPT_META, open_export, sidecar_path
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import logging
 import os
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,91 +24,11 @@ from tqdm.auto import tqdm
 
 from lungnet.checkpoint import CheckpointError, load_model
 from lungnet.data.images import IMAGE_SUFFIXES, ImageReadError, is_dicom, read_image
-from lungnet.data.transforms import Normalize, build_transform, make_pipeline
+from lungnet.data.transforms import build_transform
 from lungnet.evaluation.predict import predictions_table
+from lungnet.preprocessing import Preprocessing, logits_to_probs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Everything needed to turn an image file into the model's input, and its outputs into decisions.
-
-    Attributes:
-        labels: class names in output order.
-        multilabel: sigmoid outputs (independent findings) instead of softmax.
-        input_size: square side the model was trained at.
-        in_chans: input channels.
-        mean: per-channel normalisation mean.
-        std: per-channel normalisation std.
-        resize: ``squash`` or ``pad`` (as in training).
-        downsample_to: side every image was first reduced to in training (``data.downsample_to``), or None.
-        thresholds: per-class operating point, or None.
-        model: the lungnet model name (informative).
-    """
-
-    labels: tuple[str, ...]
-    multilabel: bool
-    input_size: int
-    in_chans: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    resize: str = "squash"
-    thresholds: tuple[float, ...] | None = None
-    model: str = ""
-    downsample_to: int | None = None
-
-    def pipeline(self):
-        """Image (H, W) float in [0, 1] -> normalised tensor (C, S, S), the evaluation transform."""
-        return make_pipeline(
-            build_transform(self.input_size, None, self.resize, self.downsample_to),
-            Normalize(self.mean, self.std, self.in_chans),
-        )
-
-    def to_dict(self) -> dict:
-        """Plain JSON types."""
-        d = asdict(self)
-        d["labels"], d["mean"], d["std"] = list(self.labels), list(self.mean), list(self.std)
-        d["thresholds"] = list(self.thresholds) if self.thresholds is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocessing:
-        """Inverse of `to_dict` (unknown keys, e.g. a sidecar's ``format``, are ignored)."""
-        try:
-            thr = d.get("thresholds")
-            return cls(
-                labels=tuple(str(x) for x in d["labels"]),
-                multilabel=bool(d["multilabel"]),
-                input_size=int(d["input_size"]),
-                in_chans=int(d["in_chans"]),
-                mean=tuple(float(x) for x in d["mean"]),
-                std=tuple(float(x) for x in d["std"]),
-                resize=str(d.get("resize") or "squash"),
-                thresholds=tuple(float(x) for x in thr) if thr is not None else None,
-                model=str(d.get("model", "")),
-                downsample_to=int(d["downsample_to"]) if d.get("downsample_to") else None,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"Preprocessing record is incomplete or malformed ({exc!r}): {d}") from exc
-
-    @classmethod
-    def from_loaded(cls, loaded) -> Preprocessing:
-        """From a `LoadedModel`: the spec's trained input size, mean/std, channels and the data config's resize."""
-        spec = loaded.spec
-        thr = loaded.thresholds
-        return cls(
-            labels=tuple(loaded.labels),
-            multilabel=loaded.multilabel,
-            input_size=int(spec.input_size),
-            in_chans=int(spec.in_chans),
-            mean=tuple(spec.mean),
-            std=tuple(spec.std),
-            resize=str(loaded.data.get("resize") or "squash"),
-            thresholds=tuple(float(t) for t in thr) if thr is not None else None,
-            model=spec.name,
-            downsample_to=int(loaded.data["downsample_to"]) if loaded.data.get("downsample_to") else None,
-        )
 
 
 @dataclass
@@ -143,21 +63,17 @@ def is_torchscript(path: Path) -> bool:
         return any("/code/" in name for name in zf.namelist())
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
-def logits_to_probs(logits: np.ndarray, multilabel: bool) -> np.ndarray:
-    """Logits (N, C) -> probabilities: sigmoid per finding (multi-label) or softmax over classes."""
-    logits = np.asarray(logits, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-logits)) if multilabel else _softmax(logits)
-
-
 class _TorchBackend:
-    """A lungnet checkpoint run with PyTorch (the only kind that can give heatmaps)."""
+    """A lungnet checkpoint run with PyTorch (the only kind that can give heatmaps); bf16 through autocast."""
 
-    def __init__(self, path: Path, device: str) -> None:
+    runtime = "torch"
+
+    def __init__(self, path: Path, device: str, precision: str = "fp32") -> None:
+        from lungnet.runtimes import check_precision, warn_if_emulated_bf16
+
+        check_precision(precision)
+        warn_if_emulated_bf16(precision)
+        self.precision = precision
         self.loaded = load_model(path)
         self.device = torch.device(device)
         self.model = self.loaded.model.to(self.device).eval()
@@ -165,7 +81,10 @@ class _TorchBackend:
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> np.ndarray:
-        return self.model(batch.to(self.device)).float().cpu().numpy()
+        from lungnet.runtimes import autocast
+
+        with autocast(self.device, self.precision):
+            return self.model(batch.to(self.device)).float().cpu().numpy()
 
 
 def resolve_device(device: str) -> str:
@@ -184,13 +103,20 @@ class Predictor:
         device: ``cpu``, ``cuda`` or ``auto`` (PyTorch models only; ONNX runs on the CPU).
         threads: ONNX Runtime / OpenVINO threads (None: the runtime's default).
         runtime: for ``.onnx`` files, ``onnxruntime`` or ``openvino`` (`lungnet.runtimes`).
+        precision: ``fp32`` (default) or ``bf16`` (checkpoints and TorchScript: torch autocast; ``.onnx``:
+            OpenVINO only). Always explicit, never left to a runtime's own per-CPU default.
 
     Raises:
         CheckpointError: the model file is missing, unsafe or unusable.
     """
 
     def __init__(
-        self, ckpt: str | os.PathLike, device: str = "cpu", threads: int | None = None, runtime: str = "onnxruntime"
+        self,
+        ckpt: str | os.PathLike,
+        device: str = "cpu",
+        threads: int | None = None,
+        runtime: str = "onnxruntime",
+        precision: str = "fp32",
     ) -> None:
         from lungnet.runtimes import check_runtime, open_export
 
@@ -201,22 +127,37 @@ class Predictor:
         self.path = path
         device = resolve_device(device)
         if path.suffix.lower() == ".onnx" or is_torchscript(path):
-            self.backend = open_export(path, device, threads, runtime)
+            self.backend = open_export(path, device, threads, runtime, precision)
             self.kind = self.backend.kind
         else:
-            self.backend = _TorchBackend(path, device)
+            self.backend = _TorchBackend(path, device, precision)
             self.kind = "checkpoint"
+        self.precision: str = self.backend.precision  # what actually runs, read back from the runtime
         self.prep: Preprocessing = self.backend.prep
         self.labels = list(self.prep.labels)
         self._pipeline = self.prep.pipeline()
         log.info(
-            "Loaded %s (%s): %d classes, %d px, resize=%s",
+            "Loaded %s (%s, %s, %s): %d classes, %d px, resize=%s",
             path,
             self.kind,
+            self.backend.runtime,
+            self.precision,
             len(self.labels),
             self.prep.input_size,
             self.prep.resize,
         )
+
+    def describe(self) -> dict:
+        """What runs: model file, kind, runtime and precision, and the input contract (for run records)."""
+        return {
+            "model_file": str(self.path),
+            "kind": self.kind,
+            "runtime": self.backend.runtime,
+            "precision": self.precision,
+            "model": self.prep.model,
+            "labels": self.labels,
+            "input_size": self.prep.input_size,
+        }
 
     @property
     def torch_model(self) -> torch.nn.Module | None:
@@ -409,11 +350,17 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
     from PIL import Image
 
     from lungnet.explain.base import ExplainError
-    from lungnet.io import write_csv
+    from lungnet.io import write_csv, write_json
 
     run_dir = Path(run_dir)
     runtime = str(cfg.get("runtime") or "onnxruntime")
-    predictor = Predictor(cfg.ckpt, device=str(cfg.device), threads=cfg.get("threads"), runtime=runtime)
+    predictor = Predictor(
+        cfg.ckpt,
+        device=str(cfg.device),
+        threads=cfg.get("threads"),
+        runtime=runtime,
+        precision=str(cfg.get("precision") or "fp32"),
+    )
     exp = cfg.get("explain") or {}  # the explain config group (conf/explain/<method>.yaml), absent by default
     explain = exp.get("method")
     options = {k: v for k, v in {"cam_layer": exp.get("cam_layer"), **(exp.get("options") or {})}.items() if v}
@@ -443,5 +390,6 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
     table = pd.DataFrame(rows)
     table = table[[c for c in columns if c in table] + [c for c in table if c not in columns]]
     path = write_csv(run_dir / "predictions.csv", table)
+    write_json(run_dir / "prediction.json", {**predictor.describe(), "images": len(rows), "unreadable": failed})
     log.info("%d images classified, %d unreadable (see the error column); wrote %s", len(rows) - failed, failed, path)
     return path

@@ -3,6 +3,11 @@
 `open_export` is the one way in. Every runner exposes ``prep`` (the `Preprocessing` recorded at export,
 read from the ``<file>.json`` sidecar or from the copy embedded in the file) and ``logits(batch)``.
 
+Precision is explicit (``precision=fp32|bf16``, default fp32) and recorded on every runner: OpenVINO's CPU
+plugin would otherwise pick bf16 by itself on CPUs with AVX-512 BF16 or AMX, so the same file would give other
+numbers on other machines. bf16 runs under OpenVINO (its inference precision hint) and for TorchScript (torch
+autocast); ONNX Runtime runs what the file holds (fp32, or int8 kernels for an int8 export).
+
 The same ``.onnx`` file (fp32, or int8 written by ``python -m lungnet.export ... int8=true``) runs
 under either runtime. OpenVINO reads int8 QDQ graphs as real int8 kernels and is the fastest CPU path
 measured for densenet121 (docs/benchmarks.md); ONNX Runtime is the default because it is the smaller,
@@ -20,14 +25,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungnet.checkpoint import CheckpointError
-from lungnet.inference import Preprocessing
+from lungnet.errors import CheckpointError
+from lungnet.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".json"
 TORCHSCRIPT_META = "lungnet.json"  # extra file inside exported TorchScript archives
 RUNTIMES = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16")
+OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+def check_precision(precision: str) -> None:
+    """Raises CheckpointError for a precision other than ``fp32`` or ``bf16``."""
+    if precision not in PRECISIONS:
+        raise CheckpointError(f"Unknown precision '{precision}': choose {' or '.join(PRECISIONS)}")
+
+
+def warn_if_emulated_bf16(precision: str) -> None:
+    """bf16 on a CPU without native bf16 runs, but emulated and slower: say so."""
+    from lungnet.hardware import cpu_has_native_bf16
+
+    if precision == "bf16" and not cpu_has_native_bf16():
+        log.warning("precision=bf16 on a CPU without AVX-512 BF16 or AMX: emulated, likely slower than fp32")
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:
@@ -78,6 +99,7 @@ class OnnxRunner:
 
     kind = "onnx"
     runtime = "onnxruntime"
+    precision = "fp32"  # what the graph holds: fp32 maths (an int8 export runs its int8 kernels)
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         try:
@@ -107,23 +129,32 @@ class OpenVinoRunner:
     Args:
         path: the ``.onnx`` file.
         threads: inference threads (None: OpenVINO's default, all cores).
+        precision: ``fp32`` (default) or ``bf16``: OpenVINO's inference precision hint, always set (its own
+            default is bf16 on CPUs with AVX-512 BF16 or AMX). ``precision`` afterwards holds what the
+            compiled model reports.
     """
 
     kind = "onnx"
     runtime = "openvino"
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, precision: str = "fp32") -> None:
+        check_precision(precision)
         try:
             import openvino as ov
         except ImportError as exc:
             raise CheckpointError("runtime=openvino needs OpenVINO: pip install openvino") from exc
-        config: dict = {"PERFORMANCE_HINT": "LATENCY"}
+        warn_if_emulated_bf16(precision)
+        config: dict = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision]}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
             self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         except RuntimeError as exc:
             raise CheckpointError(f"{path} is not a model OpenVINO can load: {exc}") from exc
+        hint = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = "bf16" if "bf16" in hint.lower() or "bfloat16" in hint.lower() else "fp32"
+        if self.precision != precision:
+            log.warning("OpenVINO runs %s although precision=%s was asked (%s)", self.precision, precision, hint)
         self.request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request; the web app may call from several threads
         self.prep = Preprocessing.from_dict(read_record(path, _onnx_embedded_record(path)))
@@ -141,12 +172,16 @@ class TorchScriptRunner:
     Args:
         path: the TorchScript file.
         device: torch device.
+        precision: ``fp32`` or ``bf16`` (torch autocast).
     """
 
     kind = "torchscript"
     runtime = "torch"
 
-    def __init__(self, path: Path, device: str = "cpu") -> None:
+    def __init__(self, path: Path, device: str = "cpu", precision: str = "fp32") -> None:
+        check_precision(precision)
+        warn_if_emulated_bf16(precision)
+        self.precision = precision
         extra = {TORCHSCRIPT_META: ""}
         self.device = torch.device(device)
         try:
@@ -159,7 +194,13 @@ class TorchScriptRunner:
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         """Logits (N, K) for a preprocessed batch."""
-        return self.model(batch.to(self.device)).float().cpu().numpy()
+        with autocast(self.device, self.precision):
+            return self.model(batch.to(self.device)).float().cpu().numpy()
+
+
+def autocast(device: torch.device, precision: str):
+    """A torch autocast context for ``bf16`` (a no-op context for ``fp32``)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def check_runtime(runtime: str) -> None:
@@ -169,15 +210,27 @@ def check_runtime(runtime: str) -> None:
 
 
 def open_export(
-    path: str | os.PathLike, device: str = "cpu", threads: int | None = None, runtime: str = "onnxruntime"
+    path: str | os.PathLike,
+    device: str = "cpu",
+    threads: int | None = None,
+    runtime: str = "onnxruntime",
+    precision: str = "fp32",
 ) -> OnnxRunner | OpenVinoRunner | TorchScriptRunner:
     """Opens an ``.onnx`` file with ``runtime`` (onnxruntime or openvino), anything else as TorchScript.
 
     Raises:
-        CheckpointError: unknown runtime, missing runtime package, or an unloadable file.
+        CheckpointError: unknown runtime or precision, bf16 asked of ONNX Runtime, missing runtime package,
+            or an unloadable file.
     """
     path = Path(path)
     check_runtime(runtime)
+    check_precision(precision)
     if path.suffix.lower() != ".onnx":
-        return TorchScriptRunner(path, device)
-    return OpenVinoRunner(path, threads) if runtime == "openvino" else OnnxRunner(path, threads)
+        return TorchScriptRunner(path, device, precision)
+    if runtime == "openvino":
+        return OpenVinoRunner(path, threads, precision)
+    if precision != "fp32":
+        raise CheckpointError(
+            f"precision={precision} needs runtime=openvino for .onnx models (ONNX Runtime runs the file as it is)"
+        )
+    return OnnxRunner(path, threads)

@@ -21,8 +21,8 @@ from lungnet.data.images import read_image
 from lungnet.explain.base import ExplainError
 from lungnet.explain.cams import make_explainer
 from lungnet.explain.overlay import save_grid, save_side_by_side
-from lungnet.inference import Preprocessing
 from lungnet.io import write_csv
+from lungnet.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 

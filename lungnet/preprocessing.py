@@ -1,0 +1,108 @@
+"""The input contract of a trained model: how an image file becomes its input tensor, and its logits into probabilities.
+
+`Preprocessing` is recorded in checkpoints (through the model spec and data config) and in export sidecars, and
+read back by `lungnet.inference.Predictor`, `lungnet.runtimes` and `lungnet.explain`: one definition for every
+path from a file to a decision. It sits beside the transforms (`lungnet.data.transforms`), below everything that
+runs a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from lungnet.data.transforms import Normalize, build_transform, make_pipeline
+from lungnet.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything needed to turn an image file into the model's input, and its outputs into decisions.
+
+    Attributes:
+        labels: class names in output order.
+        multilabel: sigmoid outputs (independent findings) instead of softmax.
+        input_size: square side the model was trained at.
+        in_chans: input channels.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+        resize: ``squash`` or ``pad`` (as in training).
+        downsample_to: side every image was first reduced to in training (``data.downsample_to``), or None.
+        thresholds: per-class operating point, or None.
+        model: the lungnet model name (informative).
+    """
+
+    labels: tuple[str, ...]
+    multilabel: bool
+    input_size: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = "squash"
+    thresholds: tuple[float, ...] | None = None
+    model: str = ""
+    downsample_to: int | None = None
+
+    def pipeline(self):
+        """Image (H, W) float in [0, 1] -> normalised tensor (C, S, S), the evaluation transform."""
+        return make_pipeline(
+            build_transform(self.input_size, None, self.resize, self.downsample_to),
+            Normalize(self.mean, self.std, self.in_chans),
+        )
+
+    def to_dict(self) -> dict:
+        """Plain JSON types."""
+        d = asdict(self)
+        d["labels"], d["mean"], d["std"] = list(self.labels), list(self.mean), list(self.std)
+        d["thresholds"] = list(self.thresholds) if self.thresholds is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        """Inverse of `to_dict` (unknown keys, e.g. a sidecar's ``format``, are ignored)."""
+        try:
+            thr = d.get("thresholds")
+            return cls(
+                labels=tuple(str(x) for x in d["labels"]),
+                multilabel=bool(d["multilabel"]),
+                input_size=int(d["input_size"]),
+                in_chans=int(d["in_chans"]),
+                mean=tuple(float(x) for x in d["mean"]),
+                std=tuple(float(x) for x in d["std"]),
+                resize=str(d.get("resize") or "squash"),
+                thresholds=tuple(float(x) for x in thr) if thr is not None else None,
+                model=str(d.get("model", "")),
+                downsample_to=int(d["downsample_to"]) if d.get("downsample_to") else None,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"Preprocessing record is incomplete or malformed ({exc!r}): {d}") from exc
+
+    @classmethod
+    def from_loaded(cls, loaded) -> Preprocessing:
+        """From a `LoadedModel`: the spec's trained input size, mean/std, channels and the data config's resize."""
+        spec = loaded.spec
+        thr = loaded.thresholds
+        return cls(
+            labels=tuple(loaded.labels),
+            multilabel=loaded.multilabel,
+            input_size=int(spec.input_size),
+            in_chans=int(spec.in_chans),
+            mean=tuple(spec.mean),
+            std=tuple(spec.std),
+            resize=str(loaded.data.get("resize") or "squash"),
+            thresholds=tuple(float(t) for t in thr) if thr is not None else None,
+            model=spec.name,
+            downsample_to=int(loaded.data["downsample_to"]) if loaded.data.get("downsample_to") else None,
+        )
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def logits_to_probs(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Logits (N, C) -> probabilities: sigmoid per finding (multi-label) or softmax over classes."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-logits)) if multilabel else _softmax(logits)
