@@ -325,3 +325,42 @@ def find_decision(
         log.info("No decision file %s: arg-max decisions, no prediction sets, no OOD gate", path.name)
         return None, None
     return read_decision(path, model_file if verify else None, labels), path
+
+
+def export_fields(checkpoint: str | os.PathLike, labels: list[str]) -> dict:
+    """What `lungnet.export` records about decisions: the checkpoint's hash and its decision record (without the
+    OOD gate, which needs the penultimate features an export does not output)."""
+    path = Path(checkpoint)
+    record, where = find_decision("auto", path, labels)
+    fields_ = {"source_sha256": sha256_file(path), "decision": None, "decision_file": None}
+    if record is not None:
+        record.ood = None
+        fields_.update(decision=record.to_dict(), decision_file=str(where))
+    return fields_
+
+
+def export_decision(
+    choice: str | os.PathLike | None, sidecar: dict, labels: list[str], where: Path
+) -> tuple[DecisionRecord | None, str | None]:
+    """An export's decision record: ``auto`` the one its sidecar carries (`export_fields`), ``none`` none, a path
+    that file (it must have been fitted for the checkpoint the export was made from).
+
+    Raises:
+        CheckpointError: a decision file of another checkpoint, or malformed.
+    """
+    text = "auto" if choice is None else str(choice)
+    if text.lower() in ("none", "false", "off"):
+        return None, None
+    if text.lower() != "auto":
+        chosen = read_decision(text, None, labels)
+        if sidecar.get("source_sha256") and chosen.checkpoint_sha256 != sidecar["source_sha256"]:
+            raise CheckpointError(
+                f"decision file {text} was fitted for another checkpoint than the one {where.name} was exported from"
+            )
+        return chosen, text
+    if not sidecar.get("decision"):
+        return None, None
+    try:
+        return DecisionRecord.from_dict(sidecar["decision"]), f"{where} (copied from {sidecar.get('decision_file')})"
+    except ValueError as exc:
+        raise CheckpointError(f"the decision record in {where} cannot be read: {exc}") from exc

@@ -14,14 +14,17 @@ below 0.01 the report says that the coverage is not guaranteed on this split.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from scipy.stats import ks_2samp  # noqa: E402
 
+from lungnet.checkpoint import load_model  # noqa: E402
 from lungnet.decision import (  # noqa: E402
     ABSTAIN,
     NO_FINDING,
@@ -33,6 +36,7 @@ from lungnet.decision import (  # noqa: E402
 )
 from lungnet.errors import CheckpointError  # noqa: E402
 from lungnet.evaluation import plots, stats  # noqa: E402
+from lungnet.evaluation.predict import model_outputs  # noqa: E402
 from lungnet.ood import OodGate  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,14 @@ def coverage(record: DecisionRecord, scores) -> float:
     return float(hits.mean()) if len(hits) else float("nan")
 
 
+def plain_outputs(model, dm, split: str, multilabel: bool, device: str = "cpu"):
+    """Outputs with features on ``split`` through the evaluation pipeline (the train split without augmentation)."""
+    key = f"{split}:plain"
+    if key not in dm.datasets:
+        dm.datasets[key] = dm.make_dataset(dm.table[dm.table["split"] == split], train=False)
+    return model_outputs(model, dm.loader(key), multilabel, device, f"Features of {split}", True, split)
+
+
 def gate(ev, existing: DecisionRecord | None) -> OodGate | None:
     """The OOD gate: the decision file's, else fitted on the training split's features and thresholded on val."""
     opts = ev.cfg.get("ood") or {}
@@ -81,14 +93,44 @@ def gate(ev, existing: DecisionRecord | None) -> OodGate | None:
     if "train" not in ev.dm.datasets or ev.fit.name != "val":
         log.info("No OOD gate: it is fitted on the training split and thresholded on val, and this data has neither")
         return None
-    return fit_gate(ev.outputs("train", features=True), ev.fit, ev.loaded.multilabel, opts)
+    train = plain_outputs(ev.loaded.model, ev.dm, "train", ev.loaded.multilabel, ev.device)
+    return fit_gate(train, ev.fit, ev.loaded.multilabel, opts.get("dims"), opts.get("quantile"))
 
 
-def fit_gate(train, val, multilabel: bool, opts) -> OodGate:
-    """Fits the OOD gate on ``train``'s features and sets its threshold on ``val``'s (`lungnet.ood`)."""
+def fit_gate(train, val, multilabel: bool, dims: int | None = None, quantile: float | None = None) -> OodGate:
+    """Fits the OOD gate on ``train``'s features and sets its threshold on ``val``'s (`lungnet.ood`; None: its
+    defaults)."""
     classes = None if multilabel else train.targets
-    fitted = OodGate.fit(train.features, classes, int(opts.get("dims", 64)), fit_split=train.name, layer="backbone")
-    return fitted.calibrate(val.features, float(opts.get("quantile", 0.95)), val.name)
+    extra = {"dims": int(dims)} if dims else {}
+    fitted = OodGate.fit(train.features, classes, fit_split=train.name, layer="backbone", **extra)
+    return fitted.calibrate(val.features, split=val.name, **({"quantile": float(quantile)} if quantile else {}))
+
+
+def fit_ood_gate(ckpt, dm) -> Path | None:
+    """Training's last step: fits the OOD gate of the best checkpoint (train features, threshold on val) and stores
+    it in ``<ckpt stem>.decision.json`` (keeping an operating point already there for the same checkpoint)."""
+    if not {"train", "val"} <= set(dm.datasets):
+        log.info("No OOD gate: it needs a train and a val split")
+        return None
+    loaded = load_model(ckpt)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    outs = [plain_outputs(loaded.model, dm, s, loaded.multilabel, device) for s in ("train", "val")]
+    path = decision_path(ckpt)
+    record = new_record(loaded.labels, loaded.multilabel, ckpt)
+    if path.is_file():
+        try:
+            record = read_decision(path, ckpt, loaded.labels)
+        except CheckpointError as exc:
+            log.info("Replacing %s: %s", path.name, exc)
+    record.ood = fit_gate(*outs, loaded.multilabel)
+    record.write(path)
+    log.info(
+        "OOD gate fitted on %d training images, threshold %.3g (0.95 of val): %s",
+        len(outs[0].targets),
+        record.ood.threshold,
+        path,
+    )
+    return path
 
 
 def build_record(ev) -> tuple[DecisionRecord, str]:
