@@ -434,7 +434,7 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
             row["heatmap"] = str(out.relative_to(run_dir))
         failed += not pred.ok
         rows.append(row)
-    columns = ["file", "decision", "prediction_set", "ood", "ood_score", "predicted", "confidence"]
+    columns = ["file", "predicted", "confidence", "decision", "prediction_set", "ood", "ood_score", "decision_reason"]
     columns += [f"p_{lab}" for lab in predictor.labels]
     table = pd.DataFrame(rows)
     table = table[[c for c in columns if c in table] + [c for c in table if c not in columns]]
