@@ -2,12 +2,15 @@
 
 ``python -m lungnet.app ckpt=<best.ckpt|model.onnx> [port=8000] [host=127.0.0.1] [max_upload_mb=20]``
 
-- ``GET /``: one HTML page (inline CSS/JS, nothing fetched from elsewhere): upload an image or DICOM,
-  see the class probabilities and the Grad-CAM overlay.
-- ``POST /predict`` (multipart, field ``file``; ``?heatmap=true`` adds a PNG overlay as base64):
-  JSON probabilities. Errors are JSON ``{"error": ...}`` with 400 (no file), 413 (too large),
-  422 (not a readable image) or 501 (heatmap asked of an export).
-- ``GET /health``: model name and labels.
+- ``GET /``: one HTML page (inline CSS/JS, nothing fetched from elsewhere): the model, its training data and
+  validation metrics at the top; upload an image or DICOM, see the decision, the prediction set, an OOD warning,
+  the calibrated probabilities, and the original image beside its Grad-CAM overlay with a colour scale.
+- ``POST /predict`` (multipart, field ``file``; ``?heatmap=true`` adds the image and a PNG overlay as base64):
+  JSON decision (or ``abstain`` with a reason), prediction set, OOD flag and calibrated probabilities, from the
+  checkpoint's decision file (``decision=auto|none|<file>``). Errors are JSON ``{"error": ...}`` with 400 (no
+  file), 413 (too large), 422 (not a readable image) or 501 (heatmap asked of an export).
+- ``GET /health``: model name and labels; ``GET /model``: the model card's summary (model, training data,
+  validation metrics) and the card; ``GET /docs``: the OpenAPI documentation (served locally, no CDN).
 
 Uploads stay in memory and a private temporary folder; the client's file name is only echoed back
 (its suffix is used only when it is one of the known image suffixes). Nothing from the request is
@@ -28,6 +31,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -51,6 +55,7 @@ DEFAULTS = {
     "runtime": "onnxruntime",  # .onnx models: onnxruntime | openvino
     "precision": "fp32",  # fp32 | bf16 (checkpoints, or .onnx under runtime=openvino)
     "threads": None,  # ONNX Runtime / OpenVINO threads (None: the runtime's default)
+    "decision": "auto",  # auto: <ckpt stem>.decision.json when present | none | <file> (lungnet.decision)
     "log_level": "info",
 }
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the file itself
@@ -69,6 +74,24 @@ def safe_name(name: str | None) -> str:
     base = PurePath((name or "upload").replace("\\", "/")).name
     cleaned = "".join(ch for ch in base if ch.isprintable())[:120]
     return cleaned if cleaned.strip(". ") else "upload"
+
+
+def _gray_rgb(image: np.ndarray) -> np.ndarray:
+    """A decoded grayscale image in [0, 1] as RGB uint8 (the original beside the overlay)."""
+    gray = np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def model_info(predictor: Predictor) -> dict:
+    """What the page shows at the top: model, input, decision facts and the model-card summary."""
+    record = predictor.decision
+    card = predictor.path.with_name(f"{predictor.path.stem}.model_card.md")
+    return {
+        **predictor.describe(),
+        "summary": record.summary if record is not None else {},
+        "model_card": card.read_text(encoding="utf-8") if card.is_file() else None,
+        "notice": NOTICE,
+    }
 
 
 def _png_base64(rgb: np.ndarray, max_side: int) -> str:
@@ -112,6 +135,16 @@ class Service:
         if not pred.ok:
             reason = str(pred.row.get("error", "unreadable")).replace(str(path), name)
             return 422, {"error": f"{name} could not be read as an image or DICOM file: {reason}", "file": name}
+        body = self.answer(pred, name)
+        if heatmap:
+            side = self.overlay_max_side
+            body["heatmap_png_base64"] = _png_base64(self.predictor.overlay(pred, self.alpha), side)
+            body["image_png_base64"] = _png_base64(_gray_rgb(pred.image), side)
+            body["heatmap_method"] = self.explain
+        return 200, body
+
+    def answer(self, pred, name: str) -> dict:
+        """The JSON answer for one classified image (decision, set, OOD flag, calibrated probabilities)."""
         labels = self.predictor.labels
         row = pred.row
         body = {
@@ -127,10 +160,19 @@ class Service:
         }
         if "decision" in row:
             body["decision"] = row["decision"]
-        if heatmap:
-            body["heatmap_png_base64"] = _png_base64(self.predictor.overlay(pred, self.alpha), self.overlay_max_side)
-            body["heatmap_method"] = self.explain
-        return 200, body
+        record = self.predictor.decision
+        if record is not None:
+            body.update(
+                decision_reason=row.get("decision_reason") or "",
+                prediction_set=[x for x in str(row.get("prediction_set") or "").split("|") if x],
+                set_level=1 - record.alpha if record.alpha is not None else None,
+                ood=row.get("ood"),
+                ood_score=row.get("ood_score"),
+                calibrated=record.temperature is not None,
+                decision_file=self.predictor.decision_file,
+                decision_split=record.split,
+            )
+        return body
 
 
 async def _limited(request: Request, limit: int):
@@ -174,7 +216,8 @@ def create_app(
         .replace("{{MAX_MB}}", f"{max_upload_mb:g}")
         .replace("{{NOTICE}}", NOTICE)
     )
-    app = FastAPI(title="lungnet", description=NOTICE, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPIOffline(title="lungnet", description=NOTICE, redoc_url=None)  # /docs without a CDN
+    info = model_info(predictor)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -187,10 +230,19 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict:
+        """Model file, labels, runtime, precision and the decision file in use."""
         return {"status": "ok", **predictor.describe()}
+
+    @app.get("/model")
+    def model() -> dict:
+        """Model name, training data and validation metrics (the model card's summary), and the model card."""
+        return info
 
     @app.post("/predict")
     async def predict(request: Request, heatmap: bool = False) -> JSONResponse:
+        """Classify one image (multipart field ``file``): decision at the operating point (or ``abstain`` with a
+        reason), prediction set, OOD flag and score, calibrated probabilities; ``heatmap=true`` adds the original
+        image and a Grad-CAM overlay as base64 PNGs."""
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_bytes + MULTIPART_SLACK:
             await _drain(request, drain_cap)
@@ -238,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=cfg.threads,
         runtime=str(cfg.runtime),
         precision=str(cfg.precision),
+        decision=cfg.decision,
     )
     explain = cfg.explain if predictor.torch_model is not None else None
     app = create_app(predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side))

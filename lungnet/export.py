@@ -4,7 +4,9 @@
 ``python -m lungnet.export ckpt=<best.ckpt> int8=true calib=<folder|glob|run/splits/train.csv> [calib_n=64]``
 
 Writes the model file and a JSON sidecar ``<file>.json`` (labels, multilabel, input size, mean/std,
-in_chans, resize, thresholds, model name, precision). The same record is embedded in the file itself (ONNX
+in_chans, resize, thresholds, model name, precision, and the checkpoint's decision record from
+``<ckpt stem>.decision.json`` when present: temperature, operating point, conformal scores; not the OOD gate).
+The same record is embedded in the file itself (ONNX
 ``metadata_props`` key ``lungnet`` plus one key per field; a ``lungnet.json`` extra file in the
 TorchScript archive), so `lungnet.inference.Predictor` and ``predict.py ckpt=model.onnx`` can use an
 export alone (`lungnet.runtimes`: ONNX Runtime or OpenVINO, no torch model). An fp32 export is checked
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from lungnet.checkpoint import CheckpointError, load_model
+from lungnet.decision import export_fields
 from lungnet.preprocessing import Preprocessing, logits_to_probs
 from lungnet.runtimes import TORCHSCRIPT_META, open_export, sidecar_path
 
@@ -300,6 +303,7 @@ def export(
     default = loaded.path.with_suffix(".int8.onnx" if int8 else FORMATS[fmt])
     out = Path(out) if out else default
     record = {**_record(prep, fmt, loaded.path), "precision": "int8" if int8 else "fp32"}
+    record.update(export_fields(loaded.path, loaded.labels))  # <ckpt stem>.decision.json, when present
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         staged = Path(tmp) / out.name

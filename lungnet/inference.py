@@ -11,6 +11,7 @@ A file that cannot be read becomes an error row; the others go on.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import zipfile
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from lungnet.checkpoint import CheckpointError, load_model
 from lungnet.data.images import IMAGE_SUFFIXES, ImageReadError, is_dicom, read_image
 from lungnet.data.transforms import build_transform
+from lungnet.decision import DecisionRecord, Decisions, export_decision, find_decision
 from lungnet.evaluation.predict import predictions_table
 from lungnet.preprocessing import Preprocessing, logits_to_probs
 
@@ -81,10 +83,17 @@ class _TorchBackend:
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> np.ndarray:
+        return self.outputs(batch)[0]
+
+    @torch.inference_mode()
+    def outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, penultimate features) for the OOD gate."""
         from lungnet.runtimes import autocast
 
         with autocast(self.device, self.precision):
-            return self.model(batch.to(self.device)).float().cpu().numpy()
+            features = self.model.backbone(batch.to(self.device))
+            logits = self.model.head(features)
+        return logits.float().cpu().numpy(), features.float().cpu().numpy()
 
 
 def resolve_device(device: str) -> str:
@@ -105,6 +114,9 @@ class Predictor:
         runtime: for ``.onnx`` files, ``onnxruntime`` or ``openvino`` (`lungnet.runtimes`).
         precision: ``fp32`` (default) or ``bf16`` (checkpoints and TorchScript: torch autocast; ``.onnx``:
             OpenVINO only). Always explicit, never left to a runtime's own per-CPU default.
+        decision: ``auto`` (the checkpoint's ``<stem>.decision.json`` when present; an export's own record),
+            ``none``, or a decision file (`lungnet.decision`): operating point, temperature, prediction sets and
+            the OOD gate (checkpoints only: it needs the penultimate features).
 
     Raises:
         CheckpointError: the model file is missing, unsafe or unusable.
@@ -117,6 +129,7 @@ class Predictor:
         threads: int | None = None,
         runtime: str = "onnxruntime",
         precision: str = "fp32",
+        decision: str | os.PathLike | None = "auto",
     ) -> None:
         from lungnet.runtimes import check_runtime, open_export
 
@@ -136,6 +149,7 @@ class Predictor:
         self.prep: Preprocessing = self.backend.prep
         self.labels = list(self.prep.labels)
         self._pipeline = self.prep.pipeline()
+        self.decision, self.decision_file = self._decision(decision)
         log.info(
             "Loaded %s (%s, %s, %s): %d classes, %d px, resize=%s",
             path,
@@ -147,8 +161,23 @@ class Predictor:
             self.prep.resize,
         )
 
+    def _decision(self, choice) -> tuple[DecisionRecord | None, str | None]:
+        """The decision record (see ``decision``) and where it came from."""
+        if self.kind == "checkpoint":
+            record, path = find_decision(choice, self.path, self.labels)
+            where = str(path) if path else None
+        else:
+            from lungnet.runtimes import sidecar_path
+
+            side = sidecar_path(self.path)
+            sidecar = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
+            record, where = export_decision(choice, sidecar, self.labels, side)
+        if record is not None:
+            log.info("Decisions from %s (fitted on %s, rule %s)", where, record.split, record.rule)
+        return record, where
+
     def describe(self) -> dict:
-        """What runs: model file, kind, runtime and precision, and the input contract (for run records)."""
+        """What runs: model file, kind, runtime and precision, the input contract and the decision file."""
         return {
             "model_file": str(self.path),
             "kind": self.kind,
@@ -157,7 +186,15 @@ class Predictor:
             "model": self.prep.model,
             "labels": self.labels,
             "input_size": self.prep.input_size,
+            "decision_file": self.decision_file,
+            "decision": self.decision.describe() if self.decision is not None else None,
         }
+
+    def outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, penultimate features or None) for a preprocessed batch (features: checkpoints only)."""
+        if self.kind == "checkpoint":
+            return self.backend.outputs(batch)
+        return self.backend.logits(batch), None
 
     @property
     def torch_model(self) -> torch.nn.Module | None:
@@ -181,8 +218,12 @@ class Predictor:
         return image, self.preprocess(image)
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        """Class probabilities (N, C) for a preprocessed batch (N, C, S, S)."""
-        return logits_to_probs(self.backend.logits(batch), self.prep.multilabel)
+        """Class probabilities (N, C) for a preprocessed batch (N, C, S, S), calibrated when the decision record
+        has a temperature."""
+        logits = self.backend.logits(batch)
+        if self.decision is not None:
+            return self.decision.calibrated(logits)
+        return logits_to_probs(logits, self.prep.multilabel)
 
     def heatmaps(self, batch: torch.Tensor, method: str = "gradcam", **options) -> np.ndarray:
         """Class-activation heatmaps (N, S, S) in [0, 1] for the predicted class of each image.
@@ -206,8 +247,9 @@ class Predictor:
             maps = explain(model, batch, method=method, multilabel=self.prep.multilabel, **options)
         return np.asarray(maps, dtype=np.float32)
 
-    def rows(self, files: Sequence[str], probs: np.ndarray) -> list[dict]:
-        """CSV rows (file, predicted, confidence, decision, p_<label>..., error) for classified files."""
+    def rows(self, files: Sequence[str], probs: np.ndarray, decisions: Decisions | None = None) -> list[dict]:
+        """CSV rows (file, predicted, confidence, decision, p_<label>..., error) for classified files; with
+        ``decisions`` also decision_reason, prediction_set, ood and ood_score."""
         table = predictions_table(
             list(files),
             probs,
@@ -217,6 +259,9 @@ class Predictor:
             list(self.prep.thresholds) if self.prep.thresholds is not None else None,
         )
         table = table.rename(columns={"path": "file"})
+        if decisions is not None:
+            for key, values in decisions.columns(self.labels).items():
+                table[key] = values
         table["error"] = ""
         return table.to_dict("records")
 
@@ -273,9 +318,11 @@ class Predictor:
             index.append(i)
         if tensors:
             batch = torch.stack(tensors)
-            probs = self.probabilities(batch)
+            logits, features = self.outputs(batch)
+            decided = self.decision.decide(logits, features) if self.decision is not None else None
+            probs = decided.probs if decided is not None else logits_to_probs(logits, self.prep.multilabel)
             maps = self.heatmaps(batch, explain, **options) if explain else None
-            rows = self.rows([files[i] for i in index], probs)
+            rows = self.rows([files[i] for i in index], probs, decided)
             for k, i in enumerate(index):
                 heat = self.unpad(maps[k], images[k].shape) if maps is not None else None
                 results[i] = Prediction(
@@ -360,6 +407,7 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
         threads=cfg.get("threads"),
         runtime=runtime,
         precision=str(cfg.get("precision") or "fp32"),
+        decision=cfg.get("decision", "auto"),
     )
     exp = cfg.get("explain") or {}  # the explain config group (conf/explain/<method>.yaml), absent by default
     explain = exp.get("method")
@@ -386,10 +434,26 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
             row["heatmap"] = str(out.relative_to(run_dir))
         failed += not pred.ok
         rows.append(row)
-    columns = ["file", "predicted", "confidence", "decision", *[f"p_{lab}" for lab in predictor.labels]]
+    columns = ["file", "predicted", "confidence", "decision", "prediction_set", "ood", "ood_score", "decision_reason"]
+    columns += [f"p_{lab}" for lab in predictor.labels]
     table = pd.DataFrame(rows)
     table = table[[c for c in columns if c in table] + [c for c in table if c not in columns]]
     path = write_csv(run_dir / "predictions.csv", table)
-    write_json(run_dir / "prediction.json", {**predictor.describe(), "images": len(rows), "unreadable": failed})
+    flagged = int(sum(bool(r.get("ood")) for r in rows))
+    facts = {**predictor.describe(), "images": len(rows), "unreadable": failed, "ood_flagged": flagged}
+    facts["abstained"] = int(sum(r.get("decision") == "abstain" for r in rows))
+    write_json(run_dir / "prediction.json", facts)
+    if predictor.decision is not None:
+        log.info(
+            "Decisions from %s (fitted on %s): %d abstained, %d flagged out-of-distribution",
+            predictor.decision_file,
+            predictor.decision.split,
+            facts["abstained"],
+            flagged,
+        )
+    else:
+        log.info(
+            "No decision file (decision=%s): arg-max decisions, no prediction sets, no OOD gate", cfg.get("decision")
+        )
     log.info("%d images classified, %d unreadable (see the error column); wrote %s", len(rows) - failed, failed, path)
     return path

@@ -35,6 +35,7 @@ from lungnet.data.datamodule import LungDataModule, make_source
 from lungnet.data.sources import Source
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
 from lungnet.evaluation.curves import write_training_curves
+from lungnet.evaluation.decisions import fit_ood_gate
 from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.io import remove_stale_temporaries, write_csv, write_json, write_text
 from lungnet.metrics import compute_metrics, metric_collection
@@ -340,6 +341,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if not best.is_file():
         raise CheckpointError(f"Training ended without a checkpoint in {run_dir / 'checkpoints'}")
     results = evaluate_splits(best, dm, run_dir, ("val", "test"))
+    fit_ood_gate(best, dm)  # the OOD gate in <best stem>.decision.json (issue #15; lungnet.evaluation.decisions)
     results.update(
         best_checkpoint=str(best),
         epochs_trained=int(trainer.current_epoch),

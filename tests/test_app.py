@@ -15,12 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import uvicorn
 from PIL import Image
 
 from lungnet import app as app_module
 from lungnet.app import NOTICE, create_app, safe_name
+from lungnet.decision import decision_path, new_record
 from lungnet.inference import Predictor
+from lungnet.ood import OodGate
+from lungnet.preprocessing import logits_to_probs
 from tests.conftest import ROOT, shared
 from tests.test_inference import LABELS, make_checkpoint
 
@@ -43,9 +47,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fit_decision(ckpt: Path, per_class: int = 30) -> Path:
+    """A decision file for ``ckpt`` fitted on real DarkCovidNet X-rays (conformal scores, OOD gate, summary)."""
+    pred = Predictor(ckpt, decision="none")
+    files, classes = [], []
+    for j, lab in enumerate(LABELS):
+        found = sorted((shared("darkcovidnet") / lab).glob("*.jpg"))[:per_class]
+        files += found
+        classes += [j] * len(found)
+    y = np.array(classes)
+    logits, features = pred.outputs(torch.stack([pred.load(f)[1] for f in files]))
+    record = new_record(LABELS, False, ckpt)
+    record.split, record.temperature, record.alpha = "val", 1.0, 0.1
+    record.conformal_scores = 1 - logits_to_probs(logits, False)[np.arange(len(y)), y]
+    record.ood = OodGate.fit(features[::2], y[::2], dims=16).calibrate(features[1::2])
+    ci = {"value": 0.5, "lo": 0.4, "hi": 0.6}
+    record.summary = {"data_name": "darkcovidnet", "split": "val", "n": len(y), "accuracy": ci, "auroc_macro": ci}
+    return record.write(decision_path(ckpt))
+
+
+def photo(tmp_path: Path) -> Path:
+    """skimage's astronaut: a natural photograph."""
+    data = pytest.importorskip("skimage.data")
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     ckpt = make_checkpoint(tmp_path_factory.mktemp("app") / "best.ckpt", size=32, thresholds=[0.3, 0.5, 0.4])
+    fit_decision(ckpt)
     app = create_app(Predictor(ckpt), max_upload_mb=LIMIT_MB)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -95,6 +127,24 @@ def test_api_predict_returns_probabilities(server):
     assert body["predicted"] == max(body["probabilities"], key=body["probabilities"].get)
     assert "decision" in body and body["thresholds"] == [0.3, 0.5, 0.4]
     assert body["notice"] == NOTICE and "heatmap_png_base64" not in body
+
+
+def test_api_returns_the_decision_set_and_ood_flag(server, tmp_path):
+    status, body = post(f"{server}/predict", "chest.jpg", xray().read_bytes())
+    assert status == 200 and body["decision_split"] == "val" and body["decision_file"].endswith("best.decision.json")
+    assert body["decision"] in [*LABELS, "abstain"] and set(body["prediction_set"]) <= set(LABELS)
+    assert body["ood"] is False and body["ood_score"] > 0 and body["calibrated"] is True
+    status, body = post(f"{server}/predict", "astronaut.png", photo(tmp_path).read_bytes())
+    assert status == 200 and body["ood"] is True and body["decision"] == "abstain"
+    assert body["decision_reason"].startswith("unlike the training images")
+    with urllib.request.urlopen(f"{server}/model", timeout=30) as resp:
+        info = json.loads(resp.read())
+    assert info["summary"]["data_name"] == "darkcovidnet" and info["decision"]["split"] == "val"
+    with urllib.request.urlopen(f"{server}/docs", timeout=30) as resp:
+        page = resp.read().decode()
+    assert "swagger-ui" in page.lower() and "cdn" not in page.lower()  # OpenAPI docs served locally
+    with urllib.request.urlopen(f"{server}/openapi.json", timeout=30) as resp:
+        assert "/predict" in json.loads(resp.read())["paths"]
 
 
 def test_api_heatmap_and_dicom(server):
@@ -151,13 +201,24 @@ def test_page_in_headless_chromium(server, tmp_path):
             page = browser.new_page(viewport={"width": 1100, "height": 800})
             page.goto(server)
             assert "not a diagnostic device" in page.inner_text("#notice")
+            sync_api.expect(page.locator("#model")).to_contain_text("trained on darkcovidnet", timeout=30_000)
             page.set_input_files("#file", str(xray()))
             page.click("#submit")
             page.wait_for_selector("#overlay[src^='data:image/png;base64,']", timeout=60_000)
             names = page.locator("#labels li .name").all_inner_texts()
             assert sorted(names) == sorted(LABELS)
-            assert page.locator("#overlay").evaluate("img => img.complete && img.naturalWidth") > 0
+            for img in ("#overlay", "#original"):
+                assert page.locator(img).evaluate("img => img.complete && img.naturalWidth") > 0
+            assert page.locator("#decision").inner_text().startswith("Decision: ")
+            assert page.locator("#setline").is_visible() and page.locator("#scale").is_visible()
+            assert page.locator("#ood").is_hidden()
             page.screenshot(path=str(ARTIFACTS / "app_result.png"), full_page=True)
+
+            page.set_input_files("#file", str(photo(tmp_path)))
+            page.click("#submit")
+            sync_api.expect(page.locator("#ood")).to_contain_text("unlike the training images", timeout=60_000)
+            assert page.locator("#decision").inner_text() == "Decision: abstain"
+            page.screenshot(path=str(ARTIFACTS / "app_ood.png"), full_page=True)
 
             page.set_input_files("#file", str(text))
             page.click("#submit")

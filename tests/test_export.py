@@ -16,7 +16,7 @@ from lungnet.checkpoint import CheckpointError, load_model
 from lungnet.export import calibration_sets, export, main, sidecar_path
 from lungnet.inference import Predictor, run_batch
 from tests.conftest import CONF, shared
-from tests.test_inference import LABELS, make_checkpoint
+from tests.test_inference import LABELS, make_checkpoint, xray
 
 
 def real_batch(predictor: Predictor, n: int = 3) -> torch.Tensor:
@@ -170,3 +170,26 @@ def test_export_refuses_a_file_name_that_does_not_fit_the_format(tmp_path):
     with pytest.raises(CheckpointError, match="does not fit format=torchscript"):
         export(ckpt, "torchscript", tmp_path / "model.onnx")
     assert not list(tmp_path.glob("model.*"))
+
+
+def test_export_carries_the_decision_file(tmp_path):
+    """The checkpoint's <stem>.decision.json travels in the sidecar: same decisions and sets (no OOD gate)."""
+    from lungnet.decision import decision_path, new_record
+
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
+    record = new_record(LABELS, False, ckpt)
+    record.split, record.temperature, record.alpha = "val", 0.5, 0.2
+    record.positive_class, record.thresholds = "Covid-19", {"Covid-19": 0.3}
+    record.conformal_scores = np.linspace(0.3, 0.9, 40)
+    record.write(decision_path(ckpt))
+    out = export(ckpt, "onnx")
+    side = json.loads(sidecar_path(out).read_text())
+    assert side["decision"]["thresholds"] == {"Covid-19": 0.3} and side["decision"]["ood"] is None
+    assert side["decision_file"] == str(decision_path(ckpt)) and len(side["source_sha256"]) == 64
+    files = [xray(k=k) for k in range(4)]
+    from_ckpt, from_onnx = Predictor(ckpt).predict(files), Predictor(out).predict(files)
+    for a, b in zip(from_ckpt, from_onnx, strict=True):
+        assert a["decision"] == b["decision"] and a["prediction_set"] == b["prediction_set"]
+        assert a["p_Covid-19"] == pytest.approx(b["p_Covid-19"], abs=1e-4)
+    assert Predictor(out).describe()["decision"]["split"] == "val"
+    assert "prediction_set" not in Predictor(out, decision="none").predict(files)[0]
