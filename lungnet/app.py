@@ -51,6 +51,7 @@ DEFAULTS = {
     "runtime": "onnxruntime",  # .onnx models: onnxruntime | openvino
     "precision": "fp32",  # fp32 | bf16 (checkpoints, or .onnx under runtime=openvino)
     "threads": None,  # ONNX Runtime / OpenVINO threads (None: the runtime's default)
+    "trust_export": False,  # TorchScript (.pt/.ts) holds code: served only when started with trust_export=true
     "log_level": "info",
 }
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the file itself
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=cfg.threads,
         runtime=str(cfg.runtime),
         precision=str(cfg.precision),
+        trust_export=bool(cfg.trust_export),
     )
     explain = cfg.explain if predictor.torch_model is not None else None
     app = create_app(predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side))

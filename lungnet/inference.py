@@ -13,7 +13,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lungnet.checkpoint import CheckpointError, load_model
+from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, is_torchscript, load_model
 from lungnet.data.images import IMAGE_SUFFIXES, ImageReadError, is_dicom, read_image
 from lungnet.data.transforms import build_transform
 from lungnet.evaluation.predict import predictions_table
@@ -53,14 +52,6 @@ class Prediction:
     def ok(self) -> bool:
         """True when the image was read and classified."""
         return self.probs is not None
-
-
-def is_torchscript(path: Path) -> bool:
-    """True for a TorchScript archive (a zip with a ``code/`` folder), not a state-dict checkpoint."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any("/code/" in name for name in zf.namelist())
 
 
 class _TorchBackend:
@@ -98,13 +89,16 @@ class Predictor:
     """Classifies image files with a checkpoint or an exported model.
 
     Args:
-        ckpt: a lungnet ``.ckpt``, an ``.onnx`` file or a TorchScript file (exports need their sidecar
-            or embedded record, as written by `lungnet.export`).
+        ckpt: a lungnet ``.ckpt``, an ``.onnx`` file or a TorchScript ``.pt``/``.ts`` file (exports need their
+            sidecar or embedded record, as written by `lungnet.export`). The name decides the loader: ``.onnx``
+            runs under ``runtime``; TorchScript content in a ``.pt``/``.ts`` file runs only with
+            ``trust_export``; everything else goes through the ``weights_only`` checkpoint loader.
         device: ``cpu``, ``cuda`` or ``auto`` (PyTorch models only; ONNX runs on the CPU).
         threads: ONNX Runtime / OpenVINO threads (None: the runtime's default).
         runtime: for ``.onnx`` files, ``onnxruntime`` or ``openvino`` (`lungnet.runtimes`).
         precision: ``fp32`` (default) or ``bf16`` (checkpoints and TorchScript: torch autocast; ``.onnx``:
             OpenVINO only). Always explicit, never left to a runtime's own per-CPU default.
+        trust_export: run TorchScript (code) from a ``.pt``/``.ts`` file; without it such a file is refused.
 
     Raises:
         CheckpointError: the model file is missing, unsafe or unusable.
@@ -117,6 +111,7 @@ class Predictor:
         threads: int | None = None,
         runtime: str = "onnxruntime",
         precision: str = "fp32",
+        trust_export: bool = False,
     ) -> None:
         from lungnet.runtimes import check_runtime, open_export
 
@@ -126,8 +121,9 @@ class Predictor:
             raise CheckpointError(f"Model file not found: {path}")
         self.path = path
         device = resolve_device(device)
-        if path.suffix.lower() == ".onnx" or is_torchscript(path):
-            self.backend = open_export(path, device, threads, runtime, precision)
+        suffix = path.suffix.lower()
+        if suffix == ".onnx" or (suffix in TORCHSCRIPT_SUFFIXES and is_torchscript(path)):
+            self.backend = open_export(path, device, threads, runtime, precision, trust_export)
             self.kind = self.backend.kind
         else:
             self.backend = _TorchBackend(path, device, precision)
@@ -360,6 +356,7 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
         threads=cfg.get("threads"),
         runtime=runtime,
         precision=str(cfg.get("precision") or "fp32"),
+        trust_export=bool(cfg.trust_export),
     )
     exp = cfg.get("explain") or {}  # the explain config group (conf/explain/<method>.yaml), absent by default
     explain = exp.get("method")
