@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, is_torchscript, load_model
 from lungnet.data.images import IMAGE_SUFFIXES, ImageReadError, is_dicom, read_image
-from lungnet.data.transforms import build_transform
+from lungnet.data.transforms import build_transform, fit_within
 from lungnet.evaluation.predict import predictions_table
 from lungnet.preprocessing import Preprocessing, logits_to_probs
 
@@ -38,8 +38,9 @@ class Prediction:
         file: the file as given.
         row: plain values (file, predicted, confidence, decision, p_<label>..., error).
         probs: class probabilities, None on error.
-        image: the decoded grayscale image (kept only when a heatmap was asked for).
-        heatmap: heatmap in [0, 1] at the original image size, or None.
+        image: the decoded grayscale image, reduced to ``image_max_side`` when given (kept only when a heatmap
+            was asked for).
+        heatmap: heatmap in [0, 1] cropped to the image content (model-input resolution), or None.
     """
 
     file: str
@@ -227,6 +228,7 @@ class Predictor:
         explain: str | None = None,
         progress: bool = False,
         explain_options: dict | None = None,
+        image_max_side: int | None = None,
     ) -> Iterator[Prediction]:
         """Classifies files in batches; yields one `Prediction` per file, in order.
 
@@ -236,12 +238,16 @@ class Predictor:
             explain: a CAM method name (e.g. ``gradcam``) to compute heatmaps, or None.
             progress: show a tqdm progress bar.
             explain_options: ``cam_layer`` and method options passed to the explainer.
+            image_max_side: with ``explain``, the image kept for the overlay is reduced to this long side right
+                after the model input is made from the full decode (None: kept at full size). The model input
+                is the same either way.
         """
         paths = [str(p) for p in paths]
         bar = tqdm(total=len(paths), desc="Predicting", unit="img", disable=not progress)
+        options = explain_options or {}
         try:
             for start in range(0, len(paths), max(1, batch_size)):
-                yield from self._predict_batch(paths[start : start + batch_size], explain, explain_options or {})
+                yield from self._predict_batch(paths[start : start + batch_size], explain, options, image_max_side)
                 bar.update(min(batch_size, len(paths) - start))
         finally:
             bar.close()
@@ -250,7 +256,9 @@ class Predictor:
         """CSV-ready rows, one per file (error rows for unreadable files)."""
         return [p.row for p in self.predict_iter(paths, batch_size, progress=progress)]
 
-    def _predict_batch(self, files: list[str], explain: str | None, options: dict) -> list[Prediction]:
+    def _predict_batch(
+        self, files: list[str], explain: str | None, options: dict, image_max_side: int | None = None
+    ) -> list[Prediction]:
         results: list[Prediction | None] = [None] * len(files)
         images, tensors, index = [], [], []
         for i, file in enumerate(files):
@@ -264,7 +272,8 @@ class Predictor:
                 log.warning("Skipping %s: %s", file, exc)
                 results[i] = Prediction(file, self.error_row(file, f"cannot preprocess image ({exc})"))
                 continue
-            images.append(image)
+            # only what an overlay needs is kept (the full decode is released here, not at the batch's end)
+            images.append(fit_within(image, image_max_side) if explain else None)
             tensors.append(tensor)
             index.append(i)
         if tensors:
@@ -292,7 +301,7 @@ class Predictor:
         return heatmap[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
 
     def overlay(self, prediction: Prediction, alpha: float = 0.45) -> np.ndarray:
-        """RGB uint8 overlay of ``prediction``'s heatmap on its image, at the original image size."""
+        """RGB uint8 overlay of ``prediction``'s heatmap on its image, at the size of its kept image."""
         from lungnet.explain.overlay import overlay
 
         if prediction.image is None or prediction.heatmap is None:

@@ -213,3 +213,14 @@ def test_predictor_downsamples_as_training_did(tmp_path):
     norm = Normalize(loaded.spec.mean, loaded.spec.std, loaded.spec.in_chans)
     torch.testing.assert_close(tensor, make_pipeline(build_transform(32, None, "squash", 16), norm)(image))
     assert not torch.allclose(tensor, make_pipeline(build_transform(32, None, "squash"), norm)(image), atol=0.05)
+
+
+def test_overlay_image_is_reduced_but_the_model_input_is_not(predictor):
+    dicom = shared("dicom") / "RG1_UNCR.dcm"  # 1955 x 1841 px
+    (full,) = predictor.predict_iter([dicom], explain="gradcam")
+    (small,) = predictor.predict_iter([dicom], explain="gradcam", image_max_side=256)
+    assert full.image.shape == (1955, 1841) and small.image.shape == (256, 241)
+    np.testing.assert_array_equal(small.probs, full.probs)  # the model saw the full decode both times
+    assert predictor.overlay(small).shape == (256, 241, 3)
+    (plain,) = predictor.predict_iter([dicom])
+    assert plain.image is None and plain.heatmap is None
