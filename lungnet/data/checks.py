@@ -67,15 +67,19 @@ def scan_files(
 ) -> pd.DataFrame:
     """Hashes every file and (with ``verify`` or ``near_duplicates``) decodes it once.
 
+    A row the source already marked bad (a non-empty ``error``, e.g. a blank label cell) keeps its reason and is
+    not read, so it is reported and skipped (or refused) like an unreadable file.
+
     Returns:
         The table with ``sha1``, ``error`` ('' for good files) and ``dhash`` ('' when not decoded) columns.
     """
     paths = table["path"].tolist()
+    known = table["error"].fillna("").astype(str).tolist() if "error" in table else [""] * len(paths)
     decode = bool(verify or near_duplicates)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(
             tqdm(
-                pool.map(lambda p: _check_one(p, decode), paths),
+                pool.map(lambda p, e: ("", e, "") if e else _check_one(p, decode), paths, known),
                 total=len(paths),
                 desc="Checking images",
                 unit="img",
@@ -110,10 +114,10 @@ def handle_bad_files(table: pd.DataFrame, policy: str, report: Path | None) -> p
     where = f" (full list: {report})" if report is not None else ""
     if policy == "error":
         raise DataError(
-            f"{len(bad)} unreadable image file(s){where}:\n{listing}{more}\n"
+            f"{len(bad)} unusable image file(s) (unreadable, or a blank label){where}:\n{listing}{more}\n"
             "Fix or remove them, or set data.on_bad_file=skip to train without them."
         )
-    log.warning("Skipping %d unreadable image file(s)%s:\n%s%s", len(bad), where, listing, more)
+    log.warning("Skipping %d unusable image file(s) (unreadable, or a blank label)%s:\n%s%s", len(bad), where, listing, more)
     return table[table["error"] == ""].reset_index(drop=True)
 
 

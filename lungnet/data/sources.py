@@ -81,6 +81,36 @@ def walk_images(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def read_label_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A data set's label CSV as text (blank cells are ``""``); refuses, in one line, a file that cannot be it.
+
+    Raises:
+        DataError: empty, not text, not CSV, or lacking one of ``columns``.
+    """
+    expected = f"expected the data set's own CSV with columns {', '.join(columns)}"
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path} is empty: {expected}") from exc
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise DataError(f"{path} is not a readable CSV file ({type(exc).__name__}: {reason}): {expected}") from exc
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{path} lacks columns {missing}: {expected}")
+    return table
+
+
+def blank_cells(table: pd.DataFrame, columns: tuple[str, ...], name: str) -> list[str]:
+    """Per row of a CSV as read, '' or why it is unusable: which of ``columns`` are blank, on which line of ``name``."""
+    blank = [(table[c].str.strip() == "").tolist() for c in columns]
+    reasons = []
+    for line, flags in enumerate(zip(*blank), start=2):  # line 1 is the header
+        which = [f"'{c}'" for c, flag in zip(columns, flags, strict=True) if flag]
+        reasons.append(f"blank {', '.join(which)} in {name} line {line}" if which else "")
+    return reasons
+
+
 class Source:
     """Base class: a dataset on disk.
 
@@ -301,10 +331,8 @@ class NIHSource(Source):
         csv = self.root / self.options.get("csv", "Data_Entry_2017.csv")
         if not csv.is_file():
             raise DataError(f"NIH label file not found: {csv} (dataset '{self.name}'; get it from {self.download})")
-        entries = pd.read_csv(csv)
-        missing = {"Image Index", "Finding Labels", "Patient ID"} - set(entries.columns)
-        if missing:
-            raise DataError(f"{csv} lacks columns {sorted(missing)}: is it the official Data_Entry_2017.csv?")
+        entries = read_label_csv(csv, ("Image Index", "Finding Labels", "Patient ID"))
+        entries["error"] = blank_cells(entries, ("Finding Labels", "Patient ID"), csv.name)
         files = {p.name: str(p) for p in walk_images(self.root)}
         entries["path"] = entries["Image Index"].map(files)
         n_missing = int(entries["path"].isna().sum())
@@ -313,7 +341,7 @@ class NIHSource(Source):
         entries = entries.dropna(subset=["path"]).reset_index(drop=True)
         if entries.empty:
             raise DataError(f"None of the images listed in {csv} were found under {self.root}")
-        entries["patient"] = entries["Patient ID"].astype(str)
+        entries["patient"] = entries["Patient ID"]
         entries["split"] = ""
         for fname, split in (("train_val_list.txt", "trainval"), ("test_list.txt", "test")):
             lst = self.root / fname
@@ -330,11 +358,13 @@ class NIHSource(Source):
                 "label": entries["Finding Labels"],
                 "patient": entries["patient"],
                 "split": entries["split"],
+                "error": entries["error"],  # a row the CSV leaves blank: reported and skipped like a bad file
             }
         )
         findings = entries["Finding Labels"].str.split("|")
         for lab in self.labels:
-            table[lab] = findings.map(lambda f, lab=lab: float(lab in f)).astype(np.float32)
+            table[lab] = np.where(entries["error"] == "", findings.map(lambda f, lab=lab: lab in f), np.nan)
+            table[lab] = table[lab].astype(np.float32)
         return table
 
 
@@ -360,16 +390,17 @@ class NIH6Source(NIHSource):
         entries = self._read_csv()
         keep = entries["Finding Labels"].isin(self.labels)
         log.info("nih6: %d of %d images carry exactly one of %s", int(keep.sum()), len(entries), self.labels)
-        entries = entries[keep].reset_index(drop=True)
+        entries = entries[keep | (entries["error"] != "")].reset_index(drop=True)  # bad rows go on to be reported
         return pd.DataFrame(
             {
                 "path": entries["path"],
                 "label": entries["Finding Labels"],
-                "target": entries["Finding Labels"].map(self.labels.index).astype(int),
+                "target": entries["Finding Labels"].map({lab: i for i, lab in enumerate(self.labels)}).fillna(-1),
                 "patient": entries["patient"],
                 "split": entries["split"],
+                "error": entries["error"],
             }
-        )
+        ).astype({"target": int})
 
 
 SOURCES: dict[str, type[Source]] = {

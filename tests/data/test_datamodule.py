@@ -1,7 +1,9 @@
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -49,6 +51,26 @@ def test_bad_file_skipped_or_error(tiny_folder, tmp_path):
     assert "broken.png" in (tmp_path / "r" / "bad_files.csv").read_text()
     with pytest.raises(DataError, match="broken.png"):
         LungDataModule(_cfg("pneumonia", tiny_folder, on_bad_file="error"), SPEC).setup()
+
+
+def test_blank_nih_label_cells_are_bad_rows(tiny_nih, tmp_path):
+    """A blank Finding Labels or Patient ID cell: the row is reported in bad_files.csv and skipped, or stops."""
+    csv = tiny_nih / "Data_Entry_2017.csv"
+    rows = [line.split(",") for line in csv.read_text().splitlines()]
+    rows[2][1] = ""  # line 3: 00000001_001.png, Effusion
+    rows[4][3] = " "  # line 5: 00000002_000.png, Pneumonia
+    csv.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    blank = {"00000001_001.png": "blank 'Finding Labels' in Data_Entry_2017.csv line 3",
+             "00000002_000.png": "blank 'Patient ID' in Data_Entry_2017.csv line 5"}
+    for source in ("nih14", "nih6"):
+        run = tmp_path / source
+        dm = LungDataModule(_cfg(source, tiny_nih, val_fraction=0.2, intensity_check=False), SPEC, run_dir=run)
+        dm.setup()
+        bad = pd.read_csv(run / "bad_files.csv")
+        assert {Path(p).name: e for p, e in zip(bad["path"], bad["error"], strict=True)} == blank
+        assert not set(dm.table["path"].map(lambda p: Path(p).name)) & set(blank)
+        with pytest.raises(DataError, match="blank 'Finding Labels' in Data_Entry_2017.csv line 3"):
+            LungDataModule(_cfg(source, tiny_nih, on_bad_file="error"), SPEC).setup()
 
 
 def test_class_weights_and_sampler(tmp_path):

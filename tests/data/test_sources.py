@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -66,6 +67,21 @@ def test_nih6_keeps_single_findings_only(tiny_nih):
     table = create_source("nih6", tiny_nih).scan()
     assert "Atelectasis|Effusion" not in set(table["label"])
     assert set(table["label"]) <= {"No Finding", "Effusion", "Pneumonia", "Infiltration"}
+
+
+GARBAGE = bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"", "is empty"), (GARBAGE, "is not a readable CSV file"), (b"a,b\n1,2\n", "lacks columns")],
+)
+def test_an_unusable_nih_csv_is_one_clear_line(tiny_nih, content, expected):
+    (tiny_nih / "Data_Entry_2017.csv").write_bytes(content)
+    for source in ("nih14", "nih6"):
+        with pytest.raises(DataError, match=expected) as exc:
+            create_source(source, tiny_nih).scan()
+        assert "\n" not in str(exc.value) and "Data_Entry_2017.csv" in str(exc.value)
 
 
 # --- the real sets in ../shared/data -------------------------------------------------------------
