@@ -10,6 +10,10 @@ class ConfigError(ValueError):
     """A configuration value that cannot work (unknown option, out of range); the message lists valid ones."""
 
 
+class DataError(ValueError):
+    """A data set that cannot be used as configured; the message says what to do."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint or exported model that cannot be used; the message says why."""
 

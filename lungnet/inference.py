@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, is_torchscript, load_model
 from lungnet.data.images import IMAGE_SUFFIXES, ImageReadError, is_dicom, read_image
+from lungnet.data.sources import DataError
 from lungnet.data.transforms import build_transform, fit_within
 from lungnet.evaluation.predict import predictions_table
 from lungnet.preprocessing import Preprocessing, logits_to_probs
@@ -398,4 +399,6 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
     path = write_csv(run_dir / "predictions.csv", table)
     write_json(run_dir / "prediction.json", {**predictor.describe(), "images": len(rows), "unreadable": failed})
     log.info("%d images classified, %d unreadable (see the error column); wrote %s", len(rows) - failed, failed, path)
+    if rows and failed == len(rows):  # the rows are written; the exit status says that nothing was classified
+        raise DataError(f"None of the {len(rows)} input file(s) could be read as an image; reasons in {path}")
     return path

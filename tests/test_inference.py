@@ -200,6 +200,21 @@ def test_predict_script_user_error_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2 and "Model file not found" in output and "Traceback" not in output
 
 
+def test_predict_script_exits_non_zero_when_nothing_could_be_classified(ckpt, tmp_path):
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (data / "b.jpg").write_bytes(b"")
+    out = tmp_path / "outputs"
+    proc = _script([f"ckpt={ckpt}", f"input={data}", f"paths.output_dir={out}"], tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "None of the 2 input file(s) could be read" in output, output[-3000:]
+    assert "Traceback" not in output
+    (run,) = list((out / "predict").glob("*/*"))
+    table = pd.read_csv(run / "predictions.csv", keep_default_na=False)  # the rows are still written
+    assert table["file"].map(lambda f: Path(f).name).tolist() == ["a.png", "b.jpg"] and table["error"].all()
+
+
 def test_predictor_downsamples_as_training_did(tmp_path):
     path = make_checkpoint(tmp_path / "down.ckpt")
     ckpt = torch.load(path, weights_only=True)

@@ -24,6 +24,8 @@ import pandas as pd
 
 from lungnet import labels as L
 from lungnet.data.images import IMAGE_SUFFIXES
+from lungnet.data.tables import blank_cells, one_row_per_file, read_label_csv
+from lungnet.errors import DataError  # noqa: F401 - re-exported: lungnet.data.sources.DataError
 from lungnet.io import printable
 
 log = logging.getLogger(__name__)
@@ -37,10 +39,6 @@ SPLIT_ALIASES = {
     "test": "test",
     "testing": "test",
 }
-
-
-class DataError(ValueError):
-    """A data set that cannot be used as configured; the message says what to do."""
 
 
 def walk_images(folder: Path) -> list[Path]:
@@ -79,36 +77,6 @@ def walk_images(folder: Path) -> list[Path]:
             if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
                 found.append(Path(dirpath) / name)
     return sorted(found)
-
-
-def read_label_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """A data set's label CSV as text (blank cells are ``""``); refuses, in one line, a file that cannot be it.
-
-    Raises:
-        DataError: empty, not text, not CSV, or lacking one of ``columns``.
-    """
-    expected = f"expected the data set's own CSV with columns {', '.join(columns)}"
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except pd.errors.EmptyDataError as exc:
-        raise DataError(f"{path} is empty: {expected}") from exc
-    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
-        reason = " ".join(str(exc).split())[:160]
-        raise DataError(f"{path} is not a readable CSV file ({type(exc).__name__}: {reason}): {expected}") from exc
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise DataError(f"{path} lacks columns {missing}: {expected}")
-    return table
-
-
-def blank_cells(table: pd.DataFrame, columns: tuple[str, ...], name: str) -> list[str]:
-    """Per row of a CSV as read, '' or why it is unusable: which of ``columns`` are blank, on which line of ``name``."""
-    blank = [(table[c].str.strip() == "").tolist() for c in columns]
-    reasons = []
-    for line, flags in enumerate(zip(*blank), start=2):  # line 1 is the header
-        which = [f"'{c}'" for c, flag in zip(columns, flags, strict=True) if flag]
-        reasons.append(f"blank {', '.join(which)} in {name} line {line}" if which else "")
-    return reasons
 
 
 class Source:
@@ -187,7 +155,7 @@ class FolderSource(Source):
         if any(s != sets[0] for s in sets):
             detail = "; ".join(f"{k}: {sorted(v)}" for k, v in classes_per_split.items())
             raise DataError(f"Classes differ between splits of {self.root} ({detail}): every split needs every class")
-        table = pd.DataFrame(rows)
+        table = one_row_per_file(pd.DataFrame(rows), layout)  # symlinks: a file counts once, in its own split
         table["target"] = table["label"].map({lab: i for i, lab in enumerate(self.labels)}).astype(int)
         table["patient"] = ""
         return table

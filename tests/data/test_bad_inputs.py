@@ -208,7 +208,7 @@ def test_scan_lists_every_bad_file_and_csv_is_written(tmp_path):
     with pytest.raises(DataError) as info:
         handle_bad_files(table, "error", None)
     message = str(info.value)
-    assert f"{len(expected)} unreadable" in message and "data.on_bad_file=skip" in message
+    assert f"{len(expected)} unusable" in message and "data.on_bad_file=skip" in message
     assert "\\xff\\xfe.png" in message  # shown escaped, never as lone surrogates
 
 
