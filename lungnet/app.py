@@ -14,22 +14,25 @@
 
 Uploads stay in memory and a private temporary folder; the client's file name is only echoed back
 (its suffix is used only when it is one of the known image suffixes). Nothing from the request is
-evaluated or used as a path.
+evaluated or used as a path. There is no authentication and no body-read timeout: the app warns at start
+when ``host`` is not a loopback address (put a reverse proxy with both in front to serve others).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import ipaddress
 import logging
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path, PurePath
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from PIL import Image
@@ -56,6 +59,7 @@ DEFAULTS = {
     "precision": "fp32",  # fp32 | bf16 (checkpoints, or .onnx under runtime=openvino)
     "threads": None,  # ONNX Runtime / OpenVINO threads (None: the runtime's default)
     "decision": "auto",  # auto: <ckpt stem>.decision.json when present | none | <file> (lungnet.decision)
+    "trust_export": False,  # TorchScript (.pt/.ts) holds code: served only when started with trust_export=true
     "log_level": "info",
 }
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the file itself
@@ -104,7 +108,14 @@ def _png_base64(rgb: np.ndarray, max_side: int) -> str:
 
 
 class Service:
-    """Classifies uploaded bytes with one `Predictor` (one request at a time: CAM hooks are per model).
+    """Classifies uploaded bytes with one `Predictor`, one request at a time.
+
+    One lock covers all of a request's work: decoding, the model, the heatmap, the overlay and its PNG. CAM hooks
+    are per model, and memory stays that of one request whatever the number of clients: a 64 Mpx image decodes
+    to about 0.3 GB of float pixels, and the overlay is made at ``overlay_max_side`` (the full decode is released
+    once the model input is made). The app runs that work on one worker thread (`classify_async`): the C
+    allocator keeps what a thread freed in that thread's arena, so the same work spread over the server's thread
+    pool grew the process by about 0.6 GB per thread that had decoded a 64 Mpx image (docs/benchmarks.md).
 
     Args:
         predictor: the loaded model.
@@ -121,6 +132,11 @@ class Service:
         self.alpha = alpha
         self.overlay_max_side = overlay_max_side
         self.lock = threading.Lock()
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lungnet-model")
+
+    async def classify_async(self, data: bytes, name: str, heatmap: bool) -> tuple[int, dict]:
+        """`classify` on the service's one worker thread (requests queue there, in arrival order)."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, self.classify, data, name, heatmap)
 
     def classify(self, data: bytes, name: str, heatmap: bool) -> tuple[int, dict]:
         """(HTTP status, JSON body) for one uploaded file."""
@@ -128,10 +144,15 @@ class Service:
             return 501, {"error": f"Heatmaps are not available for this model ({self.predictor.kind})"}
         suffix = PurePath(name).suffix.lower()
         suffix = suffix if suffix in IMAGE_SUFFIXES else ""
-        with tempfile.TemporaryDirectory(prefix="lungnet-upload-") as tmp, self.lock:
+        with self.lock:
+            return self._classify(data, name, suffix, heatmap)
+
+    def _classify(self, data: bytes, name: str, suffix: str, heatmap: bool) -> tuple[int, dict]:
+        with tempfile.TemporaryDirectory(prefix="lungnet-upload-") as tmp:
             path = Path(tmp) / f"upload{suffix}"
             path.write_bytes(data)
-            (pred,) = self.predictor.predict_iter([path], explain=self.explain if heatmap else None)
+            explain = self.explain if heatmap else None
+            (pred,) = self.predictor.predict_iter([path], explain=explain, image_max_side=self.overlay_max_side)
         if not pred.ok:
             reason = str(pred.row.get("error", "unreadable")).replace(str(path), name)
             return 422, {"error": f"{name} could not be read as an image or DICOM file: {reason}", "file": name}
@@ -196,6 +217,33 @@ async def _drain(request: Request, cap: int) -> None:
         log.debug("client went away while a refused upload was drained")
 
 
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "(unknown)"
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); False for anything else, names included."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(host: str) -> bool:
+    """Warns when the app listens beyond this machine (it has no authentication); returns whether it warned."""
+    if is_loopback(host):
+        return False
+    log.warning(
+        "host=%s is not a loopback address: anyone who can reach this machine can upload images to the model. "
+        "The app has no authentication and no body-read timeout; put it behind a reverse proxy that adds both, "
+        "or keep host=127.0.0.1",
+        host,
+    )
+    return True
+
+
 def create_app(
     predictor: Predictor,
     max_upload_mb: float = 20.0,
@@ -252,6 +300,9 @@ def create_app(
         parser = MultiPartParser(request.headers, _limited(request, max_bytes + MULTIPART_SLACK), max_files=1)
         try:
             form = await parser.parse()
+        except ClientDisconnect:
+            log.warning("Client %s disconnected during its upload; request dropped", _client(request))
+            return _error(400, "Upload interrupted")  # nobody reads it; uvicorn drops a send after a disconnect
         except UploadTooLarge:
             await _drain(request, drain_cap)
             return _error(413, too_large)
@@ -268,7 +319,7 @@ def create_app(
             return _error(413, too_large)
         if not data:
             return _error(422, f"{safe_name(upload.filename)}: empty file")
-        status, body = await run_in_threadpool(service.classify, data, safe_name(upload.filename), heatmap)
+        status, body = await service.classify_async(data, safe_name(upload.filename), heatmap)
         return JSONResponse(body, status_code=status)
 
     return app
@@ -291,9 +342,11 @@ def main(argv: list[str] | None = None) -> None:
         runtime=str(cfg.runtime),
         precision=str(cfg.precision),
         decision=cfg.decision,
+        trust_export=bool(cfg.trust_export),
     )
     explain = cfg.explain if predictor.torch_model is not None else None
     app = create_app(predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side))
+    warn_if_exposed(str(cfg.host))
     log.info("%s Serving %s on http://%s:%d", NOTICE, cfg.ckpt, cfg.host, int(cfg.port))
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level=str(cfg.log_level))
 

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import random
+from pathlib import Path
 from weakref import proxy
 
 import matplotlib
@@ -29,6 +30,7 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter  # noqa: E402
 from pytorch_lightning.loggers.logger import rank_zero_experiment  # noqa: E402
 
 from lungnet.data.dataset import derive_seed  # noqa: E402
+from lungnet.errors import WriteError  # noqa: E402
 from lungnet.evaluation.plots import confusion_figure  # noqa: E402
 from lungnet.io import atomic_write  # noqa: E402
 
@@ -162,11 +164,18 @@ class AtomicCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
-        if trainer.is_global_zero:
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, filepath)
+        try:
+            trainer.save_checkpoint(tmp, self.save_weights_only)
+            if trainer.is_global_zero:
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, filepath)
+        except OSError as exc:  # a full disk, a lost mount: no torn temporary, the previous file stays
+            if trainer.is_global_zero:
+                Path(tmp).unlink(missing_ok=True)
+            run_dir = Path(filepath).parent.parent
+            kept = f"the previous {Path(filepath).name} is kept; free space, then resume=true hydra.run.dir={run_dir}"
+            raise WriteError.of(filepath, exc, kept) from exc
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
@@ -217,7 +226,7 @@ class _ContinuingWriter(ExperimentWriter):
         fields = list(reader.fieldnames or [])
         kept = [row for row in reader if _covered(row, epoch, step)]
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=fields)  # CRLF, as Lightning appends the rows that follow
         writer.writeheader()
         writer.writerows(kept)
         atomic_write(path, lambda fh: fh.write(out.getvalue()), encoding="utf-8", newline="")

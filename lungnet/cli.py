@@ -12,7 +12,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from lungnet.data.images import ImageReadError
 from lungnet.data.sources import DataError
-from lungnet.errors import CheckpointError, ConfigError
+from lungnet.errors import CheckpointError, ConfigError, WriteError
 from lungnet.io import printable
 from lungnet.models.registry import ModelError
 from lungnet.models.weights import WeightsError
@@ -30,6 +30,7 @@ USER_ERRORS = (
     FileNotFoundError,
     MissingMandatoryValue,
     InstantiationException,
+    WriteError,
 )
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungnet.checkpoint import CheckpointError, load_model
+from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, load_model
 from lungnet.decision import export_fields
 from lungnet.preprocessing import Preprocessing, logits_to_probs
 from lungnet.runtimes import TORCHSCRIPT_META, open_export, sidecar_path
@@ -293,9 +293,11 @@ def export(
         raise CheckpointError("int8=true needs calibration images: calib=<folder or glob of X-rays like the inputs>")
     if int8 and int8_weights not in INT8_WEIGHTS:
         raise CheckpointError(f"int8_weights={int8_weights!r}: choose {', '.join(INT8_WEIGHTS)}")
-    if out is not None and (Path(out).suffix.lower() == ".onnx") != (fmt == "onnx"):
+    suffix = Path(out).suffix.lower() if out is not None else None
+    if suffix is not None and suffix not in (TORCHSCRIPT_SUFFIXES if fmt == "torchscript" else (".onnx",)):
         raise CheckpointError(
-            f"out={out} does not fit format={fmt}: ONNX files end in .onnx, TorchScript files must not"
+            f"out={out} does not fit format={fmt}: ONNX files end in .onnx, TorchScript files in "
+            f"{' or '.join(TORCHSCRIPT_SUFFIXES)} (the only names TorchScript is loaded from)"
         )
     loaded = load_model(ckpt)
     model = loaded.model.cpu().eval()
@@ -361,7 +363,7 @@ def parity(
     """Max absolute logit difference between ``model`` and an exported file on ``batch``."""
     with torch.inference_mode():
         ref = model.eval()(batch).numpy()
-    runner = open_export(Path(exported), runtime=runtime)
+    runner = open_export(Path(exported), runtime=runtime, trust_export=True)  # the file lungnet has just written
     return float(np.abs(runner.logits(batch) - ref).max())
 
 

@@ -14,7 +14,6 @@ import glob
 import json
 import logging
 import os
-import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lungnet.checkpoint import CheckpointError, load_model
+from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, is_torchscript, load_model
 from lungnet.data.images import IMAGE_SUFFIXES, ImageReadError, is_dicom, read_image
-from lungnet.data.transforms import build_transform
+from lungnet.data.sources import DataError
+from lungnet.data.transforms import build_transform, fit_within
 from lungnet.decision import DecisionRecord, Decisions, export_decision, find_decision
 from lungnet.evaluation.predict import predictions_table
 from lungnet.preprocessing import Preprocessing, logits_to_probs
@@ -41,8 +41,9 @@ class Prediction:
         file: the file as given.
         row: plain values (file, predicted, confidence, decision, p_<label>..., error).
         probs: class probabilities, None on error.
-        image: the decoded grayscale image (kept only when a heatmap was asked for).
-        heatmap: heatmap in [0, 1] at the original image size, or None.
+        image: the decoded grayscale image, reduced to ``image_max_side`` when given (kept only when a heatmap
+            was asked for).
+        heatmap: heatmap in [0, 1] cropped to the image content (model-input resolution), or None.
     """
 
     file: str
@@ -55,14 +56,6 @@ class Prediction:
     def ok(self) -> bool:
         """True when the image was read and classified."""
         return self.probs is not None
-
-
-def is_torchscript(path: Path) -> bool:
-    """True for a TorchScript archive (a zip with a ``code/`` folder), not a state-dict checkpoint."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any("/code/" in name for name in zf.namelist())
 
 
 class _TorchBackend:
@@ -107,8 +100,10 @@ class Predictor:
     """Classifies image files with a checkpoint or an exported model.
 
     Args:
-        ckpt: a lungnet ``.ckpt``, an ``.onnx`` file or a TorchScript file (exports need their sidecar
-            or embedded record, as written by `lungnet.export`).
+        ckpt: a lungnet ``.ckpt``, an ``.onnx`` file or a TorchScript ``.pt``/``.ts`` file (exports need their
+            sidecar or embedded record, as written by `lungnet.export`). The name decides the loader: ``.onnx``
+            runs under ``runtime``; TorchScript content in a ``.pt``/``.ts`` file runs only with
+            ``trust_export``; everything else goes through the ``weights_only`` checkpoint loader.
         device: ``cpu``, ``cuda`` or ``auto`` (PyTorch models only; ONNX runs on the CPU).
         threads: ONNX Runtime / OpenVINO threads (None: the runtime's default).
         runtime: for ``.onnx`` files, ``onnxruntime`` or ``openvino`` (`lungnet.runtimes`).
@@ -117,6 +112,7 @@ class Predictor:
         decision: ``auto`` (the checkpoint's ``<stem>.decision.json`` when present; an export's own record),
             ``none``, or a decision file (`lungnet.decision`): operating point, temperature, prediction sets and
             the OOD gate (checkpoints only: it needs the penultimate features).
+        trust_export: run TorchScript (code) from a ``.pt``/``.ts`` file; without it such a file is refused.
 
     Raises:
         CheckpointError: the model file is missing, unsafe or unusable.
@@ -130,6 +126,7 @@ class Predictor:
         runtime: str = "onnxruntime",
         precision: str = "fp32",
         decision: str | os.PathLike | None = "auto",
+        trust_export: bool = False,
     ) -> None:
         from lungnet.runtimes import check_runtime, open_export
 
@@ -139,8 +136,9 @@ class Predictor:
             raise CheckpointError(f"Model file not found: {path}")
         self.path = path
         device = resolve_device(device)
-        if path.suffix.lower() == ".onnx" or is_torchscript(path):
-            self.backend = open_export(path, device, threads, runtime, precision)
+        suffix = path.suffix.lower()
+        if suffix == ".onnx" or (suffix in TORCHSCRIPT_SUFFIXES and is_torchscript(path)):
+            self.backend = open_export(path, device, threads, runtime, precision, trust_export)
             self.kind = self.backend.kind
         else:
             self.backend = _TorchBackend(path, device, precision)
@@ -276,6 +274,7 @@ class Predictor:
         explain: str | None = None,
         progress: bool = False,
         explain_options: dict | None = None,
+        image_max_side: int | None = None,
     ) -> Iterator[Prediction]:
         """Classifies files in batches; yields one `Prediction` per file, in order.
 
@@ -285,12 +284,16 @@ class Predictor:
             explain: a CAM method name (e.g. ``gradcam``) to compute heatmaps, or None.
             progress: show a tqdm progress bar.
             explain_options: ``cam_layer`` and method options passed to the explainer.
+            image_max_side: with ``explain``, the image kept for the overlay is reduced to this long side right
+                after the model input is made from the full decode (None: kept at full size). The model input
+                is the same either way.
         """
         paths = [str(p) for p in paths]
         bar = tqdm(total=len(paths), desc="Predicting", unit="img", disable=not progress)
+        options = explain_options or {}
         try:
             for start in range(0, len(paths), max(1, batch_size)):
-                yield from self._predict_batch(paths[start : start + batch_size], explain, explain_options or {})
+                yield from self._predict_batch(paths[start : start + batch_size], explain, options, image_max_side)
                 bar.update(min(batch_size, len(paths) - start))
         finally:
             bar.close()
@@ -299,7 +302,9 @@ class Predictor:
         """CSV-ready rows, one per file (error rows for unreadable files)."""
         return [p.row for p in self.predict_iter(paths, batch_size, progress=progress)]
 
-    def _predict_batch(self, files: list[str], explain: str | None, options: dict) -> list[Prediction]:
+    def _predict_batch(
+        self, files: list[str], explain: str | None, options: dict, image_max_side: int | None = None
+    ) -> list[Prediction]:
         results: list[Prediction | None] = [None] * len(files)
         images, tensors, index = [], [], []
         for i, file in enumerate(files):
@@ -313,7 +318,8 @@ class Predictor:
                 log.warning("Skipping %s: %s", file, exc)
                 results[i] = Prediction(file, self.error_row(file, f"cannot preprocess image ({exc})"))
                 continue
-            images.append(image)
+            # only what an overlay needs is kept (the full decode is released here, not at the batch's end)
+            images.append(fit_within(image, image_max_side) if explain else None)
             tensors.append(tensor)
             index.append(i)
         if tensors:
@@ -343,7 +349,7 @@ class Predictor:
         return heatmap[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
 
     def overlay(self, prediction: Prediction, alpha: float = 0.45) -> np.ndarray:
-        """RGB uint8 overlay of ``prediction``'s heatmap on its image, at the original image size."""
+        """RGB uint8 overlay of ``prediction``'s heatmap on its image, at the size of its kept image."""
         from lungnet.explain.overlay import overlay
 
         if prediction.image is None or prediction.heatmap is None:
@@ -408,6 +414,7 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
         runtime=runtime,
         precision=str(cfg.get("precision") or "fp32"),
         decision=cfg.get("decision", "auto"),
+        trust_export=bool(cfg.trust_export),
     )
     exp = cfg.get("explain") or {}  # the explain config group (conf/explain/<method>.yaml), absent by default
     explain = exp.get("method")
@@ -456,4 +463,6 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
             "No decision file (decision=%s): arg-max decisions, no prediction sets, no OOD gate", cfg.get("decision")
         )
     log.info("%d images classified, %d unreadable (see the error column); wrote %s", len(rows) - failed, failed, path)
+    if rows and failed == len(rows):  # the rows are written; the exit status says that nothing was classified
+        raise DataError(f"None of the {len(rows)} input file(s) could be read as an image; reasons in {path}")
     return path

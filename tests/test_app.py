@@ -229,3 +229,90 @@ def test_page_in_headless_chromium(server, tmp_path):
         finally:
             browser.close()
     assert (ARTIFACTS / "app_result.png").stat().st_size > 10_000
+
+
+def test_a_client_gone_mid_upload_is_one_log_line(tmp_path, caplog):
+    """Starlette raises ClientDisconnect inside the multipart parser: one warning, no ASGI traceback."""
+    import asyncio
+
+    app = create_app(Predictor(make_checkpoint(tmp_path / "m.ckpt", size=32)))
+    boundary = "b" * 16
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'.encode()
+    messages = [{"type": "http.request", "body": head + b"\0" * 1000, "more_body": True}, {"type": "http.disconnect"}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+            (b"content-length", b"100000"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    with caplog.at_level("INFO"):
+        asyncio.run(app(scope, receive, send))  # before: ClientDisconnect escaped (a traceback per request)
+    lines = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1:50000" in lines[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_work_is_one_request_at_a_time_overlay_included(tmp_path):
+    """Parallel heatmap requests never overlap: decoding, model, heatmap and overlay all run under one lock."""
+    predictor = Predictor(make_checkpoint(tmp_path / "m.ckpt", size=32))
+    service = app_module.Service(predictor, overlay_max_side=64)
+    active, peak, guard = [0], [0], threading.Lock()
+
+    def tracked(fn):
+        def run(*args, **kwargs):
+            with guard:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            try:
+                time.sleep(0.2)
+                return fn(*args, **kwargs)
+            finally:
+                with guard:
+                    active[0] -= 1
+
+        return run
+
+    predictor.overlay = tracked(predictor.overlay)
+    original = predictor.predict_iter
+    predictor.predict_iter = tracked(lambda *a, **k: list(original(*a, **k)))
+    data = (shared("dicom") / "RG1_UNCR.dcm").read_bytes()  # 1955 x 1841 px
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(service.classify(data, "x.dcm", True))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [status for status, _ in results] == [200, 200, 200]
+    assert peak[0] == 1
+    png = Image.open(io.BytesIO(base64.b64decode(results[0][1]["heatmap_png_base64"])))
+    assert max(png.size) == 64
+
+
+def test_start_warns_when_the_host_is_not_loopback(tmp_path, monkeypatch, caplog):
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", size=32)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    for host, warned in (("127.0.0.1", False), ("localhost", False), ("::1", False), ("0.0.0.0", True)):
+        caplog.clear()
+        app_module.main([f"ckpt={ckpt}", f"host={host}"])
+        found = [r for r in caplog.records if r.levelname == "WARNING" and "no authentication" in r.getMessage()]
+        assert bool(found) == warned, host
+    assert app_module.is_loopback("127.0.0.2") and not app_module.is_loopback("example.org")

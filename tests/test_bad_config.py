@@ -94,6 +94,22 @@ def test_data_folder_mistakes(tmp_path, caplog):
     _nothing_written(run)
 
 
+def test_data_that_would_silently_train_wrong_stops(tmp_path, caplog):
+    """A class with one image, and a symlink that gives images another label: exit 2, nothing written."""
+    run = tmp_path / "run"
+    dark = make_class_folders(tmp_path / "dark", ["No_findings", "Pneumonia"], 6)
+    write_png(dark / "Covid-19" / "only.png", 99)  # the single image would end up in val, none in train
+    message = _fails(train, compose_cfg("train", ["data=darkcovidnet", f"data.root={dark}", *TINY]), run, caplog)
+    assert "'Covid-19' has 1 usable image(s)" in message and "Add images" in message
+    _nothing_written(run)
+    pneu = make_class_folders(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], 6, ["train", "val"])
+    os.symlink("../../val", pneu / "train" / "NORMAL" / "valagain")
+    message = _fails(train, compose_cfg("train", ["data=pneumonia", f"data.root={pneu}", *TINY]), run, caplog)
+    assert str(pneu / "train" / "NORMAL" / "valagain" / "PNEUMONIA" / "img_000.png") in message
+    assert str(pneu / "val" / "PNEUMONIA" / "img_000.png") in message
+    _nothing_written(run)
+
+
 def test_checkpoint_from_another_dataset(pneumonia_ckpt, tmp_path, caplog):
     ckpt, _ = pneumonia_ckpt
     other = make_class_folders(tmp_path / "dcn", ["Covid-19", "No_findings", "Pneumonia"], 3)

@@ -36,8 +36,9 @@ def test_onnx_and_torchscript_match_pytorch_on_real_images(tmp_path, arch, size,
     with torch.inference_mode():
         reference = torch_pred.torch_model(batch).numpy()
     for fmt in ("onnx", "torchscript"):
-        out = export(ckpt, fmt, tmp_path / f"model.{fmt}", verify=False)  # checked here, on real images
-        exported = Predictor(out)
+        # verified here instead, on real images
+        out = export(ckpt, fmt, tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt"), verify=False)
+        exported = Predictor(out, trust_export=fmt == "torchscript")  # TorchScript is code: an explicit opt-in
         assert exported.kind == fmt and exported.torch_model is None
         assert exported.prep == torch_pred.prep  # labels, size, mean/std, in_chans, resize, thresholds
         np.testing.assert_allclose(exported.backend.logits(batch), reference, atol=1e-4, rtol=0)
@@ -86,7 +87,7 @@ def test_predict_script_runs_on_onnx_without_the_checkpoint(tmp_path):
 
 def test_heatmaps_need_the_checkpoint_and_bad_format_is_refused(tmp_path):
     ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
-    exported = Predictor(export(ckpt, "torchscript"))
+    exported = Predictor(export(ckpt, "torchscript"), trust_export=True)
     with pytest.raises(CheckpointError, match="Heatmaps need the PyTorch checkpoint"):
         exported.heatmaps(torch.zeros(1, 1, 32, 32))
     with pytest.raises(CheckpointError, match="Unknown export format 'tflite'"):
@@ -169,6 +170,8 @@ def test_export_refuses_a_file_name_that_does_not_fit_the_format(tmp_path):
         export(ckpt, "onnx", tmp_path / "model.bin")
     with pytest.raises(CheckpointError, match="does not fit format=torchscript"):
         export(ckpt, "torchscript", tmp_path / "model.onnx")
+    with pytest.raises(CheckpointError, match="TorchScript files in .pt or .ts"):  # never a .ckpt-like name
+        export(ckpt, "torchscript", tmp_path / "model.ckpt")
     assert not list(tmp_path.glob("model.*"))
 
 

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from lungnet.io import printable
 
@@ -128,19 +128,22 @@ def _read_dicom(path: Path) -> np.ndarray:
 
 
 def _pil_to_gray(img: Image.Image) -> np.ndarray:
+    """Grayscale pixels: uint8 for 8-bit images (scaled by the caller, once the decoded image is released)."""
     if img.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
         arr = np.asarray(img)
         if arr.dtype.kind in "ui":
             bits = 16 if arr.max(initial=0) > 255 else 8
             return arr.astype(np.float32) / float(2**bits - 1)
         return _scale_to_unit(arr)
-    if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, rgba)
-    if img.mode != "L":
-        img = img.convert("RGB").convert("L")  # CMYK, YCbCr, palette, 1-bit ...
-    return np.asarray(img, dtype=np.float32) / 255.0
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in {"RGBA", "LA"}:
+        # composited on black (gray * alpha), one 8-bit plane at a time: a 64 Mpx RGBA image never needs
+        # more than its own size again (a full RGBA composite needed three more copies of it)
+        return np.asarray(ImageChops.multiply(img.convert("L"), img.getchannel("A")))
+    if img.mode not in {"L", "RGB"}:
+        img = img.convert("RGB")  # CMYK, YCbCr, palette, 1-bit ...
+    return np.asarray(img if img.mode == "L" else img.convert("L"))
 
 
 def _open(path: Path) -> Image.Image:
@@ -159,8 +162,11 @@ def _read_pil(path: Path) -> np.ndarray:
     try:
         with _open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return _pil_to_gray(img)
+            arr = _pil_to_gray(ImageOps.exif_transpose(img))
+        if arr.dtype == np.uint8:  # scaled here, after the decoded image was released
+            arr = arr.astype(np.float32)
+            arr /= 255.0
+        return arr
     except Image.DecompressionBombError as exc:
         raise ImageReadError(path, f"image too large, refused as a decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:

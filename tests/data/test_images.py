@@ -22,6 +22,17 @@ def test_8bit_rgb_rgba_palette_and_16bit(tmp_path):
         assert np.abs(arr - g).mean() < 0.02, name
 
 
+def test_transparency_is_composited_on_black(tmp_path):
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (48, 40, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., [0, 3]], "LA").save(tmp_path / "la.png")
+    luma = (rgba[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114]) / 255
+    alpha = rgba[..., 3] / 255
+    assert np.abs(read_image(tmp_path / "rgba.png") - luma * alpha).max() < 2.5 / 255  # 8-bit rounding only
+    assert np.abs(read_image(tmp_path / "la.png") - rgba[..., 0] / 255 * alpha).max() < 1.5 / 255
+
+
 def test_16bit_png_keeps_more_than_8_bits(tmp_path):
     arr = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)
     Image.fromarray(arr).save(tmp_path / "12bit.png")
