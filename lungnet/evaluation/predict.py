@@ -11,6 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lungnet.preprocessing import logits_to_probs
+
 log = logging.getLogger(__name__)
 
 
@@ -27,8 +29,7 @@ def predict_loader(
     probs, targets, paths = [], [], []
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
         logits = model(batch["image"].to(device)).float()
-        p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
-        probs.append(p.cpu().numpy())
+        probs.append(logits_to_probs(logits, multilabel).cpu().numpy())
         targets.append(batch["target"].numpy())
         paths += list(batch["path"])
     return np.concatenate(probs), np.concatenate(targets), paths

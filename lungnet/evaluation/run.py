@@ -22,19 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lungnet.checkpoint import LoadedModel, load_model
-from lungnet.data.datamodule import LungDataModule
+from lungnet.data.datamodule import LungDataModule, resolve_root
 from lungnet.data.sources import DataError, LabelledFolderSource
 from lungnet.data.splits import ExpectedSplits
 from lungnet.evaluation import plots, stats
 from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.evaluation.report import write_report
+from lungnet.hardware import resolve_device
 from lungnet.io import write_csv, write_json
 from lungnet.metrics import compute_metrics
-from lungnet.training import resolve_root
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +238,7 @@ def evaluate_with_predictions(
     stats.operating_classes(labels, opts["operating_point"]["positive_class"])  # a wrong class name fails first
     overrides = OmegaConf.to_container(cfg.data, resolve=True)
     dm = build_eval_data(loaded, overrides, split, run_dir)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(str(cfg.device))
     probs, targets, paths = predict_loader(
         loaded.model, dm.loader(split), multilabel, device, desc=f"Evaluating {split}"
     )

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lungnet.checkpoint import LoadedModel, load_model
-from lungnet.data.datamodule import LungDataModule
+from lungnet.data.datamodule import LungDataModule, resolve_root
 from lungnet.data.sources import walk_images
 from lungnet.data.splits import ExpectedSplits
 from lungnet.explain.base import ExplainError
@@ -34,7 +34,6 @@ from lungnet.explain.pointing import score_checkpoint
 from lungnet.explain.run import explain_checkpoint
 from lungnet.io import write_text
 from lungnet.labels import match_label
-from lungnet.training import resolve_root
 
 log = logging.getLogger("lungnet.explain")
 
