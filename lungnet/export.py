@@ -1,7 +1,8 @@
 """Export a checkpoint to ONNX (fp32 or int8) or TorchScript, with its preprocessing recorded.
 
-``python -m lungnet.export ckpt=<best.ckpt> format=onnx|torchscript [out=<file>] [opset=17]``
-``python -m lungnet.export ckpt=<best.ckpt> int8=true calib=<folder|glob|run/splits/train.csv> [calib_n=64]``
+``lungnet-export ckpt=<best.ckpt> format=onnx|torchscript [out=<file>] [opset=17]``
+``lungnet-export ckpt=<best.ckpt> int8=true calib=<folder|glob|run/splits/train.csv> [calib_n=64]``
+(or ``python -m lungnet.export ...``; options and defaults: ``conf/export.yaml``, ``--help``)
 
 Writes the model file and a JSON sidecar ``<file>.json`` (labels, multilabel, input size, mean/std,
 in_chans, resize, thresholds, model name, precision). The same record is embedded in the file itself (ONNX
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from lungnet.checkpoint import CheckpointError, load_model
+from lungnet.data.images import collect_inputs
 from lungnet.preprocessing import Preprocessing, logits_to_probs
 from lungnet.runtimes import TORCHSCRIPT_META, open_export, sidecar_path
 
@@ -39,18 +41,6 @@ log = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 PARITY_TOL = 1e-4
 INT8_WEIGHTS = ("reduced", "full", "uint8")
-DEFAULTS = {
-    "ckpt": None,
-    "format": "onnx",
-    "out": None,
-    "opset": 17,
-    "verify": True,
-    "int8": False,
-    "calib": None,
-    "calib_n": 64,
-    "int8_weights": "reduced",
-    "min_agreement": 0.9,
-}
 
 
 def _record(prep: Preprocessing, fmt: str, source: Path) -> dict:
@@ -197,8 +187,6 @@ def calibration_sets(spec: str | os.PathLike, prep: Preprocessing, n: int = 64) 
     Raises:
         CheckpointError: no readable image.
     """
-    from lungnet.inference import collect_inputs
-
     try:
         if str(spec).lower().endswith(".csv"):  # a run's split file, e.g. outputs/<run>/splits/train.csv
             import pandas as pd
@@ -361,30 +349,7 @@ def parity(
     return float(np.abs(runner.logits(batch) - ref).max())
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Command line: ``key=value`` arguments as in the Hydra entry points (ckpt, format, out, opset, verify)."""
-    from lungnet.cli import parse_key_values, run_safely
-
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    usage = (
-        "python -m lungnet.export ckpt=<file.ckpt> format=onnx|torchscript [out=<file>] [opset=17] "
-        "[int8=true calib=<folder|glob|splits csv> calib_n=64 min_agreement=0.9 int8_weights=reduced|full|uint8]"
-    )
-    cfg = parse_key_values(argv, DEFAULTS, usage, required=("ckpt",))
-    return run_safely(
-        export,
-        cfg.ckpt,
-        str(cfg.format),
-        cfg.out,
-        int(cfg.opset),
-        bool(cfg.verify),
-        bool(cfg.int8),
-        cfg.calib,
-        int(cfg.calib_n),
-        float(cfg.min_agreement),
-        str(cfg.int8_weights),
-    )
-
-
 if __name__ == "__main__":
-    main()
+    from lungnet.cli import export as command
+
+    command()

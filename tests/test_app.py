@@ -18,10 +18,10 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from lungnet import app as app_module
+from lungnet import cli
 from lungnet.app import NOTICE, create_app, safe_name
 from lungnet.inference import Predictor
-from tests.conftest import ROOT, shared
+from tests.conftest import ROOT, run_cli, shared
 from tests.test_inference import LABELS, make_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -131,11 +131,11 @@ def test_cli_wires_the_checkpoint_and_port(tmp_path, monkeypatch):
     ckpt = make_checkpoint(tmp_path / "m.ckpt", size=32)
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
-    app_module.main([f"ckpt={ckpt}", "port=8123", "max_upload_mb=3"])
+    run_cli(cli.app, [f"ckpt={ckpt}", "port=8123", "max_upload_mb=3"], monkeypatch)
     assert seen["port"] == 8123 and seen["host"] == "127.0.0.1"
     assert {r.path for r in seen["app"].routes} >= {"/", "/predict", "/health"}
     with pytest.raises(SystemExit) as exc:
-        app_module.main(["port=1", "bogus=2"])
+        run_cli(cli.app, ["port=1", "bogus=2"], monkeypatch)
     assert exc.value.code == 2
 
 
