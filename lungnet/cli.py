@@ -25,13 +25,14 @@ when it wrote nothing there but Hydra's own ``.hydra/`` and log (`remove_stray_r
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,7 @@ class RunDirGuard(Callback):
 def _select(config: DictConfig, key: str) -> Any:
     from omegaconf.errors import OmegaConfBaseException
 
+    HydraConfig.instance().set_config(config)  # as run_job does next: ${hydra:job.override_dirname} and the like
     try:
         return OmegaConf.select(config, key, throw_on_missing=True)
     except OmegaConfBaseException as exc:
@@ -263,12 +265,29 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig, Path], Any]],
         @functools.wraps(task)
         def entry() -> Any:
             started.clear()
-            return _run_reporting_command_line_errors(main, started)
+            with _logging_restored():
+                return _run_reporting_command_line_errors(main, started)
 
         entry.task = task
         return entry
 
     return wrap
+
+
+@contextlib.contextmanager
+def _logging_restored() -> Iterator[None]:
+    """Gives the root logger its handlers and level back after a command (Hydra configures logging globally):
+    a command run in-process, from a notebook or a test, leaves no handler on a stream that may close later."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 _FULL_ERROR = "HYDRA_FULL_ERROR"

@@ -79,6 +79,14 @@ def test_bad_command_line_is_one_line_and_exit_2(tmp_path, monkeypatch, caplog):
     assert not list(tmp_path.iterdir())
 
 
+def test_an_in_process_run_leaves_the_logging_setup_as_it_found_it(tmp_path, monkeypatch):
+    root = logging.getLogger()
+    before = (root.handlers[:], root.level)
+    with pytest.raises(SystemExit):
+        run_cli(cli.evaluate, [f"ckpt={tmp_path / 'missing.ckpt'}", f"paths.output_dir={tmp_path}"], monkeypatch)
+    assert (root.handlers, root.level) == before  # no handler left on a stream that closes with this test
+
+
 def test_bad_command_line_in_a_real_process_exits_2_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "data=mnist"],
@@ -108,6 +116,16 @@ def test_refused_calls_leave_no_run_folder(tmp_path, monkeypatch):
             run_cli(command, [*args, f"paths.output_dir={out}"], monkeypatch)
         assert exc.value.code == 2
         assert not out.exists(), f"{command.__name__} {args} left {sorted(out.rglob('*'))}"
+
+
+def test_run_directory_may_use_hydra_interpolations(tmp_path, monkeypatch, capsys):
+    """The check runs before Hydra's job starts, and still resolves ``${hydra:...}`` in the run directory."""
+    out = tmp_path / "outputs"
+    args = [f"ckpt={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={out}/${{hydra:job.name}}"]
+    with pytest.raises(SystemExit) as exc:
+        run_cli(cli.evaluate, args, monkeypatch)
+    assert exc.value.code == 2 and "Checkpoint not found" in "".join(capsys.readouterr())
+    assert not out.exists()
 
 
 def test_a_folder_that_existed_or_holds_run_files_is_never_removed(tmp_path, monkeypatch):
