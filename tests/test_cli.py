@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lungnet import cli
+from lungnet import cli, rundir
 from tests.conftest import ROOT, run_cli
 
 # every entry point as a user starts it from a checkout, and an override that --cfg job must show
@@ -159,10 +159,10 @@ def test_unwritable_run_directory_is_one_line_and_leaves_nothing(tmp_path, monke
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[0]))
 
-    monkeypatch.setattr(cli, "open", full, raising=False)  # the probe write in prepare_run_dir
+    monkeypatch.setattr(rundir, "open", full, raising=False)  # the probe write in prepare_run_dir
     target = tmp_path / "a" / "b" / "run"
     with caplog.at_level(logging.ERROR, logger="lungnet"), pytest.raises(SystemExit) as exc:
-        cli.prepare_run_dir(target)
+        rundir.prepare_run_dir(target)
     assert exc.value.code == 2
     (message,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert str(target) in message and "No space left" in message and "hydra.run.dir=" in message

@@ -5,7 +5,7 @@ Layers, bottom to top (docs: COMMON rules, README "Layout"):
 0. ``errors hardware io labels provenance data models preprocessing``: files, images, data sets, the model factory
    and the input contract;
 1. ``checkpoint metrics module callbacks training evaluation explain``: what trains, scores and explains a model;
-2. ``inference runtimes export app cli``: what a user runs.
+2. ``inference runtimes export app rundir cli``: what a user runs.
 
 Every import counts, also one inside a function (a deferred import is still a dependency), with one stated
 exception: the body of an ``if __name__ == "__main__":`` block. It runs only when the file is started as a script
@@ -43,6 +43,7 @@ LAYERS = {
     "lungnet.runtimes": 2,
     "lungnet.export": 2,
     "lungnet.app": 2,
+    "lungnet.rundir": 2,  # the commands' run directories (lungnet.cli)
     "lungnet.cli": 2,
 }
 
