@@ -1,6 +1,7 @@
 """A small local web app and HTTP API around a trained model (research use only, not a diagnostic device).
 
-``python -m lungnet.app ckpt=<best.ckpt|model.onnx> [port=8000] [host=127.0.0.1] [max_upload_mb=20]``
+``lungnet-app ckpt=<best.ckpt|model.onnx> [port=8000] [host=127.0.0.1] [max_upload_mb=20]`` (or
+``python -m lungnet.app ...``; options and defaults: ``conf/app.yaml``, ``--help``)
 
 - ``GET /``: one HTML page (inline CSS/JS, nothing fetched from elsewhere): the model, its training data and
   validation metrics at the top; upload an image or DICOM, see the decision, the prediction set, an OOD warning,
@@ -35,6 +36,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
+from omegaconf import DictConfig
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -46,22 +48,6 @@ from lungnet.inference import Predictor
 log = logging.getLogger(__name__)
 
 NOTICE = "Research use only — not a diagnostic device."
-DEFAULTS = {
-    "ckpt": None,
-    "host": "127.0.0.1",
-    "port": 8000,
-    "max_upload_mb": 20.0,
-    "explain": "gradcam",
-    "alpha": 0.45,
-    "overlay_max_side": 1024,
-    "device": "cpu",
-    "runtime": "onnxruntime",  # .onnx models: onnxruntime | openvino
-    "precision": "fp32",  # fp32 | bf16 (checkpoints, or .onnx under runtime=openvino)
-    "threads": None,  # ONNX Runtime / OpenVINO threads (None: the runtime's default)
-    "decision": "auto",  # auto: <ckpt stem>.decision.json when present | none | <file> (lungnet.decision)
-    "trust_export": False,  # TorchScript (.pt/.ts) holds code: served only when started with trust_export=true
-    "log_level": "info",
-}
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the file itself
 
 
@@ -325,17 +311,11 @@ def create_app(
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: ``key=value`` arguments (ckpt, host, port, max_upload_mb, explain, alpha, device, runtime)."""
+def serve(cfg: DictConfig) -> None:
+    """Loads ``cfg.ckpt`` and serves it with uvicorn until stopped (``conf/app.yaml`` holds the options)."""
     import uvicorn
 
-    from lungnet.cli import parse_key_values, run_safely
-
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
-    usage = "python -m lungnet.app ckpt=<file> [port=8000] [host=127.0.0.1] [max_upload_mb=20] [runtime=onnxruntime]"
-    cfg = parse_key_values(argv, DEFAULTS, usage, required=("ckpt",))
-    predictor = run_safely(
-        Predictor,
+    predictor = Predictor(
         cfg.ckpt,
         device=str(cfg.device),
         threads=cfg.threads,
@@ -344,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
         decision=cfg.decision,
         trust_export=bool(cfg.trust_export),
     )
-    explain = cfg.explain if predictor.torch_model is not None else None
+    method = (cfg.get("explain") or {}).get("method")  # the explain group; explain=null turns heatmaps off
+    explain = method if predictor.torch_model is not None else None
     app = create_app(predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side))
     warn_if_exposed(str(cfg.host))
     log.info("%s Serving %s on http://%s:%d", NOTICE, cfg.ckpt, cfg.host, int(cfg.port))
@@ -352,4 +333,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from lungnet.cli import app as command
+
+    command()

@@ -14,6 +14,7 @@ import torch
 from lungnet.errors import CheckpointError  # noqa: F401 - re-exported: lungnet.checkpoint.CheckpointError
 from lungnet.models.registry import Classifier, create_model
 from lungnet.models.specs import ModelSpec
+from lungnet.preprocessing import logits_to_probs
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ class LoadedModel:
         return self.hparams.get("thresholds")
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Sigmoid for multi-label, softmax otherwise."""
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+        """Sigmoid for multi-label, softmax otherwise (`lungnet.preprocessing.logits_to_probs`)."""
+        return logits_to_probs(logits, self.multilabel)
 
 
 TORCHSCRIPT_SUFFIXES = (".pt", ".ts")  # the only names a TorchScript file is ever loaded from (with trust_export)

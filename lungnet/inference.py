@@ -10,7 +10,6 @@ A file that cannot be read becomes an error row; the others go on.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -23,11 +22,12 @@ import torch
 from tqdm.auto import tqdm
 
 from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, is_torchscript, load_model
-from lungnet.data.images import IMAGE_SUFFIXES, ImageReadError, is_dicom, read_image
-from lungnet.data.sources import DataError
+from lungnet.data.images import ImageReadError, collect_inputs, read_image
 from lungnet.data.transforms import build_transform, fit_within
 from lungnet.decision import DecisionRecord, Decisions, export_decision, find_decision
+from lungnet.errors import DataError
 from lungnet.evaluation.predict import predictions_table
+from lungnet.hardware import resolve_device
 from lungnet.preprocessing import Preprocessing, logits_to_probs
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,6 @@ class _TorchBackend:
             features = self.model.backbone(batch.to(self.device))
             logits = self.model.head(features)
         return logits.float().cpu().numpy(), features.float().cpu().numpy()
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 class Predictor:
@@ -242,7 +235,7 @@ class Predictor:
         from lungnet.explain.cams import explain
 
         with torch.enable_grad():
-            maps = explain(model, batch, method=method, multilabel=self.prep.multilabel, **options)
+            maps = explain(model, batch, method=method, **options)
         return np.asarray(maps, dtype=np.float32)
 
     def rows(self, files: Sequence[str], probs: np.ndarray, decisions: Decisions | None = None) -> list[dict]:
@@ -355,42 +348,6 @@ class Predictor:
         if prediction.image is None or prediction.heatmap is None:
             raise ValueError(f"{prediction.file}: no heatmap was computed (pass explain=...)")
         return overlay(prediction.image, prediction.heatmap, alpha=alpha)
-
-
-def _wanted(path: Path) -> bool:
-    """Image suffix, or a suffix-less file with the DICOM magic (DICOM files often have no suffix)."""
-    suffix = path.suffix.lower()
-    return suffix in IMAGE_SUFFIXES or (suffix == "" and is_dicom(path))
-
-
-def collect_inputs(spec: str | os.PathLike) -> list[Path]:
-    """Files named by a file, a folder (searched recursively for images) or a glob pattern.
-
-    A file or glob match is kept whatever its type (an unreadable one becomes an error row); in a
-    folder only image files (and suffix-less DICOM) are taken. Hidden files and folders are skipped.
-
-    Raises:
-        FileNotFoundError: nothing matches.
-    """
-    text = str(spec)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        found = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts) and _wanted(p)
-        )
-        if not found:
-            raise FileNotFoundError(f"No image files ({', '.join(sorted(IMAGE_SUFFIXES))} or DICOM) under {path}")
-        return found
-    if glob.has_magic(text):
-        found = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if Path(p).is_file())
-        if not found:
-            raise FileNotFoundError(f"No files match {text}")
-        return found
-    raise FileNotFoundError(f"Input not found: {path} (give a file, a folder or a glob pattern)")
 
 
 def run_batch(cfg, run_dir: str | os.PathLike) -> Path:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from lungnet.metrics import mask_targets, metric_collection
 from lungnet.models.registry import create_model
+from lungnet.preprocessing import logits_to_probs
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,8 @@ class LitClassifier(pl.LightningModule):
         return self.model(x)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Sigmoid for multi-label, softmax otherwise."""
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+        """Sigmoid for multi-label, softmax otherwise (`lungnet.preprocessing.logits_to_probs`)."""
+        return logits_to_probs(logits, self.multilabel)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """CE (weights, label smoothing) or BCE-with-logits over known targets only."""

@@ -30,10 +30,10 @@ from lungnet.callbacks import (
     WeightEMA,
 )
 from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
-from lungnet.cli import ConfigError
-from lungnet.data.datamodule import LungDataModule, make_source
+from lungnet.data.datamodule import LungDataModule, make_source, resolve_root
 from lungnet.data.sources import Source
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
+from lungnet.errors import ConfigError
 from lungnet.evaluation.curves import write_training_curves
 from lungnet.evaluation.decisions import fit_ood_gate
 from lungnet.evaluation.predict import predict_loader, predictions_table
@@ -59,14 +59,6 @@ def plain(cfg: DictConfig | dict | None) -> dict:
     if cfg is None:
         return {}
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-
-
-def resolve_root(data_cfg: dict) -> dict:
-    """Makes ``root`` absolute against the directory the user launched from."""
-    data_cfg = dict(data_cfg)
-    if data_cfg.get("root"):
-        data_cfg["root"] = str(Path(os.path.expanduser(str(data_cfg["root"]))).absolute())
-    return data_cfg
 
 
 def validate_config(cfg: DictConfig, source: Source) -> None:
@@ -137,12 +129,6 @@ def resume_target(run_dir: Path, resume) -> tuple[Path | None, Path]:
         raise FileNotFoundError(f"Cannot resume: no checkpoint at {target}")
     log.info("Resuming from %s (run directory %s)", target, run_dir)
     return target.resolve(), run_dir
-
-
-def find_resume_checkpoint(run_dir: Path, resume) -> str | None:
-    """The checkpoint ``resume`` points to (see `resume_target`), or None."""
-    ckpt, _ = resume_target(Path(run_dir), resume)
-    return str(ckpt) if ckpt else None
 
 
 def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_cfg: dict, ema: bool) -> None:

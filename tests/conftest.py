@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,9 @@ def compose_cfg(name: str, overrides: list[str]):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
+
+
+def run_cli(command, args: list[str], monkeypatch) -> None:
+    """Runs a `lungnet.cli` command in-process with ``args`` as its command line (Hydra parses ``sys.argv``)."""
+    monkeypatch.setattr(sys, "argv", [f"lungnet-{command.__name__}", *args])
+    command()

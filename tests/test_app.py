@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import socket
 import threading
 import time
@@ -19,13 +20,14 @@ import torch
 import uvicorn
 from PIL import Image
 
-from lungnet import app as app_module
+import lungnet.app as app_module
+from lungnet import cli
 from lungnet.app import NOTICE, create_app, safe_name
 from lungnet.decision import decision_path, new_record
 from lungnet.inference import Predictor
 from lungnet.ood import OodGate
 from lungnet.preprocessing import logits_to_probs
-from tests.conftest import ROOT, shared
+from tests.conftest import ROOT, run_cli, shared
 from tests.test_inference import LABELS, make_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -181,11 +183,11 @@ def test_cli_wires_the_checkpoint_and_port(tmp_path, monkeypatch):
     ckpt = make_checkpoint(tmp_path / "m.ckpt", size=32)
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
-    app_module.main([f"ckpt={ckpt}", "port=8123", "max_upload_mb=3"])
+    run_cli(cli.app, [f"ckpt={ckpt}", "port=8123", "max_upload_mb=3"], monkeypatch)
     assert seen["port"] == 8123 and seen["host"] == "127.0.0.1"
     assert {r.path for r in seen["app"].routes} >= {"/", "/predict", "/health"}
     with pytest.raises(SystemExit) as exc:
-        app_module.main(["port=1", "bogus=2"])
+        run_cli(cli.app, ["port=1", "bogus=2"], monkeypatch)
     assert exc.value.code == 2
 
 
@@ -310,9 +312,14 @@ def test_work_is_one_request_at_a_time_overlay_included(tmp_path):
 def test_start_warns_when_the_host_is_not_loopback(tmp_path, monkeypatch, caplog):
     ckpt = make_checkpoint(tmp_path / "m.ckpt", size=32)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    real, seen = app_module.warn_if_exposed, []
+    monkeypatch.setattr(app_module, "warn_if_exposed", lambda host: seen.append(real(host)))
+    run_cli(cli.app, [f"ckpt={ckpt}", "host=0.0.0.0"], monkeypatch)
+    assert seen == [True]  # the command checks the address it serves on
     for host, warned in (("127.0.0.1", False), ("localhost", False), ("::1", False), ("0.0.0.0", True)):
         caplog.clear()
-        app_module.main([f"ckpt={ckpt}", f"host={host}"])
+        with caplog.at_level(logging.WARNING, logger="lungnet"):
+            assert real(host) == warned
         found = [r for r in caplog.records if r.levelname == "WARNING" and "no authentication" in r.getMessage()]
         assert bool(found) == warned, host
     assert app_module.is_loopback("127.0.0.2") and not app_module.is_loopback("example.org")

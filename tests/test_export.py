@@ -13,9 +13,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from lungnet.checkpoint import CheckpointError, load_model
-from lungnet.export import calibration_sets, export, main, sidecar_path
+from lungnet.cli import export as export_command
+from lungnet.export import calibration_sets, export, sidecar_path
 from lungnet.inference import Predictor, run_batch
-from tests.conftest import CONF, shared
+from tests.conftest import CONF, run_cli, shared
 from tests.test_inference import LABELS, make_checkpoint, xray
 
 
@@ -85,7 +86,7 @@ def test_predict_script_runs_on_onnx_without_the_checkpoint(tmp_path):
     assert row["decision"] == expected["decision"]
 
 
-def test_heatmaps_need_the_checkpoint_and_bad_format_is_refused(tmp_path):
+def test_heatmaps_need_the_checkpoint_and_bad_format_is_refused(tmp_path, monkeypatch):
     ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
     exported = Predictor(export(ckpt, "torchscript"), trust_export=True)
     with pytest.raises(CheckpointError, match="Heatmaps need the PyTorch checkpoint"):
@@ -93,7 +94,7 @@ def test_heatmaps_need_the_checkpoint_and_bad_format_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="Unknown export format 'tflite'"):
         export(ckpt, "tflite")
     with pytest.raises(SystemExit) as exc:
-        main([f"ckpt={tmp_path / 'missing.ckpt'}"])
+        run_cli(export_command, [f"ckpt={tmp_path / 'missing.ckpt'}"], monkeypatch)
     assert exc.value.code == 2
 
 

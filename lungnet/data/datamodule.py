@@ -10,6 +10,7 @@ order and augmentation depend only on (seed, epoch, index).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,14 @@ DEFAULTS = {
     "cache": False,
     "cache_dir": "~/.cache/lungnet/images",
 }
+
+
+def resolve_root(data_cfg: dict) -> dict:
+    """A copy of a ``data`` config whose ``root`` is absolute against the directory the user launched from."""
+    data_cfg = dict(data_cfg)
+    if data_cfg.get("root"):
+        data_cfg["root"] = str(Path(os.path.expanduser(str(data_cfg["root"]))).absolute())
+    return data_cfg
 
 
 def make_source(cfg: dict) -> Source:

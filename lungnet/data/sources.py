@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from lungnet import labels as L
-from lungnet.data.images import IMAGE_SUFFIXES
+from lungnet.data.formats import IMAGE_SUFFIXES
 from lungnet.data.tables import blank_cells, one_row_per_file, read_label_csv
 from lungnet.errors import DataError  # noqa: F401 - re-exported: lungnet.data.sources.DataError
 from lungnet.io import printable
@@ -41,13 +42,17 @@ SPLIT_ALIASES = {
 }
 
 
-def walk_images(folder: Path) -> list[Path]:
+def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> list[Path]:
     """All image files below ``folder``, sorted.
 
     Symlinked folders are followed, except a link back to the folder being walked or one of its
     parents (a symlink loop) and a folder already visited through another link; both are skipped
     with a warning. Unreadable folders are skipped with a warning. File names that are not valid
     UTF-8 are kept (as Python's surrogate-escaped strings); hidden files are ignored.
+
+    Args:
+        folder: the folder to walk.
+        wanted: which files count (default: those with an image suffix, `IMAGE_SUFFIXES`).
     """
 
     def on_error(exc: OSError) -> None:
@@ -74,8 +79,9 @@ def walk_images(folder: Path) -> list[Path]:
             keep.append(name)
         dirnames[:] = keep
         for name in filenames:
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
-                found.append(Path(dirpath) / name)
+            path = Path(dirpath) / name
+            if not name.startswith(".") and (wanted(path) if wanted else path.suffix.lower() in IMAGE_SUFFIXES):
+                found.append(path)
     return sorted(found)
 
 

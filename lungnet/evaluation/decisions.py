@@ -21,7 +21,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from scipy.stats import ks_2samp  # noqa: E402
 
 from lungnet.checkpoint import load_model  # noqa: E402
@@ -37,6 +36,7 @@ from lungnet.decision import (  # noqa: E402
 from lungnet.errors import CheckpointError  # noqa: E402
 from lungnet.evaluation import plots, stats  # noqa: E402
 from lungnet.evaluation.predict import model_outputs  # noqa: E402
+from lungnet.hardware import resolve_device  # noqa: E402
 from lungnet.ood import OodGate  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def fit_ood_gate(ckpt, dm) -> Path | None:
         log.info("No OOD gate: it needs a train and a val split")
         return None
     loaded = load_model(ckpt)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device("auto")
     outs = [plain_outputs(loaded.model, dm, s, loaded.multilabel, device) for s in ("train", "val")]
     path = decision_path(ckpt)
     record = new_record(loaded.labels, loaded.multilabel, ckpt)

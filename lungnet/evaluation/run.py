@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lungnet.checkpoint import LoadedModel, load_model
-from lungnet.data.datamodule import LungDataModule
+from lungnet.data.datamodule import LungDataModule, resolve_root
 from lungnet.data.sources import DataError, LabelledFolderSource
 from lungnet.data.splits import ExpectedSplits
 from lungnet.evaluation import plots, stats
@@ -35,9 +34,9 @@ from lungnet.evaluation.fitting import calibration, fit_split, operating_point
 from lungnet.evaluation.model_card import write_model_card
 from lungnet.evaluation.predict import Outputs, model_outputs, predictions_table
 from lungnet.evaluation.report import write_report
+from lungnet.hardware import resolve_device
 from lungnet.io import write_csv, write_json
 from lungnet.metrics import compute_metrics
-from lungnet.training import resolve_root
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +189,7 @@ class Evaluation:
     @property
     def device(self) -> str:
         """Where the model runs (``device=auto``: cuda when available)."""
-        wanted = str(self.cfg.device)
-        return wanted if wanted != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        return resolve_device(str(self.cfg.device))
 
     def outputs(self, split: str, features: bool = False) -> Outputs:
         """The model's outputs on another split of the same data (e.g. ``train`` for the OOD gate)."""

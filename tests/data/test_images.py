@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungnet.data.images import ImageReadError, read_image
+from lungnet.data.images import ImageReadError, collect_inputs, read_image
 from tests.conftest import shared
 
 
@@ -73,3 +73,22 @@ def test_real_monochrome1_dicom_is_inverted():
     )
     spine = img[h // 4 : h // 2, int(w * 0.47) : int(w * 0.53)]
     assert lungs.mean() < spine.mean() - 0.1
+
+
+def test_collect_inputs_walks_folders_like_the_data_sets(tmp_path):
+    """A folder is walked by `walk_images`: symlinked folders followed once, loops and hidden folders skipped,
+    suffix-less DICOM kept."""
+    images = tmp_path / "in"
+    (images / "a").mkdir(parents=True)
+    (images / ".ipynb_checkpoints").mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.new("L", (16, 16)).save(images / "a" / "x.png")
+    Image.new("L", (16, 16)).save(images / ".ipynb_checkpoints" / "x.png")  # hidden folder: skipped
+    Image.new("L", (16, 16)).save(outside / "y.png")
+    (images / "a" / "scan").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)  # DICOM magic, no suffix
+    (images / "a" / "notes").write_bytes(b"not an image")
+    (images / "linked").symlink_to(outside, target_is_directory=True)
+    (images / "a" / "loop").symlink_to(images, target_is_directory=True)  # back to a parent: not followed
+    found = [p.relative_to(images).as_posix() for p in collect_inputs(images)]
+    assert found == ["a/scan", "a/x.png", "linked/y.png"]
