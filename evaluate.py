@@ -8,6 +8,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+import lungnet.schema  # noqa: F401 - registers the structured configs the config builds on
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
@@ -18,4 +20,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from lungnet.launch import launch
+
+    launch(main)  # config mistakes: one line, exit 2

