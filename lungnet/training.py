@@ -44,18 +44,12 @@ log = logging.getLogger(__name__)
 
 
 def silence_known_noise() -> None:
-    """Drops three messages every run printed that say nothing about the run, each matched exactly.
-
-    Lightning's tip to install litlogger (an INFO record at every Trainer), torch's FutureWarning about
-    ``LeafSpec`` raised inside Lightning's own ``_pytree`` helper, and torchmetrics' "No negative/positive
-    samples" warnings for an AUROC over a batch or split that lacks a class (metrics.json reports those classes
-    itself; evaluation's per-class tables show the missing ones).
+    """Drops two messages every run printed that say nothing about the run, each matched exactly: Lightning's tip
+    to install litlogger (an INFO record at every Trainer) and torch's FutureWarning about ``LeafSpec`` raised
+    inside Lightning's own ``_pytree`` helper. (torchmetrics' AUROC warnings: `lungnet.metrics`.)
     """
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
-    )
-    warnings.filterwarnings(
-        "ignore", message=r"No (negative|positive) samples (in|found in) target", category=UserWarning
     )
     rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     if not any(isinstance(f, _TipFilter) for f in rank_zero.filters):
@@ -162,6 +156,11 @@ def check_optimizer(cfg: DictConfig) -> None:
     sched_cfg = plain(cfg.get("scheduler"))
     try:
         scheduler = build_scheduler(sched_cfg, optimizer, 1)
+        optimizer.step()  # one step of each: arguments torch only uses when stepping (eta_min) fail here too
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(0.0)
+        elif scheduler is not None:
+            scheduler.step()
     except (InstantiationException, TypeError, ValueError) as exc:
         raise ConfigError(f"scheduler: cannot build {sched_cfg.get('_target_')}: {_first_line(exc)}") from exc
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and int(cfg.warmup_epochs):

@@ -77,3 +77,54 @@ def test_evaluate_config_composes():
 def test_sweep_launchers_compose(launcher, target):
     cfg = _compose([f"hydra/launcher={launcher}"])
     assert cfg.hydra.launcher._target_.endswith(target)
+
+
+NEW_GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("optimizer", "scheduler", "callbacks")}
+NEW_GROUPS.update(logger=sorted(p.stem for p in (CONF / "logger").glob("*.yaml")), debug=["fdr", "limit", "overfit"])
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in NEW_GROUPS.items() for o in opts])
+def test_template_groups_compose(group, option):
+    cfg = _compose([f"{group}={option}"])
+    assert group in cfg or group == "debug"
+
+
+def test_callbacks_are_switchable_by_key_and_off_by_their_setting():
+    from lungnet.callbacks import FreezeUnfreeze
+    from lungnet.training import build_callbacks
+
+    def names(overrides, has_val=True):
+        return sorted(type(c).__name__ for c in build_callbacks(_compose(overrides), has_val))
+
+    default = names([])
+    assert default == ["AtomicCheckpoint", "EpochSeeder", "FigureLogger", "LearningRateMonitor"]
+    assert "EarlyStopping" in names(["early_stopping.patience=3"])
+    assert "EarlyStopping" in names(["callbacks.early_stopping.patience=3"])  # the template's way works too
+    assert "EarlyStopping" not in names(["early_stopping.patience=3", "callbacks.early_stopping=null"])
+    assert "EarlyStopping" not in names(["early_stopping.patience=3"], has_val=False)
+    assert "LearningRateMonitor" not in names(["callbacks.lr_monitor=null"])
+    assert names(["callbacks=none"]) == []
+    unfreeze = [
+        c for c in build_callbacks(_compose(["experiment=darkcovidnet_best"]), True) if isinstance(c, FreezeUnfreeze)
+    ]
+    assert unfreeze[0].unfreeze_at_epoch == 1 and unfreeze[0].unfreeze_lr_mult == 0.3
+    assert "WeightEMA" in names(["ema.decay=0.9"])
+
+
+def test_any_torch_optimizer_by_target():
+    import torch
+    from omegaconf import OmegaConf
+
+    from lungnet.module import LitClassifier
+
+    cfg = _compose(["optimizer._target_=torch.optim.RAdam", "scheduler=none", "warmup_epochs=2"])
+    module = LitClassifier(
+        {"name": "simple_cnn", "in_chans": 1},
+        ["a", "b"],
+        optimizer=OmegaConf.to_container(cfg.optimizer),
+        scheduler=OmegaConf.to_container(cfg.scheduler),
+        warmup_epochs=2,
+    )
+    out = module.configure_optimizers()
+    assert isinstance(out["optimizer"], torch.optim.RAdam) and out["optimizer"].defaults["weight_decay"] == 1e-4
+    assert isinstance(out["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.LinearLR)  # the warm-up alone

@@ -73,10 +73,8 @@ def test_replay_resume_rebuilds_the_command_line(tmp_path):
         f"resume={run}",
         f"hydra.run.dir={run}",
     ]
-    assert replay_resume(["train.py", f"resume={run}", "model=simple_cnn"])[1:3] == [
-        "data=pneumoniamnist",
-        "model=simple_cnn",
-    ]
+    same = replay_resume(["train.py", f"resume={run}", "model=simple_cnn"])  # repeating a setting is fine
+    assert same.count("model=simple_cnn") == 1 and "data=pneumoniamnist" in same
     for line in ("train.py model=x", "train.py resume=true", f"train.py -m resume={run}", "train.py"):
         assert replay_resume(line.split()) == line.split()  # nothing to replay
     with pytest.raises(ConfigError, match=r"model=resnet18 would change them\. Only trainer.max_epochs"):

@@ -67,6 +67,34 @@ def test_checkpoint_is_self_describing_and_safe(trained):
     assert loaded.seed == hp["extra"]["seed"] == 42  # evaluate and explain recompute the splits with it
 
 
+def test_checkpoint_stores_the_optimizer_and_scheduler_as_plain_data(trained):
+    run, _ = trained
+    hp = read_checkpoint(run / "checkpoints" / "best.ckpt")["hyper_parameters"]
+    assert hp["optimizer"] == {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 1e-4}
+    assert hp["scheduler"]["_target_"] == "torch.optim.lr_scheduler.CosineAnnealingLR"
+    assert hp["data"]["balance"] == "loss" and type(hp["data"]["balance"]) is str  # no Enum objects inside
+
+
+def test_checkpoint_from_before_the_config_groups_still_evaluates(trained, tmp_path):
+    """Old checkpoints hold ``optim`` hyperparameters and a data config without the keys added since."""
+    run, _ = trained
+    state = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    hp = state["hyper_parameters"]
+    for key in ("optimizer", "scheduler", "backbone_lr_mult", "warmup_epochs", "data_report"):
+        hp.pop(key)
+    hp["optim"] = {"name": "adamw", "lr": 1e-3, "scheduler": "cosine", "backbone_lr_mult": 1.0}
+    for key in ("downsample_to", "cache", "cache_dir", "near_duplicates", "near_duplicate_threshold", "cv_folds"):
+        hp["data"].pop(key)
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    out = evaluate(compose_cfg("evaluate", [f"ckpt={old}", "split=test", "explain.n=0"]), tmp_path / "eval")
+    new = evaluate(
+        compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "split=test", "explain.n=0"]),
+        tmp_path / "eval_new",
+    )
+    assert out["accuracy"] == new["accuracy"] and out["n"] == new["n"]
+
+
 def test_pickled_checkpoint_is_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"spec": argparse.Namespace(x=1)}}, path)
