@@ -89,12 +89,18 @@ def test_template_groups_compose(group, option):
     assert group in cfg or group == "debug"
 
 
-def test_callbacks_are_switchable_by_key_and_off_by_their_setting():
+def test_callbacks_are_switchable_by_key_and_off_by_their_setting(tmp_path):
     from lungnet.callbacks import FreezeUnfreeze
+    from lungnet.schema import pin_paths
     from lungnet.training import build_callbacks
 
+    def callbacks(overrides, has_val=True):
+        cfg = _compose(overrides)
+        pin_paths(cfg, tmp_path)  # what train does: paths.output_dir is the run directory
+        return build_callbacks(cfg, has_val)
+
     def names(overrides, has_val=True):
-        return sorted(type(c).__name__ for c in build_callbacks(_compose(overrides), has_val))
+        return sorted(type(c).__name__ for c in callbacks(overrides, has_val))
 
     default = names([])
     assert default == ["AtomicCheckpoint", "EpochSeeder", "FigureLogger", "LearningRateMonitor"]
@@ -104,11 +110,12 @@ def test_callbacks_are_switchable_by_key_and_off_by_their_setting():
     assert "EarlyStopping" not in names(["early_stopping.patience=3"], has_val=False)
     assert "LearningRateMonitor" not in names(["callbacks.lr_monitor=null"])
     assert names(["callbacks=none"]) == []
-    unfreeze = [
-        c for c in build_callbacks(_compose(["experiment=darkcovidnet_best"]), True) if isinstance(c, FreezeUnfreeze)
-    ]
+    unfreeze = [c for c in callbacks(["experiment=darkcovidnet_best"]) if isinstance(c, FreezeUnfreeze)]
     assert unfreeze[0].unfreeze_at_epoch == 1 and unfreeze[0].unfreeze_lr_mult == 0.3
     assert "WeightEMA" in names(["ema.decay=0.9"])
+    checkpoint = callbacks([])[0]
+    assert checkpoint.dirpath == str(tmp_path / "checkpoints") and checkpoint.monitor == "val/auroc"
+    assert callbacks([], has_val=False)[0].monitor == "train/loss_epoch"
 
 
 def test_any_torch_optimizer_by_target():
