@@ -24,8 +24,9 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lungnet.config_checks import describe
 from lungnet.errors import ConfigError
-from lungnet.schema import RENAMED, SCHEMAS, describe
+from lungnet.schema import RENAMED, SCHEMAS
 
 log = logging.getLogger("lungnet")
 

@@ -10,24 +10,22 @@ killed run continues exactly with ``resume=true`` (same run directory) or ``resu
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.accelerators import CUDAAccelerator, MPSAccelerator, XLAAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lungnet.callbacks import WeightEMA
 from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
 from lungnet.cli import ConfigError
+from lungnet.config_checks import pin_paths
 from lungnet.data.datamodule import LungDataModule, make_source
 from lungnet.data.sources import Source
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
@@ -35,10 +33,10 @@ from lungnet.evaluation.curves import write_training_curves
 from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.io import remove_stale_temporaries, write_csv, write_json, write_text
 from lungnet.loggers import build_loggers, log_final_metrics
-from lungnet.metrics import compute_metrics, metric_collection
-from lungnet.module import LitClassifier, build_scheduler
+from lungnet.metrics import compute_metrics
+from lungnet.module import LitClassifier
 from lungnet.provenance import run_facts
-from lungnet.schema import TrainConfig, check_ranges, pin_paths, renamed_keys
+from lungnet.training_checks import first_line, plain, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +61,6 @@ class _TipFilter(logging.Filter):
 
 # a callback whose own setting says "off" (0) is not added (conf/callbacks/<name>.yaml says which)
 OFF_WHEN_ZERO = {"EarlyStopping": "patience", "FreezeUnfreeze": "unfreeze_at_epoch", "WeightEMA": "decay"}
-ACCELERATORS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps", "tpu": "xla", "xla": "xla", "auto": "auto"}
-
-
-def plain(cfg: DictConfig | dict | None) -> dict:
-    """Resolved plain-dict copy of a config node (safe to store in checkpoints)."""
-    if cfg is None:
-        return {}
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 def resolve_root(data_cfg: dict) -> dict:
@@ -79,98 +69,6 @@ def resolve_root(data_cfg: dict) -> dict:
     if data_cfg.get("root"):
         data_cfg["root"] = str(Path(os.path.expanduser(str(data_cfg["root"]))).absolute())
     return data_cfg
-
-
-def validate_config(cfg: DictConfig, source: Source) -> None:
-    """Checks what the schema cannot (ranges, metric names, combinations) before anything is built or written.
-
-    Raises:
-        ConfigError: the first invalid value, with the valid ones.
-    """
-    old = renamed_keys(cfg)
-    if old:
-        raise ConfigError(old[0])
-    check_ranges(cfg, TrainConfig)
-    check_trainer(plain(cfg.trainer))
-    check_optimizer(cfg)
-    names = metric_collection(len(source.labels), source.multilabel).keys()
-    monitors = sorted({"val/loss", "train/loss_epoch", *(f"val/{n}" for n in names)})
-    if cfg.checkpoint.monitor not in monitors:
-        raise ConfigError(f"checkpoint.monitor={cfg.checkpoint.monitor!r} is not logged; choose one of: {monitors}")
-    stopping = OmegaConf.select(cfg, "callbacks.early_stopping.patience", default=0)
-    if cfg.checkpoint.select == "last" and stopping:
-        raise ConfigError(
-            "checkpoint.select=last with early_stopping.patience>0 would still pick the epoch on val: "
-            "set early_stopping.patience=0"
-        )
-
-
-def check_trainer(kwargs: dict) -> None:
-    """Trainer arguments Lightning accepts, and an accelerator this machine has.
-
-    Raises:
-        ConfigError: an unknown argument, or an accelerator that is unknown or not available here.
-    """
-    accepted = set(inspect.signature(pl.Trainer).parameters) - {"callbacks", "logger", "default_root_dir"}
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise ConfigError(f"Unknown trainer argument(s) {unknown}; pl.Trainer accepts: {', '.join(sorted(accepted))}")
-    epochs = kwargs.get("max_epochs")
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        raise ConfigError(f"trainer.max_epochs={epochs!r} must be an integer >= 1")
-    accelerator = kwargs.get("accelerator", "auto")
-    if not isinstance(accelerator, str):
-        return  # an Accelerator instance: Lightning checks it
-    available = ["cpu"] + [n for n, a in (("cuda", CUDAAccelerator), ("mps", MPSAccelerator)) if a.is_available()]
-    if XLAAccelerator.is_available():
-        available.append("tpu")
-    kind = ACCELERATORS.get(accelerator.lower())
-    if kind is None:
-        raise ConfigError(
-            f"trainer.accelerator={accelerator!r} is not valid; choose one of: {', '.join(ACCELERATORS)} "
-            f"(available here: {', '.join(available)})"
-        )
-    if kind not in ("auto", "cpu") and {"xla": "tpu"}.get(kind, kind) not in available:
-        raise ConfigError(
-            f"trainer.accelerator={accelerator}: no {kind.upper()} device is available on this machine; available "
-            f"here: {', '.join(available)} (use trainer=cpu, or trainer.accelerator=auto)"
-        )
-
-
-def check_optimizer(cfg: DictConfig) -> None:
-    """Builds the configured optimizer and scheduler on a dummy parameter, so a wrong class or argument stops the
-    run before anything is written.
-
-    Raises:
-        ConfigError: what torch or Hydra said, naming the key.
-    """
-    opt_cfg = plain(cfg.optimizer)
-    lr = opt_cfg.get("lr")
-    if not opt_cfg.get("_target_") or isinstance(lr, bool) or not isinstance(lr, int | float) or lr < 0:
-        raise ConfigError(f"optimizer needs _target_ (a torch.optim class) and lr >= 0; got {opt_cfg}")
-    params = [torch.nn.Parameter(torch.zeros(1))]
-    try:
-        optimizer = instantiate(opt_cfg, _partial_=True)(params)
-    except (InstantiationException, TypeError, ValueError) as exc:
-        raise ConfigError(f"optimizer: cannot build {opt_cfg['_target_']}: {_first_line(exc)}") from exc
-    sched_cfg = plain(cfg.get("scheduler"))
-    try:
-        scheduler = build_scheduler(sched_cfg, optimizer, 1)
-        optimizer.step()  # one step of each: arguments torch only uses when stepping (eta_min) fail here too
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(0.0)
-        elif scheduler is not None:
-            scheduler.step()
-    except (InstantiationException, TypeError, ValueError) as exc:
-        raise ConfigError(f"scheduler: cannot build {sched_cfg.get('_target_')}: {_first_line(exc)}") from exc
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and int(cfg.warmup_epochs):
-        raise ConfigError("warmup_epochs>0 does not combine with scheduler=plateau: set warmup_epochs=0")
-
-
-def _first_line(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc
-    lines = [line for line in str(cause).splitlines() if line.strip()]
-    return lines[0] if lines else type(cause).__name__
 
 
 def resume_target(run_dir: Path, resume) -> tuple[Path | None, Path]:
@@ -267,7 +165,7 @@ def build_callbacks(cfg: DictConfig, has_val: bool) -> list[pl.Callback]:
         try:
             out.append(instantiate(spec))
         except InstantiationException as exc:
-            raise ConfigError(f"callbacks.{name}: cannot build {spec['_target_']}: {_first_line(exc)}") from exc
+            raise ConfigError(f"callbacks.{name}: cannot build {spec['_target_']}: {first_line(exc)}") from exc
         log.debug("Callback %s: %s", name, spec["_target_"])
     return out
 
@@ -297,7 +195,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, resume_from: tu
     try:
         return pl.Trainer(default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False, **kwargs)
     except (TypeError, ValueError, MisconfigurationException) as exc:
-        raise ConfigError(f"Invalid trainer settings {kwargs}: {_first_line(exc)}") from exc
+        raise ConfigError(f"Invalid trainer settings {kwargs}: {first_line(exc)}") from exc
 
 
 def evaluate_splits(ckpt_path: Path, dm: LungDataModule, run_dir: Path, splits: tuple[str, ...]) -> dict:

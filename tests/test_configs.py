@@ -91,7 +91,7 @@ def test_template_groups_compose(group, option):
 
 def test_callbacks_are_switchable_by_key_and_off_by_their_setting(tmp_path):
     from lungnet.callbacks import FreezeUnfreeze
-    from lungnet.schema import pin_paths
+    from lungnet.config_checks import pin_paths
     from lungnet.training import build_callbacks
 
     def callbacks(overrides, has_val=True):

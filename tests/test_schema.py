@@ -8,10 +8,11 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from lungnet.config_checks import check_ranges, describe
 from lungnet.data.datamodule import LungDataModule
 from lungnet.errors import ConfigError
 from lungnet.models.specs import ModelSpec
-from lungnet.schema import DataConfig, ModelConfig, TrainConfig, check_ranges, data_defaults, describe
+from lungnet.schema import DataConfig, ModelConfig, TrainConfig, data_defaults
 from tests.conftest import CONF, compose_cfg
 
 
