@@ -6,8 +6,7 @@ YAML files build on them: ``conf/data/*.yaml`` and ``conf/model/*.yaml`` start f
 ``compare.yaml`` start from ``train_schema`` ... ``compare_schema``. Hydra then refuses a value of the wrong type
 or an unknown choice while composing, before any file is written. Ranges (``image_size >= 8``, fractions in
 [0, 1)) are not types: they live in each field's metadata and `lungnet.config_checks.check_ranges` enforces
-them. Old checkpoints'
-data configs get their missing keys from `data_defaults`.
+them. Old checkpoints' data configs get their missing keys from `data_defaults`.
 """
 
 from __future__ import annotations
