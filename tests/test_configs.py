@@ -135,3 +135,15 @@ def test_any_torch_optimizer_by_target():
     out = module.configure_optimizers()
     assert isinstance(out["optimizer"], torch.optim.RAdam) and out["optimizer"].defaults["weight_decay"] == 1e-4
     assert isinstance(out["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.LinearLR)  # the warm-up alone
+
+
+def test_debug_fdr_runs_one_batch_and_writes_no_checkpoint(tmp_path):
+    from lungnet.training import train
+    from tests.conftest import TINY, compose_cfg
+
+    data = ["data.options.n_per_class=4", "data.options.size=32", f"data.root={tmp_path / 'syn'}"]
+    cfg = compose_cfg("train", [*data, *TINY, "debug=fdr"])
+    assert cfg.trainer.fast_dev_run is True and cfg.trainer.detect_anomaly is True and cfg.data.num_workers == 0
+    assert train(cfg, tmp_path / "run") == {}
+    assert (tmp_path / "run" / "splits" / "train.csv").is_file() and not (tmp_path / "run" / "metrics.json").exists()
+    assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
