@@ -159,7 +159,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig, Path], Any]],
         def entry() -> Any:
             started.clear()
             with _logging_restored():
-                return _run_reporting_command_line_errors(main, started)
+                return _run_reporting_command_line_errors(main, started, replay=config_name == "train")
 
         entry.task = task
         return entry
@@ -197,16 +197,26 @@ def _restore_hydra_full_error() -> None:
             os.environ[_FULL_ERROR] = value
 
 
-def _run_reporting_command_line_errors(main: Callable[[], Any], started: list) -> Any:
+def _run_reporting_command_line_errors(main: Callable[[], Any], started: list, replay: bool = False) -> Any:
     """Runs a Hydra main; an error before the task starts (composition, overrides) is one line and exit 2.
 
     Hydra reports those itself with exit status 1; ``HYDRA_FULL_ERROR=1`` makes it raise them instead, and only
-    until the task starts, so a crash inside the task is still reported the way Hydra does.
+    until the task starts, so a crash inside the task is still reported the way Hydra does. `lungnet.launch`
+    words the line (the key, its value and what it accepts, or a renamed key's new name) and, with ``replay``
+    (train), replays a run's own overrides on ``resume=<run dir>``.
     """
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException, OverrideParseException
+    from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from lungnet.launch import check_paths_override, config_error_line, replay_resume
+
+    try:
+        check_paths_override(sys.argv[1:])
+        if replay:
+            sys.argv = replay_resume(sys.argv)
+    except ConfigError as exc:
+        _refuse(str(exc))
     _saved_full_error.append(os.environ.get(_FULL_ERROR))
     os.environ[_FULL_ERROR] = "1"
     try:
@@ -214,15 +224,17 @@ def _run_reporting_command_line_errors(main: Callable[[], Any], started: list) -
     except (HydraException, OmegaConfBaseException) as exc:
         if started:
             raise
-        cause = f" ({' '.join(str(exc.__cause__).split())})" if exc.__cause__ else ""
-        text = " ".join(str(exc).split()).split(" Config search path:")[0]  # Hydra appends its search path
-        hint = "; arguments are key=value, e.g. ckpt=<file>" if isinstance(exc, OverrideParseException) else ""
-        logging.basicConfig(format="[%(levelname)s] %(message)s")
-        log.error("%s%s%s (--help lists the keys and groups)", text, cause, hint)
-        sys.exit(2)
+        _refuse(config_error_line(exc))
     finally:
         _restore_hydra_full_error()
         GlobalHydra.instance().clear()
+
+
+def _refuse(message: str) -> None:
+    """Logs a command-line mistake as one line (``--help`` named) and exits with status 2."""
+    logging.basicConfig(format="[%(levelname)s] %(message)s")
+    log.error("ConfigError: %s (--help lists the keys and groups)", " ".join(message.split()))
+    sys.exit(2)
 
 
 @hydra_app("train")

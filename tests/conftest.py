@@ -12,6 +12,8 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
 
+import lungnet  # noqa: E402, F401 - registers the structured configs (lungnet.schema) that conf/*.yaml build on
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 SHARED = Path(os.environ.get("LUNGNET_SHARED_DATA", ROOT.parent / "shared" / "data"))

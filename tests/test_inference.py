@@ -181,7 +181,7 @@ def test_predict_script_writes_csv_and_overlays(ckpt, tmp_path):
         (data / f"p{k}.jpg").write_bytes(xray("Pneumonia", k).read_bytes())
     (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     out = tmp_path / "outputs"
-    proc = _script([f"ckpt={ckpt}", f"input={data}", "explain=gradcam", f"paths.output_dir={out}"], tmp_path)
+    proc = _script([f"ckpt={ckpt}", f"input={data}", "explain=gradcam", f"paths.log_dir={out}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = list((out / "predict").glob("*/*"))
     table = pd.read_csv(run / "predictions.csv", keep_default_na=False)
@@ -195,7 +195,7 @@ def test_predict_script_writes_csv_and_overlays(ckpt, tmp_path):
 
 
 def test_predict_script_user_error_exits_2_without_traceback(tmp_path):
-    proc = _script([f"ckpt={tmp_path / 'x.ckpt'}", f"input={tmp_path}", f"paths.output_dir={tmp_path}"], tmp_path)
+    proc = _script([f"ckpt={tmp_path / 'x.ckpt'}", f"input={tmp_path}", f"paths.log_dir={tmp_path}"], tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Model file not found" in output and "Traceback" not in output
 
@@ -206,7 +206,7 @@ def test_predict_script_exits_non_zero_when_nothing_could_be_classified(ckpt, tm
     (data / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (data / "b.jpg").write_bytes(b"")
     out = tmp_path / "outputs"
-    proc = _script([f"ckpt={ckpt}", f"input={data}", f"paths.output_dir={out}"], tmp_path)
+    proc = _script([f"ckpt={ckpt}", f"input={data}", f"paths.log_dir={out}"], tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "None of the 2 input file(s) could be read" in output, output[-3000:]
     assert "Traceback" not in output

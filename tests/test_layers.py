@@ -2,11 +2,11 @@
 
 Layers, bottom to top (docs: COMMON rules, README "Layout"):
 
-0. ``errors hardware io labels provenance data models preprocessing``: files, images, data sets, the model factory
-   and the input contract;
-1. ``checkpoint ood decision metrics module callbacks training evaluation explain``: what trains, scores and
-   explains a model;
-2. ``inference runtimes export app rundir cli``: what a user runs.
+0. ``errors hardware io labels provenance schema config_checks data models preprocessing``: files, images, data
+   sets, the configs' schema, the model factory and the input contract;
+1. ``checkpoint ood decision metrics module callbacks loggers training_checks training evaluation explain``: what
+   trains, scores and explains a model;
+2. ``inference runtimes export app launch rundir cli``: what a user runs.
 
 Every import counts, also one inside a function (a deferred import is still a dependency), with one stated
 exception: the body of an ``if __name__ == "__main__":`` block. It runs only when the file is started as a script
@@ -30,6 +30,8 @@ LAYERS = {
     "lungnet.io": 0,
     "lungnet.labels": 0,
     "lungnet.provenance": 0,  # environment facts of a run (versions, git commit); imports nothing of lungnet
+    "lungnet.schema": 0,  # the structured configs (dataclasses); imported by the package __init__ to register them
+    "lungnet.config_checks": 0,  # range checks and key descriptions over the schema
     "lungnet.data": 0,
     "lungnet.models": 0,
     "lungnet.preprocessing": 0,
@@ -39,6 +41,8 @@ LAYERS = {
     "lungnet.metrics": 1,
     "lungnet.module": 1,
     "lungnet.callbacks": 1,
+    "lungnet.loggers": 1,
+    "lungnet.training_checks": 1,
     "lungnet.training": 1,
     "lungnet.evaluation": 1,
     "lungnet.explain": 1,
@@ -46,6 +50,7 @@ LAYERS = {
     "lungnet.runtimes": 2,
     "lungnet.export": 2,
     "lungnet.app": 2,
+    "lungnet.launch": 2,  # what a command line means before Hydra composes it (lungnet.cli)
     "lungnet.rundir": 2,  # the commands' run directories (lungnet.cli)
     "lungnet.cli": 2,
 }

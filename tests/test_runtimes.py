@@ -171,7 +171,7 @@ def test_torchscript_runs_only_from_a_pt_file_with_trust_export(tmp_path):
         with pytest.raises(CheckpointError, match="TorchScript") as exc:
             Predictor(model)
         assert "\n" not in str(exc.value) and "trust_export" in str(exc.value)
-        proc = _predict_script([f"ckpt={model}", f"input={image}", f"paths.output_dir={tmp_path / 'out'}"], tmp_path)
+        proc = _predict_script([f"ckpt={model}", f"input={image}", f"paths.log_dir={tmp_path / 'out'}"], tmp_path)
         output = proc.stdout + proc.stderr
         assert proc.returncode == 2, output[-3000:]
         assert "Traceback" not in output and len(_error_lines(output)) == 1 and "trust_export=true" in output
@@ -189,16 +189,17 @@ def test_torchscript_runs_only_from_a_pt_file_with_trust_export(tmp_path):
 def test_app_serves_torchscript_only_when_started_with_trust_export(tmp_path, monkeypatch):
     import uvicorn
 
-    from lungnet import app as app_module
+    from lungnet import cli
+    from tests.conftest import run_cli
 
     marker = tmp_path / "marker"
     model = evil_torchscript(tmp_path / "model.pt", marker)
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
     with pytest.raises(SystemExit) as exc:
-        app_module.main([f"ckpt={model}"])
+        run_cli(cli.app, [f"ckpt={model}"], monkeypatch)
     assert exc.value.code == 2 and not seen and not list(tmp_path.glob("marker*"))
-    app_module.main([f"ckpt={model}", "trust_export=true"])
+    run_cli(cli.app, [f"ckpt={model}", "trust_export=true"], monkeypatch)
     assert "app" in seen and (tmp_path / "marker.load").exists()
 
 

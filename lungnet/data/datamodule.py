@@ -34,33 +34,9 @@ from lungnet.data.splits import ExpectedSplits, assign_splits, write_splits
 from lungnet.data.transforms import Normalize, build_transform
 from lungnet.io import write_json
 from lungnet.models.specs import ModelSpec
+from lungnet.schema import with_data_defaults
 
 log = logging.getLogger(__name__)
-
-DEFAULTS = {
-    "options": {},
-    "image_size": None,
-    "resize": "squash",
-    "downsample_to": None,
-    "val_fraction": 0.1,
-    "test_fraction": 0.0,
-    "carve_val": False,
-    "cv_folds": 0,
-    "cv_fold": 0,
-    "batch_size": 32,
-    "num_workers": 0,
-    "pin_memory": False,
-    "persistent_workers": False,
-    "balance": "none",
-    "on_bad_file": "skip",
-    "verify": True,
-    "allow_leakage": False,
-    "near_duplicates": False,
-    "near_duplicate_threshold": 12,
-    "intensity_check": True,
-    "cache": False,
-    "cache_dir": "~/.cache/lungnet/images",
-}
 
 
 def resolve_root(data_cfg: dict) -> dict:
@@ -80,7 +56,8 @@ class LungDataModule(pl.LightningDataModule):
     """Data for one run.
 
     Args:
-        cfg: the ``data`` config (see ``conf/data/*.yaml``; missing keys take `DEFAULTS`).
+        cfg: the ``data`` config (see ``conf/data/*.yaml``; missing keys, e.g. in old checkpoints, take the
+            schema's defaults, `lungnet.schema.DataConfig`).
         spec: the model's spec (input size, mean/std, channels).
         seed: split seed.
         augment: albumentations steps for training (Hydra dicts).
@@ -99,7 +76,7 @@ class LungDataModule(pl.LightningDataModule):
         expected_splits: ExpectedSplits | None = None,
     ) -> None:
         super().__init__()
-        self.cfg = {**DEFAULTS, **dict(cfg)}
+        self.cfg = with_data_defaults(cfg)
         self.spec = spec
         self.seed = seed
         self.augment = list(augment or [])
@@ -108,7 +85,8 @@ class LungDataModule(pl.LightningDataModule):
         self.source = make_source(self.cfg)
         self.labels: list[str] = list(self.source.labels)
         self.multilabel = self.source.multilabel
-        self.image_size = int(self.cfg["image_size"] or spec.input_size)
+        size = self.cfg["image_size"]
+        self.image_size = int(spec.input_size if size is None else size)
         self.table: pd.DataFrame | None = None
         self.datasets: dict[str, XrayDataset] = {}
         self.report: dict = {}

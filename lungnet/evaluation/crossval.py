@@ -64,6 +64,8 @@ FREE_KEYS = (
     "data.cache_dir",
     "data.verify",
     "paths.",
+    "logger.",
+    "callbacks.model_checkpoint.dirpath",
     "resume",
     "log_figures_every",
     "trainer.enable_progress_bar",

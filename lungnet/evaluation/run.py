@@ -37,15 +37,11 @@ from lungnet.evaluation.report import write_report
 from lungnet.hardware import resolve_device
 from lungnet.io import write_csv, write_json
 from lungnet.metrics import compute_metrics
+from lungnet.schema import EvaluateConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "operating_point": {"target_sensitivity": 0.95, "positive_class": None, "fit_on": "auto", "file": None},
-    "bootstrap": {"resamples": 1000, "seed": 0, "level": 0.95},
-    "calibration": {"bins": 15, "temperature_scaling": True},
-    "report": {"html": True, "figures": True},
-}
+OPTION_KEYS = ("operating_point", "bootstrap", "calibration", "report")
 
 
 def data_config(loaded: LoadedModel, overrides: dict) -> dict:
@@ -85,11 +81,10 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
 
 
 def options(cfg: DictConfig) -> dict:
-    """The evaluation options of ``cfg`` (operating_point, bootstrap, calibration, report) over `DEFAULTS`."""
-    out = {}
-    for key, default in DEFAULTS.items():
-        given = cfg.get(key)
-        out[key] = {**default, **(OmegaConf.to_container(given, resolve=True) if given is not None else {})}
+    """The evaluation options of ``cfg`` (operating_point, bootstrap, calibration, report) over the schema's
+    defaults (`lungnet.schema.EvaluateConfig`), and ``decision_positive_class`` (``decision.positive_class``)."""
+    merged = OmegaConf.merge(OmegaConf.structured(EvaluateConfig), {k: cfg[k] for k in OPTION_KEYS if k in cfg})
+    out = {k: OmegaConf.to_container(merged[k], resolve=True, enum_to_str=True) for k in OPTION_KEYS}
     out["decision_positive_class"] = OmegaConf.select(cfg, "decision.positive_class", default=None)
     return out
 

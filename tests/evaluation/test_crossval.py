@@ -80,11 +80,11 @@ def test_folds_that_do_not_belong_together_are_refused(cv_runs, tmp_path):
         summarise(find_fold_runs(mixed))
     fold0 = yaml.safe_load((mixed / "0" / "config.yaml").read_text())
     cfg["seed"] = fold0["seed"]
-    cfg["optim"]["lr"] = 0.5  # another recipe's fold
+    cfg["optimizer"]["lr"] = 0.5  # another recipe's fold
     config.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(DataError, match="different settings.*optim.lr"):
+    with pytest.raises(DataError, match="different settings.*optimizer.lr"):
         summarise(find_fold_runs(mixed))
-    cfg["optim"]["lr"] = fold0["optim"]["lr"]
+    cfg["optimizer"]["lr"] = fold0["optimizer"]["lr"]
     cfg["data"]["num_workers"], cfg["trainer"]["enable_progress_bar"] = 7, True  # how fast, not what: allowed
     cfg["new_key_in_a_later_version"] = 1
     config.write_text(yaml.safe_dump(cfg))
