@@ -11,7 +11,13 @@ views a recipe can be scored on without touching the test split, each a ``<view>
   (centre crop to the short side, resize to 28 x 28; area interpolation);
 - ``darkcovidnet``: DarkCovidNet Pneumonia vs No_findings (adult NIH images), reduced the same way;
 - ``nih``: the NIH sample's Pneumonia (any image listing it) vs No Finding, reduced the same way (most of its
-  256 px images are also in DarkCovidNet; its 64 px No Finding images are not).
+  256 px images are also in DarkCovidNet; its 64 px No Finding images are not);
+- ``val_acq``: every val image under one seeded random acquisition change a reader would still accept (gamma
+  0.7-1.4, contrast 0.75-1.25, blur sigma 0-0.8 px, a centre crop of 85-100 % per axis resized back to 28 px).
+  It overlaps with ``augment=acquisition``, so it favours models trained with it: a check, not a judge;
+- ``val_proc``: every val image under one or two seeded post-processing changes no training augmentation makes
+  (unsharp masking, partial histogram equalisation, black collimation bands at one or two edges): a held-out
+  family of changes, as corruption benchmarks keep test corruptions apart from training augmentations.
 
 ``score`` runs checkpoints (and probability-averaged ensembles of them) over every view and writes a table with
 95 % bootstrap intervals (`lungnet.evaluation.stats.bootstrap_ci`): accuracy and AUROC, NORMAL and PNEUMONIA recall,
@@ -53,7 +59,7 @@ from lungnet.preprocessing import Preprocessing  # noqa: E402
 log = logging.getLogger("bench.views")
 SHARED = Path(os.environ.get("LUNGNET_SHARED_DATA", ROOT.parent / "shared" / "data"))
 LABELS = ["NORMAL", "PNEUMONIA"]
-VIEWS = ("val", "val_prior", "kermany16", "darkcovidnet", "nih")
+VIEWS = ("val", "val_prior", "val_acq", "val_proc", "kermany16", "darkcovidnet", "nih")
 TEST_NORMAL_SHARE = 234 / 624
 
 
@@ -88,6 +94,14 @@ def _reduced_view(out: Path, files: dict[str, list[Path]]) -> None:
             Image.fromarray(medmnist_reduce(read_image(p))).save(folder / f"{p.stem}.png")
 
 
+def _changed_view(out: Path, files: dict[str, list[Path]], change, rng: np.random.Generator) -> None:
+    for label, paths in files.items():
+        folder = out / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in paths:
+            Image.fromarray(change(read_image(p), rng)).save(folder / p.name)
+
+
 def nih_files(root: Path) -> dict[str, list[Path]]:
     """NIH sample images labelled No Finding (NORMAL) or listing Pneumonia (PNEUMONIA)."""
     entries = pd.read_csv(root / "Data_Entry_2017.csv")
@@ -101,25 +115,73 @@ def nih_files(root: Path) -> dict[str, list[Path]]:
     return {label: sorted(root / "images" / n for n in names) for label, names in pick.items()}
 
 
+def acquisition_change(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random, mild acquisition change of a float [0, 1] image: crop-zoom, gamma, contrast, blur."""
+    h, w = image.shape
+    ch, cw = (max(8, round(s * rng.uniform(0.85, 1.0))) for s in (h, w))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    x = cv2.resize(image[top : top + ch, left : left + cw], (w, h), interpolation=cv2.INTER_LINEAR)
+    x = np.clip(x, 0, 1) ** rng.uniform(0.7, 1.4)
+    x = np.clip((x - x.mean()) * rng.uniform(0.75, 1.25) + x.mean(), 0, 1)
+    sigma = rng.uniform(0.0, 0.8)
+    if sigma > 0.2:
+        x = cv2.GaussianBlur(x, (0, 0), sigma)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def processing_change(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One or two random post-processing changes of a float [0, 1] image: sharpening, equalisation, collimation."""
+    x = np.clip(image, 0, 1).astype(np.float32)
+    for kind in rng.choice(3, size=rng.integers(1, 3), replace=False):
+        if kind == 0:  # unsharp mask
+            x = np.clip(x + rng.uniform(0.5, 1.5) * (x - cv2.GaussianBlur(x, (0, 0), 1.0)), 0, 1)
+        elif kind == 1:  # partial histogram equalisation
+            eq = cv2.equalizeHist(np.rint(x * 255).astype(np.uint8)).astype(np.float32) / 255.0
+            a = rng.uniform(0.3, 0.7)
+            x = (1 - a) * x + a * eq
+        else:  # black collimation bands at one or two edges
+            h, w = x.shape
+            for edge in rng.choice(4, size=rng.integers(1, 3), replace=False):
+                k = int(rng.integers(1, 4))
+                if edge == 0:
+                    x[:k] = 0
+                elif edge == 1:
+                    x[-k:] = 0
+                elif edge == 2:
+                    x[:, :k] = 0
+                else:
+                    x[:, -k:] = 0
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
 def build(out: Path, shared: Path, seed: int = 0) -> dict[str, dict[str, int]]:
-    """Writes every view under ``out`` (which must not exist yet) and returns the class counts per view."""
-    if out.exists():
-        raise SystemExit(f"{out} exists: remove it or choose another --out")
+    """Writes the views under ``out`` that are not there yet and returns the class counts per view."""
     mnist = shared / "pneumoniamnist" / "val"
     val = {label: sorted((mnist / label).glob("*.png")) for label in LABELS}
-    _link_view(out / "val", val)
     rng = np.random.default_rng(seed)
     n_pneu = round(len(val["NORMAL"]) * (1 - TEST_NORMAL_SHARE) / TEST_NORMAL_SHARE)
     keep = sorted(rng.choice(len(val["PNEUMONIA"]), n_pneu, replace=False))
-    _link_view(out / "val_prior", {"NORMAL": val["NORMAL"], "PNEUMONIA": [val["PNEUMONIA"][i] for i in keep]})
-    kermany = {label: sorted((shared / "kermany_val16" / label).glob("*.jpeg")) for label in LABELS}
-    _reduced_view(out / "kermany16", kermany)
     dark = shared / "darkcovidnet"
-    _reduced_view(
-        out / "darkcovidnet",
-        {"NORMAL": sorted((dark / "No_findings").iterdir()), "PNEUMONIA": sorted((dark / "Pneumonia").iterdir())},
-    )
-    _reduced_view(out / "nih", nih_files(shared / "nih"))
+    makers = {
+        "val": lambda d: _link_view(d, val),
+        "val_prior": lambda d: _link_view(
+            d, {"NORMAL": val["NORMAL"], "PNEUMONIA": [val["PNEUMONIA"][i] for i in keep]}
+        ),
+        "val_acq": lambda d: _changed_view(d, val, acquisition_change, np.random.default_rng(seed + 1)),
+        "val_proc": lambda d: _changed_view(d, val, processing_change, np.random.default_rng(seed + 2)),
+        "kermany16": lambda d: _reduced_view(
+            d, {label: sorted((shared / "kermany_val16" / label).glob("*.jpeg")) for label in LABELS}
+        ),
+        "darkcovidnet": lambda d: _reduced_view(
+            d, {"NORMAL": sorted((dark / "No_findings").iterdir()), "PNEUMONIA": sorted((dark / "Pneumonia").iterdir())}
+        ),
+        "nih": lambda d: _reduced_view(d, nih_files(shared / "nih")),
+    }
+    for view, make in makers.items():
+        if (out / view).exists():
+            log.info("%s exists: kept", out / view)
+        else:
+            make(out / view)
     counts = {v: {label: len(list((out / v / label).iterdir())) for label in LABELS} for v in VIEWS}
     (out / "views.json").write_text(json.dumps({"seed": seed, "counts": counts}, indent=2))
     return counts
