@@ -136,7 +136,7 @@ def full_loop(name: str, args, device: str, cache: bool, epochs: int, chans: int
     module = LitClassifier(
         {"name": name, "in_chans": chans},
         ["Covid-19", "No_findings", "Pneumonia"],
-        optim={"lr": 1e-4, "scheduler": "none"},
+        optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-4},
     )
     data = {
         "source": args.source,
