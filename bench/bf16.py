@@ -102,7 +102,9 @@ def fit_speed(
 def bench_config(cfg: dict, rounds: int, warmup: int, steps: int) -> dict:
     """Interleaved rounds of both precisions for one configuration."""
     module = LitClassifier(
-        {"name": cfg["name"], "in_chans": cfg["chans"]}, ["a", "b"], optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3}
+        {"name": cfg["name"], "in_chans": cfg["chans"]},
+        ["a", "b"],
+        optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3},
     )
     data = _Synthetic(cfg["batch"] * (warmup + steps), cfg["chans"], cfg["size"], 2)
     loader = DataLoader(data, batch_size=cfg["batch"], shuffle=False, num_workers=0)
