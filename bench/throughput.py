@@ -6,38 +6,81 @@ The ratio (b)/(a) says whether the data pipeline starves the accelerator (target
 
 With ``--cpu-cache-epochs`` it also times CPU epochs of the same DataModule with and without the cache.
 
+On the CPU (``--device cpu``) it runs (a) and (b) (uncached, then cached) interleaved as a, b, a, b, a, and
+compares each (b) with the mean of the two (a) runs around it, so a machine shared with other work shifts both
+alike. Every measurement also records the CPU seconds of the process and its data-loader workers (read from
+/proc), whose ratio hardly depends on the load: (a) CPU-s per image / (b) CPU-s per image is the ratio an idle
+machine whose cores are all busy with training would show.
+
 Examples:
     python bench/throughput.py --data-root ../shared/data/darkcovidnet --models densenet121 resnet50 \
         --batch-size 128 --precision bf16-mixed --workers 12            # on a GPU
     python bench/throughput.py --data-root ../shared/data/darkcovidnet --models resnet18 --device cpu \
         --batch-size 32 --image-size 224 --precision 32-true --cpu-cache-epochs 1 --workers 2
+    python bench/throughput.py --data-root ../shared/data/darkcovidnet --device cpu --precision 32-true \
+        --workers 2 --augment xray --epochs 2 --configs efficientnet_lite0:224:32:3 resnet18:64:64:1   # CPU (a) vs (b)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import pytorch_lightning as pl
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads collapse on a shared CPU
 
-from lungnet.data.datamodule import LungDataModule
-from lungnet.module import LitClassifier
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lungnet.data.datamodule import LungDataModule  # noqa: E402
+from lungnet.hardware import cpu_summary  # noqa: E402
+from lungnet.module import LitClassifier  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def tree_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process and its live descendants (Linux /proc; elsewhere this process)."""
+    pid = pid or os.getpid()
+    try:
+        stats = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK)
+    except OSError:
+        return time.process_time()
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        todo += [c for c, (ppid, _) in stats.items() if ppid == p]
+    return total
 
 
 class _EpochTimer(pl.Callback):
     def __init__(self) -> None:
         self.times: list[float] = []
         self.images: list[int] = []
+        self.cpu: list[float] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize()
-        self._t0, self._n = time.perf_counter(), 0
+        self._t0, self._n, self._c0 = time.perf_counter(), 0, tree_cpu_seconds()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._n += len(batch["image"])
@@ -47,16 +90,20 @@ class _EpochTimer(pl.Callback):
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self._t0)
         self.images.append(self._n)
+        self.cpu.append(tree_cpu_seconds() - self._c0)
 
 
-def model_only(name: str, args, device: str) -> float:
-    """Images/s of forward + backward + optimiser step on tensors already on the device."""
-    module = LitClassifier({"name": name, "in_chans": 3}, ["a", "b", "c"]).to(device)
+def model_only(name: str, args, device: str, chans: int = 3) -> float | dict:
+    """Images/s of forward + backward + optimiser step on tensors already on the device.
+
+    On the CPU: ``{"images_per_s", "images_per_cpu_s"}`` (CPU seconds of this process, all threads).
+    """
+    module = LitClassifier({"name": name, "in_chans": chans}, ["a", "b", "c"]).to(device)
     if args.channels_last:
         module = module.to(memory_format=torch.channels_last)
     model = torch.compile(module.model) if args.compile else module.model
     opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    x = torch.randn(args.batch_size, chans, args.image_size, args.image_size, device=device)
     if args.channels_last:
         x = x.to(memory_format=torch.channels_last)
     y = torch.randint(0, 3, (args.batch_size,), device=device)
@@ -73,18 +120,23 @@ def model_only(name: str, args, device: str) -> float:
         step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), tree_cpu_seconds()
     for _ in range(args.steps):
         step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return args.steps * args.batch_size / (time.perf_counter() - t0)
+    n = args.steps * args.batch_size
+    if device == "cpu":
+        return {"images_per_s": n / (time.perf_counter() - t0), "images_per_cpu_s": n / (tree_cpu_seconds() - c0)}
+    return n / (time.perf_counter() - t0)
 
 
-def full_loop(name: str, args, device: str, cache: bool, epochs: int) -> dict:
+def full_loop(name: str, args, device: str, cache: bool, epochs: int, chans: int = 3) -> dict:
     """Images/s of Trainer.fit over real data (the first epoch is warm-up and excluded when epochs > 1)."""
     module = LitClassifier(
-        {"name": name, "in_chans": 3}, ["Covid-19", "No_findings", "Pneumonia"], optim={"lr": 1e-4, "scheduler": "none"}
+        {"name": name, "in_chans": chans},
+        ["Covid-19", "No_findings", "Pneumonia"],
+        optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-4},
     )
     data = {
         "source": args.source,
@@ -100,7 +152,7 @@ def full_loop(name: str, args, device: str, cache: bool, epochs: int) -> dict:
         "cache_dir": args.cache_dir,
         "intensity_check": False,
     }
-    dm = LungDataModule(data, module.spec, seed=0, augment=None)
+    dm = LungDataModule(data, module.spec, seed=0, augment=augment_steps(args.augment))
     timer = _EpochTimer()
     trainer = pl.Trainer(
         accelerator="gpu" if device != "cpu" else "cpu",
@@ -123,7 +175,64 @@ def full_loop(name: str, args, device: str, cache: bool, epochs: int) -> dict:
     steady = slice(1, None) if epochs > 1 else slice(None)
     imgs = sum(timer.images[steady])
     secs = sum(timer.times[steady])
-    return {"images_per_s": imgs / secs, "epoch_s": timer.times, "fit_wall_s": total}
+    return {
+        "images_per_s": imgs / secs,
+        "images_per_cpu_s": imgs / sum(timer.cpu[steady]),
+        "epoch_s": timer.times,
+        "epoch_cpu_s": timer.cpu,
+        "fit_wall_s": total,
+    }
+
+
+def augment_steps(name: str | None) -> list | None:
+    """The ``train`` steps of ``conf/augment/<name>.yaml`` (None: no augmentation)."""
+    if not name or name == "none":
+        return None
+    return yaml.safe_load((ROOT / "conf" / "augment" / f"{name}.yaml").read_text())["train"]
+
+
+def cpu_pipeline_ratio(cfg: str, args) -> dict:
+    """(a) model-only vs (b) Trainer.fit uncached and cached on the CPU, interleaved a, b, a, b, a.
+
+    Args:
+        cfg: ``name:size:batch:chans``.
+    """
+    name, size, batch, chans = cfg.split(":")
+    run = argparse.Namespace(**{**vars(args), "image_size": int(size), "batch_size": int(batch)})
+    chans = int(chans)
+    out: dict = {"config": cfg, "load": [os.getloadavg()[0]], "a": []}
+    out["a"].append(model_only(name, run, "cpu", chans))
+    for cache in (False, True):
+        out[f"b_cache_{cache}"] = full_loop(name, run, "cpu", cache=cache, epochs=args.epochs, chans=chans)
+        out["a"].append(model_only(name, run, "cpu", chans))
+        out["load"].append(os.getloadavg()[0])
+        b, around = out[f"b_cache_{cache}"], out["a"][-2:]
+        for key in ("images_per_s", "images_per_cpu_s"):
+            out[f"ratio_cache_{cache}_{key}"] = b[key] / statistics.mean(a[key] for a in around)
+    return out
+
+
+def cpu_markdown(rows: list[dict], args) -> str:
+    """The CPU (a)/(b) table."""
+    lines = [
+        "| model | (a) model-only img/s | (b) uncached img/s (epoch s) | (b)/(a) | CPU-time ratio | "
+        "(b) cached img/s (epoch s) | (b)/(a) | CPU-time ratio | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        a = " / ".join(f"{x['images_per_s']:.1f}" for x in r["a"])
+        cells = [r["config"], a]
+        for cache in (False, True):
+            b = r[f"b_cache_{cache}"]
+            epochs = ", ".join(f"{t:.1f}" for t in b["epoch_s"])
+            cells += [
+                f"{b['images_per_s']:.1f} ({epochs})",
+                f"{r[f'ratio_cache_{cache}_images_per_s']:.2f}",
+                f"{r[f'ratio_cache_{cache}_images_per_cpu_s']:.2f}",
+            ]
+        cells.append(", ".join(f"{x:.1f}" for x in r["load"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -144,7 +253,17 @@ def main() -> None:
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "lungnet-bench-cache"))
     p.add_argument("--cpu-cache-epochs", type=int, default=0, help="also time CPU epochs with/without cache")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--augment", default=None, help="conf/augment/<name>.yaml for the training loader (CPU mode)")
+    p.add_argument(
+        "--configs", nargs="*", default=[], help="CPU mode: name:size:batch:chans, e.g. efficientnet_lite0:224:32:3"
+    )
     args = p.parse_args()
+    if args.device == "cpu" and args.configs:
+        rows = [cpu_pipeline_ratio(cfg, args) for cfg in args.configs]
+        print(cpu_markdown(rows, args))
+        if args.out:
+            Path(args.out).write_text(json.dumps({"cpu": cpu_summary(), "args": vars(args), "rows": rows}, indent=2))
+        return
     torch.backends.cudnn.benchmark = True
     results = {
         "device": torch.cuda.get_device_name() if args.device != "cpu" else platform.processor() or "cpu",

@@ -169,6 +169,15 @@ class EMAConfig:
 
 
 @dataclass
+class PrecisionAutoConfig:
+    """What ``trainer.precision=auto`` (the ``trainer=cpu`` default) decides by; measured in docs/benchmarks.md."""
+
+    bf16_min_image_size: int = opt(
+        224, "on a CPU with native bf16: bf16-mixed from this input size (px) up, 32-true below it", ge=1
+    )
+
+
+@dataclass
 class TrainConfig:
     """``train.yaml``: the groups (typed loosely: Lightning, torch and albumentations check their own arguments)
     and lungnet's training options."""
@@ -197,6 +206,7 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = opt(factory=EarlyStoppingConfig)
     finetune: FinetuneConfig = opt(factory=FinetuneConfig)
     ema: EMAConfig = opt(factory=EMAConfig)
+    precision_auto: PrecisionAutoConfig = opt(factory=PrecisionAutoConfig)
     optimized_metric: str = opt("val/auroc_macro", "the value train.py returns to a sweeper (metrics.json val/<key>)")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -32,6 +32,7 @@ from lungnet.errors import ConfigError
 from lungnet.evaluation.curves import write_training_curves
 from lungnet.evaluation.decisions import fit_ood_gate
 from lungnet.evaluation.predict import predict_loader, predictions_table
+from lungnet.hardware import PrecisionChoice, choose_training_precision
 from lungnet.io import remove_stale_temporaries, write_csv, write_json, write_text
 from lungnet.loggers import build_loggers, log_final_metrics
 from lungnet.metrics import compute_metrics
@@ -220,6 +221,22 @@ def build_module(cfg: DictConfig, source: Source, data_cfg: dict) -> LitClassifi
     )
 
 
+def resolve_precision(cfg: DictConfig, data_cfg: dict, module: LitClassifier) -> PrecisionChoice:
+    """Resolves ``trainer.precision=auto`` for this machine and input size into ``cfg.trainer`` (so config.yaml and
+    the Trainer get the choice), and logs the choice with its reason; an explicit precision is kept."""
+    size = int(data_cfg.get("image_size") or module.spec.input_size)
+    choice = choose_training_precision(
+        cfg.trainer.get("precision", "32-true"),
+        cfg.trainer.get("accelerator", "auto"),
+        size,
+        int(cfg.precision_auto.bf16_min_image_size),
+    )
+    with open_dict(cfg):
+        cfg.trainer.precision = choice.precision
+    log.info("Training precision %s: %s", choice.precision, choice.reason)
+    return choice
+
+
 def record_data_facts(module: LitClassifier, dm: LungDataModule) -> None:
     """Puts what the data decided (input size, class weights, split sizes and fingerprint) into the module's
     hyper-parameters, so the checkpoint and every logger's hparams say what was trained."""
@@ -256,6 +273,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         source.check_root()
     validate_config(cfg, source)
     module = build_module(cfg, source, data_cfg)
+    precision = resolve_precision(cfg, data_cfg, module)
     resume_from, expected = None, None
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)  # weights_only=True
@@ -285,7 +303,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         module.use_channels_last()
     if int(cfg.trainer.get("devices", 1) or 1) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        write_json(run_dir / "environment.json", run_facts(dm.table))
+        write_json(run_dir / "environment.json", {**run_facts(dm.table), "precision": precision.record()})
     # weights_only=True: Lightning would otherwise unpickle arbitrary objects from the resumed file
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
     return finish(cfg, trainer, module, dm, run_dir)

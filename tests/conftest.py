@@ -79,6 +79,7 @@ TINY = [
     "data.num_workers=0",
     "data.persistent_workers=false",
     "trainer.max_epochs=1",
+    "trainer.precision=32-true",  # pinned: trainer=cpu says auto, which depends on the CPU
     "trainer.enable_progress_bar=false",
 ]
 

@@ -198,3 +198,37 @@ def test_user_errors_exit_nonzero_with_one_message(tmp_path):
         tmp_path,
     )
     assert proc.returncode == 2 and "Unknown model 'resnet9000'" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "precision", "expected"),
+    [
+        ({"avx2", "avx512_bf16"}, "auto", "bf16-mixed"),
+        ({"avx2"}, "auto", "32-true"),
+        ({"avx2", "avx512_bf16"}, "32-true", "32-true"),  # explicit wins
+    ],
+)
+def test_trainer_cpu_precision_auto_is_resolved_and_recorded(tmp_path, monkeypatch, caplog, flags, precision, expected):
+    from lungnet import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    assert compose_cfg("train", []).trainer.precision == "auto"  # trainer=cpu's default
+    overrides = [o for o in TINY if not o.startswith("trainer.precision=")]
+    cfg = compose_cfg(
+        "train",
+        [
+            f"data.root={tmp_path / 'syn'}",
+            "data.options.n_per_class=4",
+            "data.options.size=32",
+            *overrides,
+            f"trainer.precision={precision}",
+            "precision_auto.bf16_min_image_size=32",  # the tiny model's input size counts as large here
+        ],
+    )
+    caplog.set_level("INFO", logger="lungnet.training")
+    train(cfg, tmp_path / "run")
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert env["precision"]["trainer.precision"] == expected and env["precision"]["requested"] == precision
+    assert env["precision"]["native_bf16"] == ("avx512_bf16" in flags)
+    assert f"precision: {expected}" in (tmp_path / "run" / "config.yaml").read_text()
+    assert any(f"Training precision {expected}" in r.getMessage() for r in caplog.records)

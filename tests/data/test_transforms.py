@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from lungnet.data.images import read_image
 from lungnet.data.transforms import build_transform
-from tests.conftest import shared
+from tests.conftest import CONF, shared
 
 
 def _nih_256(n: int = 3) -> list:
@@ -47,3 +48,16 @@ def test_downsample_to_enlarges_a_smaller_image_smoothly():
     assert np.abs(plain - down).mean() < 0.035  # measured 0.026; block enlargement (cv2 area) gives 0.056
     steps = np.abs(np.diff(down, axis=1))
     assert (steps < 1e-6).mean() < 0.05  # measured 0; block enlargement repeats ~27 % of the columns
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "augment").glob("*.yaml")))
+def test_every_augment_group_builds_and_keeps_the_image_contract(name):
+    """Each conf/augment/*.yaml instantiates and maps a float [0, 1] image to the same size, not constant."""
+    steps = yaml.safe_load((CONF / "augment" / f"{name}.yaml").read_text())["train"]
+    transform = build_transform(32, steps)
+    image = np.random.default_rng(0).random((20, 24, 1), dtype=np.float32)
+    outs = [transform(image=image)["image"] for _ in range(8)]
+    assert all(o.shape[:2] == (32, 32) and o.dtype == np.float32 for o in outs)
+    assert all(o.std() > 0.01 for o in outs)
+    if steps:
+        assert max(float(np.abs(o - outs[0]).max()) for o in outs[1:]) > 0  # random: not every draw the same

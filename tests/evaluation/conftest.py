@@ -15,6 +15,7 @@ TINY = [
     "data.batch_size=16",
     "data.num_workers=0",
     "data.persistent_workers=false",
+    "trainer.precision=32-true",  # pinned: trainer=cpu says auto, which depends on the CPU
     "trainer.enable_progress_bar=false",
     "+trainer.enable_model_summary=false",
     "log_figures_every=1000",

