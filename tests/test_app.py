@@ -338,3 +338,12 @@ def test_serves_an_ensemble_naming_its_members(tmp_path):
     body = client.post("/predict", files=files).json()
     assert body["members"] == ["a", "b"] and sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     assert client.post("/predict?heatmap=true", files=files).status_code == 501
+
+
+def test_cli_serves_a_list_of_checkpoints(tmp_path, monkeypatch):
+    a = make_checkpoint(tmp_path / "a" / "a.ckpt", size=32)
+    b = make_checkpoint(tmp_path / "b" / "b.ckpt", size=32, seed=1)
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    run_cli(cli.app, [f"ckpt=[{a},{b}]", "port=8124"], monkeypatch)
+    assert seen["port"] == 8124 and {r.path for r in seen["app"].routes} >= {"/", "/predict", "/model"}
