@@ -1,7 +1,9 @@
 """A small local web app and HTTP API around a trained model (research use only, not a diagnostic device).
 
 ``lungnet-app ckpt=<best.ckpt|model.onnx> [port=8000] [host=127.0.0.1] [max_upload_mb=20]`` (or
-``python -m lungnet.app ...``; options and defaults: ``conf/app.yaml``, ``--help``)
+``python -m lungnet.app ...``; options and defaults: ``conf/app.yaml``, ``--help``). An ensemble
+(``ckpt=[a.ckpt,b.ckpt]``, a multirun directory or an ``ensemble.json``, `lungnet.ensemble`) is served as one model;
+the page, ``/health``, ``/model`` and every answer name its members (it has no heatmaps: they are per model).
 
 - ``GET /``: one HTML page (inline CSS/JS, nothing fetched from elsewhere): the model, its training data and
   validation metrics at the top; upload an image or DICOM, see the decision, the prediction set, an OOD warning,
@@ -75,11 +77,11 @@ def _gray_rgb(image: np.ndarray) -> np.ndarray:
 def model_info(predictor: Predictor) -> dict:
     """What the page shows at the top: model, input, decision facts and the model-card summary."""
     record = predictor.decision
-    card = predictor.path.with_name(f"{predictor.path.stem}.model_card.md")
+    card = predictor.path.with_name(f"{predictor.path.stem}.model_card.md") if predictor.path is not None else None
     return {
         **predictor.describe(),
         "summary": record.summary if record is not None else {},
-        "model_card": card.read_text(encoding="utf-8") if card.is_file() else None,
+        "model_card": card.read_text(encoding="utf-8") if card is not None and card.is_file() else None,
         "notice": NOTICE,
     }
 
@@ -167,6 +169,8 @@ class Service:
         }
         if "decision" in row:
             body["decision"] = row["decision"]
+        if self.predictor.members:
+            body["members"] = self.predictor.members
         record = self.predictor.decision
         if record is not None:
             body.update(
@@ -251,7 +255,7 @@ def create_app(
         .replace("{{NOTICE}}", NOTICE)
     )
     app = FastAPIOffline(title="lungnet", description=NOTICE, redoc_url=None)  # /docs without a CDN
-    info = model_info(predictor)
+    info = {**model_info(predictor), "heatmaps": bool(explain) and predictor.torch_model is not None}
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -328,7 +332,8 @@ def serve(cfg: DictConfig) -> None:
     explain = method if predictor.torch_model is not None else None
     app = create_app(predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side))
     warn_if_exposed(str(cfg.host))
-    log.info("%s Serving %s on http://%s:%d", NOTICE, cfg.ckpt, cfg.host, int(cfg.port))
+    what = predictor.prep.model + f" ({', '.join(predictor.members)})" if predictor.members else cfg.ckpt
+    log.info("%s Serving %s on http://%s:%d", NOTICE, what, cfg.host, int(cfg.port))
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level=str(cfg.log_level))
 
 

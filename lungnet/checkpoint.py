@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,3 +161,48 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         hparams=dict(hp),
         path=Path(path),
     )
+
+
+# ------------------------------------------------------------------------------------- finding a run's checkpoint
+def selected_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a run reported: ``last.ckpt`` when it was trained with ``checkpoint.select=last``."""
+    metrics = run_dir / "metrics.json"
+    try:
+        selected = json.loads(metrics.read_text(encoding="utf-8")).get("selected") if metrics.is_file() else None
+    except (OSError, ValueError):
+        selected = None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last if selected == "last" and last.is_file() else run_dir / "checkpoints" / "best.ckpt"
+
+
+def _natural(path: Path) -> list:
+    """Sort key: ``multirun/2`` before ``multirun/10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def checkpoints_below(root: str | os.PathLike) -> list[Path]:
+    """The checkpoint every training run reported (`selected_checkpoint`): ``root`` itself when it is a run
+    directory (``<root>/checkpoints/best.ckpt``), else each run directory below it (a multirun), in natural order.
+
+    Returns:
+        The checkpoints (empty when ``root`` holds no run).
+    """
+    root = Path(root).expanduser()
+    if (root / "checkpoints" / "best.ckpt").is_file():
+        return [selected_checkpoint(root)]
+    below = sorted(root.rglob("checkpoints/best.ckpt"), key=_natural)
+    return [selected_checkpoint(p.parent.parent) for p in below]
+
+
+def model_names(ckpts: list[Path]) -> list[str]:
+    """A short unique name per checkpoint: its run directory's name (``<run>/checkpoints/x.ckpt``) or file stem."""
+    names = []
+    for ckpt in ckpts:
+        base = ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.stem
+        if ckpt.parent.name == "checkpoints" and ckpt.stem != "best":
+            base += f"_{ckpt.stem}"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names

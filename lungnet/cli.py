@@ -283,6 +283,8 @@ def export(cfg: DictConfig, run_dir: Path) -> Path:
     """Exports a checkpoint to ONNX (fp32, int8) or TorchScript beside it (`lungnet.export.export`)."""
     from lungnet.export import export as run
 
+    if not isinstance(cfg.ckpt, str):
+        raise ConfigError(f"ckpt={cfg.ckpt}: export takes one checkpoint; export an ensemble's members one by one")
     return run(
         cfg.ckpt,
         str(cfg.format),

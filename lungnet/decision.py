@@ -31,7 +31,7 @@ import numpy as np
 from lungnet.errors import CheckpointError
 from lungnet.io import write_json
 from lungnet.labels import default_positive
-from lungnet.ood import OodGate
+from lungnet.ood import AnyMemberGate, OodGate, gate_from_dict
 from lungnet.preprocessing import logits_to_probs
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class DecisionRecord:
         conformal_scores: calibration nonconformity scores (multi-label: ``{finding: scores}``).
         abstain_below: abstain when the calibrated confidence is below this (None: off).
         abstain_ambiguous: abstain when the prediction set does not hold exactly one label.
-        ood: the OOD gate, or None.
+        ood: the OOD gate (an ensemble's: `AnyMemberGate`), or None.
         summary: model-card summary (model, training data, validation metrics) for the app.
     """
 
@@ -135,7 +135,7 @@ class DecisionRecord:
     conformal_scores: np.ndarray | dict[str, np.ndarray] | None = None
     abstain_below: float | None = None
     abstain_ambiguous: bool = True
-    ood: OodGate | None = None
+    ood: OodGate | AnyMemberGate | None = None
     summary: dict = field(default_factory=dict)
 
     @property
@@ -242,7 +242,7 @@ class DecisionRecord:
         known = set(cls.__dataclass_fields__)
         fields_ = {k: v for k, v in data.items() if k in known}
         try:
-            fields_["ood"] = OodGate.from_dict(data["ood"]) if data.get("ood") else None
+            fields_["ood"] = gate_from_dict(data["ood"]) if data.get("ood") else None
             scores = data.get("conformal_scores")
             if isinstance(scores, dict):
                 fields_["conformal_scores"] = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}

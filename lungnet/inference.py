@@ -1,9 +1,10 @@
 """Use a trained model: ``Predictor(ckpt).predict(paths) -> rows``, shared by predict.py, the web app and the API.
 
 A `Predictor` opens a lungnet checkpoint (``.ckpt``), an exported ONNX file (fp32 or int8, run with ONNX
-Runtime or OpenVINO, no torch model) or an exported TorchScript file; exports carry their preprocessing
+Runtime or OpenVINO, no torch model), an exported TorchScript file, or an ensemble of checkpoints (a list, a
+multirun directory or an ``ensemble.json``: `lungnet.ensemble`); exports carry their preprocessing
 in a JSON sidecar (written by `lungnet.export`, opened by `lungnet.runtimes`). Images are preprocessed
-exactly as the checkpoint's evaluation pipeline:
+exactly as the checkpoint's evaluation pipeline (an ensemble's members each their own, from the same decode):
 `read_image` -> resize (``squash``/``pad``) to the trained input size -> the model's mean/std.
 A file that cannot be read becomes an error row; the others go on.
 """
@@ -25,6 +26,7 @@ from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, is_torchsc
 from lungnet.data.images import ImageReadError, collect_inputs, read_image
 from lungnet.data.transforms import build_transform, fit_within
 from lungnet.decision import DecisionRecord, Decisions, export_decision, find_decision
+from lungnet.ensemble import EnsembleBackend, ensemble_decision, model_files, open_ensemble, stack
 from lungnet.errors import DataError
 from lungnet.evaluation.predict import predictions_table
 from lungnet.hardware import resolve_device
@@ -63,13 +65,13 @@ class _TorchBackend:
 
     runtime = "torch"
 
-    def __init__(self, path: Path, device: str, precision: str = "fp32") -> None:
+    def __init__(self, path: Path, device: str, precision: str = "fp32", loaded=None) -> None:
         from lungnet.runtimes import check_precision, warn_if_emulated_bf16
 
         check_precision(precision)
         warn_if_emulated_bf16(precision)
         self.precision = precision
-        self.loaded = load_model(path)
+        self.loaded = loaded if loaded is not None else load_model(path)
         self.device = torch.device(device)
         self.model = self.loaded.model.to(self.device).eval()
         self.prep = Preprocessing.from_loaded(self.loaded)
@@ -96,7 +98,9 @@ class Predictor:
         ckpt: a lungnet ``.ckpt``, an ``.onnx`` file or a TorchScript ``.pt``/``.ts`` file (exports need their
             sidecar or embedded record, as written by `lungnet.export`). The name decides the loader: ``.onnx``
             runs under ``runtime``; TorchScript content in a ``.pt``/``.ts`` file runs only with
-            ``trust_export``; everything else goes through the ``weights_only`` checkpoint loader.
+            ``trust_export``; everything else goes through the ``weights_only`` checkpoint loader. Several
+            checkpoints (a list, a multirun directory or an ``ensemble.json``) run as one ensemble
+            (`lungnet.ensemble`; ``kind`` is then ``ensemble`` and ``path`` its manifest or None).
         device: ``cpu``, ``cuda`` or ``auto`` (PyTorch models only; ONNX runs on the CPU).
         threads: ONNX Runtime / OpenVINO threads (None: the runtime's default).
         runtime: for ``.onnx`` files, ``onnxruntime`` or ``openvino`` (`lungnet.runtimes`).
@@ -124,11 +128,18 @@ class Predictor:
         from lungnet.runtimes import check_runtime, open_export
 
         check_runtime(runtime)  # also for checkpoints: a misspelt runtime is an error, not ignored
-        path = Path(ckpt).expanduser()
+        files, manifest = model_files(ckpt)
+        device = resolve_device(device)
+        if manifest is not None or len(files) > 1:
+            ensemble = open_ensemble(ckpt, decision)
+            backends = [_TorchBackend(m.path, device, precision, m.loaded) for m in ensemble.members]
+            self.backend, self.kind, self.path = EnsembleBackend(ensemble, backends), "ensemble", manifest
+            self._finish(decision)
+            return
+        path = files[0].expanduser()
         if not path.is_file():
             raise CheckpointError(f"Model file not found: {path}")
         self.path = path
-        device = resolve_device(device)
         suffix = path.suffix.lower()
         if suffix == ".onnx" or (suffix in TORCHSCRIPT_SUFFIXES and is_torchscript(path)):
             self.backend = open_export(path, device, threads, runtime, precision, trust_export)
@@ -136,14 +147,17 @@ class Predictor:
         else:
             self.backend = _TorchBackend(path, device, precision)
             self.kind = "checkpoint"
+        self._finish(decision)
+
+    def _finish(self, decision) -> None:
         self.precision: str = self.backend.precision  # what actually runs, read back from the runtime
-        self.prep: Preprocessing = self.backend.prep
+        self.prep: Preprocessing = self.backend.prep  # an ensemble: `lungnet.ensemble.EnsembleInput`
         self.labels = list(self.prep.labels)
         self._pipeline = self.prep.pipeline()
         self.decision, self.decision_file = self._decision(decision)
         log.info(
-            "Loaded %s (%s, %s, %s): %d classes, %d px, resize=%s",
-            path,
+            "Loaded %s (%s, %s, %s): %d classes, %s px, resize=%s",
+            self.path or self.prep.model,
             self.kind,
             self.backend.runtime,
             self.precision,
@@ -154,7 +168,9 @@ class Predictor:
 
     def _decision(self, choice) -> tuple[DecisionRecord | None, str | None]:
         """The decision record (see ``decision``) and where it came from."""
-        if self.kind == "checkpoint":
+        if self.kind == "ensemble":
+            record, where = ensemble_decision(self.backend.ensemble, choice)
+        elif self.kind == "checkpoint":
             record, path = find_decision(choice, self.path, self.labels)
             where = str(path) if path else None
         else:
@@ -169,8 +185,8 @@ class Predictor:
 
     def describe(self) -> dict:
         """What runs: model file, kind, runtime and precision, the input contract and the decision file."""
-        return {
-            "model_file": str(self.path),
+        facts = {
+            "model_file": str(self.path) if self.path is not None else None,
             "kind": self.kind,
             "runtime": self.backend.runtime,
             "precision": self.precision,
@@ -180,10 +196,19 @@ class Predictor:
             "decision_file": self.decision_file,
             "decision": self.decision.describe() if self.decision is not None else None,
         }
+        if self.kind == "ensemble":
+            facts["members"] = self.backend.ensemble.describe()
+        return facts
+
+    @property
+    def members(self) -> list[str]:
+        """The ensemble's member names (empty for one model)."""
+        return self.backend.ensemble.names if self.kind == "ensemble" else []
 
     def outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits, penultimate features or None) for a preprocessed batch (features: checkpoints only)."""
-        if self.kind == "checkpoint":
+        """(logits, penultimate features or None) for a preprocessed batch (features: checkpoints only; an ensemble
+        gives its logits (`lungnet.ensemble.EnsembleBackend`) and one feature array per member)."""
+        if self.kind in ("checkpoint", "ensemble"):
             return self.backend.outputs(batch)
         return self.backend.logits(batch), None
 
@@ -193,7 +218,8 @@ class Predictor:
         return self.backend.model if self.kind == "checkpoint" else None
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """Grayscale (H, W) in [0, 1] -> the model's input tensor (C, S, S), as in evaluation."""
+        """Grayscale (H, W) in [0, 1] -> the model's input tensor (C, S, S), as in evaluation (an ensemble: one
+        tensor per member, batched with `lungnet.ensemble.stack`)."""
         return self._pipeline(image)
 
     def load(self, path: str | os.PathLike) -> tuple[np.ndarray, torch.Tensor]:
@@ -229,14 +255,21 @@ class Predictor:
         """
         model = self.torch_model
         if model is None:
-            raise CheckpointError(
-                f"Heatmaps need the PyTorch checkpoint (.ckpt); {self.path.name} is a {self.kind} export"
-            )
+            raise CheckpointError(self.no_heatmaps())
         from lungnet.explain.cams import explain
 
         with torch.enable_grad():
             maps = explain(model, batch, method=method, **options)
         return np.asarray(maps, dtype=np.float32)
+
+    def no_heatmaps(self) -> str:
+        """Why this model gives no heatmaps (exports and ensembles)."""
+        if self.kind == "ensemble":
+            return (
+                "Heatmaps are per model and an ensemble has none: run predict.py (or the app) on one member, "
+                f"e.g. ckpt={self.backend.ensemble.members[0].path}, for its heatmaps"
+            )
+        return f"Heatmaps need the PyTorch checkpoint (.ckpt); {self.path.name} is a {self.kind} export"
 
     def rows(self, files: Sequence[str], probs: np.ndarray, decisions: Decisions | None = None) -> list[dict]:
         """CSV rows (file, predicted, confidence, decision, p_<label>..., error) for classified files; with
@@ -316,7 +349,7 @@ class Predictor:
             tensors.append(tensor)
             index.append(i)
         if tensors:
-            batch = torch.stack(tensors)
+            batch = stack(tensors)
             logits, features = self.outputs(batch)
             decided = self.decision.decide(logits, features) if self.decision is not None else None
             probs = decided.probs if decided is not None else logits_to_probs(logits, self.prep.multilabel)
@@ -382,9 +415,7 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
         if explain not in list_methods():
             raise ExplainError(f"Unknown explanation method '{explain}'; choose from {', '.join(list_methods())}")
         if predictor.torch_model is None:
-            raise CheckpointError(
-                f"Heatmaps need the PyTorch checkpoint (.ckpt); {cfg.ckpt} is a {predictor.kind} export"
-            )
+            raise CheckpointError(predictor.no_heatmaps())
     files = collect_inputs(cfg.input)
     heat_dir = run_dir / "heatmaps"
     rows, failed = [], 0
@@ -397,6 +428,8 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
             Image.fromarray(predictor.overlay(pred, float(cfg.alpha))).save(out)
             row["heatmap"] = str(out.relative_to(run_dir))
         failed += not pred.ok
+        if predictor.members:
+            row["members"] = "|".join(predictor.members)
         rows.append(row)
     columns = ["file", "predicted", "confidence", "decision", "prediction_set", "ood", "ood_score", "decision_reason"]
     columns += [f"p_{lab}" for lab in predictor.labels]

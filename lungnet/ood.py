@@ -158,3 +158,88 @@ class OodGate:
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed OOD gate ({exc!r})") from exc
+
+
+ANY_MEMBER = "any-member"
+
+
+@dataclass(frozen=True)
+class AnyMemberGate:
+    """The OOD gate of an ensemble: an image is flagged when any member's own gate flags it.
+
+    Members differ in feature width and scale, so their gates are kept apart: each scores its own member's
+    features, and the ensemble's score is the largest member score relative to that member's threshold
+    (``max_m score_m / threshold_m``), flagged above 1. Members without a gate do not vote. Each member flags about
+    5 % of its validation images, so the ensemble flags at least as many (the report gives the measured rate).
+
+    Attributes:
+        gates: one entry per member, in the ensemble's order (None: that member has no gate).
+        threshold: always 1 (a member's own threshold).
+        reference: ensemble scores of the images the member gates were calibrated on (for shift tests), or empty.
+        info: method, member count, where the reference was scored.
+    """
+
+    gates: tuple[OodGate | None, ...]
+    threshold: float = 1.0
+    reference: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not any(g is not None for g in self.gates):
+            raise ValueError("an ensemble OOD gate needs at least one member with a gate")
+        voting = sum(g is not None for g in self.gates)
+        object.__setattr__(
+            self, "info", {"method": ANY_MEMBER, "members": len(self.gates), "voting": voting, **self.info}
+        )
+
+    def score(self, features) -> np.ndarray:
+        """The largest member score relative to its threshold, per image: (N,).
+
+        Args:
+            features: one (N, D_m) array (or None) per member, in the ensemble's order.
+        """
+        if len(features) != len(self.gates):
+            raise ValueError(f"{len(features)} feature arrays for an ensemble gate of {len(self.gates)} members")
+        rel = [g.score(f) / g.threshold for g, f in zip(self.gates, features, strict=True) if g is not None]
+        return np.max(np.stack(rel), axis=0)
+
+    def flag(self, features) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, flags): flagged where any voting member's gate flags."""
+        scores = self.score(features)
+        return scores, scores > self.threshold
+
+    def calibrate(self, features, split: str = "val") -> AnyMemberGate:
+        """A copy holding the ensemble scores of ``features`` as its reference (the thresholds stay the members')."""
+        scores = self.score(features)
+        info = {**self.info, "threshold_split": split, "threshold_n": int(len(scores))}
+        info["rate_on_threshold_split"] = float((scores > self.threshold).mean()) if len(scores) else None
+        return replace(self, reference=scores, info=info)
+
+    def to_dict(self) -> dict:
+        """JSON-ready data: the member gates in full (the ensemble's decision file stands on its own)."""
+        return {
+            **self.info,
+            "threshold": self.threshold,
+            "gates": [g.to_dict() if g is not None else None for g in self.gates],
+            "reference_scores": [float(s) for s in self.reference],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AnyMemberGate:
+        """Inverse of `to_dict`.
+
+        Raises:
+            ValueError: malformed.
+        """
+        try:
+            gates = tuple(OodGate.from_dict(g) if g else None for g in data["gates"])
+            info = {k: v for k, v in data.items() if k not in {"threshold", "gates", "reference_scores"}}
+            reference = np.asarray(data.get("reference_scores") or [], dtype=np.float64)
+            return cls(gates, float(data.get("threshold", 1.0)), reference, info)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed ensemble OOD gate ({exc!r})") from exc
+
+
+def gate_from_dict(data: dict) -> OodGate | AnyMemberGate:
+    """A stored gate: a model's (`OodGate`) or an ensemble's (`AnyMemberGate`), by its ``method``."""
+    return AnyMemberGate.from_dict(data) if data.get("method") == ANY_MEMBER else OodGate.from_dict(data)

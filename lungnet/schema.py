@@ -282,7 +282,10 @@ class OodConfig:
 
 @dataclass
 class EvaluateConfig:
-    ckpt: str = opt(help="the checkpoint to evaluate")
+    ckpt: Any = opt(
+        help="the checkpoint to evaluate; an ensemble: [a.ckpt,b.ckpt,...], a multirun dir (its fold models) or an "
+        "ensemble.json"
+    )
     split: str = opt("test", "test val train, or all: every image under <data.root>/<class>/")
     device: Device = opt(Device.auto, "auto cpu cuda")
     data: EvalDataOverrides = opt(factory=EvalDataOverrides)
@@ -307,7 +310,9 @@ class CompareConfig(EvaluateConfig):
 
 @dataclass
 class PredictConfig:
-    ckpt: str = opt(help="model.ckpt, model.onnx or model.pt")
+    ckpt: Any = opt(
+        help="model.ckpt, model.onnx or model.pt; an ensemble: [a.ckpt,b.ckpt,...], a multirun dir or an ensemble.json"
+    )
     input: str = opt(help="an image/DICOM file, a folder (searched recursively) or a glob")
     alpha: float = opt(0.45, "heatmap opacity in the overlays", ge=0, le=1)
     batch_size: int = opt(16, "images per batch", ge=1)

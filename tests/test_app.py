@@ -323,3 +323,27 @@ def test_start_warns_when_the_host_is_not_loopback(tmp_path, monkeypatch, caplog
         found = [r for r in caplog.records if r.levelname == "WARNING" and "no authentication" in r.getMessage()]
         assert bool(found) == warned, host
     assert app_module.is_loopback("127.0.0.2") and not app_module.is_loopback("example.org")
+
+
+def test_serves_an_ensemble_naming_its_members(tmp_path):
+    from fastapi.testclient import TestClient
+
+    a = make_checkpoint(tmp_path / "a" / "a.ckpt", size=32)
+    b = make_checkpoint(tmp_path / "b" / "b.ckpt", size=40, seed=1)
+    client = TestClient(create_app(Predictor([str(a), str(b)])))
+    info = client.get("/model").json()
+    assert info["kind"] == "ensemble" and [m["name"] for m in info["members"]] == ["a", "b"]
+    assert info["heatmaps"] is False and info["model_file"] is None
+    files = {"file": ("chest.jpg", xray().read_bytes(), "image/jpeg")}
+    body = client.post("/predict", files=files).json()
+    assert body["members"] == ["a", "b"] and sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert client.post("/predict?heatmap=true", files=files).status_code == 501
+
+
+def test_cli_serves_a_list_of_checkpoints(tmp_path, monkeypatch):
+    a = make_checkpoint(tmp_path / "a" / "a.ckpt", size=32)
+    b = make_checkpoint(tmp_path / "b" / "b.ckpt", size=32, seed=1)
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    run_cli(cli.app, [f"ckpt=[{a},{b}]", "port=8124"], monkeypatch)
+    assert seen["port"] == 8124 and {r.path for r in seen["app"].routes} >= {"/", "/predict", "/model"}

@@ -4,8 +4,8 @@ Layers, bottom to top (docs: COMMON rules, README "Layout"):
 
 0. ``errors hardware io labels provenance schema config_checks data models preprocessing``: files, images, data
    sets, the configs' schema, the model factory and the input contract;
-1. ``checkpoint ood decision metrics module callbacks loggers training_checks training evaluation explain``: what
-   trains, scores and explains a model;
+1. ``checkpoint ood decision ensemble metrics module callbacks loggers training_checks training evaluation
+   explain``: what trains, scores and explains a model;
 2. ``inference runtimes export app launch rundir cli``: what a user runs.
 
 Every import counts, also one inside a function (a deferred import is still a dependency), with one stated
@@ -38,6 +38,7 @@ LAYERS = {
     "lungnet.checkpoint": 1,
     "lungnet.ood": 1,  # the out-of-distribution gate (numpy), stored in decision files
     "lungnet.decision": 1,  # the decision record: operating point, temperature, conformal sets, OOD gate
+    "lungnet.ensemble": 1,  # several checkpoints as one model: members, checks, manifest, averaging
     "lungnet.metrics": 1,
     "lungnet.module": 1,
     "lungnet.callbacks": 1,

@@ -22,7 +22,6 @@ Checkpoints with different label lists are refused, and so are evaluations that 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lungnet.checkpoint import read_checkpoint
+from lungnet.checkpoint import checkpoints_below, model_names, read_checkpoint
 from lungnet.config_checks import pin_paths
 from lungnet.data.sources import DataError
 from lungnet.evaluation import plots
@@ -54,43 +53,16 @@ def find_checkpoints(runs: str | list | ListConfig) -> list[Path]:
         path = Path(entry).expanduser()
         if path.is_file():
             found.append(path)
-        elif (path / "checkpoints" / "best.ckpt").is_file():
-            found.append(selected_checkpoint(path))
         elif path.is_dir():
-            below = sorted(path.rglob("checkpoints/best.ckpt"))
+            below = checkpoints_below(path)
             if not below:
                 raise FileNotFoundError(f"No checkpoints/best.ckpt under {path}")
-            found += [selected_checkpoint(p.parent.parent) for p in below]
+            found += below
         else:
             raise FileNotFoundError(f"runs: {path} is neither a checkpoint nor a directory")
     if len(found) < 1:
         raise FileNotFoundError(f"runs={runs!r} names no checkpoint")
     return found
-
-
-def selected_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a run reported: ``last.ckpt`` when it was trained with ``checkpoint.select=last``."""
-    metrics = run_dir / "metrics.json"
-    try:
-        selected = json.loads(metrics.read_text(encoding="utf-8")).get("selected") if metrics.is_file() else None
-    except (OSError, ValueError):
-        selected = None
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return last if selected == "last" and last.is_file() else run_dir / "checkpoints" / "best.ckpt"
-
-
-def model_names(ckpts: list[Path]) -> list[str]:
-    """A short unique name per checkpoint: its run directory's name (``<run>/checkpoints/x.ckpt``) or file stem."""
-    names = []
-    for ckpt in ckpts:
-        base = ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.stem
-        if ckpt.parent.name == "checkpoints" and ckpt.stem != "best":
-            base += f"_{ckpt.stem}"
-        name, k = base, 2
-        while name in names:
-            name, k = f"{base}_{k}", k + 1
-        names.append(name)
-    return names
 
 
 def check_same_labels(ckpts: list[Path]) -> list[str]:

@@ -37,7 +37,7 @@ from lungnet.errors import CheckpointError  # noqa: E402
 from lungnet.evaluation import plots, stats  # noqa: E402
 from lungnet.evaluation.predict import model_outputs  # noqa: E402
 from lungnet.hardware import resolve_device  # noqa: E402
-from lungnet.ood import OodGate  # noqa: E402
+from lungnet.ood import ANY_MEMBER, AnyMemberGate, OodGate  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,18 @@ def plain_outputs(model, dm, split: str, multilabel: bool, device: str = "cpu"):
     return model_outputs(model, dm.loader(key), multilabel, device, f"Features of {split}", True, split)
 
 
-def gate(ev, existing: DecisionRecord | None) -> OodGate | None:
-    """The OOD gate: the decision file's, else fitted on the training split's features and thresholded on val."""
+def gate(ev, existing: DecisionRecord | None) -> OodGate | AnyMemberGate | None:
+    """The OOD gate: the decision file's, else fitted on the training split's features and thresholded on val (an
+    ensemble: its members' own gates, `lungnet.ood.AnyMemberGate`, with the fit split's scores as reference)."""
     opts = ev.cfg.get("ood") or {}
     if existing is not None and existing.ood is not None and not opts.get("refit"):
         return existing.ood
+    ensemble = getattr(ev.loaded, "ensemble", None)
+    if ensemble is not None:
+        any_member = ensemble.gate()
+        if any_member is None:
+            log.info("No OOD gate: no ensemble member has one (evaluate.py ckpt=<member> split=val fits it)")
+        return any_member.calibrate(ev.fit.features, ev.fit.name) if any_member is not None else None
     if "train" not in ev.dm.datasets or ev.fit.name != "val":
         log.info("No OOD gate: it is fitted on the training split and thresholded on val, and this data has neither")
         return None
@@ -350,10 +357,17 @@ def decision_section(result: dict, record: DecisionRecord, split: str, figure: s
             f"mean set size {fmt(result.get('conformal_mean_set_size'), 2)}."
         )
     if block.get("ood_rate") is not None:
+        info = record.ood.info
+        how = (
+            f"{info.get('method')}, threshold {fmt(record.ood.threshold)} = {info.get('quantile')} quantile on "
+            f"{info.get('threshold_split')}"
+            if info.get("method") != ANY_MEMBER
+            else f"an ensemble's: flagged when any member's own gate flags ({info.get('voting')} of "
+            f"{info.get('members')} members have one); {fmt(info.get('rate_on_threshold_split'))} of "
+            f"{info.get('threshold_split')} flagged"
+        )
         lines.append(
-            f"- OOD gate ({record.ood.info.get('method')}, threshold {fmt(record.ood.threshold)} = "
-            f"{record.ood.info.get('quantile')} quantile on {record.ood.info.get('threshold_split')}): "
-            f"**{block['ood_flagged']} of {block['n']}** flagged ({fmt(block['ood_rate'])})."
+            f"- OOD gate ({how}): **{block['ood_flagged']} of {block['n']}** flagged ({fmt(block['ood_rate'])})."
         )
     lines.append(shift_line(shift, split, record.split))
     if figure:

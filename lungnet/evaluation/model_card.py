@@ -65,14 +65,31 @@ def _weights(hparams: dict) -> str:
     return "ImageNet-pretrained (timm), then fine-tuned" if model.get("pretrained") else "trained from random init"
 
 
+def _members(ensemble) -> list[list[str]]:
+    """Model-details rows of an ensemble's members."""
+    return [
+        [
+            f"Member {m.name}",
+            f"{m.prep.model}, {m.prep.input_size} px, {m.prep.in_chans} channel(s), mean {list(m.prep.mean)}, std "
+            f"{list(m.prep.std)}; {_weights(m.loaded.hparams)}; T = {m.temperature or 'none'}; `{m.path}` (sha256 "
+            f"`{m.sha256[:16]}...`)",
+        ]
+        for m in ensemble.members
+    ]
+
+
 def details(ev, facts: dict) -> str:
     """Model details and intended use."""
     loaded = ev.loaded
+    ensemble = getattr(loaded, "ensemble", None)
     rows = [
         ["Model", f"{loaded.spec.name} ({loaded.spec.arch}), {len(loaded.labels)} outputs"],
         ["Task", ("multi-label" if loaded.multilabel else "single-label") + f": {', '.join(loaded.labels)}"],
-        ["Weights", _weights(loaded.hparams)],
-        ["Checkpoint", f"`{loaded.path}` (sha256 `{sha256_file(loaded.path)[:16]}...`)"],
+        *(_members(ensemble) if ensemble is not None else [["Weights", _weights(loaded.hparams)]]),
+        [
+            "Checkpoint" if ensemble is None else "Manifest",
+            f"`{loaded.path}` (sha256 `{sha256_file(loaded.path)[:16]}...`)",
+        ],
         ["Trained with", f"lungnet, git {facts.get('git_commit') or 'unknown'}"],
         ["Licence of the code", "Apache-2.0; the weights inherit the terms of their training data"],
     ]
@@ -148,6 +165,8 @@ def data_sections(ev, facts: dict) -> str:
         f"read as grayscale, resized ({loaded.data.get('resize') or 'squash'}) to {result.get('input_size')} px"
         + (f" after reducing to {loaded.data['downsample_to']} px" if loaded.data.get("downsample_to") else "")
         + f", normalised with mean {list(loaded.spec.mean)} and std {list(loaded.spec.std)}"
+        if getattr(loaded, "ensemble", None) is None
+        else "each member reads the same decoded image and preprocesses it itself (see Model details)"
     )
     evaluation = (
         f"{result.get('data_name')} at `{result.get('data_root')}`, split **{ev.split}**: {result['n']} images "
@@ -192,7 +211,8 @@ def caveats(ev) -> str:
 
 def render_model_card(ev) -> str:
     """The card as markdown."""
-    facts = training_facts(ev.loaded.path, ev.loaded.hparams)
+    ensemble = getattr(ev.loaded, "ensemble", None)  # an ensemble's training facts: its first member's run
+    facts = training_facts(ensemble.members[0].path if ensemble else ev.loaded.path, ev.loaded.hparams)
     header, rows = _per_class(ev.result)
     commands = [f"python {' '.join(sys.argv)}"]
     if facts.get("command"):

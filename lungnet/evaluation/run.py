@@ -12,6 +12,9 @@
 The operating point and the temperature are fitted on ``operating_point.fit_on`` (``auto``: the
 validation split when another split is evaluated, else the evaluated split itself; the report says
 which) and applied unchanged to the evaluated split.
+
+``ckpt=[a.ckpt,b.ckpt,...]`` (or a multirun directory, or an ``ensemble.json``) evaluates an ensemble the same way,
+plus the ensemble against each member (`lungnet.evaluation.ensemble`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from lungnet.checkpoint import LoadedModel, load_model
 from lungnet.data.datamodule import LungDataModule, resolve_root
 from lungnet.data.sources import DataError, LabelledFolderSource
 from lungnet.data.splits import ExpectedSplits
+from lungnet.ensemble import model_files, open_ensemble
+from lungnet.evaluation import ensemble as ensembles
 from lungnet.evaluation import plots, stats
 from lungnet.evaluation.fitting import calibration, fit_split, operating_point
 from lungnet.evaluation.model_card import write_model_card
@@ -198,7 +203,10 @@ def compute(cfg: DictConfig, run_dir: str | Path) -> Evaluation:
     """Loads the checkpoint and data, runs the model on the evaluated and fit splits, and scores it."""
     opts = options(cfg)
     split = str(cfg.split)
-    loaded = load_model(cfg.ckpt)
+    files, manifest = model_files(cfg.ckpt)
+    if manifest is not None or len(files) > 1:
+        return compute_ensemble(cfg, Path(run_dir), opts)
+    loaded = load_model(files[0])
     stats.operating_classes(loaded.labels, opts["operating_point"]["positive_class"])  # a wrong name fails first
     stats.operating_classes(loaded.labels, opts["decision_positive_class"])
     overrides = OmegaConf.to_container(cfg.data, resolve=True)
@@ -209,6 +217,29 @@ def compute(cfg: DictConfig, run_dir: str | Path) -> Evaluation:
     ev.fit = ev.data if fit_name == split else ev.outputs(fit_name, features=True)
     log.info("Operating point and temperature fitted on the %s split (%d images)", fit_name, len(ev.fit.targets))
     ev.result = score(ev)
+    return ev
+
+
+def compute_ensemble(cfg: DictConfig, run_dir: Path, opts: dict) -> Evaluation:
+    """`compute` for an ensemble: every member on its own data module, outputs matched image by image and averaged
+    (`lungnet.evaluation.ensemble`); nothing is written before the members and their images are checked."""
+    split = str(cfg.split)
+    ens = open_ensemble(cfg.ckpt)
+    ensembles.check_split(ens, split, str(opts["operating_point"]["fit_on"]))
+    stats.operating_classes(ens.labels, opts["operating_point"]["positive_class"])
+    stats.operating_classes(ens.labels, opts["decision_positive_class"])
+    overrides = OmegaConf.to_container(cfg.data, resolve=True)
+    dms = [build_eval_data(m.loaded, overrides, split, None) for m in ens.members]
+    fit_name = ensembles.fit_split(ens, fit_split(opts, split, dms[0]), split)
+    model = ensembles.EnsembleModel(ens)
+    device = resolve_device(str(cfg.device))
+    data = ensembles.ensemble_outputs(model, dms, split, device)
+    fit = data if fit_name == split else ensembles.ensemble_outputs(model, dms, fit_name, device)
+    ensembles.write_run_files(model, dms[0], run_dir)
+    ev = Evaluation(cfg, opts, run_dir, model, dms[0], data, fit)  # type: ignore[arg-type]
+    log.info("Operating point and temperature fitted on the %s split (%d images)", fit_name, len(fit.targets))
+    ev.result = score(ev)
+    ev.result["input_size"] = model.spec.input_size
     return ev
 
 
@@ -223,7 +254,7 @@ def score(ev: Evaluation) -> dict:
     temperature = cal["temperature"] or 1.0  # the operating point is fitted on the probabilities decisions use
     fit_cal = stats.scale_probs(ev.fit.probs, temperature, multilabel)
     result = {
-        "checkpoint": str(Path(ev.cfg.ckpt).resolve()),
+        "checkpoint": str(ev.loaded.path.resolve()),
         "split": ev.split,
         "data_root": ev.dm.source.root,
         "data_name": ev.loaded.data.get("name") or ev.dm.source.name,
@@ -270,6 +301,9 @@ def add_explanations(ev: Evaluation) -> None:
     explain_cfg = ev.cfg.get("explain")
     if explain_cfg is None or int(explain_cfg.get("n") or 0) <= 0:
         return
+    if isinstance(ev.loaded, ensembles.EnsembleModel):
+        log.info("No heatmaps for an ensemble (they are per model): evaluate a member for its explanations")
+        return
     from lungnet.explain.run import explain_checkpoint
 
     summary = explain_checkpoint(
@@ -294,7 +328,7 @@ def _add_decisions(ev: Evaluation) -> None:
 
 
 # Report steps, in report order: each takes the `Evaluation` and adds numbers, columns, figures and sections.
-REPORT_STEPS: list[Callable[[Evaluation], None]] = [_add_decisions, add_explanations]
+REPORT_STEPS: list[Callable[[Evaluation], None]] = [_add_decisions, ensembles.add_member_comparison, add_explanations]
 
 
 def write_evaluation(ev: Evaluation) -> None:
