@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,13 +40,15 @@ from scipy.special import logsumexp
 from skimage import data as skdata
 from skimage.transform import resize
 
-from lungnet.data.images import read_image
-from lungnet.decision import sha256_file
-from lungnet.inference import Predictor
-from lungnet.ood import OodGate
+sys.path.insert(0, str(Path(__file__).parent))
+from ood_rates import PHOTOS, gray  # noqa: E402
+
+from lungnet.data.images import read_image  # noqa: E402
+from lungnet.decision import sha256_file  # noqa: E402
+from lungnet.inference import Predictor  # noqa: E402
+from lungnet.ood import OodGate  # noqa: E402
 
 log = logging.getLogger("ood_study")
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
 CACHE = Path("outputs/ood_cache")
 QUANTILE = 0.95
 
@@ -66,24 +69,23 @@ def reduced(image: np.ndarray, side: int = 28) -> np.ndarray:
     return np.asarray(img.resize((side, side), Image.Resampling.BOX), dtype=np.float32) / 255.0
 
 
-def gray(img: np.ndarray) -> np.ndarray:
-    """An skimage image as grayscale float in [0, 1]."""
-    img = img.astype(np.float32) / 255.0
-    return img[..., :3].mean(-1) if img.ndim == 3 else img
-
-
 def outputs(pred: Predictor, images: list[np.ndarray], grid: int = 0) -> dict[str, np.ndarray]:
     """Logits and pooled features of decoded grayscale images; with ``grid``, also the backbone's last feature map
     averaged into ``grid`` x ``grid`` cells and flattened (``grid``: keeps where in the image a feature is)."""
     out: dict[str, list] = {"logits": [], "features": [], "grid": []}
     for start in range(0, len(images), 64):
         batch = torch.stack([pred.preprocess(np.ascontiguousarray(im)) for im in images[start : start + 64]])
-        z, f = pred.outputs(batch)
+        if grid:  # one pass: the feature map, then the model's own pooling and head
+            model = pred.torch_model
+            fmap = model.backbone.forward_features(batch)
+            f = model.backbone.forward_head(fmap, pre_logits=True)
+            z = model.head(f).numpy()
+            out["grid"].append(torch.nn.functional.adaptive_avg_pool2d(fmap, grid).flatten(1).numpy())
+            f = f.numpy()
+        else:
+            z, f = pred.outputs(batch)
         out["logits"].append(z)
         out["features"].append(f)
-        if grid:
-            fmap = pred.torch_model.backbone.forward_features(batch)
-            out["grid"].append(torch.nn.functional.adaptive_avg_pool2d(fmap, grid).flatten(1).numpy())
     return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
@@ -203,12 +205,17 @@ def main() -> None:
     parser.add_argument("--medmnist", action="append", default=[], help="full-resolution folder, MedMNIST-prepared")
     parser.add_argument("--reduced", action="append", default=[], help="full-resolution folder, reduced to 28 px")
     parser.add_argument("--grid", type=int, default=0, help="also a gate on the last feature map pooled to N x N")
+    parser.add_argument("--train-subset", type=int, default=0, help="fit the gates on this many training images")
     parser.add_argument("--variants", action="store_true", help="also other gate variants")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_grad_enabled(False)
     pred = Predictor(args.ckpt, decision="none")
     splits = split_files(args.ckpt, pred.labels)
+    if args.train_subset:  # a random part of train fits the gates (quicker; the threshold is still set on val)
+        files, y = splits["train"]
+        keep = np.sort(np.random.default_rng(0).permutation(len(files))[: args.train_subset])
+        splits["train"] = ([files[i] for i in keep], y[keep])
     data = {name: {**cached(pred, name, files, grid=args.grid), "classes": y} for name, (files, y) in splits.items()}
     held = "test" if "test" in data else "val"
     rows = {f"{s} split (n={len(data[s]['classes'])})": data[s] for s in ("val", "test") if s in data}
