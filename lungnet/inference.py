@@ -363,7 +363,10 @@ class Predictor:
         return [r for r in results if r is not None]
 
     def unpad(self, heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """Crops a model-input-sized heatmap to the image content (``resize=pad`` adds borders)."""
+        """A model-input-sized heatmap laid over the image content: ``resize=pad`` added borders (cut off),
+        ``resize=crop`` saw only the centred square (the cut-off sides get zero)."""
+        if self.prep.resize == "crop":
+            return uncrop(heatmap, shape)
         if self.prep.resize != "pad":
             return heatmap
         # where the image lands in the padded input: run the same transform on an all-ones image
@@ -381,6 +384,18 @@ class Predictor:
         if prediction.image is None or prediction.heatmap is None:
             raise ValueError(f"{prediction.file}: no heatmap was computed (pass explain=...)")
         return overlay(prediction.image, prediction.heatmap, alpha=alpha)
+
+
+def uncrop(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A heatmap of the centred square of an image of ``shape`` (H, W) placed in a map of the image's aspect
+    ratio, zero where ``resize=crop`` cut the image off."""
+    height, width = shape
+    side = min(height, width)
+    scale = heatmap.shape[0] / side
+    full = np.zeros((max(round(height * scale), 1), max(round(width * scale), 1)), dtype=heatmap.dtype)
+    top, left = (full.shape[0] - heatmap.shape[0]) // 2, (full.shape[1] - heatmap.shape[1]) // 2
+    full[top : top + heatmap.shape[0], left : left + heatmap.shape[1]] = heatmap
+    return full
 
 
 def run_batch(cfg, run_dir: str | os.PathLike) -> Path:

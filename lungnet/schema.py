@@ -36,6 +36,7 @@ class Choice(str, enum.Enum):
 class Resize(Choice):
     squash = "squash"
     pad = "pad"
+    crop = "crop"
 
 
 class Balance(Choice):
@@ -98,7 +99,7 @@ class DataConfig:
     cv_folds: int = opt(0, ">1: k-fold CV over train+val, validation = fold cv_fold (patient-grouped)", ge=0)
     cv_fold: int = opt(0, "the validation fold of a k-fold CV", ge=0)
     image_size: int | None = opt(None, "input size in px (null: the model's default)", ge=8)
-    resize: Resize = opt(Resize.squash, "squash, or pad (keep the aspect ratio)")
+    resize: Resize = opt(Resize.squash, "squash, pad (keep the aspect ratio) or crop (centred square, as MedMNIST)")
     downsample_to: int | None = opt(None, "first reduce every image to this many px (sets that mix resolutions)", ge=8)
     batch_size: int = opt(32, "images per batch", ge=1)
     num_workers: int = opt(2, "DataLoader worker processes", ge=0)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from lungnet.checkpoint import CheckpointError, load_model
 from lungnet.data.transforms import Normalize, build_transform, make_pipeline
-from lungnet.inference import Predictor, Preprocessing, collect_inputs
+from lungnet.inference import Predictor, Preprocessing, collect_inputs, uncrop
 from lungnet.models.registry import create_model
 from tests.conftest import ROOT, shared
 
@@ -239,3 +239,13 @@ def test_overlay_image_is_reduced_but_the_model_input_is_not(predictor):
     assert predictor.overlay(small).shape == (256, 241, 3)
     (plain,) = predictor.predict_iter([dicom])
     assert plain.image is None and plain.heatmap is None
+
+
+def test_uncrop_lays_a_crop_heatmap_over_the_centre_of_a_wide_image():
+    """``resize=crop``: the model saw the centred square; its heatmap goes there, the cut-off sides stay zero."""
+    heat = np.ones((8, 8), np.float32)
+    full = uncrop(heat, (100, 200))  # 100 x 100 centre square of a 100 x 200 film
+    assert full.shape == (8, 16)
+    assert full[:, 4:12].min() == 1.0
+    assert full[:, :4].max() == full[:, 12:].max() == 0.0
+    assert uncrop(heat, (50, 50)).shape == (8, 8)
