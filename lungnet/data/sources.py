@@ -342,8 +342,10 @@ class NIH6Source(NIHSource):
     """NIH ChestX-ray14 single-label subset over a configurable list of findings (default six).
 
     Keeps the images whose ``Finding Labels`` is exactly one of ``findings`` (``No Finding``
-    included when listed). Labels: the ``findings`` option in its order (default
-    `lungnet.labels.NIH6`). Split by patient. Citation: Wang et al., CVPR 2017.
+    included when listed); with option ``match: any``, those carrying exactly one of ``findings``
+    among their labels (``Infiltration|Pneumonia`` is Pneumonia when Infiltration is not listed).
+    Labels: the ``findings`` option in its order (default `lungnet.labels.NIH6`). Split by patient.
+    Citation: Wang et al., CVPR 2017.
     """
 
     name = "nih6"
@@ -358,14 +360,18 @@ class NIH6Source(NIHSource):
 
     def scan(self) -> pd.DataFrame:
         entries = self._read_csv()
-        keep = entries["Finding Labels"].isin(self.labels)
-        log.info("nih6: %d of %d images carry exactly one of %s", int(keep.sum()), len(entries), self.labels)
-        entries = entries[keep].reset_index(drop=True)
+        match = self.options.get("match", "exact")  # any: other, unlisted findings may come along
+        if match not in ("exact", "any"):
+            raise DataError(f"data.options.match={match!r}: choose exact or any")
+        hits = entries["Finding Labels"].str.split("|").map(lambda f: [lab for lab in self.labels if lab in f])
+        keep = entries["Finding Labels"].isin(self.labels) if match == "exact" else hits.str.len() == 1
+        log.info("nih6: %d of %d images carry one of %s (%s)", int(keep.sum()), len(entries), self.labels, match)
+        entries, label = entries[keep].reset_index(drop=True), hits[keep].str[0].reset_index(drop=True)
         return pd.DataFrame(
             {
                 "path": entries["path"],
-                "label": entries["Finding Labels"],
-                "target": entries["Finding Labels"].map(self.labels.index).astype(int),
+                "label": label,
+                "target": label.map(self.labels.index).astype(int),
                 "patient": entries["patient"],
                 "split": entries["split"],
             }
