@@ -340,6 +340,25 @@ def collect_inputs(spec: str | os.PathLike) -> list[Path]:
     raise FileNotFoundError(f"Input not found: {path} (give a file, a folder or a glob pattern)")
 
 
+def seen_in_training(predictor: Predictor, files: list[Path]) -> dict[str, str]:
+    """Input files that are exact copies of the checkpoint's training or validation images (``.ckpt`` only)."""
+    from lungnet.checkpoint import read_checkpoint
+    from lungnet.data.overlap import recorded_hashes, training_copies
+
+    if predictor.kind != "checkpoint":
+        return {}
+    seen = training_copies([str(f) for f in files], recorded_hashes(read_checkpoint(predictor.path)))
+    if seen:
+        log.warning(
+            "%d of %d inputs are copies of images the model was trained or validated on (column "
+            "seen_in_training), e.g. %s",
+            len(seen),
+            len(files),
+            next(iter(seen)),
+        )
+    return seen
+
+
 def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
     """``predict.py``: classify ``cfg.input`` with ``cfg.ckpt``; write predictions.csv (+ overlays) to ``run_dir``.
 
@@ -374,6 +393,7 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
                 f"Heatmaps need the PyTorch checkpoint (.ckpt); {cfg.ckpt} is a {predictor.kind} export"
             )
     files = collect_inputs(cfg.input)
+    seen = seen_in_training(predictor, files)
     heat_dir = run_dir / "heatmaps"
     rows, failed = [], 0
     preds = predictor.predict_iter(files, int(cfg.batch_size), explain, progress=True, explain_options=options)
@@ -385,11 +405,15 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
             Image.fromarray(predictor.overlay(pred, float(cfg.alpha))).save(out)
             row["heatmap"] = str(out.relative_to(run_dir))
         failed += not pred.ok
+        row["seen_in_training"] = seen.get(str(pred.file), "")
         rows.append(row)
     columns = ["file", "predicted", "confidence", "decision", *[f"p_{lab}" for lab in predictor.labels]]
     table = pd.DataFrame(rows)
     table = table[[c for c in columns if c in table] + [c for c in table if c not in columns]]
     path = write_csv(run_dir / "predictions.csv", table)
-    write_json(run_dir / "prediction.json", {**predictor.describe(), "images": len(rows), "unreadable": failed})
+    write_json(
+        run_dir / "prediction.json",
+        {**predictor.describe(), "images": len(rows), "unreadable": failed, "seen_in_training": len(seen)},
+    )
     log.info("%d images classified, %d unreadable (see the error column); wrote %s", len(rows) - failed, failed, path)
     return path

@@ -32,6 +32,7 @@ from lungnet.callbacks import (
 from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
 from lungnet.cli import ConfigError
 from lungnet.data.datamodule import LungDataModule, make_source
+from lungnet.data.overlap import RecordImageHashes, image_hashes
 from lungnet.data.sources import Source
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
 from lungnet.evaluation.curves import write_training_curves
@@ -323,6 +324,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     module.spec.input_size = dm.image_size  # the checkpoint records the size actually trained at
     module.hparams["spec"] = module.spec.to_dict()
     module.hparams["extra"]["splits"] = split_fingerprint(dm.table)  # evaluate.py and resume verify the splits
+    extra.append(RecordImageHashes(image_hashes(dm.table)))  # evaluations refuse copies of these images
     module.set_class_weights(dm.class_weights())
     if cfg.get("channels_last"):
         module.use_channels_last()
