@@ -209,11 +209,14 @@ def ci_section(result: dict) -> str:
 
 def render_report(result: dict, extra_sections: list[str] | None = None) -> str:
     """The report as markdown (figure paths relative to the run directory)."""
+    from lungnet.evaluation.external import lead_sections  # it imports this module
+
     split, figures = result["split"], result.get("figures", {})
     title = f"# Evaluation: {result['model']} on {result.get('data_name') or 'data'} ({split} split)"
     parts = [
         title,
         "lungnet is a research tool, not a medical device.",
+        *lead_sections(result),  # external evaluation: trained on A, evaluated on B; overlap with training images
         "## Summary\n\n" + table(["", ""], summary_rows(result)),
     ]
     note = DATASET_NOTES.get(str(result.get("data_name")))

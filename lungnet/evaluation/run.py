@@ -29,9 +29,10 @@ from lungnet.checkpoint import LoadedModel, load_model
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.sources import DataError, LabelledFolderSource
 from lungnet.data.splits import ExpectedSplits
-from lungnet.evaluation import plots, stats
+from lungnet.evaluation import external, plots, stats
 from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.evaluation.report import write_report
+from lungnet.evaluation.validity import validity_sections
 from lungnet.io import write_csv, write_json
 from lungnet.metrics import compute_metrics
 from lungnet.training import resolve_root
@@ -49,7 +50,7 @@ DEFAULTS = {
 def data_config(loaded: LoadedModel, overrides: dict) -> dict:
     """The checkpoint's data config with the non-null overrides applied."""
     cfg = dict(loaded.data)
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    cfg.update({k: v for k, v in external.data_overrides(overrides).items() if v is not None})
     return resolve_root(cfg)
 
 
@@ -63,7 +64,18 @@ def check_compatible(loaded: LoadedModel, dm: LungDataModule) -> None:
 
 
 def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: Path) -> LungDataModule:
-    """The DataModule for evaluating ``loaded`` on ``split`` (``all``: every image, no split)."""
+    """The DataModule for evaluating ``loaded`` on ``split`` (``all``: every image, no split).
+
+    ``data=<another data set>`` (``overrides`` with another source or name) is an external evaluation
+    (`lungnet.evaluation.external`); ``split=all`` and external evaluations refuse images the checkpoint was
+    trained or validated on (``dm.report["training_overlap"]``).
+    """
+    if external.is_external(loaded, overrides):
+        dm = external.build_external_data(loaded, overrides, split, run_dir)
+        dm.report["training_overlap"] = external.check_training_overlap(
+            loaded, dm, split, external.external_config(loaded, overrides)
+        )
+        return dm
     cfg = data_config(loaded, overrides)
     # the splits are recomputed from the data config and seed: they must still hold the training-time images
     allow = bool(cfg.get("allow_leakage"))
@@ -79,6 +91,7 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
     else:
         check_compatible(loaded, dm)
         dm.setup("test")
+    dm.report["training_overlap"] = external.check_training_overlap(loaded, dm, split, cfg)
     return dm
 
 
@@ -243,6 +256,10 @@ def evaluate_with_predictions(
     probs, targets, paths = predict_loader(
         loaded.model, dm.loader(split), multilabel, device, desc=f"Evaluating {split}"
     )
+    ext = getattr(dm, "external", None)  # external evaluation: scored on the findings shared with the data
+    if ext is not None:
+        labels, probs = ext.mapping.scored, ext.mapping.scores(probs)
+        opts["operating_point"]["positive_class"] = ext.positive_class(opts["operating_point"]["positive_class"])
     fit_name = fit_split(opts, split, dm)
     if fit_name == split:
         fit = (split, probs, targets)
@@ -258,7 +275,9 @@ def evaluate_with_predictions(
         "checkpoint": str(Path(cfg.ckpt).resolve()),
         "split": split,
         "data_root": dm.source.root,
-        "data_name": loaded.data.get("name") or dm.source.name,
+        "data_name": ext.evaluated_on if ext else loaded.data.get("name") or dm.source.name,
+        "external": ext.summary() if ext else None,
+        "training_overlap": dm.report.get("training_overlap"),
         "model": loaded.spec.name,
         "input_size": dm.image_size,
         "labels": labels,
@@ -276,12 +295,15 @@ def evaluate_with_predictions(
     result = _plain(result)
     if opts["report"]["figures"]:
         result["figures"] = write_figures(run_dir, result, probs, targets, labels, multilabel)
+    # shortcut audit and subgroup metrics (lungnet.evaluation.validity): result["audit"], result["subgroups"]
+    validity = validity_sections(cfg, opts, loaded, dm, split, result, (probs, targets, paths), run_dir, device)
+    result = _plain(result)
     write_json(run_dir / "metrics.json", result)
     write_json(
         run_dir / "thresholds.json",
         {k: result["operating_point"][k] for k in ("target_sensitivity", "positive_class", "fit_split", "thresholds")},
     )
-    table = predictions_table(paths, probs, targets, labels, multilabel, loaded.thresholds)
+    table = predictions_table(paths, probs, targets, labels, multilabel, None if ext else loaded.thresholds)
     for lab, thr in result["operating_point"]["thresholds"].items():
         table[f"op_{lab}"] = probs[:, labels.index(lab)] >= thr
     write_csv(run_dir / "predictions.csv", table)
@@ -293,7 +315,7 @@ def evaluate_with_predictions(
 
         summary = explain_checkpoint(
             loaded,
-            dm.datasets[split],
+            ext.model_label_table(dm.table) if ext else dm.datasets[split],
             method=str(explain_cfg.method),
             n=int(explain_cfg.n),
             class_index=explain_cfg.get("class_index"),
@@ -304,6 +326,7 @@ def evaluate_with_predictions(
             **(OmegaConf.to_container(explain_cfg.options, resolve=True) if explain_cfg.get("options") else {}),
         )
         extra_sections = [*(extra_sections or []), summary["markdown"]]
+    extra_sections = [*(extra_sections or []), *validity]
     write_report(run_dir, result, extra_sections, html_report=bool(opts["report"]["html"]))
     headline = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     log.info("%s on %s (%d images): %s", loaded.spec.name, split, metrics["n"], headline)
