@@ -1,20 +1,10 @@
 """Compare checkpoints on the same split: python compare.py runs=<multirun dir | [ckpt,ckpt,...]> [split=test]
 
 See lungnet/evaluation/compare.py for the outputs and options.
+The same command as ``lungnet-compare`` (`lungnet.cli.compare`, ``conf/compare.yaml``); ``--help`` lists the options.
 """
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="compare")
-def main(cfg: DictConfig) -> None:
-    from lungnet.cli import run_safely
-    from lungnet.evaluation.compare import compare
-
-    run_safely(compare, cfg, HydraConfig.get().runtime.output_dir)
-
+from lungnet.cli import compare
 
 if __name__ == "__main__":
-    main()
+    compare()

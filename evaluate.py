@@ -2,20 +2,10 @@
 
 Writes metrics.json, predictions.csv, per_class.csv, thresholds.json, confusion_matrix.png, roc.png, pr.png,
 reliability.png, report.md and report.html (see lungnet/evaluation/run.py and conf/evaluate.yaml).
+The same command as ``lungnet-evaluate`` (`lungnet.cli.evaluate`, ``conf/evaluate.yaml``); ``--help`` lists the options.
 """
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    from lungnet.cli import run_safely
-    from lungnet.evaluation.run import evaluate
-
-    run_safely(evaluate, cfg, HydraConfig.get().runtime.output_dir)
-
+from lungnet.cli import evaluate
 
 if __name__ == "__main__":
-    main()
+    evaluate()

@@ -1,17 +1,9 @@
-"""Classify images with a trained model: python predict.py ckpt=<path> input=<file|folder|glob> [explain=gradcam]"""
+"""Classify images with a trained model: python predict.py ckpt=<path> input=<file|folder|glob> [explain=gradcam]
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+The same command as ``lungnet-predict`` (`lungnet.cli.predict`, ``conf/predict.yaml``); ``--help`` lists the options.
+"""
 
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    from lungnet.cli import run_safely
-    from lungnet.inference import run_batch
-
-    run_safely(run_batch, cfg, HydraConfig.get().runtime.output_dir)
-
+from lungnet.cli import predict
 
 if __name__ == "__main__":
-    main()
+    predict()

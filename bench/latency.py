@@ -336,14 +336,14 @@ def markdown(rows: list[dict], trained: list[dict], args, command: str, elapsed:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replaces this benchmark's section in ``path`` (or appends it), keeping every other section."""
+def write_section(path: Path, section: str, heading: str = HEADING) -> None:
+    """Replaces a benchmark's section (under ``heading``) in ``path`` (or appends it), keeping every other section."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(HEADING)
+    start = text.find(heading)
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        nxt = text.find("\n## ", start + len(HEADING))
+        nxt = text.find("\n## ", start + len(heading))
         text = text[:start] + section + ("\n" + text[nxt + 1 :] if nxt >= 0 else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

@@ -1,33 +1,42 @@
 """A small local web app and HTTP API around a trained model (research use only, not a diagnostic device).
 
-``python -m lungnet.app ckpt=<best.ckpt|model.onnx> [port=8000] [host=127.0.0.1] [max_upload_mb=20]``
+``lungnet-app ckpt=<best.ckpt|model.onnx> [port=8000] [host=127.0.0.1] [max_upload_mb=20]`` (or
+``python -m lungnet.app ...``; options and defaults: ``conf/app.yaml``, ``--help``)
 
-- ``GET /``: one HTML page (inline CSS/JS, nothing fetched from elsewhere): upload an image or DICOM,
-  see the class probabilities and the Grad-CAM overlay.
-- ``POST /predict`` (multipart, field ``file``; ``?heatmap=true`` adds a PNG overlay as base64):
-  JSON probabilities. Errors are JSON ``{"error": ...}`` with 400 (no file), 413 (too large),
-  422 (not a readable image) or 501 (heatmap asked of an export).
-- ``GET /health``: model name and labels.
+- ``GET /``: one HTML page (inline CSS/JS, nothing fetched from elsewhere): the model, its training data and
+  validation metrics at the top; upload an image or DICOM, see the decision, the prediction set, an OOD warning,
+  the calibrated probabilities, and the original image beside its Grad-CAM overlay with a colour scale.
+- ``POST /predict`` (multipart, field ``file``; ``?heatmap=true`` adds the image and a PNG overlay as base64):
+  JSON decision (or ``abstain`` with a reason), prediction set, OOD flag and calibrated probabilities, from the
+  checkpoint's decision file (``decision=auto|none|<file>``). Errors are JSON ``{"error": ...}`` with 400 (no
+  file), 413 (too large), 422 (not a readable image) or 501 (heatmap asked of an export).
+- ``GET /health``: model name and labels; ``GET /model``: the model card's summary (model, training data,
+  validation metrics) and the card; ``GET /docs``: the OpenAPI documentation (served locally, no CDN).
 
 Uploads stay in memory and a private temporary folder; the client's file name is only echoed back
 (its suffix is used only when it is one of the known image suffixes). Nothing from the request is
-evaluated or used as a path.
+evaluated or used as a path. There is no authentication and no body-read timeout: the app warns at start
+when ``host`` is not a loopback address (put a reverse proxy with both in front to serve others).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import ipaddress
 import logging
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path, PurePath
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
+from omegaconf import DictConfig
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -39,20 +48,6 @@ from lungnet.inference import Predictor
 log = logging.getLogger(__name__)
 
 NOTICE = "Research use only — not a diagnostic device."
-DEFAULTS = {
-    "ckpt": None,
-    "host": "127.0.0.1",
-    "port": 8000,
-    "max_upload_mb": 20.0,
-    "explain": "gradcam",
-    "alpha": 0.45,
-    "overlay_max_side": 1024,
-    "device": "cpu",
-    "runtime": "onnxruntime",  # .onnx models: onnxruntime | openvino
-    "precision": "fp32",  # fp32 | bf16 (checkpoints, or .onnx under runtime=openvino)
-    "threads": None,  # ONNX Runtime / OpenVINO threads (None: the runtime's default)
-    "log_level": "info",
-}
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers on top of the file itself
 
 
@@ -71,6 +66,24 @@ def safe_name(name: str | None) -> str:
     return cleaned if cleaned.strip(". ") else "upload"
 
 
+def _gray_rgb(image: np.ndarray) -> np.ndarray:
+    """A decoded grayscale image in [0, 1] as RGB uint8 (the original beside the overlay)."""
+    gray = np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def model_info(predictor: Predictor) -> dict:
+    """What the page shows at the top: model, input, decision facts and the model-card summary."""
+    record = predictor.decision
+    card = predictor.path.with_name(f"{predictor.path.stem}.model_card.md")
+    return {
+        **predictor.describe(),
+        "summary": record.summary if record is not None else {},
+        "model_card": card.read_text(encoding="utf-8") if card.is_file() else None,
+        "notice": NOTICE,
+    }
+
+
 def _png_base64(rgb: np.ndarray, max_side: int) -> str:
     img = Image.fromarray(rgb)
     if max(img.size) > max_side:
@@ -81,7 +94,14 @@ def _png_base64(rgb: np.ndarray, max_side: int) -> str:
 
 
 class Service:
-    """Classifies uploaded bytes with one `Predictor` (one request at a time: CAM hooks are per model).
+    """Classifies uploaded bytes with one `Predictor`, one request at a time.
+
+    One lock covers all of a request's work: decoding, the model, the heatmap, the overlay and its PNG. CAM hooks
+    are per model, and memory stays that of one request whatever the number of clients: a 64 Mpx image decodes
+    to about 0.3 GB of float pixels, and the overlay is made at ``overlay_max_side`` (the full decode is released
+    once the model input is made). The app runs that work on one worker thread (`classify_async`): the C
+    allocator keeps what a thread freed in that thread's arena, so the same work spread over the server's thread
+    pool grew the process by about 0.6 GB per thread that had decoded a 64 Mpx image (docs/benchmarks.md).
 
     Args:
         predictor: the loaded model.
@@ -98,6 +118,11 @@ class Service:
         self.alpha = alpha
         self.overlay_max_side = overlay_max_side
         self.lock = threading.Lock()
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lungnet-model")
+
+    async def classify_async(self, data: bytes, name: str, heatmap: bool) -> tuple[int, dict]:
+        """`classify` on the service's one worker thread (requests queue there, in arrival order)."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, self.classify, data, name, heatmap)
 
     def classify(self, data: bytes, name: str, heatmap: bool) -> tuple[int, dict]:
         """(HTTP status, JSON body) for one uploaded file."""
@@ -105,13 +130,28 @@ class Service:
             return 501, {"error": f"Heatmaps are not available for this model ({self.predictor.kind})"}
         suffix = PurePath(name).suffix.lower()
         suffix = suffix if suffix in IMAGE_SUFFIXES else ""
-        with tempfile.TemporaryDirectory(prefix="lungnet-upload-") as tmp, self.lock:
+        with self.lock:
+            return self._classify(data, name, suffix, heatmap)
+
+    def _classify(self, data: bytes, name: str, suffix: str, heatmap: bool) -> tuple[int, dict]:
+        with tempfile.TemporaryDirectory(prefix="lungnet-upload-") as tmp:
             path = Path(tmp) / f"upload{suffix}"
             path.write_bytes(data)
-            (pred,) = self.predictor.predict_iter([path], explain=self.explain if heatmap else None)
+            explain = self.explain if heatmap else None
+            (pred,) = self.predictor.predict_iter([path], explain=explain, image_max_side=self.overlay_max_side)
         if not pred.ok:
             reason = str(pred.row.get("error", "unreadable")).replace(str(path), name)
             return 422, {"error": f"{name} could not be read as an image or DICOM file: {reason}", "file": name}
+        body = self.answer(pred, name)
+        if heatmap:
+            side = self.overlay_max_side
+            body["heatmap_png_base64"] = _png_base64(self.predictor.overlay(pred, self.alpha), side)
+            body["image_png_base64"] = _png_base64(_gray_rgb(pred.image), side)
+            body["heatmap_method"] = self.explain
+        return 200, body
+
+    def answer(self, pred, name: str) -> dict:
+        """The JSON answer for one classified image (decision, set, OOD flag, calibrated probabilities)."""
         labels = self.predictor.labels
         row = pred.row
         body = {
@@ -127,10 +167,19 @@ class Service:
         }
         if "decision" in row:
             body["decision"] = row["decision"]
-        if heatmap:
-            body["heatmap_png_base64"] = _png_base64(self.predictor.overlay(pred, self.alpha), self.overlay_max_side)
-            body["heatmap_method"] = self.explain
-        return 200, body
+        record = self.predictor.decision
+        if record is not None:
+            body.update(
+                decision_reason=row.get("decision_reason") or "",
+                prediction_set=[x for x in str(row.get("prediction_set") or "").split("|") if x],
+                set_level=1 - record.alpha if record.alpha is not None else None,
+                ood=row.get("ood"),
+                ood_score=row.get("ood_score"),
+                calibrated=record.temperature is not None,
+                decision_file=self.predictor.decision_file,
+                decision_split=record.split,
+            )
+        return body
 
 
 async def _limited(request: Request, limit: int):
@@ -154,6 +203,33 @@ async def _drain(request: Request, cap: int) -> None:
         log.debug("client went away while a refused upload was drained")
 
 
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "(unknown)"
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); False for anything else, names included."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(host: str) -> bool:
+    """Warns when the app listens beyond this machine (it has no authentication); returns whether it warned."""
+    if is_loopback(host):
+        return False
+    log.warning(
+        "host=%s is not a loopback address: anyone who can reach this machine can upload images to the model. "
+        "The app has no authentication and no body-read timeout; put it behind a reverse proxy that adds both, "
+        "or keep host=127.0.0.1",
+        host,
+    )
+    return True
+
+
 def create_app(
     predictor: Predictor,
     max_upload_mb: float = 20.0,
@@ -174,7 +250,8 @@ def create_app(
         .replace("{{MAX_MB}}", f"{max_upload_mb:g}")
         .replace("{{NOTICE}}", NOTICE)
     )
-    app = FastAPI(title="lungnet", description=NOTICE, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPIOffline(title="lungnet", description=NOTICE, redoc_url=None)  # /docs without a CDN
+    info = model_info(predictor)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -187,10 +264,19 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict:
+        """Model file, labels, runtime, precision and the decision file in use."""
         return {"status": "ok", **predictor.describe()}
+
+    @app.get("/model")
+    def model() -> dict:
+        """Model name, training data and validation metrics (the model card's summary), and the model card."""
+        return info
 
     @app.post("/predict")
     async def predict(request: Request, heatmap: bool = False) -> JSONResponse:
+        """Classify one image (multipart field ``file``): decision at the operating point (or ``abstain`` with a
+        reason), prediction set, OOD flag and score, calibrated probabilities; ``heatmap=true`` adds the original
+        image and a Grad-CAM overlay as base64 PNGs."""
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_bytes + MULTIPART_SLACK:
             await _drain(request, drain_cap)
@@ -200,6 +286,9 @@ def create_app(
         parser = MultiPartParser(request.headers, _limited(request, max_bytes + MULTIPART_SLACK), max_files=1)
         try:
             form = await parser.parse()
+        except ClientDisconnect:
+            log.warning("Client %s disconnected during its upload; request dropped", _client(request))
+            return _error(400, "Upload interrupted")  # nobody reads it; uvicorn drops a send after a disconnect
         except UploadTooLarge:
             await _drain(request, drain_cap)
             return _error(413, too_large)
@@ -216,34 +305,34 @@ def create_app(
             return _error(413, too_large)
         if not data:
             return _error(422, f"{safe_name(upload.filename)}: empty file")
-        status, body = await run_in_threadpool(service.classify, data, safe_name(upload.filename), heatmap)
+        status, body = await service.classify_async(data, safe_name(upload.filename), heatmap)
         return JSONResponse(body, status_code=status)
 
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: ``key=value`` arguments (ckpt, host, port, max_upload_mb, explain, alpha, device, runtime)."""
+def serve(cfg: DictConfig) -> None:
+    """Loads ``cfg.ckpt`` and serves it with uvicorn until stopped (``conf/app.yaml`` holds the options)."""
     import uvicorn
 
-    from lungnet.cli import parse_key_values, run_safely
-
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(name)s: %(message)s")
-    usage = "python -m lungnet.app ckpt=<file> [port=8000] [host=127.0.0.1] [max_upload_mb=20] [runtime=onnxruntime]"
-    cfg = parse_key_values(argv, DEFAULTS, usage, required=("ckpt",))
-    predictor = run_safely(
-        Predictor,
+    predictor = Predictor(
         cfg.ckpt,
         device=str(cfg.device),
         threads=cfg.threads,
         runtime=str(cfg.runtime),
         precision=str(cfg.precision),
+        decision=cfg.decision,
+        trust_export=bool(cfg.trust_export),
     )
-    explain = cfg.explain if predictor.torch_model is not None else None
+    method = (cfg.get("explain") or {}).get("method")  # the explain group; explain=null turns heatmaps off
+    explain = method if predictor.torch_model is not None else None
     app = create_app(predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side))
+    warn_if_exposed(str(cfg.host))
     log.info("%s Serving %s on http://%s:%d", NOTICE, cfg.ckpt, cfg.host, int(cfg.port))
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level=str(cfg.log_level))
 
 
 if __name__ == "__main__":
-    main()
+    from lungnet.cli import app as command
+
+    command()

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import random
+from pathlib import Path
 from weakref import proxy
 
 import matplotlib
@@ -24,11 +25,12 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.callbacks import BaseFinetuning, ModelCheckpoint  # noqa: E402
 from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging  # noqa: E402
-from pytorch_lightning.loggers import CSVLogger  # noqa: E402
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter  # noqa: E402
 from pytorch_lightning.loggers.logger import rank_zero_experiment  # noqa: E402
 
 from lungnet.data.dataset import derive_seed  # noqa: E402
+from lungnet.errors import WriteError  # noqa: E402
 from lungnet.evaluation.plots import confusion_figure  # noqa: E402
 from lungnet.io import atomic_write  # noqa: E402
 
@@ -36,18 +38,18 @@ log = logging.getLogger(__name__)
 
 
 class FreezeUnfreeze(BaseFinetuning):
-    """Trains the head alone for ``unfreeze_at_epoch`` epochs, then the backbone at ``lr * backbone_lr_mult``.
+    """Trains the head alone for ``unfreeze_at_epoch`` epochs, then the backbone at ``lr * unfreeze_lr_mult``.
 
     Args:
         unfreeze_at_epoch: first epoch that trains the backbone.
-        backbone_lr_mult: backbone learning rate as a fraction of the head's current one.
+        unfreeze_lr_mult: backbone learning rate as a fraction of the head's current one.
         train_bn: keep BatchNorm layers trainable while frozen.
     """
 
-    def __init__(self, unfreeze_at_epoch: int = 1, backbone_lr_mult: float = 0.1, train_bn: bool = False) -> None:
+    def __init__(self, unfreeze_at_epoch: int = 1, unfreeze_lr_mult: float = 0.1, train_bn: bool = False) -> None:
         super().__init__()
         self.unfreeze_at_epoch = unfreeze_at_epoch
-        self.backbone_lr_mult = backbone_lr_mult
+        self.unfreeze_lr_mult = unfreeze_lr_mult
         self.train_bn = train_bn
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
@@ -55,7 +57,7 @@ class FreezeUnfreeze(BaseFinetuning):
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer) -> None:
         if epoch == self.unfreeze_at_epoch:
-            lr = optimizer.param_groups[0]["lr"] * self.backbone_lr_mult
+            lr = optimizer.param_groups[0]["lr"] * self.unfreeze_lr_mult
             log.info("Epoch %d: unfreezing the backbone at lr %.2e", epoch, lr)
             self.unfreeze_and_add_param_group(
                 pl_module.model.backbone, optimizer, lr=lr, train_bn=True, initial_denom_lr=1.0
@@ -162,11 +164,18 @@ class AtomicCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
-        if trainer.is_global_zero:
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, filepath)
+        try:
+            trainer.save_checkpoint(tmp, self.save_weights_only)
+            if trainer.is_global_zero:
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, filepath)
+        except OSError as exc:  # a full disk, a lost mount: no torn temporary, the previous file stays
+            if trainer.is_global_zero:
+                Path(tmp).unlink(missing_ok=True)
+            run_dir = Path(filepath).parent.parent
+            kept = f"the previous {Path(filepath).name} is kept; free space, then resume=true hydra.run.dir={run_dir}"
+            raise WriteError.of(filepath, exc, kept) from exc
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
@@ -217,7 +226,7 @@ class _ContinuingWriter(ExperimentWriter):
         fields = list(reader.fieldnames or [])
         kept = [row for row in reader if _covered(row, epoch, step)]
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=fields)  # CRLF, as Lightning appends the rows that follow
         writer.writeheader()
         writer.writerows(kept)
         atomic_write(path, lambda fh: fh.write(out.getvalue()), encoding="utf-8", newline="")
@@ -280,9 +289,10 @@ class FigureLogger(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.current_epoch % self.every_n_epochs:
             return
-        experiment = getattr(trainer.logger, "experiment", None)
-        if experiment is None or not hasattr(experiment, "add_figure"):
+        board = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if board is None:  # figures go to TensorBoard only
             return
+        experiment = board.experiment
         dm = trainer.datamodule
         if dm is None or "val" not in dm.datasets:
             return

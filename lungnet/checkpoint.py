@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from lungnet.errors import CheckpointError  # noqa: F401 - re-exported: lungnet.checkpoint.CheckpointError
 from lungnet.models.registry import Classifier, create_model
 from lungnet.models.specs import ModelSpec
+from lungnet.preprocessing import logits_to_probs
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +42,78 @@ class LoadedModel:
         return self.hparams.get("thresholds")
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Sigmoid for multi-label, softmax otherwise."""
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+        """Sigmoid for multi-label, softmax otherwise (`lungnet.preprocessing.logits_to_probs`)."""
+        return logits_to_probs(logits, self.multilabel)
+
+
+TORCHSCRIPT_SUFFIXES = (".pt", ".ts")  # the only names a TorchScript file is ever loaded from (with trust_export)
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """True for a TorchScript archive (a zip with a ``code/`` folder), not a state-dict checkpoint."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any("/code/" in name for name in zf.namelist())
+
+
+def check_checkpoint_format(path: Path) -> None:
+    """Refuses, from the file's first bytes, what is not a PyTorch checkpoint at all, and TorchScript.
+
+    ``torch.save`` writes a zip archive (legacy: a pickle stream, first byte 0x80). Anything else (text, an
+    image, an empty file) is not a checkpoint; a TorchScript archive is code and never goes to a checkpoint
+    loader, whatever its name.
+
+    Raises:
+        CheckpointError: the file is not a checkpoint, is truncated, or is TorchScript.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if zipfile.is_zipfile(path):
+        if is_torchscript(path):
+            raise CheckpointError(
+                f"Refusing to load {path}: it is a TorchScript archive (code that runs when loaded and called), not "
+                f"a checkpoint; lungnet runs TorchScript only from a {' or '.join(TORCHSCRIPT_SUFFIXES)} file and only "
+                "with trust_export=true (do that only for a file you made or trust)"
+            )
+        return
+    if head.startswith(b"PK"):
+        raise CheckpointError(f"Checkpoint {path} is corrupt or truncated (an incomplete zip archive)")
+    if not head.startswith(b"\x80"):
+        what = "an empty file" if not head else f"its content starts with {head!r}"
+        raise CheckpointError(
+            f"{path} is not a checkpoint ({what}; torch.save writes a zip archive): give the best.ckpt or last.ckpt "
+            "that train.py wrote"
+        )
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The one line of torch's multi-line weights_only refusal that names what was refused."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0] if lines else repr(exc))
+    return line.split(". Please")[0].replace("WeightsUnpickler error: ", "")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Loads a checkpoint dict with ``weights_only=True``.
 
     Raises:
-        CheckpointError: missing file, pickled objects inside (refused), or not a lungnet checkpoint.
+        CheckpointError: missing file, not a checkpoint (text, TorchScript, truncated), pickled objects inside
+            (refused), or not a lungnet checkpoint.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"Checkpoint not found: {path}")
+    check_checkpoint_format(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"Refusing to load {path}: it holds pickled Python objects, which could run code "
-            f"(only plain tensors and types are accepted; weights_only=True). Details: {exc}"
+            f"(only plain tensors and types are accepted; weights_only=True). Details: {_unpickler_reason(exc)}"
         ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"Checkpoint {path} is corrupt or truncated: {exc}") from exc
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"Checkpoint {path} is corrupt or truncated: {' '.join(str(exc).split())}") from exc
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or "state_dict" not in ckpt or not {"spec", "labels", "model"} <= set(hp):
         raise CheckpointError(

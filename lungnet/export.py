@@ -1,10 +1,13 @@
 """Export a checkpoint to ONNX (fp32 or int8) or TorchScript, with its preprocessing recorded.
 
-``python -m lungnet.export ckpt=<best.ckpt> format=onnx|torchscript [out=<file>] [opset=17]``
-``python -m lungnet.export ckpt=<best.ckpt> int8=true calib=<folder|glob|run/splits/train.csv> [calib_n=64]``
+``lungnet-export ckpt=<best.ckpt> format=onnx|torchscript [out=<file>] [opset=17]``
+``lungnet-export ckpt=<best.ckpt> int8=true calib=<folder|glob|run/splits/train.csv> [calib_n=64]``
+(or ``python -m lungnet.export ...``; options and defaults: ``conf/export.yaml``, ``--help``)
 
 Writes the model file and a JSON sidecar ``<file>.json`` (labels, multilabel, input size, mean/std,
-in_chans, resize, thresholds, model name, precision). The same record is embedded in the file itself (ONNX
+in_chans, resize, thresholds, model name, precision, and the checkpoint's decision record from
+``<ckpt stem>.decision.json`` when present: temperature, operating point, conformal scores; not the OOD gate).
+The same record is embedded in the file itself (ONNX
 ``metadata_props`` key ``lungnet`` plus one key per field; a ``lungnet.json`` extra file in the
 TorchScript archive), so `lungnet.inference.Predictor` and ``predict.py ckpt=model.onnx`` can use an
 export alone (`lungnet.runtimes`: ONNX Runtime or OpenVINO, no torch model). An fp32 export is checked
@@ -25,12 +28,15 @@ import logging
 import os
 import tempfile
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lungnet.checkpoint import CheckpointError, load_model
+from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, load_model
+from lungnet.data.images import collect_inputs
+from lungnet.decision import export_fields
 from lungnet.preprocessing import Preprocessing, logits_to_probs
 from lungnet.runtimes import TORCHSCRIPT_META, open_export, sidecar_path
 
@@ -39,18 +45,6 @@ log = logging.getLogger(__name__)
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 PARITY_TOL = 1e-4
 INT8_WEIGHTS = ("reduced", "full", "uint8")
-DEFAULTS = {
-    "ckpt": None,
-    "format": "onnx",
-    "out": None,
-    "opset": 17,
-    "verify": True,
-    "int8": False,
-    "calib": None,
-    "calib_n": 64,
-    "int8_weights": "reduced",
-    "min_agreement": 0.9,
-}
 
 
 def _record(prep: Preprocessing, fmt: str, source: Path) -> dict:
@@ -197,8 +191,6 @@ def calibration_sets(spec: str | os.PathLike, prep: Preprocessing, n: int = 64) 
     Raises:
         CheckpointError: no readable image.
     """
-    from lungnet.inference import collect_inputs
-
     try:
         if str(spec).lower().endswith(".csv"):  # a run's split file, e.g. outputs/<run>/splits/train.csv
             import pandas as pd
@@ -244,6 +236,96 @@ def agreement(prep: Preprocessing, reference: np.ndarray, other: np.ndarray) -> 
     return agree, float(np.abs(p - q).max())
 
 
+def check_request(
+    fmt: str, out: str | os.PathLike | None, int8: bool, calib: str | os.PathLike | None, int8_weights: str
+) -> None:
+    """Refuses an export request that cannot work, before the checkpoint is read.
+
+    Raises:
+        CheckpointError: unknown format, int8 without ONNX or calibration images, unknown weight encoding, or an
+            output name that does not fit the format.
+    """
+    if fmt not in FORMATS:
+        raise CheckpointError(f"Unknown export format '{fmt}': choose {' or '.join(FORMATS)}")
+    if int8 and fmt != "onnx":
+        raise CheckpointError("int8=true needs format=onnx (static quantisation with ONNX Runtime)")
+    if int8 and not calib:
+        raise CheckpointError("int8=true needs calibration images: calib=<folder or glob of X-rays like the inputs>")
+    if int8 and int8_weights not in INT8_WEIGHTS:
+        raise CheckpointError(f"int8_weights={int8_weights!r}: choose {', '.join(INT8_WEIGHTS)}")
+    suffix = Path(out).suffix.lower() if out is not None else None
+    if suffix is not None and suffix not in (TORCHSCRIPT_SUFFIXES if fmt == "torchscript" else (".onnx",)):
+        raise CheckpointError(
+            f"out={out} does not fit format={fmt}: ONNX files end in .onnx, TorchScript files in "
+            f"{' or '.join(TORCHSCRIPT_SUFFIXES)} (the only names TorchScript is loaded from)"
+        )
+
+
+@dataclass
+class Int8Check:
+    """How an int8 model was calibrated and how well it agrees with PyTorch (the sidecar's ``quantization``)."""
+
+    weights: str
+    calibration: str
+    calibration_images: int
+    check_images: int | None = None
+    agreement_with_pytorch: float | None = None
+    max_probability_diff: float | None = None
+
+    def record(self) -> dict:
+        """The sidecar's ``quantization`` entry (facts not measured are left out)."""
+        method = "onnxruntime static QDQ, per-channel weights, uint8 activations, min/max calibration"
+        return {"method": method, **{k: v for k, v in asdict(self).items() if v is not None}}
+
+
+def stage_int8(model: torch.nn.Module, prep: Preprocessing, staged: Path, record: dict, opts: dict) -> Int8Check:
+    """Writes the int8 model to ``staged``, calibrated on ``opts["calib"]``, and (``verify``) checks it on as many
+    other images; refuses it below ``min_agreement``. ``opts``: `export`'s calib, calib_n, opset, int8_weights,
+    verify and min_agreement.
+
+    Raises:
+        CheckpointError: the int8 model agrees with PyTorch on too few held-out images.
+    """
+    sets = calibration_sets(opts["calib"], prep, opts["calib_n"])
+    fp32 = export_onnx(model, prep, staged.with_name(f".fp32-{staged.name}"), record, opts["opset"])
+    log.info("Quantising to int8, calibrated on %d images from %s", len(sets["calib_files"]), opts["calib"])
+    quantize_onnx(fp32, staged, sets["calib"].numpy(), record, opts["int8_weights"])
+    check = Int8Check(opts["int8_weights"], str(opts["calib"]), len(sets["calib_files"]))
+    if not opts["verify"]:
+        return check
+    with torch.inference_mode():
+        ref = model(sets["check"]).numpy()
+    agree, diff = agreement(prep, ref, open_export(staged).logits(sets["check"]))
+    check.check_images, check.agreement_with_pytorch, check.max_probability_diff = len(sets["check_files"]), agree, diff
+    log.info("int8 vs PyTorch, %d held-out images: agreement %.3f, max |p diff| %.3f", check.check_images, agree, diff)
+    if agree < opts["min_agreement"]:
+        raise CheckpointError(
+            f"int8 export agrees with PyTorch on only {agree:.1%} of {check.check_images} held-out images "
+            f"(min_agreement={opts['min_agreement']}); try int8_weights=uint8, keep the fp32 export, "
+            "or calibrate on more typical images"
+        )
+    return check
+
+
+def check_parity(model: torch.nn.Module, prep: Preprocessing, staged: Path, out: Path) -> None:
+    """Refuses an fp32 export whose logits differ from PyTorch's on a random batch by more than `PARITY_TOL`."""
+    diff = parity(model, staged, _example(prep, 3))
+    if diff > PARITY_TOL:
+        raise CheckpointError(f"Exported {out} disagrees with PyTorch: max |logit diff| {diff:.2e} > {PARITY_TOL}")
+    log.info("Export matches PyTorch (max |logit diff| %.1e on a random batch)", diff)
+
+
+def install(staged: Path, out: Path, record: dict) -> Path:
+    """Moves a checked export and its sidecar into place: never a new model beside the old model's sidecar."""
+    sidecar_path(staged).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    # old sidecar first: a crash in between leaves the new model with its embedded record, never the
+    # new model beside the old model's sidecar (which read_record would trust)
+    sidecar_path(out).unlink(missing_ok=True)
+    os.replace(staged, out)
+    os.replace(sidecar_path(staged), sidecar_path(out))
+    return out
+
+
 def export(
     ckpt: str | os.PathLike,
     fmt: str = "onnx",
@@ -282,24 +364,13 @@ def export(
         CheckpointError: unknown format, unusable checkpoint, missing calibration images, or an export
             that disagrees with PyTorch.
     """
-    if fmt not in FORMATS:
-        raise CheckpointError(f"Unknown export format '{fmt}': choose {' or '.join(FORMATS)}")
-    if int8 and fmt != "onnx":
-        raise CheckpointError("int8=true needs format=onnx (static quantisation with ONNX Runtime)")
-    if int8 and not calib:
-        raise CheckpointError("int8=true needs calibration images: calib=<folder or glob of X-rays like the inputs>")
-    if int8 and int8_weights not in INT8_WEIGHTS:
-        raise CheckpointError(f"int8_weights={int8_weights!r}: choose {', '.join(INT8_WEIGHTS)}")
-    if out is not None and (Path(out).suffix.lower() == ".onnx") != (fmt == "onnx"):
-        raise CheckpointError(
-            f"out={out} does not fit format={fmt}: ONNX files end in .onnx, TorchScript files must not"
-        )
+    check_request(fmt, out, int8, calib, int8_weights)
     loaded = load_model(ckpt)
     model = loaded.model.cpu().eval()
     prep = Preprocessing.from_loaded(loaded)
-    default = loaded.path.with_suffix(".int8.onnx" if int8 else FORMATS[fmt])
-    out = Path(out) if out else default
+    out = Path(out) if out else loaded.path.with_suffix(".int8.onnx" if int8 else FORMATS[fmt])
     record = {**_record(prep, fmt, loaded.path), "precision": "int8" if int8 else "fp32"}
+    record.update(export_fields(loaded.path, loaded.labels))  # <ckpt stem>.decision.json, when present
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
         staged = Path(tmp) / out.name
@@ -308,45 +379,13 @@ def export(
         elif not int8:
             export_onnx(model, prep, staged, record, opset)
         else:
-            sets = calibration_sets(calib, prep, calib_n)
-            fp32 = export_onnx(model, prep, Path(tmp) / "fp32.onnx", record, opset)
-            log.info("Quantising to int8, calibrated on %d images from %s", len(sets["calib_files"]), calib)
-            quantize_onnx(fp32, staged, sets["calib"].numpy(), record, int8_weights)
-            record["quantization"] = {
-                "method": "onnxruntime static QDQ, per-channel weights, uint8 activations, min/max calibration",
-                "weights": int8_weights,
-                "calibration": str(calib),
-                "calibration_images": len(sets["calib_files"]),
-            }
-            if verify:
-                with torch.inference_mode():
-                    ref = model(sets["check"]).numpy()
-                agree, diff = agreement(prep, ref, open_export(staged).logits(sets["check"]))
-                n_check = len(sets["check_files"])
-                record["quantization"].update(
-                    check_images=n_check, agreement_with_pytorch=agree, max_probability_diff=diff
-                )
-                log.info("int8 vs PyTorch, %d held-out images: agreement %.3f, max |p diff| %.3f", n_check, agree, diff)
-                if agree < min_agreement:
-                    raise CheckpointError(
-                        f"int8 export agrees with PyTorch on only {agree:.1%} of {n_check} held-out images "
-                        f"(min_agreement={min_agreement}); try int8_weights=uint8, keep the fp32 export, "
-                        "or calibrate on more typical images"
-                    )
+            opts = {"calib": calib, "calib_n": calib_n, "opset": opset, "int8_weights": int8_weights}
+            opts.update(verify=verify, min_agreement=min_agreement)
+            record["quantization"] = stage_int8(model, prep, staged, record, opts).record()
             _reembed(staged, record)  # the file carries the quantisation facts too
         if verify and not int8:
-            diff = parity(model, staged, _example(prep, 3))
-            if diff > PARITY_TOL:
-                raise CheckpointError(
-                    f"Exported {out} disagrees with PyTorch: max |logit diff| {diff:.2e} > {PARITY_TOL}"
-                )
-            log.info("Export matches PyTorch (max |logit diff| %.1e on a random batch)", diff)
-        sidecar_path(staged).write_text(json.dumps(record, indent=2), encoding="utf-8")
-        # old sidecar first: a crash in between leaves the new model with its embedded record, never the
-        # new model beside the old model's sidecar (which read_record would trust)
-        sidecar_path(out).unlink(missing_ok=True)
-        os.replace(staged, out)
-        os.replace(sidecar_path(staged), sidecar_path(out))
+            check_parity(model, prep, staged, out)
+        install(staged, out, record)
     log.info("Wrote %s and %s", out, sidecar_path(out).name)
     return out
 
@@ -357,34 +396,11 @@ def parity(
     """Max absolute logit difference between ``model`` and an exported file on ``batch``."""
     with torch.inference_mode():
         ref = model.eval()(batch).numpy()
-    runner = open_export(Path(exported), runtime=runtime)
+    runner = open_export(Path(exported), runtime=runtime, trust_export=True)  # the file lungnet has just written
     return float(np.abs(runner.logits(batch) - ref).max())
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Command line: ``key=value`` arguments as in the Hydra entry points (ckpt, format, out, opset, verify)."""
-    from lungnet.cli import parse_key_values, run_safely
-
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    usage = (
-        "python -m lungnet.export ckpt=<file.ckpt> format=onnx|torchscript [out=<file>] [opset=17] "
-        "[int8=true calib=<folder|glob|splits csv> calib_n=64 min_agreement=0.9 int8_weights=reduced|full|uint8]"
-    )
-    cfg = parse_key_values(argv, DEFAULTS, usage, required=("ckpt",))
-    return run_safely(
-        export,
-        cfg.ckpt,
-        str(cfg.format),
-        cfg.out,
-        int(cfg.opset),
-        bool(cfg.verify),
-        bool(cfg.int8),
-        cfg.calib,
-        int(cfg.calib_n),
-        float(cfg.min_agreement),
-        str(cfg.int8_weights),
-    )
-
-
 if __name__ == "__main__":
-    main()
+    from lungnet.cli import export as command
+
+    command()

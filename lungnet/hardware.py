@@ -44,3 +44,12 @@ def cpu_summary() -> dict:
         "flags": sorted(f for f in REPORTED_FLAGS if f in flags),
         "native_bf16": cpu_has_native_bf16(flags),
     }
+
+
+def resolve_device(device: str) -> str:
+    """A torch device name: ``auto`` becomes ``cuda`` when a GPU is usable, else ``cpu``; others pass through."""
+    if device != "auto":
+        return device
+    import torch  # here, not at the top: reading CPU flags must not import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

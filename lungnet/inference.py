@@ -10,10 +10,9 @@ A file that cannot be read becomes an error row; the others go on.
 
 from __future__ import annotations
 
-import glob
+import json
 import logging
 import os
-import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lungnet.checkpoint import CheckpointError, load_model
-from lungnet.data.images import IMAGE_SUFFIXES, ImageReadError, is_dicom, read_image
-from lungnet.data.transforms import build_transform
+from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, is_torchscript, load_model
+from lungnet.data.images import ImageReadError, collect_inputs, read_image
+from lungnet.data.transforms import build_transform, fit_within
+from lungnet.decision import DecisionRecord, Decisions, export_decision, find_decision
+from lungnet.errors import DataError
 from lungnet.evaluation.predict import predictions_table
+from lungnet.hardware import resolve_device
 from lungnet.preprocessing import Preprocessing, logits_to_probs
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,9 @@ class Prediction:
         file: the file as given.
         row: plain values (file, predicted, confidence, decision, p_<label>..., error).
         probs: class probabilities, None on error.
-        image: the decoded grayscale image (kept only when a heatmap was asked for).
-        heatmap: heatmap in [0, 1] at the original image size, or None.
+        image: the decoded grayscale image, reduced to ``image_max_side`` when given (kept only when a heatmap
+            was asked for).
+        heatmap: heatmap in [0, 1] cropped to the image content (model-input resolution), or None.
     """
 
     file: str
@@ -53,14 +56,6 @@ class Prediction:
     def ok(self) -> bool:
         """True when the image was read and classified."""
         return self.probs is not None
-
-
-def is_torchscript(path: Path) -> bool:
-    """True for a TorchScript archive (a zip with a ``code/`` folder), not a state-dict checkpoint."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any("/code/" in name for name in zf.namelist())
 
 
 class _TorchBackend:
@@ -81,30 +76,36 @@ class _TorchBackend:
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> np.ndarray:
+        return self.outputs(batch)[0]
+
+    @torch.inference_mode()
+    def outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, penultimate features) for the OOD gate."""
         from lungnet.runtimes import autocast
 
         with autocast(self.device, self.precision):
-            return self.model(batch.to(self.device)).float().cpu().numpy()
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+            features = self.model.backbone(batch.to(self.device))
+            logits = self.model.head(features)
+        return logits.float().cpu().numpy(), features.float().cpu().numpy()
 
 
 class Predictor:
     """Classifies image files with a checkpoint or an exported model.
 
     Args:
-        ckpt: a lungnet ``.ckpt``, an ``.onnx`` file or a TorchScript file (exports need their sidecar
-            or embedded record, as written by `lungnet.export`).
+        ckpt: a lungnet ``.ckpt``, an ``.onnx`` file or a TorchScript ``.pt``/``.ts`` file (exports need their
+            sidecar or embedded record, as written by `lungnet.export`). The name decides the loader: ``.onnx``
+            runs under ``runtime``; TorchScript content in a ``.pt``/``.ts`` file runs only with
+            ``trust_export``; everything else goes through the ``weights_only`` checkpoint loader.
         device: ``cpu``, ``cuda`` or ``auto`` (PyTorch models only; ONNX runs on the CPU).
         threads: ONNX Runtime / OpenVINO threads (None: the runtime's default).
         runtime: for ``.onnx`` files, ``onnxruntime`` or ``openvino`` (`lungnet.runtimes`).
         precision: ``fp32`` (default) or ``bf16`` (checkpoints and TorchScript: torch autocast; ``.onnx``:
             OpenVINO only). Always explicit, never left to a runtime's own per-CPU default.
+        decision: ``auto`` (the checkpoint's ``<stem>.decision.json`` when present; an export's own record),
+            ``none``, or a decision file (`lungnet.decision`): operating point, temperature, prediction sets and
+            the OOD gate (checkpoints only: it needs the penultimate features).
+        trust_export: run TorchScript (code) from a ``.pt``/``.ts`` file; without it such a file is refused.
 
     Raises:
         CheckpointError: the model file is missing, unsafe or unusable.
@@ -117,6 +118,8 @@ class Predictor:
         threads: int | None = None,
         runtime: str = "onnxruntime",
         precision: str = "fp32",
+        decision: str | os.PathLike | None = "auto",
+        trust_export: bool = False,
     ) -> None:
         from lungnet.runtimes import check_runtime, open_export
 
@@ -126,8 +129,9 @@ class Predictor:
             raise CheckpointError(f"Model file not found: {path}")
         self.path = path
         device = resolve_device(device)
-        if path.suffix.lower() == ".onnx" or is_torchscript(path):
-            self.backend = open_export(path, device, threads, runtime, precision)
+        suffix = path.suffix.lower()
+        if suffix == ".onnx" or (suffix in TORCHSCRIPT_SUFFIXES and is_torchscript(path)):
+            self.backend = open_export(path, device, threads, runtime, precision, trust_export)
             self.kind = self.backend.kind
         else:
             self.backend = _TorchBackend(path, device, precision)
@@ -136,6 +140,7 @@ class Predictor:
         self.prep: Preprocessing = self.backend.prep
         self.labels = list(self.prep.labels)
         self._pipeline = self.prep.pipeline()
+        self.decision, self.decision_file = self._decision(decision)
         log.info(
             "Loaded %s (%s, %s, %s): %d classes, %d px, resize=%s",
             path,
@@ -147,8 +152,23 @@ class Predictor:
             self.prep.resize,
         )
 
+    def _decision(self, choice) -> tuple[DecisionRecord | None, str | None]:
+        """The decision record (see ``decision``) and where it came from."""
+        if self.kind == "checkpoint":
+            record, path = find_decision(choice, self.path, self.labels)
+            where = str(path) if path else None
+        else:
+            from lungnet.runtimes import sidecar_path
+
+            side = sidecar_path(self.path)
+            sidecar = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
+            record, where = export_decision(choice, sidecar, self.labels, side)
+        if record is not None:
+            log.info("Decisions from %s (fitted on %s, rule %s)", where, record.split, record.rule)
+        return record, where
+
     def describe(self) -> dict:
-        """What runs: model file, kind, runtime and precision, and the input contract (for run records)."""
+        """What runs: model file, kind, runtime and precision, the input contract and the decision file."""
         return {
             "model_file": str(self.path),
             "kind": self.kind,
@@ -157,7 +177,15 @@ class Predictor:
             "model": self.prep.model,
             "labels": self.labels,
             "input_size": self.prep.input_size,
+            "decision_file": self.decision_file,
+            "decision": self.decision.describe() if self.decision is not None else None,
         }
+
+    def outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, penultimate features or None) for a preprocessed batch (features: checkpoints only)."""
+        if self.kind == "checkpoint":
+            return self.backend.outputs(batch)
+        return self.backend.logits(batch), None
 
     @property
     def torch_model(self) -> torch.nn.Module | None:
@@ -181,8 +209,12 @@ class Predictor:
         return image, self.preprocess(image)
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        """Class probabilities (N, C) for a preprocessed batch (N, C, S, S)."""
-        return logits_to_probs(self.backend.logits(batch), self.prep.multilabel)
+        """Class probabilities (N, C) for a preprocessed batch (N, C, S, S), calibrated when the decision record
+        has a temperature."""
+        logits = self.backend.logits(batch)
+        if self.decision is not None:
+            return self.decision.calibrated(logits)
+        return logits_to_probs(logits, self.prep.multilabel)
 
     def heatmaps(self, batch: torch.Tensor, method: str = "gradcam", **options) -> np.ndarray:
         """Class-activation heatmaps (N, S, S) in [0, 1] for the predicted class of each image.
@@ -203,11 +235,12 @@ class Predictor:
         from lungnet.explain.cams import explain
 
         with torch.enable_grad():
-            maps = explain(model, batch, method=method, multilabel=self.prep.multilabel, **options)
+            maps = explain(model, batch, method=method, **options)
         return np.asarray(maps, dtype=np.float32)
 
-    def rows(self, files: Sequence[str], probs: np.ndarray) -> list[dict]:
-        """CSV rows (file, predicted, confidence, decision, p_<label>..., error) for classified files."""
+    def rows(self, files: Sequence[str], probs: np.ndarray, decisions: Decisions | None = None) -> list[dict]:
+        """CSV rows (file, predicted, confidence, decision, p_<label>..., error) for classified files; with
+        ``decisions`` also decision_reason, prediction_set, ood and ood_score."""
         table = predictions_table(
             list(files),
             probs,
@@ -217,6 +250,9 @@ class Predictor:
             list(self.prep.thresholds) if self.prep.thresholds is not None else None,
         )
         table = table.rename(columns={"path": "file"})
+        if decisions is not None:
+            for key, values in decisions.columns(self.labels).items():
+                table[key] = values
         table["error"] = ""
         return table.to_dict("records")
 
@@ -231,6 +267,7 @@ class Predictor:
         explain: str | None = None,
         progress: bool = False,
         explain_options: dict | None = None,
+        image_max_side: int | None = None,
     ) -> Iterator[Prediction]:
         """Classifies files in batches; yields one `Prediction` per file, in order.
 
@@ -240,12 +277,16 @@ class Predictor:
             explain: a CAM method name (e.g. ``gradcam``) to compute heatmaps, or None.
             progress: show a tqdm progress bar.
             explain_options: ``cam_layer`` and method options passed to the explainer.
+            image_max_side: with ``explain``, the image kept for the overlay is reduced to this long side right
+                after the model input is made from the full decode (None: kept at full size). The model input
+                is the same either way.
         """
         paths = [str(p) for p in paths]
         bar = tqdm(total=len(paths), desc="Predicting", unit="img", disable=not progress)
+        options = explain_options or {}
         try:
             for start in range(0, len(paths), max(1, batch_size)):
-                yield from self._predict_batch(paths[start : start + batch_size], explain, explain_options or {})
+                yield from self._predict_batch(paths[start : start + batch_size], explain, options, image_max_side)
                 bar.update(min(batch_size, len(paths) - start))
         finally:
             bar.close()
@@ -254,7 +295,9 @@ class Predictor:
         """CSV-ready rows, one per file (error rows for unreadable files)."""
         return [p.row for p in self.predict_iter(paths, batch_size, progress=progress)]
 
-    def _predict_batch(self, files: list[str], explain: str | None, options: dict) -> list[Prediction]:
+    def _predict_batch(
+        self, files: list[str], explain: str | None, options: dict, image_max_side: int | None = None
+    ) -> list[Prediction]:
         results: list[Prediction | None] = [None] * len(files)
         images, tensors, index = [], [], []
         for i, file in enumerate(files):
@@ -268,14 +311,17 @@ class Predictor:
                 log.warning("Skipping %s: %s", file, exc)
                 results[i] = Prediction(file, self.error_row(file, f"cannot preprocess image ({exc})"))
                 continue
-            images.append(image)
+            # only what an overlay needs is kept (the full decode is released here, not at the batch's end)
+            images.append(fit_within(image, image_max_side) if explain else None)
             tensors.append(tensor)
             index.append(i)
         if tensors:
             batch = torch.stack(tensors)
-            probs = self.probabilities(batch)
+            logits, features = self.outputs(batch)
+            decided = self.decision.decide(logits, features) if self.decision is not None else None
+            probs = decided.probs if decided is not None else logits_to_probs(logits, self.prep.multilabel)
             maps = self.heatmaps(batch, explain, **options) if explain else None
-            rows = self.rows([files[i] for i in index], probs)
+            rows = self.rows([files[i] for i in index], probs, decided)
             for k, i in enumerate(index):
                 heat = self.unpad(maps[k], images[k].shape) if maps is not None else None
                 results[i] = Prediction(
@@ -296,48 +342,12 @@ class Predictor:
         return heatmap[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
 
     def overlay(self, prediction: Prediction, alpha: float = 0.45) -> np.ndarray:
-        """RGB uint8 overlay of ``prediction``'s heatmap on its image, at the original image size."""
+        """RGB uint8 overlay of ``prediction``'s heatmap on its image, at the size of its kept image."""
         from lungnet.explain.overlay import overlay
 
         if prediction.image is None or prediction.heatmap is None:
             raise ValueError(f"{prediction.file}: no heatmap was computed (pass explain=...)")
         return overlay(prediction.image, prediction.heatmap, alpha=alpha)
-
-
-def _wanted(path: Path) -> bool:
-    """Image suffix, or a suffix-less file with the DICOM magic (DICOM files often have no suffix)."""
-    suffix = path.suffix.lower()
-    return suffix in IMAGE_SUFFIXES or (suffix == "" and is_dicom(path))
-
-
-def collect_inputs(spec: str | os.PathLike) -> list[Path]:
-    """Files named by a file, a folder (searched recursively for images) or a glob pattern.
-
-    A file or glob match is kept whatever its type (an unreadable one becomes an error row); in a
-    folder only image files (and suffix-less DICOM) are taken. Hidden files and folders are skipped.
-
-    Raises:
-        FileNotFoundError: nothing matches.
-    """
-    text = str(spec)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        found = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts) and _wanted(p)
-        )
-        if not found:
-            raise FileNotFoundError(f"No image files ({', '.join(sorted(IMAGE_SUFFIXES))} or DICOM) under {path}")
-        return found
-    if glob.has_magic(text):
-        found = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if Path(p).is_file())
-        if not found:
-            raise FileNotFoundError(f"No files match {text}")
-        return found
-    raise FileNotFoundError(f"Input not found: {path} (give a file, a folder or a glob pattern)")
 
 
 def seen_in_training(predictor: Predictor, files: list[Path]) -> dict[str, str]:
@@ -379,6 +389,8 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
         threads=cfg.get("threads"),
         runtime=runtime,
         precision=str(cfg.get("precision") or "fp32"),
+        decision=cfg.get("decision", "auto"),
+        trust_export=bool(cfg.trust_export),
     )
     exp = cfg.get("explain") or {}  # the explain config group (conf/explain/<method>.yaml), absent by default
     explain = exp.get("method")
@@ -407,13 +419,29 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
         failed += not pred.ok
         row["seen_in_training"] = seen.get(str(pred.file), "")
         rows.append(row)
-    columns = ["file", "predicted", "confidence", "decision", *[f"p_{lab}" for lab in predictor.labels]]
+    columns = ["file", "predicted", "confidence", "decision", "prediction_set", "ood", "ood_score", "decision_reason"]
+    columns += [f"p_{lab}" for lab in predictor.labels]
     table = pd.DataFrame(rows)
     table = table[[c for c in columns if c in table] + [c for c in table if c not in columns]]
     path = write_csv(run_dir / "predictions.csv", table)
-    write_json(
-        run_dir / "prediction.json",
-        {**predictor.describe(), "images": len(rows), "unreadable": failed, "seen_in_training": len(seen)},
-    )
+    flagged = int(sum(bool(r.get("ood")) for r in rows))
+    facts = {**predictor.describe(), "images": len(rows), "unreadable": failed, "ood_flagged": flagged}
+    facts["seen_in_training"] = len(seen)
+    facts["abstained"] = int(sum(r.get("decision") == "abstain" for r in rows))
+    write_json(run_dir / "prediction.json", facts)
+    if predictor.decision is not None:
+        log.info(
+            "Decisions from %s (fitted on %s): %d abstained, %d flagged out-of-distribution",
+            predictor.decision_file,
+            predictor.decision.split,
+            facts["abstained"],
+            flagged,
+        )
+    else:
+        log.info(
+            "No decision file (decision=%s): arg-max decisions, no prediction sets, no OOD gate", cfg.get("decision")
+        )
     log.info("%d images classified, %d unreadable (see the error column); wrote %s", len(rows) - failed, failed, path)
+    if rows and failed == len(rows):  # the rows are written; the exit status says that nothing was classified
+        raise DataError(f"None of the {len(rows)} input file(s) could be read as an image; reasons in {path}")
     return path

@@ -14,6 +14,8 @@ from typing import IO
 
 import pandas as pd
 
+from lungnet.errors import WriteError
+
 
 def printable(text: object) -> str:
     """``str(text)`` with undecodable file-name bytes (surrogate escapes) shown as ``\\xff``.
@@ -48,16 +50,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
 
     Returns:
         The path.
+
+    Raises:
+        WriteError: the file could not be written (its previous version, if any, is left as it was).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode, **open_kwargs) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, read-only: one clear error naming the file
+        raise WriteError.of(path, exc, "an earlier version of it, if any, is kept") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path

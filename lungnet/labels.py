@@ -76,3 +76,23 @@ def match_label(folder: str, labels: list[str]) -> str | None:
     if alias is not None and normalise(alias) in by_norm:
         return by_norm[normalise(alias)]
     return None
+
+
+# Labels that mean "no disease" across the data sets: the other class of a two-class set is its positive class.
+NORMAL_LABELS = ("NORMAL", "Normal", "No Finding", "No_findings")
+
+
+def default_positive(labels: list[str]) -> str | None:
+    """The positive class of a two-class label list: the one that is not a normal label (None otherwise).
+
+    Args:
+        labels: a data set's ordered labels.
+
+    Returns:
+        The non-normal label of a two-class list with exactly one normal label; the second label of any other
+        two-class list; None for three or more classes (their decision is the arg-max).
+    """
+    if len(labels) != 2:
+        return None
+    abnormal = [lab for lab in labels if lab not in NORMAL_LABELS]
+    return abnormal[0] if len(abnormal) == 1 else labels[1]

@@ -6,6 +6,8 @@ Multi-label: unknown targets (NaN) are masked; per-finding and macro AUROC, F1 a
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torchmetrics import MetricCollection
@@ -30,6 +32,11 @@ from torchmetrics.functional.classification import (
 )
 
 IGNORE = -1
+
+# An AUROC over a batch, an epoch or a split that lacks a class's positives (or negatives) is undefined; torchmetrics
+# warns at every such computation (the sanity check, small validation splits, rare findings) and scores the class 0.
+# The per-class tables of evaluation report the class counts; the warning itself says nothing about the run.
+warnings.filterwarnings("ignore", message=r"No (negative|positive) samples (in|found in) target", category=UserWarning)
 
 
 def metric_collection(num_classes: int, multilabel: bool) -> MetricCollection:

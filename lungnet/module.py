@@ -12,24 +12,14 @@ import logging
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 
+from lungnet.errors import ConfigError
 from lungnet.metrics import mask_targets, metric_collection
 from lungnet.models.registry import create_model
+from lungnet.preprocessing import logits_to_probs
 
 log = logging.getLogger(__name__)
-
-OPTIM_DEFAULTS = {
-    "name": "adamw",
-    "lr": 1e-3,
-    "weight_decay": 1e-4,
-    "momentum": 0.9,
-    "backbone_lr_mult": 1.0,
-    "scheduler": "cosine",
-    "warmup_epochs": 0,
-    "plateau_patience": 2,
-    "plateau_factor": 0.1,
-    "min_lr": 1e-6,
-}
 
 
 class LitClassifier(pl.LightningModule):
@@ -39,10 +29,14 @@ class LitClassifier(pl.LightningModule):
         model: model options for `create_model` (name, pretrained, weights, in_chans, ...).
         labels: class names in output order.
         multilabel: sigmoid/BCE (NaN-masked) instead of softmax/CE.
-        optim: optimiser and scheduler options (see `OPTIM_DEFAULTS`).
+        optimizer: a torch.optim class and its arguments (``_target_``, ``lr``, ...; ``conf/optimizer/``).
+        scheduler: a torch.optim.lr_scheduler class and its arguments (``conf/scheduler/``); None or empty: none.
+            ``T_max: null`` is the epochs after the warm-up; ReduceLROnPlateau steps on ``val/loss``.
+        backbone_lr_mult: discriminative learning rates: the backbone trains at ``lr * backbone_lr_mult``.
+        warmup_epochs: linear warm-up from ``lr / 10`` over this many epochs, then the scheduler.
         label_smoothing: CE label smoothing.
         class_weights: per-class CE weights, or BCE ``pos_weight`` for multi-label.
-        max_epochs: used by the cosine schedule.
+        max_epochs: the epochs the schedule spans.
         data: the data config (stored so the checkpoint can rebuild the data pipeline).
         extra: anything else to keep in the checkpoint (plain types).
     """
@@ -52,7 +46,10 @@ class LitClassifier(pl.LightningModule):
         model: dict,
         labels: list[str],
         multilabel: bool = False,
-        optim: dict | None = None,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        backbone_lr_mult: float = 1.0,
+        warmup_epochs: int = 0,
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
         max_epochs: int = 10,
@@ -69,7 +66,6 @@ class LitClassifier(pl.LightningModule):
         self.labels = list(labels)
         self.multilabel = multilabel
         self.channels_last = False  # `use_channels_last`
-        self.optim = {**OPTIM_DEFAULTS, **(optim or {})}
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         metrics = metric_collection(len(labels), multilabel)
@@ -78,9 +74,14 @@ class LitClassifier(pl.LightningModule):
         self.train_acc = metric_collection(len(labels), multilabel).clone(prefix="train/")
 
     def set_class_weights(self, weights: list[float] | None) -> None:
-        """Sets loss weights from the data (kept in the checkpoint's hyperparameters)."""
-        self.hparams["class_weights"] = weights
+        """Sets loss weights from the data (kept in the checkpoint's and the loggers' hyperparameters)."""
+        self.record(class_weights=weights)
         self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.device) if weights else None
+
+    def record(self, **facts) -> None:
+        """Adds facts known only once the data is set up to the hyperparameters: the checkpoint and the hparams
+        every logger records at the start of training (Lightning logs a copy taken at ``save_hyperparameters``)."""
+        self.save_hyperparameters({**self.hparams, **facts})
 
     def use_channels_last(self) -> None:
         """NHWC memory layout for the weights and every input (faster convolutions on tensor-core GPUs)."""
@@ -93,8 +94,8 @@ class LitClassifier(pl.LightningModule):
         return self.model(x)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Sigmoid for multi-label, softmax otherwise."""
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+        """Sigmoid for multi-label, softmax otherwise (`lungnet.preprocessing.logits_to_probs`)."""
+        return logits_to_probs(logits, self.multilabel)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """CE (weights, label smoothing) or BCE-with-logits over known targets only."""
@@ -153,43 +154,42 @@ class LitClassifier(pl.LightningModule):
 
     def param_groups(self) -> list[dict]:
         """Head at ``lr``; backbone at ``lr * backbone_lr_mult`` (discriminative learning rates)."""
-        lr = float(self.optim["lr"])
+        lr = float(self.hparams.optimizer["lr"])
         head = [p for p in self.model.head.parameters() if p.requires_grad]
         backbone = [p for p in self.model.backbone.parameters() if p.requires_grad]
         groups = [{"params": head, "lr": lr, "name": "head"}]
         if backbone:
-            groups.append({"params": backbone, "lr": lr * float(self.optim["backbone_lr_mult"]), "name": "backbone"})
+            groups.append({"params": backbone, "lr": lr * float(self.hparams.backbone_lr_mult), "name": "backbone"})
         return groups
 
     def configure_optimizers(self):
-        o = self.optim
-        name = str(o["name"]).lower()
-        if name == "adamw":
-            opt = torch.optim.AdamW(self.param_groups(), weight_decay=float(o["weight_decay"]))
-        elif name == "adam":
-            opt = torch.optim.Adam(self.param_groups(), weight_decay=float(o["weight_decay"]))
-        elif name == "sgd":
-            opt = torch.optim.SGD(
-                self.param_groups(), momentum=float(o["momentum"]), weight_decay=float(o["weight_decay"]), nesterov=True
+        if not (self.hparams.optimizer or {}).get("_target_"):
+            raise ConfigError("No optimizer configured: give LitClassifier an optimizer config (conf/optimizer/)")
+        optimizer = instantiate(dict(self.hparams.optimizer), _partial_=True)(self.param_groups())
+        warm = int(self.hparams.warmup_epochs)
+        scheduler = build_scheduler(self.hparams.scheduler, optimizer, max(1, int(self.hparams.max_epochs) - warm))
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        if warm:
+            ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warm)
+            scheduler = (
+                ramp
+                if scheduler is None
+                else torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, scheduler], milestones=[warm])
             )
-        else:
-            raise ValueError(f"optim.name must be adamw, adam or sgd, got {o['name']!r}")
-        sched = str(o["scheduler"]).lower()
-        if sched == "none":
-            return opt
-        if sched == "cosine":
-            epochs = max(1, int(self.hparams.max_epochs))
-            warm = int(o["warmup_epochs"])
-            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
-                opt, T_max=max(1, epochs - warm), eta_min=float(o["min_lr"])
-            )
-            if warm:
-                ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=warm)
-                cosine = torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warm])
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "epoch"}}
-        if sched == "plateau":
-            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode="min", factor=float(o["plateau_factor"]), patience=int(o["plateau_patience"])
-            )
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss"}}
-        raise ValueError(f"optim.scheduler must be cosine, plateau or none, got {o['scheduler']!r}")
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def build_scheduler(cfg: dict | None, optimizer: torch.optim.Optimizer, epochs: int):
+    """The configured learning-rate scheduler for ``optimizer`` (None when ``cfg`` is empty).
+
+    ``T_max: null`` (cosine) becomes ``epochs``, the epochs the schedule spans after the warm-up.
+    """
+    cfg = dict(cfg or {})
+    if not cfg.get("_target_"):
+        return None
+    if "T_max" in cfg and cfg["T_max"] is None:
+        cfg["T_max"] = epochs
+    return instantiate(cfg, _partial_=True)(optimizer)

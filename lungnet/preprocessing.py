@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 from lungnet.data.transforms import Normalize, build_transform, make_pipeline
 from lungnet.errors import CheckpointError
@@ -97,12 +98,12 @@ class Preprocessing:
         )
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+def logits_to_probs(logits: np.ndarray | torch.Tensor, multilabel: bool) -> np.ndarray | torch.Tensor:
+    """Logits (N, C) -> probabilities: sigmoid per finding (multi-label) or softmax over classes.
 
-
-def logits_to_probs(logits: np.ndarray, multilabel: bool) -> np.ndarray:
-    """Logits (N, C) -> probabilities: sigmoid per finding (multi-label) or softmax over classes."""
-    logits = np.asarray(logits, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-logits)) if multilabel else _softmax(logits)
+    The one definition for every model path: a tensor gives a tensor (same dtype and device, autograd kept), an
+    array (or list) gives a float64 array.
+    """
+    if not isinstance(logits, torch.Tensor):
+        return logits_to_probs(torch.from_numpy(np.asarray(logits, dtype=np.float64)), multilabel).numpy()
+    return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES
 from lungnet.errors import CheckpointError
 from lungnet.preprocessing import Preprocessing
 
@@ -76,16 +77,45 @@ def read_record(path: Path, embedded: str | None = None) -> dict:
     )
 
 
-def _onnx_embedded_record(path: Path) -> str | None:
-    """The ``lungnet`` metadata_props entry of an ONNX file (None when absent or onnx is missing)."""
-    try:
-        import onnx
-    except ImportError:
-        return None
+def _tensors(graph):
+    """Every tensor an ONNX graph holds: initializers, constants, and those of sub-graphs (If, Loop)."""
+    yield from graph.initializer
+    yield from (sparse.values for sparse in graph.sparse_initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in [*([attr.g] if attr.HasField("g") else []), *attr.graphs]:
+                yield from _tensors(sub)
+
+
+def read_onnx(path: Path):
+    """Parses an ONNX file without reading external data, and refuses one that refers to external files.
+
+    ONNX holds no Python code, but a tensor may name an external file to read its values from; lungnet's
+    exports embed every tensor, so such a file is not one of them and could read any file the process can.
+
+    Raises:
+        CheckpointError: not a loadable ONNX file, or external data.
+    """
+    import onnx
+
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and friends for bad files
-        raise CheckpointError(f"{path} is not a loadable ONNX model: {exc}") from exc
+        raise CheckpointError(f"{path} is not a loadable ONNX model: {' '.join(str(exc).split())}") from exc
+    external = [t.name for t in _tensors(proto.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise CheckpointError(
+            f"Refusing to load {path}: its tensors {external[:3]} are read from external files, which lungnet's "
+            "exports never do (re-export with python -m lungnet.export)"
+        )
+    return proto
+
+
+def _onnx_embedded_record(proto) -> str | None:
+    """The ``lungnet`` metadata_props entry of a parsed ONNX model (None when absent)."""
     return {p.key: p.value for p in proto.metadata_props}.get("lungnet")
 
 
@@ -106,6 +136,7 @@ class OnnxRunner:
             import onnxruntime as ort
         except ImportError as exc:
             raise CheckpointError("Running an .onnx model needs ONNX Runtime: pip install onnxruntime") from exc
+        read_onnx(path)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -143,6 +174,7 @@ class OpenVinoRunner:
             import openvino as ov
         except ImportError as exc:
             raise CheckpointError("runtime=openvino needs OpenVINO: pip install openvino") from exc
+        proto = read_onnx(path)
         warn_if_emulated_bf16(precision)
         config: dict = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION[precision]}
         if threads:
@@ -157,7 +189,7 @@ class OpenVinoRunner:
             log.warning("OpenVINO runs %s although precision=%s was asked (%s)", self.precision, precision, hint)
         self.request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request; the web app may call from several threads
-        self.prep = Preprocessing.from_dict(read_record(path, _onnx_embedded_record(path)))
+        self.prep = Preprocessing.from_dict(read_record(path, _onnx_embedded_record(proto)))
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         """Logits (N, K) for a preprocessed batch."""
@@ -166,19 +198,45 @@ class OpenVinoRunner:
             return np.array(self.request.infer({0: data})[0], copy=True)
 
 
+def check_torchscript_allowed(path: Path, trust_export: bool) -> None:
+    """TorchScript is code: it loads only from a ``.pt``/``.ts`` name and with ``trust_export=true``.
+
+    Raises:
+        CheckpointError: one line naming the file and the opt-in.
+    """
+    if path.suffix.lower() not in TORCHSCRIPT_SUFFIXES:
+        raise CheckpointError(
+            f"Refusing to run {path} as TorchScript: TorchScript holds code and loads only from a "
+            f"{' or '.join(TORCHSCRIPT_SUFFIXES)} file with trust_export=true"
+        )
+    if not trust_export:
+        raise CheckpointError(
+            f"Refusing to load {path}: TorchScript holds code that runs when the model is loaded and called; "
+            "pass trust_export=true only if you made the file or trust its source (or use the .ckpt or .onnx export)"
+        )
+
+
 class TorchScriptRunner:
     """An exported TorchScript model, with its `Preprocessing`.
+
+    TorchScript archives hold code (their ``forward`` may call any TorchScript operator, e.g. write files), so
+    they load only from a ``.pt``/``.ts`` file and with ``trust_export=True`` (`check_torchscript_allowed`).
 
     Args:
         path: the TorchScript file.
         device: torch device.
         precision: ``fp32`` or ``bf16`` (torch autocast).
+        trust_export: the caller's explicit opt-in to run the file's code.
+
+    Raises:
+        CheckpointError: no opt-in, a name that is not ``.pt``/``.ts``, or an unloadable file.
     """
 
     kind = "torchscript"
     runtime = "torch"
 
-    def __init__(self, path: Path, device: str = "cpu", precision: str = "fp32") -> None:
+    def __init__(self, path: Path, device: str = "cpu", precision: str = "fp32", trust_export: bool = False) -> None:
+        check_torchscript_allowed(Path(path), trust_export)
         check_precision(precision)
         warn_if_emulated_bf16(precision)
         self.precision = precision
@@ -215,18 +273,22 @@ def open_export(
     threads: int | None = None,
     runtime: str = "onnxruntime",
     precision: str = "fp32",
+    trust_export: bool = False,
 ) -> OnnxRunner | OpenVinoRunner | TorchScriptRunner:
     """Opens an ``.onnx`` file with ``runtime`` (onnxruntime or openvino), anything else as TorchScript.
 
+    Args:
+        trust_export: allow TorchScript (code; only from a ``.pt``/``.ts`` file). ONNX needs no opt-in.
+
     Raises:
         CheckpointError: unknown runtime or precision, bf16 asked of ONNX Runtime, missing runtime package,
-            or an unloadable file.
+            TorchScript without ``trust_export``, or an unloadable file.
     """
     path = Path(path)
     check_runtime(runtime)
     check_precision(precision)
     if path.suffix.lower() != ".onnx":
-        return TorchScriptRunner(path, device, precision)
+        return TorchScriptRunner(path, device, precision, trust_export)
     if runtime == "openvino":
         return OpenVinoRunner(path, threads, precision)
     if precision != "fp32":

@@ -10,104 +10,59 @@ killed run continues exactly with ``resume=true`` (same run directory) or ``resu
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from lungnet.callbacks import (
-    AtomicCheckpoint,
-    EpochSeeder,
-    FigureLogger,
-    FreezeUnfreeze,
-    ResumableCSVLogger,
-    WeightEMA,
-)
+from lungnet.callbacks import WeightEMA
 from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
-from lungnet.cli import ConfigError
-from lungnet.data.datamodule import LungDataModule, make_source
+from lungnet.config_checks import pin_paths
+from lungnet.data.datamodule import LungDataModule, make_source, resolve_root
 from lungnet.data.overlap import RecordImageHashes, image_hashes
 from lungnet.data.sources import Source
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
+from lungnet.errors import ConfigError
 from lungnet.evaluation.curves import write_training_curves
+from lungnet.evaluation.decisions import fit_ood_gate
 from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.io import remove_stale_temporaries, write_csv, write_json, write_text
-from lungnet.metrics import compute_metrics, metric_collection
+from lungnet.loggers import build_loggers, log_final_metrics
+from lungnet.metrics import compute_metrics
 from lungnet.module import LitClassifier
 from lungnet.provenance import run_facts
+from lungnet.training_checks import first_line, plain, validate_config
 
 log = logging.getLogger(__name__)
 
-CHOICES = {
-    "optim.name": ("adamw", "adam", "sgd"),
-    "optim.scheduler": ("cosine", "plateau", "none"),
-    "checkpoint.mode": ("min", "max"),
-    "data.balance": ("none", "loss", "sampler"),
-    "data.resize": ("squash", "pad"),
-    "data.on_bad_file": ("skip", "error"),
-}
 
-
-def plain(cfg: DictConfig | dict | None) -> dict:
-    """Resolved plain-dict copy of a config node (safe to store in checkpoints)."""
-    if cfg is None:
-        return {}
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-
-
-def resolve_root(data_cfg: dict) -> dict:
-    """Makes ``root`` absolute against the directory the user launched from."""
-    data_cfg = dict(data_cfg)
-    if data_cfg.get("root"):
-        data_cfg["root"] = str(Path(os.path.expanduser(str(data_cfg["root"]))).absolute())
-    return data_cfg
-
-
-def validate_config(cfg: DictConfig, source: Source) -> None:
-    """Checks option values before anything is built or written.
-
-    Raises:
-        ConfigError: the first invalid value, with the valid ones.
+def silence_known_noise() -> None:
+    """Drops two messages every run printed that say nothing about the run, each matched exactly: Lightning's tip
+    to install litlogger (an INFO record at every Trainer) and torch's FutureWarning about ``LeafSpec`` raised
+    inside Lightning's own ``_pytree`` helper. (torchmetrics' AUROC warnings: `lungnet.metrics`.)
     """
-    for key, valid in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None and str(value).lower() not in valid:
-            raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
-    numbers = {
-        "trainer.max_epochs": (OmegaConf.select(cfg, "trainer.max_epochs"), 1),
-        "data.batch_size": (OmegaConf.select(cfg, "data.batch_size"), 1),
-        "data.num_workers": (OmegaConf.select(cfg, "data.num_workers"), 0),
-        "optim.lr": (OmegaConf.select(cfg, "optim.lr"), 0),
-        "data.downsample_to": (OmegaConf.select(cfg, "data.downsample_to"), 8),
-    }
-    for key, (value, low) in numbers.items():
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < low):
-            raise ConfigError(f"{key}={value!r} must be a number >= {low}")
-    for key in ("data.val_fraction", "data.test_fraction", "ema.decay"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not 0 <= float(value) < 1:
-            raise ConfigError(f"{key}={value} must be in [0, 1)" + (" (0: off)" if key == "ema.decay" else ""))
-    accepted = set(inspect.signature(pl.Trainer).parameters) - {"callbacks", "logger", "default_root_dir"}
-    unknown = sorted(set(plain(cfg.trainer)) - accepted)
-    if unknown:
-        raise ConfigError(f"Unknown trainer argument(s) {unknown}; pl.Trainer accepts: {', '.join(sorted(accepted))}")
-    names = metric_collection(len(source.labels), source.multilabel).keys()
-    monitors = sorted({"val/loss", "train/loss_epoch", *(f"val/{n}" for n in names)})
-    if cfg.checkpoint.monitor not in monitors:
-        raise ConfigError(f"checkpoint.monitor={cfg.checkpoint.monitor!r} is not logged; choose one of: {monitors}")
-    if cfg.checkpoint.get("select", "best") not in ("best", "last"):
-        raise ConfigError(f"checkpoint.select={cfg.checkpoint.select!r}: choose best or last")
-    if cfg.checkpoint.get("select") == "last" and int(cfg.early_stopping.patience or 0) > 0:
-        raise ConfigError(
-            "checkpoint.select=last with early_stopping.patience>0 would still pick the epoch on val: "
-            "set early_stopping.patience=0"
-        )
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _TipFilter) for f in rank_zero.filters):
+        rank_zero.addFilter(_TipFilter())
+
+
+class _TipFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+# a callback whose own setting says "off" (0) is not added (conf/callbacks/<name>.yaml says which)
+OFF_WHEN_ZERO = {"EarlyStopping": "patience", "FreezeUnfreeze": "unfreeze_at_epoch", "WeightEMA": "decay"}
 
 
 def resume_target(run_dir: Path, resume) -> tuple[Path | None, Path]:
@@ -137,12 +92,6 @@ def resume_target(run_dir: Path, resume) -> tuple[Path | None, Path]:
         raise FileNotFoundError(f"Cannot resume: no checkpoint at {target}")
     log.info("Resuming from %s (run directory %s)", target, run_dir)
     return target.resolve(), run_dir
-
-
-def find_resume_checkpoint(run_dir: Path, resume) -> str | None:
-    """The checkpoint ``resume`` points to (see `resume_target`), or None."""
-    ckpt, _ = resume_target(Path(run_dir), resume)
-    return str(ckpt) if ckpt else None
 
 
 def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_cfg: dict, ema: bool) -> None:
@@ -182,78 +131,59 @@ def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_
         raise CheckpointError(f"Cannot resume from {path}: tensor shapes differ from this model (e.g. {wrong[:3]})")
 
 
-def extra_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """Any other Lightning callbacks from the config: ``+callbacks.<name>._target_=<class>`` (+ its arguments).
+def build_callbacks(cfg: DictConfig, has_val: bool) -> list[pl.Callback]:
+    """The callbacks configured under ``callbacks`` (conf/callbacks/), less those whose setting says off.
+
+    Without a validation split the checkpoint monitors the training loss and early stopping is off.
 
     Raises:
-        hydra.errors.InstantiationException: a target that cannot be imported or built.
+        ConfigError: a callback that cannot be built (unknown class, bad argument).
     """
     out = []
-    for name, spec in sorted((plain(cfg.get("callbacks")) or {}).items()):
-        log.info("Adding callback %s: %s", name, spec.get("_target_"))
-        out.append(instantiate(spec))
+    for name, spec in (plain(cfg.get("callbacks")) or {}).items():
+        if not isinstance(spec, dict) or "_target_" not in spec:
+            continue
+        cls = str(spec["_target_"]).rsplit(".", 1)[-1]
+        if cls in OFF_WHEN_ZERO and not spec.get(OFF_WHEN_ZERO[cls]):
+            continue
+        if not has_val and cls == "EarlyStopping":
+            continue
+        if not has_val and "monitor" in spec and cls.endswith("Checkpoint"):
+            spec.update(monitor="train/loss_epoch", mode="min")
+        try:
+            out.append(instantiate(spec))
+        except InstantiationException as exc:
+            raise ConfigError(f"callbacks.{name}: cannot build {spec['_target_']}: {first_line(exc)}") from exc
+        log.debug("Callback %s: %s", name, spec["_target_"])
     return out
 
 
-def build_trainer(
-    cfg: DictConfig,
-    run_dir: Path,
-    has_val: bool,
-    resume_from: tuple[int, int] | None = None,
-    extra: list[pl.Callback] | None = None,
-) -> pl.Trainer:
-    """Lightning Trainer from the ``trainer`` group plus lungnet's callbacks and loggers.
+def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, resume_from: tuple[int, int] | None = None):
+    """Lightning Trainer from the ``trainer`` group with the configured callbacks and loggers.
 
     Args:
         cfg: the train config.
         run_dir: the run directory.
         has_val: the data has a validation split (else the checkpoint monitors the training loss).
         resume_from: (first epoch, global step) of the checkpoint being resumed, for the CSV log.
-        extra: more callbacks (`extra_callbacks`).
 
     Raises:
-        ConfigError: a ``trainer.*`` argument Lightning does not accept.
+        ConfigError: a ``trainer.*`` argument Lightning does not accept, or a callback/logger that cannot be built.
     """
-    monitor = cfg.checkpoint.monitor if has_val else "train/loss_epoch"
-    mode = cfg.checkpoint.mode if has_val else "min"
-    ckpt = AtomicCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_last=True,
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,  # one best.ckpt and one last.ckpt per run directory
-    )
-    callbacks: list[pl.Callback] = [
-        ckpt,
-        EpochSeeder(int(cfg.seed)),
-        LearningRateMonitor(logging_interval="epoch"),
-        FigureLogger(every_n_epochs=int(cfg.log_figures_every)),
-    ]
-    if cfg.early_stopping.patience and has_val:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping.patience)))
-    if cfg.finetune.unfreeze_at_epoch:
-        callbacks.append(FreezeUnfreeze(int(cfg.finetune.unfreeze_at_epoch), float(cfg.finetune.backbone_lr_mult)))
-    ema = cfg.get("ema") or {}
-    if float(ema.get("decay", 0.0) or 0.0):
-        if not has_val:
-            log.warning(
-                "ema.decay without a validation split: best.ckpt holds the average but is chosen on the "
-                "training loss of the live weights; use checkpoint.select=last or add a validation split"
-            )
-        callbacks.append(WeightEMA(float(ema["decay"]), int(ema.get("start_epoch", 0))))
-    callbacks += list(extra or [])
-    loggers = [
-        TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
-        ResumableCSVLogger(save_dir=str(run_dir), name="csv", version="", resume_from=resume_from),
-    ]
+    callbacks = build_callbacks(cfg, has_val)
+    if has_val is False and any(isinstance(c, WeightEMA) for c in callbacks):
+        log.warning(
+            "ema.decay without a validation split: best.ckpt holds the average but is chosen on the "
+            "training loss of the live weights; use checkpoint.select=last or add a validation split"
+        )
+    loggers = build_loggers(plain(cfg.get("logger")), resume_from)
     kwargs = plain(cfg.trainer)
+    if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        kwargs.setdefault("enable_checkpointing", False)  # callbacks.model_checkpoint=null: no checkpoint at all
     try:
-        return pl.Trainer(default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"Invalid trainer settings {kwargs}: {exc}") from exc
+        return pl.Trainer(default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False, **kwargs)
+    except (TypeError, ValueError, MisconfigurationException) as exc:
+        raise ConfigError(f"Invalid trainer settings {kwargs}: {first_line(exc)}") from exc
 
 
 def evaluate_splits(ckpt_path: Path, dm: LungDataModule, run_dir: Path, splits: tuple[str, ...]) -> dict:
@@ -274,40 +204,68 @@ def evaluate_splits(ckpt_path: Path, dm: LungDataModule, run_dir: Path, splits: 
     return results
 
 
+def build_module(cfg: DictConfig, source: Source, data_cfg: dict) -> LitClassifier:
+    """The LightningModule for ``cfg`` (loads pretrained weights, so a missing file stops the run here)."""
+    return LitClassifier(
+        model=plain(cfg.model),
+        labels=list(source.labels),
+        multilabel=source.multilabel,
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.get("scheduler")) or None,
+        backbone_lr_mult=float(cfg.backbone_lr_mult),
+        warmup_epochs=int(cfg.warmup_epochs),
+        label_smoothing=float(cfg.label_smoothing),
+        max_epochs=int(cfg.trainer.max_epochs),
+        data=data_cfg,
+        extra={"seed": int(cfg.seed), "augment": plain(cfg.augment)},
+    )
+
+
+def record_data_facts(module: LitClassifier, dm: LungDataModule) -> None:
+    """Puts what the data decided (input size, class weights, split sizes and fingerprint) into the module's
+    hyper-parameters, so the checkpoint and every logger's hparams say what was trained."""
+    module.spec.input_size = dm.image_size  # the size actually trained at
+    counts = {s: {str(k): int(v) for k, v in c.items()} for s, c in dm.report.get("class_counts", {}).items()}
+    module.set_class_weights(dm.class_weights())
+    module.record(
+        spec=module.spec.to_dict(),
+        data_report={"sizes": {s: int(n) for s, n in dm.report["sizes"].items()}, "class_counts": counts},
+        extra={**module.hparams["extra"], "splits": split_fingerprint(dm.table)},  # evaluate.py and resume verify them
+    )
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Trains one model as configured and returns the final metrics.
+
+    Every check that can fail runs before the first file of the run is written.
 
     Args:
         cfg: the composed ``train`` config.
         run_dir: the run directory (Hydra's output directory; ``resume=<run dir>`` continues that one).
 
     Returns:
-        ``{"val": {...}, "test": {...}, "best_checkpoint": path, ...}`` as written to metrics.json.
+        ``{"val": {...}, "test": {...}, "best_checkpoint": path, ...}`` as written to metrics.json; ``{}`` when no
+        checkpoint was written (``debug=fdr``, ``callbacks=none``) and on ranks other than 0.
     """
+    silence_known_noise()
     ckpt_path, run_dir = resume_target(Path(run_dir), cfg.get("resume"))
+    pin_paths(cfg, run_dir)
     pl.seed_everything(int(cfg.seed), workers=True)
     data_cfg = resolve_root(plain(cfg.data))
     source = make_source(data_cfg)  # fails early and clearly on unknown dataset / missing root
     if data_cfg["source"] != "synthetic":
         source.check_root()
     validate_config(cfg, source)
-    module = LitClassifier(
-        model=plain(cfg.model),
-        labels=list(source.labels),
-        multilabel=source.multilabel,
-        optim=plain(cfg.optim),
-        label_smoothing=float(cfg.label_smoothing),
-        max_epochs=int(cfg.trainer.max_epochs),
-        data=data_cfg,
-        extra={"seed": int(cfg.seed), "augment": plain(cfg.augment)},
-    )
-    extra = extra_callbacks(cfg)
+    module = build_module(cfg, source, data_cfg)
     resume_from, expected = None, None
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)  # weights_only=True
-        check_resume_compatible(ckpt, ckpt_path, module, data_cfg, ema=bool(OmegaConf.select(cfg, "ema.decay")))
         resume_from = (int(ckpt["epoch"]) + 1, int(ckpt["global_step"]))
         expected = ExpectedSplits.of(ckpt["hyper_parameters"], ckpt_path, "resume")
+    trainer = build_trainer(cfg, run_dir, has_val=True, resume_from=resume_from)
+    if ckpt_path is not None:
+        ema = any(isinstance(c, WeightEMA) for c in trainer.callbacks)
+        check_resume_compatible(ckpt, ckpt_path, module, data_cfg, ema=ema)
     run_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(run_dir)
     if stale:
@@ -321,38 +279,54 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         expected_splits=expected,  # a resume refused for changed splits leaves the run directory as it was
     )
     dm.setup("fit")
-    module.spec.input_size = dm.image_size  # the checkpoint records the size actually trained at
-    module.hparams["spec"] = module.spec.to_dict()
-    module.hparams["extra"]["splits"] = split_fingerprint(dm.table)  # evaluate.py and resume verify the splits
-    extra.append(RecordImageHashes(image_hashes(dm.table)))  # evaluations refuse copies of these images
-    module.set_class_weights(dm.class_weights())
+    if "val" not in dm.datasets:
+        trainer = build_trainer(cfg, run_dir, has_val=False, resume_from=resume_from)
+    record_data_facts(module, dm)
+    trainer.callbacks.append(RecordImageHashes(image_hashes(dm.table)))  # evaluations refuse copies of these
     if cfg.get("channels_last"):
         module.use_channels_last()
     if int(cfg.trainer.get("devices", 1) or 1) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_json(run_dir / "environment.json", run_facts(dm.table))
-    trainer = build_trainer(cfg, run_dir, has_val="val" in dm.datasets, resume_from=resume_from, extra=extra)
     # weights_only=True: Lightning would otherwise unpickle arbitrary objects from the resumed file
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+    return finish(cfg, trainer, module, dm, run_dir)
+
+
+def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: LungDataModule, run_dir: Path) -> dict:
+    """Evaluates the selected checkpoint on val and test; writes metrics.json, predictions and curves.png."""
     if not trainer.is_global_zero:
         return {}
-    best = Path(trainer.checkpoint_callback.best_model_path or run_dir / "checkpoints" / "last.ckpt")
-    if cfg.checkpoint.get("select", "best") == "last":  # no selection on val (cross-validation folds)
-        best = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    if trainer.fast_dev_run or checkpoint is None:
+        log.info("No checkpoint was written (fast_dev_run or no model_checkpoint callback): no metrics.json")
+        return {}
+    best = Path(checkpoint.best_model_path or run_dir / "checkpoints" / "last.ckpt")
+    if cfg.checkpoint.select == "last":  # no selection on val (cross-validation folds)
+        best = Path(checkpoint.dirpath) / "last.ckpt"
     if not best.is_file():
-        raise CheckpointError(f"Training ended without a checkpoint in {run_dir / 'checkpoints'}")
+        raise CheckpointError(f"Training ended without a checkpoint in {checkpoint.dirpath}")
     results = evaluate_splits(best, dm, run_dir, ("val", "test"))
+    fit_ood_gate(best, dm)  # the OOD gate in <best stem>.decision.json (issue #15; lungnet.evaluation.decisions)
     results.update(
         best_checkpoint=str(best),
         epochs_trained=int(trainer.current_epoch),
         monitor=cfg.checkpoint.monitor,
-        selected=str(cfg.checkpoint.get("select", "best")),
+        selected=str(cfg.checkpoint.select),
         model=cfg.model.name,
         data=cfg.data.name,
     )
     if "test" not in results:
         log.info("No test split for %s: metrics.json holds validation numbers only", cfg.data.name)
+    log_final_metrics(trainer, module.hparams, results)
     write_json(run_dir / "metrics.json", results)
     write_training_curves(run_dir)
     log.info("Run directory: %s", run_dir)
     return results
+
+
+def optimized_value(results: dict | None, metric: str) -> float | None:
+    """The number a sweeper optimises: ``val/auroc_macro`` -> ``results["val"]["auroc_macro"]`` (None if absent)."""
+    split, _, key = str(metric).partition("/")
+    value = ((results or {}).get(split) or {}).get(key)
+    return float(value) if isinstance(value, int | float) else None

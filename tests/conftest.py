@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
+
+import lungnet  # noqa: E402, F401 - registers the structured configs (lungnet.schema) that conf/*.yaml build on
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -86,3 +89,9 @@ def compose_cfg(name: str, overrides: list[str]):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
+
+
+def run_cli(command, args: list[str], monkeypatch) -> None:
+    """Runs a `lungnet.cli` command in-process with ``args`` as its command line (Hydra parses ``sys.argv``)."""
+    monkeypatch.setattr(sys, "argv", [f"lungnet-{command.__name__}", *args])
+    command()

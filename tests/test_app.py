@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import socket
 import threading
 import time
@@ -15,13 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import uvicorn
 from PIL import Image
 
-from lungnet import app as app_module
+import lungnet.app as app_module
+from lungnet import cli
 from lungnet.app import NOTICE, create_app, safe_name
+from lungnet.decision import decision_path, new_record
 from lungnet.inference import Predictor
-from tests.conftest import ROOT, shared
+from lungnet.ood import OodGate
+from lungnet.preprocessing import logits_to_probs
+from tests.conftest import ROOT, run_cli, shared
 from tests.test_inference import LABELS, make_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,9 +49,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fit_decision(ckpt: Path, per_class: int = 30) -> Path:
+    """A decision file for ``ckpt`` fitted on real DarkCovidNet X-rays (conformal scores, OOD gate, summary)."""
+    pred = Predictor(ckpt, decision="none")
+    files, classes = [], []
+    for j, lab in enumerate(LABELS):
+        found = sorted((shared("darkcovidnet") / lab).glob("*.jpg"))[:per_class]
+        files += found
+        classes += [j] * len(found)
+    y = np.array(classes)
+    logits, features = pred.outputs(torch.stack([pred.load(f)[1] for f in files]))
+    record = new_record(LABELS, False, ckpt)
+    record.split, record.temperature, record.alpha = "val", 1.0, 0.1
+    record.conformal_scores = 1 - logits_to_probs(logits, False)[np.arange(len(y)), y]
+    record.ood = OodGate.fit(features[::2], y[::2], dims=16).calibrate(features[1::2])
+    ci = {"value": 0.5, "lo": 0.4, "hi": 0.6}
+    record.summary = {"data_name": "darkcovidnet", "split": "val", "n": len(y), "accuracy": ci, "auroc_macro": ci}
+    return record.write(decision_path(ckpt))
+
+
+def photo(tmp_path: Path) -> Path:
+    """skimage's astronaut: a natural photograph."""
+    data = pytest.importorskip("skimage.data")
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     ckpt = make_checkpoint(tmp_path_factory.mktemp("app") / "best.ckpt", size=32, thresholds=[0.3, 0.5, 0.4])
+    fit_decision(ckpt)
     app = create_app(Predictor(ckpt), max_upload_mb=LIMIT_MB)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -97,6 +131,24 @@ def test_api_predict_returns_probabilities(server):
     assert body["notice"] == NOTICE and "heatmap_png_base64" not in body
 
 
+def test_api_returns_the_decision_set_and_ood_flag(server, tmp_path):
+    status, body = post(f"{server}/predict", "chest.jpg", xray().read_bytes())
+    assert status == 200 and body["decision_split"] == "val" and body["decision_file"].endswith("best.decision.json")
+    assert body["decision"] in [*LABELS, "abstain"] and set(body["prediction_set"]) <= set(LABELS)
+    assert body["ood"] is False and body["ood_score"] > 0 and body["calibrated"] is True
+    status, body = post(f"{server}/predict", "astronaut.png", photo(tmp_path).read_bytes())
+    assert status == 200 and body["ood"] is True and body["decision"] == "abstain"
+    assert body["decision_reason"].startswith("unlike the training images")
+    with urllib.request.urlopen(f"{server}/model", timeout=30) as resp:
+        info = json.loads(resp.read())
+    assert info["summary"]["data_name"] == "darkcovidnet" and info["decision"]["split"] == "val"
+    with urllib.request.urlopen(f"{server}/docs", timeout=30) as resp:
+        page = resp.read().decode()
+    assert "swagger-ui" in page.lower() and "cdn" not in page.lower()  # OpenAPI docs served locally
+    with urllib.request.urlopen(f"{server}/openapi.json", timeout=30) as resp:
+        assert "/predict" in json.loads(resp.read())["paths"]
+
+
 def test_api_heatmap_and_dicom(server):
     dcm = shared("dicom") / "RG1_UNCR.dcm"
     status, body = post(f"{server}/predict?heatmap=true", "../../etc/scan.dcm", dcm.read_bytes())
@@ -131,11 +183,11 @@ def test_cli_wires_the_checkpoint_and_port(tmp_path, monkeypatch):
     ckpt = make_checkpoint(tmp_path / "m.ckpt", size=32)
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
-    app_module.main([f"ckpt={ckpt}", "port=8123", "max_upload_mb=3"])
+    run_cli(cli.app, [f"ckpt={ckpt}", "port=8123", "max_upload_mb=3"], monkeypatch)
     assert seen["port"] == 8123 and seen["host"] == "127.0.0.1"
     assert {r.path for r in seen["app"].routes} >= {"/", "/predict", "/health"}
     with pytest.raises(SystemExit) as exc:
-        app_module.main(["port=1", "bogus=2"])
+        run_cli(cli.app, ["port=1", "bogus=2"], monkeypatch)
     assert exc.value.code == 2
 
 
@@ -151,13 +203,24 @@ def test_page_in_headless_chromium(server, tmp_path):
             page = browser.new_page(viewport={"width": 1100, "height": 800})
             page.goto(server)
             assert "not a diagnostic device" in page.inner_text("#notice")
+            sync_api.expect(page.locator("#model")).to_contain_text("trained on darkcovidnet", timeout=30_000)
             page.set_input_files("#file", str(xray()))
             page.click("#submit")
             page.wait_for_selector("#overlay[src^='data:image/png;base64,']", timeout=60_000)
             names = page.locator("#labels li .name").all_inner_texts()
             assert sorted(names) == sorted(LABELS)
-            assert page.locator("#overlay").evaluate("img => img.complete && img.naturalWidth") > 0
+            for img in ("#overlay", "#original"):
+                assert page.locator(img).evaluate("img => img.complete && img.naturalWidth") > 0
+            assert page.locator("#decision").inner_text().startswith("Decision: ")
+            assert page.locator("#setline").is_visible() and page.locator("#scale").is_visible()
+            assert page.locator("#ood").is_hidden()
             page.screenshot(path=str(ARTIFACTS / "app_result.png"), full_page=True)
+
+            page.set_input_files("#file", str(photo(tmp_path)))
+            page.click("#submit")
+            sync_api.expect(page.locator("#ood")).to_contain_text("unlike the training images", timeout=60_000)
+            assert page.locator("#decision").inner_text() == "Decision: abstain"
+            page.screenshot(path=str(ARTIFACTS / "app_ood.png"), full_page=True)
 
             page.set_input_files("#file", str(text))
             page.click("#submit")
@@ -168,3 +231,95 @@ def test_page_in_headless_chromium(server, tmp_path):
         finally:
             browser.close()
     assert (ARTIFACTS / "app_result.png").stat().st_size > 10_000
+
+
+def test_a_client_gone_mid_upload_is_one_log_line(tmp_path, caplog):
+    """Starlette raises ClientDisconnect inside the multipart parser: one warning, no ASGI traceback."""
+    import asyncio
+
+    app = create_app(Predictor(make_checkpoint(tmp_path / "m.ckpt", size=32)))
+    boundary = "b" * 16
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'.encode()
+    messages = [{"type": "http.request", "body": head + b"\0" * 1000, "more_body": True}, {"type": "http.disconnect"}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+            (b"content-length", b"100000"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    with caplog.at_level("INFO"):
+        asyncio.run(app(scope, receive, send))  # before: ClientDisconnect escaped (a traceback per request)
+    lines = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1:50000" in lines[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_work_is_one_request_at_a_time_overlay_included(tmp_path):
+    """Parallel heatmap requests never overlap: decoding, model, heatmap and overlay all run under one lock."""
+    predictor = Predictor(make_checkpoint(tmp_path / "m.ckpt", size=32))
+    service = app_module.Service(predictor, overlay_max_side=64)
+    active, peak, guard = [0], [0], threading.Lock()
+
+    def tracked(fn):
+        def run(*args, **kwargs):
+            with guard:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            try:
+                time.sleep(0.2)
+                return fn(*args, **kwargs)
+            finally:
+                with guard:
+                    active[0] -= 1
+
+        return run
+
+    predictor.overlay = tracked(predictor.overlay)
+    original = predictor.predict_iter
+    predictor.predict_iter = tracked(lambda *a, **k: list(original(*a, **k)))
+    data = (shared("dicom") / "RG1_UNCR.dcm").read_bytes()  # 1955 x 1841 px
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(service.classify(data, "x.dcm", True))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [status for status, _ in results] == [200, 200, 200]
+    assert peak[0] == 1
+    png = Image.open(io.BytesIO(base64.b64decode(results[0][1]["heatmap_png_base64"])))
+    assert max(png.size) == 64
+
+
+def test_start_warns_when_the_host_is_not_loopback(tmp_path, monkeypatch, caplog):
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", size=32)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    real, seen = app_module.warn_if_exposed, []
+    monkeypatch.setattr(app_module, "warn_if_exposed", lambda host: seen.append(real(host)))
+    run_cli(cli.app, [f"ckpt={ckpt}", "host=0.0.0.0"], monkeypatch)
+    assert seen == [True]  # the command checks the address it serves on
+    for host, warned in (("127.0.0.1", False), ("localhost", False), ("::1", False), ("0.0.0.0", True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lungnet"):
+            assert real(host) == warned
+        found = [r for r in caplog.records if r.levelname == "WARNING" and "no authentication" in r.getMessage()]
+        assert bool(found) == warned, host
+    assert app_module.is_loopback("127.0.0.2") and not app_module.is_loopback("example.org")

@@ -41,7 +41,7 @@ def train_and_audit(tmp: Path, positive: str, marker: bool) -> dict:
         "data.carve_val=false",
         "data.balance=none",
         "trainer.max_epochs=6",
-        "optim.lr=3e-3",
+        "optimizer.lr=3e-3",
         *TINY,
     ]
     train(compose_cfg("train", overrides), tmp / "run")

@@ -9,10 +9,12 @@ import sys
 
 import pytest
 import torch
-from hydra.errors import MissingConfigException
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf.errors import OmegaConfBaseException
 
 from lungnet.cli import run_safely
 from lungnet.evaluation.run import evaluate
+from lungnet.launch import config_error_line
 from lungnet.training import train
 from tests.conftest import ROOT, compose_cfg, make_class_folders, write_png
 from tests.conftest import TINY as BASE_TINY
@@ -35,6 +37,19 @@ def _nothing_written(run) -> None:
     assert not run.exists() or not [p for p in run.rglob("*") if p.is_file()], list(run.rglob("*"))
 
 
+def _refusal(overrides: list[str], run, caplog) -> str:
+    """The one line a bad setting gets, wherever it is caught.
+
+    Hydra refuses values the schema does not accept while composing: `lungnet.launch` prints that as one line and
+    exits 2 (`test_launch` runs the scripts); the rest `train` refuses before writing (exit 2 through run_safely).
+    """
+    try:
+        cfg = compose_cfg("train", overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        return config_error_line(exc)
+    return _fails(train, cfg, run, caplog)
+
+
 @pytest.fixture(scope="module")
 def pneumonia_ckpt(tmp_path_factory):
     """A one-epoch checkpoint trained on a tiny two-class pneumonia folder."""
@@ -49,9 +64,10 @@ def pneumonia_ckpt(tmp_path_factory):
     [
         (["model.name=resnet9000"], ["Unknown model 'resnet9000'", "simple_cnn", "timm"]),
         (["data.source=mnist"], ["Unknown dataset source 'mnist'", "darkcovidnet"]),
-        (["optim.name=adamx"], ["optim.name='adamx' is not valid", "adamw"]),
+        (["optimizer=adamx"], ["optimizer=adamx is not an option", "adamw"]),
+        (["optim.name=adamw"], ["optim.name no longer exists: use optimizer=adamw"]),
         (["checkpoint.monitor=val/nope"], ["checkpoint.monitor='val/nope' is not logged", "val/auroc"]),
-        (["checkpoint.select=median"], ["checkpoint.select='median': choose best or last"]),
+        (["checkpoint.select=median"], ["checkpoint.select='median' is not valid", "one of: best, last"]),
         (["checkpoint.select=last", "early_stopping.patience=2"], ["set early_stopping.patience=0"]),
         (["+trainer.not_an_arg=1"], ["Unknown trainer argument(s) ['not_an_arg']"]),
         (["data.downsample_to=4"], ["data.downsample_to=4 must be a number >= 8"]),
@@ -63,9 +79,7 @@ def pneumonia_ckpt(tmp_path_factory):
 def test_invalid_options(tmp_path, caplog, overrides, expected):
     data = make_class_folders(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], 2, ["train", "test"])
     run = tmp_path / "run"
-    message = _fails(
-        train, compose_cfg("train", ["data=pneumonia", f"data.root={data}", *TINY, *overrides]), run, caplog
-    )
+    message = _refusal(["data=pneumonia", f"data.root={data}", *TINY, *overrides], run, caplog)
     for text in expected:
         assert text in message, message
     _nothing_written(run)
@@ -91,6 +105,22 @@ def test_data_folder_mistakes(tmp_path, caplog):
     make_class_folders(differ, ["NORMAL"], 2, ["test"])
     message = _fails(train, compose_cfg("train", [*base, f"data.root={differ}"]), run, caplog)
     assert "Classes differ between splits" in message
+    _nothing_written(run)
+
+
+def test_data_that_would_silently_train_wrong_stops(tmp_path, caplog):
+    """A class with one image, and a symlink that gives images another label: exit 2, nothing written."""
+    run = tmp_path / "run"
+    dark = make_class_folders(tmp_path / "dark", ["No_findings", "Pneumonia"], 6)
+    write_png(dark / "Covid-19" / "only.png", 99)  # the single image would end up in val, none in train
+    message = _fails(train, compose_cfg("train", ["data=darkcovidnet", f"data.root={dark}", *TINY]), run, caplog)
+    assert "'Covid-19' has 1 usable image(s)" in message and "Add images" in message
+    _nothing_written(run)
+    pneu = make_class_folders(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], 6, ["train", "val"])
+    os.symlink("../../val", pneu / "train" / "NORMAL" / "valagain")
+    message = _fails(train, compose_cfg("train", ["data=pneumonia", f"data.root={pneu}", *TINY]), run, caplog)
+    assert str(pneu / "train" / "NORMAL" / "valagain" / "PNEUMONIA" / "img_000.png") in message
+    assert str(pneu / "val" / "PNEUMONIA" / "img_000.png") in message
     _nothing_written(run)
 
 
@@ -142,4 +172,94 @@ def test_evaluate_script_mismatch_exits_2_without_traceback(pneumonia_ckpt, tmp_
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "does not match any label" in proc.stdout + proc.stderr
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [".hydra", "evaluate.log"]
+    assert not (tmp_path / "e").exists()  # refused: the run directory Hydra made for it is gone too
+
+
+CUDA = torch.cuda.is_available()
+
+# Every user-facing training key with a bad value, and what its one line must say (the key and what it accepts).
+BAD_VALUES = [
+    ("data.image_size=-5", ["data.image_size=-5 must be a number >= 8, or null"]),
+    ("data.image_size=0", ["data.image_size=0 must be a number >= 8, or null"]),
+    ("data.image_size=abc", ["data.image_size='abc' is not valid: it must be an integer >= 8, or null"]),
+    ("data.image_size=1.5", ["data.image_size=1.5 is not valid: it must be an integer"]),
+    ("data.batch_size=0", ["data.batch_size=0 must be a number >= 1"]),
+    ("data.batch_size=abc", ["data.batch_size='abc' is not valid: it must be an integer >= 1"]),
+    ("data.num_workers=-1", ["data.num_workers=-1 must be a number >= 0"]),
+    ("data.val_fraction=1.5", ["data.val_fraction=1.5 must be in [0, 1)"]),
+    ("data.test_fraction=-0.1", ["data.test_fraction=-0.1 must be in [0, 1)"]),
+    ("data.cv_folds=-2", ["data.cv_folds=-2 must be a number >= 0"]),
+    ("data.cv_fold=-1", ["data.cv_fold=-1 must be a number >= 0"]),
+    ("data.resize=crop", ["data.resize='crop' is not valid: it must be one of: squash, pad"]),
+    ("data.balance=maybe", ["data.balance='maybe' is not valid: it must be one of: none, loss, sampler"]),
+    ("data.on_bad_file=ignore", ["data.on_bad_file='ignore' is not valid: it must be one of: skip, error"]),
+    ("data.downsample_to=4", ["data.downsample_to=4 must be a number >= 8, or null"]),
+    ("data.verify=maybe", ["data.verify='maybe' is not valid: it must be true or false"]),
+    ("data.carve_val=maybe", ["data.carve_val='maybe' is not valid: it must be true or false"]),
+    ("data.near_duplicate_threshold=-1", ["data.near_duplicate_threshold=-1 must be a number >= 0"]),
+    ("data.cache=sometimes", ["data.cache='sometimes' is not valid: it must be true or false"]),
+    ("data.nope=1", ["data.nope is not an option here"]),
+    ("data=mnist", ["data=mnist is not an option; choose one of:", "pneumoniamnist"]),
+    ("model=resnet9000", ["model=resnet9000 is not an option; choose one of:", "efficientnet_lite0"]),
+    ("model.in_chans=2", ["model.in_chans=2 must be one of: 1, 3"]),
+    ("model.drop_rate=1.5", ["model.drop_rate=1.5 must be in [0, 1)"]),
+    ("model.head_hidden=-1", ["model.head_hidden=-1 must be a number >= 0"]),
+    ("model.image_size=4", ["model.image_size=4 must be a number >= 8, or null"]),
+    ("model.pretrained=maybe", ["model.pretrained='maybe' is not valid: it must be true or false"]),
+    ("trainer.max_epochs=0", ["trainer.max_epochs=0 must be an integer >= 1"]),
+    ("trainer.max_epochs=abc", ["trainer.max_epochs='abc' must be an integer >= 1"]),
+    ("trainer.accelerator=tpu", ["trainer.accelerator=tpu: no XLA device is available", "available here: cpu"]),
+    ("trainer.accelerator=quantum", ["trainer.accelerator='quantum' is not valid; choose one of: cpu, gpu"]),
+    ("trainer.precision=bf17", ["Invalid trainer settings", "bf17"]),
+    ("trainer=tpu", ["trainer=tpu is not an option; choose one of: cpu, ddp, ddp_cpu, gpu"]),
+    ("optimizer=adamx", ["optimizer=adamx is not an option; choose one of: adam, adamw, sgd"]),
+    ("optimizer._target_=torch.optim.Nope", ["optimizer: cannot build torch.optim.Nope"]),
+    ("optimizer.lr=-1", ["optimizer needs _target_ (a torch.optim class) and lr >= 0"]),
+    ("optimizer.lr=abc", ["optimizer needs _target_ (a torch.optim class) and lr >= 0"]),
+    ("+optimizer.betas=oops", ["optimizer: cannot build torch.optim.AdamW"]),
+    ("scheduler=sometimes", ["scheduler=sometimes is not an option; choose one of: cosine, none, plateau"]),
+    ("scheduler.eta_min=abc", ["scheduler: cannot build torch.optim.lr_scheduler.CosineAnnealingLR"]),
+    ("warmup_epochs=-1", ["warmup_epochs=-1 must be a number >= 0"]),
+    ("backbone_lr_mult=-1", ["backbone_lr_mult=-1.0 must be a number >= 0"]),
+    ("label_smoothing=1.0", ["label_smoothing=1.0 must be in [0, 1)"]),
+    ("log_figures_every=0", ["log_figures_every=0 must be a number >= 1"]),
+    ("seed=abc", ["seed='abc' is not valid: it must be an integer"]),
+    ("channels_last=maybe", ["channels_last='maybe' is not valid: it must be true or false"]),
+    ("checkpoint.monitor=val/nope", ["checkpoint.monitor='val/nope' is not logged; choose one of:", "val/auroc"]),
+    ("checkpoint.mode=up", ["checkpoint.mode='up' is not valid: it must be one of: min, max"]),
+    ("checkpoint.select=median", ["checkpoint.select='median' is not valid: it must be one of: best, last"]),
+    ("early_stopping.patience=-1", ["early_stopping.patience=-1 must be a number >= 0"]),
+    ("finetune.unfreeze_at_epoch=-1", ["finetune.unfreeze_at_epoch=-1 must be a number >= 0"]),
+    ("finetune.unfreeze_lr_mult=0", ["finetune.unfreeze_lr_mult=0.0 must be a number > 0"]),
+    ("ema.decay=1.0", ["ema.decay=1.0 must be in [0, 1) (0: off)"]),
+    ("ema.start_epoch=-1", ["ema.start_epoch=-1 must be a number >= 0"]),
+    ("logger=nope", ["logger=nope is not an option; choose one of:", "mlflow", "many_loggers"]),
+    ("callbacks=nope", ["callbacks=nope is not an option; choose one of: default,", "none"]),
+    ("+callbacks.x._target_=no.such.Callback", ["callbacks.x: cannot build no.such.Callback"]),
+    ("optim.lr=0.1", ["optim.lr no longer exists: use optimizer.lr"]),
+    ("+optim.name=adam", ["optim.name no longer exists: use optimizer=adamw|adam|sgd"]),
+    ("finetune.backbone_lr_mult=0.3", ["finetune.backbone_lr_mult no longer exists: use finetune.unfreeze_lr_mult"]),
+    (
+        "paths.output_dir=/somewhere/else",
+        ["paths.output_dir=/somewhere/else is this run's own directory", "paths.log_dir"],
+    ),
+    ("warmup_epochs=1 scheduler=plateau", ["warmup_epochs>0 does not combine with scheduler=plateau"]),
+]
+if not CUDA:
+    BAD_VALUES.append(("trainer.accelerator=gpu", ["trainer.accelerator=gpu: no CUDA device", "available here: cpu"]))
+
+
+@pytest.fixture(scope="module")
+def two_class_folder(tmp_path_factory):
+    return make_class_folders(tmp_path_factory.mktemp("bad") / "pneu", ["NORMAL", "PNEUMONIA"], 2, ["train", "test"])
+
+
+@pytest.mark.parametrize(("overrides", "expected"), BAD_VALUES, ids=[row[0] for row in BAD_VALUES])
+def test_every_user_facing_key_refuses_bad_values(two_class_folder, tmp_path, caplog, overrides, expected):
+    run = tmp_path / "run"
+    base = ["data=pneumonia", f"data.root={two_class_folder}", *TINY]
+    message = _refusal([*base, *overrides.split()], run, caplog)
+    assert "\n" not in message
+    for text in expected:
+        assert text in message, message
+    _nothing_written(run)

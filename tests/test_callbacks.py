@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
@@ -9,6 +12,7 @@ import torch
 
 from lungnet.callbacks import WeightEMA
 from lungnet.checkpoint import CheckpointError, read_checkpoint
+from lungnet.cli import run_safely
 from lungnet.evaluation.run import evaluate
 from lungnet.training import train
 from tests.conftest import TINY as BASE_TINY
@@ -116,3 +120,49 @@ def test_frozen_backbone_normalises_with_its_running_statistics(tmp_path):
     seen = BatchNormModes.instances[-1].seen
     assert {s for s in seen if s[0] == 0} == {(0, False, True)}  # frozen: eval-mode BatchNorm
     assert {s for s in seen if s[0] == 1} == {(1, True, False)}  # unfrozen: trained, batch statistics
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch, caplog):
+    """ENOSPC in the middle of writing a checkpoint: no *.tmp left, best.ckpt as it was, one line, exit 2."""
+    from lightning_fabric.plugins.io import torch_io
+
+    real, calls, kept = torch_io._atomic_save, [], {}
+
+    def full_disk(checkpoint: dict, filepath) -> None:
+        calls.append(Path(filepath))
+        if len(calls) <= 2:  # epoch 0 writes best.ckpt and last.ckpt; epoch 1's first write meets a full disk
+            return real(checkpoint, filepath)
+        kept["best"] = (Path(filepath).parent / "best.ckpt").read_bytes()
+        Path(filepath).write_bytes(b"PK\x03\x04 the first part of a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch_io, "_atomic_save", full_disk)
+    cfg = compose_cfg(
+        "train", [f"data.root={tmp_path / 'syn'}", "data.options.n_per_class=10", "data.options.size=48", *TINY]
+    )
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        run_safely(train, cfg, run)
+    assert exc.value.code == 2 and len(calls) == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith(f"WriteError: Could not write {calls[2].with_suffix('')}: No space left on device")
+    assert not list(run.rglob("*.tmp"))
+    best = run / "checkpoints" / "best.ckpt"
+    assert best.read_bytes() == kept["best"] and read_checkpoint(best)["epoch"] == 0
+
+
+def test_metrics_csv_keeps_one_line_ending_across_a_resume(tmp_path):
+    """Lightning writes metrics.csv with CRLF; the rows a resume keeps are written the same way."""
+    from lungnet.callbacks import _ContinuingWriter
+
+    fresh = _ContinuingWriter(str(tmp_path), None)
+    for step in range(4):
+        fresh.log_metrics({"epoch": step // 2, "train/loss": 1.0 / (step + 1)}, step)
+    fresh.save()
+    resumed = _ContinuingWriter(str(tmp_path), (1, 2))  # a checkpoint at the end of epoch 0
+    resumed.log_metrics({"epoch": 1, "train/loss": 0.1}, 2)
+    resumed.save()
+    data = (tmp_path / "metrics.csv").read_bytes()
+    assert data.count(b"\r\n") == data.count(b"\n") == 4  # header, 2 kept rows, 1 new row: CRLF everywhere
+    assert pd.read_csv(tmp_path / "metrics.csv")["step"].tolist() == [0, 1, 2]

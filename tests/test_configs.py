@@ -58,9 +58,9 @@ def test_reference_presets():
     assert c.data.name == "lung5" and c.data.image_size == 224 and c.augment.name == "xray"
     assert c.hydra.sweeper.params.model == "vgg16,resnet152,densenet201"
     c = _compose(["experiment=pneumonia_baselines"])
-    assert c.data.image_size == 150 and c.optim.name == "adam" and c.trainer.max_epochs == 10
+    assert c.data.image_size == 150 and c.optimizer._target_ == "torch.optim.Adam" and c.trainer.max_epochs == 10
     c = _compose(["experiment=pneumonia_mobilenetv2_224"])
-    assert c.model.head_hidden == 128 and c.model.drop_rate == 0.3 and c.optim.lr == 1e-4
+    assert c.model.head_hidden == 128 and c.model.drop_rate == 0.3 and c.optimizer.lr == 1e-4
     assert c.early_stopping.patience > 0
     c = _compose(["experiment=cxr4_cnn"])
     assert c.data.test_fraction == 0.2 and c.trainer.max_epochs == 30 and c.early_stopping.patience > 0
@@ -77,3 +77,73 @@ def test_evaluate_config_composes():
 def test_sweep_launchers_compose(launcher, target):
     cfg = _compose([f"hydra/launcher={launcher}"])
     assert cfg.hydra.launcher._target_.endswith(target)
+
+
+NEW_GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("optimizer", "scheduler", "callbacks")}
+NEW_GROUPS.update(logger=sorted(p.stem for p in (CONF / "logger").glob("*.yaml")), debug=["fdr", "limit", "overfit"])
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in NEW_GROUPS.items() for o in opts])
+def test_template_groups_compose(group, option):
+    cfg = _compose([f"{group}={option}"])
+    assert group in cfg or group == "debug"
+
+
+def test_callbacks_are_switchable_by_key_and_off_by_their_setting(tmp_path):
+    from lungnet.callbacks import FreezeUnfreeze
+    from lungnet.config_checks import pin_paths
+    from lungnet.training import build_callbacks
+
+    def callbacks(overrides, has_val=True):
+        cfg = _compose(overrides)
+        pin_paths(cfg, tmp_path)  # what train does: paths.output_dir is the run directory
+        return build_callbacks(cfg, has_val)
+
+    def names(overrides, has_val=True):
+        return sorted(type(c).__name__ for c in callbacks(overrides, has_val))
+
+    default = names([])
+    assert default == ["AtomicCheckpoint", "EpochSeeder", "FigureLogger", "LearningRateMonitor"]
+    assert "EarlyStopping" in names(["early_stopping.patience=3"])
+    assert "EarlyStopping" in names(["callbacks.early_stopping.patience=3"])  # the template's way works too
+    assert "EarlyStopping" not in names(["early_stopping.patience=3", "callbacks.early_stopping=null"])
+    assert "EarlyStopping" not in names(["early_stopping.patience=3"], has_val=False)
+    assert "LearningRateMonitor" not in names(["callbacks.lr_monitor=null"])
+    assert names(["callbacks=none"]) == []
+    unfreeze = [c for c in callbacks(["experiment=darkcovidnet_best"]) if isinstance(c, FreezeUnfreeze)]
+    assert unfreeze[0].unfreeze_at_epoch == 1 and unfreeze[0].unfreeze_lr_mult == 0.3
+    assert "WeightEMA" in names(["ema.decay=0.9"])
+    checkpoint = callbacks([])[0]
+    assert checkpoint.dirpath == str(tmp_path / "checkpoints") and checkpoint.monitor == "val/auroc"
+    assert callbacks([], has_val=False)[0].monitor == "train/loss_epoch"
+
+
+def test_any_torch_optimizer_by_target():
+    import torch
+    from omegaconf import OmegaConf
+
+    from lungnet.module import LitClassifier
+
+    cfg = _compose(["optimizer._target_=torch.optim.RAdam", "scheduler=none", "warmup_epochs=2"])
+    module = LitClassifier(
+        {"name": "simple_cnn", "in_chans": 1},
+        ["a", "b"],
+        optimizer=OmegaConf.to_container(cfg.optimizer),
+        scheduler=OmegaConf.to_container(cfg.scheduler),
+        warmup_epochs=2,
+    )
+    out = module.configure_optimizers()
+    assert isinstance(out["optimizer"], torch.optim.RAdam) and out["optimizer"].defaults["weight_decay"] == 1e-4
+    assert isinstance(out["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.LinearLR)  # the warm-up alone
+
+
+def test_debug_fdr_runs_one_batch_and_writes_no_checkpoint(tmp_path):
+    from lungnet.training import train
+    from tests.conftest import TINY, compose_cfg
+
+    data = ["data.options.n_per_class=4", "data.options.size=32", f"data.root={tmp_path / 'syn'}"]
+    cfg = compose_cfg("train", [*data, *TINY, "debug=fdr"])
+    assert cfg.trainer.fast_dev_run is True and cfg.trainer.detect_anomaly is True and cfg.data.num_workers == 0
+    assert train(cfg, tmp_path / "run") == {}
+    assert (tmp_path / "run" / "splits" / "train.csv").is_file() and not (tmp_path / "run" / "metrics.json").exists()
+    assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))

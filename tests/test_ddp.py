@@ -67,7 +67,7 @@ def test_train_py_with_two_ddp_processes_completes(tmp_path):
             "data.options.n_per_class=12",
             "data.options.size=48",
             "trainer.max_epochs=1",
-            f"paths.output_dir={out}",
+            f"paths.log_dir={out}",
         ],
         capture_output=True,
         text=True,

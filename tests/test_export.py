@@ -13,10 +13,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from lungnet.checkpoint import CheckpointError, load_model
-from lungnet.export import calibration_sets, export, main, sidecar_path
+from lungnet.cli import export as export_command
+from lungnet.export import calibration_sets, export, sidecar_path
 from lungnet.inference import Predictor, run_batch
-from tests.conftest import CONF, shared
-from tests.test_inference import LABELS, make_checkpoint
+from tests.conftest import CONF, run_cli, shared
+from tests.test_inference import LABELS, make_checkpoint, xray
 
 
 def real_batch(predictor: Predictor, n: int = 3) -> torch.Tensor:
@@ -36,8 +37,9 @@ def test_onnx_and_torchscript_match_pytorch_on_real_images(tmp_path, arch, size,
     with torch.inference_mode():
         reference = torch_pred.torch_model(batch).numpy()
     for fmt in ("onnx", "torchscript"):
-        out = export(ckpt, fmt, tmp_path / f"model.{fmt}", verify=False)  # checked here, on real images
-        exported = Predictor(out)
+        # verified here instead, on real images
+        out = export(ckpt, fmt, tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt"), verify=False)
+        exported = Predictor(out, trust_export=fmt == "torchscript")  # TorchScript is code: an explicit opt-in
         assert exported.kind == fmt and exported.torch_model is None
         assert exported.prep == torch_pred.prep  # labels, size, mean/std, in_chans, resize, thresholds
         np.testing.assert_allclose(exported.backend.logits(batch), reference, atol=1e-4, rtol=0)
@@ -84,15 +86,15 @@ def test_predict_script_runs_on_onnx_without_the_checkpoint(tmp_path):
     assert row["decision"] == expected["decision"]
 
 
-def test_heatmaps_need_the_checkpoint_and_bad_format_is_refused(tmp_path):
+def test_heatmaps_need_the_checkpoint_and_bad_format_is_refused(tmp_path, monkeypatch):
     ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
-    exported = Predictor(export(ckpt, "torchscript"))
+    exported = Predictor(export(ckpt, "torchscript"), trust_export=True)
     with pytest.raises(CheckpointError, match="Heatmaps need the PyTorch checkpoint"):
         exported.heatmaps(torch.zeros(1, 1, 32, 32))
     with pytest.raises(CheckpointError, match="Unknown export format 'tflite'"):
         export(ckpt, "tflite")
     with pytest.raises(SystemExit) as exc:
-        main([f"ckpt={tmp_path / 'missing.ckpt'}"])
+        run_cli(export_command, [f"ckpt={tmp_path / 'missing.ckpt'}"], monkeypatch)
     assert exc.value.code == 2
 
 
@@ -169,4 +171,29 @@ def test_export_refuses_a_file_name_that_does_not_fit_the_format(tmp_path):
         export(ckpt, "onnx", tmp_path / "model.bin")
     with pytest.raises(CheckpointError, match="does not fit format=torchscript"):
         export(ckpt, "torchscript", tmp_path / "model.onnx")
+    with pytest.raises(CheckpointError, match="TorchScript files in .pt or .ts"):  # never a .ckpt-like name
+        export(ckpt, "torchscript", tmp_path / "model.ckpt")
     assert not list(tmp_path.glob("model.*"))
+
+
+def test_export_carries_the_decision_file(tmp_path):
+    """The checkpoint's <stem>.decision.json travels in the sidecar: same decisions and sets (no OOD gate)."""
+    from lungnet.decision import decision_path, new_record
+
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
+    record = new_record(LABELS, False, ckpt)
+    record.split, record.temperature, record.alpha = "val", 0.5, 0.2
+    record.positive_class, record.thresholds = "Covid-19", {"Covid-19": 0.3}
+    record.conformal_scores = np.linspace(0.3, 0.9, 40)
+    record.write(decision_path(ckpt))
+    out = export(ckpt, "onnx")
+    side = json.loads(sidecar_path(out).read_text())
+    assert side["decision"]["thresholds"] == {"Covid-19": 0.3} and side["decision"]["ood"] is None
+    assert side["decision_file"] == str(decision_path(ckpt)) and len(side["source_sha256"]) == 64
+    files = [xray(k=k) for k in range(4)]
+    from_ckpt, from_onnx = Predictor(ckpt).predict(files), Predictor(out).predict(files)
+    for a, b in zip(from_ckpt, from_onnx, strict=True):
+        assert a["decision"] == b["decision"] and a["prediction_set"] == b["prediction_set"]
+        assert a["p_Covid-19"] == pytest.approx(b["p_Covid-19"], abs=1e-4)
+    assert Predictor(out).describe()["decision"]["split"] == "val"
+    assert "prediction_set" not in Predictor(out, decision="none").predict(files)[0]

@@ -181,7 +181,7 @@ def test_predict_script_writes_csv_and_overlays(ckpt, tmp_path):
         (data / f"p{k}.jpg").write_bytes(xray("Pneumonia", k).read_bytes())
     (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     out = tmp_path / "outputs"
-    proc = _script([f"ckpt={ckpt}", f"input={data}", "explain=gradcam", f"paths.output_dir={out}"], tmp_path)
+    proc = _script([f"ckpt={ckpt}", f"input={data}", "explain=gradcam", f"paths.log_dir={out}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = list((out / "predict").glob("*/*"))
     table = pd.read_csv(run / "predictions.csv", keep_default_na=False)
@@ -195,9 +195,24 @@ def test_predict_script_writes_csv_and_overlays(ckpt, tmp_path):
 
 
 def test_predict_script_user_error_exits_2_without_traceback(tmp_path):
-    proc = _script([f"ckpt={tmp_path / 'x.ckpt'}", f"input={tmp_path}", f"paths.output_dir={tmp_path}"], tmp_path)
+    proc = _script([f"ckpt={tmp_path / 'x.ckpt'}", f"input={tmp_path}", f"paths.log_dir={tmp_path}"], tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Model file not found" in output and "Traceback" not in output
+
+
+def test_predict_script_exits_non_zero_when_nothing_could_be_classified(ckpt, tmp_path):
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (data / "b.jpg").write_bytes(b"")
+    out = tmp_path / "outputs"
+    proc = _script([f"ckpt={ckpt}", f"input={data}", f"paths.log_dir={out}"], tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "None of the 2 input file(s) could be read" in output, output[-3000:]
+    assert "Traceback" not in output
+    (run,) = list((out / "predict").glob("*/*"))
+    table = pd.read_csv(run / "predictions.csv", keep_default_na=False)  # the rows are still written
+    assert table["file"].map(lambda f: Path(f).name).tolist() == ["a.png", "b.jpg"] and table["error"].all()
 
 
 def test_predictor_downsamples_as_training_did(tmp_path):
@@ -213,3 +228,14 @@ def test_predictor_downsamples_as_training_did(tmp_path):
     norm = Normalize(loaded.spec.mean, loaded.spec.std, loaded.spec.in_chans)
     torch.testing.assert_close(tensor, make_pipeline(build_transform(32, None, "squash", 16), norm)(image))
     assert not torch.allclose(tensor, make_pipeline(build_transform(32, None, "squash"), norm)(image), atol=0.05)
+
+
+def test_overlay_image_is_reduced_but_the_model_input_is_not(predictor):
+    dicom = shared("dicom") / "RG1_UNCR.dcm"  # 1955 x 1841 px
+    (full,) = predictor.predict_iter([dicom], explain="gradcam")
+    (small,) = predictor.predict_iter([dicom], explain="gradcam", image_max_side=256)
+    assert full.image.shape == (1955, 1841) and small.image.shape == (256, 241)
+    np.testing.assert_array_equal(small.probs, full.probs)  # the model saw the full decode both times
+    assert predictor.overlay(small).shape == (256, 241, 3)
+    (plain,) = predictor.predict_iter([dicom])
+    assert plain.image is None and plain.heatmap is None

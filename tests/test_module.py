@@ -2,11 +2,19 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from lungnet.metrics import compute_metrics
 from lungnet.module import LitClassifier
+from tests.conftest import compose_cfg
 
 MODEL = {"name": "simple_cnn", "in_chans": 1}
+
+
+def _compose_group(group: str, option: str) -> dict:
+    """conf/<group>/<option>.yaml as the training config holds it."""
+    cfg = compose_cfg("train", [f"{group}={option}"])
+    return OmegaConf.to_container(cfg[group], resolve=True)
 
 
 def test_multilabel_bce_ignores_nan():
@@ -29,8 +37,9 @@ def test_weighted_ce_and_label_smoothing():
 
 @pytest.mark.parametrize(("opt", "sched"), [("adamw", "cosine"), ("sgd", "plateau"), ("adam", "none")])
 def test_optimisers_and_schedulers(opt, sched):
+    optimizer, scheduler = _compose_group("optimizer", opt), _compose_group("scheduler", sched)
     module = LitClassifier(
-        MODEL, ["a", "b"], optim={"name": opt, "scheduler": sched, "backbone_lr_mult": 0.1, "lr": 0.01}
+        MODEL, ["a", "b"], optimizer={**optimizer, "lr": 0.01}, scheduler=scheduler, backbone_lr_mult=0.1
     )
     out = module.configure_optimizers()
     optimizer = out if isinstance(out, torch.optim.Optimizer) else out["optimizer"]

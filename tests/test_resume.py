@@ -17,7 +17,7 @@ import torch
 
 from lungnet.checkpoint import read_checkpoint
 from lungnet.data.sources import DataError
-from lungnet.training import find_resume_checkpoint, train
+from lungnet.training import resume_target, train
 from tests.conftest import ROOT, TINY, compose_cfg, make_class_folders, write_png
 
 
@@ -121,14 +121,14 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
 
 def test_resume_paths(tmp_path):
     run = tmp_path / "run"
-    assert find_resume_checkpoint(run, True) is None  # nothing yet: fresh start
+    assert resume_target(run, True)[0] is None  # nothing yet: fresh start
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert find_resume_checkpoint(tmp_path / "other", str(run)) == str(run / "checkpoints" / "last.ckpt")
-    assert find_resume_checkpoint(run, True) == str(run / "checkpoints" / "last.ckpt")
-    assert find_resume_checkpoint(run, False) is None
+    assert str(resume_target(tmp_path / "other", str(run))[0]) == str(run / "checkpoints" / "last.ckpt")
+    assert str(resume_target(run, True)[0]) == str(run / "checkpoints" / "last.ckpt")
+    assert resume_target(run, False)[0] is None
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        find_resume_checkpoint(run, str(tmp_path / "missing"))
+        resume_target(run, str(tmp_path / "missing"))
 
 
 @pytest.mark.parametrize(

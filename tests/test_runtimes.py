@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ from lungnet.export import export
 from lungnet.hardware import cpu_has_native_bf16
 from lungnet.inference import Predictor
 from lungnet.runtimes import OnnxRunner, OpenVinoRunner, TorchScriptRunner, open_export, sidecar_path
+from tests.conftest import ROOT, shared
 from tests.test_export import real_batch
 from tests.test_inference import make_checkpoint
 
@@ -52,7 +57,8 @@ def test_runtime_errors_are_clear(tmp_path):
     onnx_file = export(ckpt, "onnx")
     with pytest.raises(CheckpointError, match="Unknown runtime 'tensorrt'.*onnxruntime or openvino"):
         open_export(onnx_file, runtime="tensorrt")
-    assert isinstance(open_export(export(ckpt, "torchscript"), runtime="openvino"), TorchScriptRunner)
+    ts = export(ckpt, "torchscript")
+    assert isinstance(open_export(ts, runtime="openvino", trust_export=True), TorchScriptRunner)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     with pytest.raises(CheckpointError, match="Unknown runtime 'openvnio'"):  # checked for checkpoints too
@@ -69,7 +75,7 @@ def test_predict_script_runs_on_openvino(tmp_path):
     import pandas as pd
 
     from lungnet.inference import run_batch
-    from tests.conftest import compose_cfg, shared
+    from tests.conftest import compose_cfg
 
     ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32, thresholds=[0.2, 0.5, 0.3])
     onnx_file = export(ckpt, "onnx")
@@ -112,3 +118,108 @@ def test_bf16_is_explicit_recorded_and_close_to_fp32(tmp_path):
     ov_bf16 = Predictor(onnx_file, runtime="openvino", precision="bf16")
     assert ov_bf16.precision == "bf16" and ov_bf16.describe()["precision"] == "bf16"
     assert np.abs(ov_bf16.backend.logits(batch) - reference).max() < 0.05
+
+
+class Evil(torch.nn.Module):
+    """A TorchScript model whose code writes files: ``<marker>.load`` when loaded, ``<marker>`` when called."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.marker, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.marker = state[0]
+        written = torch.from_file(self.marker + ".load", shared=True, size=1, dtype=torch.uint8).fill_(76)
+        self.training = state[1] and bool(written[0] == 76)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        written = torch.from_file(self.marker, shared=True, size=4, dtype=torch.uint8).fill_(65)
+        return x.mean(dim=[2, 3]).repeat(1, 3) + written[0].float() * 0.0
+
+
+def evil_torchscript(path: Path, marker: Path) -> Path:
+    """A TorchScript archive with a valid lungnet record, whose code writes ``marker`` files (see `Evil`)."""
+    prep = Predictor(make_checkpoint(path.parent / "prep.ckpt", size=32)).prep
+    torch.jit.save(
+        torch.jit.script(Evil(str(marker))), str(path), _extra_files={"lungnet.json": json.dumps(prep.to_dict())}
+    )
+    return path
+
+
+def _predict_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(ROOT / "predict.py"), *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "[ERROR]" in line or "Error" in line]
+
+
+def test_torchscript_runs_only_from_a_pt_file_with_trust_export(tmp_path):
+    """A TorchScript archive is code: named .ckpt it never reaches torch.jit.load; .pt needs trust_export."""
+    marker = tmp_path / "marker"
+    image = shared("darkcovidnet") / "Pneumonia"
+    image = sorted(image.glob("*.jpg"))[0]
+    for name in ("evil.ckpt", "evil.pt"):
+        model = evil_torchscript(tmp_path / name, marker)
+        with pytest.raises(CheckpointError, match="TorchScript") as exc:
+            Predictor(model)
+        assert "\n" not in str(exc.value) and "trust_export" in str(exc.value)
+        proc = _predict_script([f"ckpt={model}", f"input={image}", f"paths.log_dir={tmp_path / 'out'}"], tmp_path)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 2, output[-3000:]
+        assert "Traceback" not in output and len(_error_lines(output)) == 1 and "trust_export=true" in output
+        assert not list(tmp_path.glob("marker*")), "the archive's code ran"
+    with pytest.raises(CheckpointError, match="trust_export=true"):  # even with the opt-in, never from .ckpt
+        Predictor(tmp_path / "evil.ckpt", trust_export=True)
+    with pytest.raises(CheckpointError, match="loads only from a .pt or .ts file"):
+        TorchScriptRunner(tmp_path / "evil.ckpt", trust_export=True)
+    assert not list(tmp_path.glob("marker*"))
+    trusted = Predictor(tmp_path / "evil.pt", trust_export=True)  # the opt-in is the only thing in the way
+    assert trusted.kind == "torchscript" and (tmp_path / "marker.load").exists()
+    assert trusted.predict([image])[0]["error"] == "" and marker.read_bytes() == b"AAAA"
+
+
+def test_app_serves_torchscript_only_when_started_with_trust_export(tmp_path, monkeypatch):
+    import uvicorn
+
+    from lungnet import cli
+    from tests.conftest import run_cli
+
+    marker = tmp_path / "marker"
+    model = evil_torchscript(tmp_path / "model.pt", marker)
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    with pytest.raises(SystemExit) as exc:
+        run_cli(cli.app, [f"ckpt={model}"], monkeypatch)
+    assert exc.value.code == 2 and not seen and not list(tmp_path.glob("marker*"))
+    run_cli(cli.app, [f"ckpt={model}", "trust_export=true"], monkeypatch)
+    assert "app" in seen and (tmp_path / "marker.load").exists()
+
+
+def test_onnx_with_external_data_is_refused(tmp_path):
+    """ONNX runs no Python code and needs no opt-in, but a tensor read from an external file is refused."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros(4, np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "secret.bin"), ("offset", "0"), ("length", "16")):
+        weight.external_data.add(key=key, value=value)
+    (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    io_info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", io_info[:1], io_info[1:], [weight])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(CheckpointError, match="external files"):
+        open_export(path)
+    need_openvino()
+    with pytest.raises(CheckpointError, match="external files"):
+        open_export(path, runtime="openvino")

@@ -67,6 +67,34 @@ def test_checkpoint_is_self_describing_and_safe(trained):
     assert loaded.seed == hp["extra"]["seed"] == 42  # evaluate and explain recompute the splits with it
 
 
+def test_checkpoint_stores_the_optimizer_and_scheduler_as_plain_data(trained):
+    run, _ = trained
+    hp = read_checkpoint(run / "checkpoints" / "best.ckpt")["hyper_parameters"]
+    assert hp["optimizer"] == {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 1e-4}
+    assert hp["scheduler"]["_target_"] == "torch.optim.lr_scheduler.CosineAnnealingLR"
+    assert hp["data"]["balance"] == "loss" and type(hp["data"]["balance"]) is str  # no Enum objects inside
+
+
+def test_checkpoint_from_before_the_config_groups_still_evaluates(trained, tmp_path):
+    """Old checkpoints hold ``optim`` hyperparameters and a data config without the keys added since."""
+    run, _ = trained
+    state = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    hp = state["hyper_parameters"]
+    for key in ("optimizer", "scheduler", "backbone_lr_mult", "warmup_epochs", "data_report"):
+        hp.pop(key)
+    hp["optim"] = {"name": "adamw", "lr": 1e-3, "scheduler": "cosine", "backbone_lr_mult": 1.0}
+    for key in ("downsample_to", "cache", "cache_dir", "near_duplicates", "near_duplicate_threshold", "cv_folds"):
+        hp["data"].pop(key)
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    out = evaluate(compose_cfg("evaluate", [f"ckpt={old}", "split=test", "explain.n=0"]), tmp_path / "eval")
+    new = evaluate(
+        compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "split=test", "explain.n=0"]),
+        tmp_path / "eval_new",
+    )
+    assert out["accuracy"] == new["accuracy"] and out["n"] == new["n"]
+
+
 def test_pickled_checkpoint_is_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"spec": argparse.Namespace(x=1)}}, path)
@@ -130,7 +158,7 @@ def test_scripts_multirun_then_evaluate(tmp_path):
         "-m",
         "data=pneumoniamnist",
         f"data.root={data}",
-        f"paths.output_dir={out}",
+        f"paths.log_dir={out}",
         "model=simple_cnn,resnet18",
         *[a for a in TINY if not a.startswith("model=")],
     ]
@@ -139,7 +167,7 @@ def test_scripts_multirun_then_evaluate(tmp_path):
     runs = sorted(p for p in (out / "multirun").glob("*/*/*") if p.is_dir() and (p / "metrics.json").exists())
     assert [r.name.split("_", 1)[1] for r in runs] == ["pneumoniamnist_simple_cnn", "pneumoniamnist_resnet18"]
     ckpt = runs[1] / "checkpoints" / "best.ckpt"
-    proc = _run([str(ROOT / "evaluate.py"), f"ckpt={ckpt}", "split=val", f"paths.output_dir={out}"], tmp_path)
+    proc = _run([str(ROOT / "evaluate.py"), f"ckpt={ckpt}", "split=val", f"paths.log_dir={out}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(next((out / "eval").glob("*/*/metrics.json")).read_text())
     assert {"accuracy", "auroc_macro", "confusion_matrix", "per_class"} <= set(metrics)
@@ -152,7 +180,7 @@ def test_user_errors_exit_nonzero_with_one_message(tmp_path):
             str(ROOT / "train.py"),
             "data=nih6",
             f"data.root={tmp_path / 'missing'}",
-            f"paths.output_dir={tmp_path / 'o'}",
+            f"paths.log_dir={tmp_path / 'o'}",
         ],
         tmp_path,
     )
@@ -163,7 +191,7 @@ def test_user_errors_exit_nonzero_with_one_message(tmp_path):
         [
             str(ROOT / "train.py"),
             "model.name=resnet9000",
-            f"paths.output_dir={tmp_path / 'o'}",
+            f"paths.log_dir={tmp_path / 'o'}",
             f"data.root={tmp_path / 'syn'}",
             "data.options.n_per_class=2",
         ],

@@ -67,15 +67,19 @@ def scan_files(
 ) -> pd.DataFrame:
     """Hashes every file and (with ``verify`` or ``near_duplicates``) decodes it once.
 
+    A row the source already marked bad (a non-empty ``error``, e.g. a blank label cell) keeps its reason and is
+    not read, so it is reported and skipped (or refused) like an unreadable file.
+
     Returns:
         The table with ``sha1``, ``error`` ('' for good files) and ``dhash`` ('' when not decoded) columns.
     """
     paths = table["path"].tolist()
+    known = table["error"].fillna("").astype(str).tolist() if "error" in table else [""] * len(paths)
     decode = bool(verify or near_duplicates)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(
             tqdm(
-                pool.map(lambda p: _check_one(p, decode), paths),
+                pool.map(lambda p, e: ("", e, "") if e else _check_one(p, decode), paths, known),
                 total=len(paths),
                 desc="Checking images",
                 unit="img",
@@ -110,11 +114,60 @@ def handle_bad_files(table: pd.DataFrame, policy: str, report: Path | None) -> p
     where = f" (full list: {report})" if report is not None else ""
     if policy == "error":
         raise DataError(
-            f"{len(bad)} unreadable image file(s){where}:\n{listing}{more}\n"
+            f"{len(bad)} unusable image file(s) (unreadable, or a blank label){where}:\n{listing}{more}\n"
             "Fix or remove them, or set data.on_bad_file=skip to train without them."
         )
-    log.warning("Skipping %d unreadable image file(s)%s:\n%s%s", len(bad), where, listing, more)
+    log.warning(
+        "Skipping %d unusable image file(s) (unreadable, or a blank label)%s:\n%s%s", len(bad), where, listing, more
+    )
     return table[table["error"] == ""].reset_index(drop=True)
+
+
+def check_class_sizes(table: pd.DataFrame, labels: list[str], name: str, left_out: int = 0, minimum: int = 2) -> None:
+    """Every class of a single-label data set has at least ``minimum`` usable images (one to train, one to check).
+
+    Args:
+        table: the usable images (``label`` column).
+        labels: the classes the model will be told about.
+        name: the data set, for the message.
+        left_out: unreadable or unlabelled files already left out (said in the message).
+        minimum: images each class needs.
+
+    Raises:
+        DataError: names the classes, their counts and what to do.
+    """
+    counts = table["label"].value_counts()
+    few = {lab: int(counts.get(lab, 0)) for lab in labels if counts.get(lab, 0) < minimum}
+    if few:
+        listing = ", ".join(f"'{lab}' has {n}" for lab, n in few.items())
+        bad = f" ({left_out} unreadable or unlabelled file(s) were left out)" if left_out else ""
+        raise DataError(
+            f"Dataset '{name}': {listing} usable image(s){bad}; every class needs at least {minimum} (one to train "
+            "on, one to validate). Add images of it, or use labels without it (nih6: data.options.findings); a "
+            "model cannot learn a class it never sees"
+        )
+
+
+def check_training_classes(table: pd.DataFrame, labels: list[str], name: str, multilabel: bool) -> None:
+    """After splitting, the training split holds every class (single-label); multi-label findings only warn.
+
+    Raises:
+        DataError: a class without training images; names where its images went and what to do.
+    """
+    train = table[table["split"] == "train"]
+    if multilabel:
+        empty = [lab for lab in labels if lab in train and not (train[lab] == 1).any()]
+        if empty:
+            log.warning("Dataset '%s': no positive training image of %s: those outputs stay untrained", name, empty)
+        return
+    counts = train["label"].value_counts()
+    missing = [lab for lab in labels if counts.get(lab, 0) == 0]
+    if missing:
+        where = {lab: table.loc[table["label"] == lab, "split"].value_counts().to_dict() for lab in missing}
+        raise DataError(
+            f"Dataset '{name}': no training image of {missing} after splitting (their images: {where}). Add images "
+            "of it, or, when the data ships its own split, move some into its train folder"
+        )
 
 
 def _hash_matrix(hashes: pd.Series) -> np.ndarray:

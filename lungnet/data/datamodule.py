@@ -10,6 +10,7 @@ order and augmentation depend only on (seed, epoch, index).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,40 +20,31 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from lungnet.data.cache import build_cache
-from lungnet.data.checks import enforce_no_test_leak, handle_bad_files, leakage_report, scan_files
+from lungnet.data.checks import (
+    check_class_sizes,
+    check_training_classes,
+    enforce_no_test_leak,
+    handle_bad_files,
+    leakage_report,
+    scan_files,
+)
 from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset
 from lungnet.data.sources import DataError, Source, create_source
 from lungnet.data.splits import ExpectedSplits, assign_splits, write_splits
 from lungnet.data.transforms import Normalize, build_transform
 from lungnet.io import write_json
 from lungnet.models.specs import ModelSpec
+from lungnet.schema import with_data_defaults
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "options": {},
-    "image_size": None,
-    "resize": "squash",
-    "downsample_to": None,
-    "val_fraction": 0.1,
-    "test_fraction": 0.0,
-    "carve_val": False,
-    "cv_folds": 0,
-    "cv_fold": 0,
-    "batch_size": 32,
-    "num_workers": 0,
-    "pin_memory": False,
-    "persistent_workers": False,
-    "balance": "none",
-    "on_bad_file": "skip",
-    "verify": True,
-    "allow_leakage": False,
-    "near_duplicates": False,
-    "near_duplicate_threshold": 12,
-    "intensity_check": True,
-    "cache": False,
-    "cache_dir": "~/.cache/lungnet/images",
-}
+
+def resolve_root(data_cfg: dict) -> dict:
+    """A copy of a ``data`` config whose ``root`` is absolute against the directory the user launched from."""
+    data_cfg = dict(data_cfg)
+    if data_cfg.get("root"):
+        data_cfg["root"] = str(Path(os.path.expanduser(str(data_cfg["root"]))).absolute())
+    return data_cfg
 
 
 def make_source(cfg: dict) -> Source:
@@ -64,7 +56,8 @@ class LungDataModule(pl.LightningDataModule):
     """Data for one run.
 
     Args:
-        cfg: the ``data`` config (see ``conf/data/*.yaml``; missing keys take `DEFAULTS`).
+        cfg: the ``data`` config (see ``conf/data/*.yaml``; missing keys, e.g. in old checkpoints, take the
+            schema's defaults, `lungnet.schema.DataConfig`).
         spec: the model's spec (input size, mean/std, channels).
         seed: split seed.
         augment: albumentations steps for training (Hydra dicts).
@@ -83,7 +76,7 @@ class LungDataModule(pl.LightningDataModule):
         expected_splits: ExpectedSplits | None = None,
     ) -> None:
         super().__init__()
-        self.cfg = {**DEFAULTS, **dict(cfg)}
+        self.cfg = with_data_defaults(cfg)
         self.spec = spec
         self.seed = seed
         self.augment = list(augment or [])
@@ -92,10 +85,12 @@ class LungDataModule(pl.LightningDataModule):
         self.source = make_source(self.cfg)
         self.labels: list[str] = list(self.source.labels)
         self.multilabel = self.source.multilabel
-        self.image_size = int(self.cfg["image_size"] or spec.input_size)
+        size = self.cfg["image_size"]
+        self.image_size = int(spec.input_size if size is None else size)
         self.table: pd.DataFrame | None = None
         self.datasets: dict[str, XrayDataset] = {}
         self.report: dict = {}
+        self.bad_files: pd.DataFrame | None = None  # path, error of the unusable files `load_table` found
 
     # ------------------------------------------------------------------ setup
     def _is_writer(self) -> bool:
@@ -109,21 +104,22 @@ class LungDataModule(pl.LightningDataModule):
             raise DataError(f"No images found for dataset '{self.source.name}' under {self.source.root}")
         writer = self._is_writer()
         near = bool(self.cfg["near_duplicates"])
-        table = scan_files(table, verify=bool(self.cfg["verify"]), near_duplicates=near and not all_images)
+        scanned = scan_files(table, verify=bool(self.cfg["verify"]), near_duplicates=near and not all_images)
         report = self.run_dir / "bad_files.csv" if writer else None
-        scanned = table
-        # a run directory being resumed keeps its reports until its splits are verified: the bad files are
-        # left out of the split as `skip` would, and reported (or refused, `error`) once the splits hold
-        deferred = self.expected_splits is not None
-        if deferred:
-            table = table[table["error"] == ""].reset_index(drop=True)
-        else:
-            table = handle_bad_files(table, self.cfg["on_bad_file"], report)
+        policy = self.cfg["on_bad_file"]
+        self.bad_files = scanned.loc[scanned["error"] != "", ["path", "error"]].reset_index(drop=True)
         if all_images:
-            if deferred:
-                table = handle_bad_files(scanned, self.cfg["on_bad_file"], report)
+            table = handle_bad_files(scanned, policy, report)
             table["split"] = "all"
             return table
+        # bad files are left out of the split as `skip` would, and reported once the splits hold (nothing is
+        # written before a refusal below; a resumed run directory keeps its reports until its splits are verified)
+        deferred = self.expected_splits is not None
+        if policy == "error" and not deferred and (scanned["error"] != "").any():
+            handle_bad_files(scanned, policy, report)  # refused at once, with the full list in bad_files.csv
+        table = scanned[scanned["error"] == ""].reset_index(drop=True)
+        if not self.multilabel:
+            check_class_sizes(table, self.labels, self.source.name, left_out=len(scanned) - len(table))
         table = assign_splits(
             table,
             self.seed,
@@ -135,7 +131,8 @@ class LungDataModule(pl.LightningDataModule):
         )
         if deferred:
             self.expected_splits.verify(table, self.source.root)
-            handle_bad_files(scanned, self.cfg["on_bad_file"], report)
+        check_training_classes(table, self.labels, self.source.name, self.multilabel)
+        handle_bad_files(scanned, policy, report)
         self.report = leakage_report(table, int(self.cfg["near_duplicate_threshold"]) if near else None)
         self.report["sizes"] = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
         self.report["class_counts"] = (
@@ -168,9 +165,15 @@ class LungDataModule(pl.LightningDataModule):
         pipeline = SeededPipeline(transform, normalize)
         if not self.cfg["cache"]:
             return XrayDataset(rows, self.labels, self.multilabel, pipeline, seed=self.seed)
-        reader = build_cache(rows["path"].tolist(), rows["sha1"].tolist(), self.image_size, self.cfg["resize"],
-                             self.cfg["cache_dir"], workers=max(1, int(self.cfg["num_workers"])),
-                             downsample_to=self.cfg["downsample_to"])
+        reader = build_cache(
+            rows["path"].tolist(),
+            rows["sha1"].tolist(),
+            self.image_size,
+            self.cfg["resize"],
+            self.cfg["cache_dir"],
+            workers=max(1, int(self.cfg["num_workers"])),
+            downsample_to=self.cfg["downsample_to"],
+        )
         return XrayDataset(rows, self.labels, self.multilabel, pipeline, reader=reader, seed=self.seed)
 
     def setup(self, stage: str | None = None) -> None:

@@ -2,11 +2,13 @@
 
 Every file lungnet reads goes through `read_image`, which returns a 2-D float32 array in [0, 1]
 (grayscale; chest X-rays carry no colour information) or raises `ImageReadError` naming the file
-and the problem. Nothing else in the package opens image files.
+and the problem. Nothing else in the package opens image files. `collect_inputs` finds the files a
+user named (a file, a folder or a glob) for prediction and calibration.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import threading
@@ -14,13 +16,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
+from lungnet.data.formats import IMAGE_SUFFIXES
+from lungnet.data.sources import walk_images
 from lungnet.io import printable
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
 MIN_SIDE = 8
 MAX_PIXELS = 64_000_000  # larger headers are treated as decompression bombs
 _OPEN_LOCK = threading.Lock()  # warnings filters are process-global: one header parse at a time
@@ -128,19 +131,22 @@ def _read_dicom(path: Path) -> np.ndarray:
 
 
 def _pil_to_gray(img: Image.Image) -> np.ndarray:
+    """Grayscale pixels: uint8 for 8-bit images (scaled by the caller, once the decoded image is released)."""
     if img.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
         arr = np.asarray(img)
         if arr.dtype.kind in "ui":
             bits = 16 if arr.max(initial=0) > 255 else 8
             return arr.astype(np.float32) / float(2**bits - 1)
         return _scale_to_unit(arr)
-    if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, rgba)
-    if img.mode != "L":
-        img = img.convert("RGB").convert("L")  # CMYK, YCbCr, palette, 1-bit ...
-    return np.asarray(img, dtype=np.float32) / 255.0
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in {"RGBA", "LA"}:
+        # composited on black (gray * alpha), one 8-bit plane at a time: a 64 Mpx RGBA image never needs
+        # more than its own size again (a full RGBA composite needed three more copies of it)
+        return np.asarray(ImageChops.multiply(img.convert("L"), img.getchannel("A")))
+    if img.mode not in {"L", "RGB"}:
+        img = img.convert("RGB")  # CMYK, YCbCr, palette, 1-bit ...
+    return np.asarray(img if img.mode == "L" else img.convert("L"))
 
 
 def _open(path: Path) -> Image.Image:
@@ -159,8 +165,11 @@ def _read_pil(path: Path) -> np.ndarray:
     try:
         with _open(path) as img:
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return _pil_to_gray(img)
+            arr = _pil_to_gray(ImageOps.exif_transpose(img))
+        if arr.dtype == np.uint8:  # scaled here, after the decoded image was released
+            arr = arr.astype(np.float32)
+            arr /= 255.0
+        return arr
     except Image.DecompressionBombError as exc:
         raise ImageReadError(path, f"image too large, refused as a decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
@@ -212,3 +221,38 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ImageReadError(path, "pixel data holds NaN or infinite values")
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _wanted(path: Path, folder: Path) -> bool:
+    """Not inside a hidden folder; an image suffix, or no suffix and the DICOM magic (DICOMs often have none)."""
+    if any(part.startswith(".") for part in path.relative_to(folder).parts):
+        return False
+    suffix = path.suffix.lower()
+    return suffix in IMAGE_SUFFIXES or (suffix == "" and is_dicom(path))
+
+
+def collect_inputs(spec: str | os.PathLike) -> list[Path]:
+    """Files named by a file, a folder (searched recursively for images) or a glob pattern.
+
+    A file or glob match is kept whatever its type (an unreadable one becomes an error row); in a
+    folder only image files (and suffix-less DICOM) are taken, through the symlink-safe walker of the
+    data sets (`lungnet.data.sources.walk_images`). Hidden files and folders are skipped.
+
+    Raises:
+        FileNotFoundError: nothing matches.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = walk_images(path, wanted=lambda p: _wanted(p, path))
+        if not found:
+            raise FileNotFoundError(f"No image files ({', '.join(sorted(IMAGE_SUFFIXES))} or DICOM) under {path}")
+        return found
+    if glob.has_magic(text):
+        found = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True) if Path(p).is_file())
+        if not found:
+            raise FileNotFoundError(f"No files match {text}")
+        return found
+    raise FileNotFoundError(f"Input not found: {path} (give a file, a folder or a glob pattern)")

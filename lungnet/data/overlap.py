@@ -243,7 +243,9 @@ def training_copies(files: list[str], hashes: dict | None) -> dict[str, str]:
     (exact copies; `predict.py` marks them). Unreadable files are skipped (the prediction reports them)."""
     if hashes is None or not files:
         return {}
-    recorded = {s: set(np.asarray((hashes.get(s) or {}).get("exact", torch.zeros(0))).tolist()) for s in RECORDED_SPLITS}
+    recorded = {
+        s: set(np.asarray((hashes.get(s) or {}).get("exact", torch.zeros(0))).tolist()) for s in RECORDED_SPLITS
+    }
     found = {}
     for f in files:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from lungnet import labels as L
-from lungnet.data.images import IMAGE_SUFFIXES
+from lungnet.data.formats import IMAGE_SUFFIXES
+from lungnet.data.tables import blank_cells, one_row_per_file, read_label_csv
+from lungnet.errors import DataError  # noqa: F401 - re-exported: lungnet.data.sources.DataError
 from lungnet.io import printable
 
 log = logging.getLogger(__name__)
@@ -39,17 +42,17 @@ SPLIT_ALIASES = {
 }
 
 
-class DataError(ValueError):
-    """A data set that cannot be used as configured; the message says what to do."""
-
-
-def walk_images(folder: Path) -> list[Path]:
+def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> list[Path]:
     """All image files below ``folder``, sorted.
 
     Symlinked folders are followed, except a link back to the folder being walked or one of its
     parents (a symlink loop) and a folder already visited through another link; both are skipped
     with a warning. Unreadable folders are skipped with a warning. File names that are not valid
     UTF-8 are kept (as Python's surrogate-escaped strings); hidden files are ignored.
+
+    Args:
+        folder: the folder to walk.
+        wanted: which files count (default: those with an image suffix, `IMAGE_SUFFIXES`).
     """
 
     def on_error(exc: OSError) -> None:
@@ -76,8 +79,9 @@ def walk_images(folder: Path) -> list[Path]:
             keep.append(name)
         dirnames[:] = keep
         for name in filenames:
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
-                found.append(Path(dirpath) / name)
+            path = Path(dirpath) / name
+            if not name.startswith(".") and (wanted(path) if wanted else path.suffix.lower() in IMAGE_SUFFIXES):
+                found.append(path)
     return sorted(found)
 
 
@@ -157,7 +161,7 @@ class FolderSource(Source):
         if any(s != sets[0] for s in sets):
             detail = "; ".join(f"{k}: {sorted(v)}" for k, v in classes_per_split.items())
             raise DataError(f"Classes differ between splits of {self.root} ({detail}): every split needs every class")
-        table = pd.DataFrame(rows)
+        table = one_row_per_file(pd.DataFrame(rows), layout)  # symlinks: a file counts once, in its own split
         table["target"] = table["label"].map({lab: i for i, lab in enumerate(self.labels)}).astype(int)
         table["patient"] = ""
         return table
@@ -301,10 +305,8 @@ class NIHSource(Source):
         csv = self.root / self.options.get("csv", "Data_Entry_2017.csv")
         if not csv.is_file():
             raise DataError(f"NIH label file not found: {csv} (dataset '{self.name}'; get it from {self.download})")
-        entries = pd.read_csv(csv)
-        missing = {"Image Index", "Finding Labels", "Patient ID"} - set(entries.columns)
-        if missing:
-            raise DataError(f"{csv} lacks columns {sorted(missing)}: is it the official Data_Entry_2017.csv?")
+        entries = read_label_csv(csv, ("Image Index", "Finding Labels", "Patient ID"))
+        entries["error"] = blank_cells(entries, ("Finding Labels", "Patient ID"), csv.name)
         files = {p.name: str(p) for p in walk_images(self.root)}
         entries["path"] = entries["Image Index"].map(files)
         n_missing = int(entries["path"].isna().sum())
@@ -313,7 +315,7 @@ class NIHSource(Source):
         entries = entries.dropna(subset=["path"]).reset_index(drop=True)
         if entries.empty:
             raise DataError(f"None of the images listed in {csv} were found under {self.root}")
-        entries["patient"] = entries["Patient ID"].astype(str)
+        entries["patient"] = entries["Patient ID"]
         entries["split"] = ""
         for fname, split in (("train_val_list.txt", "trainval"), ("test_list.txt", "test")):
             lst = self.root / fname
@@ -330,11 +332,13 @@ class NIHSource(Source):
                 "label": entries["Finding Labels"],
                 "patient": entries["patient"],
                 "split": entries["split"],
+                "error": entries["error"],  # a row the CSV leaves blank: reported and skipped like a bad file
             }
         )
         findings = entries["Finding Labels"].str.split("|")
         for lab in self.labels:
-            table[lab] = findings.map(lambda f, lab=lab: float(lab in f)).astype(np.float32)
+            table[lab] = np.where(entries["error"] == "", findings.map(lambda f, lab=lab: lab in f), np.nan)
+            table[lab] = table[lab].astype(np.float32)
         return table
 
 
@@ -363,19 +367,24 @@ class NIH6Source(NIHSource):
         match = self.options.get("match", "exact")  # any: other, unlisted findings may come along
         if match not in ("exact", "any"):
             raise DataError(f"data.options.match={match!r}: choose exact or any")
-        hits = entries["Finding Labels"].str.split("|").map(lambda f: [lab for lab in self.labels if lab in f])
+        hits = (
+            entries["Finding Labels"].fillna("").str.split("|").map(lambda f: [lab for lab in self.labels if lab in f])
+        )
         keep = entries["Finding Labels"].isin(self.labels) if match == "exact" else hits.str.len() == 1
         log.info("nih6: %d of %d images carry one of %s (%s)", int(keep.sum()), len(entries), self.labels, match)
-        entries, label = entries[keep].reset_index(drop=True), hits[keep].str[0].reset_index(drop=True)
+        wanted = keep | (entries["error"] != "")  # bad rows go on to be reported
+        entries, label = entries[wanted].reset_index(drop=True), hits[wanted].str[0].reset_index(drop=True)
+        label = label.where(entries["error"] == "", entries["Finding Labels"])
         return pd.DataFrame(
             {
                 "path": entries["path"],
                 "label": label,
-                "target": label.map(self.labels.index).astype(int),
+                "target": label.map({lab: i for i, lab in enumerate(self.labels)}).fillna(-1),
                 "patient": entries["patient"],
                 "split": entries["split"],
+                "error": entries["error"],
             }
-        )
+        ).astype({"target": int})
 
 
 SOURCES: dict[str, type[Source]] = {

@@ -204,8 +204,9 @@ class ExpectedSplits:
             DataError: they differ and differences are not allowed; the message names the splits.
         """
         if not self.recorded:
-            log.info("%s records no split fingerprint (made before lungnet kept one): splits not verified",
-                     self.checkpoint)
+            log.info(
+                "%s records no split fingerprint (made before lungnet kept one): splits not verified", self.checkpoint
+            )
             return
         changed = changed_splits(self.recorded, split_fingerprint(table))
         if not changed:

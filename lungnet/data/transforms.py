@@ -53,6 +53,20 @@ def build_transform(
     return A.Compose(ops)
 
 
+def fit_within(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``image`` reduced (area interpolation) so that its long side is at most ``max_side``; None: unchanged.
+
+    An overlay needs no more pixels than it is shown with: at 8000 x 8000 px the colour-mapped overlay
+    alone took gigabytes (float64 RGBA), at 1024 px a few MB.
+    """
+    height, width = image.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
 class Normalize:
     """float (H, W) in [0, 1] -> tensor (C, H, W) standardised with the model's mean/std.
 

@@ -40,6 +40,7 @@ from lungnet.explain.base import resolve_layer
 from lungnet.explain.cams import make_explainer
 from lungnet.explain.scoring import randomized_copy
 from lungnet.labels import normalise
+from lungnet.preprocessing import logits_to_probs
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def rescore(model, loader: DataLoader, score: Callable, opts: dict, multilabel: 
             "border": model(fill_box(x, inner_box(h, w, 1 - 2 * border))),
         }
         for key, logits in views.items():
-            p = torch.sigmoid(logits.float()) if multilabel else torch.softmax(logits.float(), dim=1)
+            p = logits_to_probs(logits.float(), multilabel)
             out[key].append(score(p.cpu().numpy()))
         out["features"].append(features.flatten(1).float().cpu().numpy())
         out["targets"].append(batch["target"].numpy())

@@ -13,15 +13,16 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from matplotlib.patches import Rectangle
 from omegaconf import DictConfig, OmegaConf
 
 from lungnet.checkpoint import LoadedModel
+from lungnet.config_checks import check_ranges
 from lungnet.data.datamodule import LungDataModule
 from lungnet.evaluation import plots
 from lungnet.evaluation.audit import inner_box, run_audit
 from lungnet.evaluation.report import fmt_ci, table
+from lungnet.schema import AuditConfig
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,15 @@ VIEW_NAMES = {"intact": "intact", "hidden": "lungs hidden", "border": "border on
 
 
 def audit_options(cfg: DictConfig) -> dict | None:
-    """The ``audit`` settings of an evaluate config; None when ``audit=false`` (or ``audit.enabled=false``)."""
-    node = cfg.get("audit")
+    """The ``audit`` settings of an evaluate config over the schema's (`lungnet.schema.AuditConfig`); None when
+    ``audit=false`` (or ``audit.enabled=false``)."""
+    node = cfg.get("audit", {})
     if node is None or node is False:
         return None
-    opts = OmegaConf.to_container(node, resolve=True)
-    return opts if opts.pop("enabled", True) else None
+    merged = OmegaConf.merge(OmegaConf.structured(AuditConfig), node)
+    check_ranges(merged, AuditConfig, "audit.")
+    opts = OmegaConf.to_container(merged, resolve=True, enum_to_str=True)
+    return opts if opts.pop("enabled") else None
 
 
 def audit_evaluation(
@@ -215,6 +219,13 @@ def audit_json(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "markdown"}
 
 
-def as_device(cfg: DictConfig) -> str:
-    """``device=auto`` -> cuda when available, else cpu."""
-    return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+def add_audit(ev) -> None:
+    """Report step of `lungnet.evaluation.run`: the audit of the evaluated split (``audit`` in metrics.json, its
+    figures and section); nothing when ``audit=false``."""
+    opts = ev.opts.get("audit")
+    if opts is None:
+        return
+    found = audit_evaluation(ev.loaded, ev.dm, ev.split, opts, ev.run_dir, ev.device)
+    ev.result["audit"] = audit_json(found)
+    ev.files += list(found["figures"].values())
+    ev.sections.append(found["markdown"])

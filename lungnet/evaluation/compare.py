@@ -31,6 +31,7 @@ import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lungnet.checkpoint import read_checkpoint
+from lungnet.config_checks import pin_paths
 from lungnet.data.sources import DataError
 from lungnet.evaluation import plots
 from lungnet.evaluation.plots import BAR_METRICS
@@ -167,6 +168,7 @@ def compare(cfg: DictConfig, run_dir: str | Path) -> pd.DataFrame:
         The comparison table.
     """
     run_dir = Path(run_dir)
+    pin_paths(cfg, run_dir)  # paths.output_dir names this comparison's directory, also outside a Hydra app
     ckpts = find_checkpoints(cfg.runs)
     labels = check_same_labels(ckpts)
     names = model_names(ckpts)

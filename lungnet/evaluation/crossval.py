@@ -4,7 +4,7 @@ Usage, after a k-fold multirun (each fold is one run directory)::
 
     python train.py -m experiment=darkcovidnet_best data.cv_folds=5 data.cv_fold=0,1,2,3,4 checkpoint.select=last
     python -m lungnet.evaluation.crossval runs=outputs/multirun/<date>/<time> [resamples=1000] [out=<dir>]
-    python -m lungnet.evaluation.crossval runs=<variant multirun> baseline=<baseline multirun>
+    lungnet-crossval runs=<variant multirun> baseline=<baseline multirun>    # the same command, installed
 
 Each fold's validation predictions (``predictions_val.csv``, written by train.py) are pooled into one
 out-of-fold prediction per image. The summary refuses folds that do not belong together: different fold
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lungnet.data.sources import DataError
 from lungnet.evaluation.report import fmt, fmt_ci, table
@@ -35,7 +35,6 @@ from lungnet.io import write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {"runs": None, "baseline": None, "resamples": 1000, "seed": 0, "out": None}
 FOLD_METRICS = ("accuracy", "auroc_macro", "f1_macro", "recall_macro", "precision_macro")
 
 
@@ -65,6 +64,8 @@ FREE_KEYS = (
     "data.cache_dir",
     "data.verify",
     "paths.",
+    "logger.",
+    "callbacks.model_checkpoint.dirpath",
     "resume",
     "log_figures_every",
     "trainer.enable_progress_bar",
@@ -293,32 +294,25 @@ def render_comparison(result: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Command line: ``runs=<multirun dir> [resamples=1000] [seed=0] [out=<dir>]``."""
-    from lungnet.cli import parse_key_values, run_safely
+def run(cfg: DictConfig) -> Path:
+    """``lungnet-crossval``: summarises ``cfg.runs`` (and compares it with ``cfg.baseline``); returns the last report.
 
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-    usage = (
-        "python -m lungnet.evaluation.crossval runs=<multirun dir> [baseline=<multirun dir>] [resamples=1000] "
-        "[seed=0] [out=<dir>]"
-    )
-    cfg = parse_key_values(argv, DEFAULTS, usage, required=("runs",))
-
-    def run() -> Path:
-        summary = summarise(find_fold_runs(cfg.runs), int(cfg.resamples), int(cfg.seed))
-        out = Path(cfg.out or cfg.runs)
-        path = write_summary(summary, out)
-        log.info("Wrote %s\n%s", path, render(summary))
-        if cfg.baseline:
-            base = summarise(find_fold_runs(cfg.baseline), int(cfg.resamples), int(cfg.seed))
-            result = compare(summary, base, int(cfg.resamples), int(cfg.seed))
-            write_json(out / "cv_comparison.json", result)
-            path = write_text(out / "cv_comparison.md", render_comparison(result))
-            log.info("Wrote %s\n%s", path, render_comparison(result))
-        return path
-
-    return run_safely(run)
+    Writes into ``cfg.out`` (default: the ``runs`` directory itself).
+    """
+    summary = summarise(find_fold_runs(cfg.runs), int(cfg.resamples), int(cfg.seed))
+    out = Path(cfg.out or cfg.runs)
+    path = write_summary(summary, out)
+    log.info("Wrote %s\n%s", path, render(summary))
+    if cfg.baseline:
+        base = summarise(find_fold_runs(cfg.baseline), int(cfg.resamples), int(cfg.seed))
+        result = compare(summary, base, int(cfg.resamples), int(cfg.seed))
+        write_json(out / "cv_comparison.json", result)
+        path = write_text(out / "cv_comparison.md", render_comparison(result))
+        log.info("Wrote %s\n%s", path, render_comparison(result))
+    return path
 
 
 if __name__ == "__main__":
-    main()
+    from lungnet.cli import crossval
+
+    crossval()

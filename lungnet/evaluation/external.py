@@ -10,18 +10,22 @@ the mapping used. No finding in common is a one-line error.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lungnet.checkpoint import LoadedModel, read_checkpoint
-from lungnet.data.datamodule import LungDataModule, make_source
+from lungnet.data.datamodule import LungDataModule, make_source, resolve_root
 from lungnet.data.overlap import enforce, fill_dhash, find_overlap, overlap_markdown, recorded_hashes
-from lungnet.data.sources import DataError
+from lungnet.decision import decision_path, read_decision
+from lungnet.errors import CheckpointError, DataError
+from lungnet.evaluation.predict import Outputs
+from lungnet.evaluation.report import fmt, table
 from lungnet.findings import LabelMapping
-from lungnet.training import resolve_root
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +185,20 @@ def build_external_data(
     return dm
 
 
-def lead_sections(result: dict) -> list[str]:
-    """Report sections that belong at the top: the external-evaluation header and the label mapping."""
-    from lungnet.evaluation.report import table
+def scored_outputs(out: Outputs, ext: ExternalEvaluation | None) -> Outputs:
+    """The model's outputs on the findings an external evaluation scores (unchanged without one).
 
+    Probabilities are summed per finding and renormalised (`LabelMapping.scores`); logits become their logarithms
+    (softmax of them gives the probabilities back).
+    """
+    if ext is None:
+        return out
+    probs = ext.mapping.scores(out.probs)
+    return dataclasses.replace(out, probs=probs, logits=np.log(np.clip(probs, 1e-12, None)))
+
+
+def lead_sections(result: dict) -> list[str]:
+    """Report sections that belong at the top: the external-evaluation header, the label mapping, the overlap."""
     overlap = overlap_markdown(result.get("training_overlap"))
     ext = result.get("external")
     if not ext:
@@ -205,12 +219,52 @@ def lead_sections(result: dict) -> list[str]:
             f"> Not scored (the data lack them): {unscored}; the model's probabilities are renormalised over the "
             "scored findings."
         )
+    ood = ext.get("ood")
+    if ood:
+        lines.append(
+            f"> The model's OOD gate (`{ood['file']}`, fitted on its training images) flags **{ood['flagged']} of "
+            f"{ood['n']}** images ({fmt(ood['rate'])}) as unlike its training images (threshold "
+            f"{fmt(ood['threshold'])}; column `ood` of predictions.csv)."
+        )
     mapping = table(["label in the data", "finding", "scored against (model label)", "images"], rows)
     return [
         "\n".join(lines),
         "## Label mapping\n\nThrough lungnet's finding vocabulary (`lungnet/findings.py`).\n\n" + mapping,
         overlap,
     ]
+
+
+def add_ood_flags(ev) -> None:
+    """Report step of an external evaluation: the checkpoint's OOD gate (its decision file) on data set B.
+
+    The decision file's operating point, temperature and conformal sets speak the model's own labels, not the
+    findings scored here, so only its label-free OOD gate applies: ``ood`` and ``ood_score`` columns in
+    predictions.csv and ``external.ood`` in metrics.json. Nothing when there is no decision file or gate.
+    """
+    path = decision_path(ev.loaded.path)
+    if not path.is_file() or ev.data.features is None:
+        return
+    try:
+        record = read_decision(path, ev.loaded.path, ev.loaded.labels)
+    except CheckpointError as exc:
+        log.warning("%s: no OOD flags", exc)
+        return
+    if record.ood is None:
+        return
+    scores, flags = record.ood.flag(ev.data.features)
+    ev.table["ood"], ev.table["ood_score"] = flags, scores
+    ev.result["external"]["ood"] = {
+        "file": path.name,
+        "n": int(len(flags)),
+        "flagged": int(np.sum(flags)),
+        "rate": float(np.mean(flags)) if len(flags) else float("nan"),
+        "threshold": float(record.ood.threshold),
+    }
+
+
+def add_lead_sections(ev) -> None:
+    """Report step: the sections before the summary (external evaluation and label mapping; training overlap)."""
+    ev.lead += [s for s in lead_sections(ev.result) if s]
 
 
 def check_training_overlap(loaded: LoadedModel, dm: LungDataModule, split: str, cfg: dict) -> dict | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -11,10 +12,71 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lungnet.preprocessing import logits_to_probs
+
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Outputs:
+    """A model's outputs on one split.
+
+    Attributes:
+        name: the split.
+        probs: (N, C) probabilities (softmax, or sigmoid for multi-label), uncalibrated.
+        targets: (N,) class indices or (N, C) multi-label targets.
+        paths: image files.
+        logits: (N, C) logits.
+        features: (N, D) penultimate (pooled backbone) features, when asked for.
+    """
+
+    name: str
+    probs: np.ndarray
+    targets: np.ndarray
+    paths: list[str]
+    logits: np.ndarray
+    features: np.ndarray | None = None
+
+
 @torch.no_grad()
+def model_outputs(
+    model: nn.Module,
+    loader: DataLoader,
+    multilabel: bool,
+    device: str | torch.device = "cpu",
+    desc: str = "Predicting",
+    features: bool = False,
+    name: str = "",
+) -> Outputs:
+    """Logits, probabilities, targets, paths (and penultimate features) for every item of ``loader``.
+
+    Args:
+        features: also keep ``model.backbone``'s pooled features (lungnet `Classifier`: head(backbone(x))).
+    """
+    model = model.to(device).eval()
+    logits, feats, targets, paths = [], [], [], []
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        x = batch["image"].to(device)
+        if features:
+            f = model.backbone(x)
+            feats.append(f.float().cpu().numpy())
+            z = model.head(f)
+        else:
+            z = model(x)
+        logits.append(z.float().cpu().numpy())
+        targets.append(batch["target"].numpy())
+        paths += list(batch["path"])
+    z = np.concatenate(logits)
+    return Outputs(
+        name,
+        logits_to_probs(z, multilabel),
+        np.concatenate(targets),
+        paths,
+        z,
+        np.concatenate(feats) if feats else None,
+    )
+
+
 def predict_loader(
     model: nn.Module, loader: DataLoader, multilabel: bool, device: str | torch.device = "cpu", desc: str = "Predicting"
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -23,15 +85,8 @@ def predict_loader(
     Returns:
         (probs (N, C), targets (N,) or (N, C), paths).
     """
-    model = model.to(device).eval()
-    probs, targets, paths = [], [], []
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
-        logits = model(batch["image"].to(device)).float()
-        p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
-        probs.append(p.cpu().numpy())
-        targets.append(batch["target"].numpy())
-        paths += list(batch["path"])
-    return np.concatenate(probs), np.concatenate(targets), paths
+    out = model_outputs(model, loader, multilabel, device, desc)
+    return out.probs, out.targets, out.paths
 
 
 def predictions_table(

@@ -132,6 +132,7 @@ def summary_rows(result: dict) -> list[list[str]]:
         ["Expected calibration error", ece],
         ["Operating point", operating_point_summary(result.get("operating_point", {}), split)],
     ]
+    rows += decision_rows(result)
     rows.append(
         [
             "Confidence intervals",
@@ -139,6 +140,38 @@ def summary_rows(result: dict) -> list[list[str]]:
             f"{boot.get('resamples', '?')} resamples, seed {boot.get('seed', '?')}",
         ]
     )
+    return rows
+
+
+def decision_rows(result: dict) -> list[list[str]]:
+    """Summary rows of the decision path: referrals, accuracy of the rest, conformal coverage (with its caveat)."""
+    block = result.get("decisions")
+    if not block:
+        return []
+    rows = [
+        [
+            "Referred to a person (abstain)",
+            f"{block['referred']} of {block['n']}; accuracy of the rest {fmt(block['accuracy_on_rest'])}",
+        ]
+    ]
+    if result.get("conformal_coverage") is not None:
+        level = 1 - float(block["alpha"])
+        caveat = (
+            "**not guaranteed here: this split differs from the calibration split**"
+            if result.get("conformal_shift_warning")
+            else "in-sample"
+            if block["shift"]["in_sample"]
+            else f"shift test p = {fmt(result.get('conformal_shift_pvalue'), 4)}"
+        )
+        rows.append(
+            [
+                f"Conformal coverage (target {level:.2f})",
+                f"{fmt(result['conformal_coverage'])}, mean set size "
+                f"{fmt(result.get('conformal_mean_set_size'), 2)} ({caveat})",
+            ]
+        )
+    if block.get("ood_rate") is not None:
+        rows.append(["Flagged out-of-distribution", f"{block['ood_flagged']} of {block['n']}"])
     return rows
 
 
@@ -167,10 +200,11 @@ def per_class_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def operating_point_section(op: dict, split: str) -> str:
+def operating_point_section(op: dict, split: str, calibrated: bool = False) -> str:
     """Table of thresholds with sensitivity/specificity where fitted and on the evaluated split."""
     if not op or not op.get("thresholds"):
         return ""
+    probs = "temperature-calibrated" if calibrated else "uncalibrated"
     fitted = op["fit_split"]
     header = ["class (vs rest)", "threshold", f"{fitted} sensitivity", f"{fitted} specificity"]
     same = fitted == split and op.get("source") != "file"
@@ -192,7 +226,7 @@ def operating_point_section(op: dict, split: str) -> str:
     text = (
         f"A class is called positive when its probability is at least the threshold. Each threshold is the "
         f"highest that reaches sensitivity {fmt(op['target_sensitivity'], 2)} for that class, {where}, "
-        f"then applied unchanged to the {split} split. Thresholds are on the uncalibrated probabilities. "
+        f"then applied unchanged to the {split} split. Thresholds are on the {probs} probabilities. "
         f"They are also in `thresholds.json` and as `op_<class>` columns of `predictions.csv`."
     )
     return f"## Operating point\n\n{text}\n\n{table(header, rows)}\n"
@@ -207,16 +241,25 @@ def ci_section(result: dict) -> str:
     return "## Confidence intervals\n\n" + table(["metric", "value", "CI low", "CI high", "valid resamples"], rows)
 
 
-def render_report(result: dict, extra_sections: list[str] | None = None) -> str:
-    """The report as markdown (figure paths relative to the run directory)."""
-    from lungnet.evaluation.external import lead_sections  # it imports this module
+def render_report(
+    result: dict,
+    extra_sections: list[str] | None = None,
+    files: list[str] | None = None,
+    lead_sections: list[str] | None = None,
+) -> str:
+    """The report as markdown (figure paths relative to the run directory).
 
+    The evaluation's own figures (`FIGURE_TITLES`) get a section each; other figures are shown by the sections
+    that made them (``extra_sections``) and listed under Files, with ``files``. ``lead_sections`` come first,
+    before the summary (e.g. "external evaluation: trained on A, evaluated on B" and its label mapping).
+    """
     split, figures = result["split"], result.get("figures", {})
+    calibrated = result.get("calibration", {}).get("temperature") is not None
     title = f"# Evaluation: {result['model']} on {result.get('data_name') or 'data'} ({split} split)"
     parts = [
         title,
         "lungnet is a research tool, not a medical device.",
-        *lead_sections(result),  # external evaluation: trained on A, evaluated on B; overlap with training images
+        *[sec.strip() for sec in lead_sections or []],
         "## Summary\n\n" + table(["", ""], summary_rows(result)),
     ]
     note = DATASET_NOTES.get(str(result.get("data_name")))
@@ -230,17 +273,17 @@ def render_report(result: dict, extra_sections: list[str] | None = None) -> str:
         f"one-vs-rest; AUROC from the probabilities.\n\n{table(header, rows)}"
     )
     for key, fig in figures.items():
-        parts.append(f"## {FIGURE_TITLES.get(key, key)}\n\n![{FIGURE_TITLES.get(key, key)}]({fig})")
+        if key not in FIGURE_TITLES:
+            continue
+        parts.append(f"## {FIGURE_TITLES[key]}\n\n![{FIGURE_TITLES[key]}]({fig})")
         if key == "roc":
-            op = operating_point_section(result.get("operating_point", {}), split)
-            if op:
-                parts.append(op)
+            parts.append(operating_point_section(result.get("operating_point", {}), split, calibrated))
     if "roc" not in figures:
-        parts.append(operating_point_section(result.get("operating_point", {}), split))
+        parts.append(operating_point_section(result.get("operating_point", {}), split, calibrated))
     parts.append(ci_section(result))
     parts += [s.strip() for s in extra_sections or []]
     parts.append(EXTRA_MARKER)
-    files = ["metrics.json", "predictions.csv", "per_class.csv", "thresholds.json", *figures.values()]
+    files = ["metrics.json", "predictions.csv", "per_class.csv", "thresholds.json", *figures.values(), *(files or [])]
     parts.append("## Files\n\n" + "\n".join(f"- `{f}`" for f in files))
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -276,7 +319,12 @@ def markdown_to_html(md_text: str, base_dir: str | os.PathLike, title: str = "lu
 
 
 def write_report(
-    run_dir: str | os.PathLike, result: dict, extra_sections: list[str] | None = None, html_report: bool = True
+    run_dir: str | os.PathLike,
+    result: dict,
+    extra_sections: list[str] | None = None,
+    html_report: bool = True,
+    files: list[str] | None = None,
+    lead_sections: list[str] | None = None,
 ) -> Path:
     """Writes ``report.md`` (and ``report.html``) into ``run_dir``.
 
@@ -286,12 +334,14 @@ def write_report(
         extra_sections: markdown sections appended after the evaluation sections, e.g. explanation
             results from ``lungnet.explain`` (image paths relative to ``run_dir``).
         html_report: also write the self-contained ``report.html``.
+        files: more files of the run directory to list under Files (besides metrics, predictions and figures).
+        lead_sections: markdown sections before the summary (what was evaluated against what).
 
     Returns:
         The path of report.md.
     """
     run_dir = Path(run_dir)
-    text = render_report(result, extra_sections)
+    text = render_report(result, extra_sections, files, lead_sections)
     path = write_text(run_dir / "report.md", text)
     if html_report:
         write_text(run_dir / "report.html", markdown_to_html(text, run_dir, title=text.splitlines()[0].lstrip("# ")))

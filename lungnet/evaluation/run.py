@@ -16,35 +16,34 @@ which) and applied unchanged to the evaluated split.
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lungnet.checkpoint import LoadedModel, load_model
-from lungnet.data.datamodule import LungDataModule
+from lungnet.data.datamodule import LungDataModule, resolve_root
 from lungnet.data.sources import DataError, LabelledFolderSource
-from lungnet.data.splits import ExpectedSplits
+from lungnet.data.splits import ExpectedSplits, write_splits
 from lungnet.evaluation import external, plots, stats
-from lungnet.evaluation.predict import predict_loader, predictions_table
+from lungnet.evaluation.audit_report import add_audit, audit_options
+from lungnet.evaluation.fitting import calibration, fit_split, operating_point
+from lungnet.evaluation.model_card import write_model_card
+from lungnet.evaluation.predict import Outputs, model_outputs, predictions_table
 from lungnet.evaluation.report import write_report
-from lungnet.evaluation.validity import validity_sections
+from lungnet.evaluation.subgroups import add_subgroups, subgroup_options
+from lungnet.hardware import resolve_device
 from lungnet.io import write_csv, write_json
 from lungnet.metrics import compute_metrics
-from lungnet.training import resolve_root
+from lungnet.schema import EvaluateConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "operating_point": {"target_sensitivity": 0.95, "positive_class": None, "fit_on": "auto", "file": None},
-    "bootstrap": {"resamples": 1000, "seed": 0, "level": 0.95},
-    "calibration": {"bins": 15, "temperature_scaling": True},
-    "report": {"html": True, "figures": True},
-}
+OPTION_KEYS = ("operating_point", "bootstrap", "calibration", "report")
 
 
 def data_config(loaded: LoadedModel, overrides: dict) -> dict:
@@ -68,19 +67,19 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
 
     ``data=<another data set>`` (``overrides`` with another source or name) is an external evaluation
     (`lungnet.evaluation.external`); ``split=all`` and external evaluations refuse images the checkpoint was
-    trained or validated on (``dm.report["training_overlap"]``).
+    trained or validated on (``dm.report["training_overlap"]``), before anything is written into ``run_dir``.
     """
     if external.is_external(loaded, overrides):
-        dm = external.build_external_data(loaded, overrides, split, run_dir)
-        dm.report["training_overlap"] = external.check_training_overlap(
-            loaded, dm, split, external.external_config(loaded, overrides)
-        )
-        return dm
+        dm = external.build_external_data(loaded, overrides, split, None)
+        ext_cfg = external.external_config(loaded, overrides)
+        dm.report["training_overlap"] = external.check_training_overlap(loaded, dm, split, ext_cfg)
+        return write_data_records(dm, run_dir, split)
     cfg = data_config(loaded, overrides)
     # the splits are recomputed from the data config and seed: they must still hold the training-time images
     allow = bool(cfg.get("allow_leakage"))
     expected = None if split == "all" else ExpectedSplits.of(loaded.hparams, loaded.path, "evaluate", allow)
-    dm = LungDataModule(cfg, loaded.spec, seed=loaded.seed, run_dir=run_dir, expected_splits=expected)
+    held = None if split == "all" else run_dir  # split=all: nothing written before the overlap check
+    dm = LungDataModule(cfg, loaded.spec, seed=loaded.seed, run_dir=held, expected_splits=expected)
     if split == "all":
         if loaded.multilabel:
             raise DataError("split=all reads <root>/<class>/ folders, which cannot hold multi-label targets")
@@ -88,88 +87,34 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
         table = dm.load_table(all_images=True)
         dm.table = table
         dm.datasets["all"] = dm.make_dataset(table, train=False)
-    else:
-        check_compatible(loaded, dm)
-        dm.setup("test")
-    dm.report["training_overlap"] = external.check_training_overlap(loaded, dm, split, cfg)
+        dm.report["training_overlap"] = external.check_training_overlap(loaded, dm, split, cfg)
+        return write_data_records(dm, run_dir, split)
+    check_compatible(loaded, dm)
+    dm.setup("test")
+    return dm
+
+
+def write_data_records(dm: LungDataModule, run_dir: Path | None, split: str) -> LungDataModule:
+    """Writes what loading a folder or an external data set found, once its images passed the overlap check:
+    ``bad_files.csv``, and for a split of an external data set its scored rows (``splits/``)."""
+    if run_dir is None:
+        return dm
+    dm.run_dir = Path(run_dir)
+    if dm.bad_files is not None:
+        write_csv(dm.run_dir / "bad_files.csv", dm.bad_files)
+    if split != "all":
+        write_splits(dm.table, dm.run_dir)
     return dm
 
 
 def options(cfg: DictConfig) -> dict:
-    """The evaluation options of ``cfg`` (operating_point, bootstrap, calibration, report) over `DEFAULTS`."""
-    out = {}
-    for key, default in DEFAULTS.items():
-        given = cfg.get(key)
-        out[key] = {**default, **(OmegaConf.to_container(given, resolve=True) if given is not None else {})}
-    return out
-
-
-def fit_split(opts: dict, split: str, dm: LungDataModule) -> str:
-    """Where the operating point and temperature are fitted (``auto``: val when evaluating another split)."""
-    fit_on = str(opts["operating_point"]["fit_on"])
-    if fit_on != "auto":
-        return fit_on
-    return "val" if split != "val" and "val" in dm.datasets else split
-
-
-def read_thresholds(path: str | Path, labels: list[str]) -> dict[str, float]:
-    """Thresholds from a ``thresholds.json`` written by an earlier evaluation (or ``{label: threshold}``)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"operating_point.file: no thresholds file at {path}")
-    data = json.loads(path.read_text())
-    thresholds = data.get("thresholds", data)
-    unknown = set(thresholds) - set(labels)
-    if unknown:
-        raise DataError(f"{path} names classes {sorted(unknown)} that the checkpoint does not have ({labels})")
-    return {k: float(v) for k, v in thresholds.items()}
-
-
-def operating_point(
-    opts: dict, labels: list[str], multilabel: bool, fit: tuple[str, np.ndarray, np.ndarray], probs, targets
-) -> dict:
-    """Fits (or reads) the thresholds and reports sensitivity/specificity where fitted and on the evaluated data."""
-    op_cfg = opts["operating_point"]
-    name, fit_probs, fit_targets = fit
-    target = float(op_cfg["target_sensitivity"])
-    if op_cfg.get("file"):
-        thresholds = read_thresholds(op_cfg["file"], labels)
-        source = "file"
-    else:
-        positive = op_cfg.get("positive_class")
-        thresholds = stats.fit_operating_point(fit_probs, fit_targets, labels, multilabel, target, positive)
-        source = "fitted"
-    return {
-        "target_sensitivity": target,
-        "positive_class": op_cfg.get("positive_class"),
-        "source": source,
-        "file": str(op_cfg.get("file")) if op_cfg.get("file") else None,
-        "fit_split": name if source == "fitted" else "file",
-        "thresholds": thresholds,
-        "fitted": stats.apply_operating_point(fit_probs, fit_targets, labels, multilabel, thresholds),
-        "applied": stats.apply_operating_point(probs, targets, labels, multilabel, thresholds),
-    }
-
-
-def calibration(opts: dict, multilabel: bool, fit: tuple[str, np.ndarray, np.ndarray], probs, targets) -> dict:
-    """ECE and reliability bins, before and (optionally) after temperature scaling fitted on ``fit``."""
-    bins = int(opts["calibration"]["bins"])
-    out = {
-        "bins": bins,
-        "ece": stats.expected_calibration_error(probs, targets, multilabel, bins),
-        "reliability": stats.reliability_bins(*stats.calibration_pairs(probs, targets, multilabel), bins),
-        "temperature": None,
-    }
-    if opts["calibration"]["temperature_scaling"] and len(fit[1]):
-        temperature = stats.fit_temperature(fit[1], fit[2], multilabel)
-        scaled = stats.scale_probs(probs, temperature, multilabel)
-        out.update(
-            temperature=temperature,
-            fit_split=fit[0],
-            ece_after=stats.expected_calibration_error(scaled, targets, multilabel, bins),
-            loss_after=stats.log_loss(scaled, targets, multilabel),
-            reliability_after=stats.reliability_bins(*stats.calibration_pairs(scaled, targets, multilabel), bins),
-        )
+    """The evaluation options of ``cfg`` (operating_point, bootstrap, calibration, report) over the schema's
+    defaults (`lungnet.schema.EvaluateConfig`), ``decision_positive_class`` (``decision.positive_class``), and the
+    ``audit`` and ``subgroups`` settings (None when switched off; out of range: `ConfigError`)."""
+    merged = OmegaConf.merge(OmegaConf.structured(EvaluateConfig), {k: cfg[k] for k in OPTION_KEYS if k in cfg})
+    out = {k: OmegaConf.to_container(merged[k], resolve=True, enum_to_str=True) for k in OPTION_KEYS}
+    out["decision_positive_class"] = OmegaConf.select(cfg, "decision.positive_class", default=None)
+    out["audit"], out["subgroups"] = audit_options(cfg), subgroup_options(cfg)  # None: switched off
     return out
 
 
@@ -226,6 +171,211 @@ def _plain(obj):
     return obj
 
 
+@dataclass
+class Evaluation:
+    """Everything one evaluation computed, before anything is written (compute -> `Evaluation` -> writer).
+
+    Report steps (`REPORT_STEPS`) take it, add their numbers to ``result`` (metrics.json), their columns to
+    ``table`` (predictions.csv), their figures and files, and their markdown to ``sections``; `write_evaluation`
+    then writes everything.
+
+    Attributes:
+        cfg: the composed config; ``opts``: its evaluation options (`options`).
+        run_dir: the output directory.
+        loaded: the checkpoint; ``dm``: the data.
+        data: outputs on the evaluated split; ``fit``: on the split the operating point and temperature are fitted
+            on (the same object when that is the evaluated split).
+        result: the metrics.json content.
+        table: the predictions.csv table.
+        figures: ``{key: file name}`` of figures in the report (key order = report order).
+        sections: markdown report sections (each starting with ``## ``), after the evaluation's own.
+        lead: markdown sections before the summary (what was evaluated against what: external data, overlap).
+        files: other files written into ``run_dir`` (listed in the report).
+    """
+
+    cfg: DictConfig
+    opts: dict
+    run_dir: Path
+    loaded: LoadedModel
+    dm: LungDataModule
+    data: Outputs
+    fit: Outputs
+    result: dict = field(default_factory=dict)
+    table: pd.DataFrame | None = None
+    figures: dict[str, str] = field(default_factory=dict)
+    sections: list[str] = field(default_factory=list)
+    lead: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def split(self) -> str:
+        """The evaluated split."""
+        return self.data.name
+
+    @property
+    def external(self) -> external.ExternalEvaluation | None:
+        """What an external evaluation (``data=<another data set>``) scores; None for the checkpoint's own data."""
+        return getattr(self.dm, "external", None)
+
+    @property
+    def labels(self) -> list[str]:
+        """The scored classes: the checkpoint's labels, or the findings shared with an external data set."""
+        return self.external.mapping.scored if self.external else list(self.loaded.labels)
+
+    @property
+    def device(self) -> str:
+        """Where the model runs (``device=auto``: cuda when available)."""
+        return resolve_device(str(self.cfg.device))
+
+    def outputs(self, split: str, features: bool = False) -> Outputs:
+        """The model's outputs on another split of the same data (e.g. ``train`` for the OOD gate)."""
+        desc = f"Predicting {split}"
+        out = model_outputs(
+            self.loaded.model, self.dm.loader(split), self.loaded.multilabel, self.device, desc, features, split
+        )
+        return external.scored_outputs(out, self.external)
+
+
+def compute(cfg: DictConfig, run_dir: str | Path) -> Evaluation:
+    """Loads the checkpoint and data, runs the model on the evaluated and fit splits, and scores it."""
+    opts = options(cfg)
+    split = str(cfg.split)
+    loaded = load_model(cfg.ckpt)
+    stats.operating_classes(loaded.labels, opts["operating_point"]["positive_class"])  # a wrong name fails first
+    stats.operating_classes(loaded.labels, opts["decision_positive_class"])
+    overrides = OmegaConf.to_container(cfg.data, resolve=True)
+    dm = build_eval_data(loaded, overrides, split, Path(run_dir))
+    ev = Evaluation(cfg, opts, Path(run_dir), loaded, dm, data=None, fit=None)  # type: ignore[arg-type]
+    if ev.external:  # the operating point's class as the finding it is scored as
+        op = opts["operating_point"]
+        op["positive_class"] = ev.external.positive_class(op["positive_class"])
+        opts["decision_positive_class"] = ev.external.positive_class(opts["decision_positive_class"])
+    ev.data = ev.outputs(split, features=True)
+    fit_name = fit_split(opts, split, dm)
+    ev.fit = ev.data if fit_name == split else ev.outputs(fit_name, features=True)
+    log.info("Operating point and temperature fitted on the %s split (%d images)", fit_name, len(ev.fit.targets))
+    ev.result = score(ev)
+    return ev
+
+
+def score(ev: Evaluation) -> dict:
+    """Metrics with bootstrap CIs, calibration and the operating point of ``ev.data`` (the metrics.json core)."""
+    labels, multilabel, opts = ev.labels, ev.loaded.multilabel, ev.opts
+    probs, targets = ev.data.probs, ev.data.targets
+    metrics = compute_metrics(probs, targets, labels, multilabel)
+    per_class_extras(metrics, probs, targets, labels, multilabel)
+    boot = opts["bootstrap"]
+    cal = calibration(opts, multilabel, (ev.fit.name, ev.fit.probs, ev.fit.targets), probs, targets)
+    temperature = cal["temperature"] or 1.0  # the operating point is fitted on the probabilities decisions use
+    fit_cal = stats.scale_probs(ev.fit.probs, temperature, multilabel)
+    result = {
+        "checkpoint": str(Path(ev.cfg.ckpt).resolve()),
+        "split": ev.split,
+        "data_root": ev.dm.source.root,
+        "data_name": ev.external.evaluated_on if ev.external else ev.loaded.data.get("name") or ev.dm.source.name,
+        "external": ev.external.summary() if ev.external else None,
+        "training_overlap": ev.dm.report.get("training_overlap"),
+        "model": ev.loaded.spec.name,
+        "input_size": ev.dm.image_size,
+        "labels": labels,
+        "multilabel": multilabel,
+        "class_counts": {} if multilabel else {lab: m["support"] for lab, m in metrics["per_class"].items()},
+        **metrics,
+        "loss": stats.log_loss(probs, targets, multilabel),
+        "bootstrap": {**boot, "method": "percentile bootstrap over images"},
+        "confidence_intervals": stats.bootstrap_ci(
+            probs, targets, labels, multilabel, int(boot["resamples"]), int(boot["seed"]), float(boot["level"])
+        ),
+        "calibration": cal,
+        "operating_point": operating_point(
+            opts,
+            labels,
+            multilabel,
+            (ev.fit.name, fit_cal, ev.fit.targets),
+            stats.scale_probs(probs, temperature, multilabel),
+            targets,
+        ),
+    }
+    result = _plain(result)
+    headline = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+    log.info("%s on %s (%d images): %s", ev.loaded.spec.name, ev.split, metrics["n"], headline)
+    return result
+
+
+def predictions(ev: Evaluation) -> pd.DataFrame:
+    """The predictions.csv table: one row per image, ``p_<class>`` calibrated when a temperature was fitted, and
+    ``op_<class>`` operating-point columns."""
+    labels, multilabel = ev.labels, ev.loaded.multilabel
+    probs = stats.scale_probs(ev.data.probs, ev.result["calibration"]["temperature"] or 1.0, multilabel)
+    thresholds = None if ev.external else ev.loaded.thresholds  # the checkpoint's own are for its own labels
+    table = predictions_table(ev.data.paths, probs, ev.data.targets, labels, multilabel, thresholds)
+    for lab, thr in ev.result["operating_point"]["thresholds"].items():
+        table[f"op_{lab}"] = probs[:, labels.index(lab)] >= thr
+    return table
+
+
+def add_explanations(ev: Evaluation) -> None:
+    """Report step: heatmaps of ``explain.n`` images (correct and wrong) in ``explanations/``."""
+    explain_cfg = ev.cfg.get("explain")
+    if explain_cfg is None or int(explain_cfg.get("n") or 0) <= 0:
+        return
+    from lungnet.explain.run import explain_checkpoint
+
+    summary = explain_checkpoint(
+        ev.loaded,
+        ev.external.model_label_table(ev.dm.table) if ev.external else ev.dm.datasets[ev.split],
+        method=str(explain_cfg.method),
+        n=int(explain_cfg.n),
+        class_index=explain_cfg.get("class_index"),
+        cam_layer=explain_cfg.get("cam_layer"),
+        out_dir=ev.run_dir / "explanations",
+        report_dir=ev.run_dir,
+        seed=int(ev.opts["bootstrap"]["seed"]),
+        **(OmegaConf.to_container(explain_cfg.options, resolve=True) if explain_cfg.get("options") else {}),
+    )
+    ev.sections.append(summary["markdown"])
+
+
+def _add_decisions(ev: Evaluation) -> None:
+    from lungnet.evaluation.decisions import add_decisions
+
+    if ev.external:  # the decision file speaks the model's own labels: only its OOD gate applies to data set B
+        external.add_ood_flags(ev)
+        return
+    add_decisions(ev)
+
+
+# Report steps, in report order: each takes the `Evaluation` and adds numbers, columns, figures and sections.
+REPORT_STEPS: list[Callable[[Evaluation], None]] = [
+    _add_decisions,
+    external.add_lead_sections,  # before the summary: external evaluation (trained on A, evaluated on B), overlap
+    add_explanations,
+    add_audit,  # shortcut audit after DeGrave et al. 2021 (audit=false: skip)
+    add_subgroups,  # per patient group metrics where the data carry metadata (subgroups=false: skip)
+]
+
+
+def write_evaluation(ev: Evaluation) -> None:
+    """Writes figures, metrics.json, thresholds.json, predictions.csv, per_class.csv, report.md/.html and
+    model_card.md into ``ev.run_dir``."""
+    run_dir, result, labels = ev.run_dir, ev.result, ev.labels
+    if ev.opts["report"]["figures"]:
+        own = write_figures(run_dir, result, ev.data.probs, ev.data.targets, labels, ev.loaded.multilabel)
+        result["figures"] = {**own, **ev.figures}
+    write_json(run_dir / "metrics.json", result)
+    write_json(
+        run_dir / "thresholds.json",
+        {k: result["operating_point"][k] for k in ("target_sensitivity", "positive_class", "fit_split", "thresholds")},
+    )
+    write_csv(run_dir / "predictions.csv", ev.table)
+    per_rows = [{"class": lab, **m} for lab, m in result["per_class"].items()]
+    write_csv(run_dir / "per_class.csv", pd.DataFrame(per_rows))
+    html_report = bool(ev.opts["report"]["html"])
+    write_report(run_dir, result, ev.sections, html_report=html_report, files=ev.files, lead_sections=ev.lead)
+    write_model_card(ev)
+    log.info("Wrote metrics.json, predictions.csv, figures, report.md and model_card.md to %s", run_dir)
+
+
 def evaluate(cfg: DictConfig, run_dir: str | Path, extra_sections: list[str] | None = None) -> dict:
     """Evaluates ``cfg.ckpt`` on ``cfg.split`` and writes every artefact into ``run_dir`` (see module doc).
 
@@ -243,92 +393,11 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, extra_sections: list[str] | N
 def evaluate_with_predictions(
     cfg: DictConfig, run_dir: str | Path, extra_sections: list[str] | None = None
 ) -> tuple[dict, np.ndarray, np.ndarray, list[str]]:
-    """`evaluate`, also returning the probabilities, targets and image paths of the evaluated split."""
-    run_dir = Path(run_dir)
-    opts = options(cfg)
-    split = str(cfg.split)
-    loaded = load_model(cfg.ckpt)
-    labels, multilabel = loaded.labels, loaded.multilabel
-    stats.operating_classes(labels, opts["operating_point"]["positive_class"])  # a wrong class name fails first
-    overrides = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = build_eval_data(loaded, overrides, split, run_dir)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    probs, targets, paths = predict_loader(
-        loaded.model, dm.loader(split), multilabel, device, desc=f"Evaluating {split}"
-    )
-    ext = getattr(dm, "external", None)  # external evaluation: scored on the findings shared with the data
-    if ext is not None:
-        labels, probs = ext.mapping.scored, ext.mapping.scores(probs)
-        opts["operating_point"]["positive_class"] = ext.positive_class(opts["operating_point"]["positive_class"])
-    fit_name = fit_split(opts, split, dm)
-    if fit_name == split:
-        fit = (split, probs, targets)
-    else:
-        fit_probs, fit_targets, _ = predict_loader(loaded.model, dm.loader(fit_name), multilabel, device, "Fitting")
-        fit = (fit_name, fit_probs, fit_targets)
-    log.info("Operating point and temperature fitted on the %s split (%d images)", fit_name, len(fit[1]))
-
-    metrics = compute_metrics(probs, targets, labels, multilabel)
-    per_class_extras(metrics, probs, targets, labels, multilabel)
-    boot = opts["bootstrap"]
-    result = {
-        "checkpoint": str(Path(cfg.ckpt).resolve()),
-        "split": split,
-        "data_root": dm.source.root,
-        "data_name": ext.evaluated_on if ext else loaded.data.get("name") or dm.source.name,
-        "external": ext.summary() if ext else None,
-        "training_overlap": dm.report.get("training_overlap"),
-        "model": loaded.spec.name,
-        "input_size": dm.image_size,
-        "labels": labels,
-        "multilabel": multilabel,
-        "class_counts": {} if multilabel else {lab: m["support"] for lab, m in metrics["per_class"].items()},
-        **metrics,
-        "loss": stats.log_loss(probs, targets, multilabel),
-        "bootstrap": {**boot, "method": "percentile bootstrap over images"},
-        "confidence_intervals": stats.bootstrap_ci(
-            probs, targets, labels, multilabel, int(boot["resamples"]), int(boot["seed"]), float(boot["level"])
-        ),
-        "calibration": calibration(opts, multilabel, fit, probs, targets),
-        "operating_point": operating_point(opts, labels, multilabel, fit, probs, targets),
-    }
-    result = _plain(result)
-    if opts["report"]["figures"]:
-        result["figures"] = write_figures(run_dir, result, probs, targets, labels, multilabel)
-    # shortcut audit and subgroup metrics (lungnet.evaluation.validity): result["audit"], result["subgroups"]
-    validity = validity_sections(cfg, opts, loaded, dm, split, result, (probs, targets, paths), run_dir, device)
-    result = _plain(result)
-    write_json(run_dir / "metrics.json", result)
-    write_json(
-        run_dir / "thresholds.json",
-        {k: result["operating_point"][k] for k in ("target_sensitivity", "positive_class", "fit_split", "thresholds")},
-    )
-    table = predictions_table(paths, probs, targets, labels, multilabel, None if ext else loaded.thresholds)
-    for lab, thr in result["operating_point"]["thresholds"].items():
-        table[f"op_{lab}"] = probs[:, labels.index(lab)] >= thr
-    write_csv(run_dir / "predictions.csv", table)
-    per_rows = [{"class": lab, **m} for lab, m in result["per_class"].items()]
-    write_csv(run_dir / "per_class.csv", pd.DataFrame(per_rows))
-    explain_cfg = cfg.get("explain")
-    if explain_cfg is not None and int(explain_cfg.get("n") or 0) > 0:
-        from lungnet.explain.run import explain_checkpoint
-
-        summary = explain_checkpoint(
-            loaded,
-            ext.model_label_table(dm.table) if ext else dm.datasets[split],
-            method=str(explain_cfg.method),
-            n=int(explain_cfg.n),
-            class_index=explain_cfg.get("class_index"),
-            cam_layer=explain_cfg.get("cam_layer"),
-            out_dir=run_dir / "explanations",
-            report_dir=run_dir,
-            seed=int(boot["seed"]),
-            **(OmegaConf.to_container(explain_cfg.options, resolve=True) if explain_cfg.get("options") else {}),
-        )
-        extra_sections = [*(extra_sections or []), summary["markdown"]]
-    extra_sections = [*(extra_sections or []), *validity]
-    write_report(run_dir, result, extra_sections, html_report=bool(opts["report"]["html"]))
-    headline = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-    log.info("%s on %s (%d images): %s", loaded.spec.name, split, metrics["n"], headline)
-    log.info("Wrote metrics.json, predictions.csv, figures and report.md to %s", run_dir)
-    return result, probs, targets, paths
+    """`evaluate`, also returning the (uncalibrated) probabilities, targets and image paths of the evaluated split."""
+    ev = compute(cfg, run_dir)
+    ev.table = predictions(ev)
+    ev.sections += list(extra_sections or [])
+    for step in REPORT_STEPS:
+        step(ev)
+    write_evaluation(ev)
+    return ev.result, ev.data.probs, ev.data.targets, ev.data.paths

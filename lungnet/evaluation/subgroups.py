@@ -16,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 
+from lungnet.config_checks import check_ranges
 from lungnet.evaluation import plots, stats
 from lungnet.evaluation.report import fmt, table
 from lungnet.findings import NO_FINDING, finding_of
 from lungnet.io import write_csv
+from lungnet.schema import SubgroupsConfig
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +197,7 @@ def subgroup_figure(frame: pd.DataFrame, min_n: int):
                 )
             ax.set_yticks(y, names if k == 0 else [""] * len(y), fontsize=8)
             ax.set_title(f"{lab}: {METRIC_NAMES[metric]}", fontsize=9)
-            ax.set_xlim(0, 1 if metric != "ece" else max(0.3, float(np.nanmax(part["ece_hi"])) + 0.02))
+            ax.set_xlim(-0.02, 1.02 if metric != "ece" else max(0.3, float(np.nanmax(part["ece_hi"])) + 0.02))
             ax.grid(axis="x", alpha=0.3)
             if metric == "auroc":
                 ax.axvline(0.5, color="grey", ls="--", lw=1)
@@ -274,4 +277,34 @@ def subgroup_evaluation(dm, result: dict, probs, targets, paths: list[str], opts
         "rows": frame.to_dict("records"),
         "gaps": gaps,
         "markdown": subgroup_markdown(frame, gaps, int(opts["min_n"]), figure),
+        "figure": figure,
     }
+
+
+def subgroup_options(cfg: DictConfig) -> dict | None:
+    """The ``subgroups`` settings over `lungnet.schema.SubgroupsConfig`; None when ``subgroups=false`` (or
+    ``subgroups.enabled=false``)."""
+    node = cfg.get("subgroups", {})
+    if node is None or node is False:
+        return None
+    merged = OmegaConf.merge(OmegaConf.structured(SubgroupsConfig), node)
+    check_ranges(merged, SubgroupsConfig, "subgroups.")
+    own = OmegaConf.to_container(merged, resolve=True)
+    return own if own.pop("enabled") else None
+
+
+def add_subgroups(ev) -> None:
+    """Report step of `lungnet.evaluation.run`: subgroup metrics where the data carry patient metadata
+    (``subgroups`` in metrics.json, subgroups.csv/.png, a section); nothing when ``subgroups=false``."""
+    if ev.opts.get("subgroups") is None:
+        return
+    extra = {"bins": ev.opts["calibration"]["bins"], "figures": ev.opts["report"]["figures"]}
+    opts = {**ev.opts["subgroups"], **extra, "bootstrap": ev.opts["bootstrap"], "source": ev.loaded.data.get("source")}
+    temperature = ev.result["calibration"]["temperature"] or 1.0  # the probabilities the thresholds were fitted on
+    probs = stats.scale_probs(ev.data.probs, temperature, ev.loaded.multilabel)
+    found = subgroup_evaluation(ev.dm, ev.result, probs, ev.data.targets, ev.data.paths, opts, ev.run_dir)
+    if found is None:
+        return
+    ev.result["subgroups"] = {"rows": found["rows"], "gaps": found["gaps"]}
+    ev.files += ["subgroups.csv", *([found["figure"]] if found.get("figure") else [])]
+    ev.sections.append(found["markdown"])

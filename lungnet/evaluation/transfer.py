@@ -1,7 +1,10 @@
 """Generalisation matrix: every trained model scored on every data set's evaluation split.
 
-    python -m lungnet.evaluation.transfer runs=<run dirs | a multirun dir> [data=[<conf/data name>,...]]
+    lungnet-transfer runs=<run dirs | a multirun dir> [data=[<conf/data name>,...]]
         [split=auto|val|test] [findings='[No Finding,Pneumonia]'] [overlap=drop|refuse|allow]
+
+(or ``python -m lungnet.evaluation.transfer``: the Hydra app `lungnet.cli.transfer` on ``conf/transfer.yaml``,
+options `lungnet.schema.TransferConfig`).
 
 Rows are the trained models (``runs``: run directories, checkpoints or a multirun directory, as in compare.py),
 columns the data sets: each run's own data set, evaluated on that run's ``split`` (``auto``: its test split when it
@@ -22,28 +25,24 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pandas as pd
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from lungnet.checkpoint import LoadedModel, load_model, read_checkpoint
-from lungnet.data.datamodule import LungDataModule
+from lungnet.data.datamodule import LungDataModule, resolve_root
 from lungnet.data.overlap import fill_dhash, find_overlap, recorded_hashes
-from lungnet.data.sources import DataError
 from lungnet.data.splits import ExpectedSplits
+from lungnet.errors import DataError
 from lungnet.evaluation import stats
 from lungnet.evaluation.compare import find_checkpoints
 from lungnet.evaluation.external import map_rows
 from lungnet.evaluation.predict import predict_loader
 from lungnet.findings import LabelMapping
-from lungnet.training import resolve_root
+from lungnet.hardware import resolve_device
 
 log = logging.getLogger(__name__)
-
-OVERLAP_POLICIES = ("drop", "refuse", "allow")
 
 
 @dataclass
@@ -235,8 +234,6 @@ def drops(rows: list[Row], columns: list[Column], cells: list[list[dict]], boot:
 
 def transfer_options(cfg: DictConfig) -> dict:
     """The transfer settings: split, findings, overlap policy, near-copy threshold, loader, bootstrap, device."""
-    if cfg.overlap not in OVERLAP_POLICIES:
-        raise DataError(f"overlap={cfg.overlap!r}: choose one of {', '.join(OVERLAP_POLICIES)}")
     findings = OmegaConf.to_container(cfg.findings, resolve=True) if cfg.get("findings") is not None else None
     return {
         "split": str(cfg.split),
@@ -246,7 +243,7 @@ def transfer_options(cfg: DictConfig) -> dict:
         "batch_size": int(cfg.batch_size),
         "num_workers": int(cfg.num_workers),
         "bootstrap": OmegaConf.to_container(cfg.bootstrap, resolve=True),
-        "device": "cpu" if cfg.device == "auto" else str(cfg.device),
+        "device": resolve_device(str(cfg.device)),
     }
 
 
@@ -308,13 +305,7 @@ def data_configs(task_overrides: list[str]) -> dict[str, dict]:
     }
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="transfer")
-def main(cfg: DictConfig) -> None:
-    from lungnet.cli import run_safely
-
-    task = list(HydraConfig.get().overrides.task)
-    run_safely(lambda: transfer(cfg, HydraConfig.get().runtime.output_dir, data_configs(task)))
-
-
 if __name__ == "__main__":
-    main()
+    from lungnet.cli import transfer as command
+
+    command()

@@ -32,34 +32,43 @@ def cell_text(c: dict) -> str:
     return f"{fmt_ci(c['auroc'])} n={c['n']}{note}"
 
 
-def heatmap(columns, rows, cells) -> object:
-    """Rows = trained on, columns = evaluated on; colour = AUROC; text = AUROC, CI and n; own data set dashed."""
+def cell_label(c: dict) -> str:
+    """The text of one heat-map cell: AUROC, CI and n (and the copies dropped), or why it is empty."""
+    seen = f"{c['n_seen']} seen in training dropped" if c.get("n_seen") else ""
+    if c["status"] != "ok":
+        return "\n".join(p for p in (c["status"].replace(": ", ":\n"), seen) if p)
+    a = c["auroc"]
+    return "\n".join(p for p in (f"{a['value']:.3f}", f"[{a['lo']:.2f}, {a['hi']:.2f}]", f"n={c['n']}", seen) if p)
+
+
+def heatmap(column_labels: list[str], row_names: list[str], cells: list[list[dict]]) -> object:
+    """Rows = trained on, columns = evaluated on; colour = AUROC; text = AUROC, CI and n; own data set dashed.
+
+    Takes plain labels and the cells as in transfer.json, so a matrix can be drawn again from its JSON.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
     values = np.array([[c["auroc"]["value"] if c["status"] == "ok" else np.nan for c in line] for line in cells])
-    fig, ax = plt.subplots(figsize=(2.6 * len(columns) + 2.5, 1.3 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(3.2 * len(column_labels) + 3.0, 1.6 * len(row_names) + 1.8))
     cmap = plt.get_cmap("RdYlGn").copy()
     cmap.set_bad("#dddddd")
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.3, vmax=1.0, aspect="auto")
     for r, line in enumerate(cells):
         for j, c in enumerate(line):
-            if c["status"] == "ok":
-                a = c["auroc"]
-                text = f"{a['value']:.3f}\n[{a['lo']:.2f}, {a['hi']:.2f}]\nn={c['n']}"
-                text += f", {c['n_seen']} seen dropped" if c.get("n_seen") else ""
-            else:
-                text = c["status"].replace(": ", ":\n")
-            ax.text(j, r, text, ha="center", va="center", fontsize=8)
+            value = values[r, j]
+            rgb = cmap(image.norm(value))[:3] if np.isfinite(value) else (0.87, 0.87, 0.87)
+            dark = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] < 0.5  # white text on dark cells
+            ax.text(j, r, cell_label(c), ha="center", va="center", fontsize=10, color="white" if dark else "black")
             if c["internal"]:
                 ax.add_patch(Rectangle((j - 0.45, r - 0.45), 0.9, 0.9, fill=False, ec="black", lw=2, ls="--"))
-    ax.set_xticks(range(len(columns)), [f"{c.name}\n({c.split}, {len(c.table)} images)" for c in columns], fontsize=8)
-    ax.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=8)
-    ax.set_xlabel("evaluated on")
-    ax.set_ylabel("trained on")
+    ax.set_xticks(range(len(column_labels)), column_labels, fontsize=10)
+    ax.set_yticks(range(len(row_names)), [n.replace(" / ", "\n") for n in row_names], fontsize=10)
+    ax.set_xlabel("evaluated on", fontsize=11)
+    ax.set_ylabel("trained on", fontsize=11)
     scored = {tuple(c["scored"]) for line in cells for c in line if c["status"] == "ok"}
     what = " vs ".join(next(iter(scored))) if len(scored) == 1 else "the shared findings"
-    ax.set_title(f"AUROC [95% CI] on {what}; dashed: the model's own data set", fontsize=10)
+    ax.set_title(f"AUROC [95% CI] on {what}; dashed: the model's own data set", fontsize=12)
     fig.colorbar(image, ax=ax, label="AUROC (0.5: chance)")
     fig.tight_layout()
     return fig
@@ -108,7 +117,8 @@ def write_transfer(run_dir: Path, rows, columns, cells, drops: list[dict], opts:
     for line in cells:
         for c in line:
             c["policy"] = opts["overlap"]
-    figure = plots.save_figure(heatmap(columns, rows, cells), run_dir / "transfer.png").name
+    labels = [f"{c.name}\n({c.split}, {len(c.table)} images)" for c in columns]
+    figure = plots.save_figure(heatmap(labels, [r.name for r in rows], cells), run_dir / "transfer.png").name
     out = {
         "rows": [{"name": r.name, "checkpoint": str(r.loaded.path), "data": r.data_name} for r in rows],
         "columns": [

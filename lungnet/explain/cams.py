@@ -177,7 +177,6 @@ def explain(
     method: str = "gradcam",
     targets: Sequence[int] | int | None = None,
     cam_layer: str | nn.Module | None = None,
-    multilabel: bool = False,
     **options,
 ) -> np.ndarray:
     """Heatmaps for a batch with any method; hooks are attached and released inside.
@@ -190,14 +189,10 @@ def explain(
             model the index is the finding whose logit is explained; for a single-logit head 1 is
             positive and 0 negative.
         cam_layer: target-layer override.
-        multilabel: the model is a sigmoid multi-label model. Targets are logits either way (sigmoid is
-            monotone); the flag only changes the default target to the most probable finding, which
-            is what argmax already gives, and is kept for callers that pass it.
         **options: method options (see `make_explainer`).
 
     Returns:
         float32 array (N, H, W) in [0, 1] at the input's height and width.
     """
-    del multilabel  # same target rule for both (see docstring)
     with make_explainer(method, model, cam_layer, **options) as explainer:
         return explainer(images, targets)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,109 @@ def _maps(method: str, model, batch: torch.Tensor, targets: list[int], cam_layer
     return np.concatenate(out)
 
 
+@dataclass
+class PointingScores:
+    """Scores of several methods on lesion cases, before anything is written (`compute_scores` -> `write_scores`).
+
+    Attributes:
+        name: the ground-truth set (``synthetic``, ``nih``).
+        model: the model's name.
+        n_cases: lesions scored.
+        n_detected: of them, those the model detected (their class predicted, or above threshold).
+        images: one row per method and image (hit, energy share, chance levels, Spearman vs random).
+        summary: one row per method plus the chance row of a uniform map.
+    """
+
+    name: str
+    model: str
+    n_cases: int
+    n_detected: int
+    images: pd.DataFrame
+    summary: pd.DataFrame
+
+
+def _detect(loaded: LoadedModel, cases: list[Case]) -> tuple[torch.Tensor, list[int], np.ndarray, list[bool]]:
+    """(input batch, target classes, probabilities, detected) of the cases, with the checkpoint's preprocessing."""
+    pipeline = preprocessor(loaded)
+    device = next(loaded.model.parameters()).device
+    batch = torch.stack([pipeline(read_image(c.path)) for c in cases]).to(device)
+    targets = [c.class_index for c in cases]
+    with torch.no_grad():
+        probs = loaded.probabilities(loaded.model.eval()(batch)).float().cpu().numpy()
+    if loaded.multilabel:
+        thr = np.asarray(loaded.thresholds or [0.5] * len(loaded.labels))
+        detected = [bool(p[t] >= thr[t]) for p, t in zip(probs, targets, strict=True)]
+    else:
+        detected = [int(np.argmax(p)) == t for p, t in zip(probs, targets, strict=True)]
+    return batch, targets, probs, detected
+
+
+def _method_rows(method: str, cases: list[Case], maps, rand, probs, detected, chance) -> list[dict]:
+    """One row per case for ``method``: its maps (and the randomised model's, or None) against the lesions."""
+    return [
+        {
+            "method": method,
+            "path": case.path,
+            "class": case.class_name,
+            "p_class": float(probs[k, case.class_index]),
+            "detected": detected[k],
+            "hit": pointing_hit(maps[k], case.mask),
+            "energy_share": energy_share(maps[k], case.mask),
+            "chance_hit": chance[k][0],
+            "chance_energy": chance[k][1],
+            "spearman_random": rank_correlation(maps[k], rand[k]) if rand is not None else float("nan"),
+        }
+        for k, case in enumerate(cases)
+    ]
+
+
+def compute_scores(
+    loaded: LoadedModel,
+    cases: list[Case],
+    methods: Sequence[str],
+    name: str = "synthetic",
+    n: int | None = None,
+    sanity: bool = True,
+    cam_layer: str | None = None,
+    images_per_call: int = 8,
+    seed: int = 0,
+    method_options: dict[str, dict] | None = None,
+) -> PointingScores:
+    """Explains each case for its lesion's class with every method and scores the maps; see `score_checkpoint`."""
+    cases = _even_subset(cases, n)
+    if not cases:
+        raise ExplainError(f"No ground-truth lesions to score for '{name}'")
+    batch, targets, probs, detected = _detect(loaded, cases)
+    chance = [chance_levels(c.mask) for c in cases]
+    random_model = randomized_copy(loaded.model, seed) if sanity else None
+    rows = []
+    for method in methods:
+        opts = (method_options or {}).get(method, {})
+        log.info("Scoring %s on %d %s lesions", method, len(cases), name)
+        maps = _maps(method, loaded.model, batch, targets, cam_layer, images_per_call, **opts)
+        rand = _maps(method, random_model, batch, targets, cam_layer, images_per_call, **opts) if sanity else None
+        rows += _method_rows(method, cases, maps, rand, probs, detected, chance)
+    images = pd.DataFrame(rows)
+    return PointingScores(name, loaded.spec.name, len(cases), int(np.sum(detected)), images, _summarise(images, chance))
+
+
+def write_scores(scores: PointingScores, out_dir: str | os.PathLike) -> dict:
+    """Writes ``pointing_<name>.csv``, ``pointing_<name>_images.csv`` and ``pointing_<name>.md``.
+
+    Returns:
+        dict with ``summary`` and ``images`` (DataFrames), ``markdown`` and the written paths.
+    """
+    folder, name = Path(out_dir), scores.name
+    paths = {
+        "csv": write_csv(folder / f"pointing_{name}.csv", scores.summary),
+        "images_csv": write_csv(folder / f"pointing_{name}_images.csv", scores.images),
+    }
+    markdown = _score_markdown(scores.summary, name, scores.model, scores.n_cases, scores.n_detected)
+    paths["md"] = write_text(folder / f"pointing_{name}.md", markdown)
+    written = {k: str(v) for k, v in paths.items()}
+    return {"summary": scores.summary, "images": scores.images, "markdown": markdown, **written}
+
+
 def score_checkpoint(
     ckpt: str | os.PathLike | LoadedModel,
     cases: list[Case],
@@ -77,7 +181,7 @@ def score_checkpoint(
 
     Each case is explained for its lesion's class. Writes ``pointing_<name>.csv`` (one row per
     method, plus the chance level of an uninformative map), ``pointing_<name>_images.csv`` (one row
-    per method and image) and ``pointing_<name>.md``.
+    per method and image) and ``pointing_<name>.md`` (`compute_scores`, then `write_scores`).
 
     Args:
         ckpt: checkpoint path or `LoadedModel`.
@@ -95,54 +199,10 @@ def score_checkpoint(
     Returns:
         dict with ``summary`` and ``images`` (DataFrames), ``markdown`` and the written paths.
     """
-    loaded = as_loaded(ckpt)
-    cases = _even_subset(cases, n)
-    if not cases:
-        raise ExplainError(f"No ground-truth lesions to score for '{name}'")
-    pipeline = preprocessor(loaded)
-    device = next(loaded.model.parameters()).device
-    batch = torch.stack([pipeline(read_image(c.path)) for c in cases]).to(device)
-    targets = [c.class_index for c in cases]
-    with torch.no_grad():
-        probs = loaded.probabilities(loaded.model.eval()(batch)).float().cpu().numpy()
-    if loaded.multilabel:
-        thr = np.asarray(loaded.thresholds or [0.5] * len(loaded.labels))
-        detected = [bool(p[t] >= thr[t]) for p, t in zip(probs, targets, strict=True)]
-    else:
-        detected = [int(np.argmax(p)) == t for p, t in zip(probs, targets, strict=True)]
-    chance = [chance_levels(c.mask) for c in cases]
-    random_model = randomized_copy(loaded.model, seed) if sanity else None
-    rows = []
-    for method in methods:
-        opts = (method_options or {}).get(method, {})
-        log.info("Scoring %s on %d %s lesions", method, len(cases), name)
-        maps = _maps(method, loaded.model, batch, targets, cam_layer, images_per_call, **opts)
-        rand = _maps(method, random_model, batch, targets, cam_layer, images_per_call, **opts) if sanity else None
-        for k, case in enumerate(cases):
-            rows.append(
-                {
-                    "method": method,
-                    "path": case.path,
-                    "class": case.class_name,
-                    "p_class": float(probs[k, case.class_index]),
-                    "detected": detected[k],
-                    "hit": pointing_hit(maps[k], case.mask),
-                    "energy_share": energy_share(maps[k], case.mask),
-                    "chance_hit": chance[k][0],
-                    "chance_energy": chance[k][1],
-                    "spearman_random": rank_correlation(maps[k], rand[k]) if sanity else float("nan"),
-                }
-            )
-    images = pd.DataFrame(rows)
-    summary = _summarise(images, chance)
-    folder = Path(out_dir)
-    paths = {
-        "csv": write_csv(folder / f"pointing_{name}.csv", summary),
-        "images_csv": write_csv(folder / f"pointing_{name}_images.csv", images),
-    }
-    markdown = _score_markdown(summary, name, loaded, len(cases), int(np.sum(detected)))
-    paths["md"] = write_text(folder / f"pointing_{name}.md", markdown)
-    return {"summary": summary, "images": images, "markdown": markdown, **{k: str(v) for k, v in paths.items()}}
+    scores = compute_scores(
+        as_loaded(ckpt), cases, methods, name, n, sanity, cam_layer, images_per_call, seed, method_options
+    )
+    return write_scores(scores, out_dir)
 
 
 def _summarise(images: pd.DataFrame, chance: list[tuple[float, float]]) -> pd.DataFrame:
@@ -183,11 +243,11 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "-" if not np.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _score_markdown(summary: pd.DataFrame, name: str, loaded: LoadedModel, n: int, n_detected: int) -> str:
+def _score_markdown(summary: pd.DataFrame, name: str, model: str, n: int, n_detected: int) -> str:
     lines = [
         f"### Explanations against ground truth: {name}",
         "",
-        f"{n} lesions, each explained for its own class with {loaded.spec.name} ({n_detected} of them detected by "
+        f"{n} lesions, each explained for its own class with {model} ({n_detected} of them detected by "
         "the model). Pointing game (Zhang et al. 2016): the map's maximum within 15 px at 224 px (scaled) of the "
         "lesion; energy share: fraction of the map inside it. Spearman vs random: rank correlation between the "
         "trained and a re-initialised model's maps (Adebayo et al. 2018; near 1 = the map ignores the weights).",

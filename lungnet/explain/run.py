@@ -10,6 +10,7 @@ import logging
 import os
 import textwrap
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,165 @@ def _link(path: Path, base: Path) -> str:
     return Path(os.path.relpath(path, base)).as_posix()
 
 
+@dataclass
+class Explanations:
+    """Heatmaps of the picked images, before anything is drawn (`compute_explanations` -> `write_explanations`).
+
+    Attributes:
+        method: the explanation method.
+        model: the model's name.
+        target_layer: the layer explained (informative; IG attributes to the input).
+        chosen_class: the class explained for every image, or None (each image's predicted class).
+        table: one row per picked image: path, truth, true, predicted, probability, verdict, explained,
+            explained_index.
+        originals: the images as read (H, W) in [0, 1].
+        maps: their heatmaps, in [0, 1] at the model's input size.
+    """
+
+    method: str
+    model: str
+    target_layer: str
+    chosen_class: str | None
+    table: pd.DataFrame
+    originals: list[np.ndarray] = field(repr=False)
+    maps: list[np.ndarray] = field(repr=False)
+
+
+def pick_images(loaded: LoadedModel, images, n: int, chosen: int | None, seed: int = 0) -> pd.DataFrame:
+    """Up to ``n`` images judged by the model, half of them wrong predictions when the truth is known.
+
+    At most `MAX_CANDIDATES` images (shuffled with ``seed``) are predicted; each row gets its true and predicted
+    text, the probability of the explained class (``chosen``, or the predicted one) and the verdict.
+    """
+    table = image_table(images, loaded)
+    table = table.sample(frac=1.0, random_state=seed).head(MAX_CANDIDATES).reset_index(drop=True)
+    if table.empty:
+        raise ExplainError("No images to explain")
+    probs = predict_paths(loaded, table["path"].tolist())
+    explained = [chosen if chosen is not None else int(np.argmax(p)) for p in probs]
+    judged = [_judge(loaded, p, t, e) for p, t, e in zip(probs, table["truth"], explained, strict=True)]
+    table["true"], table["predicted"], table["probability"], table["verdict"] = zip(*judged, strict=True)
+    table["explained"] = [loaded.labels[e] for e in explained]
+    table["explained_index"] = explained
+    return _select(table, n)
+
+
+def compute_explanations(
+    loaded: LoadedModel,
+    images,
+    method: str = "gradcam",
+    n: int = 16,
+    class_index: int | str | None = None,
+    cam_layer: str | None = None,
+    images_per_call: int = 8,
+    seed: int = 0,
+    **options,
+) -> Explanations:
+    """Picks ``n`` images (`pick_images`) and computes their heatmaps; arguments as in `explain_checkpoint`."""
+    chosen = _class_index(loaded, class_index)
+    table = pick_images(loaded, images, n, chosen, seed)
+    pipeline = preprocessor(loaded)
+    originals = [read_image(p) for p in table["path"]]
+    device = next(loaded.model.parameters()).device
+    maps: list[np.ndarray] = []
+    with make_explainer(method, loaded.model, cam_layer, **options) as explainer:
+        for i in range(0, len(table), images_per_call):
+            batch = torch.stack([pipeline(img) for img in originals[i : i + images_per_call]])
+            maps += list(explainer(batch.to(device), table["explained_index"].iloc[i : i + images_per_call].tolist()))
+    return Explanations(
+        method=method,
+        model=loaded.spec.name,
+        target_layer=str(cam_layer or loaded.spec.cam_layer),
+        chosen_class=None if chosen is None else loaded.labels[chosen],
+        table=table,
+        originals=originals,
+        maps=maps,
+    )
+
+
+def _verdict_color(verdict: str | None) -> tuple[str, str]:
+    verdict = verdict or "unlabelled"
+    return verdict, {"correct": "green", "wrong": "red"}.get(verdict, "black")
+
+
+def _draw(result: Explanations, folder: Path) -> tuple[list[Path], Path]:
+    """One side-by-side figure per image and a grid of all of them; returns (figures, grid)."""
+    name = TITLES.get(result.method, result.method)
+    files, titles, colors = [], [], []
+    rows = zip(result.table.itertuples(), result.originals, result.maps, strict=True)
+    for k, (row, img, heat) in enumerate(rows):
+        verdict, color = _verdict_color(row.verdict)
+        true, pred = _short(row.true), _short(row.predicted)
+        title = f"true: {true} | pred: {pred} | p({row.explained})={row.probability:.2f} | {verdict}"
+        path = folder / f"{k:02d}_{Path(row.path).stem}.png"
+        heat_title = f"{name} for {row.explained}"
+        files.append(save_side_by_side(path, img, heat, f"{name}: {title}", color=color, heat_title=heat_title))
+        titles.append(
+            "\n".join(
+                [Path(row.path).stem, *textwrap.wrap(f"true {true}", 34), *textwrap.wrap(f"pred {pred}", 34)]
+                + [f"p({row.explained})={row.probability:.2f} {verdict}"]
+            )
+        )
+        colors.append(color)
+    grid = save_grid(
+        folder / "grid.png", result.originals, result.maps, titles, colors, suptitle=f"{name} ({result.model})"
+    )
+    return files, grid
+
+
+def _markdown(result: Explanations, files: list[Path], grid: Path, base: Path) -> str:
+    """The report section: what was explained, the grid, and one linked row per image."""
+    name, table = TITLES.get(result.method, result.method), result.table
+    n_correct, n_wrong = int((table["verdict"] == "correct").sum()), int((table["verdict"] == "wrong").sum())
+    target_text = "the predicted class" if result.chosen_class is None else f"class '{result.chosen_class}'"
+    lines = [
+        f"### Explanations: {name}",
+        "",
+        f"{len(table)} images ({n_correct} correct, {n_wrong} wrong predictions), heatmaps for {target_text}, "
+        f"target layer `{result.target_layer}`" + (" (not used by IG)" if result.method == "ig" else "") + ".",
+        "",
+        f"![{name} grid]({_link(grid, base)})",
+        "",
+        "| image | true | predicted | explained | p | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row, f in zip(table.itertuples(), files, strict=True):
+        lines.append(
+            f"| [{Path(row.path).name}]({_link(f, base)}) | {_cell(row.true)} | {_cell(row.predicted)} "
+            f"| {_cell(row.explained)} | {row.probability:.3f} | {row.verdict or '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_explanations(
+    result: Explanations, out_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None
+) -> dict:
+    """Writes ``out_dir/<method>/``: the figures, ``grid.png`` and ``explanations.csv``; returns the summary.
+
+    Returns:
+        Summary dict: method, n, n_correct, n_wrong, files, grid, csv, markdown (links relative to ``report_dir``,
+        default ``out_dir``).
+    """
+    folder = Path(out_dir) / result.method
+    files, grid = _draw(result, folder)
+    table = result.table.assign(file=[str(f) for f in files])
+    csv = write_csv(folder / "explanations.csv", table.drop(columns=["truth"]))
+    n_correct, n_wrong = int((table["verdict"] == "correct").sum()), int((table["verdict"] == "wrong").sum())
+    markdown = _markdown(result, files, grid, Path(report_dir) if report_dir else Path(out_dir))
+    name = TITLES.get(result.method, result.method)
+    log.info("%s: %d overlays (%d correct, %d wrong) in %s", name, len(files), n_correct, n_wrong, folder)
+    return {
+        "method": result.method,
+        "n": len(files),
+        "n_correct": n_correct,
+        "n_wrong": n_wrong,
+        "files": [str(f) for f in files],
+        "grid": str(grid),
+        "csv": str(csv),
+        "markdown": markdown,
+    }
+
+
 def explain_checkpoint(
     ckpt: str | os.PathLike | LoadedModel,
     images,
@@ -160,7 +320,7 @@ def explain_checkpoint(
 
     Writes ``out_dir/<method>/NN_<name>.png`` (original beside overlay, titled with true and
     predicted class, probability and correct/wrong), ``grid.png`` with all of them and
-    ``explanations.csv``.
+    ``explanations.csv`` (`compute_explanations`, then `write_explanations`).
 
     Args:
         ckpt: checkpoint path or `LoadedModel`.
@@ -178,84 +338,7 @@ def explain_checkpoint(
     Returns:
         Summary dict: method, n, n_correct, n_wrong, files, grid, csv, markdown (a section for report.md).
     """
-    loaded = as_loaded(ckpt)
-    chosen_class = _class_index(loaded, class_index)
-    table = image_table(images, loaded)
-    table = table.sample(frac=1.0, random_state=seed).head(MAX_CANDIDATES).reset_index(drop=True)
-    if table.empty:
-        raise ExplainError("No images to explain")
-    probs = predict_paths(loaded, table["path"].tolist())
-    explained = [chosen_class if chosen_class is not None else int(np.argmax(p)) for p in probs]
-    judged = [_judge(loaded, p, t, e) for p, t, e in zip(probs, table["truth"], explained, strict=True)]
-    table["true"], table["predicted"], table["probability"], table["verdict"] = zip(*judged, strict=True)
-    table["explained"] = [loaded.labels[e] for e in explained]
-    table["explained_index"] = explained
-    table = _select(table, n)
-
-    folder = Path(out_dir) / method
-    pipeline = preprocessor(loaded)
-    originals = [read_image(p) for p in table["path"]]
-    maps: list[np.ndarray] = []
-    with make_explainer(method, loaded.model, cam_layer, **options) as explainer:
-        for i in range(0, len(table), images_per_call):
-            batch = torch.stack([pipeline(img) for img in originals[i : i + images_per_call]])
-            targets = table["explained_index"].iloc[i : i + images_per_call].tolist()
-            maps += list(explainer(batch.to(next(loaded.model.parameters()).device), targets))
-    name = TITLES.get(method, method)
-    files, titles, colors = [], [], []
-    for k, (row, img, heat) in enumerate(zip(table.itertuples(), originals, maps, strict=True)):
-        verdict = row.verdict or "unlabelled"
-        color = {"correct": "green", "wrong": "red"}.get(verdict, "black")
-        true, pred = _short(row.true), _short(row.predicted)
-        title = f"true: {true} | pred: {pred} | p({row.explained})={row.probability:.2f} | {verdict}"
-        files.append(
-            save_side_by_side(
-                folder / f"{k:02d}_{Path(row.path).stem}.png",
-                img,
-                heat,
-                f"{name}: {title}",
-                color=color,
-                heat_title=f"{name} for {row.explained}",
-            )
-        )
-        titles.append(
-            "\n".join(
-                [Path(row.path).stem, *textwrap.wrap(f"true {true}", 34), *textwrap.wrap(f"pred {pred}", 34)]
-                + [f"p({row.explained})={row.probability:.2f} {verdict}"]
-            )
-        )
-        colors.append(color)
-    grid = save_grid(folder / "grid.png", originals, maps, titles, colors, suptitle=f"{name} ({loaded.spec.name})")
-    table["file"] = [str(f) for f in files]
-    csv = write_csv(folder / "explanations.csv", table.drop(columns=["truth"]))
-    n_correct, n_wrong = int((table["verdict"] == "correct").sum()), int((table["verdict"] == "wrong").sum())
-    base = Path(report_dir) if report_dir else Path(out_dir)
-    target_text = "the predicted class" if chosen_class is None else f"class '{loaded.labels[chosen_class]}'"
-    lines = [
-        f"### Explanations: {name}",
-        "",
-        f"{len(table)} images ({n_correct} correct, {n_wrong} wrong predictions), heatmaps for {target_text}, "
-        f"target layer `{cam_layer or loaded.spec.cam_layer}`" + (" (not used by IG)" if method == "ig" else "") + ".",
-        "",
-        f"![{name} grid]({_link(grid, base)})",
-        "",
-        "| image | true | predicted | explained | p | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row, f in zip(table.itertuples(), files, strict=True):
-        lines.append(
-            f"| [{Path(row.path).name}]({_link(f, base)}) | {_cell(row.true)} | {_cell(row.predicted)} "
-            f"| {_cell(row.explained)} | {row.probability:.3f} | {row.verdict or '-'} |"
-        )
-    markdown = "\n".join(lines) + "\n"
-    log.info("%s: %d overlays (%d correct, %d wrong) in %s", name, len(files), n_correct, n_wrong, folder)
-    return {
-        "method": method,
-        "n": len(files),
-        "n_correct": n_correct,
-        "n_wrong": n_wrong,
-        "files": [str(f) for f in files],
-        "grid": str(grid),
-        "csv": str(csv),
-        "markdown": markdown,
-    }
+    result = compute_explanations(
+        as_loaded(ckpt), images, method, n, class_index, cam_layer, images_per_call, seed, **options
+    )
+    return write_explanations(result, out_dir, report_dir)

@@ -208,7 +208,7 @@ def test_scan_lists_every_bad_file_and_csv_is_written(tmp_path):
     with pytest.raises(DataError) as info:
         handle_bad_files(table, "error", None)
     message = str(info.value)
-    assert f"{len(expected)} unreadable" in message and "data.on_bad_file=skip" in message
+    assert f"{len(expected)} unusable" in message and "data.on_bad_file=skip" in message
     assert "\\xff\\xfe.png" in message  # shown escaped, never as lone surrogates
 
 
@@ -301,6 +301,6 @@ def test_train_and_evaluate_skip_every_bad_file_or_stop_on_error(mixed_folder, t
     out, err = strict.communicate(timeout=600)
     assert strict.returncode == 2
     assert "Traceback" not in err and "Logging error" not in err
-    assert f"{len(expected)} unreadable image file(s)" in out + err and "data.on_bad_file=skip" in out + err
+    assert f"{len(expected)} unusable image file(s)" in out + err and "data.on_bad_file=skip" in out + err
     assert len(pd.read_csv(stopped / "bad_files.csv")) == len(expected)  # the full list, for the user to fix
     assert not (stopped / "checkpoints").exists() and not (stopped / "splits").exists()

@@ -1,7 +1,9 @@
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -51,6 +53,30 @@ def test_bad_file_skipped_or_error(tiny_folder, tmp_path):
         LungDataModule(_cfg("pneumonia", tiny_folder, on_bad_file="error"), SPEC).setup()
 
 
+def test_blank_nih_label_cells_are_bad_rows(tiny_nih, tmp_path):
+    """A blank Finding Labels or Patient ID cell: the row is reported in bad_files.csv and skipped, or stops."""
+    csv = tiny_nih / "Data_Entry_2017.csv"
+    rows = [line.split(",") for line in csv.read_text().splitlines()]
+    rows[2][1] = ""  # line 3: 00000001_001.png, Effusion
+    rows[4][3] = " "  # line 5: 00000002_000.png, Pneumonia
+    csv.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    blank = {
+        "00000001_001.png": "blank 'Finding Labels' in Data_Entry_2017.csv line 3",
+        "00000002_000.png": "blank 'Patient ID' in Data_Entry_2017.csv line 5",
+    }
+    findings = {"options": {"findings": ["No Finding", "Effusion", "Pneumonia", "Infiltration"]}}  # those present
+    for source in ("nih14", "nih6"):
+        run = tmp_path / source
+        cfg = _cfg(source, tiny_nih, val_fraction=0.2, intensity_check=False, **findings)
+        dm = LungDataModule(cfg, SPEC, run_dir=run)
+        dm.setup()
+        bad = pd.read_csv(run / "bad_files.csv")
+        assert {Path(p).name: e for p, e in zip(bad["path"], bad["error"], strict=True)} == blank
+        assert not set(dm.table["path"].map(lambda p: Path(p).name)) & set(blank)
+        with pytest.raises(DataError, match="blank 'Finding Labels' in Data_Entry_2017.csv line 3"):
+            LungDataModule(_cfg(source, tiny_nih, on_bad_file="error", **findings), SPEC).setup()
+
+
 def test_class_weights_and_sampler(tmp_path):
     root = tmp_path / "imb"
     for i in range(24):
@@ -74,9 +100,12 @@ def test_intensity_warning(tiny_folder, caplog):
 
 def test_real_nih6_and_nih14_patient_split():
     root = shared("nih")
+    five = ["No Finding", "Atelectasis", "Effusion", "Infiltration", "Pneumonia"]
+    with pytest.raises(DataError, match="'Edema' has 1 usable image"):  # the sample holds one Edema-only image
+        LungDataModule(_cfg("nih6", root, verify=False, intensity_check=False), SPEC, seed=3).setup()
     for source in ("nih6", "nih14"):
         cfg = _cfg(source, root, val_fraction=0.15, test_fraction=0.15, verify=False, intensity_check=False)
-        dm = LungDataModule(cfg, SPEC, seed=3)
+        dm = LungDataModule({**cfg, "options": {"findings": five}} if source == "nih6" else cfg, SPEC, seed=3)
         dm.setup()
         assert dm.report["shared_patients"] == {"train/val": 0, "train/test": 0, "val/test": 0}
         sizes = dm.report["sizes"]
@@ -85,7 +114,7 @@ def test_real_nih6_and_nih14_patient_split():
         if source == "nih14":
             assert batch["target"].shape == (4, 14) and batch["target"].dtype == torch.float32
         else:
-            assert set(dm.labels) == {"No Finding", "Atelectasis", "Effusion", "Infiltration", "Pneumonia", "Edema"}
+            assert dm.labels == five
 
 
 def test_real_darkcovidnet_split_is_stratified():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungnet.data.images import ImageReadError, read_image
+from lungnet.data.images import ImageReadError, collect_inputs, read_image
 from tests.conftest import shared
 
 
@@ -20,6 +20,17 @@ def test_8bit_rgb_rgba_palette_and_16bit(tmp_path):
         arr = read_image(tmp_path / name)
         assert arr.shape == (64, 64)
         assert np.abs(arr - g).mean() < 0.02, name
+
+
+def test_transparency_is_composited_on_black(tmp_path):
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (48, 40, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., [0, 3]], "LA").save(tmp_path / "la.png")
+    luma = (rgba[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114]) / 255
+    alpha = rgba[..., 3] / 255
+    assert np.abs(read_image(tmp_path / "rgba.png") - luma * alpha).max() < 2.5 / 255  # 8-bit rounding only
+    assert np.abs(read_image(tmp_path / "la.png") - rgba[..., 0] / 255 * alpha).max() < 1.5 / 255
 
 
 def test_16bit_png_keeps_more_than_8_bits(tmp_path):
@@ -62,3 +73,22 @@ def test_real_monochrome1_dicom_is_inverted():
     )
     spine = img[h // 4 : h // 2, int(w * 0.47) : int(w * 0.53)]
     assert lungs.mean() < spine.mean() - 0.1
+
+
+def test_collect_inputs_walks_folders_like_the_data_sets(tmp_path):
+    """A folder is walked by `walk_images`: symlinked folders followed once, loops and hidden folders skipped,
+    suffix-less DICOM kept."""
+    images = tmp_path / "in"
+    (images / "a").mkdir(parents=True)
+    (images / ".ipynb_checkpoints").mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.new("L", (16, 16)).save(images / "a" / "x.png")
+    Image.new("L", (16, 16)).save(images / ".ipynb_checkpoints" / "x.png")  # hidden folder: skipped
+    Image.new("L", (16, 16)).save(outside / "y.png")
+    (images / "a" / "scan").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)  # DICOM magic, no suffix
+    (images / "a" / "notes").write_bytes(b"not an image")
+    (images / "linked").symlink_to(outside, target_is_directory=True)
+    (images / "a" / "loop").symlink_to(images, target_is_directory=True)  # back to a parent: not followed
+    found = [p.relative_to(images).as_posix() for p in collect_inputs(images)]
+    assert found == ["a/scan", "a/x.png", "linked/y.png"]

@@ -67,4 +67,6 @@ def test_training_copies_for_predict(recorded, tmp_path):
     files, hashes = recorded
     other = write_png(tmp_path / "other.png", 999, size=64)
     assert training_copies([str(files[2]), str(files[6]), str(other), str(tmp_path / "gone.png")], hashes) == {
-        str(files[2]): "train", str(files[6]): "val"}
+        str(files[2]): "train",
+        str(files[6]): "val",
+    }

@@ -1,3 +1,6 @@
+import os
+
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -66,6 +69,40 @@ def test_nih6_keeps_single_findings_only(tiny_nih):
     table = create_source("nih6", tiny_nih).scan()
     assert "Atelectasis|Effusion" not in set(table["label"])
     assert set(table["label"]) <= {"No Finding", "Effusion", "Pneumonia", "Infiltration"}
+
+
+def test_a_file_reached_twice_counts_once_in_its_own_split(tiny_folder):
+    os.symlink("../../val/NORMAL", tiny_folder / "train" / "NORMAL" / "valnormal")  # same label, other split
+    os.symlink("img_000.png", tiny_folder / "train" / "PNEUMONIA" / "again.png")  # a file link in one folder
+    table = create_source("pneumonia", tiny_folder).scan()
+    assert len(table) == 36 and table["path"].map(os.path.realpath).is_unique
+    counts = table.groupby(["split", "label"]).size()
+    assert (counts == 6).all() and len(counts) == 6  # the 6 val/NORMAL images stayed in val
+
+
+def test_a_file_reached_under_two_labels_stops_naming_both_paths(tiny_folder):
+    os.symlink("../../val", tiny_folder / "train" / "NORMAL" / "valagain")  # val/PNEUMONIA would become NORMAL
+    with pytest.raises(DataError) as exc:
+        create_source("pneumonia", tiny_folder).scan()
+    message = str(exc.value)
+    first = str(tiny_folder / "train" / "NORMAL" / "valagain" / "PNEUMONIA" / "img_000.png")
+    second = str(tiny_folder / "val" / "PNEUMONIA" / "img_000.png")
+    assert first in message and second in message and "wrong class folder" in message
+
+
+GARBAGE = bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"", "is empty"), (GARBAGE, "is not a readable CSV file"), (b"a,b\n1,2\n", "lacks columns")],
+)
+def test_an_unusable_nih_csv_is_one_clear_line(tiny_nih, content, expected):
+    (tiny_nih / "Data_Entry_2017.csv").write_bytes(content)
+    for source in ("nih14", "nih6"):
+        with pytest.raises(DataError, match=expected) as exc:
+            create_source(source, tiny_nih).scan()
+        assert "\n" not in str(exc.value) and "Data_Entry_2017.csv" in str(exc.value)
 
 
 # --- the real sets in ../shared/data -------------------------------------------------------------

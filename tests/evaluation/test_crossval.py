@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from lungnet.cli import crossval
 from lungnet.data.sources import DataError
 from lungnet.evaluation.compare import find_checkpoints
-from lungnet.evaluation.crossval import compare, find_fold_runs, main, summarise, write_summary
+from lungnet.evaluation.crossval import compare, find_fold_runs, summarise, write_summary
 from lungnet.training import train
-from tests.conftest import compose_cfg, make_class_folders
+from tests.conftest import compose_cfg, make_class_folders, run_cli
 from tests.evaluation.conftest import TINY
 
 CLASSES = ["Covid-19", "No_findings", "Pneumonia"]
@@ -79,18 +80,18 @@ def test_folds_that_do_not_belong_together_are_refused(cv_runs, tmp_path):
         summarise(find_fold_runs(mixed))
     fold0 = yaml.safe_load((mixed / "0" / "config.yaml").read_text())
     cfg["seed"] = fold0["seed"]
-    cfg["optim"]["lr"] = 0.5  # another recipe's fold
+    cfg["optimizer"]["lr"] = 0.5  # another recipe's fold
     config.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(DataError, match="different settings.*optim.lr"):
+    with pytest.raises(DataError, match="different settings.*optimizer.lr"):
         summarise(find_fold_runs(mixed))
-    cfg["optim"]["lr"] = fold0["optim"]["lr"]
+    cfg["optimizer"]["lr"] = fold0["optimizer"]["lr"]
     cfg["data"]["num_workers"], cfg["trainer"]["enable_progress_bar"] = 7, True  # how fast, not what: allowed
     cfg["new_key_in_a_later_version"] = 1
     config.write_text(yaml.safe_dump(cfg))
     assert summarise(find_fold_runs(mixed), resamples=10)["folds_found"] == [0, 1, 2]
 
 
-def test_two_cross_validations_are_compared_pairwise_on_common_folds(cv_runs, tmp_path):
+def test_two_cross_validations_are_compared_pairwise_on_common_folds(cv_runs, tmp_path, monkeypatch):
     """A variant whose out-of-fold predictions are all right beats the real folds by exactly their error rate."""
     base = summarise(find_fold_runs(cv_runs), resamples=50)
     variant = {**base, "oof": base["oof"].copy(), "model": "oracle", "folds_found": [0, 1]}
@@ -111,20 +112,20 @@ def test_two_cross_validations_are_compared_pairwise_on_common_folds(cv_runs, tm
     with pytest.raises(DataError, match="different validation images"):
         compare(variant, {**base, "oof": moved})
     out = tmp_path / "cmp"
-    main([f"runs={cv_runs}", f"baseline={cv_runs}", f"out={out}", "resamples=20"])
+    run_cli(crossval, [f"runs={cv_runs}", f"baseline={cv_runs}", f"out={out}", "resamples=20"], monkeypatch)
     md = (out / "cv_comparison.md").read_text()
     assert "A - B [95% CI]" in md and "| accuracy |" in md
     assert json.loads((out / "cv_comparison.json").read_text())["metrics"]["accuracy"]["diff"] == 0.0
 
 
-def test_incomplete_cv_is_summarised_with_a_warning_and_bad_input_exits_2(cv_runs, tmp_path, caplog):
+def test_incomplete_cv_is_summarised_with_a_warning_and_bad_input_exits_2(cv_runs, tmp_path, caplog, monkeypatch):
     partial = tmp_path / "partial"
     shutil.copytree(cv_runs / "0", partial / "0")
     summary = summarise(find_fold_runs(partial), resamples=20)
     assert summary["folds_found"] == [0] and np.isnan(summary["std"]["accuracy"])
     assert "missing" in caplog.text
     with pytest.raises(SystemExit) as exc:
-        main([f"runs={tmp_path / 'nowhere'}"])
+        run_cli(crossval, [f"runs={tmp_path / 'nowhere'}"], monkeypatch)
     assert exc.value.code == 2
 
 

@@ -10,15 +10,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from lungnet import cli
 from lungnet.checkpoint import read_checkpoint
 from lungnet.data.sources import DataError
 from lungnet.data.synthetic import generate
 from lungnet.evaluation.run import evaluate
 from lungnet.training import train
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, run_cli
 from tests.evaluation.conftest import FAST_EVAL, TINY
 
-NO_EXPLAIN = [*FAST_EVAL, "explain.n=0", "audit.enabled=false"]
+NO_EXPLAIN = [*FAST_EVAL, "explain.n=0"]
 
 
 def copy_class(src: Path, dst: Path, n: int, offset: int = 0) -> list[Path]:
@@ -146,3 +147,38 @@ def test_external_evaluation_on_nih_with_subgroups(pneumonia_run, nih_folder):
     assert (pneumonia_run / "nih" / "subgroups.png").is_file()
     report = (pneumonia_run / "nih" / "report.md").read_text()
     assert "## Subgroups" in report and "Largest gap between groups" in report
+
+
+def test_command_line_refusals_are_one_line_exit_2_and_leave_no_run_folder(
+    pneumonia_run, tiny_ckpt, darkcovidnet_folder, tmp_path, monkeypatch, capsys
+):
+    """No finding in common, a folder of training images, an audit option out of range: evaluate and audit stop
+    with one line and exit 2, and the run folder they were given is not left behind."""
+    seen = tmp_path / "seen"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        copy_class(pneumonia_run / "chest" / "train" / cls, seen / cls, 3)
+    ckpt = pneumonia_run / "run" / "checkpoints" / "best.ckpt"
+    fast = ["bootstrap.resamples=50"]
+    cases = [
+        (
+            cli.evaluate,
+            [f"ckpt={tiny_ckpt}", "data=darkcovidnet", f"data.root={darkcovidnet_folder}", "split=all"],
+            "have no finding in common",
+        ),
+        (
+            cli.evaluate,
+            [f"ckpt={ckpt}", f"data.root={seen}", "split=all", "explain.n=0"],
+            "6 of 6 evaluated images are copies",
+        ),
+        (cli.audit, [f"ckpt={ckpt}", f"data.root={seen}", "split=all"], "6 of 6 evaluated images are copies"),
+        (cli.evaluate, [f"ckpt={ckpt}", "audit.center=1.5"], "audit.center=1.5 must be in (0, 1)"),
+        (cli.audit, [f"ckpt={ckpt}", "audit=false"], "audit=false switches the audit off"),
+    ]
+    out = tmp_path / "out"
+    for command, args, expected in cases:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            run_cli(command, [*args, *fast, f"hydra.run.dir={out}"], monkeypatch)
+        errors = [line for line in "".join(capsys.readouterr()).splitlines() if "ERROR" in line]
+        assert exc.value.code == 2 and len(errors) == 1 and expected in errors[0], (args, errors)
+        assert not out.exists(), f"{command.__name__} {args} left {sorted(out.rglob('*'))}"

@@ -14,8 +14,9 @@ from tests.conftest import ROOT
 from tests.evaluation.conftest import FAST_EVAL, compose_cfg
 from tests.evaluation.test_plots import assert_png
 
-FIGURES = ("confusion_matrix.png", "roc.png", "pr.png", "reliability.png")
-FILES = ("metrics.json", "predictions.csv", "per_class.csv", "thresholds.json", "report.md", "report.html", *FIGURES)
+FIGURES = ("confusion_matrix.png", "roc.png", "pr.png", "reliability.png", "risk_coverage.png")
+FILES = ("metrics.json", "predictions.csv", "per_class.csv", "thresholds.json", "report.md", "report.html")
+FILES = (*FILES, "model_card.md", *FIGURES)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,7 @@ def test_writes_every_artefact(evaluated):
         "roc": FIGURES[1],
         "pr": FIGURES[2],
         "reliability": FIGURES[3],
+        "risk_coverage": FIGURES[4],
     }
 
 

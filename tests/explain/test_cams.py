@@ -103,7 +103,7 @@ def test_logit_target_rules():
 def test_multilabel_target_is_the_chosen_findings_logit(halves):
     model = halves(2)  # read as two independent sigmoid findings
     x = torch.ones(2, 1, 16, 16)
-    maps = explain(model, x, "gradcam", targets=[1, 0], cam_layer="features", multilabel=True)
+    maps = explain(model, x, "gradcam", targets=[1, 0], cam_layer="features")  # a target is a logit for multi-label too
     assert maps[0, :, 8:].mean() > 0.9 and maps[1, :, :8].mean() > 0.9
 
 

@@ -12,13 +12,14 @@ import torch
 from PIL import Image
 
 from lungnet.checkpoint import LoadedModel, load_model
+from lungnet.cli import explain, explain_options
 from lungnet.explain import ExplainError
-from lungnet.explain.__main__ import main, parse
 from lungnet.explain.groundtruth import synthetic_cases
 from lungnet.explain.pointing import score_checkpoint
 from lungnet.explain.run import explain_checkpoint
 from lungnet.labels import NIH14, SYNTHETIC
 from lungnet.models.registry import create_model
+from tests.conftest import compose_cfg, run_cli
 
 
 def _table(root: Path) -> pd.DataFrame:
@@ -84,7 +85,8 @@ def test_score_checkpoint_tables(tiny_checkpoint, synthetic_root, tmp_path):
 
 def test_cli_explains_and_scores(tiny_checkpoint, synthetic_root, tmp_path):
     out = tmp_path / "cli"
-    result = main(
+    cfg = compose_cfg(
+        "explain",
         [
             f"ckpt={tiny_checkpoint}",
             "method=gradcampp",
@@ -92,23 +94,30 @@ def test_cli_explains_and_scores(tiny_checkpoint, synthetic_root, tmp_path):
             f"images={synthetic_root / 'images'}",
             f"out={out}",
             "score=synthetic",
-            "methods=gradcam,hirescam",
+            "methods=[gradcam,hirescam]",
             "score_n=3",
             "sanity=false",
-        ]
+        ],
     )
+    result = explain.task(cfg, Path(cfg.out))  # what lungnet-explain runs in its Hydra run directory
     assert result["explain"]["n"] == 4
     report = (out / "explanations_gradcampp.md").read_text()
     assert "### Explanations: Grad-CAM++" in report and "### Explanations against ground truth: synthetic" in report
     assert (out / "pointing_synthetic.csv").is_file() and (out / "gradcampp" / "grid.png").is_file()
 
 
-def test_cli_arguments():
-    cfg = parse(["ckpt=x.ckpt", "method=scorecam", "options.batch_size=8"])
+def test_cli_arguments(tmp_path, monkeypatch, capsys, caplog):
+    cfg = compose_cfg("explain", ["ckpt=x.ckpt", "method=scorecam", "options.batch_size=8"])
     assert cfg.method == "scorecam" and cfg.options.batch_size == 8 and cfg.n == 16
-    with pytest.raises(ExplainError, match="key=value"):
-        parse(["x.ckpt"])
-    with pytest.raises(ExplainError, match="ckpt="):
-        parse(["method=gradcam"])
-    with pytest.raises(ExplainError, match="choose from"):
-        parse(["ckpt=x", "method=lime"])
+    assert explain_options("scorecam", cfg.options) == {"batch_size": 8}
+    assert explain_options("ig", {}) == {"n_steps": 32, "internal_batch_size": 32}  # conf/explain/ig.yaml's
+    for args, message in [
+        (["x.ckpt"], "key=value"),
+        (["method=gradcam"], "ckpt="),
+        (["ckpt=x", "method=lime"], "choose from"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            run_cli(explain, [*args, f"out={tmp_path / 'out'}"], monkeypatch)
+        assert exc.value.code == 2
+        assert message in "".join(capsys.readouterr()) + caplog.text  # Hydra's handlers once the task started
+    assert not (tmp_path / "out").exists()  # refused: no run directory left behind

@@ -1,0 +1,108 @@
+"""Checks on what a data source reads, before its table is used: label CSVs, and files reached by two paths.
+
+`read_label_csv` refuses a label file that cannot be one in one line; `blank_cells` marks the rows a CSV leaves
+blank (they become bad rows, reported and skipped like unreadable images); `one_row_per_file` counts a file
+reached through symlinks once, in the split its folder belongs to, and refuses one reached under two labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from lungnet.errors import DataError
+from lungnet.io import printable
+
+log = logging.getLogger(__name__)
+
+
+def read_label_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A data set's label CSV as text (blank cells are ``""``); refuses, in one line, a file that cannot be it.
+
+    Raises:
+        DataError: empty, not text, not CSV, or lacking one of ``columns``.
+    """
+    expected = f"expected the data set's own CSV with columns {', '.join(columns)}"
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path} is empty: {expected}") from exc
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise DataError(f"{path} is not a readable CSV file ({type(exc).__name__}: {reason}): {expected}") from exc
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{path} lacks columns {missing}: {expected}")
+    return table
+
+
+def blank_cells(table: pd.DataFrame, columns: tuple[str, ...], name: str) -> list[str]:
+    """Per row of a CSV as read, '' or why it is unusable: which of ``columns`` are blank, on which line of ``name``."""
+    blank = [(table[c].str.strip() == "").tolist() for c in columns]
+    reasons = []
+    for line, flags in enumerate(zip(*blank, strict=True), start=2):  # line 1 is the header
+        which = [f"'{c}'" for c, flag in zip(columns, flags, strict=True) if flag]
+        reasons.append(f"blank {', '.join(which)} in {name} line {line}" if which else "")
+    return reasons
+
+
+def real_paths(paths: pd.Series) -> pd.Series:
+    """``os.path.realpath`` of each file, resolving each folder once (a data set has many files per folder)."""
+    folders: dict[str, str] = {}
+
+    def resolve(path: str) -> str:
+        folder, name = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        resolved = os.path.join(folders[folder], name)
+        return os.path.realpath(resolved) if os.path.islink(resolved) else resolved
+
+    return paths.map(resolve)
+
+
+def _home(real: str, split_folders: dict[str, Path]) -> str | None:
+    """The split whose folder holds the real file, or None."""
+    for split, folder in split_folders.items():
+        if real.startswith(os.path.realpath(folder).rstrip(os.sep) + os.sep):
+            return split
+    return None
+
+
+def one_row_per_file(table: pd.DataFrame, split_folders: dict[str, Path]) -> pd.DataFrame:
+    """One row per real file, for a table of (``path``, ``label``, ``split``) found by walking folders.
+
+    A file reached by two paths (a symlinked folder or file) is counted once: in the split whose folder holds
+    the real file (a link from ``train/NORMAL`` into ``val/`` leaves those images in val), else on its first
+    path. A file reached under two labels stops the run: one of the paths gives it the wrong label.
+
+    Raises:
+        DataError: the same file under two labels; the message names both paths.
+    """
+    real = real_paths(table["path"])
+    twice = real.duplicated(keep=False)
+    if not twice.any():
+        return table
+    drop = []
+    for target, rows in table[twice].groupby(real[twice], sort=False):
+        if rows["label"].nunique() > 1:
+            a, b = rows.drop_duplicates("label").iloc[:2].itertuples()
+            raise DataError(
+                f"{printable(a.path)} (label {a.label}) and {printable(b.path)} (label {b.label}) are the same file "
+                f"{printable(target)}: a symlink puts it in the wrong class folder; remove the link"
+            )
+        home = _home(target, split_folders)
+        at_home = rows.index[rows["split"] == home] if home is not None else rows.index[:0]
+        keep = at_home[0] if len(at_home) else rows.index[0]
+        drop += [i for i in rows.index if i != keep]
+    example = table.loc[drop[0], "path"]
+    log.warning(
+        "%d image path(s) lead to a file already listed (symlinks, e.g. %s -> %s): each file counted once, in "
+        "the split whose folder holds it",
+        len(drop),
+        printable(example),
+        printable(real[drop[0]]),
+    )
+    return table.drop(index=drop).reset_index(drop=True)

@@ -1,0 +1,385 @@
+"""Report step of ``evaluate.py``: the decision path (operating point, abstention, conformal sets, OOD gate).
+
+Fitted on the validation split (``<ckpt stem>.decision.json`` beside the checkpoint, `lungnet.decision`), applied to
+the evaluated split: ``decision``, ``decision_reason``, ``prediction_set``, ``ood`` and ``ood_score`` columns in
+predictions.csv; ``conformal_coverage``, ``conformal_mean_set_size``, ``conformal_shift_pvalue`` and
+``conformal_shift_warning`` in metrics.json (and a ``decisions`` block); ``risk_coverage.png``; a report section.
+
+Split conformal coverage holds only when the evaluated images are exchangeable with the calibration images. Two
+Kolmogorov-Smirnov tests (scipy) compare the evaluated split with the calibration split: the nonconformity scores
+of the true labels, and the label-free OOD scores. Their Bonferroni-combined p-value is ``conformal_shift_pvalue``;
+below 0.01 the report says that the coverage is not guaranteed on this split.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.stats import ks_2samp  # noqa: E402
+
+from lungnet.checkpoint import load_model  # noqa: E402
+from lungnet.decision import (  # noqa: E402
+    ABSTAIN,
+    NO_FINDING,
+    DecisionRecord,
+    Decisions,
+    decision_path,
+    new_record,
+    read_decision,
+)
+from lungnet.errors import CheckpointError  # noqa: E402
+from lungnet.evaluation import plots, stats  # noqa: E402
+from lungnet.evaluation.predict import model_outputs  # noqa: E402
+from lungnet.hardware import resolve_device  # noqa: E402
+from lungnet.ood import OodGate  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SHIFT_P = 0.01
+
+
+def true_scores(probs: np.ndarray, targets: np.ndarray, labels: list[str], multilabel: bool):
+    """Nonconformity scores of the true labels: 1 - p(true label) ((N,)); multi-label: per finding, 1 - p(true
+    state) of the images where it is known (``{finding: scores}``)."""
+    if not multilabel:
+        return 1.0 - probs[np.arange(len(probs)), np.asarray(targets, dtype=int)]
+    out = {}
+    for j, lab in enumerate(labels):
+        t = np.asarray(targets, dtype=np.float64)[:, j]
+        known = ~np.isnan(t)
+        p = probs[known, j]
+        out[lab] = np.where(t[known] == 1, 1.0 - p, p)
+    return out
+
+
+def _pooled(scores) -> np.ndarray:
+    return np.concatenate(list(scores.values())) if isinstance(scores, dict) else np.asarray(scores)
+
+
+def coverage(record: DecisionRecord, scores) -> float:
+    """Share of true labels (multi-label: of known image-finding states) inside their 1 - alpha prediction set."""
+    from crepes import ConformalClassifier
+
+    def covered(cal, test) -> np.ndarray:
+        p = ConformalClassifier().fit(np.asarray(cal)).predict_p(np.asarray(test), smoothing=False)
+        return np.asarray(p) >= record.alpha
+
+    if isinstance(scores, dict):
+        hits = np.concatenate([covered(record.conformal_scores[k], v) for k, v in scores.items() if len(v)])
+    else:
+        hits = covered(record.conformal_scores, scores)
+    return float(hits.mean()) if len(hits) else float("nan")
+
+
+def plain_outputs(model, dm, split: str, multilabel: bool, device: str = "cpu"):
+    """Outputs with features on ``split`` through the evaluation pipeline (the train split without augmentation)."""
+    key = f"{split}:plain"
+    if key not in dm.datasets:
+        dm.datasets[key] = dm.make_dataset(dm.table[dm.table["split"] == split], train=False)
+    return model_outputs(model, dm.loader(key), multilabel, device, f"Features of {split}", True, split)
+
+
+def gate(ev, existing: DecisionRecord | None) -> OodGate | None:
+    """The OOD gate: the decision file's, else fitted on the training split's features and thresholded on val."""
+    opts = ev.cfg.get("ood") or {}
+    if existing is not None and existing.ood is not None and not opts.get("refit"):
+        return existing.ood
+    if "train" not in ev.dm.datasets or ev.fit.name != "val":
+        log.info("No OOD gate: it is fitted on the training split and thresholded on val, and this data has neither")
+        return None
+    train = plain_outputs(ev.loaded.model, ev.dm, "train", ev.loaded.multilabel, ev.device)
+    return fit_gate(train, ev.fit, ev.loaded.multilabel, opts.get("dims"), opts.get("quantile"))
+
+
+def fit_gate(train, val, multilabel: bool, dims: int | None = None, quantile: float | None = None) -> OodGate:
+    """Fits the OOD gate on ``train``'s features and sets its threshold on ``val``'s (`lungnet.ood`; None: its
+    defaults)."""
+    classes = None if multilabel else train.targets
+    extra = {"dims": int(dims)} if dims else {}
+    fitted = OodGate.fit(train.features, classes, fit_split=train.name, layer="backbone", **extra)
+    return fitted.calibrate(val.features, split=val.name, **({"quantile": float(quantile)} if quantile else {}))
+
+
+def fit_ood_gate(ckpt, dm) -> Path | None:
+    """Training's last step: fits the OOD gate of the best checkpoint (train features, threshold on val) and stores
+    it in ``<ckpt stem>.decision.json`` (keeping an operating point already there for the same checkpoint)."""
+    if not {"train", "val"} <= set(dm.datasets):
+        log.info("No OOD gate: it needs a train and a val split")
+        return None
+    loaded = load_model(ckpt)
+    device = resolve_device("auto")
+    outs = [plain_outputs(loaded.model, dm, s, loaded.multilabel, device) for s in ("train", "val")]
+    path = decision_path(ckpt)
+    record = new_record(loaded.labels, loaded.multilabel, ckpt)
+    if path.is_file():
+        try:
+            record = read_decision(path, ckpt, loaded.labels)
+        except CheckpointError as exc:
+            log.info("Replacing %s: %s", path.name, exc)
+    record.ood = fit_gate(*outs, loaded.multilabel)
+    record.write(path)
+    log.info(
+        "OOD gate fitted on %d training images, threshold %.3g (0.95 of val): %s",
+        len(outs[0].targets),
+        record.ood.threshold,
+        path,
+    )
+    return path
+
+
+def build_record(ev) -> tuple[DecisionRecord, str]:
+    """The record decisions are taken with, and where it came from (``fitted on val`` or the file read)."""
+    ckpt = ev.loaded.path
+    path = decision_path(ckpt)
+    existing = None
+    if path.is_file():
+        try:
+            existing = read_decision(path, ckpt, ev.loaded.labels)
+        except CheckpointError as exc:
+            log.warning("%s; it will be replaced when this evaluation fits on val", exc)
+    if ev.fit.name != "val" and existing is not None and existing.split is not None:
+        log.info("Decisions from %s (fitted on %s), not refitted on %s", path, existing.split, ev.fit.name)
+        return existing, f"read from `{path}` (fitted on {existing.split})"
+    record = new_record(ev.loaded.labels, ev.loaded.multilabel, ckpt)
+    given = ev.opts["decision_positive_class"]
+    record.positive_class = given or record.positive_class
+    cal, op = ev.result["calibration"], ev.result["operating_point"]
+    fit_probs = stats.scale_probs(ev.fit.probs, cal["temperature"] or 1.0, ev.loaded.multilabel)
+    alpha = float(ev.cfg.conformal.alpha)
+    record.split, record.temperature, record.alpha = ev.fit.name, cal["temperature"], alpha
+    record.counts = {
+        "n": int(len(ev.fit.targets)),
+        **class_counts(ev.fit.targets, ev.loaded.labels, ev.loaded.multilabel),
+    }
+    record.target_sensitivity, record.thresholds = op["target_sensitivity"], dict(op["thresholds"])
+    record.conformal_scores = true_scores(fit_probs, ev.fit.targets, ev.loaded.labels, ev.loaded.multilabel)
+    record.abstain_below = ev.cfg.abstain.below
+    record.abstain_ambiguous = bool(ev.cfg.abstain.ambiguous)
+    record.ood = gate(ev, existing)
+    return record, f"fitted on the **{ev.fit.name}** split ({record.counts['n']} images)"
+
+
+def class_counts(targets: np.ndarray, labels: list[str], multilabel: bool) -> dict:
+    """``{label: count}`` (multi-label: positives per finding)."""
+    t = np.asarray(targets)
+    if multilabel:
+        return {lab: int(np.nansum(t[:, j] == 1)) for j, lab in enumerate(labels)}
+    return {lab: int((t == j).sum()) for j, lab in enumerate(labels)}
+
+
+def shift_test(record: DecisionRecord, scores, ood_scores, in_sample: bool) -> dict:
+    """Two-sample KS tests of the evaluated split against the calibration split (nonconformity and OOD scores)."""
+    tests = {}
+    if record.conformal_scores is not None and scores is not None:
+        res = ks_2samp(_pooled(scores), _pooled(record.conformal_scores))
+        tests["nonconformity"] = {"statistic": float(res.statistic), "pvalue": float(res.pvalue)}
+    if record.ood is not None and ood_scores is not None and len(record.ood.reference):
+        res = ks_2samp(ood_scores, record.ood.reference)
+        tests["ood_score"] = {"statistic": float(res.statistic), "pvalue": float(res.pvalue)}
+    pvalue = min(1.0, len(tests) * min(t["pvalue"] for t in tests.values())) if tests else None
+    return {
+        "test": "two-sample Kolmogorov-Smirnov against the calibration split, Bonferroni over the tests",
+        "tests": tests,
+        "in_sample": in_sample,
+        "pvalue": pvalue,
+        "warning": bool(pvalue is not None and pvalue < SHIFT_P),
+    }
+
+
+def truth_strings(targets: np.ndarray, labels: list[str], multilabel: bool) -> list[str]:
+    """True labels in the decision's format."""
+    if not multilabel:
+        return [labels[int(t)] for t in targets]
+    return ["|".join(lab for lab, t in zip(labels, row, strict=True) if t == 1) or NO_FINDING for row in targets]
+
+
+def summarise(record: DecisionRecord, dec: Decisions, ev, source: str) -> dict:
+    """The ``decisions`` block of metrics.json (and the conformal_* keys)."""
+    labels, multilabel = ev.loaded.labels, ev.loaded.multilabel
+    truth = truth_strings(ev.data.targets, labels, multilabel)
+    kept = np.array([d != ABSTAIN for d in dec.decision])
+    right = np.array([d == t for d, t in zip(dec.decision, truth, strict=True)])
+    reasons: dict[str, int] = {}
+    for r in dec.reason:
+        if r:
+            key = "ood" if r.startswith("unlike") else "set" if "prediction set" in r else "confidence"
+            reasons[key] = reasons.get(key, 0) + 1
+    out = {
+        "source": source,
+        "rule": record.rule,
+        "positive_class": record.positive_class,
+        "alpha": record.alpha,
+        "n": len(truth),
+        "referred": int((~kept).sum()),
+        "referred_share": float((~kept).mean()) if len(kept) else float("nan"),
+        "referred_by": reasons,
+        "accuracy_on_rest": float(right[kept].mean()) if kept.any() else float("nan"),
+        "accuracy_without_abstention": float(
+            np.mean([d == t for d, t in zip(record.labels_of(dec.probs), truth, strict=True)])
+        ),
+    }
+    if dec.ood is not None:
+        out.update(ood_flagged=int(dec.ood.sum()), ood_rate=float(dec.ood.mean()), ood_threshold=record.ood.threshold)
+    return out
+
+
+def risk_coverage_figure(confidence: np.ndarray, correct: np.ndarray, kept: np.ndarray, title: str):
+    """Error rate of the decisions kept against the share kept, keeping the most confident first."""
+    order = np.argsort(-confidence, kind="stable")
+    n = len(order)
+    share = np.arange(1, n + 1) / n
+    risk = np.cumsum(~correct[order]) / np.arange(1, n + 1)
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    ax.plot(share, risk, color="tab:blue", lw=2, label="keep the most confident (calibrated top probability)")
+    ax.axhline(risk[-1], color="gray", ls=":", label=f"no abstention: error {risk[-1]:.3f}")
+    if kept.any():
+        rest = float((~correct[kept]).mean())
+        ax.plot(
+            kept.mean(),
+            rest,
+            "o",
+            color="tab:red",
+            ms=9,
+            label=f"lungnet's abstention: {kept.mean():.0%} kept, error {rest:.3f}",
+        )
+    ax.set_xlabel("share of images decided (coverage)")
+    ax.set_ylabel("error rate of the decisions kept (risk)")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, max(0.05, float(risk.max()) * 1.1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def add_decisions(ev) -> None:
+    """Report step (`lungnet.evaluation.run.REPORT_STEPS`): decisions, sets and OOD flags for the evaluated split.
+
+    Adds the predictions.csv columns, the metrics.json keys, ``risk_coverage.png`` and a report section, and writes
+    ``<ckpt stem>.decision.json`` when the record was fitted on val (``decision.write``).
+    """
+    labels, multilabel = ev.loaded.labels, ev.loaded.multilabel
+    record, source = build_record(ev)
+    logits = stats.to_logits(ev.data.probs, multilabel)
+    dec = record.decide(logits, ev.data.features)
+    for key, values in dec.columns(labels).items():
+        ev.table[key] = values
+    scores = true_scores(dec.probs, ev.data.targets, labels, multilabel)
+    in_sample = record.split == ev.split
+    shift = shift_test(record, scores, dec.ood_score, in_sample)
+    block = summarise(record, dec, ev, source)
+    block["shift"] = shift
+    if record.alpha is not None:
+        ev.result["conformal_coverage"] = coverage(record, scores)
+        ev.result["conformal_mean_set_size"] = float(dec.sets.sum(1).mean())
+    ev.result["conformal_shift_pvalue"] = shift["pvalue"]
+    ev.result["conformal_shift_warning"] = shift["warning"]
+    ev.result["decisions"] = block
+    if ev.opts["report"]["figures"]:
+        truth = truth_strings(ev.data.targets, labels, multilabel)
+        correct = np.array([d == t for d, t in zip(record.labels_of(dec.probs), truth, strict=True)])
+        conf = np.maximum(dec.probs, 1 - dec.probs).min(1) if multilabel else dec.probs.max(1)
+        kept = np.array([d != ABSTAIN for d in dec.decision])
+        title = f"Risk-coverage: {ev.result['model']} on {ev.split} (n={len(truth)})"
+        fig = risk_coverage_figure(conf, correct, kept, title)
+        ev.figures["risk_coverage"] = plots.save_figure(fig, ev.run_dir / "risk_coverage.png").name
+    ev.sections.append(decision_section(ev.result, record, ev.split, ev.figures.get("risk_coverage")))
+    if record.split == "val" and source.startswith("fitted") and bool(ev.cfg.decision.write):
+        record.summary = card_summary(ev.result) if ev.split == "val" or not record.summary else record.summary
+        path = record.write(decision_path(ev.loaded.path))
+        ev.result["decisions"]["file"] = str(path)
+        log.info("Wrote %s (operating point, temperature, conformal scores, OOD gate; fitted on val)", path)
+
+
+def card_summary(result: dict) -> dict:
+    """What the app shows at the top: model, data, split evaluated, headline numbers with CIs."""
+    ci = result.get("confidence_intervals", {})
+    op = result.get("operating_point", {})
+    return {
+        "model": result.get("model"),
+        "input_size": result.get("input_size"),
+        "data_name": result.get("data_name"),
+        "split": result.get("split"),
+        "n": result.get("n"),
+        "class_counts": result.get("class_counts"),
+        "accuracy": ci.get("accuracy"),
+        "auroc_macro": ci.get("auroc_macro"),
+        "ece_after": result.get("calibration", {}).get("ece_after"),
+        "operating_point": {k: op.get("fitted", {}).get(k) for k in op.get("thresholds", {})},
+        "conformal_coverage": result.get("conformal_coverage"),
+        "alpha": result.get("decisions", {}).get("alpha"),
+    }
+
+
+def decision_section(result: dict, record: DecisionRecord, split: str, figure: str | None = None) -> str:
+    """The report's ``## Decisions`` section."""
+    from lungnet.evaluation.report import fmt
+
+    block = result["decisions"]
+    shift = block["shift"]
+    rule = {
+        "threshold": f"**{record.positive_class}** when its calibrated probability reaches "
+        f"{fmt(record.thresholds.get(record.positive_class))} (target sensitivity {record.target_sensitivity}), "
+        "else the most probable other class",
+        "argmax": "the most probable class (arg-max of the calibrated probabilities)",
+        "per_finding": "each finding whose calibrated probability reaches its threshold",
+    }[record.rule]
+    lines = [
+        "## Decisions: operating point, abstention, conformal sets, OOD gate",
+        f"Decisions {block['source']}. Rule: {rule}. A decision is `abstain` (referred to a person) when the image "
+        "is unlike the training images (OOD gate), when the prediction set does not single out one answer"
+        + (f", or when the calibrated confidence is below {record.abstain_below}" if record.abstain_below else "")
+        + ".",
+        f"- Referred to a person: **{block['referred']} of {block['n']}** ({fmt(block['referred_share'])}; "
+        f"{', '.join(f'{k}: {v}' for k, v in block['referred_by'].items()) or 'none'}); accuracy of the decisions "
+        f"kept: **{fmt(block['accuracy_on_rest'])}** "
+        f"(without abstention: {fmt(block['accuracy_without_abstention'])}).",
+    ]
+    if record.alpha is not None:
+        level = 1 - record.alpha
+        lines.append(
+            f"- Split conformal prediction sets at level {level:.2f} (alpha = {record.alpha}), calibrated on "
+            f"{record.split} ({record.counts.get('n')} images): empirical coverage on {split} "
+            f"**{fmt(result.get('conformal_coverage'))}**, "
+            f"mean set size {fmt(result.get('conformal_mean_set_size'), 2)}."
+        )
+    if block.get("ood_rate") is not None:
+        lines.append(
+            f"- OOD gate ({record.ood.info.get('method')}, threshold {fmt(record.ood.threshold)} = "
+            f"{record.ood.info.get('quantile')} quantile on {record.ood.info.get('threshold_split')}): "
+            f"**{block['ood_flagged']} of {block['n']}** flagged ({fmt(block['ood_rate'])})."
+        )
+    lines.append(shift_line(shift, split, record.split))
+    if figure:
+        lines.append(f"![Risk-coverage]({figure})")
+    return "\n\n".join(lines)
+
+
+def shift_line(shift: dict, split: str, calibration_split: str | None) -> str:
+    """What the coverage means here: in-sample, shifted (not guaranteed), or no evidence of shift."""
+    from lungnet.evaluation.report import fmt
+
+    tests = ", ".join(f"{k} p = {fmt(v['pvalue'], 4)}" for k, v in shift["tests"].items())
+    if shift["in_sample"]:
+        return (
+            f"> The sets were calibrated on this split ({split}) itself: the coverage above is in-sample. "
+            "On new images it holds only when they are exchangeable with these."
+        )
+    if shift["warning"]:
+        return (
+            f"> **Coverage is not guaranteed on this split.** The {split} images do not look like the "
+            f"{calibration_split} images the sets were calibrated on (two-sample KS: {tests}; combined p = "
+            f"{fmt(shift['pvalue'], 4)} < {SHIFT_P}), so the {split} images are not exchangeable with them."
+        )
+    if not shift["tests"]:
+        return "> No shift test was possible (no calibration scores): coverage is not guaranteed."
+    return (
+        f"> No evidence that {split} differs from {calibration_split} (two-sample KS: {tests}; combined p = "
+        f"{fmt(shift['pvalue'], 4)}). The coverage guarantee assumes exchangeable images; a test can miss a shift."
+    )

@@ -1,0 +1,94 @@
+"""evaluate.py split=val -> <ckpt stem>.decision.json -> predict.py decisions; shift warning; model card."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungnet.decision import DecisionRecord, decision_path
+from lungnet.evaluation.decisions import decision_section, shift_test
+from lungnet.evaluation.model_card import SECTIONS
+from lungnet.evaluation.run import evaluate
+from tests.conftest import ROOT
+from tests.evaluation.conftest import FAST_EVAL, compose_cfg
+
+
+@pytest.fixture(scope="module")
+def own_ckpt(tiny_run, tmp_path_factory):
+    """A copy of the tiny run's checkpoint and the decision file training wrote (OOD gate only)."""
+    src = tiny_run / "checkpoints"
+    assert json.loads((src / "best.decision.json").read_text())["ood"]["threshold_split"] == "val"
+    dst = tmp_path_factory.mktemp("own") / "checkpoints"
+    dst.mkdir()
+    shutil.copy(src / "best.ckpt", dst / "best.ckpt")
+    record = DecisionRecord.from_dict(json.loads((src / "best.decision.json").read_text()))
+    record.write(dst / "best.decision.json")  # the hash is the same: it is the same file
+    return dst / "best.ckpt"
+
+
+def test_evaluate_val_then_predict_writes_decision_columns(own_ckpt, tiny_run, tmp_path):
+    cfg = compose_cfg("evaluate", [f"ckpt={own_ckpt}", "split=val", "explain.n=0", *FAST_EVAL])
+    result = evaluate(cfg, tmp_path / "val")
+    record = DecisionRecord.from_dict(json.loads(decision_path(own_ckpt).read_text()))
+    assert record.split == "val" and record.temperature > 0 and record.alpha == 0.1 and record.ood is not None
+    assert len(record.conformal_scores) == result["n"] and record.summary["split"] == "val"
+    assert 0 <= result["conformal_coverage"] <= 1 and result["conformal_mean_set_size"] >= 0
+    assert result["decisions"]["shift"]["in_sample"] and result["conformal_shift_warning"] is False
+    card = (tmp_path / "val" / "model_card.md").read_text()
+    assert all(f"## {s}" in card for s in SECTIONS) and "Research use only" in card
+    assert own_ckpt.with_name("best.model_card.md").is_file()
+    out = tmp_path / "pred"
+    images = tiny_run.parent / "syn"
+    cmd = [sys.executable, "predict.py", f"ckpt={own_ckpt}", f"input={images}", f"hydra.run.dir={out}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(out / "predictions.csv")
+    assert {"decision", "prediction_set", "ood", "ood_score"} <= set(table.columns)
+    assert set(table["decision"]) <= {*record.labels, "abstain"}
+    assert table["ood_score"].notna().all()
+    facts = json.loads((out / "prediction.json").read_text())
+    assert facts["decision_file"] == str(decision_path(own_ckpt)) and facts["decision"]["split"] == "val"
+
+
+def test_another_checkpoints_decision_file_is_refused_with_one_line(own_ckpt, tmp_path):
+    other = tmp_path / "other.decision.json"
+    data = json.loads(decision_path(own_ckpt).read_text())
+    other.write_text(json.dumps({**data, "checkpoint_sha256": "f" * 64}))
+    cmd = [sys.executable, "predict.py", f"ckpt={own_ckpt}", f"input={tmp_path}", f"decision={other}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        cmd + [f"hydra.run.dir={tmp_path / 'p'}"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 2
+    said = proc.stdout + proc.stderr
+    assert "fitted for another checkpoint" in said and "Traceback" not in said
+
+
+def test_a_shifted_split_gets_the_warning_and_no_coverage_claim():
+    rng = np.random.default_rng(0)
+    rec = DecisionRecord(["A", "B"], False, "0" * 64, split="val", alpha=0.1, conformal_scores=rng.random(300) * 0.5)
+    same = shift_test(rec, rng.random(300) * 0.5, None, in_sample=False)
+    assert not same["warning"] and same["pvalue"] > 0.01
+    shifted = shift_test(rec, 0.3 + rng.random(300) * 0.5, None, in_sample=False)
+    assert shifted["warning"] and shifted["pvalue"] < 0.01
+    block = {
+        "source": "x",
+        "n": 300,
+        "referred": 1,
+        "referred_share": 0.0,
+        "referred_by": {},
+        "accuracy_on_rest": 0.9,
+        "accuracy_without_abstention": 0.9,
+        "shift": shifted,
+        "alpha": 0.1,
+    }
+    text = decision_section({"decisions": block, "conformal_coverage": 0.8}, rec, "test")
+    assert "**Coverage is not guaranteed on this split.**" in text
