@@ -11,6 +11,8 @@ lungnet-app        ``python -m lungnet.app``                   ``conf/app.yaml``
 lungnet-export     ``python -m lungnet.export``                ``conf/export.yaml``
 lungnet-explain    ``python -m lungnet.explain``               ``conf/explain.yaml``
 lungnet-crossval   ``python -m lungnet.evaluation.crossval``   ``conf/crossval.yaml``
+lungnet-audit      ``python -m lungnet.audit``                 ``conf/audit.yaml``
+lungnet-transfer   ``python -m lungnet.evaluation.transfer``   ``conf/transfer.yaml``
 =================  ==========================================  ======================
 
 The configs are the repository's ``conf/`` in a source checkout, and the same files shipped inside the wheel as
@@ -327,3 +329,21 @@ def crossval(cfg: DictConfig, run_dir: Path) -> Path:
     from lungnet.evaluation.crossval import run
 
     return run(cfg)
+
+
+@hydra_app("audit")
+def audit(cfg: DictConfig, run_dir: Path) -> dict:
+    """Shortcut audit of a checkpoint (`lungnet.audit.audit`)."""
+    from lungnet.audit import audit as run
+
+    return run(cfg, run_dir)
+
+
+@hydra_app("transfer")
+def transfer(cfg: DictConfig, run_dir: Path) -> dict:
+    """Generalisation matrix of trained models over data sets (`lungnet.evaluation.transfer.transfer`); the extra
+    data sets of ``data=[a,b]`` are composed from ``conf/data`` here, where Hydra knows the command line."""
+    from lungnet.evaluation.transfer import data_configs
+    from lungnet.evaluation.transfer import transfer as run
+
+    return run(cfg, run_dir, data_configs(list(HydraConfig.get().overrides.task)))

@@ -398,6 +398,25 @@ def uncrop(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return full
 
 
+def seen_in_training(predictor: Predictor, files: list[Path]) -> dict[str, str]:
+    """Input files that are exact copies of the checkpoint's training or validation images (``.ckpt`` only)."""
+    from lungnet.checkpoint import read_checkpoint
+    from lungnet.data.overlap import recorded_hashes, training_copies
+
+    if predictor.kind != "checkpoint":
+        return {}
+    seen = training_copies([str(f) for f in files], recorded_hashes(read_checkpoint(predictor.path)))
+    if seen:
+        log.warning(
+            "%d of %d inputs are copies of images the model was trained or validated on (column "
+            "seen_in_training), e.g. %s",
+            len(seen),
+            len(files),
+            next(iter(seen)),
+        )
+    return seen
+
+
 def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
     """``predict.py``: classify ``cfg.input`` with ``cfg.ckpt``; write predictions.csv (+ overlays) to ``run_dir``.
 
@@ -432,6 +451,7 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
         if predictor.torch_model is None:
             raise CheckpointError(predictor.no_heatmaps())
     files = collect_inputs(cfg.input)
+    seen = seen_in_training(predictor, files)
     heat_dir = run_dir / "heatmaps"
     rows, failed = [], 0
     preds = predictor.predict_iter(files, int(cfg.batch_size), explain, progress=True, explain_options=options)
@@ -445,6 +465,7 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
         failed += not pred.ok
         if predictor.members:
             row["members"] = "|".join(predictor.members)
+        row["seen_in_training"] = seen.get(str(pred.file), "")
         rows.append(row)
     columns = ["file", "predicted", "confidence", "decision", "prediction_set", "ood", "ood_score", "decision_reason"]
     columns += [f"p_{lab}" for lab in predictor.labels]
@@ -453,6 +474,7 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
     path = write_csv(run_dir / "predictions.csv", table)
     flagged = int(sum(bool(r.get("ood")) for r in rows))
     facts = {**predictor.describe(), "images": len(rows), "unreadable": failed, "ood_flagged": flagged}
+    facts["seen_in_training"] = len(seen)
     facts["abstained"] = int(sum(r.get("decision") == "abstain" for r in rows))
     write_json(run_dir / "prediction.json", facts)
     if predictor.decision is not None:

@@ -71,6 +71,19 @@ class Runtime(Choice):
     openvino = "openvino"
 
 
+class AuditSource(Choice):
+    auto = "auto"
+    folder = "folder"
+    size = "size"
+    none = "none"
+
+
+class Overlap(Choice):
+    drop = "drop"
+    refuse = "refuse"
+    allow = "allow"
+
+
 class Precision(Choice):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -86,7 +99,30 @@ def opt(default: Any = MISSING, help: str = "", factory: Any = None, **limits: A
 
 # ----------------------------------------------------------------------------------------------- groups
 @dataclass
-class DataConfig:
+class EvalDataOverrides:
+    """``evaluate.py data.*``: overrides of the checkpoint's own data config (null: keep).
+
+    `DataConfig` extends it, so ``data=<B>`` (a whole ``conf/data`` config) is also a valid ``data`` node of an
+    evaluation: an external evaluation on data set B (`lungnet.evaluation.external`).
+    """
+
+    root: str | None = opt(None, "another copy of the data set, or an external test set (split=all)")
+    batch_size: int | None = opt(None, "images per batch", ge=1)
+    num_workers: int | None = opt(None, "DataLoader worker processes", ge=0)
+    on_bad_file: OnBadFile | None = opt(None, "skip or error")
+    allow_leakage: bool | None = opt(
+        None,
+        "evaluate even when the recomputed splits differ from the training ones, or the evaluated images hold "
+        "copies of training images (the report says so)",
+    )
+    near_duplicates: bool | None = opt(
+        None, "split=all and external data also refuse near copies (256-bit dHash) of the training images"
+    )
+    near_duplicate_threshold: int | None = opt(None, "differing dHash bits (of 256) that count as a near copy", ge=0)
+
+
+@dataclass
+class DataConfig(EvalDataOverrides):
     """``data``: what every data set shares; ``conf/data/<name>.yaml`` sets name, source, root and what differs."""
 
     name: str = opt(help="the data set's name (run directory names, metrics.json)")
@@ -212,17 +248,6 @@ class TrainConfig:
 
 
 @dataclass
-class EvalDataOverrides:
-    """``evaluate.py data.*``: overrides of the checkpoint's own data config (null: keep)."""
-
-    root: str | None = opt(None, "another copy of the data set, or an external test set (split=all)")
-    batch_size: int | None = opt(None, "images per batch", ge=1)
-    num_workers: int | None = opt(None, "DataLoader worker processes", ge=0)
-    on_bad_file: OnBadFile | None = opt(None, "skip or error")
-    allow_leakage: bool | None = opt(None, "evaluate even when the recomputed splits differ from the training ones")
-
-
-@dataclass
 class OperatingPointConfig:
     target_sensitivity: float = opt(0.95, "the sensitivity the threshold is fitted for", gt=0, le=1)
     positive_class: str | None = opt(
@@ -282,6 +307,44 @@ class OodConfig:
 
 
 @dataclass
+class AuditConfig:
+    """``evaluate.py audit.*``: the shortcut audit (after DeGrave et al. 2021); ``audit=false`` skips it."""
+
+    enabled: bool = opt(True, "false: no audit (audit=false says the same)")
+    center: float = opt(
+        0.7, "lungs hidden: the central box (this share of each side) replaced by the image mean", gt=0, lt=1
+    )
+    border: float = opt(0.1, "border only: only this outer band of each side kept", gt=0, lt=0.5)
+    max_images: int = opt(500, "a seeded subsample of the evaluated split (class shares kept)", ge=2)
+    cam_n: int = opt(16, "images per class for where the Grad-CAM heat is, trained vs randomised model (0: skip)", ge=0)
+    source: AuditSource = opt(
+        AuditSource.auto,
+        "the probe's sources: auto (folders below the class folders, else image size), folder, size, none",
+    )
+    flag_auroc: float = opt(
+        0.7, "a class is flagged when its AUROC with the lungs hidden (or border only) reaches this", ge=0, le=1
+    )
+    flag_lower: float = opt(0.6, "... with the lower end of its 95% bootstrap interval above this", ge=0, le=1)
+    source_auroc: float = opt(
+        0.8, "... or when the source predicts it and the probe separates the sources, both this", ge=0, le=1
+    )
+    heat_margin: float = opt(
+        0.15, "... or when its heat outside the centre exceeds the randomised model's by this", ge=0, le=1
+    )
+    resamples: int = opt(300, "bootstrap resamples for the AUROC intervals", ge=0)
+    seed: int = opt(0, "the subsample's and the bootstrap's seed")
+    batch_size: int = opt(32, "images per batch", ge=1)
+
+
+@dataclass
+class SubgroupsConfig:
+    """``evaluate.py subgroups.*``: metrics per patient group where the data carry metadata (NIH)."""
+
+    enabled: bool = opt(True, "false: no subgroup metrics (subgroups=false says the same)")
+    min_n: int = opt(30, "smaller groups are shown but marked too small (and left out of the largest gap)", ge=1)
+
+
+@dataclass
 class EvaluateConfig:
     ckpt: Any = opt(
         help="the checkpoint to evaluate; an ensemble: [a.ckpt,b.ckpt,...], a multirun dir (its fold models) or an "
@@ -298,8 +361,37 @@ class EvaluateConfig:
     conformal: ConformalConfig = opt(factory=ConformalConfig)
     abstain: AbstainConfig = opt(factory=AbstainConfig)
     ood: OodConfig = opt(factory=OodConfig)
+    # typed Any so that audit=false / subgroups=false can replace the block; its keys are still AuditConfig's
+    audit: Any = opt(factory=AuditConfig, help="the shortcut audit section (false: skip)")
+    subgroups: Any = opt(factory=SubgroupsConfig, help="the subgroup metrics section (false: skip)")
     explain: dict[str, Any] | None = opt(None, help="heatmaps in the report (conf/explain/)")
     paths: PathsConfig = opt(factory=PathsConfig)
+
+
+@dataclass
+class AuditAppConfig(EvaluateConfig):
+    """``python -m lungnet.audit``: the shortcut audit alone, on the evaluate options."""
+
+    split: str = opt("val", "val (the checkpoint's validation split), test, or all with data.root=<folder>")
+
+
+@dataclass
+class TransferConfig(EvaluateConfig):
+    """``python -m lungnet.evaluation.transfer``: the generalisation matrix."""
+
+    runs: Any = opt(help="run directories, checkpoints, or a multirun directory (as in compare.py)")
+    ckpt: str | None = opt(None, "set per model from runs")
+    split: str = opt("auto", "each run's own data set: auto (its test split when it has one, else val), val or test")
+    findings: list[str] | None = opt(None, "score every cell on these findings only, e.g. '[No Finding,Pneumonia]'")
+    overlap: Overlap = opt(
+        Overlap.drop,
+        "copies of a model's training images among the evaluated ones: drop (left out, counted), "
+        "refuse (no numbers for that cell) or allow (kept, counted)",
+    )
+    near_duplicates: bool = opt(True, "also near copies (256-bit dHash) of the training images")
+    near_duplicate_threshold: int = opt(12, "differing dHash bits (of 256) that count as a near copy", ge=0)
+    batch_size: int = opt(64, "images per batch", ge=1)
+    num_workers: int = opt(0, "DataLoader worker processes", ge=0)
 
 
 @dataclass
@@ -346,7 +438,14 @@ RENAMED = {
     ),
 }
 
-SCHEMAS = {"train": TrainConfig, "evaluate": EvaluateConfig, "compare": CompareConfig, "predict": PredictConfig}
+SCHEMAS = {
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "compare": CompareConfig,
+    "predict": PredictConfig,
+    "audit": AuditAppConfig,
+    "transfer": TransferConfig,
+}
 
 
 def register() -> None:

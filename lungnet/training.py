@@ -26,6 +26,7 @@ from lungnet.callbacks import WeightEMA
 from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
 from lungnet.config_checks import pin_paths
 from lungnet.data.datamodule import LungDataModule, make_source, resolve_root
+from lungnet.data.overlap import RecordImageHashes, image_hashes
 from lungnet.data.sources import Source
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
 from lungnet.errors import ConfigError
@@ -299,6 +300,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if "val" not in dm.datasets:
         trainer = build_trainer(cfg, run_dir, has_val=False, resume_from=resume_from)
     record_data_facts(module, dm)
+    trainer.callbacks.append(RecordImageHashes(image_hashes(dm.table)))  # evaluations refuse copies of these
     if cfg.get("channels_last"):
         module.use_channels_last()
     if int(cfg.trainer.get("devices", 1) or 1) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":

@@ -27,6 +27,8 @@ ENTRY_POINTS = {
     "export": (["-m", "lungnet.export"], "opset=13", "opset: 13"),
     "explain": (["-m", "lungnet.explain"], "n=3", "'n': 3"),
     "crossval": (["-m", "lungnet.evaluation.crossval"], "resamples=20", "resamples: 20"),
+    "audit": (["-m", "lungnet.audit"], "audit.cam_n=3", "cam_n: 3"),
+    "transfer": (["-m", "lungnet.evaluation.transfer"], "overlap=refuse", "overlap: refuse"),
 }
 
 
@@ -111,6 +113,8 @@ def test_refused_calls_leave_no_run_folder(tmp_path, monkeypatch):
         (cli.compare, [f"runs={tmp_path / 'nowhere'}"]),
         (cli.train, ["data=pneumonia", f"data.root={tmp_path / 'nowhere'}"]),
         (cli.explain, [f"ckpt={missing}"]),
+        (cli.audit, [f"ckpt={missing}"]),
+        (cli.transfer, [f"runs={tmp_path / 'nowhere'}"]),
     ]:
         with pytest.raises(SystemExit) as exc:
             run_cli(command, [*args, f"paths.log_dir={out}"], monkeypatch)

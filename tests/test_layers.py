@@ -2,10 +2,10 @@
 
 Layers, bottom to top (docs: COMMON rules, README "Layout"):
 
-0. ``errors hardware io labels provenance schema config_checks data models preprocessing``: files, images, data
-   sets, the configs' schema, the model factory and the input contract;
-1. ``checkpoint ood decision ensemble metrics module callbacks loggers training_checks training evaluation
-   explain``: what trains, scores and explains a model;
+0. ``errors hardware io labels findings provenance schema config_checks data models preprocessing``: files, images,
+   data sets and their findings, the configs' schema, the model factory and the input contract;
+1. ``checkpoint ood decision ensemble metrics module callbacks loggers training_checks training evaluation explain
+   audit``: what trains, scores, explains and audits a model;
 2. ``inference runtimes export app launch rundir cli``: what a user runs.
 
 Every import counts, also one inside a function (a deferred import is still a dependency), with one stated
@@ -29,6 +29,7 @@ LAYERS = {
     "lungnet.hardware": 0,
     "lungnet.io": 0,
     "lungnet.labels": 0,
+    "lungnet.findings": 0,  # one finding vocabulary across data sets, and the mapping between their labels
     "lungnet.provenance": 0,  # environment facts of a run (versions, git commit); imports nothing of lungnet
     "lungnet.schema": 0,  # the structured configs (dataclasses); imported by the package __init__ to register them
     "lungnet.config_checks": 0,  # range checks and key descriptions over the schema
@@ -47,6 +48,7 @@ LAYERS = {
     "lungnet.training": 1,
     "lungnet.evaluation": 1,
     "lungnet.explain": 1,
+    "lungnet.audit": 1,  # the shortcut audit command's task (lungnet.cli.audit runs it)
     "lungnet.inference": 2,
     "lungnet.runtimes": 2,
     "lungnet.export": 2,

@@ -90,6 +90,7 @@ class LungDataModule(pl.LightningDataModule):
         self.table: pd.DataFrame | None = None
         self.datasets: dict[str, XrayDataset] = {}
         self.report: dict = {}
+        self.bad_files: pd.DataFrame | None = None  # path, error of the unusable files `load_table` found
 
     # ------------------------------------------------------------------ setup
     def _is_writer(self) -> bool:
@@ -106,6 +107,7 @@ class LungDataModule(pl.LightningDataModule):
         scanned = scan_files(table, verify=bool(self.cfg["verify"]), near_duplicates=near and not all_images)
         report = self.run_dir / "bad_files.csv" if writer else None
         policy = self.cfg["on_bad_file"]
+        self.bad_files = scanned.loc[scanned["error"] != "", ["path", "error"]].reset_index(drop=True)
         if all_images:
             table = handle_bad_files(scanned, policy, report)
             table["split"] = "all"

@@ -346,8 +346,10 @@ class NIH6Source(NIHSource):
     """NIH ChestX-ray14 single-label subset over a configurable list of findings (default six).
 
     Keeps the images whose ``Finding Labels`` is exactly one of ``findings`` (``No Finding``
-    included when listed). Labels: the ``findings`` option in its order (default
-    `lungnet.labels.NIH6`). Split by patient. Citation: Wang et al., CVPR 2017.
+    included when listed); with option ``match: any``, those carrying exactly one of ``findings``
+    among their labels (``Infiltration|Pneumonia`` is Pneumonia when Infiltration is not listed).
+    Labels: the ``findings`` option in its order (default `lungnet.labels.NIH6`). Split by patient.
+    Citation: Wang et al., CVPR 2017.
     """
 
     name = "nih6"
@@ -362,14 +364,22 @@ class NIH6Source(NIHSource):
 
     def scan(self) -> pd.DataFrame:
         entries = self._read_csv()
-        keep = entries["Finding Labels"].isin(self.labels)
-        log.info("nih6: %d of %d images carry exactly one of %s", int(keep.sum()), len(entries), self.labels)
-        entries = entries[keep | (entries["error"] != "")].reset_index(drop=True)  # bad rows go on to be reported
+        match = self.options.get("match", "exact")  # any: other, unlisted findings may come along
+        if match not in ("exact", "any"):
+            raise DataError(f"data.options.match={match!r}: choose exact or any")
+        hits = (
+            entries["Finding Labels"].fillna("").str.split("|").map(lambda f: [lab for lab in self.labels if lab in f])
+        )
+        keep = entries["Finding Labels"].isin(self.labels) if match == "exact" else hits.str.len() == 1
+        log.info("nih6: %d of %d images carry one of %s (%s)", int(keep.sum()), len(entries), self.labels, match)
+        wanted = keep | (entries["error"] != "")  # bad rows go on to be reported
+        entries, label = entries[wanted].reset_index(drop=True), hits[wanted].str[0].reset_index(drop=True)
+        label = label.where(entries["error"] == "", entries["Finding Labels"])
         return pd.DataFrame(
             {
                 "path": entries["path"],
-                "label": entries["Finding Labels"],
-                "target": entries["Finding Labels"].map({lab: i for i, lab in enumerate(self.labels)}).fillna(-1),
+                "label": label,
+                "target": label.map({lab: i for i, lab in enumerate(self.labels)}).fillna(-1),
                 "patient": entries["patient"],
                 "split": entries["split"],
                 "error": entries["error"],

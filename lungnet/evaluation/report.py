@@ -241,11 +241,17 @@ def ci_section(result: dict) -> str:
     return "## Confidence intervals\n\n" + table(["metric", "value", "CI low", "CI high", "valid resamples"], rows)
 
 
-def render_report(result: dict, extra_sections: list[str] | None = None, files: list[str] | None = None) -> str:
+def render_report(
+    result: dict,
+    extra_sections: list[str] | None = None,
+    files: list[str] | None = None,
+    lead_sections: list[str] | None = None,
+) -> str:
     """The report as markdown (figure paths relative to the run directory).
 
     The evaluation's own figures (`FIGURE_TITLES`) get a section each; other figures are shown by the sections
-    that made them (``extra_sections``) and listed under Files, with ``files``.
+    that made them (``extra_sections``) and listed under Files, with ``files``. ``lead_sections`` come first,
+    before the summary (e.g. "external evaluation: trained on A, evaluated on B" and its label mapping).
     """
     split, figures = result["split"], result.get("figures", {})
     calibrated = result.get("calibration", {}).get("temperature") is not None
@@ -253,6 +259,7 @@ def render_report(result: dict, extra_sections: list[str] | None = None, files: 
     parts = [
         title,
         "lungnet is a research tool, not a medical device.",
+        *[sec.strip() for sec in lead_sections or []],
         "## Summary\n\n" + table(["", ""], summary_rows(result)),
     ]
     note = DATASET_NOTES.get(str(result.get("data_name")))
@@ -317,6 +324,7 @@ def write_report(
     extra_sections: list[str] | None = None,
     html_report: bool = True,
     files: list[str] | None = None,
+    lead_sections: list[str] | None = None,
 ) -> Path:
     """Writes ``report.md`` (and ``report.html``) into ``run_dir``.
 
@@ -327,12 +335,13 @@ def write_report(
             results from ``lungnet.explain`` (image paths relative to ``run_dir``).
         html_report: also write the self-contained ``report.html``.
         files: more files of the run directory to list under Files (besides metrics, predictions and figures).
+        lead_sections: markdown sections before the summary (what was evaluated against what).
 
     Returns:
         The path of report.md.
     """
     run_dir = Path(run_dir)
-    text = render_report(result, extra_sections, files)
+    text = render_report(result, extra_sections, files, lead_sections)
     path = write_text(run_dir / "report.md", text)
     if html_report:
         write_text(run_dir / "report.html", markdown_to_html(text, run_dir, title=text.splitlines()[0].lstrip("# ")))

@@ -31,14 +31,17 @@ from omegaconf import DictConfig, OmegaConf
 from lungnet.checkpoint import LoadedModel, load_model
 from lungnet.data.datamodule import LungDataModule, resolve_root
 from lungnet.data.sources import DataError, LabelledFolderSource
-from lungnet.data.splits import ExpectedSplits
+from lungnet.data.splits import ExpectedSplits, write_splits
 from lungnet.ensemble import model_files, open_ensemble
+from lungnet.errors import ConfigError
 from lungnet.evaluation import ensemble as ensembles
-from lungnet.evaluation import plots, stats
+from lungnet.evaluation import external, plots, stats
+from lungnet.evaluation.audit_report import add_audit, audit_options
 from lungnet.evaluation.fitting import calibration, fit_split, operating_point
 from lungnet.evaluation.model_card import write_model_card
 from lungnet.evaluation.predict import Outputs, model_outputs, predictions_table
 from lungnet.evaluation.report import write_report
+from lungnet.evaluation.subgroups import add_subgroups, subgroup_options
 from lungnet.hardware import resolve_device
 from lungnet.io import write_csv, write_json
 from lungnet.metrics import compute_metrics
@@ -52,7 +55,7 @@ OPTION_KEYS = ("operating_point", "bootstrap", "calibration", "report")
 def data_config(loaded: LoadedModel, overrides: dict) -> dict:
     """The checkpoint's data config with the non-null overrides applied."""
     cfg = dict(loaded.data)
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    cfg.update({k: v for k, v in external.data_overrides(overrides).items() if v is not None})
     return resolve_root(cfg)
 
 
@@ -66,12 +69,23 @@ def check_compatible(loaded: LoadedModel, dm: LungDataModule) -> None:
 
 
 def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: Path) -> LungDataModule:
-    """The DataModule for evaluating ``loaded`` on ``split`` (``all``: every image, no split)."""
+    """The DataModule for evaluating ``loaded`` on ``split`` (``all``: every image, no split).
+
+    ``data=<another data set>`` (``overrides`` with another source or name) is an external evaluation
+    (`lungnet.evaluation.external`); ``split=all`` and external evaluations refuse images the checkpoint was
+    trained or validated on (``dm.report["training_overlap"]``), before anything is written into ``run_dir``.
+    """
+    if external.is_external(loaded, overrides):
+        dm = external.build_external_data(loaded, overrides, split, None)
+        ext_cfg = external.external_config(loaded, overrides)
+        dm.report["training_overlap"] = external.check_training_overlap(loaded, dm, split, ext_cfg)
+        return write_data_records(dm, run_dir, split)
     cfg = data_config(loaded, overrides)
     # the splits are recomputed from the data config and seed: they must still hold the training-time images
     allow = bool(cfg.get("allow_leakage"))
     expected = None if split == "all" else ExpectedSplits.of(loaded.hparams, loaded.path, "evaluate", allow)
-    dm = LungDataModule(cfg, loaded.spec, seed=loaded.seed, run_dir=run_dir, expected_splits=expected)
+    held = None if split == "all" else run_dir  # split=all: nothing written before the overlap check
+    dm = LungDataModule(cfg, loaded.spec, seed=loaded.seed, run_dir=held, expected_splits=expected)
     if split == "all":
         if loaded.multilabel:
             raise DataError("split=all reads <root>/<class>/ folders, which cannot hold multi-label targets")
@@ -79,18 +93,34 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
         table = dm.load_table(all_images=True)
         dm.table = table
         dm.datasets["all"] = dm.make_dataset(table, train=False)
-    else:
-        check_compatible(loaded, dm)
-        dm.setup("test")
+        dm.report["training_overlap"] = external.check_training_overlap(loaded, dm, split, cfg)
+        return write_data_records(dm, run_dir, split)
+    check_compatible(loaded, dm)
+    dm.setup("test")
+    return dm
+
+
+def write_data_records(dm: LungDataModule, run_dir: Path | None, split: str) -> LungDataModule:
+    """Writes what loading a folder or an external data set found, once its images passed the overlap check:
+    ``bad_files.csv``, and for a split of an external data set its scored rows (``splits/``)."""
+    if run_dir is None:
+        return dm
+    dm.run_dir = Path(run_dir)
+    if dm.bad_files is not None:
+        write_csv(dm.run_dir / "bad_files.csv", dm.bad_files)
+    if split != "all":
+        write_splits(dm.table, dm.run_dir)
     return dm
 
 
 def options(cfg: DictConfig) -> dict:
     """The evaluation options of ``cfg`` (operating_point, bootstrap, calibration, report) over the schema's
-    defaults (`lungnet.schema.EvaluateConfig`), and ``decision_positive_class`` (``decision.positive_class``)."""
+    defaults (`lungnet.schema.EvaluateConfig`), ``decision_positive_class`` (``decision.positive_class``), and the
+    ``audit`` and ``subgroups`` settings (None when switched off; out of range: `ConfigError`)."""
     merged = OmegaConf.merge(OmegaConf.structured(EvaluateConfig), {k: cfg[k] for k in OPTION_KEYS if k in cfg})
     out = {k: OmegaConf.to_container(merged[k], resolve=True, enum_to_str=True) for k in OPTION_KEYS}
     out["decision_positive_class"] = OmegaConf.select(cfg, "decision.positive_class", default=None)
+    out["audit"], out["subgroups"] = audit_options(cfg), subgroup_options(cfg)  # None: switched off
     return out
 
 
@@ -165,6 +195,7 @@ class Evaluation:
         table: the predictions.csv table.
         figures: ``{key: file name}`` of figures in the report (key order = report order).
         sections: markdown report sections (each starting with ``## ``), after the evaluation's own.
+        lead: markdown sections before the summary (what was evaluated against what: external data, overlap).
         files: other files written into ``run_dir`` (listed in the report).
     """
 
@@ -179,12 +210,23 @@ class Evaluation:
     table: pd.DataFrame | None = None
     figures: dict[str, str] = field(default_factory=dict)
     sections: list[str] = field(default_factory=list)
+    lead: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
 
     @property
     def split(self) -> str:
         """The evaluated split."""
         return self.data.name
+
+    @property
+    def external(self) -> external.ExternalEvaluation | None:
+        """What an external evaluation (``data=<another data set>``) scores; None for the checkpoint's own data."""
+        return getattr(self.dm, "external", None)
+
+    @property
+    def labels(self) -> list[str]:
+        """The scored classes: the checkpoint's labels, or the findings shared with an external data set."""
+        return self.external.mapping.scored if self.external else list(self.loaded.labels)
 
     @property
     def device(self) -> str:
@@ -194,9 +236,10 @@ class Evaluation:
     def outputs(self, split: str, features: bool = False) -> Outputs:
         """The model's outputs on another split of the same data (e.g. ``train`` for the OOD gate)."""
         desc = f"Predicting {split}"
-        return model_outputs(
+        out = model_outputs(
             self.loaded.model, self.dm.loader(split), self.loaded.multilabel, self.device, desc, features, split
         )
+        return external.scored_outputs(out, self.external)
 
 
 def compute(cfg: DictConfig, run_dir: str | Path) -> Evaluation:
@@ -212,6 +255,10 @@ def compute(cfg: DictConfig, run_dir: str | Path) -> Evaluation:
     overrides = OmegaConf.to_container(cfg.data, resolve=True)
     dm = build_eval_data(loaded, overrides, split, Path(run_dir))
     ev = Evaluation(cfg, opts, Path(run_dir), loaded, dm, data=None, fit=None)  # type: ignore[arg-type]
+    if ev.external:  # the operating point's class as the finding it is scored as
+        op = opts["operating_point"]
+        op["positive_class"] = ev.external.positive_class(op["positive_class"])
+        opts["decision_positive_class"] = ev.external.positive_class(opts["decision_positive_class"])
     ev.data = ev.outputs(split, features=True)
     fit_name = fit_split(opts, split, dm)
     ev.fit = ev.data if fit_name == split else ev.outputs(fit_name, features=True)
@@ -229,6 +276,8 @@ def compute_ensemble(cfg: DictConfig, run_dir: Path, opts: dict) -> Evaluation:
     stats.operating_classes(ens.labels, opts["operating_point"]["positive_class"])
     stats.operating_classes(ens.labels, opts["decision_positive_class"])
     overrides = OmegaConf.to_container(cfg.data, resolve=True)
+    if any(external.is_external(m.loaded, overrides) for m in ens.members):
+        raise ConfigError("data=<another data set> evaluates one checkpoint, not an ensemble: evaluate each member")
     dms = [build_eval_data(m.loaded, overrides, split, None) for m in ens.members]
     fit_name = ensembles.fit_split(ens, fit_split(opts, split, dms[0]), split)
     model = ensembles.EnsembleModel(ens)
@@ -245,7 +294,7 @@ def compute_ensemble(cfg: DictConfig, run_dir: Path, opts: dict) -> Evaluation:
 
 def score(ev: Evaluation) -> dict:
     """Metrics with bootstrap CIs, calibration and the operating point of ``ev.data`` (the metrics.json core)."""
-    labels, multilabel, opts = ev.loaded.labels, ev.loaded.multilabel, ev.opts
+    labels, multilabel, opts = ev.labels, ev.loaded.multilabel, ev.opts
     probs, targets = ev.data.probs, ev.data.targets
     metrics = compute_metrics(probs, targets, labels, multilabel)
     per_class_extras(metrics, probs, targets, labels, multilabel)
@@ -257,7 +306,9 @@ def score(ev: Evaluation) -> dict:
         "checkpoint": str(ev.loaded.path.resolve()),
         "split": ev.split,
         "data_root": ev.dm.source.root,
-        "data_name": ev.loaded.data.get("name") or ev.dm.source.name,
+        "data_name": ev.external.evaluated_on if ev.external else ev.loaded.data.get("name") or ev.dm.source.name,
+        "external": ev.external.summary() if ev.external else None,
+        "training_overlap": ev.dm.report.get("training_overlap"),
         "model": ev.loaded.spec.name,
         "input_size": ev.dm.image_size,
         "labels": labels,
@@ -288,9 +339,10 @@ def score(ev: Evaluation) -> dict:
 def predictions(ev: Evaluation) -> pd.DataFrame:
     """The predictions.csv table: one row per image, ``p_<class>`` calibrated when a temperature was fitted, and
     ``op_<class>`` operating-point columns."""
-    labels, multilabel = ev.loaded.labels, ev.loaded.multilabel
+    labels, multilabel = ev.labels, ev.loaded.multilabel
     probs = stats.scale_probs(ev.data.probs, ev.result["calibration"]["temperature"] or 1.0, multilabel)
-    table = predictions_table(ev.data.paths, probs, ev.data.targets, labels, multilabel, ev.loaded.thresholds)
+    thresholds = None if ev.external else ev.loaded.thresholds  # the checkpoint's own are for its own labels
+    table = predictions_table(ev.data.paths, probs, ev.data.targets, labels, multilabel, thresholds)
     for lab, thr in ev.result["operating_point"]["thresholds"].items():
         table[f"op_{lab}"] = probs[:, labels.index(lab)] >= thr
     return table
@@ -308,7 +360,7 @@ def add_explanations(ev: Evaluation) -> None:
 
     summary = explain_checkpoint(
         ev.loaded,
-        ev.dm.datasets[ev.split],
+        ev.external.model_label_table(ev.dm.table) if ev.external else ev.dm.datasets[ev.split],
         method=str(explain_cfg.method),
         n=int(explain_cfg.n),
         class_index=explain_cfg.get("class_index"),
@@ -324,17 +376,27 @@ def add_explanations(ev: Evaluation) -> None:
 def _add_decisions(ev: Evaluation) -> None:
     from lungnet.evaluation.decisions import add_decisions
 
+    if ev.external:  # the decision file speaks the model's own labels: only its OOD gate applies to data set B
+        external.add_ood_flags(ev)
+        return
     add_decisions(ev)
 
 
 # Report steps, in report order: each takes the `Evaluation` and adds numbers, columns, figures and sections.
-REPORT_STEPS: list[Callable[[Evaluation], None]] = [_add_decisions, ensembles.add_member_comparison, add_explanations]
+REPORT_STEPS: list[Callable[[Evaluation], None]] = [
+    _add_decisions,
+    external.add_lead_sections,  # before the summary: external evaluation (trained on A, evaluated on B), overlap
+    ensembles.add_member_comparison,  # an ensemble against each member (paired bootstrap)
+    add_explanations,
+    add_audit,  # shortcut audit after DeGrave et al. 2021 (audit=false: skip)
+    add_subgroups,  # per patient group metrics where the data carry metadata (subgroups=false: skip)
+]
 
 
 def write_evaluation(ev: Evaluation) -> None:
     """Writes figures, metrics.json, thresholds.json, predictions.csv, per_class.csv, report.md/.html and
     model_card.md into ``ev.run_dir``."""
-    run_dir, result, labels = ev.run_dir, ev.result, ev.loaded.labels
+    run_dir, result, labels = ev.run_dir, ev.result, ev.labels
     if ev.opts["report"]["figures"]:
         own = write_figures(run_dir, result, ev.data.probs, ev.data.targets, labels, ev.loaded.multilabel)
         result["figures"] = {**own, **ev.figures}
@@ -346,7 +408,8 @@ def write_evaluation(ev: Evaluation) -> None:
     write_csv(run_dir / "predictions.csv", ev.table)
     per_rows = [{"class": lab, **m} for lab, m in result["per_class"].items()]
     write_csv(run_dir / "per_class.csv", pd.DataFrame(per_rows))
-    write_report(run_dir, result, ev.sections, html_report=bool(ev.opts["report"]["html"]), files=ev.files)
+    html_report = bool(ev.opts["report"]["html"])
+    write_report(run_dir, result, ev.sections, html_report=html_report, files=ev.files, lead_sections=ev.lead)
     write_model_card(ev)
     log.info("Wrote metrics.json, predictions.csv, figures, report.md and model_card.md to %s", run_dir)
 

@@ -138,3 +138,14 @@ def test_real_nih_labels_match_the_csv():
     for finding in NIH14:
         expected = csv["Finding Labels"].str.split("|").map(lambda f, x=finding: x in f).sum()
         assert int(table[finding].sum()) == expected
+
+
+def test_nih6_match_any_keeps_images_with_one_listed_finding(tiny_nih):
+    exact = create_source("nih6", tiny_nih, findings=["No Finding", "Effusion"]).scan()
+    anyf = create_source("nih6", tiny_nih, findings=["No Finding", "Effusion"], match="any").scan()
+    assert (exact["label"] == "Effusion").sum() == 5  # "Effusion" alone
+    assert (anyf["label"] == "Effusion").sum() == 10  # also "Atelectasis|Effusion"
+    assert (anyf["label"] == "No Finding").sum() == (exact["label"] == "No Finding").sum() == 10
+    assert list(anyf["target"].unique()) == [0, 1]
+    with pytest.raises(DataError, match="match"):
+        create_source("nih6", tiny_nih, findings=["No Finding"], match="some").scan()

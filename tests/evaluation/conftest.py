@@ -21,7 +21,7 @@ TINY = [
     "log_figures_every=1000",
 ]
 
-FAST_EVAL = ["bootstrap.resamples=200", "calibration.bins=10"]
+FAST_EVAL = ["bootstrap.resamples=200", "calibration.bins=10", "audit=false"]  # the audit: tests/test_audit.py
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,310 @@
+"""Metrics per patient subgroup (after Seyyed-Kalantari et al., Nature Medicine 2021), where the data say who.
+
+For data sets with patient metadata (NIH ChestX-ray14: ``Patient Age`` in bands 0-17 / 18-39 / 40-59 / 60+,
+``Patient Gender``, ``View Position``), each group gets, per scored class with an operating-point threshold (the
+normal class left out): n and positives, AUROC (one-vs-rest), sensitivity and false-negative rate at the operating
+point, and ECE, each with a percentile bootstrap interval over the group's images; per attribute, the largest gap
+between groups of at least ``min_n`` images (the groups with the highest and the lowest estimate, the interval
+from resampling each group independently). Smaller groups are shown and marked too small.
+Written to ``subgroups.csv``, ``subgroups.png`` and a report section.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from lungnet.config_checks import check_ranges
+from lungnet.evaluation import plots, stats
+from lungnet.evaluation.report import fmt, table
+from lungnet.findings import NO_FINDING, finding_of
+from lungnet.io import write_csv
+from lungnet.schema import SubgroupsConfig
+
+log = logging.getLogger(__name__)
+
+AGE_BANDS = ((0, 17, "0-17"), (18, 39, "18-39"), (40, 59, "40-59"), (60, 200, "60+"))
+ATTRIBUTES = ("age", "sex", "view")
+METRICS = ("auroc", "sensitivity", "ece")
+
+
+def age_band(ages: pd.Series) -> pd.Series:
+    """Ages (numbers, or NIH's older ``058Y`` strings) -> bands; unknown ages -> NaN."""
+    years = pd.to_numeric(ages.astype(str).str.extract(r"(\d+)")[0], errors="coerce")
+    out = pd.Series(np.nan, index=ages.index, dtype=object)
+    for lo, hi, name in AGE_BANDS:
+        out[(years >= lo) & (years <= hi)] = name
+    return out
+
+
+def nih_metadata(root: str | Path, paths: list[str], csv_name: str = "Data_Entry_2017.csv") -> pd.DataFrame | None:
+    """Age band, sex and view per image from the NIH label file (joined on the file name); None without it."""
+    csv = Path(root) / csv_name
+    if not csv.is_file():
+        return None
+    wanted = {"Image Index", "Patient Age", "Patient Gender", "View Position"}
+    entries = pd.read_csv(csv, usecols=lambda c: c in wanted)
+    if set(entries.columns) != wanted:
+        log.warning("%s lacks %s: no subgroup metrics", csv, sorted(wanted - set(entries.columns)))
+        return None
+    meta = entries.drop_duplicates("Image Index").set_index("Image Index").reindex([Path(p).name for p in paths])
+    return pd.DataFrame(
+        {
+            "age": age_band(meta["Patient Age"]).to_numpy(),
+            "sex": meta["Patient Gender"].to_numpy(),
+            "view": meta["View Position"].to_numpy(),
+        }
+    )
+
+
+def group_metrics(probs, truth, known, c: int, threshold: float, bins: int, multilabel: bool, targets) -> dict:
+    """AUROC, sensitivity and ECE of class ``c`` on one group (arrays already restricted to it)."""
+    y, score = truth[known[:, c], c], probs[known[:, c], c]
+    sens = stats.sens_spec(y, score, threshold)["sensitivity"]
+    return {
+        "auroc": stats.binary_auroc(y, score),
+        "sensitivity": sens,
+        "ece": stats.expected_calibration_error(probs, targets, multilabel, bins) if len(probs) else float("nan"),
+    }
+
+
+def bootstrap_group(probs, targets, multilabel, c, threshold, bins, resamples, seed) -> tuple[dict, dict]:
+    """Point metrics of one group and their bootstrap draws (``{metric: array of resamples}``)."""
+    truth = stats.one_vs_rest(targets, probs.shape[1], multilabel)
+    known = ~np.isnan(truth)
+    point = group_metrics(probs, truth, known, c, threshold, bins, multilabel, targets)
+    rng = np.random.default_rng(seed)
+    draws = {k: np.full(resamples, np.nan) for k in METRICS}
+    for r in range(resamples if len(probs) else 0):
+        i = rng.integers(0, len(probs), len(probs))
+        values = group_metrics(probs[i], truth[i], known[i], c, threshold, bins, multilabel, targets[i])
+        for k in METRICS:
+            draws[k][r] = values[k]
+    return point, draws
+
+
+def interval(draws: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of the finite draws (NaN, NaN when none)."""
+    finite = draws[np.isfinite(draws)]
+    if not len(finite):
+        return float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(finite, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def audited_classes(labels: list[str], thresholds: dict[str, float], source: str | None) -> list[str]:
+    """The thresholded classes, without the normal class (unless nothing else is thresholded)."""
+    chosen = [lab for lab in labels if lab in thresholds]
+    abnormal = [lab for lab in chosen if (finding_of(lab, source) or lab) != NO_FINDING]
+    return abnormal or chosen
+
+
+def subgroup_table(meta: pd.DataFrame, probs, targets, labels, multilabel, thresholds, opts: dict) -> tuple:
+    """One row per attribute x group x class, and the largest gap per attribute, class and metric."""
+    rows, gaps = [], []
+    boot = opts["bootstrap"]
+    resamples, seed, level = int(boot["resamples"]), int(boot["seed"]), float(boot["level"])
+    for lab in audited_classes(labels, thresholds, opts.get("source")):
+        c = labels.index(lab)
+        for attribute in ATTRIBUTES:
+            draws_by_group = {}
+            for group in sorted(meta[attribute].dropna().unique(), key=str):
+                mask = (meta[attribute] == group).to_numpy()
+                point, draws = bootstrap_group(
+                    probs[mask], targets[mask], multilabel, c, thresholds[lab], int(opts["bins"]), resamples, seed
+                )
+                row = {
+                    "attribute": attribute,
+                    "group": str(group),
+                    "class": lab,
+                    "n": int(mask.sum()),
+                    "positives": int(np.nansum(stats.one_vs_rest(targets[mask], len(labels), multilabel)[:, c])),
+                    "too_small": bool(mask.sum() < int(opts["min_n"])),
+                    "threshold": float(thresholds[lab]),
+                }
+                for k in METRICS:
+                    row[k], (row[f"{k}_lo"], row[f"{k}_hi"]) = point[k], interval(draws[k], level)
+                row["fnr"], row["fnr_lo"], row["fnr_hi"] = (
+                    1 - row["sensitivity"],
+                    1 - row["sensitivity_hi"],
+                    1 - row["sensitivity_lo"],
+                )
+                rows.append(row)
+                if not row["too_small"]:
+                    draws_by_group[str(group)] = (point, draws)
+            gaps += largest_gaps(attribute, lab, draws_by_group, level)
+    return pd.DataFrame(rows), gaps
+
+
+def largest_gaps(attribute: str, lab: str, groups: dict, level: float) -> list[dict]:
+    """Per metric: highest minus lowest group estimate, with the interval of that difference over resamples."""
+    out = []
+    for k in METRICS:
+        finite = {g: pd_[0][k] for g, pd_ in groups.items() if np.isfinite(pd_[0][k])}
+        if len(finite) < 2:
+            continue
+        high, low = max(finite, key=finite.get), min(finite, key=finite.get)
+        lo, hi = interval(groups[high][1][k] - groups[low][1][k], level)
+        out.append(
+            {
+                "attribute": attribute,
+                "class": lab,
+                "metric": k,
+                "high": high,
+                "low": low,
+                "gap": finite[high] - finite[low],
+                "lo": lo,
+                "hi": hi,
+            }
+        )
+    return out
+
+
+ATTRIBUTE_NAMES = {"age": "Patient Age", "sex": "Patient Gender", "view": "View Position"}
+METRIC_NAMES = {"auroc": "AUROC", "sensitivity": "sensitivity at the operating point", "ece": "ECE"}
+
+
+def subgroup_figure(frame: pd.DataFrame, min_n: int):
+    """Forest plot: one row of panels per class (AUROC, sensitivity, ECE), one line per group with its 95% CI."""
+    import matplotlib.pyplot as plt
+
+    classes = list(dict.fromkeys(frame["class"]))
+    fig, axes = plt.subplots(len(classes), 3, figsize=(12, 0.42 * len(frame) / len(classes) + 1.6), squeeze=False)
+    for r, lab in enumerate(classes):
+        part = frame[frame["class"] == lab].reset_index(drop=True)
+        y = np.arange(len(part))[::-1]
+        names = [
+            f"{ATTRIBUTE_NAMES[a]}: {g} (n={n})"
+            for a, g, n in zip(part["attribute"], part["group"], part["n"], strict=True)
+        ]
+        for k, (metric, ax) in enumerate(zip(METRICS, axes[r], strict=True)):
+            for yi, (_, row) in zip(y, part.iterrows(), strict=True):
+                small = row["too_small"]
+                colour = "#aaaaaa" if small else plots.colours(3)[ATTRIBUTES.index(row["attribute"])]
+                ax.errorbar(
+                    row[metric],
+                    yi,
+                    xerr=[[max(0, row[metric] - row[f"{metric}_lo"])], [max(0, row[f"{metric}_hi"] - row[metric])]],
+                    fmt="o",
+                    mfc="white" if small else colour,
+                    color=colour,
+                    capsize=3,
+                )
+            ax.set_yticks(y, names if k == 0 else [""] * len(y), fontsize=8)
+            ax.set_title(f"{lab}: {METRIC_NAMES[metric]}", fontsize=9)
+            ax.set_xlim(-0.02, 1.02 if metric != "ece" else max(0.3, float(np.nanmax(part["ece_hi"])) + 0.02))
+            ax.grid(axis="x", alpha=0.3)
+            if metric == "auroc":
+                ax.axvline(0.5, color="grey", ls="--", lw=1)
+    fig.suptitle(
+        f"Subgroups (95% bootstrap CI; hollow grey: fewer than {min_n} images, too small to judge)", fontsize=10
+    )
+    fig.tight_layout()
+    return fig
+
+
+def subgroup_markdown(frame: pd.DataFrame, gaps: list[dict], min_n: int, figure: str | None) -> str:
+    """The report section: one table per class, then the largest gap per attribute and metric."""
+    parts = [
+        "## Subgroups\n\nPer patient group (NIH metadata): AUROC one-vs-rest, sensitivity and false-negative "
+        "rate at the operating point, ECE; 95% bootstrap intervals over the group's images. Groups under "
+        f"{min_n} images are shown but too small to judge."
+    ]
+    for lab, part in frame.groupby("class", sort=False):
+        rows = [
+            [
+                ATTRIBUTE_NAMES[r.attribute],
+                r.group,
+                f"{r.n} ({r.positives})",
+                f"{fmt(r.auroc)} [{fmt(r.auroc_lo)}, {fmt(r.auroc_hi)}]",
+                f"{fmt(r.sensitivity)} [{fmt(r.sensitivity_lo)}, {fmt(r.sensitivity_hi)}]",
+                fmt(r.fnr),
+                f"{fmt(r.ece)} [{fmt(r.ece_lo)}, {fmt(r.ece_hi)}]",
+                "too small" if r.too_small else "",
+            ]
+            for r in part.itertuples()
+        ]
+        header = ["attribute", "group", f"n ({lab})", "AUROC", "sensitivity", "FNR", "ECE", ""]
+        parts.append(f"### {lab} (threshold {part['threshold'].iloc[0]:.3f})\n\n" + table(header, rows))
+    if gaps:
+        rows = [
+            [
+                g["class"],
+                ATTRIBUTE_NAMES[g["attribute"]],
+                METRIC_NAMES[g["metric"]],
+                f"{g['high']} - {g['low']}",
+                f"{fmt(g['gap'])} [{fmt(g['lo'])}, {fmt(g['hi'])}]",
+            ]
+            for g in gaps
+        ]
+        parts.append(
+            "### Largest gap between groups (groups of at least "
+            f"{min_n} images)\n\n" + table(["class", "attribute", "metric", "groups", "gap [95% CI]"], rows)
+        )
+    if figure:
+        parts.append(f"![Subgroups]({figure})")
+    return "\n\n".join(parts) + "\n"
+
+
+def subgroup_evaluation(dm, result: dict, probs, targets, paths: list[str], opts: dict, run_dir: Path) -> dict | None:
+    """Subgroup metrics of an evaluation when its data carry patient metadata; None otherwise.
+
+    Writes ``subgroups.csv`` and ``subgroups.png`` into ``run_dir``; returns ``{"rows", "gaps", "markdown"}``.
+    """
+    source = getattr(dm, "source", None)
+    if getattr(source, "name", "") not in ("nih14", "nih6"):
+        return None
+    meta = nih_metadata(source.root, paths, source.options.get("csv", "Data_Entry_2017.csv"))
+    thresholds = result["operating_point"]["thresholds"]
+    if meta is None or not thresholds:
+        return None
+    frame, gaps = subgroup_table(
+        meta, np.asarray(probs), np.asarray(targets), result["labels"], result["multilabel"], thresholds, opts
+    )
+    if frame.empty:
+        return None
+    write_csv(Path(run_dir) / "subgroups.csv", frame)
+    figure = None
+    if opts.get("figures", True):
+        figure = plots.save_figure(subgroup_figure(frame, int(opts["min_n"])), Path(run_dir) / "subgroups.png").name
+    log.info("Subgroup metrics for %d groups written to subgroups.csv", len(frame))
+    return {
+        "rows": frame.to_dict("records"),
+        "gaps": gaps,
+        "markdown": subgroup_markdown(frame, gaps, int(opts["min_n"]), figure),
+        "figure": figure,
+    }
+
+
+def subgroup_options(cfg: DictConfig) -> dict | None:
+    """The ``subgroups`` settings over `lungnet.schema.SubgroupsConfig`; None when ``subgroups=false`` (or
+    ``subgroups.enabled=false``)."""
+    node = cfg.get("subgroups", {})
+    if node is None or node is False:
+        return None
+    merged = OmegaConf.merge(OmegaConf.structured(SubgroupsConfig), node)
+    check_ranges(merged, SubgroupsConfig, "subgroups.")
+    own = OmegaConf.to_container(merged, resolve=True)
+    return own if own.pop("enabled") else None
+
+
+def add_subgroups(ev) -> None:
+    """Report step of `lungnet.evaluation.run`: subgroup metrics where the data carry patient metadata
+    (``subgroups`` in metrics.json, subgroups.csv/.png, a section); nothing when ``subgroups=false``."""
+    if ev.opts.get("subgroups") is None:
+        return
+    extra = {"bins": ev.opts["calibration"]["bins"], "figures": ev.opts["report"]["figures"]}
+    opts = {**ev.opts["subgroups"], **extra, "bootstrap": ev.opts["bootstrap"], "source": ev.loaded.data.get("source")}
+    temperature = ev.result["calibration"]["temperature"] or 1.0  # the probabilities the thresholds were fitted on
+    probs = stats.scale_probs(ev.data.probs, temperature, ev.loaded.multilabel)
+    found = subgroup_evaluation(ev.dm, ev.result, probs, ev.data.targets, ev.data.paths, opts, ev.run_dir)
+    if found is None:
+        return
+    ev.result["subgroups"] = {"rows": found["rows"], "gaps": found["gaps"]}
+    ev.files += ["subgroups.csv", *([found["figure"]] if found.get("figure") else [])]
+    ev.sections.append(found["markdown"])

@@ -1,0 +1,62 @@
+"""Subgroup metrics: age bands, NIH metadata, per-group metrics with intervals, too-small groups, the largest gap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lungnet.evaluation.subgroups import age_band, audited_classes, nih_metadata, subgroup_figure, subgroup_table
+
+OPTS = {"bootstrap": {"resamples": 200, "seed": 0, "level": 0.95}, "bins": 10, "min_n": 30, "source": "nih6"}
+
+
+def test_age_bands_accept_numbers_and_nih_strings():
+    bands = age_band(pd.Series([5, 17, 18, 39, 40, 59, 60, 94, "058Y", None]))
+    assert bands.tolist()[:9] == ["0-17", "0-17", "18-39", "18-39", "40-59", "40-59", "60+", "60+", "40-59"]
+    assert pd.isna(bands.iloc[9])
+
+
+def test_nih_metadata_joins_on_the_file_name(tmp_path):
+    (tmp_path / "Data_Entry_2017.csv").write_text(
+        "Image Index,Finding Labels,Patient Age,Patient Gender,View Position\n"
+        "a.png,No Finding,70,F,AP\nb.png,Pneumonia,12,M,PA\n"
+    )
+    meta = nih_metadata(tmp_path, ["/x/images/b.png", "/x/images/a.png", "/x/images/c.png"])
+    assert meta["age"].tolist()[:2] == ["0-17", "60+"] and meta["sex"].tolist()[:2] == ["M", "F"]
+    assert pd.isna(meta["view"].iloc[2])
+    assert nih_metadata(tmp_path / "missing", ["a.png"]) is None
+
+
+def synthetic_predictions(n=400, seed=0):
+    """Binary predictions that are good for men and poor for women; 20 children (too small)."""
+    rng = np.random.default_rng(seed)
+    sex = np.where(np.arange(n) % 2 == 0, "M", "F")
+    targets = rng.integers(0, 2, n)
+    noise = np.where(sex == "M", 0.15, 0.6)
+    p1 = np.clip(targets * 0.6 + 0.2 + rng.normal(0, noise), 0.01, 0.99)
+    probs = np.stack([1 - p1, p1], 1)
+    age = np.where(np.arange(n) < 20, "0-17", "40-59")
+    meta = pd.DataFrame({"age": age, "sex": sex, "view": np.where(np.arange(n) % 3 == 0, "AP", "PA")})
+    return meta, probs, targets
+
+
+def test_subgroup_table_measures_each_group_and_the_largest_gap():
+    meta, probs, targets = synthetic_predictions()
+    frame, gaps = subgroup_table(meta, probs, targets, ["No Finding", "Pneumonia"], False, {"Pneumonia": 0.5}, OPTS)
+    assert set(frame["class"]) == {"Pneumonia"}  # the normal class is not audited
+    rows = frame.set_index(["attribute", "group"])
+    assert rows.loc[("sex", "M"), "auroc"] > rows.loc[("sex", "F"), "auroc"] + 0.1
+    assert rows.loc[("age", "0-17"), "too_small"] and not rows.loc[("age", "40-59"), "too_small"]
+    m = rows.loc[("sex", "M")]
+    assert m["auroc_lo"] <= m["auroc"] <= m["auroc_hi"] and m["fnr"] == pytest.approx(1 - m["sensitivity"])
+    sex_gap = next(g for g in gaps if g["attribute"] == "sex" and g["metric"] == "auroc")
+    assert (sex_gap["high"], sex_gap["low"]) == ("M", "F") and 0 < sex_gap["lo"] <= sex_gap["gap"] <= sex_gap["hi"]
+    assert not any(g["attribute"] == "age" for g in gaps)  # one group left after the too-small one
+    fig = subgroup_figure(frame, 30)
+    assert len(fig.axes) == 3
+
+
+def test_audited_classes_leave_the_normal_class_out():
+    assert audited_classes(["NORMAL", "PNEUMONIA"], {"NORMAL": 0.2, "PNEUMONIA": 0.4}, "pneumonia") == ["PNEUMONIA"]
+    assert audited_classes(["No Finding"], {"No Finding": 0.5}, None) == ["No Finding"]
