@@ -227,6 +227,14 @@ def _run_reporting_command_line_errors(main: Callable[[], Any], started: list, r
         if started:
             raise
         _refuse(config_error_line(exc))
+    except AssertionError:  # OmegaConf's answer to a key set below a null node (explain.n=4 where explain is null)
+        if started:
+            raise
+        dotted = [a for a in sys.argv[1:] if "." in a.split("=", 1)[0] and not a.startswith(("hydra.", "paths."))]
+        _refuse(
+            f"cannot set {', '.join(dotted) or 'an override'}: a key above it is null in this command's config; "
+            "choose the group first (e.g. explain=gradcam explain.n=4)"
+        )
     finally:
         _restore_hydra_full_error()
         GlobalHydra.instance().clear()

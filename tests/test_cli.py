@@ -70,6 +70,7 @@ def test_bad_command_line_is_one_line_and_exit_2(tmp_path, monkeypatch, caplog):
         (cli.evaluate, ["ckpt=x", "bogus=2"], "bogus is not an option here"),
         (cli.train, ["data=mnist"], "data=mnist is not an option; choose one of: cxr4, darkcovidnet"),
         (cli.export, ["ckpt"], "cannot parse the command line: Error parsing override 'ckpt' (key=value"),
+        (cli.predict, ["ckpt=x", "input=y", "explain.n=0"], "cannot set explain.n=0: a key above it is null"),
     ]:
         caplog.clear()
         with pytest.raises(SystemExit) as exc:
