@@ -190,7 +190,7 @@ BAD_VALUES = [
     ("data.test_fraction=-0.1", ["data.test_fraction=-0.1 must be in [0, 1)"]),
     ("data.cv_folds=-2", ["data.cv_folds=-2 must be a number >= 0"]),
     ("data.cv_fold=-1", ["data.cv_fold=-1 must be a number >= 0"]),
-    ("data.resize=crop", ["data.resize='crop' is not valid: it must be one of: squash, pad"]),
+    ("data.resize=stretch", ["data.resize='stretch' is not valid: it must be one of: squash, pad, crop"]),
     ("data.balance=maybe", ["data.balance='maybe' is not valid: it must be one of: none, loss, sampler"]),
     ("data.on_bad_file=ignore", ["data.on_bad_file='ignore' is not valid: it must be one of: skip, error"]),
     ("data.downsample_to=4", ["data.downsample_to=4 must be a number >= 8, or null"]),
