@@ -147,3 +147,16 @@ def test_debug_fdr_runs_one_batch_and_writes_no_checkpoint(tmp_path):
     assert train(cfg, tmp_path / "run") == {}
     assert (tmp_path / "run" / "splits" / "train.csv").is_file() and not (tmp_path / "run" / "metrics.json").exists()
     assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
+
+
+@pytest.mark.parametrize("package", ["hydra-core", "omegaconf"])
+def test_config_stack_is_a_stable_release(package):
+    """hydra-optuna-sweeper names a hydra-core dev release in its requirements, which lets pip take pre-releases
+    (1.4.0rc3 with omegaconf 2.4.1rc1: other messages, other behaviour); pyproject.toml keeps them on 1.3 / 2.3."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    installed = Version(version(package))
+    assert not installed.is_prerelease, f"{package} {installed} is a pre-release: reinstall with pyproject's pins"
+    assert (installed.major, installed.minor) == {"hydra-core": (1, 3), "omegaconf": (2, 3)}[package]
