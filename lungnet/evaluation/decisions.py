@@ -150,8 +150,9 @@ def build_record(ev) -> tuple[DecisionRecord, str]:
             existing = read_decision(path, ckpt, ev.loaded.labels)
         except CheckpointError as exc:
             log.warning("%s; it will be replaced when this evaluation fits on val", exc)
-    if ev.fit.name != "val" and existing is not None and existing.split is not None:
-        log.info("Decisions from %s (fitted on %s), not refitted on %s", path, existing.split, ev.fit.name)
+    refit = ev.split == "val" == ev.fit.name or bool(ev.cfg.decision.get("refit"))
+    if existing is not None and existing.split is not None and not refit:
+        log.info("Decisions from %s (fitted on %s), not refitted (decision.refit=true does)", path, existing.split)
         return existing, f"read from `{path}` (fitted on {existing.split})"
     record = new_record(ev.loaded.labels, ev.loaded.multilabel, ckpt)
     given = ev.opts["decision_positive_class"]
