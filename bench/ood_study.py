@@ -47,7 +47,7 @@ from ood_rates import PHOTOS, gray  # noqa: E402
 from lungnet.data.images import read_image  # noqa: E402
 from lungnet.decision import sha256_file  # noqa: E402
 from lungnet.inference import Predictor  # noqa: E402
-from lungnet.ood import THUMB, ImageGate, OodGate  # noqa: E402
+from lungnet.ood import THUMB, ImageGate, OodGate, layout  # noqa: E402
 
 log = logging.getLogger("ood_study")
 CACHE = Path("outputs/ood_cache")
@@ -145,7 +145,8 @@ def gate_image(train):
     width = gate.features.means.shape[1]
 
     def score(d):
-        return np.stack([gate.features.score(d["features"][:, :width]), gate.image.score(d["features"][:, width:])], 1)
+        x = d["features"]
+        return np.stack([gate.features.score(x[:, :width]), gate.image.score(layout(x[:, width:]))], 1)
 
     return score
 

@@ -15,10 +15,12 @@ split): by construction about 5 % of such images are flagged, and anything furth
 
 Pooled features of a fine-tuned model hardly change when a film is turned: a film rotated by 90 or 180 degrees
 scores like an upright one. `ImageGate` adds a second PPCA-Mahalanobis gate on a ``THUMB`` x ``THUMB`` grey
-thumbnail of the model's own preprocessed input (`gate_inputs` appends it to the features), which sees where the
-lungs, the mediastinum and the diaphragm are. Each part is thresholded at the 0.975 quantile of val, and an image is
-OOD when either part flags it (about 5 % of val in all); its score is the larger of the two part scores divided by
-their thresholds (flagged above 1). A stored gate without the image part (`OodGate`) scores the features alone.
+thumbnail of the model's own preprocessed input (`gate_inputs` appends it to the features), standardised per image
+(zero mean, unit contrast: the layout, not the exposure), which sees where the lungs, the mediastinum and the
+diaphragm are; a flat (blank) image standardises to all zeros. Each part is thresholded at the 0.975 quantile of
+val, and an image is OOD when either part flags it (about 5 % of val in all); its score is the larger of the two part
+scores divided by their thresholds (flagged above 1). A stored gate without the image part (`OodGate`) scores the
+features alone.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import numpy as np
 METHOD = "mahalanobis-ppca"
 IMAGE_METHOD = "mahalanobis-ppca+thumbnail"
 THUMB = 16  # side of the grey thumbnail of the model input the image part scores
-IMAGE_DIMS = 16  # principal axes of the thumbnails' covariance
+IMAGE_DIMS = 8  # principal axes of the thumbnails' covariance
+CONTRAST_FLOOR = 1e-2  # a thumbnail with less contrast (std) than this is scored as flat (blank)
 
 
 def gate_inputs(features, batch) -> np.ndarray:
@@ -179,13 +182,20 @@ class OodGate:
             raise ValueError(f"malformed OOD gate ({exc!r})") from exc
 
 
+def layout(thumbnails: np.ndarray) -> np.ndarray:
+    """Thumbnails standardised per image: zero mean, unit standard deviation (flat ones: all zeros)."""
+    centred = thumbnails - thumbnails.mean(1, keepdims=True)
+    contrast = centred.std(1, keepdims=True)
+    return np.where(contrast > CONTRAST_FLOOR, centred / np.maximum(contrast, CONTRAST_FLOOR), 0.0)
+
+
 @dataclass(frozen=True)
 class ImageGate:
     """Two gates, flagged when either flags: `OodGate` on the pooled features and one on the input's thumbnail.
 
     Attributes:
         features: the gate on the first ``features.info["feature_dim"]`` columns of `gate_inputs`.
-        image: the gate on the ``THUMB**2`` thumbnail columns after them.
+        image: the gate on the ``THUMB**2`` thumbnail columns after them, standardised per image (`layout`).
         threshold: always 1 (each part's own threshold).
         reference: scores of the images the parts were thresholded on (for shift tests), or empty.
         info: method, where the parts were fitted and thresholded.
@@ -205,7 +215,7 @@ class ImageGate:
         if width < 1:
             raise ValueError(f"gate inputs of width {x.shape[1]} hold no features before the {THUMB}x{THUMB} thumbnail")
         feats = OodGate.fit(x[:, :width], classes, dims=dims, **info)
-        image = OodGate.fit(x[:, width:], classes, dims=IMAGE_DIMS, **{**info, "layer": "input thumbnail"})
+        image = OodGate.fit(layout(x[:, width:]), classes, dims=IMAGE_DIMS, **{**info, "layer": "input thumbnail"})
         return cls(feats, image, info={"method": IMAGE_METHOD, **info})
 
     def parts(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -216,7 +226,7 @@ class ImageGate:
             raise ValueError(f"gate inputs of width {x.shape[1]}, expected {width} features + {THUMB**2} thumbnail")
         return {
             "features": self.features.score(x[:, :width]) / self.features.threshold,
-            "image": self.image.score(x[:, width:]) / self.image.threshold,
+            "image": self.image.score(layout(x[:, width:])) / self.image.threshold,
         }
 
     def score(self, inputs: np.ndarray) -> np.ndarray:
@@ -235,7 +245,7 @@ class ImageGate:
         width = self.features.means.shape[1]
         each = 1 - (1 - quantile) / 2
         feats = self.features.calibrate(x[:, :width], each, split)
-        image = self.image.calibrate(x[:, width:], each, split)
+        image = self.image.calibrate(layout(x[:, width:]), each, split)
         done = replace(self, features=feats, image=image)
         scores = done.score(x)
         info = {**self.info, "threshold_split": split, "threshold_n": int(len(x)), "quantile": float(quantile)}

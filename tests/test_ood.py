@@ -79,6 +79,8 @@ def test_image_part_flags_turned_films_and_passes_held_out_upright_ones():
         assert gate.flag(turned)[1].mean() > 0.9, name
         parts = gate.parts(turned)
         np.testing.assert_allclose(np.maximum(parts["features"], parts["image"]), gate.score(turned))
+    blank = torch.stack([torch.full((1, 32, 32), v) for v in (0.0, 0.5, 1.0)])
+    assert (gate.parts(inputs(blank))["image"] > 1).all()  # a flat image has no film layout, whatever its grey
     record = DecisionRecord(["NORMAL", "PNEUMONIA"], False, "0" * 64, split="val", ood=gate)
     reasons = record.decide(np.zeros((100, 2)), inputs(films(100, 3, np.rot90))).reason
     assert sum("image layout" in r for r in reasons) > 90  # the reason says which part flagged it
