@@ -31,7 +31,7 @@ import numpy as np
 from lungnet.errors import CheckpointError
 from lungnet.io import write_json
 from lungnet.labels import default_positive
-from lungnet.ood import AnyMemberGate, OodGate, gate_from_dict
+from lungnet.ood import AnyMemberGate, ImageGate, OodGate, gate_from_dict
 from lungnet.preprocessing import logits_to_probs
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ class Decisions:
         ambiguous: (N,) bool, the set does not single out one answer (or is empty), or None.
         ood: (N,) bool OOD flags, or None without a gate or features.
         ood_score: (N,) scores, or None.
+        ood_parts: ``{part: (N,) score / its threshold}`` of a gate with an image part (`lungnet.ood.ImageGate`:
+            ``features``, ``image``), or None.
     """
 
     probs: np.ndarray
@@ -77,6 +79,7 @@ class Decisions:
     ambiguous: np.ndarray | None = None
     ood: np.ndarray | None = None
     ood_score: np.ndarray | None = None
+    ood_parts: dict[str, np.ndarray] | None = None
 
     def set_labels(self, labels: list[str]) -> list[str]:
         """The prediction sets as ``A|B`` strings (empty strings without conformal calibration)."""
@@ -94,6 +97,8 @@ class Decisions:
             "ood": [bool(x) for x in self.ood] if self.ood is not None else [None] * n,
             "ood_score": [float(x) for x in self.ood_score] if self.ood_score is not None else [None] * n,
         }
+        for part, values in (self.ood_parts or {}).items():
+            cols[f"ood_score_{part}"] = [float(x) for x in values]
         cols.update({f"p_{lab}": self.probs[:, j].tolist() for j, lab in enumerate(labels)})
         return cols
 
@@ -135,7 +140,7 @@ class DecisionRecord:
     conformal_scores: np.ndarray | dict[str, np.ndarray] | None = None
     abstain_below: float | None = None
     abstain_ambiguous: bool = True
-    ood: OodGate | AnyMemberGate | None = None
+    ood: OodGate | ImageGate | AnyMemberGate | None = None
     summary: dict = field(default_factory=dict)
 
     @property
@@ -196,6 +201,8 @@ class DecisionRecord:
             out.sets, out.ambiguous = conformal
         if self.ood is not None and features is not None:
             out.ood_score, out.ood = self.ood.flag(features)
+            if isinstance(self.ood, ImageGate):
+                out.ood_parts = self.ood.parts(features)
         confidence = np.maximum(probs, 1 - probs).min(1) if self.multilabel else probs.max(1)
         for i in range(len(probs)):
             reason = self._abstain_reason(out, i, float(confidence[i]))
@@ -205,9 +212,13 @@ class DecisionRecord:
 
     def _abstain_reason(self, out: Decisions, i: int, confidence: float) -> str:
         if out.ood is not None and out.ood[i]:
+            part = ""
+            if out.ood_parts is not None:  # `lungnet.ood.ImageGate`: which part flagged it
+                image = out.ood_parts["image"][i] >= out.ood_parts["features"][i]
+                part = ", image layout: e.g. a turned or lateral film" if image else ", model features"
             return (
-                f"unlike the training images (OOD score {out.ood_score[i]:.3g} > threshold {self.ood.threshold:.3g}): "
-                "the model's output means nothing here"
+                f"unlike the training images (OOD score {out.ood_score[i]:.3g} > threshold {self.ood.threshold:.3g}"
+                f"{part}): the model's output means nothing here"
             )
         if self.abstain_ambiguous and out.ambiguous is not None and out.ambiguous[i]:
             level = f"{1 - float(self.alpha):.0%}"

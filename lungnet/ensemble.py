@@ -43,7 +43,7 @@ from lungnet.checkpoint import LoadedModel, checkpoints_below, load_model, model
 from lungnet.decision import DecisionRecord, find_decision, sha256_file
 from lungnet.errors import CheckpointError, ConfigError
 from lungnet.io import write_json
-from lungnet.ood import AnyMemberGate, OodGate
+from lungnet.ood import AnyMemberGate, ImageGate, OodGate
 from lungnet.preprocessing import Preprocessing, logits_to_probs
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class Member:
     sha256: str
     temperature: float | None = None
     decision_file: str | None = None
-    gate: OodGate | None = field(default=None, repr=False)
+    gate: OodGate | ImageGate | None = field(default=None, repr=False)
 
     @property
     def path(self) -> Path:
@@ -274,11 +274,11 @@ def check_members(members: list[Member]) -> None:
             )
 
 
-def _member_decision(path: Path, loaded: LoadedModel) -> tuple[float | None, str | None, OodGate | None]:
+def _member_decision(path: Path, loaded: LoadedModel) -> tuple[float | None, str | None, OodGate | ImageGate | None]:
     record, where = find_decision("auto", path, list(loaded.labels))
     if record is None:
         return None, None, None
-    return record.temperature, str(where), record.ood if isinstance(record.ood, OodGate) else None
+    return record.temperature, str(where), record.ood if isinstance(record.ood, (OodGate, ImageGate)) else None
 
 
 def open_ensemble(ckpt, decision: str | os.PathLike | None = "auto") -> Ensemble:

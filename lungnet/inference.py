@@ -30,6 +30,7 @@ from lungnet.ensemble import EnsembleBackend, ensemble_decision, model_files, op
 from lungnet.errors import DataError
 from lungnet.evaluation.predict import predictions_table
 from lungnet.hardware import resolve_device
+from lungnet.ood import gate_inputs
 from lungnet.preprocessing import Preprocessing, logits_to_probs
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,13 @@ class _TorchBackend:
 
     @torch.inference_mode()
     def outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, penultimate features) for the OOD gate."""
+        """(logits, OOD gate inputs): `lungnet.ood.gate_inputs`, penultimate features and an input thumbnail."""
         from lungnet.runtimes import autocast
 
         with autocast(self.device, self.precision):
             features = self.model.backbone(batch.to(self.device))
             logits = self.model.head(features)
-        return logits.float().cpu().numpy(), features.float().cpu().numpy()
+        return logits.float().cpu().numpy(), gate_inputs(features, batch)
 
 
 class Predictor:

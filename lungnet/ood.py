@@ -12,6 +12,15 @@ decision file, where ``dims`` axes take a few hundred KB against 6.5 MB for a 12
 The threshold is a quantile (default 0.95) of the scores of images the model was not trained on (the validation
 split): by construction about 5 % of such images are flagged, and anything further from the training images than
 95 % of real validation images is.
+
+Pooled features of a fine-tuned model hardly change when a film is turned: a film rotated by 90 or 180 degrees
+scores like an upright one. `ImageGate` adds a second PPCA-Mahalanobis gate on a ``THUMB`` x ``THUMB`` grey
+thumbnail of the model's own preprocessed input (`gate_inputs` appends it to the features), standardised per image
+(zero mean, unit contrast: the layout, not the exposure), which sees where the lungs, the mediastinum and the
+diaphragm are; a flat (blank) image standardises to all zeros. Each part is thresholded at the 0.975 quantile of
+val, and an image is OOD when either part flags it (about 5 % of val in all); its score is the larger of the two part
+scores divided by their thresholds (flagged above 1). A stored gate without the image part (`OodGate`) scores the
+features alone.
 """
 
 from __future__ import annotations
@@ -22,6 +31,19 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 METHOD = "mahalanobis-ppca"
+IMAGE_METHOD = "mahalanobis-ppca+thumbnail"
+THUMB = 16  # side of the grey thumbnail of the model input the image part scores
+IMAGE_DIMS = 8  # principal axes of the thumbnails' covariance
+CONTRAST_FLOOR = 1e-2  # a thumbnail with less contrast (std) than this is scored as flat (blank)
+
+
+def gate_inputs(features, batch) -> np.ndarray:
+    """What a gate scores, per image: the pooled features (N, D), then a ``THUMB`` x ``THUMB`` thumbnail of the
+    model's input batch (N, C, H, W; channel mean, area-averaged): (N, D + THUMB**2) float32."""
+    import torch
+
+    thumbs = torch.nn.functional.adaptive_avg_pool2d(batch.float().mean(1, keepdim=True), THUMB).flatten(1)
+    return np.concatenate([features.float().cpu().numpy(), thumbs.cpu().numpy()], axis=1)
 
 
 def encode_array(array: np.ndarray) -> dict:
@@ -97,7 +119,7 @@ class OodGate:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance to the nearest class mean, per feature dimension: (N,)."""
-        x = np.asarray(features, dtype=np.float64)
+        x = np.asarray(features, dtype=np.float64)[:, : self.means.shape[1]]  # without a thumbnail part
         best = np.full(len(x), np.inf)
         for mean in self.means:
             d = x - mean
@@ -160,6 +182,102 @@ class OodGate:
             raise ValueError(f"malformed OOD gate ({exc!r})") from exc
 
 
+def layout(thumbnails: np.ndarray) -> np.ndarray:
+    """Thumbnails standardised per image: zero mean, unit standard deviation (flat ones: all zeros)."""
+    centred = thumbnails - thumbnails.mean(1, keepdims=True)
+    contrast = centred.std(1, keepdims=True)
+    return np.where(contrast > CONTRAST_FLOOR, centred / np.maximum(contrast, CONTRAST_FLOOR), 0.0)
+
+
+@dataclass(frozen=True)
+class ImageGate:
+    """Two gates, flagged when either flags: `OodGate` on the pooled features and one on the input's thumbnail.
+
+    Attributes:
+        features: the gate on the first ``features.info["feature_dim"]`` columns of `gate_inputs`.
+        image: the gate on the ``THUMB**2`` thumbnail columns after them, standardised per image (`layout`).
+        threshold: always 1 (each part's own threshold).
+        reference: scores of the images the parts were thresholded on (for shift tests), or empty.
+        info: method, where the parts were fitted and thresholded.
+    """
+
+    features: OodGate
+    image: OodGate
+    threshold: float = 1.0
+    reference: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, inputs: np.ndarray, classes: np.ndarray | None = None, dims: int = 64, **info) -> ImageGate:
+        """Fits both parts on `gate_inputs` of the training images (``dims``: the feature part's axes)."""
+        x = np.asarray(inputs, dtype=np.float64)
+        width = x.shape[1] - THUMB * THUMB
+        if width < 1:
+            raise ValueError(f"gate inputs of width {x.shape[1]} hold no features before the {THUMB}x{THUMB} thumbnail")
+        feats = OodGate.fit(x[:, :width], classes, dims=dims, **info)
+        image = OodGate.fit(layout(x[:, width:]), classes, dims=IMAGE_DIMS, **{**info, "layer": "input thumbnail"})
+        return cls(feats, image, info={"method": IMAGE_METHOD, **info})
+
+    def parts(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Each part's score divided by its threshold: ``{"features": (N,), "image": (N,)}``."""
+        x = np.asarray(inputs, dtype=np.float64)
+        width = self.features.means.shape[1]
+        if x.shape[1] != width + THUMB * THUMB:
+            raise ValueError(f"gate inputs of width {x.shape[1]}, expected {width} features + {THUMB**2} thumbnail")
+        return {
+            "features": self.features.score(x[:, :width]) / self.features.threshold,
+            "image": self.image.score(layout(x[:, width:])) / self.image.threshold,
+        }
+
+    def score(self, inputs: np.ndarray) -> np.ndarray:
+        """The larger part score relative to its threshold: (N,)."""
+        return np.maximum(*self.parts(inputs).values())
+
+    def flag(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, flags): flagged where either part flags."""
+        scores = self.score(inputs)
+        return scores, scores > self.threshold
+
+    def calibrate(self, inputs: np.ndarray, quantile: float = 0.95, split: str = "val") -> ImageGate:
+        """A copy with each part thresholded at ``1 - (1 - quantile) / 2`` of ``inputs``' scores (either flags
+        about ``1 - quantile`` of such images)."""
+        x = np.asarray(inputs, dtype=np.float64)
+        width = self.features.means.shape[1]
+        each = 1 - (1 - quantile) / 2
+        feats = self.features.calibrate(x[:, :width], each, split)
+        image = self.image.calibrate(layout(x[:, width:]), each, split)
+        done = replace(self, features=feats, image=image)
+        scores = done.score(x)
+        info = {**self.info, "threshold_split": split, "threshold_n": int(len(x)), "quantile": float(quantile)}
+        info["rate_on_threshold_split"] = float((scores > 1).mean()) if len(scores) else None
+        return replace(done, reference=scores, info=info)
+
+    def to_dict(self) -> dict:
+        """JSON-ready data: both parts in full."""
+        return {
+            **self.info,
+            "threshold": self.threshold,
+            "features": self.features.to_dict(),
+            "image": self.image.to_dict(),
+            "reference_scores": [float(s) for s in self.reference],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImageGate:
+        """Inverse of `to_dict`.
+
+        Raises:
+            ValueError: malformed.
+        """
+        try:
+            parts = OodGate.from_dict(data["features"]), OodGate.from_dict(data["image"])
+            info = {k: v for k, v in data.items() if k not in {"threshold", "features", "image", "reference_scores"}}
+            reference = np.asarray(data.get("reference_scores") or [], dtype=np.float64)
+            return cls(*parts, float(data.get("threshold", 1.0)), reference, info)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed OOD gate with an image part ({exc!r})") from exc
+
+
 ANY_MEMBER = "any-member"
 
 
@@ -179,7 +297,7 @@ class AnyMemberGate:
         info: method, member count, where the reference was scored.
     """
 
-    gates: tuple[OodGate | None, ...]
+    gates: tuple[OodGate | ImageGate | None, ...]
     threshold: float = 1.0
     reference: np.ndarray = field(default_factory=lambda: np.zeros(0))
     info: dict = field(default_factory=dict)
@@ -232,7 +350,7 @@ class AnyMemberGate:
             ValueError: malformed.
         """
         try:
-            gates = tuple(OodGate.from_dict(g) if g else None for g in data["gates"])
+            gates = tuple(gate_from_dict(g) if g else None for g in data["gates"])
             info = {k: v for k, v in data.items() if k not in {"threshold", "gates", "reference_scores"}}
             reference = np.asarray(data.get("reference_scores") or [], dtype=np.float64)
             return cls(gates, float(data.get("threshold", 1.0)), reference, info)
@@ -240,6 +358,10 @@ class AnyMemberGate:
             raise ValueError(f"malformed ensemble OOD gate ({exc!r})") from exc
 
 
-def gate_from_dict(data: dict) -> OodGate | AnyMemberGate:
-    """A stored gate: a model's (`OodGate`) or an ensemble's (`AnyMemberGate`), by its ``method``."""
-    return AnyMemberGate.from_dict(data) if data.get("method") == ANY_MEMBER else OodGate.from_dict(data)
+def gate_from_dict(data: dict) -> OodGate | ImageGate | AnyMemberGate:
+    """A stored gate: a model's (`ImageGate`, or `OodGate` from before the image part) or an ensemble's
+    (`AnyMemberGate`), by its ``method``."""
+    method = data.get("method")
+    if method == ANY_MEMBER:
+        return AnyMemberGate.from_dict(data)
+    return ImageGate.from_dict(data) if method == IMAGE_METHOD else OodGate.from_dict(data)

@@ -286,6 +286,9 @@ class DecisionConfig:
         None, "multi-class: this class when it reaches its threshold, else arg-max; null: two-class data -> non-normal"
     )
     write: bool = opt(True, "write <ckpt stem>.decision.json when the operating point is fitted on val")
+    refit: bool = opt(
+        False, "refit on val even when a decision file fitted on val exists (split=val always refits; others read it)"
+    )
 
 
 @dataclass

@@ -37,7 +37,7 @@ from lungnet.errors import CheckpointError  # noqa: E402
 from lungnet.evaluation import plots, stats  # noqa: E402
 from lungnet.evaluation.predict import model_outputs  # noqa: E402
 from lungnet.hardware import resolve_device  # noqa: E402
-from lungnet.ood import ANY_MEMBER, AnyMemberGate, OodGate  # noqa: E402
+from lungnet.ood import ANY_MEMBER, THUMB, AnyMemberGate, ImageGate, OodGate  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def plain_outputs(model, dm, split: str, multilabel: bool, device: str = "cpu"):
     return model_outputs(model, dm.loader(key), multilabel, device, f"Features of {split}", True, split)
 
 
-def gate(ev, existing: DecisionRecord | None) -> OodGate | AnyMemberGate | None:
+def gate(ev, existing: DecisionRecord | None) -> OodGate | ImageGate | AnyMemberGate | None:
     """The OOD gate: the decision file's, else fitted on the training split's features and thresholded on val (an
     ensemble: its members' own gates, `lungnet.ood.AnyMemberGate`, with the fit split's scores as reference)."""
     opts = ev.cfg.get("ood") or {}
@@ -104,12 +104,12 @@ def gate(ev, existing: DecisionRecord | None) -> OodGate | AnyMemberGate | None:
     return fit_gate(train, ev.fit, ev.loaded.multilabel, opts.get("dims"), opts.get("quantile"))
 
 
-def fit_gate(train, val, multilabel: bool, dims: int | None = None, quantile: float | None = None) -> OodGate:
-    """Fits the OOD gate on ``train``'s features and sets its threshold on ``val``'s (`lungnet.ood`; None: its
-    defaults)."""
+def fit_gate(train, val, multilabel: bool, dims: int | None = None, quantile: float | None = None) -> ImageGate:
+    """Fits the OOD gate (features and input thumbnail, `lungnet.ood.ImageGate`) on ``train``'s gate inputs and sets
+    its thresholds on ``val``'s (None: `lungnet.ood`'s defaults)."""
     classes = None if multilabel else train.targets
     extra = {"dims": int(dims)} if dims else {}
-    fitted = OodGate.fit(train.features, classes, fit_split=train.name, layer="backbone", **extra)
+    fitted = ImageGate.fit(train.features, classes, fit_split=train.name, layer="backbone", **extra)
     return fitted.calibrate(val.features, split=val.name, **({"quantile": float(quantile)} if quantile else {}))
 
 
@@ -131,13 +131,30 @@ def fit_ood_gate(ckpt, dm) -> Path | None:
             log.info("Replacing %s: %s", path.name, exc)
     record.ood = fit_gate(*outs, loaded.multilabel)
     record.write(path)
-    log.info(
-        "OOD gate fitted on %d training images, threshold %.3g (0.95 of val): %s",
-        len(outs[0].targets),
-        record.ood.threshold,
-        path,
-    )
+    log.info("OOD gate fitted on %d training images (%s): %s", len(outs[0].targets), gate_how(record.ood), path)
     return path
+
+
+def gate_how(ood: OodGate | ImageGate | AnyMemberGate) -> str:
+    """How a gate flags, in a few words for the report."""
+    from lungnet.evaluation.report import fmt
+
+    info = ood.info
+    where = f"{info.get('quantile')} quantile on {info.get('threshold_split')}"
+    if info.get("method") == ANY_MEMBER:
+        return (
+            f"an ensemble's: flagged when any member's own gate flags ({info.get('voting')} of "
+            f"{info.get('members')} members have one); {fmt(info.get('rate_on_threshold_split'))} of "
+            f"{info.get('threshold_split')} flagged"
+        )
+    if isinstance(ood, ImageGate):
+        each = f"{ood.features.info.get('quantile')} quantile on {info.get('threshold_split')}"
+        return (
+            f"{info.get('method')}: pooled features and a {THUMB}x{THUMB} thumbnail of the model input, each "
+            f"thresholded at the {each}, flagged when either flags ({where} in all); score = the larger part score "
+            "over its threshold"
+        )
+    return f"{info.get('method')}, threshold {fmt(ood.threshold)} = {where}"
 
 
 def build_record(ev) -> tuple[DecisionRecord, str]:
@@ -150,8 +167,9 @@ def build_record(ev) -> tuple[DecisionRecord, str]:
             existing = read_decision(path, ckpt, ev.loaded.labels)
         except CheckpointError as exc:
             log.warning("%s; it will be replaced when this evaluation fits on val", exc)
-    if ev.fit.name != "val" and existing is not None and existing.split is not None:
-        log.info("Decisions from %s (fitted on %s), not refitted on %s", path, existing.split, ev.fit.name)
+    refit = ev.split == "val" == ev.fit.name or bool(ev.cfg.decision.get("refit"))
+    if existing is not None and existing.split is not None and not refit:
+        log.info("Decisions from %s (fitted on %s), not refitted (decision.refit=true does)", path, existing.split)
         return existing, f"read from `{path}` (fitted on {existing.split})"
     record = new_record(ev.loaded.labels, ev.loaded.multilabel, ckpt)
     given = ev.opts["decision_positive_class"]
@@ -357,17 +375,9 @@ def decision_section(result: dict, record: DecisionRecord, split: str, figure: s
             f"mean set size {fmt(result.get('conformal_mean_set_size'), 2)}."
         )
     if block.get("ood_rate") is not None:
-        info = record.ood.info
-        how = (
-            f"{info.get('method')}, threshold {fmt(record.ood.threshold)} = {info.get('quantile')} quantile on "
-            f"{info.get('threshold_split')}"
-            if info.get("method") != ANY_MEMBER
-            else f"an ensemble's: flagged when any member's own gate flags ({info.get('voting')} of "
-            f"{info.get('members')} members have one); {fmt(info.get('rate_on_threshold_split'))} of "
-            f"{info.get('threshold_split')} flagged"
-        )
         lines.append(
-            f"- OOD gate ({how}): **{block['ood_flagged']} of {block['n']}** flagged ({fmt(block['ood_rate'])})."
+            f"- OOD gate ({gate_how(record.ood)}): **{block['ood_flagged']} of {block['n']}** flagged "
+            f"({fmt(block['ood_rate'])})."
         )
     lines.append(shift_line(shift, split, record.split))
     if figure:

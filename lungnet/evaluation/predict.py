@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lungnet.ood import gate_inputs
 from lungnet.preprocessing import logits_to_probs
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ class Outputs:
         targets: (N,) class indices or (N, C) multi-label targets.
         paths: image files.
         logits: (N, C) logits.
-        features: (N, D) penultimate (pooled backbone) features, when asked for.
+        features: (N, D + THUMB**2) OOD gate inputs (`lungnet.ood.gate_inputs`: pooled backbone features, then a
+            thumbnail of the model input), when asked for.
     """
 
     name: str
@@ -59,7 +61,7 @@ def model_outputs(
         x = batch["image"].to(device)
         if features:
             f = model.backbone(x)
-            feats.append(f.float().cpu().numpy())
+            feats.append(gate_inputs(f, x))
             z = model.head(f)
         else:
             z = model(x)

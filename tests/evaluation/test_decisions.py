@@ -58,6 +58,23 @@ def test_evaluate_val_then_predict_writes_decision_columns(own_ckpt, tiny_run, t
     assert facts["decision_file"] == str(decision_path(own_ckpt)) and facts["decision"]["split"] == "val"
 
 
+def test_evaluating_test_reads_the_val_fitted_file_and_keeps_it(tiny_run, tmp_path):
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_run / "checkpoints" / "best.ckpt", ckpt)
+    val = ["split=val", "conformal.alpha=0.05", "explain.n=0", *FAST_EVAL]
+    evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", *val]), tmp_path / "val")
+    written = decision_path(ckpt).read_text()
+    assert json.loads(written)["alpha"] == 0.05
+    test = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "split=test", "explain.n=0", *FAST_EVAL]), tmp_path / "t")
+    assert decision_path(ckpt).read_text() == written  # not refitted with this command's alpha = 0.1
+    assert test["decisions"]["alpha"] == 0.05 and test["decisions"]["source"].startswith("read from")
+    assert "alpha = 0.05" in (tmp_path / "t" / "report.md").read_text()
+    refit = ["split=test", "decision.refit=true", "explain.n=0", *FAST_EVAL]
+    again = evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", *refit]), tmp_path / "r")
+    assert again["decisions"]["alpha"] == 0.1 and json.loads(decision_path(ckpt).read_text())["alpha"] == 0.1
+
+
 def test_another_checkpoints_decision_file_is_refused_with_one_line(own_ckpt, tmp_path):
     other = tmp_path / "other.decision.json"
     data = json.loads(decision_path(own_ckpt).read_text())
