@@ -266,8 +266,8 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> dict:
 
 @hydra_app("predict")
 def predict(cfg: DictConfig, run_dir: Path) -> Path:
-    """Classifies image files (`lungnet.inference.run_batch`)."""
-    from lungnet.inference import run_batch
+    """Classifies image files (`lungnet.batch.run_batch`)."""
+    from lungnet.batch import run_batch
 
     return run_batch(cfg, run_dir)
 

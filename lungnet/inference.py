@@ -23,11 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, is_torchscript, load_model
-from lungnet.data.images import ImageReadError, collect_inputs, read_image
+from lungnet.data.images import ImageReadError, read_image
 from lungnet.data.transforms import build_transform, fit_within
 from lungnet.decision import DecisionRecord, Decisions, export_decision, find_decision
 from lungnet.ensemble import EnsembleBackend, ensemble_decision, model_files, open_ensemble, stack
-from lungnet.errors import DataError
 from lungnet.evaluation.predict import predictions_table
 from lungnet.hardware import resolve_device
 from lungnet.ood import gate_inputs
@@ -397,100 +396,3 @@ def uncrop(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     top, left = (full.shape[0] - heatmap.shape[0]) // 2, (full.shape[1] - heatmap.shape[1]) // 2
     full[top : top + heatmap.shape[0], left : left + heatmap.shape[1]] = heatmap
     return full
-
-
-def seen_in_training(predictor: Predictor, files: list[Path]) -> dict[str, str]:
-    """Input files that are exact copies of the checkpoint's training or validation images (``.ckpt`` only)."""
-    from lungnet.checkpoint import read_checkpoint
-    from lungnet.data.overlap import recorded_hashes, training_copies
-
-    if predictor.kind != "checkpoint":
-        return {}
-    seen = training_copies([str(f) for f in files], recorded_hashes(read_checkpoint(predictor.path)))
-    if seen:
-        log.warning(
-            "%d of %d inputs are copies of images the model was trained or validated on (column "
-            "seen_in_training), e.g. %s",
-            len(seen),
-            len(files),
-            next(iter(seen)),
-        )
-    return seen
-
-
-def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
-    """``predict.py``: classify ``cfg.input`` with ``cfg.ckpt``; write predictions.csv (+ overlays) to ``run_dir``.
-
-    Returns:
-        The predictions.csv path.
-    """
-    import pandas as pd
-    from PIL import Image
-
-    from lungnet.explain.base import ExplainError
-    from lungnet.io import write_csv, write_json
-
-    run_dir = Path(run_dir)
-    runtime = str(cfg.get("runtime") or "onnxruntime")
-    predictor = Predictor(
-        cfg.ckpt,
-        device=str(cfg.device),
-        threads=cfg.get("threads"),
-        runtime=runtime,
-        precision=str(cfg.get("precision") or "fp32"),
-        decision=cfg.get("decision", "auto"),
-        trust_export=bool(cfg.trust_export),
-    )
-    exp = cfg.get("explain") or {}  # the explain config group (conf/explain/<method>.yaml), absent by default
-    explain = exp.get("method")
-    options = {k: v for k, v in {"cam_layer": exp.get("cam_layer"), **(exp.get("options") or {})}.items() if v}
-    if explain:
-        from lungnet.explain.cams import list_methods
-
-        if explain not in list_methods():
-            raise ExplainError(f"Unknown explanation method '{explain}'; choose from {', '.join(list_methods())}")
-        if predictor.torch_model is None:
-            raise CheckpointError(predictor.no_heatmaps())
-    files = collect_inputs(cfg.input)
-    seen = seen_in_training(predictor, files)
-    heat_dir = run_dir / "heatmaps"
-    rows, failed = [], 0
-    preds = predictor.predict_iter(files, int(cfg.batch_size), explain, progress=True, explain_options=options)
-    for k, pred in enumerate(preds):
-        row = dict(pred.row)
-        if pred.ok and explain:
-            heat_dir.mkdir(parents=True, exist_ok=True)
-            out = heat_dir / f"{k:05d}_{Path(pred.file).stem[:80]}.png"  # index prefix: same stems never collide
-            Image.fromarray(predictor.overlay(pred, float(cfg.alpha))).save(out)
-            row["heatmap"] = str(out.relative_to(run_dir))
-        failed += not pred.ok
-        if predictor.members:
-            row["members"] = "|".join(predictor.members)
-        row["seen_in_training"] = seen.get(str(pred.file), "")
-        rows.append(row)
-    columns = ["file", "predicted", "confidence", "decision", "prediction_set", "ood", "ood_score", "decision_reason"]
-    columns += [f"p_{lab}" for lab in predictor.labels]
-    table = pd.DataFrame(rows)
-    table = table[[c for c in columns if c in table] + [c for c in table if c not in columns]]
-    path = write_csv(run_dir / "predictions.csv", table)
-    flagged = int(sum(bool(r.get("ood")) for r in rows))
-    facts = {**predictor.describe(), "images": len(rows), "unreadable": failed, "ood_flagged": flagged}
-    facts["seen_in_training"] = len(seen)
-    facts["abstained"] = int(sum(r.get("decision") == "abstain" for r in rows))
-    write_json(run_dir / "prediction.json", facts)
-    if predictor.decision is not None:
-        log.info(
-            "Decisions from %s (fitted on %s): %d abstained, %d flagged out-of-distribution",
-            predictor.decision_file,
-            predictor.decision.split,
-            facts["abstained"],
-            flagged,
-        )
-    else:
-        log.info(
-            "No decision file (decision=%s): arg-max decisions, no prediction sets, no OOD gate", cfg.get("decision")
-        )
-    log.info("%d images classified, %d unreadable (see the error column); wrote %s", len(rows) - failed, failed, path)
-    if rows and failed == len(rows):  # the rows are written; the exit status says that nothing was classified
-        raise DataError(f"None of the {len(rows)} input file(s) could be read as an image; reasons in {path}")
-    return path

@@ -12,10 +12,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from lungnet.batch import run_batch
 from lungnet.checkpoint import CheckpointError, load_model
 from lungnet.cli import export as export_command
 from lungnet.export import calibration_sets, export, sidecar_path
-from lungnet.inference import Predictor, run_batch
+from lungnet.inference import Predictor
 from tests.conftest import CONF, run_cli, shared
 from tests.test_inference import LABELS, make_checkpoint, xray
 

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from lungnet.checkpoint import CheckpointError, load_model
+from lungnet.data.images import collect_inputs
 from lungnet.data.transforms import Normalize, build_transform, make_pipeline
-from lungnet.inference import Predictor, Preprocessing, collect_inputs, uncrop
+from lungnet.inference import Predictor, Preprocessing, uncrop
 from lungnet.models.registry import create_model
 from tests.conftest import ROOT, shared
 

@@ -6,7 +6,7 @@ Layers, bottom to top (docs: COMMON rules, README "Layout"):
    data sets and their findings, the configs' schema, the model factory and the input contract;
 1. ``checkpoint ood decision ensemble metrics module callbacks loggers training_checks training evaluation explain
    audit``: what trains, scores, explains and audits a model;
-2. ``inference runtimes export app launch rundir cli``: what a user runs.
+2. ``inference batch runtimes export app launch rundir cli``: what a user runs.
 
 Every import counts, also one inside a function (a deferred import is still a dependency), with one stated
 exception: the body of an ``if __name__ == "__main__":`` block. It runs only when the file is started as a script
@@ -50,6 +50,7 @@ LAYERS = {
     "lungnet.explain": 1,
     "lungnet.audit": 1,  # the shortcut audit command's task (lungnet.cli.audit runs it)
     "lungnet.inference": 2,
+    "lungnet.batch": 2,
     "lungnet.runtimes": 2,
     "lungnet.export": 2,
     "lungnet.app": 2,

@@ -74,7 +74,7 @@ def test_predict_script_runs_on_openvino(tmp_path):
     need_openvino()
     import pandas as pd
 
-    from lungnet.inference import run_batch
+    from lungnet.batch import run_batch
     from tests.conftest import compose_cfg
 
     ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32, thresholds=[0.2, 0.5, 0.3])
