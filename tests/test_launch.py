@@ -13,7 +13,7 @@ import torch
 
 from lungnet.errors import ConfigError
 from lungnet.launch import replay_resume
-from tests.conftest import ROOT, make_class_folders
+from tests.conftest import ROOT, TINY, make_class_folders
 
 
 def _script(script: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -91,13 +91,7 @@ def test_resume_run_dir_alone_continues_the_run(tmp_path):
     first = [
         "data=pneumoniamnist",
         f"data.root={data}",
-        "model=simple_cnn",
-        "data.image_size=32",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "data.persistent_workers=false",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
+        *TINY,
         "log_figures_every=100",
         f"hydra.run.dir={run}",
     ]
