@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from timm.data import Mixup
 
 from lungnet.errors import ConfigError
 from lungnet.metrics import mask_targets, metric_collection
@@ -37,6 +38,8 @@ class LitClassifier(pl.LightningModule):
         label_smoothing: CE label smoothing.
         class_weights: per-class CE weights, or BCE ``pos_weight`` for multi-label.
         max_epochs: the epochs the schedule spans.
+        mixup: timm ``Mixup`` options (``mixup_alpha``, ``cutmix_alpha``, ``prob``, ``switch_prob``); both alphas 0
+            or None: off. Single-label only; ``train/acc`` is then measured on the mixed images.
         data: the data config (stored so the checkpoint can rebuild the data pipeline).
         extra: anything else to keep in the checkpoint (plain types).
     """
@@ -53,6 +56,7 @@ class LitClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
         max_epochs: int = 10,
+        mixup: dict | None = None,
         data: dict | None = None,
         extra: dict | None = None,
     ) -> None:
@@ -66,6 +70,7 @@ class LitClassifier(pl.LightningModule):
         self.labels = list(labels)
         self.multilabel = multilabel
         self.channels_last = False  # `use_channels_last`
+        self.mixer = build_mixer(mixup, len(labels), multilabel)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         metrics = metric_collection(len(labels), multilabel)
@@ -98,7 +103,10 @@ class LitClassifier(pl.LightningModule):
         return logits_to_probs(logits, self.multilabel)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """CE (weights, label smoothing) or BCE-with-logits over known targets only."""
+        """CE (weights, label smoothing) or BCE-with-logits over known targets only.
+
+        ``target`` holds class indices, or class probabilities under mixup (weighted CE then averages over the
+        images rather than over the weights, as torch does for probability targets)."""
         logits = logits.float()
         if not self.multilabel:
             return F.cross_entropy(
@@ -114,8 +122,11 @@ class LitClassifier(pl.LightningModule):
         return mask_targets(target) if self.multilabel else target
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(batch["image"])
-        loss = self.loss(logits, batch["target"])
+        images, target = batch["image"], batch["target"]
+        if self.mixer is not None:
+            images, target = mix_batch(self.mixer, images, target)
+        logits = self(images)
+        loss = self.loss(logits, target)
         self.train_acc.update(self.probabilities(logits.float()).detach(), self._metric_target(batch["target"]))
         # the epoch mean is reduced across ranks lazily: keep it off the progress bar, which only rank 0 reads
         # (rank 0 alone would enter the all-reduce and DDP would hang); the bar shows the step loss instead
@@ -180,6 +191,30 @@ class LitClassifier(pl.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def build_mixer(options: dict | None, num_classes: int, multilabel: bool) -> Mixup | None:
+    """timm's ``Mixup`` for ``options`` (`LitClassifier`'s ``mixup``), or None when both alphas are 0.
+
+    Label smoothing stays in the loss (``label_smoothing``), so the mixed targets are plain label mixtures.
+    """
+    options = dict(options or {})
+    if not (options.get("mixup_alpha", 0) or options.get("cutmix_alpha", 0)):
+        return None
+    if multilabel:
+        raise ConfigError("mixup.mixup_alpha / mixup.cutmix_alpha: mixup is for single-label data; set both to 0")
+    return Mixup(**options, mode="batch", label_smoothing=0.0, num_classes=num_classes)
+
+
+def mix_batch(mixer: Mixup, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixes a batch (images and class indices -> images and soft targets); timm pairs image i with image n-1-i,
+    so an odd last image is left unmixed with its one-hot target."""
+    soft = F.one_hot(target, mixer.num_classes).float()
+    n = len(images) - len(images) % 2
+    if n < 2:
+        return images, soft
+    mixed, mixed_soft = mixer(images[:n].clone(), target[:n])
+    return torch.cat([mixed, images[n:]]), torch.cat([mixed_soft.float(), soft[n:]])
 
 
 def build_scheduler(cfg: dict | None, optimizer: torch.optim.Optimizer, epochs: int):

@@ -206,6 +206,16 @@ class EMAConfig:
 
 
 @dataclass
+class MixupConfig:
+    """Mixup / CutMix of image pairs within each training batch (timm's ``Mixup``; single-label data only)."""
+
+    mixup_alpha: float = opt(0.0, "Beta(alpha, alpha) blend of two images and their labels; 0: off", ge=0)
+    cutmix_alpha: float = opt(0.0, "Beta(alpha, alpha) share of a pasted box from another image; 0: off", ge=0)
+    prob: float = opt(1.0, "share of batches that are mixed", ge=0, le=1)
+    switch_prob: float = opt(0.5, "with both on: share of mixed batches that use CutMix", ge=0, le=1)
+
+
+@dataclass
 class PrecisionAutoConfig:
     """What ``trainer.precision=auto`` (the ``trainer=cpu`` default) decides by; measured in docs/benchmarks.md."""
 
@@ -243,6 +253,7 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = opt(factory=EarlyStoppingConfig)
     finetune: FinetuneConfig = opt(factory=FinetuneConfig)
     ema: EMAConfig = opt(factory=EMAConfig)
+    mixup: MixupConfig = opt(factory=MixupConfig)
     precision_auto: PrecisionAutoConfig = opt(factory=PrecisionAutoConfig)
     optimized_metric: str = opt("val/auroc_macro", "the value train.py returns to a sweeper (metrics.json val/<key>)")
 

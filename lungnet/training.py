@@ -217,6 +217,7 @@ def build_module(cfg: DictConfig, source: Source, data_cfg: dict) -> LitClassifi
         warmup_epochs=int(cfg.warmup_epochs),
         label_smoothing=float(cfg.label_smoothing),
         max_epochs=int(cfg.trainer.max_epochs),
+        mixup=plain(cfg.mixup),
         data=data_cfg,
         extra={"seed": int(cfg.seed), "augment": plain(cfg.augment)},
     )

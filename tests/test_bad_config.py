@@ -233,6 +233,8 @@ BAD_VALUES = [
     ("finetune.unfreeze_lr_mult=0", ["finetune.unfreeze_lr_mult=0.0 must be a number > 0"]),
     ("ema.decay=1.0", ["ema.decay=1.0 must be in [0, 1) (0: off)"]),
     ("ema.start_epoch=-1", ["ema.start_epoch=-1 must be a number >= 0"]),
+    ("mixup.mixup_alpha=-1", ["mixup.mixup_alpha=-1.0 must be a number >= 0"]),
+    ("mixup.prob=2", ["mixup.prob=2.0 must be in [0, 1]"]),
     ("logger=nope", ["logger=nope is not an option; choose one of:", "mlflow", "many_loggers"]),
     ("callbacks=nope", ["callbacks=nope is not an option; choose one of: default,", "none"]),
     ("+callbacks.x._target_=no.such.Callback", ["callbacks.x: cannot build no.such.Callback"]),

@@ -166,3 +166,21 @@ def test_metrics_csv_keeps_one_line_ending_across_a_resume(tmp_path):
     data = (tmp_path / "metrics.csv").read_bytes()
     assert data.count(b"\r\n") == data.count(b"\n") == 4  # header, 2 kept rows, 1 new row: CRLF everywhere
     assert pd.read_csv(tmp_path / "metrics.csv")["step"].tolist() == [0, 1, 2]
+
+
+def test_mixup_trains_on_soft_targets_and_is_recorded_in_the_checkpoint(tmp_path, monkeypatch):
+    from lungnet.module import LitClassifier
+
+    seen, loss = [], LitClassifier.loss
+
+    def spy(self, logits, target):
+        seen.append((self.training, target.is_floating_point() and target.dim() == 2))
+        return loss(self, logits, target)
+
+    monkeypatch.setattr(LitClassifier, "loss", spy)
+    run, results = _train(tmp_path, "mixup.mixup_alpha=0.4", "mixup.cutmix_alpha=1.0")
+    assert {soft for training, soft in seen if training} == {True}  # every training batch: soft targets
+    assert {soft for training, soft in seen if not training} == {False}  # validation: the true labels
+    assert 0.0 <= results["val"]["accuracy"] <= 1.0
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["hyper_parameters"]["mixup"]["cutmix_alpha"] == 1.0

@@ -62,3 +62,34 @@ def test_compute_metrics_single_and_multilabel():
     )
     assert ml["per_class"]["x"]["auroc"] == pytest.approx(1.0)
     assert not math.isnan(ml["auroc_macro"])
+
+
+def test_mixup_mixes_pairs_and_leaves_an_odd_last_image_unmixed():
+    from lungnet.module import build_mixer, mix_batch
+
+    torch.manual_seed(0)
+    mixer = build_mixer({"mixup_alpha": 0.4, "cutmix_alpha": 1.0}, 3, multilabel=False)
+    images, target = torch.rand(5, 1, 8, 8), torch.tensor([0, 1, 2, 1, 2])
+    mixed, soft = mix_batch(mixer, images, target)
+    assert mixed.shape == images.shape and soft.shape == (5, 3)
+    assert torch.allclose(soft.sum(1), torch.ones(5))
+    assert torch.equal(mixed[4], images[4]) and torch.equal(soft[4], torch.tensor([0.0, 0.0, 1.0]))
+    assert not torch.equal(soft[:4], torch.nn.functional.one_hot(target[:4], 3).float())  # pairs got mixed labels
+    assert images.data_ptr() != mixed.data_ptr()  # the batch itself is left as it was
+
+
+def test_mixup_off_by_default_and_refused_for_multilabel():
+    from lungnet.errors import ConfigError
+    from lungnet.module import build_mixer
+
+    assert build_mixer(None, 2, False) is None
+    assert build_mixer({"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "prob": 1.0}, 2, False) is None
+    with pytest.raises(ConfigError, match="single-label"):
+        LitClassifier(MODEL, ["a", "b"], multilabel=True, mixup={"mixup_alpha": 0.2})
+
+
+def test_soft_targets_give_the_hard_label_loss_when_one_hot():
+    module = LitClassifier(MODEL, ["a", "b", "c"], label_smoothing=0.05, mixup={"mixup_alpha": 0.2})
+    logits, target = torch.randn(4, 3), torch.tensor([0, 2, 1, 2])
+    soft = torch.nn.functional.one_hot(target, 3).float()
+    assert torch.isclose(module.loss(logits, soft), module.loss(logits, target))
