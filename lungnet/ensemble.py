@@ -44,7 +44,7 @@ from lungnet.decision import DecisionRecord, find_decision, sha256_file
 from lungnet.errors import CheckpointError, ConfigError
 from lungnet.io import write_json
 from lungnet.ood import AnyMemberGate, ImageGate, OodGate
-from lungnet.preprocessing import Preprocessing, logits_to_probs
+from lungnet.preprocessing import EnsembleInput, Preprocessing, logits_to_probs
 
 log = logging.getLogger(__name__)
 
@@ -354,44 +354,6 @@ def ensemble_decision(ensemble: Ensemble, choice) -> tuple[DecisionRecord | None
     return record, "the members' decision files (OOD gates only)"
 
 
-@dataclass(frozen=True)
-class EnsembleInput:
-    """The input contract of an ensemble, where `Predictor` reads a model's `Preprocessing`.
-
-    ``pipeline()`` turns one decoded image into one tensor per member (each member's own evaluation transform).
-    """
-
-    members: tuple[Preprocessing, ...]
-    model: str
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self.members[0].labels
-
-    @property
-    def multilabel(self) -> bool:
-        return self.members[0].multilabel
-
-    @property
-    def thresholds(self) -> None:
-        return None
-
-    @property
-    def input_size(self) -> int | list[int]:
-        """The members' input size (a list when they differ)."""
-        sizes = [p.input_size for p in self.members]
-        return sizes[0] if len(set(sizes)) == 1 else sizes
-
-    @property
-    def resize(self) -> str:
-        return "/".join(dict.fromkeys(p.resize for p in self.members))
-
-    def pipeline(self):
-        """Image (H, W) in [0, 1] -> one input tensor per member."""
-        pipes = [p.pipeline() for p in self.members]
-        return lambda image: tuple(pipe(image) for pipe in pipes)
-
-
 class EnsembleBackend:
     """Runs the members (PyTorch backends built by the caller) on their own inputs and averages (`Ensemble.combine`).
 
@@ -423,10 +385,3 @@ class EnsembleBackend:
 
     def logits(self, batch: Sequence[torch.Tensor]) -> np.ndarray:
         return self.outputs(batch)[0]
-
-
-def stack(tensors: list) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """A batch from preprocessed images: one stacked tensor, or one per member for an ensemble's inputs."""
-    if tensors and isinstance(tensors[0], tuple):
-        return tuple(torch.stack(list(parts)) for parts in zip(*tensors, strict=True))
-    return torch.stack(tensors)

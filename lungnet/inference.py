@@ -26,11 +26,11 @@ from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, is_torchsc
 from lungnet.data.images import ImageReadError, read_image
 from lungnet.data.transforms import build_transform, fit_within
 from lungnet.decision import DecisionRecord, Decisions, export_decision, find_decision
-from lungnet.ensemble import EnsembleBackend, ensemble_decision, model_files, open_ensemble, stack
+from lungnet.ensemble import EnsembleBackend, ensemble_decision, model_files, open_ensemble
 from lungnet.evaluation.predict import predictions_table
 from lungnet.hardware import resolve_device
 from lungnet.ood import gate_inputs
-from lungnet.preprocessing import Preprocessing, logits_to_probs
+from lungnet.preprocessing import Preprocessing, logits_to_probs, stack
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class Predictor:
 
     def _finish(self, decision) -> None:
         self.precision: str = self.backend.precision  # what actually runs, read back from the runtime
-        self.prep: Preprocessing = self.backend.prep  # an ensemble: `lungnet.ensemble.EnsembleInput`
+        self.prep: Preprocessing = self.backend.prep  # an ensemble: `lungnet.preprocessing.EnsembleInput`
         self.labels = list(self.prep.labels)
         self._pipeline = self.prep.pipeline()
         self.decision, self.decision_file = self._decision(decision)
@@ -219,7 +219,7 @@ class Predictor:
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """Grayscale (H, W) in [0, 1] -> the model's input tensor (C, S, S), as in evaluation (an ensemble: one
-        tensor per member, batched with `lungnet.ensemble.stack`)."""
+        tensor per member, batched with `lungnet.preprocessing.stack`)."""
         return self._pipeline(image)
 
     def load(self, path: str | os.PathLike) -> tuple[np.ndarray, torch.Tensor]:

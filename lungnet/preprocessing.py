@@ -2,8 +2,9 @@
 
 `Preprocessing` is recorded in checkpoints (through the model spec and data config) and in export sidecars, and
 read back by `lungnet.inference.Predictor`, `lungnet.runtimes` and `lungnet.explain`: one definition for every
-path from a file to a decision. It sits beside the transforms (`lungnet.data.transforms`), below everything that
-runs a model.
+path from a file to a decision. `EnsembleInput` is the same contract for several checkpoints run as one
+(`lungnet.ensemble`): one input tensor per member. It sits beside the transforms (`lungnet.data.transforms`),
+below everything that runs a model.
 """
 
 from __future__ import annotations
@@ -107,3 +108,48 @@ def logits_to_probs(logits: np.ndarray | torch.Tensor, multilabel: bool) -> np.n
     if not isinstance(logits, torch.Tensor):
         return logits_to_probs(torch.from_numpy(np.asarray(logits, dtype=np.float64)), multilabel).numpy()
     return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
+
+
+@dataclass(frozen=True)
+class EnsembleInput:
+    """The input contract of an ensemble, where `Predictor` reads a model's `Preprocessing`.
+
+    ``pipeline()`` turns one decoded image into one tensor per member (each member's own evaluation transform).
+    """
+
+    members: tuple[Preprocessing, ...]
+    model: str
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.members[0].labels
+
+    @property
+    def multilabel(self) -> bool:
+        return self.members[0].multilabel
+
+    @property
+    def thresholds(self) -> None:
+        return None
+
+    @property
+    def input_size(self) -> int | list[int]:
+        """The members' input size (a list when they differ)."""
+        sizes = [p.input_size for p in self.members]
+        return sizes[0] if len(set(sizes)) == 1 else sizes
+
+    @property
+    def resize(self) -> str:
+        return "/".join(dict.fromkeys(p.resize for p in self.members))
+
+    def pipeline(self):
+        """Image (H, W) in [0, 1] -> one input tensor per member."""
+        pipes = [p.pipeline() for p in self.members]
+        return lambda image: tuple(pipe(image) for pipe in pipes)
+
+
+def stack(tensors: list) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """A batch from preprocessed images: one stacked tensor, or one per member for an ensemble's inputs."""
+    if tensors and isinstance(tensors[0], tuple):
+        return tuple(torch.stack(list(parts)) for parts in zip(*tensors, strict=True))
+    return torch.stack(tensors)

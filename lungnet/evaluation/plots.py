@@ -337,3 +337,29 @@ def roc_overlay_figure(
     fig.suptitle(title or "ROC curves by model")
     fig.tight_layout()
     return fig
+
+
+def write_evaluation_figures(run_dir: Path, result: dict, probs, targets, labels: list[str], multilabel: bool) -> dict:
+    """All evaluation figures; returns ``{key: file name}``."""
+    figures = {}
+    title = f"{result['model']} on {result.get('data_name')} ({result['split']}, n={result['n']})"
+    if not multilabel:
+        fig = confusion_figure(result["confusion_matrix"], labels, title)
+        figures["confusion_matrix"] = save_figure(fig, run_dir / "confusion_matrix.png").name
+    what = "per finding" if multilabel else "one-vs-rest"
+    op = result["operating_point"].get("applied")
+    fig = roc_figure(probs, targets, labels, multilabel, f"ROC {what}: {title}", op)
+    figures["roc"] = save_figure(fig, run_dir / "roc.png").name
+    fig = pr_figure(probs, targets, labels, multilabel, f"Precision-recall {what}: {title}")
+    figures["pr"] = save_figure(fig, run_dir / "pr.png").name
+    cal = result["calibration"]
+    fig = reliability_figure(
+        cal["reliability"],
+        cal["ece"],
+        cal.get("reliability_after"),
+        cal.get("ece_after"),
+        cal["temperature"],
+        multilabel,
+    )
+    figures["reliability"] = save_figure(fig, run_dir / "reliability.png").name
+    return figures

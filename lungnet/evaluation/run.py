@@ -140,32 +140,6 @@ def per_class_extras(metrics: dict, probs: np.ndarray, targets: np.ndarray, labe
     metrics["recall_macro"] = float(per["recall"].mean())
 
 
-def write_figures(run_dir: Path, result: dict, probs, targets, labels: list[str], multilabel: bool) -> dict:
-    """All evaluation figures; returns ``{key: file name}``."""
-    figures = {}
-    title = f"{result['model']} on {result.get('data_name')} ({result['split']}, n={result['n']})"
-    if not multilabel:
-        fig = plots.confusion_figure(result["confusion_matrix"], labels, title)
-        figures["confusion_matrix"] = plots.save_figure(fig, run_dir / "confusion_matrix.png").name
-    what = "per finding" if multilabel else "one-vs-rest"
-    op = result["operating_point"].get("applied")
-    fig = plots.roc_figure(probs, targets, labels, multilabel, f"ROC {what}: {title}", op)
-    figures["roc"] = plots.save_figure(fig, run_dir / "roc.png").name
-    fig = plots.pr_figure(probs, targets, labels, multilabel, f"Precision-recall {what}: {title}")
-    figures["pr"] = plots.save_figure(fig, run_dir / "pr.png").name
-    cal = result["calibration"]
-    fig = plots.reliability_figure(
-        cal["reliability"],
-        cal["ece"],
-        cal.get("reliability_after"),
-        cal.get("ece_after"),
-        cal["temperature"],
-        multilabel,
-    )
-    figures["reliability"] = plots.save_figure(fig, run_dir / "reliability.png").name
-    return figures
-
-
 def _plain(obj):
     """numpy arrays and scalars -> lists and floats (for JSON)."""
     if isinstance(obj, dict):
@@ -398,7 +372,8 @@ def write_evaluation(ev: Evaluation) -> None:
     model_card.md into ``ev.run_dir``."""
     run_dir, result, labels = ev.run_dir, ev.result, ev.labels
     if ev.opts["report"]["figures"]:
-        own = write_figures(run_dir, result, ev.data.probs, ev.data.targets, labels, ev.loaded.multilabel)
+        probs, targets = ev.data.probs, ev.data.targets
+        own = plots.write_evaluation_figures(run_dir, result, probs, targets, labels, ev.loaded.multilabel)
         result["figures"] = {**own, **ev.figures}
     write_json(run_dir / "metrics.json", result)
     write_json(
