@@ -73,3 +73,13 @@ def test_two_trial_search_writes_optimization_results(tmp_path):
     assert len(trials) == 2
     lrs = {yaml.safe_load((t / "config.yaml").read_text())["optimizer"]["lr"] for t in trials}
     assert len(lrs) == 2  # the sampler proposed two learning rates
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sweep_table.py"), str(sweep), "--out", str(tmp_path / "t.md")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert table.returncode == 0, table.stderr[-2000:]
+    text = (tmp_path / "t.md").read_text()
+    assert "| 0 |" in text and "| 1 |" in text and "optimizer.lr" in text and "best_value" in text
+    assert f"**{float(results['best_value']):.4f}**" in text  # the best trial is the one the sweeper reported
