@@ -39,13 +39,14 @@ def test_presets_compose_to_a_tpe_search_of_the_val_auroc(name):
 
 
 @pytest.mark.slow
-def test_two_trial_search_writes_optimization_results(tmp_path):
+def test_two_trial_search_writes_optimization_results_and_a_second_search_continues_the_study(tmp_path):
     sweep = tmp_path / "sweep"
     args = [
         "-m",
         "hparams_search=synthetic_optuna",
         "hydra.sweeper.n_trials=2",
         f"hydra.sweep.dir={sweep}",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",  # kept, so a later search continues it
         "model=simple_cnn",
         f"data.root={tmp_path / 'syn'}",
         "data.options.n_per_class=10",
@@ -83,3 +84,22 @@ def test_two_trial_search_writes_optimization_results(tmp_path):
     text = (tmp_path / "t.md").read_text()
     assert "| 0 |" in text and "| 1 |" in text and "optimizer.lr" in text and "best_value" in text
     assert f"**{float(results['best_value']):.4f}**" in text  # the best trial is the one the sweeper reported
+    again = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *args,
+            "hydra.sweeper.n_trials=1",
+            f"hydra.sweep.dir={tmp_path / 'more'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    import optuna
+
+    study = optuna.load_study(study_name="synthetic_simple_cnn", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3  # 2 + 1: the second search continued the first
