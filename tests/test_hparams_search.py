@@ -38,14 +38,22 @@ def test_presets_compose_to_a_tpe_search_of_the_val_auroc(name):
         assert OmegaConf.select(compose_cfg("train", [f"hparams_search={name}"]), key, default="missing") != "missing"
 
 
+def _run(script: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    """``python <repo>/<script> args`` offline, output captured."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, str(ROOT / script), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
 @pytest.mark.slow
-def test_two_trial_search_writes_optimization_results(tmp_path):
+def test_two_trial_search_writes_optimization_results_and_a_second_search_continues_the_study(tmp_path):
     sweep = tmp_path / "sweep"
     args = [
         "-m",
         "hparams_search=synthetic_optuna",
         "hydra.sweeper.n_trials=2",
         f"hydra.sweep.dir={sweep}",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",  # kept, so a later search continues it
         "model=simple_cnn",
         f"data.root={tmp_path / 'syn'}",
         "data.options.n_per_class=10",
@@ -56,15 +64,7 @@ def test_two_trial_search_writes_optimization_results(tmp_path):
         "trainer.enable_progress_bar=false",
         "log_figures_every=100",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = _run("train.py", *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["name"] == "optuna" and 0.0 <= float(results["best_value"]) <= 1.0
@@ -73,3 +73,14 @@ def test_two_trial_search_writes_optimization_results(tmp_path):
     assert len(trials) == 2
     lrs = {yaml.safe_load((t / "config.yaml").read_text())["optimizer"]["lr"] for t in trials}
     assert len(lrs) == 2  # the sampler proposed two learning rates
+    table = _run("bench/sweep_table.py", str(sweep), "--out", str(tmp_path / "t.md"))
+    assert table.returncode == 0, table.stderr[-2000:]
+    text = (tmp_path / "t.md").read_text()
+    assert "| 0 |" in text and "| 1 |" in text and "optimizer.lr" in text and "best_value" in text
+    assert f"**{float(results['best_value']):.4f}**" in text  # the best trial is the one the sweeper reported
+    again = _run("train.py", *args, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'more'}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    import optuna
+
+    study = optuna.load_study(study_name="synthetic_simple_cnn", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3  # 2 + 1: the second search continued the first
