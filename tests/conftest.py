@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -90,6 +91,15 @@ def compose_cfg(name: str, overrides: list[str]):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
+
+
+def run_script(
+    script: str, args: list[str], cwd: Path | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """``python <repo>/<script> args`` in a subprocess, offline and with warnings off; output captured."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, str(ROOT / script), *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def run_cli(command, args: list[str], monkeypatch) -> None:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, ROOT, compose_cfg
+from tests.conftest import CONF, compose_cfg, run_script
 
 PRESETS = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 SEARCHED = {"optimizer.lr", "optimizer.weight_decay", "model.drop_rate", "label_smoothing", "data.image_size"}
@@ -38,13 +34,6 @@ def test_presets_compose_to_a_tpe_search_of_the_val_auroc(name):
         assert OmegaConf.select(compose_cfg("train", [f"hparams_search={name}"]), key, default="missing") != "missing"
 
 
-def _run(script: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
-    """``python <repo>/<script> args`` offline, output captured."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, str(ROOT / script), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.slow
 def test_two_trial_search_writes_optimization_results_and_a_second_search_continues_the_study(tmp_path):
     sweep = tmp_path / "sweep"
@@ -64,7 +53,7 @@ def test_two_trial_search_writes_optimization_results_and_a_second_search_contin
         "trainer.enable_progress_bar=false",
         "log_figures_every=100",
     ]
-    proc = _run("train.py", *args, cwd=tmp_path)
+    proc = run_script("train.py", args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["name"] == "optuna" and 0.0 <= float(results["best_value"]) <= 1.0
@@ -73,12 +62,13 @@ def test_two_trial_search_writes_optimization_results_and_a_second_search_contin
     assert len(trials) == 2
     lrs = {yaml.safe_load((t / "config.yaml").read_text())["optimizer"]["lr"] for t in trials}
     assert len(lrs) == 2  # the sampler proposed two learning rates
-    table = _run("bench/sweep_table.py", str(sweep), "--out", str(tmp_path / "t.md"))
+    table = run_script("bench/sweep_table.py", [str(sweep), "--out", str(tmp_path / "t.md")])
     assert table.returncode == 0, table.stderr[-2000:]
     text = (tmp_path / "t.md").read_text()
     assert "| 0 |" in text and "| 1 |" in text and "optimizer.lr" in text and "best_value" in text
     assert f"**{float(results['best_value']):.4f}**" in text  # the best trial is the one the sweeper reported
-    again = _run("train.py", *args, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'more'}", cwd=tmp_path)
+    more = [*args, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'more'}"]
+    again = run_script("train.py", more, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     import optuna
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,14 +10,7 @@ import torch
 
 from lungnet.errors import ConfigError
 from lungnet.launch import replay_resume
-from tests.conftest import ROOT, TINY, make_class_folders
-
-
-def _script(script: str, args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+from tests.conftest import TINY, make_class_folders, run_script
 
 
 @pytest.mark.parametrize(
@@ -46,7 +36,7 @@ def _script(script: str, args: list[str], cwd: Path, timeout: int = 600) -> subp
     ],
 )
 def test_config_mistakes_are_one_line_and_exit_2_before_any_file(tmp_path, script, args, expected):
-    proc = _script(script, [*args, f"paths.log_dir={tmp_path / 'out'}"], tmp_path, timeout=120)
+    proc = run_script(script, [*args, f"paths.log_dir={tmp_path / 'out'}"], tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in lines[0], lines
@@ -95,14 +85,14 @@ def test_resume_run_dir_alone_continues_the_run(tmp_path):
         "log_figures_every=100",
         f"hydra.run.dir={run}",
     ]
-    proc = _script("train.py", first, tmp_path)
+    proc = run_script("train.py", first, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
-    refused = _script("train.py", [f"resume={run}", "model=resnet18"], tmp_path, timeout=120)
+    refused = run_script("train.py", [f"resume={run}", "model=resnet18"], tmp_path, timeout=120)
     assert refused.returncode == 2 and "would change them" in refused.stdout + refused.stderr
 
-    resumed = _script("train.py", [f"resume={run}", "trainer.max_epochs=2"], tmp_path)
+    resumed = run_script("train.py", [f"resume={run}", "trainer.max_epochs=2"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["hyper_parameters"]["model"]["name"] == "simple_cnn"
