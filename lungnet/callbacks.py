@@ -1,4 +1,4 @@
-"""Training callbacks and loggers: fine-tuning schedule, weight EMA, figures, atomic checkpoints, exact resume.
+"""Training callbacks and loggers: fine-tuning schedule, weight EMA and SWA, figures, atomic checkpoints, exact resume.
 
 `AtomicCheckpoint` writes every checkpoint (``best`` and ``last``) to a temporary file and renames it.
 `EpochSeeder` makes the global RNGs (dropout and anything else drawing from them) a function of
@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.callbacks import BaseFinetuning, ModelCheckpoint  # noqa: E402
-from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging  # noqa: E402
+from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging  # noqa: E402
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter  # noqa: E402
 from pytorch_lightning.loggers.logger import rank_zero_experiment  # noqa: E402
@@ -87,36 +87,19 @@ class FreezeUnfreeze(BaseFinetuning):
                 module.eval()
 
 
-class WeightEMA(EMAWeightAveraging):
-    """Exponential moving average of the weights, updated after every optimizer step from ``start_epoch`` on.
+class _ScoresTheAverage:
+    """Validation, checkpoints and the model left after training use the average once it has had an update.
 
-    Lightning's `EMAWeightAveraging` does the averaging: validation, ``best.ckpt``/``last.ckpt`` (their
-    ``state_dict``) and the model left after training use the average; the live weights travel in the
-    checkpoint's ``current_model_state`` so a resumed run continues both. Before the first update the
-    average is only the untrained starting point, so until then validation and checkpoints use the live
-    weights (Lightning's callback would validate the starting point).
-
-    Args:
-        decay: weight of the old average at each step (0.98 forgets with a half-life of ~34 steps).
-        start_epoch: first epoch whose steps update the average (skips the noisy first steps).
+    Lightning's `WeightAveraging` does the averaging: ``best.ckpt``/``last.ckpt`` hold the average as their
+    ``state_dict`` and the live weights as ``current_model_state``, so a resumed run continues both. Before the
+    first update the average is only the untrained starting point, so until then validation and checkpoints use
+    the live weights (Lightning's callback would validate the starting point).
     """
 
-    def __init__(self, decay: float, start_epoch: int = 0) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema.decay must be in (0, 1), got {decay} (0 turns EMA off in the config)")
-        super().__init__(decay=decay)
-        self.start_epoch = int(start_epoch)
-        self._epoch = 0
-        self._swapped = False
+    _swapped = False
 
     def _updated(self) -> bool:
         return self._average_model is not None and int(self._average_model.n_averaged) > 0
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch = trainer.current_epoch
-
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        return step_idx is not None and self._epoch >= self.start_epoch
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._swapped = self._updated()
@@ -135,6 +118,59 @@ class WeightEMA(EMAWeightAveraging):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         if self._updated():
             super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+
+class WeightEMA(_ScoresTheAverage, EMAWeightAveraging):
+    """Exponential moving average of the weights, updated after every optimizer step from ``start_epoch`` on.
+
+    Args:
+        decay: weight of the old average at each step (0.98 forgets with a half-life of ~34 steps).
+        start_epoch: first epoch whose steps update the average (skips the noisy first steps).
+    """
+
+    def __init__(self, decay: float, start_epoch: int = 0) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema.decay must be in (0, 1), got {decay} (0 turns EMA off in the config)")
+        super().__init__(decay=decay)
+        self.start_epoch = int(start_epoch)
+        self._epoch = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch = trainer.current_epoch
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and self._epoch >= self.start_epoch
+
+
+class WeightSWA(_ScoresTheAverage, WeightAveraging):
+    """Stochastic weight averaging: the equal-weight mean of the weights at the end of each of the last ``epochs``.
+
+    The snapshot is taken after the epoch's last training batch, before its validation, so the epoch's
+    validation, its checkpoints and the final model all include it. BatchNorm running statistics are averaged
+    with the weights (``use_buffers=True``) rather than recomputed by an extra pass over the training data.
+
+    Args:
+        epochs: how many final epochs are averaged (counted back from ``trainer.max_epochs``).
+    """
+
+    def __init__(self, epochs: int) -> None:
+        if epochs < 1:
+            raise ValueError(f"swa.epochs must be >= 1, got {epochs} (0 turns SWA off in the config)")
+        super().__init__(use_buffers=True)
+        self.epochs = int(epochs)
+        self._due = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.max_epochs is None or trainer.max_epochs < self.epochs:
+            raise ValueError(f"swa.epochs={self.epochs} needs trainer.max_epochs >= {self.epochs}")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int):
+        first = trainer.max_epochs - self.epochs
+        self._due = trainer.current_epoch >= first and batch_idx + 1 == trainer.num_training_batches
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and self._due
 
 
 class AtomicCheckpoint(ModelCheckpoint):

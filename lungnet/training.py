@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from lungnet.callbacks import WeightEMA
+from lungnet.callbacks import WeightEMA, WeightSWA
 from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
 from lungnet.config_checks import pin_paths
 from lungnet.data.datamodule import LungDataModule, make_source, resolve_root
@@ -63,7 +63,12 @@ class _TipFilter(logging.Filter):
 
 
 # a callback whose own setting says "off" (0) is not added (conf/callbacks/<name>.yaml says which)
-OFF_WHEN_ZERO = {"EarlyStopping": "patience", "FreezeUnfreeze": "unfreeze_at_epoch", "WeightEMA": "decay"}
+OFF_WHEN_ZERO = {
+    "EarlyStopping": "patience",
+    "FreezeUnfreeze": "unfreeze_at_epoch",
+    "WeightEMA": "decay",
+    "WeightSWA": "epochs",
+}
 
 
 def resume_target(run_dir: Path, resume) -> tuple[Path | None, Path]:
@@ -96,8 +101,8 @@ def resume_target(run_dir: Path, resume) -> tuple[Path | None, Path]:
 
 
 def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_cfg: dict, ema: bool) -> None:
-    """Refuses to continue a checkpoint trained for another model, label set or data set, or with a weight EMA
-    when ``ema`` (this config's) is off: it would continue from the averaged weights.
+    """Refuses to continue a checkpoint trained for another model, label set or data set, or with a weight
+    average (EMA or SWA) when ``ema`` (this config has one) is off: it would continue from the averaged weights.
 
     Raises:
         CheckpointError: what differs.
@@ -123,8 +128,8 @@ def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_
         )
     if "current_model_state" in ckpt and not ema:
         raise CheckpointError(
-            f"Cannot resume from {path}: it was trained with a weight EMA (ema.decay) and this config has "
-            "none; resuming would continue from the averaged weights. Resume with the same ema.decay."
+            f"Cannot resume from {path}: it was trained with a weight average (ema.decay or swa.epochs) and this "
+            "config has none; resuming would continue from the averaged weights. Resume with the same setting."
         )
     own = module.state_dict()
     wrong = [k for k, v in ckpt["state_dict"].items() if k in own and own[k].shape != v.shape]
@@ -172,9 +177,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, resume_from: tu
         ConfigError: a ``trainer.*`` argument Lightning does not accept, or a callback/logger that cannot be built.
     """
     callbacks = build_callbacks(cfg, has_val)
-    if has_val is False and any(isinstance(c, WeightEMA) for c in callbacks):
+    if has_val is False and any(isinstance(c, (WeightEMA, WeightSWA)) for c in callbacks):
         log.warning(
-            "ema.decay without a validation split: best.ckpt holds the average but is chosen on the "
+            "ema.decay or swa.epochs without a validation split: best.ckpt holds the average but is chosen on the "
             "training loss of the live weights; use checkpoint.select=last or add a validation split"
         )
     loggers = build_loggers(plain(cfg.get("logger")), resume_from)
@@ -283,7 +288,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         expected = ExpectedSplits.of(ckpt["hyper_parameters"], ckpt_path, "resume")
     trainer = build_trainer(cfg, run_dir, has_val=True, resume_from=resume_from)
     if ckpt_path is not None:
-        ema = any(isinstance(c, WeightEMA) for c in trainer.callbacks)
+        ema = any(isinstance(c, (WeightEMA, WeightSWA)) for c in trainer.callbacks)
         check_resume_compatible(ckpt, ckpt_path, module, data_cfg, ema=ema)
     run_dir.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(run_dir)

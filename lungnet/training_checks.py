@@ -53,6 +53,21 @@ def validate_config(cfg: DictConfig, source: Source) -> None:
             "checkpoint.select=last with early_stopping.patience>0 would still pick the epoch on val: "
             "set early_stopping.patience=0"
         )
+    check_weight_averaging(cfg)
+
+
+def check_weight_averaging(cfg: DictConfig) -> None:
+    """One weight average at a time, and SWA's epochs inside the schedule.
+
+    Raises:
+        ConfigError: EMA and SWA both on, or ``swa.epochs`` above ``trainer.max_epochs``.
+    """
+    epochs, ema = OmegaConf.select(cfg, "swa.epochs", default=0), OmegaConf.select(cfg, "ema.decay", default=0)
+    if epochs and ema:
+        raise ConfigError(f"ema.decay={ema} and swa.epochs={epochs} both average the weights: set one of them to 0")
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if epochs and (max_epochs is None or max_epochs < epochs):
+        raise ConfigError(f"swa.epochs={epochs} averages more epochs than trainer.max_epochs={max_epochs} has")
 
 
 def check_trainer(kwargs: dict) -> None:

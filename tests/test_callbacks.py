@@ -1,4 +1,4 @@
-"""Training callbacks: the weight EMA validates, checkpoints and ends with the average it reports."""
+"""Training callbacks: the weight EMA and SWA validate, checkpoint and end with the average they report."""
 
 from __future__ import annotations
 
@@ -62,6 +62,48 @@ def test_ema_decay_outside_the_open_interval_is_refused(decay):
         WeightEMA(decay)
 
 
+class EpochEndWeights(pl.Callback):
+    """Test-only: the live weights after the last training batch of each epoch (what SWA averages)."""
+
+    instances: list[EpochEndWeights] = []
+
+    def __init__(self) -> None:
+        self.weights: dict[int, dict] = {}
+        EpochEndWeights.instances.append(self)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 == trainer.num_training_batches:
+            self.weights[trainer.current_epoch] = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_swa_checkpoint_holds_the_mean_of_the_last_epochs_weights(tmp_path):
+    spy = "+callbacks.spy._target_=tests.test_callbacks.EpochEndWeights"
+    run, results = _train(tmp_path, "trainer.max_epochs=3", "swa.epochs=2", "checkpoint.select=last", spy)
+    snapshots = EpochEndWeights.instances.pop().weights
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert int(ckpt["averaging_state"]["n_averaged"]) == 2  # epochs 1 and 2, not epoch 0
+    assert _differs(ckpt["state_dict"], ckpt["current_model_state"])
+    for name, value in ckpt["state_dict"].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, (snapshots[1][name] + snapshots[2][name]) / 2, atol=1e-6), name
+    logged = pd.read_csv(run / "csv" / "metrics.csv").dropna(subset=["val/loss"]).iloc[-1]
+    out = evaluate(compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "split=val"]), tmp_path / "e")
+    assert out["accuracy"] == pytest.approx(float(logged["val/acc"]), abs=1e-6)
+    assert results["val"]["accuracy"] == pytest.approx(out["accuracy"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["swa.epochs=2", "ema.decay=0.9"], "both average the weights"), (["swa.epochs=3"], "averages more epochs")],
+)
+def test_swa_settings_that_cannot_work_are_refused_before_the_run_folder(tmp_path, overrides, message):
+    from lungnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _train(tmp_path, *overrides)
+    assert not (tmp_path / "run").exists()
+
+
 class SeenLayout(pl.Callback):
     """Test-only: records whether each input reaches the model in channels_last layout."""
 
@@ -94,7 +136,7 @@ def test_resuming_an_ema_run_without_ema_is_refused(tmp_path):
         "train",
         [f"data.root={tmp_path / 'syn'}", "data.options.n_per_class=10", "data.options.size=48", *TINY, "resume=true"],
     )
-    with pytest.raises(CheckpointError, match="trained with a weight EMA"):
+    with pytest.raises(CheckpointError, match="trained with a weight average"):
         train(cfg, run)
 
 

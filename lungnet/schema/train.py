@@ -118,6 +118,12 @@ class EMAConfig:
 
 
 @dataclass
+class SWAConfig:
+    # stochastic weight averaging: the mean of the weights at the end of each of the last `epochs` epochs
+    epochs: int = opt(0, "how many final epochs are averaged; 0: off", ge=0)
+
+
+@dataclass
 class MixupConfig:
     """Mixup / CutMix of image pairs within each training batch (timm's ``Mixup``; single-label data only)."""
 
@@ -165,6 +171,7 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = opt(factory=EarlyStoppingConfig)
     finetune: FinetuneConfig = opt(factory=FinetuneConfig)
     ema: EMAConfig = opt(factory=EMAConfig)
+    swa: SWAConfig = opt(factory=SWAConfig)
     mixup: MixupConfig = opt(factory=MixupConfig)
     precision_auto: PrecisionAutoConfig = opt(factory=PrecisionAutoConfig)
     optimized_metric: str = opt("val/auroc_macro", "the value train.py returns to a sweeper (metrics.json val/<key>)")
