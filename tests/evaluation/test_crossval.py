@@ -15,7 +15,7 @@ from lungnet.data.sources import DataError
 from lungnet.evaluation.compare import find_checkpoints
 from lungnet.evaluation.crossval import compare, find_fold_runs, summarise, write_summary
 from lungnet.training import train
-from tests.conftest import compose_cfg, make_class_folders, run_cli
+from tests.conftest import compose_cfg, make_class_folders, run_cli, run_script
 from tests.evaluation.conftest import TINY
 
 CLASSES = ["Covid-19", "No_findings", "Pneumonia"]
@@ -148,3 +148,23 @@ def test_multilabel_folds_are_pooled_per_finding(tiny_nih, tmp_path):
     assert n_test > 0 and len(summary["oof"]) == 30 - n_test and summary["oof"]["path"].is_unique
     assert 0 <= summary["pooled"]["auroc_macro"]["value"] <= 1
     assert "auroc_macro" in write_summary(summary, tmp_path / "out").read_text()
+
+
+def test_live_weights_bench_scores_both_weights_of_an_swa_cv(cv_runs, tmp_path):
+    """bench/cv_live_weights.py: the averaged pass reproduces each fold's reported accuracy; runs without a
+    weight average are refused with one line."""
+    data = make_class_folders(tmp_path / "dcn", CLASSES, 6)
+    for fold in range(2):
+        overrides = ["data=darkcovidnet", f"data.root={data}", "data.cv_folds=2", f"data.cv_fold={fold}"]
+        overrides += ["checkpoint.select=last", *TINY, "trainer.max_epochs=2", "swa.epochs=2"]
+        train(compose_cfg("train", overrides), tmp_path / "swa" / str(fold))
+    out = tmp_path / "live.json"
+    done = run_script("bench/cv_live_weights.py", [str(tmp_path / "swa"), "--resamples", "20", "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for fold in range(2):
+        reported = json.loads((tmp_path / "swa" / str(fold) / "metrics.json").read_text())["val"]["accuracy"]
+        assert result["per_fold"][str(fold)]["average"] == pytest.approx(reported)
+    assert set(result["paired"]) >= {"accuracy", "auroc_macro"} and "| accuracy |" in done.stdout
+    refused = run_script("bench/cv_live_weights.py", [str(cv_runs)])
+    assert refused.returncode != 0 and "holds no current_model_state" in refused.stderr

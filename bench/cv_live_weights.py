@@ -1,0 +1,101 @@
+"""Does the weight average pay? Scores each cross-validation fold's live (not averaged) final weights on the
+fold's own validation images, next to the averaged weights the fold was scored with, pooled out of fold.
+
+A run trained with ``swa.epochs`` or ``ema.decay`` keeps both in ``last.ckpt``: the average as ``state_dict``
+(what ``predictions_val.csv`` and the CV summary score) and the live weights as ``current_model_state``. The
+live weights are the same schedule without the average, so one CV run measures both, paired on the same images.
+
+Example:
+    python bench/cv_live_weights.py outputs/cv_swa14 --data-root ../shared/data/darkcovidnet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungnet.checkpoint import load_model, read_checkpoint
+from lungnet.evaluation import stats
+from lungnet.evaluation.crossval import check_folds, find_fold_runs, load_fold
+from lungnet.evaluation.run import build_eval_data
+
+log = logging.getLogger("bench.cv_live_weights")
+
+
+@torch.no_grad()
+def _probabilities(ckpt: Path, data_root: str | None, scratch: Path) -> tuple[np.ndarray, np.ndarray]:
+    loaded = load_model(ckpt)
+    dm = build_eval_data(loaded, {"root": data_root, "num_workers": 0}, "val", scratch)
+    model, probs, targets = loaded.model.eval(), [], []
+    for batch in dm.val_dataloader():
+        probs.append(loaded.probabilities(model(batch["image"])).numpy())
+        targets.append(batch["target"].numpy())
+    return np.concatenate(probs), np.concatenate(targets)
+
+
+def score_fold(run: Path, data_root: str | None) -> dict[str, np.ndarray]:
+    """Probabilities of the averaged and of the live final weights on the fold's validation images.
+
+    Raises:
+        SystemExit: the fold's ``last.ckpt`` holds no live weights (trained without a weight average).
+    """
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = read_checkpoint(last)  # weights_only=True
+    if "current_model_state" not in ckpt:
+        raise SystemExit(f"{last} holds no current_model_state: train with swa.epochs or ema.decay")
+    live = {k: v for k, v in ckpt.items() if k not in ("current_model_state", "averaging_state")}
+    live["state_dict"] = ckpt["current_model_state"]
+    with tempfile.TemporaryDirectory() as scratch:  # the split files and data report land here, not in the run
+        path = Path(scratch) / "live.ckpt"
+        torch.save(live, path)
+        average, y = _probabilities(last, data_root, Path(scratch) / "average")
+        live_probs, y_live = _probabilities(path, data_root, Path(scratch) / "live")
+    if not np.array_equal(y, y_live):
+        raise SystemExit(f"{run}: the two passes saw the validation images in different orders")
+    return {"average": average, "live": live_probs, "targets": y}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", help="a cross-validation multirun folder trained with swa.epochs or ema.decay")
+    parser.add_argument("--data-root", default=None, help="the data folder, when it moved since training")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    folds = [load_fold(r) for r in find_fold_runs(args.runs)]
+    check_folds(folds)
+    scored, per_fold = [], {}
+    for fold in folds:
+        s = score_fold(fold["run"], args.data_root)
+        per_fold[fold["fold"]] = {k: float((s[k].argmax(1) == s["targets"]).mean()) for k in ("average", "live")}
+        log.info("fold %d accuracy: %s", fold["fold"], {k: round(v, 3) for k, v in per_fold[fold["fold"]].items()})
+        scored.append(s)
+    pooled = {k: np.concatenate([s[k] for s in scored]) for k in ("average", "live", "targets")}
+    diff = stats.paired_bootstrap(
+        pooled["average"], pooled["live"], pooled["targets"], multilabel=False, resamples=args.resamples
+    )
+    print(f"\nPooled out-of-fold, {len(pooled['targets'])} images, {len(folds)} folds; average - live, paired:\n")
+    print("| metric | averaged weights | live weights | average - live [95% CI] | average better |")
+    print("|---|---|---|---|---|")
+    for metric in ("accuracy", "auroc_macro"):
+        d = diff[metric]
+        interval = f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+        print(f"| {metric} | {d['a']:.3f} | {d['b']:.3f} | {interval} | {d['a_better']:.2f} |")
+    print(f"\n{time.perf_counter() - t0:.0f} s")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"runs": args.runs, "per_fold": per_fold, "paired": diff}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
