@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
@@ -20,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cv_common import checked_folds, cv_args  # bench/, beside this script
 
 from lungnet.checkpoint import load_model, read_checkpoint
 from lungnet.evaluation import stats
-from lungnet.evaluation.crossval import check_folds, find_fold_runs, load_fold
 from lungnet.evaluation.run import build_eval_data
 
 log = logging.getLogger("bench.cv_live_weights")
@@ -63,18 +62,9 @@ def score_fold(run: Path, data_root: str | None) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", help="a cross-validation multirun folder trained with swa.epochs or ema.decay")
-    parser.add_argument("--data-root", default=None, help="the data folder, when it moved since training")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
+    args = cv_args(__doc__, "a cross-validation multirun folder trained with swa.epochs or ema.decay")
     t0 = time.perf_counter()
-    folds = [load_fold(r) for r in find_fold_runs(args.runs)]
-    check_folds(folds)
+    folds = checked_folds(args.runs)
     scored, per_fold = [], {}
     for fold in folds:
         s = score_fold(fold["run"], args.data_root)

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
@@ -21,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from cv_common import checked_folds, cv_args  # bench/, beside this script
 
 from lungnet.checkpoint import load_model
 from lungnet.data.transforms import Normalize
 from lungnet.evaluation import stats
-from lungnet.evaluation.crossval import check_folds, find_fold_runs, load_fold
 from lungnet.evaluation.run import build_eval_data
 
 log = logging.getLogger("bench.tta")
@@ -81,18 +80,9 @@ def score_fold(run: Path, select: str, data_root: str | None) -> tuple[dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", help="a cross-validation multirun folder (python train.py -m ... data.cv_fold=...)")
-    parser.add_argument("--data-root", default=None, help="the data folder, when it moved since training")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
+    args = cv_args(__doc__, "a cross-validation multirun folder (python train.py -m ... data.cv_fold=...)")
     t0 = time.perf_counter()
-    folds = [load_fold(r) for r in find_fold_runs(args.runs)]
-    check_folds(folds)
+    folds = checked_folds(args.runs)
     pooled: dict[str, list[np.ndarray]] = {}
     targets, per_fold = [], {}
     labels = None

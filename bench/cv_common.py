@@ -1,0 +1,32 @@
+"""What the cross-validation benchmarks share: their command line and the checked fold runs they read."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from lungnet.evaluation.crossval import check_folds, find_fold_runs, load_fold
+
+
+def cv_args(doc: str, runs_help: str) -> argparse.Namespace:
+    """Parses ``runs [--data-root] [--threads] [--resamples] [--out]``; sets up logging and torch's threads."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("runs", help=runs_help)
+    parser.add_argument("--data-root", default=None, help="the data folder, when it moved since training")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def checked_folds(runs: str) -> list[dict]:
+    """The finished fold runs under ``runs`` (`lungnet.evaluation.crossval.load_fold`), refused unless they belong
+    together (`check_folds`)."""
+    folds = [load_fold(r) for r in find_fold_runs(runs)]
+    check_folds(folds)
+    return folds
