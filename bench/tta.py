@@ -25,7 +25,7 @@ from cv_common import checked_folds, cv_args  # bench/, beside this script
 from lungnet.checkpoint import load_model
 from lungnet.data.transforms import Normalize
 from lungnet.evaluation import stats
-from lungnet.evaluation.run import build_eval_data
+from lungnet.evaluation.eval_data import build_eval_data
 
 log = logging.getLogger("bench.tta")
 

@@ -20,7 +20,7 @@ from lungnet.data.datamodule import LungDataModule
 from lungnet.errors import ConfigError
 from lungnet.evaluation import external
 from lungnet.evaluation.audit_report import audit_evaluation, audit_json, audit_options
-from lungnet.evaluation.run import build_eval_data
+from lungnet.evaluation.eval_data import build_eval_data
 from lungnet.hardware import resolve_device
 from lungnet.io import write_json, write_text
 

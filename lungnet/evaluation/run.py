@@ -29,14 +29,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from lungnet.checkpoint import LoadedModel, load_model
-from lungnet.data.datamodule import LungDataModule, resolve_root
-from lungnet.data.sources import DataError, LabelledFolderSource
-from lungnet.data.splits import ExpectedSplits, write_splits
+from lungnet.data.datamodule import LungDataModule
 from lungnet.ensemble import model_files, open_ensemble
 from lungnet.errors import ConfigError
 from lungnet.evaluation import ensemble as ensembles
 from lungnet.evaluation import external, plots, stats
 from lungnet.evaluation.audit_report import add_audit, audit_options
+from lungnet.evaluation.eval_data import build_eval_data
 from lungnet.evaluation.fitting import calibration, fit_split, operating_point
 from lungnet.evaluation.model_card import write_model_card
 from lungnet.evaluation.predict import Outputs, model_outputs, predictions_table
@@ -50,67 +49,6 @@ from lungnet.schema import EvaluateConfig
 log = logging.getLogger(__name__)
 
 OPTION_KEYS = ("operating_point", "bootstrap", "calibration", "report")
-
-
-def data_config(loaded: LoadedModel, overrides: dict) -> dict:
-    """The checkpoint's data config with the non-null overrides applied."""
-    cfg = dict(loaded.data)
-    cfg.update({k: v for k, v in external.data_overrides(overrides).items() if v is not None})
-    return resolve_root(cfg)
-
-
-def check_compatible(loaded: LoadedModel, dm: LungDataModule) -> None:
-    """Refuses data whose labels differ from the checkpoint's (another dataset, or a changed list)."""
-    if list(dm.labels) != list(loaded.labels) or dm.multilabel != loaded.multilabel:
-        raise DataError(
-            f"Checkpoint {loaded.path} was trained on labels {loaded.labels} but the data "
-            f"'{dm.source.name}' at {dm.source.root} has labels {dm.labels}: use a matching dataset"
-        )
-
-
-def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: Path) -> LungDataModule:
-    """The DataModule for evaluating ``loaded`` on ``split`` (``all``: every image, no split).
-
-    ``data=<another data set>`` (``overrides`` with another source or name) is an external evaluation
-    (`lungnet.evaluation.external`); ``split=all`` and external evaluations refuse images the checkpoint was
-    trained or validated on (``dm.report["training_overlap"]``), before anything is written into ``run_dir``.
-    """
-    if external.is_external(loaded, overrides):
-        dm = external.build_external_data(loaded, overrides, split, None)
-        ext_cfg = external.external_config(loaded, overrides)
-        dm.report["training_overlap"] = external.check_training_overlap(loaded, dm, split, ext_cfg)
-        return write_data_records(dm, run_dir, split)
-    cfg = data_config(loaded, overrides)
-    # the splits are recomputed from the data config and seed: they must still hold the training-time images
-    allow = bool(cfg.get("allow_leakage"))
-    expected = None if split == "all" else ExpectedSplits.of(loaded.hparams, loaded.path, "evaluate", allow)
-    held = None if split == "all" else run_dir  # split=all: nothing written before the overlap check
-    dm = LungDataModule(cfg, loaded.spec, seed=loaded.seed, run_dir=held, expected_splits=expected)
-    if split == "all":
-        if loaded.multilabel:
-            raise DataError("split=all reads <root>/<class>/ folders, which cannot hold multi-label targets")
-        dm.source = LabelledFolderSource(cfg["root"], loaded.labels)
-        table = dm.load_table(all_images=True)
-        dm.table = table
-        dm.datasets["all"] = dm.make_dataset(table, train=False)
-        dm.report["training_overlap"] = external.check_training_overlap(loaded, dm, split, cfg)
-        return write_data_records(dm, run_dir, split)
-    check_compatible(loaded, dm)
-    dm.setup("test")
-    return dm
-
-
-def write_data_records(dm: LungDataModule, run_dir: Path | None, split: str) -> LungDataModule:
-    """Writes what loading a folder or an external data set found, once its images passed the overlap check:
-    ``bad_files.csv``, and for a split of an external data set its scored rows (``splits/``)."""
-    if run_dir is None:
-        return dm
-    dm.run_dir = Path(run_dir)
-    if dm.bad_files is not None:
-        write_csv(dm.run_dir / "bad_files.csv", dm.bad_files)
-    if split != "all":
-        write_splits(dm.table, dm.run_dir)
-    return dm
 
 
 def options(cfg: DictConfig) -> dict:

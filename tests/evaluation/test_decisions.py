@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from lungnet.decision import DecisionRecord, decision_path
-from lungnet.evaluation.decisions import decision_section, shift_test
+from lungnet.evaluation.decision_report import decision_section
+from lungnet.evaluation.decisions import shift_test
 from lungnet.evaluation.model_card import SECTIONS
 from lungnet.evaluation.run import evaluate
 from tests.conftest import ROOT

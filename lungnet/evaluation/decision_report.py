@@ -1,0 +1,153 @@
+"""The decision path in words and pictures: the report's ``## Decisions`` section, the risk-coverage figure and the
+summary the app shows (`lungnet.evaluation.decisions` computes what they show)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lungnet.decision import DecisionRecord  # noqa: E402
+from lungnet.ood import ANY_MEMBER, THUMB, AnyMemberGate, ImageGate, OodGate  # noqa: E402
+
+SHIFT_P = 0.01  # below this combined p-value the report says conformal coverage is not guaranteed
+
+
+def risk_coverage_figure(confidence: np.ndarray, correct: np.ndarray, kept: np.ndarray, title: str):
+    """Error rate of the decisions kept against the share kept, keeping the most confident first."""
+    order = np.argsort(-confidence, kind="stable")
+    n = len(order)
+    share = np.arange(1, n + 1) / n
+    risk = np.cumsum(~correct[order]) / np.arange(1, n + 1)
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    ax.plot(share, risk, color="tab:blue", lw=2, label="keep the most confident (calibrated top probability)")
+    ax.axhline(risk[-1], color="gray", ls=":", label=f"no abstention: error {risk[-1]:.3f}")
+    if kept.any():
+        rest = float((~correct[kept]).mean())
+        ax.plot(
+            kept.mean(),
+            rest,
+            "o",
+            color="tab:red",
+            ms=9,
+            label=f"lungnet's abstention: {kept.mean():.0%} kept, error {rest:.3f}",
+        )
+    ax.set_xlabel("share of images decided (coverage)")
+    ax.set_ylabel("error rate of the decisions kept (risk)")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, max(0.05, float(risk.max()) * 1.1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def card_summary(result: dict) -> dict:
+    """What the app shows at the top: model, data, split evaluated, headline numbers with CIs."""
+    ci = result.get("confidence_intervals", {})
+    op = result.get("operating_point", {})
+    return {
+        "model": result.get("model"),
+        "input_size": result.get("input_size"),
+        "data_name": result.get("data_name"),
+        "split": result.get("split"),
+        "n": result.get("n"),
+        "class_counts": result.get("class_counts"),
+        "accuracy": ci.get("accuracy"),
+        "auroc_macro": ci.get("auroc_macro"),
+        "ece_after": result.get("calibration", {}).get("ece_after"),
+        "operating_point": {k: op.get("fitted", {}).get(k) for k in op.get("thresholds", {})},
+        "conformal_coverage": result.get("conformal_coverage"),
+        "alpha": result.get("decisions", {}).get("alpha"),
+    }
+
+
+def decision_section(result: dict, record: DecisionRecord, split: str, figure: str | None = None) -> str:
+    """The report's ``## Decisions`` section."""
+    from lungnet.evaluation.report import fmt
+
+    block = result["decisions"]
+    shift = block["shift"]
+    rule = {
+        "threshold": f"**{record.positive_class}** when its calibrated probability reaches "
+        f"{fmt(record.thresholds.get(record.positive_class))} (target sensitivity {record.target_sensitivity}), "
+        "else the most probable other class",
+        "argmax": "the most probable class (arg-max of the calibrated probabilities)",
+        "per_finding": "each finding whose calibrated probability reaches its threshold",
+    }[record.rule]
+    lines = [
+        "## Decisions: operating point, abstention, conformal sets, OOD gate",
+        f"Decisions {block['source']}. Rule: {rule}. A decision is `abstain` (referred to a person) when the image "
+        "is unlike the training images (OOD gate), when the prediction set does not single out one answer"
+        + (f", or when the calibrated confidence is below {record.abstain_below}" if record.abstain_below else "")
+        + ".",
+        f"- Referred to a person: **{block['referred']} of {block['n']}** ({fmt(block['referred_share'])}; "
+        f"{', '.join(f'{k}: {v}' for k, v in block['referred_by'].items()) or 'none'}); accuracy of the decisions "
+        f"kept: **{fmt(block['accuracy_on_rest'])}** "
+        f"(without abstention: {fmt(block['accuracy_without_abstention'])}).",
+    ]
+    if record.alpha is not None:
+        level = 1 - record.alpha
+        lines.append(
+            f"- Split conformal prediction sets at level {level:.2f} (alpha = {record.alpha}), calibrated on "
+            f"{record.split} ({record.counts.get('n')} images): empirical coverage on {split} "
+            f"**{fmt(result.get('conformal_coverage'))}**, "
+            f"mean set size {fmt(result.get('conformal_mean_set_size'), 2)}."
+        )
+    if block.get("ood_rate") is not None:
+        lines.append(
+            f"- OOD gate ({gate_how(record.ood)}): **{block['ood_flagged']} of {block['n']}** flagged "
+            f"({fmt(block['ood_rate'])})."
+        )
+    lines.append(shift_line(shift, split, record.split))
+    if figure:
+        lines.append(f"![Risk-coverage]({figure})")
+    return "\n\n".join(lines)
+
+
+def gate_how(ood: OodGate | ImageGate | AnyMemberGate) -> str:
+    """How a gate flags, in a few words for the report."""
+    from lungnet.evaluation.report import fmt
+
+    info = ood.info
+    where = f"{info.get('quantile')} quantile on {info.get('threshold_split')}"
+    if info.get("method") == ANY_MEMBER:
+        return (
+            f"an ensemble's: flagged when any member's own gate flags ({info.get('voting')} of "
+            f"{info.get('members')} members have one); {fmt(info.get('rate_on_threshold_split'))} of "
+            f"{info.get('threshold_split')} flagged"
+        )
+    if isinstance(ood, ImageGate):
+        each = f"{ood.features.info.get('quantile')} quantile on {info.get('threshold_split')}"
+        return (
+            f"{info.get('method')}: pooled features and a {THUMB}x{THUMB} thumbnail of the model input, each "
+            f"thresholded at the {each}, flagged when either flags ({where} in all); score = the larger part score "
+            "over its threshold"
+        )
+    return f"{info.get('method')}, threshold {fmt(ood.threshold)} = {where}"
+
+
+def shift_line(shift: dict, split: str, calibration_split: str | None) -> str:
+    """What the coverage means here: in-sample, shifted (not guaranteed), or no evidence of shift."""
+    from lungnet.evaluation.report import fmt
+
+    tests = ", ".join(f"{k} p = {fmt(v['pvalue'], 4)}" for k, v in shift["tests"].items())
+    if shift["in_sample"]:
+        return (
+            f"> The sets were calibrated on this split ({split}) itself: the coverage above is in-sample. "
+            "On new images it holds only when they are exchangeable with these."
+        )
+    if shift["warning"]:
+        return (
+            f"> **Coverage is not guaranteed on this split.** The {split} images do not look like the "
+            f"{calibration_split} images the sets were calibrated on (two-sample KS: {tests}; combined p = "
+            f"{fmt(shift['pvalue'], 4)} < {SHIFT_P}), so the {split} images are not exchangeable with them."
+        )
+    if not shift["tests"]:
+        return "> No shift test was possible (no calibration scores): coverage is not guaranteed."
+    return (
+        f"> No evidence that {split} differs from {calibration_split} (two-sample KS: {tests}; combined p = "
+        f"{fmt(shift['pvalue'], 4)}). The coverage guarantee assumes exchangeable images; a test can miss a shift."
+    )
