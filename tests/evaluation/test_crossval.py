@@ -168,3 +168,31 @@ def test_live_weights_bench_scores_both_weights_of_an_swa_cv(cv_runs, tmp_path):
     assert set(result["paired"]) >= {"accuracy", "auroc_macro"} and "| accuracy |" in done.stdout
     refused = run_script("bench/cv_live_weights.py", [str(cv_runs)])
     assert refused.returncode != 0 and "holds no current_model_state" in refused.stderr
+
+
+def test_cv_ensemble_bench_averages_runs_image_by_image(cv_runs, tmp_path):
+    """bench/cv_ensemble.py: the ensemble's pooled accuracy is that of the mean probabilities per image; runs whose
+    images sit in other folds are refused."""
+    other = tmp_path / "other"
+    shutil.copytree(cv_runs, other)
+    rng = np.random.default_rng(0)
+    for csv in other.rglob("predictions_val.csv"):
+        table = pd.read_csv(csv)
+        cols = [c for c in table.columns if c.startswith("p_")]
+        table[cols] = rng.dirichlet(np.ones(len(cols)), size=len(table))
+        table.to_csv(csv, index=False)
+    out = tmp_path / "ens.json"
+    done = run_script("bench/cv_ensemble.py", [str(cv_runs), str(other), "--resamples", "20", "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = (summarise(find_fold_runs(r), resamples=10)["oof"].set_index("path").sort_index() for r in (cv_runs, other))
+    cols = [c for c in a.columns if c.startswith("p_")]
+    mean = (a[cols].to_numpy() + b[cols].to_numpy()) / 2
+    expected = float((mean.argmax(1) == a["true"].map({c[2:]: i for i, c in enumerate(cols)}).to_numpy()).mean())
+    result = json.loads(out.read_text())
+    assert result["n"] == 18 and result["ensemble"]["accuracy"]["value"] == pytest.approx(expected)
+    moved = next(other.rglob("predictions_val.csv"))
+    table = pd.read_csv(moved)
+    table.loc[0, "true"] = next(c[2:] for c in cols if c[2:] != table.loc[0, "true"])
+    table.to_csv(moved, index=False)
+    refused = run_script("bench/cv_ensemble.py", [str(cv_runs), str(other)])
+    assert refused.returncode != 0 and "another label or fold" in refused.stderr
