@@ -172,6 +172,17 @@ class WeightSWA(_ScoresTheAverage, WeightAveraging):
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and self._due
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._updated():
+            log.warning(
+                "swa.epochs=%d: training stopped at epoch %d, before the averaged epochs (from %d); the model is the "
+                "live weights",
+                self.epochs,
+                trainer.current_epoch,
+                trainer.max_epochs - self.epochs,
+            )
+        super().on_train_end(trainer, pl_module)
+
 
 class AtomicCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that writes to a temporary file and renames it, so a crash never leaves a torn file.

@@ -92,6 +92,13 @@ def test_swa_checkpoint_holds_the_mean_of_the_last_epochs_weights(tmp_path):
     assert results["val"]["accuracy"] == pytest.approx(out["accuracy"])
 
 
+def test_swa_stopped_before_its_epochs_says_so_and_keeps_the_live_weights(tmp_path, caplog):
+    stop = "+trainer.max_steps=3"  # stops inside epoch 1, before the end of the first averaged epoch
+    run, _ = _train(tmp_path, "trainer.max_epochs=3", "swa.epochs=2", "checkpoint.select=last", stop)
+    assert "current_model_state" not in read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert any("before the averaged epochs" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [(["swa.epochs=2", "ema.decay=0.9"], "both average the weights"), (["swa.epochs=3"], "averages more epochs")],
