@@ -140,7 +140,8 @@ def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_
 def build_callbacks(cfg: DictConfig, has_val: bool) -> list[pl.Callback]:
     """The callbacks configured under ``callbacks`` (conf/callbacks/), less those whose setting says off.
 
-    Without a validation split the checkpoint monitors the training loss and early stopping is off.
+    Without a validation split the checkpoint monitors the training loss and early stopping is off. With
+    ``checkpoint.select=last`` it monitors nothing: ``best.ckpt`` holds the final epoch, as ``last.ckpt`` does.
 
     Raises:
         ConfigError: a callback that cannot be built (unknown class, bad argument).
@@ -156,6 +157,8 @@ def build_callbacks(cfg: DictConfig, has_val: bool) -> list[pl.Callback]:
             continue
         if not has_val and "monitor" in spec and cls.endswith("Checkpoint"):
             spec.update(monitor="train/loss_epoch", mode="min")
+        if cfg.checkpoint.select == "last" and "monitor" in spec and cls.endswith("Checkpoint"):
+            spec.update(monitor=None)  # best.ckpt is then the final epoch too: the one model the run selected
         try:
             out.append(instantiate(spec))
         except InstantiationException as exc:

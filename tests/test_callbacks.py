@@ -13,8 +13,9 @@ import torch
 from lungnet.callbacks import WeightEMA
 from lungnet.checkpoint import CheckpointError, read_checkpoint
 from lungnet.cli import run_safely
+from lungnet.config_checks import pin_paths
 from lungnet.evaluation.run import evaluate
-from lungnet.training import train
+from lungnet.training import build_callbacks, train
 from tests.conftest import TINY as BASE_TINY
 from tests.conftest import compose_cfg
 
@@ -90,6 +91,18 @@ def test_swa_checkpoint_holds_the_mean_of_the_last_epochs_weights(tmp_path):
     out = evaluate(compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "split=val"]), tmp_path / "e")
     assert out["accuracy"] == pytest.approx(float(logged["val/acc"]), abs=1e-6)
     assert results["val"]["accuracy"] == pytest.approx(out["accuracy"])
+
+
+def test_select_last_makes_best_ckpt_the_final_epoch(tmp_path):
+    """checkpoint.select=last: best.ckpt is not chosen on val; it is the final model (what a user evaluates)."""
+    run, _ = _train(tmp_path, "trainer.max_epochs=3", "swa.epochs=2", "checkpoint.select=last")
+    best, last = (read_checkpoint(run / "checkpoints" / f"{n}.ckpt") for n in ("best", "last"))
+    assert best["epoch"] == last["epoch"] == 2 and not _differs(best["state_dict"], last["state_dict"])
+    for select, monitor in (("last", None), ("best", "val/auroc")):
+        cfg = compose_cfg("train", [*TINY, f"checkpoint.select={select}", "checkpoint.monitor=val/auroc"])
+        pin_paths(cfg, tmp_path / select)
+        (ckpt,) = [c for c in build_callbacks(cfg, has_val=True) if isinstance(c, pl.callbacks.ModelCheckpoint)]
+        assert ckpt.monitor == monitor
 
 
 def test_swa_stopped_before_its_epochs_says_so_and_keeps_the_live_weights(tmp_path, caplog):
