@@ -29,12 +29,13 @@ from lungnet.data.datamodule import LungDataModule, make_source, resolve_root
 from lungnet.data.overlap import RecordImageHashes, image_hashes
 from lungnet.data.sources import Source
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
+from lungnet.decision import decision_path, read_decision
 from lungnet.errors import ConfigError
 from lungnet.evaluation.curves import write_training_curves
 from lungnet.evaluation.decisions import fit_ood_gate
 from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.hardware import PrecisionChoice, choose_training_precision
-from lungnet.io import remove_stale_temporaries, write_csv, write_json, write_text
+from lungnet.io import atomic_write, remove_stale_temporaries, write_csv, write_json, write_text
 from lungnet.loggers import build_loggers, log_final_metrics
 from lungnet.metrics import compute_metrics
 from lungnet.module import LitClassifier
@@ -334,7 +335,9 @@ def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: Lung
     if not best.is_file():
         raise CheckpointError(f"Training ended without a checkpoint in {checkpoint.dirpath}")
     results = evaluate_splits(best, dm, run_dir, ("val", "test"))
-    fit_ood_gate(best, dm)  # the OOD gate in <best stem>.decision.json (issue #15; lungnet.evaluation.decisions)
+    gate = fit_ood_gate(best, dm)  # the OOD gate in <best stem>.decision.json (issue #15; lungnet.evaluation.decisions)
+    if best.name == "last.ckpt":
+        mirror_as_best(best, gate, module.labels)
     results.update(
         best_checkpoint=str(best),
         epochs_trained=int(trainer.current_epoch),
@@ -350,6 +353,18 @@ def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: Lung
     write_training_curves(run_dir)
     log.info("Run directory: %s", run_dir)
     return results
+
+
+def mirror_as_best(final: Path, gate: Path | None, labels: list[str]) -> None:
+    """With ``checkpoint.select=last``, ``best.ckpt`` becomes a byte copy of the final ``last.ckpt`` and gets its
+    decision file (OOD gate), so ``predict.py ckpt=<run>/checkpoints/best.ckpt`` runs the selected model with its gate.
+    """
+    best = final.with_name("best.ckpt")
+    atomic_write(best, lambda fh: fh.write(final.read_bytes()), mode="wb")
+    if gate is not None:
+        record = read_decision(gate, final, labels)  # tied to the bytes by hash: the copy has the same
+        record.checkpoint = best.name
+        record.write(decision_path(best))
 
 
 def optimized_value(results: dict | None, metric: str) -> float | None:

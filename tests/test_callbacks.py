@@ -14,6 +14,7 @@ from lungnet.callbacks import WeightEMA
 from lungnet.checkpoint import CheckpointError, read_checkpoint
 from lungnet.cli import run_safely
 from lungnet.config_checks import pin_paths
+from lungnet.decision import read_decision
 from lungnet.evaluation.run import evaluate
 from lungnet.training import build_callbacks, train
 from tests.conftest import TINY as BASE_TINY
@@ -98,6 +99,12 @@ def test_select_last_makes_best_ckpt_the_final_epoch(tmp_path):
     run, _ = _train(tmp_path, "trainer.max_epochs=3", "swa.epochs=2", "checkpoint.select=last")
     best, last = (read_checkpoint(run / "checkpoints" / f"{n}.ckpt") for n in ("best", "last"))
     assert best["epoch"] == last["epoch"] == 2 and not _differs(best["state_dict"], last["state_dict"])
+    folder = run / "checkpoints"
+    assert (folder / "best.ckpt").read_bytes() == (folder / "last.ckpt").read_bytes()
+    record = read_decision(
+        folder / "best.decision.json", folder / "best.ckpt", list(best["hyper_parameters"]["labels"])
+    )
+    assert record.ood is not None and record.checkpoint == "best.ckpt"  # predict.py on best.ckpt has its OOD gate
     for select, monitor in (("last", None), ("best", "val/auroc")):
         cfg = compose_cfg("train", [*TINY, f"checkpoint.select={select}", "checkpoint.monitor=val/auroc"])
         pin_paths(cfg, tmp_path / select)
