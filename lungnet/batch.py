@@ -120,7 +120,7 @@ def write_predictions(run_dir: Path, predictor: Predictor, rows: list[dict], fai
         log.info(
             "Decisions from %s (fitted on %s): %d abstained, %d flagged out-of-distribution",
             predictor.decision_file,
-            predictor.decision.split,
+            predictor.decision.fitted_on(),
             facts["abstained"],
             flagged,
         )

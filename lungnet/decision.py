@@ -268,6 +268,12 @@ class DecisionRecord:
         """Writes the record as JSON (atomically)."""
         return write_json(path, self.to_dict())
 
+    def fitted_on(self) -> str:
+        """Where the record was fitted, in words for logs: a split, or training's OOD gate alone."""
+        if self.split is None:
+            return "training: the OOD gate only; evaluate.py split=val fits the operating point and sets"
+        return str(self.split)
+
     def describe(self) -> dict:
         """Short facts for run records and answers (no arrays)."""
         ood = self.ood.info if self.ood is not None else None

@@ -180,7 +180,7 @@ class Predictor:
             sidecar = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
             record, where = export_decision(choice, sidecar, self.labels, side)
         if record is not None:
-            log.info("Decisions from %s (fitted on %s, rule %s)", where, record.split, record.rule)
+            log.info("Decisions from %s (fitted on %s, rule %s)", where, record.fitted_on(), record.rule)
         return record, where
 
     def describe(self) -> dict:

@@ -137,3 +137,12 @@ def test_the_file_round_trips_and_belongs_to_its_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="fitted for another checkpoint") as err:
         read_decision(path, ckpt, ["NORMAL", "PNEUMONIA"])
     assert "\n" not in str(err.value)
+
+
+def test_a_record_says_where_it_was_fitted(tmp_path):
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"weights")
+    rec = new_record(["NORMAL", "PNEUMONIA"], False, ckpt)
+    assert rec.split is None and "OOD gate only" in rec.fitted_on()  # training's gate, before any evaluate.py
+    rec.split = "val"
+    assert rec.fitted_on() == "val"
