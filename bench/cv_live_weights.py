@@ -24,19 +24,15 @@ from cv_common import checked_folds, cv_args  # bench/, beside this script
 from lungnet.checkpoint import load_model, read_checkpoint
 from lungnet.evaluation import stats
 from lungnet.evaluation.eval_data import build_eval_data
+from lungnet.evaluation.predict import predict_loader
 
 log = logging.getLogger("bench.cv_live_weights")
 
 
-@torch.no_grad()
-def _probabilities(ckpt: Path, data_root: str | None, scratch: Path) -> tuple[np.ndarray, np.ndarray]:
+def _probabilities(ckpt: Path, data_root: str | None, scratch: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     loaded = load_model(ckpt)
     dm = build_eval_data(loaded, {"root": data_root, "num_workers": 0}, "val", scratch)
-    model, probs, targets = loaded.model.eval(), [], []
-    for batch in dm.val_dataloader():
-        probs.append(loaded.probabilities(model(batch["image"])).numpy())
-        targets.append(batch["target"].numpy())
-    return np.concatenate(probs), np.concatenate(targets)
+    return predict_loader(loaded.model, dm.loader("val"), loaded.multilabel, desc=f"Scoring {ckpt.name}")
 
 
 def score_fold(run: Path, data_root: str | None) -> dict[str, np.ndarray]:
@@ -54,9 +50,9 @@ def score_fold(run: Path, data_root: str | None) -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as scratch:  # the split files and data report land here, not in the run
         path = Path(scratch) / "live.ckpt"
         torch.save(live, path)
-        average, y = _probabilities(last, data_root, Path(scratch) / "average")
-        live_probs, y_live = _probabilities(path, data_root, Path(scratch) / "live")
-    if not np.array_equal(y, y_live):
+        average, y, paths = _probabilities(last, data_root, Path(scratch) / "average")
+        live_probs, _, live_paths = _probabilities(path, data_root, Path(scratch) / "live")
+    if paths != live_paths:
         raise SystemExit(f"{run}: the two passes saw the validation images in different orders")
     return {"average": average, "live": live_probs, "targets": y}
 

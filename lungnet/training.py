@@ -142,7 +142,8 @@ def build_callbacks(cfg: DictConfig, has_val: bool) -> list[pl.Callback]:
     """The callbacks configured under ``callbacks`` (conf/callbacks/), less those whose setting says off.
 
     Without a validation split the checkpoint monitors the training loss and early stopping is off. With
-    ``checkpoint.select=last`` it monitors nothing: ``best.ckpt`` holds the final epoch, as ``last.ckpt`` does.
+    ``checkpoint.select=last`` it monitors nothing and keeps ``last.ckpt`` alone; `finish` copies the final one to
+    ``best.ckpt`` (`mirror_as_best`).
 
     Raises:
         ConfigError: a callback that cannot be built (unknown class, bad argument).
@@ -159,7 +160,7 @@ def build_callbacks(cfg: DictConfig, has_val: bool) -> list[pl.Callback]:
         if not has_val and "monitor" in spec and cls.endswith("Checkpoint"):
             spec.update(monitor="train/loss_epoch", mode="min")
         if cfg.checkpoint.select == "last" and "monitor" in spec and cls.endswith("Checkpoint"):
-            spec.update(monitor=None)  # best.ckpt is then the final epoch too: the one model the run selected
+            spec.update(monitor=None, save_top_k=0)  # last.ckpt only; `finish` copies the final one to best.ckpt
         try:
             out.append(instantiate(spec))
         except InstantiationException as exc:

@@ -109,7 +109,7 @@ def test_select_last_makes_best_ckpt_the_final_epoch(tmp_path):
         cfg = compose_cfg("train", [*TINY, f"checkpoint.select={select}", "checkpoint.monitor=val/auroc"])
         pin_paths(cfg, tmp_path / select)
         (ckpt,) = [c for c in build_callbacks(cfg, has_val=True) if isinstance(c, pl.callbacks.ModelCheckpoint)]
-        assert ckpt.monitor == monitor
+        assert ckpt.monitor == monitor and ckpt.save_top_k == (0 if select == "last" else 1)  # one write per epoch
 
 
 def test_swa_stopped_before_its_epochs_says_so_and_keeps_the_live_weights(tmp_path, caplog):
