@@ -69,6 +69,7 @@ OFF_WHEN_ZERO = {
     "FreezeUnfreeze": "unfreeze_at_epoch",
     "WeightEMA": "decay",
     "WeightSWA": "epochs",
+    "ProgressiveResize": "epochs",
 }
 
 

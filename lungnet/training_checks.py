@@ -54,6 +54,31 @@ def validate_config(cfg: DictConfig, source: Source) -> None:
             "set early_stopping.patience=0"
         )
     check_weight_averaging(cfg)
+    check_progressive_resize(cfg)
+
+
+def check_progressive_resize(cfg: DictConfig) -> None:
+    """Progressive resizing inside the schedule, starting below the full input size.
+
+    Raises:
+        ConfigError: ``progressive_resize.epochs`` above ``trainer.max_epochs``, or a ``start_size`` not below
+            ``data.image_size``.
+    """
+    epochs = OmegaConf.select(cfg, "progressive_resize.epochs", default=0)
+    if not epochs:
+        return
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if max_epochs is None or max_epochs < epochs:
+        raise ConfigError(
+            f"progressive_resize.epochs={epochs} resizes more epochs than trainer.max_epochs={max_epochs} has: "
+            "leave the last epochs at the full size"
+        )
+    start, full = cfg.progressive_resize.start_size, OmegaConf.select(cfg, "data.image_size", default=None)
+    if full is not None and start >= full:
+        raise ConfigError(
+            f"progressive_resize.start_size={start} is not below data.image_size={full}: start smaller, or set "
+            "progressive_resize.epochs=0"
+        )
 
 
 def check_weight_averaging(cfg: DictConfig) -> None:

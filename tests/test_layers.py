@@ -4,8 +4,8 @@ Layers, bottom to top (docs: COMMON rules, README "Layout"):
 
 0. ``errors hardware io labels findings provenance schema config_checks data models preprocessing``: files, images,
    data sets and their findings, the configs' schema, the model factory and the input contract;
-1. ``checkpoint ood decision ensemble metrics module callbacks loggers training_checks training evaluation explain
-   audit``: what trains, scores, explains and audits a model;
+1. ``checkpoint ood decision ensemble metrics module callbacks resize_schedule loggers training_checks training
+   evaluation explain audit``: what trains, scores, explains and audits a model;
 2. ``inference batch runtimes export app launch rundir cli``: what a user runs.
 
 Every import counts, also one inside a function (a deferred import is still a dependency), with one stated
@@ -43,6 +43,7 @@ LAYERS = {
     "lungnet.metrics": 1,
     "lungnet.module": 1,
     "lungnet.callbacks": 1,
+    "lungnet.resize_schedule": 1,  # progressive resizing, a training callback
     "lungnet.loggers": 1,
     "lungnet.training_checks": 1,
     "lungnet.training": 1,

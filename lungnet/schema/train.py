@@ -124,6 +124,13 @@ class SWAConfig:
 
 
 @dataclass
+class ProgressiveResizeConfig:
+    # the first `epochs` epochs train on batches downsized from start_size, rising linearly to the full input size
+    start_size: int = opt(128, "input side (px) of the first epoch", ge=8)
+    epochs: int = opt(0, "how many first epochs train below the full size; 0: off", ge=0)
+
+
+@dataclass
 class MixupConfig:
     """Mixup / CutMix of image pairs within each training batch (timm's ``Mixup``; single-label data only)."""
 
@@ -172,6 +179,7 @@ class TrainConfig:
     finetune: FinetuneConfig = opt(factory=FinetuneConfig)
     ema: EMAConfig = opt(factory=EMAConfig)
     swa: SWAConfig = opt(factory=SWAConfig)
+    progressive_resize: ProgressiveResizeConfig = opt(factory=ProgressiveResizeConfig)
     mixup: MixupConfig = opt(factory=MixupConfig)
     precision_auto: PrecisionAutoConfig = opt(factory=PrecisionAutoConfig)
     optimized_metric: str = opt("val/auroc_macro", "the value train.py returns to a sweeper (metrics.json val/<key>)")
