@@ -10,14 +10,17 @@ import torch
 from lungnet.evaluation.crossval import check_folds, find_fold_runs, load_fold
 
 
-def cv_args(doc: str, runs_help: str) -> argparse.Namespace:
-    """Parses ``runs [--data-root] [--threads] [--resamples] [--out]``; sets up logging and torch's threads."""
+def cv_args(doc: str, runs_help: str, extra: dict[str, str] | None = None) -> argparse.Namespace:
+    """Parses ``runs [--data-root] [--threads] [--resamples] [--out]`` and the ``extra`` options (flag: help, each
+    taking one value, default None); sets up logging and torch's threads."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("runs", help=runs_help)
     parser.add_argument("--data-root", default=None, help="the data folder, when it moved since training")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    for flag, text in (extra or {}).items():
+        parser.add_argument(flag, default=None, help=text)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)

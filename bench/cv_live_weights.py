@@ -5,8 +5,12 @@ A run trained with ``swa.epochs`` or ``ema.decay`` keeps both in ``last.ckpt``: 
 (what ``predictions_val.csv`` and the CV summary score) and the live weights as ``current_model_state``. The
 live weights are the same schedule without the average, so one CV run measures both, paired on the same images.
 
+``--live-runs DIR`` also writes the live weights' folds as a cross-validation of their own (each fold's config with
+the average turned off, its metrics.json and predictions_val.csv), the baseline the same schedule without the
+average is, for ``lungnet-crossval runs=<another recipe> baseline=DIR``.
+
 Example:
-    python bench/cv_live_weights.py outputs/cv_swa14 --data-root ../shared/data/darkcovidnet
+    python bench/cv_live_weights.py outputs/cv_swa14 --data-root ../shared/data/darkcovidnet --live-runs outputs/live14
 """
 
 from __future__ import annotations
@@ -20,11 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from cv_common import checked_folds, cv_args  # bench/, beside this script
+from omegaconf import OmegaConf
 
 from lungnet.checkpoint import load_model, read_checkpoint
 from lungnet.evaluation import stats
 from lungnet.evaluation.eval_data import build_eval_data
-from lungnet.evaluation.predict import predict_loader
+from lungnet.evaluation.predict import predict_loader, predictions_table
+from lungnet.io import write_csv, write_json, write_text
+from lungnet.metrics import compute_metrics
 
 log = logging.getLogger("bench.cv_live_weights")
 
@@ -54,11 +61,32 @@ def score_fold(run: Path, data_root: str | None) -> dict[str, np.ndarray]:
         live_probs, _, live_paths = _probabilities(path, data_root, Path(scratch) / "live")
     if paths != live_paths:
         raise SystemExit(f"{run}: the two passes saw the validation images in different orders")
-    return {"average": average, "live": live_probs, "targets": y}
+    labels = list(ckpt["hyper_parameters"]["labels"])
+    return {"average": average, "live": live_probs, "targets": y, "paths": paths, "labels": labels}
+
+
+def write_live_fold(run: Path, scored: dict[str, np.ndarray], out: Path) -> None:
+    """The live weights of fold ``run`` as a finished fold run in ``out``: config.yaml (``swa.epochs`` and
+    ``ema.decay`` 0: the schedule the live weights followed), metrics.json and predictions_val.csv."""
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.swa.epochs, cfg.ema.decay = 0, 0.0
+    labels = scored["labels"]
+    reported = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    metrics = {"val": compute_metrics(scored["live"], scored["targets"], labels, False)}
+    metrics["selected"] = reported.get("selected", "best")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_json(out / "metrics.json", metrics)
+    table = predictions_table(scored["paths"], scored["live"], scored["targets"], labels, False)
+    write_csv(out / "predictions_val.csv", table)
 
 
 def main() -> None:
-    args = cv_args(__doc__, "a cross-validation multirun folder trained with swa.epochs or ema.decay")
+    args = cv_args(
+        __doc__,
+        "a cross-validation multirun folder trained with swa.epochs or ema.decay",
+        extra={"--live-runs": "also write the live weights' folds here, a cross-validation to compare against"},
+    )
     t0 = time.perf_counter()
     folds = checked_folds(args.runs)
     scored, per_fold = [], {}
@@ -67,6 +95,8 @@ def main() -> None:
         per_fold[fold["fold"]] = {k: float((s[k].argmax(1) == s["targets"]).mean()) for k in ("average", "live")}
         log.info("fold %d accuracy: %s", fold["fold"], {k: round(v, 3) for k, v in per_fold[fold["fold"]].items()})
         scored.append(s)
+        if args.live_runs:
+            write_live_fold(fold["run"], s, Path(args.live_runs) / fold["run"].name)
     pooled = {k: np.concatenate([s[k] for s in scored]) for k in ("average", "live", "targets")}
     diff = stats.paired_bootstrap(
         pooled["average"], pooled["live"], pooled["targets"], multilabel=False, resamples=args.resamples

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
 from lungnet.cli import crossval
 from lungnet.data.sources import DataError
@@ -158,14 +159,21 @@ def test_live_weights_bench_scores_both_weights_of_an_swa_cv(cv_runs, tmp_path):
         overrides = ["data=darkcovidnet", f"data.root={data}", "data.cv_folds=2", f"data.cv_fold={fold}"]
         overrides += ["checkpoint.select=last", *TINY, "trainer.max_epochs=2", "swa.epochs=2"]
         train(compose_cfg("train", overrides), tmp_path / "swa" / str(fold))
-    out = tmp_path / "live.json"
-    done = run_script("bench/cv_live_weights.py", [str(tmp_path / "swa"), "--resamples", "20", "--out", str(out)])
+    out, live = tmp_path / "live.json", tmp_path / "live"
+    args = [str(tmp_path / "swa"), "--resamples", "20", "--out", str(out), "--live-runs", str(live)]
+    done = run_script("bench/cv_live_weights.py", args)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     for fold in range(2):
         reported = json.loads((tmp_path / "swa" / str(fold) / "metrics.json").read_text())["val"]["accuracy"]
         assert result["per_fold"][str(fold)]["average"] == pytest.approx(reported)
     assert set(result["paired"]) >= {"accuracy", "auroc_macro"} and "| accuracy |" in done.stdout
+    # the live weights as a cross-validation of their own: the same folds, the live scores, the average off
+    summary = summarise(find_fold_runs(live), resamples=20)
+    assert summary["pooled"]["accuracy"]["value"] == pytest.approx(result["paired"]["accuracy"]["b"])
+    assert [r["accuracy"] for r in summary["per_fold"]] == pytest.approx([result["per_fold"][f]["live"] for f in "01"])
+    assert OmegaConf.load(live / "0" / "config.yaml").swa.epochs == 0
+    compare(summary, summarise(find_fold_runs(tmp_path / "swa"), resamples=20), resamples=20)  # pairs: same splits
     refused = run_script("bench/cv_live_weights.py", [str(cv_runs)])
     assert refused.returncode != 0 and "holds no current_model_state" in refused.stderr
 
