@@ -97,9 +97,14 @@ def run_script(
     script: str, args: list[str], cwd: Path | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:
     """``python <repo>/<script> args`` in a subprocess, offline and with warnings off; output captured."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, str(ROOT / script), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=offline_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def offline_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a subprocess: offline (no waiting on the Hugging Face hub), Python's
+    warnings off, and ``extra`` on top."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **extra}
 
 
 def run_cli(command, args: list[str], monkeypatch) -> None:

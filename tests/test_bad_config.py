@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,8 +14,8 @@ from lungnet.cli import run_safely
 from lungnet.evaluation.run import evaluate
 from lungnet.launch import config_error_line
 from lungnet.training import train
-from tests.conftest import ROOT, compose_cfg, make_class_folders, write_png
 from tests.conftest import TINY as BASE_TINY
+from tests.conftest import compose_cfg, make_class_folders, run_script, write_png
 
 TINY = [*BASE_TINY, "log_figures_every=100"]
 
@@ -156,20 +154,8 @@ def test_head_size_mismatch(pneumonia_ckpt, tmp_path, caplog):
 def test_evaluate_script_mismatch_exits_2_without_traceback(pneumonia_ckpt, tmp_path):
     ckpt, _ = pneumonia_ckpt
     other = make_class_folders(tmp_path / "dcn", ["Covid-19", "No_findings"], 2)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "evaluate.py"),
-            f"ckpt={ckpt}",
-            f"data.root={other}",
-            f"hydra.run.dir={tmp_path}/e",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    args = [f"ckpt={ckpt}", f"data.root={other}", f"hydra.run.dir={tmp_path}/e"]
+    proc = run_script("evaluate.py", args, tmp_path, timeout=300)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "does not match any label" in proc.stdout + proc.stderr
     assert not (tmp_path / "e").exists()  # refused: the run directory Hydra made for it is gone too

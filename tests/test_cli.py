@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lungnet import cli, rundir
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, offline_env, run_cli
 
 # every entry point as a user starts it from a checkout, and an override that --cfg job must show
 ENTRY_POINTS = {
@@ -34,7 +34,7 @@ ENTRY_POINTS = {
 
 def _env(**extra: str) -> dict:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, **extra}
+    return offline_env(PYTHONPATH=path, **extra)
 
 
 def test_every_entry_point_prints_hydra_help_and_exits_0(tmp_path):
@@ -241,7 +241,7 @@ def test_wheel_ships_the_configs_and_its_console_scripts_run_from_anywhere(tmp_p
     install = [*pip, "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)]
     assert subprocess.run(install, capture_output=True, timeout=600).returncode == 0
     elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}  # the installed copy, not this checkout
+    env = offline_env(PYTHONPATH=str(site))  # the installed copy, not this checkout
     script = site / "bin" / "lungnet-train"
     for args, expected in [(["--help"], "Usage: lungnet-train"), (["--info", "searchpath"], "pkg://lungnet.conf")]:
         proc = subprocess.run([str(script), *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from lungnet.data.images import collect_inputs
 from lungnet.data.transforms import Normalize, build_transform, make_pipeline
 from lungnet.inference import Predictor, Preprocessing, uncrop
 from lungnet.models.registry import create_model
-from tests.conftest import ROOT, shared
+from tests.conftest import run_script, shared
 
 LABELS = ["Covid-19", "No_findings", "Pneumonia"]
 
@@ -169,10 +167,7 @@ def test_missing_checkpoint_is_a_user_error(tmp_path):
 
 
 def _script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "predict.py"), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
-    )
+    return run_script("predict.py", args, cwd, timeout=300)
 
 
 def test_predict_script_writes_csv_and_overlays(ckpt, tmp_path):

@@ -18,7 +18,7 @@ import torch
 from lungnet.checkpoint import read_checkpoint
 from lungnet.data.sources import DataError
 from lungnet.training import resume_target, train
-from tests.conftest import ROOT, TINY, compose_cfg, make_class_folders, write_png
+from tests.conftest import ROOT, TINY, compose_cfg, make_class_folders, offline_env, write_png
 
 
 class SlowBatches(pl.Callback):
@@ -56,7 +56,7 @@ def _command(data: Path, run_dir: Path, workers: int, *extra: str) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    return offline_env()
 
 
 def _epoch_of(ckpt: Path) -> int:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from lungnet.export import export
 from lungnet.hardware import cpu_has_native_bf16
 from lungnet.inference import Predictor
 from lungnet.runtimes import OnnxRunner, OpenVinoRunner, TorchScriptRunner, open_export, sidecar_path
-from tests.conftest import ROOT, shared
+from tests.conftest import run_script, shared
 from tests.test_export import real_batch
 from tests.test_inference import make_checkpoint
 
@@ -152,9 +150,7 @@ def evil_torchscript(path: Path, marker: Path) -> Path:
 
 
 def _predict_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(ROOT / "predict.py"), *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    return run_script("predict.py", args, cwd, timeout=300)
 
 
 def _error_lines(output: str) -> list[str]:

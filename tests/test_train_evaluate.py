@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
 from lungnet.data.sources import DataError
 from lungnet.evaluation.run import evaluate
 from lungnet.training import train
-from tests.conftest import ROOT, compose_cfg, make_class_folders, write_png
+from tests.conftest import ROOT, compose_cfg, make_class_folders, offline_env, write_png
 from tests.conftest import TINY as BASE_TINY
 
 TINY = [*BASE_TINY, "log_figures_every=1"]
@@ -145,7 +144,7 @@ def test_evaluate_verifies_the_recomputed_splits(trained, tmp_path):
 
 
 def _run(args, cwd, env_extra=None, timeout=600):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    env = offline_env(**(env_extra or {}))
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
