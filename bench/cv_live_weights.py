@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from cv_common import checked_folds, cv_args  # bench/, beside this script
 from omegaconf import OmegaConf
@@ -66,19 +67,33 @@ def score_fold(run: Path, data_root: str | None) -> dict[str, np.ndarray]:
 
 
 def write_live_fold(run: Path, scored: dict[str, np.ndarray], out: Path) -> None:
-    """The live weights of fold ``run`` as a finished fold run in ``out``: config.yaml (``swa.epochs`` and
-    ``ema.decay`` 0: the schedule the live weights followed), metrics.json and predictions_val.csv."""
+    """Writes the live weights of fold ``run`` as a finished fold run.
+
+    Args:
+        run: the fold's run directory.
+        scored: `score_fold`'s result for it.
+        out: the folder to write: config.yaml (the weight average off: the schedule the live weights followed),
+            metrics.json (final epoch) and predictions_val.csv, whose paths are those of the fold's own
+            predictions_val.csv (so the folder pairs with the other runs of these folds wherever the data now is).
+
+    Raises:
+        SystemExit: the images scored are not the fold's own validation images, in its order.
+    """
     cfg = OmegaConf.load(run / "config.yaml")
-    cfg.swa.epochs, cfg.ema.decay = 0, 0.0
-    labels = scored["labels"]
-    reported = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    metrics = {"val": compute_metrics(scored["live"], scored["targets"], labels, False)}
-    metrics["selected"] = reported.get("selected", "best")
+    for key in ("swa.epochs", "ema.decay", "callbacks.swa.epochs", "callbacks.ema.decay"):
+        if OmegaConf.select(cfg, key) is not None:
+            OmegaConf.update(cfg, key, 0)
+    recorded = pd.read_csv(run / "predictions_val.csv")["path"].tolist()
+    if [Path(p).parts[-2:] for p in recorded] != [Path(p).parts[-2:] for p in scored["paths"]]:
+        raise SystemExit(f"{run}: the images scored are not those of its predictions_val.csv, in its order")
+    metrics = {"val": compute_metrics(scored["live"], scored["targets"], scored["labels"], False), "selected": "last"}
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))
     write_json(out / "metrics.json", metrics)
-    table = predictions_table(scored["paths"], scored["live"], scored["targets"], labels, False)
-    write_csv(out / "predictions_val.csv", table)
+    write_csv(
+        out / "predictions_val.csv",
+        predictions_table(recorded, scored["live"], scored["targets"], scored["labels"], False),
+    )
 
 
 def main() -> None:
@@ -89,14 +104,17 @@ def main() -> None:
     )
     t0 = time.perf_counter()
     folds = checked_folds(args.runs)
+    live_runs = Path(args.live_runs).resolve() if args.live_runs else None
+    if live_runs is not None and live_runs.is_relative_to(Path(args.runs).resolve()):
+        raise SystemExit(f"--live-runs {args.live_runs} lies inside {args.runs}: write it elsewhere")
     scored, per_fold = [], {}
     for fold in folds:
         s = score_fold(fold["run"], args.data_root)
         per_fold[fold["fold"]] = {k: float((s[k].argmax(1) == s["targets"]).mean()) for k in ("average", "live")}
         log.info("fold %d accuracy: %s", fold["fold"], {k: round(v, 3) for k, v in per_fold[fold["fold"]].items()})
         scored.append(s)
-        if args.live_runs:
-            write_live_fold(fold["run"], s, Path(args.live_runs) / fold["run"].name)
+        if live_runs is not None:
+            write_live_fold(fold["run"], s, live_runs / f"fold{fold['fold']}")
     pooled = {k: np.concatenate([s[k] for s in scored]) for k in ("average", "live", "targets")}
     diff = stats.paired_bootstrap(
         pooled["average"], pooled["live"], pooled["targets"], multilabel=False, resamples=args.resamples

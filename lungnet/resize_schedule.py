@@ -39,7 +39,8 @@ class ProgressiveResize(pl.Callback):
 
     The data pipeline still produces the full size (augmentation, crops and caches are unchanged); validation,
     checkpoints and inference never see the small sizes. The size of each epoch is logged as
-    ``train/image_size``. Stateless: a resumed run uses the sizes of its epochs.
+    ``train/image_size``. Stateless: a resumed run uses the sizes of its epochs. The backbone must accept any input
+    size (the CNNs do; a fixed-size vision transformer does not).
 
     Args:
         start_size: the side of epoch 0 in px.
@@ -58,10 +59,12 @@ class ProgressiveResize(pl.Callback):
         images = batch["image"]
         height, width = images.shape[-2:]
         size = scheduled_size(trainer.current_epoch, min(height, width), self.start_size, self.epochs)
-        if self._logged_epoch != trainer.current_epoch:
+        if self._logged_epoch != trainer.current_epoch:  # once per epoch: the size is the same for every batch
             self._logged_epoch = trainer.current_epoch
-            log.info("Epoch %d trains at %d px (progressive_resize)", trainer.current_epoch, size)
-        pl_module.log("train/image_size", float(size), on_step=False, on_epoch=True, batch_size=len(images))
+            pl_module.log("train/image_size", float(size), on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
+            if trainer.is_global_zero and trainer.current_epoch <= self.epochs:
+                full = "" if size < min(height, width) else ", the full size from now on"
+                log.info("Epoch %d trains at %d px (progressive_resize%s)", trainer.current_epoch, size, full)
         if size < min(height, width):
             scale = size / min(height, width)
             shape = (round(height * scale), round(width * scale))

@@ -40,7 +40,7 @@ from lungnet.loggers import build_loggers, log_final_metrics
 from lungnet.metrics import compute_metrics
 from lungnet.module import LitClassifier
 from lungnet.provenance import run_facts
-from lungnet.training_checks import first_line, plain, validate_config
+from lungnet.training_checks import check_progressive_resize, first_line, plain, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +287,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     validate_config(cfg, source)
     module = build_module(cfg, source, data_cfg)
     precision = resolve_precision(cfg, data_cfg, module)
+    check_progressive_resize(cfg, int(data_cfg.get("image_size") or module.spec.input_size))
     resume_from, expected = None, None
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)  # weights_only=True

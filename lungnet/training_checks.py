@@ -54,30 +54,35 @@ def validate_config(cfg: DictConfig, source: Source) -> None:
             "set early_stopping.patience=0"
         )
     check_weight_averaging(cfg)
-    check_progressive_resize(cfg)
 
 
-def check_progressive_resize(cfg: DictConfig) -> None:
-    """Progressive resizing inside the schedule, starting below the full input size.
+def check_progressive_resize(cfg: DictConfig, full_size: int) -> None:
+    """Progressive resizing that starts below the full input size and leaves the last epochs, and every averaged
+    one (``swa.epochs``), at the full size.
+
+    Args:
+        cfg: the train config.
+        full_size: the input size the run trains at (``data.image_size``, or the model's default).
 
     Raises:
-        ConfigError: ``progressive_resize.epochs`` above ``trainer.max_epochs``, or a ``start_size`` not below
-            ``data.image_size``.
+        ConfigError: no full-size epoch after the resized ones, one averaged by SWA while resized, or a
+            ``start_size`` not below ``full_size``.
     """
     epochs = OmegaConf.select(cfg, "progressive_resize.epochs", default=0)
     if not epochs:
         return
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
-    if max_epochs is None or max_epochs < epochs:
+    full_epochs = max(OmegaConf.select(cfg, "swa.epochs", default=0), 1)
+    if max_epochs is None or max_epochs - epochs < full_epochs:
         raise ConfigError(
-            f"progressive_resize.epochs={epochs} resizes more epochs than trainer.max_epochs={max_epochs} has: "
-            "leave the last epochs at the full size"
+            f"progressive_resize.epochs={epochs} leaves fewer than {full_epochs} of trainer.max_epochs={max_epochs} "
+            "at the full size (the last epoch, and every epoch swa.epochs averages, must be): resize fewer epochs"
         )
-    start, full = cfg.progressive_resize.start_size, OmegaConf.select(cfg, "data.image_size", default=None)
-    if full is not None and start >= full:
+    start = cfg.progressive_resize.start_size
+    if start >= full_size:
         raise ConfigError(
-            f"progressive_resize.start_size={start} is not below data.image_size={full}: start smaller, or set "
-            "progressive_resize.epochs=0"
+            f"progressive_resize.start_size={start} is not below the input size {full_size} px: start smaller, or "
+            "set progressive_resize.epochs=0"
         )
 
 

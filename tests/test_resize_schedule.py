@@ -65,8 +65,20 @@ def test_off_by_default(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["progressive_resize.epochs=2"], "more epochs than trainer.max_epochs=1"),
+        (["progressive_resize.epochs=2"], "fewer than 1 of trainer.max_epochs=1"),
+        (["trainer.max_epochs=2", "progressive_resize.epochs=2"], "fewer than 1 of trainer.max_epochs=2"),
+        (["trainer.max_epochs=4", "progressive_resize.epochs=2", "swa.epochs=3"], "every epoch swa.epochs averages"),
         (["trainer.max_epochs=3", "progressive_resize.epochs=2", "progressive_resize.start_size=96"], "not below"),
+        # no data.image_size: the model's own input size is the full size
+        (
+            [
+                "trainer.max_epochs=3",
+                "progressive_resize.epochs=2",
+                "progressive_resize.start_size=4096",
+                "data.image_size=null",
+            ],
+            "4096 is not below",
+        ),
     ],
 )
 def test_schedules_that_cannot_work_are_refused_before_the_run_folder(tmp_path, overrides, message):

@@ -172,8 +172,13 @@ def test_live_weights_bench_scores_both_weights_of_an_swa_cv(cv_runs, tmp_path):
     summary = summarise(find_fold_runs(live), resamples=20)
     assert summary["pooled"]["accuracy"]["value"] == pytest.approx(result["paired"]["accuracy"]["b"])
     assert [r["accuracy"] for r in summary["per_fold"]] == pytest.approx([result["per_fold"][f]["live"] for f in "01"])
-    assert OmegaConf.load(live / "0" / "config.yaml").swa.epochs == 0
-    compare(summary, summarise(find_fold_runs(tmp_path / "swa"), resamples=20), resamples=20)  # pairs: same splits
+    assert summary["selected"] == ["last"]
+    written = OmegaConf.load(live / "fold0" / "config.yaml")
+    assert written.swa.epochs == 0 and written.callbacks.swa.epochs == 0  # the average is off, resolved keys too
+    paired = compare(summary, summarise(find_fold_runs(tmp_path / "swa"), resamples=20), resamples=20)
+    assert paired["folds"] == [0, 1] and paired["images"] == len(summary["oof"])  # the same images, paired
+    inside = run_script("bench/cv_live_weights.py", [str(tmp_path / "swa"), "--live-runs", str(tmp_path / "swa" / "x")])
+    assert inside.returncode != 0 and "lies inside" in inside.stderr
     refused = run_script("bench/cv_live_weights.py", [str(cv_runs)])
     assert refused.returncode != 0 and "holds no current_model_state" in refused.stderr
 
