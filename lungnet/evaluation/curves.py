@@ -60,6 +60,23 @@ def final_numbers(metrics_path: Path) -> str:
     return f"{which} on {where}: " + ", ".join(parts) if parts else ""
 
 
+def resized_epochs(table: pd.DataFrame) -> list[int]:
+    """The epochs (1-based) a `progressive_resize` run trained below its full size (``train/image_size`` under its
+    largest value); none for a run without the column."""
+    if "train/image_size" not in table or table["train/image_size"].isna().all():
+        return []
+    sizes = table["train/image_size"]
+    return [int(e) + 1 for e, size in zip(table["epoch"], sizes, strict=True) if size < sizes.max()]
+
+
+def _shade(axes, epochs: list[int]) -> None:
+    """Greys the epochs trained below the full size on every axis, labelled once."""
+    for ax in axes:
+        for i, epoch in enumerate(epochs):
+            label = "trained below full size (progressive_resize)" if i == 0 else None
+            ax.axvspan(epoch - 0.5, epoch + 0.5, color="0.85", alpha=0.6, lw=0, zorder=0, label=label)
+
+
 def write_training_curves(run_dir: str | os.PathLike) -> Path | None:
     """Writes ``<run_dir>/curves.png``: loss and accuracy (or AUROC) per epoch for train and validation.
 
@@ -94,6 +111,7 @@ def write_training_curves(run_dir: str | os.PathLike) -> Path | None:
     ax_score.set_title("Accuracy, AUROC and F1" if has_acc else "AUROC and F1")
     ax_score.set_ylabel("score")
     ax_score.set_ylim(0, 1.02)
+    _shade((ax_loss, ax_score), resized_epochs(table))
     for ax in (ax_loss, ax_score):
         ax.set_xlabel("epoch")
         if len(epochs) <= 20:

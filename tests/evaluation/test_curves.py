@@ -2,9 +2,10 @@
 
 import json
 
+import matplotlib.pyplot as plt
 import pytest
 
-from lungnet.evaluation.curves import epoch_table, final_numbers, write_training_curves
+from lungnet.evaluation.curves import epoch_table, final_numbers, resized_epochs, write_training_curves
 from tests.evaluation.test_plots import assert_png
 
 CSV = """epoch,step,train/loss_step,train/loss_epoch,train/acc,val/loss,val/acc,val/auroc,val/f1
@@ -41,6 +42,28 @@ def test_curves_from_a_hand_written_csv(tmp_path):
     path = write_training_curves(tmp_path)
     assert path == tmp_path / "curves.png"
     assert_png(path)
+
+
+RESIZED = """epoch,step,train/loss_epoch,val/loss,val/acc,train/image_size
+0,4,,1.10,0.40,
+0,4,1.20,,,32
+1,9,,0.80,0.60,
+1,9,0.85,,,64
+2,14,,0.70,0.70,
+2,14,0.60,,,96
+"""
+
+
+def test_epochs_trained_below_the_full_size_are_found_and_shaded(tmp_path, monkeypatch):
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text(RESIZED)
+    (tmp_path / "plain.csv").write_text(CSV)
+    assert resized_epochs(epoch_table(tmp_path / "csv" / "metrics.csv")) == [1, 2]
+    assert resized_epochs(epoch_table(tmp_path / "plain.csv")) == []  # no progressive resizing: nothing shaded
+    spans, real = [], plt.Axes.axvspan
+    monkeypatch.setattr(plt.Axes, "axvspan", lambda ax, *a, **k: spans.append(a) or real(ax, *a, **k))
+    assert_png(write_training_curves(tmp_path))
+    assert sorted(spans) == [(0.5, 1.5), (0.5, 1.5), (1.5, 2.5), (1.5, 2.5)]  # epochs 1 and 2, on both panels
 
 
 def test_no_csv_means_no_figure(tmp_path):
