@@ -96,7 +96,7 @@ def write_training_curves(run_dir: str | os.PathLike) -> Path | None:
         log.warning("%s holds no epoch rows yet: no training curves written", csv_path)
         return None
     epochs = table["epoch"] + 1
-    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4.3))
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 5.2))
     for (col, name), colour in zip(LOSS, ("tab:blue", "tab:orange"), strict=True):
         if col in table and table[col].notna().any():
             ok = table[col].notna()
@@ -118,7 +118,7 @@ def write_training_curves(run_dir: str | os.PathLike) -> Path | None:
             ax.set_xticks(sorted(set(epochs.tolist())))
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     summary = final_numbers(run_dir / "metrics.json")
     fig.suptitle(f"Training curves: {run_dir.name}" + (f"\n{summary}" if summary else ""), fontsize=11)
     fig.tight_layout()
