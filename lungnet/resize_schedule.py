@@ -58,14 +58,14 @@ class ProgressiveResize(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         images = batch["image"]
         height, width = images.shape[-2:]
-        size = scheduled_size(trainer.current_epoch, min(height, width), self.start_size, self.epochs)
+        side = min(height, width)
+        size = scheduled_size(trainer.current_epoch, side, self.start_size, self.epochs)
         if self._logged_epoch != trainer.current_epoch:  # once per epoch: the size is the same for every batch
             self._logged_epoch = trainer.current_epoch
             pl_module.log("train/image_size", float(size), on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
             if trainer.is_global_zero and trainer.current_epoch <= self.epochs:
-                full = "" if size < min(height, width) else ", the full size from now on"
-                log.info("Epoch %d trains at %d px (progressive_resize%s)", trainer.current_epoch, size, full)
-        if size < min(height, width):
-            scale = size / min(height, width)
-            shape = (round(height * scale), round(width * scale))
+                note = "" if size < side else ", the full size from now on"
+                log.info("Epoch %d trains at %d px (progressive_resize%s)", trainer.current_epoch, size, note)
+        if size < side:
+            shape = (round(height * size / side), round(width * size / side))
             batch["image"] = F.interpolate(images, size=shape, mode="bilinear", antialias=True, align_corners=False)

@@ -55,10 +55,6 @@ def _command(data: Path, run_dir: Path, workers: int, *extra: str) -> list[str]:
     ]
 
 
-def _env() -> dict:
-    return offline_env()
-
-
 def _epoch_of(ckpt: Path) -> int:
     try:
         return int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
@@ -77,11 +73,15 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     data = make_class_folders(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], 16, ["train", "val", "test"])
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     ref_proc = subprocess.Popen(
-        _command(data, reference, 0), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        _command(data, reference, 0), cwd=tmp_path, env=offline_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     slow = ["+callbacks.slow._target_=tests.test_resume.SlowBatches", "+callbacks.slow.seconds=0.5"]
     proc = subprocess.Popen(
-        _command(data, killed, 1, *slow), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        _command(data, killed, 1, *slow),
+        cwd=tmp_path,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
@@ -96,7 +96,12 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert _epoch_of(last) in (1, 2)
 
     resumed = subprocess.run(
-        _command(data, killed, 1, "resume=true"), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
+        _command(data, killed, 1, "resume=true"),
+        cwd=tmp_path,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, ref_err = ref_proc.communicate(timeout=600)
