@@ -16,7 +16,7 @@ from lungnet.data.overlap import recorded_hashes, training_copies
 from lungnet.errors import DataError
 from lungnet.explain.base import ExplainError
 from lungnet.inference import Prediction, Predictor
-from lungnet.io import write_csv, write_json
+from lungnet.io import atomic_write, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def prediction_row(predictor: Predictor, pred: Prediction, k: int, run_dir: Path
         heat_dir = run_dir / "heatmaps"
         heat_dir.mkdir(parents=True, exist_ok=True)
         out = heat_dir / f"{k:05d}_{Path(pred.file).stem[:80]}.png"  # index prefix: same stems never collide
-        Image.fromarray(predictor.overlay(pred, alpha)).save(out)
+        overlay = Image.fromarray(predictor.overlay(pred, alpha))
+        atomic_write(out, lambda fh: overlay.save(fh, format="PNG"), mode="wb")
         row["heatmap"] = str(out.relative_to(run_dir))
     if predictor.members:
         row["members"] = "|".join(predictor.members)

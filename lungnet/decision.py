@@ -224,6 +224,8 @@ class DecisionRecord:
             level = f"{1 - float(self.alpha):.0%}"
             if not out.sets[i].any() and not self.multilabel:
                 return f"no label fits at {level} confidence (empty prediction set): refer to a person"
+            if self.multilabel:
+                return f"a finding is undecided at {level} confidence (both answers, or none): refer to a person"
             return f"the {level} prediction set holds more than one answer: refer to a person"
         if self.abstain_below is not None and confidence < self.abstain_below:
             return f"confidence {confidence:.3f} below abstain.below={self.abstain_below:g}: refer to a person"
@@ -259,7 +261,7 @@ class DecisionRecord:
                 fields_["conformal_scores"] = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
             elif scores is not None:
                 fields_["conformal_scores"] = np.asarray(scores, dtype=np.float64)
-            fields_["thresholds"] = {str(k): float(v) for k, v in (data.get("thresholds") or {}).items()}
+            fields_["thresholds"] = _thresholds(data.get("thresholds") or {})
             return cls(**fields_)
         except (TypeError, KeyError) as exc:
             raise ValueError(f"malformed decision record ({exc!r})") from exc
@@ -287,6 +289,22 @@ class DecisionRecord:
             "abstain_below": self.abstain_below,
             "ood_gate": {**ood, "threshold": self.ood.threshold} if ood is not None else None,
         }
+
+
+def _thresholds(data: dict) -> dict[str, float]:
+    """A record's thresholds; None (no positives where fitted, in older files) is skipped: the default rule applies.
+
+    Raises:
+        ValueError: a threshold that is not a number, named by its label."""
+    out = {}
+    for label, value in data.items():
+        if value is None:
+            continue
+        try:
+            out[str(label)] = float(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"thresholds.{label} is {value!r}, not a number") from exc
+    return out
 
 
 def new_record(labels: list[str], multilabel: bool, checkpoint: str | os.PathLike) -> DecisionRecord:

@@ -23,8 +23,10 @@ Where the numbers come from:
 - a list or directory: each member's temperature and OOD gate from its own decision file as it is now (none:
   uncalibrated, no gate); no ensemble decision record unless one is passed with a manifest;
 - a manifest: members pinned by SHA-256 (a changed file is refused) with the temperatures the ensemble was
-  fitted with; the ensemble's decision record is ``<manifest stem>.decision.json`` beside it (``ensemble.decision
-  .json``), holding its temperature, operating point, conformal scores and a copy of the member gates.
+  fitted with, and each member's OOD gate from its own decision file; the ensemble's decision record is
+  ``<manifest stem>.decision.json`` beside it (``ensemble.decision.json``), holding its temperature, operating
+  point, conformal scores and a copy of the member gates. Without that file (k-fold models scored on a test
+  split), decisions are arg-max and the members' gates flag unfamiliar images, as for a list.
 """
 
 from __future__ import annotations
@@ -316,8 +318,9 @@ def open_ensemble(ckpt, decision: str | os.PathLike | None = "auto") -> Ensemble
                 f"pins {str(pin['sha256'])[:12]}...): evaluate the new members with evaluate.py ckpt=[...] split=val"
             )
         member = Member(pin.get("name") or name, loaded, digest)
-        if use and pin:
+        if use and pin:  # the pinned temperature; the OOD gate from the member's own file, as for a list
             member.temperature, member.decision_file = pin.get("temperature"), str(manifest)
+            member.gate = _member_decision(path, loaded)[2]
         elif use:
             member.temperature, member.decision_file, member.gate = _member_decision(path, loaded)
         members.append(member)

@@ -11,7 +11,6 @@ A file that cannot be read becomes an error row; the others go on.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -176,9 +175,9 @@ class Predictor:
         else:
             from lungnet.runtimes import sidecar_path
 
-            side = sidecar_path(self.path)
-            sidecar = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
-            record, where = export_decision(choice, sidecar, self.labels, side)
+            side = sidecar_path(self.path)  # the record `read_record` took: the sidecar, else the one embedded
+            where = side if side.is_file() else self.path
+            record, where = export_decision(choice, self.backend.record, self.labels, where)
         if record is not None:
             log.info("Decisions from %s (fitted on %s, rule %s)", where, record.fitted_on(), record.rule)
         return record, where
@@ -317,8 +316,9 @@ class Predictor:
         paths = [str(p) for p in paths]
         bar = tqdm(total=len(paths), desc="Predicting", unit="img", disable=not progress)
         options = explain_options or {}
+        batch_size = max(1, int(batch_size))
         try:
-            for start in range(0, len(paths), max(1, batch_size)):
+            for start in range(0, len(paths), batch_size):
                 yield from self._predict_batch(paths[start : start + batch_size], explain, options, image_max_side)
                 bar.update(min(batch_size, len(paths) - start))
         finally:

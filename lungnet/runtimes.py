@@ -147,7 +147,8 @@ class OnnxRunner:
             raise CheckpointError(f"{path} is not a loadable ONNX model: {exc}") from exc
         self.input = self.session.get_inputs()[0].name
         embedded = self.session.get_modelmeta().custom_metadata_map.get("lungnet")
-        self.prep = Preprocessing.from_dict(read_record(path, embedded))
+        self.record = read_record(path, embedded)
+        self.prep = Preprocessing.from_dict(self.record)
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         """Logits (N, K) for a preprocessed batch."""
@@ -189,7 +190,8 @@ class OpenVinoRunner:
             log.warning("OpenVINO runs %s although precision=%s was asked (%s)", self.precision, precision, hint)
         self.request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request; the web app may call from several threads
-        self.prep = Preprocessing.from_dict(read_record(path, _onnx_embedded_record(proto)))
+        self.record = read_record(path, _onnx_embedded_record(proto))
+        self.prep = Preprocessing.from_dict(self.record)
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         """Logits (N, K) for a preprocessed batch."""
@@ -247,7 +249,8 @@ class TorchScriptRunner:
         except RuntimeError as exc:
             raise CheckpointError(f"{path} is not a loadable TorchScript model: {exc}") from exc
         raw = extra[TORCHSCRIPT_META]
-        self.prep = Preprocessing.from_dict(read_record(path, raw.decode() if isinstance(raw, bytes) else raw))
+        self.record = read_record(path, raw.decode() if isinstance(raw, bytes) else raw)
+        self.prep = Preprocessing.from_dict(self.record)
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> np.ndarray:

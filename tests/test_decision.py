@@ -9,6 +9,7 @@ import pytest
 
 from lungnet.decision import (
     ABSTAIN,
+    NO_FINDING,
     DecisionRecord,
     decision_path,
     find_decision,
@@ -146,3 +147,37 @@ def test_a_record_says_where_it_was_fitted(tmp_path):
     assert rec.split is None and "OOD gate only" in rec.fitted_on()  # training's gate, before any evaluate.py
     rec.split = "val"
     assert rec.fitted_on() == "val"
+
+
+def test_a_class_without_a_threshold_falls_back_and_the_file_reads_back(tmp_path):
+    """A finding without positives where the record was fitted has no threshold (NaN): left out, not written as
+    null; a file that holds null (written before) still reads, and that finding uses 0.5."""
+    from lungnet.evaluation.decisions import finite_thresholds
+
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(b"weights")
+    rec = new_record(["A", "B"], True, ckpt)
+    rec.split, rec.thresholds = "val", finite_thresholds({"A": float("nan"), "B": 0.3})
+    assert rec.thresholds == {"B": 0.3}
+    path = rec.write(decision_path(ckpt))
+    back = read_decision(path, ckpt, ["A", "B"])
+    data = json.loads(path.read_text())
+    data["thresholds"] = {"A": None, "B": 0.3}
+    path.write_text(json.dumps(data))
+    old = read_decision(path, ckpt, ["A", "B"])
+    assert back.thresholds == old.thresholds == {"B": 0.3}
+    assert old.labels_of(np.array([[0.6, 0.4], [0.4, 0.2]])) == ["A|B", NO_FINDING]  # A at 0.5, B at 0.3
+    data["thresholds"] = {"A": "high", "B": 0.3}
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="thresholds.A"):
+        read_decision(path, ckpt, ["A", "B"])
+
+
+def test_an_undecided_finding_is_named_as_such():
+    rng = np.random.default_rng(4)
+    p = rng.random((2000, 1))
+    y = (rng.random((2000, 1)) < p).astype(float)
+    cal = {"A": np.where(y[:, 0] == 1, 1 - p[:, 0], p[:, 0])}
+    rec = record(["A"], multilabel=True, alpha=0.1, conformal_scores=cal, abstain_ambiguous=True)
+    dec = rec.decide(np.array([[0.0]]))  # p = 0.5: both answers fit at 90 %
+    assert dec.decision == [ABSTAIN] and "a finding is undecided" in dec.reason[0]

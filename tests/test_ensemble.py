@@ -158,3 +158,24 @@ def test_predict_script_refuses_mixed_labels_with_one_line(pair, tmp_path, monke
     (line,) = [x for x in (captured.out + captured.err).splitlines() if "ERROR" in x]
     assert "Ensemble member other" in line and "other.ckpt" in line and "Traceback" not in captured.err
     assert not list(out.glob("predict/*/*"))  # no run directory left behind
+
+
+def test_manifest_without_its_decision_file_keeps_the_members_gates(pair, tmp_path):
+    """A cross-validation ensemble gets a manifest but no ensemble.decision.json (nothing to fit on the test split):
+    its members' OOD gates still guard it, as they do when the same members are passed as a list."""
+    from lungnet.ensemble import ensemble_decision
+    from lungnet.ood import AnyMemberGate, OodGate
+
+    rng = np.random.default_rng(0)
+    a, b = (shutil.copy(p, tmp_path / p.name) for p in pair)
+    for ckpt in (a, b):
+        record = new_record(LABELS, False, ckpt)
+        record.ood = OodGate.fit(rng.normal(size=(40, 6)), rng.integers(0, 3, 40)).calibrate(rng.normal(size=(20, 6)))
+        record.write(decision_path(ckpt))
+    manifest = open_ensemble([str(a), str(b)]).write_manifest(tmp_path / "ensemble.json")
+    assert not decision_path(manifest).exists()
+    for ens in (open_ensemble([str(a), str(b)]), open_ensemble(str(manifest))):
+        assert all(isinstance(m.gate, OodGate) for m in ens.members)
+        record, where = ensemble_decision(ens, "auto")
+        assert isinstance(record.ood, AnyMemberGate) and "OOD gates" in where
+    assert all(m.gate is None for m in open_ensemble(str(manifest), decision="none").members)

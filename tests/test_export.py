@@ -198,3 +198,9 @@ def test_export_carries_the_decision_file(tmp_path):
         assert a["p_Covid-19"] == pytest.approx(b["p_Covid-19"], abs=1e-4)
     assert Predictor(out).describe()["decision"]["split"] == "val"
     assert "prediction_set" not in Predictor(out, decision="none").predict(files)[0]
+    alone = tmp_path / "alone" / out.name  # the model file without its sidecar: the embedded record decides
+    alone.parent.mkdir()
+    alone.write_bytes(out.read_bytes())
+    predictor = Predictor(alone)
+    assert predictor.describe()["decision"]["temperature"] == 0.5 and str(alone) in predictor.decision_file
+    assert [r["decision"] for r in predictor.predict(files)] == [r["decision"] for r in from_onnx]

@@ -161,12 +161,25 @@ def build_record(ev) -> tuple[DecisionRecord, str]:
         "n": int(len(ev.fit.targets)),
         **class_counts(ev.fit.targets, ev.loaded.labels, ev.loaded.multilabel),
     }
-    record.target_sensitivity, record.thresholds = op["target_sensitivity"], dict(op["thresholds"])
+    record.target_sensitivity, record.thresholds = op["target_sensitivity"], finite_thresholds(op["thresholds"])
     record.conformal_scores = true_scores(fit_probs, ev.fit.targets, ev.loaded.labels, ev.loaded.multilabel)
     record.abstain_below = ev.cfg.abstain.below
     record.abstain_ambiguous = bool(ev.cfg.abstain.ambiguous)
     record.ood = gate(ev, existing)
     return record, f"fitted on the **{ev.fit.name}** split ({record.counts['n']} images)"
+
+
+def finite_thresholds(thresholds: dict) -> dict[str, float]:
+    """The thresholds that could be fitted: a class with no positives in the fitting split has none (NaN), and the
+    record leaves it out, so decisions fall back to the default rule for it (0.5, or the arg-max)."""
+    missing = sorted(k for k, v in thresholds.items() if not np.isfinite(v))
+    if missing:
+        log.warning(
+            "No operating point for %s: no positives in the fitting split; the decision file leaves them out "
+            "(0.5 for a finding, the arg-max for a class)",
+            ", ".join(missing),
+        )
+    return {str(k): float(v) for k, v in thresholds.items() if np.isfinite(v)}
 
 
 def class_counts(targets: np.ndarray, labels: list[str], multilabel: bool) -> dict:
