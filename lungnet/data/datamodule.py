@@ -30,7 +30,7 @@ from lungnet.data.checks import (
 )
 from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset
 from lungnet.data.sources import DataError, Source, create_source
-from lungnet.data.splits import ExpectedSplits, assign_splits, write_splits
+from lungnet.data.splits import ExpectedSplits, assign_splits, patients_from_names, write_splits
 from lungnet.data.transforms import Normalize, build_transform
 from lungnet.io import write_json
 from lungnet.models.specs import ModelSpec
@@ -99,7 +99,7 @@ class LungDataModule(pl.LightningDataModule):
 
     def load_table(self, all_images: bool = False) -> pd.DataFrame:
         """Scans, checks and splits the source (``all_images``: every image is split ``all``)."""
-        table = self.source.scan()
+        table = patients_from_names(self.source.scan(), self.cfg.get("patient_pattern"))
         if table.empty:
             raise DataError(f"No images found for dataset '{self.source.name}' under {self.source.root}")
         writer = self._is_writer()

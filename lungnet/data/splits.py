@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +28,55 @@ def _strat_key(table: pd.DataFrame) -> np.ndarray:
     return table["label"].astype(str).str.split("|").str[0].to_numpy()
 
 
+def patients_from_names(table: pd.DataFrame, pattern: str | None) -> pd.DataFrame:
+    """Fills empty ``patient`` cells from the file names: the first matching group of ``pattern`` (a regex searched
+    in the file name, e.g. ``^(\\d{8})_`` for NIH's ``00000061_012.png``). Ids a source read from its labels stay.
+
+    Raises:
+        DataError: ``pattern`` is not a regular expression with a group.
+    """
+    if not pattern:
+        return table
+    try:
+        found = table["path"].map(lambda p: Path(p).name).str.extract(pattern, expand=True)
+    except (re.error, ValueError) as exc:
+        raise DataError(f"data.patient_pattern={pattern!r} is not a regex with a (group) for the id: {exc}") from exc
+    ids = found.bfill(axis=1).iloc[:, 0].fillna("")  # the first group that matched
+    table = table.copy()
+    empty = table["patient"].astype(str) == ""
+    table.loc[empty, "patient"] = ids[empty].astype(str)
+    named = (table["patient"].astype(str) != "") & empty
+    log.info(
+        "Patient ids from file names (%s): %d of %d images, %d patients; other images are their own group",
+        pattern,
+        int(named.sum()),
+        len(table),
+        table.loc[named, "patient"].nunique(),
+    )
+    return table
+
+
 def _groups(table: pd.DataFrame) -> np.ndarray:
-    patient = table["patient"].astype(str)
-    # images without a patient id are their own group
-    return np.where(patient == "", "img:" + table.index.astype(str), "pat:" + patient)
+    """One group per patient (an image without a patient id is its own); groups holding copies of the same file
+    (same ``sha1``) are merged, so a copy never lands on the other side of a split."""
+    patient = table["patient"].astype(str).to_numpy()
+    groups = np.where(patient == "", "img:" + table.index.astype(str), "pat:" + patient)
+    if "sha1" not in table:
+        return groups
+    parent = {g: g for g in groups}
+
+    def root(g: str) -> str:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    sha = table["sha1"].astype(str).to_numpy()
+    for digest in pd.unique(sha[(sha != "") & pd.Series(sha).duplicated(keep=False).to_numpy()]):
+        first, *rest = (root(g) for g in groups[sha == digest])
+        for g in rest:
+            parent[g] = first
+    return np.array([root(g) for g in groups])
 
 
 def holdout(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
@@ -114,7 +160,8 @@ def assign_splits(
         held = holdout(table.iloc[idx], test_fraction, seed)
         split[idx[held]] = "test"
         unassigned = split == ""
-    pool = np.flatnonzero(unassigned | (split == "trainval") | ((split == "train") & (carve_val or cv_folds > 1)))
+    folded = (split == "train") & (carve_val or cv_folds > 1) | (split == "val") & (cv_folds > 1)
+    pool = np.flatnonzero(unassigned | (split == "trainval") | folded)
     has_val = (split == "val").any()
     if len(pool) and (cv_folds > 1 or carve_val or not has_val):
         sub = table.iloc[pool]

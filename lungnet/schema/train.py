@@ -41,6 +41,9 @@ class DataConfig(EvalDataOverrides):
     source: str = opt(help="the reader: synthetic pneumonia lung5 cxr4 darkcovidnet nih6 nih14")
     root: str = opt(help="folder holding the data set")
     options: dict[str, Any] = opt(factory=dict, help="source-specific options (e.g. nih6 findings)")
+    patient_pattern: str | None = opt(
+        None, "regex on file names whose first (group) is the patient id (data sets without a patient column)"
+    )
     carve_val: bool = opt(False, "carve a stratified validation split from train (ignore a shipped val)")
     val_fraction: float = opt(0.1, "validation share when the data set ships no val split", ge=0, lt=1)
     test_fraction: float = opt(0.0, "test share when the data set ships no test split", ge=0, lt=1)

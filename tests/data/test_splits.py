@@ -8,6 +8,7 @@ from lungnet.data.splits import (
     assign_splits,
     changed_splits,
     check_patient_overlap,
+    patients_from_names,
     split_fingerprint,
     write_splits,
 )
@@ -94,3 +95,44 @@ def test_split_fingerprint_follows_the_images_not_their_paths():
         expected.verify(swapped, "/data")
     ExpectedSplits(before, "m.ckpt", "explain", allow=True).verify(swapped, "/data")  # a warning only
     ExpectedSplits(None, "old.ckpt", "resume").verify(swapped, "/data")  # nothing recorded: not verified
+
+
+def _nih_named(n_patients=60, per=3) -> pd.DataFrame:
+    """NIH-style file names, <patient>_<follow-up>.jpg, no patient column (as a folder data set reads them)."""
+    rows = [
+        {"path": f"/d/{lab}/{p:08d}_{k:03d}.jpg", "label": lab, "patient": "", "split": ""}
+        for p in range(n_patients)
+        for k in range(per)
+        for lab in ["A" if p % 2 else "B"]
+    ]
+    rows += [{"path": f"/d/C/covid-{i}.jpg", "label": "C", "patient": "", "split": ""} for i in range(20)]
+    return pd.DataFrame(rows)
+
+
+def test_patient_ids_from_file_names_keep_a_patient_in_one_fold():
+    t = patients_from_names(_nih_named(), r"^(\d{8})_\d{3}\.")
+    assert t.loc[0, "patient"] == "00000000" and (t["patient"] == "").sum() == 20  # covid-*: their own group
+    vals = [assign_splits(t, seed=0, cv_folds=5, cv_fold=k) for k in range(5)]
+    assert all(check_patient_overlap(v)["train/val"] == 0 for v in vals)
+    ungrouped = assign_splits(_nih_named(), seed=0, cv_folds=5, cv_fold=0)  # what a name-blind split did
+    assert ungrouped.assign(patient=t["patient"]).pipe(check_patient_overlap)["train/val"] > 0
+    kept = patients_from_names(t.assign(patient="p1"), r"^(\d{8})_")  # ids a source read stay
+    assert (kept["patient"] == "p1").all()
+    with pytest.raises(DataError, match=r"data.patient_pattern='\[' is not a regex"):
+        patients_from_names(t, "[")
+
+
+def test_copies_of_one_file_stay_on_one_side():
+    t = _table(patients=False)
+    t["sha1"] = [f"{i:040x}" for i in range(len(t))]
+    t.loc[[3, 150], "sha1"] = t.loc[[7, 9], "sha1"].to_numpy()  # 3 is a copy of 7, 150 of 9
+    for k in range(5):
+        split = assign_splits(t, seed=0, cv_folds=5, cv_fold=k)["split"]
+        assert split[3] == split[7] and split[150] == split[9]
+
+
+def test_a_shipped_val_split_joins_the_folds():
+    t = _table(patients=False)
+    t["split"] = ["val" if i < 20 else "train" for i in range(len(t))]
+    vals = [assign_splits(t, seed=0, cv_folds=5, cv_fold=k)["split"] == "val" for k in range(5)]
+    assert sum(v.sum() for v in vals) == len(t) and (np.sum(vals, axis=0) == 1).all()  # each row val exactly once
