@@ -131,10 +131,10 @@ def assign_splits(
 
     Shipped splits are kept. Rows without one are divided: ``test_fraction`` becomes test (only
     when the data set ships no test split), then ``val_fraction`` of the rest becomes val. A shipped
-    ``trainval`` part is divided into train and val. With ``carve_val`` a validation split is carved
-    from train even when the data set ships one (the shipped val is then dropped: e.g. the 16-image
-    official val of the Kaggle pneumonia set). With ``cv_folds`` > 1, val is fold ``cv_fold`` of a
-    k-fold over the non-test rows.
+    ``trainval`` part is divided into train and val, and so is a shipped train when no val is shipped.
+    With ``carve_val`` a validation split is carved from train even when the data set ships one (the
+    shipped val is then dropped: e.g. the 16-image official val of the Kaggle pneumonia set). With
+    ``cv_folds`` > 1, val is fold ``cv_fold`` of a k-fold over the non-test rows.
 
     Args:
         table: the source table.
@@ -160,10 +160,11 @@ def assign_splits(
         held = holdout(table.iloc[idx], test_fraction, seed)
         split[idx[held]] = "test"
         unassigned = split == ""
-    folded = (split == "train") & (carve_val or cv_folds > 1) | (split == "val") & (cv_folds > 1)
-    pool = np.flatnonzero(unassigned | (split == "trainval") | folded)
     has_val = (split == "val").any()
-    if len(pool) and (cv_folds > 1 or carve_val or not has_val):
+    carve = carve_val or cv_folds > 1 or not has_val and val_fraction > 0  # no val shipped: carve one from train
+    folded = (split == "train") & carve | (split == "val") & (cv_folds > 1)
+    pool = np.flatnonzero(unassigned | (split == "trainval") | folded)
+    if len(pool) and (cv_folds > 1 or carve_val or not has_val) and (cv_folds > 1 or val_fraction > 0):
         sub = table.iloc[pool]
         held = kfold(sub, cv_folds, cv_fold, seed) if cv_folds > 1 else holdout(sub, val_fraction, seed + 1)
         split[pool] = np.where(held, "val", "train")

@@ -62,7 +62,6 @@ FREE_KEYS = (
     "data.pin_memory",
     "data.cache",
     "data.cache_dir",
-    "data.verify",
     "paths.",
     "logger.",
     "callbacks.model_checkpoint.dirpath",

@@ -136,3 +136,11 @@ def test_a_shipped_val_split_joins_the_folds():
     t["split"] = ["val" if i < 20 else "train" for i in range(len(t))]
     vals = [assign_splits(t, seed=0, cv_folds=5, cv_fold=k)["split"] == "val" for k in range(5)]
     assert sum(v.sum() for v in vals) == len(t) and (np.sum(vals, axis=0) == 1).all()  # each row val exactly once
+
+
+def test_a_shipped_train_without_val_gives_up_a_val_split():
+    t = _table(patients=False)
+    t["split"] = ["test" if i < 40 else "train" for i in range(len(t))]
+    sizes = assign_splits(t, seed=0, val_fraction=0.1)["split"].value_counts().to_dict()
+    assert sizes == {"train": 144, "val": 16, "test": 40}
+    assert "val" not in assign_splits(t, seed=0, val_fraction=0.0)["split"].values  # asked for none

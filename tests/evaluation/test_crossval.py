@@ -86,6 +86,11 @@ def test_folds_that_do_not_belong_together_are_refused(cv_runs, tmp_path):
     with pytest.raises(DataError, match="different settings.*optimizer.lr"):
         summarise(find_fold_runs(mixed))
     cfg["optimizer"]["lr"] = fold0["optimizer"]["lr"]
+    cfg["data"]["verify"] = not fold0["data"]["verify"]  # decides which broken files drop out: it moves the folds
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DataError, match="different settings.*data.verify"):
+        summarise(find_fold_runs(mixed))
+    cfg["data"]["verify"] = fold0["data"]["verify"]
     cfg["data"]["num_workers"], cfg["trainer"]["enable_progress_bar"] = 7, True  # how fast, not what: allowed
     cfg["new_key_in_a_later_version"] = 1
     config.write_text(yaml.safe_dump(cfg))
