@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungnet.data.sources import DataError
 from lungnet.evaluation.report import fmt, fmt_ci, table
+from lungnet.evaluation.resample import Resampler
 from lungnet.evaluation.stats import bootstrap_ci, paired_bootstrap
 from lungnet.io import write_csv, write_json, write_text
 
@@ -102,8 +103,25 @@ def load_fold(run: Path) -> dict:
         "settings": _settings(cfg),
         "select": str(metrics.get("selected", "best")),
         "val": metrics["val"],
-        "predictions": pd.read_csv(run / "predictions_val.csv"),
+        "predictions": with_patients(pd.read_csv(run / "predictions_val.csv"), run / "splits" / "val.csv"),
     }
+
+
+def with_patients(predictions: pd.DataFrame, split_file: Path) -> pd.DataFrame:
+    """``predictions`` with a ``patient`` column from the fold's split file ('' where unknown or no file)."""
+    patients = pd.Series(dtype=str)
+    if split_file.is_file():
+        table = pd.read_csv(split_file, dtype={"patient": str}, keep_default_na=False)
+        patients = table.drop_duplicates("path").set_index("path")["patient"]
+    return predictions.assign(patient=predictions["path"].map(patients).fillna("").astype(str))
+
+
+def patient_groups(oof: pd.DataFrame) -> np.ndarray | None:
+    """Bootstrap groups: the patient, or the image itself when its patient is unknown (None: no patient known)."""
+    patient = oof["patient"].fillna("").astype(str) if "patient" in oof else pd.Series("", index=oof.index)
+    if (patient == "").all():
+        return None
+    return np.where(patient == "", "img:" + oof["path"].astype(str), "pat:" + patient).astype(str)
 
 
 def check_folds(folds: list[dict]) -> None:
@@ -168,7 +186,8 @@ def summarise(runs: list[Path], resamples: int = 1000, seed: int = 0) -> dict:
     oof = pd.concat([f["predictions"].assign(fold=f["fold"]) for f in folds], ignore_index=True)
     multilabel = "accuracy" not in folds[0]["val"]  # multi-label runs report AUROC/F1 per finding, no accuracy
     labels, probs, targets = oof_arrays(oof, multilabel)
-    pooled = bootstrap_ci(probs, targets, labels, multilabel, resamples=resamples, seed=seed)
+    groups = patient_groups(oof)
+    pooled = bootstrap_ci(probs, targets, labels, multilabel, resamples=resamples, seed=seed, groups=groups)
     return {
         "multilabel": multilabel,
         "folds_expected": k,
@@ -182,6 +201,7 @@ def summarise(runs: list[Path], resamples: int = 1000, seed: int = 0) -> dict:
         "mean": {m: float(per_fold[m].mean()) for m in FOLD_METRICS},
         "std": {m: float(per_fold[m].std(ddof=1)) if len(per_fold) > 1 else float("nan") for m in FOLD_METRICS},
         "pooled": pooled,
+        "resampled": Resampler(len(oof), groups).describe(),
         "oof": oof,
     }
 
@@ -210,7 +230,7 @@ def render(summary: dict) -> str:
             table(head, rows),
             "",
             f"Pooled out-of-fold predictions ({len(summary['oof'])} images, each scored by the one model that "
-            "did not train on it), 95% bootstrap CIs:",
+            f"did not train on it), 95% bootstrap CIs (resampling {summary.get('resampled', 'images')}):",
             "",
             table(["metric", "value [95% CI]"], pooled_rows),
             "",
@@ -260,10 +280,15 @@ def compare(variant: dict, baseline: dict, resamples: int = 1000, seed: int = 0)
     b = b.loc[a.index]
     _, probs_a, targets = oof_arrays(a, variant["multilabel"])
     _, probs_b, _ = oof_arrays(b, variant["multilabel"])
-    metrics = paired_bootstrap(probs_a, probs_b, targets, variant["multilabel"], resamples=resamples, seed=seed)
+    known = a["patient"].where(a["patient"] != "", b["patient"]) if "patient" in a and "patient" in b else None
+    groups = patient_groups(a.assign(patient=known).reset_index()) if known is not None else None
+    metrics = paired_bootstrap(
+        probs_a, probs_b, targets, variant["multilabel"], resamples=resamples, seed=seed, groups=groups
+    )
     return {
         "folds": folds,
         "images": len(a),
+        "resampled": Resampler(len(a), groups).describe(),
         "variant": {"model": variant["model"], "runs": variant["runs"]},
         "baseline": {"model": baseline["model"], "runs": baseline["runs"]},
         "metrics": metrics,
@@ -284,8 +309,8 @@ def render_comparison(result: dict) -> str:
             "",
             f"A: {', '.join(where[0])}; B: {', '.join(where[1])}. Folds {result['folds']}, {result['images']} "
             "images, each scored out of fold by both. Differences A - B with 95% paired bootstrap intervals "
-            "(the same images resampled for both); the last column is the share of resamples in which A "
-            "scored better (lower, for loss).",
+            f"(the same {result.get('resampled', 'images')} resampled for both); the last column is the share of "
+            "resamples in which A scored better (lower, for loss).",
             "",
             table(["metric", "A", "B", "A - B [95% CI]", "A better"], rows),
             "",

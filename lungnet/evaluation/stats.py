@@ -23,6 +23,8 @@ from scipy.optimize import minimize_scalar
 from scipy.stats import rankdata
 from sklearn.metrics import roc_curve
 
+from lungnet.evaluation.resample import Resampler
+
 log = logging.getLogger(__name__)
 
 EPS = 1e-7
@@ -159,8 +161,9 @@ def bootstrap_ci(
     resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Percentile bootstrap confidence intervals (images resampled with replacement).
+    """Percentile bootstrap confidence intervals (images, or with ``groups`` whole patients, resampled).
 
     Args:
         probs: (N, C) probabilities.
@@ -170,6 +173,7 @@ def bootstrap_ci(
         resamples: number of bootstrap resamples.
         seed: random seed; the same seed gives the same intervals.
         level: coverage of the interval.
+        groups: (N,) patient per image (`lungnet.evaluation.resample.Resampler`); None resamples images.
 
     Returns:
         ``{metric: {"value", "lo", "hi", "resamples"}}`` where ``value`` is the estimate on all data and
@@ -177,8 +181,7 @@ def bootstrap_ci(
     """
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets)
-    rng = np.random.default_rng(seed)
-    n = len(probs)
+    rng, n = np.random.default_rng(seed), len(probs)
 
     def stats(p: np.ndarray, t: np.ndarray) -> dict[str, float]:
         auroc = per_class_auroc(p, t, multilabel)
@@ -190,8 +193,9 @@ def bootstrap_ci(
     point = stats(probs, targets)
     draws: dict[str, list[float]] = {k: [] for k in point}
     if n:
+        draw = Resampler(n, groups).draw
         for _ in range(int(resamples)):
-            idx = rng.integers(0, n, n)
+            idx = draw(rng)
             for key, value in stats(probs[idx], targets[idx]).items():
                 draws[key].append(value)
     alpha = (1 - level) / 2
@@ -211,6 +215,7 @@ def paired_bootstrap(
     resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """Differences A - B of the headline metrics of two models' predictions for the same images.
 
@@ -225,6 +230,7 @@ def paired_bootstrap(
         resamples: number of bootstrap resamples.
         seed: random seed.
         level: coverage of the interval.
+        groups: as in `bootstrap_ci` (whole patients resampled).
 
     Returns:
         ``{metric: {"a", "b", "diff", "lo", "hi", "resamples", "a_better"}}``: both point values, their difference
@@ -237,8 +243,9 @@ def paired_bootstrap(
     point_a, point_b = headline(probs_a, targets, multilabel), headline(probs_b, targets, multilabel)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in point_a}
+    draw = Resampler(len(targets), groups).draw
     for _ in range(int(resamples)):
-        idx = rng.integers(0, len(targets), len(targets))
+        idx = draw(rng)
         a, b = headline(probs_a[idx], targets[idx], multilabel), headline(probs_b[idx], targets[idx], multilabel)
         for key in draws:
             draws[key].append(a[key] - b[key])

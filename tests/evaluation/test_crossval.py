@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from omegaconf import OmegaConf
 from lungnet.cli import crossval
 from lungnet.data.sources import DataError
 from lungnet.evaluation.compare import find_checkpoints
-from lungnet.evaluation.crossval import compare, find_fold_runs, summarise, write_summary
+from lungnet.evaluation.crossval import compare, find_fold_runs, render, summarise, write_summary
 from lungnet.training import train
 from tests.conftest import compose_cfg, make_class_folders, run_cli, run_script
 from tests.evaluation.conftest import TINY
@@ -54,6 +55,21 @@ def test_pooled_out_of_fold_predictions_cover_every_image_once(cv_runs, tmp_path
     assert [p.name for p in find_checkpoints(str(cv_runs))] == ["last.ckpt"] * 3  # compare.py scores what was reported
     pooled_acc = float((oof["true"] == oof["predicted"]).mean())
     assert summary["pooled"]["accuracy"]["value"] == pytest.approx(pooled_acc)
+    assert summary["resampled"] == "images"  # these file names carry no patient id
+
+
+def test_the_pooled_intervals_resample_patients_when_the_splits_name_them(cv_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(cv_runs, runs)
+    for split_file in runs.glob("*/splits/val.csv"):
+        table = pd.read_csv(split_file)
+        table["patient"] = [f"p{Path(path).stem[-1]}" for path in table["path"]]  # 10 ids over 18 images
+        table.to_csv(split_file, index=False)
+    summary = summarise(find_fold_runs(runs), resamples=20)
+    patients = summary["oof"]["path"].map(lambda path: f"p{Path(path).stem[-1]}")
+    assert (summary["oof"]["patient"] == patients).all()
+    assert summary["resampled"] == f"patients ({patients.nunique()} for 18 images)"
+    assert "resampling patients" in render(summary)
     per_fold = pd.DataFrame(summary["per_fold"])
     assert summary["mean"]["accuracy"] == pytest.approx(per_fold["accuracy"].mean())
     md = write_summary(summary, tmp_path / "out").read_text()
