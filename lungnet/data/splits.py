@@ -79,13 +79,15 @@ def _groups(table: pd.DataFrame) -> np.ndarray:
     return np.array([root(g) for g in groups])
 
 
-def holdout(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of a stratified, patient-grouped held-out part of ``table``.
+def holdout(table: pd.DataFrame, fraction: float, seed: int, key: str = "data.val_fraction") -> np.ndarray:
+    """Boolean mask of a stratified, patient-grouped held-out part of ``table``: one fold of ``round(1 / fraction)``,
+    so 0.5, 0.33, 0.25, 0.2 and 0.1 are held out as asked; another fraction is rounded that way (a warning says so).
 
     Args:
         table: rows to split (needs ``label`` and ``patient``).
         fraction: share of rows to hold out (0 < fraction < 1).
         seed: random seed.
+        key: the config key of ``fraction``, named in the warning.
 
     Returns:
         A boolean array, True for held-out rows.
@@ -105,6 +107,17 @@ def holdout(table: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
         _, held = next(splitter.split(x, y, groups))
     mask = np.zeros(len(table), dtype=bool)
     mask[held] = True
+    if abs(1 / n_splits - fraction) > 0.02:
+        log.warning(
+            "%s=%g holds out %.2f of the images (%d of %d): the held-out part is one of %d stratified, patient-grouped "
+            "folds; 0.5, 0.33, 0.25, 0.2 or 0.1 give the share they name",
+            key,
+            fraction,
+            mask.mean(),
+            mask.sum(),
+            len(mask),
+            n_splits,
+        )
     return mask
 
 
@@ -157,7 +170,7 @@ def assign_splits(
     unassigned = split == ""
     if test_fraction > 0 and not (split == "test").any() and unassigned.any():
         idx = np.flatnonzero(unassigned)
-        held = holdout(table.iloc[idx], test_fraction, seed)
+        held = holdout(table.iloc[idx], test_fraction, seed, "data.test_fraction")
         split[idx[held]] = "test"
         unassigned = split == ""
     has_val = (split == "val").any()

@@ -144,3 +144,11 @@ def test_a_shipped_train_without_val_gives_up_a_val_split():
     sizes = assign_splits(t, seed=0, val_fraction=0.1)["split"].value_counts().to_dict()
     assert sizes == {"train": 144, "val": 16, "test": 40}
     assert "val" not in assign_splits(t, seed=0, val_fraction=0.0)["split"].values  # asked for none
+
+
+def test_a_fraction_that_is_not_one_fold_of_k_is_said(caplog):
+    t = _table(patients=False)
+    assign_splits(t, seed=0, val_fraction=0.2)
+    assert "holds out" not in caplog.text
+    sizes = assign_splits(t, seed=0, val_fraction=0.4)["split"].value_counts()
+    assert sizes["val"] == 100 and "data.val_fraction=0.4 holds out 0.50 of the images" in caplog.text
