@@ -56,13 +56,18 @@ class FreezeUnfreeze(BaseFinetuning):
         self.freeze(pl_module.model.backbone, train_bn=self.train_bn)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer) -> None:
+        backbone = pl_module.model.backbone
         if epoch == self.unfreeze_at_epoch:
             lr = optimizer.param_groups[0]["lr"] * self.unfreeze_lr_mult
             log.info("Epoch %d: unfreezing the backbone at lr %.2e", epoch, lr)
-            self.unfreeze_and_add_param_group(
-                pl_module.model.backbone, optimizer, lr=lr, train_bn=True, initial_denom_lr=1.0
-            )
-            pl_module.model.backbone.train()  # its BatchNorm layers were held in eval mode while frozen
+            self.unfreeze_and_add_param_group(backbone, optimizer, lr=lr, train_bn=True, initial_denom_lr=1.0)
+            backbone.train()  # its BatchNorm layers were held in eval mode while frozen
+        elif epoch > self.unfreeze_at_epoch and not all(p.requires_grad for p in backbone.parameters()):
+            # resumed after the unfreeze epoch: Lightning's setup froze the backbone again and on_fit_start put its
+            # parameter group (with its saved learning rate) back into the optimiser
+            log.info("Epoch %d: resumed after epoch %d, the backbone trains again", epoch, self.unfreeze_at_epoch)
+            self.make_trainable(backbone)
+            backbone.train()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)

@@ -133,6 +133,7 @@ def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_
             f"Cannot resume from {path}: it was trained with a weight average (ema.decay or swa.epochs) and this "
             "config has none; resuming would continue from the averaged weights. Resume with the same setting."
         )
+    check_resume_length(hp, path, module.hparams)
     own = module.state_dict()
     wrong = [k for k, v in ckpt["state_dict"].items() if k in own and own[k].shape != v.shape]
     if wrong:
@@ -168,6 +169,24 @@ def build_callbacks(cfg: DictConfig, has_val: bool) -> list[pl.Callback]:
             raise ConfigError(f"callbacks.{name}: cannot build {spec['_target_']}: {first_line(exc)}") from exc
         log.debug("Callback %s: %s", name, spec["_target_"])
     return out
+
+
+def check_resume_length(hp: dict, path: Path, ours) -> None:
+    """``trainer.max_epochs`` may change on resume unless the learning-rate schedule is laid out over it (cosine
+    with ``scheduler.T_max: null``): the restored schedule would run past its end and its learning rate climb again.
+
+    Raises:
+        CheckpointError: the length changed under such a schedule.
+    """
+    then, now = hp.get("max_epochs"), ours.get("max_epochs")
+    scheduler = ours.get("scheduler") or {}
+    cosine = str(scheduler.get("_target_", "")).endswith("CosineAnnealingLR") and scheduler.get("T_max") is None
+    if then is not None and now is not None and int(then) != int(now) and cosine:
+        raise CheckpointError(
+            f"Cannot resume from {path} with trainer.max_epochs={now}: its cosine learning-rate schedule was laid out "
+            f"over {then} epochs and would restart past them. Resume with trainer.max_epochs={then}, or start a new "
+            "run (scheduler=none or plateau, or a fixed scheduler.T_max, can be resumed for longer)"
+        )
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, resume_from: tuple[int, int] | None = None):

@@ -47,6 +47,10 @@ def validate_config(cfg: DictConfig, source: Source) -> None:
     monitors = sorted({"val/loss", "train/loss_epoch", *(f"val/{n}" for n in names)})
     if cfg.checkpoint.monitor not in monitors:
         raise ConfigError(f"checkpoint.monitor={cfg.checkpoint.monitor!r} is not logged; choose one of: {monitors}")
+    if "loss" in str(cfg.checkpoint.monitor) and str(cfg.checkpoint.mode) == "max":
+        raise ConfigError(f"checkpoint.monitor={cfg.checkpoint.monitor} is a loss: set checkpoint.mode=min too")
+    if source.multilabel and str(cfg.data.balance) == "sampler":
+        raise ConfigError("data.balance=sampler draws by class, which multi-label data has not: use data.balance=loss")
     stopping = OmegaConf.select(cfg, "callbacks.early_stopping.patience", default=0)
     if cfg.checkpoint.select == "last" and stopping:
         raise ConfigError(
@@ -160,6 +164,12 @@ def check_optimizer(cfg: DictConfig) -> None:
         raise ConfigError(f"scheduler: cannot build {sched_cfg.get('_target_')}: {first_line(exc)}") from exc
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and int(cfg.warmup_epochs):
         raise ConfigError("warmup_epochs>0 does not combine with scheduler=plateau: set warmup_epochs=0")
+    unfreeze, warmup = int(OmegaConf.select(cfg, "finetune.unfreeze_at_epoch", default=0)), int(cfg.warmup_epochs)
+    if scheduler is not None and 0 < unfreeze < warmup:
+        raise ConfigError(
+            f"finetune.unfreeze_at_epoch={unfreeze} falls inside the warm-up (warmup_epochs={warmup}): the scheduler "
+            "after the warm-up cannot take the backbone's parameter group; unfreeze at or after the warm-up's end"
+        )
 
 
 def first_line(exc: BaseException) -> str:

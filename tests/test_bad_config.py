@@ -15,7 +15,7 @@ from lungnet.evaluation.run import evaluate
 from lungnet.launch import config_error_line
 from lungnet.training import train
 from tests.conftest import TINY as BASE_TINY
-from tests.conftest import compose_cfg, make_class_folders, run_script, write_png
+from tests.conftest import compose_cfg, make_class_folders, run_script, shared, write_png
 
 TINY = [*BASE_TINY, "log_figures_every=100"]
 
@@ -232,6 +232,9 @@ BAD_VALUES = [
         ["paths.output_dir=/somewhere/else is this run's own directory", "paths.log_dir"],
     ),
     ("warmup_epochs=1 scheduler=plateau", ["warmup_epochs>0 does not combine with scheduler=plateau"]),
+    ("warmup_epochs=2 finetune.unfreeze_at_epoch=1", ["finetune.unfreeze_at_epoch=1 falls inside the warm-up"]),
+    ("checkpoint.monitor=val/loss", ["checkpoint.monitor=val/loss is a loss: set checkpoint.mode=min"]),
+    ("progressive_resize.start_size=16", ["progressive_resize.start_size=16 must be a number >= 32"]),
 ]
 if not CUDA:
     BAD_VALUES.append(("trainer.accelerator=gpu", ["trainer.accelerator=gpu: no CUDA device", "available here: cpu"]))
@@ -250,4 +253,11 @@ def test_every_user_facing_key_refuses_bad_values(two_class_folder, tmp_path, ca
     assert "\n" not in message
     for text in expected:
         assert text in message, message
+    _nothing_written(run)
+
+
+def test_a_class_sampler_is_refused_for_multilabel_data(tmp_path, caplog):
+    run = tmp_path / "run"
+    message = _refusal(["data=nih14", f"data.root={shared('nih')}", "data.balance=sampler", *TINY], run, caplog)
+    assert "data.balance=sampler draws by class, which multi-label data has not" in message
     _nothing_written(run)

@@ -191,6 +191,41 @@ def test_frozen_backbone_normalises_with_its_running_statistics(tmp_path):
     assert {s for s in seen if s[0] == 1} == {(1, True, False)}  # unfrozen: trained, batch statistics
 
 
+class CrashAt(pl.Callback):
+    """Test-only: raises at the start of epoch ``epoch`` while ``armed`` (a crash the run is resumed from)."""
+
+    armed = False
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if CrashAt.armed and trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_run_resumed_after_the_unfreeze_epoch_trains_the_backbone(tmp_path):
+    BatchNormModes.instances.clear()
+    spies = [
+        "+callbacks.bn._target_=tests.test_callbacks.BatchNormModes",
+        "+callbacks.crash._target_=tests.test_callbacks.CrashAt",
+        "+callbacks.crash.epoch=2",
+        "trainer.max_epochs=3",
+        "finetune.unfreeze_at_epoch=1",
+    ]
+    CrashAt.armed = True
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            _train(tmp_path, *spies)
+    finally:
+        CrashAt.armed = False
+    _train(tmp_path, *spies, "resume=true")
+    seen = BatchNormModes.instances[-1].seen
+    assert seen and set(seen) == {(2, True, False)}  # the resumed epoch 2: unfrozen, BatchNorm training
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert ckpt["epoch"] == 2 and len(ckpt["optimizer_states"][0]["param_groups"]) == 2
+
+
 def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch, caplog):
     """ENOSPC in the middle of writing a checkpoint: no *.tmp left, best.ckpt as it was, one line, exit 2."""
     from lightning_fabric.plugins.io import torch_io

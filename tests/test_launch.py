@@ -82,6 +82,7 @@ def test_resume_run_dir_alone_continues_the_run(tmp_path):
         "data=pneumoniamnist",
         f"data.root={data}",
         *TINY,
+        "scheduler=none",  # a schedule not laid out over max_epochs: the run may be resumed for longer
         "log_figures_every=100",
         f"hydra.run.dir={run}",
     ]

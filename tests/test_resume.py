@@ -15,7 +15,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from lungnet.checkpoint import read_checkpoint
+from lungnet.checkpoint import CheckpointError, read_checkpoint
 from lungnet.data.sources import DataError
 from lungnet.training import resume_target, train
 from tests.conftest import ROOT, TINY, compose_cfg, make_class_folders, offline_env, write_png
@@ -149,7 +149,7 @@ def test_refused_resume_leaves_the_run_directory_as_it_was(tmp_path, change, pol
     """
     data = make_class_folders(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], 8, ["train", "val"])
     run = tmp_path / "run"
-    args = ["data=pneumoniamnist", f"data.root={data}", f"data.on_bad_file={policy}", *TINY]
+    args = ["data=pneumoniamnist", f"data.root={data}", f"data.on_bad_file={policy}", *TINY, "scheduler=none"]
     train(compose_cfg("train", args), run)
     kept = ["splits/train.csv", "splits/val.csv", "splits/test.csv", "data_report.json", "bad_files.csv"]
     before = {name: (run / name).read_bytes() for name in kept}
@@ -164,3 +164,13 @@ def test_refused_resume_leaves_the_run_directory_as_it_was(tmp_path, change, pol
         train(compose_cfg("train", [*args, *resume]), run)
     assert {name: (run / name).read_bytes() for name in kept} == before
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 0  # not trained further
+
+
+def test_a_longer_resume_under_a_cosine_schedule_is_refused(tmp_path):
+    """The cosine schedule is laid out over trainer.max_epochs: resuming for longer would restart it."""
+    data = make_class_folders(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], 8, ["train", "val"])
+    run, args = tmp_path / "run", ["data=pneumoniamnist", f"data.root={data}", *TINY]
+    train(compose_cfg("train", args), run)
+    with pytest.raises(CheckpointError, match=r"max_epochs=2: its cosine learning-rate schedule was laid out over 1"):
+        train(compose_cfg("train", [*args, "resume=true", "trainer.max_epochs=2"]), run)
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 0

@@ -129,7 +129,7 @@ class SWAConfig:
 @dataclass
 class ProgressiveResizeConfig:
     # the first `epochs` epochs train on batches downsized from start_size, rising linearly to the full input size
-    start_size: int = opt(128, "input side (px) of the first epoch", ge=8)
+    start_size: int = opt(128, "input side (px) of the first epoch (sizes step by 32 px)", ge=32)
     epochs: int = opt(0, "how many first epochs train below the full size; 0: off", ge=0)
 
 
