@@ -106,6 +106,11 @@ class _ScoresTheAverage:
     def _updated(self) -> bool:
         return self._average_model is not None and int(self._average_model.n_averaged) > 0
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if self._device is None and self._average_model is not None:  # setup ran before the model reached its
+            self._average_model.to(pl_module.device)  # device: keep the average beside it (no copy to CPU per step)
+
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._swapped = self._updated()
         if self._swapped:

@@ -288,3 +288,19 @@ def test_mixup_trains_on_soft_targets_and_is_recorded_in_the_checkpoint(tmp_path
     assert 0.0 <= results["val"]["accuracy"] <= 1.0
     ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert ckpt["hyper_parameters"]["mixup"]["cutmix_alpha"] == 1.0
+
+
+def test_the_average_lives_on_the_models_device():
+    """Lightning builds the average at setup, before the model is moved: it follows the model at fit start."""
+    from lungnet.callbacks import WeightEMA
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 2)
+
+    module, callback = Tiny(), WeightEMA(0.5)
+    callback.setup(None, module, "fit")
+    module.to("meta")  # where a strategy would put it (a GPU); "meta" stands in on a CPU-only machine
+    callback.on_fit_start(None, module)
+    assert {p.device.type for p in callback._average_model.parameters()} == {"meta"}
