@@ -39,6 +39,12 @@ IGNORE = -1
 warnings.filterwarnings("ignore", message=r"No (negative|positive) samples (in|found in) target", category=UserWarning)
 
 
+def _present_mean(values: list[float], present) -> float:
+    """Macro average over the classes the data hold (recall and F1 of a class without images are undefined)."""
+    keep = np.asarray(torch.as_tensor(present).tolist(), dtype=bool)
+    return float(np.asarray(values, dtype=np.float64)[keep].mean()) if keep.any() else float("nan")
+
+
 def metric_collection(num_classes: int, multilabel: bool) -> MetricCollection:
     """Epoch-level metrics for the LightningModule (synced across DDP ranks by torchmetrics)."""
     if multilabel:
@@ -94,7 +100,7 @@ def compute_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], m
         return {
             "n": int(len(p)),
             "auroc_macro": float(np.nanmean(per_auroc)) if any(valid) else float("nan"),
-            "f1_macro": float(np.mean(per_f1)),
+            "f1_macro": _present_mean(per_f1, (t == 1).any(0)),
             "per_class": {
                 lab: {"auroc": a, "f1": f, "positives": int((t[:, j] == 1).sum())}
                 for j, (lab, a, f) in enumerate(zip(labels, per_auroc, per_f1, strict=True))
@@ -102,9 +108,11 @@ def compute_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], m
         }
     t = torch.as_tensor(targets, dtype=torch.long)
     kw = {"num_classes": c}
-    present = torch.bincount(t, minlength=c) > 0
+    counts = torch.bincount(t, minlength=c)
+    present = counts > 0
+    defined = present & (counts < len(t))  # AUROC needs positives and negatives
     per_auroc = multiclass_auroc(p, t, average="none", **kw).tolist() if len(t) else [float("nan")] * c
-    per_auroc = [a if ok else float("nan") for a, ok in zip(per_auroc, present.tolist(), strict=True)]
+    per_auroc = [a if ok else float("nan") for a, ok in zip(per_auroc, defined.tolist(), strict=True)]
     per = {
         "precision": multiclass_precision(p, t, average="none", **kw).tolist(),
         "recall": multiclass_recall(p, t, average="none", **kw).tolist(),
@@ -116,10 +124,10 @@ def compute_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], m
     return {
         "n": int(len(p)),
         "accuracy": _safe(multiclass_accuracy, p, t, average="micro", **kw),
-        "precision_macro": float(np.mean(per["precision"])),
-        "recall_macro": float(np.mean(per["recall"])),
-        "f1_macro": float(np.mean(per["f1"])),
-        "auroc_macro": float(np.nanmean(per_auroc)) if any(present) else float("nan"),
+        "precision_macro": _present_mean(per["precision"], present),
+        "recall_macro": _present_mean(per["recall"], present),
+        "f1_macro": _present_mean(per["f1"], present),
+        "auroc_macro": float(np.nanmean(per_auroc)) if any(defined) else float("nan"),
         "per_class": {
             lab: {
                 "precision": per["precision"][j],

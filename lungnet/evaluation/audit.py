@@ -35,6 +35,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, Subset
 
+from lungnet.data.images import is_dicom
 from lungnet.evaluation import stats
 from lungnet.explain.base import resolve_layer
 from lungnet.explain.cams import make_explainer
@@ -182,6 +183,17 @@ def class_heat(
     return heats, maps, grid
 
 
+def native_size(path: str | Path) -> str:
+    """``<width>x<height> px`` of a file as stored: its image header, or a DICOM's Columns x Rows."""
+    if is_dicom(path):
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        return f"{int(ds.Columns)}x{int(ds.Rows)} px"
+    with Image.open(path) as img:
+        return "{}x{} px".format(*img.size)
+
+
 def source_groups(
     paths: list[str], mode: str, labels: list[str] | None = None, min_share: float = 0.1
 ) -> tuple[np.ndarray | None, str]:
@@ -205,7 +217,7 @@ def source_groups(
             return np.asarray(folders), "the folder holding each image"
         if mode == "folder":
             return None, "no folders below the class folders: no folder sources"
-    sizes = pd.Series(["{}x{} px".format(*Image.open(p).size) for p in paths])
+    sizes = pd.Series([native_size(p) for p in paths])
     share = sizes.map(sizes.value_counts(normalize=True))
     groups = np.where(share >= min_share, sizes, "other sizes")
     if len(set(groups)) < 2:

@@ -225,6 +225,10 @@ def add_audit(ev) -> None:
     opts = ev.opts.get("audit")
     if opts is None:
         return
+    if getattr(ev.loaded, "ensemble", None) is not None:  # the audit re-scores one network on altered images
+        log.info("No shortcut audit for an ensemble: evaluate each member (ckpt=<member>) for its audit")
+        ev.sections.append("## Shortcut audit\n\nNot run for an ensemble: evaluate each member for its audit.")
+        return
     found = audit_evaluation(ev.loaded, ev.dm, ev.split, opts, ev.run_dir, ev.device)
     ev.result["audit"] = audit_json(found)
     ev.files += list(found["figures"].values())

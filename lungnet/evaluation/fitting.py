@@ -32,7 +32,7 @@ def read_thresholds(path: str | Path, labels: list[str]) -> dict[str, float]:
     unknown = set(thresholds) - set(labels)
     if unknown:
         raise DataError(f"{path} names classes {sorted(unknown)} that the checkpoint does not have ({labels})")
-    return {k: float(v) for k, v in thresholds.items()}
+    return {k: float(v) for k, v in thresholds.items() if v is not None}  # None: no positives where it was fitted
 
 
 def positive_class(opts: dict, labels: list[str], multilabel: bool) -> str | None:

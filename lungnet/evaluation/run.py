@@ -74,8 +74,8 @@ def per_class_extras(metrics: dict, probs: np.ndarray, targets: np.ndarray, labe
             sensitivity=float(per["recall"][j]),
             specificity=float(per["specificity"][j]),
         )
-    metrics["precision_macro"] = float(per["precision"].mean())
-    metrics["recall_macro"] = float(per["recall"].mean())
+    metrics["precision_macro"] = stats.macro(per["precision"], per["support"])
+    metrics["recall_macro"] = stats.macro(per["recall"], per["support"])
 
 
 def _plain(obj):

@@ -127,7 +127,14 @@ def threshold_metrics(
         "recall": recall,
         "specificity": _ratio(tn, tn + fp),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "support": tp + fn,
     }
+
+
+def macro(per_class: np.ndarray, support: np.ndarray) -> float:
+    """The mean over the classes the data hold (a class without images has no recall or F1 to average)."""
+    present = np.asarray(support) > 0
+    return float(np.asarray(per_class)[present].mean()) if present.any() else float("nan")
 
 
 def headline(
@@ -141,9 +148,9 @@ def headline(
     per = threshold_metrics(probs, targets, multilabel)
     auroc = per_class_auroc(probs, targets, multilabel) if auroc is None else auroc
     out = {
-        "precision_macro": float(per["precision"].mean()),
-        "recall_macro": float(per["recall"].mean()),
-        "f1_macro": float(per["f1"].mean()),
+        "precision_macro": macro(per["precision"], per["support"]),
+        "recall_macro": macro(per["recall"], per["support"]),
+        "f1_macro": macro(per["f1"], per["support"]),
         "auroc_macro": float(np.nanmean(auroc)) if np.isfinite(auroc).any() else float("nan"),
         "loss": log_loss(probs, targets, multilabel),
     }

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lungnet.evaluation.audit import fill_box, inner_box, regions, source_groups, source_probe, subsample, verdict
-from tests.conftest import write_png
+from tests.conftest import shared, write_png
 
 OPTS = {"flag_auroc": 0.7, "flag_lower": 0.6, "source_auroc": 0.8, "heat_margin": 0.15}
 
@@ -93,3 +94,21 @@ def test_verdict_on_heat_falls_back_to_a_flat_map_when_the_random_maps_are_empty
     assert label == "shortcut likely" and "for a flat map" in reasons[0]
     heat["random"]["outside"] = 0.7
     assert verdict(row(heat=heat), OPTS)[0] == "no shortcut signal found"
+
+
+def test_native_sizes_of_dicom_and_png_files(tmp_path):
+    """The source probe's acquisition proxy reads a DICOM's size from its header (PIL cannot open it)."""
+    from lungnet.evaluation.audit import native_size
+
+    dcm = shared("dicom") / "RG1_UNCR.dcm"
+    png = tmp_path / "a.png"
+    Image.fromarray(np.zeros((20, 30), dtype=np.uint8)).save(png)
+    assert native_size(dcm) == "1841x1955 px" and native_size(png) == "30x20 px"
+
+
+def test_a_thresholds_file_with_an_unfitted_class_reads_back(tmp_path):
+    from lungnet.evaluation.fitting import read_thresholds
+
+    path = tmp_path / "thresholds.json"
+    path.write_text('{"thresholds": {"A": null, "B": 0.3}}')
+    assert read_thresholds(path, ["A", "B"]) == {"B": 0.3}

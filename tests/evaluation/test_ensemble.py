@@ -47,7 +47,8 @@ def members(tiny_ckpt, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def evaluated(members, tmp_path_factory):
     out = tmp_path_factory.mktemp("ens_eval")
-    cfg = compose_cfg("evaluate", [f"ckpt={members}", "split=val", "explain.n=0", *FAST_EVAL])
+    fast = [o for o in FAST_EVAL if o != "audit=false"]  # the audit step on: an ensemble must get past it
+    cfg = compose_cfg("evaluate", [f"ckpt={members}", "split=val", "explain.n=0", *fast])
     return evaluate(cfg, out), out
 
 
@@ -70,6 +71,7 @@ def test_reported_like_one_model_with_members_compared(evaluated):
             assert d["lo"] <= d["diff"] <= d["hi"]
     report = (out / "report.md").read_text()
     assert "## Ensemble vs its members" in report and "](ensemble_vs_members.png)" in report
+    assert "Not run for an ensemble: evaluate each member for its audit" in report
     assert result["model"].startswith("ensemble of 2")
 
 

@@ -198,3 +198,19 @@ def test_reliability_bins_count_every_sample():
     bins = stats.reliability_bins(conf, np.array([0, 1, 1, 0, 1.0]), n_bins=10)
     assert bins["count"].sum() == 5 and bins["count"][0] == 3 and bins["count"][-1] == 1
     assert np.isnan(bins["frequency"][3]) and bins["frequency"][0] == pytest.approx(2 / 3)
+
+
+def test_a_class_the_data_lack_does_not_pull_the_macro_averages_down():
+    """A perfect 3-class model on data holding two of the classes: macro recall/F1 1.0, not 2/3; one class only:
+    AUROC undefined (NaN), not 0."""
+    targets = np.array([0, 0, 1, 1, 1])
+    probs = np.eye(3)[targets] * 0.8 + 0.1
+    probs /= probs.sum(1, keepdims=True)
+    labels = ["A", "B", "C"]
+    split, boot = compute_metrics(probs, targets, labels, False), stats.headline(probs, targets, False)
+    for numbers in (split, boot):
+        assert numbers["recall_macro"] == numbers["f1_macro"] == numbers["precision_macro"] == 1.0
+    assert split["per_class"]["C"]["support"] == 0
+    one = compute_metrics(probs[:2], targets[:2], labels, False)
+    assert np.isnan(one["auroc_macro"]) and np.isnan(one["per_class"]["A"]["auroc"])
+    assert stats.macro(np.array([0.5, 0.0]), np.array([3, 0])) == 0.5
