@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MIN_SIDE = 8
 MAX_PIXELS = 64_000_000  # larger headers are treated as decompression bombs
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 _OPEN_LOCK = threading.Lock()  # warnings filters are process-global: one header parse at a time
 
 
@@ -82,12 +83,37 @@ def _scale_to_unit(arr: np.ndarray) -> np.ndarray:
     return (arr - lo) / (hi - lo)
 
 
+def _dicom_header(path: Path, pydicom):
+    """The header without the pixel data, refused when decoding it could take more memory than the file suggests:
+    a deflated data set (inflated whole in memory) or a frame above `MAX_PIXELS` (rows x columns x samples)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            syntax = str(pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID", ""))
+    except Exception:  # noqa: BLE001 - no file meta (a bare data set): read with force below
+        syntax = ""
+    if syntax == DEFLATED:
+        raise ImageReadError(path, "deflated DICOM is not read (it inflates whole in memory): decompress it first")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
+        raise ImageReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if rows * cols * samples > MAX_PIXELS:
+        raise ImageReadError(path, f"DICOM header claims {cols}x{rows} px x {samples} samples (decompression bomb?)")
+    return ds
+
+
 def _read_dicom(path: Path) -> np.ndarray:
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError as exc:  # pragma: no cover - pydicom is a runtime dependency
         raise ImageReadError(path, "reading DICOM needs pydicom: pip install pydicom") from exc
+    _dicom_header(path, pydicom)  # checked before the pixel data are read
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about every oddity of the header
@@ -96,11 +122,9 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise ImageReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageReadError(path, "DICOM file has no pixel data (PixelData element missing)")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows * cols > MAX_PIXELS:
-        raise ImageReadError(path, f"DICOM header claims {cols}x{rows} px (decompression bomb?)")
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
+        ds.pixel_array_options(index=0)  # the first frame only: never more than the header's size check allowed
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoder plugins raise their own types
         name = getattr(syntax, "name", str(syntax))

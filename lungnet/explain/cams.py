@@ -51,6 +51,7 @@ class CamExplainer(Explainer):
     def release(self) -> None:
         self.cam.activations_and_grads.release()
         self.cam.outputs = None  # the last forward's outputs hold the autograd graph
+        self.model.zero_grad(set_to_none=True)  # the backward pass filled .grad: a second copy of the weights
 
     def attribute(self, images: torch.Tensor, targets: list[LogitTarget]) -> np.ndarray:
         # Gradients must reach the target layer even when the backbone is frozen.

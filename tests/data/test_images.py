@@ -92,3 +92,43 @@ def test_collect_inputs_walks_folders_like_the_data_sets(tmp_path):
     (images / "a" / "loop").symlink_to(images, target_is_directory=True)  # back to a parent: not followed
     found = [p.relative_to(images).as_posix() for p in collect_inputs(images)]
     assert found == ["a/scan", "a/x.png", "linked/y.png"]
+
+
+def _dicom(path, rows: int, cols: int, frames: int = 1, syntax=None):
+    """An 8-bit MONOCHROME2 DICOM of ``frames`` frames, frame k filled with k (``syntax``: how it is written)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    frame = (np.arange(rows * cols) % 200).astype(np.uint8).reshape(rows, cols)
+    ds.PixelData = np.concatenate([frame + k for k in range(frames)]).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_bombs_are_refused_before_their_pixels_are_read(tmp_path):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from lungnet.data import images
+
+    deflated = _dicom(tmp_path / "deflated.dcm", 16, 16, syntax=DeflatedExplicitVRLittleEndian)
+    with pytest.raises(ImageReadError, match="deflated DICOM is not read"):
+        read_image(deflated)
+    many = _dicom(tmp_path / "frames.dcm", 16, 24, frames=5)
+    first = read_image(many)
+    assert first.shape == (16, 24)  # the first frame only
+    assert np.allclose(first, read_image(_dicom(tmp_path / "one.dcm", 16, 24)))
+    large = _dicom(tmp_path / "large.dcm", 64, 64)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(images, "MAX_PIXELS", 64 * 63)
+        with pytest.raises(ImageReadError, match="claims 64x64 px x 1 samples"):
+            read_image(large)

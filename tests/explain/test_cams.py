@@ -124,8 +124,9 @@ def test_hooks_released_after_with_also_on_error(method):
             assert len(layer._forward_hooks) > 0  # hooks are really attached while inside
         explainer(torch.randn(1, 1, 32, 32))
     assert _hooks(model) == 0
-    if hasattr(explainer, "cam"):  # nothing holding the autograd graph is kept either
+    if hasattr(explainer, "cam"):  # nothing holding the autograd graph is kept either, nor the gradients
         assert explainer.cam.outputs is None and not explainer.cam.activations_and_grads.activations
+        assert all(p.grad is None for p in model.parameters())
     # pytorch-grad-cam's own __exit__ swallows IndexError; ours must let every exception through.
     for error in (RuntimeError, IndexError):
         with pytest.raises(error):
