@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, is_torchscript, load_model
 from lungnet.data.images import ImageReadError, read_image
-from lungnet.data.transforms import build_transform, fit_within
+from lungnet.data.transforms import fit_within
 from lungnet.decision import DecisionRecord, Decisions, export_decision, find_decision
 from lungnet.ensemble import EnsembleBackend, ensemble_decision, model_files, open_ensemble
 from lungnet.evaluation.predict import predictions_table
@@ -363,19 +363,8 @@ class Predictor:
         return [r for r in results if r is not None]
 
     def unpad(self, heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """A model-input-sized heatmap laid over the image content: ``resize=pad`` added borders (cut off),
-        ``resize=crop`` saw only the centred square (the cut-off sides get zero)."""
-        if self.prep.resize == "crop":
-            return uncrop(heatmap, shape)
-        if self.prep.resize != "pad":
-            return heatmap
-        # where the image lands in the padded input: run the same transform on an all-ones image
-        pad = build_transform(self.prep.input_size, None, "pad", self.prep.downsample_to)
-        mask = pad(image=np.ones((*shape, 1), np.float32))["image"]
-        rows, cols = np.nonzero(mask[..., 0] > 0.5)
-        if rows.size == 0:
-            return heatmap
-        return heatmap[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        """The heatmap laid over the image's content (`lungnet.preprocessing.Preprocessing.on_image`)."""
+        return self.prep.on_image(heatmap, shape)
 
     def overlay(self, prediction: Prediction, alpha: float = 0.45) -> np.ndarray:
         """RGB uint8 overlay of ``prediction``'s heatmap on its image, at the size of its kept image."""
@@ -384,15 +373,3 @@ class Predictor:
         if prediction.image is None or prediction.heatmap is None:
             raise ValueError(f"{prediction.file}: no heatmap was computed (pass explain=...)")
         return overlay(prediction.image, prediction.heatmap, alpha=alpha)
-
-
-def uncrop(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A heatmap of the centred square of an image of ``shape`` (H, W) placed in a map of the image's aspect
-    ratio, zero where ``resize=crop`` cut the image off."""
-    height, width = shape
-    side = min(height, width)
-    scale = heatmap.shape[0] / side
-    full = np.zeros((max(round(height * scale), 1), max(round(width * scale), 1)), dtype=heatmap.dtype)
-    top, left = (full.shape[0] - heatmap.shape[0]) // 2, (full.shape[1] - heatmap.shape[1]) // 2
-    full[top : top + heatmap.shape[0], left : left + heatmap.shape[1]] = heatmap
-    return full

@@ -53,6 +53,22 @@ class Preprocessing:
             Normalize(self.mean, self.std, self.in_chans),
         )
 
+    def on_image(self, heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """A model-input-sized heatmap laid over the content of an image of ``shape`` (H, W): ``resize=pad`` added
+        borders (cut off), ``resize=crop`` saw only the centred square (the cut-off sides get zero); ``squash``
+        stretched the whole image (the map stretches back when drawn)."""
+        if self.resize == "crop":
+            return uncrop(heatmap, shape)
+        if self.resize != "pad":
+            return heatmap
+        # where the image lands in the padded input: run the same transform on an all-ones image
+        pad = build_transform(self.input_size, None, "pad", self.downsample_to)
+        mask = pad(image=np.ones((*shape, 1), np.float32))["image"]
+        rows, cols = np.nonzero(mask[..., 0] > 0.5)
+        if rows.size == 0:
+            return heatmap
+        return heatmap[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
     def to_dict(self) -> dict:
         """Plain JSON types."""
         d = asdict(self)
@@ -97,6 +113,18 @@ class Preprocessing:
             model=spec.name,
             downsample_to=int(loaded.data["downsample_to"]) if loaded.data.get("downsample_to") else None,
         )
+
+
+def uncrop(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A heatmap of the centred square of an image of ``shape`` (H, W) placed in a map of the image's aspect
+    ratio, zero where ``resize=crop`` cut the image off."""
+    height, width = shape
+    side = min(height, width)
+    scale = heatmap.shape[0] / side
+    full = np.zeros((max(round(height * scale), 1), max(round(width * scale), 1)), dtype=heatmap.dtype)
+    top, left = (full.shape[0] - heatmap.shape[0]) // 2, (full.shape[1] - heatmap.shape[1]) // 2
+    full[top : top + heatmap.shape[0], left : left + heatmap.shape[1]] = heatmap
+    return full
 
 
 def logits_to_probs(logits: np.ndarray | torch.Tensor, multilabel: bool) -> np.ndarray | torch.Tensor:

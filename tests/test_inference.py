@@ -14,8 +14,9 @@ from PIL import Image
 from lungnet.checkpoint import CheckpointError, load_model
 from lungnet.data.images import collect_inputs
 from lungnet.data.transforms import Normalize, build_transform, make_pipeline
-from lungnet.inference import Predictor, Preprocessing, uncrop
+from lungnet.inference import Predictor, Preprocessing
 from lungnet.models.registry import create_model
+from lungnet.preprocessing import uncrop
 from tests.conftest import run_script, shared
 
 LABELS = ["Covid-19", "No_findings", "Pneumonia"]

@@ -34,6 +34,7 @@ from lungnet.explain.scoring import (
     wilson_interval,
 )
 from lungnet.io import write_csv, write_text
+from lungnet.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,11 @@ def _detect(loaded: LoadedModel, cases: list[Case]) -> tuple[torch.Tensor, list[
     return batch, targets, probs, detected
 
 
+def on_images(prep: Preprocessing, maps, cases: list[Case]) -> list[np.ndarray]:
+    """Model-input maps laid over each case's image content (``resize=pad``/``crop``), the lesion mask's frame."""
+    return [prep.on_image(m, case.mask.shape) for m, case in zip(maps, cases, strict=True)]
+
+
 def _method_rows(method: str, cases: list[Case], maps, rand, probs, detected, chance) -> list[dict]:
     """One row per case for ``method``: its maps (and the randomised model's, or None) against the lesions."""
     return [
@@ -136,12 +142,13 @@ def compute_scores(
     batch, targets, probs, detected = _detect(loaded, cases)
     chance = [chance_levels(c.mask) for c in cases]
     random_model = randomized_copy(loaded.model, seed) if sanity else None
-    rows = []
+    prep, rows = Preprocessing.from_loaded(loaded), []
     for method in methods:
         opts = (method_options or {}).get(method, {})
         log.info("Scoring %s on %d %s lesions", method, len(cases), name)
-        maps = _maps(method, loaded.model, batch, targets, cam_layer, images_per_call, **opts)
+        maps = on_images(prep, _maps(method, loaded.model, batch, targets, cam_layer, images_per_call, **opts), cases)
         rand = _maps(method, random_model, batch, targets, cam_layer, images_per_call, **opts) if sanity else None
+        rand = on_images(prep, rand, cases) if rand is not None else None
         rows += _method_rows(method, cases, maps, rand, probs, detected, chance)
     images = pd.DataFrame(rows)
     return PointingScores(name, loaded.spec.name, len(cases), int(np.sum(detected)), images, _summarise(images, chance))

@@ -201,7 +201,8 @@ def compute_explanations(
     """Picks ``n`` images (`pick_images`) and computes their heatmaps; arguments as in `explain_checkpoint`."""
     chosen = _class_index(loaded, class_index)
     table = pick_images(loaded, images, n, chosen, seed)
-    pipeline = preprocessor(loaded)
+    prep = Preprocessing.from_loaded(loaded)
+    pipeline = prep.pipeline()
     originals = [read_image(p) for p in table["path"]]
     device = next(loaded.model.parameters()).device
     maps: list[np.ndarray] = []
@@ -209,6 +210,7 @@ def compute_explanations(
         for i in range(0, len(table), images_per_call):
             batch = torch.stack([pipeline(img) for img in originals[i : i + images_per_call]])
             maps += list(explainer(batch.to(device), table["explained_index"].iloc[i : i + images_per_call].tolist()))
+    maps = [prep.on_image(m, img.shape) for m, img in zip(maps, originals, strict=True)]  # pad/crop: the content
     return Explanations(
         method=method,
         model=loaded.spec.name,

@@ -121,3 +121,21 @@ def test_cli_arguments(tmp_path, monkeypatch, capsys, caplog):
         assert exc.value.code == 2
         assert message in "".join(capsys.readouterr()) + caplog.text  # Hydra's handlers once the task started
     assert not (tmp_path / "out").exists()  # refused: no run directory left behind
+
+
+@pytest.mark.parametrize(("resize", "shape"), [("crop", (32, 64)), ("pad", (16, 32)), ("squash", (32, 32))])
+def test_maps_cover_the_image_content_under_every_resize(tiny_checkpoint, tmp_path, resize, shape):
+    """A 48 x 96 film: crop saw the centred square (the map gets the film's aspect, zero at the sides), pad added
+    borders (cut off), squash stretched it (the map stretches back when drawn) - as predict.py and the app do."""
+    from lungnet.explain.run import compute_explanations
+
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    ckpt["hyper_parameters"]["data"]["resize"] = resize
+    path = tmp_path / f"{resize}.ckpt"
+    torch.save(ckpt, path)
+    wide = tmp_path / "wide.png"
+    Image.fromarray((np.random.default_rng(0).random((48, 96)) * 255).astype(np.uint8)).save(wide)
+    result = compute_explanations(load_model(path), [str(wide)], "gradcam", n=1)
+    assert result.maps[0].shape == shape
+    if resize == "crop":
+        assert result.maps[0][:, :16].max() == 0 and result.maps[0][:, 48:].max() == 0
