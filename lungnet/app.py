@@ -150,6 +150,7 @@ class Service:
             body["heatmap_png_base64"] = _png_base64(self.predictor.overlay(pred, self.alpha), side)
             body["image_png_base64"] = _png_base64(_gray_rgb(pred.image), side)
             body["heatmap_method"] = self.explain
+            body["heatmap_class"] = pred.row.get("heatmap_class")  # the decided class the heatmap explains
         return 200, body
 
     def answer(self, pred, name: str) -> dict:

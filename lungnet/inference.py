@@ -241,12 +241,15 @@ class Predictor:
             return self.decision.calibrated(logits)
         return logits_to_probs(logits, self.prep.multilabel)
 
-    def heatmaps(self, batch: torch.Tensor, method: str = "gradcam", **options) -> np.ndarray:
-        """Class-activation heatmaps (N, S, S) in [0, 1] for the predicted class of each image.
+    def heatmaps(
+        self, batch: torch.Tensor, method: str = "gradcam", targets: list[int] | None = None, **options
+    ) -> np.ndarray:
+        """Class-activation heatmaps (N, S, S) in [0, 1], each for its ``targets`` class (None: the arg-max).
 
         Args:
             batch: preprocessed images (N, C, S, S).
             method: a `lungnet.explain` method name.
+            targets: the class index each heatmap explains (`heatmap_targets`: the decided class).
             **options: ``cam_layer`` and method options for `lungnet.explain.cams.explain`.
 
         Raises:
@@ -258,8 +261,18 @@ class Predictor:
         from lungnet.explain.cams import explain
 
         with torch.enable_grad():
-            maps = explain(model, batch, method=method, **options)
+            maps = explain(model, batch, method=method, targets=targets, **options)
         return np.asarray(maps, dtype=np.float32)
+
+    def heatmap_targets(self, probs: np.ndarray) -> list[int]:
+        """The class each heatmap explains: the decided class at the operating point (multi-label: the most probable
+        decided finding), else the most probable class, so the heatmap shows the decision it sits beside."""
+        decided = self.decision.labels_of(probs) if self.decision is not None else [""] * len(probs)
+        out = []
+        for row, label in zip(probs, decided, strict=True):
+            picks = [self.labels.index(x) for x in label.split("|") if x in self.labels]
+            out.append(max(picks, key=lambda j: row[j]) if picks else int(np.argmax(row)))
+        return out
 
     def no_heatmaps(self) -> str:
         """Why this model gives no heatmaps (exports and ensembles)."""
@@ -353,10 +366,13 @@ class Predictor:
             logits, features = self.outputs(batch)
             decided = self.decision.decide(logits, features) if self.decision is not None else None
             probs = decided.probs if decided is not None else logits_to_probs(logits, self.prep.multilabel)
-            maps = self.heatmaps(batch, explain, **options) if explain else None
+            targets = self.heatmap_targets(probs) if explain else None
+            maps = self.heatmaps(batch, explain, targets, **options) if explain else None
             rows = self.rows([files[i] for i in index], probs, decided)
             for k, i in enumerate(index):
                 heat = self.unpad(maps[k], images[k].shape) if maps is not None else None
+                if targets is not None:
+                    rows[k]["heatmap_class"] = self.labels[targets[k]]
                 results[i] = Prediction(
                     files[i], rows[k], probs[k], images[k] if explain else None, heat if explain else None
                 )

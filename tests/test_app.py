@@ -154,6 +154,7 @@ def test_api_heatmap_and_dicom(server):
     status, body = post(f"{server}/predict?heatmap=true", "../../etc/scan.dcm", dcm.read_bytes())
     assert status == 200, body
     assert body["file"] == "scan.dcm"  # the client's path is never used; only the base name is echoed
+    assert body["heatmap_class"] in body["probabilities"]  # which class the heatmap explains
     png = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png_base64"])))
     assert png.mode == "RGB" and max(png.size) == 1024  # 1955x1841 overlay, downscaled for transfer
     assert abs(png.size[0] / png.size[1] - 1841 / 1955) < 0.01

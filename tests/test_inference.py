@@ -246,3 +246,24 @@ def test_uncrop_lays_a_crop_heatmap_over_the_centre_of_a_wide_image():
     assert full[:, 4:12].min() == 1.0
     assert full[:, :4].max() == full[:, 12:].max() == 0.0
     assert uncrop(heat, (50, 50)).shape == (8, 8)
+
+
+def test_the_heatmap_explains_the_decided_class(tmp_path):
+    """With an operating point the decision can be a class other than the arg-max: the heatmap follows the
+    decision (and says which class it explains), not the arg-max."""
+    from lungnet.decision import decision_path, new_record
+
+    ckpt = make_checkpoint(tmp_path / "d.ckpt", size=32)
+    files = [xray(k=k) for k in range(3)]
+    plain = Predictor(ckpt, decision="none")
+    probs = np.array([[row[f"p_{lab}"] for lab in LABELS] for row in plain.predict(files)])
+    other = [j for j in range(len(LABELS)) if j != int(probs[0].argmax())][0]
+    record = new_record(LABELS, False, ckpt)
+    record.positive_class, record.thresholds = LABELS[other], {LABELS[other]: 0.0}  # always decided
+    record.write(decision_path(ckpt))
+    predictor = Predictor(ckpt)
+    (pred,) = predictor.predict_iter([files[0]], explain="gradcam")
+    assert pred.row["decision"] == pred.row["heatmap_class"] == LABELS[other]
+    (argmax,) = plain.predict_iter([files[0]], explain="gradcam")
+    assert argmax.row["heatmap_class"] == LABELS[int(probs[0].argmax())]
+    assert not np.allclose(pred.heatmap, argmax.heatmap)
