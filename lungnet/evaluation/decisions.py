@@ -280,6 +280,12 @@ def add_decisions(ev) -> None:
     ev.sections.append(decision_section(ev.result, record, ev.split, ev.figures.get("risk_coverage")))
     if record.split == "val" and source.startswith("fitted") and bool(ev.cfg.decision.write):
         record.summary = card_summary(ev.result) if ev.split == "val" or not record.summary else record.summary
-        path = record.write(decision_path(ev.loaded.path))
+        path = decision_path(ev.loaded.path)
         ev.result["decisions"]["file"] = str(path)
-        log.info("Wrote %s (operating point, temperature, conformal scores, OOD gate; fitted on val)", path)
+        ev.beside_model.append(lambda: write_record(record, path))
+
+
+def write_record(record: DecisionRecord, path) -> None:
+    """Writes the fitted decision record beside the checkpoint (after the evaluation's own files)."""
+    record.write(path)
+    log.info("Wrote %s (operating point, temperature, conformal scores, OOD gate; fitted on val)", path)

@@ -109,6 +109,8 @@ class Evaluation:
         sections: markdown report sections (each starting with ``## ``), after the evaluation's own.
         lead: markdown sections before the summary (what was evaluated against what: external data, overlap).
         files: other files written into ``run_dir`` (listed in the report).
+        beside_model: writes of files that live beside the checkpoint (its decision file), which other tools trust:
+            done only once the evaluation's own files are written, so a failed evaluation leaves them as they were.
     """
 
     cfg: DictConfig
@@ -124,6 +126,7 @@ class Evaluation:
     sections: list[str] = field(default_factory=list)
     lead: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    beside_model: list[Callable[[], object]] = field(default_factory=list)
 
     @property
     def split(self) -> str:
@@ -351,4 +354,6 @@ def evaluate_with_predictions(
     for step in REPORT_STEPS:
         step(ev)
     write_evaluation(ev)
+    for write in ev.beside_model:
+        write()
     return ev.result, ev.data.probs, ev.data.targets, ev.data.paths

@@ -110,3 +110,26 @@ def test_a_shifted_split_gets_the_warning_and_no_coverage_claim():
     }
     text = decision_section({"decisions": block, "conformal_coverage": 0.8}, rec, "test")
     assert "**Coverage is not guaranteed on this split.**" in text
+
+
+def test_a_failed_evaluation_leaves_the_decision_file_as_it_was(tiny_run, tmp_path, monkeypatch):
+    """The decision file beside the checkpoint is what predict.py and the app trust: it is replaced only once the
+    evaluation's own files are written, never by an evaluation that fails after fitting it."""
+    from lungnet.evaluation import run
+
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_run / "checkpoints" / "best.ckpt", ckpt)
+    shutil.copy(tiny_run / "checkpoints" / "best.decision.json", decision_path(ckpt))
+    before = decision_path(ckpt).read_bytes()
+
+    def broken(ev) -> None:
+        raise RuntimeError("a later report step fails")
+
+    monkeypatch.setattr(run, "REPORT_STEPS", [*run.REPORT_STEPS, broken])
+    with pytest.raises(RuntimeError, match="a later report step fails"):
+        evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "split=val", "explain.n=0", *FAST_EVAL]), tmp_path / "e")
+    assert decision_path(ckpt).read_bytes() == before
+    monkeypatch.undo()
+    evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "split=val", "explain.n=0", *FAST_EVAL]), tmp_path / "ok")
+    assert json.loads(decision_path(ckpt).read_text())["split"] == "val"  # a finished evaluation writes it
