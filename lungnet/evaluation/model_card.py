@@ -107,7 +107,12 @@ def factors(ev) -> str:
     text = (
         "Performance can depend on the acquisition site and device, patient age (paediatric vs adult), view "
         "(PA/AP/lateral), image resolution and post-processing, and disease prevalence. This evaluation reports "
-        f"one split ({ev.split}) as a whole; no subgroup metadata was evaluated here."
+        f"one split ({ev.split}) as a whole"
+        + (
+            "; per subgroup: the report's subgroup section."
+            if ev.result.get("subgroups")
+            else "; no subgroup metadata was evaluated here."
+        )
     )
     return f"## Factors\n\n{text}"
 

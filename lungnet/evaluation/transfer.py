@@ -97,6 +97,10 @@ def own_column(row: Row, split: str, overrides: dict) -> Column:
     """The run's own data set, split as it was trained (verified against the checkpoint), the ``split`` rows."""
     cfg = resolve_root({**row.loaded.data, **overrides})
     split = run_split(row.loaded, split)
+    if split == "val":
+        log.warning(
+            "%s: internal column on its val split (no test split), which chose the checkpoint: optimistic", row.name
+        )
     expected = ExpectedSplits.of(row.loaded.hparams, row.loaded.path, "evaluate")
     dm = LungDataModule(cfg, row.loaded.spec, seed=row.loaded.seed, expected_splits=expected)
     table = dm.load_table()

@@ -34,7 +34,8 @@ def cell_text(c: dict) -> str:
 
 def cell_label(c: dict) -> str:
     """The text of one heat-map cell: AUROC, CI and n (and the copies dropped), or why it is empty."""
-    seen = f"{c['n_seen']} seen in training dropped" if c.get("n_seen") else ""
+    kept = "kept" if c.get("policy") == "allow" else "dropped"
+    seen = f"{c['n_seen']} seen in training {kept}" if c.get("n_seen") else ""
     if c["status"] != "ok":
         return "\n".join(p for p in (c["status"].replace(": ", ":\n"), seen) if p)
     a = c["auroc"]
@@ -102,7 +103,8 @@ def transfer_markdown(rows, columns, cells, drops: list[dict], opts: dict, figur
         "# Generalisation matrix\n\nlungnet is a research tool, not a medical device.\n\n"
         f"AUROC (macro one-vs-rest; for two findings the AUROC of either) with 95% bootstrap intervals, scored on "
         f"{findings}. Columns: each run's own data set on its evaluation split (split={opts['split']}; auto: its test "
-        f"split when it has one, else val), internal for that run (dashed in the figure); other data sets on all "
+        f"split when it has one, else val: a val split chose the checkpoint, so its internal AUROC is optimistic "
+        f"and the drop overstated), internal for that run (dashed in the figure); other data sets on all "
         f"their images. Images whose label the model does not know are left out; {near} copies of a "
         f"model's training or validation images are handled by overlap={opts['overlap']}.\n\n"
         f"{matrix}\n\n![Generalisation matrix]({figure})\n\n"

@@ -128,3 +128,21 @@ def test_command_line_with_an_extra_data_set(two_runs):
         ("darkcovidnet", "all", 46),
     ]
     assert cells(result)[("pneumonia / simple_cnn", "darkcovidnet")]["n_seen"] == 4
+
+
+def test_cell_labels_say_whether_training_copies_were_dropped_or_kept():
+    from lungnet.evaluation.transfer_report import cell_label
+
+    cell = {"status": "ok", "auroc": {"value": 0.9, "lo": 0.8, "hi": 0.95}, "n": 40, "n_seen": 3}
+    assert "3 seen in training dropped" in cell_label({**cell, "policy": "drop"})
+    assert "3 seen in training kept" in cell_label({**cell, "policy": "allow"})
+
+
+def test_the_model_card_names_the_subgroup_section_only_when_there_is_one():
+    from types import SimpleNamespace
+
+    from lungnet.evaluation.model_card import factors
+
+    assert "no subgroup metadata was evaluated" in factors(SimpleNamespace(split="test", result={}))
+    with_groups = factors(SimpleNamespace(split="test", result={"subgroups": {"rows": [], "gaps": []}}))
+    assert "subgroup section" in with_groups and "no subgroup" not in with_groups
