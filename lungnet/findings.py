@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lungnet import labels as L
+from lungnet.errors import DataError
 
 NO_FINDING = "No Finding"
 PNEUMONIA = "Pneumonia"
@@ -118,7 +119,11 @@ class LabelMapping:
         """The same mapping scoring only ``findings`` (None: unchanged); the others are left out / not scored."""
         if findings is None:
             return self
-        scored = [f for f in self.scored if f in findings]
+        wanted = [finding_of(str(f)) for f in findings]
+        unknown = [str(f) for f, w in zip(findings, wanted, strict=True) if w is None]
+        if unknown:
+            raise DataError(f"findings={unknown} name no known finding; the shared ones here: {', '.join(self.scored)}")
+        scored = [f for f in self.scored if f in wanted]
         return LabelMapping(
             self.model_source,
             self.model_labels,

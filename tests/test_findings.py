@@ -84,3 +84,25 @@ def test_restricting_the_scored_findings():
     assert r.scored == ["No Finding", "Pneumonia"] and r.left_out_labels == ["Covid-19"]
     np.testing.assert_allclose(r.scores(np.array([[0.6, 0.1, 0.3]])), [[0.25, 0.75]])
     assert m.restricted(None) is m
+
+
+def test_restricting_to_a_misspelled_finding_is_refused():
+    from lungnet.errors import DataError
+
+    m = LabelMapping.between("cxr4", L.CXR4, "darkcovidnet", L.DARKCOVIDNET)
+    assert m.restricted(["Normal", "Pneumonia", "COVID-19"]).scored == m.scored  # Normal is No Finding's alias
+    with pytest.raises(DataError, match=r"findings=\['Pneumonai'\] name no known finding"):
+        m.restricted(["Pneumonai", "COVID-19"])
+
+
+def test_an_external_evaluation_with_one_shared_finding_is_refused():
+    from types import SimpleNamespace
+
+    from lungnet.errors import DataError
+    from lungnet.evaluation.external import check_mapping
+
+    loaded = SimpleNamespace(multilabel=False, path="best.ckpt", data={"name": "pneumonia"}, labels=L.PNEUMONIA)
+    one = LabelMapping.between("pneumonia", L.PNEUMONIA, "nih6", ["Atelectasis", "Pneumonia", "Effusion"])
+    assert one.scored == ["Pneumonia"]
+    with pytest.raises(DataError, match="have only Pneumonia in common: scoring needs two findings"):
+        check_mapping(loaded, "nih6", ["Atelectasis", "Pneumonia", "Effusion"], one)

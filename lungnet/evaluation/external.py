@@ -127,10 +127,11 @@ def check_mapping(loaded: LoadedModel, name: str, source_labels: list[str], mapp
             f"Checkpoint {loaded.path} is multi-label: external evaluation (data=<another data set>) needs a "
             "single-label checkpoint"
         )
-    if not mapping.scored:
+    if len(mapping.scored) < 2:
+        shared = f"only {mapping.scored[0]} in common" if mapping.scored else "no finding in common"
         raise DataError(
             f"Checkpoint {loaded.path} ({loaded.data.get('name')}: {', '.join(loaded.labels)}) and data set "
-            f"'{name}' ({', '.join(source_labels)}) have no finding in common: nothing to score"
+            f"'{name}' ({', '.join(source_labels)}) have {shared}: scoring needs two findings to tell apart"
         )
 
 
