@@ -25,21 +25,11 @@ import pandas as pd
 
 from lungnet import labels as L
 from lungnet.data.formats import IMAGE_SUFFIXES
-from lungnet.data.tables import blank_cells, one_row_per_file, read_label_csv
+from lungnet.data.tables import blank_cells, one_row_per_file, read_label_csv, split_folders
 from lungnet.errors import DataError  # noqa: F401 - re-exported: lungnet.data.sources.DataError
 from lungnet.io import printable
 
 log = logging.getLogger(__name__)
-
-SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-}
 
 
 def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> list[Path]:
@@ -139,8 +129,7 @@ class FolderSource(Source):
 
     def scan(self) -> pd.DataFrame:
         self.check_root()
-        subdirs = {p.name: p for p in self.root.iterdir() if p.is_dir()}
-        split_dirs = {SPLIT_ALIASES[n.lower()]: p for n, p in subdirs.items() if n.lower() in SPLIT_ALIASES}
+        split_dirs = split_folders(self.root, lambda name: L.match_label(name, self.labels) is not None)
         layout = split_dirs if split_dirs else {"": self.root}
         rows = []
         classes_per_split = {}

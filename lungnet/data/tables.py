@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,40 @@ from lungnet.errors import DataError
 from lungnet.io import printable
 
 log = logging.getLogger(__name__)
+
+
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+def split_folders(root: Path, is_class: Callable[[str], bool]) -> dict[str, Path]:
+    """``{split: folder}`` of a data root's split folders (``train``/``val``/``test`` and aliases; {}: none).
+
+    Raises:
+        DataError: two folders name one split, or split folders sit beside class folders (one would be ignored).
+    """
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found: dict[str, Path] = {}
+    for folder in subdirs:
+        split = SPLIT_ALIASES.get(folder.name.lower())
+        if split in found:
+            raise DataError(f"{found[split]} and {folder} both name the {split} split: merge them or rename one")
+        if split is not None:
+            found[split] = folder
+    stray = [p.name for p in subdirs if p.name.lower() not in SPLIT_ALIASES and is_class(p.name)]
+    if found and stray:
+        raise DataError(
+            f"{root} holds split folders ({', '.join(p.name for p in found.values())}) beside class folders "
+            f"({', '.join(stray)}): move the class folders into a split folder (e.g. train/), or the split folders out"
+        )
+    return found
 
 
 def read_label_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:

@@ -149,3 +149,16 @@ def test_nih6_match_any_keeps_images_with_one_listed_finding(tiny_nih):
     assert list(anyf["target"].unique()) == [0, 1]
     with pytest.raises(DataError, match="match"):
         create_source("nih6", tiny_nih, findings=["No Finding"], match="some").scan()
+
+
+def test_split_folders_beside_class_folders_or_twice_are_refused(tmp_path):
+    """A root with class folders and a test/ folder used to read only test/ (the rest silently ignored)."""
+    root = make_class_folders(tmp_path / "dcn", ["Covid-19", "No_findings", "Pneumonia"], 2)
+    make_class_folders(root / "test", ["Covid-19", "No_findings", "Pneumonia"], 1)
+    with pytest.raises(DataError, match=r"holds split folders \(test\) beside class folders \(Covid-19, No_findings"):
+        create_source("darkcovidnet", root).scan()
+    both = make_class_folders(tmp_path / "p" / "val", ["NORMAL", "PNEUMONIA"], 1).parent
+    make_class_folders(both / "validation", ["NORMAL", "PNEUMONIA"], 1)
+    make_class_folders(both / "train", ["NORMAL", "PNEUMONIA"], 2)
+    with pytest.raises(DataError, match="both name the val split"):
+        create_source("pneumonia", both).scan()
