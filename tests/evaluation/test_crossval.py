@@ -230,3 +230,24 @@ def test_cv_ensemble_bench_averages_runs_image_by_image(cv_runs, tmp_path):
     table.to_csv(moved, index=False)
     refused = run_script("bench/cv_ensemble.py", [str(cv_runs), str(other)])
     assert refused.returncode != 0 and "another label or fold" in refused.stderr
+
+
+def test_protocols_bench_pairs_two_cross_validations_of_the_same_images(cv_runs, tmp_path):
+    """bench/cv_protocols.py: a run against itself differs by nothing; patients from the split files are the
+    resampled groups; runs of other images are refused."""
+    runs = tmp_path / "runs"
+    shutil.copytree(cv_runs, runs)
+    for split_file in runs.glob("*/splits/val.csv"):
+        table = pd.read_csv(split_file)
+        table["patient"] = [f"p{Path(path).stem[-1]}" for path in table["path"]]
+        table.to_csv(split_file, index=False)
+    out = tmp_path / "protocols.json"
+    done = run_script("bench/cv_protocols.py", [str(runs), str(cv_runs), "--resamples", "20", "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    ids = {f"p{Path(path).stem[-1]}" for f in runs.glob("*/splits/val.csv") for path in pd.read_csv(f)["path"]}
+    assert result["images"] == 18 and result["patients"] == len(ids) < 18
+    assert result["metrics"]["accuracy"]["diff"] == 0 and result["metrics"]["accuracy"]["hi"] == 0
+    shutil.rmtree(runs / "0")
+    refused = run_script("bench/cv_protocols.py", [str(runs), str(cv_runs)])
+    assert refused.returncode != 0 and "did not score the same images" in refused.stdout + refused.stderr

@@ -1,0 +1,83 @@
+"""Two cross-validations of the same images under different fold assignments (e.g. folds by image vs folds by
+patient), compared image by image: each image's out-of-fold probability under one protocol against the other,
+with a paired bootstrap that resamples whole patients (ids from the first run's split files).
+
+`lungnet-crossval baseline=` refuses such a pair on purpose (its folds hold different images); this answers the
+other question: how much does the protocol, not the recipe, move the pooled estimate?
+
+Example:
+    python bench/cv_protocols.py outputs/cv_grouped outputs/live14 --out outputs/cv_protocols.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from cv_common import checked_folds  # bench/, beside this script
+
+from lungnet.evaluation import stats
+from lungnet.evaluation.crossval import oof_arrays, patient_groups
+
+log = logging.getLogger("bench.cv_protocols")
+
+
+def pooled(runs: str):
+    """The run's out-of-fold predictions indexed by image path, and its folds."""
+    import pandas as pd
+
+    folds = checked_folds(runs)
+    return pd.concat([f["predictions"].assign(fold=f["fold"]) for f in folds]).set_index("path"), folds
+
+
+def compare(first: str, second: str, resamples: int = 1000) -> dict:
+    """Paired differences first - second over the images both pooled.
+
+    Raises:
+        SystemExit: the two runs did not score the same images, or other labels.
+    """
+    a, folds_a = pooled(first)
+    b, folds_b = pooled(second)
+    if set(a.index) != set(b.index) or [c for c in a.columns if c.startswith("p_")] != [
+        c for c in b.columns if c.startswith("p_")
+    ]:
+        raise SystemExit(f"{first} and {second} did not score the same images with the same labels")
+    b = b.loc[a.index]
+    if (a["true"] != b["true"]).any():
+        raise SystemExit("the two runs give some images different labels")
+    labels, probs_a, targets = oof_arrays(a.reset_index(), False)
+    _, probs_b, _ = oof_arrays(b.reset_index(), False)
+    groups = patient_groups(a.reset_index())
+    metrics = stats.paired_bootstrap(probs_a, probs_b, targets, False, resamples=resamples, groups=groups)
+    return {
+        "first": first,
+        "second": second,
+        "images": len(a),
+        "folds": [len(folds_a), len(folds_b)],
+        "patients": None if groups is None else int(len(np.unique(groups))),
+        "labels": labels,
+        "metrics": metrics,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("first", help="a cross-validation multirun folder (its split files name the patients)")
+    parser.add_argument("second", help="another cross-validation of the same images")
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = compare(args.first, args.second, args.resamples)
+    for key, m in result["metrics"].items():
+        log.info("%s: %.3f vs %.3f, %+.3f [%+.3f, %+.3f]", key, m["a"], m["b"], m["diff"], m["lo"], m["hi"])
+    log.info("%d images, %s patient groups resampled", result["images"], result["patients"])
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
