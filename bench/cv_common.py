@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+import pandas as pd
 import torch
 
 from lungnet.evaluation.crossval import check_folds, find_fold_runs, load_fold
@@ -33,3 +34,9 @@ def checked_folds(runs: str) -> list[dict]:
     folds = [load_fold(r) for r in find_fold_runs(runs)]
     check_folds(folds)
     return folds
+
+
+def out_of_fold(runs: str) -> tuple[pd.DataFrame, list[dict]]:
+    """The run's pooled validation predictions indexed by image path (with a ``fold`` column), and its folds."""
+    folds = checked_folds(runs)
+    return pd.concat([f["predictions"].assign(fold=f["fold"]) for f in folds]).set_index("path"), folds

@@ -17,19 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from cv_common import checked_folds  # bench/, beside this script
+from cv_common import out_of_fold  # bench/, beside this script
 
 from lungnet.evaluation import stats
 
 log = logging.getLogger("bench.cv_ensemble")
-
-
-def out_of_fold(runs: str) -> tuple[pd.DataFrame, tuple]:
-    """The run's pooled validation predictions indexed by image path (with a ``fold`` column), and (seed, data)."""
-    folds = checked_folds(runs)
-    table = pd.concat([f["predictions"].assign(fold=f["fold"]) for f in folds]).set_index("path")
-    return table, (folds[0]["seed"], folds[0]["data"])
 
 
 def aligned(runs: list[str]) -> tuple[list[str], list[np.ndarray], np.ndarray]:
@@ -38,7 +30,8 @@ def aligned(runs: list[str]) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     Raises:
         SystemExit: runs of other data, seeds or labels, or an image whose fold or label differs between runs.
     """
-    tables, facts = zip(*(out_of_fold(r) for r in runs), strict=True)
+    tables, folds = zip(*(out_of_fold(r) for r in runs), strict=True)
+    facts = [(f[0]["seed"], f[0]["data"]) for f in folds]
     if len(set(facts)) != 1:
         raise SystemExit(f"The runs are not the same cross-validation (seed, data): {list(facts)}")
     labels = [c[2:] for c in tables[0].columns if c.startswith("p_")]

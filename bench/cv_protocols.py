@@ -17,20 +17,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from cv_common import checked_folds  # bench/, beside this script
+from cv_common import out_of_fold  # bench/, beside this script
 
 from lungnet.evaluation import stats
 from lungnet.evaluation.crossval import oof_arrays, patient_groups
 
 log = logging.getLogger("bench.cv_protocols")
-
-
-def pooled(runs: str):
-    """The run's out-of-fold predictions indexed by image path, and its folds."""
-    import pandas as pd
-
-    folds = checked_folds(runs)
-    return pd.concat([f["predictions"].assign(fold=f["fold"]) for f in folds]).set_index("path"), folds
 
 
 def compare(first: str, second: str, resamples: int = 1000) -> dict:
@@ -39,8 +31,8 @@ def compare(first: str, second: str, resamples: int = 1000) -> dict:
     Raises:
         SystemExit: the two runs did not score the same images, or other labels.
     """
-    a, folds_a = pooled(first)
-    b, folds_b = pooled(second)
+    a, folds_a = out_of_fold(first)
+    b, folds_b = out_of_fold(second)
     if set(a.index) != set(b.index) or [c for c in a.columns if c.startswith("p_")] != [
         c for c in b.columns if c.startswith("p_")
     ]:

@@ -261,7 +261,7 @@ class DecisionRecord:
                 fields_["conformal_scores"] = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
             elif scores is not None:
                 fields_["conformal_scores"] = np.asarray(scores, dtype=np.float64)
-            fields_["thresholds"] = _thresholds(data.get("thresholds") or {})
+            fields_["thresholds"] = parse_thresholds(data.get("thresholds") or {})
             return cls(**fields_)
         except (TypeError, KeyError) as exc:
             raise ValueError(f"malformed decision record ({exc!r})") from exc
@@ -291,7 +291,7 @@ class DecisionRecord:
         }
 
 
-def _thresholds(data: dict) -> dict[str, float]:
+def parse_thresholds(data: dict) -> dict[str, float]:
     """A record's thresholds; None (no positives where fitted, in older files) is skipped: the default rule applies.
 
     Raises:

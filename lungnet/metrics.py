@@ -39,8 +39,9 @@ IGNORE = -1
 warnings.filterwarnings("ignore", message=r"No (negative|positive) samples (in|found in) target", category=UserWarning)
 
 
-def _present_mean(values: list[float], present) -> float:
-    """Macro average over the classes the data hold (recall and F1 of a class without images are undefined)."""
+def macro(values, present) -> float:
+    """Macro average over the classes the data hold (``present``: one bool per class; recall and F1 of a class
+    without images are undefined); NaN when none is present."""
     keep = np.asarray(torch.as_tensor(present).tolist(), dtype=bool)
     return float(np.asarray(values, dtype=np.float64)[keep].mean()) if keep.any() else float("nan")
 
@@ -100,7 +101,7 @@ def compute_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], m
         return {
             "n": int(len(p)),
             "auroc_macro": float(np.nanmean(per_auroc)) if any(valid) else float("nan"),
-            "f1_macro": _present_mean(per_f1, (t == 1).any(0)),
+            "f1_macro": macro(per_f1, (t == 1).any(0)),
             "per_class": {
                 lab: {"auroc": a, "f1": f, "positives": int((t[:, j] == 1).sum())}
                 for j, (lab, a, f) in enumerate(zip(labels, per_auroc, per_f1, strict=True))
@@ -124,9 +125,9 @@ def compute_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], m
     return {
         "n": int(len(p)),
         "accuracy": _safe(multiclass_accuracy, p, t, average="micro", **kw),
-        "precision_macro": _present_mean(per["precision"], present),
-        "recall_macro": _present_mean(per["recall"], present),
-        "f1_macro": _present_mean(per["f1"], present),
+        "precision_macro": macro(per["precision"], present),
+        "recall_macro": macro(per["recall"], present),
+        "f1_macro": macro(per["f1"], present),
         "auroc_macro": float(np.nanmean(per_auroc)) if any(defined) else float("nan"),
         "per_class": {
             lab: {

@@ -174,10 +174,10 @@ def assign_splits(
         split[idx[held]] = "test"
         unassigned = split == ""
     has_val = (split == "val").any()
-    carve = carve_val or cv_folds > 1 or not has_val and val_fraction > 0  # no val shipped: carve one from train
-    folded = (split == "train") & carve | (split == "val") & (cv_folds > 1)
+    divide = cv_folds > 1 or (carve_val or not has_val) and val_fraction > 0  # no val shipped: carve one from train
+    folded = (split == "train") & divide | (split == "val") & (cv_folds > 1)
     pool = np.flatnonzero(unassigned | (split == "trainval") | folded)
-    if len(pool) and (cv_folds > 1 or carve_val or not has_val) and (cv_folds > 1 or val_fraction > 0):
+    if len(pool) and divide:
         sub = table.iloc[pool]
         held = kfold(sub, cv_folds, cv_fold, seed) if cv_folds > 1 else holdout(sub, val_fraction, seed + 1)
         split[pool] = np.where(held, "val", "train")

@@ -280,8 +280,8 @@ def compare(variant: dict, baseline: dict, resamples: int = 1000, seed: int = 0)
     b = b.loc[a.index]
     _, probs_a, targets = oof_arrays(a, variant["multilabel"])
     _, probs_b, _ = oof_arrays(b, variant["multilabel"])
-    known = a["patient"].where(a["patient"] != "", b["patient"]) if "patient" in a and "patient" in b else None
-    groups = patient_groups(a.assign(patient=known).reset_index()) if known is not None else None
+    known = a["patient"].where(a["patient"] != "", b["patient"])  # load_fold gives every fold a patient column
+    groups = patient_groups(a.assign(patient=known).reset_index())
     metrics = paired_bootstrap(
         probs_a, probs_b, targets, variant["multilabel"], resamples=resamples, seed=seed, groups=groups
     )

@@ -10,6 +10,7 @@ import numpy as np
 
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.sources import DataError
+from lungnet.decision import parse_thresholds
 from lungnet.evaluation import stats
 from lungnet.labels import default_positive
 
@@ -32,7 +33,7 @@ def read_thresholds(path: str | Path, labels: list[str]) -> dict[str, float]:
     unknown = set(thresholds) - set(labels)
     if unknown:
         raise DataError(f"{path} names classes {sorted(unknown)} that the checkpoint does not have ({labels})")
-    return {k: float(v) for k, v in thresholds.items() if v is not None}  # None: no positives where it was fitted
+    return parse_thresholds(thresholds)  # None (no positives where it was fitted) is skipped
 
 
 def positive_class(opts: dict, labels: list[str], multilabel: bool) -> str | None:

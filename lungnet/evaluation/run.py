@@ -43,7 +43,7 @@ from lungnet.evaluation.report import write_report
 from lungnet.evaluation.subgroups import add_subgroups, subgroup_options
 from lungnet.hardware import resolve_device
 from lungnet.io import write_csv, write_json
-from lungnet.metrics import compute_metrics
+from lungnet.metrics import compute_metrics, macro
 from lungnet.schema import EvaluateConfig
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ def per_class_extras(metrics: dict, probs: np.ndarray, targets: np.ndarray, labe
             sensitivity=float(per["recall"][j]),
             specificity=float(per["specificity"][j]),
         )
-    metrics["precision_macro"] = stats.macro(per["precision"], per["support"])
-    metrics["recall_macro"] = stats.macro(per["recall"], per["support"])
+    metrics["precision_macro"] = macro(per["precision"], per["support"] > 0)
+    metrics["recall_macro"] = macro(per["recall"], per["support"] > 0)
 
 
 def _plain(obj):

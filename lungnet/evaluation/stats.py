@@ -24,6 +24,7 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_curve
 
 from lungnet.evaluation.resample import Resampler
+from lungnet.metrics import macro
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +132,6 @@ def threshold_metrics(
     }
 
 
-def macro(per_class: np.ndarray, support: np.ndarray) -> float:
-    """The mean over the classes the data hold (a class without images has no recall or F1 to average)."""
-    present = np.asarray(support) > 0
-    return float(np.asarray(per_class)[present].mean()) if present.any() else float("nan")
-
-
 def headline(
     probs: np.ndarray, targets: np.ndarray, multilabel: bool, auroc: np.ndarray | None = None
 ) -> dict[str, float]:
@@ -148,9 +143,9 @@ def headline(
     per = threshold_metrics(probs, targets, multilabel)
     auroc = per_class_auroc(probs, targets, multilabel) if auroc is None else auroc
     out = {
-        "precision_macro": macro(per["precision"], per["support"]),
-        "recall_macro": macro(per["recall"], per["support"]),
-        "f1_macro": macro(per["f1"], per["support"]),
+        "precision_macro": macro(per["precision"], per["support"] > 0),
+        "recall_macro": macro(per["recall"], per["support"] > 0),
+        "f1_macro": macro(per["f1"], per["support"] > 0),
         "auroc_macro": float(np.nanmean(auroc)) if np.isfinite(auroc).any() else float("nan"),
         "loss": log_loss(probs, targets, multilabel),
     }
