@@ -154,14 +154,25 @@ def _read_dicom(path: Path) -> np.ndarray:
     return arr
 
 
+def _stored_bits(arr: np.ndarray) -> int | None:
+    """The bit depth an integer image was stored at, from its brightest pixel (None: not an unsigned range).
+
+    16-bit containers usually hold 10-, 12- or 14-bit detector values (a 12-bit radiograph peaks at 4095):
+    dividing those by 65535 would leave the image almost black, so the smallest common depth that holds the
+    brightest pixel decides. Negative values and 32-bit ranges have no such depth (min-max scaling instead).
+    """
+    if arr.dtype.kind not in "ui" or arr.size == 0 or int(arr.min()) < 0:
+        return None
+    top = int(arr.max())
+    return next((bits for bits in (8, 10, 12, 14, 16) if top < 2**bits), None)
+
+
 def _pil_to_gray(img: Image.Image) -> np.ndarray:
     """Grayscale pixels: uint8 for 8-bit images (scaled by the caller, once the decoded image is released)."""
     if img.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
         arr = np.asarray(img)
-        if arr.dtype.kind in "ui":
-            bits = 16 if arr.max(initial=0) > 255 else 8
-            return arr.astype(np.float32) / float(2**bits - 1)
-        return _scale_to_unit(arr)
+        bits = _stored_bits(arr)
+        return arr.astype(np.float32) / float(2**bits - 1) if bits else _scale_to_unit(arr)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in {"RGBA", "LA"}:
@@ -245,6 +256,30 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ImageReadError(path, "pixel data holds NaN or infinite values")
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def native_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file as stored, read from its header alone (a DICOM's Columns x Rows).
+
+    Raises:
+        ImageReadError: not a readable image or DICOM header, or a header refused as for `read_image`.
+    """
+    path = Path(path)
+    if is_dicom(path):
+        import pydicom
+
+        ds = _dicom_header(path, pydicom)
+        size = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
+        if min(size) <= 0:
+            raise ImageReadError(path, "DICOM header names no Rows and Columns (not an image, or not DICOM)")
+        return size
+    try:
+        with _open(path) as img:
+            return img.size
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(path, "not an image file (unrecognised format)") from exc
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read file ({exc.strerror or _one_line(exc)})") from exc
 
 
 def _wanted(path: Path, folder: Path) -> bool:

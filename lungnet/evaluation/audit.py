@@ -28,14 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, Subset
 
-from lungnet.data.images import is_dicom
+from lungnet.data import images
 from lungnet.evaluation import stats
 from lungnet.explain.base import resolve_layer
 from lungnet.explain.cams import make_explainer
@@ -185,13 +184,7 @@ def class_heat(
 
 def native_size(path: str | Path) -> str:
     """``<width>x<height> px`` of a file as stored: its image header, or a DICOM's Columns x Rows."""
-    if is_dicom(path):
-        import pydicom
-
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        return f"{int(ds.Columns)}x{int(ds.Rows)} px"
-    with Image.open(path) as img:
-        return "{}x{} px".format(*img.size)
+    return "{}x{} px".format(*images.native_size(path))
 
 
 def source_groups(

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungnet.data.images import ImageReadError, collect_inputs, read_image
+from lungnet.data.images import ImageReadError, collect_inputs, native_size, read_image
 from tests.conftest import shared
 
 
@@ -38,6 +38,33 @@ def test_16bit_png_keeps_more_than_8_bits(tmp_path):
     Image.fromarray(arr).save(tmp_path / "12bit.png")
     out = read_image(tmp_path / "12bit.png")
     assert len(np.unique(out)) > 256
+
+
+def test_12bit_values_in_a_16bit_container_fill_the_range(tmp_path):
+    """A 12-bit radiograph stored as 16-bit PNG peaks at 4095: divided by 65535 it would come out almost black."""
+    arr = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "12bit.png")
+    Image.fromarray((arr.astype(np.int32) * 16).astype(np.uint16)).save(tmp_path / "16bit.png")
+    twelve, sixteen = read_image(tmp_path / "12bit.png"), read_image(tmp_path / "16bit.png")
+    assert twelve.max() == pytest.approx(1.0) and twelve.min() == 0.0
+    assert np.abs(twelve - sixteen).max() < 0.01  # the same picture whichever depth it was stored at
+
+
+def test_signed_32bit_pixels_are_min_max_scaled(tmp_path):
+    arr = np.linspace(-1000, 3000, 64 * 64).reshape(64, 64).astype(np.int32)
+    Image.fromarray(arr, "I").save(tmp_path / "signed.tif")
+    out = read_image(tmp_path / "signed.tif")
+    assert out.min() == 0.0 and out.max() == pytest.approx(1.0)
+
+
+def test_native_size_reads_headers_and_names_bad_files(tmp_path):
+    Image.fromarray(np.zeros((20, 30), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert native_size(tmp_path / "a.png") == (30, 20)
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "text.dcm").write_text("not a DICOM file either")
+    for name in ("text.png", "text.dcm"):
+        with pytest.raises(ImageReadError, match=name):
+            native_size(tmp_path / name)
 
 
 @pytest.mark.parametrize(
