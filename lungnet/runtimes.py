@@ -78,14 +78,19 @@ def read_record(path: Path, embedded: str | None = None) -> dict:
 
 
 def _tensors(graph):
-    """Every tensor an ONNX graph holds: initializers, constants, and those of sub-graphs (If, Loop)."""
+    """Every tensor an ONNX graph holds: initializers, constants, sparse tensors' values and indices, and those of
+    sub-graphs (If, Loop)."""
     yield from graph.initializer
-    yield from (sparse.values for sparse in graph.sparse_initializer)
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
     for node in graph.node:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
+            sparse = [*([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []), *attr.sparse_tensors]
+            for tensor in sparse:
+                yield from (tensor.values, tensor.indices)
             for sub in [*([attr.g] if attr.HasField("g") else []), *attr.graphs]:
                 yield from _tensors(sub)
 

@@ -219,3 +219,27 @@ def test_onnx_with_external_data_is_refused(tmp_path):
     need_openvino()
     with pytest.raises(CheckpointError, match="external files"):
         open_export(path, runtime="openvino")
+
+
+def test_onnx_sparse_tensor_with_external_indices_is_refused(tmp_path):
+    """Sparse tensors hold two tensors (values, indices), in initializers and Constant attributes: each is checked."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lungnet.runtimes import read_onnx
+
+    def external(name: str, array: np.ndarray):
+        tensor = numpy_helper.from_array(array, name)
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value="secret.bin")
+        return tensor
+
+    values = numpy_helper.from_array(np.ones(2, np.float32), "v")
+    sparse = helper.make_sparse_tensor(values, external("i", np.array([0, 3], np.int64)), [4])
+    io_info = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])]
+    node = helper.make_node("Constant", [], ["y"], sparse_value=sparse)
+    path = tmp_path / "sparse.onnx"
+    onnx.save(helper.make_model(helper.make_graph([node], "g", [], io_info)), str(path))
+    with pytest.raises(CheckpointError, match="external files"):
+        read_onnx(path)
