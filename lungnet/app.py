@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import ipaddress
 import logging
@@ -57,8 +58,8 @@ class UploadTooLarge(Exception):
     """The request body passed the configured limit."""
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def safe_name(name: str | None) -> str:
@@ -110,17 +111,41 @@ class Service:
         explain: CAM method for heatmaps (None: heatmaps off).
         alpha: overlay opacity.
         overlay_max_side: overlays are downscaled to this side for transfer.
+        max_queue: requests admitted at once (the one being classified and those waiting with their uploads in
+            memory); more are answered 503 until one finishes.
     """
 
     def __init__(
-        self, predictor: Predictor, explain: str | None = "gradcam", alpha: float = 0.45, overlay_max_side: int = 1024
+        self,
+        predictor: Predictor,
+        explain: str | None = "gradcam",
+        alpha: float = 0.45,
+        overlay_max_side: int = 1024,
+        max_queue: int = 8,
     ) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
         self.predictor = predictor
+        self.max_queue = max_queue
+        self.admitted = 0  # changed on the event loop only
         self.explain = explain
         self.alpha = alpha
         self.overlay_max_side = overlay_max_side
         self.lock = threading.Lock()
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lungnet-model")
+
+    def full(self) -> bool:
+        """True when `max_queue` requests are admitted already."""
+        return self.admitted >= self.max_queue
+
+    @contextlib.contextmanager
+    def admission(self):
+        """Holds one of the `max_queue` places from before the upload is read until its answer is made."""
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
 
     async def classify_async(self, data: bytes, name: str, heatmap: bool) -> tuple[int, dict]:
         """`classify` on the service's one worker thread (requests queue there, in arrival order)."""
@@ -241,9 +266,11 @@ def create_app(
     explain: str | None = "gradcam",
     alpha: float = 0.45,
     overlay_max_side: int = 1024,
+    max_queue: int = 8,
 ) -> FastAPI:
     """The FastAPI application (page, ``/predict``, ``/health``) around ``predictor``."""
-    service = Service(predictor, explain, alpha, overlay_max_side)
+    service = Service(predictor, explain, alpha, overlay_max_side, max_queue)
+    busy = f"Busy: {max_queue} requests are being classified or waiting; try again in a few seconds"
     max_bytes = int(max_upload_mb * 1024 * 1024)
     drain_cap = max(64 * 1024 * 1024, 4 * max_bytes)
     too_large = f"File too large: the limit is {max_upload_mb:g} MB"
@@ -281,7 +308,14 @@ def create_app(
     async def predict(request: Request, heatmap: bool = False) -> JSONResponse:
         """Classify one image (multipart field ``file``): decision at the operating point (or ``abstain`` with a
         reason), prediction set, OOD flag and score, calibrated probabilities; ``heatmap=true`` adds the original
-        image and a Grad-CAM overlay as base64 PNGs."""
+        image and a Grad-CAM overlay as base64 PNGs; 503 while `max_queue` requests are admitted."""
+        if service.full():
+            await _drain(request, drain_cap)
+            return _error(503, busy, {"Retry-After": "5"})
+        with service.admission():
+            return await _predict(request, heatmap)
+
+    async def _predict(request: Request, heatmap: bool) -> JSONResponse:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_bytes + MULTIPART_SLACK:
             await _drain(request, drain_cap)
@@ -331,7 +365,9 @@ def serve(cfg: DictConfig) -> None:
     )
     method = (cfg.get("explain") or {}).get("method")  # the explain group; explain=null turns heatmaps off
     explain = method if predictor.torch_model is not None else None
-    app = create_app(predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side))
+    app = create_app(
+        predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side), int(cfg.max_queue)
+    )
     warn_if_exposed(str(cfg.host))
     what = predictor.prep.model + f" ({', '.join(predictor.members)})" if predictor.members else cfg.ckpt
     log.info("%s Serving %s on http://%s:%d", NOTICE, what, cfg.host, int(cfg.port))

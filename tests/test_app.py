@@ -348,3 +348,38 @@ def test_cli_serves_a_list_of_checkpoints(tmp_path, monkeypatch):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
     run_cli(cli.app, [f"ckpt=[{a},{b}]", "port=8124"], monkeypatch)
     assert seen["port"] == 8124 and {r.path for r in seen["app"].routes} >= {"/", "/predict", "/model"}
+
+
+def test_requests_beyond_max_queue_get_503_until_one_finishes(tmp_path):
+    """Each admitted request holds its upload in memory while it waits for the one model thread: the count is capped."""
+    predictor = Predictor(make_checkpoint(tmp_path / "m.ckpt", size=32))
+    entered, release = threading.Event(), threading.Event()
+    original = predictor.predict_iter
+
+    def held(*args, **kwargs):
+        entered.set()
+        assert release.wait(60)
+        return list(original(*args, **kwargs))
+
+    predictor.predict_iter = held
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(predictor, max_queue=1), port=port, log_level="warning"))
+    threading.Thread(target=srv.run, daemon=True).start()
+    while not srv.started:
+        time.sleep(0.05)
+    url, data, first = f"http://127.0.0.1:{port}/predict", xray().read_bytes(), {}
+    worker = threading.Thread(target=lambda: first.update(answer=post(url, "a.jpg", data)))
+    worker.start()
+    try:
+        assert entered.wait(60)
+        req = urllib.request.Request(url, data=b"x", method="POST", headers={"Content-Type": "multipart/form-data"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=30)
+        assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "5"
+        assert "Busy: 1 requests" in json.loads(refused.value.read())["error"]
+    finally:
+        release.set()
+        worker.join(60)
+    assert first["answer"][0] == 200
+    assert post(url, "b.jpg", data)[0] == 200  # the place is free again
+    srv.should_exit = True
