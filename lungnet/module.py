@@ -32,7 +32,8 @@ class LitClassifier(pl.LightningModule):
         multilabel: sigmoid/BCE (NaN-masked) instead of softmax/CE.
         optimizer: a torch.optim class and its arguments (``_target_``, ``lr``, ...; ``conf/optimizer/``).
         scheduler: a torch.optim.lr_scheduler class and its arguments (``conf/scheduler/``); None or empty: none.
-            ``T_max: null`` is the epochs after the warm-up; ReduceLROnPlateau steps on ``val/loss``.
+            ``T_max: null`` is the epochs after the warm-up; ReduceLROnPlateau steps on ``val/loss``
+            (``train/loss_epoch`` without a val split).
         backbone_lr_mult: discriminative learning rates: the backbone trains at ``lr * backbone_lr_mult``.
         warmup_epochs: linear warm-up from ``lr / 10`` over this many epochs, then the scheduler.
         label_smoothing: CE label smoothing.
@@ -70,6 +71,7 @@ class LitClassifier(pl.LightningModule):
         self.labels = list(labels)
         self.multilabel = multilabel
         self.channels_last = False  # `use_channels_last`
+        self.plateau_monitor = "val/loss"  # training sets train/loss_epoch when the data has no val split
         self.mixer = build_mixer(mixup, len(labels), multilabel)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
@@ -180,7 +182,7 @@ class LitClassifier(pl.LightningModule):
         warm = int(self.hparams.warmup_epochs)
         scheduler = build_scheduler(self.hparams.scheduler, optimizer, max(1, int(self.hparams.max_epochs) - warm))
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.plateau_monitor}}
         if warm:
             ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warm)
             scheduler = (

@@ -329,8 +329,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         expected_splits=expected,  # a resume refused for changed splits leaves the run directory as it was
     )
     dm.setup("fit")
-    if "val" not in dm.datasets:
+    if "val" not in dm.datasets:  # data.val_fraction=0 and no val shipped: monitors fall back to the training loss
         trainer = build_trainer(cfg, run_dir, has_val=False, resume_from=resume_from)
+        module.plateau_monitor = "train/loss_epoch"
+        log.info("No val split (data.val_fraction=0 and none shipped): no validation; monitors use train/loss_epoch")
     record_data_facts(module, dm)
     trainer.callbacks.append(RecordImageHashes(image_hashes(dm.table)))  # evaluations refuse copies of these
     if cfg.get("channels_last"):

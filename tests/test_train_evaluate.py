@@ -143,6 +143,19 @@ def test_evaluate_verifies_the_recomputed_splits(trained, tmp_path):
     assert out["n"] == recorded["val"]["n"]
 
 
+def test_training_without_a_val_split_monitors_the_training_loss(tmp_path):
+    """data.val_fraction=0 on data that ships no val split: no validation, and the checkpoint and the plateau
+    scheduler follow train/loss_epoch (the val loader used to raise after the run directory was written)."""
+    data = make_class_folders(tmp_path / "chest_xray", ["NORMAL", "PNEUMONIA"], 6, ["train", "test"])
+    args = ["data=pneumonia", f"data.root={data}", "data.val_fraction=0", "scheduler=plateau", "warmup_epochs=0"]
+    tiny = [a if not a.startswith("trainer.max_epochs=") else "trainer.max_epochs=2" for a in TINY]
+    results = train(compose_cfg("train", [*args, *tiny]), tmp_path / "run")
+    assert "val" not in results and results["test"]["n"] == 12 and results["epochs_trained"] == 2
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    (plateau,) = ckpt["lr_schedulers"]
+    assert 0 < plateau["best"] < float("inf")  # it saw a monitored value every epoch
+
+
 def _run(args, cwd, env_extra=None, timeout=600):
     env = offline_env(**(env_extra or {}))
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)

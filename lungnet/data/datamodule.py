@@ -268,8 +268,8 @@ class LungDataModule(pl.LightningDataModule):
             sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
         return self.loader("train", sampler=sampler)
 
-    def val_dataloader(self) -> DataLoader:
-        return self.loader("val")
+    def val_dataloader(self) -> DataLoader | list:
+        return self.loader("val") if "val" in self.datasets else []  # none: Lightning skips validation
 
     def test_dataloader(self) -> DataLoader:
         return self.loader("test")
