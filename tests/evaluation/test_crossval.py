@@ -251,3 +251,43 @@ def test_protocols_bench_pairs_two_cross_validations_of_the_same_images(cv_runs,
     shutil.rmtree(runs / "0")
     refused = run_script("bench/cv_protocols.py", [str(runs), str(cv_runs)])
     assert refused.returncode != 0 and "did not score the same images" in refused.stdout + refused.stderr
+
+
+def test_heldout_ensemble_bench_pairs_the_fold_average_with_one_model(cv_runs, tmp_path):
+    """bench/heldout_ensemble.py: the ensemble is the mean of the folds' test probabilities, each paired with the
+    single run on the same held-out images (patients from its split file); other test images are refused."""
+    runs, single = tmp_path / "runs", tmp_path / "single"
+    shutil.copytree(cv_runs, runs)
+    rng = np.random.default_rng(0)
+    paths = [f"/data/{c}/img_{i}.png" for c in CLASSES for i in range(4)]
+    true = [Path(p).parent.name for p in paths]
+
+    def write_test(run: Path) -> np.ndarray:
+        probs = rng.dirichlet(np.ones(len(CLASSES)), size=len(paths))
+        table = pd.DataFrame({"path": paths, "true": true, **{f"p_{c}": probs[:, j] for j, c in enumerate(CLASSES)}})
+        run.mkdir(parents=True, exist_ok=True)
+        table.to_csv(run / "predictions_test.csv", index=False)
+        return probs
+
+    members = [write_test(run) for run in sorted(runs.glob("[0-9]"))]
+    alone = write_test(single)
+    (single / "splits").mkdir()
+    patients = [f"p{i // 2}" for i in range(len(paths))]  # two images per patient
+    split = pd.DataFrame({"path": paths, "label": true, "patient": patients})
+    split.to_csv(single / "splits" / "test.csv", index=False)
+    out = tmp_path / "heldout.json"
+    done = run_script("bench/heldout_ensemble.py", [str(runs), str(single), "--resamples", "20", "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    targets = np.array([CLASSES.index(t) for t in true])
+    ensemble = np.mean(members, axis=0)
+    acc = result["paired"]["ensemble - single"]["accuracy"]
+    assert acc["a"] == pytest.approx(float((ensemble.argmax(1) == targets).mean()))
+    assert acc["b"] == pytest.approx(float((alone.argmax(1) == targets).mean()))
+    assert result["patient_groups"] == len(paths) // 2 and set(result["paired"]) == {
+        "ensemble - single",
+        *(f"fold {k} - single" for k in range(3)),
+    }
+    pd.read_csv(single / "predictions_test.csv").iloc[1:].to_csv(single / "predictions_test.csv", index=False)
+    refused = run_script("bench/heldout_ensemble.py", [str(runs), str(single)])
+    assert refused.returncode != 0 and "other test images" in refused.stderr
