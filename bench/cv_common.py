@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from lungnet.evaluation.crossval import check_folds, find_fold_runs, load_fold
+
+log = logging.getLogger("bench")
 
 
 def cv_args(doc: str, runs_help: str, extra: dict[str, str] | None = None) -> argparse.Namespace:
@@ -26,6 +29,25 @@ def cv_args(doc: str, runs_help: str, extra: dict[str, str] | None = None) -> ar
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     return args
+
+
+def pair_args(doc: str, first_help: str, second_help: str) -> argparse.Namespace:
+    """Parses ``first second [--resamples] [--out]`` (two runs to pair) and sets up logging."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("first", help=first_help)
+    parser.add_argument("second", help=second_help)
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return args
+
+
+def log_differences(metrics: dict[str, dict], name: str = "", keys: tuple[str, ...] | None = None) -> None:
+    """One line per metric of a `lungnet.evaluation.stats.paired_bootstrap` result: A vs B, A - B [interval]."""
+    for key in keys or tuple(metrics):
+        m = metrics[key]
+        log.info("%s%s: %.3f vs %.3f, %+.3f [%+.3f, %+.3f]", name, key, m["a"], m["b"], m["diff"], m["lo"], m["hi"])
 
 
 def checked_folds(runs: str) -> list[dict]:

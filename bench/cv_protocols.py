@@ -11,13 +11,11 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
-from cv_common import out_of_fold  # bench/, beside this script
+from cv_common import log_differences, out_of_fold, pair_args  # bench/, beside this script
 
 from lungnet.evaluation import stats
 from lungnet.evaluation.crossval import oof_arrays, patient_groups
@@ -56,16 +54,13 @@ def compare(first: str, second: str, resamples: int = 1000) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("first", help="a cross-validation multirun folder (its split files name the patients)")
-    parser.add_argument("second", help="another cross-validation of the same images")
-    parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = pair_args(
+        __doc__,
+        "a cross-validation multirun folder (its split files name the patients)",
+        "another cross-validation of the same images",
+    )
     result = compare(args.first, args.second, args.resamples)
-    for key, m in result["metrics"].items():
-        log.info("%s: %.3f vs %.3f, %+.3f [%+.3f, %+.3f]", key, m["a"], m["b"], m["diff"], m["lo"], m["hi"])
+    log_differences(result["metrics"])
     log.info("%d images, %s patient groups resampled", result["images"], result["patients"])
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

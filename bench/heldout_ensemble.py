@@ -16,14 +16,13 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from cv_common import checked_folds  # bench/, beside this script
+from cv_common import checked_folds, log_differences, pair_args  # bench/, beside this script
 
 from lungnet.evaluation import stats
 from lungnet.evaluation.crossval import oof_arrays, patient_groups
@@ -79,19 +78,14 @@ def compare(cv_runs: str, single_run: str, resamples: int = 1000) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cv_runs", help="a cross-validation multirun folder trained with data.test_fraction")
-    parser.add_argument("single_run", help="one run of the same recipe, seed and data.test_fraction")
-    parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = compare(args.cv_runs, args.single_run, args.resamples)
+    args = pair_args(
+        __doc__,
+        "a cross-validation multirun folder trained with data.test_fraction",
+        "one run of the same recipe, seed and data.test_fraction",
+    )
+    result = compare(args.first, args.second, args.resamples)
     for name, metrics in result["paired"].items():
-        for key in ("accuracy", "auroc_macro", "loss"):
-            m = metrics[key]
-            diff = "%s %s: %.3f vs %.3f, %+.3f [%+.3f, %+.3f]"
-            log.info(diff, name, key, m["a"], m["b"], m["diff"], m["lo"], m["hi"])
+        log_differences(metrics, f"{name} ", ("accuracy", "auroc_macro", "loss"))
     log.info("%d test images, %s patient groups resampled", result["images"], result["patient_groups"])
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
