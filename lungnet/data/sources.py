@@ -25,7 +25,7 @@ import pandas as pd
 
 from lungnet import labels as L
 from lungnet.data.formats import IMAGE_SUFFIXES
-from lungnet.data.tables import blank_cells, one_row_per_file, read_label_csv, split_folders
+from lungnet.data.tables import blank_cells, finding_cells, one_row_per_file, read_label_csv, split_folders
 from lungnet.errors import DataError  # noqa: F401 - re-exported: lungnet.data.sources.DataError
 from lungnet.io import printable
 
@@ -295,7 +295,9 @@ class NIHSource(Source):
         if not csv.is_file():
             raise DataError(f"NIH label file not found: {csv} (dataset '{self.name}'; get it from {self.download})")
         entries = read_label_csv(csv, ("Image Index", "Finding Labels", "Patient ID"))
-        entries["error"] = blank_cells(entries, ("Finding Labels", "Patient ID"), csv.name)
+        blank = blank_cells(entries, ("Finding Labels", "Patient ID"), csv.name)
+        odd = finding_cells(entries["Finding Labels"], L.NIH14, csv.name)
+        entries["error"] = [b or o for b, o in zip(blank, odd, strict=True)]
         files = {p.name: str(p) for p in walk_images(self.root)}
         entries["path"] = entries["Image Index"].map(files)
         n_missing = int(entries["path"].isna().sum())

@@ -84,6 +84,22 @@ def blank_cells(table: pd.DataFrame, columns: tuple[str, ...], name: str) -> lis
     return reasons
 
 
+def finding_cells(cells: pd.Series, valid: list[str], name: str, none: str = "No Finding") -> list[str]:
+    """Per row of an NIH-style CSV, '' or why its ``|``-joined findings cannot be read: a name not in ``valid`` (a
+    misspelt finding would make a positive image a negative), or ``none`` beside a finding (contradictory)."""
+    reasons = []
+    for line, cell in enumerate(cells.fillna("").astype(str), start=2):  # line 1 is the header
+        tokens = [t for t in cell.split("|") if t.strip()]
+        unknown = [t for t in tokens if t not in valid and t != none]
+        if unknown:
+            reasons.append(f"unknown finding {unknown[0]!r} in {name} line {line} (valid: {none}, {', '.join(valid)})")
+        elif none in tokens and len(tokens) > 1:
+            reasons.append(f"'{none}' beside a finding ({cell}) in {name} line {line}")
+        else:
+            reasons.append("")
+    return reasons
+
+
 def real_paths(paths: pd.Series) -> pd.Series:
     """``os.path.realpath`` of each file, resolving each folder once (a data set has many files per folder)."""
     folders: dict[str, str] = {}

@@ -77,6 +77,29 @@ def test_blank_nih_label_cells_are_bad_rows(tiny_nih, tmp_path):
             LungDataModule(_cfg(source, tiny_nih, on_bad_file="error", **findings), SPEC).setup()
 
 
+def test_unknown_or_contradictory_nih_findings_are_bad_rows(tiny_nih, tmp_path):
+    """A misspelt finding (the image would count as negative for every finding) or "No Finding" beside a finding:
+    the row is reported in bad_files.csv and skipped, for both NIH sources."""
+    csv = tiny_nih / "Data_Entry_2017.csv"
+    rows = [line.split(",") for line in csv.read_text().splitlines()]
+    rows[2][1] = "Efusion"  # line 3: 00000001_001.png, Effusion
+    rows[6][1] = "No Finding|Effusion"  # line 7: 00000002_002.png
+    csv.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    findings = {"options": {"findings": ["No Finding", "Effusion", "Pneumonia", "Infiltration"]}}
+    for source in ("nih14", "nih6"):
+        run = tmp_path / source
+        cfg = _cfg(source, tiny_nih, val_fraction=0.2, intensity_check=False, **findings)
+        dm = LungDataModule(cfg, SPEC, run_dir=run)
+        dm.setup()
+        bad = pd.read_csv(run / "bad_files.csv").set_index("path")["error"].rename(lambda p: Path(p).name)
+        assert bad["00000001_001.png"].startswith("unknown finding 'Efusion' in Data_Entry_2017.csv line 3 (valid:")
+        assert (
+            bad["00000002_002.png"]
+            == "'No Finding' beside a finding (No Finding|Effusion) in Data_Entry_2017.csv line 7"
+        )
+        assert not {"00000001_001.png", "00000002_002.png"} & set(dm.table["path"].map(lambda p: Path(p).name))
+
+
 def test_class_weights_and_sampler(tmp_path):
     root = tmp_path / "imb"
     for i in range(24):
