@@ -90,10 +90,10 @@ def compute_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], m
         A JSON-serialisable dict: headline numbers, ``per_class`` tables and (single-label) the
         confusion matrix (rows: true class, columns: predicted).
     """
-    p = torch.as_tensor(probs, dtype=torch.float32)
+    p = torch.tensor(np.asarray(probs), dtype=torch.float32)
     c = len(labels)
     if multilabel:
-        t = mask_targets(torch.as_tensor(targets, dtype=torch.float32))
+        t = mask_targets(torch.tensor(np.asarray(targets), dtype=torch.float32))
         valid = [(t[:, j] != IGNORE).any() and t[t[:, j] != IGNORE, j].unique().numel() == 2 for j in range(c)]
         per_auroc = multilabel_auroc(p, t, num_labels=c, average="none", ignore_index=IGNORE).tolist()
         per_auroc = [a if ok else float("nan") for a, ok in zip(per_auroc, valid, strict=True)]
@@ -107,7 +107,7 @@ def compute_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], m
                 for j, (lab, a, f) in enumerate(zip(labels, per_auroc, per_f1, strict=True))
             },
         }
-    t = torch.as_tensor(targets, dtype=torch.long)
+    t = torch.tensor(np.asarray(targets), dtype=torch.long)  # a copy: read-only arrays (pandas) are fine
     kw = {"num_classes": c}
     counts = torch.bincount(t, minlength=c)
     present = counts > 0

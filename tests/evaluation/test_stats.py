@@ -60,6 +60,18 @@ def test_compute_metrics_matches_sklearn(fixed):
         assert m["per_class"][lab]["specificity"] == pytest.approx(spec)
 
 
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_read_only_arrays_from_pandas_score_without_a_warning(fixed):
+    """Predictions read back from CSVs are read-only arrays: torch warned that it could not write to them."""
+    p, y = (np.array(a) for a in fixed)
+    p.setflags(write=False)
+    y.setflags(write=False)
+    assert compute_metrics(p, y, LABELS, multilabel=False)["n"] == len(y)
+    multi = (np.eye(len(LABELS))[y] > 0).astype(np.float32)
+    multi.setflags(write=False)
+    assert compute_metrics(p.astype(np.float32), multi, LABELS, multilabel=True)["n"] == len(y)
+
+
 def test_headline_matches_sklearn(fixed):
     p, y = fixed
     h = stats.headline(p, y, multilabel=False)
