@@ -46,6 +46,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from lungnet.data.images import IMAGE_SUFFIXES
+from lungnet.errors import ConfigError
 from lungnet.inference import Predictor
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class Service:
         max_queue: int = 8,
     ) -> None:
         if max_queue < 1:
-            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+            raise ConfigError(f"max_queue={max_queue}: admit at least 1 request (conf/app.yaml max_queue)")
         self.predictor = predictor
         self.max_queue = max_queue
         self.admitted = 0  # changed on the event loop only

@@ -43,6 +43,7 @@ from lungnet.provenance import run_facts
 from lungnet.training_checks import check_progressive_resize, first_line, plain, validate_config
 
 log = logging.getLogger(__name__)
+NO_VAL_MONITOR = "train/loss_epoch"  # what the checkpoint and a plateau scheduler follow when the data has no val split
 
 
 def silence_known_noise() -> None:
@@ -160,7 +161,7 @@ def build_callbacks(cfg: DictConfig, has_val: bool) -> list[pl.Callback]:
         if not has_val and cls == "EarlyStopping":
             continue
         if not has_val and "monitor" in spec and cls.endswith("Checkpoint"):
-            spec.update(monitor="train/loss_epoch", mode="min")
+            spec.update(monitor=NO_VAL_MONITOR, mode="min")
         if cfg.checkpoint.select == "last" and "monitor" in spec and cls.endswith("Checkpoint"):
             spec.update(monitor=None, save_top_k=0)  # last.ckpt only; `finish` copies the final one to best.ckpt
         try:
@@ -331,8 +332,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     dm.setup("fit")
     if "val" not in dm.datasets:  # data.val_fraction=0 and no val shipped: monitors fall back to the training loss
         trainer = build_trainer(cfg, run_dir, has_val=False, resume_from=resume_from)
-        module.plateau_monitor = "train/loss_epoch"
-        log.info("No val split (data.val_fraction=0 and none shipped): no validation; monitors use train/loss_epoch")
+        module.plateau_monitor = NO_VAL_MONITOR
+        log.info("No val split (data.val_fraction=0 and none shipped): no validation; monitors use %s", NO_VAL_MONITOR)
     record_data_facts(module, dm)
     trainer.callbacks.append(RecordImageHashes(image_hashes(dm.table)))  # evaluations refuse copies of these
     if cfg.get("channels_last"):

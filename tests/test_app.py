@@ -24,6 +24,7 @@ import lungnet.app as app_module
 from lungnet import cli
 from lungnet.app import NOTICE, create_app, safe_name
 from lungnet.decision import decision_path, new_record
+from lungnet.errors import ConfigError
 from lungnet.inference import Predictor
 from lungnet.ood import OodGate
 from lungnet.preprocessing import logits_to_probs
@@ -383,3 +384,5 @@ def test_requests_beyond_max_queue_get_503_until_one_finishes(tmp_path):
     assert first["answer"][0] == 200
     assert post(url, "b.jpg", data)[0] == 200  # the place is free again
     srv.should_exit = True
+    with pytest.raises(ConfigError, match="max_queue=0"):  # one line at start (a user error), not a traceback
+        create_app(predictor, max_queue=0)
