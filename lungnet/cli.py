@@ -216,7 +216,7 @@ def _run_reporting_command_line_errors(main: Callable[[], Any], started: list, r
     try:
         check_paths_override(sys.argv[1:])
         if replay:
-            sys.argv = replay_resume(sys.argv)
+            sys.argv = replay_resume(sys.argv, config_path())
     except ConfigError as exc:
         _refuse(str(exc))
     _saved_full_error.append(os.environ.get(_FULL_ERROR))

@@ -47,6 +47,18 @@ def _lookup(schema: type, key: str) -> tuple[type, dataclasses.Field] | None:
     return found
 
 
+def in_schema(schema: type, key: str) -> bool:
+    """Whether a dotted key names a field of ``schema``, or a key below a dict-typed field (``trainer.*``)."""
+    owner: Any = schema
+    for part in key.split("."):
+        if typing.get_origin(owner) is dict:
+            return True
+        if not dataclasses.is_dataclass(owner) or part not in {f.name for f in dataclasses.fields(owner)}:
+            return False
+        owner = _hint(owner, part)[0]
+    return True
+
+
 def _accepts(owner: type, f: dataclasses.Field, exact: bool = False) -> str:
     """What a field accepts: "one of: a, b", "a number >= 8, or null (help)", "in [0, 1) (help)".
 

@@ -167,7 +167,11 @@ class TrainConfig:
     logger: dict[str, Any] | None = opt(None, help="Lightning loggers by name")
     paths: PathsConfig = opt(factory=PathsConfig)
     seed: int = opt(42, "seeds the split, the data order, augmentation and the weights")
-    resume: Any = opt(False, "true: this run dir's last.ckpt; or a run directory (replays its overrides) / a .ckpt")
+    resume: Any = opt(
+        False,
+        "true: this run dir's last.ckpt; or a .ckpt; or a run directory (replays its overrides that set schema keys "
+        "and group choices; add resume.trust_overrides=true to replay all, for a run directory you trust)",
+    )
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing", ge=0, lt=1)
     backbone_lr_mult: float = opt(
         1.0, "discriminative learning rates: the backbone trains at optimizer.lr * this", ge=0
