@@ -20,8 +20,9 @@ The configs are the repository's ``conf/`` in a source checkout, and the same fi
 
 A user mistake ends with one logged line and exit status 2, never a traceback: a bad value found by the code
 (`run_safely`, the error types of `lungnet.errors` and the data/model modules), a bad command line found by
-Hydra (unknown key, malformed override, missing config), or a run directory that cannot be written (read-only,
-full disk: `lungnet.rundir.RunDirGuard`, before Hydra writes into it). A refused or failed call leaves no run
+Hydra (unknown key, malformed override, missing config), a run directory that cannot be written (read-only,
+full disk: `lungnet.rundir.RunDirGuard`, before Hydra writes into it) or that another command is writing into (its
+lock, released when the command ends: `lungnet.rundir.lock_run_dir`). A refused or failed call leaves no run
 directory behind when it wrote nothing there but Hydra's own ``.hydra/`` and log
 (`lungnet.rundir.remove_stray_run_dir`).
 """
@@ -43,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungnet.errors import CheckpointError, ConfigError, WriteError
 from lungnet.io import printable
-from lungnet.rundir import WRITE_ERRNOS, remove_stray_run_dir, write_error_message
+from lungnet.rundir import WRITE_ERRNOS, release_run_dirs, remove_stray_run_dir, write_error_message
 
 log = logging.getLogger("lungnet")
 
@@ -160,8 +161,11 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig, Path], Any]],
         @functools.wraps(task)
         def entry() -> Any:
             started.clear()
-            with _logging_restored():
-                return _run_reporting_command_line_errors(main, started, replay=config_name == "train")
+            try:
+                with _logging_restored():
+                    return _run_reporting_command_line_errors(main, started, replay=config_name == "train")
+            finally:
+                release_run_dirs()
 
         entry.task = task
         return entry

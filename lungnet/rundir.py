@@ -4,12 +4,14 @@
 directory and writes a probe file before Hydra's own ``.hydra/`` and log: a read-only folder, a missing permission,
 a full disk or quota is one logged line naming the folder and what to do, and exit status 2. It records which
 folders it created, so that `remove_stray_run_dir` removes, after a refused or failed call, only a directory this
-call made and that holds nothing but Hydra's files.
+call made and that holds nothing but Hydra's files. It then locks the directory (`lock_run_dir`): a second command
+writing into a directory in use is refused in one line naming the PID that holds it, before it writes anything.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -29,6 +31,8 @@ log = logging.getLogger("lungnet")
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 _UNKNOWN = object()
 _created: dict[str, Path | None] = {}  # run dir -> the topmost folder this call created for it (None: existed)
+LOCK_NAME = ".lungnet.lock"  # in a run directory while a command writes there: the PID of that command
+_locks: dict[str, int] = {}  # run dir -> the open, locked lock file this process holds
 
 
 def write_error_message(exc: OSError, where: Path | str | None = None, key: str = "hydra.run.dir") -> str:
@@ -87,14 +91,88 @@ def prepare_run_dir(path: Path, key: str = "hydra.run.dir") -> None:
     _created[str(path)] = created
 
 
+def lock_run_dir(path: Path, key: str = "hydra.run.dir") -> None:
+    """Takes the run directory's lock (`LOCK_NAME`, holding this process's PID) before Hydra writes there.
+
+    A second command on a directory in use is one logged line naming the PID that holds it, and exit status 2;
+    the lock of a process that died (kill -9, a crash) is taken over: the operating system released it. The
+    other ranks of a multi-process run (DDP) share rank 0's directory and lock. `release_run_dirs` lets go.
+    """
+    path = path.absolute()
+    if str(path) in _locks or secondary_rank():
+        return
+    lock = path / LOCK_NAME
+    try:
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = lock_holder(fd, lock)
+                os.close(fd)
+                message = "run directory %s in use by %s: wait for it to end, or choose another with %s=<folder>"
+                log.error(message, printable(path), holder, key)
+                sys.exit(2)
+            if _same_file(fd, lock):  # not removed by a holder letting go between our open and our lock
+                break
+            os.close(fd)
+        stale = lock_holder(fd, lock)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        log.error("%s", write_error_message(exc, path, key))
+        sys.exit(2)
+    if stale.startswith("PID "):
+        log.info("Took over the lock of %s, left by %s, which no longer holds it", printable(path), stale)
+    _locks[str(path)] = fd
+
+
+def lock_holder(fd: int, lock: Path) -> str:
+    """``PID <n>`` from a lock file (untrusted: a positive integer or nothing), else what it holds in words."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 32).decode("ascii", errors="replace").strip()
+    if text.isdigit() and 0 < int(text) < 2**31:
+        return f"PID {int(text)}"
+    return f"another process ({lock} holds no PID)"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    opened = os.fstat(fd)
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
+
+
+def secondary_rank() -> bool:
+    """Whether this process is a rank other than 0 of a multi-process run (Lightning's DDP children, torchrun, srun)."""
+    return any(os.environ.get(name, "0").strip() not in ("", "0") for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
+def release_run_dirs() -> None:
+    """Lets go of every run directory lock this process holds (`lock_run_dir`), removing the lock files."""
+    while _locks:
+        path, fd = _locks.popitem()
+        lock = Path(path) / LOCK_NAME
+        if _same_file(fd, lock):
+            lock.unlink()
+        os.close(fd)
+
+
 class RunDirGuard(Callback):
-    """Hydra callback (``hydra.callbacks`` in the configs): checks the run or sweep directory before Hydra writes."""
+    """Hydra callback (``hydra.callbacks`` in the configs): checks and locks the run or sweep directory before Hydra
+    writes there."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        prepare_run_dir(Path(str(_select(config, "hydra.run.dir"))))
+        run_dir = Path(str(_select(config, "hydra.run.dir")))
+        prepare_run_dir(run_dir)
+        lock_run_dir(run_dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        prepare_run_dir(Path(str(_select(config, "hydra.sweep.dir"))), key="hydra.sweep.dir")
+        sweep_dir = Path(str(_select(config, "hydra.sweep.dir")))
+        prepare_run_dir(sweep_dir, key="hydra.sweep.dir")
+        lock_run_dir(sweep_dir, key="hydra.sweep.dir")
 
 
 def _select(config: DictConfig, key: str) -> Any:
@@ -120,7 +198,7 @@ def remove_stray_run_dir(run_dir: Path) -> bool:
     if created is None or not run_dir.is_dir():
         return False
     hydra_cfg = HydraConfig.get()
-    own = {f"{hydra_cfg.job.name}.log", *([hydra_cfg.output_subdir] if hydra_cfg.output_subdir else [])}
+    own = {f"{hydra_cfg.job.name}.log", LOCK_NAME, *([hydra_cfg.output_subdir] if hydra_cfg.output_subdir else [])}
     if any(p.name not in own for p in run_dir.iterdir()):
         return False
     try:
