@@ -258,7 +258,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
 
 def test_metrics_csv_keeps_one_line_ending_across_a_resume(tmp_path):
     """Lightning writes metrics.csv with CRLF; the rows a resume keeps are written the same way."""
-    from lungnet.callbacks import _ContinuingWriter
+    from lungnet.loggers import _ContinuingWriter
 
     fresh = _ContinuingWriter(str(tmp_path), None)
     for step in range(4):
