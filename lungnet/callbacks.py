@@ -1,6 +1,7 @@
 """Training callbacks: fine-tuning schedule, weight EMA and SWA, figures, atomic checkpoints, exact resume.
 
-`AtomicCheckpoint` writes every checkpoint (``best`` and ``last``) to a temporary file and renames it.
+`AtomicCheckpoint` writes every checkpoint (``best`` and ``last``) to a temporary file and renames it, never one
+with non-finite weights (`lungnet.divergence`).
 `EpochSeeder` makes the global RNGs (dropout and anything else drawing from them) a function of
 (seed, epoch, rank), so a resumed run draws what an uninterrupted one would (the CSV log that continues with it:
 `lungnet.loggers.ResumableCSVLogger`).
@@ -26,6 +27,7 @@ from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging, Wei
 from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 
 from lungnet.data.dataset import derive_seed  # noqa: E402
+from lungnet.divergence import refuse_non_finite_weights  # noqa: E402
 from lungnet.errors import WriteError  # noqa: E402
 from lungnet.evaluation.plots import confusion_figure  # noqa: E402
 
@@ -214,6 +216,9 @@ class AtomicCheckpoint(ModelCheckpoint):
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        refuse_non_finite_weights(trainer, checkpoint)  # the last hook before the write (checkpoints run last)
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"
         try:
@@ -225,14 +230,21 @@ class AtomicCheckpoint(ModelCheckpoint):
         except OSError as exc:  # a full disk, a lost mount: no torn temporary, the previous file stays
             if trainer.is_global_zero:
                 Path(tmp).unlink(missing_ok=True)
-            run_dir = Path(filepath).parent.parent
-            kept = f"the previous {Path(filepath).name} is kept; free space, then resume=true hydra.run.dir={run_dir}"
-            raise WriteError.of(filepath, exc, kept) from exc
+            raise WriteError.of(filepath, exc, after_failed_write(Path(filepath))) from exc
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+
+def after_failed_write(filepath: Path) -> str:
+    """What a failed checkpoint write leaves and what can follow: resume=true only with a last.ckpt to resume."""
+    kept = f"the previous {filepath.name} is kept" if filepath.is_file() else f"no {filepath.name} was written"
+    run_dir = filepath.parent.parent  # resume=true continues <run dir>/checkpoints/last.ckpt, or starts afresh
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return f"{kept}; free space, then resume=true hydra.run.dir={run_dir} continues from its last.ckpt"
+    return f"{kept} and there is no last.ckpt to resume from; free space, then start the run again"
 
 
 class EpochSeeder(pl.Callback):
