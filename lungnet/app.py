@@ -46,7 +46,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from lungnet.data.images import IMAGE_SUFFIXES
-from lungnet.errors import ConfigError
+from lungnet.errors import CheckpointError, ConfigError
 from lungnet.inference import Predictor
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,11 @@ class Service:
             path = Path(tmp) / f"upload{suffix}"
             path.write_bytes(data)
             explain = self.explain if heatmap else None
-            (pred,) = self.predictor.predict_iter([path], explain=explain, image_max_side=self.overlay_max_side)
+            try:
+                (pred,) = self.predictor.predict_iter([path], explain=explain, image_max_side=self.overlay_max_side)
+            except CheckpointError as exc:  # an output that is not finite: no probabilities, no decision
+                log.error("%s", str(exc).replace(str(path), name))
+                return 500, {"error": "The model gave no finite output for this image; it cannot classify (server log)"}
         if not pred.ok:
             reason = str(pred.row.get("error", "unreadable")).replace(str(path), name)
             return 422, {"error": f"{name} could not be read as an image or DICOM file: {reason}", "file": name}

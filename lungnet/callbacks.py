@@ -1,15 +1,14 @@
-"""Training callbacks and loggers: fine-tuning schedule, weight EMA and SWA, figures, atomic checkpoints, exact resume.
+"""Training callbacks: fine-tuning schedule, weight EMA and SWA, figures, atomic checkpoints, exact resume.
 
-`AtomicCheckpoint` writes every checkpoint (``best`` and ``last``) to a temporary file and renames it.
+`AtomicCheckpoint` writes every checkpoint (``best`` and ``last``) to a temporary file and renames it, never one
+with non-finite weights (`lungnet.divergence`).
 `EpochSeeder` makes the global RNGs (dropout and anything else drawing from them) a function of
-(seed, epoch, rank), so a resumed run draws what an uninterrupted one would. `ResumableCSVLogger`
-flushes every row at once and, on resume, keeps the rows of the epochs the checkpoint covers.
+(seed, epoch, rank), so a resumed run draws what an uninterrupted one would (the CSV log that continues with it:
+`lungnet.loggers.ResumableCSVLogger`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import random
@@ -25,14 +24,12 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.callbacks import BaseFinetuning, ModelCheckpoint  # noqa: E402
 from pytorch_lightning.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging  # noqa: E402
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
-from pytorch_lightning.loggers.csv_logs import ExperimentWriter  # noqa: E402
-from pytorch_lightning.loggers.logger import rank_zero_experiment  # noqa: E402
+from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 
 from lungnet.data.dataset import derive_seed  # noqa: E402
+from lungnet.divergence import refuse_non_finite_weights  # noqa: E402
 from lungnet.errors import WriteError  # noqa: E402
 from lungnet.evaluation.plots import confusion_figure  # noqa: E402
-from lungnet.io import atomic_write  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +216,9 @@ class AtomicCheckpoint(ModelCheckpoint):
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        refuse_non_finite_weights(trainer, checkpoint)  # the last hook before the write (checkpoints run last)
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"
         try:
@@ -230,14 +230,21 @@ class AtomicCheckpoint(ModelCheckpoint):
         except OSError as exc:  # a full disk, a lost mount: no torn temporary, the previous file stays
             if trainer.is_global_zero:
                 Path(tmp).unlink(missing_ok=True)
-            run_dir = Path(filepath).parent.parent
-            kept = f"the previous {Path(filepath).name} is kept; free space, then resume=true hydra.run.dir={run_dir}"
-            raise WriteError.of(filepath, exc, kept) from exc
+            raise WriteError.of(filepath, exc, after_failed_write(Path(filepath))) from exc
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+
+def after_failed_write(filepath: Path) -> str:
+    """What a failed checkpoint write leaves and what can follow: resume=true only with a last.ckpt to resume."""
+    kept = f"the previous {filepath.name} is kept" if filepath.is_file() else f"no {filepath.name} was written"
+    run_dir = filepath.parent.parent  # resume=true continues <run dir>/checkpoints/last.ckpt, or starts afresh
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return f"{kept}; free space, then resume=true hydra.run.dir={run_dir} continues from its last.ckpt"
+    return f"{kept} and there is no last.ckpt to resume from; free space, then start the run again"
 
 
 class EpochSeeder(pl.Callback):
@@ -258,77 +265,6 @@ class EpochSeeder(pl.Callback):
         torch.manual_seed(value)
         np.random.seed(value)
         random.seed(value)
-
-
-class _ContinuingWriter(ExperimentWriter):
-    """CSV writer that keeps the rows a resumed checkpoint covers instead of deleting the file."""
-
-    def __init__(self, log_dir: str, keep_before: tuple[int, int] | None) -> None:
-        self._keep_before = keep_before
-        super().__init__(log_dir=log_dir)
-
-    def _check_log_dir_exists(self) -> None:
-        path = self.metrics_file_path
-        if not os.path.isfile(path):
-            return
-        if self._keep_before is None:  # a fresh run: start a new file
-            os.remove(path)
-            return
-        epoch, step = self._keep_before
-        with open(path, encoding="utf-8", newline="") as fh:
-            text = fh.read()
-        if text and not text.endswith("\n"):  # a row torn by a kill: drop it
-            text = text[: text.rfind("\n") + 1]
-        reader = csv.DictReader(io.StringIO(text))
-        fields = list(reader.fieldnames or [])
-        kept = [row for row in reader if _covered(row, epoch, step)]
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=fields)  # CRLF, as Lightning appends the rows that follow
-        writer.writeheader()
-        writer.writerows(kept)
-        atomic_write(path, lambda fh: fh.write(out.getvalue()), encoding="utf-8", newline="")
-        self.metrics_keys = fields
-        log.info("Resuming %s: kept %d rows of epochs < %d", path, len(kept), epoch)
-
-
-def _covered(row: dict, epoch: int, step: int) -> bool:
-    """A logged row belongs to the part of training a checkpoint covers (epochs before ``epoch``)."""
-    try:
-        if row.get("epoch") not in (None, ""):
-            return int(float(row["epoch"])) < epoch
-        return int(float(row["step"])) < step
-    except (TypeError, ValueError):
-        return False
-
-
-class ResumableCSVLogger(CSVLogger):
-    """CSVLogger that writes each row at once and continues ``metrics.csv`` when training resumes.
-
-    Lightning's CSVLogger deletes an existing ``metrics.csv`` and buffers up to 100 rows, so a
-    killed and resumed run loses its history. This one flushes every row and, given the resumed
-    checkpoint's epoch and step, keeps the rows of the epochs the checkpoint covers.
-
-    Args:
-        save_dir: the run directory.
-        name: sub-folder.
-        version: sub-sub-folder ("" for none).
-        resume_from: ``(first epoch to run, global step)`` of the checkpoint training resumes from;
-            None for a fresh run.
-    """
-
-    def __init__(
-        self, save_dir: str, name: str = "csv", version: str = "", resume_from: tuple[int, int] | None = None
-    ) -> None:
-        super().__init__(save_dir=save_dir, name=name, version=version, flush_logs_every_n_steps=1)
-        self._resume_from = resume_from
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            os.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ContinuingWriter(self.log_dir, self._resume_from)
-        return self._experiment
 
 
 class FigureLogger(pl.Callback):

@@ -253,10 +253,23 @@ def _refuse(message: str) -> None:
 
 @hydra_app("train")
 def train(cfg: DictConfig, run_dir: Path) -> float | None:
-    """Trains a model (`lungnet.training.train`); returns val AUROC for sweepers."""
+    """Trains a model (`lungnet.training.train`); returns val AUROC for sweepers.
+
+    In a sweep, a trial whose training diverged is its one logged line and no value (Optuna records a failed trial);
+    the other trials go on. A single run exits with status 2.
+    """
+    from hydra.types import RunMode
+
+    from lungnet.errors import TrainingDiverged
     from lungnet.training import train as fit
 
-    results = fit(cfg, run_dir)
+    try:
+        results = fit(cfg, run_dir)
+    except TrainingDiverged as exc:
+        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+            raise
+        log.error("%s", user_error_message(exc))
+        return None
     return (results.get("val") or {}).get("auroc_macro") if results else None
 
 

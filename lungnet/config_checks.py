@@ -5,6 +5,7 @@ run directory a config's paths point at. Light on imports: the entry points use 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from pathlib import Path
@@ -110,6 +111,7 @@ def check_ranges(cfg: DictConfig, schema: type, prefix: str = "") -> None:
         meta = f.metadata
         bad = (
             ("choices" in meta and value not in meta["choices"])
+            or (math.isnan(value) and any(k in meta for k in ("ge", "gt", "le", "lt")))  # NaN passes every comparison
             or ("ge" in meta and value < meta["ge"])
             or ("gt" in meta and value <= meta["gt"])
             or ("le" in meta and value > meta["le"])

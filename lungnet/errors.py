@@ -18,6 +18,11 @@ class CheckpointError(ValueError):
     """A checkpoint or exported model that cannot be used; the message says why."""
 
 
+class TrainingDiverged(ConfigError):
+    """Training whose loss or weights stopped being finite (or grew past the configured limit); the message names
+    the epoch and step and the settings to try."""
+
+
 class WriteError(OSError):
     """An output file that could not be written (disk full, read-only, no permission); names the file.
 

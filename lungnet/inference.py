@@ -364,6 +364,7 @@ class Predictor:
         if tensors:
             batch = stack(tensors)
             logits, features = self.outputs(batch)
+            self.check_finite(logits, [files[i] for i in index])
             decided = self.decision.decide(logits, features) if self.decision is not None else None
             probs = decided.probs if decided is not None else logits_to_probs(logits, self.prep.multilabel)
             targets = self.heatmap_targets(probs) if explain else None
@@ -377,6 +378,16 @@ class Predictor:
                     files[i], rows[k], probs[k], images[k] if explain else None, heat if explain else None
                 )
         return [r for r in results if r is not None]
+
+    def check_finite(self, logits: np.ndarray, files: list[str]) -> None:
+        """Raises CheckpointError for NaN/inf output (empty probabilities, an arg-max that is no decision)."""
+        bad = ~np.isfinite(logits).reshape(len(files), -1).all(axis=1)
+        if bad.any():
+            raise CheckpointError(
+                f"{self.path or self.kind}: the model's output is not finite (NaN or inf) for {int(bad.sum())} of "
+                f"{len(files)} images (e.g. {files[int(np.argmax(bad))]}); its weights are unusable (did its training "
+                "diverge?): retrain it, e.g. with a lower optimizer.lr"
+            )
 
     def unpad(self, heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """The heatmap laid over the image's content (`lungnet.preprocessing.Preprocessing.on_image`)."""

@@ -295,6 +295,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     Returns:
         ``{"val": {...}, "test": {...}, "best_checkpoint": path, ...}`` as written to metrics.json; ``{}`` when no
         checkpoint was written (``debug=fdr``, ``callbacks=none``) and on ranks other than 0.
+
+    Raises:
+        TrainingDiverged: a loss or the weights stopped being finite (`lungnet.divergence`): no checkpoint, metrics.json
+            or decision file of the diverged weights exists.
     """
     silence_known_noise()
     ckpt_path, run_dir = resume_target(Path(run_dir), cfg.get("resume"))

@@ -29,7 +29,7 @@ from lungnet.inference import Predictor
 from lungnet.ood import OodGate
 from lungnet.preprocessing import logits_to_probs
 from tests.conftest import ROOT, run_cli, shared
-from tests.test_inference import LABELS, make_checkpoint
+from tests.test_inference import LABELS, make_checkpoint, overflowing_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -386,3 +386,16 @@ def test_requests_beyond_max_queue_get_503_until_one_finishes(tmp_path):
     srv.should_exit = True
     with pytest.raises(ConfigError, match="max_queue=0"):  # one line at start (a user error), not a traceback
         create_app(predictor, max_queue=0)
+
+
+def test_a_model_with_non_finite_output_answers_500_not_a_decision(tmp_path, caplog):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(Predictor(overflowing_checkpoint(tmp_path / "m.ckpt"), decision="none")))
+    png = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(png, format="PNG")
+    response = client.post("/predict", files={"file": ("chest.png", png.getvalue(), "image/png")})
+    assert response.status_code == 500 and "probabilities" not in response.json(), response.json()
+    assert response.json()["error"].startswith("The model gave no finite output for this image")
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(logged) == 1 and "output is not finite" in logged[0] and "chest.png" in logged[0], logged

@@ -251,14 +251,61 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert errors[0].startswith(f"WriteError: Could not write {calls[2].with_suffix('')}: No space left on device")
+    resume = f"the previous best.ckpt is kept; free space, then resume=true hydra.run.dir={run} continues from its last"
+    assert errors[0].endswith(f"{resume}.ckpt")
     assert not list(run.rglob("*.tmp"))
     best = run / "checkpoints" / "best.ckpt"
     assert best.read_bytes() == kept["best"] and read_checkpoint(best)["epoch"] == 0
 
 
+def test_a_full_disk_at_the_first_checkpoint_does_not_advise_resuming(tmp_path, monkeypatch, caplog):
+    """Nothing to resume from yet: resume=true would only start afresh, so the line says to start again."""
+    from lightning_fabric.plugins.io import torch_io
+
+    def full_disk(checkpoint: dict, filepath) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch_io, "_atomic_save", full_disk)
+    cfg = compose_cfg(
+        "train", [f"data.root={tmp_path / 'syn'}", "data.options.n_per_class=10", "data.options.size=48", *TINY]
+    )
+    with pytest.raises(SystemExit) as exc:
+        run_safely(train, cfg, tmp_path / "run")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert exc.value.code == 2 and len(errors) == 1 and "resume=" not in errors[0], errors
+    assert errors[0].endswith(
+        "best.ckpt: No space left on device; no best.ckpt was written and there is no last.ckpt to resume from; "
+        "free space, then start the run again"
+    )
+
+
+AGAIN = "and there is no last.ckpt to resume from; free space, then start the run again"
+RESUME = "; free space, then resume=true hydra.run.dir={run} continues from its last.ckpt"
+
+
+@pytest.mark.parametrize(
+    "failed, existing, advice",
+    [
+        ("best.ckpt", [], f"no best.ckpt was written {AGAIN}"),
+        ("last.ckpt", ["best.ckpt"], f"no last.ckpt was written {AGAIN}"),  # epoch 0: best.ckpt saved, last.ckpt not
+        ("best.ckpt", ["best.ckpt"], f"the previous best.ckpt is kept {AGAIN}"),
+        ("best.ckpt", ["best.ckpt", "last.ckpt"], f"the previous best.ckpt is kept{RESUME}"),
+        ("last.ckpt", ["best.ckpt", "last.ckpt"], f"the previous last.ckpt is kept{RESUME}"),
+    ],
+)
+def test_a_failed_checkpoint_write_advises_only_what_can_work(tmp_path, failed, existing, advice):
+    from lungnet.callbacks import after_failed_write
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in existing:
+        (folder / name).write_bytes(b"x")
+    assert after_failed_write(folder / failed) == advice.format(run=tmp_path)
+
+
 def test_metrics_csv_keeps_one_line_ending_across_a_resume(tmp_path):
     """Lightning writes metrics.csv with CRLF; the rows a resume keeps are written the same way."""
-    from lungnet.callbacks import _ContinuingWriter
+    from lungnet.loggers import _ContinuingWriter
 
     fresh = _ContinuingWriter(str(tmp_path), None)
     for step in range(4):

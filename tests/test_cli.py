@@ -247,3 +247,17 @@ def test_wheel_ships_the_configs_and_its_console_scripts_run_from_anywhere(tmp_p
         proc = subprocess.run([str(script), *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0 and expected in proc.stdout, proc.stdout + proc.stderr
     assert not list(elsewhere.iterdir())
+
+
+def test_a_diverged_trial_fails_alone_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """-m optimizer.lr=100,0.01: the first trial diverges (one line, no metrics.json), the second trains."""
+    from tests.conftest import TINY
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", "optimizer=sgd", "optimizer.lr=100,0.01", f"hydra.sweep.dir={sweep}"]
+    args += ["hydra.sweep.subdir=${hydra.job.num}", f"data.root={tmp_path / 'syn'}", "data.options.n_per_class=10"]
+    run_cli(cli.train, [*args, *TINY], monkeypatch)  # no SystemExit: the sweep finished
+    logs = "".join((sweep / str(k) / "train.log").read_text() for k in (0, 1))  # Hydra sets each job's logging
+    errors = [line for line in logs.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "] - TrainingDiverged: Training diverged: " in errors[0], errors
+    assert not (sweep / "0" / "metrics.json").exists() and (sweep / "1" / "metrics.json").is_file()

@@ -103,7 +103,8 @@ def test_callbacks_are_switchable_by_key_and_off_by_their_setting(tmp_path):
         return sorted(type(c).__name__ for c in callbacks(overrides, has_val))
 
     default = names([])
-    assert default == ["AtomicCheckpoint", "EpochSeeder", "FigureLogger", "LearningRateMonitor"]
+    assert default == ["AtomicCheckpoint", "EpochSeeder", "FigureLogger", "LearningRateMonitor", "StopOnDivergence"]
+    assert "StopOnDivergence" not in names(["callbacks.divergence=null"])
     assert "EarlyStopping" in names(["early_stopping.patience=3"])
     assert "EarlyStopping" in names(["callbacks.early_stopping.patience=3"])  # the template's way works too
     assert "EarlyStopping" not in names(["early_stopping.patience=3", "callbacks.early_stopping=null"])

@@ -11,13 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
+from lungnet.batch import run_batch
 from lungnet.checkpoint import CheckpointError, load_model
+from lungnet.cli import run_safely
 from lungnet.data.images import collect_inputs
 from lungnet.data.transforms import Normalize, build_transform, make_pipeline
 from lungnet.inference import Predictor, Preprocessing
 from lungnet.models.registry import create_model
 from lungnet.preprocessing import uncrop
-from tests.conftest import run_script, shared
+from tests.conftest import compose_cfg, run_script, shared, write_png
 
 LABELS = ["Covid-19", "No_findings", "Pneumonia"]
 
@@ -50,6 +52,18 @@ def make_checkpoint(
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "hyper_parameters": hparams}, path)
+    return path
+
+
+def overflowing_checkpoint(path: Path) -> Path:
+    """A checkpoint whose weights are all finite but whose output is not: a head of 3e38s (float32 tops at 3.4e38)
+    overflows, as after a training run that blew up without a NaN (lr=100)."""
+    make_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    for key, tensor in checkpoint["state_dict"].items():
+        if key.startswith("model.head.") and tensor.is_floating_point():
+            tensor.fill_(3e38)
+    torch.save(checkpoint, path)
     return path
 
 
@@ -210,6 +224,23 @@ def test_predict_script_exits_non_zero_when_nothing_could_be_classified(ckpt, tm
     (run,) = list((out / "predict").glob("*/*"))
     table = pd.read_csv(run / "predictions.csv", keep_default_na=False)  # the rows are still written
     assert table["file"].map(lambda f: Path(f).name).tolist() == ["a.png", "b.jpg"] and table["error"].all()
+
+
+def test_a_model_with_non_finite_output_is_refused_and_writes_no_decision(tmp_path, caplog):
+    """Before: every image "decided" as the first class with empty probabilities, exit 0."""
+    model = overflowing_checkpoint(tmp_path / "m" / "best.ckpt")
+    images = [write_png(tmp_path / "in" / f"{k}.png", k) for k in range(3)]
+    cfg = compose_cfg("predict", [f"ckpt={model}", f"input={tmp_path / 'in'}", "decision=none"])
+    with pytest.raises(SystemExit) as exc:
+        run_safely(run_batch, cfg, tmp_path / "out")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert exc.value.code == 2 and len(errors) == 1, errors
+    assert errors[0] == (
+        f"CheckpointError: {model}: the model's output is not finite (NaN or inf) for 3 of 3 images "
+        f"(e.g. {images[0]}); its weights are unusable (did its training diverge?): retrain it, e.g. with a lower "
+        "optimizer.lr"
+    )
+    assert not (tmp_path / "out" / "predictions.csv").exists()
 
 
 def test_predictor_downsamples_as_training_did(tmp_path):

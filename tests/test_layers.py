@@ -4,8 +4,8 @@ Layers, bottom to top (docs: COMMON rules, README "Layout"):
 
 0. ``errors hardware io labels findings provenance schema config_checks data models preprocessing``: files, images,
    data sets and their findings, the configs' schema, the model factory and the input contract;
-1. ``checkpoint ood decision ensemble metrics module callbacks resize_schedule loggers training_checks training
-   evaluation explain audit``: what trains, scores, explains and audits a model;
+1. ``checkpoint ood decision ensemble metrics module divergence callbacks resize_schedule loggers training_checks
+   training evaluation explain audit``: what trains, scores, explains and audits a model;
 2. ``inference batch runtimes export app launch rundir cli``: what a user runs.
 
 Every import counts, also one inside a function (a deferred import is still a dependency), with one stated
@@ -42,6 +42,7 @@ LAYERS = {
     "lungnet.ensemble": 1,  # several checkpoints as one model: members, checks, manifest, averaging
     "lungnet.metrics": 1,
     "lungnet.module": 1,
+    "lungnet.divergence": 1,  # a diverged run stops before it is saved (a callback and the checkpoint's check)
     "lungnet.callbacks": 1,
     "lungnet.resize_schedule": 1,  # progressive resizing, a training callback
     "lungnet.loggers": 1,

@@ -108,6 +108,14 @@ class EarlyStoppingConfig:
 
 
 @dataclass
+class DivergenceConfig:
+    # the cross-entropy of a chance guess is ln(classes), a few units; a loss in the thousands means saturated logits
+    max_loss: float = opt(
+        1.0e4, "a training step or validation loss above this (or NaN/inf) stops the run as diverged", gt=0
+    )
+
+
+@dataclass
 class FinetuneConfig:
     unfreeze_at_epoch: int = opt(0, ">0: train the head alone for this many epochs, then the backbone too", ge=0)
     unfreeze_lr_mult: float = opt(0.1, "the backbone joins at this fraction of the head's learning rate", gt=0)
@@ -183,6 +191,7 @@ class TrainConfig:
     log_figures_every: int = opt(1, "epochs between confusion-matrix / sample figures in TensorBoard", ge=1)
     checkpoint: CheckpointConfig = opt(factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = opt(factory=EarlyStoppingConfig)
+    divergence: DivergenceConfig = opt(factory=DivergenceConfig)
     finetune: FinetuneConfig = opt(factory=FinetuneConfig)
     ema: EMAConfig = opt(factory=EMAConfig)
     swa: SWAConfig = opt(factory=SWAConfig)
