@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from lungnet.decision_file import FORMAT, record_fields
 from lungnet.errors import CheckpointError
 from lungnet.io import write_json
 from lungnet.labels import default_positive
-from lungnet.ood import AnyMemberGate, ImageGate, OodGate, gate_from_dict
+from lungnet.ood import AnyMemberGate, ImageGate, OodGate
 from lungnet.preprocessing import logits_to_probs
 
 log = logging.getLogger(__name__)
 
-FORMAT = "lungnet-decision/1"
 ABSTAIN = "abstain"
 NO_FINDING = "No Finding"
 
@@ -245,26 +245,12 @@ class DecisionRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> DecisionRecord:
-        """Inverse of `to_dict`.
+        """Inverse of `to_dict`, every value type- and range-checked (`lungnet.decision_file`).
 
         Raises:
-            ValueError: not a decision record, or malformed.
+            ValueError: not a decision record, or a value of the wrong type or out of range (named by its key).
         """
-        if data.get("format") != FORMAT:
-            raise ValueError(f"not a lungnet decision file (format {data.get('format')!r}, expected {FORMAT})")
-        known = set(cls.__dataclass_fields__)
-        fields_ = {k: v for k, v in data.items() if k in known}
-        try:
-            fields_["ood"] = gate_from_dict(data["ood"]) if data.get("ood") else None
-            scores = data.get("conformal_scores")
-            if isinstance(scores, dict):
-                fields_["conformal_scores"] = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
-            elif scores is not None:
-                fields_["conformal_scores"] = np.asarray(scores, dtype=np.float64)
-            fields_["thresholds"] = parse_thresholds(data.get("thresholds") or {})
-            return cls(**fields_)
-        except (TypeError, KeyError) as exc:
-            raise ValueError(f"malformed decision record ({exc!r})") from exc
+        return cls(**record_fields(data))
 
     def write(self, path: str | os.PathLike) -> Path:
         """Writes the record as JSON (atomically)."""
@@ -289,22 +275,6 @@ class DecisionRecord:
             "abstain_below": self.abstain_below,
             "ood_gate": {**ood, "threshold": self.ood.threshold} if ood is not None else None,
         }
-
-
-def parse_thresholds(data: dict) -> dict[str, float]:
-    """A record's thresholds; None (no positives where fitted, in older files) is skipped: the default rule applies.
-
-    Raises:
-        ValueError: a threshold that is not a number, named by its label."""
-    out = {}
-    for label, value in data.items():
-        if value is None:
-            continue
-        try:
-            out[str(label)] = float(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"thresholds.{label} is {value!r}, not a number") from exc
-    return out
 
 
 def new_record(labels: list[str], multilabel: bool, checkpoint: str | os.PathLike) -> DecisionRecord:
