@@ -2,7 +2,7 @@
 
 A `DecisionRecord` is what ``evaluate.py ckpt=<ckpt> split=val`` (and, for the OOD gate, training) fits and writes
 beside the checkpoint as ``<ckpt stem>.decision.json``: plain JSON data, never code, tied to the checkpoint by its
-SHA-256. It holds
+SHA-256, and every value type- and range-checked when read (`lungnet.decision_file`). It holds
 
 - a **temperature** (calibrated probabilities: the ``p_<label>`` columns);
 - the **operating point**: one threshold for the positive class of a two-class model (the non-normal class by
@@ -293,7 +293,8 @@ def read_decision(path: str | os.PathLike, checkpoint: str | os.PathLike | None,
         labels: the model's labels.
 
     Raises:
-        CheckpointError: missing, malformed, or fitted for another checkpoint or label list (one line).
+        CheckpointError: missing, malformed, a value of the wrong type or out of range (named by its key, with what
+            it accepts), or fitted for another checkpoint or label list (one line).
     """
     path = Path(path).expanduser()
     if not path.is_file():

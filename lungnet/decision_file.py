@@ -8,7 +8,9 @@ checkpoint hash it carries says nothing about its other values. `record_fields` 
   false; ``checkpoint_sha256``: a string (the three are required);
 - ``temperature``: a number in (0, 100] (`TEMPERATURE_MAX`; evaluate.py fits within [0.05, 20]), or null;
 - ``thresholds``: ``{label: a number in [0, 1], or null}`` over the record's labels;
-- ``alpha``: a number in (0, 1), or null; ``abstain_below``, ``target_sensitivity``: in [0, 1], or null;
+- ``alpha``: a number in (0, 1), ``abstain_below`` in [0, 1], ``target_sensitivity`` in (0, 1], or null: the
+  ranges of the settings they come from (``conformal.alpha``, ``abstain.below``,
+  ``operating_point.target_sensitivity`` in `lungnet.schema`, read by `limits`);
 - ``positive_class``: one of the labels, or null;
 - ``conformal_scores``: a non-empty list of numbers in [0, 1] (multi-label: ``{label: list}`` for every label), or
   null;
@@ -22,19 +24,28 @@ key and what it accepts; `lungnet.decision.read_decision` adds the file (one lin
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from lungnet.ood import gate_from_dict
+from lungnet.schema import AbstainConfig, ConformalConfig, OperatingPointConfig
 from lungnet.untrusted import BadValue, Fields
 
 FORMAT = "lungnet-decision/1"
 TEMPERATURE_MAX = 100.0  # far beyond what evaluate.py fits ([0.05, 20]); 1e308 would make every probability 0.5
 
 
+def limits(schema: type, name: str) -> dict[str, float]:
+    """The range a config key accepts (its ``ge``/``gt``/``le``/``lt``, `lungnet.schema.fields.opt`): a value fitted
+    with that setting and stored in a file keeps to it, so the file is checked against the same range."""
+    meta = next(f.metadata for f in dataclasses.fields(schema) if f.name == name)
+    return {k: meta[k] for k in ("ge", "gt", "le", "lt") if k in meta}
+
+
 def read_temperature(fields: Fields, name: str = "temperature") -> float | None:
     """A temperature logits are divided by: a number in (0, `TEMPERATURE_MAX`], or null (uncalibrated)."""
-    return fields.number(name, 0, TEMPERATURE_MAX, open_low=True, null=True)
+    return fields.number(name, null=True, gt=0, le=TEMPERATURE_MAX)
 
 
 def parse_thresholds(data: Any, key: str = "thresholds") -> dict[str, float]:
@@ -46,7 +57,7 @@ def parse_thresholds(data: Any, key: str = "thresholds") -> dict[str, float]:
     fields = Fields(data, f"{key}.")
     out = {}
     for label in data:
-        value = fields.number(label, 0, 1, null=True)
+        value = fields.number(label, null=True, ge=0, le=1)
         if value is not None:
             out[str(label)] = value
     return out
@@ -56,7 +67,7 @@ def _conformal(fields: Fields, key: str, labels: list[str], multilabel: bool):
     if fields.raw(key) is None:
         return None
     if not multilabel:
-        scores = fields.numbers(key, 0, 1)
+        scores = fields.numbers(key, ge=0, le=1)
         if not len(scores):
             raise BadValue(fields.key(key), [], "a non-empty list of numbers in [0, 1], or null")
         return scores
@@ -81,11 +92,11 @@ def _keys(labels: list[str], multilabel: bool) -> dict[str, Callable[[Fields, st
         "counts": lambda f, k: f.nested(k).data,
         "temperature": lambda f, k: read_temperature(f, k),
         "positive_class": lambda f, k: f.string(k, choices=labels, null=True),
-        "target_sensitivity": lambda f, k: f.number(k, 0, 1, null=True),
+        "target_sensitivity": lambda f, k: f.number(k, null=True, **limits(OperatingPointConfig, "target_sensitivity")),
         "thresholds": lambda f, k: _thresholds(f, k, labels),
-        "alpha": lambda f, k: f.number(k, 0, 1, open_low=True, open_high=True, null=True),
+        "alpha": lambda f, k: f.number(k, null=True, **limits(ConformalConfig, "alpha")),
         "conformal_scores": lambda f, k: _conformal(f, k, labels, multilabel),
-        "abstain_below": lambda f, k: f.number(k, 0, 1, null=True),
+        "abstain_below": lambda f, k: f.number(k, null=True, **limits(AbstainConfig, "below")),
         "abstain_ambiguous": lambda f, k: f.boolean(k),
         "ood": lambda f, k: gate_from_dict(f.raw(k), k) if f.raw(k) is not None else None,
         "summary": lambda f, k: f.nested(k).data,

@@ -3,10 +3,12 @@
 ``ckpt`` names an ensemble when it is
 
 - a list of checkpoints (``ckpt=[a.ckpt,b.ckpt]``; a list of one is that model),
-- a directory holding several training runs, e.g. a cross-validation multirun (each run's reported checkpoint:
-  ``last.ckpt`` for ``checkpoint.select=last``, else ``best.ckpt``, as `lungnet.evaluation.compare` and
-  `lungnet.evaluation.crossval` use), or
-- an ensemble manifest, ``ensemble.json``, written by ``evaluate.py ckpt=[...]`` into its run directory.
+- a directory holding several training runs, e.g. a cross-validation multirun (each finished run's reported
+  checkpoint: ``last.ckpt`` for ``checkpoint.select=last``, else ``best.ckpt``, as `lungnet.evaluation.compare` and
+  `lungnet.evaluation.crossval` use; a run without ``metrics.json``, killed or still training, is skipped and
+  named, `lungnet.checkpoint.training_runs`), or
+- an ensemble manifest, ``ensemble.json``, written by ``evaluate.py ckpt=[...]`` into its run directory (every
+  value checked when read, `lungnet.ensemble_manifest`).
 
 Each member reads the same decoded image and preprocesses it itself (its own input size, channels, mean and std,
 `lungnet.preprocessing.Preprocessing`); its probabilities are calibrated with its own temperature (from its

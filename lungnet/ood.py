@@ -200,9 +200,9 @@ class OodGate:
             means=means,
             components=comps,
             variances=variances,
-            noise=f.number("noise", 0, open_low=True),
-            threshold=f.number("threshold", 0, open_low=True, null=True, default=None) or float("inf"),  # null: not set
-            reference=f.numbers("reference_scores", 0, default=[]),
+            noise=f.number("noise", gt=0),
+            threshold=f.number("threshold", null=True, default=None, gt=0) or float("inf"),  # null: not calibrated
+            reference=f.numbers("reference_scores", default=[], ge=0),
             info={k: v for k, v in data.items() if k not in keys},
         )
 
@@ -298,8 +298,8 @@ class ImageGate:
         f.string("method", choices=[IMAGE_METHOD])
         parts = tuple(OodGate.from_dict(f.raw(part), f.key(part)) for part in ("features", "image"))
         info = {k: v for k, v in data.items() if k not in {"threshold", "features", "image", "reference_scores"}}
-        reference = f.numbers("reference_scores", 0, default=[])
-        return cls(*parts, f.number("threshold", 0, open_low=True, default=1.0), reference, info)
+        reference = f.numbers("reference_scores", default=[], ge=0)
+        return cls(*parts, f.number("threshold", default=1.0, gt=0), reference, info)
 
 
 ANY_MEMBER = "any-member"
@@ -379,8 +379,8 @@ class AnyMemberGate:
         if not any(g is not None for g in gates):
             raise BadValue(f.key("gates"), None, "at least one member gate", said="all null")
         info = {k: v for k, v in data.items() if k not in {"threshold", "gates", "reference_scores"}}
-        reference = f.numbers("reference_scores", 0, default=[])
-        return cls(gates, f.number("threshold", 0, open_low=True, default=1.0), reference, info)
+        reference = f.numbers("reference_scores", default=[], ge=0)
+        return cls(gates, f.number("threshold", default=1.0, gt=0), reference, info)
 
 
 def gate_from_dict(data: dict, key: str = "ood") -> OodGate | ImageGate | AnyMemberGate:

@@ -42,21 +42,23 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def number_range(low: float | None, high: float | None, open_low: bool = False, open_high: bool = False) -> str:
-    """``a number in (0, 1)``, ``a number >= 0``, ``a finite number``."""
-    if low is not None and high is not None:
-        return f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-    if low is not None:
-        return f"a number {'>' if open_low else '>='} {low:g}"
-    if high is not None:
-        return f"a number {'<' if open_high else '<='} {high:g}"
+def number_range(ge=None, gt=None, le=None, lt=None) -> str:
+    """``a number in (0, 1)``, ``a number >= 0``, ``a finite number``: limits as `lungnet.schema.fields.opt` states
+    them."""
+    low = ("[", ge) if ge is not None else ("(", gt) if gt is not None else None
+    high = ("]", le) if le is not None else (")", lt) if lt is not None else None
+    if low and high:
+        return f"a number in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+    if low:
+        return f"a number {'>=' if low[0] == '[' else '>'} {low[1]:g}"
+    if high:
+        return f"a number {'<=' if high[0] == ']' else '<'} {high[1]:g}"
     return "a finite number"
 
 
-def _in_range(x: float, low, high, open_low: bool, open_high: bool) -> bool:
-    above = low is None or (x > low if open_low else x >= low)
-    below = high is None or (x < high if open_high else x <= high)
-    return above and below
+def in_range(x: float, ge=None, gt=None, le=None, lt=None) -> bool:
+    """True when ``x`` is within the limits (each None: no limit)."""
+    return (ge is None or x >= ge) and (gt is None or x > gt) and (le is None or x <= le) and (lt is None or x < lt)
 
 
 class Fields:
@@ -86,14 +88,14 @@ class Fields:
             raise BadValue(self.key(name), MISSING, "a value (the key is required)")
         return value
 
-    def number(self, name: str, low=None, high=None, *, open_low=False, open_high=False, null=False, default=MISSING):
-        """A finite number in the range (None when ``null`` allows null or it is absent with default None)."""
+    def number(self, name: str, null: bool = False, default: Any = MISSING, **limits: float) -> float | None:
+        """A finite number within ``limits`` (``ge``, ``gt``, ``le``, ``lt``, as `lungnet.schema.fields.opt`
+        states them); None where ``null`` allows null, or when absent with default None."""
         value = self.raw(name, default)
         if value is None and (null or default is None):
             return None
-        if not is_number(value) or not _in_range(value, low, high, open_low, open_high):
-            accepted = number_range(low, high, open_low, open_high) + (", or null" if null else "")
-            raise BadValue(self.key(name), value, accepted)
+        if not is_number(value) or not in_range(value, **limits):
+            raise BadValue(self.key(name), value, number_range(**limits) + (", or null" if null else ""))
         return float(value)
 
     def string(self, name: str, *, choices=None, null: bool = False, default: Any = MISSING) -> str | None:
@@ -138,15 +140,15 @@ class Fields:
             raise BadValue(self.key(name), value, "a non-empty list")
         return value
 
-    def numbers(self, name: str, low=None, high=None, default: Any = MISSING) -> np.ndarray:
-        """A list of finite numbers in [low, high] as a float64 array (empty when absent with default ``[]``)."""
+    def numbers(self, name: str, default: Any = MISSING, **limits: float) -> np.ndarray:
+        """A list of finite numbers within ``limits`` as a float64 array (``default`` when absent or null)."""
         value = self.raw(name, default)
         if value is None and default is not MISSING:
             value = default
-        accepted = "a list of " + number_range(low, high).replace("a number", "numbers")
+        accepted = "a list of " + number_range(**limits).replace("a number", "numbers")
         if not isinstance(value, list):
             raise BadValue(self.key(name), value, accepted)
-        bad = next((i for i, v in enumerate(value) if not (is_number(v) and _in_range(v, low, high, 0, 0))), None)
+        bad = next((i for i, v in enumerate(value) if not (is_number(v) and in_range(v, **limits))), None)
         if bad is not None:
             raise BadValue(f"{self.key(name)}[{bad}]", value[bad], accepted)
         return np.asarray(value, dtype=np.float64)

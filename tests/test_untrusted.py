@@ -12,18 +12,18 @@ NAN, INF = float("nan"), float("inf")
 @pytest.mark.parametrize(
     ("read", "value", "message"),
     [
-        (lambda f: f.number("x", 0, 1), True, "x is True; accepted: a number in [0, 1]"),  # a bool is no number
-        (lambda f: f.number("x", 0, 1), "0.5", "x is '0.5'; accepted: a number in [0, 1]"),
-        (lambda f: f.number("x", 0, open_low=True), NAN, "x is nan; accepted: a number > 0"),
+        (lambda f: f.number("x", ge=0, le=1), True, "x is True; accepted: a number in [0, 1]"),  # a bool is no number
+        (lambda f: f.number("x", ge=0, le=1), "0.5", "x is '0.5'; accepted: a number in [0, 1]"),
+        (lambda f: f.number("x", gt=0), NAN, "x is nan; accepted: a number > 0"),
         (lambda f: f.number("x"), INF, "x is inf; accepted: a finite number"),
-        (lambda f: f.number("x", 0, 1, open_low=True, open_high=True, null=True), 1, "in (0, 1), or null"),
+        (lambda f: f.number("x", null=True, gt=0, lt=1), 1, "in (0, 1), or null"),
         (lambda f: f.boolean("x"), "false", "x is 'false'; accepted: true or false"),
         (lambda f: f.boolean("x"), 0, "x is 0; accepted: true or false"),
         (lambda f: f.string("x", choices=["a"]), "b", "x is 'b'; accepted: one of ['a']"),
         (lambda f: f.strings("x"), ["a", 1], "x is ['a', 1]; accepted: a non-empty list of strings"),
         (lambda f: f.nested("x"), [1, 2], "x is [1, 2]; accepted: a JSON object"),
         (lambda f: f.items("x"), {}, "x is {}; accepted: a non-empty list"),
-        (lambda f: f.numbers("x", 0, 1), [0.5, "a"], "x[1] is 'a'; accepted: a list of numbers in [0, 1]"),
+        (lambda f: f.numbers("x", ge=0, le=1), [0.5, "a"], "x[1] is 'a'; accepted: a list of numbers in [0, 1]"),
         (lambda f: f.nested("x").number("y"), {"y": None}, "x.y is null; accepted: a finite number"),
     ],
 )
@@ -35,9 +35,9 @@ def test_bad_values_name_the_key_and_what_it_accepts(read, value, message):
 
 def test_good_values_absent_keys_and_non_objects():
     f = Fields({"n": 2, "t": None, "b": False, "s": ["a", "b"], "xs": [0, 0.5]})
-    assert f.number("n", 0, open_low=True) == 2.0 and isinstance(f.number("n"), float)
+    assert f.number("n", gt=0) == 2.0 and isinstance(f.number("n"), float)
     assert f.number("t", null=True) is None and f.number("gone", default=None) is None
-    assert f.boolean("b") is False and f.strings("s") == ["a", "b"] and f.numbers("xs", 0, 1).tolist() == [0, 0.5]
+    assert f.boolean("b") is False and f.strings("s") == ["a", "b"] and f.numbers("xs", ge=0, le=1).tolist() == [0, 0.5]
     with pytest.raises(BadValue, match="^gone is missing"):
         f.number("gone")
     with pytest.raises(BadValue, match=r"^members\[0\] is 3; accepted: a JSON object"):
