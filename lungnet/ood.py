@@ -297,6 +297,9 @@ class ImageGate:
         f = Fields(data, f"{key}.")
         f.string("method", choices=[IMAGE_METHOD])
         parts = tuple(OodGate.from_dict(f.raw(part), f.key(part)) for part in ("features", "image"))
+        if parts[1].means.shape[1] != THUMB * THUMB:
+            said = f"of shape {parts[1].means.shape}"
+            raise BadValue(f.key("image.means"), None, f"{THUMB**2} columns, a {THUMB} x {THUMB} thumbnail", said=said)
         info = {k: v for k, v in data.items() if k not in {"threshold", "features", "image", "reference_scores"}}
         reference = f.numbers("reference_scores", default=[], ge=0)
         return cls(*parts, f.number("threshold", default=1.0, gt=0), reference, info)

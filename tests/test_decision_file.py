@@ -16,7 +16,7 @@ from lungnet.cli import run_safely
 from lungnet.decision import DecisionRecord, decision_path, new_record, read_decision
 from lungnet.decision_file import parse_thresholds
 from lungnet.errors import CheckpointError
-from lungnet.ood import AnyMemberGate, OodGate, encode_array
+from lungnet.ood import THUMB, AnyMemberGate, ImageGate, OodGate, encode_array
 from lungnet.untrusted import BadValue
 from tests.conftest import run_cli, shared
 from tests.test_inference import LABELS, make_checkpoint
@@ -175,6 +175,22 @@ def test_an_ensemble_gate_names_the_member_gate(tmp_path):
     gates["gates"][0]["threshold"] = NAN
     with pytest.raises(BadValue, match=r"^ood\.gates\[0\]\.threshold is nan; accepted: a number > 0, or null"):
         DecisionRecord.from_dict({**data, "ood": gates})
+
+
+def test_an_image_gate_names_its_part(tmp_path):
+    data, _ = _record(tmp_path)
+    rng = np.random.default_rng(1)
+    gate = ImageGate.fit(rng.normal(size=(40, 6 + THUMB**2)), rng.integers(0, 2, 40))
+    gate = gate.calibrate(rng.normal(size=(20, 6 + THUMB**2))).to_dict()
+    DecisionRecord.from_dict({**data, "ood": gate})
+    bad = copy.deepcopy(gate)
+    bad["features"]["noise"] = -1.0
+    with pytest.raises(BadValue, match=r"^ood\.features\.noise is -1\.0; accepted: a number > 0$"):
+        DecisionRecord.from_dict({**data, "ood": bad})
+    bad = copy.deepcopy(gate)
+    bad["image"] = gate["features"]  # a part of another width: every prediction would fail
+    with pytest.raises(BadValue, match=r"^ood\.image\.means is of shape \(2, 6\); accepted: 256 columns"):
+        DecisionRecord.from_dict({**data, "ood": bad})
 
 
 def test_thresholds_files_share_the_check():
