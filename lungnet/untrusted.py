@@ -38,8 +38,13 @@ def _show(value: Any) -> str:
 
 
 def is_number(value: Any) -> bool:
-    """A finite JSON number (not a bool, not NaN or infinite)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number (not a bool, not NaN or infinite, not an integer too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a 400-digit JSON integer
+        return False
 
 
 def number_range(ge=None, gt=None, le=None, lt=None) -> str:

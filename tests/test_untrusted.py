@@ -16,6 +16,7 @@ NAN, INF = float("nan"), float("inf")
         (lambda f: f.number("x", ge=0, le=1), "0.5", "x is '0.5'; accepted: a number in [0, 1]"),
         (lambda f: f.number("x", gt=0), NAN, "x is nan; accepted: a number > 0"),
         (lambda f: f.number("x"), INF, "x is inf; accepted: a finite number"),
+        (lambda f: f.number("x"), 10**400, "0...; accepted: a finite number"),  # too large for a float
         (lambda f: f.number("x", null=True, gt=0, lt=1), 1, "in (0, 1), or null"),
         (lambda f: f.boolean("x"), "false", "x is 'false'; accepted: true or false"),
         (lambda f: f.boolean("x"), 0, "x is 0; accepted: true or false"),
