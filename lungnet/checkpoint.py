@@ -180,18 +180,61 @@ def _natural(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-def checkpoints_below(root: str | os.PathLike) -> list[Path]:
-    """The checkpoint every training run reported (`selected_checkpoint`): ``root`` itself when it is a run
-    directory (``<root>/checkpoints/best.ckpt``), else each run directory below it (a multirun), in natural order.
+_NAMED: set[tuple[Path, ...]] = set()  # unfinished runs already named in a warning
+
+
+def training_runs(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """The training run directories at or below ``root``, finished and unfinished, each in natural order.
+
+    ``root`` itself when it is a run directory (it holds ``checkpoints/*.ckpt``), else each run directory below it
+    (a multirun, a sweep, a cross-validation). A run directory holds ``checkpoints/*.ckpt`` or ``metrics.json``; it
+    is finished when it holds ``metrics.json``, which training writes last. An unfinished run (killed, failed, or
+    still training: a sweep trial killed after its first ``best.ckpt``) is not a model anyone reported on: every
+    reader of a directory of runs (ensembles, compare, crossval) skips it, and this names them in one warning.
 
     Returns:
-        The checkpoints (empty when ``root`` holds no run).
+        (finished, unfinished) run directories; both empty when ``root`` holds no run.
     """
     root = Path(root).expanduser()
-    if (root / "checkpoints" / "best.ckpt").is_file():
-        return [selected_checkpoint(root)]
-    below = sorted(root.rglob("checkpoints/best.ckpt"), key=_natural)
-    return [selected_checkpoint(p.parent.parent) for p in below]
+    if any((root / "checkpoints").glob("*.ckpt")):
+        runs = [root]
+    else:
+        marked = {p.parent.parent for p in root.rglob("checkpoints/*.ckpt")}
+        runs = sorted(marked | {p.parent for p in root.rglob("metrics.json")}, key=_natural)
+    unfinished = [run for run in runs if not (run / "metrics.json").is_file()]
+    if unfinished and tuple(unfinished) not in _NAMED:  # once per process: a command reads the directory twice
+        _NAMED.add(tuple(unfinished))
+        log.warning(
+            "Skipping %d unfinished training run(s) under %s (no metrics.json: killed, failed or still running): %s",
+            len(unfinished),
+            root,
+            ", ".join(str(run) for run in unfinished),
+        )
+    return [run for run in runs if run not in unfinished], unfinished
+
+
+def checkpoints_below(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """The checkpoint every finished training run at or below ``root`` reported (`selected_checkpoint`;
+    `training_runs` says which runs count), and the unfinished runs it skipped.
+
+    Returns:
+        (checkpoints, unfinished run directories); no checkpoints when ``root`` holds no finished run.
+    """
+    finished, unfinished = training_runs(root)
+    runs = [run for run in finished if (run / "checkpoints" / "best.ckpt").is_file()]
+    return [selected_checkpoint(run) for run in runs], unfinished
+
+
+def no_run_message(root: str | os.PathLike, unfinished: list[Path]) -> str:
+    """Why ``root`` gives no model: no training run, or only unfinished ones (then its checkpoint file, named
+    directly, is the way to use one anyway)."""
+    if not unfinished:
+        return f"{root}: a directory without any training run (no checkpoints/best.ckpt)"
+    return (
+        f"{root}: a directory without any finished training run ({len(unfinished)} unfinished, no metrics.json: "
+        f"{', '.join(str(r) for r in unfinished[:3])}{', ...' if len(unfinished) > 3 else ''}); to use one anyway, "
+        "name its checkpoint file"
+    )
 
 
 def model_names(ckpts: list[Path]) -> list[str]:

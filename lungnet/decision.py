@@ -2,7 +2,7 @@
 
 A `DecisionRecord` is what ``evaluate.py ckpt=<ckpt> split=val`` (and, for the OOD gate, training) fits and writes
 beside the checkpoint as ``<ckpt stem>.decision.json``: plain JSON data, never code, tied to the checkpoint by its
-SHA-256. It holds
+SHA-256, and every value type- and range-checked when read (`lungnet.decision_file`). It holds
 
 - a **temperature** (calibrated probabilities: the ``p_<label>`` columns);
 - the **operating point**: one threshold for the positive class of a two-class model (the non-normal class by
@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from lungnet.decision_file import FORMAT, record_fields
 from lungnet.errors import CheckpointError
 from lungnet.io import write_json
 from lungnet.labels import default_positive
-from lungnet.ood import AnyMemberGate, ImageGate, OodGate, gate_from_dict
+from lungnet.ood import AnyMemberGate, ImageGate, OodGate
 from lungnet.preprocessing import logits_to_probs
 
 log = logging.getLogger(__name__)
 
-FORMAT = "lungnet-decision/1"
 ABSTAIN = "abstain"
 NO_FINDING = "No Finding"
 
@@ -245,26 +245,12 @@ class DecisionRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> DecisionRecord:
-        """Inverse of `to_dict`.
+        """Inverse of `to_dict`, every value type- and range-checked (`lungnet.decision_file`).
 
         Raises:
-            ValueError: not a decision record, or malformed.
+            ValueError: not a decision record, or a value of the wrong type or out of range (named by its key).
         """
-        if data.get("format") != FORMAT:
-            raise ValueError(f"not a lungnet decision file (format {data.get('format')!r}, expected {FORMAT})")
-        known = set(cls.__dataclass_fields__)
-        fields_ = {k: v for k, v in data.items() if k in known}
-        try:
-            fields_["ood"] = gate_from_dict(data["ood"]) if data.get("ood") else None
-            scores = data.get("conformal_scores")
-            if isinstance(scores, dict):
-                fields_["conformal_scores"] = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
-            elif scores is not None:
-                fields_["conformal_scores"] = np.asarray(scores, dtype=np.float64)
-            fields_["thresholds"] = parse_thresholds(data.get("thresholds") or {})
-            return cls(**fields_)
-        except (TypeError, KeyError) as exc:
-            raise ValueError(f"malformed decision record ({exc!r})") from exc
+        return cls(**record_fields(data))
 
     def write(self, path: str | os.PathLike) -> Path:
         """Writes the record as JSON (atomically)."""
@@ -291,22 +277,6 @@ class DecisionRecord:
         }
 
 
-def parse_thresholds(data: dict) -> dict[str, float]:
-    """A record's thresholds; None (no positives where fitted, in older files) is skipped: the default rule applies.
-
-    Raises:
-        ValueError: a threshold that is not a number, named by its label."""
-    out = {}
-    for label, value in data.items():
-        if value is None:
-            continue
-        try:
-            out[str(label)] = float(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"thresholds.{label} is {value!r}, not a number") from exc
-    return out
-
-
 def new_record(labels: list[str], multilabel: bool, checkpoint: str | os.PathLike) -> DecisionRecord:
     """An empty record for ``checkpoint`` (its hash computed now); the positive class of a two-class model set."""
     path = Path(checkpoint)
@@ -323,7 +293,8 @@ def read_decision(path: str | os.PathLike, checkpoint: str | os.PathLike | None,
         labels: the model's labels.
 
     Raises:
-        CheckpointError: missing, malformed, or fitted for another checkpoint or label list (one line).
+        CheckpointError: missing, malformed, a value of the wrong type or out of range (named by its key, with what
+            it accepts), or fitted for another checkpoint or label list (one line).
     """
     path = Path(path).expanduser()
     if not path.is_file():

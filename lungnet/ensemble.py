@@ -3,10 +3,12 @@
 ``ckpt`` names an ensemble when it is
 
 - a list of checkpoints (``ckpt=[a.ckpt,b.ckpt]``; a list of one is that model),
-- a directory holding several training runs, e.g. a cross-validation multirun (each run's reported checkpoint:
-  ``last.ckpt`` for ``checkpoint.select=last``, else ``best.ckpt``, as `lungnet.evaluation.compare` and
-  `lungnet.evaluation.crossval` use), or
-- an ensemble manifest, ``ensemble.json``, written by ``evaluate.py ckpt=[...]`` into its run directory.
+- a directory holding several training runs, e.g. a cross-validation multirun (each finished run's reported
+  checkpoint: ``last.ckpt`` for ``checkpoint.select=last``, else ``best.ckpt``, as `lungnet.evaluation.compare` and
+  `lungnet.evaluation.crossval` use; a run without ``metrics.json``, killed or still training, is skipped and
+  named, `lungnet.checkpoint.training_runs`), or
+- an ensemble manifest, ``ensemble.json``, written by ``evaluate.py ckpt=[...]`` into its run directory (every
+  value checked when read, `lungnet.ensemble_manifest`).
 
 Each member reads the same decoded image and preprocesses it itself (its own input size, channels, mean and std,
 `lungnet.preprocessing.Preprocessing`); its probabilities are calibrated with its own temperature (from its
@@ -31,7 +33,6 @@ Where the numbers come from:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -41,8 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungnet.checkpoint import LoadedModel, checkpoints_below, load_model, model_names
+from lungnet.checkpoint import LoadedModel, checkpoints_below, load_model, model_names, no_run_message
 from lungnet.decision import DecisionRecord, find_decision, sha256_file
+from lungnet.ensemble_manifest import FORMAT, MANIFEST, read_manifest  # noqa: F401 - MANIFEST re-exported
 from lungnet.errors import CheckpointError, ConfigError
 from lungnet.io import write_json
 from lungnet.ood import AnyMemberGate, ImageGate, OodGate
@@ -50,8 +52,6 @@ from lungnet.preprocessing import EnsembleInput, Preprocessing, logits_to_probs
 
 log = logging.getLogger(__name__)
 
-FORMAT = "lungnet-ensemble/1"
-MANIFEST = "ensemble.json"
 NONE = ("none", "false", "off")
 
 
@@ -74,8 +74,11 @@ def model_files(ckpt) -> tuple[list[Path], Path | None]:
         (files, manifest or None). One file and no manifest is a single model (also a missing path: its loader
         reports it).
 
+    A directory gives the checkpoint of each finished training run in it; unfinished runs (no ``metrics.json``)
+    are skipped and named in a warning (`lungnet.checkpoint.training_runs`).
+
     Raises:
-        CheckpointError: a directory without any training run, or an empty list.
+        CheckpointError: a directory without any finished training run, an empty list, or a bad manifest.
     """
     entries = [e.strip() for e in _entries(ckpt) if e.strip()]
     if not entries:
@@ -84,12 +87,12 @@ def model_files(ckpt) -> tuple[list[Path], Path | None]:
     for entry in entries:
         path = Path(entry).expanduser()
         if path.is_dir():
-            below = checkpoints_below(path)
+            below, unfinished = checkpoints_below(path)
             if not below:
-                raise CheckpointError(f"ckpt={path}: a directory without any training run (no checkpoints/best.ckpt)")
+                raise CheckpointError(f"ckpt={no_run_message(path, unfinished)}")
             files += below
         elif path.suffix.lower() == ".json" and len(entries) == 1:
-            return read_manifest_paths(path), path
+            return [pin.checkpoint for pin in read_manifest(path)], path
         else:
             files.append(path)
     return files, None
@@ -99,23 +102,6 @@ def is_ensemble(ckpt) -> bool:
     """True when ``ckpt`` names several models or an ensemble manifest (`model_files`)."""
     files, manifest = model_files(ckpt)
     return manifest is not None or len(files) > 1
-
-
-def read_manifest_paths(path: Path) -> list[Path]:
-    """The member checkpoints an ``ensemble.json`` lists (checked when the ensemble is opened)."""
-    return [Path(m["checkpoint"]) for m in _read_manifest(path)["members"]]
-
-
-def _read_manifest(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT or not data.get("members"):
-            raise ValueError(f"format {data.get('format')!r}, expected {FORMAT} with members")
-        for m in data["members"]:
-            m["checkpoint"], m["sha256"]  # noqa: B018 - both are required
-        return data
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{path} is not a lungnet ensemble manifest ({exc})") from exc
 
 
 @dataclass
@@ -307,19 +293,19 @@ def open_ensemble(ckpt, decision: str | os.PathLike | None = "auto") -> Ensemble
     for f in files:
         if f.suffix.lower() in (".onnx", ".pt", ".ts"):
             raise CheckpointError(f"Ensemble member {f} is an export: ensembles run lungnet checkpoints (.ckpt)")
-    pinned = _read_manifest(manifest)["members"] if manifest is not None else [{} for _ in files]
+    pinned = read_manifest(manifest) if manifest is not None else [None for _ in files]
     members = []
     for name, path, pin in zip(model_names(files), files, pinned, strict=True):
         loaded = load_model(path)
         digest = sha256_file(path)
-        if pin and pin["sha256"] != digest:
+        if pin and pin.sha256 != digest:
             raise CheckpointError(
                 f"Ensemble member {path} changed since {manifest} was written (sha256 {digest[:12]}..., the manifest "
-                f"pins {str(pin['sha256'])[:12]}...): evaluate the new members with evaluate.py ckpt=[...] split=val"
+                f"pins {pin.sha256[:12]}...): evaluate the new members with evaluate.py ckpt=[...] split=val"
             )
-        member = Member(pin.get("name") or name, loaded, digest)
+        member = Member((pin.name if pin else None) or name, loaded, digest)
         if use and pin:  # the pinned temperature; the OOD gate from the member's own file, as for a list
-            member.temperature, member.decision_file = pin.get("temperature"), str(manifest)
+            member.temperature, member.decision_file = pin.temperature, str(manifest)
             member.gate = _member_decision(path, loaded)[2]
         elif use:
             member.temperature, member.decision_file, member.gate = _member_decision(path, loaded)

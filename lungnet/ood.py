@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from lungnet.untrusted import BadValue, Fields
+
 METHOD = "mahalanobis-ppca"
 IMAGE_METHOD = "mahalanobis-ppca+thumbnail"
 THUMB = 16  # side of the grey thumbnail of the model input the image part scores
@@ -62,6 +64,26 @@ def decode_array(data: dict) -> np.ndarray:
         raise ValueError(f"unsupported array dtype {data.get('dtype')!r} (expected float32)")
     raw = np.frombuffer(base64.b64decode(data["base64"], validate=True), dtype="<f4")
     return raw.reshape([int(s) for s in data["shape"]]).astype(np.float64)
+
+
+def read_array(fields: Fields, name: str, ndim: int) -> np.ndarray:
+    """A stored array (`encode_array`) of ``ndim`` dimensions and finite values.
+
+    Raises:
+        BadValue: malformed, of another rank, or holding NaN or inf, named by its key.
+    """
+    entry = fields.nested(name)
+    accepted = f"a {ndim}-d float32 array (shape, dtype, base64) of finite numbers"
+    shape = entry.raw("shape")
+    if not isinstance(shape, list) or len(shape) != ndim or not all(type(s) is int and s > 0 for s in shape):
+        raise BadValue(entry.key("shape"), shape, f"a list of {ndim} positive integers")
+    try:
+        array = decode_array(entry.data)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BadValue(fields.key(name), None, accepted, said=f"malformed ({exc})") from exc
+    if not np.isfinite(array).all():
+        raise BadValue(fields.key(name), None, accepted, said="an array holding NaN or inf")
+    return array
 
 
 @dataclass(frozen=True)
@@ -154,32 +176,35 @@ class OodGate:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> OodGate:
-        """Inverse of `to_dict`.
+    def from_dict(cls, data: dict, key: str = "ood") -> OodGate:
+        """Inverse of `to_dict`, every value checked (`lungnet.untrusted`).
+
+        Args:
+            data: the stored gate.
+            key: where it is in its file, for messages (``ood``, ``ood.features``).
 
         Raises:
-            ValueError: an unknown method or malformed arrays.
+            BadValue: an unknown method, a malformed array or a value out of range, named by its key.
         """
-        if data.get("method") != METHOD:
-            raise ValueError(f"unknown OOD method {data.get('method')!r} (this lungnet reads {METHOD})")
-        try:
-            means, comps = decode_array(data["means"]), decode_array(data["components"])
-            variances = decode_array(data["variances"])
-            if comps.shape != (means.shape[1], len(variances)):
-                raise ValueError(f"components {comps.shape} do not fit means {means.shape}")
-            keys = {"threshold", "noise", "means", "components", "variances", "reference_scores"}
-            threshold = data.get("threshold")
-            return cls(
-                means=means,
-                components=comps,
-                variances=variances,
-                noise=float(data["noise"]),
-                threshold=float("inf") if threshold is None else float(threshold),
-                reference=np.asarray(data.get("reference_scores") or [], dtype=np.float64),
-                info={k: v for k, v in data.items() if k not in keys},
-            )
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"malformed OOD gate ({exc!r})") from exc
+        f = Fields(data, f"{key}.")
+        f.string("method", choices=[METHOD])
+        means, comps = read_array(f, "means", 2), read_array(f, "components", 2)
+        variances = read_array(f, "variances", 1)
+        if comps.shape != (means.shape[1], len(variances)):
+            fit = f"shape ({means.shape[1]}, {len(variances)}), to fit means {means.shape} and variances"
+            raise BadValue(f.key("components"), None, fit, said=f"of shape {comps.shape}")
+        if (variances <= 0).any():
+            raise BadValue(f.key("variances"), None, "numbers > 0", said="an array with values <= 0")
+        keys = {"threshold", "noise", "means", "components", "variances", "reference_scores"}
+        return cls(
+            means=means,
+            components=comps,
+            variances=variances,
+            noise=f.number("noise", gt=0),
+            threshold=f.number("threshold", null=True, default=None, gt=0) or float("inf"),  # null: not calibrated
+            reference=f.numbers("reference_scores", default=[], ge=0),
+            info={k: v for k, v in data.items() if k not in keys},
+        )
 
 
 def layout(thumbnails: np.ndarray) -> np.ndarray:
@@ -263,19 +288,21 @@ class ImageGate:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> ImageGate:
-        """Inverse of `to_dict`.
+    def from_dict(cls, data: dict, key: str = "ood") -> ImageGate:
+        """Inverse of `to_dict`, every value checked (`OodGate.from_dict`).
 
         Raises:
-            ValueError: malformed.
+            BadValue: malformed or out of range, named by its key.
         """
-        try:
-            parts = OodGate.from_dict(data["features"]), OodGate.from_dict(data["image"])
-            info = {k: v for k, v in data.items() if k not in {"threshold", "features", "image", "reference_scores"}}
-            reference = np.asarray(data.get("reference_scores") or [], dtype=np.float64)
-            return cls(*parts, float(data.get("threshold", 1.0)), reference, info)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"malformed OOD gate with an image part ({exc!r})") from exc
+        f = Fields(data, f"{key}.")
+        f.string("method", choices=[IMAGE_METHOD])
+        parts = tuple(OodGate.from_dict(f.raw(part), f.key(part)) for part in ("features", "image"))
+        if parts[1].means.shape[1] != THUMB * THUMB:
+            said = f"of shape {parts[1].means.shape}"
+            raise BadValue(f.key("image.means"), None, f"{THUMB**2} columns, a {THUMB} x {THUMB} thumbnail", said=said)
+        info = {k: v for k, v in data.items() if k not in {"threshold", "features", "image", "reference_scores"}}
+        reference = f.numbers("reference_scores", default=[], ge=0)
+        return cls(*parts, f.number("threshold", default=1.0, gt=0), reference, info)
 
 
 ANY_MEMBER = "any-member"
@@ -343,25 +370,30 @@ class AnyMemberGate:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> AnyMemberGate:
-        """Inverse of `to_dict`.
+    def from_dict(cls, data: dict, key: str = "ood") -> AnyMemberGate:
+        """Inverse of `to_dict`, every value checked (`gate_from_dict`).
 
         Raises:
-            ValueError: malformed.
+            BadValue: malformed or out of range, named by its key.
         """
-        try:
-            gates = tuple(gate_from_dict(g) if g else None for g in data["gates"])
-            info = {k: v for k, v in data.items() if k not in {"threshold", "gates", "reference_scores"}}
-            reference = np.asarray(data.get("reference_scores") or [], dtype=np.float64)
-            return cls(gates, float(data.get("threshold", 1.0)), reference, info)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"malformed ensemble OOD gate ({exc!r})") from exc
+        f = Fields(data, f"{key}.")
+        stored = enumerate(f.items("gates"))
+        gates = tuple(None if g is None else gate_from_dict(g, f"{key}.gates[{i}]") for i, g in stored)
+        if not any(g is not None for g in gates):
+            raise BadValue(f.key("gates"), None, "at least one member gate", said="all null")
+        info = {k: v for k, v in data.items() if k not in {"threshold", "gates", "reference_scores"}}
+        reference = f.numbers("reference_scores", default=[], ge=0)
+        return cls(gates, f.number("threshold", default=1.0, gt=0), reference, info)
 
 
-def gate_from_dict(data: dict) -> OodGate | ImageGate | AnyMemberGate:
+def gate_from_dict(data: dict, key: str = "ood") -> OodGate | ImageGate | AnyMemberGate:
     """A stored gate: a model's (`ImageGate`, or `OodGate` from before the image part) or an ensemble's
-    (`AnyMemberGate`), by its ``method``."""
-    method = data.get("method")
+    (`AnyMemberGate`), by its ``method``.
+
+    Raises:
+        BadValue: an unknown method, or a malformed gate, named by its key (``key``: where it is in its file).
+    """
+    method = Fields(data, f"{key}.").string("method", choices=[METHOD, IMAGE_METHOD, ANY_MEMBER])
     if method == ANY_MEMBER:
-        return AnyMemberGate.from_dict(data)
-    return ImageGate.from_dict(data) if method == IMAGE_METHOD else OodGate.from_dict(data)
+        return AnyMemberGate.from_dict(data, key)
+    return ImageGate.from_dict(data, key) if method == IMAGE_METHOD else OodGate.from_dict(data, key)

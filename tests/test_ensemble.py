@@ -22,8 +22,9 @@ from tests.conftest import run_cli, shared
 from tests.test_inference import LABELS, make_checkpoint
 
 
-def _fold(root: Path, name: str, fold: int, seed: int, select: str | None = None) -> Path:
-    """A run directory of a k-fold multirun: checkpoints/best.ckpt (and last.ckpt), data.cv_fold recorded."""
+def _fold(root: Path, name: str, fold: int, seed: int, select: str | None = None, finished: bool = True) -> Path:
+    """A run directory of a k-fold multirun: checkpoints/best.ckpt (and last.ckpt), data.cv_fold recorded, and
+    metrics.json when ``finished`` (training writes it last)."""
     run = root / name
     best = make_checkpoint(run / "checkpoints" / "best.ckpt", seed=seed)
     ckpt = torch.load(best, weights_only=True)
@@ -31,7 +32,8 @@ def _fold(root: Path, name: str, fold: int, seed: int, select: str | None = None
     torch.save(ckpt, best)
     if select:
         shutil.copy(best, run / "checkpoints" / "last.ckpt")
-        (run / "metrics.json").write_text(json.dumps({"selected": select}))
+    if finished:
+        (run / "metrics.json").write_text(json.dumps({"selected": select or "best"}))
     return best
 
 
@@ -117,6 +119,18 @@ def test_cross_validation_dir_expands_to_its_folds(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="without any training run"):
         model_files(str(tmp_path / "empty"))
+
+
+def test_an_unfinished_run_in_a_multirun_does_not_join_the_ensemble(tmp_path, caplog):
+    """A sweep trial killed after its first best.ckpt (no metrics.json) is skipped and named, not averaged in."""
+    root = tmp_path / "multirun"
+    done = [_fold(root, str(k), k, seed=k) for k in (0, 1)]
+    _fold(root, "2", 2, seed=2, finished=False)
+    assert model_files(str(root)) == (done, None)
+    assert open_ensemble(str(root)).names == ["0", "1"]
+    assert f"unfinished training run(s) under {root}" in caplog.text and str(root / "2") in caplog.text
+    with pytest.raises(CheckpointError, match=r"without any finished training run \(1 unfinished"):
+        model_files(str(root / "2"))
 
 
 def test_manifest_pins_members_by_hash(pair, tmp_path):

@@ -2,10 +2,12 @@
 
 Layers, bottom to top (docs: COMMON rules, README "Layout"):
 
-0. ``errors hardware io labels findings provenance schema config_checks data models preprocessing``: files, images,
-   data sets and their findings, the configs' schema, the model factory and the input contract;
-1. ``checkpoint ood decision ensemble metrics module divergence callbacks resize_schedule loggers training_checks
-   training evaluation explain audit``: what trains, scores, explains and audits a model;
+0. ``errors hardware io labels findings provenance schema config_checks untrusted data models preprocessing``: files,
+   images, data sets and their findings, the configs' schema, untrusted files' values, the model factory and the
+   input contract;
+1. ``checkpoint ood decision_file decision ensemble_manifest ensemble metrics module divergence callbacks
+   resize_schedule loggers training_checks training evaluation explain audit``: what trains, scores, explains and
+   audits a model;
 2. ``inference batch runtimes export app launch rundir cli``: what a user runs.
 
 Every import counts, also one inside a function (a deferred import is still a dependency), with one stated
@@ -33,12 +35,15 @@ LAYERS = {
     "lungnet.provenance": 0,  # environment facts of a run (versions, git commit); imports nothing of lungnet
     "lungnet.schema": 0,  # the structured configs (dataclasses); imported by the package __init__ to register them
     "lungnet.config_checks": 0,  # range checks and key descriptions over the schema
+    "lungnet.untrusted": 0,  # typed, range-checked reading of files lungnet did not write in this run
     "lungnet.data": 0,
     "lungnet.models": 0,
     "lungnet.preprocessing": 0,
     "lungnet.checkpoint": 1,
     "lungnet.ood": 1,  # the out-of-distribution gate (numpy), stored in decision files
+    "lungnet.decision_file": 1,  # the decision file format: its one reader, every value checked
     "lungnet.decision": 1,  # the decision record: operating point, temperature, conformal sets, OOD gate
+    "lungnet.ensemble_manifest": 1,  # the ensemble.json format: its one reader, every value checked
     "lungnet.ensemble": 1,  # several checkpoints as one model: members, checks, manifest, averaging
     "lungnet.metrics": 1,
     "lungnet.module": 1,

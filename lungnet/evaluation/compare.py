@@ -6,7 +6,8 @@ Usage::
     python compare.py runs=[outputs/a/checkpoints/best.ckpt,outputs/b] split=val
     python compare.py runs=outputs/multirun/<date>/<time> split=test bootstrap.resamples=2000
 
-``runs`` is a directory (searched for ``checkpoints/best.ckpt``), a checkpoint, or a list of them
+``runs`` is a directory (searched for finished training runs: ``checkpoints/best.ckpt`` and ``metrics.json``; an
+unfinished one is skipped with a warning naming it), a checkpoint, or a list of them
 (``[a,b]`` or the quoted string ``'a,b'``). Every other option is an ``evaluate.py`` option (split,
 data.root, operating_point.*, bootstrap.*, calibration.*). The run directory
 (``outputs/compare/<date>/<time>/``) receives:
@@ -29,7 +30,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lungnet.checkpoint import checkpoints_below, model_names, read_checkpoint
+from lungnet.checkpoint import checkpoints_below, model_names, no_run_message, read_checkpoint
 from lungnet.config_checks import pin_paths
 from lungnet.data.sources import DataError
 from lungnet.evaluation import plots
@@ -44,8 +45,11 @@ log = logging.getLogger(__name__)
 def find_checkpoints(runs: str | list | ListConfig) -> list[Path]:
     """Checkpoint paths from ``runs``: checkpoint files, run directories or multirun directories.
 
+    A directory gives the checkpoint of each finished training run in it; unfinished runs (no ``metrics.json``)
+    are skipped and named in a warning (`lungnet.checkpoint.training_runs`).
+
     Raises:
-        FileNotFoundError: an entry that does not exist, or a directory without ``checkpoints/best.ckpt``.
+        FileNotFoundError: an entry that does not exist, or a directory without a finished training run.
     """
     entries = [str(r) for r in runs] if isinstance(runs, list | ListConfig) else str(runs).split(",")
     found: list[Path] = []
@@ -54,9 +58,9 @@ def find_checkpoints(runs: str | list | ListConfig) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            below = checkpoints_below(path)
+            below, unfinished = checkpoints_below(path)
             if not below:
-                raise FileNotFoundError(f"No checkpoints/best.ckpt under {path}")
+                raise FileNotFoundError(f"runs={no_run_message(path, unfinished)}")
             found += below
         else:
             raise FileNotFoundError(f"runs: {path} is neither a checkpoint nor a directory")

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from lungnet.checkpoint import training_runs
 from lungnet.data.sources import DataError
 from lungnet.evaluation.report import fmt, fmt_ci, table
 from lungnet.evaluation.resample import Resampler
@@ -42,15 +43,20 @@ FOLD_METRICS = ("accuracy", "auroc_macro", "f1_macro", "recall_macro", "precisio
 def find_fold_runs(root: str | Path) -> list[Path]:
     """Run directories under ``root`` holding a finished fold (config.yaml, metrics.json, predictions_val.csv).
 
+    Unfinished runs (no ``metrics.json``: a fold killed mid-training) are skipped and named in a warning
+    (`lungnet.checkpoint.training_runs`), and the summary says which folds are missing.
+
     Raises:
         FileNotFoundError: ``root`` is missing or holds no finished run.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"Not a directory: {root}")
-    runs = sorted(p.parent for p in root.rglob("metrics.json") if (p.parent / "predictions_val.csv").is_file())
+    finished, unfinished = training_runs(root)
+    runs = [run for run in finished if (run / "predictions_val.csv").is_file()]
     if not runs:
-        raise FileNotFoundError(f"No finished runs (metrics.json + predictions_val.csv) under {root}")
+        skipped = f" ({len(unfinished)} unfinished, skipped: {', '.join(map(str, unfinished))})" if unfinished else ""
+        raise FileNotFoundError(f"No finished runs (metrics.json + predictions_val.csv) under {root}{skipped}")
     return runs
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.sources import DataError
-from lungnet.decision import parse_thresholds
+from lungnet.decision_file import parse_thresholds
 from lungnet.evaluation import stats
 from lungnet.labels import default_positive
 
@@ -28,12 +28,16 @@ def read_thresholds(path: str | Path, labels: list[str]) -> dict[str, float]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"operating_point.file: no thresholds file at {path}")
-    data = json.loads(path.read_text())
-    thresholds = data.get("thresholds", data)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        thresholds = data.get("thresholds", data) if isinstance(data, dict) else data
+        parsed = parse_thresholds(thresholds)  # None (no positives where it was fitted) is skipped
+    except (OSError, ValueError) as exc:
+        raise DataError(f"operating_point.file {path} cannot be read: {exc}") from exc
     unknown = set(thresholds) - set(labels)
     if unknown:
         raise DataError(f"{path} names classes {sorted(unknown)} that the checkpoint does not have ({labels})")
-    return parse_thresholds(thresholds)  # None (no positives where it was fitted) is skipped
+    return parsed
 
 
 def positive_class(opts: dict, labels: list[str], multilabel: bool) -> str | None:

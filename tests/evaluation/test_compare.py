@@ -33,6 +33,8 @@ def multirun(tiny_ckpt, tmp_path_factory):
     first.parent.mkdir(parents=True)
     shutil.copy(tiny_ckpt, first)
     _variant(tiny_ckpt, root / "1_synthetic_noisy" / "checkpoints" / "best.ckpt", noise=0.05)
+    for run in root.iterdir():
+        (run / "metrics.json").write_text("{}")  # finished runs: training writes metrics.json last
     return root
 
 
@@ -69,5 +71,17 @@ def test_find_checkpoints_and_names(multirun, tiny_ckpt, tmp_path):
     assert model_names([found[0], found[0]]) == ["0_synthetic_simple_cnn", "0_synthetic_simple_cnn_2"]
     with pytest.raises(FileNotFoundError, match="neither"):
         find_checkpoints(str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError, match="No checkpoints"):
+    with pytest.raises(FileNotFoundError, match="without any training run"):
         find_checkpoints(str(tmp_path))
+
+
+def test_an_unfinished_run_is_skipped_and_named(tmp_path, caplog):
+    """A sweep trial killed after its first best.ckpt (no metrics.json) is not compared as if it had finished."""
+    for name in ("0_done", "1_killed"):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        (tmp_path / name / "checkpoints" / "best.ckpt").write_bytes(b"x")
+    (tmp_path / "0_done" / "metrics.json").write_text("{}")
+    assert find_checkpoints(str(tmp_path)) == [tmp_path / "0_done" / "checkpoints" / "best.ckpt"]
+    assert "Skipping 1 unfinished" in caplog.text and str(tmp_path / "1_killed") in caplog.text
+    with pytest.raises(FileNotFoundError, match="without any finished training run"):
+        find_checkpoints(str(tmp_path / "1_killed"))

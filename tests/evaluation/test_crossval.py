@@ -151,6 +151,20 @@ def test_incomplete_cv_is_summarised_with_a_warning_and_bad_input_exits_2(cv_run
     assert exc.value.code == 2
 
 
+def test_a_fold_killed_mid_training_is_named_not_silently_left_out(tmp_path, caplog):
+    for fold in range(3):
+        run = tmp_path / str(fold)
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "best.ckpt").write_bytes(b"x")
+        if fold != 1:  # fold 1 was killed after its first checkpoint: no metrics.json, no predictions
+            (run / "metrics.json").write_text("{}")
+            (run / "predictions_val.csv").write_text("path\n")
+    assert find_fold_runs(tmp_path) == [tmp_path / "0", tmp_path / "2"]
+    assert "Skipping 1 unfinished" in caplog.text and str(tmp_path / "1") in caplog.text
+    with pytest.raises(FileNotFoundError, match=r"No finished runs .*1 unfinished, skipped: .*/1\)"):
+        find_fold_runs(tmp_path / "1")
+
+
 def test_multilabel_folds_are_pooled_per_finding(tiny_nih, tmp_path):
     for fold in range(2):
         overrides = [

@@ -26,8 +26,10 @@ from tests.evaluation.test_run import FILES
 
 
 def _member(src: Path, root: Path, name: str, noise: float = 0.0, **data) -> Path:
-    """A run directory ``root/name`` holding a (perturbed) copy of ``src`` with ``data`` changed in its config."""
+    """A finished run directory ``root/name`` (metrics.json) holding a (perturbed) copy of ``src`` with ``data``
+    changed in its config."""
     dst = _variant(src, root / name / "checkpoints" / "best.ckpt", noise=noise)
+    (root / name / "metrics.json").write_text("{}")
     if data:
         ckpt = torch.load(dst, weights_only=True)
         ckpt["hyper_parameters"]["data"].update(data)
