@@ -29,6 +29,7 @@ from lungnet.inference import Predictor
 from lungnet.ood import OodGate
 from lungnet.preprocessing import logits_to_probs
 from tests.conftest import ROOT, run_cli, shared
+from tests.data.test_bad_inputs import short_stream_png
 from tests.test_inference import LABELS, make_checkpoint, overflowing_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -163,11 +164,14 @@ def test_api_heatmap_and_dicom(server):
     assert (np.abs(arr[..., 0] - arr[..., 2]) > 40).mean() > 0.05  # coloured heat, not just the gray X-ray
 
 
-def test_api_errors_are_json_with_status_codes(server):
+def test_api_errors_are_json_with_status_codes(server, tmp_path):
     status, body = post(f"{server}/predict", "notes.txt", b"this is not an x-ray")
     assert status == 422 and "notes.txt could not be read as an image or DICOM file" in body["error"]
     status, body = post(f"{server}/predict", "empty.png", b"")
     assert status == 422 and "empty file" in body["error"]
+    short = short_stream_png(tmp_path / "short.png").read_bytes()  # was 200, the missing rows black
+    status, body = post(f"{server}/predict", "short.png", short)
+    assert status == 422 and "short.png" in body["error"] and "pixel data end after 5 of 48 rows" in body["error"]
     status, body = post(f"{server}/predict", None, b"raw bytes")
     assert status == 400 and "multipart/form-data" in body["error"]
     status, body = post(f"{server}/predict", "big.png", b"\0" * int((LIMIT_MB + 1) * 1024 * 1024))

@@ -1,4 +1,5 @@
-"""Data checks at setup: unreadable files, exact and near duplicates, and patient leakage across splits.
+"""Data checks at setup: unreadable files, images under two labels, exact and near duplicates, and patient leakage
+across splits.
 
 Near duplicates use a 256-bit difference hash (dHash, 16x16) of the decoded grayscale image:
 robust to resizing, recompression and small intensity changes, unlike the exact byte hash. A
@@ -48,7 +49,7 @@ def dhash(image: np.ndarray, side: int = HASH_SIDE) -> str:
 
 
 def _check_one(path: str, decode: bool) -> tuple[str, str, str]:
-    """(sha1 of the bytes or '', error reason or '', dHash or '')."""
+    """(sha1 of the bytes or '', error reason or '', dHash or ''): whatever reading one file raises is its reason."""
     try:
         digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
     except OSError as exc:
@@ -57,9 +58,13 @@ def _check_one(path: str, decode: bool) -> tuple[str, str, str]:
         return digest, "", ""
     try:
         image = read_image(path)
+        return digest, "", dhash(image)
     except ImageReadError as exc:
         return digest, exc.reason, ""
-    return digest, "", dhash(image)
+    except Exception as exc:  # noqa: BLE001 - one file's fault, of whatever type, is that file's row in bad_files.csv
+        # not an ImageReadError: a case read_image does not name yet (or a bug), so its type and traceback are kept
+        log.warning("Unexpected %s reading %s", type(exc).__name__, printable(path), exc_info=True)
+        return digest, f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})", ""
 
 
 def scan_files(
@@ -68,7 +73,8 @@ def scan_files(
     """Hashes every file and (with ``verify`` or ``near_duplicates``) decodes it once.
 
     A row the source already marked bad (a non-empty ``error``, e.g. a blank label cell) keeps its reason and is
-    not read, so it is reported and skipped (or refused) like an unreadable file.
+    not read, so it is reported and skipped (or refused) like an unreadable file. Whatever reading one file raises
+    becomes that file's ``error`` (an exception other than `ImageReadError` is also logged with its traceback).
 
     Returns:
         The table with ``sha1``, ``error`` ('' for good files) and ``dhash`` ('' when not decoded) columns.
@@ -94,6 +100,59 @@ def scan_files(
     return table
 
 
+def label_key(table: pd.DataFrame) -> pd.Series:
+    """Each row's label in a comparable form: a multi-label finding string as its sorted set (``B|A`` is ``A|B``)."""
+    return table["label"].fillna("").astype(str).map(lambda s: "|".join(sorted({t.strip() for t in s.split("|")})))
+
+
+def drop_repeated_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (file, label): a label file that lists an image twice with the same label counts it once."""
+    repeated = pd.DataFrame({"path": table["path"], "label": label_key(table)}).duplicated().to_numpy()
+    if not repeated.any():
+        return table
+    log.warning(
+        "%d row(s) repeat a file with the same label (e.g. %s): each counted once",
+        int(repeated.sum()),
+        printable(table["path"][repeated].iloc[0]),
+    )
+    return table[~repeated].reset_index(drop=True)
+
+
+def _origin(table: pd.DataFrame, i) -> str:
+    """`` (Data_Entry_2017.csv line 7)``: where the source read a row's label (``origin``), or ''."""
+    origin = str(table.at[i, "origin"]) if "origin" in table else ""
+    return f" ({origin})" if origin and origin != "nan" else ""
+
+
+def mark_label_conflicts(table: pd.DataFrame) -> pd.DataFrame:
+    """Marks as bad every readable row whose image (its bytes: ``sha1``) another row gives a different label.
+
+    One rule for every source: a byte copy in another class folder, or two rows of a label CSV for one file. Each
+    row's ``error`` names the other row, so `handle_bad_files` stops the run naming both, or (``skip``) lists both
+    in ``bad_files.csv`` and trains on neither: which label is right cannot be told.
+
+    Args:
+        table: the table after `scan_files` (``sha1``, ``error``, ``label``; ``origin`` optional).
+
+    Returns:
+        A copy with ``error`` set on the contradicting rows.
+    """
+    table = table.copy()
+    key = label_key(table)
+    usable = (table["error"] == "") & (table["sha1"] != "")
+    shared = table[usable & table["sha1"].duplicated(keep=False)]
+    for _, rows in shared.groupby("sha1", sort=False):
+        if key[rows.index].nunique() < 2:
+            continue
+        for i in rows.index:
+            j = next(k for k in rows.index if key[k] != key[i])
+            table.at[i, "error"] = (
+                f"label {table.at[i, 'label']!r}{_origin(table, i)} contradicts label {table.at[j, 'label']!r} of "
+                f"the same image (identical bytes) at {printable(table.at[j, 'path'])}{_origin(table, j)}"
+            )
+    return table
+
+
 def handle_bad_files(table: pd.DataFrame, policy: str, report: Path | None) -> pd.DataFrame:
     """Writes bad files to ``report`` (CSV: path, error) and drops them (``skip``) or stops (``error``).
 
@@ -114,11 +173,16 @@ def handle_bad_files(table: pd.DataFrame, policy: str, report: Path | None) -> p
     where = f" (full list: {report})" if report is not None else ""
     if policy == "error":
         raise DataError(
-            f"{len(bad)} unusable image file(s) (unreadable, or a blank label){where}:\n{listing}{more}\n"
+            f"{len(bad)} unusable image file(s) (unreadable, a blank label, or contradicting labels){where}:\n"
+            f"{listing}{more}\n"
             "Fix or remove them, or set data.on_bad_file=skip to train without them."
         )
     log.warning(
-        "Skipping %d unusable image file(s) (unreadable, or a blank label)%s:\n%s%s", len(bad), where, listing, more
+        "Skipping %d unusable image file(s) (unreadable, a blank label, or contradicting labels)%s:\n%s%s",
+        len(bad),
+        where,
+        listing,
+        more,
     )
     return table[table["error"] == ""].reset_index(drop=True)
 

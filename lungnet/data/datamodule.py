@@ -1,6 +1,6 @@
 """One LightningDataModule for every source: scan -> check -> split -> Datasets -> DataLoaders.
 
-At setup it scans the source, lists unreadable files (``bad_files.csv``), assigns seeded
+At setup it scans the source, lists unreadable files and images given two labels (``bad_files.csv``), assigns seeded
 stratified/patient-grouped splits, reports duplicate images (exact, and with
 ``near_duplicates`` perceptual) and shared patients across splits (``data_report.json``) and
 writes the split files into the run directory. Training batches come from an `EpochSampler`, so
@@ -23,9 +23,11 @@ from lungnet.data.cache import build_cache
 from lungnet.data.checks import (
     check_class_sizes,
     check_training_classes,
+    drop_repeated_rows,
     enforce_no_test_leak,
     handle_bad_files,
     leakage_report,
+    mark_label_conflicts,
     scan_files,
 )
 from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset
@@ -99,12 +101,13 @@ class LungDataModule(pl.LightningDataModule):
 
     def load_table(self, all_images: bool = False) -> pd.DataFrame:
         """Scans, checks and splits the source (``all_images``: every image is split ``all``)."""
-        table = patients_from_names(self.source.scan(), self.cfg.get("patient_pattern"))
+        table = drop_repeated_rows(patients_from_names(self.source.scan(), self.cfg.get("patient_pattern")))
         if table.empty:
             raise DataError(f"No images found for dataset '{self.source.name}' under {self.source.root}")
         writer = self._is_writer()
         near = bool(self.cfg["near_duplicates"])
         scanned = scan_files(table, verify=bool(self.cfg["verify"]), near_duplicates=near and not all_images)
+        scanned = mark_label_conflicts(scanned)  # one image under two labels: both rows are bad rows
         report = self.run_dir / "bad_files.csv" if writer else None
         policy = self.cfg["on_bad_file"]
         self.bad_files = scanned.loc[scanned["error"] != "", ["path", "error"]].reset_index(drop=True)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from lungnet.data.formats import IMAGE_SUFFIXES
+from lungnet.data.png import short_pixel_data
 from lungnet.data.sources import walk_images
 from lungnet.io import printable
 
@@ -83,6 +84,25 @@ def _scale_to_unit(arr: np.ndarray) -> np.ndarray:
     return (arr - lo) / (hi - lo)
 
 
+def _header_int(ds, path: Path, keyword: str, high: int) -> int:
+    """A whole-number header element in [0, high] (0 when absent or empty); any other value refuses the file.
+
+    pydicom parses an element when it is first read, so a wrong value (``Rows`` as ``LO 'abc'``) or a wrong length
+    (``US`` in 3 bytes) raises there, in one of many exception types: each becomes one `ImageReadError`.
+    """
+    expected = f"expected a whole number in [0, {high}]"
+    try:
+        value = ds.get(keyword)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a malformed element
+        reason = f"{type(exc).__name__}: {_one_line(exc)[:160]}"
+        raise ImageReadError(path, f"DICOM header {keyword} cannot be read ({reason}): {expected}") from exc
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value <= high:
+        raise ImageReadError(path, f"DICOM header {keyword} is {' '.join(repr(value).split())[:80]}: {expected}")
+    return int(value)
+
+
 def _dicom_header(path: Path, pydicom):
     """The header without the pixel data, refused when decoding it could take more memory than the file suggests:
     a deflated data set (inflated whole in memory) or a frame above `MAX_PIXELS` (rows x columns x samples)."""
@@ -100,8 +120,8 @@ def _dicom_header(path: Path, pydicom):
             ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
         raise ImageReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    rows, cols = _header_int(ds, path, "Rows", 65535), _header_int(ds, path, "Columns", 65535)
+    samples = _header_int(ds, path, "SamplesPerPixel", 4) or 1
     if rows * cols * samples > MAX_PIXELS:
         raise ImageReadError(path, f"DICOM header claims {cols}x{rows} px x {samples} samples (decompression bomb?)")
     return ds
@@ -200,6 +220,9 @@ def _read_pil(path: Path) -> np.ndarray:
     try:
         with _open(path) as img:
             img.load()
+            short = short_pixel_data(path) if img.format == "PNG" else ""  # Pillow keeps the missing rows black
+            if short:
+                raise ImageReadError(path, short)
             arr = _pil_to_gray(ImageOps.exif_transpose(img))
         if arr.dtype == np.uint8:  # scaled here, after the decoded image was released
             arr = arr.astype(np.float32)
@@ -269,7 +292,7 @@ def native_size(path: str | os.PathLike) -> tuple[int, int]:
         import pydicom
 
         ds = _dicom_header(path, pydicom)
-        size = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
+        size = _header_int(ds, path, "Columns", 65535), _header_int(ds, path, "Rows", 65535)
         if min(size) <= 0:
             raise ImageReadError(path, "DICOM header names no Rows and Columns (not an image, or not DICOM)")
         return size

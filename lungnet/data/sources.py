@@ -7,7 +7,9 @@ A source turns a data root into a `pandas.DataFrame` with one row per image:
 - ``target``: the class index (single-label only);
 - one float column per label for multi-label sources (1, 0 or NaN for unknown);
 - ``patient``: a patient id when the dataset has one (splits never cut a patient in two);
-- ``split``: ``train``/``val``/``test``/``trainval`` when the dataset ships a split, else empty.
+- ``split``: ``train``/``val``/``test``/``trainval`` when the dataset ships a split, else empty;
+- optional ``error``: why a row the label file gives is unusable ('' when usable), and ``origin``: where the label
+  file names the image (``Data_Entry_2017.csv line 7``), for messages.
 
 A new dataset is one class here plus one YAML file in ``conf/data/``.
 """
@@ -298,6 +300,7 @@ class NIHSource(Source):
         blank = blank_cells(entries, ("Finding Labels", "Patient ID"), csv.name)
         odd = finding_cells(entries["Finding Labels"], L.NIH14, csv.name)
         entries["error"] = [b or o for b, o in zip(blank, odd, strict=True)]
+        entries["origin"] = [f"{csv.name} line {line}" for line in range(2, len(entries) + 2)]  # 1: the header
         files = {p.name: str(p) for p in walk_images(self.root)}
         entries["path"] = entries["Image Index"].map(files)
         n_missing = int(entries["path"].isna().sum())
@@ -324,6 +327,7 @@ class NIHSource(Source):
                 "patient": entries["patient"],
                 "split": entries["split"],
                 "error": entries["error"],  # a row the CSV leaves blank: reported and skipped like a bad file
+                "origin": entries["origin"],  # the CSV line, named when two rows contradict
             }
         )
         findings = entries["Finding Labels"].str.split("|")
@@ -374,6 +378,7 @@ class NIH6Source(NIHSource):
                 "patient": entries["patient"],
                 "split": entries["split"],
                 "error": entries["error"],
+                "origin": entries["origin"],
             }
         ).astype({"target": int})
 

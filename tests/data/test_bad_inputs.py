@@ -82,6 +82,26 @@ def dicom(path: Path, pixels: bool = True, syntax: str | None = None) -> Path:
     return path
 
 
+def dicom_rows_as_text(path: Path) -> Path:
+    """A DICOM whose ``Rows`` element is ``LO 'abc'`` (int() of it was a ValueError traceback)."""
+    import pydicom
+    from pydicom.dataelem import DataElement
+
+    ds = pydicom.dcmread(dicom(path))
+    ds[0x00280010] = DataElement(0x00280010, "LO", "abc")
+    ds.save_as(path)
+    return path
+
+
+def short_stream_png(path: Path) -> Path:
+    """A PNG whose complete zlib stream holds 5 of the header's 48 rows (Pillow reads the rest as black)."""
+    rows = b"".join(b"\0" + row.tobytes() for row in gradient()[:5])
+    ihdr = struct.pack(">IIBBBBB", 64, 48, 8, 0, 0, 0, 0)
+    chunks = png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+    return path
+
+
 def exif_rotated_jpeg(path: Path, orientation: int = 6) -> Path:
     exif = Image.Exif()
     exif[0x0112] = orientation  # 6: the viewer must rotate 90 degrees clockwise
@@ -123,6 +143,8 @@ def bad_files(folder: Path) -> dict[str, str]:
     dicom(folder / "no_pixels.dcm", pixels=False)
     dicom(folder / "jpeg_ls.dcm", syntax="1.2.840.10008.1.2.4.80")
     dicom(folder / "made_up_syntax.dcm", syntax="1.2.999.99999.1.2.1")
+    dicom_rows_as_text(folder / "rows_as_text.dcm")
+    short_stream_png(folder / "short_stream.png")
     os.symlink("link_loop.png", folder / "link_loop.png")  # a file symlink pointing at itself
     with open(os.path.join(os.fsencode(folder), NON_UTF8), "wb") as fh:  # undecodable name, text inside
         fh.write(b"not an image either")
@@ -136,6 +158,8 @@ def bad_files(folder: Path) -> dict[str, str]:
         "no_pixels.dcm": "no pixel data",
         "jpeg_ls.dcm": "JPEG-LS",
         "made_up_syntax.dcm": "1.2.999.99999.1.2.1",
+        "rows_as_text.dcm": "DICOM header Rows is 'abc'",
+        "short_stream.png": "pixel data end after 5 of 48 rows",
         "link_loop.png": "symbolic links",
         os.fsdecode(NON_UTF8): "not an image",
     }

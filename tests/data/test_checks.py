@@ -1,4 +1,5 @@
-"""Data checks at setup: every class trainable before and after splitting."""
+"""Data checks at setup: every class trainable before and after splitting, every file's fault a row, one label
+per image."""
 
 from __future__ import annotations
 
@@ -7,8 +8,17 @@ import logging
 import pandas as pd
 import pytest
 
-from lungnet.data.checks import check_class_sizes, check_training_classes
+from lungnet.data import checks
+from lungnet.data.checks import (
+    check_class_sizes,
+    check_training_classes,
+    drop_repeated_rows,
+    mark_label_conflicts,
+    scan_files,
+)
+from lungnet.data.images import ImageReadError
 from lungnet.data.sources import DataError
+from tests.conftest import write_png
 
 
 def _table(rows: list[tuple[str, str]]) -> pd.DataFrame:
@@ -35,3 +45,76 @@ def test_multilabel_findings_without_positives_only_warn(caplog):
     with caplog.at_level(logging.WARNING):
         check_training_classes(table, ["Effusion", "Hernia"], "nih14", multilabel=True)
     assert "['Hernia']" in caplog.text and "Effusion" not in caplog.text.split("image of")[1]
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [ValueError("invalid literal for int() with base 10: 'abc'"), RuntimeError("boom"), ZeroDivisionError("x")],
+)
+def test_whatever_reading_one_file_raises_becomes_its_row(tmp_path, monkeypatch, caplog, exc):
+    """An exception read_image does not name yet is that file's bad_files.csv row (type and message), logged with
+    its traceback; the other files are read as usual."""
+    good, bad = write_png(tmp_path / "good.png", 1), write_png(tmp_path / "bad.png", 2)
+    real = checks.read_image
+
+    def read(path):
+        if str(path) == str(bad):
+            raise exc
+        return real(path)
+
+    monkeypatch.setattr(checks, "read_image", read)
+    with caplog.at_level(logging.WARNING):
+        table = scan_files(pd.DataFrame({"path": [str(good), str(bad)]}), workers=1)
+    assert table["error"].tolist() == ["", f"unreadable ({type(exc).__name__}: {exc})"]
+    assert table["sha1"].str.len().tolist() == [40, 40] and table["dhash"].iloc[0] != ""
+    assert f"Unexpected {type(exc).__name__} reading {bad}" in caplog.text and "Traceback" in caplog.text
+    monkeypatch.setattr(checks, "read_image", lambda p: (_ for _ in ()).throw(ImageReadError(p, "known reason")))
+    assert scan_files(pd.DataFrame({"path": [str(good)]}))["error"].tolist() == ["known reason"]
+
+
+def _rows(*rows: tuple[str, str, str]) -> pd.DataFrame:
+    """(path, label, sha1) rows of a scanned table, all readable."""
+    return pd.DataFrame([{"path": p, "label": lab, "sha1": h, "error": ""} for p, lab, h in rows])
+
+
+@pytest.mark.parametrize(
+    ("rows", "bad"),
+    [
+        ([("a", "N", "1"), ("b", "P", "1"), ("c", "N", "2")], ["a", "b"]),  # a byte copy in another class folder
+        ([("a", "N", "1"), ("a", "P", "1")], ["a", "a"]),  # two CSV rows for one file, two labels
+        ([("a", "N", "1"), ("b", "N", "1")], []),  # a copy under the same label: a duplicate, not a contradiction
+        ([("a", "A|B", "1"), ("b", "B|A", "1")], []),  # the same findings in another order
+        ([("a", "A|B", "1"), ("b", "A", "1")], ["a", "b"]),  # multi-label: another set of findings
+        ([("a", "N", "1"), ("b", "P", "1"), ("c", "N", "1")], ["a", "b", "c"]),  # three copies, two labels
+        ([("a", "N", ""), ("b", "P", "")], []),  # unread files (no hash) are not compared
+    ],
+)
+def test_an_image_under_two_labels_marks_every_row_of_it(rows, bad):
+    table = mark_label_conflicts(_rows(*rows))
+    marked = table[table["error"] != ""]
+    assert marked["path"].tolist() == bad
+    for _, row in marked.iterrows():
+        others = table[(table["sha1"] == row["sha1"]) & (table["label"] != row["label"])]
+        other = others.index[0]
+        assert f"label {row['label']!r} contradicts label {table.at[other, 'label']!r}" in row["error"]
+        assert row["error"].endswith(f"at {table.at[other, 'path']}")
+
+
+def test_a_row_already_bad_keeps_its_reason_and_origins_are_named():
+    table = _rows(("a", "N", "1"), ("a", "P", "1"), ("b", "P", "1"))
+    table["error"] = ["", "", "blank 'Patient ID' in x.csv line 4"]
+    table["origin"] = ["x.csv line 2", "x.csv line 3", "x.csv line 4"]
+    errors = mark_label_conflicts(table)["error"].tolist()
+    assert errors[0] == (
+        "label 'N' (x.csv line 2) contradicts label 'P' of the same image (identical bytes) at a (x.csv line 3)"
+    )
+    assert errors[1].startswith("label 'P' (x.csv line 3) contradicts label 'N'") and errors[2].startswith("blank")
+
+
+def test_repeated_rows_count_once(caplog):
+    table = pd.DataFrame({"path": ["a", "a", "b", "a", "b"], "label": ["N", "N", "A|B", "P", "B|A"]})
+    with caplog.at_level(logging.WARNING):
+        kept = drop_repeated_rows(table)
+    assert kept[["path", "label"]].values.tolist() == [["a", "N"], ["b", "A|B"], ["a", "P"]]
+    assert "2 row(s) repeat a file with the same label" in caplog.text
+    assert drop_repeated_rows(kept) is kept

@@ -9,8 +9,10 @@ import torch
 
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.sources import DataError
+from lungnet.io import printable
 from lungnet.models.specs import ModelSpec
 from tests.conftest import shared, write_png
+from tests.data.test_bad_inputs import bad_files
 
 SPEC = ModelSpec(name="t", arch="t", input_size=32, in_chans=1, mean=(0.5,), std=(0.25,))
 
@@ -51,6 +53,19 @@ def test_bad_file_skipped_or_error(tiny_folder, tmp_path):
     assert "broken.png" in (tmp_path / "r" / "bad_files.csv").read_text()
     with pytest.raises(DataError, match="broken.png"):
         LungDataModule(_cfg("pneumonia", tiny_folder, on_bad_file="error"), SPEC).setup()
+
+
+def test_every_bad_file_is_a_row_for_training_and_for_split_all(tiny_folder, tmp_path):
+    """The tables train.py and evaluate.py split=all read: every kind of bad file (a DICOM whose Rows is text, a PNG
+    whose stream ends early among them) is a bad_files.csv row with its reason, never a traceback."""
+    expected = bad_files(tiny_folder / "train" / "PNEUMONIA")
+    for all_images in (False, True):
+        run = tmp_path / f"all_{all_images}"
+        LungDataModule(_cfg("pneumonia", tiny_folder), SPEC, run_dir=run).load_table(all_images=all_images)
+        listed = pd.read_csv(run / "bad_files.csv").set_index("path")["error"].rename(lambda p: Path(p).name)
+        assert sorted(listed.index) == sorted(printable(n) for n in expected)
+        for name, reason in expected.items():
+            assert reason in listed[printable(name)], name
 
 
 def test_blank_nih_label_cells_are_bad_rows(tiny_nih, tmp_path):
@@ -98,6 +113,49 @@ def test_unknown_or_contradictory_nih_findings_are_bad_rows(tiny_nih, tmp_path):
             == "'No Finding' beside a finding (No Finding|Effusion) in Data_Entry_2017.csv line 7"
         )
         assert not {"00000001_001.png", "00000002_002.png"} & set(dm.table["path"].map(lambda p: Path(p).name))
+
+
+def test_a_byte_copy_in_another_class_folder_stops_or_both_are_bad_files(tiny_folder, tmp_path):
+    """``cp NORMAL/x.png PNEUMONIA/dup.png`` trained under both labels before (only data_report.json counted it)."""
+    first = tiny_folder / "train" / "NORMAL" / "img_000.png"
+    copy = tiny_folder / "train" / "PNEUMONIA" / "dup.png"
+    copy.write_bytes(first.read_bytes())
+    with pytest.raises(DataError) as info:
+        LungDataModule(_cfg("pneumonia", tiny_folder, on_bad_file="error"), SPEC).load_table()
+    message = str(info.value)
+    assert f"{first}: label 'NORMAL' contradicts label 'PNEUMONIA' of the same image (identical bytes) at {copy}" in (
+        message
+    )
+    assert f"{copy}: label 'PNEUMONIA' contradicts label 'NORMAL'" in message
+    run = tmp_path / "run"
+    table = LungDataModule(_cfg("pneumonia", tiny_folder), SPEC, run_dir=run).load_table()
+    assert set(pd.read_csv(run / "bad_files.csv")["path"]) == {str(first), str(copy)}
+    used = pd.concat(pd.read_csv(run / "splits" / f"{s}.csv") for s in ("train", "val", "test"))
+    assert not {str(first), str(copy)} & set(used["path"]) and len(table) == len(used) == 35
+
+
+def test_nih_rows_contradicting_or_repeating_one_image(tiny_nih, tmp_path):
+    """Two rows for one Image Index (No Finding, then Pneumonia) contradict: both are bad rows naming their CSV
+    lines; an exact duplicate row counts once. Both NIH sources, one rule."""
+    csv = tiny_nih / "Data_Entry_2017.csv"
+    lines = csv.read_text().splitlines()
+    assert lines[1].startswith("00000001_000.png,No Finding,")
+    lines += [lines[1].replace("No Finding", "Pneumonia"), lines[2]]  # lines 32 and 33 of the file
+    csv.write_text("\n".join(lines) + "\n")
+    findings = {"options": {"findings": ["No Finding", "Effusion", "Pneumonia", "Infiltration"]}}
+    for source in ("nih14", "nih6"):
+        with pytest.raises(DataError, match="line 2\\) contradicts label 'Pneumonia' .* line 32\\)"):
+            LungDataModule(_cfg(source, tiny_nih, on_bad_file="error", **findings), SPEC).load_table()
+        run = tmp_path / source
+        cfg = _cfg(source, tiny_nih, val_fraction=0.2, **findings)
+        table = LungDataModule(cfg, SPEC, run_dir=run).load_table()
+        bad = pd.read_csv(run / "bad_files.csv")
+        assert bad["path"].map(lambda p: Path(p).name).tolist() == ["00000001_000.png"] * 2
+        assert bad["error"].str.startswith(
+            ("label 'No Finding' (Data_Entry_2017.csv line 2)", "label 'Pneumonia' (Data_Entry_2017.csv line 32)")
+        ).all()
+        names = table["path"].map(lambda p: Path(p).name)
+        assert "00000001_000.png" not in set(names) and (names == "00000001_001.png").sum() == 1
 
 
 def test_class_weights_and_sampler(tmp_path):

@@ -159,3 +159,41 @@ def test_dicom_bombs_are_refused_before_their_pixels_are_read(tmp_path):
         patch.setattr(images, "MAX_PIXELS", 64 * 63)
         with pytest.raises(ImageReadError, match="claims 64x64 px x 1 samples"):
             read_image(large)
+
+
+def _recoded(path, tag: int, vr: str, value):
+    """The DICOM at ``path`` with element ``tag`` rewritten as ``vr`` ``value`` (no check of either)."""
+    import pydicom
+    from pydicom.dataelem import DataElement
+
+    ds = pydicom.dcmread(path)
+    ds[tag] = DataElement(tag, vr, value)
+    ds.save_as(path)
+    return path
+
+
+def _three_byte_rows(path):
+    """``Rows`` kept as US but stored in 3 bytes: pydicom raises its own exception when the value is read."""
+    data = path.read_bytes()
+    at = data.index(b"\x28\x00\x10\x00US\x02\x00")
+    path.write_bytes(data[:at] + b"\x28\x00\x10\x00US\x03\x00" + data[at + 8 : at + 10] + b"\0" + data[at + 10 :])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        (lambda p: _recoded(p, 0x00280010, "LO", "abc"), "DICOM header Rows is 'abc': expected a whole number in"),
+        (_three_byte_rows, r"DICOM header Rows cannot be read \(BytesLengthException"),
+        (lambda p: _recoded(p, 0x00280011, "SS", -5), "DICOM header Columns is -5: expected a whole number in"),
+        (lambda p: _recoded(p, 0x00280010, "US", [16, 16]), r"DICOM header Rows is \[16, 16\]"),
+        (lambda p: _recoded(p, 0x00280002, "US", 9), r"SamplesPerPixel is 9: expected a whole number in \[0, 4\]"),
+    ],
+)
+def test_malformed_dicom_header_values_are_one_reason_naming_the_element(tmp_path, fault, expected):
+    """Was a ValueError traceback from int() (or pydicom's own exception) in train.py and evaluate.py."""
+    path = fault(_dicom(tmp_path / "bad.dcm", 16, 16))
+    for read in (read_image, native_size):
+        with pytest.raises(ImageReadError, match=expected) as info:
+            read(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
