@@ -14,6 +14,8 @@ the page, ``/health``, ``/model`` and every answer name its members (it has no h
   file), 413 (too large), 422 (not a readable image) or 501 (heatmap asked of an export).
 - ``GET /health``: model name and labels; ``GET /model``: the model card's summary (model, training data,
   validation metrics) and the card; ``GET /docs``: the OpenAPI documentation (served locally, no CDN).
+- No answer holds a server path: the model, decision and member files are named by base name and SHA-256
+  (`public_facts`).
 
 Uploads stay in memory and a private temporary folder; the client's file name is only echoed back
 (its suffix is used only when it is one of the known image suffixes). Nothing from the request is
@@ -45,6 +47,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from lungnet.app_info import model_card_text, public_facts
 from lungnet.data.images import IMAGE_SUFFIXES
 from lungnet.errors import CheckpointError, ConfigError
 from lungnet.inference import Predictor
@@ -76,14 +79,14 @@ def _gray_rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=2)
 
 
-def model_info(predictor: Predictor) -> dict:
-    """What the page shows at the top: model, input, decision facts and the model-card summary."""
+def model_info(predictor: Predictor, facts: dict) -> dict:
+    """What the page shows at the top: model, input, decision facts (``facts``: `public_facts`, no server paths)
+    and the model-card summary."""
     record = predictor.decision
-    card = predictor.path.with_name(f"{predictor.path.stem}.model_card.md") if predictor.path is not None else None
     return {
-        **predictor.describe(),
+        **facts,
         "summary": record.summary if record is not None else {},
-        "model_card": card.read_text(encoding="utf-8") if card is not None and card.is_file() else None,
+        "model_card": model_card_text(predictor),
         "notice": NOTICE,
     }
 
@@ -127,6 +130,7 @@ class Service:
         if max_queue < 1:
             raise ConfigError(f"max_queue={max_queue}: admit at least 1 request (conf/app.yaml max_queue)")
         self.predictor = predictor
+        self.facts = public_facts(predictor)  # hashed once: /health and every answer name files, never paths
         self.max_queue = max_queue
         self.admitted = 0  # changed on the event loop only
         self.explain = explain
@@ -211,7 +215,8 @@ class Service:
                 ood=row.get("ood"),
                 ood_score=row.get("ood_score"),
                 calibrated=record.temperature is not None,
-                decision_file=self.predictor.decision_file,
+                decision_file=self.facts["decision_file"],
+                decision_sha256=self.facts["decision_sha256"],
                 decision_split=record.split,
             )
         return body
@@ -288,7 +293,7 @@ def create_app(
         .replace("{{NOTICE}}", NOTICE)
     )
     app = FastAPIOffline(title="lungnet", description=NOTICE, redoc_url=None)  # /docs without a CDN
-    info = {**model_info(predictor), "heatmaps": bool(explain) and predictor.torch_model is not None}
+    info = {**model_info(predictor, service.facts), "heatmaps": bool(explain) and predictor.torch_model is not None}
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -301,8 +306,8 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict:
-        """Model file, labels, runtime, precision and the decision file in use."""
-        return {"status": "ok", **predictor.describe()}
+        """Model file, labels, runtime, precision and the decision file in use (names and SHA-256, no paths)."""
+        return {"status": "ok", **service.facts}
 
     @app.get("/model")
     def model() -> dict:

@@ -96,6 +96,27 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text), encoding="utf-8", errors="backslashreplace")
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Creates ``folder`` when missing, then writes and removes a 64 KiB probe file in it.
+
+    The truest test of a place before work that would end by writing there: `os.access` says yes to root on a
+    folder without write bits and to an NFS root-squash, and a full disk often still creates folders and empty
+    files. The folders it created stay (the caller removes them if it gives up).
+
+    Raises:
+        OSError: the folder cannot be written (read-only, no permission, not a folder, full disk or quota).
+    """
+    folder = Path(folder)
+    probe = folder / f".lungnet-write-check-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * 65536)
+    finally:
+        if folder.is_dir():
+            probe.unlink(missing_ok=True)
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Deletes ``*.tmp`` files a killed run left in ``folder`` and its sub-folders; returns them."""
     folder = Path(folder)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lungnet.io import printable
+from lungnet.io import check_writable, printable
 
 log = logging.getLogger("lungnet")
 
@@ -75,15 +74,9 @@ def prepare_run_dir(path: Path, key: str = "hydra.run.dir") -> None:
     """
     path = path.absolute()
     created = _topmost_missing(path)
-    probe = path / f".lungnet-write-check-{os.getpid()}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as fh:  # a full disk often still creates folders and empty files
-            fh.write(b"\0" * 65536)
-        probe.unlink()
+        check_writable(path)
     except OSError as exc:
-        if path.is_dir():
-            probe.unlink(missing_ok=True)
         if created is not None:
             _remove_empty(path, created)
         log.error("%s", write_error_message(exc, path, key))

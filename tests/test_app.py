@@ -6,7 +6,9 @@ import base64
 import io
 import json
 import logging
+import re
 import socket
+import tempfile
 import threading
 import time
 import urllib.error
@@ -135,7 +137,7 @@ def test_api_predict_returns_probabilities(server):
 
 def test_api_returns_the_decision_set_and_ood_flag(server, tmp_path):
     status, body = post(f"{server}/predict", "chest.jpg", xray().read_bytes())
-    assert status == 200 and body["decision_split"] == "val" and body["decision_file"].endswith("best.decision.json")
+    assert status == 200 and body["decision_split"] == "val" and body["decision_file"] == "best.decision.json"
     assert body["decision"] in [*LABELS, "abstain"] and set(body["prediction_set"]) <= set(LABELS)
     assert body["ood"] is False and body["ood_score"] > 0 and body["calibrated"] is True
     status, body = post(f"{server}/predict", "astronaut.png", photo(tmp_path).read_bytes())
@@ -149,6 +151,46 @@ def test_api_returns_the_decision_set_and_ood_flag(server, tmp_path):
     assert "swagger-ui" in page.lower() and "cdn" not in page.lower()  # OpenAPI docs served locally
     with urllib.request.urlopen(f"{server}/openapi.json", timeout=30) as resp:
         assert "/predict" in json.loads(resp.read())["paths"]
+
+
+def strings(value, key: str = ""):
+    """Every string in a JSON answer, with its key (base64 images left out: they may hold any 4 characters)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from strings(v, str(k))
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v, key)
+    elif isinstance(value, str) and not key.endswith("_base64"):
+        yield key, value
+
+
+def test_no_answer_holds_a_server_path(server):
+    answers = {}
+    for route in ("/health", "/model"):
+        with urllib.request.urlopen(f"{server}{route}", timeout=30) as resp:
+            answers[route] = json.loads(resp.read())
+    answers["/predict"] = post(f"{server}/predict", "chest.jpg", xray().read_bytes())[1]
+    tmp = tempfile.gettempdir()
+    for route, body in answers.items():
+        leaked = [(k, v) for k, v in strings(body) if tmp in v or v.startswith("/")]
+        assert not leaked, f"{route} shows server paths: {leaked}"
+        assert body["decision_file"] == "best.decision.json" and re.fullmatch("[0-9a-f]{64}", body["decision_sha256"])
+    for route in ("/health", "/model"):
+        facts = answers[route]
+        assert facts["model_file"] == "best.ckpt" and re.fullmatch("[0-9a-f]{64}", facts["model_sha256"])
+
+
+def test_the_model_card_is_read_beside_the_decision_file_in_use(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "models" / "best.ckpt", size=32)
+    record = new_record(LABELS, False, ckpt)
+    record.split = "val"
+    kept = record.write(tmp_path / "kept" / "mine.decision.json")  # evaluate.py decision.out=<this file>
+    (tmp_path / "kept" / "mine.model_card.md").write_text("# the card of this decision file\n")
+    (tmp_path / "models" / "best.model_card.md").write_text("# the card beside the model\n")
+    info = app_module.model_info(Predictor(ckpt, decision=str(kept)), {})
+    assert info["model_card"] == "# the card of this decision file\n"
+    assert app_module.model_info(Predictor(ckpt), {})["model_card"] == "# the card beside the model\n"
 
 
 def test_api_heatmap_and_dicom(server):
@@ -340,6 +382,8 @@ def test_serves_an_ensemble_naming_its_members(tmp_path):
     info = client.get("/model").json()
     assert info["kind"] == "ensemble" and [m["name"] for m in info["members"]] == ["a", "b"]
     assert info["heatmaps"] is False and info["model_file"] is None
+    assert [m["checkpoint"] for m in info["members"]] == ["a.ckpt", "b.ckpt"] and str(tmp_path) not in json.dumps(info)
+    assert all(len(m["sha256"]) == 64 for m in info["members"])  # members pinned by hash, named without their folder
     files = {"file": ("chest.jpg", xray().read_bytes(), "image/jpeg")}
     body = client.post("/predict", files=files).json()
     assert body["members"] == ["a", "b"] and sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)

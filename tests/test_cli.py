@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from lungnet import cli, rundir
+from lungnet import io as lungnet_io
 from tests.conftest import ROOT, offline_env, run_cli
 
 # every entry point as a user starts it from a checkout, and an override that --cfg job must show
@@ -164,7 +165,7 @@ def test_unwritable_run_directory_is_one_line_and_leaves_nothing(tmp_path, monke
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[0]))
 
-    monkeypatch.setattr(rundir, "open", full, raising=False)  # the probe write in prepare_run_dir
+    monkeypatch.setattr(lungnet_io, "open", full, raising=False)  # the probe write of lungnet.io.check_writable
     target = tmp_path / "a" / "b" / "run"
     with caplog.at_level(logging.ERROR, logger="lungnet"), pytest.raises(SystemExit) as exc:
         rundir.prepare_run_dir(target)

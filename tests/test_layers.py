@@ -61,6 +61,7 @@ LAYERS = {
     "lungnet.runtimes": 2,
     "lungnet.export": 2,
     "lungnet.app": 2,
+    "lungnet.app_info": 2,  # what the app tells clients about its model (names and hashes, no server paths)
     "lungnet.launch": 2,  # what a command line means before Hydra composes it (lungnet.cli)
     "lungnet.rundir": 2,  # the commands' run directories (lungnet.cli)
     "lungnet.cli": 2,

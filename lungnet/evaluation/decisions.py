@@ -1,6 +1,7 @@
 """Report step of ``evaluate.py``: the decision path (operating point, abstention, conformal sets, OOD gate).
 
-Fitted on the validation split (``<ckpt stem>.decision.json`` beside the checkpoint, `lungnet.decision`), applied to
+Fitted on the validation split (``<ckpt stem>.decision.json`` beside the checkpoint, or ``decision.out``:
+`lungnet.evaluation.decision_file`; the record: `lungnet.decision`), applied to
 the evaluated split: ``decision``, ``decision_reason``, ``prediction_set``, ``ood`` and ``ood_score`` columns in
 predictions.csv; ``conformal_coverage``, ``conformal_mean_set_size``, ``conformal_shift_pvalue`` and
 ``conformal_shift_warning`` in metrics.json (and a ``decisions`` block); ``risk_coverage.png``; a report section.
@@ -30,7 +31,7 @@ from lungnet.decision import (
     read_decision,
 )
 from lungnet.errors import CheckpointError
-from lungnet.evaluation import plots, stats
+from lungnet.evaluation import decision_file, plots, stats
 from lungnet.evaluation.decision_report import (
     SHIFT_P,
     card_summary,
@@ -139,15 +140,9 @@ def fit_ood_gate(ckpt, dm) -> Path | None:
 def build_record(ev) -> tuple[DecisionRecord, str]:
     """The record decisions are taken with, and where it came from (``fitted on val`` or the file read)."""
     ckpt = ev.loaded.path
-    path = decision_path(ckpt)
-    existing = None
-    if path.is_file():
-        try:
-            existing = read_decision(path, ckpt, ev.loaded.labels)
-        except CheckpointError as exc:
-            log.warning("%s; it will be replaced when this evaluation fits on val", exc)
-    refit = ev.split == "val" == ev.fit.name or bool(ev.cfg.decision.get("refit"))
-    if existing is not None and existing.split is not None and not refit:
+    path = decision_file.target(ev.cfg, ckpt)
+    existing = decision_file.read_existing(path, ckpt, ev.loaded.labels, warn=True)
+    if decision_file.reuses(existing, ev.cfg, ev.split, ev.fit.name):
         log.info("Decisions from %s (fitted on %s), not refitted (decision.refit=true does)", path, existing.split)
         return existing, f"read from `{path}` (fitted on {existing.split})"
     record = new_record(ev.loaded.labels, ev.loaded.multilabel, ckpt)
@@ -250,7 +245,7 @@ def add_decisions(ev) -> None:
     """Report step (`lungnet.evaluation.run.REPORT_STEPS`): decisions, sets and OOD flags for the evaluated split.
 
     Adds the predictions.csv columns, the metrics.json keys, ``risk_coverage.png`` and a report section, and writes
-    ``<ckpt stem>.decision.json`` when the record was fitted on val (``decision.write``).
+    ``<ckpt stem>.decision.json`` (or ``decision.out``) when the record was fitted on val (``decision.write``).
     """
     labels, multilabel = ev.loaded.labels, ev.loaded.multilabel
     record, source = build_record(ev)
@@ -280,12 +275,16 @@ def add_decisions(ev) -> None:
     ev.sections.append(decision_section(ev.result, record, ev.split, ev.figures.get("risk_coverage")))
     if record.split == "val" and source.startswith("fitted") and bool(ev.cfg.decision.write):
         record.summary = card_summary(ev.result) if ev.split == "val" or not record.summary else record.summary
-        path = decision_path(ev.loaded.path)
+        path = decision_file.target(ev.cfg, ev.loaded.path)
         ev.result["decisions"]["file"] = str(path)
-        ev.beside_model.append(lambda: write_record(record, path))
+        beside = path == decision_path(ev.loaded.path)
+        ev.beside_model.append(lambda: write_record(record, path, beside))
 
 
-def write_record(record: DecisionRecord, path) -> None:
-    """Writes the fitted decision record beside the checkpoint (after the evaluation's own files)."""
+def write_record(record: DecisionRecord, path, beside: bool) -> None:
+    """Writes the fitted decision record beside the checkpoint, or to ``decision.out`` (after the evaluation's own
+    files); ``beside``: where ``decision=auto`` finds it, else the log says how to pass it."""
     record.write(path)
     log.info("Wrote %s (operating point, temperature, conformal scores, OOD gate; fitted on val)", path)
+    if not beside:
+        log.info("predict.py and the app use it with decision=%s (decision=auto looks beside the checkpoint)", path)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from lungnet.decision import sha256_file
+from lungnet.evaluation.decision_file import card_path
 from lungnet.evaluation.report import DATASET_NOTES, fmt, fmt_ci, table
 from lungnet.io import write_text
 
@@ -243,11 +244,12 @@ def _per_class(result: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def write_model_card(ev) -> Path:
-    """Writes ``model_card.md`` into the evaluation directory (and a copy beside the checkpoint when the
-    decision file was written, ``<ckpt stem>.model_card.md``, which the app shows)."""
+    """Writes ``model_card.md`` into the evaluation directory (and a copy beside the decision file when one was
+    written, ``<ckpt stem>.model_card.md``, which the app shows: `lungnet.evaluation.decision_file.card_path`)."""
     text = render_model_card(ev)
     path = write_text(ev.run_dir / "model_card.md", text)
-    if (ev.result.get("decisions") or {}).get("file") and ev.split == "val":
-        write_text(ev.loaded.path.with_name(f"{ev.loaded.path.stem}.model_card.md"), text)
+    written = (ev.result.get("decisions") or {}).get("file")
+    if written and ev.split == "val":
+        write_text(card_path(written), text)
     log.info("Wrote %s", path)
     return path

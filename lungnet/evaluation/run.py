@@ -30,10 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungnet.checkpoint import LoadedModel, load_model
 from lungnet.data.datamodule import LungDataModule
-from lungnet.ensemble import model_files, open_ensemble
+from lungnet.ensemble import MANIFEST, model_files, open_ensemble
 from lungnet.errors import ConfigError
+from lungnet.evaluation import decision_file, external, plots, stats
 from lungnet.evaluation import ensemble as ensembles
-from lungnet.evaluation import external, plots, stats
 from lungnet.evaluation.audit_report import add_audit, audit_options
 from lungnet.evaluation.eval_data import build_eval_data
 from lungnet.evaluation.fitting import calibration, fit_split, operating_point
@@ -109,8 +109,9 @@ class Evaluation:
         sections: markdown report sections (each starting with ``## ``), after the evaluation's own.
         lead: markdown sections before the summary (what was evaluated against what: external data, overlap).
         files: other files written into ``run_dir`` (listed in the report).
-        beside_model: writes of files that live beside the checkpoint (its decision file), which other tools trust:
-            done only once the evaluation's own files are written, so a failed evaluation leaves them as they were.
+        beside_model: writes of files that live beside the checkpoint (its decision file, or ``decision.out``), which
+            other tools trust: done only once the evaluation's own files are written, so a failed evaluation leaves
+            them as they were.
     """
 
     cfg: DictConfig
@@ -158,7 +159,8 @@ class Evaluation:
 
 
 def compute(cfg: DictConfig, run_dir: str | Path) -> Evaluation:
-    """Loads the checkpoint and data, runs the model on the evaluated and fit splits, and scores it."""
+    """Loads the checkpoint and data, checks that the decision file it will write can be written
+    (`lungnet.evaluation.decision_file.check_target`), runs the model on the evaluated and fit splits, and scores it."""
     opts = options(cfg)
     split = str(cfg.split)
     files, manifest = model_files(cfg.ckpt)
@@ -174,8 +176,10 @@ def compute(cfg: DictConfig, run_dir: str | Path) -> Evaluation:
         op = opts["operating_point"]
         op["positive_class"] = ev.external.positive_class(op["positive_class"])
         opts["decision_positive_class"] = ev.external.positive_class(opts["decision_positive_class"])
-    ev.data = ev.outputs(split, features=True)
     fit_name = fit_split(opts, split, dm)
+    if not ev.external:  # data set B writes no decision file: the check is for the one this run will write
+        decision_file.check_target(cfg, loaded.path, loaded.labels, split, fit_name)
+    ev.data = ev.outputs(split, features=True)
     ev.fit = ev.data if fit_name == split else ev.outputs(fit_name, features=True)
     log.info("Operating point and temperature fitted on the %s split (%d images)", fit_name, len(ev.fit.targets))
     ev.result = score(ev)
@@ -195,6 +199,8 @@ def compute_ensemble(cfg: DictConfig, run_dir: Path, opts: dict) -> Evaluation:
         raise ConfigError("data=<another data set> evaluates one checkpoint, not an ensemble: evaluate each member")
     dms = [build_eval_data(m.loaded, overrides, split, None) for m in ens.members]
     fit_name = ensembles.fit_split(ens, fit_split(opts, split, dms[0]), split)
+    manifest = Path(ens.manifest) if ens.manifest is not None else run_dir / MANIFEST  # the decision file's stem
+    decision_file.check_target(cfg, manifest, ens.labels, split, fit_name)
     model = ensembles.EnsembleModel(ens)
     device = resolve_device(str(cfg.device))
     data = ensembles.ensemble_outputs(model, dms, split, device)

@@ -42,7 +42,7 @@ class ReportConfig:
 
 @dataclass
 class DecisionConfig:
-    """``evaluate.py decision.*``: the decision file `lungnet.decision` writes beside the checkpoint."""
+    """``evaluate.py decision.*``: the decision file `lungnet.decision` writes beside the checkpoint (or ``out``)."""
 
     positive_class: str | None = opt(
         None, "multi-class: this class when it reaches its threshold, else arg-max; null: two-class data -> non-normal"
@@ -50,6 +50,11 @@ class DecisionConfig:
     write: bool = opt(True, "write <ckpt stem>.decision.json when the operating point is fitted on val")
     refit: bool = opt(
         False, "refit on val even when a decision file fitted on val exists (split=val always refits; others read it)"
+    )
+    out: str | None = opt(
+        None,
+        "write the decision file (and the model card the app shows, <stem>.model_card.md) here instead of beside the "
+        "checkpoint, e.g. for a read-only model folder; predict.py and the app: decision=<this file>",
     )
 
 

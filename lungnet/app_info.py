@@ -1,0 +1,47 @@
+"""What the app tells its clients about the model it serves: names and SHA-256 hashes, never server paths.
+
+`public_facts` is `lungnet.inference.Predictor.describe` as ``/health``, ``/model`` and every ``/predict`` answer
+give it: the model file, the decision file and an ensemble's member files by base name, each pinned by its
+SHA-256 (the absolute paths `describe` holds for predict.py's local prediction.json stay on the server).
+`model_card_text` is the model card ``evaluate.py split=val`` keeps beside the decision file it wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lungnet.decision import sha256_file
+from lungnet.evaluation.decision_file import card_path
+from lungnet.inference import Predictor
+
+
+def _name_and_hash(value: object) -> tuple[str | None, str | None]:
+    """A server-side file as a client may see it: its base name and the SHA-256 of its bytes (None for no file;
+    a description that is no file keeps its words and gets no hash)."""
+    if value is None:
+        return None, None
+    path = Path(str(value))
+    return path.name, sha256_file(path) if path.is_file() else None
+
+
+def public_facts(predictor: Predictor) -> dict:
+    """`Predictor.describe` without server paths: ``model_file`` and ``decision_file`` are base names, with
+    ``model_sha256`` and ``decision_sha256`` beside them; an ensemble's members name their checkpoint and the file
+    their temperature came from by base name (their ``sha256`` pins the checkpoint)."""
+    facts = predictor.describe()
+    facts["model_file"], facts["model_sha256"] = _name_and_hash(facts["model_file"])
+    facts["decision_file"], facts["decision_sha256"] = _name_and_hash(facts["decision_file"])
+    for member in facts.get("members") or []:
+        member["checkpoint"] = _name_and_hash(member.get("checkpoint"))[0]
+        member["temperature_from"] = _name_and_hash(member.get("temperature_from"))[0]
+    return facts
+
+
+def model_card_text(predictor: Predictor) -> str | None:
+    """The model card evaluate.py keeps beside the decision file in use, else beside the model; None: none."""
+    places = [Path(str(predictor.decision_file))] if predictor.decision_file is not None else []
+    places += [predictor.path] if predictor.path is not None else []
+    for card in (card_path(p) for p in places if p.is_file()):
+        if card.is_file():
+            return card.read_text(encoding="utf-8")
+    return None
