@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lungnet.decision import sha256_file
-from lungnet.evaluation.decision_file import card_path
+from lungnet.evaluation.decision_target import card_path
 from lungnet.inference import Predictor
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path

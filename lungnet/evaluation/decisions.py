@@ -1,7 +1,7 @@
 """Report step of ``evaluate.py``: the decision path (operating point, abstention, conformal sets, OOD gate).
 
 Fitted on the validation split (``<ckpt stem>.decision.json`` beside the checkpoint, or ``decision.out``:
-`lungnet.evaluation.decision_file`; the record: `lungnet.decision`), applied to
+`lungnet.evaluation.decision_target`; the record: `lungnet.decision`), applied to
 the evaluated split: ``decision``, ``decision_reason``, ``prediction_set``, ``ood`` and ``ood_score`` columns in
 predictions.csv; ``conformal_coverage``, ``conformal_mean_set_size``, ``conformal_shift_pvalue`` and
 ``conformal_shift_warning`` in metrics.json (and a ``decisions`` block); ``risk_coverage.png``; a report section.
@@ -31,7 +31,7 @@ from lungnet.decision import (
     read_decision,
 )
 from lungnet.errors import CheckpointError
-from lungnet.evaluation import decision_file, plots, stats
+from lungnet.evaluation import decision_target, plots, stats
 from lungnet.evaluation.decision_report import (
     SHIFT_P,
     card_summary,
@@ -140,9 +140,9 @@ def fit_ood_gate(ckpt, dm) -> Path | None:
 def build_record(ev) -> tuple[DecisionRecord, str]:
     """The record decisions are taken with, and where it came from (``fitted on val`` or the file read)."""
     ckpt = ev.loaded.path
-    path = decision_file.target(ev.cfg, ckpt)
-    existing = decision_file.read_existing(path, ckpt, ev.loaded.labels, warn=True)
-    if decision_file.reuses(existing, ev.cfg, ev.split, ev.fit.name):
+    path = decision_target.target(ev.cfg, ckpt)
+    existing = decision_target.read_existing(path, ckpt, ev.loaded.labels, warn=True)
+    if decision_target.reuses(existing, ev.cfg, ev.split, ev.fit.name):
         log.info("Decisions from %s (fitted on %s), not refitted (decision.refit=true does)", path, existing.split)
         return existing, f"read from `{path}` (fitted on {existing.split})"
     record = new_record(ev.loaded.labels, ev.loaded.multilabel, ckpt)
@@ -275,7 +275,7 @@ def add_decisions(ev) -> None:
     ev.sections.append(decision_section(ev.result, record, ev.split, ev.figures.get("risk_coverage")))
     if record.split == "val" and source.startswith("fitted") and bool(ev.cfg.decision.write):
         record.summary = card_summary(ev.result) if ev.split == "val" or not record.summary else record.summary
-        path = decision_file.target(ev.cfg, ev.loaded.path)
+        path = decision_target.target(ev.cfg, ev.loaded.path)
         ev.result["decisions"]["file"] = str(path)
         beside = path == decision_path(ev.loaded.path)
         ev.beside_model.append(lambda: write_record(record, path, beside))

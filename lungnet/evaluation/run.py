@@ -32,7 +32,7 @@ from lungnet.checkpoint import LoadedModel, load_model
 from lungnet.data.datamodule import LungDataModule
 from lungnet.ensemble import MANIFEST, model_files, open_ensemble
 from lungnet.errors import ConfigError
-from lungnet.evaluation import decision_file, external, plots, stats
+from lungnet.evaluation import decision_target, external, plots, stats
 from lungnet.evaluation import ensemble as ensembles
 from lungnet.evaluation.audit_report import add_audit, audit_options
 from lungnet.evaluation.eval_data import build_eval_data
@@ -160,7 +160,8 @@ class Evaluation:
 
 def compute(cfg: DictConfig, run_dir: str | Path) -> Evaluation:
     """Loads the checkpoint and data, checks that the decision file it will write can be written
-    (`lungnet.evaluation.decision_file.check_target`), runs the model on the evaluated and fit splits, and scores it."""
+    (`lungnet.evaluation.decision_target.check_target`), runs the model on the evaluated and fit splits, and scores
+    it."""
     opts = options(cfg)
     split = str(cfg.split)
     files, manifest = model_files(cfg.ckpt)
@@ -178,7 +179,7 @@ def compute(cfg: DictConfig, run_dir: str | Path) -> Evaluation:
         opts["decision_positive_class"] = ev.external.positive_class(opts["decision_positive_class"])
     fit_name = fit_split(opts, split, dm)
     if not ev.external:  # data set B writes no decision file: the check is for the one this run will write
-        decision_file.check_target(cfg, loaded.path, loaded.labels, split, fit_name)
+        decision_target.check_target(cfg, loaded.path, loaded.labels, split, fit_name)
     ev.data = ev.outputs(split, features=True)
     ev.fit = ev.data if fit_name == split else ev.outputs(fit_name, features=True)
     log.info("Operating point and temperature fitted on the %s split (%d images)", fit_name, len(ev.fit.targets))
@@ -200,7 +201,7 @@ def compute_ensemble(cfg: DictConfig, run_dir: Path, opts: dict) -> Evaluation:
     dms = [build_eval_data(m.loaded, overrides, split, None) for m in ens.members]
     fit_name = ensembles.fit_split(ens, fit_split(opts, split, dms[0]), split)
     manifest = Path(ens.manifest) if ens.manifest is not None else run_dir / MANIFEST  # the decision file's stem
-    decision_file.check_target(cfg, manifest, ens.labels, split, fit_name)
+    decision_target.check_target(cfg, manifest, ens.labels, split, fit_name)
     model = ensembles.EnsembleModel(ens)
     device = resolve_device(str(cfg.device))
     data = ensembles.ensemble_outputs(model, dms, split, device)

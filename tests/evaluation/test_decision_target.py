@@ -15,9 +15,9 @@ import pytest
 
 from lungnet import cli
 from lungnet.errors import WriteError
-from lungnet.evaluation import decision_file
+from lungnet.evaluation import decision_target
 from lungnet.evaluation import run as evaluation_run
-from lungnet.evaluation.decision_file import card_path
+from lungnet.evaluation.decision_target import card_path
 from lungnet.evaluation.run import evaluate
 from lungnet.inference import Predictor
 from lungnet.io import check_writable
@@ -40,7 +40,7 @@ def models(tiny_run, tmp_path, monkeypatch):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(where))
         check_writable(where)
 
-    monkeypatch.setattr(decision_file, "check_writable", probe)
+    monkeypatch.setattr(decision_target, "check_writable", probe)
     return folder / "best.ckpt"
 
 
