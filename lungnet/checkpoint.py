@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from lungnet.checkpoint_checks import check_checkpoint
 from lungnet.errors import CheckpointError  # noqa: F401 - re-exported: lungnet.checkpoint.CheckpointError
 from lungnet.models.registry import Classifier, create_model
 from lungnet.models.specs import ModelSpec
@@ -97,11 +98,13 @@ def _unpickler_reason(exc: Exception) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Loads a checkpoint dict with ``weights_only=True``.
+    """Loads a checkpoint dict with ``weights_only=True``, every stored value checked
+    (`lungnet.checkpoint_checks.check_checkpoint`).
 
     Raises:
         CheckpointError: missing file, not a checkpoint (text, TorchScript, truncated), pickled objects inside
-            (refused), or not a lungnet checkpoint.
+            (refused), not a lungnet checkpoint, a stored value of the wrong type or out of range, a head that
+            does not match its tensors, or non-finite weights.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -121,7 +124,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(
             f"{path} is not a lungnet checkpoint (no state_dict / hyper_parameters with spec, labels, model)"
         )
-    return ckpt
+    return check_checkpoint(ckpt, path)
+
+
+BUILD_OPTIONS = ("in_chans", "drop_rate", "head_hidden", "cam_layer", "image_size")  # stored model keys a rebuild uses
 
 
 def load_model(path: str | os.PathLike) -> LoadedModel:
@@ -129,7 +135,8 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     ckpt = read_checkpoint(path)
     hp = ckpt["hyper_parameters"]
     spec = ModelSpec.from_dict(hp["spec"])
-    opts = {k: v for k, v in hp["model"].items() if k not in {"pretrained", "weights", "cache_dir", "name"}}
+    # what the architecture is built with; never pretrained / weights / cache_dir: nothing is downloaded or read
+    opts = {k: v for k, v in hp["model"].items() if k in BUILD_OPTIONS}
     model = create_model(hp["model"]["name"], num_classes=len(hp["labels"]), **opts)
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     own = model.state_dict()

@@ -13,6 +13,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lungnet.errors import ConfigError
 from lungnet.schema import RENAMED, Choice
@@ -119,6 +120,46 @@ def check_ranges(cfg: DictConfig, schema: type, prefix: str = "") -> None:
         )
         if bad:
             raise ConfigError(f"{key}={value!r} must be {_accepts(schema, f)}")
+
+
+def check_stored(values: Any, schema: type, where: str, prefix: str) -> dict:
+    """Type- and range-checks a config block read from a file lungnet did not write in this run (a checkpoint's
+    stored ``model`` or ``data``) against the schema and limits the command line goes through.
+
+    Keys the schema does not know are kept as they are (older or newer files); interpolations (``${...}``) are
+    refused, a stored file names values, it does not make lungnet read the environment.
+
+    Args:
+        values: the stored block.
+        schema: its dataclass (`lungnet.schema.DataConfig`, `lungnet.schema.ModelConfig`).
+        where: the file, for the message.
+        prefix: the block's dotted key in the file (``hyper_parameters.data.``).
+
+    Returns:
+        ``values`` with the schema's keys converted to their types (enums as strings).
+
+    Raises:
+        ConfigError: one line naming the file, the key and what it accepts.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.')} must be a mapping, not {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(schema)} & set(values)
+    for key in sorted(known):
+        value = values[key]
+        bad = isinstance(value, str) and "${" in value
+        try:
+            OmegaConf.merge(OmegaConf.structured(schema), {key: value})
+        except OmegaConfBaseException:
+            bad = True
+        if bad:
+            raise ConfigError(f"{where}: {prefix}{key}={value!r} must be {describe(schema, key)}")
+    node = OmegaConf.merge(OmegaConf.structured(schema), {k: values[k] for k in known})
+    try:
+        check_ranges(node, schema, prefix)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    typed = OmegaConf.to_container(node, resolve=False, enum_to_str=True)
+    return {**values, **{k: typed[k] for k in known}}
 
 
 def renamed_keys(cfg: DictConfig) -> list[str]:

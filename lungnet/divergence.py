@@ -13,16 +13,11 @@ import math
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 
 from lungnet.errors import TrainingDiverged
+from lungnet.models.weights import first_non_finite
 
 FULL_PRECISION = ("32-true", "64-true", "32", "64")
-
-
-def non_finite_tensors(state: dict) -> list[str]:
-    """The names of the floating-point tensors of ``state`` (a state dict) holding a NaN or an infinity."""
-    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
 
 
 def what_to_try(trainer: pl.Trainer) -> str:
@@ -63,9 +58,9 @@ def refuse_non_finite_weights(trainer: pl.Trainer, checkpoint: dict) -> None:
     """
     for key in ("state_dict", "current_model_state"):
         state = checkpoint.get(key) or {}
-        bad = non_finite_tensors(state)
-        if bad:
-            raise diverged(trainer, f"{len(bad)} of {len(state)} weight tensors are not finite (e.g. {bad[0]})")
+        bad = first_non_finite(state)
+        if bad is not None:
+            raise diverged(trainer, f"a weight tensor is not finite ({bad})")
 
 
 class StopOnDivergence(pl.Callback):

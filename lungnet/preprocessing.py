@@ -9,6 +9,7 @@ below everything that runs a model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 
 from lungnet.data.transforms import Normalize, build_transform, make_pipeline
 from lungnet.errors import CheckpointError
+from lungnet.schema import MAX_IMAGE_SIZE, Resize
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class Preprocessing:
         """Inverse of `to_dict` (unknown keys, e.g. a sidecar's ``format``, are ignored)."""
         try:
             thr = d.get("thresholds")
-            return cls(
+            prep = cls(
                 labels=tuple(str(x) for x in d["labels"]),
                 multilabel=bool(d["multilabel"]),
                 input_size=int(d["input_size"]),
@@ -95,6 +97,27 @@ class Preprocessing:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"Preprocessing record is incomplete or malformed ({exc!r}): {d}") from exc
+        prep.check()
+        return prep
+
+    def check(self) -> None:
+        """Refuses values no model was trained with: an image side beyond `lungnet.schema.MAX_IMAGE_SIZE` (it
+        would allocate gigabytes per image), a channel count other than 1 or 3, non-finite or zero statistics.
+
+        Raises:
+            CheckpointError: ``Preprocessing record: <key>=<value> must be <what it accepts>``.
+        """
+        sides = {"input_size": self.input_size, "downsample_to": self.downsample_to or 8}
+        bad = [(k, v, f"an integer in [8, {MAX_IMAGE_SIZE}]") for k, v in sides.items() if not 8 <= v <= MAX_IMAGE_SIZE]
+        if self.in_chans not in (1, 3):
+            bad.append(("in_chans", self.in_chans, "1 or 3"))
+        if not all(math.isfinite(x) for x in self.mean) or not all(math.isfinite(x) and x > 0 for x in self.std):
+            bad.append(("mean/std", (self.mean, self.std), "finite numbers, std > 0"))
+        if self.resize not in Resize.values():
+            bad.append(("resize", self.resize, "one of: " + ", ".join(Resize.values())))
+        if bad:
+            key, value, accepts = bad[0]
+            raise CheckpointError(f"Preprocessing record: {key}={value!r} must be {accepts}")
 
     @classmethod
     def from_loaded(cls, loaded) -> Preprocessing:

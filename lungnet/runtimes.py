@@ -27,6 +27,7 @@ import torch
 
 from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES
 from lungnet.errors import CheckpointError
+from lungnet.models.weights import first_non_finite
 from lungnet.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,21 @@ def read_record(path: Path, embedded: str | None = None) -> dict:
     )
 
 
+def export_preprocessing(path: Path, record: dict) -> Preprocessing:
+    """The checked `Preprocessing` of an export's record (`Preprocessing.check`); a refusal names ``path``."""
+    try:
+        return Preprocessing.from_dict(record)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def check_finite(path: Path, tensors: dict) -> None:
+    """Refuses an export whose weights hold NaN or inf (`lungnet.models.weights.first_non_finite`), in one line."""
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise CheckpointError(f"Refusing to load {path}: tensor {bad} holds NaN or inf values (weights must be finite)")
+
+
 def _tensors(graph):
     """Every tensor an ONNX graph holds: initializers, constants, sparse tensors' values and indices, and those of
     sub-graphs (If, Loop)."""
@@ -105,6 +121,7 @@ def read_onnx(path: Path):
         CheckpointError: not a loadable ONNX file, or external data.
     """
     import onnx
+    from onnx import numpy_helper
 
     try:
         proto = onnx.load(str(path), load_external_data=False)
@@ -116,6 +133,9 @@ def read_onnx(path: Path):
             f"Refusing to load {path}: its tensors {external[:3]} are read from external files, which lungnet's "
             "exports never do (re-export with python -m lungnet.export)"
         )
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+    tensors = [t for t in _tensors(proto.graph) if t.data_type in floats]
+    check_finite(path, {t.name or f"#{i}": numpy_helper.to_array(t) for i, t in enumerate(tensors)})
     return proto
 
 
@@ -153,7 +173,7 @@ class OnnxRunner:
         self.input = self.session.get_inputs()[0].name
         embedded = self.session.get_modelmeta().custom_metadata_map.get("lungnet")
         self.record = read_record(path, embedded)
-        self.prep = Preprocessing.from_dict(self.record)
+        self.prep = export_preprocessing(path, self.record)
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         """Logits (N, K) for a preprocessed batch."""
@@ -196,7 +216,7 @@ class OpenVinoRunner:
         self.request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one infer request; the web app may call from several threads
         self.record = read_record(path, _onnx_embedded_record(proto))
-        self.prep = Preprocessing.from_dict(self.record)
+        self.prep = export_preprocessing(path, self.record)
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         """Logits (N, K) for a preprocessed batch."""
@@ -253,9 +273,10 @@ class TorchScriptRunner:
             self.model = torch.jit.load(str(path), map_location=self.device, _extra_files=extra).eval()
         except RuntimeError as exc:
             raise CheckpointError(f"{path} is not a loadable TorchScript model: {exc}") from exc
+        check_finite(path, self.model.state_dict())
         raw = extra[TORCHSCRIPT_META]
         self.record = read_record(path, raw.decode() if isinstance(raw, bytes) else raw)
-        self.prep = Preprocessing.from_dict(self.record)
+        self.prep = export_preprocessing(path, self.record)
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> np.ndarray:

@@ -121,5 +121,5 @@ def test_a_checkpoint_with_a_non_finite_tensor_is_refused(key):
     checkpoint = {"state_dict": dict(good), "current_model_state": dict(good)}
     refuse_non_finite_weights(_trainer(), checkpoint)
     checkpoint[key]["b.bias"] = torch.tensor([0.0, math.inf])
-    with pytest.raises(TrainingDiverged, match=r"1 of 3 weight tensors are not finite \(e.g. b.bias\)"):
+    with pytest.raises(TrainingDiverged, match=r"a weight tensor is not finite \(b.bias\)"):
         refuse_non_finite_weights(_trainer(), checkpoint)

@@ -23,7 +23,7 @@ from tests.conftest import CONF, TINY, make_class_folders, run_cli, run_script
         (
             "train.py",
             ["data.image_size=abc"],
-            "data.image_size='abc' is not valid: it must be an integer >= 8, or null",
+            "data.image_size='abc' is not valid: it must be an integer in [8, 4096], or null",
         ),
         (
             "train.py",

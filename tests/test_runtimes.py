@@ -243,3 +243,44 @@ def test_onnx_sparse_tensor_with_external_indices_is_refused(tmp_path):
     onnx.save(helper.make_model(helper.make_graph([node], "g", [], io_info)), str(path))
     with pytest.raises(CheckpointError, match="external files"):
         read_onnx(path)
+
+
+def test_exports_with_non_finite_weights_are_refused_in_one_line(tmp_path):
+    """ONNX (either runtime reads it through read_onnx) and TorchScript: a NaN or inf weight is refused on load."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lungnet.runtimes import read_onnx
+
+    weight = numpy_helper.from_array(np.array([0.0, np.nan, 1.0, 2.0], np.float32), "w")
+    io_info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", io_info[:1], io_info[1:], [weight])
+    path = tmp_path / "nan.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(CheckpointError, match=r"nan.onnx: tensor w holds NaN or inf values") as exc:
+        read_onnx(path)
+    assert "\n" not in str(exc.value)
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        scripted.weight[0, 0] = float("inf")
+    scripted.save(str(tmp_path / "inf.pt"))
+    with pytest.raises(CheckpointError, match=r"inf.pt: tensor weight holds NaN or inf values"):
+        TorchScriptRunner(tmp_path / "inf.pt", trust_export=True)
+
+
+def test_an_export_record_asking_for_a_huge_image_is_refused(tmp_path):
+    from lungnet.preprocessing import Preprocessing
+    from lungnet.runtimes import export_preprocessing
+
+    good = Preprocessing(("a", "b"), False, 32, 1, (0.5,), (0.25,)).to_dict()
+    assert export_preprocessing(tmp_path / "m.onnx", good).input_size == 32
+    for key, value, says in [
+        ("input_size", 60000, "input_size=60000 must be an integer in [8, 4096]"),
+        ("downsample_to", 60000, "downsample_to=60000 must be an integer in [8, 4096]"),
+        ("in_chans", 2, "in_chans=2 must be 1 or 3"),
+        ("std", [0.0], "must be finite numbers, std > 0"),
+        ("resize", "stretch", "resize='stretch' must be one of: squash, pad, crop"),
+    ]:
+        with pytest.raises(CheckpointError, match="m.onnx: Preprocessing record: ") as exc:
+            export_preprocessing(tmp_path / "m.onnx", {**good, key: value})
+        assert says in str(exc.value)

@@ -12,7 +12,7 @@ from lungnet.config_checks import check_ranges, describe
 from lungnet.data.datamodule import LungDataModule
 from lungnet.errors import ConfigError
 from lungnet.models.specs import ModelSpec
-from lungnet.schema import DataConfig, ModelConfig, TrainConfig, data_defaults
+from lungnet.schema import MAX_IMAGE_SIZE, DataConfig, ModelConfig, TrainConfig, data_defaults
 from tests.conftest import CONF, compose_cfg
 
 
@@ -36,13 +36,20 @@ def test_old_checkpoint_data_config_gets_the_schema_defaults():
 
 def test_image_size_zero_is_refused_not_replaced_by_the_model_default():
     cfg = compose_cfg("train", ["data.image_size=0"])
-    with pytest.raises(ConfigError, match=r"data.image_size=0 must be a number >= 8, or null \(input size"):
+    with pytest.raises(ConfigError, match=r"data.image_size=0 must be in \[8, 4096\], or null \(input size"):
         check_ranges(cfg, TrainConfig)
     dm = LungDataModule(
         {**OmegaConf.to_container(cfg.data), "image_size": None, "root": "/x"},
         ModelSpec(name="m", arch="m", input_size=64),
     )
     assert dm.image_size == 64  # null: the model's default
+
+
+@pytest.mark.parametrize("key", ["data.image_size", "data.downsample_to", "model.image_size"])
+def test_image_sizes_have_one_stated_maximum(key):
+    """The command line and a checkpoint's stored config share one limit, lungnet.schema.MAX_IMAGE_SIZE."""
+    with pytest.raises(ConfigError, match=rf"{key}=60000 must be in \[8, {MAX_IMAGE_SIZE}\]"):
+        check_ranges(compose_cfg("train", [f"{key}=60000"]), TrainConfig)
 
 
 def test_describe_names_choices_ranges_and_nulls():

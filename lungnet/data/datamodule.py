@@ -66,6 +66,10 @@ class LungDataModule(pl.LightningDataModule):
         run_dir: where split files and reports are written (None: nowhere).
         expected_splits: the splits a checkpoint recorded (evaluation, resume, explanations): verified right
             after splitting, before anything is written to ``run_dir``.
+        owns_data: True for training, whose data config is its own: a generated set (synthetic) may be written
+            under ``data.root`` and the image cache under ``data.cache_dir``. False for every reader (evaluation,
+            explanations, transfer), whose config comes from a checkpoint: nothing is generated, and the cache
+            goes to this machine's default folder, never to a path a checkpoint names.
     """
 
     def __init__(
@@ -76,15 +80,17 @@ class LungDataModule(pl.LightningDataModule):
         augment: list | None = None,
         run_dir: str | Path | None = None,
         expected_splits: ExpectedSplits | None = None,
+        owns_data: bool = False,
     ) -> None:
         super().__init__()
-        self.cfg = with_data_defaults(cfg)
+        self.cfg = with_data_defaults(cfg if owns_data else {k: v for k, v in cfg.items() if k != "cache_dir"})
         self.spec = spec
         self.seed = seed
         self.augment = list(augment or [])
         self.run_dir = Path(run_dir) if run_dir else None
         self.expected_splits = expected_splits
         self.source = make_source(self.cfg)
+        self.source.may_generate = owns_data
         self.labels: list[str] = list(self.source.labels)
         self.multilabel = self.source.multilabel
         size = self.cfg["image_size"]

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lungnet.errors import DataError
 from lungnet.labels import SYNTHETIC
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def render_phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.
     return (img * 255).astype(np.uint8), (mask.astype(np.uint8) * 255)
 
 
-def generate(root: str | Path, n_per_class: int = 150, size: int = 128, seed: int = 0) -> Path:
+def generate(root: str | Path, n_per_class: int = 150, size: int = 128, seed: int = 0, write: bool = True) -> Path:
     """Writes the synthetic set under ``root`` unless an identical one is already there.
 
     Args:
@@ -123,9 +124,13 @@ def generate(root: str | Path, n_per_class: int = 150, size: int = 128, seed: in
         n_per_class: images per class.
         size: image side in pixels.
         seed: generator seed; the same seed gives byte-identical files.
+        write: False: only use an identical set already there, never write (a path a checkpoint names).
 
     Returns:
         The root folder.
+
+    Raises:
+        DataError: ``write=False`` and no identical set at ``root``.
     """
     root = Path(root)
     manifest = {
@@ -139,6 +144,13 @@ def generate(root: str | Path, n_per_class: int = 150, size: int = 128, seed: in
     manifest_path = root / "manifest.json"
     if manifest_path.exists() and json.loads(manifest_path.read_text()) == manifest:
         return root
+    if not write:
+        there = "another synthetic set" if manifest_path.exists() else "no synthetic set (no manifest.json)"
+        raise DataError(
+            f"{root} holds {there} ({n_per_class} per class, {size} px, seed {seed} wanted), and lungnet generates "
+            "synthetic data only when training: give data.root=<the folder train.py generated>, or generate it "
+            f"with train.py data=synthetic data.root={root}"
+        )
     log.info("Generating SYNTHETIC chest-radiograph phantoms (%d per class, %d px) in %s", n_per_class, size, root)
     rng = np.random.default_rng(seed)
     for label in SYNTHETIC:

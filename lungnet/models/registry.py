@@ -86,6 +86,14 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
+def head_shapes(num_classes: int, head_hidden: int) -> dict[str, tuple[int | None, int]]:
+    """The shapes of a `Classifier` head's weights, keyed as its state dict names them (``head.<i>.weight``);
+    None stands for the backbone's width, known only once it is built."""
+    if head_hidden:
+        return {"head.0.weight": (head_hidden, None), "head.3.weight": (num_classes, head_hidden)}
+    return {"head.1.weight": (num_classes, None)}
+
+
 def list_models() -> list[str]:
     """Registered names (any other timm name also works, e.g. ``convnext_tiny``)."""
     return sorted(MODELS)

@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,6 +60,20 @@ def pypi_weights(source: str | os.PathLike | None) -> LiteWeights | None:
         raise WeightsError(str(exc)) from exc
 
 
+def first_non_finite(tensors: dict) -> str | None:
+    """The name of the first floating-point tensor (or array) in ``tensors`` holding NaN or inf; None when every
+    one is finite. NaN weights make every output NaN, a decision no threshold can catch."""
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor):
+            bad = value.is_floating_point() and not bool(torch.isfinite(value).all())
+        else:
+            array = np.asarray(value)
+            bad = np.issubdtype(array.dtype, np.floating) and not bool(np.isfinite(array).all())
+        if bad:
+            return str(name)
+    return None
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Reads a state dict from a local file (``weights_only=True``; nested ``state_dict``/``model`` keys ok).
 
@@ -85,6 +100,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"Weights file {path} holds no state_dict of tensors")
+    bad = first_non_finite({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)})
+    if bad is not None:
+        raise WeightsError(f"Weights file {path}: tensor {bad} holds NaN or inf values (weights must be finite)")
     out = {}
     for k, v in obj.items():
         for prefix in ("module.", "model.", "backbone."):

@@ -31,6 +31,7 @@ from lungnet.schema.evaluate import (
     TransferConfig,
 )
 from lungnet.schema.fields import (
+    MAX_IMAGE_SIZE,
     AuditSource,
     Balance,
     Choice,
@@ -63,6 +64,7 @@ from lungnet.schema.train import (
 )
 
 __all__ = [
+    "MAX_IMAGE_SIZE",
     "Choice",
     "opt",
     "Resize",

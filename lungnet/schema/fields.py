@@ -8,6 +8,10 @@ from typing import Any
 
 from omegaconf import MISSING
 
+# the largest image side (px) any config or stored file may ask for: a model input, data.downsample_to. Real
+# radiographs are about 3000 px; a larger value is a typo or a tampered file, and would allocate gigabytes per image
+MAX_IMAGE_SIZE = 4096
+
 
 class Choice(str, enum.Enum):
     """A string option with a fixed set of values: compares equal to, and prints as, its value."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
-from lungnet.schema.fields import Balance, Mode, OnBadFile, Resize, Select, opt
+from lungnet.schema.fields import MAX_IMAGE_SIZE, Balance, Mode, OnBadFile, Resize, Select, opt
 
 
 @dataclass
@@ -49,9 +49,11 @@ class DataConfig(EvalDataOverrides):
     test_fraction: float = opt(0.0, "test share when the data set ships no test split", ge=0, lt=1)
     cv_folds: int = opt(0, ">1: k-fold CV over train+val, validation = fold cv_fold (patient-grouped)", ge=0)
     cv_fold: int = opt(0, "the validation fold of a k-fold CV", ge=0)
-    image_size: int | None = opt(None, "input size in px (null: the model's default)", ge=8)
+    image_size: int | None = opt(None, "input size in px (null: the model's default)", ge=8, le=MAX_IMAGE_SIZE)
     resize: Resize = opt(Resize.squash, "squash, pad (keep the aspect ratio) or crop (centred square, as MedMNIST)")
-    downsample_to: int | None = opt(None, "first reduce every image to this many px (sets that mix resolutions)", ge=8)
+    downsample_to: int | None = opt(
+        None, "first reduce every image to this many px (sets that mix resolutions)", ge=8, le=MAX_IMAGE_SIZE
+    )
     batch_size: int = opt(32, "images per batch", ge=1)
     num_workers: int = opt(2, "DataLoader worker processes", ge=0)
     pin_memory: bool = opt(False, "page-locked batches (faster host-to-GPU copies)")
@@ -78,7 +80,9 @@ class ModelConfig:
     drop_rate: float = opt(0.0, "dropout before the last linear layer", ge=0, lt=1)
     head_hidden: int = opt(0, ">0: a hidden dense layer of this width in the head", ge=0)
     cam_layer: str | None = opt(None, "Grad-CAM target layer (null: the model's own)")
-    image_size: int | None = opt(None, "input size (null: the model's default, or data.image_size)", ge=8)
+    image_size: int | None = opt(
+        None, "input size (null: the model's default, or data.image_size)", ge=8, le=MAX_IMAGE_SIZE
+    )
     cache_dir: str | None = opt("${oc.env:LUNGNET_CACHE,null}", "where hub downloads are cached")
 
 

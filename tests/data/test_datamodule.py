@@ -259,8 +259,23 @@ def test_downsample_to_gives_the_same_batches_with_and_without_the_cache(tiny_fo
     images = {}
     for cache in (False, True):
         cfg = _cfg("pneumonia", tiny_folder, carve_val=False, downsample_to=16, cache=cache, cache_dir=str(tmp_path))
-        dm = LungDataModule(cfg, SPEC, seed=0, run_dir=tmp_path / f"run{cache}")
+        dm = LungDataModule(cfg, SPEC, seed=0, run_dir=tmp_path / f"run{cache}", owns_data=True)
         dm.setup()
         images[cache] = next(iter(dm.val_dataloader()))["image"]
     # the cache stores the downsampled image; the pipeline must not downsample it a second time
     torch.testing.assert_close(images[True], images[False], atol=0.6 / 255 / 0.25, rtol=0)
+
+
+def test_a_reader_never_writes_where_its_data_config_names(tmp_path):
+    """A data config read from a checkpoint (owns_data=False, the default) neither generates a synthetic set at
+    its data.root nor puts the image cache in its data.cache_dir: only training writes at the paths it names."""
+    root, named_cache = tmp_path / "anywhere", tmp_path / "cache"
+    cfg = _cfg("synthetic", root, cache=True, cache_dir=str(named_cache), options={"n_per_class": 2, "size": 16})
+    reader = LungDataModule(cfg, SPEC)
+    assert Path(reader.cfg["cache_dir"]) != named_cache
+    with pytest.raises(DataError, match="generates synthetic data only when training"):
+        reader.setup("test")
+    assert not root.exists() and not named_cache.exists()
+    trainer = LungDataModule({**cfg, "cache": False}, SPEC, owns_data=True)
+    assert trainer.cfg["cache_dir"] == str(named_cache)
+    assert len(trainer.source.scan()) == 8 and (root / "manifest.json").is_file()
