@@ -1,5 +1,7 @@
 """The data an evaluation scores: the checkpoint's own data config (with overrides), its splits recomputed and
-verified, another data set (an external evaluation), or every image of a folder (``split=all``)."""
+verified, another data set (an external evaluation), or every image at a root (``split=all``) in the layout of the
+checkpoint's data set (or ``data=``): its label file for NIH (``Data_Entry_2017.csv`` + ``images/``), class
+folders for the others."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from pathlib import Path
 
 from lungnet.checkpoint import LoadedModel
 from lungnet.data.datamodule import LungDataModule, resolve_root
-from lungnet.data.sources import DataError, LabelledFolderSource
+from lungnet.data.sources import DataError, FolderSource, LabelledFolderSource, Source
 from lungnet.data.splits import ExpectedSplits, write_splits
 from lungnet.evaluation import external
 from lungnet.io import write_csv
@@ -29,6 +31,27 @@ def check_compatible(loaded: LoadedModel, dm: LungDataModule) -> None:
         )
 
 
+def all_images_source(source: Source, loaded: LoadedModel) -> Source:
+    """What ``split=all`` reads at ``source.root``: every image, in the layout of the checkpoint's data set.
+
+    A data set labelled by a file (NIH: ``Data_Entry_2017.csv`` and its images, multi-label ``nih14`` included) is
+    read by its own source, so its patients and metadata (the subgroup section) come along. A class-folder data set
+    is read as ``<root>/<class>/`` (or ``<root>/<split>/<class>/``) folders named like the checkpoint's labels,
+    whatever set they hold (`LabelledFolderSource`; a synthetic checkpoint's root is read, not generated into).
+
+    Raises:
+        DataError: class folders for a multi-label checkpoint.
+    """
+    if not isinstance(source, FolderSource):
+        return source
+    if loaded.multilabel:
+        raise DataError(
+            f"split=all reads {source.root} as <root>/<class>/ folders (data set '{source.name}'), which cannot "
+            "hold multi-label targets"
+        )
+    return LabelledFolderSource(source.root, loaded.labels)
+
+
 def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: Path) -> LungDataModule:
     """The DataModule for evaluating ``loaded`` on ``split`` (``all``: every image, no split).
 
@@ -48,9 +71,8 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
     held = None if split == "all" else run_dir  # split=all: nothing written before the overlap check
     dm = LungDataModule(cfg, loaded.spec, seed=loaded.seed, run_dir=held, expected_splits=expected)
     if split == "all":
-        if loaded.multilabel:
-            raise DataError("split=all reads <root>/<class>/ folders, which cannot hold multi-label targets")
-        dm.source = LabelledFolderSource(cfg["root"], loaded.labels)
+        dm.source = all_images_source(dm.source, loaded)
+        check_compatible(loaded, dm)
         table = dm.load_table(all_images=True)
         dm.table = table
         dm.datasets["all"] = dm.make_dataset(table, train=False)

@@ -120,7 +120,11 @@ class EvaluateConfig:
         help="the checkpoint to evaluate; an ensemble: [a.ckpt,b.ckpt,...], a multirun dir (its fold models) or an "
         "ensemble.json"
     )
-    split: str = opt("test", "test val train, or all: every image under <data.root>/<class>/")
+    split: str = opt(
+        "test",
+        "test val train, or all: every image at data.root in the layout of the checkpoint's data set (or data=): "
+        "<class>/ folders, or for NIH Data_Entry_2017.csv and its images",
+    )
     device: Device = opt(Device.auto, "auto cpu cuda")
     data: EvalDataOverrides = opt(factory=EvalDataOverrides)
     operating_point: OperatingPointConfig = opt(factory=OperatingPointConfig)
