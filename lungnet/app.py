@@ -50,6 +50,7 @@ from starlette.requests import ClientDisconnect
 from lungnet.app_info import model_card_text, public_facts
 from lungnet.data.images import IMAGE_SUFFIXES
 from lungnet.errors import CheckpointError, ConfigError
+from lungnet.explain.overlay import heatmap_caption
 from lungnet.inference import Predictor
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,7 @@ class Service:
             body["image_png_base64"] = _png_base64(_gray_rgb(pred.image), side)
             body["heatmap_method"] = self.explain
             body["heatmap_class"] = pred.row.get("heatmap_class")  # the decided class the heatmap explains
+            body["heatmap_caption"] = heatmap_caption(pred.row, name, self.explain)  # as predict.py's PNGs
         return 200, body
 
     def answer(self, pred, name: str) -> dict:
@@ -210,6 +212,7 @@ class Service:
         if record is not None:
             body.update(
                 decision_reason=row.get("decision_reason") or "",
+                decision_note=row.get("decision_note") or "",  # an empty prediction set (`lungnet.referral`)
                 prediction_set=[x for x in str(row.get("prediction_set") or "").split("|") if x],
                 set_level=1 - record.alpha if record.alpha is not None else None,
                 ood=row.get("ood"),

@@ -1,5 +1,7 @@
 """``predict.py`` over files and folders: a `Predictor` per call, one row per input, predictions.csv and
-prediction.json in the run directory, heatmap overlays on request (``explain=<method>``)."""
+prediction.json in the run directory, heatmap overlays on request (``explain=<method>``), each under the caption the
+app shows (`lungnet.explain.overlay.heatmap_caption`: file, decision, explained class and probability, colour bar;
+abstained and OOD images marked)."""
 
 from __future__ import annotations
 
@@ -8,19 +10,29 @@ import os
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
 from lungnet.checkpoint import CheckpointError, read_checkpoint
 from lungnet.data.images import collect_inputs
 from lungnet.data.overlap import recorded_hashes, training_copies
 from lungnet.errors import DataError
 from lungnet.explain.base import ExplainError
+from lungnet.explain.overlay import heatmap_caption, save_captioned
 from lungnet.inference import Prediction, Predictor
-from lungnet.io import atomic_write, write_csv, write_json
+from lungnet.io import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["file", "predicted", "confidence", "decision", "prediction_set", "ood", "ood_score", "decision_reason"]
+COLUMNS = [
+    "file",
+    "predicted",
+    "confidence",
+    "decision",
+    "prediction_set",
+    "ood",
+    "ood_score",
+    "decision_reason",
+    "decision_note",
+]
 
 
 def seen_in_training(predictor: Predictor, files: list[Path]) -> dict[str, str]:
@@ -71,8 +83,7 @@ def prediction_row(predictor: Predictor, pred: Prediction, k: int, run_dir: Path
         heat_dir = run_dir / "heatmaps"
         heat_dir.mkdir(parents=True, exist_ok=True)
         out = heat_dir / f"{k:05d}_{Path(pred.file).stem[:80]}.png"  # index prefix: same stems never collide
-        overlay = Image.fromarray(predictor.overlay(pred, alpha))
-        atomic_write(out, lambda fh: overlay.save(fh, format="PNG"), mode="wb")
+        save_captioned(out, predictor.overlay(pred, alpha), heatmap_caption(row, Path(pred.file).name, explain))
         row["heatmap"] = str(out.relative_to(run_dir))
     if predictor.members:
         row["members"] = "|".join(predictor.members)
@@ -116,13 +127,16 @@ def write_predictions(run_dir: Path, predictor: Predictor, rows: list[dict], fai
     facts = {**predictor.describe(), "images": len(rows), "unreadable": failed, "ood_flagged": flagged}
     facts["seen_in_training"] = seen
     facts["abstained"] = int(sum(r.get("decision") == "abstain" for r in rows))
+    facts["empty_sets"] = int(sum(bool(r.get("decision_note")) for r in rows))  # decided, with a note
     write_json(run_dir / "prediction.json", facts)
     if predictor.decision is not None:
         log.info(
-            "Decisions from %s (fitted on %s): %d abstained, %d flagged out-of-distribution",
+            "Decisions from %s (fitted on %s): %d abstained, %d flagged out-of-distribution, %d decided with an empty "
+            "prediction set (see decision_note)",
             predictor.decision_file,
             predictor.decision.fitted_on(),
             facts["abstained"],
             flagged,
+            facts["empty_sets"],
         )
     return path

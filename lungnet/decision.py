@@ -14,7 +14,9 @@ SHA-256, and every value type- and range-checked when read (`lungnet.decision_fi
 - the abstention rule and a summary of the model card (shown by the app).
 
 `DecisionRecord.decide` turns logits (and features) into `Decisions`: the label (or ``abstain`` with a reason), the
-prediction set, the OOD flag and score. `predict.py`, the app, the API, exports and `evaluate.py` all use it.
+prediction set, the OOD flag and score, and a note when the set is empty (decided by the operating point, not
+referred: the reasons, the note and why, `lungnet.referral`). `predict.py`, the app, the API, exports and
+`evaluate.py` all use it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ from lungnet.io import write_json
 from lungnet.labels import default_positive
 from lungnet.ood import AnyMemberGate, ImageGate, OodGate
 from lungnet.preprocessing import logits_to_probs
+from lungnet.referral import (
+    AMBIGUOUS,
+    CONFIDENCE,
+    OOD,
+    ambiguous_reason,
+    confidence_reason,
+    empty_set_note,
+    ood_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +75,11 @@ class Decisions:
         probs: (N, C) probabilities, temperature-calibrated when the record has a temperature.
         decision: N labels (multi-label: findings joined by ``|`` or ``No Finding``) or ``abstain``.
         reason: N readable reasons (empty when the decision stands).
+        note: N notes on decisions that stand (an empty prediction set, `lungnet.referral`), or empty strings.
+        referral: N referral kinds (``ood``, ``set``, ``confidence``; empty when the decision stands).
         sets: (N, C) bool prediction-set membership (multi-label: the finding cannot be ruled out), or None.
-        ambiguous: (N,) bool, the set does not single out one answer (or is empty), or None.
+        ambiguous: (N,) bool, the set holds more than one answer (multi-label: a finding has both), or None.
+        empty: (N,) bool, the set holds no label (multi-label: a finding has neither answer), or None.
         ood: (N,) bool OOD flags, or None without a gate or features.
         ood_score: (N,) scores, or None.
         ood_parts: ``{part: (N,) score / its threshold}`` of a gate with an image part (`lungnet.ood.ImageGate`:
@@ -75,8 +89,11 @@ class Decisions:
     probs: np.ndarray
     decision: list[str]
     reason: list[str]
+    note: list[str] = field(default_factory=list)
+    referral: list[str] = field(default_factory=list)
     sets: np.ndarray | None = None
     ambiguous: np.ndarray | None = None
+    empty: np.ndarray | None = None
     ood: np.ndarray | None = None
     ood_score: np.ndarray | None = None
     ood_parts: dict[str, np.ndarray] | None = None
@@ -88,11 +105,12 @@ class Decisions:
         return ["|".join(lab for lab, inside in zip(labels, row, strict=True) if inside) for row in self.sets]
 
     def columns(self, labels: list[str]) -> dict[str, list]:
-        """Table columns: decision, decision_reason, prediction_set, ood, ood_score, p_<label>."""
+        """Table columns: decision, decision_reason, decision_note, prediction_set, ood, ood_score, p_<label>."""
         n = len(self.decision)
         cols = {
             "decision": list(self.decision),
             "decision_reason": list(self.reason),
+            "decision_note": list(self.note) if self.note else [""] * n,
             "prediction_set": self.set_labels(labels),
             "ood": [bool(x) for x in self.ood] if self.ood is not None else [None] * n,
             "ood_score": [float(x) for x in self.ood_score] if self.ood_score is not None else [None] * n,
@@ -121,7 +139,7 @@ class DecisionRecord:
         alpha: conformal miscoverage level (None: no prediction sets).
         conformal_scores: calibration nonconformity scores (multi-label: ``{finding: scores}``).
         abstain_below: abstain when the calibrated confidence is below this (None: off).
-        abstain_ambiguous: abstain when the prediction set does not hold exactly one label.
+        abstain_ambiguous: abstain when the prediction set holds more than one answer (an empty set does not refer).
         ood: the OOD gate (an ensemble's: `AnyMemberGate`), or None.
         summary: model-card summary (model, training data, validation metrics) for the app.
     """
@@ -171,8 +189,9 @@ class DecisionRecord:
         hit = probs[:, j] >= self.thresholds[self.positive_class]
         return [self.positive_class if h else self.labels[i] for h, i in zip(hit, fallback, strict=True)]
 
-    def prediction_sets(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(sets (N, C) bool, ambiguous (N,) bool) at level 1 - alpha, or None without conformal scores."""
+    def prediction_sets(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(sets (N, C) bool, ambiguous (N,) bool, empty (N,) bool) at level 1 - alpha (`Decisions`), or None without
+        conformal scores."""
         if self.alpha is None or self.conformal_scores is None:
             return None
         from crepes import ConformalClassifier
@@ -181,55 +200,50 @@ class DecisionRecord:
         if not self.multilabel:
             cc = ConformalClassifier().fit(np.asarray(self.conformal_scores, dtype=np.float64))
             sets = cc.predict_set(1.0 - probs, confidence=confidence, smoothing=False).astype(bool)
-            return sets, sets.sum(1) != 1
+            return sets, sets.sum(1) > 1, sets.sum(1) == 0
         sets = np.zeros(probs.shape, dtype=bool)
         ambiguous = np.zeros(len(probs), dtype=bool)
+        empty = np.zeros(len(probs), dtype=bool)
         for j, lab in enumerate(self.labels):  # one binary conformal classifier per finding (present, absent)
             cc = ConformalClassifier().fit(np.asarray(self.conformal_scores[lab], dtype=np.float64))
             both = np.stack([1.0 - probs[:, j], probs[:, j]], axis=1)
             states = cc.predict_set(both, confidence=confidence, smoothing=False).astype(bool)
             sets[:, j] = states[:, 0]
-            ambiguous |= states.sum(1) != 1
-        return sets, ambiguous
+            ambiguous |= states.sum(1) > 1
+            empty |= states.sum(1) == 0
+        return sets, ambiguous, empty & ~ambiguous
 
     def decide(self, logits: np.ndarray, features: np.ndarray | None = None) -> Decisions:
         """Decisions for logits (N, C) and, for the OOD gate, penultimate features (N, D)."""
         probs = self.calibrated(logits)
-        out = Decisions(probs, self.labels_of(probs), [""] * len(probs))
+        n = len(probs)
+        out = Decisions(probs, self.labels_of(probs), [""] * n, [""] * n, [""] * n)
         conformal = self.prediction_sets(probs)
         if conformal is not None:
-            out.sets, out.ambiguous = conformal
+            out.sets, out.ambiguous, out.empty = conformal
         if self.ood is not None and features is not None:
             out.ood_score, out.ood = self.ood.flag(features)
             if isinstance(self.ood, ImageGate):
                 out.ood_parts = self.ood.parts(features)
         confidence = np.maximum(probs, 1 - probs).min(1) if self.multilabel else probs.max(1)
-        for i in range(len(probs)):
-            reason = self._abstain_reason(out, i, float(confidence[i]))
+        for i in range(n):
+            kind, reason = self._abstain_reason(out, i, float(confidence[i]))
             if reason:
-                out.decision[i], out.reason[i] = ABSTAIN, reason
+                out.decision[i], out.reason[i], out.referral[i] = ABSTAIN, reason, kind
+            if out.empty is not None and out.empty[i]:
+                out.note[i] = empty_set_note(f"{1 - float(self.alpha):.0%}", self.multilabel)
         return out
 
-    def _abstain_reason(self, out: Decisions, i: int, confidence: float) -> str:
+    def _abstain_reason(self, out: Decisions, i: int, confidence: float) -> tuple[str, str]:
+        """(referral kind, reason) for image ``i``; ("", "") when its decision stands (an empty set included)."""
         if out.ood is not None and out.ood[i]:
-            part = ""
-            if out.ood_parts is not None:  # `lungnet.ood.ImageGate`: which part flagged it
-                image = out.ood_parts["image"][i] >= out.ood_parts["features"][i]
-                part = ", image layout: e.g. a turned or lateral film" if image else ", model features"
-            return (
-                f"unlike the training images (OOD score {out.ood_score[i]:.3g} > threshold {self.ood.threshold:.3g}"
-                f"{part}): the model's output means nothing here"
-            )
+            parts = {k: float(v[i]) for k, v in out.ood_parts.items()} if out.ood_parts is not None else None
+            return OOD, ood_reason(float(out.ood_score[i]), float(self.ood.threshold), parts)
         if self.abstain_ambiguous and out.ambiguous is not None and out.ambiguous[i]:
-            level = f"{1 - float(self.alpha):.0%}"
-            if not out.sets[i].any() and not self.multilabel:
-                return f"no label fits at {level} confidence (empty prediction set): refer to a person"
-            if self.multilabel:
-                return f"a finding is undecided at {level} confidence (both answers, or none): refer to a person"
-            return f"the {level} prediction set holds more than one answer: refer to a person"
+            return AMBIGUOUS, ambiguous_reason(f"{1 - float(self.alpha):.0%}", self.multilabel)
         if self.abstain_below is not None and confidence < self.abstain_below:
-            return f"confidence {confidence:.3f} below abstain.below={self.abstain_below:g}: refer to a person"
-        return ""
+            return CONFIDENCE, confidence_reason(confidence, self.abstain_below)
+        return "", ""
 
     # ------------------------------------------------------------------ file
     def to_dict(self) -> dict:

@@ -199,6 +199,11 @@ def test_api_heatmap_and_dicom(server):
     assert status == 200, body
     assert body["file"] == "scan.dcm"  # the client's path is never used; only the base name is echoed
     assert body["heatmap_class"] in body["probabilities"]  # which class the heatmap explains
+    caption = body["heatmap_caption"]  # the caption predict.py draws under its heatmap PNGs
+    assert caption["lines"][0] == "scan.dcm" and f"Decision: {body['decision']}" in " ".join(caption["lines"])
+    cls, p = body["heatmap_class"], body["probabilities"][body["heatmap_class"]]
+    assert caption["lines"][-1].startswith(f"Heatmap: gradcam of {cls}, probability {p:.3f}")
+    assert caption["mark"] == ("ood" if body["ood"] else "abstain" if body["decision"] == "abstain" else "")
     png = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png_base64"])))
     assert png.mode == "RGB" and max(png.size) == 1024  # 1955x1841 overlay, downscaled for transfer
     assert abs(png.size[0] / png.size[1] - 1841 / 1955) < 0.01
@@ -262,12 +267,16 @@ def test_page_in_headless_chromium(server, tmp_path):
             assert page.locator("#decision").inner_text().startswith("Decision: ")
             assert page.locator("#setline").is_visible() and page.locator("#scale").is_visible()
             assert page.locator("#ood").is_hidden()
+            caption = page.locator("#heatcaption").inner_text()  # the caption predict.py draws under its PNGs
+            assert caption.startswith(xray().name) and "Decision: " in caption and "Heatmap: gradcam of " in caption
             page.screenshot(path=str(ARTIFACTS / "app_result.png"), full_page=True)
 
             page.set_input_files("#file", str(photo(tmp_path)))
             page.click("#submit")
             sync_api.expect(page.locator("#ood")).to_contain_text("unlike the training images", timeout=60_000)
             assert page.locator("#decision").inner_text() == "Decision: abstain"
+            sync_api.expect(page.locator("#heatcaption")).to_contain_text("OUT OF DISTRIBUTION", timeout=30_000)
+            assert page.locator("#heatcaption").get_attribute("class") == "alert"
             page.screenshot(path=str(ARTIFACTS / "app_ood.png"), full_page=True)
 
             page.set_input_files("#file", str(text))

@@ -100,7 +100,7 @@ def test_multilabel_sets_per_finding():
     y = (rng.random((3000, 2)) < p).astype(float)
     cal = {lab: np.where(y[:1500, j] == 1, 1 - p[:1500, j], p[:1500, j]) for j, lab in enumerate(["A", "B"])}
     rec = record(["A", "B"], multilabel=True, alpha=0.1, conformal_scores=cal)
-    sets, ambiguous = rec.prediction_sets(p[1500:])
+    sets, ambiguous, _ = rec.prediction_sets(p[1500:])
     assert sets.shape == (1500, 2) and ambiguous.any() and not ambiguous.all()
 
 
@@ -181,3 +181,38 @@ def test_an_undecided_finding_is_named_as_such():
     rec = record(["A"], multilabel=True, alpha=0.1, conformal_scores=cal, abstain_ambiguous=True)
     dec = rec.decide(np.array([[0.0]]))  # p = 0.5: both answers fit at 90 %
     assert dec.decision == [ABSTAIN] and "a finding is undecided" in dec.reason[0]
+
+
+def confident_record(labels, multilabel=False) -> DecisionRecord:
+    """A record calibrated on a model right with room to spare: every calibration score below 0.02, so at 90 % the
+    set's bar for a label is a probability of about 0.98 and a less confident image's set is empty."""
+    scores = np.linspace(0.0, 0.02, 200)
+    cal = {lab: scores for lab in labels} if multilabel else scores
+    return record(labels, multilabel, alpha=0.1, conformal_scores=cal, abstain_ambiguous=True)
+
+
+@pytest.mark.parametrize(
+    ("labels", "multilabel", "probs", "decided"),
+    [
+        (["NORMAL", "PNEUMONIA"], False, [0.08, 0.92], "PNEUMONIA"),
+        (["A", "B", "C"], False, [0.7, 0.2, 0.1], "A"),
+        (["A", "B"], True, [0.8, 0.001], "A"),  # A: neither present nor absent fits at 90 %
+    ],
+)
+def test_an_empty_prediction_set_is_decided_with_a_note_not_referred(labels, multilabel, probs, decided):
+    """An empty set singles out no other answer: the operating point decides, the note says why the set is empty."""
+    rec = confident_record(labels, multilabel)
+    p = np.array([probs])
+    z = np.log(p / (1 - p)) if multilabel else logits_of(p)
+    dec = rec.decide(z)
+    assert dec.empty.tolist() == [True] and dec.ambiguous.tolist() == [False]
+    assert dec.decision == [decided] and dec.reason == [""] and dec.referral == [""]
+    assert "empty 90% prediction set" in dec.note[0] and "more confident" in dec.note[0]
+    assert dec.columns(labels)["decision_note"] == dec.note
+
+
+def test_a_set_with_two_answers_is_still_referred_and_a_full_set_has_no_note():
+    rec = record(["A", "B"], alpha=0.1, conformal_scores=np.linspace(0.0, 0.6, 200), abstain_ambiguous=True)
+    dec = rec.decide(logits_of(np.array([[0.5, 0.5], [0.99, 0.01]])))
+    assert dec.decision[0] == ABSTAIN and dec.referral[0] == "set" and "more than one answer" in dec.reason[0]
+    assert dec.decision[1] == "A" and dec.note == ["", ""] and not dec.empty.any()

@@ -5,9 +5,9 @@ Layers, bottom to top (docs: COMMON rules, README "Layout"):
 0. ``errors hardware io labels findings provenance schema config_checks untrusted data models preprocessing``: files,
    images, data sets and their findings, the configs' schema, untrusted files' values, the model factory and the
    input contract;
-1. ``checkpoint checkpoint_checks ood decision_file decision ensemble_manifest ensemble metrics module divergence
-   callbacks resize_schedule loggers training_checks training evaluation explain audit``: what trains, scores,
-   explains and audits a model;
+1. ``checkpoint checkpoint_checks ood decision_file referral decision ensemble_manifest ensemble metrics module
+   divergence callbacks resize_schedule loggers training_checks training evaluation explain audit``: what trains,
+   scores, explains and audits a model;
 2. ``inference batch runtimes export app launch rundir cli``: what a user runs.
 
 Every import counts, also one inside a function (a deferred import is still a dependency), with one stated
@@ -43,6 +43,7 @@ LAYERS = {
     "lungnet.checkpoint_checks": 1,  # every value a checkpoint stores, checked before lungnet.checkpoint uses it
     "lungnet.ood": 1,  # the out-of-distribution gate (numpy), stored in decision files
     "lungnet.decision_file": 1,  # the decision file format: its one reader, every value checked
+    "lungnet.referral": 1,  # why a decision is referred (OOD causes, ambiguous sets) and the empty-set note
     "lungnet.decision": 1,  # the decision record: operating point, temperature, conformal sets, OOD gate
     "lungnet.ensemble_manifest": 1,  # the ensemble.json format: its one reader, every value checked
     "lungnet.ensemble": 1,  # several checkpoints as one model: members, checks, manifest, averaging

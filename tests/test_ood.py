@@ -11,6 +11,7 @@ import torch
 from lungnet.data.synthetic import render_phantom
 from lungnet.decision import DecisionRecord
 from lungnet.ood import THUMB, ImageGate, OodGate, decode_array, encode_array, gate_from_dict, gate_inputs
+from lungnet.referral import CLEARLY_PAST
 
 
 def test_equals_pytorch_ood_mahalanobis_when_one_direction_is_dropped():
@@ -107,3 +108,18 @@ def test_an_old_gate_without_the_image_part_still_loads_and_scores_the_features(
     decided = record.decide(np.zeros((len(val), 2)), val)  # today's gate inputs carry a thumbnail after the features
     np.testing.assert_allclose(decided.ood_score, old.score(val[:, :12]), rtol=1e-4)  # stored as float32
     assert decided.ood_parts is None and "ood_score_image" not in decided.columns(record.labels)
+
+
+def test_a_film_just_past_a_threshold_is_unlike_the_training_images_without_a_guessed_cause():
+    """Held-out upright films the gate flags sit just past a part's threshold, where two encodings of one film land
+    on either side: their reason names no part (it named one for every flagged film)."""
+    train, val, held = inputs(films(400, 0)), inputs(films(300, 1)), inputs(films(400, 2))
+    gate = ImageGate.fit(train, dims=8).calibrate(val, quantile=0.95)
+    top = np.maximum(*gate.parts(held).values())
+    barely = np.flatnonzero((top > 1) & (top < CLEARLY_PAST))
+    assert len(barely) >= 3
+    record = DecisionRecord(["NORMAL", "PNEUMONIA"], False, "0" * 64, split="val", ood=gate)
+    reasons = record.decide(np.zeros((len(held), 2)), held).reason
+    for i in barely:
+        assert reasons[i].startswith("unlike the training images (OOD score"), reasons[i]
+        assert "layout" not in reasons[i] and "features" not in reasons[i], reasons[i]

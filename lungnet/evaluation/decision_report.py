@@ -80,7 +80,7 @@ def decision_section(result: dict, record: DecisionRecord, split: str, figure: s
     lines = [
         "## Decisions: operating point, abstention, conformal sets, OOD gate",
         f"Decisions {block['source']}. Rule: {rule}. A decision is `abstain` (referred to a person) when the image "
-        "is unlike the training images (OOD gate), when the prediction set does not single out one answer"
+        "is unlike the training images (OOD gate), when the prediction set holds more than one answer"
         + (f", or when the calibrated confidence is below {record.abstain_below}" if record.abstain_below else "")
         + ".",
         f"- Referred to a person: **{block['referred']} of {block['n']}** ({fmt(block['referred_share'])}; "
@@ -96,6 +96,8 @@ def decision_section(result: dict, record: DecisionRecord, split: str, figure: s
             f"**{fmt(result.get('conformal_coverage'))}**, "
             f"mean set size {fmt(result.get('conformal_mean_set_size'), 2)}."
         )
+    if block.get("empty_sets"):
+        lines.append(empty_sets_line(block))
     if block.get("ood_rate") is not None:
         lines.append(
             f"- OOD gate ({gate_how(record.ood)}): **{block['ood_flagged']} of {block['n']}** flagged "
@@ -105,6 +107,19 @@ def decision_section(result: dict, record: DecisionRecord, split: str, figure: s
     if figure:
         lines.append(f"![Risk-coverage]({figure})")
     return "\n\n".join(lines)
+
+
+def empty_sets_line(block: dict) -> str:
+    """What the empty prediction sets are and how they were decided (`lungnet.referral`)."""
+    level = f"{1 - float(block['alpha']):.0%}"
+    return (
+        f"- Empty prediction sets: **{block['empty_sets']} of {block['n']}** (sets with more than one answer: "
+        f"{block.get('ambiguous_sets', 0)}). A set is empty when the model is more confident on the validation "
+        f"images than the {level} level needs: its bar for a label is then above a less confident image's "
+        "probabilities. An empty set singles out no other answer, so these images are decided by the operating "
+        "point and not referred (their `decision_note` says so; the coverage counts them as misses); "
+        "`abstain.below` refers images below a chosen confidence."
+    )
 
 
 def gate_how(ood: OodGate | ImageGate | AnyMemberGate) -> str:

@@ -2,9 +2,10 @@
 
 Fitted on the validation split (``<ckpt stem>.decision.json`` beside the checkpoint, or ``decision.out``:
 `lungnet.evaluation.decision_target`; the record: `lungnet.decision`), applied to
-the evaluated split: ``decision``, ``decision_reason``, ``prediction_set``, ``ood`` and ``ood_score`` columns in
-predictions.csv; ``conformal_coverage``, ``conformal_mean_set_size``, ``conformal_shift_pvalue`` and
-``conformal_shift_warning`` in metrics.json (and a ``decisions`` block); ``risk_coverage.png``; a report section.
+the evaluated split: ``decision``, ``decision_reason``, ``decision_note``, ``prediction_set``, ``ood`` and
+``ood_score`` columns in predictions.csv; ``conformal_coverage``, ``conformal_mean_set_size``,
+``conformal_shift_pvalue`` and ``conformal_shift_warning`` in metrics.json (and a ``decisions`` block, which counts
+empty prediction sets apart: `lungnet.referral`); ``risk_coverage.png``; a report section.
 
 Split conformal coverage holds only when the evaluated images are exchangeable with the calibration images. Two
 Kolmogorov-Smirnov tests (scipy) compare the evaluated split with the calibration split: the nonconformity scores
@@ -218,10 +219,9 @@ def summarise(record: DecisionRecord, dec: Decisions, ev, source: str) -> dict:
     kept = np.array([d != ABSTAIN for d in dec.decision])
     right = np.array([d == t for d, t in zip(dec.decision, truth, strict=True)])
     reasons: dict[str, int] = {}
-    for r in dec.reason:
-        if r:
-            key = "ood" if r.startswith("unlike") else "set" if "prediction set" in r else "confidence"
-            reasons[key] = reasons.get(key, 0) + 1
+    for kind in dec.referral:
+        if kind:
+            reasons[kind] = reasons.get(kind, 0) + 1
     out = {
         "source": source,
         "rule": record.rule,
@@ -236,6 +236,8 @@ def summarise(record: DecisionRecord, dec: Decisions, ev, source: str) -> dict:
             np.mean([d == t for d, t in zip(record.labels_of(dec.probs), truth, strict=True)])
         ),
     }
+    if dec.empty is not None:  # decided by the operating point with a note (`lungnet.referral`), not referred
+        out.update(empty_sets=int(dec.empty.sum()), ambiguous_sets=int(dec.ambiguous.sum()))
     if dec.ood is not None:
         out.update(ood_flagged=int(dec.ood.sum()), ood_rate=float(dec.ood.mean()), ood_threshold=record.ood.threshold)
     return out

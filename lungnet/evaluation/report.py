@@ -170,6 +170,13 @@ def decision_rows(result: dict) -> list[list[str]]:
                 f"{fmt(result.get('conformal_mean_set_size'), 2)} ({caveat})",
             ]
         )
+    if block.get("empty_sets"):
+        rows.append(
+            [
+                "Empty prediction sets (decided, not referred)",
+                f"{block['empty_sets']} of {block['n']}: the model is more confident than the set level needs",
+            ]
+        )
     if block.get("ood_rate") is not None:
         rows.append(["Flagged out-of-distribution", f"{block['ood_flagged']} of {block['n']}"])
     return rows

@@ -1,14 +1,18 @@
-"""Heatmap overlays on the original radiograph, and side-by-side figures with a title."""
+"""Heatmap overlays on the original radiograph, side-by-side figures with a title, and the caption of one image's
+overlay (`heatmap_caption`: what the app shows under it and predict.py draws under its PNGs, `save_captioned`)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib import colormaps
+
+from lungnet.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +139,84 @@ def save_grid(
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return _save(fig, path)
+
+
+SCALE_LABELS = ("low", "attention", "high")  # the colour bar's labels, left to right (the app's page says the same)
+CAPTION_WIDTH = 72  # characters per caption line in a PNG
+MIN_SIDE = 480  # a smaller overlay is drawn larger, to this long side in pixels
+
+
+def heatmap_caption(row: dict, name: str, method: str) -> dict:
+    """The caption of one image's heatmap overlay: file, decision, the explained class and its probability.
+
+    Args:
+        row: the image's predictions row (`lungnet.inference.Predictor.rows`: decision, decision_reason,
+            decision_note, ood, heatmap_class, p_<label>).
+        name: the file name to show.
+        method: the heatmap method (e.g. ``gradcam``).
+
+    Returns:
+        ``{"lines": [...], "mark": "ood" | "abstain" | ""}``: the mark says the heatmap explains no decision.
+    """
+    decision = row.get("decision", row.get("predicted", ""))
+    explained = row.get("heatmap_class") or row.get("predicted", "")
+    prob = row.get(f"p_{explained}")
+    lines = [str(name)]
+    mark = "ood" if row.get("ood") else "abstain" if decision == "abstain" else ""
+    if mark == "ood":
+        lines.append("OUT OF DISTRIBUTION: unlike the training images, the heatmap means nothing here")
+    elif mark:
+        lines.append("ABSTAINED: refer to a person; the heatmap explains no decision")
+    lines.append(f"Decision: {decision}" + (f" ({row['decision_reason']})" if row.get("decision_reason") else ""))
+    if row.get("decision_note"):
+        lines.append(f"Note: {row['decision_note']}")
+    where = f"{explained}, probability {float(prob):.3f}" if prob is not None else str(explained)
+    lines.append(f"Heatmap: {method} of {where}; colour from blue (low) to red (high attention)")
+    return {"lines": lines, "mark": mark}
+
+
+def save_captioned(
+    path: str | os.PathLike, rgb: np.ndarray, caption: dict, cmap: str = "jet", max_side: int = 1024
+) -> Path:
+    """Writes a PNG: the overlay ``rgb``, a colour bar (low to high attention) and the `heatmap_caption` under it;
+    an abstained or OOD image gets a red frame and its mark's line in red.
+
+    Args:
+        path: output PNG.
+        rgb: the overlay (`overlay`), RGB uint8 (H, W, 3).
+        caption: `heatmap_caption`.
+        cmap: the colour map the overlay used.
+        max_side: the overlay's long side in the PNG is at most this many pixels (at least ``MIN_SIDE``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+
+    dpi = 100
+    h, w = rgb.shape[:2]
+    scale = min(max(max(h, w), MIN_SIDE), max_side) / max(h, w) / dpi  # inches per overlay pixel
+    width, height = max(w * scale, 4.8), h * scale
+    text = [textwrap.wrap(line, CAPTION_WIDTH) or [""] for line in caption["lines"]]
+    fig = plt.figure(figsize=(width, height + 0.7 + 0.17 * sum(map(len, text))), dpi=dpi)
+    ax = fig.add_axes((0, 1 - height / fig.get_figheight(), 1, height / fig.get_figheight()))
+    ax.imshow(rgb)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    alert = "red" if caption["mark"] else "none"
+    for spine in ax.spines.values():
+        spine.set(visible=bool(caption["mark"]), color=alert, linewidth=4)
+    bar = fig.add_axes((0.2, 1 - (height + 0.35) / fig.get_figheight(), 0.6, 0.12 / fig.get_figheight()))
+    cbar = fig.colorbar(plt.cm.ScalarMappable(Normalize(0, 1), cmap), cax=bar, orientation="horizontal")
+    cbar.set_ticks([0, 0.5, 1], labels=list(SCALE_LABELS), fontsize=8)
+    y = 1 - (height + 0.75) / fig.get_figheight()
+    for k, wrapped in enumerate(text):
+        colour = "red" if caption["mark"] and k == 1 else "black"
+        for line in wrapped:
+            fig.text(0.01, y, line, fontsize=8, color=colour, va="top", family="DejaVu Sans")
+            y -= 0.17 / fig.get_figheight()
+    try:
+        return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight"), mode="wb")
+    finally:
+        plt.close(fig)

@@ -66,7 +66,7 @@ class ConformalConfig:
 @dataclass
 class AbstainConfig:
     below: float | None = opt(None, "abstain when the calibrated top probability is below this (null: off)", ge=0, le=1)
-    ambiguous: bool = opt(True, "abstain when the prediction set holds more (or fewer) than one label")
+    ambiguous: bool = opt(True, "abstain when the prediction set holds more than one label (an empty one: a note)")
 
 
 @dataclass

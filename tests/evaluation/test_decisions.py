@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,8 +15,9 @@ import pytest
 
 from lungnet.decision import DecisionRecord, decision_path
 from lungnet.evaluation.decision_report import decision_section
-from lungnet.evaluation.decisions import shift_test
+from lungnet.evaluation.decisions import shift_test, summarise
 from lungnet.evaluation.model_card import SECTIONS
+from lungnet.evaluation.report import decision_rows
 from lungnet.evaluation.run import evaluate
 from tests.conftest import ROOT
 from tests.evaluation.conftest import FAST_EVAL, compose_cfg
@@ -133,3 +135,25 @@ def test_a_failed_evaluation_leaves_the_decision_file_as_it_was(tiny_run, tmp_pa
     monkeypatch.undo()
     evaluate(compose_cfg("evaluate", [f"ckpt={ckpt}", "split=val", "explain.n=0", *FAST_EVAL]), tmp_path / "ok")
     assert json.loads(decision_path(ckpt).read_text())["split"] == "val"  # a finished evaluation writes it
+
+
+def test_the_report_counts_empty_sets_apart_from_referrals():
+    """A model right on every image with room to spare: its less confident images get empty 90 % sets. They are
+    decided (not "7 of 69 referred" for a model with accuracy 1.000), and the report says how many and why."""
+    labels = ["NORMAL", "PNEUMONIA"]
+    record = DecisionRecord(labels, False, "0" * 64, split="val", alpha=0.1, conformal_scores=np.linspace(0, 0.02, 200))
+    top = np.array([0.999] * 62 + [0.9] * 7)
+    probs = np.stack([1 - top, top], axis=1)
+    dec = record.decide(np.log(probs))
+    loaded = SimpleNamespace(labels=labels, multilabel=False)
+    ev = SimpleNamespace(loaded=loaded, data=SimpleNamespace(targets=[1] * 69))
+    block = summarise(record, dec, ev, "fitted on val")
+    assert block["referred"] == 0 and block["empty_sets"] == 7 and block["ambiguous_sets"] == 0
+    assert block["accuracy_on_rest"] == 1.0
+    block["shift"] = {"tests": {}, "in_sample": True, "pvalue": None, "warning": False}
+    result = {"decisions": block, "conformal_coverage": 62 / 69, "conformal_mean_set_size": 62 / 69}
+    text = decision_section(result, record, "test")
+    assert "Referred to a person: **0 of 69**" in text
+    assert "Empty prediction sets: **7 of 69**" in text and "more confident on the validation images" in text
+    rows = dict(decision_rows(result))
+    assert rows["Empty prediction sets (decided, not referred)"].startswith("7 of 69")
