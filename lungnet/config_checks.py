@@ -71,7 +71,7 @@ def _accepts(owner: type, f: dataclasses.Field, exact: bool = False) -> str:
     if isinstance(tp, type) and issubclass(tp, Choice):
         text = "one of: " + ", ".join(tp.values())
     elif "choices" in meta:
-        text = "one of: " + ", ".join(str(c) for c in meta["choices"])
+        text = "one of: " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in meta["choices"])
     elif tp in (int, float):
         low = next(((k, meta[k]) for k in ("ge", "gt") if k in meta), None)
         high = next(((k, meta[k]) for k in ("le", "lt") if k in meta), None)
@@ -107,9 +107,13 @@ def check_ranges(cfg: DictConfig, schema: type, prefix: str = "") -> None:
             if isinstance(value, DictConfig):
                 check_ranges(value, sub, key + ".")
             continue
+        meta = f.metadata
+        if isinstance(value, bool | str) and "choices" in meta:  # a bool | str field: compared with its type
+            if not any(type(value) is type(c) and value == c for c in meta["choices"]):
+                raise ConfigError(f"{key}={value!r} must be {_accepts(schema, f)}")
+            continue
         if value is None or isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        meta = f.metadata
         bad = (
             ("choices" in meta and value not in meta["choices"])
             or (math.isnan(value) and any(k in meta for k in ("ge", "gt", "le", "lt")))  # NaN passes every comparison

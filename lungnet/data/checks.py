@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from lungnet.data.images import ImageReadError, read_image
+from lungnet.data.near_duplicates import near_duplicate_report
 from lungnet.data.sources import DataError
 from lungnet.data.splits import check_patient_overlap
 from lungnet.io import printable, write_csv
@@ -28,7 +29,6 @@ from lungnet.io import printable, write_csv
 log = logging.getLogger(__name__)
 
 HASH_SIDE = 16  # dHash grid: HASH_SIDE**2 = 256 bits
-PAIRS = ("train/val", "train/test", "val/test")
 
 
 def dhash(image: np.ndarray, side: int = HASH_SIDE) -> str:
@@ -232,57 +232,6 @@ def check_training_classes(table: pd.DataFrame, labels: list[str], name: str, mu
             f"Dataset '{name}': no training image of {missing} after splitting (their images: {where}). Add images "
             "of it, or, when the data ships its own split, move some into its train folder"
         )
-
-
-def _hash_matrix(hashes: pd.Series) -> np.ndarray:
-    """Hex dHashes -> (N, words) uint64 matrix."""
-    raw = b"".join(bytes.fromhex(h) for h in hashes)
-    return np.frombuffer(raw, dtype=np.uint64).reshape(len(hashes), -1)
-
-
-def near_pairs(a: np.ndarray, b: np.ndarray, threshold: int, budget: int = 20_000_000) -> np.ndarray:
-    """Index pairs (i, j) with Hamming distance(a[i], b[j]) <= ``threshold``, computed in chunks.
-
-    Args:
-        a: (N, words) uint64 hashes.
-        b: (M, words) uint64 hashes.
-        threshold: largest distance in bits that counts as a near duplicate.
-        budget: uint64 words held in memory per chunk.
-
-    Returns:
-        (K, 3) int array of (i, j, distance).
-    """
-    if not len(a) or not len(b):
-        return np.zeros((0, 3), dtype=np.int64)
-    step = max(1, budget // (len(b) * a.shape[1]))
-    found = []
-    for start in range(0, len(a), step):
-        dist = np.bitwise_count(a[start : start + step, None, :] ^ b[None, :, :]).sum(-1)
-        i, j = np.nonzero(dist <= threshold)
-        found.append(np.stack([i + start, j, dist[i, j]], axis=1))
-    return np.concatenate(found).astype(np.int64)
-
-
-def near_duplicate_report(table: pd.DataFrame, threshold: int, examples: int = 20) -> dict:
-    """Images of the later split with a perceptual near duplicate (dHash distance <= ``threshold``) in the earlier.
-
-    Returns:
-        ``{"near_duplicate_images": {"train/val": n, ...}, "near_duplicate_examples": [...]}``; exact
-        copies count too (distance 0).
-    """
-    counts: dict[str, int] = {}
-    listed: list[dict] = []
-    for pair in PAIRS:
-        first, second = pair.split("/")
-        rows_a = table[(table["split"] == first) & (table["dhash"] != "")]
-        rows_b = table[(table["split"] == second) & (table["dhash"] != "")]
-        pairs = near_pairs(_hash_matrix(rows_a["dhash"]), _hash_matrix(rows_b["dhash"]), threshold)
-        counts[pair] = int(len(np.unique(pairs[:, 1])))
-        for i, j, d in pairs[: max(0, examples - len(listed))]:
-            listed.append(
-                {"pair": pair, first: rows_a["path"].iloc[i], second: rows_b["path"].iloc[j], "distance": int(d)}
-            )
-    return {"near_duplicate_images": counts, "near_duplicate_examples": listed, "near_duplicate_threshold": threshold}
 
 
 def leakage_report(table: pd.DataFrame, near_threshold: int | None = None) -> dict:

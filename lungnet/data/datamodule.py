@@ -2,7 +2,8 @@
 
 At setup it scans the source, lists unreadable files and images given two labels (``bad_files.csv``), assigns seeded
 stratified/patient-grouped splits, reports duplicate images (exact, and with
-``near_duplicates`` perceptual) and shared patients across splits (``data_report.json``) and
+``near_duplicates`` perceptual; ``near_duplicates=group`` keeps near copies in one split) and shared patients
+across splits (``data_report.json``) and
 writes the split files into the run directory. Training batches come from an `EpochSampler`, so
 order and augmentation depend only on (seed, epoch, index).
 """
@@ -31,6 +32,7 @@ from lungnet.data.checks import (
     scan_files,
 )
 from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset
+from lungnet.data.near_duplicates import group_near_duplicates
 from lungnet.data.sources import DataError, Source, create_source
 from lungnet.data.splits import ExpectedSplits, assign_splits, patients_from_names, write_splits
 from lungnet.data.transforms import Normalize, build_transform
@@ -129,6 +131,8 @@ class LungDataModule(pl.LightningDataModule):
         table = scanned[scanned["error"] == ""].reset_index(drop=True)
         if not self.multilabel:
             check_class_sizes(table, self.labels, self.source.name, left_out=len(scanned) - len(table))
+        if self.cfg["near_duplicates"] == "group":  # near copies kept on one side of every split lungnet makes
+            table, grouped = group_near_duplicates(table, int(self.cfg["near_duplicate_threshold"]))
         table = assign_splits(
             table,
             self.seed,
@@ -143,6 +147,8 @@ class LungDataModule(pl.LightningDataModule):
         check_training_classes(table, self.labels, self.source.name, self.multilabel)
         handle_bad_files(scanned, policy, report)
         self.report = leakage_report(table, int(self.cfg["near_duplicate_threshold"]) if near else None)
+        if self.cfg["near_duplicates"] == "group":
+            self.report["near_duplicate_groups"] = grouped
         self.report["sizes"] = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
         self.report["class_counts"] = (
             {s: table.loc[table["split"] == s, "label"].value_counts().to_dict() for s in ("train", "val", "test")}

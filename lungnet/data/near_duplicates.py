@@ -23,20 +23,25 @@ sort order, and at most ``budget`` candidates at a time.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+log = logging.getLogger(__name__)
+
 HASH_BITS = 256
 WORDS = HASH_BITS // 64
 BRUTE_SHARE = 8  # compare all pairs when the candidates exceed 1/BRUTE_SHARE of them
+PAIRS = ("train/val", "train/test", "val/test")
 
 
 def hash_matrix(hashes: pd.Series) -> np.ndarray:
     """Hex 256-bit dHashes -> (N, 4) uint64 matrix (the bytes as they are: distances do not depend on the order)."""
     raw = b"".join(bytes.fromhex(h) for h in hashes)
-    return np.frombuffer(raw, dtype=np.uint64).reshape(len(hashes), -1)
+    return np.frombuffer(raw, dtype=np.uint64).reshape(len(hashes), WORDS)
 
 
 def brute_force_pairs(a: np.ndarray, b: np.ndarray, threshold: int, budget: int = 20_000_000) -> np.ndarray:
@@ -220,8 +225,8 @@ def near_groups(table: pd.DataFrame, threshold: int) -> tuple[np.ndarray, np.nda
         threshold: largest distance in bits that counts as a near duplicate.
 
     Returns:
-        (group, pairs): per row a group id (0..groups-1, in order of first row), and the near pairs as (i, j,
-        distance) rows over the table's positions.
+        (group, pairs): per row a group id (0, 1, ... in order of each group's first row), and the near pairs as
+        (i, j, distance) rows over the table's positions.
     """
     hashed = np.flatnonzero(table["dhash"].fillna("").astype(str).str.len().to_numpy() == HASH_BITS // 4)
     pairs = near_pairs_within(hash_matrix(table["dhash"].iloc[hashed]), threshold)
@@ -230,3 +235,67 @@ def near_groups(table: pd.DataFrame, threshold: int) -> tuple[np.ndarray, np.nda
     graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, label = connected_components(graph, directed=False)
     return pd.factorize(label)[0].astype(np.int64), pairs
+
+
+def group_near_duplicates(table: pd.DataFrame, threshold: int) -> tuple[pd.DataFrame, dict]:
+    """Adds a ``near_group`` column (`near_groups`): the splits keep each group on one side, as byte copies.
+
+    Returns:
+        (the table with ``near_group``, the ``near_duplicate_groups`` entry of ``data_report.json``: threshold,
+        groups of two or more images, the images in them, the largest group's size).
+    """
+    group, pairs = near_groups(table, threshold)
+    sizes = np.bincount(group) if len(group) else np.zeros(0, dtype=np.int64)
+    shared = sizes[sizes > 1]
+    summary = {
+        "threshold": int(threshold),
+        "groups": int(len(shared)),
+        "images": int(shared.sum()),
+        "largest": int(shared.max()) if len(shared) else 0,
+        "pairs": int(len(pairs)),
+    }
+    log.info(
+        "Near duplicates (dHash within %d bits): %d group(s) holding %d images, kept within one split each",
+        threshold,
+        summary["groups"],
+        summary["images"],
+    )
+    if summary["largest"] > max(50, len(table) // 100):
+        log.warning(
+            "One near-duplicate group holds %d of %d images (chains of near copies): data.near_duplicate_threshold=%d "
+            "may be too loose for this data set, and the split is coarser for it",
+            summary["largest"],
+            len(table),
+            threshold,
+        )
+    table = table.copy()
+    table["near_group"] = group
+    return table, summary
+
+
+def near_duplicate_report(table: pd.DataFrame, threshold: int, examples: int = 20) -> dict:
+    """Images of the later split with a perceptual near duplicate (dHash distance <= ``threshold``) in the earlier.
+
+    With a ``near_group`` column (`group_near_duplicates`, same threshold) only rows whose group reaches both splits
+    are compared (every near pair lies within one group): the same result, without a search.
+
+    Returns:
+        ``{"near_duplicate_images": {"train/val": n, ...}, "near_duplicate_examples": [...]}``; exact
+        copies count too (distance 0).
+    """
+    counts: dict[str, int] = {}
+    listed: list[dict] = []
+    for pair in PAIRS:
+        first, second = pair.split("/")
+        rows_a = table[(table["split"] == first) & (table["dhash"] != "")]
+        rows_b = table[(table["split"] == second) & (table["dhash"] != "")]
+        if "near_group" in table:
+            both = np.intersect1d(rows_a["near_group"], rows_b["near_group"])
+            rows_a, rows_b = rows_a[rows_a["near_group"].isin(both)], rows_b[rows_b["near_group"].isin(both)]
+        pairs = near_pairs(hash_matrix(rows_a["dhash"]), hash_matrix(rows_b["dhash"]), threshold)
+        counts[pair] = int(len(np.unique(pairs[:, 1])))
+        for i, j, d in pairs[: max(0, examples - len(listed))]:
+            listed.append(
+                {"pair": pair, first: rows_a["path"].iloc[i], second: rows_b["path"].iloc[j], "distance": int(d)}
+            )
+    return {"near_duplicate_images": counts, "near_duplicate_examples": listed, "near_duplicate_threshold": threshold}

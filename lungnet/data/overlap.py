@@ -19,8 +19,9 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
-from lungnet.data.checks import dhash, near_pairs
+from lungnet.data.checks import dhash
 from lungnet.data.images import ImageReadError, read_image
+from lungnet.data.near_duplicates import near_pairs
 from lungnet.data.sources import DataError
 from lungnet.io import printable
 
@@ -173,11 +174,9 @@ def _near_rows(table: pd.DataFrame, recorded: np.ndarray, threshold: int) -> dic
         return {}
     ours = dhash_bytes(table["dhash"].iloc[rows]).copy().view(np.uint64)
     theirs = np.ascontiguousarray(recorded).view(np.uint64)
-    out: dict[int, int] = {}
-    for i, _, d in near_pairs(ours, theirs, int(threshold)):
-        row = int(rows[i])
-        out[row] = min(int(d), out.get(row, 1 << 30))
-    return out
+    pairs = near_pairs(ours, theirs, int(threshold))
+    best = pd.Series(pairs[:, 2]).groupby(rows[pairs[:, 0]]).min()
+    return {int(row): int(d) for row, d in best.items()}
 
 
 def enforce(overlap: Overlap, allow: bool, checkpoint: str | Path) -> Overlap:

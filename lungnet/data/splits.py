@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from lungnet.data.sources import DataError
@@ -58,7 +60,26 @@ def patients_from_names(table: pd.DataFrame, pattern: str | None) -> pd.DataFram
 
 def _groups(table: pd.DataFrame) -> np.ndarray:
     """One group per patient (an image without a patient id is its own); groups holding copies of the same file
-    (same ``sha1``) are merged, so a copy never lands on the other side of a split."""
+    (same ``sha1``) are merged, and so are groups holding near copies (the same ``near_group``, present with
+    ``data.near_duplicates=group``), so a copy never lands on the other side of a split."""
+    groups = _copy_groups(table)
+    return _merge_near_copies(groups, table["near_group"].to_numpy()) if "near_group" in table else groups
+
+
+def _merge_near_copies(groups: np.ndarray, near_group: np.ndarray) -> np.ndarray:
+    """``groups`` with those sharing a ``near_group`` merged (connected components); a merged group takes the name
+    of its first row's group, so without near copies every name stays."""
+    codes, names = pd.factorize(groups)
+    near = pd.factorize(near_group)[0]
+    n, k = len(names), int(near.max()) + 1 if len(near) else 0
+    graph = coo_matrix((np.ones(len(codes), dtype=np.int8), (codes, n + near)), shape=(n + k, n + k))
+    _, component = connected_components(graph, directed=False)
+    first = pd.Series(np.arange(n)).groupby(component[:n]).transform("min").to_numpy()
+    return np.asarray(names, dtype=groups.dtype)[first[codes]]
+
+
+def _copy_groups(table: pd.DataFrame) -> np.ndarray:
+    """One group per patient, groups holding copies of the same file (same ``sha1``) merged."""
     patient = table["patient"].astype(str).to_numpy()
     groups = np.where(patient == "", "img:" + table.index.astype(str), "pat:" + patient)
     if "sha1" not in table:

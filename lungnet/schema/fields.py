@@ -12,6 +12,10 @@ from omegaconf import MISSING
 # radiographs are about 3000 px; a larger value is a typo or a tampered file, and would allocate gigabytes per image
 MAX_IMAGE_SIZE = 4096
 
+# data.near_duplicates: off, refuse near copies of test images, or group near copies into one split (a bool | str
+# field: the command line's and old configs' true/false stay valid)
+NEAR_DUPLICATES = (False, True, "group")
+
 
 class Choice(str, enum.Enum):
     """A string option with a fixed set of values: compares equal to, and prints as, its value."""

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
-from lungnet.schema.fields import MAX_IMAGE_SIZE, Balance, Mode, OnBadFile, Resize, Select, opt
+from lungnet.schema.fields import MAX_IMAGE_SIZE, NEAR_DUPLICATES, Balance, Mode, OnBadFile, Resize, Select, opt
 
 
 @dataclass
@@ -27,8 +27,10 @@ class EvalDataOverrides:
         "evaluate even when the recomputed splits differ from the training ones, or the evaluated images hold "
         "copies of training images (the report says so)",
     )
-    near_duplicates: bool | None = opt(
-        None, "split=all and external data also refuse near copies (256-bit dHash) of the training images"
+    near_duplicates: bool | str | None = opt(
+        None,
+        "split=all and external data also refuse near copies (256-bit dHash) of the training images (true or group)",
+        choices=NEAR_DUPLICATES,
     )
     near_duplicate_threshold: int | None = opt(None, "differing dHash bits (of 256) that count as a near copy", ge=0)
 
@@ -62,7 +64,12 @@ class DataConfig(EvalDataOverrides):
     on_bad_file: OnBadFile = opt(OnBadFile.skip, "skip (listed in bad_files.csv) or error")
     verify: bool = opt(True, "decode every image once at setup to find unreadable files")
     allow_leakage: bool = opt(False, "run even when test images/patients leak into train/val")
-    near_duplicates: bool = opt(False, "also refuse perceptual near duplicates of test images in train/val")
+    near_duplicates: bool | str = opt(
+        False,
+        "true: also refuse perceptual near copies (256-bit dHash) of test images in train/val; group: keep near "
+        "copies in one split, as byte copies (and refuse those across splits the data set ships)",
+        choices=NEAR_DUPLICATES,
+    )
     near_duplicate_threshold: int = opt(12, "differing dHash bits (of 256) that still count as a near duplicate", ge=0)
     intensity_check: bool = opt(True, "warn when normalised inputs look out of range")
     cache: bool = opt(False, "decode + resize once into a memory-mapped uint8 cache")
