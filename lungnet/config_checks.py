@@ -108,8 +108,10 @@ def check_ranges(cfg: DictConfig, schema: type, prefix: str = "") -> None:
                 check_ranges(value, sub, key + ".")
             continue
         meta = f.metadata
-        if isinstance(value, bool | str) and "choices" in meta:  # a bool | str field: compared with its type
-            if not any(type(value) is type(c) and value == c for c in meta["choices"]):
+        if any(isinstance(c, bool | str) for c in meta.get("choices", ())):  # an Any field of words and booleans
+            if not any(type(value) is type(c) and value == c for c in meta["choices"]) and (
+                value is not None or not _hint(schema, f.name)[1]
+            ):
                 raise ConfigError(f"{key}={value!r} must be {_accepts(schema, f)}")
             continue
         if value is None or isinstance(value, bool) or not isinstance(value, int | float):

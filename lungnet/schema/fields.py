@@ -12,8 +12,9 @@ from omegaconf import MISSING
 # radiographs are about 3000 px; a larger value is a typo or a tampered file, and would allocate gigabytes per image
 MAX_IMAGE_SIZE = 4096
 
-# data.near_duplicates: off, refuse near copies of test images, or group near copies into one split (a bool | str
-# field: the command line's and old configs' true/false stay valid)
+# data.near_duplicates: off, refuse near copies of test images, or group near copies into one split: true/false (the
+# command line's and old configs') or a word, so the field is typed Any and `check_ranges` compares with type
+# (OmegaConf 2.3 cannot compose a Union[bool, str] field inside the data group)
 NEAR_DUPLICATES = (False, True, "group")
 
 

@@ -27,7 +27,7 @@ class EvalDataOverrides:
         "evaluate even when the recomputed splits differ from the training ones, or the evaluated images hold "
         "copies of training images (the report says so)",
     )
-    near_duplicates: bool | str | None = opt(
+    near_duplicates: Any | None = opt(
         None,
         "split=all and external data also refuse near copies (256-bit dHash) of the training images (true or group)",
         choices=NEAR_DUPLICATES,
@@ -64,7 +64,7 @@ class DataConfig(EvalDataOverrides):
     on_bad_file: OnBadFile = opt(OnBadFile.skip, "skip (listed in bad_files.csv) or error")
     verify: bool = opt(True, "decode every image once at setup to find unreadable files")
     allow_leakage: bool = opt(False, "run even when test images/patients leak into train/val")
-    near_duplicates: bool | str = opt(
+    near_duplicates: Any = opt(
         False,
         "true: also refuse perceptual near copies (256-bit dHash) of test images in train/val; group: keep near "
         "copies in one split, as byte copies (and refuse those across splits the data set ships)",
