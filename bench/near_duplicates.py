@@ -59,7 +59,9 @@ def generate(real: np.ndarray, n: int, near: float, rng: np.random.Generator) ->
     for start in range(0, n, 50_000):  # bounded memory
         k = min(50_000, n - start)
         seeds = real[rng.integers(0, len(real), k)] - mu
-        x[start : start + k] = mu + 0.8 * (np.sqrt(0.65) * seeds + np.sqrt(0.35) * rng.standard_normal((k, 256)) @ chol.T)
+        x[start : start + k] = mu + 0.8 * (
+            np.sqrt(0.65) * seeds + np.sqrt(0.35) * rng.standard_normal((k, 256)) @ chol.T
+        )
     copies = rng.choice(n, int(near * n), replace=False)
     originals = rng.integers(0, n, len(copies))
     scale = rng.uniform(0.0, 0.25, (len(copies), 1)) * np.sqrt(np.diag(cov))

@@ -109,12 +109,20 @@ def near_copies(tmp_path):
 
 
 def _cfg(root, **kw):
-    return {"source": "pneumonia", "root": str(root), "batch_size": 4, "val_fraction": 0.25, "test_fraction": 0.25, **kw}
+    return {
+        "source": "pneumonia",
+        "root": str(root),
+        "batch_size": 4,
+        "val_fraction": 0.25,
+        "test_fraction": 0.25,
+        **kw,
+    }
 
 
 def _crossing(table: pd.DataFrame) -> int:
     """Near-copy pairs (img_i, img_i_copy) whose two images are in different splits."""
-    split = dict(zip(table["path"].map(lambda p: p.rsplit("/", 2)[-2] + p.rsplit("/", 1)[-1]), table["split"]))
+    names = table["path"].map(lambda p: "/".join(p.rsplit("/", 2)[-2:]))
+    split = dict(zip(names, table["split"], strict=True))
     return sum(split[k] != split[k.replace("_copy.jpg", ".png")] for k in split if k.endswith("_copy.jpg"))
 
 
