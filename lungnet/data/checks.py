@@ -270,9 +270,11 @@ def enforce_no_test_leak(report: dict, allow: bool) -> None:
         if pair in ("train/test", "val/test") and n
     ]
     if problems and not allow:
+        near = any(p.startswith("near") for p in problems) and "near_duplicate_groups" not in report
+        group = ", or data.near_duplicates=group to keep near copies in one split (those lungnet makes)" if near else ""
         raise DataError(
             "The test split leaks into training data (" + "; ".join(problems) + "; details in data_report.json). "
-            "Remove the duplicates, or set data.allow_leakage=true to run anyway (results will be optimistic)."
+            f"Remove the duplicates{group}, or set data.allow_leakage=true to run anyway (results will be optimistic)."
         )
     if problems:
         log.warning("Test leakage allowed by data.allow_leakage: %s", "; ".join(problems))

@@ -14,7 +14,7 @@ from lungnet.config_checks import check_stored
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.near_duplicates import brute_force_pairs, near_groups, near_pairs, near_pairs_within
 from lungnet.data.splits import _merge_near_copies
-from lungnet.errors import ConfigError
+from lungnet.errors import ConfigError, DataError
 from lungnet.models.specs import ModelSpec
 from lungnet.schema import DataConfig
 
@@ -133,6 +133,8 @@ def test_group_keeps_near_copies_in_one_split_and_counts_them(near_copies, tmp_p
     report = json.loads((tmp_path / "g" / "data_report.json").read_text())
     assert report["near_duplicate_groups"] == {"threshold": 12, "groups": 8, "images": 16, "largest": 2, "pairs": 8}
     assert report["near_duplicate_images"] == {"train/val": 0, "train/test": 0, "val/test": 0}
+    with pytest.raises(DataError, match="or data.near_duplicates=group to keep near copies in one split"):
+        LungDataModule(_cfg(near_copies, near_duplicates=True), SPEC, seed=0).setup()
     reported = LungDataModule(_cfg(near_copies, near_duplicates=True, allow_leakage=True), SPEC, seed=0)
     reported.setup()  # the same seed without grouping: near copies cross, and are counted
     assert _crossing(reported.table) > 0
