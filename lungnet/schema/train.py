@@ -61,6 +61,7 @@ class DataConfig(EvalDataOverrides):
     balance: Balance = opt(Balance.loss, "none, loss (class-weighted loss) or sampler (weighted sampler)")
     on_bad_file: OnBadFile = opt(OnBadFile.skip, "skip (listed in bad_files.csv) or error")
     verify: bool = opt(True, "decode every image once at setup to find unreadable files")
+    scan_workers: int | None = opt(None, "processes of the setup scan (null: every available core)", ge=1)
     allow_leakage: bool = opt(False, "run even when test images/patients leak into train/val")
     near_duplicates: bool = opt(False, "also refuse perceptual near duplicates of test images in train/val")
     near_duplicate_threshold: int = opt(12, "differing dHash bits (of 256) that still count as a near duplicate", ge=0)
@@ -94,6 +95,9 @@ class PathsConfig:
     log_dir: str = opt(help="every run directory goes below this folder")
     output_dir: str = opt(help="this run's directory (set by Hydra)")
     work_dir: str = opt(help="the directory the command was started from")
+    cache_dir: str | None = opt(
+        help="where data set manifests are kept (null: <data root>/.lungnet when writable, else ~/.cache/lungnet)"
+    )
 
 
 @dataclass
