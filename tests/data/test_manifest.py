@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -135,3 +137,19 @@ def test_evaluating_one_split_decodes_only_its_images(tiny_folder, tmp_path, dec
     assert "decoding every image" in caplog.text and len(decodes) == 37
     assert "broken.png" in dm.bad_files["path"].iloc[0]
     assert sorted(table.loc[table["split"] == "test", "path"]) == test
+
+
+def test_prepare_writes_the_manifest_the_next_command_reads(tiny_folder, tmp_path, decodes):
+    """python -m lungnet.prepare data=pneumonia: the Hydra command scans into the manifest; training's load then
+    decodes nothing."""
+    cache = tmp_path / "cache"
+    args = ["data=pneumonia", f"data.root={tiny_folder}", f"paths.cache_dir={cache}", "data.scan_workers=1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "lungnet.prepare", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "manifest: 0 unchanged, 36 re-scanned" in proc.stdout + proc.stderr
+    assert len(json.loads(manifest_path(cache, tiny_folder).read_text())["files"]) == 36
+    assert not list(tmp_path.glob("outputs")) and not (tmp_path / ".hydra").exists()
+    _load(tiny_folder, cache)
+    assert decodes == []
