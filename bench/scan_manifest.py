@@ -2,7 +2,7 @@
 (no manifest) against the next command's (manifest reused), in CPU seconds of this process and its children.
 
     python bench/nih_like.py --out /tmp/nihlike --n 1500 --size 1024
-    python bench/scan_manifest.py --root /tmp/nihlike --pool 300
+    python bench/scan_manifest.py --root /tmp/nihlike --pool 300 --workers 1
 """
 
 from __future__ import annotations
@@ -52,8 +52,10 @@ def pools(paths: list[str], workers: int) -> None:
         )
 
 
-def setups(root: str, cache: str) -> None:
-    cfg = {"name": "nih14", "source": "nih14", "root": root, "num_workers": 0, "intensity_check": False}
+def setups(root: str, cache: str, workers: int | None) -> None:
+    """Three loads of the data set's table (scan, checks, splits) as train.py does; CPU of scan processes is not
+    counted (they are the forkserver's children): measure the first scan's CPU with ``--workers 1``."""
+    cfg = {"name": "nih14", "source": "nih14", "root": root, "scan_workers": workers}
     spec = ModelSpec("bench", "bench", input_size=64)
     for label in ("first command (no manifest)", "second command (manifest)", "third command (manifest)"):
         c, w = timed(lambda: LungDataModule(cfg, spec, cache_dir=cache).load_table())
@@ -64,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)
     parser.add_argument("--pool", type=int, default=300, help="images for the threads-vs-processes comparison")
+    parser.add_argument("--workers", type=int, default=1, help="data.scan_workers of the loads (1: CPU counted)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     paths = sorted(str(p) for p in Path(args.root, "images").glob("*.png"))
@@ -72,7 +75,7 @@ def main() -> None:
         pools(paths[: args.pool], available_cores())
     cache = tempfile.mkdtemp(prefix="lungnet-manifest-")
     try:
-        setups(args.root, cache)
+        setups(args.root, cache, args.workers)
     finally:
         shutil.rmtree(cache)
 
