@@ -76,8 +76,10 @@ def _valid(entry: object) -> bool:
     if not isinstance(entry, list) or len(entry) != len(FIELDS):
         return False
     row = dict(zip(FIELDS, entry, strict=True))
-    ints = ("size", "mtime_ns", "height", "width")
-    if not all(isinstance(row[k], int) and not isinstance(row[k], bool) and 0 <= row[k] <= _MAX_INT for k in ints):
+    ints = [row[k] for k in ("size", "mtime_ns", "height", "width")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and -_MAX_INT <= v <= _MAX_INT for v in ints):
+        return False
+    if min(row["size"], row["height"], row["width"]) < 0:  # mtime may be negative: a file dated before 1970
         return False
     if not all(isinstance(row[k], str) for k in ("path", "sha1", "dhash", "error")) or not row["path"]:
         return False
