@@ -380,4 +380,6 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Path:
     """Scans a data set into its manifest ahead of time (`lungnet.prepare.prepare`)."""
     from lungnet.prepare import prepare as run
 
+    if OmegaConf.is_missing(cfg, "data"):
+        raise ConfigError("lungnet-prepare needs a data set: data=<name> (a conf/data config), e.g. data=nih14")
     return run(OmegaConf.to_container(cfg.data, resolve=True), cfg.paths.get("cache_dir"))
