@@ -13,6 +13,7 @@ lungnet-explain    ``python -m lungnet.explain``               ``conf/explain.ya
 lungnet-crossval   ``python -m lungnet.evaluation.crossval``   ``conf/crossval.yaml``
 lungnet-audit      ``python -m lungnet.audit``                 ``conf/audit.yaml``
 lungnet-transfer   ``python -m lungnet.evaluation.transfer``   ``conf/transfer.yaml``
+lungnet-prepare    ``python -m lungnet.prepare``               ``conf/prepare.yaml``
 =================  ==========================================  ======================
 
 The configs are the repository's ``conf/`` in a source checkout, and the same files shipped inside the wheel as
@@ -372,3 +373,13 @@ def transfer(cfg: DictConfig, run_dir: Path) -> dict:
     from lungnet.evaluation.transfer import transfer as run
 
     return run(cfg, run_dir, data_configs(list(HydraConfig.get().overrides.task)))
+
+
+@hydra_app("prepare")
+def prepare(cfg: DictConfig, run_dir: Path) -> Path:
+    """Scans a data set into its manifest ahead of time (`lungnet.prepare.prepare`)."""
+    from lungnet.prepare import prepare as run
+
+    if OmegaConf.is_missing(cfg, "data"):
+        raise ConfigError("lungnet-prepare needs a data set: data=<name> (a conf/data config), e.g. data=nih14")
+    return run(OmegaConf.to_container(cfg.data, resolve=True), cfg.paths.get("cache_dir"))

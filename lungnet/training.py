@@ -333,6 +333,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         run_dir=run_dir,
         expected_splits=expected,  # a resume refused for changed splits leaves the run directory as it was
         owns_data=True,  # this run's own data config: a synthetic set is generated under data.root when absent
+        cache_dir=cfg.paths.get("cache_dir"),
     )
     dm.setup("fit")
     if "val" not in dm.datasets:  # data.val_fraction=0 and no val shipped: monitors fall back to the training loss

@@ -1,6 +1,7 @@
 """Multi-process (DDP, gloo on CPU): metrics are synced across ranks and equal a single-process run."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -54,7 +55,8 @@ def test_ddp_metrics_equal_single_process(tiny_ckpt, tmp_path):
 
 
 def test_train_py_with_two_ddp_processes_completes(tmp_path):
-    """python train.py trainer=ddp_cpu: 2 gloo processes train, rank 0 alone writes the run directory."""
+    """python train.py trainer=ddp_cpu: 2 gloo processes train, rank 0 alone writes the run directory; rank 0 scans
+    the data set into its manifest, rank 1 reads it and scans nothing."""
     out = tmp_path / "outputs"
     proc = subprocess.run(
         [
@@ -79,3 +81,7 @@ def test_train_py_with_two_ddp_processes_completes(tmp_path):
     assert len(runs) == 1
     metrics = json.loads((runs[0] / "metrics.json").read_text())
     assert metrics["test"]["n"] > 0 and (runs[0] / "checkpoints" / "best.ckpt").exists()
+    logged = proc.stdout + proc.stderr
+    scanned = re.findall(r"manifest: 0 unchanged, (\d+) re-scanned", logged)  # rank 0, first use
+    read = re.findall(r"manifest: (\d+) unchanged, 0 re-scanned", logged)  # rank 1
+    assert scanned == ["48"] and read == ["48"], re.findall(r"manifest: .*", logged)

@@ -8,7 +8,7 @@ Layers, bottom to top (docs: COMMON rules, README "Layout"):
 1. ``checkpoint checkpoint_checks ood decision_file referral decision ensemble_manifest ensemble metrics module
    divergence callbacks resize_schedule loggers training_checks training evaluation explain audit``: what trains,
    scores, explains and audits a model;
-2. ``inference batch runtimes export app launch rundir cli``: what a user runs.
+2. ``inference batch runtimes export app launch rundir prepare cli``: what a user runs.
 
 Every import counts, also one inside a function (a deferred import is still a dependency), with one stated
 exception: the body of an ``if __name__ == "__main__":`` block. It runs only when the file is started as a script
@@ -66,6 +66,7 @@ LAYERS = {
     "lungnet.app_info": 2,  # what the app tells clients about its model (names and hashes, no server paths)
     "lungnet.launch": 2,  # what a command line means before Hydra composes it (lungnet.cli)
     "lungnet.rundir": 2,  # the commands' run directories (lungnet.cli)
+    "lungnet.prepare": 2,  # lungnet-prepare: a data set scanned into its manifest ahead of time
     "lungnet.cli": 2,
 }
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,8 @@ from lungnet.io import printable, write_csv
 log = logging.getLogger(__name__)
 
 HASH_SIDE = 16  # dHash grid: HASH_SIDE**2 = 256 bits
+SCAN_CHUNK = 16  # files per task handed to a scan process
+POOL_FROM = 128  # fewer files are scanned in this process: starting the pool costs more (importing pandas et al.)
 
 
 def dhash(image: np.ndarray, side: int = HASH_SIDE) -> str:
@@ -48,51 +53,89 @@ def dhash(image: np.ndarray, side: int = HASH_SIDE) -> str:
     return np.packbits(grid[:, 1:] > grid[:, :-1]).tobytes().hex()
 
 
-def _check_one(path: str, decode: bool) -> tuple[str, str, str]:
-    """(sha1 of the bytes or '', error reason or '', dHash or ''): whatever reading one file raises is its reason."""
+def _check_one(path: str, decode: bool) -> tuple[str, str, str, int, int]:
+    """(sha1 of the bytes or '', error reason or '', dHash or '', height, width): whatever reading one file raises is
+    its reason; the native size is 0 x 0 when the file was not decoded."""
     try:
         digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
     except OSError as exc:
-        return "", f"cannot read file ({exc.strerror or exc})", ""
+        return "", f"cannot read file ({exc.strerror or exc})", "", 0, 0
     if not decode:
-        return digest, "", ""
+        return digest, "", "", 0, 0
     try:
         image = read_image(path)
-        return digest, "", dhash(image)
+        return digest, "", dhash(image), int(image.shape[0]), int(image.shape[1])
     except ImageReadError as exc:
-        return digest, exc.reason, ""
+        return digest, exc.reason, "", 0, 0
     except Exception as exc:  # noqa: BLE001 - one file's fault, of whatever type, is that file's row in bad_files.csv
         # not an ImageReadError: a case read_image does not name yet (or a bug), so its type and traceback are kept
         log.warning("Unexpected %s reading %s", type(exc).__name__, printable(path), exc_info=True)
-        return digest, f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})", ""
+        return digest, f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})", "", 0, 0
+
+
+def _check_chunk(paths: list[str], decode: bool) -> list[tuple[str, str, str, int, int]]:
+    return [_check_one(p, decode) for p in paths]
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_paths(
+    paths: list[str], decode: bool, workers: int | None = None, desc: str = "Checking images"
+) -> list[tuple[str, str, str, int, int]]:
+    """`_check_one` over ``paths`` with a progress bar: in this process with one worker, else in ``workers``
+    processes (None: every available core; decoding holds the GIL for much of its time: threads do not scale).
+
+    Returns:
+        One (sha1, error, dhash, height, width) tuple per path, in order.
+    """
+    workers = available_cores() if workers is None else max(1, int(workers))
+    bar = tqdm(total=len(paths), desc=desc, unit="img", leave=False, mininterval=1.0)
+    if workers == 1 or len(paths) < POOL_FROM:
+        results = []
+        for p in paths:
+            results.append(_check_one(p, decode))
+            bar.update()
+        bar.close()
+        return results
+    chunks = [paths[i : i + SCAN_CHUNK] for i in range(0, len(paths), SCAN_CHUNK)]
+    results = []
+    if sys.platform.startswith("linux"):  # not fork: this process may hold threads (torch, tqdm)
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])  # imported once in the server, not in every worker
+    else:
+        context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context) as pool:
+        for part in pool.map(_check_chunk, chunks, [decode] * len(chunks)):
+            results.extend(part)
+            bar.update(len(part))
+    bar.close()
+    return results
 
 
 def scan_files(
-    table: pd.DataFrame, verify: bool = True, workers: int = 4, near_duplicates: bool = False
+    table: pd.DataFrame, verify: bool = True, workers: int | None = None, near_duplicates: bool = False
 ) -> pd.DataFrame:
-    """Hashes every file and (with ``verify`` or ``near_duplicates``) decodes it once.
+    """Hashes every file and (with ``verify`` or ``near_duplicates``) decodes it once (`check_paths`).
 
     A row the source already marked bad (a non-empty ``error``, e.g. a blank label cell) keeps its reason and is
     not read, so it is reported and skipped (or refused) like an unreadable file. Whatever reading one file raises
     becomes that file's ``error`` (an exception other than `ImageReadError` is also logged with its traceback).
+    `lungnet.data.manifest.scan_table` does the same and keeps what it found for the next command.
 
     Returns:
         The table with ``sha1``, ``error`` ('' for good files) and ``dhash`` ('' when not decoded) columns.
     """
     paths = table["path"].tolist()
     known = table["error"].fillna("").astype(str).tolist() if "error" in table else [""] * len(paths)
-    decode = bool(verify or near_duplicates)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(
-            tqdm(
-                pool.map(lambda p, e: ("", e, "") if e else _check_one(p, decode), paths, known),
-                total=len(paths),
-                desc="Checking images",
-                unit="img",
-                leave=False,
-                mininterval=1.0,
-            )
-        )
+    todo = [p for p, e in zip(paths, known, strict=True) if not e]
+    found = dict(zip(todo, check_paths(todo, bool(verify or near_duplicates), workers), strict=True))
+    results = [found[p] if not e else ("", e, "") for p, e in zip(paths, known, strict=True)]
     table = table.copy()
     table["sha1"] = [r[0] for r in results]
     table["error"] = [r[1] for r in results]

@@ -29,12 +29,19 @@ from lungnet.data.checks import (
     handle_bad_files,
     leakage_report,
     mark_label_conflicts,
-    scan_files,
 )
 from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset
+from lungnet.data.manifest import manifest_path, scan_table
 from lungnet.data.near_duplicates import group_near_duplicates
 from lungnet.data.sources import DataError, Source, create_source
-from lungnet.data.splits import ExpectedSplits, assign_splits, patients_from_names, write_splits
+from lungnet.data.splits import (
+    ExpectedSplits,
+    assign_splits,
+    changed_splits,
+    patients_from_names,
+    split_fingerprint,
+    write_splits,
+)
 from lungnet.data.transforms import Normalize, build_transform
 from lungnet.io import write_json
 from lungnet.models.specs import ModelSpec
@@ -72,6 +79,8 @@ class LungDataModule(pl.LightningDataModule):
             under ``data.root`` and the image cache under ``data.cache_dir``. False for every reader (evaluation,
             explanations, transfer), whose config comes from a checkpoint: nothing is generated, and the cache
             goes to this machine's default folder, never to a path a checkpoint names.
+        cache_dir: this command's ``paths.cache_dir``, where the data set's manifest is kept (None: the rules of
+            `lungnet.data.manifest.manifest_dir`).
     """
 
     def __init__(
@@ -83,6 +92,7 @@ class LungDataModule(pl.LightningDataModule):
         run_dir: str | Path | None = None,
         expected_splits: ExpectedSplits | None = None,
         owns_data: bool = False,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.cfg = with_data_defaults(cfg if owns_data else {k: v for k, v in cfg.items() if k != "cache_dir"})
@@ -101,6 +111,9 @@ class LungDataModule(pl.LightningDataModule):
         self.datasets: dict[str, XrayDataset] = {}
         self.report: dict = {}
         self.bad_files: pd.DataFrame | None = None  # path, error of the unusable files `load_table` found
+        self.cache_dir = cache_dir
+        # evaluation of one split: only its images are decoded when the other splits reproduce the recorded ones
+        self.scored_split: str | None = None
 
     # ------------------------------------------------------------------ setup
     def _is_writer(self) -> bool:
@@ -114,7 +127,9 @@ class LungDataModule(pl.LightningDataModule):
             raise DataError(f"No images found for dataset '{self.source.name}' under {self.source.root}")
         writer = self._is_writer()
         near = bool(self.cfg["near_duplicates"])
-        scanned = scan_files(table, verify=bool(self.cfg["verify"]), near_duplicates=near and not all_images)
+        decode = bool(self.cfg["verify"]) or (near and not all_images)
+        lazy = decode and not near and not all_images and self._lazy_split() is not None
+        scanned = self.scan(table, decode, decode_only=set() if lazy else None)
         scanned = mark_label_conflicts(scanned)  # one image under two labels: both rows are bad rows
         report = self.run_dir / "bad_files.csv" if writer else None
         policy = self.cfg["on_bad_file"]
@@ -142,6 +157,12 @@ class LungDataModule(pl.LightningDataModule):
             self.cfg["cv_folds"],
             self.cfg["cv_fold"],
         )
+        if lazy:
+            table, scanned = self._decode_scored(table, scanned)
+            if table is None:  # the splits differ with the undecoded images presumed good: decode them all
+                self.scored_split = None
+                return self.load_table(all_images)
+            self.bad_files = scanned.loc[scanned["error"] != "", ["path", "error"]].reset_index(drop=True)
         if deferred:
             self.expected_splits.verify(table, self.source.root)
         check_training_classes(table, self.labels, self.source.name, self.multilabel)
@@ -170,6 +191,48 @@ class LungDataModule(pl.LightningDataModule):
         if writer:
             write_splits(table, self.run_dir)
         return table
+
+    def _lazy_split(self) -> str | None:
+        """The split an evaluation scores, when the checkpoint recorded its splits (else None: decode all)."""
+        expected = self.expected_splits
+        return self.scored_split if expected is not None and expected.recorded else None
+
+    def scan(self, table: pd.DataFrame, decode: bool, decode_only: set[str] | None = None) -> pd.DataFrame:
+        """`lungnet.data.manifest.scan_table` over the data set's manifest, once per node under DDP.
+
+        Lightning's DDP children (``LOCAL_RANK`` > 0) start when rank 0 has set up its data already: they read the
+        manifest it wrote and write none. Within a running process group (setup called by the trainer) local rank 0
+        scans and writes while the others wait at a barrier, then read it.
+        """
+        manifest = manifest_path(self.cache_dir, self.source.root)
+        workers = self.cfg["scan_workers"]
+        trainer = self.trainer
+        grouped = trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized()
+        local_rank = trainer.local_rank if grouped else int(os.environ.get("LOCAL_RANK", "0") or 0)
+        if local_rank != 0:
+            if grouped:
+                trainer.strategy.barrier("lungnet-manifest")
+            return scan_table(table, decode, manifest, workers, decode_only, write=False)
+        try:
+            return scan_table(table, decode, manifest, workers, decode_only)
+        finally:
+            if grouped:
+                trainer.strategy.barrier("lungnet-manifest")
+
+    def _decode_scored(self, table: pd.DataFrame, scanned: pd.DataFrame) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+        """Decodes the scored split's images once the splits (other images presumed readable) match the recorded
+        ones; its unreadable images leave the table. Returns (None, scanned) when the splits differ."""
+        if changed_splits(self.expected_splits.recorded, split_fingerprint(table)):
+            log.info("Splits differ with the undecoded images presumed readable: decoding every image")
+            return None, scanned
+        rows = table[(table["split"] == self.scored_split) & ~table["decoded"]]
+        log.info("Decoding the %d not yet decoded image(s) of split %s only", len(rows), self.scored_split)
+        done = self.scan(rows.drop(columns=["sha1", "error", "dhash", "decoded"]), True)
+        errors = dict(zip(done["path"], done["error"], strict=True))
+        for frame in (table, scanned):
+            hit = frame["path"].isin(errors.keys()) & (frame["error"] == "")
+            frame.loc[hit, "error"] = frame.loc[hit, "path"].map(errors)
+        return table[table["error"] == ""].reset_index(drop=True), scanned
 
     def make_dataset(self, rows: pd.DataFrame, train: bool) -> XrayDataset:
         """A Dataset over ``rows`` with the training or the evaluation pipeline."""

@@ -52,12 +52,16 @@ def all_images_source(source: Source, loaded: LoadedModel) -> Source:
     return LabelledFolderSource(source.root, loaded.labels)
 
 
-def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: Path) -> LungDataModule:
+def build_eval_data(
+    loaded: LoadedModel, overrides: dict, split: str, run_dir: Path, cache_dir: str | None = None
+) -> LungDataModule:
     """The DataModule for evaluating ``loaded`` on ``split`` (``all``: every image, no split).
 
     ``data=<another data set>`` (``overrides`` with another source or name) is an external evaluation
     (`lungnet.evaluation.external`); ``split=all`` and external evaluations refuse images the checkpoint was
     trained or validated on (``dm.report["training_overlap"]``), before anything is written into ``run_dir``.
+    A split of the checkpoint's own data decodes only that split's images (`LungDataModule.scored_split`) and every
+    scan goes through the data set's manifest (``cache_dir``: the command's ``paths.cache_dir``).
     """
     if external.is_external(loaded, overrides):
         dm = external.build_external_data(loaded, overrides, split, None)
@@ -69,7 +73,7 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
     allow = bool(cfg.get("allow_leakage"))
     expected = None if split == "all" else ExpectedSplits.of(loaded.hparams, loaded.path, "evaluate", allow)
     held = None if split == "all" else run_dir  # split=all: nothing written before the overlap check
-    dm = LungDataModule(cfg, loaded.spec, seed=loaded.seed, run_dir=held, expected_splits=expected)
+    dm = LungDataModule(cfg, loaded.spec, seed=loaded.seed, run_dir=held, expected_splits=expected, cache_dir=cache_dir)
     if split == "all":
         dm.source = all_images_source(dm.source, loaded)
         check_compatible(loaded, dm)
@@ -79,6 +83,7 @@ def build_eval_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: P
         dm.report["training_overlap"] = external.check_training_overlap(loaded, dm, split, cfg)
         return write_data_records(dm, run_dir, split)
     check_compatible(loaded, dm)
+    dm.scored_split = split
     dm.setup("test")
     return dm
 

@@ -171,7 +171,7 @@ def compute(cfg: DictConfig, run_dir: str | Path) -> Evaluation:
     stats.operating_classes(loaded.labels, opts["operating_point"]["positive_class"])  # a wrong name fails first
     stats.operating_classes(loaded.labels, opts["decision_positive_class"])
     overrides = OmegaConf.to_container(cfg.data, resolve=True)
-    dm = build_eval_data(loaded, overrides, split, Path(run_dir))
+    dm = build_eval_data(loaded, overrides, split, Path(run_dir), cfg.paths.get("cache_dir"))
     ev = Evaluation(cfg, opts, Path(run_dir), loaded, dm, data=None, fit=None)  # type: ignore[arg-type]
     if ev.external:  # the operating point's class as the finding it is scored as
         op = opts["operating_point"]

@@ -45,6 +45,7 @@ from lungnet.schema.fields import (
     Select,
     opt,
 )
+from lungnet.schema.prepare import PrepareConfig
 from lungnet.schema.train import (
     RENAMED,
     CheckpointConfig,
@@ -104,6 +105,7 @@ __all__ = [
     "TransferConfig",
     "CompareConfig",
     "PredictConfig",
+    "PrepareConfig",
     "RENAMED",
     "SCHEMAS",
     "data_defaults",
@@ -118,6 +120,7 @@ SCHEMAS = {
     "predict": PredictConfig,
     "audit": AuditAppConfig,
     "transfer": TransferConfig,
+    "prepare": PrepareConfig,
 }
 
 

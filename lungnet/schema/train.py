@@ -63,6 +63,7 @@ class DataConfig(EvalDataOverrides):
     balance: Balance = opt(Balance.loss, "none, loss (class-weighted loss) or sampler (weighted sampler)")
     on_bad_file: OnBadFile = opt(OnBadFile.skip, "skip (listed in bad_files.csv) or error")
     verify: bool = opt(True, "decode every image once at setup to find unreadable files")
+    scan_workers: int | None = opt(None, "processes of the setup scan (null: every available core)", ge=1)
     allow_leakage: bool = opt(False, "run even when test images/patients leak into train/val")
     near_duplicates: Any = opt(
         False,
@@ -101,6 +102,9 @@ class PathsConfig:
     log_dir: str = opt(help="every run directory goes below this folder")
     output_dir: str = opt(help="this run's directory (set by Hydra)")
     work_dir: str = opt(help="the directory the command was started from")
+    cache_dir: str | None = opt(
+        help="where data set manifests are kept (null: <data root>/.lungnet when writable, else ~/.cache/lungnet)"
+    )
 
 
 @dataclass
