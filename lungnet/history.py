@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 HISTORY = "history.csv"
 PREFIXES = ("train/", "val/")
+KINDS = ("epoch", "step", *PREFIXES, "other")  # the column order: epoch, step, train/*, val/*, lr/*
 
 
 def epoch_values(metrics: dict) -> dict[str, float]:
@@ -55,9 +56,11 @@ def learning_rates(trainer: pl.Trainer) -> dict[str, float]:
 class EpochHistory(pl.Callback):
     """Writes ``history.csv``: one row per finished epoch (see the module docstring).
 
-    A row is complete only after the module's own epoch-end hook and Lightning's epoch-end reduction, which run
-    after a callback's ``on_train_epoch_end``; so epoch ``e`` is written when epoch ``e + 1`` starts, and the last
-    epoch when training ends (or stops on an error). The file is rewritten atomically each time.
+    The row of epoch ``e`` is written at its end, as soon as the loss is reduced, and completed when epoch ``e + 1``
+    starts or training ends: the module's own epoch-end values (``train/acc``, ``train/auroc``) come after a
+    callback's ``on_train_epoch_end``. A run killed in between keeps the row without them. Every rank reads the
+    metrics, as the checkpoint callback does (a value reduced across ranks is computed by all of them); rank 0
+    rewrites the file atomically.
 
     Args:
         path: the CSV file (``<run dir>/history.csv``).
@@ -66,54 +69,52 @@ class EpochHistory(pl.Callback):
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._rows: list[dict] = []
-        self._pending: dict | None = None
+        self._open: dict | None = None  # the row of the epoch in progress, until it is complete
         self._validated: int | None = None
-        self._ended: int | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.fast_dev_run:
-            return
         start = int(trainer.current_epoch)
-        kept = read_history(self.path) if start > 0 else None
+        kept = read_history(self.path) if start > 0 and trainer.is_global_zero else None
         self._rows = [] if kept is None else kept[kept["epoch"] < start].to_dict("records")
         if start > 0:
-            log.info("%s: kept the rows of the %d epochs before epoch %d", self.path, len(self._rows), start)
+            log.info("%s: kept %d rows of the epochs before epoch %d", self.path, len(self._rows), start)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.fast_dev_run:
-            return
-        self._flush(trainer)
-        self._pending = {"epoch": int(trainer.current_epoch), **learning_rates(trainer)}
+        self._complete(trainer)
+        self._open = {"epoch": int(trainer.current_epoch), "step": None, **learning_rates(trainer)}
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._validated = int(trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._ended = int(trainer.current_epoch)
+        if self._open is not None and not trainer.fast_dev_run:
+            self._rows.append(self._open)
+            self._update(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.fast_dev_run:
-            self._flush(trainer)
+        self._complete(trainer)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self.on_train_end(trainer, pl_module)  # a run stopped by divergence or an interrupt keeps its finished epochs
+    def _complete(self, trainer: pl.Trainer) -> None:
+        """Completes the row of the epoch that ended (none when it stopped inside itself)."""
+        if self._open is not None and self._rows and self._rows[-1] is self._open:
+            self._update(trainer)
+        self._open = None
 
-    def _flush(self, trainer: pl.Trainer) -> None:
-        """Completes the pending epoch's row from ``callback_metrics`` and rewrites the file (rank 0).
-
-        Every rank reads the metrics, as the checkpoint callback does (a value reduced across ranks is computed
-        by all of them); an epoch stopped inside itself gets no row.
-        """
-        row, self._pending = self._pending, None
-        if row is None or self._ended != row["epoch"]:
-            return
+    def _update(self, trainer: pl.Trainer) -> None:
+        row = self._open
         values = epoch_values(dict(trainer.callback_metrics))
-        if self._validated != row["epoch"]:
+        if self._validated != row["epoch"]:  # val/* of an earlier epoch: this one did not validate
             values = {k: v for k, v in values.items() if not k.startswith("val/")}
-        self._rows.append({"epoch": row["epoch"], "step": int(trainer.global_step), **values, **row})
+        row.update(values, step=int(trainer.global_step))
         if trainer.is_global_zero:
-            write_csv(self.path, pd.DataFrame(self._rows))
+            frame = pd.DataFrame(self._rows)
+            order = sorted(frame.columns, key=lambda c: (KINDS.index(_kind(c)), c))
+            write_csv(self.path, frame[order])
+
+
+def _kind(column: str) -> str:
+    return column if column in ("epoch", "step") else next((p for p in PREFIXES if column.startswith(p)), "other")
 
 
 def read_history(path: str | os.PathLike) -> pd.DataFrame | None:

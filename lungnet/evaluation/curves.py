@@ -65,8 +65,8 @@ def final_numbers(metrics_path: Path) -> str:
 
 
 def resized_epochs(table: pd.DataFrame) -> list[int]:
-    """The epochs (counted from 0) a `progressive_resize` run trained below its full size (``train/image_size`` under its
-    largest value); none for a run without the column."""
+    """The epochs (counted from 0) a `progressive_resize` run trained below its full size (``train/image_size``
+    under its largest value); none for a run without the column."""
     if "train/image_size" not in table or table["train/image_size"].isna().all():
         return []
     sizes = table["train/image_size"]
