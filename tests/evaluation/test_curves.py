@@ -76,7 +76,8 @@ def test_no_record_means_no_figure(tmp_path, caplog):
 def test_history_csv_is_drawn_before_a_loggers_csv(tmp_path, monkeypatch):
     (tmp_path / "csv").mkdir()
     (tmp_path / "csv" / "metrics.csv").write_text(CSV)
-    (tmp_path / "history.csv").write_text("epoch,step,train/loss_epoch,val/loss,val/acc\n0,2,1.0,0.9,0.5\n1,4,0.8,0.7,0.6\n")
+    history = "epoch,step,train/loss_epoch,val/loss,val/acc\n0,2,1.0,0.9,0.5\n1,4,0.8,0.7,0.6\n"
+    (tmp_path / "history.csv").write_text(history)
     drawn, real = [], plt.Axes.plot
     monkeypatch.setattr(plt.Axes, "plot", lambda ax, x, *a, **k: drawn.append(list(x)) or real(ax, x, *a, **k))
     assert_png(write_training_curves(tmp_path))
