@@ -151,13 +151,9 @@ def test_nih_rows_contradicting_or_repeating_one_image(tiny_nih, tmp_path):
         table = LungDataModule(cfg, SPEC, run_dir=run).load_table()
         bad = pd.read_csv(run / "bad_files.csv")
         assert bad["path"].map(lambda p: Path(p).name).tolist() == ["00000001_000.png"] * 2
-        assert (
-            bad["error"]
-            .str.startswith(
-                ("label 'No Finding' (Data_Entry_2017.csv line 2)", "label 'Pneumonia' (Data_Entry_2017.csv line 32)")
-            )
-            .all()
-        )
+        assert bad["error"].str.startswith(
+            ("label 'No Finding' (Data_Entry_2017.csv line 2)", "label 'Pneumonia' (Data_Entry_2017.csv line 32)")
+        ).all()
         names = table["path"].map(lambda p: Path(p).name)
         assert "00000001_000.png" not in set(names) and (names == "00000001_001.png").sum() == 1
 
