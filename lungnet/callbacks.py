@@ -283,7 +283,7 @@ class FigureLogger(pl.Callback):
 
     MAX_CONFUSION = 256
 
-    def __init__(self, every_n_epochs: int = 1, n_samples: int = 8, seed: int = 0) -> None:
+    def __init__(self, every_n_epochs: int, seed: int, n_samples: int = 8) -> None:
         self.every_n_epochs = every_n_epochs
         self.n_samples = n_samples
         self.seed = int(seed)
@@ -300,7 +300,7 @@ class FigureLogger(pl.Callback):
         ds, step = dm.datasets["val"], trainer.current_epoch
         spread = np.linspace(0, len(ds) - 1, min(len(ds), self.MAX_CONFUSION)).astype(int)
         if not pl_module.multilabel:
-            x, probs, batch = self._predict(pl_module, ds, spread)
+            _, probs, batch = self._predict(pl_module, ds, spread)
             targets = torch.stack([b["target"] for b in batch])
             cm = np.zeros((len(pl_module.labels), len(pl_module.labels)), dtype=int)
             np.add.at(cm, (targets.numpy(), probs.argmax(1).numpy()), 1)
