@@ -270,14 +270,23 @@ class EpochSeeder(pl.Callback):
 class FigureLogger(pl.Callback):
     """Logs a confusion matrix and a grid of sample predictions to TensorBoard after validation.
 
+    The sample grid shows the same ``n_samples`` validation images every epoch, drawn per class in turn (seeded;
+    multi-label: per first positive finding, images without one as a group of their own), so every class appears.
+    The confusion matrix counts the whole validation split up to 256 images (evenly spaced beyond), and its title
+    says which. Epochs are counted from 0, as in history.csv, curves.png and TensorBoard's step axis.
+
     Args:
         every_n_epochs: how often.
         n_samples: images in the sample grid.
+        seed: the draw of the sample images.
     """
 
-    def __init__(self, every_n_epochs: int = 1, n_samples: int = 8) -> None:
+    MAX_CONFUSION = 256
+
+    def __init__(self, every_n_epochs: int, seed: int, n_samples: int = 8) -> None:
         self.every_n_epochs = every_n_epochs
         self.n_samples = n_samples
+        self.seed = int(seed)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.current_epoch % self.every_n_epochs:
@@ -285,29 +294,33 @@ class FigureLogger(pl.Callback):
         board = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if board is None:  # figures go to TensorBoard only
             return
-        experiment = board.experiment
         dm = trainer.datamodule
         if dm is None or "val" not in dm.datasets:
             return
-        ds = dm.datasets["val"]
-        idx = np.linspace(0, len(ds) - 1, min(len(ds), 256)).astype(int)
-        batch = [ds[int(i)] for i in idx]
+        ds, step = dm.datasets["val"], trainer.current_epoch
+        spread = np.linspace(0, len(ds) - 1, min(len(ds), self.MAX_CONFUSION)).astype(int)
+        if not pl_module.multilabel:
+            _, probs, batch = self._predict(pl_module, ds, spread)
+            targets = torch.stack([b["target"] for b in batch])
+            cm = np.zeros((len(pl_module.labels), len(pl_module.labels)), dtype=int)
+            np.add.at(cm, (targets.numpy(), probs.argmax(1).numpy()), 1)
+            title = confusion_title(len(spread), len(ds), step)
+            board.experiment.add_figure("val/confusion_matrix", confusion_figure(cm, pl_module.labels, title), step)
+        picked = stratified_sample(ds.targets.numpy(), self.n_samples, self.seed, pl_module.multilabel)
+        x, probs, batch = self._predict(pl_module, ds, picked)
+        grid = self._samples(x.cpu(), probs, batch, pl_module.labels, pl_module.multilabel)
+        board.experiment.add_figure("val/samples", grid, step)
+
+    @staticmethod
+    def _predict(pl_module: pl.LightningModule, ds, indices) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+        batch = [ds[int(i)] for i in indices]
         x = torch.stack([b["image"] for b in batch]).to(pl_module.device)
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
             probs = pl_module.probabilities(pl_module(x).float()).cpu()
         pl_module.train(was_training)
-        labels = pl_module.labels
-        step = trainer.current_epoch
-        if not pl_module.multilabel:
-            targets = torch.stack([b["target"] for b in batch])
-            cm = np.zeros((len(labels), len(labels)), dtype=int)
-            np.add.at(cm, (targets.numpy(), probs.argmax(1).numpy()), 1)
-            experiment.add_figure(
-                "val/confusion_matrix", confusion_figure(cm, labels, f"Validation sample, epoch {step}"), step
-            )
-        experiment.add_figure("val/samples", self._samples(x.cpu(), probs, batch, labels, pl_module.multilabel), step)
+        return x, probs, batch
 
     def _samples(self, x, probs, batch, labels, multilabel) -> plt.Figure:
         n = min(self.n_samples, len(x))
@@ -331,3 +344,35 @@ class FigureLogger(pl.Callback):
             ax.set_title(title, fontsize=9, color=color)
         fig.tight_layout()
         return fig
+
+
+def confusion_title(counted: int, total: int, epoch: int) -> str:
+    """The training-time confusion matrix's title: the whole validation split or how much of it, and the epoch."""
+    if counted == total:
+        return f"Validation split ({total} images), epoch {epoch} (counted from 0)"
+    return f"Validation: {counted} of {total} images, evenly spaced, epoch {epoch} (counted from 0)"
+
+
+def stratified_sample(targets: np.ndarray, n: int, seed: int, multilabel: bool) -> list[int]:
+    """Up to ``n`` indices, drawn from each class in turn (seeded), so that every class shows.
+
+    Args:
+        targets: class indices, or (multi-label) a 0/1/NaN matrix; images are then grouped by their first positive
+            finding, and those without one form a group of their own.
+        n: how many.
+        seed: the draw.
+        multilabel: the layout of ``targets``.
+    """
+    if multilabel:
+        positive = np.nan_to_num(targets, nan=0.0) > 0.5
+        groups = np.where(positive.any(1), positive.argmax(1), -1)
+    else:
+        groups = np.asarray(targets)
+    rng = np.random.default_rng(seed)
+    queues = [list(rng.permutation(np.flatnonzero(groups == g))) for g in np.unique(groups)]
+    picked = []
+    while len(picked) < min(n, len(groups)):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(int(queue.pop()))
+    return picked

@@ -216,10 +216,11 @@ def _run_reporting_command_line_errors(main: Callable[[], Any], started: list, r
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from lungnet.launch import check_paths_override, config_error_line, replay_resume
+    from lungnet.launch import check_null_groups, check_paths_override, config_error_line, replay_resume
 
     try:
         check_paths_override(sys.argv[1:])
+        check_null_groups(sys.argv[1:], config_path())
         if replay:
             sys.argv = replay_resume(sys.argv, config_path())
     except ConfigError as exc:

@@ -84,6 +84,25 @@ def finding_of(label: str, source: str | None = None) -> str | None:
     return _GENERIC.get(L.normalise(label))
 
 
+def mapping_text(source: str, labels: list[str]) -> str:
+    """How one data set's labels map onto the finding vocabulary, for messages and logs, e.g.
+    ``pneumonia: NORMAL -> No Finding, PNEUMONIA -> Pneumonia`` or ``synthetic: Normal -> synthetic:Normal, Haze ->
+    synthetic:Haze (phantom findings, shared with no patient data set)``."""
+    if source == "synthetic":
+        named = ", ".join(f"{lab} -> synthetic:{lab}" for lab in labels)
+        return f"synthetic: {named} (phantom findings, shared with no patient data set)"
+    parts, same = [], []
+    for lab in labels:
+        finding = finding_of(lab, source)
+        if finding == lab:
+            same.append(lab)
+        else:
+            parts.append(f"{lab} -> {finding or 'no finding (not scored)'}")
+    if same:
+        parts.append(f"{', '.join(same)} as named")
+    return f"{source}: {', '.join(parts)}"
+
+
 @dataclass(frozen=True)
 class LabelMapping:
     """How a checkpoint's outputs line up with a data set's labels (see the module docstring).
@@ -158,6 +177,18 @@ class LabelMapping:
             if finding in self.scored:
                 out[:, self.scored.index(finding)] += probs[:, j]
         return out / np.maximum(out.sum(1, keepdims=True), 1e-12)
+
+    def describe(self) -> str:
+        """The mapping used, in one line: each side's labels onto lungnet's finding vocabulary, then what is scored.
+
+        e.g. ``mapped through lungnet/findings.py: model pneumonia: NORMAL -> No Finding, PNEUMONIA -> Pneumonia; data
+        nih6: No Finding, Pneumonia, ... as named; shared: No Finding, Pneumonia``.
+        """
+        shared = ", ".join(self.scored) if self.scored else "none"
+        return (
+            f"mapped through lungnet/findings.py: model {mapping_text(self.model_source, self.model_labels)}; "
+            f"data {mapping_text(self.data_source, self.data_labels)}; shared: {shared}"
+        )
 
     def rows(self) -> list[list[str]]:
         """One row per data label: data label, finding, the model label(s) it is scored against (or why not)."""

@@ -110,6 +110,25 @@ def check_paths_override(args: list[str]) -> None:
             )
 
 
+def check_null_groups(args: list[str], config_root: str) -> None:
+    """``<group>=null`` (``logger=null``) is no option name: Hydra answers it with a traceback.
+
+    Raises:
+        ConfigError: naming the group's ``none`` option where it has one, else how to drop the group.
+    """
+    nulls = [a for a in args if a.count("=") == 1 and a.split("=")[1].strip().lower() in ("null", "none", "~")]
+    if not nulls:
+        return
+    choices = group_choices(config_root)
+    for arg in nulls:
+        group, value = (part.strip() for part in arg.split("="))
+        if group in choices and value.lower() != "none":
+            use = f"{group}=none" if "none" in choices[group] else f"~{group}"
+            raise ConfigError(
+                f"{arg}: a config group takes an option name ({', '.join(choices[group])}); for none use {use}"
+            )
+
+
 def replay_resume(argv: list[str], config_root: str) -> list[str]:
     """``train.py resume=<run dir> [safe overrides]`` -> that run's own overrides, then the safe ones.
 

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lungnet.callbacks import WeightEMA, WeightSWA
@@ -35,6 +35,7 @@ from lungnet.evaluation.curves import write_training_curves
 from lungnet.evaluation.decisions import fit_ood_gate
 from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.hardware import PrecisionChoice, choose_training_precision
+from lungnet.history import HISTORY, EpochHistory
 from lungnet.io import atomic_write, remove_stale_temporaries, write_csv, write_json, write_text
 from lungnet.loggers import build_loggers, log_final_metrics
 from lungnet.metrics import compute_metrics
@@ -209,6 +210,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, resume_from: tu
             "training loss of the live weights; use checkpoint.select=last or add a validation split"
         )
     loggers = build_loggers(plain(cfg.get("logger")), resume_from)
+    if not loggers:  # logger=none: the learning rates are in history.csv (Lightning's monitor needs a logger)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     kwargs = plain(cfg.trainer)
     if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
         kwargs.setdefault("enable_checkpointing", False)  # callbacks.model_checkpoint=null: no checkpoint at all
@@ -342,6 +345,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         log.info("No val split (data.val_fraction=0 and none shipped): no validation; monitors use %s", NO_VAL_MONITOR)
     record_data_facts(module, dm)
     trainer.callbacks.append(RecordImageHashes(image_hashes(dm.table)))  # evaluations refuse copies of these
+    trainer.callbacks.append(EpochHistory(run_dir / HISTORY))  # curves.png's record, whatever the loggers
     if cfg.get("channels_last"):
         module.use_channels_last()
     if int(cfg.trainer.get("devices", 1) or 1) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":

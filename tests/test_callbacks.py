@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import pytorch_lightning as pl
@@ -351,3 +352,28 @@ def test_the_average_lives_on_the_models_device():
     module.to("meta")  # where a strategy would put it (a GPU); "meta" stands in on a CPU-only machine
     callback.on_fit_start(None, module)
     assert {p.device.type for p in callback._average_model.parameters()} == {"meta"}
+
+
+def test_the_sample_grid_draws_every_class_in_turn():
+    from lungnet.callbacks import stratified_sample
+
+    targets = np.array([0] * 50 + [1] * 5 + [2] * 3)  # sorted by class, as a folder data set is
+    picked = stratified_sample(targets, 8, seed=1, multilabel=False)
+    assert len(picked) == len(set(picked)) == 8
+    assert sorted(np.bincount(targets[picked], minlength=3).tolist()) == [2, 3, 3]  # was 8 of class 0
+    assert picked == stratified_sample(targets, 8, seed=1, multilabel=False)  # the same images every epoch
+    assert picked != stratified_sample(targets, 8, seed=2, multilabel=False)
+    assert len(stratified_sample(targets[:4], 8, seed=1, multilabel=False)) == 4  # fewer images than asked
+    findings = np.array([[0, 0], [0, 0], [0, 0], [1, np.nan], [0, 1], [np.nan, 0]], dtype=float)
+    groups = {
+        0 if findings[i, 0] == 1 else 1 if findings[i, 1] == 1 else -1
+        for i in stratified_sample(findings, 3, seed=0, multilabel=True)
+    }
+    assert groups == {-1, 0, 1}  # no finding, first finding, second finding
+
+
+def test_the_confusion_title_says_which_images_and_which_epoch():
+    from lungnet.callbacks import confusion_title
+
+    assert confusion_title(120, 120, 5) == "Validation split (120 images), epoch 5 (counted from 0)"
+    assert confusion_title(256, 5000, 0) == "Validation: 256 of 5000 images, evenly spaced, epoch 0 (counted from 0)"

@@ -5,7 +5,7 @@ import pytest
 
 from lungnet import labels as L
 from lungnet.data.sources import SOURCES
-from lungnet.findings import FINDINGS, SOURCE_FINDINGS, LabelMapping, finding_of
+from lungnet.findings import FINDINGS, SOURCE_FINDINGS, LabelMapping, finding_of, mapping_text
 
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
@@ -104,5 +104,19 @@ def test_an_external_evaluation_with_one_shared_finding_is_refused():
     loaded = SimpleNamespace(multilabel=False, path="best.ckpt", data={"name": "pneumonia"}, labels=L.PNEUMONIA)
     one = LabelMapping.between("pneumonia", L.PNEUMONIA, "nih6", ["Atelectasis", "Pneumonia", "Effusion"])
     assert one.scored == ["Pneumonia"]
-    with pytest.raises(DataError, match="have only Pneumonia in common: scoring needs two findings"):
+    with pytest.raises(DataError, match="have only Pneumonia in common .*: scoring needs two findings") as exc:
         check_mapping(loaded, "nih6", ["Atelectasis", "Pneumonia", "Effusion"], one)
+    assert "model pneumonia: NORMAL -> No Finding, PNEUMONIA -> Pneumonia;" in str(exc.value)
+
+
+def test_the_mapping_used_is_named_in_one_line():
+    phantoms = LabelMapping.between("synthetic", ["Normal", "Haze"], "nih6", ["No Finding", "Pneumonia"])
+    assert phantoms.describe() == (
+        "mapped through lungnet/findings.py: model synthetic: Normal -> synthetic:Normal, Haze -> synthetic:Haze "
+        "(phantom findings, shared with no patient data set); data nih6: No Finding, Pneumonia as named; shared: none"
+    )
+    dark = LabelMapping.between("pneumonia", L.PNEUMONIA, "darkcovidnet", ["Covid-19", "No_findings", "Pneumonia"])
+    assert "data darkcovidnet: Covid-19 -> COVID-19, No_findings -> No Finding, Pneumonia as named" in dark.describe()
+    assert dark.describe().endswith("shared: No Finding, Pneumonia")
+    mine = "mine: Normal -> No Finding, Fracture -> no finding (not scored)"
+    assert mapping_text("mine", ["Normal", "Fracture"]) == mine

@@ -35,6 +35,7 @@ from tests.conftest import CONF, TINY, make_class_folders, run_cli, run_script
         ("train.py", ["finetune.backbone_lr_mult=0.3"], "finetune.backbone_lr_mult no longer exists: use finetune."),
         ("train.py", ["model.nope=1"], "model.nope is not an option here"),
         ("train.py", ["paths.output_dir=elsewhere"], "paths.log_dir=<folder>"),
+        ("train.py", ["logger=null"], "logger=null: a config group takes an option name (csv, default, many_loggers"),
         ("evaluate.py", ["ckpt=x.ckpt", "device=tpu"], "device='tpu' is not valid: it must be one of: auto, cpu, cuda"),
         ("predict.py", ["ckpt=x", "input=y", "batch_size=abc"], "batch_size='abc' is not valid: it must be an integer"),
     ],

@@ -53,6 +53,7 @@ LAYERS = {
     "lungnet.callbacks": 1,
     "lungnet.resize_schedule": 1,  # progressive resizing, a training callback
     "lungnet.loggers": 1,
+    "lungnet.history": 1,  # history.csv, the run's own per-epoch record (a training callback); curves.png reads it
     "lungnet.training_checks": 1,
     "lungnet.training": 1,
     "lungnet.evaluation": 1,

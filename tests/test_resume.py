@@ -116,6 +116,10 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     for prefix in ("val/", "train/loss_epoch"):
         pd.testing.assert_frame_equal(_per_epoch(killed, prefix), _per_epoch(reference, prefix), atol=1e-6, rtol=0)
     assert len(_per_epoch(killed, "val/")) == 3  # every epoch's row survived the kill and the resume
+    hist_a, hist_b = (pd.read_csv(run / "history.csv").set_index("epoch") for run in (reference, killed))
+    assert hist_b.index.tolist() == [0, 1, 2]  # lungnet's own record too, epochs counted from 0
+    same = [c for c in hist_a.columns if c.startswith("val/") or c == "train/loss_epoch"]
+    pd.testing.assert_frame_equal(hist_b[same], hist_a[same], atol=1e-6, rtol=0)
     probs_a = pd.read_csv(reference / "predictions_test.csv").filter(like="p_")
     probs_b = pd.read_csv(killed / "predictions_test.csv").filter(like="p_")
     pd.testing.assert_frame_equal(probs_b, probs_a, atol=1e-6, rtol=0)

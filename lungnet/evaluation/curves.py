@@ -1,8 +1,11 @@
-"""Training curves: ``write_training_curves(run_dir)`` turns a run's ``csv/metrics.csv`` into ``curves.png``.
+"""Training curves: ``write_training_curves(run_dir)`` turns a run's ``history.csv`` into ``curves.png``.
 
-The CSVLogger writes one row per logging call with the other columns empty; rows are collapsed to one
-per epoch (last logged value of each column). The final numbers of the best checkpoint on test (or,
-without a test split, on validation) from the run's ``metrics.json`` go into the figure title.
+``history.csv`` is lungnet's own per-epoch record (`lungnet.history.EpochHistory`), written whatever the loggers
+(``logger=mlflow``, ``wandb``, ``none``...). A run from before it existed is drawn from its CSVLogger file
+(``csv/metrics.csv``: one row per logging call with the other columns empty, collapsed to one row per epoch, the
+last logged value of each column). Epochs are counted from 0, as everywhere in lungnet. The final numbers of the
+best checkpoint on test (or, without a test split, on validation) from the run's ``metrics.json`` go into the
+figure title.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lungnet.evaluation.plots import save_figure  # noqa: E402
+from lungnet.history import HISTORY, read_history  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +65,12 @@ def final_numbers(metrics_path: Path) -> str:
 
 
 def resized_epochs(table: pd.DataFrame) -> list[int]:
-    """The epochs (1-based) a `progressive_resize` run trained below its full size (``train/image_size`` under its
-    largest value); none for a run without the column."""
+    """The epochs (counted from 0) a `progressive_resize` run trained below its full size (``train/image_size``
+    under its largest value); none for a run without the column."""
     if "train/image_size" not in table or table["train/image_size"].isna().all():
         return []
     sizes = table["train/image_size"]
-    return [int(e) + 1 for e, size in zip(table["epoch"], sizes, strict=True) if size < sizes.max()]
+    return [int(e) for e, size in zip(table["epoch"], sizes, strict=True) if size < sizes.max()]
 
 
 def _shade(axes, epochs: list[int]) -> None:
@@ -77,25 +81,34 @@ def _shade(axes, epochs: list[int]) -> None:
             ax.axvspan(epoch - 0.5, epoch + 0.5, color="0.85", alpha=0.6, lw=0, zorder=0, label=label)
 
 
+def run_epochs(run_dir: Path) -> tuple[pd.DataFrame | None, Path]:
+    """One row per epoch of a run: its ``history.csv``, else (a run from before it) its ``csv/metrics.csv``."""
+    history = run_dir / HISTORY
+    legacy = run_dir / "csv" / "metrics.csv"
+    if history.is_file() or not legacy.is_file():
+        return read_history(history), history
+    try:
+        return epoch_table(legacy), legacy
+    except (OSError, ValueError) as exc:
+        log.warning("%s cannot be read as a CSVLogger file (%s)", legacy, exc)
+        return None, legacy
+
+
 def write_training_curves(run_dir: str | os.PathLike) -> Path | None:
     """Writes ``<run_dir>/curves.png``: loss and accuracy (or AUROC) per epoch for train and validation.
 
     Args:
-        run_dir: a training run directory holding ``csv/metrics.csv`` (and ``metrics.json``).
+        run_dir: a training run directory holding ``history.csv`` (and ``metrics.json``).
 
     Returns:
-        The figure's path, or None when the run logged no epoch yet.
+        The figure's path, or None when the run recorded no epoch.
     """
     run_dir = Path(run_dir)
-    csv_path = run_dir / "csv" / "metrics.csv"
-    if not csv_path.is_file():
-        log.warning("No %s: no training curves written", csv_path)
+    table, source = run_epochs(run_dir)
+    if table is None or table.empty:
+        log.warning("%s holds no finished epoch: no training curves written", source)
         return None
-    table = epoch_table(csv_path)
-    if table.empty:
-        log.warning("%s holds no epoch rows yet: no training curves written", csv_path)
-        return None
-    epochs = table["epoch"] + 1
+    epochs = table["epoch"]
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 5.2))
     for (col, name), colour in zip(LOSS, ("tab:blue", "tab:orange"), strict=True):
         if col in table and table[col].notna().any():
@@ -113,7 +126,7 @@ def write_training_curves(run_dir: str | os.PathLike) -> Path | None:
     ax_score.set_ylim(0, 1.02)
     _shade((ax_loss, ax_score), resized_epochs(table))
     for ax in (ax_loss, ax_score):
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (counted from 0)")
         if len(epochs) <= 20:
             ax.set_xticks(sorted(set(epochs.tolist())))
         ax.grid(alpha=0.3)

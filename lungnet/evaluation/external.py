@@ -130,8 +130,8 @@ def check_mapping(loaded: LoadedModel, name: str, source_labels: list[str], mapp
     if len(mapping.scored) < 2:
         shared = f"only {mapping.scored[0]} in common" if mapping.scored else "no finding in common"
         raise DataError(
-            f"Checkpoint {loaded.path} ({loaded.data.get('name')}: {', '.join(loaded.labels)}) and data set "
-            f"'{name}' ({', '.join(source_labels)}) have {shared}: scoring needs two findings to tell apart"
+            f"Checkpoint {loaded.path} ({loaded.data.get('name')}) and data set '{name}' have {shared} "
+            f"({mapping.describe()}): scoring needs two findings to tell apart"
         )
 
 
@@ -174,11 +174,11 @@ def build_external_data(
         {str(k): int(v) for k, v in rows["label"].value_counts().items()},
     )
     log.info(
-        "External evaluation: trained on %s, evaluated on %s (%s); scoring %s; left out %s",
+        "External evaluation: trained on %s, evaluated on %s (%s); %s; left out %s",
         dm.external.trained_on,
         name,
         split,
-        mapping.scored,
+        mapping.describe(),
         dm.external.left_out or "nothing",
     )
     dm.labels, dm.table = list(mapping.scored), kept

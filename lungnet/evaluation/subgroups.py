@@ -169,36 +169,47 @@ ATTRIBUTE_NAMES = {"age": "Patient Age", "sex": "Patient Gender", "view": "View 
 METRIC_NAMES = {"auroc": "AUROC", "sensitivity": "sensitivity at the operating point", "ece": "ECE"}
 
 
-def subgroup_figure(frame: pd.DataFrame, min_n: int):
-    """Forest plot: one row of panels per class (AUROC, sensitivity, ECE), one line per group with its 95% CI."""
+ATTRIBUTE_SHORT = {"age": "Age", "sex": "Sex", "view": "View"}
+ROW_INCHES = 0.26  # one group's line: room for an 8-point label (with its n) and its interval
+IN_SAMPLE = "IN-SAMPLE: thresholds fitted on these same images"
+
+
+def group_label(attribute: str, group: str, n: int, width: int = 28) -> str:
+    """``"Age 40-59 (n=196)"``; a long group name is shortened to ``width`` characters."""
+    name = group if len(group) <= width else group[: width - 1] + "…"
+    return f"{ATTRIBUTE_SHORT.get(attribute, attribute)} {name} (n={n})"
+
+
+def subgroup_figure(frame: pd.DataFrame, min_n: int, in_sample: bool = False):
+    """Forest plot: one row of panels per class (AUROC, sensitivity, ECE), one line per group with its 95% CI.
+
+    The figure grows with the groups (`ROW_INCHES` a line), so no label overlaps another. With ``in_sample`` (the
+    thresholds were fitted on the evaluated images) the sensitivity panels are titled IN-SAMPLE and shaded.
+    """
     import matplotlib.pyplot as plt
 
     classes = list(dict.fromkeys(frame["class"]))
-    fig, axes = plt.subplots(len(classes), 3, figsize=(12, 0.42 * len(frame) / len(classes) + 1.6), squeeze=False)
+    sizes = [int((frame["class"] == lab).sum()) for lab in classes]
+    height = sum(ROW_INCHES * n + 0.9 for n in sizes) + 0.8
+    fig, axes = plt.subplots(
+        len(classes), 3, figsize=(13, height), squeeze=False, gridspec_kw={"height_ratios": [n + 3 for n in sizes]}
+    )
     for r, lab in enumerate(classes):
         part = frame[frame["class"] == lab].reset_index(drop=True)
         y = np.arange(len(part))[::-1]
-        names = [
-            f"{ATTRIBUTE_NAMES[a]}: {g} (n={n})"
-            for a, g, n in zip(part["attribute"], part["group"], part["n"], strict=True)
-        ]
+        names = [group_label(a, str(g), n) for a, g, n in zip(part["attribute"], part["group"], part["n"], strict=True)]
         for k, (metric, ax) in enumerate(zip(METRICS, axes[r], strict=True)):
-            for yi, (_, row) in zip(y, part.iterrows(), strict=True):
-                small = row["too_small"]
-                colour = "#aaaaaa" if small else plots.colours(3)[ATTRIBUTES.index(row["attribute"])]
-                ax.errorbar(
-                    row[metric],
-                    yi,
-                    xerr=[[max(0, row[metric] - row[f"{metric}_lo"])], [max(0, row[f"{metric}_hi"] - row[metric])]],
-                    fmt="o",
-                    mfc="white" if small else colour,
-                    color=colour,
-                    capsize=3,
-                )
+            _forest(ax, part, metric, y)
             ax.set_yticks(y, names if k == 0 else [""] * len(y), fontsize=8)
+            ax.set_ylim(-0.7, len(part) - 0.3)
             ax.set_title(f"{lab}: {METRIC_NAMES[metric]}", fontsize=9)
+            if metric == "sensitivity" and in_sample:
+                ax.set_title(f"{lab}: {METRIC_NAMES[metric]}\n{IN_SAMPLE}", fontsize=9, color="tab:red")
+                ax.set_facecolor("#fdecea")
             ax.set_xlim(-0.02, 1.02 if metric != "ece" else max(0.3, float(np.nanmax(part["ece_hi"])) + 0.02))
             ax.grid(axis="x", alpha=0.3)
+            for edge in np.flatnonzero(part["attribute"].to_numpy()[1:] != part["attribute"].to_numpy()[:-1]):
+                ax.axhline(y[edge] - 0.5, color="0.75", lw=0.8)  # between attributes
             if metric == "auroc":
                 ax.axvline(0.5, color="grey", ls="--", lw=1)
     fig.suptitle(
@@ -208,13 +219,37 @@ def subgroup_figure(frame: pd.DataFrame, min_n: int):
     return fig
 
 
-def subgroup_markdown(frame: pd.DataFrame, gaps: list[dict], min_n: int, figure: str | None) -> str:
+def _forest(ax, part: pd.DataFrame, metric: str, y: np.ndarray) -> None:
+    """One point and interval per group, coloured by attribute (grey and hollow: too small)."""
+    for yi, (_, row) in zip(y, part.iterrows(), strict=True):
+        small = row["too_small"]
+        colour = "#aaaaaa" if small else plots.colours(3)[ATTRIBUTES.index(row["attribute"])]
+        ax.errorbar(
+            row[metric],
+            yi,
+            xerr=[[max(0, row[metric] - row[f"{metric}_lo"])], [max(0, row[f"{metric}_hi"] - row[metric])]],
+            fmt="o",
+            mfc="white" if small else colour,
+            color=colour,
+            capsize=3,
+        )
+
+
+def subgroup_markdown(
+    frame: pd.DataFrame, gaps: list[dict], min_n: int, figure: str | None, in_sample: bool = False
+) -> str:
     """The report section: one table per class, then the largest gap per attribute and metric."""
     parts = [
         "## Subgroups\n\nPer patient group (NIH metadata): AUROC one-vs-rest, sensitivity and false-negative "
         "rate at the operating point, ECE; 95% bootstrap intervals over the group's images. Groups under "
         f"{min_n} images are shown but too small to judge."
     ]
+    if in_sample:
+        parts.append(
+            f"> **{IN_SAMPLE}** (no separate split to fit them on): sensitivity and FNR are optimistic, and show "
+            "little of how the groups differ. AUROC and ECE do not depend on the thresholds."
+        )
+    mark = " (IN-SAMPLE)" if in_sample else ""
     for lab, part in frame.groupby("class", sort=False):
         rows = [
             [
@@ -229,14 +264,14 @@ def subgroup_markdown(frame: pd.DataFrame, gaps: list[dict], min_n: int, figure:
             ]
             for r in part.itertuples()
         ]
-        header = ["attribute", "group", f"n ({lab})", "AUROC", "sensitivity", "FNR", "ECE", ""]
+        header = ["attribute", "group", f"n ({lab})", "AUROC", f"sensitivity{mark}", f"FNR{mark}", "ECE", ""]
         parts.append(f"### {lab} (threshold {part['threshold'].iloc[0]:.3f})\n\n" + table(header, rows))
     if gaps:
         rows = [
             [
                 g["class"],
                 ATTRIBUTE_NAMES[g["attribute"]],
-                METRIC_NAMES[g["metric"]],
+                METRIC_NAMES[g["metric"]] + (mark if g["metric"] == "sensitivity" else ""),
                 f"{g['high']} - {g['low']}",
                 f"{fmt(g['gap'])} [{fmt(g['lo'])}, {fmt(g['hi'])}]",
             ]
@@ -269,16 +304,24 @@ def subgroup_evaluation(dm, result: dict, probs, targets, paths: list[str], opts
     if frame.empty:
         return None
     write_csv(Path(run_dir) / "subgroups.csv", frame)
+    in_sample = thresholds_in_sample(result)
     figure = None
     if opts.get("figures", True):
-        figure = plots.save_figure(subgroup_figure(frame, int(opts["min_n"])), Path(run_dir) / "subgroups.png").name
+        fig = subgroup_figure(frame, int(opts["min_n"]), in_sample)
+        figure = plots.save_figure(fig, Path(run_dir) / "subgroups.png").name
     log.info("Subgroup metrics for %d groups written to subgroups.csv", len(frame))
     return {
         "rows": frame.to_dict("records"),
         "gaps": gaps,
-        "markdown": subgroup_markdown(frame, gaps, int(opts["min_n"]), figure),
+        "markdown": subgroup_markdown(frame, gaps, int(opts["min_n"]), figure, in_sample),
         "figure": figure,
     }
+
+
+def thresholds_in_sample(result: dict) -> bool:
+    """The operating point was fitted on the evaluated split itself (not read from a file, not fitted elsewhere)."""
+    op = result.get("operating_point") or {}
+    return op.get("source") != "file" and op.get("fit_split") == result.get("split")
 
 
 def subgroup_options(cfg: DictConfig) -> dict | None:

@@ -156,7 +156,9 @@ def cell(row: Row, column: Column, opts: dict) -> dict:
         "unscored_model_labels": mapping.unscored_model_labels,
     }
     if not mapping.scored:
+        log.warning("%s on %s: no finding in common (%s)", row.name, column.name, mapping.describe())
         return {**out, "status": "no finding in common"}
+    log.info("%s on %s: %s", row.name, column.name, mapping.describe())
     kept = map_rows(column.table, mapping)
     out["left_out"] = {
         str(k): int(v) for k, v in column.table["label"].value_counts().items() if k in mapping.left_out_labels

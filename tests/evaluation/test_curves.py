@@ -1,4 +1,4 @@
-"""Training curves from a Lightning CSVLogger file: hand-written and from a real tiny training run."""
+"""Training curves from history.csv (and a run's older CSVLogger file): hand-written and from a real tiny run."""
 
 import json
 
@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from lungnet.evaluation.curves import epoch_table, final_numbers, resized_epochs, write_training_curves
+from lungnet.history import read_history
 from tests.evaluation.test_plots import assert_png
 
 CSV = """epoch,step,train/loss_step,train/loss_epoch,train/acc,val/loss,val/acc,val/auroc,val/f1
@@ -58,21 +59,33 @@ def test_epochs_trained_below_the_full_size_are_found_and_shaded(tmp_path, monke
     (tmp_path / "csv").mkdir()
     (tmp_path / "csv" / "metrics.csv").write_text(RESIZED)
     (tmp_path / "plain.csv").write_text(CSV)
-    assert resized_epochs(epoch_table(tmp_path / "csv" / "metrics.csv")) == [1, 2]
+    assert resized_epochs(epoch_table(tmp_path / "csv" / "metrics.csv")) == [0, 1]  # counted from 0
     assert resized_epochs(epoch_table(tmp_path / "plain.csv")) == []  # no progressive resizing: nothing shaded
     spans, real = [], plt.Axes.axvspan
     monkeypatch.setattr(plt.Axes, "axvspan", lambda ax, *a, **k: spans.append(a) or real(ax, *a, **k))
     assert_png(write_training_curves(tmp_path))
-    assert sorted(spans) == [(0.5, 1.5), (0.5, 1.5), (1.5, 2.5), (1.5, 2.5)]  # epochs 1 and 2, on both panels
+    assert sorted(spans) == [(-0.5, 0.5), (-0.5, 0.5), (0.5, 1.5), (0.5, 1.5)]  # epochs 0 and 1, on both panels
 
 
-def test_no_csv_means_no_figure(tmp_path):
+def test_no_record_means_no_figure(tmp_path, caplog):
     assert write_training_curves(tmp_path) is None
     assert not (tmp_path / "curves.png").exists()
+    assert "history.csv holds no finished epoch: no training curves written" in caplog.text
+
+
+def test_history_csv_is_drawn_before_a_loggers_csv(tmp_path, monkeypatch):
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text(CSV)
+    history = "epoch,step,train/loss_epoch,val/loss,val/acc\n0,2,1.0,0.9,0.5\n1,4,0.8,0.7,0.6\n"
+    (tmp_path / "history.csv").write_text(history)
+    drawn, real = [], plt.Axes.plot
+    monkeypatch.setattr(plt.Axes, "plot", lambda ax, x, *a, **k: drawn.append(list(x)) or real(ax, x, *a, **k))
+    assert_png(write_training_curves(tmp_path))
+    assert drawn and all(x == [0, 1] for x in drawn)  # history.csv's two epochs, counted from 0 (not metrics.csv's 3)
 
 
 def test_curves_from_a_real_training_run(tiny_run):
-    table = epoch_table(tiny_run / "csv" / "metrics.csv")
+    table = read_history(tiny_run / "history.csv")
     assert table["epoch"].tolist() == [0, 1]
     assert table[["train/loss_epoch", "val/loss", "train/acc", "val/acc"]].notna().all().all()
     assert "test" in final_numbers(tiny_run / "metrics.json")

@@ -86,8 +86,10 @@ def test_no_finding_in_common_is_one_clear_error(tiny_ckpt, darkcovidnet_folder,
         "evaluate",
         [f"ckpt={tiny_ckpt}", *NO_EXPLAIN, "data=darkcovidnet", f"data.root={darkcovidnet_folder}", "split=all"],
     )
-    with pytest.raises(DataError, match="no finding in common"):
+    with pytest.raises(DataError, match="no finding in common") as exc:
         evaluate(cfg, tmp_path / "none")
+    assert "Normal -> synthetic:Normal" in str(exc.value)  # the mapping used: phantoms are not No Finding
+    assert "No_findings -> No Finding" in str(exc.value) and "shared: none" in str(exc.value)
 
 
 def test_a_folder_of_training_images_is_refused(pneumonia_run, tmp_path):

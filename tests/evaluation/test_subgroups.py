@@ -6,7 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungnet.evaluation.subgroups import age_band, audited_classes, nih_metadata, subgroup_figure, subgroup_table
+from lungnet.evaluation.subgroups import (
+    ATTRIBUTES,
+    age_band,
+    audited_classes,
+    nih_metadata,
+    subgroup_figure,
+    subgroup_markdown,
+    subgroup_table,
+    thresholds_in_sample,
+)
 
 OPTS = {"bootstrap": {"resamples": 200, "seed": 0, "level": 0.95}, "bins": 10, "min_n": 30, "source": "nih6"}
 
@@ -60,3 +69,40 @@ def test_subgroup_table_measures_each_group_and_the_largest_gap():
 def test_audited_classes_leave_the_normal_class_out():
     assert audited_classes(["NORMAL", "PNEUMONIA"], {"NORMAL": 0.2, "PNEUMONIA": 0.4}, "pneumonia") == ["PNEUMONIA"]
     assert audited_classes(["No Finding"], {"No Finding": 0.5}, None) == ["No Finding"]
+
+
+def _many_groups(classes: int, groups: int) -> pd.DataFrame:
+    """``classes`` x ``groups`` rows of the subgroup table (in-sample sensitivities of 1.0)."""
+    rows = []
+    for c in range(classes):
+        for g in range(groups):
+            attribute = ATTRIBUTES[g % 3]
+            row = {"attribute": attribute, "group": f"group {g} with a rather long name", "class": f"finding {c}"}
+            row.update(n=100 + g, positives=20, too_small=g == 0, threshold=0.3, fnr=0.0, fnr_lo=0.0, fnr_hi=0.1)
+            for metric, value in (("auroc", 0.7), ("sensitivity", 1.0), ("ece", 0.1)):
+                row.update({metric: value, f"{metric}_lo": value - 0.05, f"{metric}_hi": min(1.0, value + 0.05)})
+            rows.append(row)
+    return pd.DataFrame(rows).sort_values(["class", "attribute"], kind="stable")
+
+
+@pytest.mark.parametrize(("classes", "groups"), [(4, 8), (1, 32)])
+def test_group_labels_never_overlap_and_in_sample_sensitivity_says_so(classes, groups):
+    fig = subgroup_figure(_many_groups(classes, groups), 30, in_sample=True)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes[::3]:  # the first column carries the group labels
+        boxes = sorted((t.get_window_extent(renderer) for t in ax.get_yticklabels()), key=lambda b: b.y0)
+        assert len(boxes) == groups
+        assert all(low.y1 <= high.y0 for low, high in zip(boxes, boxes[1:], strict=False)), "labels overlap"
+    titles = [ax.get_title() for ax in fig.axes]
+    assert sum("IN-SAMPLE" in t for t in titles) == classes and all("IN-SAMPLE" in t for t in titles[1::3])
+    assert not any("IN-SAMPLE" in t for t in subgroup_figure(_many_groups(1, 8), 30).axes[1].get_title())
+
+
+def test_thresholds_fitted_on_the_evaluated_split_are_in_sample():
+    assert thresholds_in_sample({"split": "all", "operating_point": {"fit_split": "all", "source": "fitted"}})
+    assert not thresholds_in_sample({"split": "test", "operating_point": {"fit_split": "val", "source": "fitted"}})
+    assert not thresholds_in_sample({"split": "val", "operating_point": {"fit_split": "file", "source": "file"}})
+    frame = _many_groups(1, 3)
+    assert "sensitivity (IN-SAMPLE)" in subgroup_markdown(frame, [], 30, None, in_sample=True)
+    assert "IN-SAMPLE" not in subgroup_markdown(frame, [], 30, None)
