@@ -42,8 +42,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lungnet.errors import CheckpointError, ConfigError, WriteError
+from lungnet.errors import CheckpointError, ConfigError, DataError, WriteError
 from lungnet.io import printable
+from lungnet.preflight import check_command
 from lungnet.rundir import WRITE_ERRNOS, release_run_dirs, remove_stray_run_dir, write_error_message
 
 log = logging.getLogger("lungnet")
@@ -71,27 +72,34 @@ def load_config(name: str) -> DictConfig:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean a user mistake (imported here, not at the top: ``--help`` stays fast)."""
+    """The exception types that mean a user mistake.
+
+    Evaluated when an exception reaches `run_safely`. The error types of the heavy modules (the image reader, the
+    model factory) are taken only from modules already imported: an exception of a module not loaded cannot have
+    been raised, and a refusal found early (`lungnet.preflight`) stays fast.
+    """
     from hydra.errors import InstantiationException
     from omegaconf.errors import MissingMandatoryValue
 
-    from lungnet.data.images import ImageReadError
-    from lungnet.data.sources import DataError
-    from lungnet.models.registry import ModelError
-    from lungnet.models.weights import WeightsError
-
+    loaded = [getattr(sys.modules[m], name) for m, name in _HEAVY_ERRORS if m in sys.modules]
     return (
         ConfigError,
         DataError,
-        ModelError,
-        WeightsError,
+        *loaded,
         CheckpointError,
-        ImageReadError,
         FileNotFoundError,
         MissingMandatoryValue,
         InstantiationException,
         WriteError,
     )
+
+
+# user-error types defined in modules that import torch, timm or image libraries: (module, class name)
+_HEAVY_ERRORS = (
+    ("lungnet.models.registry", "ModelError"),
+    ("lungnet.models.weights", "WeightsError"),
+    ("lungnet.data.images", "ImageReadError"),
+)
 
 
 class PrintableFilter(logging.Filter):
@@ -151,6 +159,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig, Path], Any]],
             _restore_hydra_full_error()
             run_dir = Path(HydraConfig.get().runtime.output_dir)
             try:
+                run_safely(check_command, config_name, cfg)  # before anything heavy loads or a file is written
                 return run_safely(task, cfg, run_dir)
             except BaseException:
                 remove_stray_run_dir(run_dir)
@@ -163,7 +172,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig, Path], Any]],
             started.clear()
             try:
                 with _logging_restored():
-                    return _run_reporting_command_line_errors(main, started, replay=config_name == "train")
+                    return _run_reporting_command_line_errors(main, started, config_name)
             finally:
                 release_run_dirs()
 
@@ -203,29 +212,34 @@ def _restore_hydra_full_error() -> None:
             os.environ[_FULL_ERROR] = value
 
 
-def _run_reporting_command_line_errors(main: Callable[[], Any], started: list, replay: bool = False) -> Any:
-    """Runs a Hydra main; an error before the task starts (composition, overrides) is one line and exit 2.
+def _run_reporting_command_line_errors(main: Callable[[], Any], started: list, config_name: str) -> Any:
+    """Runs a Hydra main, or prints the command's help (`lungnet.cli_help`, for ``--help``); an error before the task
+    starts (composition, overrides) is one line and exit 2.
 
     Hydra reports those itself with exit status 1; ``HYDRA_FULL_ERROR=1`` makes it raise them instead, and only
     until the task starts, so a crash inside the task is still reported the way Hydra does. `lungnet.launch`
-    words the line (the key, its value and what it accepts, or a renamed key's new name) and, with ``replay``
-    (train), replays a run's own overrides on ``resume=<run dir>``.
+    words the line (the key, its value and what it accepts, or a renamed key's new name) and, for train, replays
+    a run's own overrides on ``resume=<run dir>``.
     """
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from lungnet.cli_help import help_text, wants_help
     from lungnet.launch import check_paths_override, config_error_line, replay_resume
 
     try:
         check_paths_override(sys.argv[1:])
-        if replay:
+        if config_name == "train":
             sys.argv = replay_resume(sys.argv, config_path())
     except ConfigError as exc:
         _refuse(str(exc))
     _saved_full_error.append(os.environ.get(_FULL_ERROR))
     os.environ[_FULL_ERROR] = "1"
     try:
+        if wants_help(sys.argv[1:]):
+            print(help_text(config_path(), config_name, sys.argv[1:]))  # noqa: T201 - the help is the output
+            return None
         return main()
     except (HydraException, OmegaConfBaseException) as exc:
         if started:
