@@ -44,7 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungnet.errors import CheckpointError, ConfigError, DataError, WriteError
 from lungnet.io import printable
-from lungnet.preflight import check_command
+from lungnet.preflight import check_command, optimized_value
 from lungnet.rundir import WRITE_ERRNOS, release_run_dirs, remove_stray_run_dir, write_error_message
 
 log = logging.getLogger("lungnet")
@@ -267,7 +267,8 @@ def _refuse(message: str) -> None:
 
 @hydra_app("train")
 def train(cfg: DictConfig, run_dir: Path) -> float | None:
-    """Trains a model (`lungnet.training.train`); returns val AUROC for sweepers.
+    """Trains a model (`lungnet.training.train`); returns the metric ``optimized_metric`` names (``val/auroc_macro``
+    unless a sweep's preset says otherwise) for sweepers.
 
     In a sweep, a trial whose training diverged is its one logged line and no value (Optuna records a failed trial);
     the other trials go on. A single run exits with status 2.
@@ -284,7 +285,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
             raise
         log.error("%s", user_error_message(exc))
         return None
-    return (results.get("val") or {}).get("auroc_macro") if results else None
+    return optimized_value(results, cfg.optimized_metric)
 
 
 @hydra_app("evaluate")

@@ -9,7 +9,8 @@ before the task writes a file: a typo costs a second, not a minute, and leaves n
 - files and folders the command line names: ``ckpt``, ``runs``, ``baseline``, ``input``, ``data.root`` (a
   generated data set, ``synthetic``, may be missing: training makes it) and explain's ``images``;
 - ``train``: ``model.name`` (lungnet's names, timm's and torchvision's, read without importing them:
-  `lungnet.models.names`), ``optimizer.lr``, ``trainer.max_epochs`` and ``optimized_metric``.
+  `lungnet.models.names`), ``optimizer.lr``, ``trainer.max_epochs`` and ``optimized_metric``, whose value a
+  finished run returns to a sweeper (`optimized_value`).
 
 The deeper checks (a checkpoint's contents, the data set's files, the optimizer built once) stay where they were;
 they still run, after these. Light on imports on purpose, like `lungnet.launch`.
@@ -111,10 +112,10 @@ def check_data_root(cfg: DictConfig) -> None:
     if root is None or str(data.get("source", "")) in GENERATED_SOURCES:
         return
     if not Path(str(root)).expanduser().is_dir():
-        name = data.get("name") or "the checkpoint's"
+        name = f"'{data.name}'" if data.get("name") else "of the checkpoint"
         raise ConfigError(
-            f"data.root={root}: no such folder (data set {name}); pass data.root=/path/to/it, or set LUNGNET_DATA "
-            "to the folder that holds the data sets"
+            f"Data root for dataset {name} not found: {root}; pass data.root=/path/to/it (or set LUNGNET_DATA to "
+            "the folder that holds it)"
         )
 
 
@@ -152,6 +153,31 @@ def optimized_metric_key(metric: Any) -> tuple[str, str]:
             "a key of that block of metrics.json (e.g. val/auroc_macro, val/f1_macro, val/loss)"
         )
     return split, key
+
+
+def optimized_value(results: dict | None, metric: str) -> float | None:
+    """The value of the metric ``optimized_metric`` names, which train.py returns to a sweeper (as
+    lightning-hydra-template's ``get_metric_value``): ``val/f1_macro`` -> ``results["val"]["f1_macro"]``.
+
+    Returns None when the run wrote no metrics (``fast_dev_run``, a secondary DDP rank).
+
+    Raises:
+        ConfigError: the run's metrics hold no such number, naming ``optimized_metric`` and the ones they hold.
+    """
+    if not results:
+        return None
+    split, key = optimized_metric_key(metric)
+    value = (results.get(split) or {}).get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        held = [f"{s}/{k}" for s in OPTIMIZED_SPLITS for k, v in (results.get(s) or {}).items() if _number(v)]
+        raise ConfigError(
+            f"optimized_metric={metric}: this run's metrics.json holds no such number; choose one of: {', '.join(held)}"
+        )
+    return float(value)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def check_explain(cfg: DictConfig) -> None:
