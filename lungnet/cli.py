@@ -18,6 +18,10 @@ lungnet-transfer   ``python -m lungnet.evaluation.transfer``   ``conf/transfer.y
 The configs are the repository's ``conf/`` in a source checkout, and the same files shipped inside the wheel as
 ``lungnet.conf`` (``pkg://lungnet.conf``) after ``pip install``.
 
+``--help`` lists the groups a command reads and its options (`lungnet.cli_help`). Each job first runs the command's
+config-only checks (`lungnet.preflight`: split names, model names, paths the command line names, ranges), before
+torch, Lightning or timm load and before the task writes a file.
+
 A user mistake ends with one logged line and exit status 2, never a traceback: a bad value found by the code
 (`run_safely`, the error types of `lungnet.errors` and the data/model modules), a bad command line found by
 Hydra (unknown key, malformed override, missing config), a run directory that cannot be written (read-only,
