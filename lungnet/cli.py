@@ -19,6 +19,10 @@ lungnet-prepare    ``python -m lungnet.prepare``               ``conf/prepare.ya
 The configs are the repository's ``conf/`` in a source checkout, and the same files shipped inside the wheel as
 ``lungnet.conf`` (``pkg://lungnet.conf``) after ``pip install``.
 
+``--help`` lists the groups a command reads and its options (`lungnet.cli_help`). Each job first runs the command's
+config-only checks (`lungnet.preflight`: split names, model names, paths the command line names, ranges), before
+torch, Lightning or timm load and before the task writes a file.
+
 A user mistake ends with one logged line and exit status 2, never a traceback: a bad value found by the code
 (`run_safely`, the error types of `lungnet.errors` and the data/model modules), a bad command line found by
 Hydra (unknown key, malformed override, missing config), a run directory that cannot be written (read-only,
@@ -43,8 +47,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lungnet.errors import CheckpointError, ConfigError, WriteError
+from lungnet.errors import CheckpointError, ConfigError, DataError, WriteError
 from lungnet.io import printable
+from lungnet.preflight import check_command, optimized_value
 from lungnet.rundir import WRITE_ERRNOS, release_run_dirs, remove_stray_run_dir, write_error_message
 
 log = logging.getLogger("lungnet")
@@ -72,27 +77,34 @@ def load_config(name: str) -> DictConfig:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean a user mistake (imported here, not at the top: ``--help`` stays fast)."""
+    """The exception types that mean a user mistake.
+
+    Evaluated when an exception reaches `run_safely`. The error types of the heavy modules (the image reader, the
+    model factory) are taken only from modules already imported: an exception of a module not loaded cannot have
+    been raised, and a refusal found early (`lungnet.preflight`) stays fast.
+    """
     from hydra.errors import InstantiationException
     from omegaconf.errors import MissingMandatoryValue
 
-    from lungnet.data.images import ImageReadError
-    from lungnet.data.sources import DataError
-    from lungnet.models.registry import ModelError
-    from lungnet.models.weights import WeightsError
-
+    loaded = [getattr(sys.modules[m], name) for m, name in _HEAVY_ERRORS if m in sys.modules]
     return (
         ConfigError,
         DataError,
-        ModelError,
-        WeightsError,
+        *loaded,
         CheckpointError,
-        ImageReadError,
         FileNotFoundError,
         MissingMandatoryValue,
         InstantiationException,
         WriteError,
     )
+
+
+# user-error types defined in modules that import torch, timm or image libraries: (module, class name)
+_HEAVY_ERRORS = (
+    ("lungnet.models.registry", "ModelError"),
+    ("lungnet.models.weights", "WeightsError"),
+    ("lungnet.data.images", "ImageReadError"),
+)
 
 
 class PrintableFilter(logging.Filter):
@@ -152,6 +164,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig, Path], Any]],
             _restore_hydra_full_error()
             run_dir = Path(HydraConfig.get().runtime.output_dir)
             try:
+                run_safely(check_command, config_name, cfg)  # before anything heavy loads or a file is written
                 return run_safely(task, cfg, run_dir)
             except BaseException:
                 remove_stray_run_dir(run_dir)
@@ -164,7 +177,7 @@ def hydra_app(config_name: str) -> Callable[[Callable[[DictConfig, Path], Any]],
             started.clear()
             try:
                 with _logging_restored():
-                    return _run_reporting_command_line_errors(main, started, replay=config_name == "train")
+                    return _run_reporting_command_line_errors(main, started, config_name)
             finally:
                 release_run_dirs()
 
@@ -204,30 +217,35 @@ def _restore_hydra_full_error() -> None:
             os.environ[_FULL_ERROR] = value
 
 
-def _run_reporting_command_line_errors(main: Callable[[], Any], started: list, replay: bool = False) -> Any:
-    """Runs a Hydra main; an error before the task starts (composition, overrides) is one line and exit 2.
+def _run_reporting_command_line_errors(main: Callable[[], Any], started: list, config_name: str) -> Any:
+    """Runs a Hydra main, or prints the command's help (`lungnet.cli_help`, for ``--help``); an error before the task
+    starts (composition, overrides) is one line and exit 2.
 
     Hydra reports those itself with exit status 1; ``HYDRA_FULL_ERROR=1`` makes it raise them instead, and only
     until the task starts, so a crash inside the task is still reported the way Hydra does. `lungnet.launch`
-    words the line (the key, its value and what it accepts, or a renamed key's new name) and, with ``replay``
-    (train), replays a run's own overrides on ``resume=<run dir>``.
+    words the line (the key, its value and what it accepts, or a renamed key's new name) and, for train, replays
+    a run's own overrides on ``resume=<run dir>``.
     """
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from lungnet.cli_help import help_text, wants_help
     from lungnet.launch import check_null_groups, check_paths_override, config_error_line, replay_resume
 
     try:
         check_paths_override(sys.argv[1:])
         check_null_groups(sys.argv[1:], config_path())
-        if replay:
+        if config_name == "train":
             sys.argv = replay_resume(sys.argv, config_path())
     except ConfigError as exc:
         _refuse(str(exc))
     _saved_full_error.append(os.environ.get(_FULL_ERROR))
     os.environ[_FULL_ERROR] = "1"
     try:
+        if wants_help(sys.argv[1:]):
+            print(help_text(config_path(), config_name, sys.argv[1:]))  # noqa: T201 - the help is the output
+            return None
         return main()
     except (HydraException, OmegaConfBaseException) as exc:
         if started:
@@ -255,7 +273,8 @@ def _refuse(message: str) -> None:
 
 @hydra_app("train")
 def train(cfg: DictConfig, run_dir: Path) -> float | None:
-    """Trains a model (`lungnet.training.train`); returns val AUROC for sweepers.
+    """Trains a model (`lungnet.training.train`); returns the metric ``optimized_metric`` names (``val/auroc_macro``
+    unless a sweep's preset says otherwise) for sweepers.
 
     In a sweep, a trial whose training diverged is its one logged line and no value (Optuna records a failed trial);
     the other trials go on. A single run exits with status 2.
@@ -272,7 +291,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
             raise
         log.error("%s", user_error_message(exc))
         return None
-    return (results.get("val") or {}).get("auroc_macro") if results else None
+    return optimized_value(results, cfg.optimized_metric)
 
 
 @hydra_app("evaluate")

@@ -10,11 +10,12 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
-
-import pandas as pd
+from typing import IO, TYPE_CHECKING
 
 from lungnet.errors import WriteError
+
+if TYPE_CHECKING:  # pandas loads only where a table is written: the commands' refusals and --help stay fast
+    import pandas as pd
 
 
 def printable(text: object) -> str:
@@ -85,6 +86,8 @@ def write_csv(path: str | os.PathLike, frame: pd.DataFrame, errors: str = "backs
         errors: how undecodable file-name bytes are written: ``backslashreplace`` (valid UTF-8,
             ``\\xff``) or ``surrogateescape`` (the original bytes, so paths read back exactly).
     """
+    import pandas as pd
+
     if errors == "backslashreplace":  # undecodable bytes as \xff, as in the logs (`printable`)
         text_columns = [c for c in frame.columns if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])]
         frame = frame.assign(**{c: frame[c].map(printable, na_action="ignore") for c in text_columns})

@@ -145,7 +145,9 @@ def secondary_rank() -> bool:
 
 
 def release_run_dirs() -> None:
-    """Lets go of every run directory lock this process holds (`lock_run_dir`), removing the lock files."""
+    """Lets go of every run directory lock this process holds (`lock_run_dir`), removing the lock files, and forgets
+    which folders the call created (a later call in this process, a test or a notebook, starts afresh)."""
+    _created.clear()
     while _locks:
         path, fd = _locks.popitem()
         lock = Path(path) / LOCK_NAME
@@ -183,12 +185,16 @@ def _select(config: DictConfig, key: str) -> Any:
 def remove_stray_run_dir(run_dir: Path) -> bool:
     """Removes the run directory of a refused or failed call when it holds nothing but Hydra's own files.
 
-    Only what this call created goes: a folder that existed before (a resumed run, a folder the user named)
-    is never removed, nor one with any other file in it; empty parents this call created (``outputs/eval/<date>``)
+    Only what this call created goes: a folder that existed before (a resumed run, a folder the user named), one
+    `RunDirGuard` did not prepare (the working directory of the commands that write no run directory: app,
+    export, crossval) but a job's folder in a sweep directory this call created, is never removed, nor one with
+    any other file in it; empty parents this call created (``outputs/eval/<date>``)
     go with it. Returns True when something was removed.
     """
     run_dir = run_dir.absolute()
     created = _created.get(str(run_dir), _UNKNOWN)
+    if created is _UNKNOWN:  # not prepared by RunDirGuard: a job of a sweep this call created, or not lungnet's
+        created = run_dir if _in_created_sweep(run_dir) else None
     if created is None or not run_dir.is_dir():
         return False
     hydra_cfg = HydraConfig.get()
@@ -204,3 +210,8 @@ def remove_stray_run_dir(run_dir: Path) -> bool:
         _remove_empty(run_dir.parent, created)
     log.info("Removed %s: this call wrote nothing there but Hydra's config and log", run_dir)
     return True
+
+
+def _in_created_sweep(run_dir: Path) -> bool:
+    """Whether ``run_dir`` lies below a sweep (or run) directory that this call created (`prepare_run_dir`)."""
+    return any(created is not None and Path(path) in run_dir.parents for path, created in _created.items())

@@ -400,10 +400,3 @@ def mirror_as_best(final: Path, gate: Path | None, labels: list[str]) -> None:
         record = read_decision(gate, final, labels)  # tied to the bytes by hash: the copy has the same
         record.checkpoint = best.name
         record.write(decision_path(best))
-
-
-def optimized_value(results: dict | None, metric: str) -> float | None:
-    """The number a sweeper optimises: ``val/auroc_macro`` -> ``results["val"]["auroc_macro"]`` (None if absent)."""
-    split, _, key = str(metric).partition("/")
-    value = ((results or {}).get(split) or {}).get(key)
-    return float(value) if isinstance(value, int | float) else None

@@ -130,7 +130,7 @@ def test_run_directory_may_use_hydra_interpolations(tmp_path, monkeypatch, capsy
     args = [f"ckpt={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={out}/${{hydra:job.name}}"]
     with pytest.raises(SystemExit) as exc:
         run_cli(cli.evaluate, args, monkeypatch)
-    assert exc.value.code == 2 and "Checkpoint not found" in "".join(capsys.readouterr())
+    assert exc.value.code == 2 and "missing.ckpt: not found" in "".join(capsys.readouterr())
     assert not out.exists()
 
 
@@ -152,9 +152,10 @@ def test_a_crash_leaves_no_run_folder_and_keeps_its_traceback(tmp_path, monkeypa
     def crash(cfg, run_dir):
         raise RuntimeError("a bug, not a user error")
 
-    out = tmp_path / "outputs"
+    out, ckpt = tmp_path / "outputs", tmp_path / "x.ckpt"
+    ckpt.write_bytes(b"x")  # exists: the config-only checks (lungnet.preflight) let it through to the task
     with pytest.raises(SystemExit) as exc:
-        run_cli(crash, ["ckpt=x", f"paths.log_dir={out}"], monkeypatch)
+        run_cli(crash, [f"ckpt={ckpt}", f"paths.log_dir={out}"], monkeypatch)
     assert exc.value.code == 1 and not out.exists()
     assert "RuntimeError: a bug, not a user error" in capsys.readouterr().err  # Hydra's report, as before
 

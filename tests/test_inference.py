@@ -211,7 +211,7 @@ def test_predict_script_writes_csv_and_overlays(ckpt, tmp_path):
 def test_predict_script_user_error_exits_2_without_traceback(tmp_path):
     proc = _script([f"ckpt={tmp_path / 'x.ckpt'}", f"input={tmp_path}", f"paths.log_dir={tmp_path}"], tmp_path)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 2 and "Model file not found" in output and "Traceback" not in output
+    assert proc.returncode == 2 and "x.ckpt: not found" in output and "Traceback" not in output
 
 
 def test_predict_script_exits_non_zero_when_nothing_could_be_classified(ckpt, tmp_path):

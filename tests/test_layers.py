@@ -35,6 +35,7 @@ LAYERS = {
     "lungnet.provenance": 0,  # environment facts of a run (versions, git commit); imports nothing of lungnet
     "lungnet.schema": 0,  # the structured configs (dataclasses); imported by the package __init__ to register them
     "lungnet.config_checks": 0,  # range checks and key descriptions over the schema
+    "lungnet.preflight": 0,  # each command's config-only checks, before anything heavy loads (lungnet.cli)
     "lungnet.untrusted": 0,  # typed, range-checked reading of files lungnet did not write in this run
     "lungnet.data": 0,
     "lungnet.models": 0,
@@ -65,6 +66,7 @@ LAYERS = {
     "lungnet.export": 2,
     "lungnet.app": 2,
     "lungnet.app_info": 2,  # what the app tells clients about its model (names and hashes, no server paths)
+    "lungnet.cli_help": 2,  # --help: a command's usage, its own config groups and its options (lungnet.cli)
     "lungnet.launch": 2,  # what a command line means before Hydra composes it (lungnet.cli)
     "lungnet.rundir": 2,  # the commands' run directories (lungnet.cli)
     "lungnet.prepare": 2,  # lungnet-prepare: a data set scanned into its manifest ahead of time

@@ -7,13 +7,13 @@ carries a `ModelSpec` (``model.spec``) with its input size, mean/std and Grad-CA
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import timm
 import torch
 from torch import nn
 
 from lungnet.models.lite_pypi import LiteWeights
+from lungnet.models.names import MODELS, Entry, list_models, unknown_message  # noqa: F401 - list_models re-exported
 from lungnet.models.simple_cnn import SimpleCNN
 from lungnet.models.specs import ModelSpec
 from lungnet.models.weights import (
@@ -27,31 +27,6 @@ from lungnet.models.weights import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A registered model: its architecture and the backbone layer Grad-CAM should look at."""
-
-    arch: str
-    cam_layer: str
-    kind: str = "timm"  # timm | torchvision | simple_cnn
-
-
-MODELS: dict[str, Entry] = {
-    "simple_cnn": Entry("simple_cnn", "features.14", kind="simple_cnn"),
-    "resnet18": Entry("resnet18", "layer4"),
-    "resnet50": Entry("resnet50", "layer4"),
-    "resnet152": Entry("resnet152", "layer4"),
-    "vgg16": Entry("vgg16", "features.29"),  # last ReLU before the final max-pool
-    "densenet121": Entry("densenet121", "features.norm5"),  # after the last dense block
-    "densenet201": Entry("densenet201", "features.norm5"),
-    "mobilenetv2": Entry("mobilenetv2_100", "bn2"),
-    # TF padding + BN eps: the networks the PyPI weights (model.weights=pypi:efficientnet-liteN) were trained in
-    "efficientnet_lite0": Entry("tf_efficientnet_lite0", "bn2"),
-    "efficientnet_lite1": Entry("tf_efficientnet_lite1", "bn2"),
-    "efficientnet_lite2": Entry("tf_efficientnet_lite2", "bn2"),
-}
 
 
 class ModelError(ValueError):
@@ -94,11 +69,6 @@ def head_shapes(num_classes: int, head_hidden: int) -> dict[str, tuple[int | Non
     return {"head.1.weight": (num_classes, None)}
 
 
-def list_models() -> list[str]:
-    """Registered names (any other timm name also works, e.g. ``convnext_tiny``)."""
-    return sorted(MODELS)
-
-
 def _torchvision_backbone(arch: str, pretrained: bool) -> tuple[nn.Module, int]:
     import torchvision
 
@@ -133,10 +103,7 @@ def _backbone(entry: Entry, name: str, in_chans: int, pretrained: bool) -> tuple
         net = timm.create_model(entry.arch, pretrained=pretrained, num_classes=0, in_chans=in_chans)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise ModelError(
-                f"Unknown model '{name}'. Registered: {', '.join(list_models())}; "
-                "or any timm name (timm.list_models()), or torchvision.<name>"
-            ) from exc
+            raise ModelError(unknown_message(name)) from exc
         raise
     except OSError as exc:  # hub download failed (offline, no cache)
         raise WeightsError(offline_message(entry.arch, exc)) from exc
@@ -160,10 +127,7 @@ def _entry_for(name: str) -> Entry:
         return Entry(name.split(".", 1)[1], "", kind="torchvision")
     if timm.is_model(name):
         return Entry(name, "")
-    raise ModelError(
-        f"Unknown model '{name}'. Registered: {', '.join(list_models())}; "
-        "or any timm name (timm.list_models()), or torchvision.<name>"
-    )
+    raise ModelError(unknown_message(name))
 
 
 def _default_cam_layer(backbone: nn.Module) -> str:

@@ -92,6 +92,28 @@ def test_another_checkpoints_decision_file_is_refused_with_one_line(own_ckpt, tm
     assert "fitted for another checkpoint" in said and "Traceback" not in said
 
 
+def test_a_ks_p_value_scipy_cannot_compute_exactly_is_the_asymptotic_one_without_a_console_warning(monkeypatch):
+    """scipy warns (RuntimeWarning) and switches to the asymptotic p-value when the exact one fails; the shift
+    test says so in pvalue_method instead, and other warnings still come through."""
+    import warnings
+
+    from scipy.stats import _stats_py
+
+    def exact_fails(n1, n2, g, d, alternative):
+        warnings.warn("another warning", UserWarning, stacklevel=2)  # not scipy's fallback: it must come through
+        return False, d, np.nan
+
+    monkeypatch.setattr(_stats_py, "_attempt_exact_2kssamp", exact_fails)
+    rng = np.random.default_rng(0)
+    rec = DecisionRecord(["A", "B"], False, "0" * 64, split="val", alpha=0.1, conformal_scores=rng.random(300) * 0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = shift_test(rec, rng.random(200) * 0.5, None, in_sample=False)
+    assert [str(w.message) for w in caught] == ["another warning"]
+    (test,) = result["tests"].values()
+    assert test["pvalue_method"].startswith("asymptotic") and 0.0 <= test["pvalue"] <= 1.0
+
+
 def test_a_shifted_split_gets_the_warning_and_no_coverage_claim():
     rng = np.random.default_rng(0)
     rec = DecisionRecord(["A", "B"], False, "0" * 64, split="val", alpha=0.1, conformal_scores=rng.random(300) * 0.5)
