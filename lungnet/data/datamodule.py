@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from lungnet.data.cache import build_cache
+from lungnet.data.cache import build_store, larger_than
 from lungnet.data.checks import (
     check_class_sizes,
     check_training_classes,
@@ -30,7 +30,7 @@ from lungnet.data.checks import (
     mark_label_conflicts,
     scan_files,
 )
-from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset
+from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset, pixel_reader
 from lungnet.data.sources import DataError, Source, create_source
 from lungnet.data.splits import ExpectedSplits, assign_splits, patients_from_names, write_splits
 from lungnet.data.transforms import Normalize, build_transform
@@ -95,6 +95,8 @@ class LungDataModule(pl.LightningDataModule):
         self.multilabel = self.source.multilabel
         size = self.cfg["image_size"]
         self.image_size = int(spec.input_size if size is None else size)
+        self.prepared_size = int(self.cfg["prepared_size"] or self.image_size)  # the prepared store's side
+        self.owns_data = owns_data
         self.table: pd.DataFrame | None = None
         self.datasets: dict[str, XrayDataset] = {}
         self.report: dict = {}
@@ -165,19 +167,30 @@ class LungDataModule(pl.LightningDataModule):
             write_splits(table, self.run_dir)
         return table
 
-    def make_dataset(self, rows: pd.DataFrame, train: bool) -> XrayDataset:
-        """A Dataset over ``rows`` with the training or the evaluation pipeline."""
-        # a cached image is already downsampled and resized: the pipeline's resize is then the identity
-        downsample = None if self.cfg["cache"] else self.cfg["downsample_to"]
-        transform = build_transform(self.image_size, self.augment if train else None, self.cfg["resize"], downsample)
-        normalize = Normalize(self.spec.mean, self.spec.std, self.spec.in_chans)
+    def uses_store(self, rows: pd.DataFrame, split: str) -> bool:
+        """Whether ``rows`` are read from the prepared store: ``data.cache`` true or false decides; null (auto) takes
+        it for a training run's train and val splits (read every epoch) when its images are larger than the working
+        resolution (decoding them costs more than copying the prepared bytes), never for a single pass."""
+        if self.cfg["cache"] is not None:
+            return bool(self.cfg["cache"])
+        return self.owns_data and split in ("train", "val") and larger_than(rows["path"].tolist(), self.prepared_size)
+
+    def make_dataset(self, rows: pd.DataFrame, train: bool, split: str | None = None) -> XrayDataset:
+        """A Dataset over ``rows`` with the training or the evaluation pipeline (``split``: for the store's choice)."""
+        store = self.uses_store(rows, split or ("train" if train else "test"))
+        # a prepared image is already downsampled and resized: the pipeline resizes it to the input size only
+        downsample = None if store else self.cfg["downsample_to"]
+        on_device = train and bool(self.cfg["gpu_augment"])  # augmented and normalised in LitClassifier
+        steps = self.augment if train and not on_device else None
+        transform = build_transform(self.image_size, steps, self.cfg["resize"], downsample)
+        normalize = None if on_device else Normalize(self.spec.mean, self.spec.std, self.spec.in_chans)
         pipeline = SeededPipeline(transform, normalize)
-        if not self.cfg["cache"]:
-            return XrayDataset(rows, self.labels, self.multilabel, pipeline, seed=self.seed)
-        reader = build_cache(
+        if not store:
+            reader = pixel_reader(verified=self.owns_data and bool(self.cfg["verify"]))  # decoded by the checks
+            return XrayDataset(rows, self.labels, self.multilabel, pipeline, reader=reader, seed=self.seed)
+        reader = build_store(
             rows["path"].tolist(),
-            rows["sha1"].tolist(),
-            self.image_size,
+            self.prepared_size,
             self.cfg["resize"],
             self.cfg["cache_dir"],
             workers=max(1, int(self.cfg["num_workers"])),
@@ -192,7 +205,7 @@ class LungDataModule(pl.LightningDataModule):
         for split in ("train", "val", "test"):
             rows = self.table[self.table["split"] == split]
             if len(rows):
-                self.datasets[split] = self.make_dataset(rows, train=split == "train")
+                self.datasets[split] = self.make_dataset(rows, train=split == "train", split=split)
         if self.cfg["intensity_check"]:
             self.check_intensity()
 
@@ -201,6 +214,8 @@ class LungDataModule(pl.LightningDataModule):
         ds = self.datasets.get("val") or self.datasets["train"]
         idx = np.linspace(0, len(ds) - 1, min(n, len(ds))).astype(int)
         x = torch.stack([ds[int(i)]["image"] for i in idx])
+        if x.dtype == torch.uint8:  # data.gpu_augment: normalised on the accelerator
+            x = Normalize(self.spec.mean, self.spec.std, self.spec.in_chans).batch(x)
         stats = {"mean": float(x.mean()), "std": float(x.std())}
         if abs(stats["mean"]) > 2.0 or not 0.1 < stats["std"] < 5.0:
             log.warning(

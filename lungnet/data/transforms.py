@@ -79,7 +79,10 @@ def fit_within(image: np.ndarray, max_side: int | None) -> np.ndarray:
 
 
 class Normalize:
-    """float (H, W) in [0, 1] -> tensor (C, H, W) standardised with the model's mean/std.
+    """Image (H, W) -> tensor (C, H, W) standardised with the model's mean/std: the last step, after resizing and
+    augmenting (on uint8 where the image is 8-bit: several times cheaper than float32 at the same size).
+
+    A float image is in [0, 1]; a uint8 image is its grey levels 0-255 (scaled by 1/255 in the same step).
 
     Args:
         mean: per-channel means of the model's pretraining (length 3 or 1).
@@ -95,17 +98,27 @@ class Normalize:
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.in_chans = in_chans
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        x = x.unsqueeze(0).expand(self.in_chans, -1, -1)
-        return (x - self.mean) / self.std
+    def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
+        return self.batch(x.unsqueeze(0).unsqueeze(0))[0]
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch (N, 1, H, W), uint8 or float in [0, 1], on any device -> float32 (N, C, H, W)."""
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        scale = 255.0 if x.dtype == torch.uint8 else 1.0
+        return (x.float() - mean.view(1, -1, 1, 1) * scale) / (std.view(1, -1, 1, 1) * scale)
+
+
+def unit_range(out: np.ndarray) -> np.ndarray:
+    """An albumentations result (H, W[, 1]) as (H, W): uint8 as it is, float clipped to [0, 1]."""
+    out = out[..., 0] if out.ndim == 3 else out
+    return out if out.dtype == np.uint8 else np.clip(out, 0.0, 1.0)
 
 
 def make_pipeline(transform: A.Compose, normalize: Normalize) -> Callable[[np.ndarray], torch.Tensor]:
     """Chains an albumentations pipeline and `Normalize` into image (H, W) -> tensor (C, H, W)."""
 
     def run(image: np.ndarray) -> torch.Tensor:
-        out = transform(image=image[..., None])["image"]
-        return normalize(np.clip(out[..., 0] if out.ndim == 3 else out, 0.0, 1.0))
+        return normalize(unit_range(transform(image=image[..., None])["image"]))
 
     return run
