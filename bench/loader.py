@@ -8,9 +8,13 @@ lungnet too (``PYTHONPATH=<that checkout> python bench/loader.py --modes direct`
 For each mode it reports the CPU milliseconds per image (user + system of this process and its loader workers,
 from /proc: hardly affected by other work on a shared machine) and images per CPU second, which is the rate of one
 loader worker that has a core to itself; and the wall-clock images/s of a DataLoader with ``--workers`` workers
-(which does depend on the load). Modes: ``direct`` (``data.cache=false``), ``store`` (``data.cache=true``: the
-prepared store, built first and timed separately), ``store_gpu`` (the store with ``data.gpu_augment=true``: the
-workers only copy bytes, the augmentation runs on the batch, timed here on the CPU too).
+(which does depend on the load). The direct path reads as a training run does after its data checks decoded every
+file (``data.verify``): without the PNG length check (`lungnet.data.images.read_image` ``verified``).
+
+Modes: ``direct`` (``data.cache=false``); ``store`` (``data.cache=true``: the prepared store, built first and timed
+separately); ``store_gpu`` (the store with ``data.gpu_augment=true``: the workers only copy bytes; the batch
+augmentation, `lungnet.data.batch_augment`, is timed in the in-process figures on the CPU, one thread, and left
+out of the DataLoader figures: on a GPU it runs on the device).
 
 Example:
     python bench/loader.py --images 300 --image-size 224 --augment xray --workers 2 --modes direct store store_gpu
@@ -100,8 +104,10 @@ def measure(mode: str, paths: list[Path], args, cache_dir: Path) -> dict:
     augment_batch = None
     if mode == "store_gpu":
         from lungnet.data.batch_augment import BatchAugment
+        from lungnet.data.transforms import Normalize
 
-        augment_batch = BatchAugment.from_steps(dm.augment, dm.spec, seed=0)
+        steps, normalize = BatchAugment.from_steps(dm.augment, seed=0), Normalize(dm.spec.mean, dm.spec.std, 3)
+        augment_batch = lambda batch, step: normalize.batch(steps(batch, step))  # noqa: E731
     keys = [(1, i) for i in range(len(ds))]
     ds[keys[0]]  # warm-up (maps the store, imports)
     c0, t0 = time.process_time(), time.perf_counter()

@@ -98,9 +98,14 @@ class Normalize:
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.in_chans = in_chans
 
-    def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
-        return self.batch(x.unsqueeze(0).unsqueeze(0))[0]
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.array(image, dtype=np.float32, copy=image.dtype != np.float32 or None))
+        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        out = torch.empty((self.in_chans, *x.shape), dtype=torch.float32)
+        for c in range(self.in_chans):  # out = x / (scale std) - mean / std: one pass per channel
+            std = float(self.std[c]) * scale
+            torch.add(x, -float(self.mean[c]) * scale, out=out[c]).div_(std)
+        return out
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
         """A batch (N, 1, H, W), uint8 or float in [0, 1], on any device -> float32 (N, C, H, W)."""
