@@ -107,9 +107,11 @@ class LitClassifier(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """``data.gpu_augment``: a uint8 training batch is augmented here, on the device, then every uint8 batch is
-        converted and normalised (the loader workers only resized or copied bytes)."""
+    def device_batch(self, batch):
+        """``data.gpu_augment``: a uint8 training batch, already on the device, is augmented here, then every uint8
+        batch is converted and normalised (the loader workers only resized or copied bytes). Lightning calls it
+        after moving each batch (`lungnet.data.datamodule.LungDataModule.on_after_batch_transfer`); other batches
+        pass through unchanged."""
         images = batch.get("image") if isinstance(batch, dict) else None
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
             return batch

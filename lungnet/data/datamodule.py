@@ -30,7 +30,7 @@ from lungnet.data.checks import (
     mark_label_conflicts,
     scan_files,
 )
-from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset, pixel_reader
+from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset, keep_large_buffers, pixel_reader
 from lungnet.data.sources import DataError, Source, create_source
 from lungnet.data.splits import ExpectedSplits, assign_splits, patients_from_names, write_splits
 from lungnet.data.transforms import Normalize, build_transform
@@ -281,7 +281,14 @@ class LungDataModule(pl.LightningDataModule):
             persistent_workers=bool(self.cfg["persistent_workers"]) and workers > 0,
             generator=gen,
             drop_last=drop_last,
+            worker_init_fn=keep_large_buffers if workers > 0 else None,
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Batches on the device go through the module's ``device_batch`` (``data.gpu_augment``: augmentation and
+        normalisation of uint8 batches on the accelerator, `lungnet.module.LitClassifier.device_batch`)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return module.device_batch(batch) if hasattr(module, "device_batch") else batch
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()

@@ -9,6 +9,7 @@ sees exactly the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +42,20 @@ def seed_transform(transform: A.BaseCompose | A.BasicTransform, seed: int) -> No
         transform.set_random_seed(seed)
     for i, child in enumerate(children):
         seed_transform(child, derive_seed(seed, i + 1))
+
+
+def keep_large_buffers(worker_id: int | None = None) -> None:
+    """Lets glibc reuse freed image-sized buffers instead of returning them to the system (a DataLoader
+    ``worker_init_fn``). By default every buffer above 32 MB and, after trimming, many smaller ones come from fresh
+    ``mmap`` pages, and touching them again costs a page fault per 4 KB: half the time of normalising a 1024 px
+    image into three float channels. Does nothing where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD: blocks below 256 MB come from the heap
+        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: keep up to 512 MB of freed heap for reuse
 
 
 def pixel_reader(verified: bool) -> Callable[[str], np.ndarray]:

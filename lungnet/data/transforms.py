@@ -99,12 +99,13 @@ class Normalize:
         self.in_chans = in_chans
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.array(image, dtype=np.float32, copy=image.dtype != np.float32 or None))
-        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        image = np.ascontiguousarray(image)
+        x = torch.from_numpy(image if image.flags.writeable else image.copy())  # torch refuses read-only arrays
+        scale = 255.0 if x.dtype == torch.uint8 else 1.0
         out = torch.empty((self.in_chans, *x.shape), dtype=torch.float32)
-        for c in range(self.in_chans):  # out = x / (scale std) - mean / std: one pass per channel
+        for c in range(self.in_chans):  # x / (scale std) - mean / std, converted while copied: no float copy of x
             std = float(self.std[c]) * scale
-            torch.add(x, -float(self.mean[c]) * scale, out=out[c]).div_(std)
+            out[c].copy_(x).mul_(1.0 / std).add_(-float(self.mean[c]) / float(self.std[c]))
         return out
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:

@@ -360,7 +360,7 @@ def test_gpu_augment_trains_on_uint8_batches_augmented_in_the_module(tiny_folder
     assert seen and all(x.dtype == torch.float32 and x.shape[1:] == (1, 32, 32) for x in seen)
     raw = torch.stack([dm.datasets["train"][(0, i)]["image"] for i in range(4)])
     module.train()
-    augmented = module.on_after_batch_transfer({"image": raw}, 0)["image"]
+    augmented = module.device_batch({"image": raw})["image"]
     assert not torch.allclose(augmented, module.normalize.batch(raw))  # augmented on the batch
     module.eval()
-    torch.testing.assert_close(module.on_after_batch_transfer({"image": raw}, 0)["image"], module.normalize.batch(raw))
+    torch.testing.assert_close(module.device_batch({"image": raw})["image"], module.normalize.batch(raw))
