@@ -182,7 +182,8 @@ class LungDataModule(pl.LightningDataModule):
         downsample = None if store else self.cfg["downsample_to"]
         on_device = train and bool(self.cfg["gpu_augment"])  # augmented and normalised in LitClassifier
         steps = self.augment if train and not on_device else None
-        transform = build_transform(self.image_size, steps, self.cfg["resize"], downsample)
+        sized = store and self.prepared_size == self.image_size
+        transform = build_transform(self.image_size, steps, self.cfg["resize"], downsample, sized=sized)
         normalize = None if on_device else Normalize(self.spec.mean, self.spec.std, self.spec.in_chans)
         pipeline = SeededPipeline(transform, normalize)
         if not store:

@@ -39,7 +39,11 @@ def _resize_ops(size: int, resize: str, area: bool = False) -> list:
 
 
 def build_transform(
-    image_size: int, steps: Sequence | None = None, resize: str = "squash", downsample_to: int | None = None
+    image_size: int,
+    steps: Sequence | None = None,
+    resize: str = "squash",
+    downsample_to: int | None = None,
+    sized: bool = False,
 ) -> A.Compose:
     """Resize to ``image_size`` then apply the configured augmentation steps.
 
@@ -53,12 +57,13 @@ def build_transform(
             a model cannot tell the sources apart by sharpness (area interpolation when shrinking, as image
             libraries downsample, bilinear when enlarging a smaller image; a 256 px NIH image reduced so
             differs from the 64 px release by ~0.1 % of the range on average). None: off.
+        sized: the images are already ``image_size`` square (the prepared store at the input size): no resizing.
 
     Returns:
-        An albumentations pipeline taking ``image=`` a float32 (H, W, 1) array in [0, 1].
+        An albumentations pipeline taking ``image=`` a uint8 (H, W, 1) array or a float32 one in [0, 1].
     """
-    ops = _resize_ops(int(downsample_to), resize, area=True) if downsample_to else []
-    ops += _resize_ops(image_size, resize)
+    ops = _resize_ops(int(downsample_to), resize, area=True) if downsample_to and not sized else []
+    ops += [] if sized else _resize_ops(image_size, resize)
     for step in steps or []:
         ops.append(instantiate(step) if isinstance(step, dict) or hasattr(step, "keys") else step)
     return A.Compose(ops)
