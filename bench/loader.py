@@ -82,7 +82,7 @@ def dataset(mode: str, paths: list[Path], args, cache_dir: Path):
         "image_size": args.image_size,
         "cache": mode != "direct",
         "cache_dir": str(cache_dir),
-        "num_workers": args.workers,
+        "num_workers": max(args.workers, 0),
         "gpu_augment": mode == "store_gpu",
     }
     augment = yaml.safe_load((ROOT / "conf" / "augment" / f"{args.augment}.yaml").read_text())["train"]
@@ -122,6 +122,8 @@ def measure(mode: str, paths: list[Path], args, cache_dir: Path) -> dict:
     cpu = time.process_time() - c0
     one_core = {"cpu_ms_per_image": 1000 * cpu / len(keys), "images_per_cpu_s": len(keys) / cpu}
     one_core["wall_images_per_s_0_workers"] = len(keys) / (time.perf_counter() - t0)
+    if args.workers < 0:  # in-process figures only
+        return {"mode": mode, "image_size": args.image_size, **built, **one_core}
     sampler = EpochSampler(len(ds), seed=0)
     loader = torch.utils.data.DataLoader(
         ds,
@@ -152,7 +154,7 @@ def main() -> None:
     parser.add_argument("--source-size", type=int, default=1024, help="side of the generated PNGs")
     parser.add_argument("--image-size", type=int, default=224, help="model input size")
     parser.add_argument("--augment", default="xray", help="conf/augment/<name>.yaml")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers; -1: in-process figures only")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--modes", nargs="+", default=["direct", "store", "store_gpu"])
     parser.add_argument("--set-dir", default="/tmp/lungnet-bench-loader")

@@ -70,7 +70,7 @@ class PreparedReader:
 
     def __call__(self, path: str) -> np.ndarray:
         if self._array is None:
-            self._array = np.load(self.array_path, mmap_mode="r")
+            self._array = np.load(self.array_path, mmap_mode="r").view(np.ndarray)  # no np.memmap per row
         return np.array(self._array[self.index[path]])  # a copy: the pipeline may write into it
 
 

@@ -102,15 +102,15 @@ class Normalize:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.in_chans = in_chans
+        self.pairs = [(float(m), float(s)) for m, s in zip(mean, std, strict=True)]
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         image = np.ascontiguousarray(image)
         x = torch.from_numpy(image if image.flags.writeable else image.copy())  # torch refuses read-only arrays
         scale = 255.0 if x.dtype == torch.uint8 else 1.0
         out = torch.empty((self.in_chans, *x.shape), dtype=torch.float32)
-        for c in range(self.in_chans):  # x / (scale std) - mean / std, converted while copied: no float copy of x
-            std = float(self.std[c]) * scale
-            out[c].copy_(x).mul_(1.0 / std).add_(-float(self.mean[c]) / float(self.std[c]))
+        for c, (mean, std) in enumerate(self.pairs):  # x / (scale std) - mean / std, converted while copied
+            out[c].copy_(x).mul_(1.0 / (std * scale)).add_(-mean / std)
         return out
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
