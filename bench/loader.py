@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -36,10 +36,8 @@ import pandas as pd
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-
-from throughput import tree_cpu_seconds  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # conf/ and ../shared; lungnet comes from PYTHONPATH or the install
+TICK = os.sysconf("SC_CLK_TCK")
 
 import lungnet.data.dataset as dataset_module  # noqa: E402
 from lungnet.data.datamodule import LungDataModule  # noqa: E402
@@ -48,6 +46,29 @@ from lungnet.data.images import read_image  # noqa: E402
 from lungnet.models.specs import ModelSpec  # noqa: E402
 
 log = logging.getLogger("bench.loader")
+
+
+def tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its live descendants (loader workers), from /proc (Linux).
+
+    (As in bench/throughput.py, which is not imported: it puts this checkout first on sys.path, and the "before"
+    figures must come from the checkout PYTHONPATH names.)"""
+    stats = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK)
+    total, todo = 0.0, [os.getpid()]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        todo += [c for c, (ppid, _) in stats.items() if ppid == p]
+    return total
+
+
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -123,7 +144,7 @@ def measure(mode: str, paths: list[Path], args, cache_dir: Path) -> dict:
     one_core = {"cpu_ms_per_image": 1000 * cpu / len(keys), "images_per_cpu_s": len(keys) / cpu}
     one_core["wall_images_per_s_0_workers"] = len(keys) / (time.perf_counter() - t0)
     if args.workers < 0:  # in-process figures only
-        return {"mode": mode, "image_size": args.image_size, **built, **one_core}
+        return {"lungnet": str(Path(dataset_module.__file__).parent.parent), "mode": mode, **built, **one_core}
     sampler = EpochSampler(len(ds), seed=0)
     loader = torch.utils.data.DataLoader(
         ds,

@@ -62,8 +62,10 @@ def build_transform(
     Returns:
         An albumentations pipeline taking ``image=`` a uint8 (H, W, 1) array or a float32 one in [0, 1].
     """
-    ops = _resize_ops(int(downsample_to), resize, area=True) if downsample_to and not sized else []
-    ops += [] if sized else _resize_ops(image_size, resize)
+    ops = _resize_ops(int(downsample_to), resize, area=True) if downsample_to else []
+    ops += _resize_ops(image_size, resize)
+    if sized:  # placeholders keep each augmentation step at its index, so it draws from the same seed
+        ops = [A.NoOp() for _ in ops]
     for step in steps or []:
         ops.append(instantiate(step) if isinstance(step, dict) or hasattr(step, "keys") else step)
     return A.Compose(ops)
