@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
+# training runs build prepared stores by default (data.cache: null): in a folder of this session, not ~/.cache
+os.environ.setdefault("LUNGNET_CACHE_DIR", tempfile.mkdtemp(prefix="lungnet-test-stores-"))
 
 import lungnet  # noqa: E402, F401 - registers the structured configs (lungnet.schema) that conf/*.yaml build on
 
