@@ -159,7 +159,9 @@ def measure(mode: str, paths: list[Path], args, cache_dir: Path) -> dict:
     seen = sum(len(b["image"]) for b in loader)
     wall, cpu = time.perf_counter() - t0, tree_cpu_seconds() - c0
     out = {
+        "lungnet": str(Path(dataset_module.__file__).parent.parent),
         "mode": mode,
+        "image_size": args.image_size,
         **built,
         **one_core,
         "loader_images_per_s": seen / wall,
