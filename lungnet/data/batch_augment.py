@@ -135,7 +135,7 @@ class BatchAugment:
             name = str(dict(step).get("_target_", "")).rsplit(".", 1)[-1]
             if name not in STEPS:
                 raise ConfigError(
-                    f"augment.train: {name or step!r} has no batch version for data.gpu_augment=true "
+                    f"augment.train: {name or repr(step)} has no batch version for data.gpu_augment=true "
                     f"(supported: {', '.join(STEPS)}); set data.gpu_augment=false or drop the step"
                 )
             parsed.append((name, {k: v for k, v in dict(step).items() if k != "_target_"}))
