@@ -14,7 +14,7 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
 # training runs build prepared stores by default (data.cache: null): in a folder of this session, not ~/.cache
-os.environ.setdefault("LUNGNET_CACHE_DIR", tempfile.mkdtemp(prefix="lungnet-test-stores-"))
+os.environ.setdefault("LUNGNET_CACHE_DIR", os.path.join(tempfile.mkdtemp(prefix="lungnet-test-"), "lungnet", "images"))
 
 import lungnet  # noqa: E402, F401 - registers the structured configs (lungnet.schema) that conf/*.yaml build on
 
