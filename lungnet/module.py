@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from timm.data import Mixup
 
+from lungnet.data.batch_augment import BatchAugment
+from lungnet.data.transforms import Normalize
 from lungnet.errors import ConfigError
 from lungnet.metrics import mask_targets, metric_collection
 from lungnet.models.registry import create_model
@@ -73,6 +75,11 @@ class LitClassifier(pl.LightningModule):
         self.channels_last = False  # `use_channels_last`
         self.plateau_monitor = "val/loss"  # training sets train/loss_epoch when the data has no val split
         self.mixer = build_mixer(mixup, len(labels), multilabel)
+        self.normalize = Normalize(self.spec.mean, self.spec.std, self.spec.in_chans)
+        extra = dict(extra or {})
+        on_device = bool((data or {}).get("gpu_augment"))
+        steps = dict(extra.get("augment") or {}).get("train")
+        self.batch_augment = BatchAugment.from_steps(steps, int(extra.get("seed", 0))) if on_device else None
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         metrics = metric_collection(len(labels), multilabel)
@@ -99,6 +106,18 @@ class LitClassifier(pl.LightningModule):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
+
+    def device_batch(self, batch):
+        """``data.gpu_augment``: a uint8 training batch, already on the device, is augmented here, then every uint8
+        batch is converted and normalised (the loader workers only resized or copied bytes). Lightning calls it
+        after moving each batch (`lungnet.data.datamodule.LungDataModule.on_after_batch_transfer`); other batches
+        pass through unchanged."""
+        images = batch.get("image") if isinstance(batch, dict) else None
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+            return batch
+        if self.training and self.batch_augment is not None:
+            images = self.batch_augment(images, step=self.global_step)
+        return {**batch, "image": self.normalize.batch(images)}
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid for multi-label, softmax otherwise (`lungnet.preprocessing.logits_to_probs`)."""

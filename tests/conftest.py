@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,11 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
+# training runs build prepared stores by default (data.cache: null): in a folder of this session, not ~/.cache
+_CACHE = tempfile.mkdtemp(prefix="lungnet-test-")
+os.environ.setdefault("LUNGNET_CACHE_DIR", os.path.join(_CACHE, "lungnet", "images"))
+# data set manifests too: never beside a shared data root (../shared/data may be writable on a CI machine)
+os.environ.setdefault("LUNGNET_MANIFEST_DIR", os.path.join(_CACHE, "lungnet", "manifests"))
 
 import lungnet  # noqa: E402, F401 - registers the structured configs (lungnet.schema) that conf/*.yaml build on
 

@@ -62,4 +62,3 @@ def test_unfinished_runs_in_a_directory_of_runs_are_skipped_and_named(tmp_path, 
     message = no_run_message(killed[0], [killed[0]])
     assert "without any finished training run (1 unfinished" in message and "name its checkpoint file" in message
     assert "without any training run" in no_run_message(tmp_path / "empty", [])
-

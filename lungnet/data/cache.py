@@ -1,11 +1,17 @@
-"""Decode-once preprocessing cache: images decoded and resized to the training size, stored as uint8.
+"""The prepared store: every image decoded once, resized to the working resolution and kept as uint8 on disk.
 
-Decoding full-size X-rays every epoch starves the GPU. The cache decodes and resizes each image once
-(with the same resize the pipeline uses), stores all of a split as one memory-mappable ``.npy``
-array plus an index, and hands the Dataset a reader that returns the cached pixels. Augmentation
-still runs per epoch on top. The cache key is a hash of every file's content hash and the
-preprocessing (size, resize mode, cache format version): change a file or the size and a new
-cache is built; an unchanged data set reuses it across runs.
+Decoding a full-size X-ray costs far more than everything done to it afterwards at the training size (a 1024 px
+PNG: ~8 ms to decode, ~1 ms to resize and augment at 224 px on uint8). The store decodes each image once, applies
+the pipeline's own resize (``data.downsample_to`` first where set, then ``data.resize`` to ``data.prepared_size``,
+the model's input size unless set: squash, letterbox-pad keeping the aspect ratio, or centre crop, exactly as the
+direct path does) and keeps all of a split as one memory-mapped ``.npy`` array (N, S, S) of uint8 plus an index.
+A DataLoader worker then copies bytes: no decoding, no float conversion before augmentation
+(`lungnet.data.dataset.SeededPipeline` augments on uint8 and normalises last).
+
+The store is found again by a key over the preprocessing (format version, side, resize, downsample_to) and the
+list of files; the index records each file's size and modification time, and a store whose files changed since
+(or whose index or array do not look like one this module wrote) is rebuilt. Nothing here needs the files'
+content hashes, so it does not depend on the data checks.
 """
 
 from __future__ import annotations
@@ -21,25 +27,33 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from lungnet.data.images import read_image
-from lungnet.data.transforms import build_transform
+from lungnet.data.images import ImageReadError, native_size, read_image
+from lungnet.data.transforms import build_transform, unit_range
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+STORE_VERSION = 2  # 1: the float-returning cache keyed by content hashes
 
 
-def cache_key(hashes: Sequence[str], image_size: int, resize: str, downsample_to: int | None = None) -> str:
-    """Hash of the files' content hashes (in order) and the preprocessing."""
-    extra = f"down{int(downsample_to)}|" if downsample_to else ""  # keys of caches built without it are unchanged
-    digest = hashlib.sha256(f"v{CACHE_VERSION}|{image_size}|{resize}|{extra}".encode())
-    for h in hashes:
-        digest.update(h.encode())
+def store_key(paths: Sequence[str], side: int, resize: str, downsample_to: int | None = None) -> str:
+    """Hash of the preprocessing and the files (in order): one store per split and preprocessing."""
+    digest = hashlib.sha256(f"v{STORE_VERSION}|{int(side)}|{resize}|{int(downsample_to or 0)}|".encode())
+    for path in paths:
+        digest.update(os.fsencode(path) + b"\0")
     return digest.hexdigest()[:24]
 
 
-class CachedReader:
-    """Reads images from a cache array by path; picklable (each DataLoader worker maps the file itself).
+def file_stamp(path: str) -> list[int]:
+    """[size, mtime_ns] of a file: what says it changed since the store was built ([-1, -1]: missing)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return [-1, -1]
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+class PreparedReader:
+    """Reads prepared images by path as uint8 (S, S); picklable (each DataLoader worker maps the file itself).
 
     Args:
         array_path: the ``.npy`` file (N, S, S) uint8.
@@ -56,66 +70,95 @@ class CachedReader:
 
     def __call__(self, path: str) -> np.ndarray:
         if self._array is None:
-            self._array = np.load(self.array_path, mmap_mode="r")
-        return self._array[self.index[path]].astype(np.float32) / 255.0
+            self._array = np.load(self.array_path, mmap_mode="r").view(np.ndarray)  # no np.memmap per row
+        return np.array(self._array[self.index[path]])  # a copy: the pipeline may write into it
 
 
-def _decode(path: str, transform) -> np.ndarray:
-    out = transform(image=read_image(path)[..., None])["image"]
-    out = out[..., 0] if out.ndim == 3 else out
-    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+def prepare_image(path: str, transform) -> np.ndarray:
+    """One image decoded and resized by ``transform`` (no augmentation), as uint8 (S, S)."""
+    out = unit_range(transform(image=read_image(path, keep_uint8=True)[..., None])["image"])
+    return out if out.dtype == np.uint8 else np.rint(out * 255.0).astype(np.uint8)
 
 
-def build_cache(
+def _valid_index(index_path: Path, array_path: Path, paths: Sequence[str], side: int) -> bool:
+    """True when the index and array on disk are a store of exactly ``paths`` whose files have not changed."""
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8", errors="surrogateescape"))
+        array = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        log.warning("Prepared store %s is unreadable (%s): rebuilding", array_path, exc)
+        return False
+    files = index.get("files") if isinstance(index, dict) else None
+    if array.dtype != np.uint8 or array.shape != (len(paths), side, side) or not isinstance(files, list):
+        log.warning("Prepared store %s does not match its index: rebuilding", array_path)
+        return False
+    if [f[0] if isinstance(f, list) and f else None for f in files] != list(paths):
+        log.info("Prepared store %s lists other files: rebuilding", array_path)
+        return False
+    changed = [p for p, f in zip(paths, files, strict=True) if f[1:] != file_stamp(p)]
+    if changed:
+        log.info(
+            "Prepared store %s: %d image(s) changed since it was built (%s): rebuilding",
+            array_path,
+            len(changed),
+            changed[0],
+        )
+        return False
+    return True
+
+
+def build_store(
     paths: Sequence[str],
-    hashes: Sequence[str],
-    image_size: int,
+    side: int,
     resize: str,
     cache_dir: str | os.PathLike,
-    workers: int = 4,
+    workers: int,
     downsample_to: int | None = None,
-) -> CachedReader:
-    """Returns a reader over a cache of ``paths``, building the cache when it does not exist yet.
+) -> PreparedReader:
+    """Returns a reader over the prepared store of ``paths``, building (or rebuilding) it when needed.
 
     Args:
         paths: image files (already checked readable).
-        hashes: their content hashes (sha1), in the same order.
-        image_size: training side in pixels.
-        resize: ``squash`` or ``pad``, as in the pipeline.
-        cache_dir: where cache files live (shared between runs).
+        side: the working resolution in pixels (``data.prepared_size``, or the model's input size).
+        resize: ``squash``, ``pad`` or ``crop``, as in the pipeline.
+        cache_dir: where stores live (shared between runs).
         workers: decoding threads.
-        downsample_to: first resize to this side (`lungnet.data.transforms.build_transform`); part of the key.
+        downsample_to: first resize to this side (`lungnet.data.transforms.build_transform`).
     """
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(hashes, image_size, resize, downsample_to)
+    key = store_key(paths, side, resize, downsample_to)
     array_path, index_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if array_path.exists() and index_path.exists():
-        index = json.loads(index_path.read_text(encoding="utf-8", errors="surrogateescape"))
-        if set(index) == set(paths):
-            log.info("Using image cache %s (%d images)", array_path, len(index))
-            return CachedReader(array_path, index)
-        log.info("Image cache %s lists other files: rebuilding", array_path)
-    transform = build_transform(image_size, None, resize, downsample_to)
+    if array_path.exists() and index_path.exists() and _valid_index(index_path, array_path, paths, side):
+        log.info("Using prepared store %s (%d images at %d px)", array_path, len(paths), side)
+        return PreparedReader(array_path, {p: i for i, p in enumerate(paths)})
+    stamps = [file_stamp(p) for p in paths]  # taken before decoding: a file written meanwhile counts as changed
+    transform = build_transform(side, None, resize, downsample_to)
     tmp = cache_dir / f".{key}.{os.getpid()}.npy.tmp"
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), image_size, image_size))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, img in enumerate(
-            tqdm(
-                pool.map(lambda p: _decode(p, transform), paths),
-                total=len(paths),
-                desc=f"Caching images at {image_size}px",
-                unit="img",
-                leave=False,
-            )
-        ):
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), side, side))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        images = pool.map(lambda p: prepare_image(p, transform), paths)
+        for i, img in enumerate(tqdm(images, total=len(paths), desc=f"Preparing images at {side}px", leave=False)):
             array[i] = img
     array.flush()
     del array
     os.replace(tmp, array_path)
-    index = {p: i for i, p in enumerate(paths)}
+    index = {"version": STORE_VERSION, "side": side, "resize": resize, "downsample_to": downsample_to}
+    index["files"] = [[p, *s] for p, s in zip(paths, stamps, strict=True)]
     tmp_index = cache_dir / f".{key}.{os.getpid()}.json.tmp"
     tmp_index.write_text(json.dumps(index), encoding="utf-8", errors="surrogateescape")
     os.replace(tmp_index, index_path)
-    log.info("Built image cache %s (%d images, %.1f MB)", array_path, len(paths), array_path.stat().st_size / 1e6)
-    return CachedReader(array_path, index)
+    log.info("Built prepared store %s (%d images, %.1f MB)", array_path, len(paths), array_path.stat().st_size / 1e6)
+    return PreparedReader(array_path, {p: i for i, p in enumerate(paths)})
+
+
+def larger_than(paths: Sequence[str], side: int, sample: int = 8) -> bool:
+    """True when any of ``sample`` images spread over ``paths`` is larger than ``side`` px (read from headers): then
+    decoding costs more than copying prepared bytes, and the store pays from the second epoch on."""
+    for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int) if paths else []:
+        try:
+            if max(native_size(paths[int(i)])) > side:
+                return True
+        except ImageReadError:
+            continue  # listed by the data checks; the store builds without it only if it is readable
+    return False

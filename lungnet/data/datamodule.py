@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from lungnet.data.cache import build_cache
+from lungnet.data.cache import build_store, larger_than
 from lungnet.data.checks import (
     check_class_sizes,
     check_training_classes,
@@ -30,7 +30,7 @@ from lungnet.data.checks import (
     leakage_report,
     mark_label_conflicts,
 )
-from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset
+from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset, keep_large_buffers, pixel_reader
 from lungnet.data.manifest import manifest_path, scan_table
 from lungnet.data.near_duplicates import group_near_duplicates
 from lungnet.data.sources import DataError, Source, create_source
@@ -107,6 +107,8 @@ class LungDataModule(pl.LightningDataModule):
         self.multilabel = self.source.multilabel
         size = self.cfg["image_size"]
         self.image_size = int(spec.input_size if size is None else size)
+        self.prepared_size = int(self.cfg["prepared_size"] or self.image_size)  # the prepared store's side
+        self.owns_data = owns_data
         self.table: pd.DataFrame | None = None
         self.datasets: dict[str, XrayDataset] = {}
         self.report: dict = {}
@@ -234,19 +236,31 @@ class LungDataModule(pl.LightningDataModule):
             frame.loc[hit, "error"] = frame.loc[hit, "path"].map(errors)
         return table[table["error"] == ""].reset_index(drop=True), scanned
 
-    def make_dataset(self, rows: pd.DataFrame, train: bool) -> XrayDataset:
-        """A Dataset over ``rows`` with the training or the evaluation pipeline."""
-        # a cached image is already downsampled and resized: the pipeline's resize is then the identity
-        downsample = None if self.cfg["cache"] else self.cfg["downsample_to"]
-        transform = build_transform(self.image_size, self.augment if train else None, self.cfg["resize"], downsample)
-        normalize = Normalize(self.spec.mean, self.spec.std, self.spec.in_chans)
+    def uses_store(self, rows: pd.DataFrame, split: str) -> bool:
+        """Whether ``rows`` are read from the prepared store: ``data.cache`` true or false decides; null (auto) takes
+        it for a training run's train and val splits (read every epoch) when its images are larger than the working
+        resolution (decoding them costs more than copying the prepared bytes), never for a single pass."""
+        if self.cfg["cache"] is not None:
+            return bool(self.cfg["cache"])
+        return self.owns_data and split in ("train", "val") and larger_than(rows["path"].tolist(), self.prepared_size)
+
+    def make_dataset(self, rows: pd.DataFrame, train: bool, split: str | None = None) -> XrayDataset:
+        """A Dataset over ``rows`` with the training or the evaluation pipeline (``split``: for the store's choice)."""
+        store = self.uses_store(rows, split or ("train" if train else "test"))
+        # a prepared image is already downsampled and resized: the pipeline resizes it to the input size only
+        downsample = None if store else self.cfg["downsample_to"]
+        on_device = train and bool(self.cfg["gpu_augment"])  # augmented and normalised in LitClassifier
+        steps = self.augment if train and not on_device else None
+        sized = store and self.prepared_size == self.image_size
+        transform = build_transform(self.image_size, steps, self.cfg["resize"], downsample, sized=sized)
+        normalize = None if on_device else Normalize(self.spec.mean, self.spec.std, self.spec.in_chans)
         pipeline = SeededPipeline(transform, normalize)
-        if not self.cfg["cache"]:
-            return XrayDataset(rows, self.labels, self.multilabel, pipeline, seed=self.seed)
-        reader = build_cache(
+        if not store:
+            reader = pixel_reader(verified=self.owns_data and bool(self.cfg["verify"]))  # decoded by the checks
+            return XrayDataset(rows, self.labels, self.multilabel, pipeline, reader=reader, seed=self.seed)
+        reader = build_store(
             rows["path"].tolist(),
-            rows["sha1"].tolist(),
-            self.image_size,
+            self.prepared_size,
             self.cfg["resize"],
             self.cfg["cache_dir"],
             workers=max(1, int(self.cfg["num_workers"])),
@@ -261,7 +275,7 @@ class LungDataModule(pl.LightningDataModule):
         for split in ("train", "val", "test"):
             rows = self.table[self.table["split"] == split]
             if len(rows):
-                self.datasets[split] = self.make_dataset(rows, train=split == "train")
+                self.datasets[split] = self.make_dataset(rows, train=split == "train", split=split)
         if self.cfg["intensity_check"]:
             self.check_intensity()
 
@@ -270,6 +284,8 @@ class LungDataModule(pl.LightningDataModule):
         ds = self.datasets.get("val") or self.datasets["train"]
         idx = np.linspace(0, len(ds) - 1, min(n, len(ds))).astype(int)
         x = torch.stack([ds[int(i)]["image"] for i in idx])
+        if x.dtype == torch.uint8:  # data.gpu_augment: normalised on the accelerator
+            x = Normalize(self.spec.mean, self.spec.std, self.spec.in_chans).batch(x)
         stats = {"mean": float(x.mean()), "std": float(x.std())}
         if abs(stats["mean"]) > 2.0 or not 0.1 < stats["std"] < 5.0:
             log.warning(
@@ -335,7 +351,14 @@ class LungDataModule(pl.LightningDataModule):
             persistent_workers=bool(self.cfg["persistent_workers"]) and workers > 0,
             generator=gen,
             drop_last=drop_last,
+            worker_init_fn=keep_large_buffers if workers > 0 else None,
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Batches on the device go through the module's ``device_batch`` (``data.gpu_augment``: augmentation and
+        normalisation of uint8 batches on the accelerator, `lungnet.module.LitClassifier.device_batch`)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return module.device_batch(batch) if hasattr(module, "device_batch") else batch
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 MIN_SIDE = 8
 MAX_PIXELS = 64_000_000  # larger headers are treated as decompression bombs
+ORIENTATION = 0x0112  # the EXIF tag exif_transpose reads
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 _OPEN_LOCK = threading.Lock()  # warnings filters are process-global: one header parse at a time
 
@@ -216,15 +217,18 @@ def _open(path: Path) -> Image.Image:
     return img
 
 
-def _read_pil(path: Path) -> np.ndarray:
+def _read_pil(path: Path, keep_uint8: bool = False, verified: bool = False) -> np.ndarray:
     try:
         with _open(path) as img:
             img.load()
-            short = short_pixel_data(path) if img.format == "PNG" else ""  # Pillow keeps the missing rows black
+            # Pillow keeps the missing rows of a short PNG black
+            short = short_pixel_data(path) if img.format == "PNG" and not verified else ""
             if short:
                 raise ImageReadError(path, short)
-            arr = _pil_to_gray(ImageOps.exif_transpose(img))
-        if arr.dtype == np.uint8:  # scaled here, after the decoded image was released
+            if img.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies the image even when it is upright
+                img = ImageOps.exif_transpose(img)
+            arr = _pil_to_gray(img)
+        if arr.dtype == np.uint8 and not keep_uint8:  # scaled here, after the decoded image was released
             arr = arr.astype(np.float32)
             arr /= 255.0
         return arr
@@ -242,7 +246,7 @@ def _read_pil(path: Path) -> np.ndarray:
         raise ImageReadError(path, f"corrupt image ({type(exc).__name__}: {exc})") from exc
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, keep_uint8: bool = False, verified: bool = False) -> np.ndarray:
     """Reads one image file as grayscale.
 
     The file's content decides the format, not its suffix (a JPEG named ``.png`` reads fine).
@@ -253,9 +257,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     Args:
         path: the image file.
+        keep_uint8: an 8-bit image (PNG, JPEG, ...) comes back as its uint8 grey levels (0-255), unscaled: resizing
+            and augmenting 8-bit pixels is several times cheaper than float32 (`lungnet.data.transforms`). Other
+            images (16-bit, DICOM) are float32 in [0, 1] either way.
+        verified: the file was read whole by this function before (the data checks at setup): the second pass over
+            a PNG's compressed data that finds missing rows is skipped.
 
     Returns:
-        A float32 array of shape (H, W) with values in [0, 1].
+        A float32 array of shape (H, W) with values in [0, 1], or with ``keep_uint8`` a uint8 (H, W) array.
 
     Raises:
         ImageReadError: the file is missing, unreadable, empty, not an image, corrupt, truncated, too
@@ -271,11 +280,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(path, "not a regular file")
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
-    arr = _read_dicom(path) if is_dicom(path) else _read_pil(path)
+    arr = _read_dicom(path) if is_dicom(path) else _read_pil(path, keep_uint8, verified)
     if arr.ndim != 2:
         raise ImageReadError(path, f"unexpected pixel array shape {arr.shape}")
     if min(arr.shape) < MIN_SIDE:
         raise ImageReadError(path, f"image is {arr.shape[1]}x{arr.shape[0]} px, below the {MIN_SIDE} px minimum")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
     if not np.isfinite(arr).all():
         raise ImageReadError(path, "pixel data holds NaN or infinite values")
     return np.ascontiguousarray(arr, dtype=np.float32)

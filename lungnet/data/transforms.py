@@ -39,7 +39,11 @@ def _resize_ops(size: int, resize: str, area: bool = False) -> list:
 
 
 def build_transform(
-    image_size: int, steps: Sequence | None = None, resize: str = "squash", downsample_to: int | None = None
+    image_size: int,
+    steps: Sequence | None = None,
+    resize: str = "squash",
+    downsample_to: int | None = None,
+    sized: bool = False,
 ) -> A.Compose:
     """Resize to ``image_size`` then apply the configured augmentation steps.
 
@@ -53,12 +57,15 @@ def build_transform(
             a model cannot tell the sources apart by sharpness (area interpolation when shrinking, as image
             libraries downsample, bilinear when enlarging a smaller image; a 256 px NIH image reduced so
             differs from the 64 px release by ~0.1 % of the range on average). None: off.
+        sized: the images are already ``image_size`` square (the prepared store at the input size): no resizing.
 
     Returns:
-        An albumentations pipeline taking ``image=`` a float32 (H, W, 1) array in [0, 1].
+        An albumentations pipeline taking ``image=`` a uint8 (H, W, 1) array or a float32 one in [0, 1].
     """
     ops = _resize_ops(int(downsample_to), resize, area=True) if downsample_to else []
     ops += _resize_ops(image_size, resize)
+    if sized:  # placeholders keep each augmentation step at its index, so it draws from the same seed
+        ops = [A.NoOp() for _ in ops]
     for step in steps or []:
         ops.append(instantiate(step) if isinstance(step, dict) or hasattr(step, "keys") else step)
     return A.Compose(ops)
@@ -79,7 +86,10 @@ def fit_within(image: np.ndarray, max_side: int | None) -> np.ndarray:
 
 
 class Normalize:
-    """float (H, W) in [0, 1] -> tensor (C, H, W) standardised with the model's mean/std.
+    """Image (H, W) -> tensor (C, H, W) standardised with the model's mean/std: the last step, after resizing and
+    augmenting (on uint8 where the image is 8-bit: several times cheaper than float32 at the same size).
+
+    A float image is in [0, 1]; a uint8 image is its grey levels 0-255 (scaled by 1/255 in the same step).
 
     Args:
         mean: per-channel means of the model's pretraining (length 3 or 1).
@@ -94,18 +104,34 @@ class Normalize:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.in_chans = in_chans
+        self.pairs = [(float(m), float(s)) for m, s in zip(mean, std, strict=True)]
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        x = x.unsqueeze(0).expand(self.in_chans, -1, -1)
-        return (x - self.mean) / self.std
+        image = np.ascontiguousarray(image)
+        x = torch.from_numpy(image if image.flags.writeable else image.copy())  # torch refuses read-only arrays
+        scale = 255.0 if x.dtype == torch.uint8 else 1.0
+        out = torch.empty((self.in_chans, *x.shape), dtype=torch.float32)
+        for c, (mean, std) in enumerate(self.pairs):  # x / (scale std) - mean / std, converted while copied
+            out[c].copy_(x).mul_(1.0 / (std * scale)).add_(-mean / std)
+        return out
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch (N, 1, H, W), uint8 or float in [0, 1], on any device -> float32 (N, C, H, W)."""
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        scale = 255.0 if x.dtype == torch.uint8 else 1.0
+        return (x.float() - mean.view(1, -1, 1, 1) * scale) / (std.view(1, -1, 1, 1) * scale)
+
+
+def unit_range(out: np.ndarray) -> np.ndarray:
+    """An albumentations result (H, W[, 1]) as (H, W): uint8 as it is, float clipped to [0, 1]."""
+    out = out[..., 0] if out.ndim == 3 else out
+    return out if out.dtype == np.uint8 else np.clip(out, 0.0, 1.0)
 
 
 def make_pipeline(transform: A.Compose, normalize: Normalize) -> Callable[[np.ndarray], torch.Tensor]:
     """Chains an albumentations pipeline and `Normalize` into image (H, W) -> tensor (C, H, W)."""
 
     def run(image: np.ndarray) -> torch.Tensor:
-        out = transform(image=image[..., None])["image"]
-        return normalize(np.clip(out[..., 0] if out.ndim == 3 else out, 0.0, 1.0))
+        return normalize(unit_range(transform(image=image[..., None])["image"]))
 
     return run

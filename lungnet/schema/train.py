@@ -73,8 +73,19 @@ class DataConfig(EvalDataOverrides):
     )
     near_duplicate_threshold: int = opt(12, "differing dHash bits (of 256) that still count as a near duplicate", ge=0)
     intensity_check: bool = opt(True, "warn when normalised inputs look out of range")
-    cache: bool = opt(False, "decode + resize once into a memory-mapped uint8 cache")
-    cache_dir: str = opt("${oc.env:LUNGNET_CACHE_DIR,'~/.cache/lungnet/images'}", "where data.cache=true writes")
+    cache: bool | None = opt(
+        None,
+        "the prepared store: decode + resize once to uint8 at prepared_size, memory-mapped (true); decode every "
+        "file every epoch (false); null: the store for a training run's train/val splits when the images are "
+        "larger than prepared_size",
+    )
+    cache_dir: str = opt("${oc.env:LUNGNET_CACHE_DIR,'~/.cache/lungnet/images'}", "where the prepared store is")
+    prepared_size: int | None = opt(
+        None, "working resolution (px) of the prepared store (null: the input size)", ge=8, le=MAX_IMAGE_SIZE
+    )
+    gpu_augment: bool = opt(
+        False, "training batches leave the loader as uint8; augmentation and normalisation run on the accelerator"
+    )
 
 
 @dataclass

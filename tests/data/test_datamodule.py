@@ -151,9 +151,13 @@ def test_nih_rows_contradicting_or_repeating_one_image(tiny_nih, tmp_path):
         table = LungDataModule(cfg, SPEC, run_dir=run).load_table()
         bad = pd.read_csv(run / "bad_files.csv")
         assert bad["path"].map(lambda p: Path(p).name).tolist() == ["00000001_000.png"] * 2
-        assert bad["error"].str.startswith(
-            ("label 'No Finding' (Data_Entry_2017.csv line 2)", "label 'Pneumonia' (Data_Entry_2017.csv line 32)")
-        ).all()
+        assert (
+            bad["error"]
+            .str.startswith(
+                ("label 'No Finding' (Data_Entry_2017.csv line 2)", "label 'Pneumonia' (Data_Entry_2017.csv line 32)")
+            )
+            .all()
+        )
         names = table["path"].map(lambda p: Path(p).name)
         assert "00000001_000.png" not in set(names) and (names == "00000001_001.png").sum() == 1
 
@@ -279,3 +283,84 @@ def test_a_reader_never_writes_where_its_data_config_names(tmp_path):
     trainer = LungDataModule({**cfg, "cache": False}, SPEC, owns_data=True)
     assert trainer.cfg["cache_dir"] == str(named_cache)
     assert len(trainer.source.scan()) == 8 and (root / "manifest.json").is_file()
+
+
+XRAY = [
+    {"_target_": "albumentations.Affine", "scale": [0.9, 1.1], "rotate": [-10, 10], "border_mode": 0, "p": 0.8},
+    {"_target_": "albumentations.RandomBrightnessContrast", "brightness_limit": 0.15, "contrast_limit": 0.15},
+    {"_target_": "albumentations.GaussNoise", "std_range": [0.01, 0.03], "p": 0.5},
+]
+
+
+def test_prepared_store_and_direct_path_give_the_same_training_items(tiny_folder, tmp_path):
+    """Same shape, dtype, normalisation and augmentation whether the images come from the files or the store."""
+    items = {}
+    for cache in (False, True):
+        cfg = _cfg("pneumonia", tiny_folder, carve_val=False, cache=cache, cache_dir=str(tmp_path / "store"))
+        dm = LungDataModule(cfg, SPEC, seed=0, augment=XRAY, run_dir=tmp_path / f"run{cache}", owns_data=True)
+        dm.setup()
+        assert dm.uses_store(dm.datasets["train"].table, "train") is cache
+        items[cache] = torch.stack([dm.datasets["train"][(3, i)]["image"] for i in range(4)])
+    assert list((tmp_path / "store").glob("*.npy"))
+    assert items[True].dtype == items[False].dtype == torch.float32 and items[True].shape == (4, 1, 32, 32)
+    torch.testing.assert_close(items[True], items[False], atol=1.01 / 255 / 0.25, rtol=0)
+    assert -2.5 < float(items[True].mean()) < 2.5  # (x / 255 - 0.5) / 0.25, as the float path normalised
+
+
+def test_the_store_is_the_default_only_where_it_pays(tiny_folder, tmp_path):
+    """data.cache=null: the store for a training run's train/val when the images are larger than the working size."""
+    cfg = _cfg("pneumonia", tiny_folder, carve_val=False, cache_dir=str(tmp_path / "s"))
+    rows = pd.DataFrame({"path": [str(next((tiny_folder / "train" / "NORMAL").glob("*.png")))]})
+    training = LungDataModule(cfg, SPEC, owns_data=True)
+    assert training.cfg["cache"] is None and training.prepared_size == 32
+    assert not training.uses_store(rows, "train")  # 32 px files at 32 px: nothing to gain
+    small = LungDataModule({**cfg, "prepared_size": 16}, SPEC, owns_data=True)
+    assert small.uses_store(rows, "train") and small.uses_store(rows, "val") and not small.uses_store(rows, "test")
+    assert not LungDataModule({**cfg, "prepared_size": 16}, SPEC).uses_store(rows, "train")  # a one-pass reader
+    assert not LungDataModule({**cfg, "prepared_size": 16, "cache": False}, SPEC, owns_data=True).uses_store(
+        rows, "train"
+    )
+
+
+def test_gpu_augment_trains_on_uint8_batches_augmented_in_the_module(tiny_folder, tmp_path):
+    """data.gpu_augment=true: the loader hands over uint8 bytes, LitClassifier augments and normalises them."""
+    import pytorch_lightning as pl
+
+    from lungnet.module import LitClassifier
+
+    cfg = _cfg("pneumonia", tiny_folder, carve_val=False, cache=True, gpu_augment=True, cache_dir=str(tmp_path))
+    dm = LungDataModule({**cfg, "num_workers": 0}, SPEC, seed=0, augment=XRAY, owns_data=True)
+    dm.setup()
+    assert dm.datasets["train"][(0, 0)]["image"].dtype == torch.uint8
+    assert dm.datasets["val"][0]["image"].dtype == torch.float32  # evaluation batches are normalised as before
+    module = LitClassifier(
+        {"name": "simple_cnn", "in_chans": 1, "image_size": 32},
+        dm.labels,
+        optimizer={"_target_": "torch.optim.SGD", "lr": 0.01},
+        data=dm.cfg,
+        extra={"seed": 0, "augment": {"train": XRAY}},
+    )
+    seen, step = [], module.training_step
+
+    def training_step(batch, batch_idx):
+        seen.append(batch["image"])
+        return step(batch, batch_idx)
+
+    module.training_step = training_step
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, datamodule=dm)
+    assert seen and all(x.dtype == torch.float32 and x.shape[1:] == (1, 32, 32) for x in seen)
+    raw = torch.stack([dm.datasets["train"][(0, i)]["image"] for i in range(4)])
+    module.train()
+    augmented = module.device_batch({"image": raw})["image"]
+    assert not torch.allclose(augmented, module.normalize.batch(raw))  # augmented on the batch
+    module.eval()
+    torch.testing.assert_close(module.device_batch({"image": raw})["image"], module.normalize.batch(raw))
