@@ -141,6 +141,7 @@ class DecisionRecord:
         abstain_below: abstain when the calibrated confidence is below this (None: off).
         abstain_ambiguous: abstain when the prediction set holds more than one answer (an empty set does not refer).
         ood: the OOD gate (an ensemble's: `AnyMemberGate`), or None.
+        ood_fit_n: the training images the gate was fitted on (a seeded sample of at most ``ood.fit_max``), or None.
         summary: model-card summary (model, training data, validation metrics) for the app.
     """
 
@@ -159,6 +160,7 @@ class DecisionRecord:
     abstain_below: float | None = None
     abstain_ambiguous: bool = True
     ood: OodGate | ImageGate | AnyMemberGate | None = None
+    ood_fit_n: int | None = None
     summary: dict = field(default_factory=dict)
 
     @property

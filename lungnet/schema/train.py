@@ -165,6 +165,18 @@ class PrecisionAutoConfig:
 
 
 @dataclass
+class OodFitConfig:
+    """``ood.*``: the OOD gate training fits after its last epoch (and ``evaluate.py split=val`` when it refits): on
+    the features of a seeded sample of the training split, thresholded on val (`lungnet.evaluation.decisions`)."""
+
+    quantile: float | None = opt(None, "threshold at this quantile of val scores (null: lungnet.ood: 0.95)", gt=0, lt=1)
+    dims: int | None = opt(None, "principal axes of the shared covariance (null: lungnet.ood's 64)", ge=1)
+    fit_max: int = opt(
+        20000, "fit on a seeded sample of at most this many training images (the decision file records how many)", ge=1
+    )
+
+
+@dataclass
 class TrainConfig:
     """``train.yaml``: the groups (typed loosely: Lightning, torch and albumentations check their own arguments)
     and lungnet's training options."""
@@ -202,6 +214,7 @@ class TrainConfig:
     progressive_resize: ProgressiveResizeConfig = opt(factory=ProgressiveResizeConfig)
     mixup: MixupConfig = opt(factory=MixupConfig)
     precision_auto: PrecisionAutoConfig = opt(factory=PrecisionAutoConfig)
+    ood: OodFitConfig = opt(factory=OodFitConfig)
     optimized_metric: str = opt("val/auroc_macro", "the value train.py returns to a sweeper (metrics.json val/<key>)")
 
 
