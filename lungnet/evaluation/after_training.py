@@ -14,13 +14,14 @@ one progress bar (`PostTraining`; ``trainer.enable_progress_bar=false`` leaves t
    reads it) and ``<ckpt stem>.decision.json``: the decision file ``evaluate.py ckpt=<ckpt> split=val`` writes
    (with the validation summary the app shows), so ``predict.py`` and the app need no evaluation first.
 
-Settings are the evaluation's defaults (`lungnet.schema.EvaluateConfig`) with training's ``ood.*``; no figures,
-report, explanations, audit or subgroups (``evaluate.py`` writes those).
+Settings are the evaluation's defaults (`lungnet.schema.EvaluateConfig`) with training's ``ood.*`` and
+``bootstrap.*``; no figures, report, explanations, audit or subgroups (``evaluate.py`` writes those).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +57,7 @@ class PostTraining:
     def __init__(self, steps: Sequence[str], enabled: bool) -> None:
         self.steps = list(steps)
         self.bar = tqdm(total=len(self.steps), desc="After training", unit="step", disable=not enabled, leave=True)
+        self.seconds: dict[str, float] = {}
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -63,22 +65,27 @@ class PostTraining:
         position = self.steps.index(name) + 1
         self.bar.set_description(f"After training [{position}/{len(self.steps)}]: {name}")
         log.info("After training, step %d of %d: %s", position, len(self.steps), name)
+        start = time.perf_counter()
         yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
         self.bar.update(1)
 
     def close(self) -> None:
-        """Ends the bar."""
+        """Ends the bar and logs how long each step took."""
         self.bar.set_description("After training: done")
         self.bar.close()
+        each = ", ".join(f"{name} {sec:.1f} s" for name, sec in self.seconds.items())
+        log.info("After training: %.1f s (%s)", sum(self.seconds.values()), each)
 
 
 def evaluation_config(cfg: DictConfig, ckpt: Path) -> DictConfig:
-    """The config of ``evaluate.py ckpt=<ckpt> split=val``: the schema's defaults, training's ``ood.*``, and nothing
-    drawn (no figures, explanations, audit or subgroups)."""
+    """The config of ``evaluate.py ckpt=<ckpt> split=val``: the schema's defaults, training's ``ood.*`` and
+    ``bootstrap.*``, and nothing drawn (no figures, explanations, audit or subgroups)."""
     settings = {
         "ckpt": str(ckpt),
         "split": "val",
         "ood": OmegaConf.to_container(cfg.ood, resolve=True),
+        "bootstrap": OmegaConf.to_container(cfg.bootstrap, resolve=True),
         "report": {"figures": False, "html": False},
         "audit": {"enabled": False},
         "subgroups": {"enabled": False},
@@ -98,7 +105,7 @@ def finish_training(cfg: DictConfig, ckpt: Path, dm: LungDataModule, run_dir: Pa
     """Scores the selected checkpoint on val and test and leaves it ready for ``predict.py`` and the app.
 
     Args:
-        cfg: the train config (its ``ood.*`` settings).
+        cfg: the train config (its ``ood.*`` and ``bootstrap.*`` settings).
         ckpt: the selected checkpoint.
         dm: training's data module (its splits; the loaders use ``data.num_workers`` workers).
         run_dir: the run directory.

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lungnet.schema.fields import AuditSource, Device, Overlap, Precision, Runtime, opt
-from lungnet.schema.train import EvalDataOverrides, OodFitConfig, PathsConfig
+from lungnet.schema.train import BootstrapConfig, EvalDataOverrides, OodFitConfig, PathsConfig
 
 
 @dataclass
@@ -19,13 +19,6 @@ class OperatingPointConfig:
     )
     fit_on: str = opt("auto", "auto: val when evaluating another split, else the evaluated split; or a split name")
     file: str | None = opt(None, "thresholds.json of an earlier evaluation: apply its thresholds instead")
-
-
-@dataclass
-class BootstrapConfig:
-    resamples: int = opt(1000, "bootstrap resamples for the 95% CIs (0: none)", ge=0)
-    seed: int = opt(0, "bootstrap seed")
-    level: float = opt(0.95, "confidence level", gt=0, lt=1)
 
 
 @dataclass

@@ -165,6 +165,15 @@ class PrecisionAutoConfig:
 
 
 @dataclass
+class BootstrapConfig:
+    """``bootstrap.*``: the confidence intervals of ``evaluate.py`` and of training's validation summary."""
+
+    resamples: int = opt(1000, "bootstrap resamples for the 95% CIs (0: none)", ge=0)
+    seed: int = opt(0, "bootstrap seed")
+    level: float = opt(0.95, "confidence level", gt=0, lt=1)
+
+
+@dataclass
 class OodFitConfig:
     """``ood.*``: the OOD gate training fits after its last epoch (and ``evaluate.py split=val`` when it refits): on
     the features of a seeded sample of the training split, thresholded on val (`lungnet.evaluation.decisions`)."""
@@ -215,6 +224,7 @@ class TrainConfig:
     mixup: MixupConfig = opt(factory=MixupConfig)
     precision_auto: PrecisionAutoConfig = opt(factory=PrecisionAutoConfig)
     ood: OodFitConfig = opt(factory=OodFitConfig)
+    bootstrap: BootstrapConfig = opt(factory=BootstrapConfig)
     optimized_metric: str = opt("val/auroc_macro", "the value train.py returns to a sweeper (metrics.json val/<key>)")
 
 
