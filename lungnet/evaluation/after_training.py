@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from lungnet.checkpoint import load_model
 from lungnet.data.datamodule import LungDataModule
+from lungnet.decision import decision_path
 from lungnet.evaluation import decision_target
 from lungnet.evaluation.decisions import gate_fit_outputs
 from lungnet.evaluation.model_card import write_model_card
@@ -120,6 +121,7 @@ def finish_training(cfg: DictConfig, ckpt: Path, dm: LungDataModule, run_dir: Pa
     has_val = "val" in dm.datasets
     if has_val:  # a folder that cannot take the decision file fails here, before any scoring
         decision_target.check_target(ev_cfg, ckpt, loaded.labels, "val", "val")
+        drop_stale(ckpt, loaded.labels)
     steps = [s for s in STEPS if s in ("scoring test", "writing reports") or has_val]
     steps = [s for s in steps if s != "scoring test" or "test" in dm.datasets]
     ev = Evaluation(ev_cfg, options(ev_cfg), Path(run_dir), loaded, dm, data=None, fit=None)  # type: ignore[arg-type]
@@ -144,6 +146,15 @@ def finish_training(cfg: DictConfig, ckpt: Path, dm: LungDataModule, run_dir: Pa
     finally:
         progress.close()
     return results
+
+
+def drop_stale(ckpt: Path, labels: list[str]) -> None:
+    """Removes a decision file beside ``ckpt`` that belongs to an earlier checkpoint of this path (a resumed or
+    restarted run overwrote it): it can no longer be used, and this run writes the new one."""
+    path = decision_path(ckpt)
+    if path.is_file() and decision_target.read_existing(path, ckpt, labels, warn=False) is None:
+        log.info("Replacing %s: it was fitted for an earlier %s", path.name, ckpt.name)
+        path.unlink()
 
 
 def calibrate(ev: Evaluation, progress: PostTraining) -> None:
