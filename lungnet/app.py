@@ -47,7 +47,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from lungnet.app_info import model_card_text, public_facts
+from lungnet.app_info import model_card_text, public_facts, summary_command
 from lungnet.data.images import IMAGE_SUFFIXES
 from lungnet.errors import CheckpointError, ConfigError
 from lungnet.explain.overlay import heatmap_caption
@@ -82,11 +82,13 @@ def _gray_rgb(image: np.ndarray) -> np.ndarray:
 
 def model_info(predictor: Predictor, facts: dict) -> dict:
     """What the page shows at the top: model, input, decision facts (``facts``: `public_facts`, no server paths)
-    and the model-card summary."""
+    and the model-card summary; ``summary_missing``: without one, the command that writes it (`summary_command`)."""
     record = predictor.decision
+    missing = summary_command(predictor, public=True)
     return {
         **facts,
         "summary": record.summary if record is not None else {},
+        "summary_missing": f"{missing} writes it (in the model's folder)" if missing else None,
         "model_card": model_card_text(predictor),
         "notice": NOTICE,
     }
@@ -297,6 +299,8 @@ def create_app(
     )
     app = FastAPIOffline(title="lungnet", description=NOTICE, redoc_url=None)  # /docs without a CDN
     info = {**model_info(predictor, service.facts), "heatmaps": bool(explain) and predictor.torch_model is not None}
+    if info["summary_missing"]:  # the log names the model by its full path, answers by base name
+        log.warning("No validation summary to show: %s writes it", summary_command(predictor, public=False))
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:

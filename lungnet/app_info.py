@@ -3,14 +3,16 @@
 `public_facts` is `lungnet.inference.Predictor.describe` as ``/health``, ``/model`` and every ``/predict`` answer
 give it: the model file, the decision file and an ensemble's member files by base name, each pinned by its
 SHA-256 (the absolute paths `describe` holds for predict.py's local prediction.json stay on the server).
-`model_card_text` is the model card ``evaluate.py split=val`` keeps beside the decision file it wrote.
+`model_card_text` is the model card ``evaluate.py split=val`` (and training) keeps beside the decision file it wrote;
+`summary_command` the command that writes the validation summary the app shows, for a model whose decision file
+lacks one (trained before training wrote it, or with no decision file at all).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lungnet.decision import sha256_file
+from lungnet.decision import decision_path, sha256_file
 from lungnet.evaluation.decision_target import card_path
 from lungnet.inference import Predictor
 
@@ -45,3 +47,33 @@ def model_card_text(predictor: Predictor) -> str | None:
         if card.is_file():
             return card.read_text(encoding="utf-8")
     return None
+
+
+def summary_command(predictor: Predictor, public: bool) -> str | None:
+    """The command that writes the validation summary (and the whole decision file) the app shows, or None when
+    the decision record in use has one.
+
+    Args:
+        predictor: the served model.
+        public: name files by base name (answers to clients), else by full path (the server's log).
+    """
+    if predictor.decision is not None and predictor.decision.summary:
+        return None
+
+    def name(path) -> str:
+        return Path(str(path)).name if public else str(path)
+
+    if predictor.kind == "ensemble" and predictor.path is None:
+        target = "[" + ",".join(name(m.path) for m in predictor.backend.ensemble.members) + "]"
+    elif predictor.kind in ("ensemble", "checkpoint"):
+        target = name(predictor.path)
+    else:
+        return (
+            f"python evaluate.py ckpt=<the checkpoint {name(predictor.path)} was exported from> split=val, "
+            "then export it again"
+        )
+    command = f"python evaluate.py ckpt={target} split=val"
+    elsewhere = predictor.decision_file is not None and predictor.kind == "checkpoint"
+    if elsewhere and Path(str(predictor.decision_file)) != decision_path(predictor.path):
+        command += f" decision.out={name(predictor.decision_file)}"
+    return command

@@ -1,8 +1,9 @@
 """From a model's outputs to a decision that says how sure it is and when not to trust it.
 
-A `DecisionRecord` is what ``evaluate.py ckpt=<ckpt> split=val`` (and, for the OOD gate, training) fits and writes
-beside the checkpoint as ``<ckpt stem>.decision.json``: plain JSON data, never code, tied to the checkpoint by its
-SHA-256, and every value type- and range-checked when read (`lungnet.decision_file`). It holds
+A `DecisionRecord` is what ``evaluate.py ckpt=<ckpt> split=val`` (and training, with the same code:
+`lungnet.evaluation.after_training`) fits and writes beside the checkpoint as ``<ckpt stem>.decision.json``: plain
+JSON data, never code, tied to the checkpoint by its SHA-256, and every value type- and range-checked when read
+(`lungnet.decision_file`). It holds
 
 - a **temperature** (calibrated probabilities: the ``p_<label>`` columns);
 - the **operating point**: one threshold for the positive class of a two-class model (the non-normal class by
@@ -141,6 +142,7 @@ class DecisionRecord:
         abstain_below: abstain when the calibrated confidence is below this (None: off).
         abstain_ambiguous: abstain when the prediction set holds more than one answer (an empty set does not refer).
         ood: the OOD gate (an ensemble's: `AnyMemberGate`), or None.
+        ood_fit_n: the training images the gate was fitted on (a seeded sample of at most ``ood.fit_max``), or None.
         summary: model-card summary (model, training data, validation metrics) for the app.
     """
 
@@ -159,6 +161,7 @@ class DecisionRecord:
     abstain_below: float | None = None
     abstain_ambiguous: bool = True
     ood: OodGate | ImageGate | AnyMemberGate | None = None
+    ood_fit_n: int | None = None
     summary: dict = field(default_factory=dict)
 
     @property
@@ -273,7 +276,7 @@ class DecisionRecord:
     def fitted_on(self) -> str:
         """Where the record was fitted, in words for logs: a split, or training's OOD gate alone."""
         if self.split is None:
-            return "training: the OOD gate only; evaluate.py split=val fits the operating point and sets"
+            return "an older training: the OOD gate only; evaluate.py split=val fits the operating point and sets"
         return str(self.split)
 
     def describe(self) -> dict:

@@ -15,6 +15,8 @@ checkpoint hash it carries says nothing about its other values. `record_fields` 
 - ``conformal_scores``: a non-empty list of numbers in [0, 1] (multi-label: ``{label: list}`` for every label), or
   null;
 - ``ood``: a stored OOD gate (`lungnet.ood.gate_from_dict`, every value checked there), or null;
+- ``ood_fit_n``: how many training images the gate was fitted on (a seeded sample of at most ``ood.fit_max``): a
+  whole number >= 1, or null (files written before it was recorded lack it);
 - ``checkpoint``: a string; ``split``: a string or null; ``abstain_ambiguous``: true or false; ``counts``,
   ``summary``: JSON objects.
 
@@ -99,6 +101,7 @@ def _keys(labels: list[str], multilabel: bool) -> dict[str, Callable[[Fields, st
         "abstain_below": lambda f, k: f.number(k, null=True, **limits(AbstainConfig, "below")),
         "abstain_ambiguous": lambda f, k: f.boolean(k),
         "ood": lambda f, k: gate_from_dict(f.raw(k), k) if f.raw(k) is not None else None,
+        "ood_fit_n": lambda f, k: f.integer(k, null=True, ge=1),
         "summary": lambda f, k: f.nested(k).data,
     }
 

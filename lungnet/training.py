@@ -2,7 +2,9 @@
 
 The run directory receives the resolved config, environment facts, split files, data report,
 checkpoints (``checkpoints/best.ckpt``, ``last.ckpt``), TensorBoard logs, and ``metrics.json`` +
-``predictions_<split>.csv`` computed with the best checkpoint.
+``predictions_<split>.csv`` computed with the best checkpoint; beside it, the decision file (validation summary,
+temperature, operating point, conformal scores, OOD gate) and model card that ``evaluate.py ckpt=<best.ckpt>
+split=val`` writes (`lungnet.evaluation.after_training`), so ``predict.py`` and the app need nothing else.
 
 Everything a user can get wrong is checked before the first file of the run is written, and a
 killed run continues exactly with ``resume=true`` (same run directory) or ``resume=<run dir>``.
@@ -23,7 +25,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lungnet.callbacks import WeightEMA, WeightSWA
-from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
+from lungnet.checkpoint import CheckpointError, read_checkpoint
 from lungnet.config_checks import pin_paths
 from lungnet.data.datamodule import LungDataModule, make_source, resolve_root
 from lungnet.data.overlap import RecordImageHashes, image_hashes
@@ -31,14 +33,13 @@ from lungnet.data.sources import Source
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
 from lungnet.decision import decision_path, read_decision
 from lungnet.errors import ConfigError
+from lungnet.evaluation.after_training import finish_training
 from lungnet.evaluation.curves import write_training_curves
-from lungnet.evaluation.decisions import fit_ood_gate
-from lungnet.evaluation.predict import predict_loader, predictions_table
+from lungnet.evaluation.decision_target import card_path
 from lungnet.hardware import PrecisionChoice, choose_training_precision
 from lungnet.history import HISTORY, EpochHistory
-from lungnet.io import atomic_write, remove_stale_temporaries, write_csv, write_json, write_text
+from lungnet.io import atomic_write, remove_stale_temporaries, write_json, write_text
 from lungnet.loggers import build_loggers, log_final_metrics
-from lungnet.metrics import compute_metrics
 from lungnet.module import LitClassifier
 from lungnet.provenance import run_facts
 from lungnet.training_checks import check_progressive_resize, first_line, plain, validate_config
@@ -221,24 +222,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, has_val: bool, resume_from: tu
         raise ConfigError(f"Invalid trainer settings {kwargs}: {first_line(exc)}") from exc
 
 
-def evaluate_splits(ckpt_path: Path, dm: LungDataModule, run_dir: Path, splits: tuple[str, ...]) -> dict:
-    """Metrics and prediction CSVs of the checkpoint on each available split."""
-    loaded = load_model(ckpt_path)
-    results = {}
-    for split in splits:
-        if split not in dm.datasets:
-            continue
-        probs, targets, paths = predict_loader(
-            loaded.model, dm.loader(split), loaded.multilabel, desc=f"Evaluating {split}"
-        )
-        results[split] = compute_metrics(probs, targets, loaded.labels, loaded.multilabel)
-        write_csv(
-            run_dir / f"predictions_{split}.csv",
-            predictions_table(paths, probs, targets, loaded.labels, loaded.multilabel),
-        )
-    return results
-
-
 def build_module(cfg: DictConfig, source: Source, data_cfg: dict) -> LitClassifier:
     """The LightningModule for ``cfg`` (loads pretrained weights, so a missing file stops the run here)."""
     return LitClassifier(
@@ -357,7 +340,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 
 def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: LungDataModule, run_dir: Path) -> dict:
-    """Evaluates the selected checkpoint on val and test; writes metrics.json, predictions and curves.png."""
+    """Evaluates the selected checkpoint on val and test (`lungnet.evaluation.after_training`); writes metrics.json,
+    predictions, curves.png, and the checkpoint's decision file and model card."""
     if not trainer.is_global_zero:
         return {}
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
@@ -369,10 +353,10 @@ def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: Lung
         best = Path(checkpoint.dirpath) / "last.ckpt"
     if not best.is_file():
         raise CheckpointError(f"Training ended without a checkpoint in {checkpoint.dirpath}")
-    results = evaluate_splits(best, dm, run_dir, ("val", "test"))
-    gate = fit_ood_gate(best, dm)  # the OOD gate in <best stem>.decision.json (issue #15; lungnet.evaluation.decisions)
+    # val/test metrics, and the decision file evaluate.py split=val writes (lungnet.evaluation.after_training)
+    results = finish_training(cfg, best, dm, run_dir, progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)))
     if best.name == "last.ckpt":
-        mirror_as_best(best, gate, module.labels)
+        mirror_as_best(best, results.get("decision_file"), module.labels)
     results.update(
         best_checkpoint=str(best),
         epochs_trained=int(trainer.current_epoch),
@@ -390,13 +374,17 @@ def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: Lung
     return results
 
 
-def mirror_as_best(final: Path, gate: Path | None, labels: list[str]) -> None:
+def mirror_as_best(final: Path, decision: str | None, labels: list[str]) -> None:
     """With ``checkpoint.select=last``, ``best.ckpt`` becomes a byte copy of the final ``last.ckpt`` and gets its
-    decision file (OOD gate), so ``predict.py ckpt=<run>/checkpoints/best.ckpt`` runs the selected model with its gate.
+    decision file and model card, so ``predict.py ckpt=<run>/checkpoints/best.ckpt`` and the app run the selected
+    model with its decisions.
     """
     best = final.with_name("best.ckpt")
     atomic_write(best, lambda fh: fh.write(final.read_bytes()), mode="wb")
-    if gate is not None:
-        record = read_decision(gate, final, labels)  # tied to the bytes by hash: the copy has the same
+    if decision is not None:
+        record = read_decision(decision, final, labels)  # tied to the bytes by hash: the copy has the same
         record.checkpoint = best.name
         record.write(decision_path(best))
+        card = card_path(decision)
+        if card.is_file():
+            write_text(card_path(decision_path(best)), card.read_text(encoding="utf-8"))

@@ -103,6 +103,17 @@ class Fields:
             raise BadValue(self.key(name), value, number_range(**limits) + (", or null" if null else ""))
         return float(value)
 
+    def integer(self, name: str, null: bool = False, default: Any = MISSING, ge: int | None = None) -> int | None:
+        """A whole JSON number (not a bool, not ``2.5``) of at least ``ge``; None where ``null`` allows null, or
+        when absent with default None."""
+        value = self.raw(name, default)
+        if value is None and (null or default is None):
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not in_range(value, ge=ge):
+            accepted = "a whole number" + (f" >= {ge}" if ge is not None else "") + (", or null" if null else "")
+            raise BadValue(self.key(name), value, accepted)
+        return int(value)
+
     def string(self, name: str, *, choices=None, null: bool = False, default: Any = MISSING) -> str | None:
         """A string (one of ``choices`` when given), or None where null is allowed."""
         value = self.raw(name, default)

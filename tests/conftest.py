@@ -88,6 +88,7 @@ TINY = [
     "trainer.max_epochs=1",
     "trainer.precision=32-true",  # pinned: trainer=cpu says auto, which depends on the CPU
     "trainer.enable_progress_bar=false",
+    "bootstrap.resamples=50",  # the intervals of the validation summary training leaves beside its checkpoint
 ]
 
 

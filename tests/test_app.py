@@ -146,6 +146,7 @@ def test_api_returns_the_decision_set_and_ood_flag(server, tmp_path):
     with urllib.request.urlopen(f"{server}/model", timeout=30) as resp:
         info = json.loads(resp.read())
     assert info["summary"]["data_name"] == "darkcovidnet" and info["decision"]["split"] == "val"
+    assert info["summary_missing"] is None
     with urllib.request.urlopen(f"{server}/docs", timeout=30) as resp:
         page = resp.read().decode()
     assert "swagger-ui" in page.lower() and "cdn" not in page.lower()  # OpenAPI docs served locally
@@ -191,6 +192,22 @@ def test_the_model_card_is_read_beside_the_decision_file_in_use(tmp_path):
     info = app_module.model_info(Predictor(ckpt, decision=str(kept)), {})
     assert info["model_card"] == "# the card of this decision file\n"
     assert app_module.model_info(Predictor(ckpt), {})["model_card"] == "# the card beside the model\n"
+
+
+def test_a_model_without_a_validation_summary_names_the_command_that_writes_it(tmp_path, caplog):
+    """A checkpoint from before training wrote its decision file (none, or training's OOD gate alone): the page
+    and /model say which command fills the gap (base names only); the server's log gives the full path."""
+    ckpt = make_checkpoint(tmp_path / "models" / "best.ckpt", size=32)
+    info = app_module.model_info(Predictor(ckpt), {})
+    assert info["summary"] == {} and info["summary_missing"].startswith("python evaluate.py ckpt=best.ckpt split=val")
+    new_record(LABELS, False, ckpt).write(decision_path(ckpt))  # training's file before it held the summary
+    with caplog.at_level(logging.WARNING, logger="lungnet.app"):
+        create_app(Predictor(ckpt), explain=None)
+    assert f"python evaluate.py ckpt={ckpt} split=val writes it" in caplog.text
+    kept = new_record(LABELS, False, ckpt).write(tmp_path / "kept" / "mine.decision.json")
+    info = app_module.model_info(Predictor(ckpt, decision=str(kept)), {})
+    assert "ckpt=best.ckpt split=val decision.out=mine.decision.json" in info["summary_missing"]
+    assert str(tmp_path) not in info["summary_missing"]
 
 
 def test_api_heatmap_and_dicom(server):

@@ -217,6 +217,7 @@ BAD_VALUES = [
     ("checkpoint.mode=up", ["checkpoint.mode='up' is not valid: it must be one of: min, max"]),
     ("checkpoint.select=median", ["checkpoint.select='median' is not valid: it must be one of: best, last"]),
     ("early_stopping.patience=-1", ["early_stopping.patience=-1 must be a number >= 0"]),
+    ("ood.fit_max=0", ["ood.fit_max=0 must be a number >= 1"]),
     ("divergence.max_loss=0", ["divergence.max_loss=0.0 must be a number > 0"]),
     ("divergence.max_loss=nan", ["divergence.max_loss=nan must be a number > 0"]),
     ("finetune.unfreeze_at_epoch=-1", ["finetune.unfreeze_at_epoch=-1 must be a number >= 0"]),

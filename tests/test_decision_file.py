@@ -35,7 +35,7 @@ def _record(tmp_path, multilabel: bool = False) -> tuple[dict, object]:
     rec.target_sensitivity, rec.thresholds = 0.9, {"PNEUMONIA": 0.4}
     rec.conformal_scores = {lab: rng.random(20) for lab in BINARY} if multilabel else rng.random(20)
     rec.ood = OodGate.fit(rng.normal(size=(40, 6)), rng.integers(0, 2, 40)).calibrate(rng.normal(size=(20, 6)))
-    rec.counts, rec.summary = {"n": 20}, {"model": "simple_cnn"}
+    rec.counts, rec.summary, rec.ood_fit_n = {"n": 20}, {"model": "simple_cnn"}, 40
     return json.loads(json.dumps(rec.to_dict())), ckpt
 
 
@@ -121,6 +121,11 @@ BAD = [
     ("ood.variances.shape", [3], "ood.variances"),
     ("ood.components", _wrong_components, "ood.components"),
     ("ood.reference_scores", [1.0, NAN], "ood.reference_scores[1]"),
+    ("ood_fit_n", 0, "ood_fit_n"),
+    ("ood_fit_n", -5, "ood_fit_n"),
+    ("ood_fit_n", 2.5, "ood_fit_n"),
+    ("ood_fit_n", "40", "ood_fit_n"),
+    ("ood_fit_n", True, "ood_fit_n"),
     ("summary", "x", "summary"),
 ]
 
@@ -160,6 +165,9 @@ def test_a_complete_record_and_absent_optional_keys_read(tmp_path):
     data, ckpt = _record(tmp_path)
     back = DecisionRecord.from_dict(data)
     assert back.temperature == 1.3 and back.thresholds == {"PNEUMONIA": 0.4} and back.alpha == 0.1
+    assert back.ood_fit_n == 40 and DecisionRecord.from_dict({**data, "ood_fit_n": None}).ood_fit_n is None
+    older = {k: v for k, v in data.items() if k != "ood_fit_n"}  # written before the sample size was recorded
+    assert DecisionRecord.from_dict(older).ood_fit_n is None
     bare = {k: data[k] for k in ("format", "labels", "multilabel", "checkpoint_sha256")}
     assert DecisionRecord.from_dict(bare) == DecisionRecord(BINARY, False, data["checkpoint_sha256"])
     unset = DecisionRecord.from_dict({**data, "temperature": None, "alpha": None, "ood": None, "thresholds": None})

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
 
 import numpy as np
 from scipy.stats import ks_2samp
 
-from lungnet.checkpoint import load_model
 from lungnet.decision import (
     ABSTAIN,
     NO_FINDING,
@@ -30,9 +28,7 @@ from lungnet.decision import (
     Decisions,
     decision_path,
     new_record,
-    read_decision,
 )
-from lungnet.errors import CheckpointError
 from lungnet.evaluation import decision_target, plots, stats
 from lungnet.evaluation.decision_report import (
     SHIFT_P,
@@ -42,7 +38,6 @@ from lungnet.evaluation.decision_report import (
     risk_coverage_figure,
 )
 from lungnet.evaluation.predict import model_outputs
-from lungnet.hardware import resolve_device
 from lungnet.ood import AnyMemberGate, ImageGate, OodGate
 
 log = logging.getLogger(__name__)
@@ -83,31 +78,55 @@ def coverage(record: DecisionRecord, scores) -> float:
     return float(hits.mean()) if len(hits) else float("nan")
 
 
-def plain_outputs(model, dm, split: str, multilabel: bool, device: str = "cpu"):
-    """Outputs with features on ``split`` through the evaluation pipeline (the train split without augmentation)."""
-    key = f"{split}:plain"
+def training_sample(dm, fit_max: int, seed: int) -> tuple[str, int]:
+    """The training images the OOD gate is fitted on: all of them, or a sample of ``fit_max`` drawn with ``seed``
+    (the checkpoint's training seed: training and ``evaluate.py`` draw the same images) from the split sorted by
+    file, through the evaluation pipeline (no augmentation).
+
+    Returns:
+        (the data module's key of that data set, the size of the training split).
+    """
+    train = dm.table[dm.table["split"] == "train"].sort_values("path", kind="stable")
+    if len(train) > fit_max:
+        train = train.sample(n=int(fit_max), random_state=int(seed)).sort_values("path", kind="stable")
+    key = f"train:ood{len(train)}"
     if key not in dm.datasets:
-        dm.datasets[key] = dm.make_dataset(dm.table[dm.table["split"] == split], train=False)
-    return model_outputs(model, dm.loader(key), multilabel, device, f"Features of {split}", True, split)
+        dm.datasets[key] = dm.make_dataset(train, train=False)
+    return key, int((dm.table["split"] == "train").sum())
 
 
-def gate(ev, existing: DecisionRecord | None) -> OodGate | ImageGate | AnyMemberGate | None:
-    """The OOD gate: the decision file's, else fitted on the training split's features and thresholded on val (an
-    ensemble: its members' own gates, `lungnet.ood.AnyMemberGate`, with the fit split's scores as reference)."""
+def gate_fit_outputs(ev):
+    """The features of the training sample the gate is fitted on (`training_sample`, at most ``ood.fit_max``),
+    computed once per evaluation (``ev.gate_fit``)."""
+    if ev.gate_fit is None:
+        fit_max = int((ev.cfg.get("ood") or {}).get("fit_max"))
+        key, total = training_sample(ev.dm, fit_max, ev.loaded.seed)
+        desc = "Features of train" if len(ev.dm.datasets[key]) == total else f"Features of a train sample (of {total})"
+        out = model_outputs(ev.loaded.model, ev.dm.loader(key), ev.loaded.multilabel, ev.device, desc, True, "train")
+        ev.gate_fit = out
+    return ev.gate_fit
+
+
+def gate(ev, existing: DecisionRecord | None) -> tuple[OodGate | ImageGate | AnyMemberGate | None, int | None]:
+    """The OOD gate and the training images it was fitted on: the decision file's, else fitted on a seeded sample
+    of the training split's features (`gate_fit_outputs`) and thresholded on val (an ensemble: its members' own
+    gates, `lungnet.ood.AnyMemberGate`, with the fit split's scores as reference)."""
     opts = ev.cfg.get("ood") or {}
     if existing is not None and existing.ood is not None and not opts.get("refit"):
-        return existing.ood
+        return existing.ood, existing.ood_fit_n
     ensemble = getattr(ev.loaded, "ensemble", None)
     if ensemble is not None:
         any_member = ensemble.gate()
         if any_member is None:
             log.info("No OOD gate: no ensemble member has one (evaluate.py ckpt=<member> split=val fits it)")
-        return any_member.calibrate(ev.fit.features, ev.fit.name) if any_member is not None else None
+        return (any_member.calibrate(ev.fit.features, ev.fit.name) if any_member is not None else None), None
     if "train" not in ev.dm.datasets or ev.fit.name != "val":
         log.info("No OOD gate: it is fitted on the training split and thresholded on val, and this data has neither")
-        return None
-    train = plain_outputs(ev.loaded.model, ev.dm, "train", ev.loaded.multilabel, ev.device)
-    return fit_gate(train, ev.fit, ev.loaded.multilabel, opts.get("dims"), opts.get("quantile"))
+        return None, None
+    train = gate_fit_outputs(ev)
+    fitted = fit_gate(train, ev.fit, ev.loaded.multilabel, opts.get("dims"), opts.get("quantile"))
+    log.info("OOD gate fitted on %d training images: %s", len(train.targets), gate_how(fitted))
+    return fitted, int(len(train.targets))
 
 
 def fit_gate(train, val, multilabel: bool, dims: int | None = None, quantile: float | None = None) -> ImageGate:
@@ -117,28 +136,6 @@ def fit_gate(train, val, multilabel: bool, dims: int | None = None, quantile: fl
     extra = {"dims": int(dims)} if dims else {}
     fitted = ImageGate.fit(train.features, classes, fit_split=train.name, layer="backbone", **extra)
     return fitted.calibrate(val.features, split=val.name, **({"quantile": float(quantile)} if quantile else {}))
-
-
-def fit_ood_gate(ckpt, dm) -> Path | None:
-    """Training's last step: fits the OOD gate of the best checkpoint (train features, threshold on val) and stores
-    it in ``<ckpt stem>.decision.json`` (keeping an operating point already there for the same checkpoint)."""
-    if not {"train", "val"} <= set(dm.datasets):
-        log.info("No OOD gate: it needs a train and a val split")
-        return None
-    loaded = load_model(ckpt)
-    device = resolve_device("auto")
-    outs = [plain_outputs(loaded.model, dm, s, loaded.multilabel, device) for s in ("train", "val")]
-    path = decision_path(ckpt)
-    record = new_record(loaded.labels, loaded.multilabel, ckpt)
-    if path.is_file():
-        try:
-            record = read_decision(path, ckpt, loaded.labels)
-        except CheckpointError as exc:
-            log.info("Replacing %s: %s", path.name, exc)
-    record.ood = fit_gate(*outs, loaded.multilabel)
-    record.write(path)
-    log.info("OOD gate fitted on %d training images (%s): %s", len(outs[0].targets), gate_how(record.ood), path)
-    return path
 
 
 def build_record(ev) -> tuple[DecisionRecord, str]:
@@ -164,7 +161,7 @@ def build_record(ev) -> tuple[DecisionRecord, str]:
     record.conformal_scores = true_scores(fit_probs, ev.fit.targets, ev.loaded.labels, ev.loaded.multilabel)
     record.abstain_below = ev.cfg.abstain.below
     record.abstain_ambiguous = bool(ev.cfg.abstain.ambiguous)
-    record.ood = gate(ev, existing)
+    record.ood, record.ood_fit_n = gate(ev, existing)
     return record, f"fitted on the **{ev.fit.name}** split ({record.counts['n']} images)"
 
 

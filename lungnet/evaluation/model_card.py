@@ -230,11 +230,19 @@ def render_model_card(ev) -> str:
         factors(ev),
         metrics_section(ev.result),
         data_sections(ev, facts),
-        f"## Quantitative analyses\n\nPer class on {ev.split}:\n\n{table(header, rows)}\n\nFull report: `report.md`.",
+        f"## Quantitative analyses\n\nPer class on {ev.split}:\n\n{table(header, rows)}\n\n{_full_report(ev)}",
         caveats(ev),
         "## How this card was made\n\n```\n" + "\n".join(commands) + "\n```",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _full_report(ev) -> str:
+    """Where the full report is: this evaluation's ``report.md``, or (a card written by training, which draws no
+    report) the command that writes one."""
+    if ev.opts["report"]["figures"] or ev.opts["report"]["html"]:
+        return "Full report: `report.md`."
+    return f"Full report: `python evaluate.py ckpt={ev.loaded.path} split={ev.split}` writes `report.md`."
 
 
 def _per_class(result: dict) -> tuple[list[str], list[list[str]]]:

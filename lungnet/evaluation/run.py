@@ -112,6 +112,8 @@ class Evaluation:
         beside_model: writes of files that live beside the checkpoint (its decision file, or ``decision.out``), which
             other tools trust: done only once the evaluation's own files are written, so a failed evaluation leaves
             them as they were.
+        gate_fit: the features of the training images the OOD gate is fitted on, once computed
+            (`lungnet.evaluation.decisions.gate_fit_outputs`).
     """
 
     cfg: DictConfig
@@ -128,6 +130,7 @@ class Evaluation:
     lead: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     beside_model: list[Callable[[], object]] = field(default_factory=list)
+    gate_fit: Outputs | None = None
 
     @property
     def split(self) -> str:
@@ -356,11 +359,21 @@ def evaluate_with_predictions(
 ) -> tuple[dict, np.ndarray, np.ndarray, list[str]]:
     """`evaluate`, also returning the (uncalibrated) probabilities, targets and image paths of the evaluated split."""
     ev = compute(cfg, run_dir)
-    ev.table = predictions(ev)
     ev.sections += list(extra_sections or [])
+    run_report_steps(ev)
+    write_evaluation(ev)
+    write_beside_model(ev)
+    return ev.result, ev.data.probs, ev.data.targets, ev.data.paths
+
+
+def run_report_steps(ev: Evaluation) -> None:
+    """The predictions table, then every report step (`REPORT_STEPS`) on a scored evaluation."""
+    ev.table = predictions(ev)
     for step in REPORT_STEPS:
         step(ev)
-    write_evaluation(ev)
+
+
+def write_beside_model(ev: Evaluation) -> None:
+    """Writes the files that live beside the checkpoint (its decision file), once the evaluation's own are written."""
     for write in ev.beside_model:
         write()
-    return ev.result, ev.data.probs, ev.data.targets, ev.data.paths

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lungnet.schema.fields import AuditSource, Device, Overlap, Precision, Runtime, opt
-from lungnet.schema.train import EvalDataOverrides, PathsConfig
+from lungnet.schema.train import BootstrapConfig, EvalDataOverrides, OodFitConfig, PathsConfig
 
 
 @dataclass
@@ -19,13 +19,6 @@ class OperatingPointConfig:
     )
     fit_on: str = opt("auto", "auto: val when evaluating another split, else the evaluated split; or a split name")
     file: str | None = opt(None, "thresholds.json of an earlier evaluation: apply its thresholds instead")
-
-
-@dataclass
-class BootstrapConfig:
-    resamples: int = opt(1000, "bootstrap resamples for the 95% CIs (0: none)", ge=0)
-    seed: int = opt(0, "bootstrap seed")
-    level: float = opt(0.95, "confidence level", gt=0, lt=1)
 
 
 @dataclass
@@ -70,9 +63,9 @@ class AbstainConfig:
 
 
 @dataclass
-class OodConfig:
-    quantile: float | None = opt(None, "threshold at this quantile of val scores (null: lungnet.ood: 0.95)", gt=0, lt=1)
-    dims: int | None = opt(None, "principal axes of the shared covariance (null: lungnet.ood's 64)", ge=1)
+class OodConfig(OodFitConfig):
+    """``evaluate.py ood.*``: how the OOD gate is fitted (`OodFitConfig`, as training fits it), and when refitted."""
+
     refit: bool = opt(False, "refit even when the decision file holds a gate (from training)")
 
 

@@ -187,6 +187,27 @@ class PrecisionAutoConfig:
 
 
 @dataclass
+class BootstrapConfig:
+    """``bootstrap.*``: the confidence intervals of ``evaluate.py`` and of training's validation summary."""
+
+    resamples: int = opt(1000, "bootstrap resamples for the 95% CIs (0: none)", ge=0)
+    seed: int = opt(0, "bootstrap seed")
+    level: float = opt(0.95, "confidence level", gt=0, lt=1)
+
+
+@dataclass
+class OodFitConfig:
+    """``ood.*``: the OOD gate training fits after its last epoch (and ``evaluate.py split=val`` when it refits): on
+    the features of a seeded sample of the training split, thresholded on val (`lungnet.evaluation.decisions`)."""
+
+    quantile: float | None = opt(None, "threshold at this quantile of val scores (null: lungnet.ood: 0.95)", gt=0, lt=1)
+    dims: int | None = opt(None, "principal axes of the shared covariance (null: lungnet.ood's 64)", ge=1)
+    fit_max: int = opt(
+        20000, "fit on a seeded sample of at most this many training images (the decision file records how many)", ge=1
+    )
+
+
+@dataclass
 class TrainConfig:
     """``train.yaml``: the groups (typed loosely: Lightning, torch and albumentations check their own arguments)
     and lungnet's training options."""
@@ -224,6 +245,8 @@ class TrainConfig:
     progressive_resize: ProgressiveResizeConfig = opt(factory=ProgressiveResizeConfig)
     mixup: MixupConfig = opt(factory=MixupConfig)
     precision_auto: PrecisionAutoConfig = opt(factory=PrecisionAutoConfig)
+    ood: OodFitConfig = opt(factory=OodFitConfig)
+    bootstrap: BootstrapConfig = opt(factory=BootstrapConfig)
     optimized_metric: str = opt("val/auroc_macro", "the value train.py returns to a sweeper (metrics.json val/<key>)")
 
 

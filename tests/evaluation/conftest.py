@@ -19,6 +19,7 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "+trainer.enable_model_summary=false",
     "log_figures_every=1000",
+    "bootstrap.resamples=50",  # the intervals of the validation summary training leaves beside its checkpoint
 ]
 
 FAST_EVAL = ["bootstrap.resamples=200", "calibration.bins=10", "audit=false"]  # the audit: tests/test_audit.py

@@ -1,0 +1,168 @@
+"""What training leaves beside its checkpoint once the last epoch is done, computed by ``evaluate.py``'s own code.
+
+`finish_training` (called by `lungnet.training.finish` on the selected checkpoint) runs these steps, each shown on
+one progress bar (`PostTraining`; ``trainer.enable_progress_bar=false`` leaves the log lines alone):
+
+1. ``scoring val``: the model's outputs on val with the OOD gate's inputs, computed once: training's val metrics,
+   the temperature, the operating point, the conformal scores and the gate's threshold all use them;
+2. ``scoring test``: training's test metrics;
+3. ``OOD features``: the gate's inputs on a seeded sample of at most ``ood.fit_max`` training images
+   (`lungnet.evaluation.decisions.training_sample`);
+4. ``calibration``: ``evaluate.py ckpt=<ckpt> split=val``'s scoring and report steps (`lungnet.evaluation.run`):
+   temperature, bootstrap intervals, operating point, conformal calibration, OOD gate, decisions;
+5. ``writing reports``: ``predictions_<split>.csv``, ``model_card.md`` (also beside the checkpoint, where the app
+   reads it) and ``<ckpt stem>.decision.json``: the decision file ``evaluate.py ckpt=<ckpt> split=val`` writes
+   (with the validation summary the app shows), so ``predict.py`` and the app need no evaluation first.
+
+Settings are the evaluation's defaults (`lungnet.schema.EvaluateConfig`) with training's ``ood.*`` and
+``bootstrap.*``; no figures, report, explanations, audit or subgroups (``evaluate.py`` writes those).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from lungnet.checkpoint import load_model
+from lungnet.data.datamodule import LungDataModule
+from lungnet.decision import decision_path
+from lungnet.evaluation import decision_target
+from lungnet.evaluation.decisions import gate_fit_outputs
+from lungnet.evaluation.model_card import write_model_card
+from lungnet.evaluation.predict import Outputs, predictions_table
+from lungnet.evaluation.run import Evaluation, options, run_report_steps, score, write_beside_model
+from lungnet.io import write_csv
+from lungnet.metrics import compute_metrics
+from lungnet.schema import EvaluateConfig
+
+log = logging.getLogger(__name__)
+
+STEPS = ("scoring val", "scoring test", "OOD features", "calibration", "writing reports")
+
+
+class PostTraining:
+    """A progress bar over the steps after training (tqdm, as the per-batch bars of each step below it) and a log
+    line per step.
+
+    Args:
+        steps: the step names, in order.
+        enabled: show the bar (the log lines are written either way).
+    """
+
+    def __init__(self, steps: Sequence[str], enabled: bool) -> None:
+        self.steps = list(steps)
+        self.bar = tqdm(total=len(self.steps), desc="After training", unit="step", disable=not enabled, leave=True)
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Shows ``name`` as the running step, then counts it done."""
+        position = self.steps.index(name) + 1
+        self.bar.set_description(f"After training [{position}/{len(self.steps)}]: {name}")
+        log.info("After training, step %d of %d: %s", position, len(self.steps), name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        self.bar.update(1)
+
+    def close(self) -> None:
+        """Ends the bar and logs how long each step took."""
+        self.bar.set_description("After training: done")
+        self.bar.close()
+        each = ", ".join(f"{name} {sec:.1f} s" for name, sec in self.seconds.items())
+        log.info("After training: %.1f s (%s)", sum(self.seconds.values()), each)
+
+
+def evaluation_config(cfg: DictConfig, ckpt: Path) -> DictConfig:
+    """The config of ``evaluate.py ckpt=<ckpt> split=val``: the schema's defaults, training's ``ood.*`` and
+    ``bootstrap.*``, and nothing drawn (no figures, explanations, audit or subgroups)."""
+    settings = {
+        "ckpt": str(ckpt),
+        "split": "val",
+        "ood": OmegaConf.to_container(cfg.ood, resolve=True),
+        "bootstrap": OmegaConf.to_container(cfg.bootstrap, resolve=True),
+        "report": {"figures": False, "html": False},
+        "audit": {"enabled": False},
+        "subgroups": {"enabled": False},
+    }
+    return OmegaConf.merge(OmegaConf.structured(EvaluateConfig), settings)
+
+
+def split_metrics(out: Outputs, ev: Evaluation) -> dict:
+    """Training's metrics of one split, and its ``predictions_<split>.csv`` (uncalibrated probabilities)."""
+    labels, multilabel = ev.loaded.labels, ev.loaded.multilabel
+    table = predictions_table(out.paths, out.probs, out.targets, labels, multilabel)
+    write_csv(ev.run_dir / f"predictions_{out.name}.csv", table)
+    return compute_metrics(out.probs, out.targets, labels, multilabel)
+
+
+def finish_training(cfg: DictConfig, ckpt: Path, dm: LungDataModule, run_dir: Path, progress_bar: bool) -> dict:
+    """Scores the selected checkpoint on val and test and leaves it ready for ``predict.py`` and the app.
+
+    Args:
+        cfg: the train config (its ``ood.*`` and ``bootstrap.*`` settings).
+        ckpt: the selected checkpoint.
+        dm: training's data module (its splits; the loaders use ``data.num_workers`` workers).
+        run_dir: the run directory.
+        progress_bar: show the steps' progress bar.
+
+    Returns:
+        ``{"val": metrics, "test": metrics, "decision_file": path}`` for the splits the data has (no decision file
+        without val).
+    """
+    ev_cfg = evaluation_config(cfg, ckpt)
+    loaded = load_model(ckpt)
+    has_val = "val" in dm.datasets
+    if has_val:  # a folder that cannot take the decision file fails here, before any scoring
+        decision_target.check_target(ev_cfg, ckpt, loaded.labels, "val", "val")
+        drop_stale(ckpt, loaded.labels)
+    steps = [s for s in STEPS if s in ("scoring test", "writing reports") or has_val]
+    steps = [s for s in steps if s != "scoring test" or "test" in dm.datasets]
+    ev = Evaluation(ev_cfg, options(ev_cfg), Path(run_dir), loaded, dm, data=None, fit=None)  # type: ignore[arg-type]
+    progress = PostTraining(steps, progress_bar)
+    scored: list[Outputs] = []
+    try:
+        if has_val:
+            with progress.step("scoring val"):
+                ev.data = ev.fit = ev.outputs("val", features=True)
+                scored.append(ev.data)
+        if "scoring test" in steps:
+            with progress.step("scoring test"):
+                scored.append(ev.outputs("test"))
+        if has_val:
+            calibrate(ev, progress)
+        with progress.step("writing reports"):
+            results = {out.name: split_metrics(out, ev) for out in scored}
+            if has_val:
+                write_model_card(ev)
+                write_beside_model(ev)
+                results["decision_file"] = ev.result["decisions"].get("file")
+    finally:
+        progress.close()
+    return results
+
+
+def drop_stale(ckpt: Path, labels: list[str]) -> None:
+    """Removes a decision file beside ``ckpt`` that belongs to an earlier checkpoint of this path (a resumed or
+    restarted run overwrote it): it can no longer be used, and this run writes the new one."""
+    path = decision_path(ckpt)
+    if path.is_file() and decision_target.read_existing(path, ckpt, labels, warn=False) is None:
+        log.info("Replacing %s: it was fitted for an earlier %s", path.name, ckpt.name)
+        path.unlink()
+
+
+def calibrate(ev: Evaluation, progress: PostTraining) -> None:
+    """The OOD gate's training features, then ``evaluate.py split=val``'s scoring and report steps on ``ev.data``
+    (temperature, intervals, operating point, conformal scores, OOD gate, decisions)."""
+    with progress.step("OOD features"):
+        if "train" in ev.dm.datasets:
+            gate_fit_outputs(ev)
+    with progress.step("calibration"):
+        ev.result = score(ev)
+        run_report_steps(ev)
