@@ -1,5 +1,5 @@
 """Does an ensemble of recipes pay? Averages the out-of-fold probabilities of two or more cross-validation runs
-(same data, seed and folds; e.g. two recipes) image by image, and compares the average with each run, paired.
+(same data, data.split_seed and folds; e.g. two recipes) image by image, and compares the average with each run, paired.
 
 Every image is still scored only by models that did not train on it: each run's fold k model scored fold k. Only
 the images of the folds every run has are used.
@@ -28,12 +28,12 @@ def aligned(runs: list[str]) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     """Labels, each run's (N, C) probabilities and the targets over the images every run scored, in one order.
 
     Raises:
-        SystemExit: runs of other data, seeds or labels, or an image whose fold or label differs between runs.
+        SystemExit: runs of other data, split seeds or labels, or an image whose fold or label differs between runs.
     """
     tables, folds = zip(*(out_of_fold(r) for r in runs), strict=True)
-    facts = [(f[0]["seed"], f[0]["data"]) for f in folds]
+    facts = [(f[0]["split_seed"], f[0]["data"]) for f in folds]
     if len(set(facts)) != 1:
-        raise SystemExit(f"The runs are not the same cross-validation (seed, data): {list(facts)}")
+        raise SystemExit(f"The runs are not the same cross-validation (data.split_seed, data): {list(facts)}")
     labels = [c[2:] for c in tables[0].columns if c.startswith("p_")]
     if any([c[2:] for c in t.columns if c.startswith("p_")] != labels for t in tables):
         raise SystemExit("The runs have different label lists")

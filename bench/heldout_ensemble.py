@@ -1,6 +1,6 @@
 """The fold models of a cross-validation averaged, against one model trained on the same images, on a held-out split.
 
-Both runs carve the same held-out split (`data.test_fraction`, same seed: the test rows are chosen before the
+Both runs carve the same held-out split (`data.test_fraction`, same data.split_seed: the test rows are chosen before the
 folds or the val split), so each fold model and the single model wrote `predictions_test.csv` on the same
 images (uncalibrated probabilities). The ensemble averages the fold models' probabilities, as
 `evaluate.py ckpt=<multirun dir>` does without temperatures; every comparison is paired, resampling whole
@@ -43,7 +43,9 @@ def read_test(run: Path, order: pd.Index | None = None) -> pd.DataFrame:
     table = pd.read_csv(path).set_index("path")
     if order is not None:
         if set(table.index) != set(order):
-            raise SystemExit(f"{path} holds other test images than the single run: same seed and test_fraction?")
+            raise SystemExit(
+                f"{path} holds other test images than the single run: same data.split_seed and test_fraction?"
+            )
         table = table.loc[order]
     return table
 
@@ -81,7 +83,7 @@ def main() -> None:
     args = pair_args(
         __doc__,
         "a cross-validation multirun folder trained with data.test_fraction",
-        "one run of the same recipe, seed and data.test_fraction",
+        "one run of the same recipe, data.split_seed and data.test_fraction",
     )
     result = compare(args.first, args.second, args.resamples)
     for name, metrics in result["paired"].items():

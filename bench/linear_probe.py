@@ -2,7 +2,7 @@
 
 For each model: one pass of the evaluation pipeline over every image (no augmentation, the model's
 own preprocessing), pooled backbone features, then a logistic regression per cross-validation fold
-(lungnet's stratified, patient-grouped folds for the given seed; features standardised on the fold's
+(lungnet's stratified, patient-grouped folds for data.split_seed; features standardised on the fold's
 training images), scored on the fold's validation images and pooled out of fold. Cheap (forward
 passes only), so it ranks backbones before paying for fine-tuning; it does not predict fine-tuning
 accuracy exactly.
@@ -47,7 +47,7 @@ def _config(model: str, data: str, root: str, image_size: int | None) -> dict:
 
 @torch.no_grad()
 def features(model: str, data: str, root: str, image_size: int | None) -> tuple[np.ndarray, object, LungDataModule]:
-    """Pooled backbone features of every image, with the image table and the DataModule (its labels, seed)."""
+    """Pooled backbone features of every image, with the image table and the DataModule (its labels, split seed)."""
     cfg = _config(model, data, root, image_size)
     opts = {k: v for k, v in cfg["model"].items() if k != "pretrained"}
     net = create_model(num_classes=2, **opts).eval()
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         feats, table, dm = features(model, args.data, args.data_root, args.image_size)
         seconds = time.perf_counter() - start
         y = table["label"].map({name: i for i, name in enumerate(dm.labels)}).to_numpy()
-        probs = probe(feats, y, table, args.folds, dm.seed, args.C)
+        probs = probe(feats, y, table, args.folds, int(dm.cfg["split_seed"]), args.C)
         summary = stats.bootstrap_ci(probs, y, dm.labels, multilabel=False, resamples=1000, seed=0)
         results[model] = {
             "image_size": dm.image_size,

@@ -36,8 +36,14 @@ class LoadedModel:
 
     @property
     def seed(self) -> int:
-        """The training run's seed: with its data config it recomputes the run's splits (0 when unrecorded)."""
+        """The training run's seed: weights, data order and augmentation (0 when unrecorded)."""
         return int(self.hparams.get("extra", {}).get("seed", 0))
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the run's splits (``data.split_seed``; a checkpoint made before it existed: its ``seed``,
+        `lungnet.checkpoint_checks.with_split_seed`): with its data config it recomputes the run's splits."""
+        return int(self.data.get("split_seed", self.seed))
 
     @property
     def thresholds(self) -> list[float] | None:

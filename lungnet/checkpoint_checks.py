@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lungnet.config_checks import check_stored
+from lungnet.data.splits import SPLITS
 from lungnet.errors import CheckpointError, ConfigError
 from lungnet.models.registry import head_shapes
 from lungnet.models.specs import ModelSpec
@@ -25,6 +27,7 @@ from lungnet.models.weights import first_non_finite
 from lungnet.schema import MAX_IMAGE_SIZE, DataConfig, ModelConfig
 
 SPEC_KEYS = {f.name for f in dataclasses.fields(ModelSpec)}
+HEX40 = re.compile(r"[0-9a-f]{40}")
 
 
 def _short(value: Any) -> str:
@@ -83,7 +86,8 @@ def check_spec(spec: Any, labels: list[str], path: Path) -> None:
 
 
 def check_extras(hp: dict, labels: list[str], path: Path) -> None:
-    """The stored operating point (``thresholds``) and the training facts (``extra.seed``) loaders read."""
+    """The stored operating point (``thresholds``) and the training facts loaders read: ``extra.seed`` and the split
+    fingerprint ``extra.splits`` (`lungnet.data.splits.split_fingerprint`: per split an image count and a digest)."""
     thresholds = hp.get("thresholds")
     if thresholds is not None and (not _numbers(thresholds, 0, 1) or len(thresholds) != len(labels)):
         raise _refuse(path, "thresholds", thresholds, f"null or {len(labels)} numbers in [0, 1] (one per label)")
@@ -92,6 +96,22 @@ def check_extras(hp: dict, labels: list[str], path: Path) -> None:
         raise _refuse(path, "extra", extra, "a mapping")
     if not _is_int(extra.get("seed", 0)):
         raise _refuse(path, "extra.seed", extra["seed"], "an integer")
+    splits = extra.get("splits") or {}
+    accepts = "a mapping of train/val/test to {n: a count, digest: 40 hex digits}"
+    if not isinstance(splits, dict) or set(splits) - set(SPLITS):
+        raise _refuse(path, "extra.splits", splits, accepts)
+    for name, part in splits.items():
+        valid = isinstance(part, dict) and _is_int(part.get("n")) and part["n"] >= 0
+        if not valid or not isinstance(part.get("digest"), str) or not HEX40.fullmatch(part["digest"]):
+            raise _refuse(path, f"extra.splits.{name}", part, accepts)
+
+
+def with_split_seed(data: dict, extra: dict) -> dict:
+    """The stored data block with its ``split_seed``: a checkpoint made before ``data.split_seed`` existed was split
+    by its training seed (``extra.seed``, 0 when unrecorded), which then stands for it."""
+    if "split_seed" in data:
+        return data
+    return {**data, "split_seed": int(extra.get("seed", 0)) if isinstance(extra, dict) else 0}
 
 
 def check_weights(state: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -145,4 +165,5 @@ def check_checkpoint(ckpt: dict, path: Path) -> dict:
     check_head(state, hp["model"], labels, path)
     check_spec(hp["spec"], labels, path)
     check_extras(hp, labels, path)
+    hp["data"] = with_split_seed(hp["data"], hp.get("extra", {}))
     return {**ckpt, "hyper_parameters": hp}

@@ -159,6 +159,7 @@ class Member:
             "ood_gate": self.gate is not None,
             "data": self.data_name,
             "seed": self.loaded.seed,
+            "split_seed": self.loaded.split_seed,
             "cv_fold": self.cv_fold,
         }
 

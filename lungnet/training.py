@@ -106,7 +106,7 @@ def resume_target(run_dir: Path, resume) -> tuple[Path | None, Path]:
 
 
 def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_cfg: dict, ema: bool) -> None:
-    """Refuses to continue a checkpoint trained for another model, label set or data set, or with a weight
+    """Refuses to continue a checkpoint trained for another model, label set, data set or split seed, or with a weight
     average (EMA or SWA) when ``ema`` (this config has one) is off: it would continue from the averaged weights.
 
     Raises:
@@ -118,12 +118,14 @@ def check_resume_compatible(ckpt: dict, path: Path, module: LitClassifier, data_
         "labels": list(hp["labels"]),
         "dataset": (hp.get("data") or {}).get("source"),
         "in_chans": hp["model"].get("in_chans"),
+        "data.split_seed": hp["data"].get("split_seed"),  # a checkpoint older than it: its seed (checkpoint_checks)
     }
     ours = {
         "model": module.hparams.model.get("name"),
         "labels": list(module.labels),
         "dataset": data_cfg.get("source"),
         "in_chans": module.hparams.model.get("in_chans"),
+        "data.split_seed": data_cfg.get("split_seed"),
     }
     diff = [f"{k}: checkpoint {theirs[k]!r}, config {ours[k]!r}" for k in ours if theirs[k] != ours[k]]
     if diff:

@@ -63,6 +63,12 @@ BAD = [  # (edit, what the one-line refusal says)
     (_set("thresholds", [0.5]), "thresholds=[0.5] must be null or 3 numbers in [0, 1]"),
     (_set("thresholds", [0.5, 2.0, 0.5]), "thresholds=[0.5, 2.0, 0.5] must be null or 3 numbers in [0, 1]"),
     (_set("extra.seed", "x"), "extra.seed='x' must be an integer"),
+    (_set("data.split_seed", -1), "data.split_seed=-1 must be"),
+    (_set("data.split_seed", "x"), "data.split_seed='x' must be"),
+    (_set("extra.splits", ["val"]), "extra.splits=['val'] must be a mapping of train/val/test"),
+    (_set("extra.splits", {"dev": {}}), "extra.splits={'dev': {}} must be a mapping of train/val/test"),
+    (_set("extra.splits", {"val": {"n": 3, "digest": "../x"}}), "extra.splits.val={'n': 3, 'digest': '../x'} must"),
+    (_set("extra.splits", {"val": {"n": -3, "digest": "a" * 40}}), "extra.splits.val={'n': -3,"),
     (_weight(math.nan), "state_dict tensor model.head.1.weight holds NaN or inf values"),
     (_weight(math.inf), "state_dict tensor model.head.1.weight holds NaN or inf values"),
 ]
@@ -128,3 +134,12 @@ def test_a_weights_file_with_non_finite_values_is_refused(tmp_path):
     torch.save({"conv.weight": torch.tensor([1.0, math.inf])}, path)
     with pytest.raises(WeightsError, match=r"w.pt: tensor conv.weight holds NaN or inf values"):
         read_state_dict(path)
+
+
+def test_a_checkpoint_older_than_split_seed_was_split_by_its_seed(good, tmp_path):
+    """Before data.split_seed existed the training seed split the data: it stands for the split seed."""
+    old = load_model(_tampered(good, tmp_path, _set("extra.seed", 7)))
+    assert "split_seed" not in torch.load(old.path, weights_only=True)["hyper_parameters"]["data"]
+    assert old.split_seed == 7 and old.seed == 7
+    path = _tampered(good, tmp_path, lambda c: (_set("extra.seed", 7)(c), _set("data.split_seed", 3)(c)))
+    assert load_model(path).split_seed == 3 and load_model(path).seed == 7  # recorded: the seeds are apart

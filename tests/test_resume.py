@@ -16,8 +16,10 @@ import pytorch_lightning as pl
 import torch
 
 from lungnet.checkpoint import CheckpointError, read_checkpoint
+from lungnet.data.datamodule import make_source
 from lungnet.data.sources import DataError
-from lungnet.training import resume_target, train
+from lungnet.training import build_module, check_resume_compatible, resume_target, train
+from lungnet.training_checks import plain
 from tests.conftest import ROOT, TINY, compose_cfg, make_class_folders, offline_env, write_png
 
 
@@ -178,3 +180,18 @@ def test_a_longer_resume_under_a_cosine_schedule_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"max_epochs=2: its cosine learning-rate schedule was laid out over 1"):
         train(compose_cfg("train", [*args, "resume=true", "trainer.max_epochs=2"]), run)
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 0
+
+
+def test_a_resume_with_another_split_seed_is_refused(tmp_path):
+    """The checkpoint's split seed (its seed, for one older than data.split_seed) is the resumed run's: another
+    one is refused in one line before the run directory is touched."""
+    cfg = compose_cfg("train", [*TINY, f"data.root={tmp_path / 'syn'}"])
+    data_cfg = plain(cfg.data)
+    module = build_module(cfg, make_source(data_cfg), data_cfg)
+    ckpt = {"hyper_parameters": {**module.hparams, "data": {**data_cfg, "split_seed": 7}}}
+    with pytest.raises(CheckpointError, match="data.split_seed: checkpoint 7, config 42"):
+        check_resume_compatible(ckpt, tmp_path / "last.ckpt", module, data_cfg, ema=False)
+    ckpt["hyper_parameters"]["data"]["split_seed"] = 42
+    ckpt["state_dict"] = module.state_dict()
+    check_resume_compatible(ckpt, tmp_path / "last.ckpt", module, data_cfg, ema=False)
+    assert not (tmp_path / "syn").exists()

@@ -1,7 +1,7 @@
 """One LightningDataModule for every source: scan -> check -> split -> Datasets -> DataLoaders.
 
 At setup it scans the source, lists unreadable files and images given two labels (``bad_files.csv``), assigns seeded
-stratified/patient-grouped splits, reports duplicate images (exact, and with
+stratified/patient-grouped splits (``data.split_seed``), reports duplicate images (exact, and with
 ``near_duplicates`` perceptual; ``near_duplicates=group`` keeps near copies in one split) and shared patients
 across splits (``data_report.json``) and
 writes the split files into the run directory. Training batches come from an `EpochSampler`, so
@@ -70,7 +70,7 @@ class LungDataModule(pl.LightningDataModule):
         cfg: the ``data`` config (see ``conf/data/*.yaml``; missing keys, e.g. in old checkpoints, take the
             schema's defaults, `lungnet.schema.DataConfig`).
         spec: the model's spec (input size, mean/std, channels).
-        seed: split seed.
+        seed: the training seed (data order and augmentation); the split is seeded by ``cfg["split_seed"]``.
         augment: albumentations steps for training (Hydra dicts).
         run_dir: where split files and reports are written (None: nowhere).
         expected_splits: the splits a checkpoint recorded (evaluation, resume, explanations): verified right
@@ -152,7 +152,7 @@ class LungDataModule(pl.LightningDataModule):
             table, grouped = group_near_duplicates(table, int(self.cfg["near_duplicate_threshold"]))
         table = assign_splits(
             table,
-            self.seed,
+            int(self.cfg["split_seed"]),
             self.cfg["val_fraction"],
             self.cfg["test_fraction"],
             self.cfg["carve_val"],

@@ -17,8 +17,10 @@ data.root, operating_point.*, bootstrap.*, calibration.*). The run directory
 - ``comparison_bars.png``: accuracy, macro precision, recall, F1, AUROC and loss per model (CI error bars);
 - ``comparison_roc.png``: ROC curves of all models overlaid, one panel per class plus the micro average.
 
-Checkpoints with different label lists are refused, and so are evaluations that saw different images
-(e.g. models trained with different split seeds) unless ``allow_different_images=true``.
+Checkpoints with different label lists are refused, and so are checkpoints that hold different images in the
+compared split (another ``data.split_seed``, fraction or data set: told from the split fingerprints they record,
+`lungnet.evaluation.same_split`), before any model runs, unless ``allow_different_images=true``; the images each
+evaluation saw are compared again afterwards. A seed sweep (``train.py -m seed=1,2``) shares its split.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from lungnet.evaluation import plots
 from lungnet.evaluation.plots import BAR_METRICS
 from lungnet.evaluation.report import fmt, fmt_ci, markdown_to_html, table
 from lungnet.evaluation.run import evaluate_with_predictions
+from lungnet.evaluation.same_split import SplitFacts, check_same_split
 from lungnet.io import write_csv, write_text
 
 log = logging.getLogger(__name__)
@@ -69,20 +72,40 @@ def find_checkpoints(runs: str | list | ListConfig) -> list[Path]:
     return found
 
 
-def check_same_labels(ckpts: list[Path]) -> list[str]:
-    """The shared label list; refuses checkpoints whose labels (or multi-label flag) differ.
+def check_same_labels(ckpts: list[Path], names: list[str] | None = None) -> tuple[list[str], list[SplitFacts]]:
+    """The shared label list, and what each checkpoint records about its splits; refuses checkpoints whose labels (or
+    multi-label flag) differ.
+
+    Args:
+        ckpts: the checkpoints.
+        names: their names in messages (default: `model_names`).
 
     Raises:
         DataError: naming each checkpoint and its labels.
     """
-    seen = {}
-    for ckpt in ckpts:
+    seen, facts = {}, []
+    for ckpt, name in zip(ckpts, names or model_names(ckpts), strict=True):
         hp = read_checkpoint(ckpt)["hyper_parameters"]
         seen[str(ckpt)] = (list(hp["labels"]), bool(hp["multilabel"]))
+        facts.append(SplitFacts.of(name, hp))
     if len(set(map(repr, seen.values()))) > 1:
         listing = "; ".join(f"{k}: {v[0]}{' (multi-label)' if v[1] else ''}" for k, v in seen.items())
         raise DataError(f"Cannot compare checkpoints with different label lists: {listing}")
-    return next(iter(seen.values()))[0]
+    return next(iter(seen.values()))[0], facts
+
+
+def check_same_images(cfg: DictConfig, facts: list[SplitFacts]) -> None:
+    """Refuses, before any model runs, checkpoints whose recorded ``cfg.split`` differs (`check_same_split`), unless
+    ``allow_different_images``; ``split=all`` and another data set (``data=<B>``) score the same images anyway.
+
+    Raises:
+        DataError: one line naming two runs, the split and why (e.g. ``split_seed 1 vs 2``).
+    """
+    chosen = OmegaConf.select(cfg, "data.name", default=None)
+    if cfg.get("allow_different_images", False) or any(chosen and f.data.get("name") != chosen for f in facts):
+        return
+    remedy = "train them with the same data.split_seed and split settings, or set allow_different_images=true"
+    check_same_split(facts, [str(cfg.split)], "runs", remedy)
 
 
 def comparison_table(results: dict[str, dict]) -> pd.DataFrame:
@@ -146,8 +169,9 @@ def compare(cfg: DictConfig, run_dir: str | Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     pin_paths(cfg, run_dir)  # paths.output_dir names this comparison's directory, also outside a Hydra app
     ckpts = find_checkpoints(cfg.runs)
-    labels = check_same_labels(ckpts)
     names = model_names(ckpts)
+    labels, facts = check_same_labels(ckpts, names)
+    check_same_images(cfg, facts)  # before any model runs
     log.info("Comparing %d checkpoints on %s: %s", len(ckpts), cfg.split, ", ".join(names))
     base = OmegaConf.to_container(cfg, resolve=True)
     base.pop("runs", None)
@@ -162,8 +186,9 @@ def compare(cfg: DictConfig, run_dir: str | Path) -> pd.DataFrame:
     differ = [n for n, p in images.items() if p != reference]
     if differ and not cfg.get("allow_different_images", False):
         raise DataError(
-            f"Models {differ} were evaluated on other images than {names[0]} (different data root, split "
-            f"seed or fractions?): a comparison would not be fair. Set allow_different_images=true to override."
+            f"Models {differ} were evaluated on other images than {names[0]} (different data root, "
+            "data.split_seed or fractions?): a comparison would not be fair. Set allow_different_images=true to "
+            "override."
         )
     frame = comparison_table(results)
     write_csv(run_dir / "comparison.csv", frame)

@@ -8,12 +8,13 @@ Usage, after a k-fold multirun (each fold is one run directory)::
 
 Each fold's validation predictions (``predictions_val.csv``, written by train.py) are pooled into one
 out-of-fold prediction per image. The summary refuses folds that do not belong together: different fold
-counts, seeds, label lists or datasets, a fold seen twice, or validation images shared between folds.
+counts, split seeds (``data.split_seed``), label lists or datasets, a fold seen twice, or validation images shared
+between folds.
 With ``checkpoint.select=best`` each fold's epoch was chosen on the same images it is scored on, which
 flatters the numbers; the summary says which was used. Written to ``out`` (default: the multirun
 directory): ``cv_summary.md``, ``cv_summary.json``, ``cv_folds.csv`` and ``oof_predictions.csv``.
 
-With ``baseline=<another k-fold multirun>`` (the same data, seed and folds, e.g. another model or recipe) the
+With ``baseline=<another k-fold multirun>`` (the same data, split seed and folds, e.g. another model or recipe) the
 two are compared on the images of the folds both have: the difference of each pooled metric with a paired
 bootstrap interval (`lungnet.evaluation.stats.paired_bootstrap`), written to ``cv_comparison.md`` / ``.json``.
 """
@@ -97,13 +98,14 @@ def load_fold(run: Path) -> dict:
         cfg = OmegaConf.load(run / "config.yaml")
         metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
         metrics["val"]["n"]
+        split_seed = int(cfg.data.get("split_seed", cfg.seed))  # a run older than data.split_seed: its seed
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{run} is not a finished fold (config.yaml / metrics.json with val metrics): {exc}") from exc
     return {
         "run": run,
         "fold": int(cfg.data.get("cv_fold", 0)),
         "folds": int(cfg.data.get("cv_folds", 0)),
-        "seed": int(cfg.seed),
+        "split_seed": split_seed,
         "data": str(cfg.data.name),
         "model": str(cfg.model.name),
         "settings": _settings(cfg),
@@ -132,7 +134,7 @@ def patient_groups(oof: pd.DataFrame) -> np.ndarray | None:
 
 def check_folds(folds: list[dict]) -> None:
     """Raises DataError unless the runs are the k distinct folds of one k-fold split."""
-    for key in ("folds", "seed", "data", "model"):
+    for key in ("folds", "split_seed", "data", "model"):
         values = sorted({str(f[key]) for f in folds})
         if len(values) > 1:
             raise DataError(f"The runs differ in {key}: {values}; summarise one cross-validation at a time")
@@ -200,7 +202,7 @@ def summarise(runs: list[Path], resamples: int = 1000, seed: int = 0) -> dict:
         "folds_found": [f["fold"] for f in folds],
         "data": folds[0]["data"],
         "model": folds[0]["model"],
-        "seed": folds[0]["seed"],
+        "split_seed": folds[0]["split_seed"],
         "selected": sorted({f["select"] for f in folds}),
         "runs": [str(f["run"]) for f in folds],
         "per_fold": per_fold.to_dict(orient="records"),
@@ -230,7 +232,7 @@ def render(summary: dict) -> str:
             f"# {summary['folds_expected']}-fold cross-validation: {summary['model']} on {summary['data']}"
             + ("" if len(summary["folds_found"]) == summary["folds_expected"] else " (incomplete)"),
             "",
-            f"Folds found {summary['folds_found']} of {summary['folds_expected']}; seed {summary['seed']}; "
+            f"Folds found {summary['folds_found']} of {summary['folds_expected']}; split seed {summary['split_seed']}; "
             f"checkpoint: {selected} = {caveat}.",
             "",
             table(head, rows),
@@ -264,14 +266,14 @@ def compare(variant: dict, baseline: dict, resamples: int = 1000, seed: int = 0)
         ``{"folds", "images", "variant", "baseline", "metrics"}``, ``metrics`` from `paired_bootstrap` (A - B).
 
     Raises:
-        DataError: different data, seeds, fold counts or labels, no fold in common, or a common fold whose
+        DataError: different data, split seeds, fold counts or labels, no fold in common, or a common fold whose
             validation images differ (the splits are not the same).
     """
-    for key in ("data", "seed", "folds_expected", "multilabel"):
+    for key in ("data", "split_seed", "folds_expected", "multilabel"):
         if variant[key] != baseline[key]:
             raise DataError(
                 f"The cross-validations differ in {key}: {variant[key]} vs {baseline[key]}; "
-                "compare runs of the same k-fold split (same data, seed and data.cv_folds)"
+                "compare runs of the same k-fold split (same data, data.split_seed and data.cv_folds)"
             )
     folds = sorted(set(variant["folds_found"]) & set(baseline["folds_found"]))
     if not folds:

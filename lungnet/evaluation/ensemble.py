@@ -3,9 +3,11 @@ of its members on the same images.
 
 Every member builds its own data module from its checkpoint (its own input size, mean and std), runs on the
 evaluated split, and the outputs are matched image by image: the members must hold exactly the same images in that
-split (same data and split seed, or ``split=all`` on one folder), else the evaluation is refused with a line naming
-the member. The ensemble's probabilities are the mean of the members' calibrated probabilities; metrics, calibration,
-operating point, conformal sets and the report then follow as for one checkpoint (`lungnet.evaluation.run`).
+split (same data and ``data.split_seed``, or ``split=all`` on one folder), else the evaluation is refused with a line
+naming the members: before any member runs when their checkpoints' split fingerprints differ (`check_same_images`),
+else once their outputs are matched. The ensemble's probabilities are the mean of the members' calibrated
+probabilities; metrics, calibration, operating point, conformal sets and the report then follow as for one checkpoint
+(`lungnet.evaluation.run`).
 
 Splits:
 
@@ -40,6 +42,7 @@ from lungnet.ensemble import MANIFEST, Ensemble  # noqa: E402
 from lungnet.errors import ConfigError, DataError  # noqa: E402
 from lungnet.evaluation import plots, stats  # noqa: E402
 from lungnet.evaluation.predict import Outputs, model_outputs  # noqa: E402
+from lungnet.evaluation.same_split import SplitFacts, check_same_split  # noqa: E402
 from lungnet.io import write_json  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -122,6 +125,22 @@ def check_split(ensemble: Ensemble, split: str, fit_on: str) -> None:
             )
 
 
+def check_same_images(ensemble: Ensemble, split: str, fit_on: str) -> None:
+    """Refuses, before any member runs, members whose recorded splits differ in the evaluated split or the one the
+    operating point is fitted on (``auto``: val; cross-validation folds: the evaluated split), `check_same_split`.
+
+    Raises:
+        DataError: one line naming two members, the split and why (e.g. ``split_seed 1 vs 2``).
+    """
+    fit = split if ensemble.is_cross_validation else "val" if fit_on == "auto" else fit_on
+    facts = [SplitFacts.of(m.name, m.loaded.hparams) for m in ensemble.members]
+    remedy = (
+        "an ensemble is scored on images every member held out; train the members with the same data.split_seed "
+        "and split settings, or use split=all data.root=<a folder none of them trained on>"
+    )
+    check_same_split(facts, [split, fit], "Ensemble members", remedy)
+
+
 def fit_split(ensemble: Ensemble, fit_name: str, split: str) -> str:
     """The split the ensemble's operating point and temperature are fitted on: ``fit_name`` (as for one model),
     except for cross-validation folds, which share no validation split: the evaluated split itself."""
@@ -155,8 +174,8 @@ def ensemble_outputs(model: EnsembleModel, dms: list, split: str, device: str) -
             raise DataError(
                 f"Ensemble member {member.name} holds other {split} images than {ens.members[0].name} "
                 f"({len(set(out.paths) - set(ref.paths))} not in it, {len(set(ref.paths) - set(out.paths))} missing; "
-                "another data root, split seed or fraction?): an ensemble is scored on images every member held out; "
-                "use split=test or split=all data.root=<external folder> with images none of them trained on"
+                "another data root, data.split_seed or fraction?): an ensemble is scored on images every member held "
+                "out; use split=test or split=all data.root=<external folder> with images none of them trained on"
             )
     order = [{p: i for i, p in enumerate(out.paths)} for out in outs]
     idx = [np.array([o[p] for p in ref.paths]) for o in order]

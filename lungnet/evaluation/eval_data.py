@@ -16,9 +16,11 @@ from lungnet.io import write_csv
 
 
 def data_config(loaded: LoadedModel, overrides: dict) -> dict:
-    """The checkpoint's data config with the non-null overrides applied."""
+    """The checkpoint's data config with the non-null overrides applied; its split seed always its own (a chosen
+    ``data=<its data set>`` carries the default one), so its splits are recomputed as they were trained."""
     cfg = dict(loaded.data)
     cfg.update({k: v for k, v in external.data_overrides(overrides).items() if v is not None})
+    cfg["split_seed"] = loaded.split_seed
     return resolve_root(cfg)
 
 
@@ -69,7 +71,7 @@ def build_eval_data(
         dm.report["training_overlap"] = external.check_training_overlap(loaded, dm, split, ext_cfg)
         return write_data_records(dm, run_dir, split)
     cfg = data_config(loaded, overrides)
-    # the splits are recomputed from the data config and seed: they must still hold the training-time images
+    # the splits are recomputed from the data config and split seed: they must still hold the training-time images
     allow = bool(cfg.get("allow_leakage"))
     expected = None if split == "all" else ExpectedSplits.of(loaded.hparams, loaded.path, "evaluate", allow)
     held = None if split == "all" else run_dir  # split=all: nothing written before the overlap check

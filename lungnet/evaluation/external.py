@@ -135,17 +135,14 @@ def check_mapping(loaded: LoadedModel, name: str, source_labels: list[str], mapp
         )
 
 
-def build_external_data(
-    loaded: LoadedModel, overrides: dict, split: str, run_dir: Path | None, seed: int | None = None
-) -> LungDataModule:
+def build_external_data(loaded: LoadedModel, overrides: dict, split: str, run_dir: Path | None) -> LungDataModule:
     """The DataModule of data set B for ``loaded``, holding only the images of ``split`` it can score.
 
     Args:
         loaded: the checkpoint (trained on A).
         overrides: B's data config (``data=<B>`` plus ``data.<key>=`` overrides).
-        split: ``all`` (every image of B) or a split of B made with B's settings and ``seed``.
+        split: ``all`` (every image of B) or a split of B made with B's settings (its ``data.split_seed`` too).
         run_dir: where B's bad-file list and split files go (None: nowhere).
-        seed: the split seed (default: the checkpoint's).
 
     Returns:
         A DataModule whose ``labels`` are the scored findings, with ``external`` (`ExternalEvaluation`) set.
@@ -154,7 +151,7 @@ def build_external_data(
         DataError: multi-label checkpoint or data, no finding in common, nothing left to score.
     """
     cfg = external_config(loaded, overrides)
-    dm = LungDataModule(cfg, loaded.spec, seed=loaded.seed if seed is None else int(seed), run_dir=run_dir)
+    dm = LungDataModule(cfg, loaded.spec, seed=loaded.seed, run_dir=run_dir)
     name = str(cfg.get("name") or cfg["source"])
     if dm.multilabel:
         raise DataError(f"Data set '{name}' is multi-label: score a single-label view of it (e.g. data=nih6)")

@@ -196,6 +196,8 @@ def compute_ensemble(cfg: DictConfig, run_dir: Path, opts: dict) -> Evaluation:
     split = str(cfg.split)
     ens = open_ensemble(cfg.ckpt)
     ensembles.check_split(ens, split, str(opts["operating_point"]["fit_on"]))
+    if split != "all":  # every image of one folder is the same images for every member
+        ensembles.check_same_images(ens, split, str(opts["operating_point"]["fit_on"]))
     stats.operating_classes(ens.labels, opts["operating_point"]["positive_class"])
     stats.operating_classes(ens.labels, opts["decision_positive_class"])
     overrides = OmegaConf.to_container(cfg.data, resolve=True)

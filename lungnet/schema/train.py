@@ -9,6 +9,8 @@ from omegaconf import MISSING, OmegaConf
 
 from lungnet.schema.fields import MAX_IMAGE_SIZE, NEAR_DUPLICATES, Balance, Mode, OnBadFile, Resize, Select, opt
 
+MAX_SPLIT_SEED = 2**32 - 2  # scikit-learn's random_state is below 2**32, and the val split draws with split_seed + 1
+
 
 @dataclass
 class EvalDataOverrides:
@@ -49,6 +51,12 @@ class DataConfig(EvalDataOverrides):
     carve_val: bool = opt(False, "carve a stratified validation split from train (ignore a shipped val)")
     val_fraction: float = opt(0.1, "validation share when the data set ships no val split", ge=0, lt=1)
     test_fraction: float = opt(0.0, "test share when the data set ships no test split", ge=0, lt=1)
+    split_seed: int = opt(
+        42,
+        "seeds the train/val/test split and the k-fold CV folds (not the weights: the training seed does)",
+        ge=0,
+        le=MAX_SPLIT_SEED,
+    )
     cv_folds: int = opt(0, ">1: k-fold CV over train+val, validation = fold cv_fold (patient-grouped)", ge=0)
     cv_fold: int = opt(0, "the validation fold of a k-fold CV", ge=0)
     image_size: int | None = opt(None, "input size in px (null: the model's default)", ge=8, le=MAX_IMAGE_SIZE)
@@ -221,7 +229,7 @@ class TrainConfig:
     callbacks: dict[str, Any] | None = opt(None, help="Lightning callbacks by name (null removes one)")
     logger: dict[str, Any] | None = opt(None, help="Lightning loggers by name")
     paths: PathsConfig = opt(factory=PathsConfig)
-    seed: int = opt(42, "seeds the split, the data order, augmentation and the weights")
+    seed: int = opt(42, "seeds the weights, the data order and augmentation (the split: data.split_seed)")
     resume: Any = opt(
         False,
         "true: this run dir's last.ckpt; or a .ckpt; or a run directory (replays its overrides that set schema keys "

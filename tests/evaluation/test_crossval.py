@@ -91,12 +91,16 @@ def test_folds_that_do_not_belong_together_are_refused(cv_runs, tmp_path):
     shutil.rmtree(mixed / "1b")
     config = mixed / "2" / "config.yaml"
     cfg = yaml.safe_load(config.read_text())
-    cfg["seed"] = 99
+    cfg["data"]["split_seed"] = 99  # other folds: another k-fold split
     config.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(DataError, match="differ in seed"):
+    with pytest.raises(DataError, match=r"differ in split_seed: \['42', '99'\]"):
         summarise(find_fold_runs(mixed))
     fold0 = yaml.safe_load((mixed / "0" / "config.yaml").read_text())
-    cfg["seed"] = fold0["seed"]
+    cfg["data"]["split_seed"] = fold0["data"]["split_seed"]
+    del cfg["data"]["split_seed"]  # a fold older than data.split_seed: split by its seed (42), as the others
+    config.write_text(yaml.safe_dump(cfg))
+    assert summarise(find_fold_runs(mixed), resamples=10)["split_seed"] == 42
+    cfg["data"]["split_seed"] = fold0["data"]["split_seed"]
     cfg["optimizer"]["lr"] = 0.5  # another recipe's fold
     config.write_text(yaml.safe_dump(cfg))
     with pytest.raises(DataError, match="different settings.*optimizer.lr"):
@@ -127,8 +131,8 @@ def test_two_cross_validations_are_compared_pairwise_on_common_folds(cv_runs, tm
     common = base["oof"][base["oof"]["fold"] < 2]
     assert acc["a"] == 1.0 and acc["b"] == pytest.approx(float((common["true"] == common["predicted"]).mean()))
     assert acc["diff"] == pytest.approx(1.0 - acc["b"])
-    with pytest.raises(DataError, match="differ in seed"):
-        compare({**variant, "seed": 7}, base)
+    with pytest.raises(DataError, match="differ in split_seed"):
+        compare({**variant, "split_seed": 7}, base)
     moved = base["oof"].copy()
     moved.loc[moved.index[0], "path"] = "/elsewhere/x.png"  # a fold with other images: another split
     with pytest.raises(DataError, match="different validation images"):

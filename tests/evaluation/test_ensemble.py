@@ -109,7 +109,7 @@ def test_refuses_a_member_holding_other_images_before_writing(members, tiny_ckpt
     assert exit_.value.code == 2
     captured = capfd.readouterr()
     (line,) = [x for x in (captured.out + captured.err).splitlines() if "ERROR" in x]
-    assert "Ensemble member c holds other val images than a" in line
+    assert "Ensemble members a and c hold different val splits (val_fraction 0.15 vs 0.4" in line
     assert not out.exists() or not any(p.name != ".hydra" for p in out.iterdir())
 
 
