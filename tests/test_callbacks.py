@@ -252,7 +252,8 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert errors[0].startswith(f"WriteError: Could not write {calls[2].with_suffix('')}: No space left on device")
-    resume = f"the previous best.ckpt is kept; free space, then resume=true hydra.run.dir={run} continues from its last"
+    failed = calls[2].with_suffix("").name  # best or last.ckpt: the previous one is kept
+    resume = f"the previous {failed} is kept; free space, then resume=true hydra.run.dir={run} continues from its last"
     assert errors[0].endswith(f"{resume}.ckpt")
     assert not list(run.rglob("*.tmp"))
     best = run / "checkpoints" / "best.ckpt"

@@ -84,12 +84,13 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
         env=offline_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the kill takes its loader workers too (they hold stderr)
     )
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         if last.exists() and _epoch_of(last) >= 1:
-            os.kill(proc.pid, signal.SIGKILL)  # during epoch 2, the last of 0..2
+            os.killpg(proc.pid, signal.SIGKILL)  # during epoch 2, the last of 0..2
             break
         time.sleep(0.05)
     _, err = proc.communicate(timeout=60)

@@ -111,10 +111,12 @@ def test_cli_arguments(tmp_path, monkeypatch, capsys, caplog):
     assert cfg.method == "scorecam" and cfg.options.batch_size == 8 and cfg.n == 16
     assert explain_options("scorecam", cfg.options) == {"batch_size": 8}
     assert explain_options("ig", {}) == {"n_steps": 32, "internal_batch_size": 32}  # conf/explain/ig.yaml's
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.ckpt").write_bytes(b"")  # a file: a missing ckpt is refused first
     for args, message in [
         (["x.ckpt"], "key=value"),
         (["method=gradcam"], "ckpt="),
-        (["ckpt=x", "method=lime"], "choose from"),
+        (["ckpt=x.ckpt", "method=lime"], "choose from"),
     ]:
         with pytest.raises(SystemExit) as exc:
             run_cli(explain, [*args, f"out={tmp_path / 'out'}"], monkeypatch)
