@@ -376,9 +376,7 @@ class Predictor:
                 heat = self.unpad(maps[k], images[k].shape) if maps is not None else None
                 if targets is not None:
                     rows[k]["heatmap_class"] = self.labels[targets[k]]
-                results[i] = Prediction(
-                    files[i], rows[k], probs[k], images[k] if explain else None, heat if explain else None, items[i].sha1
-                )
+                results[i] = Prediction(files[i], rows[k], probs[k], images[k], heat, items[i].sha1)
         return [r for r in results if r is not None]
 
     def check_finite(self, logits: np.ndarray, files: list[str]) -> None:

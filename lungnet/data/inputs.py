@@ -55,9 +55,7 @@ class InputFiles(Dataset):
         image_max_side: with ``keep_image``, reduce the kept image to this long side (None: full size).
     """
 
-    def __init__(
-        self, files: Sequence[str], prep, keep_image: bool = False, image_max_side: int | None = None
-    ) -> None:
+    def __init__(self, files: Sequence[str], prep, keep_image: bool = False, image_max_side: int | None = None) -> None:
         self.files = [str(f) for f in files]
         self.prep = prep
         self.keep_image = keep_image

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from contextlib import nullcontext
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import BinaryIO
 
 MAGIC = b"\x89PNG\r\n\x1a\n"
