@@ -5,7 +5,9 @@ Runs decode, predict (each ``--workers`` value), decode, ... interleaved, and co
 of the decode runs around it, so a machine shared with other work shifts both alike. Start-up is excluded: the
 predict time runs from the call of ``Predictor.predict_iter`` (model loaded) to its last row (DataLoader workers
 started and joined inside it). Every run records its CPU seconds (this process and its reaped workers, `os.times`)
-and the load average. The files are read once before timing (page cache warm for both).
+and the load average. The files are read once before timing (page cache warm for both). ``inputs_w<N>`` runs
+time the workers' part alone (`lungnet.data.inputs.InputFiles`: read once, SHA-1, decode, preprocess; no model).
+The default model is a random ``simple_cnn`` at 32 px, so that the model costs little next to the decode.
 
 Example (a 1024 px NIH-like folder, `bench/nih_like.py`):
     python bench/nih_like.py --out /tmp/nihlike_p --n 300 --size 1024
@@ -24,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads collapse on a shared CPU
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 log = logging.getLogger(__name__)
 
