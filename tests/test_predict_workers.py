@@ -98,3 +98,16 @@ def test_items_carry_errors_and_workers_follow_the_batches(folder):
     assert bad.error and bad.tensor is None and bad.sha1
     assert not good.error and good.tensor.shape == (1, 40, 40) and max(good.image.shape) == 16
     assert decode_workers(None, 1) == 0 and decode_workers(3, 2) == 2 and 1 <= decode_workers(None, 100) <= 4
+
+
+def test_an_ensemble_in_workers_gives_the_serial_probabilities(folder, tmp_path):
+    """Each member's own input (32 and 40 px) is made in the worker from one decode."""
+    a = make_checkpoint(tmp_path / "a" / "a.ckpt", seed=0)
+    b = make_checkpoint(tmp_path / "b" / "b.ckpt", seed=1, size=40)
+    ensemble = Predictor([str(a), str(b)], decision="none")
+    files = sorted(folder.glob("*.png"))
+    serial = list(ensemble.predict_iter(files, batch_size=2, num_workers=0))
+    workers = list(ensemble.predict_iter(files, batch_size=2, num_workers=2))
+    assert [p.file for p in workers] == [str(f) for f in files] and sum(not p.ok for p in workers) == 1
+    for s, w in zip(serial, workers, strict=True):
+        assert s.row == w.row
