@@ -9,11 +9,12 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lungnet.checkpoint import CheckpointError, read_checkpoint
 from lungnet.data.images import collect_inputs
-from lungnet.data.overlap import recorded_hashes, training_copies
+from lungnet.data.overlap import RECORDED_SPLITS, exact64, recorded_hashes
 from lungnet.errors import DataError
 from lungnet.explain.base import ExplainError
 from lungnet.explain.overlay import heatmap_caption, save_captioned
@@ -35,20 +36,22 @@ COLUMNS = [
 ]
 
 
-def seen_in_training(predictor: Predictor, files: list[Path]) -> dict[str, str]:
-    """Input files that are exact copies of the checkpoint's training or validation images (``.ckpt`` only)."""
-    if predictor.kind != "checkpoint":
+def recorded_copies(predictor: Predictor) -> dict[str, set[int]]:
+    """The 64-bit SHA-1 prefixes of the checkpoint's training and validation images per split (``.ckpt`` only;
+    empty: nothing recorded)."""
+    hashes = recorded_hashes(read_checkpoint(predictor.path)) if predictor.kind == "checkpoint" else None
+    if hashes is None:
         return {}
-    seen = training_copies([str(f) for f in files], recorded_hashes(read_checkpoint(predictor.path)))
-    if seen:
-        log.warning(
-            "%d of %d inputs are copies of images the model was trained or validated on (column "
-            "seen_in_training), e.g. %s",
-            len(seen),
-            len(files),
-            next(iter(seen)),
-        )
-    return seen
+    return {s: set(np.asarray((hashes.get(s) or {}).get("exact", np.zeros(0))).tolist()) for s in RECORDED_SPLITS}
+
+
+def seen_split(recorded: dict[str, set[int]], pred: Prediction) -> str:
+    """``train`` or ``val`` when ``pred``'s file is an exact copy of one of those images (its SHA-1 from the read
+    that was decoded), else ''."""
+    if not recorded or not pred.sha1:
+        return ""
+    value = int(exact64(pd.Series([pred.sha1]))[0])
+    return next((s for s in RECORDED_SPLITS if value in recorded[s]), "")
 
 
 def open_predictor(cfg) -> tuple[Predictor, str | None, dict]:
@@ -100,12 +103,24 @@ def run_batch(cfg, run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     predictor, explain, options = open_predictor(cfg)
     files = collect_inputs(cfg.input)
-    seen = seen_in_training(predictor, files)
-    preds = predictor.predict_iter(files, int(cfg.batch_size), explain, progress=True, explain_options=options)
-    rows, failed = [], 0
+    recorded = recorded_copies(predictor)
+    preds = predictor.predict_iter(
+        files, int(cfg.batch_size), explain, progress=True, explain_options=options, num_workers=cfg.num_workers
+    )
+    rows, failed, seen = [], 0, {}
     for k, pred in enumerate(preds):
+        if split := seen_split(recorded, pred):
+            seen[str(pred.file)] = split
         rows.append(prediction_row(predictor, pred, k, run_dir, explain, float(cfg.alpha), seen))
         failed += not pred.ok
+    if seen:
+        log.warning(
+            "%d of %d inputs are copies of images the model was trained or validated on (column "
+            "seen_in_training), e.g. %s",
+            len(seen),
+            len(files),
+            next(iter(seen)),
+        )
     path = write_predictions(run_dir, predictor, rows, failed, len(seen))
     if predictor.decision is None:
         log.info(

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, is_torchscript, load_model
-from lungnet.data.images import ImageReadError, read_image
-from lungnet.data.transforms import fit_within
+from lungnet.data.images import read_image
+from lungnet.data.inputs import InputFiles, InputItem, collate_inputs, decode_workers
 from lungnet.decision import DecisionRecord, Decisions, export_decision, find_decision
 from lungnet.ensemble import EnsembleBackend, ensemble_decision, model_files, open_ensemble
 from lungnet.evaluation.predict import predictions_table
@@ -45,6 +46,7 @@ class Prediction:
         image: the decoded grayscale image, reduced to ``image_max_side`` when given (kept only when a heatmap
             was asked for).
         heatmap: heatmap in [0, 1] cropped to the image content (model-input resolution), or None.
+        sha1: hex SHA-1 of the file's bytes, from the read that was decoded ('' when they could not be read).
     """
 
     file: str
@@ -52,6 +54,7 @@ class Prediction:
     probs: np.ndarray | None = None
     image: np.ndarray | None = field(default=None, repr=False)
     heatmap: np.ndarray | None = field(default=None, repr=False)
+    sha1: str = ""
 
     @property
     def ok(self) -> bool:
@@ -313,8 +316,12 @@ class Predictor:
         progress: bool = False,
         explain_options: dict | None = None,
         image_max_side: int | None = None,
+        num_workers: int | None = 0,
     ) -> Iterator[Prediction]:
         """Classifies files in batches; yields one `Prediction` per file, in order.
+
+        Each file is read once (`lungnet.data.inputs.InputFiles`): its SHA-1 (`Prediction.sha1`) and its decode
+        come from the same bytes; reading, decoding and preprocessing run in DataLoader workers.
 
         Args:
             paths: image files (PNG/JPEG/TIFF/BMP, 8/16-bit, DICOM).
@@ -325,15 +332,20 @@ class Predictor:
             image_max_side: with ``explain``, the image kept for the overlay is reduced to this long side right
                 after the model input is made from the full decode (None: kept at full size). The model input
                 is the same either way.
+            num_workers: processes that read, decode and preprocess (0: this process; None: min(4, cores)); never
+                more than there are batches.
         """
         paths = [str(p) for p in paths]
         bar = tqdm(total=len(paths), desc="Predicting", unit="img", disable=not progress)
         options = explain_options or {}
         batch_size = max(1, int(batch_size))
+        workers = decode_workers(num_workers, -(-len(paths) // batch_size))
+        dataset = InputFiles(paths, self.prep, keep_image=bool(explain), image_max_side=image_max_side)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_inputs)
         try:
-            for start in range(0, len(paths), batch_size):
-                yield from self._predict_batch(paths[start : start + batch_size], explain, options, image_max_side)
-                bar.update(min(batch_size, len(paths) - start))
+            for items in loader:
+                yield from self._predict_batch(items, explain, options)
+                bar.update(len(items))
         finally:
             bar.close()
 
@@ -341,26 +353,16 @@ class Predictor:
         """CSV-ready rows, one per file (error rows for unreadable files)."""
         return [p.row for p in self.predict_iter(paths, batch_size, progress=progress)]
 
-    def _predict_batch(
-        self, files: list[str], explain: str | None, options: dict, image_max_side: int | None = None
-    ) -> list[Prediction]:
+    def _predict_batch(self, items: list[InputItem], explain: str | None, options: dict) -> list[Prediction]:
+        files = [item.file for item in items]
         results: list[Prediction | None] = [None] * len(files)
-        images, tensors, index = [], [], []
-        for i, file in enumerate(files):
-            try:
-                image, tensor = self.load(file)
-            except ImageReadError as exc:
-                log.warning("Skipping %s: %s", file, exc.reason)
-                results[i] = Prediction(file, self.error_row(file, exc.reason))
-                continue
-            except Exception as exc:  # noqa: BLE001 - one odd file must not stop a batch job; it is reported
-                log.warning("Skipping %s: %s", file, exc)
-                results[i] = Prediction(file, self.error_row(file, f"cannot preprocess image ({exc})"))
-                continue
-            # only what an overlay needs is kept (the full decode is released here, not at the batch's end)
-            images.append(fit_within(image, image_max_side) if explain else None)
-            tensors.append(tensor)
-            index.append(i)
+        for i, item in enumerate(items):
+            if item.error:
+                log.warning("Skipping %s: %s", item.file, item.error)
+                results[i] = Prediction(item.file, self.error_row(item.file, item.error), sha1=item.sha1)
+        index = [i for i, item in enumerate(items) if not item.error]
+        images = [items[i].image for i in index]
+        tensors = [items[i].tensor for i in index]
         if tensors:
             batch = stack(tensors)
             logits, features = self.outputs(batch)
@@ -374,9 +376,7 @@ class Predictor:
                 heat = self.unpad(maps[k], images[k].shape) if maps is not None else None
                 if targets is not None:
                     rows[k]["heatmap_class"] = self.labels[targets[k]]
-                results[i] = Prediction(
-                    files[i], rows[k], probs[k], images[k] if explain else None, heat if explain else None
-                )
+                results[i] = Prediction(files[i], rows[k], probs[k], images[k], heat, items[i].sha1)
         return [r for r in results if r is not None]
 
     def check_finite(self, logits: np.ndarray, files: list[str]) -> None:

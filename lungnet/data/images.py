@@ -9,8 +9,10 @@ user named (a file, a folder or a glob) for prediction and calibration.
 from __future__ import annotations
 
 import glob
+import io
 import logging
 import os
+import stat
 import threading
 import warnings
 from pathlib import Path
@@ -58,15 +60,53 @@ def _head(path: Path, n: int = 132) -> bytes:
         return fh.read(n)
 
 
-def is_dicom(path: str | os.PathLike) -> bool:
-    """True when the file carries the ``DICM`` magic at byte 128, or has a DICOM suffix and no raster magic."""
+def _fresh(path: Path, data: bytes | None):
+    """What the decoders open: the file's bytes already read (a new stream each time), else the path."""
+    return io.BytesIO(data) if data is not None else path
+
+
+def is_dicom(path: str | os.PathLike, data: bytes | None = None) -> bool:
+    """True when the file (or its bytes ``data``) carries the ``DICM`` magic at byte 128, or has a DICOM suffix and
+    no raster magic."""
     try:
-        head = _head(Path(path))
+        head = data[:132] if data is not None else _head(Path(path))
     except OSError:
         return False
     if head[128:132] == b"DICM":
         return True
     return Path(path).suffix.lower() in {".dcm", ".dicom"} and not head.startswith(_RASTER_MAGIC)
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """A file's whole content, read once, for `read_image` (``data=``) and a content hash of the same bytes.
+
+    Raises:
+        ImageReadError: the file is missing, unreadable, not a regular file or empty (as `read_image` says).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ImageReadError(path, "not a regular file")
+            data = fh.read()
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if not data:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    return data
+
+
+def _meta_syntax(path: Path, data: bytes | None, pydicom) -> str:
+    """The transfer syntax of the file meta, read without the data set ('' when there is no file meta)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if data is None:
+            meta = pydicom.filereader.read_file_meta_info(path)
+        else:  # read_file_meta_info opens a path only: the same two steps on the bytes
+            fp = io.BytesIO(data)
+            pydicom.filereader.read_preamble(fp, False)
+            meta = pydicom.filereader._read_file_meta_info(fp)
+    return str(meta.get("TransferSyntaxUID", ""))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -104,13 +144,11 @@ def _header_int(ds, path: Path, keyword: str, high: int) -> int:
     return int(value)
 
 
-def _dicom_header(path: Path, pydicom):
+def _dicom_header(path: Path, pydicom, data: bytes | None = None):
     """The header without the pixel data, refused when decoding it could take more memory than the file suggests:
     a deflated data set (inflated whole in memory) or a frame above `MAX_PIXELS` (rows x columns x samples)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            syntax = str(pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID", ""))
+        syntax = _meta_syntax(path, data, pydicom)
     except Exception:  # noqa: BLE001 - no file meta (a bare data set): read with force below
         syntax = ""
     if syntax == DEFLATED:
@@ -118,7 +156,7 @@ def _dicom_header(path: Path, pydicom):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+            ds = pydicom.dcmread(_fresh(path, data), force=True, stop_before_pixels=True)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
         raise ImageReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
     rows, cols = _header_int(ds, path, "Rows", 65535), _header_int(ds, path, "Columns", 65535)
@@ -128,17 +166,17 @@ def _dicom_header(path: Path, pydicom):
     return ds
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _read_dicom(path: Path, data: bytes | None = None) -> np.ndarray:
     try:
         import pydicom
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError as exc:  # pragma: no cover - pydicom is a runtime dependency
         raise ImageReadError(path, "reading DICOM needs pydicom: pip install pydicom") from exc
-    _dicom_header(path, pydicom)  # checked before the pixel data are read
+    _dicom_header(path, pydicom, data)  # checked before the pixel data are read
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about every oddity of the header
-            ds = pydicom.dcmread(path, force=True)
+            ds = pydicom.dcmread(_fresh(path, data), force=True)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
         raise ImageReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -205,11 +243,11 @@ def _pil_to_gray(img: Image.Image) -> np.ndarray:
     return np.asarray(img if img.mode == "L" else img.convert("L"))
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, data: bytes | None = None) -> Image.Image:
     """Opens (header only) with Pillow; refuses oversized headers before any pixel is allocated."""
     with _OPEN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit decides
-        img = Image.open(path)
+        img = Image.open(_fresh(path, data))
     width, height = img.size
     if width * height > MAX_PIXELS:
         img.close()
@@ -217,12 +255,12 @@ def _open(path: Path) -> Image.Image:
     return img
 
 
-def _read_pil(path: Path, keep_uint8: bool = False, verified: bool = False) -> np.ndarray:
+def _read_pil(path: Path, keep_uint8: bool = False, verified: bool = False, data: bytes | None = None) -> np.ndarray:
     try:
-        with _open(path) as img:
+        with _open(path, data) as img:
             img.load()
             # Pillow keeps the missing rows of a short PNG black
-            short = short_pixel_data(path) if img.format == "PNG" and not verified else ""
+            short = short_pixel_data(_fresh(path, data)) if img.format == "PNG" and not verified else ""
             if short:
                 raise ImageReadError(path, short)
             if img.getexif().get(ORIENTATION, 1) != 1:  # exif_transpose copies the image even when it is upright
@@ -246,7 +284,9 @@ def _read_pil(path: Path, keep_uint8: bool = False, verified: bool = False) -> n
         raise ImageReadError(path, f"corrupt image ({type(exc).__name__}: {exc})") from exc
 
 
-def read_image(path: str | os.PathLike, keep_uint8: bool = False, verified: bool = False) -> np.ndarray:
+def read_image(
+    path: str | os.PathLike, keep_uint8: bool = False, verified: bool = False, data: bytes | None = None
+) -> np.ndarray:
     """Reads one image file as grayscale.
 
     The file's content decides the format, not its suffix (a JPEG named ``.png`` reads fine).
@@ -262,6 +302,8 @@ def read_image(path: str | os.PathLike, keep_uint8: bool = False, verified: bool
             images (16-bit, DICOM) are float32 in [0, 1] either way.
         verified: the file was read whole by this function before (the data checks at setup): the second pass over
             a PNG's compressed data that finds missing rows is skipped.
+        data: the file's content, already read (`read_bytes`): decoded from memory, the file is not opened again
+            (``path`` then only names it in messages and its suffix counts as for the file).
 
     Returns:
         A float32 array of shape (H, W) with values in [0, 1], or with ``keep_uint8`` a uint8 (H, W) array.
@@ -271,16 +313,20 @@ def read_image(path: str | os.PathLike, keep_uint8: bool = False, verified: bool
             small or too large, a DICOM without pixel data or with an undecodable transfer syntax.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        _head(path, 1)
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from exc
-    if not path.is_file():
-        raise ImageReadError(path, "not a regular file")
+    if data is None:
+        try:
+            size = path.stat().st_size
+            _head(path, 1)
+        except OSError as exc:
+            raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from exc
+        if not path.is_file():
+            raise ImageReadError(path, "not a regular file")
+    else:
+        size = len(data)
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
-    arr = _read_dicom(path) if is_dicom(path) else _read_pil(path, keep_uint8, verified)
+    dicom = is_dicom(path, data)
+    arr = _read_dicom(path, data) if dicom else _read_pil(path, keep_uint8, verified, data)
     if arr.ndim != 2:
         raise ImageReadError(path, f"unexpected pixel array shape {arr.shape}")
     if min(arr.shape) < MIN_SIDE:

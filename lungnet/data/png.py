@@ -12,6 +12,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import BinaryIO
 
 MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -58,13 +59,14 @@ def _inflated(fh: BinaryIO, length: int, inflater, need: int) -> int:
     return got
 
 
-def short_pixel_data(path: str | os.PathLike) -> str:
-    """'' when the PNG at ``path`` holds the pixel data its header needs, else why not (for one line).
+def short_pixel_data(path: str | os.PathLike | BinaryIO) -> str:
+    """'' when the PNG at ``path`` (or in an open binary stream, read from its start) holds the pixel data its
+    header needs, else why not (for one line).
 
     Only a zlib stream that ends cleanly before the last row is reported here: a torn file, a broken stream or
     a malformed header leave '' and are Pillow's to report when it decodes the file.
     """
-    with open(path, "rb") as fh:
+    with nullcontext(path) if hasattr(path, "read") else open(path, "rb") as fh:
         if fh.read(8) != MAGIC:
             return ""
         need, width, height, interlace, inflater, got = 0, 0, 0, 0, zlib.decompressobj(), 0

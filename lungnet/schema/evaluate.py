@@ -176,6 +176,12 @@ class PredictConfig:
     input: str = opt(help="an image/DICOM file, a folder (searched recursively) or a glob")
     alpha: float = opt(0.45, "heatmap opacity in the overlays", ge=0, le=1)
     batch_size: int = opt(16, "images per batch", ge=1)
+    num_workers: int | None = opt(
+        None,
+        "processes that read, hash, decode and preprocess the files (0: none, all in the main process; "
+        "null: min(4, CPU cores))",
+        ge=0,
+    )
     device: Device = opt(Device.cpu, "cpu cuda auto (PyTorch checkpoints)")
     runtime: Runtime = opt(Runtime.onnxruntime, ".onnx models: onnxruntime or openvino")
     precision: Precision = opt(Precision.fp32, "fp32 or bf16 (checkpoints: autocast; .onnx: runtime=openvino only)")

@@ -150,8 +150,11 @@ def test_dicom_bombs_are_refused_before_their_pixels_are_read(tmp_path):
     deflated = _dicom(tmp_path / "deflated.dcm", 16, 16, syntax=DeflatedExplicitVRLittleEndian)
     with pytest.raises(ImageReadError, match="deflated DICOM is not read"):
         read_image(deflated)
+    with pytest.raises(ImageReadError, match="deflated DICOM is not read"):  # from bytes already read (predict)
+        read_image(deflated, data=deflated.read_bytes())
     many = _dicom(tmp_path / "frames.dcm", 16, 24, frames=5)
     first = read_image(many)
+    np.testing.assert_array_equal(read_image(many, data=many.read_bytes()), first)
     assert first.shape == (16, 24)  # the first frame only
     assert np.allclose(first, read_image(_dicom(tmp_path / "one.dcm", 16, 24)))
     large = _dicom(tmp_path / "large.dcm", 64, 64)
