@@ -29,7 +29,7 @@ def test_scale_bench_times_the_setup_stages_and_fits_their_growth(tmp_path):
     done = run_script("bench/scale.py", [*args, "--work", str(tmp_path / "work"), "--out", str(out)])
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(out.read_text())
-    assert sorted(record["results"]) == ["30", "60"]
+    assert sorted(record["results"]) == ["40", "80"]
     for stages in record["results"].values():
         assert set(stages) == {"scan_first", "setup_second", "near_duplicates"}
         assert stages["setup_second"]["cpu_s"] < stages["scan_first"]["cpu_s"]
