@@ -23,6 +23,7 @@ and 224k images; JSON and a markdown table are written to ``--out`` (default ben
     PYTHONPATH=. python bench/scale.py --sizes 1000 4000 16000 --size 256
     PYTHONPATH=. python bench/scale.py --sizes 1000 4000 16000 64000 --size 256   # 64k: hours on 2 cores
     PYTHONPATH=. python bench/scale.py --sizes 200 --size 128   # smoke check, every stage
+    PYTHONPATH=. python bench/scale.py --merge a.json b.json --out all.json   # unite runs, refit
 """
 
 from __future__ import annotations
@@ -210,6 +211,30 @@ def table(results: dict[int, dict], fits: dict) -> str:
     return "\n".join(lines) + "\n\nCPU seconds (wall seconds); extrapolations in CPU seconds.\n"
 
 
+def write(out: Path, args, results: dict[int, dict]) -> None:
+    """The JSON record (arguments, load average, results, fits) and the markdown table beside it."""
+    fits = exponents(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"args": vars(args), "load_average": os.getloadavg(), "results": results, "fits": fits}
+    out.write_text(json.dumps(record, indent=1))
+    out.with_suffix(".md").write_text(table(results, fits))
+
+
+def merged(files: list[str]) -> dict[int, dict]:
+    """The results of earlier runs' JSON files, per size (stages of one size from several files are united)."""
+    results: dict[int, dict] = {}
+    for name in files:
+        try:
+            got = json.loads(Path(name).read_text())["results"]
+            for n, stages in got.items():
+                results.setdefault(int(n), {}).update(
+                    {s: {k: float(v) for k, v in t.items()} for s, t in stages.items()}
+                )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SystemExit(f"--merge {name}: not a bench/scale.py result file ({exc})") from None
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
@@ -221,19 +246,18 @@ def main() -> None:
     parser.add_argument("--train-batches", type=int, default=2, help="training batches before the finish")
     parser.add_argument("--skip", nargs="*", default=[], choices=["loading", "train", "evaluate", "predict"])
     parser.add_argument("--keep", action="store_true", help="keep manifests, stores and runs under --work")
+    parser.add_argument("--merge", nargs="+", default=None, help="no run: unite these result files and refit")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/scale-<date>.json); .md beside")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     Path(args.work).mkdir(parents=True, exist_ok=True)
     out = Path(args.out or ROOT / "bench" / "results" / f"scale-{datetime.date.today()}.json")
+    if args.merge:
+        write(out, args, merged(args.merge))
     results: dict[int, dict] = {}
-    for n in args.sizes:
+    for n in [] if args.merge else args.sizes:
         results[n] = one_size(n, args)
-        fits = exponents(results)
-        out.parent.mkdir(parents=True, exist_ok=True)  # written after every size: a long run keeps what it has
-        record = {"args": vars(args), "load_average": os.getloadavg(), "results": results, "fits": fits}
-        out.write_text(json.dumps(record, indent=1))
-        out.with_suffix(".md").write_text(table(results, fits))
+        write(out, args, results)  # after every size: a long run keeps what it has
     log.info("\n%s", out.with_suffix(".md").read_text())
 
 
