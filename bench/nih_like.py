@@ -16,29 +16,25 @@ import numpy as np
 from PIL import Image
 
 log = logging.getLogger(__name__)
+SOURCE = Path(__file__).resolve().parents[2] / "shared/data/nih"
 COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--src", default=str(Path(__file__).resolve().parents[2] / "shared/data/nih"))
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    src = Path(args.src)
+def generate(src: Path, out: Path, n: int, size: int, seed: int) -> None:
+    """Writes ``n`` NIH-like images of ``size`` px and their ``Data_Entry_2017.csv`` under ``out`` (seeded: the same
+    arguments give the same files). Each source image is decoded and resized once."""
     with open(src / "Data_Entry_2017.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if (src / "images" / r["Image Index"]).is_file()]
-    rng = np.random.default_rng(args.seed)
-    out = Path(args.out)
+    rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    sources: dict[int, Image.Image] = {}
     entries = []
-    for i in range(args.n):
-        row = rows[int(rng.integers(len(rows)))]
-        img = Image.open(src / "images" / row["Image Index"]).convert("L").resize((args.size, args.size))
-        img = img.rotate(float(rng.uniform(-5, 5)), translate=tuple(int(v) for v in rng.integers(-20, 21, 2)))
+    for i in range(n):
+        k = int(rng.integers(len(rows)))
+        row = rows[k]
+        if k not in sources:
+            sources[k] = Image.open(src / "images" / row["Image Index"]).convert("L").resize((size, size))
+        img = sources[k].rotate(float(rng.uniform(-5, 5)), translate=tuple(int(v) for v in rng.integers(-20, 21, 2)))
         arr = np.clip(np.asarray(img, dtype=np.float32) * rng.uniform(0.85, 1.15), 0, 255).astype(np.uint8)
         if rng.random() < 0.5:
             arr = arr[:, ::-1]
@@ -50,7 +46,19 @@ def main() -> None:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)
         writer.writerows(entries)
-    log.info("Wrote %d images of %d px to %s", args.n, args.size, out)
+    log.info("Wrote %d images of %d px to %s", n, size, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--src", default=str(SOURCE))
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    generate(Path(args.src), Path(args.out), args.n, args.size, args.seed)
 
 
 if __name__ == "__main__":

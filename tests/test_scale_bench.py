@@ -1,0 +1,38 @@
+"""bench/scale.py, the scale benchmark of issue #27 §6: its setup stages and growth fits on a tiny generated set."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import run_script
+
+
+def test_scale_bench_times_the_setup_stages_and_fits_their_growth(tmp_path):
+    """Two sizes of an NIH-like set drawn from four tiny radiographs: every setup stage is timed at both sizes, the
+    second setup reads the manifest (cheaper than the first scan), and each stage gets a finite growth exponent."""
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with open(src / "Data_Entry_2017.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["Image Index", "Finding Labels", "Follow-up #", "Patient ID"])
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (128, 128), dtype=np.uint8)).save(src / "images" / f"{i}.png")
+            writer.writerow([f"{i}.png", "No Finding" if i % 2 else "Effusion", 0, i])
+    out = tmp_path / "scale.json"
+    args = ["--src", str(src), "--sizes", "40", "80", "--size", "128", "--skip", "loading", "train"]
+    done = run_script("bench/scale.py", [*args, "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert sorted(record["results"]) == ["40", "80"]
+    for stages in record["results"].values():
+        assert set(stages) == {"scan_first", "setup_second", "near_duplicates"}
+        assert stages["setup_second"]["cpu_s"] < stages["scan_first"]["cpu_s"]
+    assert set(record["fits"]) == {"scan_first", "setup_second", "near_duplicates"}
+    assert all(math.isfinite(fit["exponent"]) for fit in record["fits"].values())
+    assert "| scan_first |" in out.with_suffix(".md").read_text()
