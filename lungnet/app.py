@@ -25,6 +25,13 @@ when ``host`` is not a loopback address (put a reverse proxy with both in front 
 
 from __future__ import annotations
 
+# ``python -m lungnet.app`` reads its command line (--help, refusals) before these imports load torch
+if __name__ == "__main__":
+    from lungnet.cli import app as command
+
+    command()
+    raise SystemExit(0)
+
 import asyncio
 import base64
 import contextlib
@@ -389,9 +396,3 @@ def serve(cfg: DictConfig) -> None:
     what = predictor.prep.model + f" ({', '.join(predictor.members)})" if predictor.members else cfg.ckpt
     log.info("%s Serving %s on http://%s:%d", NOTICE, what, cfg.host, int(cfg.port))
     uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level=str(cfg.log_level))
-
-
-if __name__ == "__main__":
-    from lungnet.cli import app as command
-
-    command()

@@ -10,6 +10,13 @@ external one, as in ``evaluate.py``) are audited as in `lungnet.evaluation.audit
 
 from __future__ import annotations
 
+# ``python -m lungnet.audit`` reads its command line (--help, refusals) before these imports load torch
+if __name__ == "__main__":
+    from lungnet.cli import audit as command
+
+    command()
+    raise SystemExit(0)
+
 import logging
 from pathlib import Path
 
@@ -61,9 +68,3 @@ def data_facts(dm: LungDataModule) -> dict:
     """What the audited images were: the external evaluation (trained on A, evaluated on B) and the overlap check."""
     ext = getattr(dm, "external", None)
     return {"external": ext.summary() if ext else None, "training_overlap": dm.report.get("training_overlap")}
-
-
-if __name__ == "__main__":
-    from lungnet.cli import audit as command
-
-    command()

@@ -23,6 +23,13 @@ images like the ones the model will see (e.g. the run's ``splits/train.csv``), n
 
 from __future__ import annotations
 
+# ``python -m lungnet.export`` reads its command line (--help, refusals) before these imports load torch
+if __name__ == "__main__":
+    from lungnet.cli import export as command
+
+    command()
+    raise SystemExit(0)
+
 import json
 import logging
 import os
@@ -398,9 +405,3 @@ def parity(
         ref = model.eval()(batch).numpy()
     runner = open_export(Path(exported), runtime=runtime, trust_export=True)  # the file lungnet has just written
     return float(np.abs(runner.logits(batch) - ref).max())
-
-
-if __name__ == "__main__":
-    from lungnet.cli import export as command
-
-    command()

@@ -8,6 +8,13 @@ does the same on first use, so this command is optional: it moves the wait to a 
 
 from __future__ import annotations
 
+# ``python -m lungnet.prepare`` reads its command line (--help, refusals) before these imports load torch
+if __name__ == "__main__":
+    from lungnet.cli import prepare as command
+
+    command()
+    raise SystemExit(0)
+
 import logging
 from pathlib import Path
 
@@ -46,9 +53,3 @@ def prepare(data_cfg: dict, cache_dir: str | None) -> Path:
     bad = int((scanned["error"] != "").sum())
     log.info("Prepared %s: %d image(s), %d unusable; manifest %s", source.name, len(scanned), bad, path)
     return path
-
-
-if __name__ == "__main__":
-    from lungnet.cli import prepare as command
-
-    command()

@@ -89,6 +89,43 @@ def test_refusals_come_before_torch_loads(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+# the README's checkout forms ``python -m <module>`` -> the command REFUSALS holds its mistake under
+MODULE_COMMANDS = {
+    "lungnet.app": "app",
+    "lungnet.audit": "audit",
+    "lungnet.evaluation.crossval": "crossval",
+    "lungnet.evaluation.transfer": "transfer",
+    "lungnet.explain": "explain",
+    "lungnet.export": "export",
+    "lungnet.prepare": None,  # no ckpt: a data root that is no folder
+}
+
+
+@pytest.mark.parametrize("module", sorted(MODULE_COMMANDS))
+def test_python_m_forms_refuse_and_help_before_torch_loads(module, tmp_path):
+    """``python -m <module>`` (run as runpy does it) answers ``--help`` and a refusal without importing torch."""
+    (tmp_path / "best.ckpt").write_bytes(b"x")
+    code = (
+        "import atexit, runpy, sys; atexit.register(lambda: print('TORCH', 'torch' in sys.modules)); "
+        "sys.argv = ['x'] + sys.argv[2:]; runpy.run_module(sys.argv_module, run_name='__main__', alter_sys=True)"
+    ).replace("sys.argv_module", repr(module))
+    name = MODULE_COMMANDS[module]
+    refusal = REFUSALS[name][0] if name else ["data=pneumonia", "data.root={dir}/nowhere"]
+    folder = [] if name in NO_RUN_DIR else [f"paths.log_dir={tmp_path / 'o'}"]  # those write into the cwd
+    for args in (["--help"], [a.format(ckpt=tmp_path / "best.ckpt", dir=tmp_path) for a in refusal]):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, module, *args, *folder],
+            cwd=tmp_path,
+            env=offline_env(PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == (0 if args == ["--help"] else 2), (args, proc.stdout[-500:], proc.stderr[-2000:])
+        assert "TORCH False" in proc.stdout, (args, proc.stdout[-500:], proc.stderr[-2000:])
+    assert [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]
+
+
 @pytest.mark.parametrize("name", ["evaluate", "predict", "compare", "audit", "transfer"])
 def test_help_lists_only_the_groups_the_command_reads(name, monkeypatch, capsys):
     run_cli(getattr(cli, name), ["--help"], monkeypatch)

@@ -21,6 +21,13 @@ bootstrap interval (`lungnet.evaluation.stats.paired_bootstrap`), written to ``c
 
 from __future__ import annotations
 
+# ``python -m lungnet.evaluation.crossval`` reads its command line (--help, refusals) before these imports load torch
+if __name__ == "__main__":
+    from lungnet.cli import crossval
+
+    crossval()
+    raise SystemExit(0)
+
 import json
 import logging
 from pathlib import Path
@@ -342,9 +349,3 @@ def run(cfg: DictConfig) -> Path:
         path = write_text(out / "cv_comparison.md", render_comparison(result))
         log.info("Wrote %s\n%s", path, render_comparison(result))
     return path
-
-
-if __name__ == "__main__":
-    from lungnet.cli import crossval
-
-    crossval()

@@ -21,6 +21,13 @@ of AUROC with CIs, rows = trained on, columns = evaluated on).
 
 from __future__ import annotations
 
+# ``python -m lungnet.evaluation.transfer`` reads its command line (--help, refusals) before these imports load torch
+if __name__ == "__main__":
+    from lungnet.cli import transfer as command
+
+    command()
+    raise SystemExit(0)
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,9 +316,3 @@ def data_configs(task_overrides: list[str]) -> dict[str, dict]:
         )
         for name in data_names(task_overrides)
     }
-
-
-if __name__ == "__main__":
-    from lungnet.cli import transfer as command
-
-    command()
