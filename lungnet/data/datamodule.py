@@ -31,12 +31,12 @@ from lungnet.data.checks import (
     mark_label_conflicts,
 )
 from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset, keep_large_buffers, pixel_reader
-from lungnet.data.manifest import manifest_path, scan_table
+from lungnet.data.manifest import manifest_dir, manifest_path, scan_table
 from lungnet.data.near_duplicates import group_near_duplicates
 from lungnet.data.sources import DataError, Source, create_source
+from lungnet.data.split_cache import cached_assign_splits
 from lungnet.data.splits import (
     ExpectedSplits,
-    assign_splits,
     changed_splits,
     patients_from_names,
     split_fingerprint,
@@ -150,7 +150,8 @@ class LungDataModule(pl.LightningDataModule):
             check_class_sizes(table, self.labels, self.source.name, left_out=len(scanned) - len(table))
         if self.cfg["near_duplicates"] == "group":  # near copies kept on one side of every split lungnet makes
             table, grouped = group_near_duplicates(table, int(self.cfg["near_duplicate_threshold"]))
-        table = assign_splits(
+        table = cached_assign_splits(
+            manifest_dir(self.cache_dir, self.source.root),
             table,
             int(self.cfg["split_seed"]),
             self.cfg["val_fraction"],
