@@ -59,6 +59,7 @@ from lungnet.data.images import IMAGE_SUFFIXES
 from lungnet.errors import CheckpointError, ConfigError
 from lungnet.explain.overlay import heatmap_caption
 from lungnet.inference import Predictor
+from lungnet.labels import DEFAULT_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,14 @@ def model_info(predictor: Predictor, facts: dict) -> dict:
         "model_card": model_card_text(predictor),
         "notice": NOTICE,
     }
+
+
+def applied_thresholds(record, labels: list[str], multilabel: bool) -> dict[str, float] | None:
+    """The answer's ``thresholds``: those the decision uses (`DecisionRecord.applied_thresholds`); without a
+    decision record a multi-label model's findings are decided at `DEFAULT_THRESHOLD`; None: the arg-max."""
+    if record is not None:
+        return record.applied_thresholds
+    return {lab: DEFAULT_THRESHOLD for lab in labels} if multilabel else None
 
 
 def _png_base64(rgb: np.ndarray, max_side: int) -> str:
@@ -201,7 +210,7 @@ class Service:
     def answer(self, pred, name: str) -> dict:
         """The JSON answer for one classified image (decision, set, OOD flag, calibrated probabilities)."""
         labels = self.predictor.labels
-        row = pred.row
+        row, record = pred.row, self.predictor.decision
         body = {
             "file": name,
             "model": self.predictor.prep.model,
@@ -209,7 +218,7 @@ class Service:
             "multilabel": self.predictor.prep.multilabel,
             "probabilities": {lab: float(p) for lab, p in zip(labels, pred.probs, strict=True)},
             "predicted": row["predicted"],
-            "thresholds": list(self.predictor.prep.thresholds) if self.predictor.prep.thresholds else None,
+            "thresholds": applied_thresholds(record, labels, self.predictor.prep.multilabel),
             "precision": self.predictor.precision,
             "notice": NOTICE,
         }
@@ -217,7 +226,6 @@ class Service:
             body["decision"] = row["decision"]
         if self.predictor.members:
             body["members"] = self.predictor.members
-        record = self.predictor.decision
         if record is not None:
             body.update(
                 decision_reason=row.get("decision_reason") or "",

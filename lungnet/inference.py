@@ -289,14 +289,7 @@ class Predictor:
     def rows(self, files: Sequence[str], probs: np.ndarray, decisions: Decisions | None = None) -> list[dict]:
         """CSV rows (file, predicted, confidence, decision, p_<label>..., error) for classified files; with
         ``decisions`` also decision_reason, prediction_set, ood and ood_score."""
-        table = predictions_table(
-            list(files),
-            probs,
-            None,
-            self.labels,
-            self.prep.multilabel,
-            list(self.prep.thresholds) if self.prep.thresholds is not None else None,
-        )
+        table = predictions_table(list(files), probs, None, self.labels, self.prep.multilabel)
         table = table.rename(columns={"path": "file"})
         if decisions is not None:
             for key, values in decisions.columns(self.labels).items():

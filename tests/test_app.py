@@ -82,7 +82,7 @@ def photo(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    ckpt = make_checkpoint(tmp_path_factory.mktemp("app") / "best.ckpt", size=32, thresholds=[0.3, 0.5, 0.4])
+    ckpt = make_checkpoint(tmp_path_factory.mktemp("app") / "best.ckpt", size=32)
     fit_decision(ckpt)
     app = create_app(Predictor(ckpt), max_upload_mb=LIMIT_MB)
     port = free_port()
@@ -131,7 +131,7 @@ def test_api_predict_returns_probabilities(server):
     assert body["labels"] == LABELS and set(body["probabilities"]) == set(LABELS)
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     assert body["predicted"] == max(body["probabilities"], key=body["probabilities"].get)
-    assert "decision" in body and body["thresholds"] == [0.3, 0.5, 0.4]
+    assert "decision" in body and body["thresholds"] is None  # three classes, no positive class: the arg-max
     assert body["notice"] == NOTICE and "heatmap_png_base64" not in body
 
 
@@ -460,6 +460,22 @@ def test_requests_beyond_max_queue_get_503_until_one_finishes(tmp_path):
     srv.should_exit = True
     with pytest.raises(ConfigError, match="max_queue=0"):  # one line at start (a user error), not a traceback
         create_app(predictor, max_queue=0)
+
+
+def test_the_answer_reports_the_thresholds_of_the_decision_file(tmp_path):
+    """``thresholds`` is what decides: the decision file's operating point; null for the arg-max (no positive class,
+    or no decision file)."""
+    from fastapi.testclient import TestClient
+
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
+    record = new_record(LABELS, False, ckpt)
+    record.positive_class, record.thresholds = "Covid-19", {"Covid-19": 0.3, "Pneumonia": 0.6}
+    written = json.loads(record.write(decision_path(ckpt)).read_text())["thresholds"]
+    image = {"file": ("chest.jpg", xray().read_bytes(), "image/jpeg")}
+    for decision, expected in (("auto", written), ("none", None)):
+        body = TestClient(create_app(Predictor(ckpt, decision=decision))).post("/predict", files=image).json()
+        assert body["thresholds"] == expected, (decision, body)
+    assert written == {"Covid-19": 0.3, "Pneumonia": 0.6}
 
 
 def test_a_model_with_non_finite_output_answers_500_not_a_decision(tmp_path, caplog):

@@ -32,7 +32,7 @@ def real_batch(predictor: Predictor, n: int = 3) -> torch.Tensor:
     [("simple_cnn", 64, "squash"), ("resnet18", 64, "pad"), ("mobilenetv2", 64, "squash")],
 )
 def test_onnx_and_torchscript_match_pytorch_on_real_images(tmp_path, arch, size, resize):
-    ckpt = make_checkpoint(tmp_path / "best.ckpt", name=arch, size=size, resize=resize, thresholds=[0.2, 0.5, 0.3])
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", name=arch, size=size, resize=resize)
     torch_pred = Predictor(ckpt)
     batch = real_batch(torch_pred)
     with torch.inference_mode():
@@ -42,13 +42,13 @@ def test_onnx_and_torchscript_match_pytorch_on_real_images(tmp_path, arch, size,
         out = export(ckpt, fmt, tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt"), verify=False)
         exported = Predictor(out, trust_export=fmt == "torchscript")  # TorchScript is code: an explicit opt-in
         assert exported.kind == fmt and exported.torch_model is None
-        assert exported.prep == torch_pred.prep  # labels, size, mean/std, in_chans, resize, thresholds
+        assert exported.prep == torch_pred.prep  # labels, size, mean/std, in_chans, resize
         np.testing.assert_allclose(exported.backend.logits(batch), reference, atol=1e-4, rtol=0)
         assert np.abs(exported.backend.logits(batch) - reference).max() < 1e-4
 
 
 def test_sidecar_and_onnx_metadata_record_the_preprocessing(tmp_path):
-    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=48, resize="pad", thresholds=[0.2, 0.5, 0.3])
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=48, resize="pad")
     out = export(ckpt, "onnx")
     assert out == tmp_path / "best.onnx"  # default: beside the checkpoint
     loaded = load_model(ckpt)
@@ -60,7 +60,6 @@ def test_sidecar_and_onnx_metadata_record_the_preprocessing(tmp_path):
         "mean": list(loaded.spec.mean),
         "std": list(loaded.spec.std),
         "resize": "pad",
-        "thresholds": [0.2, 0.5, 0.3],
         "multilabel": False,
         "format": "onnx",
     }
@@ -69,11 +68,11 @@ def test_sidecar_and_onnx_metadata_record_the_preprocessing(tmp_path):
     assert json.loads(meta["lungnet"]) == side
     assert json.loads(meta["labels"]) == LABELS and meta["resize"] == "pad" and json.loads(meta["input_size"]) == 48
     sidecar_path(out).unlink()  # the embedded copy is enough on its own
-    assert Predictor(out).prep.thresholds == (0.2, 0.5, 0.3)
+    assert Predictor(out).prep == Predictor(ckpt).prep
 
 
 def test_predict_script_runs_on_onnx_without_the_checkpoint(tmp_path):
-    ckpt = make_checkpoint(tmp_path / "ck" / "best.ckpt", size=32, thresholds=[0.2, 0.5, 0.3])
+    ckpt = make_checkpoint(tmp_path / "ck" / "best.ckpt", size=32)
     onnx_file = export(ckpt, "onnx", tmp_path / "deploy" / "model.onnx")
     expected = Predictor(ckpt).predict([shared("dicom") / "RG1_UNCR.dcm"])[0]
     ckpt.unlink()

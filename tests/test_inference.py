@@ -30,7 +30,6 @@ def make_checkpoint(
     size: int = 32,
     labels: list[str] | None = None,
     resize: str = "squash",
-    thresholds: list[float] | None = None,
     multilabel: bool = False,
     in_chans: int | None = None,
     seed: int = 0,
@@ -47,8 +46,6 @@ def make_checkpoint(
         "spec": model.spec.to_dict(),
         "data": {"source": "darkcovidnet", "image_size": size, "resize": resize},
     }
-    if thresholds is not None:
-        hparams["thresholds"] = thresholds
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "hyper_parameters": hparams}, path)
@@ -69,7 +66,7 @@ def overflowing_checkpoint(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.ckpt", thresholds=[0.3, 0.5, 0.4])
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -142,11 +139,9 @@ def test_formats_16bit_tiff_rgba_and_error_rows(predictor, tmp_path):
     assert "not an image" in bad[0]["error"] and "empty file" in bad[1]["error"]
 
 
-def test_decision_uses_the_checkpoint_thresholds(predictor):
+def test_without_a_decision_file_the_prediction_is_the_arg_max(predictor):
     rows = predictor.predict([xray("Covid-19"), xray("No_findings")])
     for r in rows:
-        expected = [lab for lab, t in zip(LABELS, [0.3, 0.5, 0.4], strict=True) if r[f"p_{lab}"] >= t]
-        assert r["decision"] == ("|".join(expected) or "below threshold")
         assert r["predicted"] == max(LABELS, key=lambda lab: r[f"p_{lab}"])
 
 

@@ -34,6 +34,7 @@ from lungnet.explain.scoring import (
     wilson_interval,
 )
 from lungnet.io import write_csv, write_text
+from lungnet.labels import DEFAULT_THRESHOLD
 from lungnet.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,7 @@ def _detect(loaded: LoadedModel, cases: list[Case]) -> tuple[torch.Tensor, list[
     with torch.no_grad():
         probs = loaded.probabilities(loaded.model.eval()(batch)).float().cpu().numpy()
     if loaded.multilabel:
-        thr = np.asarray(loaded.thresholds or [0.5] * len(loaded.labels))
-        detected = [bool(p[t] >= thr[t]) for p, t in zip(probs, targets, strict=True)]
+        detected = [bool(p[t] >= DEFAULT_THRESHOLD) for p, t in zip(probs, targets, strict=True)]
     else:
         detected = [int(np.argmax(p)) == t for p, t in zip(probs, targets, strict=True)]
     return batch, targets, probs, detected

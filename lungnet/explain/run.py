@@ -23,6 +23,7 @@ from lungnet.explain.base import ExplainError
 from lungnet.explain.cams import make_explainer
 from lungnet.explain.overlay import save_grid, save_side_by_side
 from lungnet.io import write_csv
+from lungnet.labels import DEFAULT_THRESHOLD
 from lungnet.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def _judge(loaded: LoadedModel, probs: np.ndarray, truth, explained: int) -> tup
     """(true text, predicted text, probability of the explained class, correct|wrong|None)."""
     labels = loaded.labels
     if loaded.multilabel:
-        thr = (loaded.thresholds or [0.5] * len(labels))[explained]
+        thr = DEFAULT_THRESHOLD
         p = float(probs[explained])
         said = "positive" if p >= thr else "negative"
         pred = f"{labels[explained]} {said}"
