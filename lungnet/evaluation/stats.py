@@ -113,7 +113,8 @@ def threshold_metrics(
     """Per-class precision, recall (sensitivity), specificity and F1 of the hard decisions.
 
     Single-label decisions are the arg-max; multi-label decisions are ``p >= threshold``
-    (`lungnet.labels.DEFAULT_THRESHOLD` by default). Classes without positives get 0 (scikit-learn's ``zero_division=0``).
+    (`lungnet.labels.DEFAULT_THRESHOLD` by default).
+    Classes without positives get 0 (scikit-learn's ``zero_division=0``).
     """
     c = probs.shape[1]
     truth = one_vs_rest(targets, c, multilabel)
