@@ -141,10 +141,11 @@ class Service:
     def __init__(
         self,
         predictor: Predictor,
-        explain: str | None = "gradcam",
-        alpha: float = 0.45,
-        overlay_max_side: int = 1024,
-        max_queue: int = 8,
+        *,
+        explain: str | None,
+        alpha: float,
+        overlay_max_side: int,
+        max_queue: int,
     ) -> None:
         if max_queue < 1:
             raise ConfigError(f"max_queue={max_queue}: admit at least 1 request (conf/app.yaml max_queue)")
@@ -292,14 +293,16 @@ def warn_if_exposed(host: str) -> bool:
 
 def create_app(
     predictor: Predictor,
-    max_upload_mb: float = 20.0,
-    explain: str | None = "gradcam",
-    alpha: float = 0.45,
-    overlay_max_side: int = 1024,
-    max_queue: int = 8,
+    *,
+    max_upload_mb: float,
+    explain: str | None,
+    alpha: float,
+    overlay_max_side: int,
+    max_queue: int,
 ) -> FastAPI:
-    """The FastAPI application (page, ``/predict``, ``/health``) around ``predictor``."""
-    service = Service(predictor, explain, alpha, overlay_max_side, max_queue)
+    """The FastAPI application (page, ``/predict``, ``/health``) around ``predictor``; the options are
+    ``conf/app.yaml``'s (their defaults are stated there), as `Service` takes them."""
+    service = Service(predictor, explain=explain, alpha=alpha, overlay_max_side=overlay_max_side, max_queue=max_queue)
     busy = f"Busy: {max_queue} requests are being classified or waiting; try again in a few seconds"
     max_bytes = int(max_upload_mb * 1024 * 1024)
     drain_cap = max(64 * 1024 * 1024, 4 * max_bytes)
@@ -398,7 +401,12 @@ def serve(cfg: DictConfig) -> None:
     method = (cfg.get("explain") or {}).get("method")  # the explain group; explain=null turns heatmaps off
     explain = method if predictor.torch_model is not None else None
     app = create_app(
-        predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side), int(cfg.max_queue)
+        predictor,
+        max_upload_mb=float(cfg.max_upload_mb),
+        explain=explain,
+        alpha=float(cfg.alpha),
+        overlay_max_side=int(cfg.overlay_max_side),
+        max_queue=int(cfg.max_queue),
     )
     warn_if_exposed(str(cfg.host))
     what = predictor.prep.model + f" ({', '.join(predictor.members)})" if predictor.members else cfg.ckpt

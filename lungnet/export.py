@@ -1,7 +1,7 @@
 """Export a checkpoint to ONNX (fp32 or int8) or TorchScript, with its preprocessing recorded.
 
-``lungnet-export ckpt=<best.ckpt> format=onnx|torchscript [out=<file>] [opset=17]``
-``lungnet-export ckpt=<best.ckpt> int8=true calib=<folder|glob|run/splits/train.csv> [calib_n=64]``
+``lungnet-export ckpt=<best.ckpt> format=onnx|torchscript [out=<file>] [opset=<n>]``
+``lungnet-export ckpt=<best.ckpt> int8=true calib=<folder|glob|run/splits/train.csv> [calib_n=<n>]``
 (or ``python -m lungnet.export ...``; options and defaults: ``conf/export.yaml``, ``--help``)
 
 Writes the model file and a JSON sidecar ``<file>.json`` (labels, multilabel, input size, mean/std,
@@ -74,7 +74,7 @@ def _embed(proto, record: dict) -> None:
         proto.metadata_props.add(key=key, value=value)
 
 
-def export_onnx(model: torch.nn.Module, prep: Preprocessing, out: Path, record: dict, opset: int = 17) -> Path:
+def export_onnx(model: torch.nn.Module, prep: Preprocessing, out: Path, record: dict, opset: int) -> Path:
     """Writes ``model`` as ONNX (dynamic batch axis) with ``record`` in its metadata_props."""
     import onnx
 
@@ -335,17 +335,18 @@ def install(staged: Path, out: Path, record: dict) -> Path:
 
 def export(
     ckpt: str | os.PathLike,
-    fmt: str = "onnx",
-    out: str | os.PathLike | None = None,
-    opset: int = 17,
-    verify: bool = True,
-    int8: bool = False,
-    calib: str | os.PathLike | None = None,
-    calib_n: int = 64,
-    min_agreement: float = 0.9,
-    int8_weights: str = "reduced",
+    fmt: str,
+    out: str | os.PathLike | None,
+    *,
+    opset: int,
+    verify: bool,
+    int8: bool,
+    calib: str | os.PathLike | None,
+    calib_n: int,
+    min_agreement: float,
+    int8_weights: str,
 ) -> Path:
-    """Exports a lungnet checkpoint.
+    """Exports a lungnet checkpoint; the options are ``conf/export.yaml``'s (their defaults are stated there).
 
     Files are written under temporary names and moved into place only once checked, so a failed export
     never leaves a half-written or unverified model where a good one was.

@@ -386,8 +386,9 @@ class Predictor:
         """The heatmap laid over the image's content (`lungnet.preprocessing.Preprocessing.on_image`)."""
         return self.prep.on_image(heatmap, shape)
 
-    def overlay(self, prediction: Prediction, alpha: float = 0.45) -> np.ndarray:
-        """RGB uint8 overlay of ``prediction``'s heatmap on its image, at the size of its kept image."""
+    def overlay(self, prediction: Prediction, alpha: float) -> np.ndarray:
+        """RGB uint8 overlay of ``prediction``'s heatmap on its image, at the size of its kept image, with opacity
+        ``alpha`` (the command's ``alpha``: conf/app.yaml, or `lungnet.schema` ``PredictConfig``)."""
         from lungnet.explain.overlay import overlay
 
         if prediction.image is None or prediction.heatmap is None:

@@ -11,14 +11,24 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from lungnet.batch import run_batch
 from lungnet.checkpoint import CheckpointError, load_model
 from lungnet.cli import export as export_command
-from lungnet.export import calibration_sets, export, sidecar_path
+from lungnet.export import calibration_sets, sidecar_path
+from lungnet.export import export as export_checkpoint
 from lungnet.inference import Predictor
 from tests.conftest import CONF, run_cli, shared
 from tests.test_inference import LABELS, make_checkpoint, xray
+
+EXPORT_YAML = OmegaConf.load(CONF / "export.yaml")  # the export's defaults, stated there once
+OPTIONS = ("opset", "verify", "int8", "calib", "calib_n", "min_agreement", "int8_weights")
+
+
+def export(ckpt, fmt: str = EXPORT_YAML.format, out=None, **changes) -> Path:
+    """`lungnet.export.export` with conf/export.yaml's options, as lungnet-export passes them, and ``changes``."""
+    return export_checkpoint(ckpt, fmt, out, **{**{k: EXPORT_YAML[k] for k in OPTIONS}, **changes})
 
 
 def real_batch(predictor: Predictor, n: int = 3) -> torch.Tensor:

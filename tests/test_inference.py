@@ -167,7 +167,7 @@ def test_pad_resize_heatmaps_cover_only_the_image(tmp_path):
     h, w = pred.image.shape
     hh, hw = pred.heatmap.shape
     assert hw == 32 and hh in (15, 16, 17)  # the padding bands were cropped away
-    rgb = predictor.overlay(pred)
+    rgb = predictor.overlay(pred, 0.45)
     assert rgb.shape == (h, w, 3) and rgb.dtype == np.uint8
 
 
@@ -262,7 +262,7 @@ def test_overlay_image_is_reduced_but_the_model_input_is_not(predictor):
     (small,) = predictor.predict_iter([dicom], explain="gradcam", image_max_side=256)
     assert full.image.shape == (1955, 1841) and small.image.shape == (256, 241)
     np.testing.assert_array_equal(small.probs, full.probs)  # the model saw the full decode both times
-    assert predictor.overlay(small).shape == (256, 241, 3)
+    assert predictor.overlay(small, 0.45).shape == (256, 241, 3)
     (plain,) = predictor.predict_iter([dicom])
     assert plain.image is None and plain.heatmap is None
 

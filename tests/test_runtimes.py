@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from lungnet.checkpoint import CheckpointError
-from lungnet.export import export
 from lungnet.hardware import cpu_has_native_bf16
 from lungnet.inference import Predictor
 from lungnet.runtimes import OnnxRunner, OpenVinoRunner, TorchScriptRunner, open_export, sidecar_path
 from tests.conftest import run_script, shared
-from tests.test_export import real_batch
+from tests.test_export import export, real_batch
 from tests.test_inference import make_checkpoint
 
 

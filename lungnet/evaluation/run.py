@@ -293,6 +293,7 @@ def add_explanations(ev: Evaluation) -> None:
         cam_layer=explain_cfg.get("cam_layer"),
         out_dir=ev.run_dir / "explanations",
         report_dir=ev.run_dir,
+        alpha=float(ev.cfg.alpha),
         seed=int(ev.opts["bootstrap"]["seed"]),
         **(OmegaConf.to_container(explain_cfg.options, resolve=True) if explain_cfg.get("options") else {}),
     )
