@@ -191,8 +191,8 @@ def pick_images(loaded: LoadedModel, images, n: int, chosen: int | None, seed: i
 def compute_explanations(
     loaded: LoadedModel,
     images,
-    method: str = "gradcam",
-    n: int = 16,
+    method: str,
+    n: int,
     class_index: int | str | None = None,
     cam_layer: str | None = None,
     images_per_call: int = 8,
@@ -317,8 +317,8 @@ def write_explanations(
 def explain_checkpoint(
     ckpt: str | os.PathLike | LoadedModel,
     images,
-    method: str = "gradcam",
-    n: int = 16,
+    method: str,
+    n: int,
     class_index: int | str | None = None,
     out_dir: str | os.PathLike = "explanations",
     cam_layer: str | None = None,

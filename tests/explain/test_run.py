@@ -74,7 +74,7 @@ def test_multilabel_explanations_judge_the_explained_finding(tmp_path):
 def test_score_checkpoint_tables(tiny_checkpoint, synthetic_root, tmp_path):
     loaded = load_model(tiny_checkpoint)
     cases = synthetic_cases(_table(synthetic_root), SYNTHETIC)
-    result = score_checkpoint(loaded, cases, ["gradcam", "eigencam"], tmp_path, "synthetic", n=6)
+    result = score_checkpoint(loaded, cases, ["gradcam", "eigencam"], tmp_path, "synthetic", n=6, sanity=True)
     summary = pd.read_csv(result["csv"])
     assert list(summary["method"]) == ["gradcam", "eigencam", "chance (uniform map)"]
     assert (summary["n"] == 6).all()
