@@ -54,12 +54,11 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from lungnet.app_info import model_card_text, public_facts, summary_command
+from lungnet.app_info import applied_thresholds, model_card_text, public_facts, summary_command
 from lungnet.data.images import IMAGE_SUFFIXES
 from lungnet.errors import CheckpointError, ConfigError
 from lungnet.explain.overlay import heatmap_caption
 from lungnet.inference import Predictor
-from lungnet.labels import DEFAULT_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +99,6 @@ def model_info(predictor: Predictor, facts: dict) -> dict:
         "model_card": model_card_text(predictor),
         "notice": NOTICE,
     }
-
-
-def applied_thresholds(record, labels: list[str], multilabel: bool) -> dict[str, float] | None:
-    """The answer's ``thresholds``: those the decision uses (`DecisionRecord.applied_thresholds`); without a
-    decision record a multi-label model's findings are decided at `DEFAULT_THRESHOLD`; None: the arg-max."""
-    if record is not None:
-        return record.applied_thresholds
-    return {lab: DEFAULT_THRESHOLD for lab in labels} if multilabel else None
 
 
 def _png_base64(rgb: np.ndarray, max_side: int) -> str:
@@ -400,14 +391,8 @@ def serve(cfg: DictConfig) -> None:
     )
     method = (cfg.get("explain") or {}).get("method")  # the explain group; explain=null turns heatmaps off
     explain = method if predictor.torch_model is not None else None
-    app = create_app(
-        predictor,
-        max_upload_mb=float(cfg.max_upload_mb),
-        explain=explain,
-        alpha=float(cfg.alpha),
-        overlay_max_side=int(cfg.overlay_max_side),
-        max_queue=int(cfg.max_queue),
-    )
+    options = {k: cfg[k] for k in ("max_upload_mb", "alpha", "overlay_max_side", "max_queue")}  # conf/app.yaml's
+    app = create_app(predictor, explain=explain, **options)
     warn_if_exposed(str(cfg.host))
     what = predictor.prep.model + f" ({', '.join(predictor.members)})" if predictor.members else cfg.ckpt
     log.info("%s Serving %s on http://%s:%d", NOTICE, what, cfg.host, int(cfg.port))

@@ -93,7 +93,7 @@ def test_predict_script_runs_on_onnx_without_the_checkpoint(tmp_path):
     row = pd.read_csv(csv).iloc[0]
     for lab in LABELS:
         assert row[f"p_{lab}"] == pytest.approx(expected[f"p_{lab}"], abs=1e-5)
-    assert row["decision"] == expected["decision"]
+    assert row["predicted"] == expected["predicted"]
 
 
 def test_heatmaps_need_the_checkpoint_and_bad_format_is_refused(tmp_path, monkeypatch):
