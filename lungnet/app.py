@@ -54,7 +54,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from lungnet.app_info import model_card_text, public_facts, summary_command
+from lungnet.app_info import applied_thresholds, model_card_text, public_facts, summary_command
 from lungnet.data.images import IMAGE_SUFFIXES
 from lungnet.errors import CheckpointError, ConfigError
 from lungnet.explain.overlay import heatmap_caption
@@ -132,10 +132,11 @@ class Service:
     def __init__(
         self,
         predictor: Predictor,
-        explain: str | None = "gradcam",
-        alpha: float = 0.45,
-        overlay_max_side: int = 1024,
-        max_queue: int = 8,
+        *,
+        explain: str | None,
+        alpha: float,
+        overlay_max_side: int,
+        max_queue: int,
     ) -> None:
         if max_queue < 1:
             raise ConfigError(f"max_queue={max_queue}: admit at least 1 request (conf/app.yaml max_queue)")
@@ -201,7 +202,7 @@ class Service:
     def answer(self, pred, name: str) -> dict:
         """The JSON answer for one classified image (decision, set, OOD flag, calibrated probabilities)."""
         labels = self.predictor.labels
-        row = pred.row
+        row, record = pred.row, self.predictor.decision
         body = {
             "file": name,
             "model": self.predictor.prep.model,
@@ -209,7 +210,7 @@ class Service:
             "multilabel": self.predictor.prep.multilabel,
             "probabilities": {lab: float(p) for lab, p in zip(labels, pred.probs, strict=True)},
             "predicted": row["predicted"],
-            "thresholds": list(self.predictor.prep.thresholds) if self.predictor.prep.thresholds else None,
+            "thresholds": applied_thresholds(record, labels, self.predictor.prep.multilabel),
             "precision": self.predictor.precision,
             "notice": NOTICE,
         }
@@ -217,7 +218,6 @@ class Service:
             body["decision"] = row["decision"]
         if self.predictor.members:
             body["members"] = self.predictor.members
-        record = self.predictor.decision
         if record is not None:
             body.update(
                 decision_reason=row.get("decision_reason") or "",
@@ -284,14 +284,16 @@ def warn_if_exposed(host: str) -> bool:
 
 def create_app(
     predictor: Predictor,
-    max_upload_mb: float = 20.0,
-    explain: str | None = "gradcam",
-    alpha: float = 0.45,
-    overlay_max_side: int = 1024,
-    max_queue: int = 8,
+    *,
+    max_upload_mb: float,
+    explain: str | None,
+    alpha: float,
+    overlay_max_side: int,
+    max_queue: int,
 ) -> FastAPI:
-    """The FastAPI application (page, ``/predict``, ``/health``) around ``predictor``."""
-    service = Service(predictor, explain, alpha, overlay_max_side, max_queue)
+    """The FastAPI application (page, ``/predict``, ``/health``) around ``predictor``; the options are
+    ``conf/app.yaml``'s (their defaults are stated there), as `Service` takes them."""
+    service = Service(predictor, explain=explain, alpha=alpha, overlay_max_side=overlay_max_side, max_queue=max_queue)
     busy = f"Busy: {max_queue} requests are being classified or waiting; try again in a few seconds"
     max_bytes = int(max_upload_mb * 1024 * 1024)
     drain_cap = max(64 * 1024 * 1024, 4 * max_bytes)
@@ -389,9 +391,8 @@ def serve(cfg: DictConfig) -> None:
     )
     method = (cfg.get("explain") or {}).get("method")  # the explain group; explain=null turns heatmaps off
     explain = method if predictor.torch_model is not None else None
-    app = create_app(
-        predictor, float(cfg.max_upload_mb), explain, float(cfg.alpha), int(cfg.overlay_max_side), int(cfg.max_queue)
-    )
+    options = {k: cfg[k] for k in ("max_upload_mb", "alpha", "overlay_max_side", "max_queue")}  # conf/app.yaml's
+    app = create_app(predictor, explain=explain, **options)
     warn_if_exposed(str(cfg.host))
     what = predictor.prep.model + f" ({', '.join(predictor.members)})" if predictor.members else cfg.ckpt
     log.info("%s Serving %s on http://%s:%d", NOTICE, what, cfg.host, int(cfg.port))

@@ -4,17 +4,19 @@
 give it: the model file, the decision file and an ensemble's member files by base name, each pinned by its
 SHA-256 (the absolute paths `describe` holds for predict.py's local prediction.json stay on the server).
 `model_card_text` is the model card ``evaluate.py split=val`` (and training) keeps beside the decision file it wrote;
-`summary_command` the command that writes the validation summary the app shows, for a model whose decision file
-lacks one (trained before training wrote it, or with no decision file at all).
+`applied_thresholds` the thresholds an answer reports (those its decision uses); `summary_command` the command
+that writes the validation summary the app shows, for a model whose decision file lacks one (trained before
+training wrote it, or with no decision file at all).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lungnet.decision import decision_path, sha256_file
+from lungnet.decision import DecisionRecord, decision_path, sha256_file
 from lungnet.evaluation.decision_target import card_path
 from lungnet.inference import Predictor
+from lungnet.labels import DEFAULT_THRESHOLD
 
 
 def _name_and_hash(value: object) -> tuple[str | None, str | None]:
@@ -37,6 +39,14 @@ def public_facts(predictor: Predictor) -> dict:
         member["checkpoint"] = _name_and_hash(member.get("checkpoint"))[0]
         member["temperature_from"] = _name_and_hash(member.get("temperature_from"))[0]
     return facts
+
+
+def applied_thresholds(record: DecisionRecord | None, labels: list[str], multilabel: bool) -> dict[str, float] | None:
+    """The answer's ``thresholds``: those the decision uses (`DecisionRecord.applied_thresholds`); without a
+    decision record a multi-label model's findings are decided at `DEFAULT_THRESHOLD`; None: the arg-max."""
+    if record is not None:
+        return record.applied_thresholds
+    return {lab: DEFAULT_THRESHOLD for lab in labels} if multilabel else None
 
 
 def model_card_text(predictor: Predictor) -> str | None:

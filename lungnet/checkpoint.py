@@ -45,11 +45,6 @@ class LoadedModel:
         `lungnet.checkpoint_checks.with_split_seed`): with its data config it recomputes the run's splits."""
         return int(self.data.get("split_seed", self.seed))
 
-    @property
-    def thresholds(self) -> list[float] | None:
-        """Per-class decision thresholds (operating point) when the run fitted them."""
-        return self.hparams.get("thresholds")
-
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid for multi-label, softmax otherwise (`lungnet.preprocessing.logits_to_probs`)."""
         return logits_to_probs(logits, self.multilabel)

@@ -86,11 +86,8 @@ def check_spec(spec: Any, labels: list[str], path: Path) -> None:
 
 
 def check_extras(hp: dict, labels: list[str], path: Path) -> None:
-    """The stored operating point (``thresholds``) and the training facts loaders read: ``extra.seed`` and the split
+    """The training facts loaders read: ``extra.seed`` and the split
     fingerprint ``extra.splits`` (`lungnet.data.splits.split_fingerprint`: per split an image count and a digest)."""
-    thresholds = hp.get("thresholds")
-    if thresholds is not None and (not _numbers(thresholds, 0, 1) or len(thresholds) != len(labels)):
-        raise _refuse(path, "thresholds", thresholds, f"null or {len(labels)} numbers in [0, 1] (one per label)")
     extra = hp.get("extra", {})
     if not isinstance(extra, dict):
         raise _refuse(path, "extra", extra, "a mapping")

@@ -337,13 +337,13 @@ def export(cfg: DictConfig, run_dir: Path) -> Path:
         cfg.ckpt,
         str(cfg.format),
         cfg.out,
-        int(cfg.opset),
-        bool(cfg.verify),
-        bool(cfg.int8),
-        cfg.calib,
-        int(cfg.calib_n),
-        float(cfg.min_agreement),
-        str(cfg.int8_weights),
+        opset=int(cfg.opset),
+        verify=bool(cfg.verify),
+        int8=bool(cfg.int8),
+        calib=cfg.calib,
+        calib_n=int(cfg.calib_n),
+        min_agreement=float(cfg.min_agreement),
+        int8_weights=str(cfg.int8_weights),
     )
 
 

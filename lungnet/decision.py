@@ -34,7 +34,7 @@ import numpy as np
 from lungnet.decision_file import FORMAT, record_fields
 from lungnet.errors import CheckpointError
 from lungnet.io import write_json
-from lungnet.labels import default_positive
+from lungnet.labels import DEFAULT_THRESHOLD, default_positive
 from lungnet.ood import AnyMemberGate, ImageGate, OodGate
 from lungnet.preprocessing import logits_to_probs
 from lungnet.referral import (
@@ -171,6 +171,14 @@ class DecisionRecord:
             return "per_finding"
         return "threshold" if self.positive_class and self.positive_class in self.thresholds else "argmax"
 
+    @property
+    def applied_thresholds(self) -> dict[str, float] | None:
+        """The thresholds the decision uses: multi-label, every finding's (fitted, else `DEFAULT_THRESHOLD`); a
+        positive class with its threshold, the record's thresholds; None for the arg-max."""
+        if self.multilabel:
+            return {lab: float(self.thresholds.get(lab, DEFAULT_THRESHOLD)) for lab in self.labels}
+        return dict(self.thresholds) if self.rule == "threshold" else None
+
     def calibrated(self, logits: np.ndarray) -> np.ndarray:
         """Probabilities (N, C) from logits, divided by the temperature when there is one."""
         z = np.asarray(logits, dtype=np.float64)
@@ -179,7 +187,7 @@ class DecisionRecord:
     def labels_of(self, probs: np.ndarray) -> list[str]:
         """The operating-point decision per image, before abstention."""
         if self.multilabel:
-            thr = np.array([self.thresholds.get(lab, 0.5) for lab in self.labels])
+            thr = np.array([self.thresholds.get(lab, DEFAULT_THRESHOLD) for lab in self.labels])
             on = probs >= thr
             return ["|".join(lab for lab, x in zip(self.labels, row, strict=True) if x) or NO_FINDING for row in on]
         top = probs.argmax(1)

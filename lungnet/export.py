@@ -1,11 +1,11 @@
 """Export a checkpoint to ONNX (fp32 or int8) or TorchScript, with its preprocessing recorded.
 
-``lungnet-export ckpt=<best.ckpt> format=onnx|torchscript [out=<file>] [opset=17]``
-``lungnet-export ckpt=<best.ckpt> int8=true calib=<folder|glob|run/splits/train.csv> [calib_n=64]``
+``lungnet-export ckpt=<best.ckpt> format=onnx|torchscript [out=<file>] [opset=<n>]``
+``lungnet-export ckpt=<best.ckpt> int8=true calib=<folder|glob|run/splits/train.csv> [calib_n=<n>]``
 (or ``python -m lungnet.export ...``; options and defaults: ``conf/export.yaml``, ``--help``)
 
 Writes the model file and a JSON sidecar ``<file>.json`` (labels, multilabel, input size, mean/std,
-in_chans, resize, thresholds, model name, precision, and the checkpoint's decision record from
+in_chans, resize, model name, precision, and the checkpoint's decision record from
 ``<ckpt stem>.decision.json`` when present: temperature, operating point, conformal scores; not the OOD gate).
 The same record is embedded in the file itself (ONNX
 ``metadata_props`` key ``lungnet`` plus one key per field; a ``lungnet.json`` extra file in the
@@ -44,6 +44,7 @@ import torch
 from lungnet.checkpoint import TORCHSCRIPT_SUFFIXES, CheckpointError, load_model
 from lungnet.data.images import collect_inputs
 from lungnet.decision import export_fields
+from lungnet.labels import DEFAULT_THRESHOLD
 from lungnet.preprocessing import Preprocessing, logits_to_probs
 from lungnet.runtimes import TORCHSCRIPT_META, open_export, sidecar_path
 
@@ -73,7 +74,7 @@ def _embed(proto, record: dict) -> None:
         proto.metadata_props.add(key=key, value=value)
 
 
-def export_onnx(model: torch.nn.Module, prep: Preprocessing, out: Path, record: dict, opset: int = 17) -> Path:
+def export_onnx(model: torch.nn.Module, prep: Preprocessing, out: Path, record: dict, opset: int) -> Path:
     """Writes ``model`` as ONNX (dynamic batch axis) with ``record`` in its metadata_props."""
     import onnx
 
@@ -230,14 +231,13 @@ def agreement(prep: Preprocessing, reference: np.ndarray, other: np.ndarray) -> 
     """(decision agreement, max probability difference) between two logit arrays (N, K).
 
     Single-label: top-1 agreement. Multi-label: the lowest, over findings, of the agreement of the
-    per-finding decisions (probability at or above the checkpoint's thresholds, else 0.5); pooling all
+    per-finding decisions (probability at or above `lungnet.labels.DEFAULT_THRESHOLD`); pooling all
     image-finding pairs would let mostly-negative findings hide a broken one.
     """
 
     p, q = logits_to_probs(reference, prep.multilabel), logits_to_probs(other, prep.multilabel)
     if prep.multilabel:
-        thr = np.asarray(prep.thresholds if prep.thresholds else [0.5] * p.shape[1])
-        agree = float(((p >= thr) == (q >= thr)).mean(0).min())
+        agree = float(((p >= DEFAULT_THRESHOLD) == (q >= DEFAULT_THRESHOLD)).mean(0).min())
     else:
         agree = float((p.argmax(1) == q.argmax(1)).mean())
     return agree, float(np.abs(p - q).max())
@@ -335,17 +335,18 @@ def install(staged: Path, out: Path, record: dict) -> Path:
 
 def export(
     ckpt: str | os.PathLike,
-    fmt: str = "onnx",
-    out: str | os.PathLike | None = None,
-    opset: int = 17,
-    verify: bool = True,
-    int8: bool = False,
-    calib: str | os.PathLike | None = None,
-    calib_n: int = 64,
-    min_agreement: float = 0.9,
-    int8_weights: str = "reduced",
+    fmt: str,
+    out: str | os.PathLike | None,
+    *,
+    opset: int,
+    verify: bool,
+    int8: bool,
+    calib: str | os.PathLike | None,
+    calib_n: int,
+    min_agreement: float,
+    int8_weights: str,
 ) -> Path:
-    """Exports a lungnet checkpoint.
+    """Exports a lungnet checkpoint; the options are ``conf/export.yaml``'s (their defaults are stated there).
 
     Files are written under temporary names and moved into place only once checked, so a failed export
     never leaves a half-written or unverified model where a good one was.

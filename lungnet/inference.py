@@ -289,14 +289,7 @@ class Predictor:
     def rows(self, files: Sequence[str], probs: np.ndarray, decisions: Decisions | None = None) -> list[dict]:
         """CSV rows (file, predicted, confidence, decision, p_<label>..., error) for classified files; with
         ``decisions`` also decision_reason, prediction_set, ood and ood_score."""
-        table = predictions_table(
-            list(files),
-            probs,
-            None,
-            self.labels,
-            self.prep.multilabel,
-            list(self.prep.thresholds) if self.prep.thresholds is not None else None,
-        )
+        table = predictions_table(list(files), probs, None, self.labels, self.prep.multilabel)
         table = table.rename(columns={"path": "file"})
         if decisions is not None:
             for key, values in decisions.columns(self.labels).items():
@@ -393,8 +386,9 @@ class Predictor:
         """The heatmap laid over the image's content (`lungnet.preprocessing.Preprocessing.on_image`)."""
         return self.prep.on_image(heatmap, shape)
 
-    def overlay(self, prediction: Prediction, alpha: float = 0.45) -> np.ndarray:
-        """RGB uint8 overlay of ``prediction``'s heatmap on its image, at the size of its kept image."""
+    def overlay(self, prediction: Prediction, alpha: float) -> np.ndarray:
+        """RGB uint8 overlay of ``prediction``'s heatmap on its image, at the size of its kept image, with opacity
+        ``alpha`` (the command's ``alpha``: conf/app.yaml, or `lungnet.schema` ``PredictConfig``)."""
         from lungnet.explain.overlay import overlay
 
         if prediction.image is None or prediction.heatmap is None:

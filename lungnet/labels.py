@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import re
 
+# The decision threshold of a finding (multi-label) or class that has no fitted one: its one home
+# (`lungnet.decision`, `lungnet.export`, `lungnet.evaluation`, `lungnet.explain` read it from here).
+DEFAULT_THRESHOLD = 0.5
+
 PNEUMONIA = ["NORMAL", "PNEUMONIA"]
 LUNG5 = ["Bacterial Pneumonia", "Corona Virus Disease", "Normal", "Tuberculosis", "Viral Pneumonia"]
 CXR4 = ["Normal", "COVID-19", "Pneumonia", "Tuberculosis"]

@@ -33,7 +33,6 @@ class Preprocessing:
         std: per-channel normalisation std.
         resize: ``squash`` or ``pad`` (as in training).
         downsample_to: side every image was first reduced to in training (``data.downsample_to``), or None.
-        thresholds: per-class operating point, or None.
         model: the lungnet model name (informative).
     """
 
@@ -44,7 +43,6 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     resize: str = "squash"
-    thresholds: tuple[float, ...] | None = None
     model: str = ""
     downsample_to: int | None = None
 
@@ -75,14 +73,12 @@ class Preprocessing:
         """Plain JSON types."""
         d = asdict(self)
         d["labels"], d["mean"], d["std"] = list(self.labels), list(self.mean), list(self.std)
-        d["thresholds"] = list(self.thresholds) if self.thresholds is not None else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
         """Inverse of `to_dict` (unknown keys, e.g. a sidecar's ``format``, are ignored)."""
         try:
-            thr = d.get("thresholds")
             prep = cls(
                 labels=tuple(str(x) for x in d["labels"]),
                 multilabel=bool(d["multilabel"]),
@@ -91,7 +87,6 @@ class Preprocessing:
                 mean=tuple(float(x) for x in d["mean"]),
                 std=tuple(float(x) for x in d["std"]),
                 resize=str(d.get("resize") or "squash"),
-                thresholds=tuple(float(x) for x in thr) if thr is not None else None,
                 model=str(d.get("model", "")),
                 downsample_to=int(d["downsample_to"]) if d.get("downsample_to") else None,
             )
@@ -123,7 +118,6 @@ class Preprocessing:
     def from_loaded(cls, loaded) -> Preprocessing:
         """From a `LoadedModel`: the spec's trained input size, mean/std, channels and the data config's resize."""
         spec = loaded.spec
-        thr = loaded.thresholds
         return cls(
             labels=tuple(loaded.labels),
             multilabel=loaded.multilabel,
@@ -132,7 +126,6 @@ class Preprocessing:
             mean=tuple(spec.mean),
             std=tuple(spec.std),
             resize=str(loaded.data.get("resize") or "squash"),
-            thresholds=tuple(float(t) for t in thr) if thr is not None else None,
             model=spec.name,
             downsample_to=int(loaded.data["downsample_to"]) if loaded.data.get("downsample_to") else None,
         )

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
+from omegaconf import OmegaConf
 from PIL import Image
 
 import lungnet.app as app_module
@@ -43,6 +44,19 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
+APP_YAML = OmegaConf.load(ROOT / "conf" / "app.yaml")  # the app's defaults, stated there once
+
+
+def service_options(**changes) -> dict:
+    """`lungnet.app.Service`'s options as lungnet-app passes them from conf/app.yaml (heatmaps: gradcam)."""
+    return {"explain": "gradcam", **{k: APP_YAML[k] for k in ("alpha", "overlay_max_side", "max_queue")}, **changes}
+
+
+def app_options(**changes) -> dict:
+    """`lungnet.app.create_app`'s options as lungnet-app passes them from conf/app.yaml."""
+    return {"max_upload_mb": APP_YAML.max_upload_mb, **service_options(**changes)}
+
+
 LIMIT_MB = 8.0  # the uncompressed DICOM (7.2 MB) fits, 9 MB does not
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -82,9 +96,9 @@ def photo(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    ckpt = make_checkpoint(tmp_path_factory.mktemp("app") / "best.ckpt", size=32, thresholds=[0.3, 0.5, 0.4])
+    ckpt = make_checkpoint(tmp_path_factory.mktemp("app") / "best.ckpt", size=32)
     fit_decision(ckpt)
-    app = create_app(Predictor(ckpt), max_upload_mb=LIMIT_MB)
+    app = create_app(Predictor(ckpt), **app_options(max_upload_mb=LIMIT_MB))
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -131,7 +145,7 @@ def test_api_predict_returns_probabilities(server):
     assert body["labels"] == LABELS and set(body["probabilities"]) == set(LABELS)
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     assert body["predicted"] == max(body["probabilities"], key=body["probabilities"].get)
-    assert "decision" in body and body["thresholds"] == [0.3, 0.5, 0.4]
+    assert "decision" in body and body["thresholds"] is None  # three classes, no positive class: the arg-max
     assert body["notice"] == NOTICE and "heatmap_png_base64" not in body
 
 
@@ -202,7 +216,7 @@ def test_a_model_without_a_validation_summary_names_the_command_that_writes_it(t
     assert info["summary"] == {} and info["summary_missing"].startswith("python evaluate.py ckpt=best.ckpt split=val")
     new_record(LABELS, False, ckpt).write(decision_path(ckpt))  # training's file before it held the summary
     with caplog.at_level(logging.WARNING, logger="lungnet.app"):
-        create_app(Predictor(ckpt), explain=None)
+        create_app(Predictor(ckpt), **app_options(explain=None))
     assert f"python evaluate.py ckpt={ckpt} split=val writes it" in caplog.text
     kept = new_record(LABELS, False, ckpt).write(tmp_path / "kept" / "mine.decision.json")
     info = app_module.model_info(Predictor(ckpt, decision=str(kept)), {})
@@ -311,7 +325,7 @@ def test_a_client_gone_mid_upload_is_one_log_line(tmp_path, caplog):
     """Starlette raises ClientDisconnect inside the multipart parser: one warning, no ASGI traceback."""
     import asyncio
 
-    app = create_app(Predictor(make_checkpoint(tmp_path / "m.ckpt", size=32)))
+    app = create_app(Predictor(make_checkpoint(tmp_path / "m.ckpt", size=32)), **app_options())
     boundary = "b" * 16
     head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'.encode()
     messages = [{"type": "http.request", "body": head + b"\0" * 1000, "more_body": True}, {"type": "http.disconnect"}]
@@ -350,7 +364,7 @@ def test_a_client_gone_mid_upload_is_one_log_line(tmp_path, caplog):
 def test_work_is_one_request_at_a_time_overlay_included(tmp_path):
     """Parallel heatmap requests never overlap: decoding, model, heatmap and overlay all run under one lock."""
     predictor = Predictor(make_checkpoint(tmp_path / "m.ckpt", size=32))
-    service = app_module.Service(predictor, overlay_max_side=64)
+    service = app_module.Service(predictor, **service_options(overlay_max_side=64))
     active, peak, guard = [0], [0], threading.Lock()
 
     def tracked(fn):
@@ -404,7 +418,7 @@ def test_serves_an_ensemble_naming_its_members(tmp_path):
 
     a = make_checkpoint(tmp_path / "a" / "a.ckpt", size=32)
     b = make_checkpoint(tmp_path / "b" / "b.ckpt", size=40, seed=1)
-    client = TestClient(create_app(Predictor([str(a), str(b)])))
+    client = TestClient(create_app(Predictor([str(a), str(b)]), **app_options()))
     info = client.get("/model").json()
     assert info["kind"] == "ensemble" and [m["name"] for m in info["members"]] == ["a", "b"]
     assert info["heatmaps"] is False and info["model_file"] is None
@@ -438,7 +452,9 @@ def test_requests_beyond_max_queue_get_503_until_one_finishes(tmp_path):
 
     predictor.predict_iter = held
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(predictor, max_queue=1), port=port, log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(predictor, **app_options(max_queue=1)), port=port, log_level="warning")
+    )
     threading.Thread(target=srv.run, daemon=True).start()
     while not srv.started:
         time.sleep(0.05)
@@ -459,13 +475,35 @@ def test_requests_beyond_max_queue_get_503_until_one_finishes(tmp_path):
     assert post(url, "b.jpg", data)[0] == 200  # the place is free again
     srv.should_exit = True
     with pytest.raises(ConfigError, match="max_queue=0"):  # one line at start (a user error), not a traceback
-        create_app(predictor, max_queue=0)
+        create_app(predictor, **app_options(max_queue=0))
+
+
+def test_the_answer_reports_the_thresholds_of_the_decision_file(tmp_path):
+    """``thresholds`` is what decides: the decision file's operating point; null for the arg-max (no positive class,
+    or no decision file)."""
+    from fastapi.testclient import TestClient
+
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
+    record = new_record(LABELS, False, ckpt)
+    record.positive_class, record.thresholds = "Covid-19", {"Covid-19": 0.3, "Pneumonia": 0.6}
+    written = json.loads(record.write(decision_path(ckpt)).read_text())["thresholds"]
+    image = {"file": ("chest.jpg", xray().read_bytes(), "image/jpeg")}
+    for decision, expected in (("auto", written), ("none", None)):
+        body = (
+            TestClient(create_app(Predictor(ckpt, decision=decision), **app_options()))
+            .post("/predict", files=image)
+            .json()
+        )
+        assert body["thresholds"] == expected, (decision, body)
+    assert written == {"Covid-19": 0.3, "Pneumonia": 0.6}
 
 
 def test_a_model_with_non_finite_output_answers_500_not_a_decision(tmp_path, caplog):
     from fastapi.testclient import TestClient
 
-    client = TestClient(create_app(Predictor(overflowing_checkpoint(tmp_path / "m.ckpt"), decision="none")))
+    client = TestClient(
+        create_app(Predictor(overflowing_checkpoint(tmp_path / "m.ckpt"), decision="none"), **app_options())
+    )
     png = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)).save(png, format="PNG")
     response = client.post("/predict", files={"file": ("chest.png", png.getvalue(), "image/png")})

@@ -28,7 +28,7 @@ def test_heatmap_pngs_carry_the_caption_and_mark_abstained_images(tmp_path):
         (pred,) = predictor.predict_iter([xray()], explain="gradcam", image_max_side=256)
         row = prediction_row(predictor, pred, 0, tmp_path / name, "gradcam", 0.45, {})
         paths[name] = tmp_path / name / row["heatmap"]
-        overlay = predictor.overlay(pred)
+        overlay = predictor.overlay(pred, 0.45)
         png = Image.open(paths[name])
         assert png.size[1] / png.size[0] > overlay.shape[0] / overlay.shape[1] + 0.15  # colour bar and caption below
     assert red_pixels(paths["abstained"]) > red_pixels(paths["plain"]) + 500  # the red frame

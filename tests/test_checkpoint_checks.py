@@ -60,8 +60,6 @@ BAD = [  # (edit, what the one-line refusal says)
     (_set("data.cache_dir", "${oc.env:HOME}"), "data.cache_dir='${oc.env:HOME}' must be a string"),
     (_set("labels", ["A", "A", "B"]), "labels=['A', 'A', 'B'] must be a non-empty list of distinct class names"),
     (_set("multilabel", "no"), "multilabel='no' must be true or false"),
-    (_set("thresholds", [0.5]), "thresholds=[0.5] must be null or 3 numbers in [0, 1]"),
-    (_set("thresholds", [0.5, 2.0, 0.5]), "thresholds=[0.5, 2.0, 0.5] must be null or 3 numbers in [0, 1]"),
     (_set("extra.seed", "x"), "extra.seed='x' must be an integer"),
     (_set("data.split_seed", -1), "data.split_seed=-1 must be"),
     (_set("data.split_seed", "x"), "data.split_seed='x' must be"),
@@ -76,7 +74,7 @@ BAD = [  # (edit, what the one-line refusal says)
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("good") / "best.ckpt", thresholds=[0.3, 0.5, 0.4])
+    return make_checkpoint(tmp_path_factory.mktemp("good") / "best.ckpt")
 
 
 def _tampered(good: Path, folder: Path, edit) -> Path:
@@ -102,7 +100,7 @@ def test_every_stored_value_is_checked_before_use(good, tmp_path, edit, says):
 def test_a_good_checkpoint_loads_with_its_values_typed(good):
     loaded = load_model(good)
     assert loaded.labels == ["Covid-19", "No_findings", "Pneumonia"] and loaded.spec.input_size == 32
-    assert loaded.thresholds == [0.3, 0.5, 0.4] and loaded.data["resize"] == "squash"
+    assert loaded.data["resize"] == "squash"
 
 
 def test_a_huge_stored_head_is_refused_before_anything_is_allocated(good, tmp_path, monkeypatch):

@@ -11,14 +11,24 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from lungnet.batch import run_batch
 from lungnet.checkpoint import CheckpointError, load_model
 from lungnet.cli import export as export_command
-from lungnet.export import calibration_sets, export, sidecar_path
+from lungnet.export import calibration_sets, sidecar_path
+from lungnet.export import export as export_checkpoint
 from lungnet.inference import Predictor
 from tests.conftest import CONF, run_cli, shared
 from tests.test_inference import LABELS, make_checkpoint, xray
+
+EXPORT_YAML = OmegaConf.load(CONF / "export.yaml")  # the export's defaults, stated there once
+OPTIONS = ("opset", "verify", "int8", "calib", "calib_n", "min_agreement", "int8_weights")
+
+
+def export(ckpt, fmt: str = EXPORT_YAML.format, out=None, **changes) -> Path:
+    """`lungnet.export.export` with conf/export.yaml's options, as lungnet-export passes them, and ``changes``."""
+    return export_checkpoint(ckpt, fmt, out, **{**{k: EXPORT_YAML[k] for k in OPTIONS}, **changes})
 
 
 def real_batch(predictor: Predictor, n: int = 3) -> torch.Tensor:
@@ -32,7 +42,7 @@ def real_batch(predictor: Predictor, n: int = 3) -> torch.Tensor:
     [("simple_cnn", 64, "squash"), ("resnet18", 64, "pad"), ("mobilenetv2", 64, "squash")],
 )
 def test_onnx_and_torchscript_match_pytorch_on_real_images(tmp_path, arch, size, resize):
-    ckpt = make_checkpoint(tmp_path / "best.ckpt", name=arch, size=size, resize=resize, thresholds=[0.2, 0.5, 0.3])
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", name=arch, size=size, resize=resize)
     torch_pred = Predictor(ckpt)
     batch = real_batch(torch_pred)
     with torch.inference_mode():
@@ -42,13 +52,13 @@ def test_onnx_and_torchscript_match_pytorch_on_real_images(tmp_path, arch, size,
         out = export(ckpt, fmt, tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt"), verify=False)
         exported = Predictor(out, trust_export=fmt == "torchscript")  # TorchScript is code: an explicit opt-in
         assert exported.kind == fmt and exported.torch_model is None
-        assert exported.prep == torch_pred.prep  # labels, size, mean/std, in_chans, resize, thresholds
+        assert exported.prep == torch_pred.prep  # labels, size, mean/std, in_chans, resize
         np.testing.assert_allclose(exported.backend.logits(batch), reference, atol=1e-4, rtol=0)
         assert np.abs(exported.backend.logits(batch) - reference).max() < 1e-4
 
 
 def test_sidecar_and_onnx_metadata_record_the_preprocessing(tmp_path):
-    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=48, resize="pad", thresholds=[0.2, 0.5, 0.3])
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=48, resize="pad")
     out = export(ckpt, "onnx")
     assert out == tmp_path / "best.onnx"  # default: beside the checkpoint
     loaded = load_model(ckpt)
@@ -60,7 +70,6 @@ def test_sidecar_and_onnx_metadata_record_the_preprocessing(tmp_path):
         "mean": list(loaded.spec.mean),
         "std": list(loaded.spec.std),
         "resize": "pad",
-        "thresholds": [0.2, 0.5, 0.3],
         "multilabel": False,
         "format": "onnx",
     }
@@ -69,11 +78,11 @@ def test_sidecar_and_onnx_metadata_record_the_preprocessing(tmp_path):
     assert json.loads(meta["lungnet"]) == side
     assert json.loads(meta["labels"]) == LABELS and meta["resize"] == "pad" and json.loads(meta["input_size"]) == 48
     sidecar_path(out).unlink()  # the embedded copy is enough on its own
-    assert Predictor(out).prep.thresholds == (0.2, 0.5, 0.3)
+    assert Predictor(out).prep == Predictor(ckpt).prep
 
 
 def test_predict_script_runs_on_onnx_without_the_checkpoint(tmp_path):
-    ckpt = make_checkpoint(tmp_path / "ck" / "best.ckpt", size=32, thresholds=[0.2, 0.5, 0.3])
+    ckpt = make_checkpoint(tmp_path / "ck" / "best.ckpt", size=32)
     onnx_file = export(ckpt, "onnx", tmp_path / "deploy" / "model.onnx")
     expected = Predictor(ckpt).predict([shared("dicom") / "RG1_UNCR.dcm"])[0]
     ckpt.unlink()
@@ -84,7 +93,7 @@ def test_predict_script_runs_on_onnx_without_the_checkpoint(tmp_path):
     row = pd.read_csv(csv).iloc[0]
     for lab in LABELS:
         assert row[f"p_{lab}"] == pytest.approx(expected[f"p_{lab}"], abs=1e-5)
-    assert row["decision"] == expected["decision"]
+    assert row["predicted"] == expected["predicted"]
 
 
 def test_heatmaps_need_the_checkpoint_and_bad_format_is_refused(tmp_path, monkeypatch):

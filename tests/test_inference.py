@@ -30,7 +30,6 @@ def make_checkpoint(
     size: int = 32,
     labels: list[str] | None = None,
     resize: str = "squash",
-    thresholds: list[float] | None = None,
     multilabel: bool = False,
     in_chans: int | None = None,
     seed: int = 0,
@@ -47,8 +46,6 @@ def make_checkpoint(
         "spec": model.spec.to_dict(),
         "data": {"source": "darkcovidnet", "image_size": size, "resize": resize},
     }
-    if thresholds is not None:
-        hparams["thresholds"] = thresholds
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "hyper_parameters": hparams}, path)
@@ -69,7 +66,7 @@ def overflowing_checkpoint(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.ckpt", thresholds=[0.3, 0.5, 0.4])
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -142,11 +139,9 @@ def test_formats_16bit_tiff_rgba_and_error_rows(predictor, tmp_path):
     assert "not an image" in bad[0]["error"] and "empty file" in bad[1]["error"]
 
 
-def test_decision_uses_the_checkpoint_thresholds(predictor):
+def test_without_a_decision_file_the_prediction_is_the_arg_max(predictor):
     rows = predictor.predict([xray("Covid-19"), xray("No_findings")])
     for r in rows:
-        expected = [lab for lab, t in zip(LABELS, [0.3, 0.5, 0.4], strict=True) if r[f"p_{lab}"] >= t]
-        assert r["decision"] == ("|".join(expected) or "below threshold")
         assert r["predicted"] == max(LABELS, key=lambda lab: r[f"p_{lab}"])
 
 
@@ -172,7 +167,7 @@ def test_pad_resize_heatmaps_cover_only_the_image(tmp_path):
     h, w = pred.image.shape
     hh, hw = pred.heatmap.shape
     assert hw == 32 and hh in (15, 16, 17)  # the padding bands were cropped away
-    rgb = predictor.overlay(pred)
+    rgb = predictor.overlay(pred, 0.45)
     assert rgb.shape == (h, w, 3) and rgb.dtype == np.uint8
 
 
@@ -196,7 +191,7 @@ def test_predict_script_writes_csv_and_overlays(ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = list((out / "predict").glob("*/*"))
     table = pd.read_csv(run / "predictions.csv", keep_default_na=False)
-    assert list(table.columns[:4]) == ["file", "predicted", "confidence", "decision"]
+    assert list(table.columns[:3]) == ["file", "predicted", "confidence"]  # no decision file: the arg-max alone
     assert {f"p_{lab}" for lab in LABELS} <= set(table.columns)
     assert table["error"].astype(bool).tolist() == [True, False, False]  # broken.png sorts first
     heat = [run / h for h in table["heatmap"] if h]
@@ -267,7 +262,7 @@ def test_overlay_image_is_reduced_but_the_model_input_is_not(predictor):
     (small,) = predictor.predict_iter([dicom], explain="gradcam", image_max_side=256)
     assert full.image.shape == (1955, 1841) and small.image.shape == (256, 241)
     np.testing.assert_array_equal(small.probs, full.probs)  # the model saw the full decode both times
-    assert predictor.overlay(small).shape == (256, 241, 3)
+    assert predictor.overlay(small, 0.45).shape == (256, 241, 3)
     (plain,) = predictor.predict_iter([dicom])
     assert plain.image is None and plain.heatmap is None
 

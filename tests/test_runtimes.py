@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from lungnet.checkpoint import CheckpointError
-from lungnet.export import export
 from lungnet.hardware import cpu_has_native_bf16
 from lungnet.inference import Predictor
 from lungnet.runtimes import OnnxRunner, OpenVinoRunner, TorchScriptRunner, open_export, sidecar_path
 from tests.conftest import run_script, shared
-from tests.test_export import real_batch
+from tests.test_export import export, real_batch
 from tests.test_inference import make_checkpoint
 
 
@@ -43,7 +42,7 @@ def test_openvino_and_onnxruntime_match_pytorch_on_real_images(tmp_path, arch, s
 
 def test_openvino_reads_the_embedded_record_without_the_sidecar(tmp_path):
     need_openvino()
-    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32, thresholds=[0.2, 0.5, 0.3])
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
     onnx_file = export(ckpt, "onnx")
     expected = Predictor(onnx_file).prep
     sidecar_path(onnx_file).unlink()
@@ -75,7 +74,7 @@ def test_predict_script_runs_on_openvino(tmp_path):
     from lungnet.batch import run_batch
     from tests.conftest import compose_cfg
 
-    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32, thresholds=[0.2, 0.5, 0.3])
+    ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
     onnx_file = export(ckpt, "onnx")
     image = shared("dicom") / "RG1_UNCR.dcm"
     expected = Predictor(ckpt).predict([image])[0]

@@ -187,8 +187,9 @@ def oof_arrays(oof: pd.DataFrame, multilabel: bool) -> tuple[list[str], np.ndarr
     return labels, probs, targets
 
 
-def summarise(runs: list[Path], resamples: int = 1000, seed: int = 0) -> dict:
-    """Per-fold table, mean and standard deviation, and pooled out-of-fold metrics with bootstrap CIs."""
+def summarise(runs: list[Path], *, resamples: int, seed: int) -> dict:
+    """Per-fold table, mean and standard deviation, and pooled out-of-fold metrics with bootstrap CIs
+    (``resamples`` and ``seed``: conf/crossval.yaml's, as the command passes them)."""
     folds = sorted((load_fold(r) for r in runs), key=lambda f: f["fold"])
     check_folds(folds)
     k = folds[0]["folds"]
@@ -262,7 +263,7 @@ def write_summary(summary: dict, out: Path) -> Path:
     return write_text(out / "cv_summary.md", render(summary))
 
 
-def compare(variant: dict, baseline: dict, resamples: int = 1000, seed: int = 0) -> dict:
+def compare(variant: dict, baseline: dict, *, resamples: int, seed: int) -> dict:
     """Paired comparison of two cross-validations' pooled out-of-fold predictions on the images both scored.
 
     Args:
@@ -338,13 +339,13 @@ def run(cfg: DictConfig) -> Path:
 
     Writes into ``cfg.out`` (default: the ``runs`` directory itself).
     """
-    summary = summarise(find_fold_runs(cfg.runs), int(cfg.resamples), int(cfg.seed))
+    summary = summarise(find_fold_runs(cfg.runs), resamples=int(cfg.resamples), seed=int(cfg.seed))
     out = Path(cfg.out or cfg.runs)
     path = write_summary(summary, out)
     log.info("Wrote %s\n%s", path, render(summary))
     if cfg.baseline:
-        base = summarise(find_fold_runs(cfg.baseline), int(cfg.resamples), int(cfg.seed))
-        result = compare(summary, base, int(cfg.resamples), int(cfg.seed))
+        base = summarise(find_fold_runs(cfg.baseline), resamples=int(cfg.resamples), seed=int(cfg.seed))
+        result = compare(summary, base, resamples=int(cfg.resamples), seed=int(cfg.seed))
         write_json(out / "cv_comparison.json", result)
         path = write_text(out / "cv_comparison.md", render_comparison(result))
         log.info("Wrote %s\n%s", path, render_comparison(result))

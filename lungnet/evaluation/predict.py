@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lungnet.labels import DEFAULT_THRESHOLD
 from lungnet.ood import gate_inputs
 from lungnet.preprocessing import logits_to_probs
 
@@ -97,13 +98,11 @@ def predictions_table(
     targets: np.ndarray | None,
     labels: list[str],
     multilabel: bool,
-    thresholds: list[float] | None = None,
 ) -> pd.DataFrame:
-    """One row per image: file, true label(s), predicted label, probability per class, decision.
+    """One row per image: file, true label(s), predicted label, probability per class.
 
-    Single-label: ``predicted`` is the arg-max; with ``thresholds`` (one per class, an operating
-    point), ``decision`` lists the classes whose probability reaches their threshold.
-    Multi-label: ``predicted`` lists findings with probability >= threshold (0.5 by default).
+    Single-label: ``predicted`` is the arg-max. Multi-label: ``predicted`` lists findings with probability at or
+    above `lungnet.labels.DEFAULT_THRESHOLD` (the decision record's thresholds decide in `lungnet.decision`).
     """
     table = pd.DataFrame({"path": paths})
     if targets is not None:
@@ -113,19 +112,14 @@ def predictions_table(
             ]
         else:
             table["true"] = [labels[int(t)] for t in targets]
-    thr = np.asarray(thresholds if thresholds is not None else [0.5] * len(labels), dtype=np.float64)
     if multilabel:
         table["predicted"] = [
-            "|".join(lab for lab, p, t in zip(labels, row, thr, strict=True) if p >= t) or "No Finding" for row in probs
+            "|".join(lab for lab, p in zip(labels, row, strict=True) if p >= DEFAULT_THRESHOLD) or "No Finding"
+            for row in probs
         ]
     else:
         table["predicted"] = [labels[int(i)] for i in probs.argmax(1)]
         table["confidence"] = probs.max(1)
-        if thresholds is not None:
-            table["decision"] = [
-                "|".join(lab for lab, p, t in zip(labels, row, thr, strict=True) if p >= t) or "below threshold"
-                for row in probs
-            ]
     if targets is not None and not multilabel:
         table["correct"] = table["true"] == table["predicted"]
     for j, lab in enumerate(labels):

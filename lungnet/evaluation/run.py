@@ -268,8 +268,7 @@ def predictions(ev: Evaluation) -> pd.DataFrame:
     ``op_<class>`` operating-point columns."""
     labels, multilabel = ev.labels, ev.loaded.multilabel
     probs = stats.scale_probs(ev.data.probs, ev.result["calibration"]["temperature"] or 1.0, multilabel)
-    thresholds = None if ev.external else ev.loaded.thresholds  # the checkpoint's own are for its own labels
-    table = predictions_table(ev.data.paths, probs, ev.data.targets, labels, multilabel, thresholds)
+    table = predictions_table(ev.data.paths, probs, ev.data.targets, labels, multilabel)
     for lab, thr in ev.result["operating_point"]["thresholds"].items():
         table[f"op_{lab}"] = probs[:, labels.index(lab)] >= thr
     return table
@@ -294,6 +293,7 @@ def add_explanations(ev: Evaluation) -> None:
         cam_layer=explain_cfg.get("cam_layer"),
         out_dir=ev.run_dir / "explanations",
         report_dir=ev.run_dir,
+        alpha=float(ev.cfg.alpha),
         seed=int(ev.opts["bootstrap"]["seed"]),
         **(OmegaConf.to_container(explain_cfg.options, resolve=True) if explain_cfg.get("options") else {}),
     )

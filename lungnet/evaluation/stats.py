@@ -24,6 +24,7 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_curve
 
 from lungnet.evaluation.resample import Resampler
+from lungnet.labels import DEFAULT_THRESHOLD
 from lungnet.metrics import macro
 
 log = logging.getLogger(__name__)
@@ -111,13 +112,14 @@ def threshold_metrics(
 ) -> dict[str, np.ndarray]:
     """Per-class precision, recall (sensitivity), specificity and F1 of the hard decisions.
 
-    Single-label decisions are the arg-max; multi-label decisions are ``p >= threshold`` (0.5 by
-    default). Classes without positives get 0 (scikit-learn's ``zero_division=0``).
+    Single-label decisions are the arg-max; multi-label decisions are ``p >= threshold``
+    (`lungnet.labels.DEFAULT_THRESHOLD` by default).
+    Classes without positives get 0 (scikit-learn's ``zero_division=0``).
     """
     c = probs.shape[1]
     truth = one_vs_rest(targets, c, multilabel)
     if multilabel:
-        thr = np.full(c, 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+        thr = np.full(c, DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
         pred = probs >= thr
     else:
         pred = np.eye(c, dtype=bool)[probs.argmax(1)]

@@ -100,7 +100,16 @@ def run(cfg: DictConfig, out: Path, options: dict, method_options: dict[str, dic
     loaded = load_model(cfg.ckpt)
     items, root = images_for(loaded, str(cfg.images), cfg.data.root)
     summary = explain_checkpoint(
-        loaded, items, cfg.method, int(cfg.n), cfg.class_index, out, cfg.cam_layer, report_dir=out, **options
+        loaded,
+        items,
+        cfg.method,
+        int(cfg.n),
+        cfg.class_index,
+        out,
+        cfg.cam_layer,
+        report_dir=out,
+        alpha=float(cfg.alpha),
+        **options,
     )
     sections, result = [summary["markdown"]], {"explain": summary}
     if cfg.score != "none":

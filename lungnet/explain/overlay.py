@@ -40,7 +40,7 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(img), 0.0, 1.0)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float, cmap: str = "jet") -> np.ndarray:
     """Colours the heatmap over the grayscale radiograph at the radiograph's own resolution.
 
     The X-ray stays gray; the colour map is blended in with a per-pixel weight that grows with the
@@ -93,7 +93,7 @@ def save_side_by_side(
     image: np.ndarray,
     heatmap: np.ndarray,
     title: str,
-    alpha: float = 0.45,
+    alpha: float,
     color: str = "k",
     heat_title: str = "heatmap",
 ) -> Path:
@@ -124,7 +124,8 @@ def save_grid(
     titles: list[str],
     colors: list[str] | None = None,
     cols: int = 4,
-    alpha: float = 0.45,
+    *,
+    alpha: float,
     suptitle: str = "",
 ) -> Path:
     """Writes a PNG grid of overlays (one panel per image, each with its own short title)."""

@@ -3,7 +3,7 @@
 Uses the metrics of `lungnet.explain.scoring` on cases from `lungnet.explain.groundtruth`::
 
     cases = synthetic_cases(test_paths, loaded.labels)        # or nih_box_cases(nih_root, loaded.labels)
-    result = score_checkpoint(loaded, cases, ["gradcam", "hirescam"], out_dir, name="synthetic")
+    result = score_checkpoint(loaded, cases, ["gradcam", "hirescam"], out_dir, "synthetic", None, True)
     print(result["markdown"])
 """
 
@@ -34,6 +34,7 @@ from lungnet.explain.scoring import (
     wilson_interval,
 )
 from lungnet.io import write_csv, write_text
+from lungnet.labels import DEFAULT_THRESHOLD
 from lungnet.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,7 @@ def _detect(loaded: LoadedModel, cases: list[Case]) -> tuple[torch.Tensor, list[
     with torch.no_grad():
         probs = loaded.probabilities(loaded.model.eval()(batch)).float().cpu().numpy()
     if loaded.multilabel:
-        thr = np.asarray(loaded.thresholds or [0.5] * len(loaded.labels))
-        detected = [bool(p[t] >= thr[t]) for p, t in zip(probs, targets, strict=True)]
+        detected = [bool(p[t] >= DEFAULT_THRESHOLD) for p, t in zip(probs, targets, strict=True)]
     else:
         detected = [int(np.argmax(p)) == t for p, t in zip(probs, targets, strict=True)]
     return batch, targets, probs, detected
@@ -127,9 +127,9 @@ def compute_scores(
     loaded: LoadedModel,
     cases: list[Case],
     methods: Sequence[str],
-    name: str = "synthetic",
-    n: int | None = None,
-    sanity: bool = True,
+    name: str,
+    n: int | None,
+    sanity: bool,
     cam_layer: str | None = None,
     images_per_call: int = 8,
     seed: int = 0,
@@ -174,11 +174,11 @@ def write_scores(scores: PointingScores, out_dir: str | os.PathLike) -> dict:
 def score_checkpoint(
     ckpt: str | os.PathLike | LoadedModel,
     cases: list[Case],
-    methods: Sequence[str] = ("gradcam", "gradcampp", "hirescam", "scorecam", "eigencam", "ig"),
-    out_dir: str | os.PathLike = "explanations",
-    name: str = "synthetic",
-    n: int | None = None,
-    sanity: bool = True,
+    methods: Sequence[str],
+    out_dir: str | os.PathLike,
+    name: str,
+    n: int | None,
+    sanity: bool,
     cam_layer: str | None = None,
     images_per_call: int = 8,
     seed: int = 0,
@@ -186,7 +186,8 @@ def score_checkpoint(
 ) -> dict:
     """Pointing game, energy share and the randomisation check for several methods on lesion cases.
 
-    Each case is explained for its lesion's class. Writes ``pointing_<name>.csv`` (one row per
+    Each case is explained for its lesion's class. The explain command passes ``methods``, ``n`` (``score_n``) and
+    ``sanity`` from conf/explain.yaml, where their defaults are stated. Writes ``pointing_<name>.csv`` (one row per
     method, plus the chance level of an uninformative map), ``pointing_<name>_images.csv`` (one row
     per method and image) and ``pointing_<name>.md`` (`compute_scores`, then `write_scores`).
 

@@ -23,6 +23,7 @@ from lungnet.explain.base import ExplainError
 from lungnet.explain.cams import make_explainer
 from lungnet.explain.overlay import save_grid, save_side_by_side
 from lungnet.io import write_csv
+from lungnet.labels import DEFAULT_THRESHOLD
 from lungnet.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def _judge(loaded: LoadedModel, probs: np.ndarray, truth, explained: int) -> tup
     """(true text, predicted text, probability of the explained class, correct|wrong|None)."""
     labels = loaded.labels
     if loaded.multilabel:
-        thr = (loaded.thresholds or [0.5] * len(labels))[explained]
+        thr = DEFAULT_THRESHOLD
         p = float(probs[explained])
         said = "positive" if p >= thr else "negative"
         pred = f"{labels[explained]} {said}"
@@ -190,8 +191,8 @@ def pick_images(loaded: LoadedModel, images, n: int, chosen: int | None, seed: i
 def compute_explanations(
     loaded: LoadedModel,
     images,
-    method: str = "gradcam",
-    n: int = 16,
+    method: str,
+    n: int,
     class_index: int | str | None = None,
     cam_layer: str | None = None,
     images_per_call: int = 8,
@@ -227,8 +228,9 @@ def _verdict_color(verdict: str | None) -> tuple[str, str]:
     return verdict, {"correct": "green", "wrong": "red"}.get(verdict, "black")
 
 
-def _draw(result: Explanations, folder: Path) -> tuple[list[Path], Path]:
-    """One side-by-side figure per image and a grid of all of them; returns (figures, grid)."""
+def _draw(result: Explanations, folder: Path, alpha: float) -> tuple[list[Path], Path]:
+    """One side-by-side figure per image and a grid of all of them (overlay opacity ``alpha``); returns (figures,
+    grid)."""
     name = TITLES.get(result.method, result.method)
     files, titles, colors = [], [], []
     rows = zip(result.table.itertuples(), result.originals, result.maps, strict=True)
@@ -238,7 +240,7 @@ def _draw(result: Explanations, folder: Path) -> tuple[list[Path], Path]:
         title = f"true: {true} | pred: {pred} | p({row.explained})={row.probability:.2f} | {verdict}"
         path = folder / f"{k:02d}_{Path(row.path).stem}.png"
         heat_title = f"{name} for {row.explained}"
-        files.append(save_side_by_side(path, img, heat, f"{name}: {title}", color=color, heat_title=heat_title))
+        files.append(save_side_by_side(path, img, heat, f"{name}: {title}", alpha, color=color, heat_title=heat_title))
         titles.append(
             "\n".join(
                 [Path(row.path).stem, *textwrap.wrap(f"true {true}", 34), *textwrap.wrap(f"pred {pred}", 34)]
@@ -247,7 +249,13 @@ def _draw(result: Explanations, folder: Path) -> tuple[list[Path], Path]:
         )
         colors.append(color)
     grid = save_grid(
-        folder / "grid.png", result.originals, result.maps, titles, colors, suptitle=f"{name} ({result.model})"
+        folder / "grid.png",
+        result.originals,
+        result.maps,
+        titles,
+        colors,
+        alpha=alpha,
+        suptitle=f"{name} ({result.model})",
     )
     return files, grid
 
@@ -277,16 +285,17 @@ def _markdown(result: Explanations, files: list[Path], grid: Path, base: Path) -
 
 
 def write_explanations(
-    result: Explanations, out_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None
+    result: Explanations, out_dir: str | os.PathLike, report_dir: str | os.PathLike | None = None, *, alpha: float
 ) -> dict:
-    """Writes ``out_dir/<method>/``: the figures, ``grid.png`` and ``explanations.csv``; returns the summary.
+    """Writes ``out_dir/<method>/``: the figures (overlay opacity ``alpha``), ``grid.png`` and ``explanations.csv``;
+    returns the summary.
 
     Returns:
         Summary dict: method, n, n_correct, n_wrong, files, grid, csv, markdown (links relative to ``report_dir``,
         default ``out_dir``).
     """
     folder = Path(out_dir) / result.method
-    files, grid = _draw(result, folder)
+    files, grid = _draw(result, folder, alpha)
     table = result.table.assign(file=[str(f) for f in files])
     csv = write_csv(folder / "explanations.csv", table.drop(columns=["truth"]))
     n_correct, n_wrong = int((table["verdict"] == "correct").sum()), int((table["verdict"] == "wrong").sum())
@@ -308,14 +317,16 @@ def write_explanations(
 def explain_checkpoint(
     ckpt: str | os.PathLike | LoadedModel,
     images,
-    method: str = "gradcam",
-    n: int = 16,
+    method: str,
+    n: int,
     class_index: int | str | None = None,
     out_dir: str | os.PathLike = "explanations",
     cam_layer: str | None = None,
     images_per_call: int = 8,
     report_dir: str | os.PathLike | None = None,
     seed: int = 0,
+    *,
+    alpha: float,
     **options,
 ) -> dict:
     """Explains ``n`` images (correct and wrong predictions) and writes the figures.
@@ -335,6 +346,7 @@ def explain_checkpoint(
         images_per_call: images per explainer call (bounds memory).
         report_dir: folder of the report the markdown goes into (links are relative to it; default out_dir).
         seed: shuffles the candidates (at most 512) before the pick, so it is not all from one patient or class.
+        alpha: heatmap opacity in the figures (the command's ``alpha``).
         **options: method options (``batch_size`` for scorecam, ``n_steps`` for ig).
 
     Returns:
@@ -343,4 +355,4 @@ def explain_checkpoint(
     result = compute_explanations(
         as_loaded(ckpt), images, method, n, class_index, cam_layer, images_per_call, seed, **options
     )
-    return write_explanations(result, out_dir, report_dir)
+    return write_explanations(result, out_dir, report_dir, alpha=alpha)

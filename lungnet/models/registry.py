@@ -15,7 +15,7 @@ from torch import nn
 from lungnet.models.lite_pypi import LiteWeights
 from lungnet.models.names import MODELS, Entry, list_models, unknown_message  # noqa: F401 - list_models re-exported
 from lungnet.models.simple_cnn import SimpleCNN
-from lungnet.models.specs import ModelSpec
+from lungnet.models.specs import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from lungnet.models.weights import (
     WeightsError,
     adapt_first_conv,
@@ -113,8 +113,8 @@ def _backbone(entry: Entry, name: str, in_chans: int, pretrained: bool) -> tuple
         net,
         width,
         {
-            "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-            "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+            "mean": tuple(cfg.get("mean", IMAGENET_MEAN)),
+            "std": tuple(cfg.get("std", IMAGENET_STD)),
             "input_size": int(cfg.get("input_size", (3, 224, 224))[-1]),
         },
     )
@@ -210,7 +210,7 @@ def create_model(
         backbone.get_submodule(layer)
     except AttributeError as exc:
         raise ModelError(f"Grad-CAM layer '{layer}' not found in {name}: set model.cam_layer") from exc
-    mean, std = facts.get("mean", (0.485, 0.456, 0.406)), facts.get("std", (0.229, 0.224, 0.225))
+    mean, std = facts.get("mean", IMAGENET_MEAN), facts.get("std", IMAGENET_STD)
     model.spec = ModelSpec(
         name=name,
         arch=entry.arch,

@@ -107,6 +107,11 @@ class SubgroupsConfig:
     min_n: int = opt(30, "smaller groups are shown but marked too small (and left out of the largest gap)", ge=1)
 
 
+def heatmap_alpha() -> Any:
+    """The heatmap overlays' opacity, one default for evaluate's report and predict's overlays."""
+    return opt(0.45, "heatmap opacity in the overlays", ge=0, le=1)
+
+
 @dataclass
 class EvaluateConfig:
     ckpt: Any = opt(
@@ -132,6 +137,7 @@ class EvaluateConfig:
     audit: Any = opt(factory=AuditConfig, help="the shortcut audit section (false: skip)")
     subgroups: Any = opt(factory=SubgroupsConfig, help="the subgroup metrics section (false: skip)")
     explain: dict[str, Any] | None = opt(None, help="heatmaps in the report (conf/explain/)")
+    alpha: float = heatmap_alpha()
     paths: PathsConfig = opt(factory=PathsConfig)
 
 
@@ -174,7 +180,7 @@ class PredictConfig:
         help="model.ckpt, model.onnx or model.pt; an ensemble: [a.ckpt,b.ckpt,...], a multirun dir or an ensemble.json"
     )
     input: str = opt(help="an image/DICOM file, a folder (searched recursively) or a glob")
-    alpha: float = opt(0.45, "heatmap opacity in the overlays", ge=0, le=1)
+    alpha: float = heatmap_alpha()
     batch_size: int = opt(16, "images per batch", ge=1)
     num_workers: int | None = opt(
         None,

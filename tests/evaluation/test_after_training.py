@@ -20,6 +20,7 @@ from lungnet.evaluation.run import evaluate
 from lungnet.inference import Predictor
 from lungnet.training import train
 from tests.evaluation.conftest import TINY, compose_cfg
+from tests.test_app import app_options
 
 FIT_MAX = 10
 
@@ -56,7 +57,7 @@ def test_the_app_shows_the_validation_summary_after_training_alone(bounded_run):
     """No evaluate.py: the app's header has the validation numbers and calibrated probabilities."""
     run, _ = bounded_run
     ckpt = run / "checkpoints" / "best.ckpt"
-    with TestClient(create_app(Predictor(ckpt), explain=None)) as client:
+    with TestClient(create_app(Predictor(ckpt), **app_options(explain=None))) as client:
         info = client.get("/model").json()
         assert info["summary"]["split"] == "val" and info["summary"]["accuracy"]["value"] >= 0
         assert info["summary_missing"] is None and info["decision"]["temperature"] > 0

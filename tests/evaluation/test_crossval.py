@@ -44,7 +44,7 @@ def cv_runs(tmp_path_factory):
 
 def test_pooled_out_of_fold_predictions_cover_every_image_once(cv_runs, tmp_path):
     runs = find_fold_runs(cv_runs)
-    summary = summarise(runs, resamples=50)
+    summary = summarise(runs, resamples=50, seed=0)
     oof = summary["oof"]
     assert summary["folds_found"] == [0, 1, 2] and summary["selected"] == ["last"]
     assert len(oof) == 18 and oof["path"].is_unique  # all 18 images, each scored once
@@ -65,7 +65,7 @@ def test_the_pooled_intervals_resample_patients_when_the_splits_name_them(cv_run
         table = pd.read_csv(split_file)
         table["patient"] = [f"p{Path(path).stem[-1]}" for path in table["path"]]  # 10 ids over 18 images
         table.to_csv(split_file, index=False)
-    summary = summarise(find_fold_runs(runs), resamples=20)
+    summary = summarise(find_fold_runs(runs), resamples=20, seed=0)
     patients = summary["oof"]["path"].map(lambda path: f"p{Path(path).stem[-1]}")
     assert (summary["oof"]["patient"] == patients).all()
     assert summary["resampled"] == f"patients ({patients.nunique()} for 18 images)"
@@ -87,56 +87,56 @@ def test_folds_that_do_not_belong_together_are_refused(cv_runs, tmp_path):
     shutil.copytree(cv_runs, mixed)
     shutil.copytree(mixed / "1", mixed / "1b")  # the same fold twice
     with pytest.raises(DataError, match="A fold appears twice"):
-        summarise(find_fold_runs(mixed))
+        summarise(find_fold_runs(mixed), resamples=10, seed=0)
     shutil.rmtree(mixed / "1b")
     config = mixed / "2" / "config.yaml"
     cfg = yaml.safe_load(config.read_text())
     cfg["data"]["split_seed"] = 99  # other folds: another k-fold split
     config.write_text(yaml.safe_dump(cfg))
     with pytest.raises(DataError, match=r"differ in split_seed: \['42', '99'\]"):
-        summarise(find_fold_runs(mixed))
+        summarise(find_fold_runs(mixed), resamples=10, seed=0)
     fold0 = yaml.safe_load((mixed / "0" / "config.yaml").read_text())
     cfg["data"]["split_seed"] = fold0["data"]["split_seed"]
     del cfg["data"]["split_seed"]  # a fold older than data.split_seed: split by its seed (42), as the others
     config.write_text(yaml.safe_dump(cfg))
-    assert summarise(find_fold_runs(mixed), resamples=10)["split_seed"] == 42
+    assert summarise(find_fold_runs(mixed), resamples=10, seed=0)["split_seed"] == 42
     cfg["data"]["split_seed"] = fold0["data"]["split_seed"]
     cfg["optimizer"]["lr"] = 0.5  # another recipe's fold
     config.write_text(yaml.safe_dump(cfg))
     with pytest.raises(DataError, match="different settings.*optimizer.lr"):
-        summarise(find_fold_runs(mixed))
+        summarise(find_fold_runs(mixed), resamples=10, seed=0)
     cfg["optimizer"]["lr"] = fold0["optimizer"]["lr"]
     cfg["data"]["verify"] = not fold0["data"]["verify"]  # decides which broken files drop out: it moves the folds
     config.write_text(yaml.safe_dump(cfg))
     with pytest.raises(DataError, match="different settings.*data.verify"):
-        summarise(find_fold_runs(mixed))
+        summarise(find_fold_runs(mixed), resamples=10, seed=0)
     cfg["data"]["verify"] = fold0["data"]["verify"]
     cfg["data"]["num_workers"], cfg["trainer"]["enable_progress_bar"] = 7, True  # how fast, not what: allowed
     cfg["new_key_in_a_later_version"] = 1
     config.write_text(yaml.safe_dump(cfg))
-    assert summarise(find_fold_runs(mixed), resamples=10)["folds_found"] == [0, 1, 2]
+    assert summarise(find_fold_runs(mixed), resamples=10, seed=0)["folds_found"] == [0, 1, 2]
 
 
 def test_two_cross_validations_are_compared_pairwise_on_common_folds(cv_runs, tmp_path, monkeypatch):
     """A variant whose out-of-fold predictions are all right beats the real folds by exactly their error rate."""
-    base = summarise(find_fold_runs(cv_runs), resamples=50)
+    base = summarise(find_fold_runs(cv_runs), resamples=50, seed=0)
     variant = {**base, "oof": base["oof"].copy(), "model": "oracle", "folds_found": [0, 1]}
     oof = variant["oof"]
     onehot = pd.get_dummies(oof["true"]).reindex(columns=CLASSES, fill_value=False).to_numpy(dtype=float)
     oof[[f"p_{c}" for c in CLASSES]] = onehot * 0.98 + 0.01
     variant["oof"] = oof[oof["fold"] < 2]
-    result = compare(variant, base, resamples=100)
+    result = compare(variant, base, resamples=100, seed=0)
     assert result["folds"] == [0, 1] and result["images"] == int((base["oof"]["fold"] < 2).sum())
     acc = result["metrics"]["accuracy"]
     common = base["oof"][base["oof"]["fold"] < 2]
     assert acc["a"] == 1.0 and acc["b"] == pytest.approx(float((common["true"] == common["predicted"]).mean()))
     assert acc["diff"] == pytest.approx(1.0 - acc["b"])
     with pytest.raises(DataError, match="differ in split_seed"):
-        compare({**variant, "split_seed": 7}, base)
+        compare({**variant, "split_seed": 7}, base, resamples=10, seed=0)
     moved = base["oof"].copy()
     moved.loc[moved.index[0], "path"] = "/elsewhere/x.png"  # a fold with other images: another split
     with pytest.raises(DataError, match="different validation images"):
-        compare(variant, {**base, "oof": moved})
+        compare(variant, {**base, "oof": moved}, resamples=10, seed=0)
     out = tmp_path / "cmp"
     run_cli(crossval, [f"runs={cv_runs}", f"baseline={cv_runs}", f"out={out}", "resamples=20"], monkeypatch)
     md = (out / "cv_comparison.md").read_text()
@@ -147,7 +147,7 @@ def test_two_cross_validations_are_compared_pairwise_on_common_folds(cv_runs, tm
 def test_incomplete_cv_is_summarised_with_a_warning_and_bad_input_exits_2(cv_runs, tmp_path, caplog, monkeypatch):
     partial = tmp_path / "partial"
     shutil.copytree(cv_runs / "0", partial / "0")
-    summary = summarise(find_fold_runs(partial), resamples=20)
+    summary = summarise(find_fold_runs(partial), resamples=20, seed=0)
     assert summary["folds_found"] == [0] and np.isnan(summary["std"]["accuracy"])
     assert "missing" in caplog.text
     with pytest.raises(SystemExit) as exc:
@@ -182,7 +182,7 @@ def test_multilabel_folds_are_pooled_per_finding(tiny_nih, tmp_path):
         ]
         train(compose_cfg("train", overrides), tmp_path / "multirun" / str(fold))
     runs = find_fold_runs(tmp_path / "multirun")
-    summary = summarise(runs, resamples=20)
+    summary = summarise(runs, resamples=20, seed=0)
     assert summary["multilabel"] and "accuracy" not in summary["pooled"]
     n_test = len(pd.read_csv(runs[0] / "splits" / "test.csv"))  # the held-out test patients stay out of CV
     assert n_test > 0 and len(summary["oof"]) == 30 - n_test and summary["oof"]["path"].is_unique
@@ -208,13 +208,13 @@ def test_live_weights_bench_scores_both_weights_of_an_swa_cv(cv_runs, tmp_path):
         assert result["per_fold"][str(fold)]["average"] == pytest.approx(reported)
     assert set(result["paired"]) >= {"accuracy", "auroc_macro"} and "| accuracy |" in done.stdout
     # the live weights as a cross-validation of their own: the same folds, the live scores, the average off
-    summary = summarise(find_fold_runs(live), resamples=20)
+    summary = summarise(find_fold_runs(live), resamples=20, seed=0)
     assert summary["pooled"]["accuracy"]["value"] == pytest.approx(result["paired"]["accuracy"]["b"])
     assert [r["accuracy"] for r in summary["per_fold"]] == pytest.approx([result["per_fold"][f]["live"] for f in "01"])
     assert summary["selected"] == ["last"]
     written = OmegaConf.load(live / "fold0" / "config.yaml")
     assert written.swa.epochs == 0 and written.callbacks.swa.epochs == 0  # the average is off, resolved keys too
-    paired = compare(summary, summarise(find_fold_runs(tmp_path / "swa"), resamples=20), resamples=20)
+    paired = compare(summary, summarise(find_fold_runs(tmp_path / "swa"), resamples=20, seed=0), resamples=20, seed=0)
     assert paired["folds"] == [0, 1] and paired["images"] == len(summary["oof"])  # the same images, paired
     inside = run_script("bench/cv_live_weights.py", [str(tmp_path / "swa"), "--live-runs", str(tmp_path / "swa" / "x")])
     assert inside.returncode != 0 and "lies inside" in inside.stderr
@@ -236,7 +236,10 @@ def test_cv_ensemble_bench_averages_runs_image_by_image(cv_runs, tmp_path):
     out = tmp_path / "ens.json"
     done = run_script("bench/cv_ensemble.py", [str(cv_runs), str(other), "--resamples", "20", "--out", str(out)])
     assert done.returncode == 0, done.stderr[-2000:]
-    a, b = (summarise(find_fold_runs(r), resamples=10)["oof"].set_index("path").sort_index() for r in (cv_runs, other))
+    a, b = (
+        summarise(find_fold_runs(r), resamples=10, seed=0)["oof"].set_index("path").sort_index()
+        for r in (cv_runs, other)
+    )
     cols = [c for c in a.columns if c.startswith("p_")]
     mean = (a[cols].to_numpy() + b[cols].to_numpy()) / 2
     expected = float((mean.argmax(1) == a["true"].map({c[2:]: i for i, c in enumerate(cols)}).to_numpy()).mean())

@@ -15,7 +15,7 @@ ABSTAINED = {"decision": "abstain", "decision_reason": "the 90% set holds more t
 
 def test_overlay_has_the_original_shape_and_type():
     image = np.random.default_rng(0).random((90, 70)).astype(np.float32)
-    out = overlay(image, np.random.default_rng(1).random((7, 7)))
+    out = overlay(image, np.random.default_rng(1).random((7, 7)), 0.45)
     assert out.shape == (90, 70, 3) and out.dtype == np.uint8
 
 
@@ -40,8 +40,8 @@ def test_resize_map_clips_and_sizes():
 def test_figures_are_written(tmp_path):
     image = np.random.default_rng(0).random((40, 50)).astype(np.float32)
     heat = np.random.default_rng(1).random((10, 10)).astype(np.float32)
-    side = save_side_by_side(tmp_path / "a.png", image, heat, "true: A | pred: B | wrong", color="red")
-    grid = save_grid(tmp_path / "g.png", [image] * 3, [heat] * 3, ["x"] * 3)
+    side = save_side_by_side(tmp_path / "a.png", image, heat, "true: A | pred: B | wrong", 0.45, color="red")
+    grid = save_grid(tmp_path / "g.png", [image] * 3, [heat] * 3, ["x"] * 3, alpha=0.45)
     for path in (side, grid):
         with Image.open(path) as img:
             assert img.size[0] > 100 and img.size[1] > 100
@@ -72,7 +72,7 @@ def test_the_caption_names_file_decision_class_probability_and_marks_referrals(r
 
 
 def test_a_captioned_png_has_the_overlay_a_colour_bar_and_a_frame_when_marked(tmp_path):
-    rgb = overlay(np.full((60, 80), 0.5, np.float32), np.zeros((4, 4), np.float32))
+    rgb = overlay(np.full((60, 80), 0.5, np.float32), np.zeros((4, 4), np.float32), 0.45)
     plain = save_captioned(tmp_path / "a.png", rgb, heatmap_caption({**DECIDED, "p_PNEUMONIA": 0.9}, "a.png", "x"))
     marked = save_captioned(tmp_path / "b.png", rgb, heatmap_caption({**OOD, "p_NORMAL": 0.9}, "b.png", "x"))
     red = []

@@ -28,7 +28,7 @@ def _table(root: Path) -> pd.DataFrame:
 
 
 def test_explain_checkpoint_writes_overlays_grid_and_markdown(tiny_checkpoint, synthetic_root, tmp_path):
-    result = explain_checkpoint(tiny_checkpoint, _table(synthetic_root), "gradcam", n=6, out_dir=tmp_path)
+    result = explain_checkpoint(tiny_checkpoint, _table(synthetic_root), "gradcam", n=6, out_dir=tmp_path, alpha=0.45)
     assert result["n"] == 6 and len(result["files"]) == 6
     assert result["n_correct"] + result["n_wrong"] == 6
     for f in [*result["files"], result["grid"]]:
@@ -43,11 +43,11 @@ def test_explain_checkpoint_writes_overlays_grid_and_markdown(tiny_checkpoint, s
 
 
 def test_chosen_class_and_bad_class(tiny_checkpoint, synthetic_root, tmp_path):
-    result = explain_checkpoint(tiny_checkpoint, _table(synthetic_root), "eigencam", 3, "Cavity", tmp_path)
+    result = explain_checkpoint(tiny_checkpoint, _table(synthetic_root), "eigencam", 3, "Cavity", tmp_path, alpha=0.45)
     assert set(pd.read_csv(result["csv"])["explained"]) == {"Cavity"}
     assert "class 'Cavity'" in result["markdown"]
     with pytest.raises(ExplainError, match="Unknown class"):
-        explain_checkpoint(tiny_checkpoint, _table(synthetic_root), "gradcam", 2, "Pneumonia", tmp_path)
+        explain_checkpoint(tiny_checkpoint, _table(synthetic_root), "gradcam", 2, "Pneumonia", tmp_path, alpha=0.45)
 
 
 def test_multilabel_explanations_judge_the_explained_finding(tmp_path):
@@ -60,7 +60,9 @@ def test_multilabel_explanations_judge_the_explained_finding(tmp_path):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray((rng.random((40, 40)) * 255).astype(np.uint8)).save(paths[-1])
     table = pd.DataFrame({"path": [str(p) for p in paths], **{lab: [0.0, 1.0, np.nan] for lab in NIH14}})
-    result = explain_checkpoint(loaded, table, "hirescam", n=3, class_index="Pneumonia", out_dir=tmp_path / "o")
+    result = explain_checkpoint(
+        loaded, table, "hirescam", n=3, class_index="Pneumonia", out_dir=tmp_path / "o", alpha=0.45
+    )
     csv = pd.read_csv(result["csv"]).set_index("path")
     assert set(csv["explained"]) == {"Pneumonia"}
     assert pd.isna(csv.loc[str(paths[2]), "verdict"]) and csv.loc[str(paths[0]), "true"] == "No Finding"
@@ -72,7 +74,7 @@ def test_multilabel_explanations_judge_the_explained_finding(tmp_path):
 def test_score_checkpoint_tables(tiny_checkpoint, synthetic_root, tmp_path):
     loaded = load_model(tiny_checkpoint)
     cases = synthetic_cases(_table(synthetic_root), SYNTHETIC)
-    result = score_checkpoint(loaded, cases, ["gradcam", "eigencam"], tmp_path, "synthetic", n=6)
+    result = score_checkpoint(loaded, cases, ["gradcam", "eigencam"], tmp_path, "synthetic", n=6, sanity=True)
     summary = pd.read_csv(result["csv"])
     assert list(summary["method"]) == ["gradcam", "eigencam", "chance (uniform map)"]
     assert (summary["n"] == 6).all()

@@ -20,13 +20,13 @@ from lungnet.models.lite_pypi import (
     weights_file,
 )
 from lungnet.models.registry import ModelError, create_model
+from lungnet.models.specs import IMAGENET_MEAN, IMAGENET_STD
 from lungnet.models.weights import WeightsError, read_state_dict
 
 skdata = pytest.importorskip("skimage.data")
 
 CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _prep(img: np.ndarray, size: int, mean=MEAN, std=STD) -> torch.Tensor:
