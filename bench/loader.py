@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +36,8 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent  # conf/ and ../shared; lungnet comes from PYTHONPATH or the install
-TICK = os.sysconf("SC_CLK_TCK")
+
+from proc_cpu import tree_cpu_seconds  # noqa: E402 - bench/proc_cpu.py, beside this script
 
 import lungnet.data.dataset as dataset_module  # noqa: E402
 from lungnet.data.datamodule import LungDataModule  # noqa: E402
@@ -46,27 +46,6 @@ from lungnet.data.images import read_image  # noqa: E402
 from lungnet.models.specs import ModelSpec  # noqa: E402
 
 log = logging.getLogger("bench.loader")
-
-
-def tree_cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its live descendants (loader workers), from /proc (Linux).
-
-    (As in bench/throughput.py, which is not imported: it puts this checkout first on sys.path, and the "before"
-    figures must come from the checkout PYTHONPATH names.)"""
-    stats = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK)
-    total, todo = 0.0, [os.getpid()]
-    while todo:
-        p = todo.pop()
-        total += stats.get(p, (0, 0.0))[1]
-        todo += [c for c, (ppid, _) in stats.items() if ppid == p]
-    return total
 
 
 SHARED = ROOT.parent / "shared" / "data"

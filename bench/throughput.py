@@ -42,33 +42,11 @@ import yaml  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from proc_cpu import tree_cpu_seconds  # noqa: E402 - bench/proc_cpu.py, beside this script
+
 from lungnet.data.datamodule import LungDataModule  # noqa: E402
 from lungnet.hardware import cpu_summary  # noqa: E402
 from lungnet.module import LitClassifier  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def tree_cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process and its live descendants (Linux /proc; elsewhere this process)."""
-    pid = pid or os.getpid()
-    try:
-        stats = {}
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK)
-    except OSError:
-        return time.process_time()
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        total += stats.get(p, (0, 0.0))[1]
-        todo += [c for c, (ppid, _) in stats.items() if ppid == p]
-    return total
 
 
 class _EpochTimer(pl.Callback):
