@@ -1,9 +1,10 @@
 """Train a chest X-ray classifier: python train.py [data=...] [model=...] [trainer=...] [key=value ...]
 
-The same command as ``lungnet-train`` (`lungnet.cli.train`, ``conf/train.yaml``); ``--help`` lists the options.
+The same command as ``lungnet-train`` (`lungnet.commands.train.main`, ``conf/train.yaml``); ``--help`` lists the
+options.
 """
 
-from lungnet.cli import train
+from lungnet.commands.train import main as train
 
 if __name__ == "__main__":
     train()

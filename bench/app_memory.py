@@ -188,7 +188,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt
         if ckpt is None:
-            from tests.test_inference import make_checkpoint  # the tests' random-weight checkpoint
+            from tests.serve.test_inference import make_checkpoint  # the tests' random-weight checkpoint
 
             ckpt = make_checkpoint(Path(tmp) / "best.ckpt", name=args.model, size=args.size)
         image = huge_png(Path(tmp) / "huge.png", args.side)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lungnet.hardware import cpu_summary  # noqa: E402
-from lungnet.module import LitClassifier  # noqa: E402
+from lungnet.train.module import LitClassifier  # noqa: E402
 
 log = logging.getLogger("bench.bf16")
 PRECISIONS = ("32-true", "bf16-mixed")

@@ -4,7 +4,8 @@
 
 Reads the calibrated class probabilities (``p_<label>``) and true labels of an ``evaluate.py`` run (single-label),
 splits the images at random into a calibration half and a held-out half, builds the 1 - alpha prediction sets of the
-held-out half from the calibration half with lungnet's own code (`lungnet.decision.DecisionRecord.prediction_sets`,
+held-out half from the calibration half with lungnet's own code
+(`lungnet.artifacts.decision.DecisionRecord.prediction_sets`,
 crepes underneath), and logs the held-out coverage and mean set size over ``--repeats`` halvings (mean, and the 5th
 and 95th percentiles). For a run directory whose checkpoint has no test split (a cross-validation fold), this is the
 held-out view of ``conformal_coverage``; the temperature was fitted on all of the evaluated split, which is one
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungnet.decision import DecisionRecord
+from lungnet.artifacts.decision import DecisionRecord
 
 log = logging.getLogger("conformal_crossfit")
 

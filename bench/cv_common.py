@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lungnet.evaluation.crossval import check_folds, find_fold_runs, load_fold
+from lungnet.evaluation.folds import check_folds, find_fold_runs, load_fold
 
 log = logging.getLogger("bench")
 
@@ -44,14 +44,14 @@ def pair_args(doc: str, first_help: str, second_help: str) -> argparse.Namespace
 
 
 def log_differences(metrics: dict[str, dict], name: str = "", keys: tuple[str, ...] | None = None) -> None:
-    """One line per metric of a `lungnet.evaluation.stats.paired_bootstrap` result: A vs B, A - B [interval]."""
+    """One line per metric of a `lungnet.scoring.stats.paired_bootstrap` result: A vs B, A - B [interval]."""
     for key in keys or tuple(metrics):
         m = metrics[key]
         log.info("%s%s: %.3f vs %.3f, %+.3f [%+.3f, %+.3f]", name, key, m["a"], m["b"], m["diff"], m["lo"], m["hi"])
 
 
 def checked_folds(runs: str) -> list[dict]:
-    """The finished fold runs under ``runs`` (`lungnet.evaluation.crossval.load_fold`), refused unless they belong
+    """The finished fold runs under ``runs`` (`lungnet.evaluation.folds.load_fold`), refused unless they belong
     together (`check_folds`)."""
     folds = [load_fold(r) for r in find_fold_runs(runs)]
     check_folds(folds)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from cv_common import out_of_fold  # bench/, beside this script
 
-from lungnet.evaluation import stats
+from lungnet.scoring import stats
 
 log = logging.getLogger("bench.cv_ensemble")
 

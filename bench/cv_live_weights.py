@@ -27,12 +27,12 @@ import torch
 from cv_common import checked_folds, cv_args  # bench/, beside this script
 from omegaconf import OmegaConf
 
-from lungnet.checkpoint import load_model, read_checkpoint
-from lungnet.evaluation import stats
+from lungnet.artifacts.checkpoint import load_model, read_checkpoint
 from lungnet.evaluation.eval_data import build_eval_data
-from lungnet.evaluation.predict import predict_loader, predictions_table
 from lungnet.io import write_csv, write_json, write_text
-from lungnet.metrics import compute_metrics
+from lungnet.scoring import stats
+from lungnet.scoring.metrics import compute_metrics
+from lungnet.scoring.outputs import predict_loader, predictions_table
 
 log = logging.getLogger("bench.cv_live_weights")
 

@@ -17,8 +17,8 @@ import logging
 import numpy as np
 from cv_common import log_differences, out_of_fold, pair_args  # bench/, beside this script
 
-from lungnet.evaluation import stats
-from lungnet.evaluation.crossval import oof_arrays, patient_groups
+from lungnet.evaluation.folds import oof_arrays, patient_groups
+from lungnet.scoring import stats
 
 log = logging.getLogger("bench.cv_protocols")
 

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 from cv_common import checked_folds, log_differences, pair_args  # bench/, beside this script
 
-from lungnet.evaluation import stats
-from lungnet.evaluation.crossval import oof_arrays, patient_groups
-from lungnet.metrics import compute_metrics
+from lungnet.evaluation.folds import oof_arrays, patient_groups
+from lungnet.scoring import stats
+from lungnet.scoring.metrics import compute_metrics
 
 log = logging.getLogger("bench.heldout_ensemble")
 

@@ -5,7 +5,7 @@
 
 Measures single-image latency (median of ``--repeats`` calls) and batch throughput (images/s over
 ``--batch`` images, best of five) per model and runtime (PyTorch eager, TorchScript, ONNX Runtime and
-OpenVINO on the files `lungnet.export` writes, fp32 and with ``--int8`` int8), on randomly initialised
+OpenVINO on the files `lungnet.serve.export` writes, fp32 and with ``--int8`` int8), on randomly initialised
 weights (speed does not depend on them); ``--trained`` checkpoints get an int8 accuracy check on their
 validation split. It writes the table under "## CPU inference: eager vs TorchScript vs ONNX Runtime vs OpenVINO"
 in docs/benchmarks.md (that section is replaced, the rest of the file is kept). Agreement with eager
@@ -38,11 +38,11 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lungnet.checkpoint import CheckpointError  # noqa: E402
+from lungnet.artifacts.checkpoint import CheckpointError  # noqa: E402
+from lungnet.data.preprocessing import Preprocessing  # noqa: E402
 from lungnet.data.transforms import Normalize, build_transform, make_pipeline  # noqa: E402
 from lungnet.hardware import cpu_has_native_bf16, cpu_summary  # noqa: E402
 from lungnet.models.registry import create_model  # noqa: E402
-from lungnet.preprocessing import Preprocessing  # noqa: E402
 
 log = logging.getLogger("bench")
 HEADING = "## CPU inference: eager vs TorchScript vs ONNX Runtime vs OpenVINO"
@@ -83,13 +83,13 @@ def _prep(model: torch.nn.Module, size: int) -> Preprocessing:
 def runtimes(model: torch.nn.Module, size: int, tmp: Path, threads: int, int8: bool, calib: torch.Tensor):
     """name -> callable(batch tensor) -> logits ndarray, for each runtime.
 
-    The ONNX files are written by `lungnet.export` (fp32, and int8 through its `quantize_onnx`), and
-    OpenVINO runs them through `lungnet.runtimes.OpenVinoRunner`: the paths predict.py ships.
+    The ONNX files are written by `lungnet.serve.export` (fp32, and int8 through its `quantize_onnx`), and
+    OpenVINO runs them through `lungnet.artifacts.runtimes.OpenVinoRunner`: the paths predict.py ships.
     """
     import onnxruntime as ort
 
-    from lungnet.export import export_onnx, quantize_onnx
-    from lungnet.runtimes import OpenVinoRunner
+    from lungnet.artifacts.runtimes import OpenVinoRunner
+    from lungnet.serve.export import export_onnx, quantize_onnx
 
     out: dict[str, Callable[[torch.Tensor], np.ndarray]] = {}
 
@@ -186,13 +186,13 @@ def bench_model(name: str, args) -> list[dict]:
 def trained_check(ckpt: Path, threads: int, calib_n: int, weights: list[str]) -> list[dict]:
     """int8 and bf16 against PyTorch fp32 on a trained single-label checkpoint: accuracy and agreement on its val split.
 
-    One int8 model per ``weights`` encoding is written by ``lungnet.export`` (calibrated on ``calib_n``
+    One int8 model per ``weights`` encoding is written by ``lungnet.serve.export`` (calibrated on ``calib_n``
     images of the run's train split) and run by ONNX Runtime and by OpenVINO, as predict.py would.
     """
     import pandas as pd
 
-    from lungnet.export import export
-    from lungnet.inference import Predictor
+    from lungnet.serve.export import export
+    from lungnet.serve.inference import Predictor
 
     run = ckpt.parent.parent
     val = pd.read_csv(run / "splits" / "val.csv")
@@ -283,9 +283,10 @@ def markdown(rows: list[dict], trained: list[dict], args, command: str, elapsed:
         f"(OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, ORT allow_spinning=0; OpenVINO latency hint).",
         f"- Input {args.size} px, 3 channels, randomly initialised weights (speed does not depend on them). "
         f"Latency: median of {args.repeats} single-image calls; throughput: batch of {args.batch}, best of 5.",
-        "- ONNX files are written by `lungnet.export` (int8: its `quantize_onnx`, static QDQ, per-channel "
+        "- ONNX files are written by `lungnet.serve.export` (int8: its `quantize_onnx`, static QDQ, per-channel "
         "reduced-range int8 weights, uint8 activations, calibrated on 24 real darkcovidnet X-rays); "
-        "OpenVINO runs the same files through `lungnet.runtimes.OpenVinoRunner` (`predict.py runtime=openvino`) "
+        "OpenVINO runs the same files through `lungnet.artifacts.runtimes.OpenVinoRunner` (`predict.py "
+        "runtime=openvino`) "
         "with its precision hint set explicitly: fp32 rows run fp32 on every CPU (OpenVINO's own default is bf16 "
         "on AVX-512 BF16 / AMX CPUs); the bf16 rows (`precision=bf16`) appear only on CPUs with native bf16.",
         "- Agreement: max |logit diff| and top-1 agreement with eager PyTorch on 24 other real darkcovidnet X-rays. "

@@ -29,8 +29,8 @@ from sklearn.linear_model import LogisticRegression
 
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.splits import kfold
-from lungnet.evaluation import stats
 from lungnet.models.registry import create_model
+from lungnet.scoring import stats
 
 log = logging.getLogger("bench.linear_probe")
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -21,7 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lungnet.evaluation.report import fmt, table  # noqa: E402
-from lungnet.evaluation.stats import binary_auroc as auroc  # noqa: E402
+from lungnet.scoring.stats import binary_auroc as auroc  # noqa: E402
 
 
 def native_width(path: str) -> int:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from lungnet.inference import Predictor
+from lungnet.serve.inference import Predictor
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
 

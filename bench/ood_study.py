@@ -3,7 +3,7 @@
     python bench/ood_study.py <ckpt> [--other DIR ...] [--reduced DIR ...] [--medmnist DIR ...] [--variants]
 
 Features come from the checkpoint's own split files (``<run>/splits/{train,val,test}.csv``) through the
-evaluation pipeline (`lungnet.inference.Predictor`), cached under ``outputs/ood_cache``. The gate is fitted on the
+evaluation pipeline (`lungnet.serve.inference.Predictor`), cached under ``outputs/ood_cache``. The gate is fitted on the
 train split and thresholded at the 0.95 quantile of val, as ``evaluate.py split=val`` does. Rows:
 
 - *val, cross-fitted*: the threshold set on a random half of val, the rate on the other half (mean over 50 random
@@ -44,10 +44,10 @@ from skimage.transform import resize
 sys.path.insert(0, str(Path(__file__).parent))
 from ood_rates import PHOTOS, gray  # noqa: E402
 
+from lungnet.artifacts.decision import sha256_file  # noqa: E402
 from lungnet.data.images import read_image  # noqa: E402
-from lungnet.decision import sha256_file  # noqa: E402
-from lungnet.inference import Predictor  # noqa: E402
-from lungnet.ood import THUMB, ImageGate, OodGate, layout  # noqa: E402
+from lungnet.scoring.ood import THUMB, ImageGate, OodGate, layout  # noqa: E402
+from lungnet.serve.inference import Predictor  # noqa: E402
 
 log = logging.getLogger("ood_study")
 CACHE = Path("outputs/ood_cache")
@@ -140,7 +140,7 @@ def gate_ppca(dims: int, per_class: bool = True, key: str = "features"):
 
 
 def gate_image(train):
-    """The shipped gate (`lungnet.ood.ImageGate`): both part scores, (N, 2), thresholded each."""
+    """The shipped gate (`lungnet.scoring.ood.ImageGate`): both part scores, (N, 2), thresholded each."""
     gate = ImageGate.fit(train["features"], train["classes"])
     width = gate.features.means.shape[1]
 

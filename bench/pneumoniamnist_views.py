@@ -20,7 +20,7 @@ views a recipe can be scored on without touching the test split, each a ``<view>
   family of changes, as corruption benchmarks keep test corruptions apart from training augmentations.
 
 ``score`` runs checkpoints (and probability-averaged ensembles of them) over every view and writes a table with
-95 % bootstrap intervals (`lungnet.evaluation.stats.bootstrap_ci`): accuracy and AUROC, NORMAL and PNEUMONIA recall,
+95 % bootstrap intervals (`lungnet.scoring.stats.bootstrap_ci`): accuracy and AUROC, NORMAL and PNEUMONIA recall,
 at the arg-max and, with ``--prior``, after moving each model's implied class prior (its training mix times its loss
 weights) to the given NORMAL share (label-shift correction of the probabilities, Saerens et al. 2002).
 
@@ -51,10 +51,10 @@ from PIL import Image  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lungnet.checkpoint import load_model  # noqa: E402
+from lungnet.artifacts.checkpoint import load_model  # noqa: E402
 from lungnet.data.images import read_image  # noqa: E402
-from lungnet.evaluation.stats import bootstrap_ci, threshold_metrics  # noqa: E402
-from lungnet.preprocessing import Preprocessing  # noqa: E402
+from lungnet.data.preprocessing import Preprocessing  # noqa: E402
+from lungnet.scoring.stats import bootstrap_ci, threshold_metrics  # noqa: E402
 
 log = logging.getLogger("bench.views")
 SHARED = Path(os.environ.get("LUNGNET_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -66,8 +66,8 @@ def inputs_run(prep, files: list[Path], workers: int, batch_size: int) -> dict:
 
 def predict_run(ckpt: Path, images: Path, workers: int, batch_size: int, out: Path) -> dict:
     """``run_batch`` (the predict command) on ``images``; timed from ``predict_iter``'s call to its last row."""
-    from lungnet.batch import run_batch
-    from lungnet.inference import Predictor
+    from lungnet.serve.inference import Predictor
+    from lungnet.serve.predict_batch import run_batch
     from tests.conftest import compose_cfg
 
     marks: dict = {}
@@ -117,10 +117,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="predict_tp_"))
     ckpt = Path(args.ckpt) if args.ckpt else None
     if ckpt is None:
-        from tests.test_inference import make_checkpoint
+        from tests.serve.test_inference import make_checkpoint
 
         ckpt = make_checkpoint(tmp / "best.ckpt", size=args.image_size)
-    from lungnet.inference import Predictor
+    from lungnet.serve.inference import Predictor
 
     prep = Predictor(ckpt, decision="none").prep
     runs = [decode_only(files)]

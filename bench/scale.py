@@ -140,17 +140,17 @@ def command_stages(root: Path, work: Path, args) -> dict:
 def train_child() -> None:
     """``train.py`` with `finish_training` timed (CPU of this process and its waited-for children, wall), the
     figures written to ``$BENCH_SCALE_FINISH``."""
-    import lungnet.training
-    from lungnet.cli import train
+    import lungnet.train.training
+    from lungnet.commands.train import main as train
 
-    finish = lungnet.training.finish_training
+    finish = lungnet.train.training.finish_training
 
     def timed_finish(*a, **k):
         result, took = timed(lambda: finish(*a, **k))
         Path(os.environ["BENCH_SCALE_FINISH"]).write_text(json.dumps(took))
         return result
 
-    lungnet.training.finish_training = timed_finish
+    lungnet.train.training.finish_training = timed_finish
     sys.argv = [str(ROOT / "train.py"), *sys.argv[2:]]
     train()
 

@@ -4,7 +4,8 @@
 
 Runs each command line from a scratch folder (a fake checkpoint file, no data), ``--repeat`` times, and reports the
 median wall time, the exit status and the refusal's one line; then ``python -X importtime`` of one refusal, its
-slowest imports (cumulative). Every refusal must exit 2 before torch, Lightning or timm load (`lungnet.preflight`).
+slowest imports (cumulative). Every refusal must exit 2 before torch, Lightning or timm load
+(`lungnet.commands.preflight`).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from proc_cpu import tree_cpu_seconds  # noqa: E402 - bench/proc_cpu.py, beside 
 
 from lungnet.data.datamodule import LungDataModule  # noqa: E402
 from lungnet.hardware import cpu_summary  # noqa: E402
-from lungnet.module import LitClassifier  # noqa: E402
+from lungnet.train.module import LitClassifier  # noqa: E402
 
 
 class _EpochTimer(pl.Callback):

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from cv_common import checked_folds, cv_args  # bench/, beside this script
 
-from lungnet.checkpoint import load_model
+from lungnet.artifacts.checkpoint import load_model
 from lungnet.data.transforms import Normalize
-from lungnet.evaluation import stats
 from lungnet.evaluation.eval_data import build_eval_data
+from lungnet.scoring import stats
 
 log = logging.getLogger("bench.tta")
 

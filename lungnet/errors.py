@@ -1,6 +1,6 @@
 """User-facing error types, at the bottom of the package so any layer can raise them.
 
-`lungnet.cli.run_safely` turns each into one logged line and exit status 2.
+`lungnet.commands.wrapper.run_safely` turns each into one logged line and exit status 2.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each format has one reader that takes every value it uses through `Fields`, which checks its exact JSON type and
 its range where it is read. A bad value raises `BadValue`, ``<key> is <value>; accepted: <what>``, and the reader
 adds the file's name, so the user gets one line naming the file, the key and the accepted range (exit status 2
-through `lungnet.cli.run_safely`). JSON's ``NaN`` and ``Infinity`` are never a number here: lungnet writes
+through `lungnet.commands.wrapper.run_safely`). JSON's ``NaN`` and ``Infinity`` are never a number here: lungnet writes
 non-finite floats as null (`lungnet.io.write_json`).
 """
 

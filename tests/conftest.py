@@ -115,6 +115,7 @@ def offline_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(command, args: list[str], monkeypatch) -> None:
-    """Runs a `lungnet.cli` command in-process with ``args`` as its command line (Hydra parses ``sys.argv``)."""
+    """Runs a `lungnet.commands.wrapper` command in-process with ``args`` as its command line (Hydra parses
+    ``sys.argv``)."""
     monkeypatch.setattr(sys, "argv", [f"lungnet-{command.__name__}", *args])
     command()

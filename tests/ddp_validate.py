@@ -1,4 +1,4 @@
-"""Helper script for tests/test_ddp.py: validate a checkpoint with N CPU processes and dump the metrics.
+"""Helper script for tests/train/test_ddp.py: validate a checkpoint with N CPU processes and dump the metrics.
 
 Usage: python tests/ddp_validate.py <ckpt> <devices> <out.json>
 """
@@ -8,9 +8,9 @@ import sys
 
 import pytorch_lightning as pl
 
-from lungnet.checkpoint import read_checkpoint
+from lungnet.artifacts.checkpoint import read_checkpoint
 from lungnet.data.datamodule import LungDataModule
-from lungnet.module import LitClassifier
+from lungnet.train.module import LitClassifier
 
 
 def main(ckpt_path: str, devices: int, out: str) -> None:

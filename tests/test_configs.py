@@ -90,9 +90,9 @@ def test_template_groups_compose(group, option):
 
 
 def test_callbacks_are_switchable_by_key_and_off_by_their_setting(tmp_path):
-    from lungnet.callbacks import FreezeUnfreeze
     from lungnet.config_checks import pin_paths
-    from lungnet.training import build_callbacks
+    from lungnet.train.callbacks import FreezeUnfreeze
+    from lungnet.train.training import build_callbacks
 
     def callbacks(overrides, has_val=True):
         cfg = _compose(overrides)
@@ -123,7 +123,7 @@ def test_any_torch_optimizer_by_target():
     import torch
     from omegaconf import OmegaConf
 
-    from lungnet.module import LitClassifier
+    from lungnet.train.module import LitClassifier
 
     cfg = _compose(["optimizer._target_=torch.optim.RAdam", "scheduler=none", "warmup_epochs=2"])
     module = LitClassifier(
@@ -139,7 +139,7 @@ def test_any_torch_optimizer_by_target():
 
 
 def test_debug_fdr_runs_one_batch_and_writes_no_checkpoint(tmp_path):
-    from lungnet.training import train
+    from lungnet.train.training import train
     from tests.conftest import TINY, compose_cfg
 
     data = ["data.options.n_per_class=4", "data.options.size=32", f"data.root={tmp_path / 'syn'}"]

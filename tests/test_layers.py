@@ -1,19 +1,20 @@
-"""The package's layering, read from the source: no import circle, and no module imports a layer above its own.
+"""The package's floors, read from the source: no import circle, and no room imports a room on its own floor or above.
 
-Layers, bottom to top (docs: COMMON rules, README "Layout"):
+The floors, bottom to top (README "Layout"; each room may import only itself and the rooms on lower floors):
 
-0. ``errors hardware io labels findings provenance schema config_checks untrusted data models preprocessing``: files,
-   images, data sets and their findings, the configs' schema, untrusted files' values, the model factory and the
-   input contract;
-1. ``checkpoint checkpoint_checks ood decision_file referral decision ensemble_manifest ensemble metrics module
-   divergence callbacks resize_schedule loggers training_checks training evaluation explain audit``: what trains,
-   scores, explains and audits a model;
-2. ``inference batch runtimes export app launch rundir prepare cli``: what a user runs.
+0. core: ``errors io hardware provenance untrusted schema config_checks`` (and the package ``__init__``);
+1. ``models``: the one model factory, model names and weights;
+2. ``data``: data sets, their labels and finding vocabulary, images, splits, manifests, the input contract;
+3. ``scoring``: metrics, statistics and resampling, the OOD gate, referral reasons, the model-output loop, figures;
+4. ``artifacts``: opening a trained model (checkpoint, ensemble, exports) and its decision record;
+5. ``explain``: heatmaps (CAMs, integrated gradients), their overlays and pointing scores;
+6. ``evaluation``: the evaluation pipeline and its reports, audit, subgroups, transfer, cross-validation folds;
+7. ``train`` and ``serve``: fitting a model (module, callbacks, loggers, its finish) | inference, app, export;
+8. ``commands``: one Hydra app per ``conf/<name>.yaml``, launch, run directories, --help, preflight;
+9. doorways: the ``python -m lungnet.<x>`` forms, a ``__main__`` block that calls a command; nothing imports them.
 
-Every import counts, also one inside a function (a deferred import is still a dependency), with one stated
-exception: the body of an ``if __name__ == "__main__":`` block. It runs only when the file is started as a script
-(``python -m lungnet.evaluation.crossval``), never on import, so no module can reach it through an import; it
-is how a lower module's ``python -m`` command hands over to its Hydra app in `lungnet.cli`.
+Every import counts, also one inside a function (a deferred import is still a dependency) and one inside an
+``if __name__ == "__main__":`` block.
 """
 
 from __future__ import annotations
@@ -25,53 +26,47 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lungnet"
 
-LAYERS = {
-    "lungnet": 0,  # the package's __init__ (its version)
-    "lungnet.errors": 0,
-    "lungnet.hardware": 0,
-    "lungnet.io": 0,
-    "lungnet.labels": 0,
-    "lungnet.findings": 0,  # one finding vocabulary across data sets, and the mapping between their labels
-    "lungnet.provenance": 0,  # environment facts of a run (versions, git commit); imports nothing of lungnet
-    "lungnet.schema": 0,  # the structured configs (dataclasses); imported by the package __init__ to register them
-    "lungnet.config_checks": 0,  # range checks and key descriptions over the schema
-    "lungnet.preflight": 0,  # each command's config-only checks, before anything heavy loads (lungnet.cli)
-    "lungnet.untrusted": 0,  # typed, range-checked reading of files lungnet did not write in this run
-    "lungnet.data": 0,
-    "lungnet.models": 0,
-    "lungnet.preprocessing": 0,
-    "lungnet.checkpoint": 1,
-    "lungnet.checkpoint_checks": 1,  # every value a checkpoint stores, checked before lungnet.checkpoint uses it
-    "lungnet.ood": 1,  # the out-of-distribution gate (numpy), stored in decision files
-    "lungnet.decision_file": 1,  # the decision file format: its one reader, every value checked
-    "lungnet.referral": 1,  # why a decision is referred (OOD causes, ambiguous sets) and the empty-set note
-    "lungnet.decision": 1,  # the decision record: operating point, temperature, conformal sets, OOD gate
-    "lungnet.ensemble_manifest": 1,  # the ensemble.json format: its one reader, every value checked
-    "lungnet.ensemble": 1,  # several checkpoints as one model: members, checks, manifest, averaging
-    "lungnet.metrics": 1,
-    "lungnet.module": 1,
-    "lungnet.divergence": 1,  # a diverged run stops before it is saved (a callback and the checkpoint's check)
-    "lungnet.callbacks": 1,
-    "lungnet.resize_schedule": 1,  # progressive resizing, a training callback
-    "lungnet.loggers": 1,
-    "lungnet.history": 1,  # history.csv, the run's own per-epoch record (a training callback); curves.png reads it
-    "lungnet.training_checks": 1,
-    "lungnet.training": 1,
-    "lungnet.evaluation": 1,
-    "lungnet.explain": 1,
-    "lungnet.audit": 1,  # the shortcut audit command's task (lungnet.cli.audit runs it)
-    "lungnet.inference": 2,
-    "lungnet.batch": 2,
-    "lungnet.runtimes": 2,
-    "lungnet.export": 2,
-    "lungnet.app": 2,
-    "lungnet.app_info": 2,  # what the app tells clients about its model (names and hashes, no server paths)
-    "lungnet.cli_help": 2,  # --help: a command's usage, its own config groups and its options (lungnet.cli)
-    "lungnet.launch": 2,  # what a command line means before Hydra composes it (lungnet.cli)
-    "lungnet.rundir": 2,  # the commands' run directories (lungnet.cli)
-    "lungnet.prepare": 2,  # lungnet-prepare: a data set scanned into its manifest ahead of time
-    "lungnet.cli": 2,
+FLOORS = {  # room -> floor
+    "core": 0,
+    "models": 1,
+    "data": 2,
+    "scoring": 3,
+    "artifacts": 4,
+    "explain": 5,
+    "evaluation": 6,
+    "train": 7,
+    "serve": 7,
+    "commands": 8,
+    "doorway": 9,
 }
+CORE = {"lungnet", "errors", "io", "hardware", "provenance", "untrusted", "schema", "config_checks"}
+DOORWAYS = {
+    "lungnet.app",
+    "lungnet.export",
+    "lungnet.audit",
+    "lungnet.prepare",
+    "lungnet.explain.__main__",
+    "lungnet.evaluation.crossval",
+    "lungnet.evaluation.transfer",
+}
+
+
+def room(name: str) -> str:
+    """The room of module ``name``: a doorway, a core module, or the package directly under ``lungnet``."""
+    if name in DOORWAYS:
+        return "doorway"
+    parts = name.split(".")
+    top = parts[1] if len(parts) > 1 else "lungnet"
+    if top in CORE or name == "lungnet":
+        return "core"
+    if top not in FLOORS:
+        raise AssertionError(f"{name} is in no room: put it in a room of tests/test_layers.py FLOORS (README Layout)")
+    return top
+
+
+def layer(name: str) -> int:
+    """The floor of module ``name``."""
+    return FLOORS[room(name)]
 
 
 def module_name(path: Path) -> str:
@@ -83,39 +78,11 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def layer(name: str) -> int:
-    """The layer of the longest prefix of ``name`` in `LAYERS` (``lungnet`` itself matches only exactly)."""
-    for prefix in sorted(LAYERS, key=len, reverse=True):
-        if name == prefix or (prefix != "lungnet" and name.startswith(prefix + ".")):
-            return LAYERS[prefix]
-    raise AssertionError(f"{name} is in no layer: add it to LAYERS in tests/test_layers.py")
-
-
-def _is_main_guard(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return (
-        isinstance(node, ast.If)
-        and isinstance(test, ast.Compare)
-        and isinstance(test.left, ast.Name)
-        and test.left.id == "__name__"
-        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)
-    )
-
-
-def _nodes(tree: ast.AST):
-    """Every node of ``tree`` except the bodies of ``if __name__ == "__main__":`` blocks."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        yield node
-        stack.extend(child for child in ast.iter_child_nodes(node) if not _is_main_guard(child))
-
-
 def imports(name: str, path: Path, known: set[str]) -> set[str]:
     """The lungnet modules ``name`` imports (``from pkg import submodule`` counts as the submodule)."""
     found = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in _nodes(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -135,17 +102,17 @@ def graph() -> dict[str, set[str]]:
     return {name: imports(name, path, known) - {name} for name, path in mods.items()}
 
 
-def test_every_module_has_a_layer(graph):
+def test_every_module_has_a_room(graph):
     for name in graph:
-        layer(name)
+        room(name)
 
 
-def test_no_upward_import(graph):
+def test_each_room_imports_only_lower_floors(graph):
     upward = [
         f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
         for a, deps in sorted(graph.items())
         for b in sorted(deps)
-        if layer(b) > layer(a)
+        if room(b) != room(a) and layer(b) >= layer(a)
     ]
     assert not upward, "\n".join(upward)
 
@@ -184,19 +151,43 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     src = tmp_path / "m.py"
     src.write_text(
-        "import os\nfrom lungnet.evaluation import plots\n"
-        "def f():\n    from lungnet.cli import run_safely\n"
-        "if __name__ == '__main__':\n    from lungnet.app import main\n"
+        "import os\nfrom lungnet.scoring import plots\n"
+        "def f():\n    from lungnet.commands.wrapper import run_safely\n"
+        "if __name__ == '__main__':\n    from lungnet.serve.app import main\n"
     )
-    known = {"lungnet.evaluation.plots", "lungnet.cli", "lungnet.app"}
-    assert imports("lungnet.data.m", src, known) == {"lungnet.evaluation.plots", "lungnet.cli"}
-    assert layer("lungnet.data.m") == 0 and layer("lungnet.cli") == 2 and layer("lungnet.explain.run") == 1
+    known = {"lungnet.scoring.plots", "lungnet.commands.wrapper", "lungnet.serve.app"}
+    found = imports("lungnet.data.m", src, known)
+    assert found == {"lungnet.scoring.plots", "lungnet.commands.wrapper", "lungnet.serve.app"}
+    assert (layer("lungnet.data.m"), layer("lungnet.commands.wrapper"), layer("lungnet.explain.run")) == (2, 8, 5)
+    assert room("lungnet.app") == "doorway" and room("lungnet.serve.app") == "serve" and room("lungnet.io") == "core"
+    with pytest.raises(AssertionError, match="in no room"):
+        room("lungnet.attic.x")
+
+
+def test_nothing_imports_a_command_or_a_doorway(graph):
+    """Only the commands' own floor imports `lungnet.commands` (its wrapper); a doorway is imported by nobody."""
+    wrong = [
+        f"{a} imports {b}"
+        for a, deps in sorted(graph.items())
+        for b in sorted(deps)
+        if (room(b) == "commands" and room(a) not in ("commands", "doorway")) or room(b) == "doorway"
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_doorway_only_hands_over():
+    """A doorway's whole code is its ``__main__`` block calling one command's ``main``."""
+    for name in DOORWAYS:
+        path = PACKAGE.parent / (name.replace(".", "/") + ".py")
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        code = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+        assert len(code) == 1 and isinstance(code[0], ast.If), f"{path}: only a docstring and a __main__ block"
 
 
 # things written once, each in its own module: logits -> probabilities and device=auto
 ONCE = {
-    "torch.softmax(": "lungnet/preprocessing.py",
-    "torch.sigmoid(": "lungnet/preprocessing.py",
+    "torch.softmax(": "lungnet/data/preprocessing.py",
+    "torch.sigmoid(": "lungnet/data/preprocessing.py",
     "cuda.is_available(": "lungnet/hardware.py",
 }
 # a softmax that is not logits -> probabilities: Score-CAM's weights over the target layer's channels

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from lungnet.data.sources import create_source
 from lungnet.provenance import data_fingerprint
-from lungnet.training import train
+from lungnet.train.training import train
 from tests.conftest import CONF, make_class_folders, write_png
 
 

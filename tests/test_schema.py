@@ -62,9 +62,9 @@ def test_describe_names_choices_ranges_and_nulls():
 
 def test_no_python_default_tables_remain():
     import lungnet.data.datamodule as datamodule
-    import lungnet.evaluation.run as run
-    import lungnet.module as module
-    import lungnet.training as training
+    import lungnet.evaluation.pipeline as run
+    import lungnet.train.module as module
+    import lungnet.train.training as training
 
     assert not hasattr(module, "OPTIM_DEFAULTS") and not hasattr(datamodule, "DEFAULTS")
     assert not hasattr(run, "DEFAULTS") and not hasattr(training, "CHOICES")

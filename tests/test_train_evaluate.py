@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lungnet.checkpoint import CheckpointError, load_model, read_checkpoint
+from lungnet.artifacts.checkpoint import CheckpointError, load_model, read_checkpoint
 from lungnet.data.sources import DataError
-from lungnet.evaluation.run import evaluate
-from lungnet.training import train
+from lungnet.evaluation.pipeline import evaluate
+from lungnet.train.training import train
 from tests.conftest import ROOT, compose_cfg, make_class_folders, offline_env, write_png
 from tests.conftest import TINY as BASE_TINY
 
@@ -237,7 +237,7 @@ def test_trainer_cpu_precision_auto_is_resolved_and_recorded(tmp_path, monkeypat
             "precision_auto.bf16_min_image_size=32",  # the tiny model's input size counts as large here
         ],
     )
-    caplog.set_level("INFO", logger="lungnet.training")
+    caplog.set_level("INFO", logger="lungnet.train.training")
     train(cfg, tmp_path / "run")
     env = json.loads((tmp_path / "run" / "environment.json").read_text())
     assert env["precision"]["trainer.precision"] == expected and env["precision"]["requested"] == precision

@@ -1,7 +1,7 @@
 """``data.gpu_augment``: the ``augment`` steps applied to a whole batch on the accelerator, each image its own draw.
 
 With ``data.gpu_augment=true`` the training loader only resizes (or, from the prepared store, copies bytes) and
-hands over uint8 batches; `lungnet.module.LitClassifier.on_after_batch_transfer` runs `BatchAugment` on the
+hands over uint8 batches; `lungnet.train.module.LitClassifier.on_after_batch_transfer` runs `BatchAugment` on the
 device and normalises last. The albumentations steps of ``conf/augment`` are mirrored in batched torch code
 (torchvision's v2 transforms draw one set of parameters per batch, and kornia is not a dependency):
 

@@ -357,7 +357,7 @@ class LungDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Batches on the device go through the module's ``device_batch`` (``data.gpu_augment``: augmentation and
-        normalisation of uint8 batches on the accelerator, `lungnet.module.LitClassifier.device_batch`)."""
+        normalisation of uint8 batches on the accelerator, `lungnet.train.module.LitClassifier.device_batch`)."""
         module = self.trainer.lightning_module if self.trainer is not None else None
         return module.device_batch(batch) if hasattr(module, "device_batch") else batch
 

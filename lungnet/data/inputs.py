@@ -1,6 +1,6 @@
 """Files to classify as a torch Dataset: each file read once, its SHA-1 and its decode from the same bytes.
 
-`predict.py` (`lungnet.inference.Predictor.predict_iter`) reads, hashes, decodes and preprocesses in DataLoader
+`predict.py` (`lungnet.serve.inference.Predictor.predict_iter`) reads, hashes, decodes and preprocesses in DataLoader
 workers (``num_workers``); the main process only runs the model. A file that cannot be read or preprocessed gives an
 item with its ``error`` instead of raising, so one bad file never stops a worker or the run: it becomes an error row.
 Batches are plain lists of `InputItem` (`collate_inputs`), in the order of the files.
@@ -49,7 +49,7 @@ class InputFiles(Dataset):
 
     Args:
         files: the files.
-        prep: the model's preprocessing (`lungnet.preprocessing.Preprocessing` or ``EnsembleInput``): its
+        prep: the model's preprocessing (`lungnet.data.preprocessing.Preprocessing` or ``EnsembleInput``): its
             ``pipeline()`` is built in the process that uses it (picklable for any worker start method).
         keep_image: keep the decoded image in the item (heatmap overlays).
         image_max_side: with ``keep_image``, reduce the kept image to this long side (None: full size).

@@ -76,7 +76,8 @@ class RecordImageHashes(pl.Callback):
 
 
 def recorded_hashes(ckpt: dict) -> dict | None:
-    """The `image_hashes` of a checkpoint dict (`lungnet.checkpoint.read_checkpoint`), or None for older ones."""
+    """The `image_hashes` of a checkpoint dict (`lungnet.artifacts.checkpoint.read_checkpoint`), or None for older
+    ones."""
     hashes = ckpt.get(HASH_KEY)
     return hashes if isinstance(hashes, dict) and hashes.get("version") == 1 else None
 

@@ -25,7 +25,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from lungnet import labels as L
+from lungnet.data import labels as L
 from lungnet.data.formats import IMAGE_SUFFIXES
 from lungnet.data.tables import blank_cells, finding_cells, one_row_per_file, read_label_csv, split_folders
 from lungnet.errors import DataError  # noqa: F401 - re-exported: lungnet.data.sources.DataError
@@ -114,7 +114,7 @@ class FolderSource(Source):
     """Class-folder datasets: ``<root>/{train,val,test}/<class>/*`` or flat ``<root>/<class>/*``.
 
     Folder names are matched to the canonical labels case- and punctuation-insensitively and
-    through `lungnet.labels` aliases. Folders that match no label are an error (they usually mean
+    through `lungnet.data.labels` aliases. Folders that match no label are an error (they usually mean
     the wrong dataset or a typo), as are empty class folders and classes missing from a split.
     """
 
@@ -280,7 +280,7 @@ class NIHSource(Source):
     ``images_001/images/``...). ``train_val_list.txt``/``test_list.txt``, when present, give the
     official patient-wise split. Patient ids come from the ``Patient ID`` column.
 
-    Multi-label (``nih14``): one float target per finding in `lungnet.labels.NIH14` order.
+    Multi-label (``nih14``): one float target per finding in `lungnet.data.labels.NIH14` order.
     Single-label (``nih6``, option ``findings``): images whose only finding (or "No Finding") is
     one of the configured findings.
 
@@ -346,7 +346,7 @@ class NIH6Source(NIHSource):
     Keeps the images whose ``Finding Labels`` is exactly one of ``findings`` (``No Finding``
     included when listed); with option ``match: any``, those carrying exactly one of ``findings``
     among their labels (``Infiltration|Pneumonia`` is Pneumonia when Infiltration is not listed).
-    Labels: the ``findings`` option in its order (default `lungnet.labels.NIH6`). Split by patient.
+    Labels: the ``findings`` option in its order (default `lungnet.data.labels.NIH6`). Split by patient.
     Citation: Wang et al., CVPR 2017.
     """
 

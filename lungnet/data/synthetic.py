@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lungnet.data.labels import SYNTHETIC
 from lungnet.errors import DataError
-from lungnet.labels import SYNTHETIC
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def render_phantom(label: str, size: int, rng: np.random.Generator) -> tuple[np.
     """Renders one phantom radiograph.
 
     Args:
-        label: one of `lungnet.labels.SYNTHETIC`.
+        label: one of `lungnet.data.labels.SYNTHETIC`.
         size: output side in pixels.
         rng: the random generator (all randomness comes from it).
 

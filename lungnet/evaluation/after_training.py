@@ -1,6 +1,6 @@
 """What training leaves beside its checkpoint once the last epoch is done, computed by ``evaluate.py``'s own code.
 
-`finish_training` (called by `lungnet.training.finish` on the selected checkpoint) runs these steps, each shown on
+`finish_training` (called by `lungnet.train.training.finish` on the selected checkpoint) runs these steps, each shown on
 one progress bar (`PostTraining`; ``trainer.enable_progress_bar=false`` leaves the log lines alone):
 
 1. ``scoring val``: the model's outputs on val with the OOD gate's inputs, computed once: training's val metrics,
@@ -8,7 +8,7 @@ one progress bar (`PostTraining`; ``trainer.enable_progress_bar=false`` leaves t
 2. ``scoring test``: training's test metrics;
 3. ``OOD features``: the gate's inputs on a seeded sample of at most ``ood.fit_max`` training images
    (`lungnet.evaluation.decisions.training_sample`);
-4. ``calibration``: ``evaluate.py ckpt=<ckpt> split=val``'s scoring and report steps (`lungnet.evaluation.run`):
+4. ``calibration``: ``evaluate.py ckpt=<ckpt> split=val``'s scoring and report steps (`lungnet.evaluation.pipeline`):
    temperature, bootstrap intervals, operating point, conformal calibration, OOD gate, decisions;
 5. ``writing reports``: ``predictions_<split>.csv``, ``model_card.md`` (also beside the checkpoint, where the app
    reads it) and ``<ckpt stem>.decision.json``: the decision file ``evaluate.py ckpt=<ckpt> split=val`` writes
@@ -29,17 +29,17 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from lungnet.checkpoint import load_model
+from lungnet.artifacts.checkpoint import load_model
+from lungnet.artifacts.decision import decision_path
 from lungnet.data.datamodule import LungDataModule
-from lungnet.decision import decision_path
 from lungnet.evaluation import decision_target
 from lungnet.evaluation.decisions import gate_fit_outputs
 from lungnet.evaluation.model_card import write_model_card
-from lungnet.evaluation.predict import Outputs, predictions_table
-from lungnet.evaluation.run import Evaluation, options, run_report_steps, score, write_beside_model
+from lungnet.evaluation.pipeline import Evaluation, options, run_report_steps, score, write_beside_model
 from lungnet.io import write_csv
-from lungnet.metrics import compute_metrics
 from lungnet.schema import EvaluateConfig
+from lungnet.scoring.metrics import compute_metrics
+from lungnet.scoring.outputs import Outputs, predictions_table
 
 log = logging.getLogger(__name__)
 

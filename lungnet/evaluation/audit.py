@@ -35,12 +35,12 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, Subset
 
 from lungnet.data import images
-from lungnet.evaluation import stats
+from lungnet.data.labels import normalise
+from lungnet.data.preprocessing import logits_to_probs
 from lungnet.explain.base import resolve_layer
 from lungnet.explain.cams import make_explainer
 from lungnet.explain.scoring import randomized_copy
-from lungnet.labels import normalise
-from lungnet.preprocessing import logits_to_probs
+from lungnet.scoring import stats
 
 log = logging.getLogger(__name__)
 

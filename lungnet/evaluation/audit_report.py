@@ -16,13 +16,13 @@ import numpy as np
 from matplotlib.patches import Rectangle
 from omegaconf import DictConfig, OmegaConf
 
-from lungnet.checkpoint import LoadedModel
+from lungnet.artifacts.checkpoint import LoadedModel
 from lungnet.config_checks import check_ranges
 from lungnet.data.datamodule import LungDataModule
-from lungnet.evaluation import plots
 from lungnet.evaluation.audit import inner_box, run_audit
 from lungnet.evaluation.report import fmt_ci, table
 from lungnet.schema import AuditConfig
+from lungnet.scoring import plots
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def audit_json(result: dict) -> dict:
 
 
 def add_audit(ev) -> None:
-    """Report step of `lungnet.evaluation.run`: the audit of the evaluated split (``audit`` in metrics.json, its
+    """Report step of `lungnet.evaluation.pipeline`: the audit of the evaluated split (``audit`` in metrics.json, its
     figures and section); nothing when ``audit=false``."""
     opts = ev.opts.get("audit")
     if opts is None:

@@ -32,15 +32,15 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lungnet.checkpoint import checkpoints_below, model_names, no_run_message, read_checkpoint
+from lungnet.artifacts.checkpoint import checkpoints_below, model_names, no_run_message, read_checkpoint
 from lungnet.config_checks import pin_paths
 from lungnet.data.sources import DataError
-from lungnet.evaluation import plots
-from lungnet.evaluation.plots import BAR_METRICS
+from lungnet.evaluation.pipeline import evaluate_with_predictions
 from lungnet.evaluation.report import fmt, fmt_ci, markdown_to_html, table
-from lungnet.evaluation.run import evaluate_with_predictions
 from lungnet.evaluation.same_split import SplitFacts, check_same_split
 from lungnet.io import write_csv, write_text
+from lungnet.scoring import plots
+from lungnet.scoring.plots import BAR_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def find_checkpoints(runs: str | list | ListConfig) -> list[Path]:
     """Checkpoint paths from ``runs``: checkpoint files, run directories or multirun directories.
 
     A directory gives the checkpoint of each finished training run in it; unfinished runs (no ``metrics.json``)
-    are skipped and named in a warning (`lungnet.checkpoint.training_runs`).
+    are skipped and named in a warning (`lungnet.artifacts.checkpoint.training_runs`).
 
     Raises:
         FileNotFoundError: an entry that does not exist, or a directory without a finished training run.

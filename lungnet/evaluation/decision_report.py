@@ -9,8 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lungnet.decision import DecisionRecord  # noqa: E402
-from lungnet.ood import ANY_MEMBER, THUMB, AnyMemberGate, ImageGate, OodGate  # noqa: E402
+from lungnet.artifacts.decision import DecisionRecord  # noqa: E402
+from lungnet.scoring.ood import ANY_MEMBER, THUMB, AnyMemberGate, ImageGate, OodGate  # noqa: E402
 
 SHIFT_P = 0.01  # below this combined p-value the report says conformal coverage is not guaranteed
 
@@ -110,7 +110,7 @@ def decision_section(result: dict, record: DecisionRecord, split: str, figure: s
 
 
 def empty_sets_line(block: dict) -> str:
-    """What the empty prediction sets are and how they were decided (`lungnet.referral`)."""
+    """What the empty prediction sets are and how they were decided (`lungnet.scoring.referral`)."""
     level = f"{1 - float(block['alpha']):.0%}"
     return (
         f"- Empty prediction sets: **{block['empty_sets']} of {block['n']}** (sets with more than one answer: "

@@ -1,6 +1,7 @@
 """Where ``evaluate.py`` keeps the decision file it fits, and the check, before any work, that it can write there.
 
-The decision file goes beside the checkpoint (``<ckpt stem>.decision.json``, `lungnet.decision.decision_path`), or
+The decision file goes beside the checkpoint (``<ckpt stem>.decision.json``,
+`lungnet.artifacts.decision.decision_path`), or
 where ``decision.out=<file>`` says (for a checkpoint in a read-only folder); the copy of the model card the app
 shows goes beside the decision file (`card_path`). ``predict.py`` and the app read a decision file kept elsewhere
 with ``decision=<file>``; it is pinned to its checkpoint by SHA-256 wherever it lies.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from lungnet.decision import DecisionRecord, decision_path, read_decision
+from lungnet.artifacts.decision import DecisionRecord, decision_path, read_decision
 from lungnet.errors import CheckpointError, WriteError
 from lungnet.io import check_writable, printable
 

@@ -1,11 +1,11 @@
 """Report step of ``evaluate.py``: the decision path (operating point, abstention, conformal sets, OOD gate).
 
 Fitted on the validation split (``<ckpt stem>.decision.json`` beside the checkpoint, or ``decision.out``:
-`lungnet.evaluation.decision_target`; the record: `lungnet.decision`), applied to
+`lungnet.evaluation.decision_target`; the record: `lungnet.artifacts.decision`), applied to
 the evaluated split: ``decision``, ``decision_reason``, ``decision_note``, ``prediction_set``, ``ood`` and
 ``ood_score`` columns in predictions.csv; ``conformal_coverage``, ``conformal_mean_set_size``,
 ``conformal_shift_pvalue`` and ``conformal_shift_warning`` in metrics.json (and a ``decisions`` block, which counts
-empty prediction sets apart: `lungnet.referral`); ``risk_coverage.png``; a report section.
+empty prediction sets apart: `lungnet.scoring.referral`); ``risk_coverage.png``; a report section.
 
 Split conformal coverage holds only when the evaluated images are exchangeable with the calibration images. Two
 Kolmogorov-Smirnov tests (scipy) compare the evaluated split with the calibration split: the nonconformity scores
@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 from scipy.stats import ks_2samp
 
-from lungnet.decision import (
+from lungnet.artifacts.decision import (
     ABSTAIN,
     NO_FINDING,
     DecisionRecord,
@@ -29,7 +29,7 @@ from lungnet.decision import (
     decision_path,
     new_record,
 )
-from lungnet.evaluation import decision_target, plots, stats
+from lungnet.evaluation import decision_target
 from lungnet.evaluation.decision_report import (
     SHIFT_P,
     card_summary,
@@ -37,8 +37,9 @@ from lungnet.evaluation.decision_report import (
     gate_how,
     risk_coverage_figure,
 )
-from lungnet.evaluation.predict import model_outputs
-from lungnet.ood import AnyMemberGate, ImageGate, OodGate
+from lungnet.scoring import plots, stats
+from lungnet.scoring.ood import AnyMemberGate, ImageGate, OodGate
+from lungnet.scoring.outputs import model_outputs
 
 log = logging.getLogger(__name__)
 # the start of scipy's RuntimeWarning when ks_2samp's exact p-value fails and it falls back to the asymptotic one
@@ -110,7 +111,7 @@ def gate_fit_outputs(ev):
 def gate(ev, existing: DecisionRecord | None) -> tuple[OodGate | ImageGate | AnyMemberGate | None, int | None]:
     """The OOD gate and the training images it was fitted on: the decision file's, else fitted on a seeded sample
     of the training split's features (`gate_fit_outputs`) and thresholded on val (an ensemble: its members' own
-    gates, `lungnet.ood.AnyMemberGate`, with the fit split's scores as reference)."""
+    gates, `lungnet.scoring.ood.AnyMemberGate`, with the fit split's scores as reference)."""
     opts = ev.cfg.get("ood") or {}
     if existing is not None and existing.ood is not None and not opts.get("refit"):
         return existing.ood, existing.ood_fit_n
@@ -130,8 +131,9 @@ def gate(ev, existing: DecisionRecord | None) -> tuple[OodGate | ImageGate | Any
 
 
 def fit_gate(train, val, multilabel: bool, dims: int | None = None, quantile: float | None = None) -> ImageGate:
-    """Fits the OOD gate (features and input thumbnail, `lungnet.ood.ImageGate`) on ``train``'s gate inputs and sets
-    its thresholds on ``val``'s (None: `lungnet.ood`'s defaults)."""
+    """Fits the OOD gate (features and input thumbnail, `lungnet.scoring.ood.ImageGate`) on ``train``'s gate inputs
+    and sets
+    its thresholds on ``val``'s (None: `lungnet.scoring.ood`'s defaults)."""
     classes = None if multilabel else train.targets
     extra = {"dims": int(dims)} if dims else {}
     fitted = ImageGate.fit(train.features, classes, fit_split=train.name, layer="backbone", **extra)
@@ -249,7 +251,7 @@ def summarise(record: DecisionRecord, dec: Decisions, ev, source: str) -> dict:
             np.mean([d == t for d, t in zip(record.labels_of(dec.probs), truth, strict=True)])
         ),
     }
-    if dec.empty is not None:  # decided by the operating point with a note (`lungnet.referral`), not referred
+    if dec.empty is not None:  # decided by the operating point with a note (`lungnet.scoring.referral`), not referred
         out.update(empty_sets=int(dec.empty.sum()), ambiguous_sets=int(dec.ambiguous.sum()))
     if dec.ood is not None:
         out.update(ood_flagged=int(dec.ood.sum()), ood_rate=float(dec.ood.mean()), ood_threshold=record.ood.threshold)
@@ -257,7 +259,7 @@ def summarise(record: DecisionRecord, dec: Decisions, ev, source: str) -> dict:
 
 
 def add_decisions(ev) -> None:
-    """Report step (`lungnet.evaluation.run.REPORT_STEPS`): decisions, sets and OOD flags for the evaluated split.
+    """Report step (`lungnet.evaluation.pipeline.REPORT_STEPS`): decisions, sets and OOD flags for the evaluated split.
 
     Adds the predictions.csv columns, the metrics.json keys, ``risk_coverage.png`` and a report section, and writes
     ``<ckpt stem>.decision.json`` (or ``decision.out``) when the record was fitted on val (``decision.write``).

@@ -1,4 +1,5 @@
-"""``evaluate.py ckpt=[a.ckpt,b.ckpt,...]``: an ensemble (`lungnet.ensemble`) scored like one model, and against each
+"""``evaluate.py ckpt=[a.ckpt,b.ckpt,...]``: an ensemble (`lungnet.artifacts.ensemble`) scored like one model, and
+against each
 of its members on the same images.
 
 Every member builds its own data module from its checkpoint (its own input size, mean and std), runs on the
@@ -7,7 +8,7 @@ split (same data and ``data.split_seed``, or ``split=all`` on one folder), else 
 naming the members: before any member runs when their checkpoints' split fingerprints differ (`check_same_images`),
 else once their outputs are matched. The ensemble's probabilities are the mean of the members' calibrated
 probabilities; metrics, calibration, operating point, conformal sets and the report then follow as for one checkpoint
-(`lungnet.evaluation.run`).
+(`lungnet.evaluation.pipeline`).
 
 Splits:
 
@@ -22,7 +23,7 @@ Splits:
 
 The report step `add_member_comparison` adds a section, ``ensemble_vs_members.png`` and ``metrics.json["ensemble"]``:
 each member's accuracy and macro AUROC on the same images and the paired bootstrap difference ensemble - member
-(`lungnet.evaluation.stats.paired_bootstrap`), members scored on the probabilities the ensemble averages.
+(`lungnet.scoring.stats.paired_bootstrap`), members scored on the probabilities the ensemble averages.
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from lungnet.artifacts.ensemble import MANIFEST, Ensemble  # noqa: E402
 from lungnet.data.splits import write_splits  # noqa: E402
-from lungnet.ensemble import MANIFEST, Ensemble  # noqa: E402
 from lungnet.errors import ConfigError, DataError  # noqa: E402
-from lungnet.evaluation import plots, stats  # noqa: E402
-from lungnet.evaluation.predict import Outputs, model_outputs  # noqa: E402
 from lungnet.evaluation.same_split import SplitFacts, check_same_split  # noqa: E402
 from lungnet.io import write_json  # noqa: E402
+from lungnet.scoring import plots, stats  # noqa: E402
+from lungnet.scoring.outputs import Outputs, model_outputs  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,8 @@ def section(block: dict, split: str, figure: str | None) -> str:
 
 
 def add_member_comparison(ev) -> None:
-    """Report step (`lungnet.evaluation.run.REPORT_STEPS`): the ensemble against each member (nothing for one model)."""
+    """Report step (`lungnet.evaluation.pipeline.REPORT_STEPS`): the ensemble against each member (nothing for one
+    model)."""
     if not isinstance(ev.loaded, EnsembleModel):
         return
     block = compare_members(ev)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lungnet.checkpoint import LoadedModel
+from lungnet.artifacts.checkpoint import LoadedModel
 from lungnet.data.datamodule import LungDataModule, resolve_root
 from lungnet.data.sources import DataError, FolderSource, LabelledFolderSource, Source
 from lungnet.data.splits import ExpectedSplits, write_splits

@@ -2,9 +2,9 @@
 
 ``python evaluate.py ckpt=<trained on A> data=<B> data.root=<B's root> split=all`` reads B with B's own source
 (its folder layout, label names and split settings) and the checkpoint's own preprocessing (input size, resize,
-downsampling), maps both label lists onto `lungnet.findings` and scores only what they share: images of B whose
+downsampling), maps both label lists onto `lungnet.data.findings` and scores only what they share: images of B whose
 finding the model does not know are left out and counted, findings the model has but B lacks are not scored
-(`lungnet.findings.LabelMapping`). The report opens with "External evaluation: trained on A, evaluated on B" and
+(`lungnet.data.findings.LabelMapping`). The report opens with "External evaluation: trained on A, evaluated on B" and
 the mapping used. No finding in common is a one-line error.
 """
 
@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungnet.checkpoint import LoadedModel, read_checkpoint
+from lungnet.artifacts.checkpoint import LoadedModel, read_checkpoint
+from lungnet.artifacts.decision import decision_path, read_decision
 from lungnet.data.datamodule import LungDataModule, make_source, resolve_root
+from lungnet.data.findings import LabelMapping
 from lungnet.data.overlap import enforce, fill_dhash, find_overlap, overlap_markdown, recorded_hashes
-from lungnet.decision import decision_path, read_decision
 from lungnet.errors import CheckpointError, DataError
-from lungnet.evaluation.predict import Outputs
 from lungnet.evaluation.report import fmt, table
-from lungnet.findings import LabelMapping
+from lungnet.scoring.outputs import Outputs
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def lead_sections(result: dict) -> list[str]:
     mapping = table(["label in the data", "finding", "scored against (model label)", "images"], rows)
     return [
         "\n".join(lines),
-        "## Label mapping\n\nThrough lungnet's finding vocabulary (`lungnet/findings.py`).\n\n" + mapping,
+        "## Label mapping\n\nThrough lungnet's finding vocabulary (`lungnet/data/findings.py`).\n\n" + mapping,
         overlap,
     ]
 

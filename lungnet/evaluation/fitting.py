@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lungnet.artifacts.decision_file import parse_thresholds
 from lungnet.data.datamodule import LungDataModule
+from lungnet.data.labels import default_positive
 from lungnet.data.sources import DataError
-from lungnet.decision_file import parse_thresholds
-from lungnet.evaluation import stats
-from lungnet.labels import default_positive
+from lungnet.scoring import stats
 
 
 def fit_split(opts: dict, split: str, dm: LungDataModule) -> str:

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from lungnet.decision import sha256_file
+from lungnet.artifacts.decision import sha256_file
 from lungnet.evaluation.decision_target import card_path
 from lungnet.evaluation.report import DATASET_NOTES, fmt, fmt_ci, table
 from lungnet.io import write_text

@@ -6,7 +6,7 @@ cannot be scored that way. Each checkpoint records its splits' fingerprints (``e
 count and a digest of the images' content hashes, `lungnet.data.splits.split_fingerprint`), so the check needs no
 image and no model run: two models hold the same split when its fingerprints are equal. A checkpoint made before
 fingerprints were recorded is judged by its split settings (`SPLIT_KEYS`, its split seed included; a checkpoint made
-before ``data.split_seed`` existed was split by its ``seed``, `lungnet.checkpoint_checks.with_split_seed`).
+before ``data.split_seed`` existed was split by its ``seed``, `lungnet.artifacts.checkpoint_checks.with_split_seed`).
 
 A seed sweep (``python train.py -m seed=1,2``) keeps ``data.split_seed``: its runs hold the same splits.
 """

@@ -19,11 +19,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from lungnet.config_checks import check_ranges
-from lungnet.evaluation import plots, stats
+from lungnet.data.findings import NO_FINDING, finding_of
 from lungnet.evaluation.report import fmt, table
-from lungnet.findings import NO_FINDING, finding_of
 from lungnet.io import write_csv
 from lungnet.schema import SubgroupsConfig
+from lungnet.scoring import plots, stats
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def subgroup_options(cfg: DictConfig) -> dict | None:
 
 
 def add_subgroups(ev) -> None:
-    """Report step of `lungnet.evaluation.run`: subgroup metrics where the data carry patient metadata
+    """Report step of `lungnet.evaluation.pipeline`: subgroup metrics where the data carry patient metadata
     (``subgroups`` in metrics.json, subgroups.csv/.png, a section); nothing when ``subgroups=false``."""
     if ev.opts.get("subgroups") is None:
         return

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lungnet.evaluation import plots
 from lungnet.evaluation.report import fmt, fmt_ci, table
 from lungnet.io import write_json, write_text
+from lungnet.scoring import plots
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
-"""``python -m lungnet.explain``: the Hydra app `lungnet.cli.explain` (the work is in `lungnet.explain.command`)."""
+"""``python -m lungnet.explain``: the Hydra app `lungnet.commands.explain.main` (the work is in
+`lungnet.explain.job`)."""
 
 if __name__ == "__main__":
-    from lungnet.cli import explain
+    from lungnet.commands.explain import main as explain
 
     explain()

@@ -151,7 +151,7 @@ def heatmap_caption(row: dict, name: str, method: str) -> dict:
     """The caption of one image's heatmap overlay: file, decision, the explained class and its probability.
 
     Args:
-        row: the image's predictions row (`lungnet.inference.Predictor.rows`: decision, decision_reason,
+        row: the image's predictions row (`lungnet.serve.inference.Predictor.rows`: decision, decision_reason,
             decision_note, ood, heatmap_class, p_<label>).
         name: the file name to show.
         method: the heatmap method (e.g. ``gradcam``).

@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lungnet.checkpoint import LoadedModel
+from lungnet.artifacts.checkpoint import LoadedModel
 from lungnet.data.images import read_image
+from lungnet.data.labels import DEFAULT_THRESHOLD
+from lungnet.data.preprocessing import Preprocessing
 from lungnet.explain.base import ExplainError
 from lungnet.explain.cams import make_explainer
 from lungnet.explain.run import TITLES, as_loaded, preprocessor
@@ -34,8 +36,6 @@ from lungnet.explain.scoring import (
     wilson_interval,
 )
 from lungnet.io import write_csv, write_text
-from lungnet.labels import DEFAULT_THRESHOLD
-from lungnet.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 

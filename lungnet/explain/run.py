@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lungnet.checkpoint import LoadedModel, load_model
+from lungnet.artifacts.checkpoint import LoadedModel, load_model
 from lungnet.data.images import read_image
+from lungnet.data.labels import DEFAULT_THRESHOLD
+from lungnet.data.preprocessing import Preprocessing
 from lungnet.explain.base import ExplainError
 from lungnet.explain.cams import make_explainer
 from lungnet.explain.overlay import save_grid, save_side_by_side
 from lungnet.io import write_csv
-from lungnet.labels import DEFAULT_THRESHOLD
-from lungnet.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 

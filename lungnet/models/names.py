@@ -1,6 +1,6 @@
 """Which model names exist, known without importing torch: lungnet's registered names (`MODELS`) and the names timm
 and torchvision register, read from their source files (`library_names`), so that a typo in ``model.name`` is
-refused before anything heavy loads (`lungnet.preflight`). `lungnet.models.registry` builds the models.
+refused before anything heavy loads (`lungnet.commands.preflight`). `lungnet.models.registry` builds the models.
 """
 
 from __future__ import annotations

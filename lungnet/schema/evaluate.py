@@ -35,7 +35,8 @@ class ReportConfig:
 
 @dataclass
 class DecisionConfig:
-    """``evaluate.py decision.*``: the decision file `lungnet.decision` writes beside the checkpoint (or ``out``)."""
+    """``evaluate.py decision.*``: the decision file `lungnet.artifacts.decision` writes beside the checkpoint (or
+    ``out``)."""
 
     positive_class: str | None = opt(
         None, "multi-class: this class when it reaches its threshold, else arg-max; null: two-class data -> non-normal"

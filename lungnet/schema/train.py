@@ -208,8 +208,10 @@ class OodFitConfig:
     """``ood.*``: the OOD gate training fits after its last epoch (and ``evaluate.py split=val`` when it refits): on
     the features of a seeded sample of the training split, thresholded on val (`lungnet.evaluation.decisions`)."""
 
-    quantile: float | None = opt(None, "threshold at this quantile of val scores (null: lungnet.ood: 0.95)", gt=0, lt=1)
-    dims: int | None = opt(None, "principal axes of the shared covariance (null: lungnet.ood's 64)", ge=1)
+    quantile: float | None = opt(
+        None, "threshold at this quantile of val scores (null: lungnet.scoring.ood: 0.95)", gt=0, lt=1
+    )
+    dims: int | None = opt(None, "principal axes of the shared covariance (null: lungnet.scoring.ood's 64)", ge=1)
     fit_max: int = opt(
         20000, "fit on a seeded sample of at most this many training images (the decision file records how many)", ge=1
     )

@@ -326,7 +326,7 @@ def test_gpu_augment_trains_on_uint8_batches_augmented_in_the_module(tiny_folder
     """data.gpu_augment=true: the loader hands over uint8 bytes, LitClassifier augments and normalises them."""
     import pytorch_lightning as pl
 
-    from lungnet.module import LitClassifier
+    from lungnet.train.module import LitClassifier
 
     cfg = _cfg("pneumonia", tiny_folder, carve_val=False, cache=True, gpu_augment=True, cache_dir=str(tmp_path))
     dm = LungDataModule({**cfg, "num_workers": 0}, SPEC, seed=0, augment=XRAY, owns_data=True)

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lungnet.data.labels import NIH14
 from lungnet.data.sources import DataError, create_source
-from lungnet.labels import NIH14
 from tests.conftest import make_class_folders, shared, write_png
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 from PIL import Image
 
+from lungnet.data.labels import SYNTHETIC
 from lungnet.data.synthetic import generate, mask_path_for, render_phantom
-from lungnet.labels import SYNTHETIC
 
 
 def test_generation_is_deterministic_and_masks_match(tmp_path):

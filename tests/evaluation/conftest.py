@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lungnet.training import train
+from lungnet.train.training import train
 from tests.conftest import compose_cfg
 
 TINY = [
@@ -22,7 +22,11 @@ TINY = [
     "bootstrap.resamples=50",  # the intervals of the validation summary training leaves beside its checkpoint
 ]
 
-FAST_EVAL = ["bootstrap.resamples=200", "calibration.bins=10", "audit=false"]  # the audit: tests/test_audit.py
+FAST_EVAL = [
+    "bootstrap.resamples=200",
+    "calibration.bins=10",
+    "audit=false",
+]  # the audit: tests/evaluation/test_audit_job.py
 
 
 @pytest.fixture(scope="session")

@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from lungnet.app import create_app
-from lungnet.decision import DecisionRecord, decision_path
+from lungnet.artifacts.decision import DecisionRecord, decision_path
 from lungnet.evaluation.after_training import STEPS
-from lungnet.evaluation.run import evaluate
-from lungnet.inference import Predictor
-from lungnet.training import train
+from lungnet.evaluation.pipeline import evaluate
+from lungnet.serve.app import create_app
+from lungnet.serve.inference import Predictor
+from lungnet.train.training import train
 from tests.evaluation.conftest import TINY, compose_cfg
-from tests.test_app import app_options
+from tests.serve.test_app import app_options
 
 FIT_MAX = 10
 

@@ -9,7 +9,7 @@ import torch
 from lungnet.data.sources import DataError
 from lungnet.evaluation.compare import compare, find_checkpoints, model_names
 from tests.evaluation.conftest import compose_cfg
-from tests.evaluation.test_plots import assert_png
+from tests.scoring.test_plots import assert_png
 
 
 def _variant(src, dst, noise: float = 0.0, labels: list[str] | None = None):

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from lungnet.cli import crossval
+from lungnet.commands.crossval import main as crossval
 from lungnet.data.sources import DataError
 from lungnet.evaluation.compare import find_checkpoints
-from lungnet.evaluation.crossval import compare, find_fold_runs, render, summarise, write_summary
-from lungnet.training import train
+from lungnet.evaluation.folds import compare, find_fold_runs, render, summarise, write_summary
+from lungnet.train.training import train
 from tests.conftest import compose_cfg, make_class_folders, run_cli, run_script
 from tests.evaluation.conftest import TINY
 

@@ -5,9 +5,9 @@ import json
 import matplotlib.pyplot as plt
 import pytest
 
-from lungnet.evaluation.curves import epoch_table, final_numbers, resized_epochs, write_training_curves
-from lungnet.history import read_history
-from tests.evaluation.test_plots import assert_png
+from lungnet.train.curves import epoch_table, final_numbers, resized_epochs, write_training_curves
+from lungnet.train.history import read_history
+from tests.scoring.test_plots import assert_png
 
 CSV = """epoch,step,train/loss_step,train/loss_epoch,train/acc,val/loss,val/acc,val/auroc,val/f1
 0,4,1.30,,,,,,

@@ -13,14 +13,14 @@ import shutil
 
 import pytest
 
-from lungnet import cli
+from lungnet.commands import evaluate as evaluate_cmd
 from lungnet.errors import WriteError
 from lungnet.evaluation import decision_target
-from lungnet.evaluation import run as evaluation_run
+from lungnet.evaluation import pipeline as evaluation_run
 from lungnet.evaluation.decision_target import card_path
-from lungnet.evaluation.run import evaluate
-from lungnet.inference import Predictor
+from lungnet.evaluation.pipeline import evaluate
 from lungnet.io import check_writable
+from lungnet.serve.inference import Predictor
 from tests.conftest import run_cli
 from tests.evaluation.conftest import FAST_EVAL, compose_cfg
 
@@ -55,7 +55,7 @@ def test_a_read_only_checkpoint_folder_is_one_line_before_any_work(models, tmp_p
     no_model_run(monkeypatch)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:
-        run_cli(cli.evaluate, [f"ckpt={models}", "split=val", *QUICK, f"hydra.run.dir={run}"], monkeypatch)
+        run_cli(evaluate_cmd.main, [f"ckpt={models}", "split=val", *QUICK, f"hydra.run.dir={run}"], monkeypatch)
     assert exc.value.code == 2
     (message,) = [line for line in "".join(capsys.readouterr()).splitlines() if "[ERROR]" in line]
     assert f"WriteError: Cannot write {models.parent} (the checkpoint's folder)" in message

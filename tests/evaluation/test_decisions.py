@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungnet.decision import DecisionRecord, decision_path
+from lungnet.artifacts.decision import DecisionRecord, decision_path
 from lungnet.evaluation.decision_report import decision_section
 from lungnet.evaluation.decisions import shift_test, summarise
 from lungnet.evaluation.model_card import SECTIONS
+from lungnet.evaluation.pipeline import evaluate
 from lungnet.evaluation.report import decision_rows
-from lungnet.evaluation.run import evaluate
 from tests.conftest import ROOT
 from tests.evaluation.conftest import FAST_EVAL, compose_cfg
 
@@ -139,7 +139,7 @@ def test_a_shifted_split_gets_the_warning_and_no_coverage_claim():
 def test_a_failed_evaluation_leaves_the_decision_file_as_it_was(tiny_run, tmp_path, monkeypatch):
     """The decision file beside the checkpoint is what predict.py and the app trust: it is replaced only once the
     evaluation's own files are written, never by an evaluation that fails after fitting it."""
-    from lungnet.evaluation import run
+    from lungnet.evaluation import pipeline as run
 
     ckpt = tmp_path / "checkpoints" / "best.ckpt"
     ckpt.parent.mkdir()

@@ -11,18 +11,18 @@ import pandas as pd
 import pytest
 import torch
 
-from lungnet import cli
-from lungnet.ensemble import open_ensemble
+from lungnet.artifacts.ensemble import open_ensemble
+from lungnet.commands import evaluate as evaluate_cmd
+from lungnet.data.preprocessing import logits_to_probs
 from lungnet.errors import ConfigError
 from lungnet.evaluation.ensemble import check_split
-from lungnet.evaluation.run import evaluate
-from lungnet.inference import Predictor
-from lungnet.preprocessing import logits_to_probs
+from lungnet.evaluation.pipeline import evaluate
+from lungnet.serve.inference import Predictor
 from tests.conftest import run_cli
 from tests.evaluation.conftest import FAST_EVAL, compose_cfg
 from tests.evaluation.test_compare import _variant
-from tests.evaluation.test_plots import assert_png
-from tests.evaluation.test_run import FILES
+from tests.evaluation.test_pipeline import FILES
+from tests.scoring.test_plots import assert_png
 
 
 def _member(src: Path, root: Path, name: str, noise: float = 0.0, **data) -> Path:
@@ -105,7 +105,7 @@ def test_refuses_a_member_holding_other_images_before_writing(members, tiny_ckpt
     out = tmp_path / "run"
     args = [f"ckpt=[{members / 'a/checkpoints/best.ckpt'},{other}]", "split=val", f"hydra.run.dir={out}"]
     with pytest.raises(SystemExit) as exit_:
-        run_cli(cli.evaluate, args, monkeypatch)
+        run_cli(evaluate_cmd.main, args, monkeypatch)
     assert exit_.value.code == 2
     captured = capfd.readouterr()
     (line,) = [x for x in (captured.out + captured.err).splitlines() if "ERROR" in x]

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from lungnet.checkpoint import load_model
+from lungnet.artifacts.checkpoint import load_model
 from lungnet.data.sources import DataError, LabelledFolderSource, create_source
 from lungnet.evaluation.eval_data import all_images_source, build_eval_data
-from lungnet.evaluation.run import evaluate
-from lungnet.training import train
+from lungnet.evaluation.pipeline import evaluate
+from lungnet.train.training import train
 from tests.conftest import compose_cfg, write_png
 from tests.evaluation.conftest import FAST_EVAL, TINY
-from tests.test_inference import make_checkpoint
+from tests.serve.test_inference import make_checkpoint
 
 FINDINGS = ["No Finding", "Effusion", "Pneumonia", "Infiltration"]  # data=nih6 without Atelectasis and Edema
 NIH6 = ["data=nih6", f"data.options.findings=[{','.join(FINDINGS)}]"]

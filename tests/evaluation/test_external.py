@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lungnet import cli
-from lungnet.checkpoint import read_checkpoint
+from lungnet.artifacts.checkpoint import read_checkpoint
+from lungnet.commands import audit as audit_cmd
+from lungnet.commands import evaluate as evaluate_cmd
 from lungnet.data.sources import DataError
 from lungnet.data.synthetic import generate
-from lungnet.evaluation.run import evaluate
-from lungnet.training import train
+from lungnet.evaluation.pipeline import evaluate
+from lungnet.train.training import train
 from tests.conftest import compose_cfg, run_cli
 from tests.evaluation.conftest import FAST_EVAL, TINY
 
@@ -163,18 +164,18 @@ def test_command_line_refusals_are_one_line_exit_2_and_leave_no_run_folder(
     fast = ["bootstrap.resamples=50"]
     cases = [
         (
-            cli.evaluate,
+            evaluate_cmd.main,
             [f"ckpt={tiny_ckpt}", "data=darkcovidnet", f"data.root={darkcovidnet_folder}", "split=all"],
             "have no finding in common",
         ),
         (
-            cli.evaluate,
+            evaluate_cmd.main,
             [f"ckpt={ckpt}", f"data.root={seen}", "split=all", "explain.n=0"],
             "6 of 6 evaluated images are copies",
         ),
-        (cli.audit, [f"ckpt={ckpt}", f"data.root={seen}", "split=all"], "6 of 6 evaluated images are copies"),
-        (cli.evaluate, [f"ckpt={ckpt}", "audit.center=1.5"], "audit.center=1.5 must be in (0, 1)"),
-        (cli.audit, [f"ckpt={ckpt}", "audit=false"], "audit=false switches the audit off"),
+        (audit_cmd.main, [f"ckpt={ckpt}", f"data.root={seen}", "split=all"], "6 of 6 evaluated images are copies"),
+        (evaluate_cmd.main, [f"ckpt={ckpt}", "audit.center=1.5"], "audit.center=1.5 must be in (0, 1)"),
+        (audit_cmd.main, [f"ckpt={ckpt}", "audit=false"], "audit=false switches the audit off"),
     ]
     out = tmp_path / "out"
     for command, args, expected in cases:

@@ -11,15 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
-from lungnet import cli
-from lungnet.checkpoint import load_model
+from lungnet.artifacts.checkpoint import load_model
+from lungnet.commands import compare as compare_cmd
+from lungnet.commands import evaluate as evaluate_cmd
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.sources import DataError
 from lungnet.data.splits import split_fingerprint
 from lungnet.evaluation.compare import compare
 from lungnet.evaluation.eval_data import build_eval_data
-from lungnet.evaluation.run import evaluate
-from lungnet.training import train
+from lungnet.evaluation.pipeline import evaluate
+from lungnet.train.training import train
 from tests.conftest import compose_cfg, run_cli
 from tests.evaluation.conftest import FAST_EVAL, TINY
 
@@ -86,12 +87,12 @@ def test_other_split_seeds_are_refused_before_any_model_runs(sweep, tmp_path, mo
         raise AssertionError("a model ran before the splits were checked")
 
     monkeypatch.setattr("lungnet.evaluation.compare.evaluate_with_predictions", never)
-    monkeypatch.setattr("lungnet.evaluation.run.build_eval_data", never)
+    monkeypatch.setattr("lungnet.evaluation.pipeline.build_eval_data", never)
     runs = f"[{_ckpt(sweep / 'multirun' / '1_seed1')},{_ckpt(sweep / 'split2')}]"
-    line = _refused(cli.compare, [f"runs={runs}", "split=val"], tmp_path / "c", monkeypatch, capfd)
+    line = _refused(compare_cmd.main, [f"runs={runs}", "split=val"], tmp_path / "c", monkeypatch, capfd)
     assert "runs 1_seed1 and split2 hold different val splits (split_seed 42 vs 2): train them with the same " in line
     assert "allow_different_images=true" in line
-    line = _refused(cli.evaluate, [f"ckpt={runs}", "split=test"], tmp_path / "e", monkeypatch, capfd)
+    line = _refused(evaluate_cmd.main, [f"ckpt={runs}", "split=test"], tmp_path / "e", monkeypatch, capfd)
     assert "Ensemble members 1_seed1 and split2 hold different test splits (split_seed 42 vs 2)" in line
 
 

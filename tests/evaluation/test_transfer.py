@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from lungnet.commands.transfer import data_names
 from lungnet.data.synthetic import generate
-from lungnet.evaluation.transfer import data_names, transfer
-from lungnet.training import train
+from lungnet.evaluation.generalisation import transfer
+from lungnet.train.training import train
 from tests.conftest import ROOT, compose_cfg
 from tests.evaluation.conftest import TINY
 

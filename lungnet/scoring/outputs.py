@@ -1,0 +1,128 @@
+"""Run a model over a DataLoader and tabulate its predictions."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from lungnet.data.labels import DEFAULT_THRESHOLD
+from lungnet.data.preprocessing import logits_to_probs
+from lungnet.scoring.ood import gate_inputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outputs:
+    """A model's outputs on one split.
+
+    Attributes:
+        name: the split.
+        probs: (N, C) probabilities (softmax, or sigmoid for multi-label), uncalibrated.
+        targets: (N,) class indices or (N, C) multi-label targets.
+        paths: image files.
+        logits: (N, C) logits.
+        features: (N, D + THUMB**2) OOD gate inputs (`lungnet.scoring.ood.gate_inputs`: pooled backbone features, then a
+            thumbnail of the model input), when asked for.
+    """
+
+    name: str
+    probs: np.ndarray
+    targets: np.ndarray
+    paths: list[str]
+    logits: np.ndarray
+    features: np.ndarray | None = None
+
+
+@torch.no_grad()
+def model_outputs(
+    model: nn.Module,
+    loader: DataLoader,
+    multilabel: bool,
+    device: str | torch.device = "cpu",
+    desc: str = "Predicting",
+    features: bool = False,
+    name: str = "",
+) -> Outputs:
+    """Logits, probabilities, targets, paths (and penultimate features) for every item of ``loader``.
+
+    Args:
+        features: also keep ``model.backbone``'s pooled features (lungnet `Classifier`: head(backbone(x))).
+    """
+    model = model.to(device).eval()
+    logits, feats, targets, paths = [], [], [], []
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        x = batch["image"].to(device)
+        if features:
+            f = model.backbone(x)
+            feats.append(gate_inputs(f, x))
+            z = model.head(f)
+        else:
+            z = model(x)
+        logits.append(z.float().cpu().numpy())
+        targets.append(batch["target"].numpy())
+        paths += list(batch["path"])
+    z = np.concatenate(logits)
+    return Outputs(
+        name,
+        logits_to_probs(z, multilabel),
+        np.concatenate(targets),
+        paths,
+        z,
+        np.concatenate(feats) if feats else None,
+    )
+
+
+def predict_loader(
+    model: nn.Module, loader: DataLoader, multilabel: bool, device: str | torch.device = "cpu", desc: str = "Predicting"
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Probabilities, targets and paths for every item of ``loader`` (with a progress bar).
+
+    Returns:
+        (probs (N, C), targets (N,) or (N, C), paths).
+    """
+    out = model_outputs(model, loader, multilabel, device, desc)
+    return out.probs, out.targets, out.paths
+
+
+def predictions_table(
+    paths: list[str],
+    probs: np.ndarray,
+    targets: np.ndarray | None,
+    labels: list[str],
+    multilabel: bool,
+) -> pd.DataFrame:
+    """One row per image: file, true label(s), predicted label, probability per class.
+
+    Single-label: ``predicted`` is the arg-max. Multi-label: ``predicted`` lists findings with probability at or
+    above `lungnet.data.labels.DEFAULT_THRESHOLD` (the decision record's thresholds decide in
+    `lungnet.artifacts.decision`).
+    """
+    table = pd.DataFrame({"path": paths})
+    if targets is not None:
+        if multilabel:
+            table["true"] = [
+                "|".join(lab for lab, t in zip(labels, row, strict=True) if t == 1) or "No Finding" for row in targets
+            ]
+        else:
+            table["true"] = [labels[int(t)] for t in targets]
+    if multilabel:
+        table["predicted"] = [
+            "|".join(lab for lab, p in zip(labels, row, strict=True) if p >= DEFAULT_THRESHOLD) or "No Finding"
+            for row in probs
+        ]
+    else:
+        table["predicted"] = [labels[int(i)] for i in probs.argmax(1)]
+        table["confidence"] = probs.max(1)
+    if targets is not None and not multilabel:
+        table["correct"] = table["true"] == table["predicted"]
+    for j, lab in enumerate(labels):
+        table[f"p_{lab}"] = probs[:, j]
+    return table

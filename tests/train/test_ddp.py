@@ -1,0 +1,87 @@
+"""Multi-process (DDP, gloo on CPU): metrics are synced across ranks and equal a single-process run."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from lungnet.train.training import train
+from tests.conftest import ROOT, compose_cfg, make_class_folders
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    # 8 val images per class -> 16: divisible by 2 ranks, so DistributedSampler adds no padding duplicates
+    data = make_class_folders(tmp / "pneu", ["NORMAL", "PNEUMONIA"], 8, ["train", "val"])
+    cfg = compose_cfg(
+        "train",
+        [
+            "data=pneumoniamnist",
+            f"data.root={data}",
+            "model=simple_cnn",
+            "data.image_size=32",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+        ],
+    )
+    train(cfg, tmp / "run")
+    return tmp / "run" / "checkpoints" / "best.ckpt"
+
+
+def _validate(ckpt, devices, out):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "ddp_validate.py"), str(ckpt), str(devices), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_ddp_metrics_equal_single_process(tiny_ckpt, tmp_path):
+    single = _validate(tiny_ckpt, 1, tmp_path / "one.json")
+    multi = _validate(tiny_ckpt, 2, tmp_path / "two.json")
+    assert multi["world_size"] == 2 and single["world_size"] == 1
+    for key in ("val/acc", "val/auroc", "val/f1", "val/loss"):
+        assert multi[key] == pytest.approx(single[key], abs=1e-5), key
+
+
+def test_train_py_with_two_ddp_processes_completes(tmp_path):
+    """python train.py trainer=ddp_cpu: 2 gloo processes train, rank 0 alone writes the run directory; rank 0 scans
+    the data set into its manifest, rank 1 reads it and scans nothing."""
+    out = tmp_path / "outputs"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "trainer=ddp_cpu",
+            "model=simple_cnn",
+            "data.image_size=32",
+            f"data.root={tmp_path / 'syn'}",
+            "data.options.n_per_class=12",
+            "data.options.size=48",
+            "trainer.max_epochs=1",
+            f"paths.log_dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [p for p in out.glob("*/*") if (p / "metrics.json").exists()]
+    assert len(runs) == 1
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["test"]["n"] > 0 and (runs[0] / "checkpoints" / "best.ckpt").exists()
+    logged = proc.stdout + proc.stderr
+    scanned = re.findall(r"manifest: 0 unchanged, (\d+) re-scanned", logged)  # rank 0, first use
+    read = re.findall(r"manifest: (\d+) unchanged, 0 re-scanned", logged)  # rank 1
+    assert scanned == ["48"] and read == ["48"], re.findall(r"manifest: .*", logged)
