@@ -45,7 +45,7 @@ def test_image_size_zero_is_refused_not_replaced_by_the_model_default():
     assert dm.image_size == 64  # null: the model's default
 
 
-@pytest.mark.parametrize("key", ["data.image_size", "data.downsample_to", "model.image_size"])
+@pytest.mark.parametrize("key", ["data.image_size", "data.downsample_to"])
 def test_image_sizes_have_one_stated_maximum(key):
     """The command line and a checkpoint's stored config share one limit, lungnet.schema.MAX_IMAGE_SIZE."""
     with pytest.raises(ConfigError, match=rf"{key}=60000 must be in \[8, {MAX_IMAGE_SIZE}\]"):

@@ -99,12 +99,6 @@ def model_files(ckpt) -> tuple[list[Path], Path | None]:
     return files, None
 
 
-def is_ensemble(ckpt) -> bool:
-    """True when ``ckpt`` names several models or an ensemble manifest (`model_files`)."""
-    files, manifest = model_files(ckpt)
-    return manifest is not None or len(files) > 1
-
-
 @dataclass
 class Member:
     """One checkpoint of an ensemble.

@@ -63,6 +63,16 @@ def make_source(cfg: dict) -> Source:
     return create_source(cfg["source"], cfg["root"], **dict(cfg.get("options") or {}))
 
 
+def resolve_image_size(data_cfg: dict, spec: ModelSpec) -> int:
+    """The input side a run trains and scores at: ``data.image_size``, or the model's own default when it is null.
+
+    The one place the setting is resolved (training writes the result back into its data config, so the checkpoint,
+    the datamodule and the preprocessing contract all hold the same number; the model spec calls it ``input_size``).
+    """
+    size = data_cfg.get("image_size")
+    return int(spec.input_size if size is None else size)
+
+
 class LungDataModule(pl.LightningDataModule):
     """Data for one run.
 
@@ -105,8 +115,7 @@ class LungDataModule(pl.LightningDataModule):
         self.source.may_generate = owns_data
         self.labels: list[str] = list(self.source.labels)
         self.multilabel = self.source.multilabel
-        size = self.cfg["image_size"]
-        self.image_size = int(spec.input_size if size is None else size)
+        self.image_size = resolve_image_size(self.cfg, spec)
         self.prepared_size = int(self.cfg["prepared_size"] or self.image_size)  # the prepared store's side
         self.owns_data = owns_data
         self.table: pd.DataFrame | None = None

@@ -20,7 +20,6 @@ import pandas as pd
 import torch
 
 from lungnet.artifacts.checkpoint import LoadedModel
-from lungnet.data.images import read_image
 from lungnet.data.labels import DEFAULT_THRESHOLD
 from lungnet.data.preprocessing import Preprocessing
 from lungnet.explain.base import ExplainError
@@ -36,6 +35,7 @@ from lungnet.explain.scoring import (
     wilson_interval,
 )
 from lungnet.io import write_csv, write_text
+from lungnet.scoring.outputs import file_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,9 @@ class PointingScores:
 
 def _detect(loaded: LoadedModel, cases: list[Case]) -> tuple[torch.Tensor, list[int], np.ndarray, list[bool]]:
     """(input batch, target classes, probabilities, detected) of the cases, with the checkpoint's preprocessing."""
-    pipeline = preprocessor(loaded)
-    device = next(loaded.model.parameters()).device
-    batch = torch.stack([pipeline(read_image(c.path)) for c in cases]).to(device)
+    paths = [c.path for c in cases]
+    probs, batch = file_probabilities(loaded.model, paths, preprocessor(loaded), loaded.multilabel, len(paths) or 1)
     targets = [c.class_index for c in cases]
-    with torch.no_grad():
-        probs = loaded.probabilities(loaded.model.eval()(batch)).float().cpu().numpy()
     if loaded.multilabel:
         detected = [bool(p[t] >= DEFAULT_THRESHOLD) for p, t in zip(probs, targets, strict=True)]
     else:

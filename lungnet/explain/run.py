@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from lungnet.explain.base import ExplainError
 from lungnet.explain.cams import make_explainer
 from lungnet.explain.overlay import save_grid, save_side_by_side
 from lungnet.io import write_csv
+from lungnet.scoring.outputs import file_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +75,6 @@ def image_table(images, loaded: LoadedModel) -> pd.DataFrame:
 
 
 @torch.no_grad()
-def predict_paths(loaded: LoadedModel, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
-    """Probabilities (N, K) for image files with the checkpoint's own preprocessing."""
-    pipeline, out = preprocessor(loaded), []
-    model = loaded.model.eval()
-    device = next(model.parameters()).device
-    for i in range(0, len(paths), batch_size):
-        batch = torch.stack([pipeline(read_image(p)) for p in paths[i : i + batch_size]]).to(device)
-        out.append(loaded.probabilities(model(batch)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(loaded.labels)), np.float32)
-
-
 def _judge(loaded: LoadedModel, probs: np.ndarray, truth, explained: int) -> tuple[str, str, float, str | None]:
     """(true text, predicted text, probability of the explained class, correct|wrong|None)."""
     labels = loaded.labels
@@ -179,7 +169,7 @@ def pick_images(loaded: LoadedModel, images, n: int, chosen: int | None, seed: i
     table = table.sample(frac=1.0, random_state=seed).head(MAX_CANDIDATES).reset_index(drop=True)
     if table.empty:
         raise ExplainError("No images to explain")
-    probs = predict_paths(loaded, table["path"].tolist())
+    probs, _ = file_probabilities(loaded.model, table["path"].tolist(), preprocessor(loaded), loaded.multilabel)
     explained = [chosen if chosen is not None else int(np.argmax(p)) for p in probs]
     judged = [_judge(loaded, p, t, e) for p, t, e in zip(probs, table["truth"], explained, strict=True)]
     table["true"], table["predicted"], table["probability"], table["verdict"] = zip(*judged, strict=True)

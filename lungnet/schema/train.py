@@ -107,9 +107,6 @@ class ModelConfig:
     drop_rate: float = opt(0.0, "dropout before the last linear layer", ge=0, lt=1)
     head_hidden: int = opt(0, ">0: a hidden dense layer of this width in the head", ge=0)
     cam_layer: str | None = opt(None, "Grad-CAM target layer (null: the model's own)")
-    image_size: int | None = opt(
-        None, "input size (null: the model's default, or data.image_size)", ge=8, le=MAX_IMAGE_SIZE
-    )
     cache_dir: str | None = opt("${oc.env:LUNGNET_CACHE,null}", "where hub downloads are cached")
 
 
@@ -262,6 +259,7 @@ class TrainConfig:
 
 # keys that were renamed or moved, with what replaces them (an old key gets this as its one-line error)
 RENAMED = {
+    "model.image_size": "data.image_size (the one input-size setting; null: the model's own default)",
     "optim": "the optimizer and scheduler groups: optimizer=adamw|adam|sgd, scheduler=cosine|plateau|none",
     "optim.name": "optimizer=adamw|adam|sgd (conf/optimizer/), or any class: optimizer._target_=torch.optim.RAdam",
     "optim.lr": "optimizer.lr",

@@ -1,4 +1,5 @@
-"""Run a model over a DataLoader and tabulate its predictions."""
+"""The one model-output loop: a model's probabilities over a DataLoader (`model_outputs`) or a batch of image files
+(`file_probabilities`), and the predictions table."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lungnet.data.images import read_image
 from lungnet.data.labels import DEFAULT_THRESHOLD
 from lungnet.data.preprocessing import logits_to_probs
 from lungnet.scoring.ood import gate_inputs
@@ -90,6 +92,25 @@ def predict_loader(
     """
     out = model_outputs(model, loader, multilabel, device, desc)
     return out.probs, out.targets, out.paths
+
+
+@torch.no_grad()
+def file_probabilities(
+    model: nn.Module, paths: list[str], transform, multilabel: bool, batch_size: int = 32
+) -> tuple[np.ndarray, torch.Tensor | None]:
+    """Probabilities (N, C) of image files read and transformed by ``transform`` (a checkpoint's preprocessing), and
+    the last input batch (the caller explains it).
+
+    For a few files in the main process (explanations pick and score a handful of images); a split goes through a
+    DataLoader with `model_outputs`.
+    """
+    model = model.eval()
+    device = next(model.parameters()).device
+    out, batch = [], None
+    for i in range(0, len(paths), batch_size):
+        batch = torch.stack([transform(read_image(p)) for p in paths[i : i + batch_size]]).to(device)
+        out.append(logits_to_probs(model(batch), multilabel).float().cpu().numpy())
+    return (np.concatenate(out) if out else np.zeros((0, 0), np.float32)), batch
 
 
 def predictions_table(

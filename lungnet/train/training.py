@@ -27,7 +27,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from lungnet.artifacts.checkpoint import CheckpointError, read_checkpoint
 from lungnet.artifacts.decision import decision_path, read_decision
 from lungnet.config_checks import pin_paths
-from lungnet.data.datamodule import LungDataModule, make_source, resolve_root
+from lungnet.data.datamodule import LungDataModule, make_source, resolve_image_size, resolve_root
 from lungnet.data.overlap import RecordImageHashes, image_hashes
 from lungnet.data.sources import Source
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
@@ -245,11 +245,10 @@ def build_module(cfg: DictConfig, source: Source, data_cfg: dict) -> LitClassifi
 def resolve_precision(cfg: DictConfig, data_cfg: dict, module: LitClassifier) -> PrecisionChoice:
     """Resolves ``trainer.precision=auto`` for this machine and input size into ``cfg.trainer`` (so config.yaml and
     the Trainer get the choice), and logs the choice with its reason; an explicit precision is kept."""
-    size = int(data_cfg.get("image_size") or module.spec.input_size)
     choice = choose_training_precision(
         cfg.trainer.get("precision", "32-true"),
         cfg.trainer.get("accelerator", "auto"),
-        size,
+        int(data_cfg["image_size"]),
         int(cfg.precision_auto.bf16_min_image_size),
     )
     with open_dict(cfg):
@@ -299,8 +298,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         source.check_root()
     validate_config(cfg, source)
     module = build_module(cfg, source, data_cfg)
+    data_cfg["image_size"] = resolve_image_size(data_cfg, module.spec)  # resolved once; everything below reads it
     precision = resolve_precision(cfg, data_cfg, module)
-    check_progressive_resize(cfg, int(data_cfg.get("image_size") or module.spec.input_size))
+    check_progressive_resize(cfg, data_cfg["image_size"])
     resume_from, expected = None, None
     if ckpt_path is not None:
         ckpt = read_checkpoint(ckpt_path)  # weights_only=True

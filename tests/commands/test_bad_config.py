@@ -192,7 +192,7 @@ BAD_VALUES = [
     ("model.in_chans=2", ["model.in_chans=2 must be one of: 1, 3"]),
     ("model.drop_rate=1.5", ["model.drop_rate=1.5 must be in [0, 1)"]),
     ("model.head_hidden=-1", ["model.head_hidden=-1 must be a number >= 0"]),
-    ("model.image_size=4", ["model.image_size=4 must be in [8, 4096], or null"]),
+    ("model.image_size=64", ["model.image_size no longer exists: use data.image_size"]),
     ("model.pretrained=maybe", ["model.pretrained='maybe' is not valid: it must be true or false"]),
     ("trainer.max_epochs=0", ["trainer.max_epochs=0 must be an integer >= 1"]),
     ("trainer.max_epochs=abc", ["trainer.max_epochs='abc' must be an integer >= 1"]),
