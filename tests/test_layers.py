@@ -49,6 +49,7 @@ LAYERS = {
     "lungnet.ensemble_manifest": 1,  # the ensemble.json format: its one reader, every value checked
     "lungnet.ensemble": 1,  # several checkpoints as one model: members, checks, manifest, averaging
     "lungnet.metrics": 1,
+    "lungnet.finetune": 1,  # model.weights=<a lungnet checkpoint>: its backbone and the head rows of shared findings
     "lungnet.module": 1,
     "lungnet.divergence": 1,  # a diverged run stops before it is saved (a callback and the checkpoint's check)
     "lungnet.callbacks": 1,
