@@ -18,8 +18,8 @@ from timm.data import Mixup
 from lungnet.data.batch_augment import BatchAugment
 from lungnet.data.transforms import Normalize
 from lungnet.errors import ConfigError
-from lungnet.metrics import mask_targets, metric_collection
 from lungnet.finetune import build_model
+from lungnet.metrics import mask_targets, metric_collection
 from lungnet.preprocessing import logits_to_probs
 
 log = logging.getLogger(__name__)
