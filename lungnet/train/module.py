@@ -19,8 +19,8 @@ from lungnet.data.batch_augment import BatchAugment
 from lungnet.data.preprocessing import logits_to_probs
 from lungnet.data.transforms import Normalize
 from lungnet.errors import ConfigError
-from lungnet.models.registry import create_model
 from lungnet.scoring.metrics import mask_targets, metric_collection
+from lungnet.train.finetune import build_model
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class LitClassifier(pl.LightningModule):
     """Chest X-ray classifier.
 
     Args:
-        model: model options for `create_model` (name, pretrained, weights, in_chans, ...).
+        model: model options for `lungnet.train.finetune.build_model` (name, pretrained, weights, in_chans, ...).
         labels: class names in output order.
         multilabel: sigmoid/BCE (NaN-masked) instead of softmax/CE.
         optimizer: a torch.optim class and its arguments (``_target_``, ``lr``, ...; ``conf/optimizer/``).
@@ -65,9 +65,9 @@ class LitClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        opts = {k: v for k, v in model.items() if k not in {"pretrained"}}
-        # weights are loaded only when training starts from scratch; a checkpoint restores them anyway
-        self.model = create_model(num_classes=len(labels), pretrained=bool(model.get("pretrained", False)), **opts)
+        # weights are loaded only when training starts from scratch; a checkpoint restores them anyway; from a lungnet
+        # checkpoint (model.weights=<ckpt>) the report says which outputs it started (lungnet.train.finetune)
+        self.model, self.weights_report = build_model(model, list(labels), (data or {}).get("source"))
         self.spec = self.model.spec
         self.hparams["spec"] = self.spec.to_dict()
         self.labels = list(labels)

@@ -337,6 +337,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if int(cfg.trainer.get("devices", 1) or 1) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_json(run_dir / "environment.json", {**run_facts(dm.table), "precision": precision.record()})
+        if module.weights_report is not None:  # model.weights=<a lungnet checkpoint>: which outputs it started
+            write_json(run_dir / "weights_report.json", module.weights_report)
     # weights_only=True: Lightning would otherwise unpickle arbitrary objects from the resumed file
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
     return finish(cfg, trainer, module, dm, run_dir)
