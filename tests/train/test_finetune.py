@@ -14,7 +14,7 @@ from lungnet.train.finetune import build_model, is_lungnet_checkpoint, match_out
 from lungnet.train.module import LitClassifier
 from lungnet.train.training import train
 from tests.conftest import TINY, compose_cfg
-from tests.test_inference import make_checkpoint
+from tests.serve.test_inference import make_checkpoint
 
 SIMPLE = {"name": "simple_cnn", "in_chans": 1, "drop_rate": 0.0, "head_hidden": 0, "pretrained": False}
 NIH = ["Effusion", "Pneumonia", "Atelectasis"]
