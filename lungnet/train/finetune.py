@@ -3,7 +3,8 @@
 A lungnet checkpoint (what ``train.py`` writes) is read like every checkpoint, ``weights_only=True`` and every stored
 value checked (`lungnet.artifacts.checkpoint.read_checkpoint`). Its architecture must be ``model.name``. The new
 model gets its backbone (and the head's hidden layer when ``model.head_hidden`` is the same) and, in the head's
-last layer, the row of every output whose finding it knows: the labels of both sides are mapped onto lungnet's finding vocabulary
+last layer, the row of every output whose finding it knows: the labels of both sides are mapped onto lungnet's finding
+vocabulary
 (`lungnet.data.findings.finding_of`, with each side's data source), so ``PNEUMONIA`` of a ``pneumonia`` model starts the
 ``Pneumonia`` output of an ``nih6`` model; a label with no finding matches only the same label. Every other output
 keeps its fresh initialisation. The report (`build_model`) says which outputs were carried over and which are
