@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -112,6 +113,11 @@ def offline_env(**extra: str) -> dict[str, str]:
     """This process's environment for a subprocess: offline (no waiting on the Hugging Face hub), Python's
     warnings off, and ``extra`` on top."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **extra}
+
+
+def command_main(name: str):
+    """The console-script function of command ``name`` (``lungnet.commands.<name>.main``)."""
+    return importlib.import_module(f"lungnet.commands.{name}").main
 
 
 def run_cli(command, args: list[str], monkeypatch) -> None:

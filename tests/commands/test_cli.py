@@ -18,7 +18,7 @@ import pytest
 from lungnet import io as lungnet_io
 from lungnet.commands import rundir
 from lungnet.commands import wrapper as cli
-from tests.conftest import ROOT, offline_env, run_cli
+from tests.conftest import ROOT, command_main, offline_env, run_cli
 
 # every entry point as a user starts it from a checkout, and an override that --cfg job must show
 ENTRY_POINTS = {
@@ -63,17 +63,21 @@ def test_every_entry_point_prints_hydra_help_and_exits_0(tmp_path):
 @pytest.mark.parametrize("name", ENTRY_POINTS)
 def test_cfg_job_shows_the_composed_config_with_overrides(name, monkeypatch, capsys):
     _, override, shown = ENTRY_POINTS[name]
-    run_cli(getattr(cli, name), ["--cfg", "job", override], monkeypatch)
+    run_cli(command_main(name), ["--cfg", "job", override], monkeypatch)
     out = capsys.readouterr().out
     assert shown in out and not out.startswith("hydra:") and "\nhydra:" not in out, out  # the job, no hydra node
 
 
 def test_bad_command_line_is_one_line_and_exit_2(tmp_path, monkeypatch, caplog):
     for command, args, expected in [
-        (cli.evaluate, ["ckpt=x", "bogus=2"], "bogus is not an option here"),
-        (cli.train, ["data=mnist"], "data=mnist is not an option; choose one of: cxr4, darkcovidnet"),
-        (cli.export, ["ckpt"], "cannot parse the command line: Error parsing override 'ckpt' (key=value"),
-        (cli.predict, ["ckpt=x", "input=y", "explain.n=0"], "cannot set explain.n=0: a key above it is null"),
+        (command_main("evaluate"), ["ckpt=x", "bogus=2"], "bogus is not an option here"),
+        (command_main("train"), ["data=mnist"], "data=mnist is not an option; choose one of: cxr4, darkcovidnet"),
+        (command_main("export"), ["ckpt"], "cannot parse the command line: Error parsing override 'ckpt' (key=value"),
+        (
+            command_main("predict"),
+            ["ckpt=x", "input=y", "explain.n=0"],
+            "cannot set explain.n=0: a key above it is null",
+        ),
     ]:
         caplog.clear()
         with pytest.raises(SystemExit) as exc:
@@ -89,7 +93,9 @@ def test_an_in_process_run_leaves_the_logging_setup_as_it_found_it(tmp_path, mon
     root = logging.getLogger()
     before = (root.handlers[:], root.level)
     with pytest.raises(SystemExit):
-        run_cli(cli.evaluate, [f"ckpt={tmp_path / 'missing.ckpt'}", f"paths.log_dir={tmp_path}"], monkeypatch)
+        run_cli(
+            command_main("evaluate"), [f"ckpt={tmp_path / 'missing.ckpt'}", f"paths.log_dir={tmp_path}"], monkeypatch
+        )
     assert (root.handlers, root.level) == before  # no handler left on a stream that closes with this test
 
 
@@ -111,14 +117,14 @@ def test_refused_calls_leave_no_run_folder(tmp_path, monkeypatch):
     out = tmp_path / "outputs"
     missing = tmp_path / "missing.ckpt"
     for command, args in [
-        (cli.evaluate, [f"ckpt={missing}"]),
-        (cli.evaluate, []),  # ckpt not given
-        (cli.predict, [f"ckpt={missing}", f"input={tmp_path}"]),
-        (cli.compare, [f"runs={tmp_path / 'nowhere'}"]),
-        (cli.train, ["data=pneumonia", f"data.root={tmp_path / 'nowhere'}"]),
-        (cli.explain, [f"ckpt={missing}"]),
-        (cli.audit, [f"ckpt={missing}"]),
-        (cli.transfer, [f"runs={tmp_path / 'nowhere'}"]),
+        (command_main("evaluate"), [f"ckpt={missing}"]),
+        (command_main("evaluate"), []),  # ckpt not given
+        (command_main("predict"), [f"ckpt={missing}", f"input={tmp_path}"]),
+        (command_main("compare"), [f"runs={tmp_path / 'nowhere'}"]),
+        (command_main("train"), ["data=pneumonia", f"data.root={tmp_path / 'nowhere'}"]),
+        (command_main("explain"), [f"ckpt={missing}"]),
+        (command_main("audit"), [f"ckpt={missing}"]),
+        (command_main("transfer"), [f"runs={tmp_path / 'nowhere'}"]),
     ]:
         with pytest.raises(SystemExit) as exc:
             run_cli(command, [*args, f"paths.log_dir={out}"], monkeypatch)
@@ -131,7 +137,7 @@ def test_run_directory_may_use_hydra_interpolations(tmp_path, monkeypatch, capsy
     out = tmp_path / "outputs"
     args = [f"ckpt={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={out}/${{hydra:job.name}}"]
     with pytest.raises(SystemExit) as exc:
-        run_cli(cli.evaluate, args, monkeypatch)
+        run_cli(command_main("evaluate"), args, monkeypatch)
     assert exc.value.code == 2 and "missing.ckpt: not found" in "".join(capsys.readouterr())
     assert not out.exists()
 
@@ -144,7 +150,9 @@ def test_a_folder_that_existed_or_holds_run_files_is_never_removed(tmp_path, mon
     mine.mkdir()  # empty, but the user's
     for folder in (run, mine):
         with pytest.raises(SystemExit) as exc:
-            run_cli(cli.evaluate, [f"ckpt={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={folder}"], monkeypatch)
+            run_cli(
+                command_main("evaluate"), [f"ckpt={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={folder}"], monkeypatch
+            )
         assert exc.value.code == 2 and folder.is_dir()
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"x"
 
@@ -260,7 +268,7 @@ def test_a_diverged_trial_fails_alone_and_the_sweep_goes_on(tmp_path, monkeypatc
     sweep = tmp_path / "sweep"
     args = ["-m", "optimizer=sgd", "optimizer.lr=100,0.01", f"hydra.sweep.dir={sweep}"]
     args += ["hydra.sweep.subdir=${hydra.job.num}", f"data.root={tmp_path / 'syn'}", "data.options.n_per_class=10"]
-    run_cli(cli.train, [*args, *TINY], monkeypatch)  # no SystemExit: the sweep finished
+    run_cli(command_main("train"), [*args, *TINY], monkeypatch)  # no SystemExit: the sweep finished
     logs = "".join((sweep / str(k) / "train.log").read_text() for k in (0, 1))  # Hydra sets each job's logging
     errors = [line for line in logs.splitlines() if "[ERROR]" in line]
     assert len(errors) == 1 and "] - TrainingDiverged: Training diverged: " in errors[0], errors

@@ -13,11 +13,10 @@ import pytest
 import yaml
 
 from lungnet.commands import rundir
-from lungnet.commands import wrapper as cli
 from lungnet.commands.preflight import optimized_value
 from lungnet.errors import ConfigError
 from lungnet.models.names import library_names, unknown_model
-from tests.conftest import ROOT, offline_env, run_cli
+from tests.conftest import ROOT, command_main, offline_env, run_cli
 
 # command -> (a config-level mistake, the words its one line must hold); {ckpt} exists, {dir} is an existing folder
 REFUSALS = {
@@ -48,7 +47,7 @@ def test_a_config_level_refusal_is_one_line_exit_2_and_leaves_no_folder(name, tm
         args.append(f"paths.log_dir={outputs}")
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="lungnet"), pytest.raises(SystemExit) as exc:
-        run_cli(getattr(cli, name), args, monkeypatch)
+        run_cli(command_main(name), args, monkeypatch)
     assert exc.value.code == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     said = capsys.readouterr()
@@ -69,7 +68,8 @@ def test_refusals_come_before_torch_loads(tmp_path):
     (tmp_path / "best.ckpt").write_bytes(b"x")
     code = (
         "import atexit, sys; atexit.register(lambda: print('TORCH', 'torch' in sys.modules)); "
-        "from lungnet import cli; sys.argv = ['x'] + sys.argv[1:]; getattr(cli, sys.argv.pop(1))()"
+        "import importlib; sys.argv = ['x'] + sys.argv[1:]; "
+        "importlib.import_module('lungnet.commands.' + sys.argv.pop(1)).main()"
     )
     for args in (
         ["evaluate", f"ckpt={tmp_path / 'best.ckpt'}", "split=valid"],
@@ -93,13 +93,13 @@ def test_refusals_come_before_torch_loads(tmp_path):
 
 # the README's checkout forms ``python -m <module>`` -> the command REFUSALS holds its mistake under
 MODULE_COMMANDS = {
-    "lungnet.serve.app": "app",
-    "lungnet.evaluation.audit_job": "audit",
-    "lungnet.evaluation.folds": "crossval",
-    "lungnet.evaluation.generalisation": "transfer",
+    "lungnet.app": "app",
+    "lungnet.audit": "audit",
+    "lungnet.evaluation.crossval": "crossval",
+    "lungnet.evaluation.transfer": "transfer",
     "lungnet.explain": "explain",
-    "lungnet.serve.export": "export",
-    "lungnet.data.prepare": None,  # no ckpt: a data root that is no folder
+    "lungnet.export": "export",
+    "lungnet.prepare": None,  # no ckpt: a data root that is no folder
 }
 
 
@@ -130,7 +130,7 @@ def test_python_m_forms_refuse_and_help_before_torch_loads(module, tmp_path):
 
 @pytest.mark.parametrize("name", ["evaluate", "predict", "compare", "audit", "transfer"])
 def test_help_lists_only_the_groups_the_command_reads(name, monkeypatch, capsys):
-    run_cli(getattr(cli, name), ["--help"], monkeypatch)
+    run_cli(command_main(name), ["--help"], monkeypatch)
     out = capsys.readouterr().out
     assert f"Usage: lungnet-{name}" in out and "== " in out
     for training_only in ("callbacks:", "debug:", "hparams_search:", "experiment:", "optimizer:"):
@@ -139,7 +139,7 @@ def test_help_lists_only_the_groups_the_command_reads(name, monkeypatch, capsys)
 
 
 def test_train_help_lists_its_groups_and_overrides_show(monkeypatch, capsys):
-    run_cli(cli.train, ["seed=7", "--help"], monkeypatch)
+    run_cli(command_main("train"), ["seed=7", "--help"], monkeypatch)
     out = capsys.readouterr().out
     assert "hparams_search: " in out and "model: densenet121" in out and " _base" not in out
     assert "seed: 7" in out
@@ -182,6 +182,6 @@ def test_a_search_maximises_the_metric_optimized_metric_names(tmp_path, monkeypa
     sweep = tmp_path / "sweep"
     args = ["-m", "hparams_search=synthetic_optuna", "hydra.sweeper.n_trials=2", "optimized_metric=val/f1_macro"]
     args += [f"hydra.sweep.dir={sweep}", f"paths.log_dir={tmp_path}", f"data.root={tmp_path / 'syn'}"]
-    run_cli(cli.train, args, monkeypatch)
+    run_cli(command_main("train"), args, monkeypatch)
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(0.6)

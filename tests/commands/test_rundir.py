@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from lungnet.commands import rundir
-from lungnet.commands import wrapper as cli
-from tests.conftest import ROOT, TINY, offline_env, run_cli
+from tests.conftest import ROOT, TINY, command_main, offline_env, run_cli
 
 # a second process that takes the run directory's lock the way a command does, and keeps it until killed
 HOLD = (
@@ -48,7 +47,7 @@ def test_a_second_training_in_a_run_directory_in_use_is_refused_before_writing(h
     run, pid = held
     before = sorted(run.iterdir())
     with pytest.raises(SystemExit) as exc:
-        run_cli(cli.train, [*TINY, f"hydra.run.dir={run}"], monkeypatch)
+        run_cli(command_main("train"), [*TINY, f"hydra.run.dir={run}"], monkeypatch)
     assert exc.value.code == 2
     out = capsys.readouterr()
     (message,) = [line for line in (out.out + out.err).splitlines() if line.strip()]
@@ -86,7 +85,9 @@ def test_a_command_run_in_process_lets_go_of_its_run_directory(tmp_path, monkeyp
     run.mkdir()
     for _ in range(2):  # the second call finds the directory free again
         with pytest.raises(SystemExit) as exc:
-            run_cli(cli.evaluate, [f"ckpt={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={run}"], monkeypatch)
+            run_cli(
+                command_main("evaluate"), [f"ckpt={tmp_path / 'missing.ckpt'}", f"hydra.run.dir={run}"], monkeypatch
+            )
         assert exc.value.code == 2 and rundir._locks == {}
         assert not (run / rundir.LOCK_NAME).exists()
 
