@@ -6,17 +6,18 @@ with a paired bootstrap that resamples whole patients (ids from the first run's 
 other question: how much does the protocol, not the recipe, move the pooled estimate?
 
 Example:
-    python bench/cv_protocols.py outputs/cv_grouped outputs/live14 --out outputs/cv_protocols.json
+    python -m bench.studies.cv_protocols outputs/cv_grouped outputs/live14 --out outputs/cv_protocols.json
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 
 import numpy as np
-from cv_common import log_differences, out_of_fold, pair_args  # bench/, beside this script
 
+from bench.common.cli import main
+from bench.common.cv_common import add_pair_arguments, log_differences, out_of_fold
 from lungnet.evaluation import stats
 from lungnet.evaluation.crossval import oof_arrays, patient_groups
 
@@ -53,18 +54,22 @@ def compare(first: str, second: str, resamples: int = 1000) -> dict:
     }
 
 
-def main() -> None:
-    args = pair_args(
-        __doc__,
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The two cross-validations to pair."""
+    add_pair_arguments(
+        parser,
         "a cross-validation multirun folder (its split files name the patients)",
         "another cross-validation of the same images",
     )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Pairs the two protocols image by image."""
     result = compare(args.first, args.second, args.resamples)
     log_differences(result["metrics"])
     log.info("%d images, %s patient groups resampled", result["images"], result["patients"])
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    main("cv_protocols", __doc__, add_arguments, run)

@@ -1,6 +1,6 @@
 """Per-finding AUROC of an NIH evaluation, overall and within each native image size (a shortcut check).
 
-    python bench/nih_size_confound.py outputs/eval/<date>/<time>/predictions.csv
+    python -m bench.studies.nih_size_confound outputs/eval/<date>/<time>/predictions.csv
 
 The NIH sample in ../shared/data/nih mixes 64 px and 256 px images, and the two sizes do not carry the
 same findings (Pneumonia images are almost all 256 px, Emphysema ones mostly 64 px). A model can score
@@ -12,16 +12,15 @@ a number may come from the shortcut.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lungnet.evaluation.report import fmt, table  # noqa: E402
-from lungnet.evaluation.stats import binary_auroc as auroc  # noqa: E402
+from bench.common.cli import main
+from lungnet.evaluation.report import fmt, table
+from lungnet.evaluation.stats import binary_auroc as auroc
 
 
 def native_width(path: str) -> int:
@@ -30,10 +29,13 @@ def native_width(path: str) -> int:
         return image.size[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The NIH evaluation's predictions."""
     parser.add_argument("predictions", type=Path, help="predictions.csv of evaluate.py on an nih14 checkpoint")
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace) -> dict:
+    """AUROC per finding overall, per native size, and of the size alone; the printed table."""
     preds = pd.read_csv(args.predictions)
     sizes = np.array([native_width(p) for p in preds["path"]])
     native = sorted(set(sizes.tolist()))
@@ -49,7 +51,8 @@ def main() -> None:
     print(f"{args.predictions} ({len(preds)} images; {counts})\n")
     header = ["finding", "positives", "AUROC all", *[f"AUROC {n} px (positives)" for n in native], "size alone"]
     print(table(header, rows))
+    return {"predictions": str(args.predictions), "counts": counts, "header": header, "rows": rows}
 
 
 if __name__ == "__main__":
-    main()
+    main("nih_size_confound", __doc__, add_arguments, run)

@@ -8,15 +8,14 @@ passes only), so it ranks backbones before paying for fine-tuning; it does not p
 accuracy exactly.
 
 Example:
-    python bench/linear_probe.py --data darkcovidnet --data-root ../shared/data/darkcovidnet \
+    python -m bench.studies.linear_probe --data darkcovidnet --data-root ../shared/data/darkcovidnet \
         --models efficientnet_lite0,efficientnet_lite1,efficientnet_lite2 --image-size 224 \
-        --out docs/linear_probe_darkcovidnet.json
+        --out bench/results/linear_probe_darkcovidnet.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,13 +26,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from sklearn.linear_model import LogisticRegression
 
+from bench.common.cli import ROOT, main
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.splits import kfold
 from lungnet.evaluation import stats
 from lungnet.models.registry import create_model
 
 log = logging.getLogger("bench.linear_probe")
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = ROOT / "conf"
 
 
 def _config(model: str, data: str, root: str, image_size: int | None) -> dict:
@@ -70,18 +70,19 @@ def probe(feats: np.ndarray, y: np.ndarray, table, folds: int, seed: int, c: flo
     return probs
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data set, the backbones, the input size and the probe's folds and strength."""
     parser.add_argument("--data", required=True, help="data config name, e.g. darkcovidnet")
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--models", default="efficientnet_lite0", help="comma-separated model config names")
     parser.add_argument("--image-size", type=int, default=None, help="default: each model's own input size")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--C", type=float, default=0.1, help="inverse L2 strength of the logistic regression")
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.manual_seed(0)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Features, probe and pooled out-of-fold scores per model."""
+    torch.manual_seed(args.seed)
     results = {}
     for model in args.models.split(","):
         start = time.perf_counter()
@@ -103,10 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     for model, r in results.items():
         cells = [f"{r[m]['value']:.3f} [{r[m]['lo']:.3f}, {r[m]['hi']:.3f}]" for m in ("accuracy", "auroc_macro")]
         print(f"| {model} | {r['image_size']} | {cells[0]} | {cells[1]} | {r['feature_seconds']:.0f} |")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    main("linear_probe", __doc__, add_arguments, run)

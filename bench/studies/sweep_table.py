@@ -1,6 +1,6 @@
 """A Hydra sweep (e.g. an Optuna search) as one markdown table: each trial's swept values and validation metrics.
 
-    python bench/sweep_table.py outputs/multirun/<date>/<time> [--out table.md]
+    python -m bench.studies.sweep_table outputs/multirun/<date>/<time> [--out table.json]   # the table: table.md
 
 Reads each job folder's ``.hydra/overrides.yaml`` (the values the sweeper chose; overrides shared by every job are
 listed once above the table), ``metrics.json`` (``val`` accuracy and macro AUROC of the selected checkpoint, the
@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
+
+from bench.common.cli import main
 
 log = logging.getLogger("sweep_table")
 STAMP = re.compile(r"^\[(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}),\d+\]")
@@ -77,23 +79,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sweep directory."""
     parser.add_argument("sweep", type=Path, help="the sweep directory (hydra.sweep.dir)")
-    parser.add_argument("--out", type=Path, help="also write the table here")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The sweep's table, logged and written beside ``--out`` as .md; the record holds the jobs."""
     jobs = [p for p in args.sweep.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()]
     if not jobs:
         raise SystemExit(f"{args.sweep}: no job folders (with .hydra/overrides.yaml) found; pass a sweep directory")
-    text = table([read_job(j) for j in jobs])
+    rows = [read_job(j) for j in jobs]
+    text = table(rows)
     results = args.sweep / "optimization_results.yaml"
     if results.is_file():
         text += "\n`optimization_results.yaml`:\n\n```yaml\n" + results.read_text() + "```\n"
-    if args.out:
-        args.out.write_text(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text)
     log.info("%s", text)
+    return {"sweep": str(args.sweep), "jobs": rows}
 
 
 if __name__ == "__main__":
-    main()
+    main("sweep_table", __doc__, add_arguments, run)

@@ -2,7 +2,7 @@
 the setup scan (issue #27): each image is a real NIH image of ``../shared/data/nih`` resized to ``--size`` px with a
 seeded small rotation, shift, gain and flip, so every file has distinct bytes.
 
-    python bench/nih_like.py --out /tmp/nihlike --n 2000 --size 1024 --seed 0
+    python -m bench.common.nih_like --dest /tmp/nihlike --n 2000 --size 1024 --seed 0
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.common.cli import ROOT, main
+
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).resolve().parents[2] / "shared/data/nih"
+SOURCE = ROOT.parent / "shared/data/nih"
 COLUMNS = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID"]
 
 
@@ -49,17 +51,19 @@ def generate(src: Path, out: Path, n: int, size: int, seed: int) -> None:
     log.info("Wrote %d images of %d px to %s", n, size, out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generator's options: the source set, the destination folder, the count and the size."""
     parser.add_argument("--src", default=str(SOURCE))
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--dest", required=True, help="the folder to write images/ and Data_Entry_2017.csv into")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    generate(Path(args.src), Path(args.out), args.n, args.size, args.seed)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Generates the set; the record names it."""
+    generate(Path(args.src), Path(args.dest), args.n, args.size, args.seed)
+    return {"dest": args.dest, "n": args.n, "size": args.size, "seed": args.seed}
 
 
 if __name__ == "__main__":
-    main()
+    main("nih_like", __doc__, add_arguments, run)

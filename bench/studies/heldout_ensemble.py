@@ -11,19 +11,20 @@ Example:
         hydra.run.dir=outputs/ho_single
     python train.py -m experiment=darkcovidnet_best data.root=../shared/data/darkcovidnet data.test_fraction=0.2 \
         data.cv_folds=5 data.cv_fold=0,1,2,3,4 hydra.sweep.dir=outputs/ho_cv
-    python bench/heldout_ensemble.py outputs/ho_cv outputs/ho_single --out outputs/heldout_ensemble.json
+    python -m bench.studies.heldout_ensemble outputs/ho_cv outputs/ho_single --out outputs/heldout_ensemble.json
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from cv_common import checked_folds, log_differences, pair_args  # bench/, beside this script
 
+from bench.common.cli import main
+from bench.common.cv_common import add_pair_arguments, checked_folds, log_differences
 from lungnet.evaluation import stats
 from lungnet.evaluation.crossval import oof_arrays, patient_groups
 from lungnet.metrics import compute_metrics
@@ -79,19 +80,23 @@ def compare(cv_runs: str, single_run: str, resamples: int = 1000) -> dict:
     }
 
 
-def main() -> None:
-    args = pair_args(
-        __doc__,
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cross-validation and the single run to pair."""
+    add_pair_arguments(
+        parser,
         "a cross-validation multirun folder trained with data.test_fraction",
         "one run of the same recipe, data.split_seed and data.test_fraction",
     )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Pairs the fold ensemble with the single model on the held-out images."""
     result = compare(args.first, args.second, args.resamples)
     for name, metrics in result["paired"].items():
         log_differences(metrics, f"{name} ", ("accuracy", "auroc_macro", "loss"))
     log.info("%d test images, %s patient groups resampled", result["images"], result["patient_groups"])
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    main("heldout_ensemble", __doc__, add_arguments, run)

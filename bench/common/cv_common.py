@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -14,33 +13,27 @@ from lungnet.evaluation.crossval import check_folds, find_fold_runs, load_fold
 log = logging.getLogger("bench")
 
 
-def cv_args(doc: str, runs_help: str, extra: dict[str, str] | None = None) -> argparse.Namespace:
-    """Parses ``runs [--data-root] [--threads] [--resamples] [--out]`` and the ``extra`` options (flag: help, each
-    taking one value, default None); sets up logging and torch's threads."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+def add_cv_arguments(parser: argparse.ArgumentParser, runs_help: str, extra: dict[str, str] | None = None) -> None:
+    """Adds ``runs [--data-root] [--threads] [--resamples]`` and the ``extra`` options (flag: help, each taking one
+    value, default None) to the shared bench parser (`bench.common.cli`)."""
     parser.add_argument("runs", help=runs_help)
     parser.add_argument("--data-root", default=None, help="the data folder, when it moved since training")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
     for flag, text in (extra or {}).items():
         parser.add_argument(flag, default=None, help=text)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Sets torch's threads to ``--threads``."""
     torch.set_num_threads(args.threads)
-    return args
 
 
-def pair_args(doc: str, first_help: str, second_help: str) -> argparse.Namespace:
-    """Parses ``first second [--resamples] [--out]`` (two runs to pair) and sets up logging."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+def add_pair_arguments(parser: argparse.ArgumentParser, first_help: str, second_help: str) -> None:
+    """Adds ``first second [--resamples]`` (two runs to pair) to the shared bench parser."""
     parser.add_argument("first", help=first_help)
     parser.add_argument("second", help=second_help)
     parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return args
 
 
 def log_differences(metrics: dict[str, dict], name: str = "", keys: tuple[str, ...] | None = None) -> None:

@@ -1,6 +1,6 @@
 """How a checkpoint's OOD gate behaves, and how variants of it would: flag rates on inputs it must flag and must pass.
 
-    python bench/ood_study.py <ckpt> [--other DIR ...] [--reduced DIR ...] [--medmnist DIR ...] [--variants]
+    python -m bench.studies.ood_study <ckpt> [--other DIR ...] [--reduced DIR ...] [--medmnist DIR ...] [--variants]
 
 Features come from the checkpoint's own split files (``<run>/splits/{train,val,test}.csv``) through the
 evaluation pipeline (`lungnet.inference.Predictor`), cached under ``outputs/ood_cache``. The gate is fitted on the
@@ -21,7 +21,7 @@ The table is logged (stderr); progress lines too.
 the energy score of the logits, the pooled features alone as before the image part), each fitted and thresholded the
 same way (a gate of two parts: each at the 0.975 quantile, flagged when either flags); ``--grid 2`` one on the
 backbone's last feature map averaged into 2 x 2 cells (globally pooled features hardly change when a film is rotated).
-Results go to docs/decisions.md.
+Discussed in docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,13 +40,12 @@ from scipy.special import logsumexp
 from skimage import data as skdata
 from skimage.transform import resize
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ood_rates import PHOTOS, gray  # noqa: E402
-
-from lungnet.data.images import read_image  # noqa: E402
-from lungnet.decision import sha256_file  # noqa: E402
-from lungnet.inference import Predictor  # noqa: E402
-from lungnet.ood import THUMB, ImageGate, OodGate, layout  # noqa: E402
+from bench.common.cli import main
+from bench.studies.ood_rates import PHOTOS, gray
+from lungnet.data.images import read_image
+from lungnet.decision import sha256_file
+from lungnet.inference import Predictor
+from lungnet.ood import THUMB, ImageGate, OodGate, layout
 
 log = logging.getLogger("ood_study")
 CACHE = Path("outputs/ood_cache")
@@ -57,7 +55,7 @@ QUANTILE = 0.95
 def medmnist_like(image: np.ndarray, side: int = 28) -> np.ndarray:
     """MedMNIST v2's PneumoniaMNIST preparation: centre square crop of the short side, reduced to ``side`` px
     (anti-aliased; the 16 Kermany validation images prepared so match their PneumoniaMNIST copies to ~3 grey levels
-    of 255, `bench/kermany_in_pneumoniamnist.py`)."""
+    of 255, `bench.studies.kermany_in_pneumoniamnist`)."""
     h, w = image.shape
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
@@ -230,8 +228,8 @@ def views(pred: Predictor, held: list[str], args: argparse.Namespace) -> dict[st
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The checkpoint, other image folders and the gate variants to add."""
     parser.add_argument("ckpt", type=Path)
     parser.add_argument("--other", action="append", default=[], help="another chest X-ray folder")
     parser.add_argument("--medmnist", action="append", default=[], help="full-resolution folder, MedMNIST-prepared")
@@ -239,8 +237,10 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=0, help="also a gate on the last feature map pooled to N x N")
     parser.add_argument("--train-subset", type=int, default=0, help="fit the gates on this many training images")
     parser.add_argument("--variants", action="store_true", help="also other gate variants")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Flag rates of each gate variant on each row; the record holds the table."""
     torch.set_grad_enabled(False)
     pred = Predictor(args.ckpt, decision="none")
     splits = split_files(args.ckpt, pred.labels)
@@ -272,7 +272,8 @@ def main() -> None:
     ]
     lines += [f"| {name} | " + " | ".join(cells[v] for v in chosen) + " |" for name, cells in table.items()]
     log.info("\n".join(lines))
+    return {"ckpt": str(args.ckpt), "rates": table, "table": lines}
 
 
 if __name__ == "__main__":
-    main()
+    main("ood_study", __doc__, add_arguments, run)

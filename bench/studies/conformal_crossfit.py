@@ -1,6 +1,6 @@
 """Coverage of lungnet's split-conformal sets on images exchangeable with, but apart from, the calibration images.
 
-    python bench/conformal_crossfit.py <evaluate run>/predictions.csv [--alpha 0.1 0.05] [--repeats 200]
+    python -m bench.studies.conformal_crossfit <evaluate run>/predictions.csv [--alpha 0.1 0.05] [--repeats 200]
 
 Reads the calibrated class probabilities (``p_<label>``) and true labels of an ``evaluate.py`` run (single-label),
 splits the images at random into a calibration half and a held-out half, builds the 1 - alpha prediction sets of the
@@ -8,7 +8,7 @@ held-out half from the calibration half with lungnet's own code (`lungnet.decisi
 crepes underneath), and logs the held-out coverage and mean set size over ``--repeats`` halvings (mean, and the 5th
 and 95th percentiles). For a run directory whose checkpoint has no test split (a cross-validation fold), this is the
 held-out view of ``conformal_coverage``; the temperature was fitted on all of the evaluated split, which is one
-parameter shared by both halves. Results go to docs/decisions.md.
+parameter shared by both halves. Discussed in docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.common.cli import main
 from lungnet.decision import DecisionRecord
 
 log = logging.getLogger("conformal_crossfit")
@@ -40,13 +41,15 @@ def halvings(probs: np.ndarray, truth: np.ndarray, labels: list[str], alpha: flo
     return np.array(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluation's predictions, the miscoverage levels and the number of halvings."""
     parser.add_argument("predictions", type=Path, help="predictions.csv of an evaluate.py run")
     parser.add_argument("--alpha", type=float, nargs="+", default=[0.1, 0.05])
     parser.add_argument("--repeats", type=int, default=200)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Held-out coverage and set size per alpha; the record holds the logged table."""
     table = pd.read_csv(args.predictions)
     labels = [c[2:] for c in table.columns if c.startswith("p_")]
     probs = table[[f"p_{lab}" for lab in labels]].to_numpy(dtype=np.float64)
@@ -63,6 +66,7 @@ def main() -> None:
         cov, size = (f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(*_summary(res), strict=True))
         lines.append(f"| {alpha} | {1 - alpha:.2f} | {cov} | {size} |")
     log.info("\n".join(lines))
+    return {"predictions": str(args.predictions), "table": lines}
 
 
 def _summary(res: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,4 +74,4 @@ def _summary(res: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 if __name__ == "__main__":
-    main()
+    main("conformal_crossfit", __doc__, add_arguments, run)

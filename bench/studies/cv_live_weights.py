@@ -10,12 +10,12 @@ the average turned off, its metrics.json and predictions_val.csv), the baseline 
 average is, for ``lungnet-crossval runs=<another recipe> baseline=DIR``.
 
 Example:
-    python bench/cv_live_weights.py outputs/cv_swa14 --data-root ../shared/data/darkcovidnet --live-runs outputs/live14
+    python -m bench.studies.cv_live_weights outputs/cv_swa14 --data-root ../shared/data/darkcovidnet --live-runs outputs/live14
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import tempfile
 import time
@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from cv_common import checked_folds, cv_args  # bench/, beside this script
 from omegaconf import OmegaConf
 
+from bench.common.cli import main
+from bench.common.cv_common import add_cv_arguments, checked_folds, set_threads
 from lungnet.checkpoint import load_model, read_checkpoint
 from lungnet.evaluation import stats
 from lungnet.evaluation.eval_data import build_eval_data
@@ -96,12 +97,18 @@ def write_live_fold(run: Path, scored: dict[str, np.ndarray], out: Path) -> None
     )
 
 
-def main() -> None:
-    args = cv_args(
-        __doc__,
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The averaged cross-validation run, and where to write the live weights' folds."""
+    add_cv_arguments(
+        parser,
         "a cross-validation multirun folder trained with swa.epochs or ema.decay",
         extra={"--live-runs": "also write the live weights' folds here, a cross-validation to compare against"},
     )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Scores each fold's averaged and live weights and pairs them, pooled out of fold."""
+    set_threads(args)
     t0 = time.perf_counter()
     folds = checked_folds(args.runs)
     live_runs = Path(args.live_runs).resolve() if args.live_runs else None
@@ -127,9 +134,8 @@ def main() -> None:
         interval = f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
         print(f"| {metric} | {d['a']:.3f} | {d['b']:.3f} | {interval} | {d['a_better']:.2f} |")
     print(f"\n{time.perf_counter() - t0:.0f} s")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"runs": args.runs, "per_fold": per_fold, "paired": diff}, indent=2))
+    return {"runs": args.runs, "per_fold": per_fold, "paired": diff}
 
 
 if __name__ == "__main__":
-    main()
+    main("cv_live_weights", __doc__, add_arguments, run)

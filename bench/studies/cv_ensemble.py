@@ -5,20 +5,19 @@ Every image is still scored only by models that did not train on it: each run's 
 the images of the folds every run has are used.
 
 Example:
-    python bench/cv_ensemble.py outputs/cv_swa14 outputs/cv_mix --out outputs/cv_ensemble.json
+    python -m bench.studies.cv_ensemble outputs/cv_swa14 outputs/cv_mix --out outputs/cv_ensemble.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
-from cv_common import out_of_fold  # bench/, beside this script
 
+from bench.common.cli import main
+from bench.common.cv_common import out_of_fold
 from lungnet.evaluation import stats
 
 log = logging.getLogger("bench.cv_ensemble")
@@ -47,13 +46,14 @@ def aligned(runs: list[str]) -> tuple[list[str], list[np.ndarray], np.ndarray]:
     return labels, probs, first["true"].map({c: i for i, c in enumerate(labels)}).to_numpy(int)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The runs to average."""
     parser.add_argument("runs", nargs="+", help="two or more cross-validation multirun folders")
     parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Averages the runs image by image and pairs the average with each run."""
     if len(args.runs) < 2:
         raise SystemExit("Give two or more cross-validation runs to average")
     t0 = time.perf_counter()
@@ -75,9 +75,8 @@ def main() -> None:
             f"{u['diff']:+.3f} [{u['lo']:+.3f}, {u['hi']:+.3f}] |"
         )
     print(f"\n{time.perf_counter() - t0:.0f} s")
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    main("cv_ensemble", __doc__, add_arguments, run)

@@ -24,10 +24,10 @@ views a recipe can be scored on without touching the test split, each a ``<view>
 at the arg-max and, with ``--prior``, after moving each model's implied class prior (its training mix times its loss
 weights) to the given NORMAL share (label-shift correction of the probabilities, Saerens et al. 2002).
 
-    python bench/pneumoniamnist_views.py build --out outputs/views
-    python bench/pneumoniamnist_views.py score --views outputs/views \
+    python -m bench.studies.pneumoniamnist_views build --dest outputs/views
+    python -m bench.studies.pneumoniamnist_views score --views outputs/views \
         --model lite0=outputs/runs/a/checkpoints/best.ckpt --model r18=outputs/runs/b/checkpoints/last.ckpt \
-        --ensemble lite0+r18 --prior 0.375 --out outputs/views.md
+        --ensemble lite0+r18 --prior 0.375 --out outputs/views.json   # and the markdown table in views.md
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -48,9 +47,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from bench.common.cli import ROOT, main  # noqa: E402
 from lungnet.checkpoint import load_model  # noqa: E402
 from lungnet.data.images import read_image  # noqa: E402
 from lungnet.evaluation.stats import bootstrap_ci, threshold_metrics  # noqa: E402
@@ -302,37 +299,36 @@ def markdown(results: dict, views: list[str], counts: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="write the views")
-    b.add_argument("--out", type=Path, default=ROOT / "outputs" / "views")
-    b.add_argument("--shared", type=Path, default=SHARED)
-    b.add_argument("--seed", type=int, default=0)
-    s = sub.add_parser("score", help="score checkpoints on every view")
-    s.add_argument("--views", type=Path, default=ROOT / "outputs" / "views")
-    s.add_argument("--model", action="append", default=[], help="name=path/to.ckpt (repeat)")
-    s.add_argument("--ensemble", action="append", default=[], help="name1+name2[+...]: average their probabilities")
-    s.add_argument("--prior", type=float, default=0.0, help="also score with the NORMAL share moved to this")
-    s.add_argument("--resamples", type=int, default=1000)
-    s.add_argument("--cache", type=Path, default=ROOT / "outputs" / "views_cache")
-    s.add_argument("--out", type=Path, default=None, help="markdown table here (and .json beside it)")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``build`` (write the views: --dest, --shared) or ``score`` (checkpoints on every view: the rest)."""
+    p.add_argument("cmd", choices=["build", "score"], help="build: write the views; score: score checkpoints on them")
+    p.add_argument("--dest", type=Path, default=ROOT / "outputs" / "views", help="build: the views' folder")
+    p.add_argument("--shared", type=Path, default=SHARED, help="build: the shared data folder")
+    p.add_argument("--views", type=Path, default=ROOT / "outputs" / "views", help="score: the views' folder")
+    p.add_argument("--model", action="append", default=[], help="score: name=path/to.ckpt (repeat)")
+    p.add_argument("--ensemble", action="append", default=[], help="name1+name2[+...]: average their probabilities")
+    p.add_argument("--prior", type=float, default=0.0, help="also score with the NORMAL share moved to this")
+    p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--cache", type=Path, default=ROOT / "outputs" / "views_cache")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Builds the views (the record: their counts) or scores the checkpoints (the record: the results; the markdown
+    table is printed and written beside ``--out`` as .md)."""
     if args.cmd == "build":
-        print(json.dumps(build(args.out, args.shared, args.seed), indent=2))
-        return
+        built = build(args.dest, args.shared, args.seed)
+        print(json.dumps(built, indent=2))
+        return built
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     results = score(args)
     counts = json.loads((args.views / "views.json").read_text())["counts"]
     views = [v for v in VIEWS if any(v in r for r in results.values())]
     text = markdown(results, views, counts)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text)
+    return {"views": str(args.views), "results": results}
 
 
 if __name__ == "__main__":
-    main()
+    main("pneumoniamnist_views", __doc__, add_arguments, run)

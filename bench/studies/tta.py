@@ -5,13 +5,13 @@ Every image is scored only by the fold model that did not train on it; the views
 pipeline's tensor transformed once more (zoom-out and shifts fill with black, as the training Affine does).
 
 Example:
-    python bench/tta.py outputs/multirun/2026-11-24/14-06-58 --data-root ../shared/data/darkcovidnet \
-        --out docs/tta_darkcovidnet.json
+    python -m bench.studies.tta outputs/multirun/2026-11-24/14-06-58 --data-root ../shared/data/darkcovidnet \
+        --out bench/results/tta_darkcovidnet.json
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import tempfile
 import time
@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from cv_common import checked_folds, cv_args  # bench/, beside this script
 
+from bench.common.cli import main
+from bench.common.cv_common import add_cv_arguments, checked_folds, set_threads
 from lungnet.checkpoint import load_model
 from lungnet.data.transforms import Normalize
 from lungnet.evaluation import stats
@@ -79,8 +80,14 @@ def score_fold(run: Path, select: str, data_root: str | None) -> tuple[dict[str,
     return {k: np.concatenate(v) for k, v in probs.items()}, np.concatenate(targets)
 
 
-def main() -> None:
-    args = cv_args(__doc__, "a cross-validation multirun folder (python train.py -m ... data.cv_fold=...)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cross-validation run to score."""
+    add_cv_arguments(parser, "a cross-validation multirun folder (python train.py -m ... data.cv_fold=...)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Scores every fold under every view and pools the view sets; the record holds per-fold and pooled figures."""
+    set_threads(args)
     t0 = time.perf_counter()
     folds = checked_folds(args.runs)
     pooled: dict[str, list[np.ndarray]] = {}
@@ -108,9 +115,8 @@ def main() -> None:
         cells = [f"{m['value']:.3f} [{m['lo']:.3f}, {m['hi']:.3f}]" for m in (a, u)]
         print(f"| {name} | {cells[0]} | {cells[1]} |")
     print(f"\n{time.perf_counter() - t0:.0f} s")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"runs": args.runs, "per_fold": per_fold, "pooled": results}, indent=2))
+    return {"runs": args.runs, "per_fold": per_fold, "pooled": results}
 
 
 if __name__ == "__main__":
-    main()
+    main("tta", __doc__, add_arguments, run)

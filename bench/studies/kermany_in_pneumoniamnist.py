@@ -1,6 +1,6 @@
 """Are full-resolution Kermany images inside PneumoniaMNIST, and which preparation reproduces MedMNIST's?
 
-    python bench/kermany_in_pneumoniamnist.py ../shared/data/kermany_val16 ../shared/data/pneumoniamnist
+    python -m bench.studies.kermany_in_pneumoniamnist ../shared/data/kermany_val16 ../shared/data/pneumoniamnist
 
 MedMNIST v2 describes PneumoniaMNIST as the Kermany images centre-cropped and resized to 28 x 28 (its train and val
 splits come from Kermany's training set). For each full-resolution image and each candidate preparation this logs
@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ood_study import folder_files, medmnist_like, reduced  # noqa: E402
-
-from lungnet.data.images import read_image  # noqa: E402
+from bench.common.cli import main
+from bench.studies.ood_study import folder_files, medmnist_like, reduced
+from lungnet.data.images import read_image
 
 log = logging.getLogger("kermany_in_pneumoniamnist")
 
@@ -40,12 +38,14 @@ def nearest(bank: np.ndarray, files: list[str], prepare) -> tuple[np.ndarray, np
     return np.array(first), np.array(second), np.array(index)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The full-resolution images and the PneumoniaMNIST folder."""
     parser.add_argument("full_res", help="folder of full-resolution Kermany images")
     parser.add_argument("pneumoniamnist", help="PneumoniaMNIST folder ({train,val}/{NORMAL,PNEUMONIA}/*.png)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Nearest PneumoniaMNIST image of every full-resolution image under each preparation; the logged table."""
     refs = sorted(str(p) for p in Path(args.pneumoniamnist).rglob("*.png"))
     bank = np.stack([np.asarray(Image.open(f).convert("L"), dtype=np.float32) for f in refs])
     files = folder_files(args.full_res)
@@ -70,7 +70,8 @@ def main() -> None:
         for f, w, a, b in zip(files, where, first, second, strict=True)
     ]
     log.info("\n".join(lines))
+    return {"table": lines}
 
 
 if __name__ == "__main__":
-    main()
+    main("kermany_in_pneumoniamnist", __doc__, add_arguments, run)
