@@ -1,15 +1,15 @@
 """Web app memory under parallel heatmap requests of a huge image: peak RSS of the real server, one run.
 
-    python bench/app_memory.py [--model densenet121] [--size 224] [--side 8000] [--parallel 3] [--ckpt best.ckpt]
+    python -m bench.perf.app_memory [--model densenet121] [--size 224] [--side 8000] [--parallel 3] [--ckpt best.ckpt]
 
 Starts ``python -m lungnet.app`` as a subprocess (uvicorn, the real server), reads its resident memory from
 ``/proc/<pid>/status`` when idle, then sends ``--parallel`` simultaneous ``POST /predict?heatmap=true`` requests
 of one ``--side`` x ``--side`` RGBA PNG (8000 px: exactly the 64 Mpx cap of `lungnet.data.images`, a few hundred
 KB on disk: a real X-ray enlarged with nearest-neighbour steps compresses well) and records the peak: the
 kernel's high-water mark ``VmHWM`` (every spike, however short) and ``VmRSS`` sampled every 20 ms. The model is
-randomly initialised (memory does not depend on the weights) unless ``--ckpt`` is given. It writes the result
-under "## Web app memory: parallel heatmap requests of an 8000 x 8000 PNG" in docs/benchmarks.md (that section
-is replaced, the rest of the file is kept); ``--no-write`` only prints it.
+randomly initialised (memory does not depend on the weights) unless ``--ckpt`` is given. The record (``--out``)
+holds the figures; the markdown section ("## Web app memory: parallel heatmap requests of an 8000 x 8000 PNG") is
+printed and written beside it as .md.
 """
 
 from __future__ import annotations
@@ -34,10 +34,8 @@ from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from latency import SHARED, machine, write_section  # noqa: E402
+from bench.common.cli import ROOT, main
+from bench.perf.latency import SHARED, machine
 
 log = logging.getLogger("bench")
 HEADING = "## Web app memory: parallel heatmap requests of an 8000 x 8000 PNG"
@@ -174,17 +172,17 @@ def markdown(result: dict, args, command: str, image: Path) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, its input size or checkpoint, the image side and the parallel requests."""
     parser.add_argument("--model", default="densenet121")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--ckpt", type=Path, default=None, help="a trained checkpoint (default: random weights)")
     parser.add_argument("--side", type=int, default=8000)
     parser.add_argument("--parallel", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--no-write", action="store_true", help="print the section instead of writing it")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Idle and peak memory of the server under the parallel requests; the section printed and beside ``--out``."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.ckpt
         if ckpt is None:
@@ -193,15 +191,14 @@ def main() -> None:
             ckpt = make_checkpoint(Path(tmp) / "best.ckpt", name=args.model, size=args.size)
         image = huge_png(Path(tmp) / "huge.png", args.side)
         result = measure(ckpt, image, args.parallel)
-        command = " ".join(["python bench/app_memory.py", *sys.argv[1:]])
+        command = " ".join(["python -m bench.perf.app_memory", *sys.argv[1:]])
         section = markdown(result, args, command, image)
     log.info("%s", json.dumps(result))
-    if args.no_write:
-        print(section)
-    else:
-        write_section(args.out, section, HEADING)
-        log.info("Wrote %s", args.out)
+    print(section)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(section, encoding="utf-8")
+    return {"machine": machine(), **result}
 
 
 if __name__ == "__main__":
-    main()
+    main("app_memory", __doc__, add_arguments, run)

@@ -5,8 +5,8 @@ batches, once per precision per round, alternating which precision goes first, a
 ``--warmup`` steps. Each round records the load average next to its numbers; the verdict is the median over rounds
 of the per-round bf16/fp32 ratio (both precisions of a round ran back to back, under about the same load).
 
-    python bench/bf16.py --configs efficientnet_lite0:224:32:3 resnet18:64:64:1 --rounds 3 \
-        --out outputs/bench/bf16_speed.json
+    python -m bench.perf.bf16 --configs efficientnet_lite0:224:32:3 resnet18:64:64:1 --rounds 3 \
+        --out bench/results/bf16_speed.json
 
 The accuracy half of the question (paired preset runs under each precision) is run with ``train.py
 trainer.precision=...``; see docs/benchmarks.md.
@@ -15,13 +15,10 @@ trainer.precision=...``; see docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads collapse on a shared CPU
 
@@ -29,9 +26,7 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from bench.common.cli import main  # noqa: E402
 from lungnet.hardware import cpu_summary  # noqa: E402
 from lungnet.module import LitClassifier  # noqa: E402
 
@@ -125,16 +120,17 @@ def bench_config(cfg: dict, rounds: int, warmup: int, steps: int) -> dict:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The configurations (name:size:batch:chans), rounds, warm-up and timed steps, threads."""
     p.add_argument("--configs", nargs="+", default=["efficientnet_lite0:224:32:3", "resnet18:64:64:1"])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every configuration's interleaved rounds under both precisions; the table printed."""
     torch.set_num_threads(args.threads)
     result = {"cpu": cpu_summary(), "torch": torch.__version__, "threads": args.threads, "configs": []}
     for text in args.configs:
@@ -154,10 +150,8 @@ def main() -> None:
             f"{c['median_32-true_per_cpu_s']:.1f} | {c['median_bf16-mixed_per_cpu_s']:.1f} | "
             f"{c['median_cpu_ratio']:.2f}x ({cpu_ratios}) | {', '.join(loads)} |"
         )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    main("bf16", __doc__, add_arguments, run)

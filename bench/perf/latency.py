@@ -1,14 +1,14 @@
 """CPU inference benchmark: PyTorch eager vs TorchScript vs ONNX Runtime vs OpenVINO (fp32, optionally int8), one run.
 
-    python bench/latency.py [--models densenet121 resnet50] [--size 224] [--batch 8] [--threads 2] [--int8]
+    python -m bench.perf.latency [--models densenet121 resnet50] [--size 224] [--batch 8] [--threads 2] [--int8]
         [--trained outputs/<run>/checkpoints/best.ckpt ...]
 
 Measures single-image latency (median of ``--repeats`` calls) and batch throughput (images/s over
 ``--batch`` images, best of five) per model and runtime (PyTorch eager, TorchScript, ONNX Runtime and
 OpenVINO on the files `lungnet.export` writes, fp32 and with ``--int8`` int8), on randomly initialised
 weights (speed does not depend on them); ``--trained`` checkpoints get an int8 accuracy check on their
-validation split. It writes the table under "## CPU inference: eager vs TorchScript vs ONNX Runtime vs OpenVINO"
-in docs/benchmarks.md (that section is replaced, the rest of the file is kept). Agreement with eager
+validation split. The record (``--out``) holds the rows; the markdown section (heading "## CPU inference: eager vs
+TorchScript vs ONNX Runtime vs OpenVINO") is written beside it as .md. Agreement with eager
 PyTorch is measured on real X-rays from ../shared/data/darkcovidnet when present.
 """
 
@@ -35,9 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from bench.common.cli import ROOT, main  # noqa: E402
 from lungnet.checkpoint import CheckpointError  # noqa: E402
 from lungnet.data.transforms import Normalize, build_transform, make_pipeline  # noqa: E402
 from lungnet.hardware import cpu_has_native_bf16, cpu_summary  # noqa: E402
@@ -336,21 +334,8 @@ def markdown(rows: list[dict], trained: list[dict], args, command: str, elapsed:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str, heading: str = HEADING) -> None:
-    """Replaces a benchmark's section (under ``heading``) in ``path`` (or appends it), keeping every other section."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(heading)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + ("\n" + text[nxt + 1 :] if nxt >= 0 else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The models, input size, batch, threads, int8 and the trained checkpoints to check."""
     parser.add_argument("--models", nargs="+", default=["densenet121", "resnet50"])
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
@@ -362,19 +347,22 @@ def main() -> None:
     parser.add_argument(
         "--int8-weights", nargs="+", default=["reduced"], help="weight encodings for --trained: reduced full uint8"
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every model under every runtime, and the trained checkpoints' int8 check; the section beside ``--out``."""
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = [row for name in args.models for row in bench_model(name, args)]
     trained = [
         row for ckpt in args.trained for row in trained_check(ckpt, args.threads, args.calib_n, args.int8_weights)
     ]
-    command = " ".join(["python bench/latency.py", *sys.argv[1:]])
-    write_section(args.out, markdown(rows, trained, args, command, time.perf_counter() - start))
-    log.info("Wrote %s", args.out)
+    command = " ".join(["python -m bench.perf.latency", *sys.argv[1:]])
+    section = markdown(rows, trained, args, command, time.perf_counter() - start)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(section, encoding="utf-8")
+    return {"machine": machine(), "rows": rows, "trained": trained}
 
 
 if __name__ == "__main__":
-    main()
+    main("latency", __doc__, add_arguments, run)

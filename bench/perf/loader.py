@@ -1,9 +1,10 @@
 """Training loader cost per image: the direct path (decode every file every epoch) vs the prepared store.
 
-`bench/throughput.py` times whole ``Trainer.fit`` epochs; this script times the loader alone, on a generated set of
+`bench.perf.throughput` times whole ``Trainer.fit`` epochs; this script times the loader alone, on a generated set of
 1024 px PNGs made from the real radiographs in ``../shared/data`` (seeded: the same set every time), through the
 data module's own datasets (`LungDataModule.make_dataset`), so the same script measures an older checkout of
-lungnet too (``PYTHONPATH=<that checkout> python bench/loader.py --modes direct``).
+lungnet too (from that checkout's root: ``PYTHONPATH=<this checkout> python -m bench.perf.loader --modes direct``;
+the working directory comes first on the import path, so lungnet is that checkout's).
 
 For each mode it reports the CPU milliseconds per image (user + system of this process and its loader workers,
 from /proc: hardly affected by other work on a shared machine) and images per CPU second, which is the rate of one
@@ -17,7 +18,7 @@ augmentation, `lungnet.data.batch_augment`, is timed in the in-process figures o
 out of the DataLoader figures: on a GPU it runs on the device).
 
 Example:
-    python bench/loader.py --images 300 --image-size 224 --augment xray --workers 2 --modes direct store store_gpu
+    python -m bench.perf.loader --images 300 --image-size 224 --augment xray --workers 2 --modes direct store store_gpu
 """
 
 from __future__ import annotations
@@ -35,11 +36,9 @@ import pandas as pd
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent  # conf/ and ../shared; lungnet comes from PYTHONPATH or the install
-
-from proc_cpu import tree_cpu_seconds  # noqa: E402 - bench/proc_cpu.py, beside this script
-
 import lungnet.data.dataset as dataset_module  # noqa: E402
+from bench.common.cli import ROOT, main  # noqa: E402 - conf/ and ../shared
+from bench.common.proc_cpu import tree_cpu_seconds  # noqa: E402
 from lungnet.data.datamodule import LungDataModule  # noqa: E402
 from lungnet.data.dataset import EpochSampler  # noqa: E402
 from lungnet.data.images import read_image  # noqa: E402
@@ -150,8 +149,8 @@ def measure(mode: str, paths: list[Path], args, cache_dir: Path) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The generated set, the input size, the augmentation, the loader and the modes to time."""
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--source-size", type=int, default=1024, help="side of the generated PNGs")
     parser.add_argument("--image-size", type=int, default=224, help="model input size")
@@ -160,10 +159,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--modes", nargs="+", default=["direct", "store", "store_gpu"])
     parser.add_argument("--set-dir", default="/tmp/lungnet-bench-loader")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="also write the results here (JSON)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Times each mode on the generated set; the record holds one result per mode."""
     torch.set_num_threads(1)
     paths = make_set(
         Path(args.set_dir) / f"s{args.source_size}_n{args.images}_seed{args.seed}" / "train",
@@ -173,9 +172,8 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as cache_dir:
         results = [measure(mode, paths, args, Path(cache_dir)) for mode in args.modes]
-    if args.out:
-        Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    return {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "results": results}
 
 
 if __name__ == "__main__":
-    main()
+    main("loader", __doc__, add_arguments, run)

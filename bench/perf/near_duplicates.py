@@ -15,25 +15,22 @@ runs up to ``--brute-max`` images (its result is checked equal). The exponent is
 log(seconds) on log(N) over the rows with N >= 16k.
 
 Example:
-    python bench/near_duplicates.py --sizes 1000 4000 16000 56000 112000 224000 --brute-max 56000
+    python -m bench.perf.near_duplicates --sizes 1000 4000 16000 56000 112000 224000 --brute-max 56000
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from lungnet.data.images import read_image  # noqa: E402
-from lungnet.data.near_duplicates import brute_force_pairs, near_pairs_within  # noqa: E402
+from bench.common.cli import ROOT, main
+from lungnet.data.images import read_image
+from lungnet.data.near_duplicates import brute_force_pairs, near_pairs_within
 
 log = logging.getLogger("bench.near_duplicates")
 
@@ -84,17 +81,18 @@ def fit_exponent(sizes: list[int], seconds: list[float]) -> float:
     return float(np.polyfit(n, s, 1)[0])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The real images to fit on, the sizes, the threshold, the near-copy share and the pairwise limit."""
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "nih" / "images")
     parser.add_argument("--limit", type=int, default=2000, help="real images read to fit the model")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000, 56000, 112000, 224000])
     parser.add_argument("--threshold", type=int, default=12)
     parser.add_argument("--near", type=float, default=0.01, help="share of rows that are near copies")
     parser.add_argument("--brute-max", type=int, default=56000, help="largest N also searched pairwise")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Both searches at every size, and the growth exponents."""
     real = differences(args.images, args.limit)
     rng = np.random.default_rng(args.seed)
     log.info("model fitted on %d real images (%s)", len(real), args.images)
@@ -110,15 +108,14 @@ def main() -> None:
             if not np.array_equal(pairs[pairs[:, 0] < pairs[:, 1]], found):
                 raise SystemExit(f"N={n}: multi-index hashing and the pairwise search disagree")
             brute = f"{b_wall:.1f}", f"{b_cpu:.1f}"
-        rows.append((n, wall, cpu))
+        rows.append((n, wall, cpu, len(found), *brute))
         log.info("| %d | %d | %.2f | %.2f | %s | %s |", n, len(found), wall, cpu, *brute)
     sizes = [r[0] for r in rows]
-    log.info(
-        "exponent (N >= 16k): wall %.2f, CPU %.2f",
-        fit_exponent(sizes, [r[1] for r in rows]),
-        fit_exponent(sizes, [r[2] for r in rows]),
-    )
+    exponent = {"wall": fit_exponent(sizes, [r[1] for r in rows]), "cpu": fit_exponent(sizes, [r[2] for r in rows])}
+    log.info("exponent (N >= 16k): wall %.2f, CPU %.2f", exponent["wall"], exponent["cpu"])
+    keys = ("n", "mih_wall_s", "mih_cpu_s", "pairs", "pairwise_wall_s", "pairwise_cpu_s")
+    return {"rows": [dict(zip(keys, r, strict=True)) for r in rows], "exponent": exponent}
 
 
 if __name__ == "__main__":
-    main()
+    main("near_duplicates", __doc__, add_arguments, run)

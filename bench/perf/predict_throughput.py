@@ -9,15 +9,14 @@ and the load average. The files are read once before timing (page cache warm for
 time the workers' part alone (`lungnet.data.inputs.InputFiles`: read once, SHA-1, decode, preprocess; no model).
 The default model is a random ``simple_cnn`` at 32 px, so that the model costs little next to the decode.
 
-Example (a 1024 px NIH-like folder, `bench/nih_like.py`):
-    python bench/nih_like.py --out /tmp/nihlike_p --n 300 --size 1024
-    python bench/predict_throughput.py --images /tmp/nihlike_p/images --workers 0 2 --out /tmp/predict_tp.json
+Example (a 1024 px NIH-like folder, `bench.common.nih_like`):
+    python -m bench.common.nih_like --dest /tmp/nihlike_p --n 300 --size 1024
+    python -m bench.perf.predict_throughput --images /tmp/nihlike_p/images --workers 0 2 --out /tmp/predict_tp.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -30,6 +29,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads c
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from bench.common.cli import main  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,9 @@ def predict_run(ckpt: Path, images: Path, workers: int, batch_size: int, out: Pa
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", required=True, help="a folder of images (e.g. bench/nih_like.py's images/)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The image folder, the model, the worker counts and the rounds."""
+    parser.add_argument("--images", required=True, help="a folder of images (e.g. bench.common.nih_like's images/)")
     parser.add_argument("--ckpt", default=None, help="a model (default: a random simple_cnn checkpoint)")
     parser.add_argument(
         "--image-size", type=int, default=32, help="input size of the default checkpoint (small: cheap model)"
@@ -108,9 +109,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[2])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=1, help="decode/predict rounds (decode closes the last)")
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Interleaved decode-only, inputs-only and predict runs; the record holds every run."""
     files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() == ".png")
     for f in files:  # page cache warm for every run
         f.read_bytes()
@@ -147,9 +149,8 @@ def main() -> None:
             f"  ratio {run['ratio_vs_decode']:.2f}x" if "ratio_vs_decode" in run else "",
         )
     facts = {"files": len(files), "cores": os.cpu_count(), "machine": platform.processor() or platform.machine()}
-    if args.out:
-        Path(args.out).write_text(json.dumps({**facts, "args": vars(args), "runs": runs}, indent=1))
+    return {**facts, "args": vars(args), "runs": runs}
 
 
 if __name__ == "__main__":
-    main()
+    main("predict_throughput", __doc__, add_arguments, run)

@@ -1,6 +1,6 @@
 """How lungnet's data-side costs grow with the number of images (issue #27 §6): a scale benchmark anyone can rerun.
 
-For each size N a seeded NIH-like set is generated (`bench/nih_like.py`: real NIH radiographs of
+For each size N a seeded NIH-like set is generated (`bench.common.nih_like`: real NIH radiographs of
 ``../shared/data/nih`` at ``--size`` px with a seeded rotation, shift, gain and flip; NIH layout and CSV) and these
 stages are timed, in CPU seconds (user + system of this process and its waited-for children, `resource.getrusage`;
 loader stages read their own process tree) and wall seconds:
@@ -11,25 +11,24 @@ loader stages read their own process tree) and wall seconds:
 - ``near_duplicates``: the near-duplicate search of the set against itself on the manifest's dHashes (threshold 12).
 - ``store_build``, ``epoch_store``, ``epoch_direct``: one training epoch's loading, no model: building the prepared
   store, then every image through the training dataset (augment=xray, ``--image-size``) from the store and from the
-  files (`bench/loader.py`'s in-process measure: one loader worker's work).
+  files (`bench.perf.loader`'s in-process measure: one loader worker's work).
 - ``finish``: the steps after training (`lungnet.evaluation.after_training.finish_training`), timed inside a
   ``train.py`` run of simple_cnn for ``--train-batches`` batches of one epoch (``data.num_workers=0``).
 - ``evaluate``: ``python evaluate.py ckpt=<that run's best.ckpt> split=test`` (defaults), whole command.
 - ``predict``: ``python predict.py ckpt=... input=<images folder>`` on every image of the set, whole command.
 
 Then growth exponents (least squares of log seconds on log N, over the sizes run) and the extrapolation to 112k
-and 224k images; JSON and a markdown table are written to ``--out`` (default bench/results/scale-<date>.json/.md).
+and 224k images; the JSON record and a markdown table beside it (.md) are written to ``--out`` (after every size).
 
-    PYTHONPATH=. python bench/scale.py --sizes 1000 4000 16000 --size 256
-    PYTHONPATH=. python bench/scale.py --sizes 1000 4000 16000 64000 --size 256   # 64k: hours on 2 cores
-    PYTHONPATH=. python bench/scale.py --sizes 200 --size 128   # smoke check, every stage
-    PYTHONPATH=. python bench/scale.py --merge a.json b.json --out all.json   # unite runs, refit
+    python -m bench.perf.scale --sizes 1000 4000 16000 --size 256
+    python -m bench.perf.scale --sizes 1000 4000 16000 64000 --size 256   # 64k: hours on 2 cores
+    python -m bench.perf.scale --sizes 200 --size 128   # smoke check, every stage
+    python -m bench.perf.scale --merge a.json b.json --out all.json   # unite runs, refit
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import os
@@ -43,8 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common.cli import ROOT, main, record, write_record
+
 log = logging.getLogger("bench.scale")
-ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("scan_first", "setup_second", "near_duplicates", "store_build", "epoch_store", "epoch_direct", "finish")
 COMMANDS = ("evaluate", "predict")
 TARGET_N = (112_000, 224_000)
@@ -83,8 +83,8 @@ def setup_stages(root: Path, manifests: Path) -> tuple[dict, object]:
 
 
 def loading_stages(root: Path, image_size: int, store_dir: Path) -> dict:
-    """One epoch's loading, store and direct path, through bench/loader.py's in-process measure."""
-    from loader import measure  # bench/loader.py, beside this script
+    """One epoch's loading, store and direct path, through bench.perf.loader's in-process measure."""
+    from bench.perf.loader import measure
 
     paths = sorted((root / "images").glob("*.png"))
     args = argparse.Namespace(image_size=image_size, augment="xray", batch_size=32, workers=-1)
@@ -117,7 +117,7 @@ def command_stages(root: Path, work: Path, args) -> dict:
     finish_json = work / "finish.json"
     env["BENCH_SCALE_FINISH"] = str(finish_json)
     common = [f"paths.log_dir={work / 'runs'}", "data.num_workers=0"]
-    train = [sys.executable, str(Path(__file__).resolve()), "train-child", "data=nih14", f"data.root={root}"]
+    train = [sys.executable, "-m", "bench.perf.scale", "train-child", "data=nih14", f"data.root={root}"]
     train += [
         "model=simple_cnn",
         "trainer=cpu",
@@ -157,7 +157,7 @@ def train_child() -> None:
 
 def one_size(n: int, args) -> dict:
     """Every stage at ``n`` images (the set is generated under ``--work`` and kept for reruns)."""
-    from nih_like import SOURCE, generate  # bench/nih_like.py, beside this script
+    from bench.common.nih_like import SOURCE, generate
 
     root = Path(args.work) / f"nih-{n}-{args.size}"
     if not (root / "Data_Entry_2017.csv").is_file():
@@ -211,13 +211,14 @@ def table(results: dict[int, dict], fits: dict) -> str:
     return "\n".join(lines) + "\n\nCPU seconds (wall seconds); extrapolations in CPU seconds.\n"
 
 
-def write(out: Path, args, results: dict[int, dict]) -> None:
-    """The JSON record (arguments, load average, results, fits) and the markdown table beside it."""
+def write(out: Path, args, results: dict[int, dict]) -> dict:
+    """The JSON record (`bench.common.cli.record`: arguments, results, fits) and the markdown table beside it; the
+    result it holds."""
     fits = exponents(results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"args": vars(args), "load_average": os.getloadavg(), "results": results, "fits": fits}
-    out.write_text(json.dumps(record, indent=1))
+    result = {"args": vars(args), "results": results, "fits": fits}
+    write_record(out, record("scale", result))
     out.with_suffix(".md").write_text(table(results, fits))
+    return result
 
 
 def merged(files: list[str]) -> dict[int, dict]:
@@ -225,40 +226,42 @@ def merged(files: list[str]) -> dict[int, dict]:
     results: dict[int, dict] = {}
     for name in files:
         try:
-            got = json.loads(Path(name).read_text())["results"]
+            got = json.loads(Path(name).read_text())
+            got = got.get("result", got)["results"]  # a record, or a result file of before the record
             for n, stages in got.items():
                 results.setdefault(int(n), {}).update(
                     {s: {k: float(v) for k, v in t.items()} for s, t in stages.items()}
                 )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise SystemExit(f"--merge {name}: not a bench/scale.py result file ({exc})") from None
+            raise SystemExit(f"--merge {name}: not a bench.perf.scale result file ({exc})") from None
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sizes, the image and working resolutions, the work folder, the stages to skip, and --merge."""
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--size", type=int, default=256, help="px of the generated images")
     parser.add_argument("--image-size", type=int, default=224, help="the working resolution of the loading stages")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--src", default=None, help="NIH sample to draw from (default ../shared/data/nih)")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "lungnet-scale"))
     parser.add_argument("--train-batches", type=int, default=2, help="training batches before the finish")
     parser.add_argument("--skip", nargs="*", default=[], choices=["loading", "train", "evaluate", "predict"])
     parser.add_argument("--keep", action="store_true", help="keep manifests, stores and runs under --work")
     parser.add_argument("--merge", nargs="+", default=None, help="no run: unite these result files and refit")
-    parser.add_argument("--out", default=None, help="JSON path (default bench/results/scale-<date>.json); .md beside")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every size's stages (the record rewritten after each size: a long run keeps what it has), or the merged
+    results of ``--merge``; then the fits."""
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    out = Path(args.out or ROOT / "bench" / "results" / f"scale-{datetime.date.today()}.json")
     if args.merge:
-        write(out, args, merged(args.merge))
+        result = write(args.out, args, merged(args.merge))
     results: dict[int, dict] = {}
     for n in [] if args.merge else args.sizes:
         results[n] = one_size(n, args)
-        write(out, args, results)  # after every size: a long run keeps what it has
-    log.info("\n%s", out.with_suffix(".md").read_text())
+        result = write(args.out, args, results)
+    log.info("\n%s", args.out.with_suffix(".md").read_text())
+    return result
 
 
 if __name__ == "__main__":
@@ -266,4 +269,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["train-child"]:
         train_child()
     else:
-        main()
+        main("scale", __doc__, add_arguments, run)

@@ -1,6 +1,6 @@
 """How long ``--help`` and the config-level refusals take, and what a refusal imports (issue #28 §3).
 
-    python bench/startup.py [--repeat 3] [--out startup.md]
+    python -m bench.perf.startup [--repeat 3] [--out startup.json]   # the tables also in startup.md
 
 Runs each command line from a scratch folder (a fake checkpoint file, no data), ``--repeat`` times, and reports the
 median wall time, the exit status and the refusal's one line; then ``python -X importtime`` of one refusal, its
@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common.cli import ROOT, main
+
 log = logging.getLogger("bench.startup")
 
 # (label, command line after the interpreter); {ckpt} is an existing file, {tmp} the scratch folder
@@ -44,7 +45,7 @@ CASES = [
 IMPORTTIME_CASE = ["evaluate.py", "ckpt={ckpt}", "split=valid"]
 
 
-def run(args: list[str], tmp: Path) -> tuple[float, int, str]:
+def run_case(args: list[str], tmp: Path) -> tuple[float, int, str]:
     """(seconds, exit status, the error line or '') of one command line, run from ``tmp``."""
     argv = [a.format(ckpt=tmp / "best.ckpt", tmp=tmp) for a in args]
     argv = [str(ROOT / argv[0]) if argv[0].endswith(".py") else argv[0], *argv[1:]]
@@ -76,20 +77,23 @@ def importtime(args: list[str], tmp: Path, top: int = 8) -> list[tuple[float, st
     return sorted(rows, reverse=True)[:top]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """How many times each command line runs."""
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None, help="also write the tables here (Markdown)")
-    opts = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run(opts: argparse.Namespace) -> dict:
+    """Every case's median seconds, exit status and line, and the slowest imports; the tables beside ``--out``."""
+    cases = []
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         (tmp / "best.ckpt").write_bytes(b"not a checkpoint: every case is refused before it is read")
         lines = ["| command | median s | exit | the one line |", "|---|---:|---:|---|"]
         for label, args in CASES:
-            runs = [run(args, tmp) for _ in range(opts.repeat)]
+            runs = [run_case(args, tmp) for _ in range(opts.repeat)]
             seconds = statistics.median(r[0] for r in runs)
             lines.append(f"| `{label}` | {seconds:.2f} | {runs[0][1]} | {runs[0][2][:110]} |")
+            cases.append({"command": label, "median_s": seconds, "exit": runs[0][1], "line": runs[0][2]})
             log.info("%-48s %6.2f s  exit %d", label, seconds, runs[0][1])
         left = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.name != "best.ckpt")
         lines += ["", f"Left in the scratch folder: {left or 'nothing'}", ""]
@@ -98,9 +102,10 @@ def main() -> None:
         lines += [f"| {module} | {sec:.3f} |" for sec, module in importtime(IMPORTTIME_CASE, tmp)]
     text = "\n".join(lines) + "\n"
     print(text)  # noqa: T201 - the report
-    if opts.out:
-        opts.out.write_text(text, encoding="utf-8")
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.with_suffix(".md").write_text(text, encoding="utf-8")
+    return {"cases": cases, "table": lines}
 
 
 if __name__ == "__main__":
-    main()
+    main("startup", __doc__, add_arguments, run)

@@ -13,11 +13,11 @@ alike. Every measurement also records the CPU seconds of the process and its dat
 machine whose cores are all busy with training would show.
 
 Examples:
-    python bench/throughput.py --data-root ../shared/data/darkcovidnet --models densenet121 resnet50 \
+    python -m bench.perf.throughput --data-root ../shared/data/darkcovidnet --models densenet121 resnet50 \
         --batch-size 128 --precision bf16-mixed --workers 12            # on a GPU
-    python bench/throughput.py --data-root ../shared/data/darkcovidnet --models resnet18 --device cpu \
+    python -m bench.perf.throughput --data-root ../shared/data/darkcovidnet --models resnet18 --device cpu \
         --batch-size 32 --image-size 224 --precision 32-true --cpu-cache-epochs 1 --workers 2
-    python bench/throughput.py --data-root ../shared/data/darkcovidnet --device cpu --precision 32-true \
+    python -m bench.perf.throughput --data-root ../shared/data/darkcovidnet --device cpu --precision 32-true \
         --workers 2 --augment xray --epochs 2 --configs efficientnet_lite0:224:32:3 resnet18:64:64:1   # CPU (a) vs (b)
 """
 
@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,11 +38,8 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from proc_cpu import tree_cpu_seconds  # noqa: E402 - bench/proc_cpu.py, beside this script
-
+from bench.common.cli import ROOT, main  # noqa: E402
+from bench.common.proc_cpu import tree_cpu_seconds  # noqa: E402
 from lungnet.data.datamodule import LungDataModule  # noqa: E402
 from lungnet.hardware import cpu_summary  # noqa: E402
 from lungnet.module import LitClassifier  # noqa: E402
@@ -213,8 +209,8 @@ def cpu_markdown(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The data, the models, the device and precision, the loader, and the CPU (a)/(b) configurations."""
     p.add_argument("--data-root", required=True)
     p.add_argument("--source", default="darkcovidnet")
     p.add_argument("--models", nargs="+", default=["densenet121", "resnet50"])
@@ -230,18 +226,19 @@ def main() -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "lungnet-bench-cache"))
     p.add_argument("--cpu-cache-epochs", type=int, default=0, help="also time CPU epochs with/without cache")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--augment", default=None, help="conf/augment/<name>.yaml for the training loader (CPU mode)")
     p.add_argument(
         "--configs", nargs="*", default=[], help="CPU mode: name:size:batch:chans, e.g. efficientnet_lite0:224:32:3"
     )
-    args = p.parse_args()
+
+
+def run(args: argparse.Namespace) -> dict:
+    """CPU mode with ``--configs``: the interleaved (a)/(b) rows; otherwise per model the model-only rate, the fit
+    and their ratio (on a GPU) and the CPU cache epochs."""
     if args.device == "cpu" and args.configs:
         rows = [cpu_pipeline_ratio(cfg, args) for cfg in args.configs]
         print(cpu_markdown(rows, args))
-        if args.out:
-            Path(args.out).write_text(json.dumps({"cpu": cpu_summary(), "args": vars(args), "rows": rows}, indent=2))
-        return
+        return {"cpu": cpu_summary(), "args": vars(args), "rows": rows}
     torch.backends.cudnn.benchmark = True
     results = {
         "device": torch.cuda.get_device_name() if args.device != "cpu" else platform.processor() or "cpu",
@@ -261,9 +258,8 @@ def main() -> None:
                 )
         results["models"][name] = entry
         print(json.dumps({name: entry}, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    main("throughput", __doc__, add_arguments, run)

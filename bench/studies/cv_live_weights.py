@@ -10,7 +10,8 @@ the average turned off, its metrics.json and predictions_val.csv), the baseline 
 average is, for ``lungnet-crossval runs=<another recipe> baseline=DIR``.
 
 Example:
-    python -m bench.studies.cv_live_weights outputs/cv_swa14 --data-root ../shared/data/darkcovidnet --live-runs outputs/live14
+    python -m bench.studies.cv_live_weights outputs/cv_swa14 --data-root ../shared/data/darkcovidnet \
+        --live-runs outputs/live14
 """
 
 from __future__ import annotations

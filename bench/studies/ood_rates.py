@@ -53,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ckpt", help="a checkpoint with a decision file holding an OOD gate")
     parser.add_argument("held_out", help="folder or glob of held-out images of the training distribution")
     parser.add_argument("others", nargs="*", help="folders or globs of other chest X-rays")
-    parser.add_argument("--downsample", type=int, default=0, help="reduce held-out images to this side first (28: as MedMNIST did)")
+    parser.add_argument(
+        "--downsample", type=int, default=0, help="reduce held-out images to this side first (28: as MedMNIST did)"
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
