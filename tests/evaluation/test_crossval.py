@@ -216,7 +216,9 @@ def test_live_weights_bench_scores_both_weights_of_an_swa_cv(cv_runs, tmp_path):
     assert written.swa.epochs == 0 and written.callbacks.swa.epochs == 0  # the average is off, resolved keys too
     paired = compare(summary, summarise(find_fold_runs(tmp_path / "swa"), resamples=20, seed=0), resamples=20, seed=0)
     assert paired["folds"] == [0, 1] and paired["images"] == len(summary["oof"])  # the same images, paired
-    inside = run_module("bench.studies.cv_live_weights", [str(tmp_path / "swa"), "--live-runs", str(tmp_path / "swa" / "x")])
+    inside = run_module(
+        "bench.studies.cv_live_weights", [str(tmp_path / "swa"), "--live-runs", str(tmp_path / "swa" / "x")]
+    )
     assert inside.returncode != 0 and "lies inside" in inside.stderr
     refused = run_module("bench.studies.cv_live_weights", [str(cv_runs)])
     assert refused.returncode != 0 and "holds no current_model_state" in refused.stderr
@@ -297,7 +299,9 @@ def test_heldout_ensemble_bench_pairs_the_fold_average_with_one_model(cv_runs, t
     split = pd.DataFrame({"path": paths, "label": true, "patient": patients})
     split.to_csv(single / "splits" / "test.csv", index=False)
     out = tmp_path / "heldout.json"
-    done = run_module("bench.studies.heldout_ensemble", [str(runs), str(single), "--resamples", "20", "--out", str(out)])
+    done = run_module(
+        "bench.studies.heldout_ensemble", [str(runs), str(single), "--resamples", "20", "--out", str(out)]
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())["result"]
     targets = np.array([CLASSES.index(t) for t in true])
