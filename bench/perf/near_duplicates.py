@@ -102,13 +102,13 @@ def run(args: argparse.Namespace) -> dict:
     for n in args.sizes:
         hashes = generate(real, n, args.near, rng)
         found, wall, cpu = timed(near_pairs_within, hashes, args.threshold)
-        brute = "-", "-"
+        brute, seconds = ("-", "-"), (None, None)
         if n <= args.brute_max:
             pairs, b_wall, b_cpu = timed(brute_force_pairs, hashes, hashes, args.threshold)
             if not np.array_equal(pairs[pairs[:, 0] < pairs[:, 1]], found):
                 raise SystemExit(f"N={n}: multi-index hashing and the pairwise search disagree")
-            brute = f"{b_wall:.1f}", f"{b_cpu:.1f}"
-        rows.append((n, wall, cpu, len(found), *brute))
+            brute, seconds = (f"{b_wall:.1f}", f"{b_cpu:.1f}"), (b_wall, b_cpu)
+        rows.append((n, wall, cpu, len(found), *seconds))
         log.info("| %d | %d | %.2f | %.2f | %s | %s |", n, len(found), wall, cpu, *brute)
     sizes = [r[0] for r in rows]
     exponent = {"wall": fit_exponent(sizes, [r[1] for r in rows]), "cpu": fit_exponent(sizes, [r[2] for r in rows])}

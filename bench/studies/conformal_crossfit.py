@@ -36,7 +36,7 @@ def halvings(probs: np.ndarray, truth: np.ndarray, labels: list[str], alpha: flo
         cal, held = order[: len(order) // 2], order[len(order) // 2 :]
         scores = 1.0 - probs[cal, truth[cal]]
         record = DecisionRecord(labels, False, "", alpha=alpha, conformal_scores=scores)
-        sets, _ = record.prediction_sets(probs[held])
+        sets = record.prediction_sets(probs[held])[0]  # (sets, ambiguous, empty)
         out.append((float(sets[rows[: len(held)], truth[held]].mean()), float(sets.sum(1).mean())))
     return np.array(out)
 
