@@ -109,6 +109,17 @@ def run_script(
     return subprocess.run(cmd, cwd=cwd, env=offline_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def run_module(
+    module: str, args: list[str], cwd: Path | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """``python -m <module> args`` in a subprocess with the repository on the import path (the bench scripts run
+    as modules: ``bench.perf.scale``), offline and with warnings off; output captured."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", module, *args]
+    env = offline_env(PYTHONPATH=path)
+    return subprocess.run(cmd, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def offline_env(**extra: str) -> dict[str, str]:
     """This process's environment for a subprocess: offline (no waiting on the Hugging Face hub), Python's
     warnings off, and ``extra`` on top."""

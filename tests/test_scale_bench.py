@@ -1,4 +1,4 @@
-"""bench/scale.py, the scale benchmark of issue #27 §6: its setup stages and growth fits on a tiny generated set."""
+"""bench.perf.scale, the scale benchmark of issue #27 §6: its setup stages and growth fits on a tiny generated set."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from tests.conftest import run_script
+from tests.conftest import run_module
 
 
 def test_scale_bench_times_the_setup_stages_and_fits_their_growth(tmp_path):
@@ -26,9 +26,9 @@ def test_scale_bench_times_the_setup_stages_and_fits_their_growth(tmp_path):
             writer.writerow([f"{i}.png", "No Finding" if i % 2 else "Effusion", 0, i])
     out = tmp_path / "scale.json"
     args = ["--src", str(src), "--sizes", "40", "80", "--size", "128", "--skip", "loading", "train"]
-    done = run_script("bench/scale.py", [*args, "--work", str(tmp_path / "work"), "--out", str(out)])
+    done = run_module("bench.perf.scale", [*args, "--work", str(tmp_path / "work"), "--out", str(out)])
     assert done.returncode == 0, done.stderr[-2000:]
-    record = json.loads(out.read_text())
+    record = json.loads(out.read_text())["result"]
     assert sorted(record["results"]) == ["40", "80"]
     for stages in record["results"].values():
         assert set(stages) == {"scan_first", "setup_second", "near_duplicates"}

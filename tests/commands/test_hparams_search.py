@@ -6,7 +6,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, compose_cfg, run_script
+from tests.conftest import CONF, compose_cfg, run_module, run_script
 
 PRESETS = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 SEARCHED = {"optimizer.lr", "optimizer.weight_decay", "model.drop_rate", "label_smoothing", "data.image_size"}
@@ -62,7 +62,7 @@ def test_two_trial_search_writes_optimization_results_and_a_second_search_contin
     assert len(trials) == 2
     lrs = {yaml.safe_load((t / "config.yaml").read_text())["optimizer"]["lr"] for t in trials}
     assert len(lrs) == 2  # the sampler proposed two learning rates
-    table = run_script("bench/sweep_table.py", [str(sweep), "--out", str(tmp_path / "t.md")])
+    table = run_module("bench.studies.sweep_table", [str(sweep), "--out", str(tmp_path / "t.json")])
     assert table.returncode == 0, table.stderr[-2000:]
     text = (tmp_path / "t.md").read_text()
     assert "| 0 |" in text and "| 1 |" in text and "optimizer.lr" in text and "best_value" in text

@@ -63,7 +63,7 @@ def test_every_augment_group_builds_and_keeps_the_image_contract(name):
         assert max(float(np.abs(o - outs[0]).max()) for o in outs[1:]) > 0  # random: not every draw the same
 
 
-# full-resolution Kermany validation images and their copies in PneumoniaMNIST (bench/kermany_in_pneumoniamnist.py)
+# full-resolution Kermany validation images and their copies in PneumoniaMNIST (bench.studies.kermany_in_pneumoniamnist)
 KERMANY_IN_PNEUMONIAMNIST = {
     "NORMAL/NORMAL2-IM-1427-0001.jpeg": "train/NORMAL/train_00599.png",
     "NORMAL/NORMAL2-IM-1436-0001.jpeg": "val/NORMAL/val_00210.png",

@@ -17,7 +17,7 @@ from lungnet.data.sources import DataError
 from lungnet.evaluation.compare import find_checkpoints
 from lungnet.evaluation.folds import compare, find_fold_runs, render, summarise, write_summary
 from lungnet.train.training import train
-from tests.conftest import compose_cfg, make_class_folders, run_cli, run_script
+from tests.conftest import compose_cfg, make_class_folders, run_cli, run_module
 from tests.evaluation.conftest import TINY
 
 CLASSES = ["Covid-19", "No_findings", "Pneumonia"]
@@ -191,7 +191,7 @@ def test_multilabel_folds_are_pooled_per_finding(tiny_nih, tmp_path):
 
 
 def test_live_weights_bench_scores_both_weights_of_an_swa_cv(cv_runs, tmp_path):
-    """bench/cv_live_weights.py: the averaged pass reproduces each fold's reported accuracy; runs without a
+    """bench.studies.cv_live_weights: the averaged pass reproduces each fold's reported accuracy; runs without a
     weight average are refused with one line."""
     data = make_class_folders(tmp_path / "dcn", CLASSES, 6)
     for fold in range(2):
@@ -200,9 +200,9 @@ def test_live_weights_bench_scores_both_weights_of_an_swa_cv(cv_runs, tmp_path):
         train(compose_cfg("train", overrides), tmp_path / "swa" / str(fold))
     out, live = tmp_path / "live.json", tmp_path / "live"
     args = [str(tmp_path / "swa"), "--resamples", "20", "--out", str(out), "--live-runs", str(live)]
-    done = run_script("bench/cv_live_weights.py", args)
+    done = run_module("bench.studies.cv_live_weights", args)
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["result"]
     for fold in range(2):
         reported = json.loads((tmp_path / "swa" / str(fold) / "metrics.json").read_text())["val"]["accuracy"]
         assert result["per_fold"][str(fold)]["average"] == pytest.approx(reported)
@@ -216,14 +216,16 @@ def test_live_weights_bench_scores_both_weights_of_an_swa_cv(cv_runs, tmp_path):
     assert written.swa.epochs == 0 and written.callbacks.swa.epochs == 0  # the average is off, resolved keys too
     paired = compare(summary, summarise(find_fold_runs(tmp_path / "swa"), resamples=20, seed=0), resamples=20, seed=0)
     assert paired["folds"] == [0, 1] and paired["images"] == len(summary["oof"])  # the same images, paired
-    inside = run_script("bench/cv_live_weights.py", [str(tmp_path / "swa"), "--live-runs", str(tmp_path / "swa" / "x")])
+    inside = run_module(
+        "bench.studies.cv_live_weights", [str(tmp_path / "swa"), "--live-runs", str(tmp_path / "swa" / "x")]
+    )
     assert inside.returncode != 0 and "lies inside" in inside.stderr
-    refused = run_script("bench/cv_live_weights.py", [str(cv_runs)])
+    refused = run_module("bench.studies.cv_live_weights", [str(cv_runs)])
     assert refused.returncode != 0 and "holds no current_model_state" in refused.stderr
 
 
 def test_cv_ensemble_bench_averages_runs_image_by_image(cv_runs, tmp_path):
-    """bench/cv_ensemble.py: the ensemble's pooled accuracy is that of the mean probabilities per image; runs whose
+    """bench.studies.cv_ensemble: the ensemble's pooled accuracy is that of the mean probabilities per image; runs whose
     images sit in other folds are refused."""
     other = tmp_path / "other"
     shutil.copytree(cv_runs, other)
@@ -234,7 +236,7 @@ def test_cv_ensemble_bench_averages_runs_image_by_image(cv_runs, tmp_path):
         table[cols] = rng.dirichlet(np.ones(len(cols)), size=len(table))
         table.to_csv(csv, index=False)
     out = tmp_path / "ens.json"
-    done = run_script("bench/cv_ensemble.py", [str(cv_runs), str(other), "--resamples", "20", "--out", str(out)])
+    done = run_module("bench.studies.cv_ensemble", [str(cv_runs), str(other), "--resamples", "20", "--out", str(out)])
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = (
         summarise(find_fold_runs(r), resamples=10, seed=0)["oof"].set_index("path").sort_index()
@@ -243,18 +245,18 @@ def test_cv_ensemble_bench_averages_runs_image_by_image(cv_runs, tmp_path):
     cols = [c for c in a.columns if c.startswith("p_")]
     mean = (a[cols].to_numpy() + b[cols].to_numpy()) / 2
     expected = float((mean.argmax(1) == a["true"].map({c[2:]: i for i, c in enumerate(cols)}).to_numpy()).mean())
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["result"]
     assert result["n"] == 18 and result["ensemble"]["accuracy"]["value"] == pytest.approx(expected)
     moved = next(other.rglob("predictions_val.csv"))
     table = pd.read_csv(moved)
     table.loc[0, "true"] = next(c[2:] for c in cols if c[2:] != table.loc[0, "true"])
     table.to_csv(moved, index=False)
-    refused = run_script("bench/cv_ensemble.py", [str(cv_runs), str(other)])
+    refused = run_module("bench.studies.cv_ensemble", [str(cv_runs), str(other)])
     assert refused.returncode != 0 and "another label or fold" in refused.stderr
 
 
 def test_protocols_bench_pairs_two_cross_validations_of_the_same_images(cv_runs, tmp_path):
-    """bench/cv_protocols.py: a run against itself differs by nothing; patients from the split files are the
+    """bench.studies.cv_protocols: a run against itself differs by nothing; patients from the split files are the
     resampled groups; runs of other images are refused."""
     runs = tmp_path / "runs"
     shutil.copytree(cv_runs, runs)
@@ -263,19 +265,19 @@ def test_protocols_bench_pairs_two_cross_validations_of_the_same_images(cv_runs,
         table["patient"] = [f"p{Path(path).stem[-1]}" for path in table["path"]]
         table.to_csv(split_file, index=False)
     out = tmp_path / "protocols.json"
-    done = run_script("bench/cv_protocols.py", [str(runs), str(cv_runs), "--resamples", "20", "--out", str(out)])
+    done = run_module("bench.studies.cv_protocols", [str(runs), str(cv_runs), "--resamples", "20", "--out", str(out)])
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["result"]
     ids = {f"p{Path(path).stem[-1]}" for f in runs.glob("*/splits/val.csv") for path in pd.read_csv(f)["path"]}
     assert result["images"] == 18 and result["patients"] == len(ids) < 18
     assert result["metrics"]["accuracy"]["diff"] == 0 and result["metrics"]["accuracy"]["hi"] == 0
     shutil.rmtree(runs / "0")
-    refused = run_script("bench/cv_protocols.py", [str(runs), str(cv_runs)])
+    refused = run_module("bench.studies.cv_protocols", [str(runs), str(cv_runs)])
     assert refused.returncode != 0 and "did not score the same images" in refused.stdout + refused.stderr
 
 
 def test_heldout_ensemble_bench_pairs_the_fold_average_with_one_model(cv_runs, tmp_path):
-    """bench/heldout_ensemble.py: the ensemble is the mean of the folds' test probabilities, each paired with the
+    """bench.studies.heldout_ensemble: the ensemble is the mean of the folds' test probabilities, each paired with the
     single run on the same held-out images (patients from its split file); other test images are refused."""
     runs, single = tmp_path / "runs", tmp_path / "single"
     shutil.copytree(cv_runs, runs)
@@ -297,9 +299,11 @@ def test_heldout_ensemble_bench_pairs_the_fold_average_with_one_model(cv_runs, t
     split = pd.DataFrame({"path": paths, "label": true, "patient": patients})
     split.to_csv(single / "splits" / "test.csv", index=False)
     out = tmp_path / "heldout.json"
-    done = run_script("bench/heldout_ensemble.py", [str(runs), str(single), "--resamples", "20", "--out", str(out)])
+    done = run_module(
+        "bench.studies.heldout_ensemble", [str(runs), str(single), "--resamples", "20", "--out", str(out)]
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text())["result"]
     targets = np.array([CLASSES.index(t) for t in true])
     ensemble = np.mean(members, axis=0)
     acc = result["paired"]["ensemble - single"]["accuracy"]
@@ -310,5 +314,5 @@ def test_heldout_ensemble_bench_pairs_the_fold_average_with_one_model(cv_runs, t
         *(f"fold {k} - single" for k in range(3)),
     }
     pd.read_csv(single / "predictions_test.csv").iloc[1:].to_csv(single / "predictions_test.csv", index=False)
-    refused = run_script("bench/heldout_ensemble.py", [str(runs), str(single)])
+    refused = run_module("bench.studies.heldout_ensemble", [str(runs), str(single)])
     assert refused.returncode != 0 and "other test images" in refused.stderr

@@ -1,0 +1,272 @@
+"""How lungnet's data-side costs grow with the number of images (issue #27 §6): a scale benchmark anyone can rerun.
+
+For each size N a seeded NIH-like set is generated (`bench.common.nih_like`: real NIH radiographs of
+``../shared/data/nih`` at ``--size`` px with a seeded rotation, shift, gain and flip; NIH layout and CSV) and these
+stages are timed, in CPU seconds (user + system of this process and its waited-for children, `resource.getrusage`;
+loader stages read their own process tree) and wall seconds:
+
+- ``scan_first``: the first command's setup (`LungDataModule.load_table` as train.py calls it, nih14 source, empty
+  manifest folder, ``data.scan_workers=1`` so that all the scan's CPU is this process's).
+- ``setup_second``: the next command's setup on unchanged data (the manifest is read).
+- ``near_duplicates``: the near-duplicate search of the set against itself on the manifest's dHashes (threshold 12).
+- ``store_build``, ``epoch_store``, ``epoch_direct``: one training epoch's loading, no model: building the prepared
+  store, then every image through the training dataset (augment=xray, ``--image-size``) from the store and from the
+  files (`bench.perf.loader`'s in-process measure: one loader worker's work).
+- ``finish``: the steps after training (`lungnet.evaluation.after_training.finish_training`), timed inside a
+  ``train.py`` run of simple_cnn for ``--train-batches`` batches of one epoch (``data.num_workers=0``).
+- ``evaluate``: ``python evaluate.py ckpt=<that run's best.ckpt> split=test`` (defaults), whole command.
+- ``predict``: ``python predict.py ckpt=... input=<images folder>`` on every image of the set, whole command.
+
+Then growth exponents (least squares of log seconds on log N, over the sizes run) and the extrapolation to 112k
+and 224k images; the JSON record and a markdown table beside it (.md) are written to ``--out`` (after every size).
+
+    python -m bench.perf.scale --sizes 1000 4000 16000 --size 256
+    python -m bench.perf.scale --sizes 1000 4000 16000 64000 --size 256   # 64k: hours on 2 cores
+    python -m bench.perf.scale --sizes 200 --size 128   # smoke check, every stage
+    python -m bench.perf.scale --merge a.json b.json --out all.json   # unite runs, refit
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common.cli import ROOT, main, record, write_record
+
+log = logging.getLogger("bench.scale")
+STAGES = ("scan_first", "setup_second", "near_duplicates", "store_build", "epoch_store", "epoch_direct", "finish")
+COMMANDS = ("evaluate", "predict")
+TARGET_N = (112_000, 224_000)
+
+
+def cpu() -> float:
+    """CPU seconds (user + system) of this process and its finished children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn) -> tuple[object, dict]:
+    """``fn()``'s result and its ``{"cpu_s", "wall_s"}``."""
+    c0, w0 = cpu(), time.perf_counter()
+    out = fn()
+    return out, {"cpu_s": cpu() - c0, "wall_s": time.perf_counter() - w0}
+
+
+def setup_stages(root: Path, manifests: Path) -> tuple[dict, object]:
+    """First scan and second setup of the data set (train.py's `load_table`), and the near-duplicate search."""
+    from lungnet.data.datamodule import LungDataModule
+    from lungnet.data.near_duplicates import hash_matrix, near_pairs_within
+    from lungnet.models.specs import ModelSpec
+
+    cfg = {"name": "nih14", "source": "nih14", "root": str(root), "scan_workers": 1}
+    cfg.update(val_fraction=0.15, test_fraction=0.15)  # as conf/data/nih14.yaml
+    spec = ModelSpec("bench", "bench", input_size=64)
+    out = {}
+    _, out["scan_first"] = timed(lambda: LungDataModule(cfg, spec, cache_dir=str(manifests)).load_table())
+    table, out["setup_second"] = timed(lambda: LungDataModule(cfg, spec, cache_dir=str(manifests)).load_table())
+    hashes = table["dhash"].fillna("").astype(str)
+    bits = hash_matrix(hashes[hashes.str.len() == 64])
+    pairs, out["near_duplicates"] = timed(lambda: near_pairs_within(bits, 12))
+    out["near_duplicates"]["pairs"] = int(len(pairs))
+    return out, table
+
+
+def loading_stages(root: Path, image_size: int, store_dir: Path) -> dict:
+    """One epoch's loading, store and direct path, through bench.perf.loader's in-process measure."""
+    from bench.perf.loader import measure
+
+    paths = sorted((root / "images").glob("*.png"))
+    args = argparse.Namespace(image_size=image_size, augment="xray", batch_size=32, workers=-1)
+    out = {}
+    for mode in ("store", "direct"):
+        got = measure(mode, paths, args, store_dir)
+        cpu_s = got["cpu_ms_per_image"] * len(paths) / 1000
+        out[f"epoch_{mode}"] = {"cpu_s": cpu_s, "wall_s": len(paths) / got["wall_images_per_s_0_workers"]}
+        if mode == "store":
+            out["store_build"] = {"cpu_s": got["build_cpu_ms_per_image"] * len(paths) / 1000, "wall_s": got["build_s"]}
+    return out
+
+
+def run_command(argv: list[str], env: dict, log_file: Path) -> dict:
+    """Runs a lungnet command (a child of this process), its output to ``log_file``; CPU and wall seconds."""
+    with open(log_file, "w") as fh:
+        done, took = timed(lambda: subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False))
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed (exit {done.returncode}); its output: {log_file}")
+    return took
+
+
+def command_stages(root: Path, work: Path, args) -> dict:
+    """Trains simple_cnn briefly (timing the steps after training inside), then evaluate.py and predict.py."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
+    env.update(OMP_NUM_THREADS="1", LUNGNET_CACHE_DIR=str(work / "store"), LUNGNET_MANIFEST_DIR=str(work / "manifests"))
+    finish_json = work / "finish.json"
+    env["BENCH_SCALE_FINISH"] = str(finish_json)
+    common = [f"paths.log_dir={work / 'runs'}", "data.num_workers=0"]
+    train = [sys.executable, "-m", "bench.perf.scale", "train-child", "data=nih14", f"data.root={root}"]
+    train += [
+        "model=simple_cnn",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        f"+trainer.limit_train_batches={args.train_batches}",
+    ]
+    train += ["trainer.enable_progress_bar=false", "data.scan_workers=1", *common]
+    out = {"train": run_command(train, env, work / "train.log")}
+    out["finish"] = json.loads(finish_json.read_text())
+    ckpt = next((work / "runs").rglob("best.ckpt"))
+    if "evaluate" not in args.skip:
+        evaluate = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt={ckpt}", "split=test", *common]
+        out["evaluate"] = run_command(evaluate, env, work / "evaluate.log")
+    if "predict" not in args.skip:
+        predict = [sys.executable, str(ROOT / "predict.py"), f"ckpt={ckpt}", f"input={root / 'images'}", common[0]]
+        out["predict"] = run_command(predict, env, work / "predict.log")
+    return out
+
+
+def train_child() -> None:
+    """``train.py`` with `finish_training` timed (CPU of this process and its waited-for children, wall), the
+    figures written to ``$BENCH_SCALE_FINISH``."""
+    import lungnet.train.training
+    from lungnet.commands.train import main as train
+
+    finish = lungnet.train.training.finish_training
+
+    def timed_finish(*a, **k):
+        result, took = timed(lambda: finish(*a, **k))
+        Path(os.environ["BENCH_SCALE_FINISH"]).write_text(json.dumps(took))
+        return result
+
+    lungnet.train.training.finish_training = timed_finish
+    sys.argv = [str(ROOT / "train.py"), *sys.argv[2:]]
+    train()
+
+
+def one_size(n: int, args) -> dict:
+    """Every stage at ``n`` images (the set is generated under ``--work`` and kept for reruns)."""
+    from bench.common.nih_like import SOURCE, generate
+
+    root = Path(args.work) / f"nih-{n}-{args.size}"
+    if not (root / "Data_Entry_2017.csv").is_file():
+        (_, took) = timed(lambda: generate(Path(args.src or SOURCE), root, n, args.size, args.seed))
+        log.info("generated %d images at %d px in %.1f s", n, args.size, took["wall_s"])
+    work = Path(tempfile.mkdtemp(prefix=f"scale-{n}-", dir=args.work))
+    try:
+        out, _ = setup_stages(root, work / "manifests")
+        if "loading" not in args.skip:
+            out.update(loading_stages(root, args.image_size, work / "store"))
+        if "train" not in args.skip:
+            out.update(command_stages(root, work, args))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    log.info("N=%d: %s", n, json.dumps({k: {m: round(v, 3) for m, v in d.items()} for k, d in out.items()}))
+    return out
+
+
+def exponents(results: dict[int, dict]) -> dict:
+    """Per stage: the least-squares slope b and intercept of log(CPU s) = a + b log(N), and the extrapolations."""
+    fits = {}
+    stages = sorted({s for r in results.values() for s in r})
+    for stage in stages:
+        ns = [n for n in sorted(results) if stage in results[n] and results[n][stage]["cpu_s"] > 0]
+        if len(ns) < 2:
+            continue
+        x = np.log(ns)
+        y = np.log([results[n][stage]["cpu_s"] for n in ns])
+        b, a = np.polyfit(x, y, 1)
+        fits[stage] = {"exponent": float(b), "sizes": ns}
+        fits[stage].update({f"cpu_s_at_{m // 1000}k": float(np.exp(a + b * np.log(m))) for m in TARGET_N})
+    return fits
+
+
+def table(results: dict[int, dict], fits: dict) -> str:
+    """The markdown table: CPU (wall) seconds per stage and size, the exponent and the extrapolations."""
+    sizes = sorted(results)
+    stages = [s for s in (*STAGES, "train", *COMMANDS) if any(s in r for r in results.values())]
+    head = ["stage", *[f"N={n}" for n in sizes], "exponent", *[f"{m // 1000}k (extrap.)" for m in TARGET_N]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for stage in stages:
+        cells = [stage]
+        for n in sizes:
+            got = results[n].get(stage)
+            cells.append(f"{got['cpu_s']:.2f} ({got['wall_s']:.1f})" if got else "")
+        fit = fits.get(stage)
+        cells.append(f"{fit['exponent']:.2f}" if fit else "")
+        cells += [f"{fit[f'cpu_s_at_{m // 1000}k']:.3g}" if fit else "" for m in TARGET_N]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nCPU seconds (wall seconds); extrapolations in CPU seconds.\n"
+
+
+def write(out: Path, args, results: dict[int, dict]) -> dict:
+    """The JSON record (`bench.common.cli.record`: arguments, results, fits) and the markdown table beside it; the
+    result it holds."""
+    fits = exponents(results)
+    result = {"args": vars(args), "results": results, "fits": fits}
+    write_record(out, record("scale", result))
+    out.with_suffix(".md").write_text(table(results, fits))
+    return result
+
+
+def merged(files: list[str]) -> dict[int, dict]:
+    """The results of earlier runs' JSON files, per size (stages of one size from several files are united)."""
+    results: dict[int, dict] = {}
+    for name in files:
+        try:
+            got = json.loads(Path(name).read_text())
+            got = got.get("result", got)["results"]  # a record, or a result file of before the record
+            for n, stages in got.items():
+                results.setdefault(int(n), {}).update(
+                    {s: {k: float(v) for k, v in t.items()} for s, t in stages.items()}
+                )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SystemExit(f"--merge {name}: not a bench.perf.scale result file ({exc})") from None
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sizes, the image and working resolutions, the work folder, the stages to skip, and --merge."""
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
+    parser.add_argument("--size", type=int, default=256, help="px of the generated images")
+    parser.add_argument("--image-size", type=int, default=224, help="the working resolution of the loading stages")
+    parser.add_argument("--src", default=None, help="NIH sample to draw from (default ../shared/data/nih)")
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "lungnet-scale"))
+    parser.add_argument("--train-batches", type=int, default=2, help="training batches before the finish")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["loading", "train", "evaluate", "predict"])
+    parser.add_argument("--keep", action="store_true", help="keep manifests, stores and runs under --work")
+    parser.add_argument("--merge", nargs="+", default=None, help="no run: unite these result files and refit")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every size's stages (the record rewritten after each size: a long run keeps what it has), or the merged
+    results of ``--merge``; then the fits."""
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        result = write(args.out, args, merged(args.merge))
+    results: dict[int, dict] = {}
+    for n in [] if args.merge else args.sizes:
+        results[n] = one_size(n, args)
+        result = write(args.out, args, results)
+    log.info("\n%s", args.out.with_suffix(".md").read_text())
+    return result
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if sys.argv[1:2] == ["train-child"]:
+        train_child()
+    else:
+        main("scale", __doc__, add_arguments, run)

@@ -1,0 +1,1 @@
+"""Accuracy and method studies: ``python -m bench.studies.<name> --help``."""
