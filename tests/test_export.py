@@ -19,16 +19,17 @@ from lungnet.cli import export as export_command
 from lungnet.export import calibration_sets, sidecar_path
 from lungnet.export import export as export_checkpoint
 from lungnet.inference import Predictor
+from lungnet.schema import ExportConfig
 from tests.conftest import CONF, run_cli, shared
 from tests.test_inference import LABELS, make_checkpoint, xray
 
-EXPORT_YAML = OmegaConf.load(CONF / "export.yaml")  # the export's defaults, stated there once
+EXPORT_DEFAULTS = OmegaConf.to_container(OmegaConf.structured(ExportConfig), enum_to_str=True)  # lungnet-export's
 OPTIONS = ("opset", "verify", "int8", "calib", "calib_n", "min_agreement", "int8_weights")
 
 
-def export(ckpt, fmt: str = EXPORT_YAML.format, out=None, **changes) -> Path:
-    """`lungnet.export.export` with conf/export.yaml's options, as lungnet-export passes them, and ``changes``."""
-    return export_checkpoint(ckpt, fmt, out, **{**{k: EXPORT_YAML[k] for k in OPTIONS}, **changes})
+def export(ckpt, fmt: str = EXPORT_DEFAULTS["format"], out=None, **changes) -> Path:
+    """`lungnet.export.export` with the default options (`lungnet.schema.ExportConfig`), and ``changes``."""
+    return export_checkpoint(ckpt, fmt, out, **{**{k: EXPORT_DEFAULTS[k] for k in OPTIONS}, **changes})
 
 
 def real_batch(predictor: Predictor, n: int = 3) -> torch.Tensor:

@@ -49,7 +49,7 @@ class AppConfig(LoadConfig):
     alpha: float = heatmap_alpha()
     overlay_max_side: int = opt(1024, "overlays are downscaled to this side (px) for transfer", ge=1)
     log_level: LogLevel = opt(LogLevel.info, "uvicorn's log level")
-    explain: dict[str, Any] | None = opt(None, help="heatmaps (conf/explain/; explain=null: off)")
+    explain: dict[str, Any] | None = opt(None, help="heatmaps (conf/explain/; ~explain: off)")
 
 
 @dataclass
