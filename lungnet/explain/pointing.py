@@ -184,7 +184,7 @@ def score_checkpoint(
     """Pointing game, energy share and the randomisation check for several methods on lesion cases.
 
     Each case is explained for its lesion's class. The explain command passes ``methods``, ``n`` (``score_n``) and
-    ``sanity`` from conf/explain.yaml, where their defaults are stated. Writes ``pointing_<name>.csv`` (one row per
+    ``sanity`` (defaults: `lungnet.schema.ExplainConfig`). Writes ``pointing_<name>.csv`` (one row per
     method, plus the chance level of an uninformative map), ``pointing_<name>_images.csv`` (one row
     per method and image) and ``pointing_<name>.md`` (`compute_scores`, then `write_scores`).
 

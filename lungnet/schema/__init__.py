@@ -2,9 +2,10 @@
 
 The dataclasses are registered in Hydra's ConfigStore (`register`, run when ``lungnet`` is imported) and the
 YAML files build on them: ``conf/data/*.yaml`` and ``conf/model/*.yaml`` start from ``_base`` (`DataConfig`,
-`ModelConfig`) and state only what differs; ``train.yaml``, ``evaluate.yaml``, ``predict.yaml`` and
-``compare.yaml`` start from ``train_schema`` ... ``compare_schema``. Hydra then refuses a value of the wrong type
-or an unknown choice while composing, before any file is written. Ranges (``image_size >= 8``, fractions in
+`ModelConfig`) and state only what differs; every command's ``conf/<name>.yaml`` (train, evaluate, compare,
+predict, audit, transfer, prepare, app, export, explain, crossval) starts from ``<name>_schema`` (`SCHEMAS`) and
+states no option's default: the values are the schema's. Hydra then refuses a value of the wrong type or an
+unknown choice while composing, before any file is written. Ranges (``image_size >= 8``, fractions in
 [0, 1)) are not types: they live in each field's metadata and `lungnet.config_checks.check_ranges` enforces
 them. Old checkpoints' data configs get their missing keys from `data_defaults`.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
+from lungnet.schema.crossval import CrossvalConfig
 from lungnet.schema.evaluate import (
     AbstainConfig,
     AuditAppConfig,
@@ -30,6 +32,7 @@ from lungnet.schema.evaluate import (
     SubgroupsConfig,
     TransferConfig,
 )
+from lungnet.schema.explain import ExplainConfig, ExplainData, ExplainMethod, ExplainOptions, Score
 from lungnet.schema.fields import (
     MAX_IMAGE_SIZE,
     AuditSource,
@@ -45,7 +48,9 @@ from lungnet.schema.fields import (
     Select,
     opt,
 )
+from lungnet.schema.loading import LoadConfig
 from lungnet.schema.prepare import PrepareConfig
+from lungnet.schema.serve import AppConfig, ExportConfig, ExportFormat, Int8Weights, LogLevel
 from lungnet.schema.train import (
     RENAMED,
     CheckpointConfig,
@@ -108,6 +113,18 @@ __all__ = [
     "CompareConfig",
     "PredictConfig",
     "PrepareConfig",
+    "LoadConfig",
+    "AppConfig",
+    "ExportConfig",
+    "ExportFormat",
+    "Int8Weights",
+    "LogLevel",
+    "ExplainConfig",
+    "ExplainData",
+    "ExplainMethod",
+    "ExplainOptions",
+    "Score",
+    "CrossvalConfig",
     "RENAMED",
     "SCHEMAS",
     "data_defaults",
@@ -123,6 +140,10 @@ SCHEMAS = {
     "audit": AuditAppConfig,
     "transfer": TransferConfig,
     "prepare": PrepareConfig,
+    "app": AppConfig,
+    "export": ExportConfig,
+    "explain": ExplainConfig,
+    "crossval": CrossvalConfig,
 }
 
 

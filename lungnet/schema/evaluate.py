@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lungnet.schema.fields import AuditSource, Device, Overlap, Precision, Runtime, opt
+from lungnet.schema.fields import AuditSource, Device, Overlap, opt
+from lungnet.schema.loading import LoadConfig
 from lungnet.schema.train import BootstrapConfig, EvalDataOverrides, OodFitConfig, PathsConfig
 
 
@@ -176,10 +177,9 @@ class CompareConfig(EvaluateConfig):
 
 
 @dataclass
-class PredictConfig:
-    ckpt: Any = opt(
-        help="model.ckpt, model.onnx or model.pt; an ensemble: [a.ckpt,b.ckpt,...], a multirun dir or an ensemble.json"
-    )
+class PredictConfig(LoadConfig):
+    """``predict.py``: `LoadConfig` (the model and how it is loaded), the files to classify and how."""
+
     input: str = opt(help="an image/DICOM file, a folder (searched recursively) or a glob")
     alpha: float = heatmap_alpha()
     batch_size: int = opt(16, "images per batch", ge=1)
@@ -189,11 +189,5 @@ class PredictConfig:
         "null: min(4, CPU cores))",
         ge=0,
     )
-    device: Device = opt(Device.cpu, "cpu cuda auto (PyTorch checkpoints)")
-    runtime: Runtime = opt(Runtime.onnxruntime, ".onnx models: onnxruntime or openvino")
-    precision: Precision = opt(Precision.fp32, "fp32 or bf16 (checkpoints: autocast; .onnx: runtime=openvino only)")
-    threads: int | None = opt(None, "ONNX Runtime / OpenVINO threads (null: the runtime's default)", ge=1)
-    decision: str = opt("auto", "auto: <ckpt stem>.decision.json when present | none | <file>")
-    trust_export: bool = opt(False, "TorchScript (.pt/.ts) holds code: load it only for a file you made or trust")
     explain: dict[str, Any] | None = opt(None, help="heatmap overlays (conf/explain/)")
     paths: PathsConfig = opt(factory=PathsConfig)

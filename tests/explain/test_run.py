@@ -119,7 +119,7 @@ def test_cli_arguments(tmp_path, monkeypatch, capsys, caplog):
     for args, message in [
         (["x.ckpt"], "key=value"),
         (["method=gradcam"], "ckpt="),
-        (["ckpt=x.ckpt", "method=lime"], "choose from"),
+        (["ckpt=x.ckpt", "method=lime"], "method='lime' is not valid: it must be one of: gradcam"),
     ]:
         with pytest.raises(SystemExit) as exc:
             run_cli(explain, [*args, f"out={tmp_path / 'out'}"], monkeypatch)

@@ -28,6 +28,7 @@ from lungnet.artifacts.decision import decision_path, new_record
 from lungnet.commands import app as app_cmd
 from lungnet.data.preprocessing import logits_to_probs
 from lungnet.errors import ConfigError
+from lungnet.schema import AppConfig
 from lungnet.scoring.ood import OodGate
 from lungnet.serve.app import NOTICE, create_app, safe_name
 from lungnet.serve.inference import Predictor
@@ -44,17 +45,17 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-APP_YAML = OmegaConf.load(ROOT / "conf" / "app.yaml")  # the app's defaults, stated there once
+APP_DEFAULTS = OmegaConf.to_container(OmegaConf.structured(AppConfig), enum_to_str=True)  # lungnet-app's
 
 
 def service_options(**changes) -> dict:
-    """`lungnet.serve.app.Service`'s options as lungnet-app passes them from conf/app.yaml (heatmaps: gradcam)."""
-    return {"explain": "gradcam", **{k: APP_YAML[k] for k in ("alpha", "overlay_max_side", "max_queue")}, **changes}
+    """`lungnet.serve.app.Service`'s options with the app's defaults (`lungnet.schema.AppConfig`; heatmaps: gradcam)."""
+    return {"explain": "gradcam", **{k: APP_DEFAULTS[k] for k in ("alpha", "overlay_max_side", "max_queue")}, **changes}
 
 
 def app_options(**changes) -> dict:
-    """`lungnet.serve.app.create_app`'s options as lungnet-app passes them from conf/app.yaml."""
-    return {"max_upload_mb": APP_YAML.max_upload_mb, **service_options(**changes)}
+    """`lungnet.serve.app.create_app`'s options with the app's defaults."""
+    return {"max_upload_mb": APP_DEFAULTS["max_upload_mb"], **service_options(**changes)}
 
 
 LIMIT_MB = 8.0  # the uncompressed DICOM (7.2 MB) fits, 9 MB does not

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from lungnet.artifacts.checkpoint import CheckpointError, load_model
 from lungnet.commands.export import main as export_command
+from lungnet.schema import ExportConfig
 from lungnet.serve.export import calibration_sets, sidecar_path
 from lungnet.serve.export import export as export_checkpoint
 from lungnet.serve.inference import Predictor
@@ -22,13 +23,13 @@ from lungnet.serve.predict_batch import run_batch
 from tests.conftest import CONF, run_cli, shared
 from tests.serve.test_inference import LABELS, make_checkpoint, xray
 
-EXPORT_YAML = OmegaConf.load(CONF / "export.yaml")  # the export's defaults, stated there once
+EXPORT_DEFAULTS = OmegaConf.to_container(OmegaConf.structured(ExportConfig), enum_to_str=True)  # lungnet-export's
 OPTIONS = ("opset", "verify", "int8", "calib", "calib_n", "min_agreement", "int8_weights")
 
 
-def export(ckpt, fmt: str = EXPORT_YAML.format, out=None, **changes) -> Path:
-    """`lungnet.serve.export.export` with conf/export.yaml's options, as lungnet-export passes them, and ``changes``."""
-    return export_checkpoint(ckpt, fmt, out, **{**{k: EXPORT_YAML[k] for k in OPTIONS}, **changes})
+def export(ckpt, fmt: str = EXPORT_DEFAULTS["format"], out=None, **changes) -> Path:
+    """`lungnet.serve.export.export` with the default options (`lungnet.schema.ExportConfig`), and ``changes``."""
+    return export_checkpoint(ckpt, fmt, out, **{**{k: EXPORT_DEFAULTS[k] for k in OPTIONS}, **changes})
 
 
 def real_batch(predictor: Predictor, n: int = 3) -> torch.Tensor:
