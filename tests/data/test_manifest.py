@@ -24,9 +24,9 @@ def decodes(monkeypatch):
     seen = []
     real = checks.read_image
 
-    def counting(path):
+    def counting(path, **kw):
         seen.append(str(path))
-        return real(path)
+        return real(path, **kw)
 
     monkeypatch.setattr(checks, "read_image", counting)
     return seen
