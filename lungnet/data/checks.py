@@ -55,15 +55,17 @@ def dhash(image: np.ndarray, side: int = HASH_SIDE) -> str:
 
 def _check_one(path: str, decode: bool) -> tuple[str, str, str, int, int]:
     """(sha1 of the bytes or '', error reason or '', dHash or '', height, width): whatever reading one file raises is
-    its reason; the native size is 0 x 0 when the file was not decoded."""
+    its reason; the native size is 0 x 0 when the file was not decoded. The file is read once: its bytes are hashed
+    and decoded from memory."""
     try:
-        digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+        raw = Path(path).read_bytes()
     except OSError as exc:
         return "", f"cannot read file ({exc.strerror or exc})", "", 0, 0
+    digest = hashlib.sha1(raw).hexdigest()
     if not decode:
         return digest, "", "", 0, 0
     try:
-        image = read_image(path)
+        image = read_image(path, data=raw)
         return digest, "", dhash(image), int(image.shape[0]), int(image.shape[1])
     except ImageReadError as exc:
         return digest, exc.reason, "", 0, 0

@@ -217,16 +217,16 @@ class LungDataModule(pl.LightningDataModule):
         scans and writes while the others wait at a barrier, then read it.
         """
         manifest = manifest_path(self.cache_dir, self.source.root)
-        workers = self.cfg["scan_workers"]
+        workers, name = self.cfg["scan_workers"], self.source.name
         trainer = self.trainer
         grouped = trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized()
         local_rank = trainer.local_rank if grouped else int(os.environ.get("LOCAL_RANK", "0") or 0)
         if local_rank != 0:
             if grouped:
                 trainer.strategy.barrier("lungnet-manifest")
-            return scan_table(table, decode, manifest, workers, decode_only, write=False)
+            return scan_table(table, decode, manifest, workers, decode_only, write=False, source=name)
         try:
-            return scan_table(table, decode, manifest, workers, decode_only)
+            return scan_table(table, decode, manifest, workers, decode_only, source=name)
         finally:
             if grouped:
                 trainer.strategy.barrier("lungnet-manifest")

@@ -1,16 +1,21 @@
 """A data set is scanned once: what the setup scan found per file, kept for the next command.
 
-The scan (`lungnet.data.checks.check_paths`) reads every file's bytes (SHA-1) and decodes it (unreadable files,
-native size, 256-bit dHash): about 18 ms of CPU per 1024 px image. The manifest keeps, per file, its path, size,
-mtime, SHA-1, dHash, native size and the error that made it unusable (or ''), so a later command (train, resume,
-evaluate, another DDP rank) re-scans only the files whose size or mtime changed, and the new ones.
+The scan (`lungnet.data.checks.check_paths`) reads every file once, hashes its bytes (SHA-1) and decodes them
+(unreadable files, native size, 256-bit dHash): about 18 ms of CPU per 1024 px image. The manifest keeps, per file,
+its path, size, mtime, SHA-1, dHash, native size, the error that made it unusable (or ''), and its label and patient
+id as the data set's table gives them (the ``label`` and ``patient`` of its split files; null where there is none),
+so a later command (train, resume, evaluate, another DDP rank) re-scans only the files whose size or mtime changed,
+and the new ones. A label or patient id changed in the label file is written over the row (the image is not read
+again); the labels a command uses always come from the current table, never from the manifest.
 
 Where it lives (`manifest_dir`): ``paths.cache_dir`` when set, else ``<data root>/.lungnet/`` when the data root
 can be written (and has a write permission bit), else the user cache (``$XDG_CACHE_HOME/lungnet`` or
 ``~/.cache/lungnet``) under
 ``manifests/``; a read-only data root works. The file is JSON (no pyarrow needed), written atomically (temporary
-file and rename). It is untrusted on read: a file that is not the expected JSON or holds a wrong type or value is
-rebuilt with a warning, never a crash.
+file and rename) with its format's version (`MANIFEST_VERSION`): one of another version is scanned again, not
+misread. It is untrusted on read: every value is type- and range-checked (`lungnet.untrusted.Fields`), and a file
+that is not the expected JSON or holds a wrong type or value is rebuilt with a warning naming the row and the value,
+never a crash.
 """
 
 from __future__ import annotations
@@ -27,13 +32,17 @@ import pandas as pd
 from lungnet.data.checks import check_paths
 from lungnet.errors import WriteError
 from lungnet.io import atomic_write, check_writable, printable
+from lungnet.untrusted import BadValue, Fields
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
-FIELDS = ("path", "size", "mtime_ns", "sha1", "dhash", "error", "decoded", "height", "width")
-_HEX = {"sha1": re.compile(r"(?:[0-9a-f]{40})?"), "dhash": re.compile(r"(?:[0-9a-f]{64})?")}
+MANIFEST_VERSION = 2  # 2: each file's label and patient id (a version 1 manifest is scanned again, not misread)
+FIELDS = ("path", "size", "mtime_ns", "sha1", "dhash", "error", "decoded", "height", "width", "label", "patient")
+_HEX = {k: (n, re.compile(f"(?:[0-9a-f]{{{n}}})?")) for k, n in (("sha1", 40), ("dhash", 64))}  # '': not read
 _MAX_INT = 2**63 - 1
+_INTS = {"size": 0, "height": 0, "width": 0, "mtime_ns": -_MAX_INT}  # lowest value (mtime: a file before 1970)
+_MAX_TEXT = 16384  # characters of a path, error, label or patient id: a longer one was not written by lungnet
+_TEXTS = {"path": False, "sha1": False, "dhash": False, "error": False, "label": True, "patient": True}  # null ok
 
 
 def user_cache() -> Path:
@@ -71,23 +80,67 @@ def manifest_path(cache_dir: str | os.PathLike | None, root: str | os.PathLike) 
     return manifest_dir(cache_dir, root) / f"manifest-{key}.json"
 
 
-def _valid(entry: object) -> bool:
-    """One manifest row: the right types and ranges (a file lungnet may not have written)."""
+def _text(fields: Fields, name: str, null: bool = False) -> str | None:
+    """A string of at most `_MAX_TEXT` characters (None where ``null`` allows it)."""
+    value = fields.string(name, null=null)
+    if value is not None and len(value) > _MAX_TEXT:
+        raise BadValue(name, value, f"a string of at most {_MAX_TEXT} characters")
+    return value
+
+
+def _row(entry: object) -> dict:
+    """One manifest row as a dict, each value type- and range-checked (a file lungnet may not have written): as
+    `lungnet.untrusted.Fields` checks them, in plain tests (an NIH manifest holds 112,120 rows).
+
+    Raises:
+        BadValue: names the value, what it is and what is accepted.
+    """
     if not isinstance(entry, list) or len(entry) != len(FIELDS):
-        return False
+        raise BadValue("the row", entry, f"a list of {len(FIELDS)} values ({', '.join(FIELDS)})")
     row = dict(zip(FIELDS, entry, strict=True))
-    ints = [row[k] for k in ("size", "mtime_ns", "height", "width")]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and -_MAX_INT <= v <= _MAX_INT for v in ints):
-        return False
-    if min(row["size"], row["height"], row["width"]) < 0:  # mtime may be negative: a file dated before 1970
-        return False
-    if not all(isinstance(row[k], str) for k in ("path", "sha1", "dhash", "error")) or not row["path"]:
-        return False
-    return isinstance(row["decoded"], bool) and all(_HEX[k].fullmatch(row[k]) for k in _HEX)
+    for key, low in _INTS.items():
+        value = row[key]
+        if type(value) is not int or not low <= value <= _MAX_INT:  # type: a bool is no whole number here
+            raise BadValue(key, value, f"a whole number in [{'-2**63 + 1' if low else 0}, 2**63 - 1]")
+    for key, null in _TEXTS.items():
+        value = row[key]
+        if not (type(value) is str and len(value) <= _MAX_TEXT) and not (null and value is None):
+            accepted = f"a string of at most {_MAX_TEXT} characters" + (", or null" if null else "")
+            raise BadValue(key, value, accepted)
+    if type(row["decoded"]) is not bool:
+        raise BadValue("decoded", row["decoded"], "true or false")
+    if not row["path"]:
+        raise BadValue("path", "", "a file path")
+    for key, (digits, pattern) in _HEX.items():
+        if not pattern.fullmatch(row[key]):
+            raise BadValue(key, row[key], f"'' or {digits} lowercase hex digits")
+    return row
 
 
-def read_manifest(path: Path) -> dict[str, dict] | None:
-    """The manifest's rows by path; None when there is none, or (with a warning) when it cannot be trusted."""
+def _header(data: object) -> tuple[str, list, str | None]:
+    """(verdict, rows, source): verdict ``ok``, or ``old`` / ``new`` for a manifest of an older / newer version.
+
+    Raises:
+        BadValue: a header value of the wrong type.
+    """
+    fields = Fields(data, "")
+    version = fields.integer("version", ge=1)
+    if version < MANIFEST_VERSION:
+        return "old", [], None
+    if version > MANIFEST_VERSION:
+        return "new", [], None
+    if fields.raw("fields") != list(FIELDS):
+        raise BadValue("fields", fields.raw("fields"), f"{list(FIELDS)} (the version {MANIFEST_VERSION} fields)")
+    source = _text(fields, "source", null=True)
+    files = fields.raw("files")
+    if not isinstance(files, list):
+        raise BadValue("files", files, "a list of rows")
+    return "ok", files, source
+
+
+def read_manifest(path: Path) -> tuple[dict[str, dict], str | None] | None:
+    """The manifest's rows by path and the data set whose labels they hold; None when there is none, or (logged)
+    when it cannot be trusted or was written by another version: its files are then scanned again."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -100,24 +153,43 @@ def read_manifest(path: Path) -> dict[str, dict] | None:
     except (ValueError, RecursionError) as exc:
         log.warning("Manifest %s is not valid JSON (%s): rebuilding it", printable(path), str(exc)[:120])
         return None
-    ok = (
-        isinstance(data, dict)
-        and data.get("version") == MANIFEST_VERSION
-        and data.get("fields") == list(FIELDS)
-        and isinstance(data.get("files"), list)
-    )
-    bad = next((i for i, e in enumerate(data["files"]) if not _valid(e)), None) if ok else None
-    if not ok or bad is not None:
-        where = f"row {bad + 1} holds a wrong type or value" if ok else f"not a version {MANIFEST_VERSION} manifest"
-        log.warning("Manifest %s: %s: rebuilding it", printable(path), where)
+    try:
+        verdict, files, source = _header(data)
+    except BadValue as exc:
+        log.warning(
+            "Manifest %s is not a version %d manifest (%s): rebuilding it", printable(path), MANIFEST_VERSION, exc
+        )
         return None
-    return {e[0]: dict(zip(FIELDS, e, strict=True)) for e in data["files"]}
+    if verdict != "ok":
+        log.warning(
+            "Manifest %s is version %s, written by %s lungnet (this one reads version %d, which keeps each file's "
+            "label and patient id): scanning the data set again",
+            printable(path),
+            data["version"],
+            "an older" if verdict == "old" else "a newer",
+            MANIFEST_VERSION,
+        )
+        return None
+    rows: dict[str, dict] = {}
+    for i, entry in enumerate(files):
+        try:
+            row = _row(entry)
+            if row["path"] in rows:
+                raise BadValue("path", row["path"], "a path no earlier row holds")
+        except BadValue as exc:
+            log.warning(
+                "Manifest %s: row %d holds a wrong type or value (%s): rebuilding it", printable(path), i + 1, exc
+            )
+            return None
+        rows[row["path"]] = row
+    return rows, source
 
 
-def write_manifest(path: Path, rows: dict[str, dict]) -> bool:
-    """Writes the manifest atomically; a folder that cannot be written only warns (the next command re-scans)."""
+def write_manifest(path: Path, rows: dict[str, dict], source: str | None = None) -> bool:
+    """Writes the manifest atomically (``source``: the data set whose labels its rows hold); a folder that cannot be
+    written only warns (the next command re-scans)."""
     files = [[rows[p][k] for k in FIELDS] for p in sorted(rows)]
-    text = json.dumps({"version": MANIFEST_VERSION, "fields": list(FIELDS), "files": files})
+    text = json.dumps({"version": MANIFEST_VERSION, "fields": list(FIELDS), "source": source, "files": files})
     try:
         atomic_write(path, lambda fh: fh.write(text), encoding="utf-8")
     except WriteError as exc:
@@ -162,6 +234,69 @@ def _scan(todo: list[tuple], workers: int | None) -> dict[str, dict]:
     return found
 
 
+def _cell(value: object) -> str | None:
+    """A label or patient cell as the manifest keeps it: its text, or None when blank or absent (or too long)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    text = str(value)
+    return text if text and len(text) <= _MAX_TEXT else None
+
+
+def _labels(table: pd.DataFrame) -> dict[str, tuple[str | None, str | None]]:
+    """Each file's (label, patient id) as the current table gives them (None: no such column, or a blank cell); a
+    file whose rows give two labels (a conflict the checks report) or two patients has None for it."""
+    blank = [None] * len(table)
+    cells = [table[c].tolist() if c in table else blank for c in ("label", "patient")]
+    out: dict[str, tuple[str | None, str | None]] = {}
+    for path, label, patient in zip(table["path"].astype(str), *cells, strict=True):
+        value = (_cell(label), _cell(patient))
+        if path in out:
+            value = tuple(a if a == b else None for a, b in zip(out[path], value, strict=True))
+        out[path] = value
+    return out
+
+
+def _keep(
+    manifest: Path,
+    old: tuple[dict[str, dict], str | None],
+    scanned: tuple[dict, dict, list],
+    labels: dict[str, tuple[str | None, str | None]],
+    source: str | None,
+    write: bool,
+) -> None:
+    """Logs what the scan reused and rewrites the manifest when a file was scanned, removed or relabelled.
+
+    Args:
+        manifest: the manifest file.
+        old: the rows it held, and the data set whose labels they hold.
+        scanned: the rows kept (unchanged files), the rows found (files scanned now) and the files scanned.
+        labels: `_labels` of the current table.
+        source: the data set whose labels these are.
+        write: rewrite the manifest when it changed (False: only log).
+    """
+    (rows, old_source), (kept, found, todo) = old, scanned
+    relabelled = [p for p, e in kept.items() if (e["label"], e["patient"]) != labels[p]]
+    for p in relabelled:
+        kept[p] = {**kept[p], "label": labels[p][0], "patient": labels[p][1]}
+    for p, e in found.items():
+        e["label"], e["patient"] = labels[p]
+    others = {p: e for p, e in rows.items() if p not in kept and p not in found and _stat(p) == _key(e)}
+    if old_source != source:  # another data set's labels (nih6 and nih14 share a root): not this one's
+        others = {p: {**e, "label": None, "patient": None} for p, e in others.items()}
+    removed = len(rows) - len(kept) - len(others) - sum(p in rows for p in found)
+    log.info(
+        "manifest: %d unchanged, %d re-scanned, %d removed, %d with a new label or patient id (%s)",
+        len(kept),
+        len(todo),
+        removed,
+        len(relabelled),
+        manifest,
+    )
+    if write and (todo or removed or relabelled or old_source != source):
+        rows = {**others, **kept, **{p: e for p, e in found.items() if e["keep"]}}
+        write_manifest(manifest, {p: {k: e[k] for k in FIELDS} for p, e in rows.items()}, source)
+
+
 def scan_table(
     table: pd.DataFrame,
     decode: bool,
@@ -169,17 +304,25 @@ def scan_table(
     workers: int | None = None,
     decode_only: set[str] | None = None,
     write: bool = True,
+    source: str | None = None,
 ) -> pd.DataFrame:
     """`lungnet.data.checks.scan_files` through the data set's manifest: only new or changed files are read.
 
+    Each manifest row also keeps the file's label and patient id as ``table`` gives them now (rows whose label
+    changed in the label file while the image did not are rewritten, the image is not read again); the labels a
+    command uses always come from ``table``, never from the manifest.
+
     Args:
-        table: the source's rows (``path``; ``error`` for rows it already marked bad: those are not read).
+        table: the source's rows (``path``; ``error`` for rows it already marked bad: those are not read;
+            ``label`` and ``patient``, kept in the manifest).
         decode: decode the images (unreadable files, dHash), not only hash them.
         manifest: the manifest file (`manifest_path`; None: none kept).
         workers: scan processes (None: every available core).
         decode_only: with ``decode``, scan only these paths decoding (the others are hashed unless the manifest
             holds them decoded already; None: all of them).
         write: write the manifest back (False on the DDP ranks that only read what rank 0 wrote).
+        source: the data set whose labels ``table`` holds (`lungnet.data.sources.Source.name`): the labels of
+            files it does not list are kept only when the manifest holds the same data set's.
 
     Returns:
         The table with ``sha1``, ``error`` ('' for good files), ``dhash`` ('' when not decoded) and ``decoded``
@@ -188,17 +331,12 @@ def scan_table(
     paths = table["path"].astype(str).tolist()
     known = table["error"].fillna("").astype(str).tolist() if "error" in table else [""] * len(paths)
     wanted = [p for p, e in zip(paths, known, strict=True) if not e]
-    old = (read_manifest(manifest) if manifest is not None else None) or {}
+    old = (read_manifest(manifest) if manifest is not None else None) or ({}, None)
     decoded = set(wanted) if decode and decode_only is None else set(decode_only or ()) if decode else set()
-    kept, todo = _plan(wanted, old, decoded)
+    kept, todo = _plan(wanted, old[0], decoded)
     found = _scan(todo, workers)
     if manifest is not None:
-        others = {p: e for p, e in old.items() if p not in kept and p not in found and _stat(p) == _key(e)}
-        removed = len(old) - len(kept) - len(others) - sum(p in old for p in found)
-        log.info("manifest: %d unchanged, %d re-scanned, %d removed (%s)", len(kept), len(todo), removed, manifest)
-        if write and (todo or removed):
-            rows = {**others, **kept, **{p: e for p, e in found.items() if e["keep"]}}
-            write_manifest(manifest, {p: {k: e[k] for k in FIELDS} for p, e in rows.items()})
+        _keep(manifest, old, (kept, found, todo), _labels(table), source, write)
     rows = {**kept, **found}
     out = table.copy()
     out["sha1"] = [rows[p]["sha1"] if not e else "" for p, e in zip(paths, known, strict=True)]

@@ -42,7 +42,7 @@ def prepare(data_cfg: dict, cache_dir: str | None) -> Path:
         raise DataError(f"No images found for dataset '{source.name}' under {source.root}")
     path = manifest_path(cache_dir, source.root)
     decode = bool(cfg["verify"]) or bool(cfg["near_duplicates"])
-    scanned = scan_table(table, decode, path, cfg["scan_workers"])
+    scanned = scan_table(table, decode, path, cfg["scan_workers"], source=source.name)
     bad = int((scanned["error"] != "").sum())
     log.info("Prepared %s: %d image(s), %d unusable; manifest %s", source.name, len(scanned), bad, path)
     return path

@@ -3,7 +3,12 @@ per image."""
 
 from __future__ import annotations
 
+import builtins
+import hashlib
+import io
 import logging
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -57,10 +62,10 @@ def test_whatever_reading_one_file_raises_becomes_its_row(tmp_path, monkeypatch,
     good, bad = write_png(tmp_path / "good.png", 1), write_png(tmp_path / "bad.png", 2)
     real = checks.read_image
 
-    def read(path):
+    def read(path, **kw):
         if str(path) == str(bad):
             raise exc
-        return real(path)
+        return real(path, **kw)
 
     monkeypatch.setattr(checks, "read_image", read)
     with caplog.at_level(logging.WARNING):
@@ -68,8 +73,32 @@ def test_whatever_reading_one_file_raises_becomes_its_row(tmp_path, monkeypatch,
     assert table["error"].tolist() == ["", f"unreadable ({type(exc).__name__}: {exc})"]
     assert table["sha1"].str.len().tolist() == [40, 40] and table["dhash"].iloc[0] != ""
     assert f"Unexpected {type(exc).__name__} reading {bad}" in caplog.text and "Traceback" in caplog.text
-    monkeypatch.setattr(checks, "read_image", lambda p: (_ for _ in ()).throw(ImageReadError(p, "known reason")))
+    monkeypatch.setattr(checks, "read_image", lambda p, **kw: (_ for _ in ()).throw(ImageReadError(p, "known reason")))
     assert scan_files(pd.DataFrame({"path": [str(good)]}))["error"].tolist() == ["known reason"]
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_a_scan_opens_each_file_once(tmp_path, monkeypatch, decode):
+    """Hashing and decoding share one read of the file (issue #27): one open per file, by any opener (pathlib,
+    Pillow, pydicom), and the same hashes, dHashes and sizes as before."""
+    files = [str(write_png(tmp_path / f"{i}.png", i)) for i in range(3)]
+    files.append(str(tmp_path / "torn.png"))
+    Path(files[-1]).write_bytes(Path(files[0]).read_bytes()[:60])
+    hashes = [hashlib.sha1(Path(f).read_bytes()).hexdigest() for f in files]
+    opened, real = [], io.open
+
+    def counting(file, *args, **kw):
+        if isinstance(file, str | os.PathLike) and os.fspath(file) in files:
+            opened.append(os.fspath(file))
+        return real(file, *args, **kw)
+
+    monkeypatch.setattr(io, "open", counting)
+    monkeypatch.setattr(builtins, "open", counting)
+    table = scan_files(pd.DataFrame({"path": files}), verify=decode, workers=1)
+    assert sorted(opened) == sorted(files)
+    assert table["sha1"].tolist() == hashes
+    assert (table["dhash"].str.len() == 64).tolist() == [decode] * 3 + [False]
+    assert (table["error"] != "").tolist() == [False] * 3 + [decode]
 
 
 def _rows(*rows: tuple[str, str, str]) -> pd.DataFrame:

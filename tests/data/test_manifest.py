@@ -6,11 +6,20 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 import lungnet.data.checks as checks
 from lungnet.data.datamodule import LungDataModule
-from lungnet.data.manifest import manifest_dir, manifest_path
+from lungnet.data.manifest import (
+    FIELDS,
+    MANIFEST_VERSION,
+    manifest_dir,
+    manifest_path,
+    read_manifest,
+    scan_table,
+    write_manifest,
+)
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
 from lungnet.models.specs import ModelSpec
 from tests.conftest import write_png
@@ -24,9 +33,9 @@ def decodes(monkeypatch):
     seen = []
     real = checks.read_image
 
-    def counting(path):
+    def counting(path, **kw):
         seen.append(str(path))
-        return real(path)
+        return real(path, **kw)
 
     monkeypatch.setattr(checks, "read_image", counting)
     return seen
@@ -70,7 +79,8 @@ def test_a_touched_file_is_the_only_one_rescanned(tiny_folder, tmp_path, decodes
     "content",
     [
         "{not json",
-        json.dumps({"version": 1, "fields": ["path"], "files": []}),
+        json.dumps({"version": 2, "fields": ["path"], "files": []}),
+        json.dumps({"version": "2", "files": []}),
         "[1, 2]",
     ],
 )
@@ -96,6 +106,7 @@ def test_a_manifest_row_of_wrong_type_or_range_is_not_trusted(tiny_folder, tmp_p
         with caplog.at_level(logging.WARNING):
             _load(tiny_folder, tmp_path / "cache")
         assert "row 1 holds a wrong type or value" in caplog.text and len(decodes) == 36
+    assert "(decoded is 'yes'; accepted: true or false): rebuilding it" in caplog.text
 
 
 def test_a_read_only_data_root_keeps_its_manifest_in_the_user_cache(tiny_folder, tmp_path, monkeypatch, decodes):
@@ -153,3 +164,144 @@ def test_prepare_writes_the_manifest_the_next_command_reads(tiny_folder, tmp_pat
     assert not list(tmp_path.glob("outputs")) and not (tmp_path / ".hydra").exists()
     _load(tiny_folder, cache)
     assert decodes == []
+
+
+def _nih(root, cache, **kw):
+    cfg = {"source": "nih14", "root": str(root), "val_fraction": 0.2, "intensity_check": False, **kw}
+    return LungDataModule(cfg, SPEC, cache_dir=str(cache)).load_table()
+
+
+def _manifest(cache, root) -> tuple[dict, dict[str, dict]]:
+    data = json.loads(manifest_path(cache, root).read_text())
+    return data, {r[0]: dict(zip(data["fields"], r, strict=True)) for r in data["files"]}
+
+
+def test_the_manifest_keeps_each_files_label_and_patient(tiny_nih, tiny_folder, tmp_path):
+    """Issue #27: a row per file holds its label (the split files' ``label``) and patient id (null: none)."""
+    _nih(tiny_nih, tmp_path / "cache")
+    data, rows = _manifest(tmp_path / "cache", tiny_nih)
+    assert data["version"] == MANIFEST_VERSION == 2 and data["source"] == "nih14"
+    assert data["fields"] == list(FIELDS) and list(FIELDS[-2:]) == ["label", "patient"]
+    csv = pd.read_csv(tiny_nih / "Data_Entry_2017.csv", dtype=str)
+    expected = {
+        str(tiny_nih / "images" / name): (labels, patient)
+        for name, labels, patient in zip(csv["Image Index"], csv["Finding Labels"], csv["Patient ID"], strict=True)
+    }
+    assert {p: (r["label"], r["patient"]) for p, r in rows.items()} == expected
+    assert rows[str(tiny_nih / "images" / "00000001_002.png")]["label"] == "Atelectasis|Effusion"
+    assert rows[str(tiny_nih / "images" / "00000010_002.png")]["patient"] == "10"
+    _load(tiny_folder, tmp_path / "cache-folder")  # class folders: the class is the label, no patient ids
+    data, rows = _manifest(tmp_path / "cache-folder", tiny_folder)
+    assert data["source"] == "pneumonia" and {r["patient"] for r in rows.values()} == {None}
+    assert all(r["label"] == p.split(os.sep)[-2] for p, r in rows.items())
+
+
+def test_a_changed_label_with_unchanged_images_is_not_served_stale(tiny_nih, tmp_path, decodes, caplog):
+    """The label file says otherwise now, the images are the same: nothing is decoded, the table and the manifest
+    hold the new label and patient id, and a further load rewrites nothing."""
+    _nih(tiny_nih, tmp_path / "cache")
+    csv = tiny_nih / "Data_Entry_2017.csv"
+    text = csv.read_text()
+    assert "00000001_000.png,No Finding,0,1," in text and "00000002_000.png,Pneumonia,0,2," in text
+    text = text.replace("00000001_000.png,No Finding,", "00000001_000.png,Pneumonia,")
+    csv.write_text(text.replace("00000002_000.png,Pneumonia,0,2,", "00000002_000.png,Pneumonia,0,3,"))
+    decodes.clear()
+    with caplog.at_level(logging.INFO):
+        table = _nih(tiny_nih, tmp_path / "cache")
+    assert decodes == []
+    assert "manifest: 30 unchanged, 0 re-scanned, 0 removed, 2 with a new label or patient id" in caplog.text
+    first, second = str(tiny_nih / "images" / "00000001_000.png"), str(tiny_nih / "images" / "00000002_000.png")
+    row = table.set_index("path").loc[first]
+    assert row["label"] == "Pneumonia" and row["Pneumonia"] == 1.0
+    assert table.set_index("path").loc[second, "patient"] == "3"
+    _, rows = _manifest(tmp_path / "cache", tiny_nih)
+    assert rows[first]["label"] == "Pneumonia" and rows[second]["patient"] == "3"
+    before = manifest_path(tmp_path / "cache", tiny_nih).stat().st_ino
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _nih(tiny_nih, tmp_path / "cache")
+    assert "0 with a new label or patient id" in caplog.text
+    assert manifest_path(tmp_path / "cache", tiny_nih).stat().st_ino == before  # not rewritten
+
+
+def test_an_old_version_manifest_is_scanned_again(tiny_nih, tmp_path, decodes, caplog):
+    """A version 1 manifest (no label, no patient id) is not misread: its files are scanned again, said in a line."""
+    _nih(tiny_nih, tmp_path / "cache")
+    path = manifest_path(tmp_path / "cache", tiny_nih)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({"version": 1, "fields": list(FIELDS[:9]), "files": [r[:9] for r in data["files"]]}))
+    decodes.clear()
+    with caplog.at_level(logging.WARNING):
+        _nih(tiny_nih, tmp_path / "cache")
+    assert f"{path} is version 1, written by an older lungnet" in caplog.text
+    assert "scanning the data set again" in caplog.text and len(decodes) == 30
+    assert json.loads(path.read_text())["version"] == MANIFEST_VERSION
+
+
+_ROW = ["/d/a.png", 10, 5, "a" * 40, "b" * 64, "", True, 32, 32, "Effusion", "7"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("size", -5, "size is -5; accepted: a whole number in [0, 2**63 - 1]"),
+        ("size", True, "size is True; accepted: a whole number in [0, 2**63 - 1]"),
+        ("height", 2.5, "height is 2.5; accepted: a whole number in [0, 2**63 - 1]"),
+        ("mtime_ns", 2**70, "mtime_ns is 1180591620717411303424; accepted: a whole number in [-2**63 + 1, 2**63 - 1]"),
+        ("sha1", "A" * 40, "accepted: '' or 40 lowercase hex digits"),
+        ("dhash", "b" * 63, "accepted: '' or 64 lowercase hex digits"),
+        ("path", "", "path is ''; accepted: a file path"),
+        ("error", None, "error is null; accepted: a string of at most 16384 characters"),
+        ("decoded", 1, "decoded is 1; accepted: true or false"),
+        ("label", 5, "label is 5; accepted: a string of at most 16384 characters, or null"),
+        ("patient", ["7"], "patient is ['7']; accepted: a string of at most 16384 characters, or null"),
+        ("label", "x" * 20000, "accepted: a string of at most 16384 characters"),
+    ],
+)
+def test_a_tampered_manifest_value_is_refused_by_name(tmp_path, caplog, field, value, said):
+    """Every value read back is type- and range-checked: a wrong one is named (row, key, value, what is accepted)
+    and the manifest is not used (its files are scanned again)."""
+    path = tmp_path / "m.json"
+    assert write_manifest(path, {_ROW[0]: dict(zip(FIELDS, _ROW, strict=True))}, "nih14")
+    assert read_manifest(path)[0][_ROW[0]]["label"] == "Effusion"
+    data = json.loads(path.read_text())
+    data["files"][0][FIELDS.index(field)] = value
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        assert read_manifest(path) is None
+    assert f"Manifest {path}: row 1 holds a wrong type or value ({field} is" in caplog.text and said in caplog.text
+    assert caplog.text.rstrip().endswith("rebuilding it")
+
+
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        ({"files": [_ROW, _ROW]}, "row 2 holds a wrong type or value (path is '/d/a.png'; accepted: a path no"),
+        ({"files": [_ROW[:9]]}, "row 1 holds a wrong type or value (the row is"),
+        ({"source": 3}, "not a version 2 manifest (source is 3; accepted: a string, or null)"),
+        ({"files": {}}, "not a version 2 manifest (files is {}; accepted: a list of rows)"),
+        ({"version": 3}, "is version 3, written by a newer lungnet"),
+    ],
+)
+def test_a_tampered_manifest_header_is_refused_by_name(tmp_path, caplog, header, said):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"version": 2, "fields": list(FIELDS), "source": None, "files": [_ROW], **header}))
+    with caplog.at_level(logging.WARNING):
+        assert read_manifest(path) is None
+    assert said in caplog.text
+
+
+def test_labels_of_another_data_set_on_the_same_root_are_not_kept(tmp_path):
+    """nih6 and nih14 share a root and its manifest: the files one lists get its labels; the others' labels (another
+    data set's) become null, and a data set that lists them all writes them back."""
+    files = [write_png(tmp_path / f"{i}.png", i) for i in range(3)]
+    nih14 = pd.DataFrame({"path": [str(f) for f in files], "label": ["A|B", "B", "No Finding"], "patient": "1"})
+    manifest = tmp_path / "m.json"
+    scan_table(nih14, True, manifest, workers=1, source="nih14")
+    nih6 = pd.DataFrame({"path": [str(files[1])], "label": ["B"], "patient": ["1"]})
+    scan_table(nih6, True, manifest, workers=1, source="nih6")
+    rows, source = read_manifest(manifest)
+    assert source == "nih6" and [rows[str(f)]["label"] for f in files] == [None, "B", None]
+    scan_table(nih14, True, manifest, workers=1, source="nih14")
+    rows, source = read_manifest(manifest)
+    assert source == "nih14" and [rows[str(f)]["label"] for f in files] == ["A|B", "B", "No Finding"]
