@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lungnet.data import labels as L
+from lungnet.data.sources import SOURCES
 from lungnet.errors import DataError
 
 NO_FINDING = "No Finding"
@@ -32,22 +33,8 @@ COVID19 = "COVID-19"
 TUBERCULOSIS = "Tuberculosis"
 FINDINGS = [NO_FINDING, PNEUMONIA, COVID19, TUBERCULOSIS, *(f for f in L.NIH14 if f != PNEUMONIA)]
 
-_NIH = {NO_FINDING: NO_FINDING, **{f: f for f in L.NIH14}}
-SOURCE_FINDINGS: dict[str, dict[str, str]] = {
-    "pneumonia": {"NORMAL": NO_FINDING, "PNEUMONIA": PNEUMONIA},
-    "lung5": {
-        "Bacterial Pneumonia": PNEUMONIA,
-        "Corona Virus Disease": COVID19,
-        "Normal": NO_FINDING,
-        "Tuberculosis": TUBERCULOSIS,
-        "Viral Pneumonia": PNEUMONIA,
-    },
-    "cxr4": {"Normal": NO_FINDING, "COVID-19": COVID19, "Pneumonia": PNEUMONIA, "Tuberculosis": TUBERCULOSIS},
-    "darkcovidnet": {"Covid-19": COVID19, "No_findings": NO_FINDING, "Pneumonia": PNEUMONIA},
-    "synthetic": {lab: f"synthetic:{lab}" for lab in L.SYNTHETIC},
-    "nih14": _NIH,
-    "nih6": _NIH,
-}
+# each data set's labels -> findings, as its `lungnet.data.sources.Source` states them (nih6 inherits nih14's)
+SOURCE_FINDINGS: dict[str, dict[str, str]] = {name: dict(cls.findings) for name, cls in SOURCES.items() if cls.findings}
 
 # spellings of folders outside the known sources (split=all on one's own folder), compared after labels.normalise
 _GENERIC = {

@@ -1,3 +1,58 @@
-"""The image file suffixes lungnet reads (decoded by `lungnet.data.images`, found by `lungnet.data.sources`)."""
+"""Image files on disk: the suffixes lungnet reads (decoded by `lungnet.data.images`) and the folder walk that finds
+them (`walk_images`, used by `lungnet.data.sources`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from lungnet.io import printable
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
+
+
+def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> list[Path]:
+    """All image files below ``folder``, sorted.
+
+    Symlinked folders are followed, except a link back to the folder being walked or one of its
+    parents (a symlink loop) and a folder already visited through another link; both are skipped
+    with a warning. Unreadable folders are skipped with a warning. File names that are not valid
+    UTF-8 are kept (as Python's surrogate-escaped strings); hidden files are ignored.
+
+    Args:
+        folder: the folder to walk.
+        wanted: which files count (default: those with an image suffix, `IMAGE_SUFFIXES`).
+    """
+
+    def on_error(exc: OSError) -> None:
+        log.warning("Skipping %s: %s", printable(exc.filename), exc.strerror or exc)
+
+    seen: set[str] = set()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=on_error):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            log.warning("Skipping %s: already visited as %s (symlinked folder)", printable(dirpath), printable(real))
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        keep = []
+        for name in sorted(dirnames):
+            sub = os.path.join(dirpath, name)
+            target = os.path.realpath(sub)
+            if os.path.islink(sub) and (real == target or real.startswith(target.rstrip(os.sep) + os.sep)):
+                log.warning(
+                    "Skipping %s: symlink loop (points to %s, a parent folder)", printable(sub), printable(target)
+                )
+                continue
+            keep.append(name)
+        dirnames[:] = keep
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not name.startswith(".") and (wanted(path) if wanted else path.suffix.lower() in IMAGE_SUFFIXES):
+                found.append(path)
+    return sorted(found)

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
-from lungnet.data.formats import IMAGE_SUFFIXES
+from lungnet.data.formats import IMAGE_SUFFIXES, walk_images
 from lungnet.data.png import short_pixel_data
-from lungnet.data.sources import walk_images
 from lungnet.io import printable
 
 log = logging.getLogger(__name__)
@@ -375,7 +374,7 @@ def collect_inputs(spec: str | os.PathLike) -> list[Path]:
 
     A file or glob match is kept whatever its type (an unreadable one becomes an error row); in a
     folder only image files (and suffix-less DICOM) are taken, through the symlink-safe walker of the
-    data sets (`lungnet.data.sources.walk_images`). Hidden files and folders are skipped.
+    data sets (`lungnet.data.formats.walk_images`). Hidden files and folders are skipped.
 
     Raises:
         FileNotFoundError: nothing matches.

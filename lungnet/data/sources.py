@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,65 +25,26 @@ import numpy as np
 import pandas as pd
 
 from lungnet.data import labels as L
-from lungnet.data.formats import IMAGE_SUFFIXES
+from lungnet.data.formats import walk_images
 from lungnet.data.tables import blank_cells, finding_cells, one_row_per_file, read_label_csv, split_folders
 from lungnet.errors import DataError  # noqa: F401 - re-exported: lungnet.data.sources.DataError
-from lungnet.io import printable
 
 log = logging.getLogger(__name__)
-
-
-def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> list[Path]:
-    """All image files below ``folder``, sorted.
-
-    Symlinked folders are followed, except a link back to the folder being walked or one of its
-    parents (a symlink loop) and a folder already visited through another link; both are skipped
-    with a warning. Unreadable folders are skipped with a warning. File names that are not valid
-    UTF-8 are kept (as Python's surrogate-escaped strings); hidden files are ignored.
-
-    Args:
-        folder: the folder to walk.
-        wanted: which files count (default: those with an image suffix, `IMAGE_SUFFIXES`).
-    """
-
-    def on_error(exc: OSError) -> None:
-        log.warning("Skipping %s: %s", printable(exc.filename), exc.strerror or exc)
-
-    seen: set[str] = set()
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=on_error):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            log.warning("Skipping %s: already visited as %s (symlinked folder)", printable(dirpath), printable(real))
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        keep = []
-        for name in sorted(dirnames):
-            sub = os.path.join(dirpath, name)
-            target = os.path.realpath(sub)
-            if os.path.islink(sub) and (real == target or real.startswith(target.rstrip(os.sep) + os.sep)):
-                log.warning(
-                    "Skipping %s: symlink loop (points to %s, a parent folder)", printable(sub), printable(target)
-                )
-                continue
-            keep.append(name)
-        dirnames[:] = keep
-        for name in filenames:
-            path = Path(dirpath) / name
-            if not name.startswith(".") and (wanted(path) if wanted else path.suffix.lower() in IMAGE_SUFFIXES):
-                found.append(path)
-    return sorted(found)
 
 
 class Source:
     """Base class: a dataset on disk.
 
-    Subclasses set `labels`, `multilabel`, `citation` and `download`, and implement `scan`.
+    A data set is described here once: subclasses set `labels` (its ordered label list, `lungnet.data.labels`),
+    `findings` (each label's finding in lungnet's vocabulary, `lungnet.data.findings.FINDINGS`), `note` (the caveat
+    every report and model card of a model trained on it carries), `multilabel`, `citation` and `download`, and
+    implement `scan`; its options are ``conf/data/<name>.yaml``.
     """
 
     name: ClassVar[str] = ""
     labels: ClassVar[list[str]] = []
+    findings: ClassVar[dict[str, str]] = {}
+    note: ClassVar[str] = ""
     multilabel: ClassVar[bool] = False
     citation: ClassVar[str] = ""
     download: ClassVar[str] = ""
@@ -186,6 +146,7 @@ class PneumoniaSource(FolderSource):
 
     name = "pneumonia"
     labels = L.PNEUMONIA
+    findings = {"NORMAL": "No Finding", "PNEUMONIA": "Pneumonia"}
     citation = "Kermany et al., Cell 2018"
     download = "https://www.kaggle.com/datasets/paultimothymooney/chest-xray-pneumonia (PneumoniaMNIST: https://zenodo.org/records/10519652)"
 
@@ -201,6 +162,13 @@ class Lung5Source(FolderSource):
 
     name = "lung5"
     labels = L.LUNG5
+    findings = {
+        "Bacterial Pneumonia": "Pneumonia",
+        "Corona Virus Disease": "COVID-19",
+        "Normal": "No Finding",
+        "Tuberculosis": "Tuberculosis",
+        "Viral Pneumonia": "Pneumonia",
+    }
     citation = "Kaggle: Lung Disease Dataset (4 types)"
     download = "https://www.kaggle.com/datasets/omkarmanohardalvi/lungs-disease-dataset-4-types"
 
@@ -217,6 +185,12 @@ class Cxr4Source(FolderSource):
 
     name = "cxr4"
     labels = L.CXR4
+    findings = {
+        "Normal": "No Finding",
+        "COVID-19": "COVID-19",
+        "Pneumonia": "Pneumonia",
+        "Tuberculosis": "Tuberculosis",
+    }
     citation = "Kaggle: Chest X-ray (Pneumonia, Covid-19, Tuberculosis)"
     download = "https://www.kaggle.com/datasets/jtiptj/chest-xray-pneumoniacovid19tuberculosis"
 
@@ -233,6 +207,12 @@ class DarkCovidNetSource(FolderSource):
 
     name = "darkcovidnet"
     labels = L.DARKCOVIDNET
+    findings = {"Covid-19": "COVID-19", "No_findings": "No Finding", "Pneumonia": "Pneumonia"}
+    note = (
+        "The COVID-19 images of DarkCovidNet come from other hospitals and publications than the No_findings and "
+        "Pneumonia images (NIH ChestX-ray14), so a model can learn the image source rather than the disease: treat "
+        "its accuracy with caution."
+    )
     citation = "Ozturk et al., Comput Biol Med 2020"
     download = "https://github.com/muhammedtalo/COVID-19 (X-Ray Image DataSet folder)"
 
@@ -246,6 +226,8 @@ class SyntheticSource(FolderSource):
 
     name = "synthetic"
     labels = L.SYNTHETIC
+    findings = {lab: f"synthetic:{lab}" for lab in L.SYNTHETIC}
+    note = "Synthetic phantom radiographs, not patient data."
     citation = "lungnet synthetic phantoms (generated, no citation)"
     download = "generated automatically by lungnet"
 
@@ -290,6 +272,7 @@ class NIHSource(Source):
 
     name = "nih14"
     labels = L.NIH14
+    findings = {"No Finding": "No Finding", **{f: f for f in L.NIH14}}
     multilabel = True
     citation = "Wang et al., CVPR 2017"
     download = "https://nihcc.app.box.com/v/ChestXray-NIHCC"

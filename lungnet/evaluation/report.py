@@ -19,18 +19,15 @@ from pathlib import Path
 
 import markdown
 
+from lungnet.data.sources import SOURCES
 from lungnet.io import write_text
 
 log = logging.getLogger(__name__)
 
 EXTRA_MARKER = "<!-- lungnet:extra-sections (explanations are inserted above this line) -->"
 
-DATASET_NOTES = {
-    "darkcovidnet": "The COVID-19 images of DarkCovidNet come from other hospitals and publications than the "
-    "No_findings and Pneumonia images (NIH ChestX-ray14), so a model can learn the image source rather than the "
-    "disease: treat its accuracy with caution.",
-    "synthetic": "Synthetic phantom radiographs, not patient data.",
-}
+# the caveat of each data set, as its `lungnet.data.sources.Source` states it
+DATASET_NOTES = {name: cls.note for name, cls in SOURCES.items() if cls.note}
 
 FIGURE_TITLES = {
     "confusion_matrix": "Confusion matrix",

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lungnet.data.formats import walk_images
 from lungnet.data.images import read_image
 from lungnet.data.labels import match_label, normalise
-from lungnet.data.sources import walk_images
 from lungnet.data.synthetic import mask_path_for
 from lungnet.explain.scoring import Case, box_mask
 

@@ -42,7 +42,7 @@ class DataConfig(EvalDataOverrides):
     """``data``: what every data set shares; ``conf/data/<name>.yaml`` sets name, source, root and what differs."""
 
     name: str = opt(help="the data set's name (run directory names, metrics.json)")
-    source: str = opt(help="the reader: synthetic pneumonia lung5 cxr4 darkcovidnet nih6 nih14")
+    source: str = opt(help="the reader: a name in lungnet.data.sources.SOURCES (e.g. pneumonia, nih14)")
     root: str = opt(help="folder holding the data set")
     options: dict[str, Any] = opt(factory=dict, help="source-specific options (e.g. nih6 findings)")
     patient_pattern: str | None = opt(

@@ -23,8 +23,9 @@ import pytest
 from PIL import Image
 
 from lungnet.data.checks import handle_bad_files, scan_files
+from lungnet.data.formats import walk_images
 from lungnet.data.images import ImageReadError, read_image
-from lungnet.data.sources import DataError, walk_images
+from lungnet.data.sources import DataError
 from lungnet.io import printable
 from tests.conftest import ROOT, shared
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from lungnet.data.labels import NIH14
-from lungnet.data.sources import DataError, create_source
-from tests.conftest import make_class_folders, shared, write_png
+from lungnet.data.sources import SOURCES, DataError, create_source
+from tests.conftest import ROOT, make_class_folders, shared, write_png
 
 
 def test_pneumonia_split_layout(tiny_folder):
@@ -162,3 +162,20 @@ def test_split_folders_beside_class_folders_or_twice_are_refused(tmp_path):
     make_class_folders(both / "train", ["NORMAL", "PNEUMONIA"], 2)
     with pytest.raises(DataError, match="both name the val split"):
         create_source("pneumonia", both).scan()
+
+
+def test_each_data_set_is_described_once_by_its_source():
+    """A Source carries its labels, their findings and its report caveat; conf/data names only known sources."""
+    import yaml
+
+    from lungnet.data.findings import FINDINGS, SOURCE_FINDINGS
+    from lungnet.evaluation.report import DATASET_NOTES
+
+    for name, cls in SOURCES.items():
+        assert set(cls.findings) >= set(cls.labels), name  # every label has its finding
+        assert all(f in FINDINGS or f.startswith("synthetic:") for f in cls.findings.values()), name
+        assert SOURCE_FINDINGS[name] == cls.findings
+    assert DATASET_NOTES == {n: c.note for n, c in SOURCES.items() if c.note} and "darkcovidnet" in DATASET_NOTES
+    for path in sorted((ROOT / "conf" / "data").glob("*.yaml")):
+        source = yaml.safe_load(path.read_text()).get("source")
+        assert source in SOURCES or source is None or "${" in str(source), (path.name, source)
