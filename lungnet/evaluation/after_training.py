@@ -33,6 +33,7 @@ from lungnet.checkpoint import load_model
 from lungnet.data.datamodule import LungDataModule
 from lungnet.decision import decision_path
 from lungnet.evaluation import decision_target
+from lungnet.evaluation.by_source import per_source_metrics, source_column
 from lungnet.evaluation.decisions import gate_fit_outputs
 from lungnet.evaluation.model_card import write_model_card
 from lungnet.evaluation.predict import Outputs, predictions_table
@@ -98,8 +99,14 @@ def split_metrics(out: Outputs, ev: Evaluation) -> dict:
     """Training's metrics of one split, and its ``predictions_<split>.csv`` (uncalibrated probabilities)."""
     labels, multilabel = ev.loaded.labels, ev.loaded.multilabel
     table = predictions_table(out.paths, out.probs, out.targets, labels, multilabel)
+    sources = source_column(ev.dm.table, out.paths)  # data=multi: each image's data set
+    if sources is not None:
+        table.insert(1, "source", sources)
     write_csv(ev.run_dir / f"predictions_{out.name}.csv", table)
-    return compute_metrics(out.probs, out.targets, labels, multilabel)
+    metrics = compute_metrics(out.probs, out.targets, labels, multilabel)
+    if sources is not None:  # each set's metrics under its name, beside the pooled ones
+        metrics.update(per_source_metrics(out.probs, out.targets, labels, sources))
+    return metrics
 
 
 def finish_training(cfg: DictConfig, ckpt: Path, dm: LungDataModule, run_dir: Path, progress_bar: bool) -> dict:
