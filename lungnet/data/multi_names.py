@@ -41,7 +41,7 @@ def check_names(names, roots) -> list[str]:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise DataError(f"data.sources names {repeated[0]!r} twice: list each data set once")
-    stray = [k for k in (roots or {}) if k not in names]
+    stray = [k for k, v in (roots or {}).items() if v and k not in names]
     if stray:
         raise DataError(f"data.roots.{stray[0]} names no data set of data.sources={names}: drop it or add the set")
     return names

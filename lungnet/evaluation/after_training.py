@@ -33,7 +33,7 @@ from lungnet.checkpoint import load_model
 from lungnet.data.datamodule import LungDataModule
 from lungnet.decision import decision_path
 from lungnet.evaluation import decision_target
-from lungnet.evaluation.by_source import per_source_metrics, source_column
+from lungnet.evaluation.by_source import known_metrics, per_source_metrics, source_column
 from lungnet.evaluation.decisions import gate_fit_outputs
 from lungnet.evaluation.model_card import write_model_card
 from lungnet.evaluation.predict import Outputs, predictions_table
@@ -103,9 +103,10 @@ def split_metrics(out: Outputs, ev: Evaluation) -> dict:
     if sources is not None:
         table.insert(1, "source", sources)
     write_csv(ev.run_dir / f"predictions_{out.name}.csv", table)
-    metrics = compute_metrics(out.probs, out.targets, labels, multilabel)
-    if sources is not None:  # each set's metrics under its name, beside the pooled ones
-        metrics.update(per_source_metrics(out.probs, out.targets, labels, sources))
+    if sources is None:
+        return compute_metrics(out.probs, out.targets, labels, multilabel)
+    metrics = known_metrics(out.probs, out.targets, labels)  # a finding no image of the split annotates: unscored
+    metrics.update(per_source_metrics(out.probs, out.targets, labels, sources))  # per set, beside the pooled ones
     return metrics
 
 

@@ -106,7 +106,9 @@ class DataConfig(EvalDataOverrides):
     )
     # several data sets in one run (data=multi, lungnet.data.multi): each name is a conf/data config
     sources: list[str] = opt(factory=list, help="data=multi: the conf/data configs pooled, e.g. [nih14,pneumonia]")
-    roots: dict[str, str] = opt(factory=dict, help="data=multi: data.roots.<name>=<path> overrides one set's root")
+    roots: dict[str, str | None] = opt(
+        factory=dict, help="data=multi: data.roots.<name>=<path> overrides one set's root (null: its config's)"
+    )
     findings: list[str] | None = opt(
         None, "data=multi: the model's outputs (null: the union of the sets' findings, lungnet.findings order)"
     )

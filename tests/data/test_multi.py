@@ -144,7 +144,8 @@ def test_train_writes_per_source_metrics_and_predictions(three_sets, tmp_path):
     val = json.loads((run / "metrics.json").read_text())["val"]
     assert {"auroc_macro", "n", "pneumonia", "darkcovidnet", "nih14"} <= set(val)
     assert val["n"] == sum(val[s]["n"] for s in ("pneumonia", "darkcovidnet", "nih14"))
-    assert math.isnan(val["pneumonia"]["per_class"]["Effusion"]["auroc"])  # unknown there: not scored
+    assert "Effusion" in val["pneumonia"]["unknown"] and "Effusion" not in val["pneumonia"]["per_class"]
+    assert "Effusion" in val["nih14"]["per_class"] and "COVID-19" in val["nih14"]["unknown"]
     predictions = pd.read_csv(run / "predictions_val.csv")
     assert predictions.columns[1] == "source" and set(predictions["source"]) <= set(three_sets["roots"])
     assert results["val"]["n"] == len(predictions)
