@@ -13,6 +13,7 @@ import pytest
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.multi import MultiSource, member_config, sample_weights, source_shares
 from lungnet.data.sources import DataError
+from lungnet.evaluation.run import evaluate
 from lungnet.metrics import compute_metrics
 from lungnet.models.specs import ModelSpec
 from lungnet.training import train
@@ -149,3 +150,7 @@ def test_train_writes_per_source_metrics_and_predictions(three_sets, tmp_path):
     predictions = pd.read_csv(run / "predictions_val.csv")
     assert predictions.columns[1] == "source" and set(predictions["source"]) <= set(three_sets["roots"])
     assert results["val"]["n"] == len(predictions)
+    cfg = compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "split=val", "bootstrap.resamples=0"])
+    out = evaluate(cfg, tmp_path / "eval")  # evaluate.py: the same per-set keys and source column
+    assert out["darkcovidnet"]["n"] == val["darkcovidnet"]["n"] and "COVID-19" in out["nih14"]["unknown"]
+    assert "source" in pd.read_csv(tmp_path / "eval" / "predictions.csv").columns
