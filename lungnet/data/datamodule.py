@@ -172,6 +172,7 @@ class LungDataModule(pl.LightningDataModule):
         self.report["sizes"] = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
         if isinstance(self.source, MultiSource):  # per set: sizes, findings known and unknown, copies across sets
             self.report["sources"] = sources_report(table, self.labels, self.source.members, self._source_shares(table))
+            self.report["sources"]["source_balance"] = str(self.cfg["source_balance"])
         self.report["class_counts"] = (
             {s: table.loc[table["split"] == s, "label"].value_counts().to_dict() for s in ("train", "val", "test")}
             if not self.multilabel

@@ -137,10 +137,17 @@ class MultiSource(Source):
             )
 
     def check_root(self) -> None:
-        for reader in self.readers.values():
-            reader.check_root()
+        """Each set's root is a folder (but for a generated one); the message names its ``data.roots`` key."""
+        for name, reader in self.readers.items():
+            if not reader.root.is_dir() and not (reader.name == "synthetic" and self.may_generate):
+                raise DataError(
+                    f"Data root for data set '{name}' (data.sources) not found: {reader.root}; pass "
+                    f"data.roots.{name}=/path/to/it (or set LUNGNET_DATA to the folder that holds it). "
+                    f"Get it from: {reader.download}"
+                )
 
     def scan(self) -> pd.DataFrame:
+        self.check_root()
         parts = []
         for name, reader in self.readers.items():
             reader.may_generate = self.may_generate

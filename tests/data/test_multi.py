@@ -112,6 +112,13 @@ def test_config_interface_and_root_override(tmp_path):
     assert list(cfg.data.sources) == ["pneumonia", "darkcovidnet"] and cfg.data.source == "multi"
     assert member_config("pneumonia", "/data", dict(cfg.data.roots))["root"] == str(tmp_path)
     assert member_config("darkcovidnet", "/data", {})["root"] == "/data/darkcovidnet"  # as for one data set
+    missing = {"source": "multi", "root": str(tmp_path), "sources": ["darkcovidnet"], "roots": {}}
+    with pytest.raises(
+        DataError, match=r"data set 'darkcovidnet' \(data.sources\) not found: .*data.roots.darkcovidnet="
+    ):
+        MultiSource(missing).scan()
+    with pytest.raises(DataError, match="data.roots.nih14 names no data set"):
+        MultiSource({**missing, "roots": {"nih14": str(tmp_path)}})
 
 
 def test_unknown_set_is_one_line_and_exit_2(tmp_path):
