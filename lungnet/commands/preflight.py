@@ -26,7 +26,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lungnet.config_checks import check_ranges, renamed_keys
-from lungnet.errors import ConfigError
+from lungnet.data.multi_names import MULTI, check_names
+from lungnet.errors import ConfigError, DataError
 from lungnet.models.names import unknown_model
 from lungnet.schema import SCHEMAS
 
@@ -109,6 +110,12 @@ def check_data_root(cfg: DictConfig) -> None:
     if not isinstance(data, DictConfig) or "root" not in data or OmegaConf.is_missing(data, "root"):
         return
     root = data.root
+    if str(data.get("source", "")) == MULTI:  # several data sets: names checked here, roots when each is read
+        try:
+            check_names(data.get("sources"), data.get("roots"))
+        except DataError as exc:
+            raise ConfigError(str(exc)) from exc
+        return
     if root is None or str(data.get("source", "")) in GENERATED_SOURCES:
         return
     if not Path(str(root)).expanduser().is_dir():

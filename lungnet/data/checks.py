@@ -186,7 +186,8 @@ def mark_label_conflicts(table: pd.DataFrame) -> pd.DataFrame:
     key = label_key(table)
     usable = (table["error"] == "") & (table["sha1"] != "")
     shared = table[usable & table["sha1"].duplicated(keep=False)]
-    for _, rows in shared.groupby("sha1", sort=False):
+    # data=multi: a copy in another data set is named in that set's vocabulary, not a contradiction (it stays grouped)
+    for _, rows in shared.groupby(["sha1", "source"] if "source" in shared else "sha1", sort=False):
         if key[rows.index].nunique() < 2:
             continue
         for i in rows.index:

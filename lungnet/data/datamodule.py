@@ -32,6 +32,8 @@ from lungnet.data.checks import (
 )
 from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset, keep_large_buffers, pixel_reader
 from lungnet.data.manifest import manifest_dir, manifest_path, scan_table
+from lungnet.data.multi import MULTI, MultiSource, sample_weights, source_shares
+from lungnet.data.multi_splits import assign_multi_splits, sources_report
 from lungnet.data.near_duplicates import group_near_duplicates
 from lungnet.data.sources import DataError, Source, create_source
 from lungnet.data.split_cache import cached_assign_splits
@@ -59,7 +61,10 @@ def resolve_root(data_cfg: dict) -> dict:
 
 
 def make_source(cfg: dict) -> Source:
-    """The configured source (``cfg["source"]``, ``cfg["root"]``, ``cfg["options"]``)."""
+    """The configured source (``cfg["source"]``, ``cfg["root"]``, ``cfg["options"]``; ``data=multi``: the sets of
+    ``cfg["sources"]``, `lungnet.data.multi`)."""
+    if cfg.get("source") == MULTI:
+        return MultiSource(cfg)
     return create_source(cfg["source"], cfg["root"], **dict(cfg.get("options") or {}))
 
 
@@ -159,16 +164,7 @@ class LungDataModule(pl.LightningDataModule):
             check_class_sizes(table, self.labels, self.source.name, left_out=len(scanned) - len(table))
         if self.cfg["near_duplicates"] == "group":  # near copies kept on one side of every split lungnet makes
             table, grouped = group_near_duplicates(table, int(self.cfg["near_duplicate_threshold"]))
-        table = cached_assign_splits(
-            manifest_dir(self.cache_dir, self.source.root),
-            table,
-            int(self.cfg["split_seed"]),
-            self.cfg["val_fraction"],
-            self.cfg["test_fraction"],
-            self.cfg["carve_val"],
-            self.cfg["cv_folds"],
-            self.cfg["cv_fold"],
-        )
+        table = self._assign_splits(table)
         if lazy:
             table, scanned = self._decode_scored(table, scanned)
             if table is None:  # the splits differ with the undecoded images presumed good: decode them all
@@ -183,6 +179,9 @@ class LungDataModule(pl.LightningDataModule):
         if self.cfg["near_duplicates"] == "group":
             self.report["near_duplicate_groups"] = grouped
         self.report["sizes"] = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
+        if isinstance(self.source, MultiSource):  # per set: sizes, findings known and unknown, copies across sets
+            self.report["sources"] = sources_report(table, self.labels, self.source.members, self._source_shares(table))
+            self.report["sources"]["source_balance"] = str(self.cfg["source_balance"])
         self.report["class_counts"] = (
             {s: table.loc[table["split"] == s, "label"].value_counts().to_dict() for s in ("train", "val", "test")}
             if not self.multilabel
@@ -203,6 +202,26 @@ class LungDataModule(pl.LightningDataModule):
         if writer:
             write_splits(table, self.run_dir)
         return table
+
+    def _assign_splits(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Seeded splits (`lungnet.data.split_cache`); ``data=multi``: set by set (`lungnet.data.multi_splits`)."""
+        cv = (self.cfg["cv_folds"], self.cfg["cv_fold"])
+        if isinstance(self.source, MultiSource):
+            return assign_multi_splits(table, self.source.members, int(self.cfg["split_seed"]), cv)
+        return cached_assign_splits(
+            manifest_dir(self.cache_dir, self.source.root),
+            table,
+            int(self.cfg["split_seed"]),
+            self.cfg["val_fraction"],
+            self.cfg["test_fraction"],
+            self.cfg["carve_val"],
+            *cv,
+        )
+
+    def _source_shares(self, table: pd.DataFrame) -> dict[str, float]:
+        """Each set's share of the training draws under ``data.source_balance`` (recorded in data_report.json)."""
+        train = table.loc[table["split"] == "train", "source"].value_counts().to_dict()
+        return source_shares({n: int(train.get(n, 0)) for n in self.source.members}, str(self.cfg["source_balance"]))
 
     def _lazy_split(self) -> str | None:
         """The split an evaluation scores, when the checkpoint recorded its splits (else None: decode all)."""
@@ -327,6 +346,9 @@ class LungDataModule(pl.LightningDataModule):
     def train_sampler(self) -> EpochSampler:
         """Seeded per-epoch shuffling, or class-balanced weighted draws with ``balance=sampler``."""
         ds = self.datasets["train"]
+        if "source" in ds.table and (self.cfg["source_balance"] != "none" or self.cfg["balance"] == "sampler"):
+            weights = sample_weights(ds.table, str(self.cfg["source_balance"]), self.cfg["balance"] == "sampler")
+            return EpochSampler(len(ds), self.seed, weights=weights.tolist())
         if self.cfg["balance"] != "sampler" or self.multilabel:
             return EpochSampler(len(ds), self.seed, shuffle=True)
         per_class = 1.0 / np.maximum(ds.class_counts(), 1)

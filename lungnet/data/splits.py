@@ -221,10 +221,11 @@ def check_patient_overlap(table: pd.DataFrame) -> dict[str, int]:
 
 
 def write_splits(table: pd.DataFrame, folder: str | Path) -> None:
-    """Writes ``<folder>/splits/{train,val,test}.csv`` (path, label, patient) atomically."""
+    """Writes ``<folder>/splits/{train,val,test}.csv`` (path, label, patient; source with ``data=multi``) atomically."""
     folder = Path(folder) / "splits"
+    columns = ["path", "label", "patient"] + (["source"] if "source" in table else [])
     for name in SPLITS:
-        part = table.loc[table["split"] == name, ["path", "label", "patient"]]
+        part = table.loc[table["split"] == name, columns]
         write_csv(folder / f"{name}.csv", part, errors="surrogateescape")  # file-name bytes kept exactly
 
 

@@ -33,6 +33,7 @@ from lungnet.artifacts.checkpoint import load_model
 from lungnet.artifacts.decision import decision_path
 from lungnet.data.datamodule import LungDataModule
 from lungnet.evaluation import decision_target
+from lungnet.evaluation.by_source import known_metrics, per_source_metrics, source_column
 from lungnet.evaluation.decisions import gate_fit_outputs
 from lungnet.evaluation.model_card import write_model_card
 from lungnet.evaluation.pipeline import Evaluation, options, run_report_steps, score, write_beside_model
@@ -98,8 +99,15 @@ def split_metrics(out: Outputs, ev: Evaluation) -> dict:
     """Training's metrics of one split, and its ``predictions_<split>.csv`` (uncalibrated probabilities)."""
     labels, multilabel = ev.loaded.labels, ev.loaded.multilabel
     table = predictions_table(out.paths, out.probs, out.targets, labels, multilabel)
+    sources = source_column(ev.dm.table, out.paths)  # data=multi: each image's data set
+    if sources is not None:
+        table.insert(1, "source", sources)
     write_csv(ev.run_dir / f"predictions_{out.name}.csv", table)
-    return compute_metrics(out.probs, out.targets, labels, multilabel)
+    if sources is None:
+        return compute_metrics(out.probs, out.targets, labels, multilabel)
+    metrics = known_metrics(out.probs, out.targets, labels)  # a finding no image of the split annotates: unscored
+    metrics.update(per_source_metrics(out.probs, out.targets, labels, sources))  # per set, beside the pooled ones
+    return metrics
 
 
 def finish_training(cfg: DictConfig, ckpt: Path, dm: LungDataModule, run_dir: Path, progress_bar: bool) -> dict:

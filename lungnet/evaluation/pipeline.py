@@ -35,6 +35,7 @@ from lungnet.errors import ConfigError
 from lungnet.evaluation import decision_target, external
 from lungnet.evaluation import ensemble as ensembles
 from lungnet.evaluation.audit_report import add_audit, audit_options
+from lungnet.evaluation.by_source import per_source_metrics, source_column
 from lungnet.evaluation.eval_data import build_eval_data
 from lungnet.evaluation.fitting import calibration, fit_split, operating_point
 from lungnet.evaluation.model_card import write_model_card
@@ -258,6 +259,9 @@ def score(ev: Evaluation) -> dict:
             targets,
         ),
     }
+    sources = source_column(ev.dm.table, ev.data.paths)  # data=multi: each set's metrics beside the pooled ones
+    if sources is not None:
+        result.update(per_source_metrics(probs, targets, labels, sources))
     result = _plain(result)
     headline = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     log.info("%s on %s (%d images): %s", ev.loaded.spec.name, ev.split, metrics["n"], headline)
@@ -270,6 +274,9 @@ def predictions(ev: Evaluation) -> pd.DataFrame:
     labels, multilabel = ev.labels, ev.loaded.multilabel
     probs = stats.scale_probs(ev.data.probs, ev.result["calibration"]["temperature"] or 1.0, multilabel)
     table = predictions_table(ev.data.paths, probs, ev.data.targets, labels, multilabel)
+    sources = source_column(ev.dm.table, ev.data.paths)
+    if sources is not None:
+        table.insert(1, "source", sources)
     for lab, thr in ev.result["operating_point"]["thresholds"].items():
         table[f"op_{lab}"] = probs[:, labels.index(lab)] >= thr
     return table

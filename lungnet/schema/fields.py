@@ -44,6 +44,12 @@ class Balance(Choice):
     sampler = "sampler"
 
 
+class SourceBalance(Choice):
+    none = "none"
+    equal = "equal"
+    sqrt = "sqrt"
+
+
 class OnBadFile(Choice):
     skip = "skip"
     error = "error"

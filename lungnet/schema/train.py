@@ -7,7 +7,17 @@ from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
-from lungnet.schema.fields import MAX_IMAGE_SIZE, NEAR_DUPLICATES, Balance, Mode, OnBadFile, Resize, Select, opt
+from lungnet.schema.fields import (
+    MAX_IMAGE_SIZE,
+    NEAR_DUPLICATES,
+    Balance,
+    Mode,
+    OnBadFile,
+    Resize,
+    Select,
+    SourceBalance,
+    opt,
+)
 
 MAX_SPLIT_SEED = 2**32 - 2  # scikit-learn's random_state is below 2**32, and the val split draws with split_seed + 1
 
@@ -93,6 +103,17 @@ class DataConfig(EvalDataOverrides):
     )
     gpu_augment: bool = opt(
         False, "training batches leave the loader as uint8; augmentation and normalisation run on the accelerator"
+    )
+    # several data sets in one run (data=multi, lungnet.data.multi): each name is a conf/data config
+    sources: list[str] = opt(factory=list, help="data=multi: the conf/data configs pooled, e.g. [nih14,pneumonia]")
+    roots: dict[str, str | None] = opt(
+        factory=dict, help="data=multi: data.roots.<name>=<path> overrides one set's root (null: its config's)"
+    )
+    findings: list[str] | None = opt(
+        None, "data=multi: the model's outputs (null: the union of the sets' findings, lungnet.findings order)"
+    )
+    source_balance: SourceBalance = opt(
+        SourceBalance.none, "data=multi: each set's share of the training draws: none (its size), equal or sqrt"
     )
 
 
