@@ -5,7 +5,7 @@ settings (``val_fraction``, ``test_fraction``, ``carve_val``) apply to its own i
 one data set (below ``paths.data_root``, i.e. ``LUNGNET_DATA``), or from ``data.roots.<name>=<path>``.
 
 The merged table (`MultiSource.scan`) keeps every image's set in a ``source`` column, and maps each set's labels
-onto the finding vocabulary (`lungnet.findings`): the model's outputs are the union of the sets' findings (or
+onto the finding vocabulary (`lungnet.data.findings`): the model's outputs are the union of the sets' findings (or
 ``data.findings``), one float column each, as torchxrayvision's ``Merge_Dataset`` and ``relabel_dataset`` do:
 
 - a finding a set does not annotate is unknown (NaN) for its images, never negative: an image labelled
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from lungnet import findings as F
+from lungnet.data import findings as F
 from lungnet.data.multi_names import MULTI, check_names, data_config_dir
 from lungnet.data.sources import DataError, Source, create_source
 from lungnet.data.splits import patients_from_names
@@ -65,7 +65,7 @@ def reader_findings(reader: Source) -> dict[str, str]:
 
 
 def union_findings(per_set: dict[str, dict[str, str]], wanted: list[str] | None) -> list[str]:
-    """The model's outputs: ``wanted`` (checked), or the union of the sets' findings in `lungnet.findings` order.
+    """The model's outputs: ``wanted`` (checked), or the union of the sets' findings in `lungnet.data.findings` order.
 
     Raises:
         DataError: ``data.findings`` names a finding no set annotates.

@@ -1,5 +1,5 @@
 """The names of ``data=multi`` (`lungnet.data.multi`): which ``conf/data`` configs ``data.sources`` may list, checked
-before anything is read (`lungnet.preflight` imports this; it loads nothing heavy)."""
+before anything is read (`lungnet.commands.preflight` imports this; it loads nothing heavy)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ MULTI = "multi"
 
 
 def data_config_dir() -> Path:
-    """``conf/data``: inside the installed package, else the checkout's (as `lungnet.cli.config_path`)."""
+    """``conf/data``: inside the installed package, else the checkout's (as `lungnet.commands.wrapper.config_path`)."""
     package = Path(lungnet.__file__).resolve().parent
     inside = package / "conf" / "data"
     return inside if inside.is_dir() else package.parent / "conf" / "data"

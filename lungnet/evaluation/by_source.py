@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lungnet.metrics import compute_metrics
+from lungnet.scoring.metrics import compute_metrics
 
 
 def source_column(table: pd.DataFrame | None, paths: list[str]) -> list[str] | None:
@@ -18,7 +18,7 @@ def source_column(table: pd.DataFrame | None, paths: list[str]) -> list[str] | N
 
 
 def known_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str]) -> dict:
-    """Multi-label `lungnet.metrics.compute_metrics` over the findings with a known target among these images;
+    """Multi-label `lungnet.scoring.metrics.compute_metrics` over the findings with a known target among these images;
     ``unknown`` lists the others (no image of theirs annotates them: nothing to score)."""
     probs, targets = np.asarray(probs), np.asarray(targets, dtype=np.float32)
     known = ~np.isnan(targets).all(0) if len(targets) else np.zeros(len(labels), dtype=bool)

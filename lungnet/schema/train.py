@@ -110,7 +110,7 @@ class DataConfig(EvalDataOverrides):
         factory=dict, help="data=multi: data.roots.<name>=<path> overrides one set's root (null: its config's)"
     )
     findings: list[str] | None = opt(
-        None, "data=multi: the model's outputs (null: the union of the sets' findings, lungnet.findings order)"
+        None, "data=multi: the model's outputs (null: the union of the sets' findings, lungnet.data.findings order)"
     )
     source_balance: SourceBalance = opt(
         SourceBalance.none, "data=multi: each set's share of the training draws: none (its size), equal or sqrt"

@@ -13,10 +13,10 @@ import pytest
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.multi import MultiSource, member_config, sample_weights, source_shares
 from lungnet.data.sources import DataError
-from lungnet.evaluation.run import evaluate
-from lungnet.metrics import compute_metrics
+from lungnet.evaluation.pipeline import evaluate
 from lungnet.models.specs import ModelSpec
-from lungnet.training import train
+from lungnet.scoring.metrics import compute_metrics
+from lungnet.train.training import train
 from tests.conftest import ROOT, TINY, compose_cfg, make_class_folders, offline_env, write_png
 
 SPEC = ModelSpec(name="t", arch="t", input_size=32, in_chans=1, mean=(0.5,), std=(0.25,))
