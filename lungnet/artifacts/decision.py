@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from lungnet.artifacts.decision_file import FORMAT, record_fields
+from lungnet.artifacts.paths import decision_path
 from lungnet.data.labels import DEFAULT_THRESHOLD, default_positive
 from lungnet.data.preprocessing import logits_to_probs
 from lungnet.errors import CheckpointError
@@ -51,12 +52,6 @@ log = logging.getLogger(__name__)
 
 ABSTAIN = "abstain"
 NO_FINDING = "No Finding"
-
-
-def decision_path(model_file: str | os.PathLike) -> Path:
-    """``run/checkpoints/best.ckpt`` -> ``run/checkpoints/best.decision.json``."""
-    path = Path(model_file)
-    return path.with_name(f"{path.stem}.decision.json")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

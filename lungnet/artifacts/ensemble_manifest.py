@@ -16,7 +16,6 @@ from lungnet.errors import CheckpointError
 from lungnet.untrusted import BadValue, Fields
 
 FORMAT = "lungnet-ensemble/1"
-MANIFEST = "ensemble.json"
 
 
 @dataclass(frozen=True)

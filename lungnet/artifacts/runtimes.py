@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from lungnet.artifacts.checkpoint import TORCHSCRIPT_SUFFIXES
+from lungnet.artifacts.paths import sidecar_path
 from lungnet.data.preprocessing import Preprocessing
 from lungnet.errors import CheckpointError
 from lungnet.models.weights import first_non_finite
 
 log = logging.getLogger(__name__)
 
-SIDECAR_SUFFIX = ".json"
 TORCHSCRIPT_META = "lungnet.json"  # extra file inside exported TorchScript archives
 RUNTIMES = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
@@ -51,12 +51,6 @@ def warn_if_emulated_bf16(precision: str) -> None:
 
     if precision == "bf16" and not cpu_has_native_bf16():
         log.warning("precision=bf16 on a CPU without AVX-512 BF16 or AMX: emulated, likely slower than fp32")
-
-
-def sidecar_path(model_path: str | os.PathLike) -> Path:
-    """``model.onnx`` -> ``model.onnx.json``."""
-    path = Path(model_path)
-    return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
 def read_record(path: Path, embedded: str | None = None) -> dict:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from lungnet.artifacts.checkpoint import load_model
-from lungnet.artifacts.decision import decision_path
+from lungnet.artifacts.paths import decision_path
 from lungnet.data.datamodule import LungDataModule
 from lungnet.evaluation import decision_target
 from lungnet.evaluation.by_source import known_metrics, per_source_metrics, source_column

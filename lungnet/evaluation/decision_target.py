@@ -1,9 +1,9 @@
 """Where ``evaluate.py`` keeps the decision file it fits, and the check, before any work, that it can write there.
 
 The decision file goes beside the checkpoint (``<ckpt stem>.decision.json``,
-`lungnet.artifacts.decision.decision_path`), or
+`lungnet.artifacts.paths.decision_path`), or
 where ``decision.out=<file>`` says (for a checkpoint in a read-only folder); the copy of the model card the app
-shows goes beside the decision file (`card_path`). ``predict.py`` and the app read a decision file kept elsewhere
+shows goes beside the decision file (`lungnet.artifacts.paths.card_path`). ``predict.py`` and the app read a decision file kept elsewhere
 with ``decision=<file>``; it is pinned to its checkpoint by SHA-256 wherever it lies.
 
 `check_target` runs before the model sees an image: when this evaluation will fit and write a decision file, a
@@ -17,26 +17,18 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from lungnet.artifacts.decision import DecisionRecord, decision_path, read_decision
+from lungnet.artifacts.decision import DecisionRecord, read_decision
+from lungnet.artifacts.paths import decision_path
 from lungnet.errors import CheckpointError, WriteError
 from lungnet.io import check_writable, printable
 
 log = logging.getLogger(__name__)
-
-SUFFIX = ".decision.json"
 
 
 def target(cfg: DictConfig, model_file: str | Path) -> Path:
     """The decision file of ``model_file``: ``decision.out`` when set, else ``<stem>.decision.json`` beside it."""
     out = cfg.decision.get("out")
     return Path(str(out)).expanduser() if out else decision_path(model_file)
-
-
-def card_path(decision_file: str | Path) -> Path:
-    """The model card kept beside a decision file: ``best.decision.json`` -> ``best.model_card.md``."""
-    path = Path(decision_file)
-    stem = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem
-    return path.with_name(f"{stem}.model_card.md")
 
 
 def read_existing(path: Path, model_file: str | Path, labels: list[str], warn: bool) -> DecisionRecord | None:

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from lungnet.artifacts.checkpoint import LoadedModel, read_checkpoint
-from lungnet.artifacts.decision import decision_path, read_decision
+from lungnet.artifacts.decision import read_decision
+from lungnet.artifacts.paths import decision_path
 from lungnet.data.datamodule import LungDataModule, make_source, resolve_root
 from lungnet.data.findings import LabelMapping
 from lungnet.data.overlap import enforce, fill_dhash, find_overlap, overlap_markdown, recorded_hashes

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from lungnet.artifacts.decision import sha256_file
-from lungnet.evaluation.decision_target import card_path
+from lungnet.artifacts.paths import card_path
 from lungnet.evaluation.report import DATASET_NOTES, fmt, fmt_ci, table
 from lungnet.io import write_text
 
@@ -253,7 +253,7 @@ def _per_class(result: dict) -> tuple[list[str], list[list[str]]]:
 
 def write_model_card(ev) -> Path:
     """Writes ``model_card.md`` into the evaluation directory (and a copy beside the decision file when one was
-    written, ``<ckpt stem>.model_card.md``, which the app shows: `lungnet.evaluation.decision_target.card_path`)."""
+    written, ``<ckpt stem>.model_card.md``, which the app shows: `lungnet.artifacts.paths.card_path`)."""
     text = render_model_card(ev)
     path = write_text(ev.run_dir / "model_card.md", text)
     written = (ev.result.get("decisions") or {}).get("file")

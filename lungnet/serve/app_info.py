@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lungnet.artifacts.decision import DecisionRecord, decision_path, sha256_file
+from lungnet.artifacts.decision import DecisionRecord, sha256_file
+from lungnet.artifacts.paths import card_path, decision_path
 from lungnet.data.labels import DEFAULT_THRESHOLD
-from lungnet.evaluation.decision_target import card_path
 from lungnet.serve.inference import Predictor
 
 

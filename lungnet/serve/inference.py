@@ -177,7 +177,7 @@ class Predictor:
             record, path = find_decision(choice, self.path, self.labels)
             where = str(path) if path else None
         else:
-            from lungnet.artifacts.runtimes import sidecar_path
+            from lungnet.artifacts.paths import sidecar_path
 
             side = sidecar_path(self.path)  # the record `read_record` took: the sidecar, else the one embedded
             where = side if side.is_file() else self.path

@@ -25,7 +25,8 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lungnet.artifacts.checkpoint import CheckpointError, read_checkpoint
-from lungnet.artifacts.decision import decision_path, read_decision
+from lungnet.artifacts.decision import read_decision
+from lungnet.artifacts.paths import card_path, decision_path
 from lungnet.config_checks import pin_paths
 from lungnet.data.datamodule import LungDataModule, make_source, resolve_image_size, resolve_root
 from lungnet.data.overlap import RecordImageHashes, image_hashes
@@ -33,7 +34,6 @@ from lungnet.data.sources import Source
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
 from lungnet.errors import ConfigError
 from lungnet.evaluation.after_training import finish_training
-from lungnet.evaluation.decision_target import card_path
 from lungnet.hardware import PrecisionChoice, choose_training_precision
 from lungnet.io import atomic_write, remove_stale_temporaries, write_json, write_text
 from lungnet.provenance import run_facts

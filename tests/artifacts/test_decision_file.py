@@ -11,8 +11,9 @@ import re
 import numpy as np
 import pytest
 
-from lungnet.artifacts.decision import DecisionRecord, decision_path, new_record, read_decision
+from lungnet.artifacts.decision import DecisionRecord, new_record, read_decision
 from lungnet.artifacts.decision_file import parse_thresholds
+from lungnet.artifacts.paths import decision_path
 from lungnet.commands import predict as predict_cmd
 from lungnet.commands.wrapper import run_safely
 from lungnet.errors import CheckpointError

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from lungnet.artifacts.checkpoint import CheckpointError
-from lungnet.artifacts.decision import decision_path, new_record
+from lungnet.artifacts.decision import new_record
 from lungnet.artifacts.ensemble import Ensemble, Member, model_files, open_ensemble
+from lungnet.artifacts.paths import decision_path
 from lungnet.commands import predict as predict_cmd
 from lungnet.data.preprocessing import logits_to_probs
 from lungnet.errors import ConfigError

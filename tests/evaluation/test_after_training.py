@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from lungnet.artifacts.decision import DecisionRecord, decision_path
+from lungnet.artifacts.decision import DecisionRecord
+from lungnet.artifacts.paths import decision_path
 from lungnet.evaluation.after_training import STEPS
 from lungnet.evaluation.pipeline import evaluate
 from lungnet.serve.app import create_app

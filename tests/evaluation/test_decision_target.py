@@ -13,11 +13,11 @@ import shutil
 
 import pytest
 
+from lungnet.artifacts.paths import card_path
 from lungnet.commands import evaluate as evaluate_cmd
 from lungnet.errors import WriteError
 from lungnet.evaluation import decision_target
 from lungnet.evaluation import pipeline as evaluation_run
-from lungnet.evaluation.decision_target import card_path
 from lungnet.evaluation.pipeline import evaluate
 from lungnet.io import check_writable
 from lungnet.serve.inference import Predictor

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungnet.artifacts.decision import DecisionRecord, decision_path
+from lungnet.artifacts.decision import DecisionRecord
+from lungnet.artifacts.paths import decision_path
 from lungnet.evaluation.decision_report import decision_section
 from lungnet.evaluation.decisions import shift_test, summarise
 from lungnet.evaluation.model_card import SECTIONS

@@ -24,7 +24,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import lungnet.serve.app as app_module
-from lungnet.artifacts.decision import decision_path, new_record
+from lungnet.artifacts.decision import new_record
+from lungnet.artifacts.paths import decision_path
 from lungnet.commands import app as app_cmd
 from lungnet.data.preprocessing import logits_to_probs
 from lungnet.errors import ConfigError

@@ -189,7 +189,8 @@ def test_export_refuses_a_file_name_that_does_not_fit_the_format(tmp_path):
 
 def test_export_carries_the_decision_file(tmp_path):
     """The checkpoint's <stem>.decision.json travels in the sidecar: same decisions and sets (no OOD gate)."""
-    from lungnet.artifacts.decision import decision_path, new_record
+    from lungnet.artifacts.decision import new_record
+    from lungnet.artifacts.paths import decision_path
 
     ckpt = make_checkpoint(tmp_path / "best.ckpt", size=32)
     record = new_record(LABELS, False, ckpt)

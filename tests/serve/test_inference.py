@@ -280,7 +280,8 @@ def test_uncrop_lays_a_crop_heatmap_over_the_centre_of_a_wide_image():
 def test_the_heatmap_explains_the_decided_class(tmp_path):
     """With an operating point the decision can be a class other than the arg-max: the heatmap follows the
     decision (and says which class it explains), not the arg-max."""
-    from lungnet.artifacts.decision import decision_path, new_record
+    from lungnet.artifacts.decision import new_record
+    from lungnet.artifacts.paths import decision_path
 
     ckpt = make_checkpoint(tmp_path / "d.ckpt", size=32)
     files = [xray(k=k) for k in range(3)]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from lungnet.artifacts.decision import decision_path, new_record
+from lungnet.artifacts.decision import new_record
+from lungnet.artifacts.paths import decision_path
 from lungnet.serve.inference import Predictor
 from lungnet.serve.predict_batch import COLUMNS, prediction_row
 from tests.serve.test_inference import LABELS, make_checkpoint, xray
