@@ -45,7 +45,7 @@ import torch
 
 from lungnet.artifacts.checkpoint import LoadedModel, checkpoints_below, load_model, model_names, no_run_message
 from lungnet.artifacts.decision import DecisionRecord, find_decision, sha256_file
-from lungnet.artifacts.ensemble_manifest import FORMAT, MANIFEST, read_manifest  # noqa: F401 - MANIFEST re-exported
+from lungnet.artifacts.ensemble_manifest import FORMAT, read_manifest
 from lungnet.data.preprocessing import EnsembleInput, Preprocessing, logits_to_probs
 from lungnet.errors import CheckpointError, ConfigError
 from lungnet.io import write_json

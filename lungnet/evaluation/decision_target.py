@@ -1,10 +1,9 @@
 """Where ``evaluate.py`` keeps the decision file it fits, and the check, before any work, that it can write there.
 
-The decision file goes beside the checkpoint (``<ckpt stem>.decision.json``,
-`lungnet.artifacts.paths.decision_path`), or
-where ``decision.out=<file>`` says (for a checkpoint in a read-only folder); the copy of the model card the app
-shows goes beside the decision file (`lungnet.artifacts.paths.card_path`). ``predict.py`` and the app read a decision file kept elsewhere
-with ``decision=<file>``; it is pinned to its checkpoint by SHA-256 wherever it lies.
+The decision file goes beside the checkpoint (``<ckpt stem>.decision.json``, `lungnet.artifacts.paths.decision_path`),
+or where ``decision.out=<file>`` says (for a checkpoint in a read-only folder); the copy of the model card the app
+shows goes beside the decision file (`lungnet.artifacts.paths.card_path`). ``predict.py`` and the app read a
+decision file kept elsewhere with ``decision=<file>``; it is pinned to its checkpoint by SHA-256 wherever it lies.
 
 `check_target` runs before the model sees an image: when this evaluation will fit and write a decision file, a
 folder that cannot be written is one line naming it and offering ``decision.out=``, not an error after the work.

@@ -38,7 +38,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lungnet.artifacts.ensemble import MANIFEST, Ensemble  # noqa: E402
+from lungnet.artifacts.ensemble import Ensemble  # noqa: E402
+from lungnet.artifacts.paths import MANIFEST  # noqa: E402
 from lungnet.data.splits import write_splits  # noqa: E402
 from lungnet.errors import ConfigError, DataError  # noqa: E402
 from lungnet.evaluation.same_split import SplitFacts, check_same_split  # noqa: E402

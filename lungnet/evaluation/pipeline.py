@@ -29,7 +29,8 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from lungnet.artifacts.checkpoint import LoadedModel, load_model
-from lungnet.artifacts.ensemble import MANIFEST, model_files, open_ensemble
+from lungnet.artifacts.ensemble import model_files, open_ensemble
+from lungnet.artifacts.paths import MANIFEST
 from lungnet.data.datamodule import LungDataModule
 from lungnet.errors import ConfigError
 from lungnet.evaluation import decision_target, external
