@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lungnet.evaluation.audit import auroc_ci
 from lungnet.evaluation.bootstrap_unit import patient_groups, phrase, record
 from lungnet.evaluation.ensemble import compare_members
-from lungnet.evaluation.stats import bootstrap_ci, paired_bootstrap
+from lungnet.evaluation.stats import bootstrap_ci, paired_bootstrap, per_class_auroc
 from lungnet.evaluation.subgroups import bootstrap_group, subgroup_markdown, subgroup_table
 
 LABELS = ["N", "P"]
@@ -135,3 +136,15 @@ def test_ensemble_member_differences_resample_patients_when_named(named):
     d = block["members"][0]["vs_ensemble"]["auroc_macro"]
     expected = paired_bootstrap(probs, probs_b, targets, False, 200, 0, groups=patients if named else None)
     assert (d["lo"], d["hi"]) == (expected["auroc_macro"]["lo"], expected["auroc_macro"]["hi"])
+
+
+def test_audit_auroc_intervals_resample_patients_and_keep_the_image_draws():
+    probs, _, targets, patients = correlated(40, 5)
+    truth = np.eye(2)[targets]
+    rng = np.random.default_rng(2)  # the image draws the audit made before patients were known
+    old = np.asarray([per_class_auroc(probs[i], truth[i], True) for i in rng.integers(0, 200, (100, 200))])
+    plain = auroc_ci(probs, truth, 100, 2)
+    assert plain[1]["lo"] == pytest.approx(np.quantile(old[:, 1], 0.025))
+    grouped = auroc_ci(probs, truth, 100, 2, groups=patients)
+    assert grouped[1]["value"] == plain[1]["value"]
+    assert width(grouped[1]) > 1.5 * width(plain[1])
