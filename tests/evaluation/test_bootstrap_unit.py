@@ -13,6 +13,7 @@ from lungnet.evaluation.bootstrap_unit import patient_groups, phrase, record
 from lungnet.evaluation.ensemble import compare_members
 from lungnet.evaluation.stats import bootstrap_ci, paired_bootstrap, per_class_auroc
 from lungnet.evaluation.subgroups import bootstrap_group, subgroup_markdown, subgroup_table
+from lungnet.evaluation.transfer import unpaired_drop
 
 LABELS = ["N", "P"]
 
@@ -148,3 +149,17 @@ def test_audit_auroc_intervals_resample_patients_and_keep_the_image_draws():
     grouped = auroc_ci(probs, truth, 100, 2, groups=patients)
     assert grouped[1]["value"] == plain[1]["value"]
     assert width(grouped[1]) > 1.5 * width(plain[1])
+
+
+def test_transfer_drop_resamples_each_sets_patients():
+    internal, _, t_int, g_int = correlated(40, 5, seed=2)
+    external, _, t_ext, g_ext = correlated(30, 4, seed=3)
+    boot = {"resamples": 200, "seed": 0, "level": 0.95}
+    plain = unpaired_drop((internal, t_int, None), (external, t_ext, None), boot)
+    grouped = unpaired_drop((internal, t_int, g_int), (external, t_ext, g_ext), boot)
+    assert grouped["drop"] == plain["drop"]
+    assert (grouped["internal_unit"], plain["external_unit"]) == ("patient", "image")
+    assert width(grouped) > 1.5 * width(plain)
+    one = correlated(50, 1, seed=4)  # one film per patient: the image draws exactly
+    args = ((one[0], one[2], one[3]), (external, t_ext, None), boot)
+    assert unpaired_drop(*args)["lo"] == unpaired_drop((one[0], one[2], None), *args[1:])["lo"]
