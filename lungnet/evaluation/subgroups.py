@@ -244,7 +244,12 @@ def _forest(ax, part: pd.DataFrame, metric: str, y: np.ndarray) -> None:
 
 
 def subgroup_markdown(
-    frame: pd.DataFrame, gaps: list[dict], min_n: int, figure: str | None, in_sample: bool = False, by_patient=False
+    frame: pd.DataFrame,
+    gaps: list[dict],
+    min_n: int,
+    figure: str | None,
+    in_sample: bool = False,
+    by_patient: bool = False,
 ) -> str:
     """The report section: one table per class, then the largest gap per attribute and metric (``by_patient``: the
     intervals resample the group's patients, each with every image)."""
