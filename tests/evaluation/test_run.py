@@ -188,3 +188,5 @@ def test_multilabel_checkpoint_gets_per_finding_roc_and_intervals(tiny_nih, tmp_
         "n_resamples": 50,
     }
     assert f"bootstrap over patients ({patients} patients, {images} images" in text
+    audited = result["audit"]["bootstrap"]  # the shortcut audit's intervals too (its subsample: every test image here)
+    assert (audited["unit"], audited["n_images"]) == ("patient", result["audit"]["n"])
