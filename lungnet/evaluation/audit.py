@@ -37,10 +37,12 @@ from torch.utils.data import DataLoader, Subset
 from lungnet.data import images
 from lungnet.data.labels import normalise
 from lungnet.data.preprocessing import logits_to_probs
+from lungnet.evaluation.bootstrap_unit import patient_groups, record
 from lungnet.explain.base import resolve_layer
 from lungnet.explain.cams import make_explainer
 from lungnet.explain.scoring import randomized_copy
 from lungnet.scoring import stats
+from lungnet.scoring.resample import Resampler
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +111,15 @@ def rescore(model, loader: DataLoader, score: Callable, opts: dict, multilabel: 
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def auroc_ci(probs: np.ndarray, truth: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> list[dict]:
-    """One-vs-rest AUROC per class (``truth``: (N, C) 0/1, NaN unknown) with a percentile bootstrap interval."""
+def auroc_ci(
+    probs: np.ndarray, truth: np.ndarray, resamples: int, seed: int, level: float = 0.95, groups=None
+) -> list[dict]:
+    """One-vs-rest AUROC per class (``truth``: (N, C) 0/1, NaN unknown) with a percentile bootstrap interval
+    (``groups``: the patient of each image, resampled whole; None resamples images)."""
     point = stats.per_class_auroc(probs, truth, True)
-    rng = np.random.default_rng(seed)
-    draws = np.asarray(
-        [stats.per_class_auroc(probs[i], truth[i], True) for i in rng.integers(0, len(probs), (resamples, len(probs)))]
-    ).reshape(resamples, -1)
+    rng, draw = np.random.default_rng(seed), Resampler(len(probs), groups).draw
+    draws = np.asarray([stats.per_class_auroc(probs[i], truth[i], True) for i in (draw(rng) for _ in range(resamples))])
+    draws = draws.reshape(resamples, -1)
     alpha = (1 - level) / 2
     out = []
     for j, value in enumerate(point):
@@ -333,8 +337,12 @@ def run_audit(
     loader = DataLoader(Subset(dataset, idx.tolist()), batch_size=int(opts["batch_size"]))
     views = rescore(model, loader, score, opts, multilabel, device)
     truth, seed = stats.one_vs_rest(views["targets"], len(labels), multilabel), int(opts["seed"])
-    ci = {k: auroc_ci(views[k], truth, int(opts["resamples"]), seed) for k in ("intact", "hidden", "border")}
     rows = dataset.table.iloc[idx]
+    patients = patient_groups(rows["path"].tolist(), rows)  # None: no patient ids, images resampled
+    ci = {
+        k: auroc_ci(views[k], truth, int(opts["resamples"]), seed, groups=patients)
+        for k in ("intact", "hidden", "border")
+    }
     groups, how = source_groups(rows["path"].tolist(), str(opts["source"]), rows["label"].astype(str).tolist())
     probe = source_probe(views["features"], groups, truth, seed) if groups is not None else None
     heats, maps, grid = class_heat(model, dataset, idx, truth, model_index, labels, opts, device)
@@ -348,6 +356,7 @@ def run_audit(
         "cam_grid": list(grid) if grid else None,
         "source": {"how": how, **(probe or {})},
         "settings": {k: opts[k] for k in SETTINGS},
+        "bootstrap": record(patients, len(idx), int(opts["resamples"])),
     }
     return result, {"maps": maps, "views": example_views(dataset, idx, truth, opts)}
 

@@ -20,6 +20,7 @@ from lungnet.artifacts.checkpoint import LoadedModel
 from lungnet.config_checks import check_ranges
 from lungnet.data.datamodule import LungDataModule
 from lungnet.evaluation.audit import inner_box, run_audit
+from lungnet.evaluation.bootstrap_unit import phrase
 from lungnet.evaluation.report import fmt_ci, table
 from lungnet.schema import AuditConfig
 from lungnet.scoring import plots
@@ -206,8 +207,8 @@ def audit_markdown(result: dict) -> str:
         f"reaches {s['flag_auroc']} with a 95% bootstrap interval above {s['flag_lower']}, when the image source "
         f"predicts it and the model's features separate the sources (both AUROC >= {s['source_auroc']}), or when its "
         f"Grad-CAM energy outside the centre exceeds a weight-randomised model's (where its maps are not all zero; "
-        f"else a flat map's) by {s['heat_margin']:.0%} or more. These are "
-        "indicators, not proof: the box is not a lung mask.\n\n"
+        f"else a flat map's) by {s['heat_margin']:.0%} or more. Bootstrap intervals {phrase(result.get('bootstrap'))}. "
+        "These are indicators, not proof: the box is not a lung mask.\n\n"
         f"{table(header, rows)}\n\n{probe} {grid_note(result.get('cam_grid'))}\n\n"
         f"![Shortcut audit]({result['figures']['audit']})\n\n"
         f"![What the audit hides]({result['figures']['audit_views']})\n"

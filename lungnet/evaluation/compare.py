@@ -35,6 +35,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lungnet.artifacts.checkpoint import checkpoints_below, model_names, no_run_message, read_checkpoint
 from lungnet.config_checks import pin_paths
 from lungnet.data.sources import DataError
+from lungnet.evaluation.bootstrap_unit import phrase
 from lungnet.evaluation.pipeline import evaluate_with_predictions
 from lungnet.evaluation.report import fmt, fmt_ci, markdown_to_html, table
 from lungnet.evaluation.same_split import SplitFacts, check_same_split
@@ -145,9 +146,9 @@ def comparison_markdown(frame: pd.DataFrame, results: dict[str, dict], figures: 
         f"# Model comparison: {first.get('data_name')} ({first['split']} split, n = {first['n']})",
         "lungnet is a research tool, not a medical device.",
         f"Every model was evaluated on the same {first['n']} images. Values: estimate [95% percentile bootstrap "
-        f"CI, {first['bootstrap']['resamples']} resamples]; best per column in bold. Operating point: target "
-        f"sensitivity {fmt(op['target_sensitivity'], 2)}, thresholds fitted on {op['fit_split']}. Each model's "
-        "full report is in its own folder.",
+        f"CI {phrase(first['bootstrap'])}, {first['bootstrap']['resamples']} resamples]; best per column in bold. "
+        f"Operating point: target sensitivity {fmt(op['target_sensitivity'], 2)}, thresholds fitted on "
+        f"{op['fit_split']}. Each model's full report is in its own folder.",
         table(header, rows),
         *[f"![{f}]({f})" for f in figures],
         "## Checkpoints\n\n"

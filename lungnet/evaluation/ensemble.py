@@ -42,6 +42,7 @@ from lungnet.artifacts.ensemble import Ensemble  # noqa: E402
 from lungnet.artifacts.paths import MANIFEST  # noqa: E402
 from lungnet.data.splits import write_splits  # noqa: E402
 from lungnet.errors import ConfigError, DataError  # noqa: E402
+from lungnet.evaluation.bootstrap_unit import groups_for, phrase, record  # noqa: E402
 from lungnet.evaluation.same_split import SplitFacts, check_same_split  # noqa: E402
 from lungnet.io import write_json  # noqa: E402
 from lungnet.scoring import plots, stats  # noqa: E402
@@ -219,9 +220,12 @@ def compare_members(ev) -> dict:
     model, boot = ev.loaded, ev.opts["bootstrap"]
     members = model.ensemble.describe()
     resamples = int(boot["resamples"]) or 200  # paired intervals even when the CIs were turned off
+    groups = groups_for(ev)  # whole patients where the scored split names them
+    unit = record(groups, len(ev.data.targets), resamples)
+    seed, level = int(boot["seed"]), float(boot["level"])
     for facts, probs in zip(members, model.member_probs[ev.split], strict=True):
         paired = stats.paired_bootstrap(
-            ev.data.probs, probs, ev.data.targets, model.multilabel, resamples, int(boot["seed"]), float(boot["level"])
+            ev.data.probs, probs, ev.data.targets, model.multilabel, resamples, seed, level, groups=groups
         )
         facts["vs_ensemble"] = {k: paired[k] for k, _ in COMPARED if k in paired}
     return {
@@ -230,7 +234,8 @@ def compare_members(ev) -> dict:
         "combine": "mean of the members' temperature-calibrated probabilities",
         "cross_validation": model.ensemble.is_cross_validation,
         "members": members,
-        "comparison": "paired bootstrap over images, ensemble - member (a = ensemble, b = member)",
+        "comparison": f"paired bootstrap {phrase(unit)}, ensemble - member (a = ensemble, b = member)",
+        "bootstrap": unit,
     }
 
 
@@ -280,7 +285,8 @@ def section(block: dict, split: str, figure: str | None) -> str:
         "## Ensemble vs its members",
         f"{block['name']}: the mean of the members' temperature-calibrated probabilities (T: each member's "
         f"temperature, from its decision file; n/a: uncalibrated). Every member scored on the same {split} images; "
-        "differences with 95% paired bootstrap intervals (the same images resampled for both).",
+        f"differences with 95% paired bootstrap intervals {phrase(block.get('bootstrap'))} (the same "
+        "draws for both).",
         table(head, rows),
     ]
     if figure:

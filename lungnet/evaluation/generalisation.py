@@ -36,11 +36,13 @@ from lungnet.data.findings import LabelMapping
 from lungnet.data.overlap import fill_dhash, find_overlap, recorded_hashes
 from lungnet.data.splits import ExpectedSplits
 from lungnet.errors import DataError
+from lungnet.evaluation.bootstrap_unit import patient_groups, record
 from lungnet.evaluation.compare import find_checkpoints
 from lungnet.evaluation.external import map_rows
 from lungnet.hardware import resolve_device
 from lungnet.scoring import stats
 from lungnet.scoring.outputs import predict_loader
+from lungnet.scoring.resample import Resampler
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +131,17 @@ def predict_rows(loaded: LoadedModel, rows: pd.DataFrame, opts: dict) -> np.ndar
     return probs
 
 
-def scored_cell(probs: np.ndarray, targets: np.ndarray, labels: list[str], opts: dict) -> dict:
-    """AUROC (macro one-vs-rest; the positive class's for two) and accuracy with bootstrap intervals."""
+def scored_cell(probs: np.ndarray, targets: np.ndarray, labels: list[str], opts: dict, groups=None) -> dict:
+    """AUROC (macro one-vs-rest; the positive class's for two) and accuracy with bootstrap intervals (``groups``: the
+    patient of each image, resampled whole; None resamples images)."""
     boot = opts["bootstrap"]
     ci = stats.bootstrap_ci(
-        probs, targets, labels, False, int(boot["resamples"]), int(boot["seed"]), float(boot["level"])
+        probs, targets, labels, False, int(boot["resamples"]), int(boot["seed"]), float(boot["level"]), groups
     )
     return {
         "auroc": ci["auroc_macro"],
         "accuracy": ci["accuracy"],
+        "bootstrap": record(groups, len(targets), int(boot["resamples"])),
         "class_counts": {lab: int((targets == j).sum()) for j, lab in enumerate(labels)},
     }
 
@@ -175,15 +179,16 @@ def cell(row: Row, column: Column, opts: dict) -> dict:
         return {**out, "status": "fewer than two scored classes left"}
     raw = predict_rows(row.loaded, kept, opts)
     targets = kept["target"].to_numpy()
-    out.update(status="ok", n=len(kept), **scored_cell(mapping.scores(raw), targets, mapping.scored, opts))
-    out["_arrays"] = (raw, kept["label"].tolist())  # the internal reference of the drops
-    out["_scored"] = (mapping.scores(raw), targets)
+    groups = patient_groups(kept["path"].tolist(), kept)  # whole patients where the data name them
+    out.update(status="ok", n=len(kept), **scored_cell(mapping.scores(raw), targets, mapping.scored, opts, groups))
+    out["_arrays"] = (raw, kept["label"].tolist(), groups)  # the internal reference of the drops
+    out["_scored"] = (mapping.scores(raw), targets, groups)
     return out
 
 
 def restricted_arrays(row: Row, column: Column, internal: dict, findings: list[str]) -> tuple | None:
     """The internal cell's probabilities and targets on ``findings`` only (the reference for a drop)."""
-    raw, labels = internal["_arrays"]
+    raw, labels, groups = internal["_arrays"]
     mapping = LabelMapping.between(
         str(row.loaded.data.get("source")), row.loaded.labels, column.source, column.labels
     ).restricted(findings)
@@ -191,27 +196,41 @@ def restricted_arrays(row: Row, column: Column, internal: dict, findings: list[s
     keep = targets >= 0
     if len(np.unique(targets[keep])) < 2:
         return None
-    return mapping.scores(raw[keep]), targets[keep]
+    return mapping.scores(raw[keep]), targets[keep], None if groups is None else groups[keep]
 
 
 def unpaired_drop(internal: tuple, external: tuple, boot: dict) -> dict:
-    """Internal minus external macro AUROC, each image set resampled on its own (they share no images)."""
+    """Internal minus external macro AUROC, each image set resampled on its own (they share no images): patients
+    where a set's ``(probs, targets, groups)`` name them, images where ``groups`` is None."""
 
     def auroc(p, t):
         return stats.headline(p, t, False)["auroc_macro"]
 
-    (pi, ti), (pe, te) = internal, external
+    (pi, ti, gi), (pe, te, ge) = internal, external
     rng = np.random.default_rng(int(boot["seed"]))
     draws = []
+    draw_i, draw_e = Resampler(len(ti), gi).draw, Resampler(len(te), ge).draw
     for _ in range(int(boot["resamples"])):
-        i, e = rng.integers(0, len(ti), len(ti)), rng.integers(0, len(te), len(te))
+        i, e = draw_i(rng), draw_e(rng)
         draws.append(auroc(pi[i], ti[i]) - auroc(pe[e], te[e]))
     draws = np.asarray(draws)
     finite = draws[np.isfinite(draws)]
     alpha = (1 - float(boot["level"])) / 2
     lo, hi = np.quantile(finite, [alpha, 1 - alpha]) if len(finite) else (np.nan, np.nan)
     a, b = auroc(pi, ti), auroc(pe, te)
-    return {"internal": a, "external": b, "drop": a - b, "lo": float(lo), "hi": float(hi), "n_internal": len(ti)}
+    units = {
+        "internal_unit": "image" if gi is None else "patient",
+        "external_unit": "image" if ge is None else "patient",
+    }
+    return {
+        "internal": a,
+        "external": b,
+        "drop": a - b,
+        "lo": float(lo),
+        "hi": float(hi),
+        "n_internal": len(ti),
+        **units,
+    }
 
 
 def drops(rows: list[Row], columns: list[Column], cells: list[list[dict]], boot: dict) -> list[dict]:

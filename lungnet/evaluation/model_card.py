@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lungnet.artifacts.decision import sha256_file
 from lungnet.artifacts.paths import card_path
+from lungnet.evaluation.bootstrap_unit import phrase
 from lungnet.evaluation.report import DATASET_NOTES, fmt, fmt_ci, table
 from lungnet.io import write_text
 
@@ -159,7 +160,7 @@ def metrics_section(result: dict) -> str:
             ["Flagged out-of-distribution", f"{block['ood_flagged']} of {block['n']} ({fmt(block['ood_rate'])})"]
         )
     level = int(100 * float(result.get("bootstrap", {}).get("level", 0.95)))
-    text = f"Intervals: {level}% percentile bootstrap over images."
+    text = f"Intervals: {level}% percentile bootstrap {phrase(result.get('bootstrap'))}."
     return f"## Metrics\n\n{text}\n\n{table(['metric', 'value'], rows)}"
 
 

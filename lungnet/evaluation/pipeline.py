@@ -36,6 +36,7 @@ from lungnet.errors import ConfigError
 from lungnet.evaluation import decision_target, external
 from lungnet.evaluation import ensemble as ensembles
 from lungnet.evaluation.audit_report import add_audit, audit_options
+from lungnet.evaluation.bootstrap_unit import groups_for, log_unit, phrase, record
 from lungnet.evaluation.by_source import per_source_metrics, source_column
 from lungnet.evaluation.eval_data import build_eval_data
 from lungnet.evaluation.fitting import calibration, fit_split, operating_point
@@ -229,6 +230,9 @@ def score(ev: Evaluation) -> dict:
     metrics = compute_metrics(probs, targets, labels, multilabel)
     per_class_extras(metrics, probs, targets, labels, multilabel)
     boot = opts["bootstrap"]
+    groups = groups_for(ev)  # whole patients where the scored split names them
+    unit = record(groups, len(targets), int(boot["resamples"]))
+    log_unit(unit)
     cal = calibration(opts, multilabel, (ev.fit.name, ev.fit.probs, ev.fit.targets), probs, targets)
     temperature = cal["temperature"] or 1.0  # the operating point is fitted on the probabilities decisions use
     fit_cal = stats.scale_probs(ev.fit.probs, temperature, multilabel)
@@ -246,9 +250,9 @@ def score(ev: Evaluation) -> dict:
         "class_counts": {} if multilabel else {lab: m["support"] for lab, m in metrics["per_class"].items()},
         **metrics,
         "loss": stats.log_loss(probs, targets, multilabel),
-        "bootstrap": {**boot, "method": "percentile bootstrap over images"},
+        "bootstrap": {**boot, "method": f"percentile bootstrap {phrase(unit)}", **unit},
         "confidence_intervals": stats.bootstrap_ci(
-            probs, targets, labels, multilabel, int(boot["resamples"]), int(boot["seed"]), float(boot["level"])
+            probs, targets, labels, multilabel, int(boot["resamples"]), int(boot["seed"]), float(boot["level"]), groups
         ),
         "calibration": cal,
         "operating_point": operating_point(

@@ -20,6 +20,7 @@ from pathlib import Path
 import markdown
 
 from lungnet.data.sources import SOURCES
+from lungnet.evaluation.bootstrap_unit import phrase
 from lungnet.io import write_text
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def summary_rows(result: dict) -> list[list[str]]:
     rows.append(
         [
             "Confidence intervals",
-            f"{int(boot.get('level', 0.95) * 100)}% percentile bootstrap over images, "
+            f"{int(boot.get('level', 0.95) * 100)}% percentile bootstrap {phrase(boot)}, "
             f"{boot.get('resamples', '?')} resamples, seed {boot.get('seed', '?')}",
         ]
     )
@@ -242,7 +243,8 @@ def ci_section(result: dict) -> str:
     if not ci:
         return ""
     rows = [[k, fmt(v["value"]), fmt(v["lo"]), fmt(v["hi"]), str(v["resamples"])] for k, v in ci.items()]
-    return "## Confidence intervals\n\n" + table(["metric", "value", "CI low", "CI high", "valid resamples"], rows)
+    head = f"## Confidence intervals\n\nPercentile bootstrap {phrase(result.get('bootstrap'))}.\n\n"
+    return head + table(["metric", "value", "CI low", "CI high", "valid resamples"], rows)
 
 
 def render_report(

@@ -3,7 +3,8 @@
 For data sets with patient metadata (NIH ChestX-ray14: ``Patient Age`` in bands 0-17 / 18-39 / 40-59 / 60+,
 ``Patient Gender``, ``View Position``), each group gets, per scored class with an operating-point threshold (the
 normal class left out): n and positives, AUROC (one-vs-rest), sensitivity and false-negative rate at the operating
-point, and ECE, each with a percentile bootstrap interval over the group's images; per attribute, the largest gap
+point, and ECE, each with a percentile bootstrap interval over the group's patients (each drawn with every
+image; images where the split names no patient); per attribute, the largest gap
 between groups of at least ``min_n`` images (the groups with the highest and the lowest estimate, the interval
 from resampling each group independently). Smaller groups are shown and marked too small.
 Written to ``subgroups.csv``, ``subgroups.png`` and a report section.
@@ -20,10 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from lungnet.config_checks import check_ranges
 from lungnet.data.findings import NO_FINDING, finding_of
+from lungnet.evaluation.bootstrap_unit import PATIENT, patient_groups
 from lungnet.evaluation.report import fmt, table
 from lungnet.io import write_csv
 from lungnet.schema import SubgroupsConfig
 from lungnet.scoring import plots, stats
+from lungnet.scoring.resample import Resampler
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +75,17 @@ def group_metrics(probs, truth, known, c: int, threshold: float, bins: int, mult
     }
 
 
-def bootstrap_group(probs, targets, multilabel, c, threshold, bins, resamples, seed) -> tuple[dict, dict]:
-    """Point metrics of one group and their bootstrap draws (``{metric: array of resamples}``)."""
+def bootstrap_group(probs, targets, multilabel, c, threshold, bins, resamples, seed, groups=None) -> tuple[dict, dict]:
+    """Point metrics of one group and their bootstrap draws (``{metric: array of resamples}``); ``groups``: the
+    patient of each image (`lungnet.scoring.resample.Resampler`), None to resample images."""
     truth = stats.one_vs_rest(targets, probs.shape[1], multilabel)
     known = ~np.isnan(truth)
     point = group_metrics(probs, truth, known, c, threshold, bins, multilabel, targets)
     rng = np.random.default_rng(seed)
     draws = {k: np.full(resamples, np.nan) for k in METRICS}
+    draw = Resampler(len(probs), groups).draw
     for r in range(resamples if len(probs) else 0):
-        i = rng.integers(0, len(probs), len(probs))
+        i = draw(rng)
         values = group_metrics(probs[i], truth[i], known[i], c, threshold, bins, multilabel, targets[i])
         for k in METRICS:
             draws[k][r] = values[k]
@@ -104,19 +109,22 @@ def audited_classes(labels: list[str], thresholds: dict[str, float], source: str
     return abnormal or chosen
 
 
-def subgroup_table(meta: pd.DataFrame, probs, targets, labels, multilabel, thresholds, opts: dict) -> tuple:
-    """One row per attribute x group x class, and the largest gap per attribute, class and metric."""
+def subgroup_table(meta: pd.DataFrame, probs, targets, labels, multilabel, thresholds, opts: dict, groups=None):
+    """One row per attribute x group x class, and the largest gap per attribute, class and metric (``groups``: the
+    patient of each image, resampled whole; None resamples images)."""
     rows, gaps = [], []
     boot = opts["bootstrap"]
     resamples, seed, level = int(boot["resamples"]), int(boot["seed"]), float(boot["level"])
+    bins = int(opts["bins"])
     for lab in audited_classes(labels, thresholds, opts.get("source")):
         c = labels.index(lab)
         for attribute in ATTRIBUTES:
             draws_by_group = {}
             for group in sorted(meta[attribute].dropna().unique(), key=str):
                 mask = (meta[attribute] == group).to_numpy()
+                patients = None if groups is None else groups[mask]
                 point, draws = bootstrap_group(
-                    probs[mask], targets[mask], multilabel, c, thresholds[lab], int(opts["bins"]), resamples, seed
+                    probs[mask], targets[mask], multilabel, c, thresholds[lab], bins, resamples, seed, patients
                 )
                 row = {
                     "attribute": attribute,
@@ -236,12 +244,19 @@ def _forest(ax, part: pd.DataFrame, metric: str, y: np.ndarray) -> None:
 
 
 def subgroup_markdown(
-    frame: pd.DataFrame, gaps: list[dict], min_n: int, figure: str | None, in_sample: bool = False
+    frame: pd.DataFrame,
+    gaps: list[dict],
+    min_n: int,
+    figure: str | None,
+    in_sample: bool = False,
+    by_patient: bool = False,
 ) -> str:
-    """The report section: one table per class, then the largest gap per attribute and metric."""
+    """The report section: one table per class, then the largest gap per attribute and metric (``by_patient``: the
+    intervals resample the group's patients, each with every image)."""
+    unit = "patients (a drawn patient brings every image)" if by_patient else "images"
     parts = [
         "## Subgroups\n\nPer patient group (NIH metadata): AUROC one-vs-rest, sensitivity and false-negative "
-        "rate at the operating point, ECE; 95% bootstrap intervals over the group's images. Groups under "
+        f"rate at the operating point, ECE; 95% bootstrap intervals over the group's {unit}. Groups under "
         f"{min_n} images are shown but too small to judge."
     ]
     if in_sample:
@@ -298,8 +313,9 @@ def subgroup_evaluation(dm, result: dict, probs, targets, paths: list[str], opts
     thresholds = result["operating_point"]["thresholds"]
     if meta is None or not thresholds:
         return None
+    groups = patient_groups(list(paths), getattr(dm, "table", None))  # None: resample images
     frame, gaps = subgroup_table(
-        meta, np.asarray(probs), np.asarray(targets), result["labels"], result["multilabel"], thresholds, opts
+        meta, np.asarray(probs), np.asarray(targets), result["labels"], result["multilabel"], thresholds, opts, groups
     )
     if frame.empty:
         return None
@@ -313,8 +329,9 @@ def subgroup_evaluation(dm, result: dict, probs, targets, paths: list[str], opts
     return {
         "rows": frame.to_dict("records"),
         "gaps": gaps,
-        "markdown": subgroup_markdown(frame, gaps, int(opts["min_n"]), figure, in_sample),
+        "markdown": subgroup_markdown(frame, gaps, int(opts["min_n"]), figure, in_sample, groups is not None),
         "figure": figure,
+        "unit": "image" if groups is None else PATIENT,
     }
 
 
@@ -348,6 +365,6 @@ def add_subgroups(ev) -> None:
     found = subgroup_evaluation(ev.dm, ev.result, probs, ev.data.targets, ev.data.paths, opts, ev.run_dir)
     if found is None:
         return
-    ev.result["subgroups"] = {"rows": found["rows"], "gaps": found["gaps"]}
+    ev.result["subgroups"] = {"rows": found["rows"], "gaps": found["gaps"], "bootstrap_unit": found["unit"]}
     ev.files += ["subgroups.csv", *([found["figure"]] if found.get("figure") else [])]
     ev.sections.append(found["markdown"])

@@ -101,7 +101,9 @@ def transfer_markdown(rows, columns, cells, drops: list[dict], opts: dict, figur
     near = f"exact and near (dHash within {opts['near_threshold']} bits)" if opts["near_threshold"] else "exact"
     return (
         "# Generalisation matrix\n\nlungnet is a research tool, not a medical device.\n\n"
-        f"AUROC (macro one-vs-rest; for two findings the AUROC of either) with 95% bootstrap intervals, scored on "
+        f"AUROC (macro one-vs-rest; for two findings the AUROC of either) with 95% bootstrap intervals (over patients "
+        f"where the data name them, each with every image; over images elsewhere: `bootstrap` of each cell in "
+        f"transfer.json), scored on "
         f"{findings}. Columns: each run's own data set on its evaluation split (split={opts['split']}; auto: its test "
         f"split when it has one, else val: a val split chose the checkpoint, so its internal AUROC is optimistic "
         f"and the drop overstated), internal for that run (dashed in the figure); other data sets on all "
@@ -109,7 +111,7 @@ def transfer_markdown(rows, columns, cells, drops: list[dict], opts: dict, figur
         f"model's training or validation images are handled by overlap={opts['overlap']}.\n\n"
         f"{matrix}\n\n![Generalisation matrix]({figure})\n\n"
         "## Drop from internal to external\n\nThe model's AUROC on its own data set (same findings) minus its AUROC "
-        "on the other; the interval resamples both image sets independently.\n\n"
+        "on the other; the interval resamples both sets independently (patients where named, else images).\n\n"
         f"{drop_table}\n"
     )
 

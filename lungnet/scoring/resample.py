@@ -25,7 +25,10 @@ class Resampler:
             keys = np.asarray(groups)
             if len(keys) != self.n:
                 raise ValueError(f"groups has {len(keys)} entries for {self.n} images")
-            _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+            _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+            # groups numbered in order of their first image: with one image per group the draws are the image draws
+            by_first = np.argsort(first, kind="stable")
+            inverse, counts = np.argsort(by_first)[inverse.ravel()], counts[by_first]
             self.order = np.argsort(inverse, kind="stable")  # images sorted by group
             self.starts = np.cumsum(counts) - counts  # where each group's images begin in ``order``
             self.counts = counts

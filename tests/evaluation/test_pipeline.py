@@ -55,6 +55,8 @@ def test_metrics_json_is_consistent_with_predictions(evaluated):
     per_class = pd.read_csv(out / "per_class.csv")
     assert per_class["class"].tolist() == metrics["labels"]
     assert {"precision", "sensitivity", "specificity", "f1", "auroc"} <= set(per_class.columns)
+    assert metrics["bootstrap"]["unit"] == "image" and metrics["bootstrap"]["n_units"] == metrics["n"]  # no patients
+    assert "percentile bootstrap over images" in (out / "report.md").read_text()
     cal = metrics["calibration"]
     assert 0 <= cal["ece"] <= 1 and 0 <= cal["ece_after"] <= 1 and cal["temperature"] > 0
 
@@ -174,3 +176,17 @@ def test_multilabel_checkpoint_gets_per_finding_roc_and_intervals(tiny_nih, tmp_
         assert {"sensitivity", "specificity", "precision"} <= set(result["per_class"][lab])
     text = (tmp_path / "eval" / "report.md").read_text()
     assert "## Per-finding metrics" in text and "AUROC [95% CI]" in text and "Accuracy" not in text
+    # NIH names each film's patient: the intervals resample whole patients (3 films each), and say so
+    split = pd.read_csv(tmp_path / "eval" / "splits" / "test.csv")
+    patients, images = split["patient"].nunique(), len(split)
+    assert images == result["n"] == 3 * patients
+    boot = json.loads((tmp_path / "eval" / "metrics.json").read_text())["bootstrap"]
+    assert {k: boot[k] for k in ("unit", "n_units", "n_images", "n_resamples")} == {
+        "unit": "patient",
+        "n_units": patients,
+        "n_images": images,
+        "n_resamples": 50,
+    }
+    assert f"bootstrap over patients ({patients} patients, {images} images" in text
+    audited = result["audit"]["bootstrap"]  # the shortcut audit's intervals too (its subsample: every test image here)
+    assert (audited["unit"], audited["n_images"]) == ("patient", result["audit"]["n"])
