@@ -45,3 +45,13 @@ def test_dockerfile_copies_paths_that_exist_and_smoke_tests_the_console_script()
     assert re.search(r"^FROM \$\{CUDA_IMAGE\}", text, flags=re.M) and "ARG CUDA_IMAGE=nvidia/cuda:" in text
     assert "lungnet-train --help" in text and "pip install ." in text
     assert {"lungnet-train", "lungnet-predict"} <= set(PROJECT["scripts"])
+
+
+def test_the_wheel_lists_every_package():
+    """pyproject's package list holds every folder of lungnet/ with an __init__.py (a missing one is absent from the
+    wheel: an installed lungnet would fail to import it)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "lungnet").rglob("__init__.py")}
+    assert found | {"lungnet.conf"} == listed
