@@ -55,6 +55,8 @@ def test_union_of_findings_and_unknown_is_nan_never_negative(three_sets):
     assert dark["Pneumonia"] == 1 and dark["COVID-19"] == 0 and math.isnan(dark["Effusion"])
     nih = _row(table, "nih14", "00000002_000.png")
     assert math.isnan(nih["COVID-19"]) and not math.isnan(nih["Effusion"]) and nih["No Finding"] in (0, 1)
+    covid = table[(table["source"] == "darkcovidnet") & (table["label"] == "Covid-19")].iloc[0]
+    assert covid["COVID-19"] == 1 and covid["No Finding"] == 0 and math.isnan(covid["Pneumonia"])  # OVERLAPS
     assert dark["patient"] == "nih:3" and _row(table, "nih14", "00000003_000.png")["patient"] == "nih:3"
     assert pn["patient"] == ""  # no patient id in img_000.png: its own group
 
