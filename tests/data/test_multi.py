@@ -19,6 +19,7 @@ from lungnet.models.specs import ModelSpec
 from lungnet.training import train
 from tests.conftest import ROOT, TINY, compose_cfg, make_class_folders, offline_env, write_png
 
+QUICK_EVAL = ["bootstrap.resamples=0", "report.figures=false", "report.html=false", "audit.enabled=false"]
 SPEC = ModelSpec(name="t", arch="t", input_size=32, in_chans=1, mean=(0.5,), std=(0.25,))
 
 
@@ -159,7 +160,7 @@ def test_train_writes_per_source_metrics_and_predictions(three_sets, tmp_path):
     predictions = pd.read_csv(run / "predictions_val.csv")
     assert predictions.columns[1] == "source" and set(predictions["source"]) <= set(three_sets["roots"])
     assert results["val"]["n"] == len(predictions)
-    cfg = compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "split=val", "bootstrap.resamples=0"])
+    cfg = compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "split=val", *QUICK_EVAL])
     out = evaluate(cfg, tmp_path / "eval")  # evaluate.py: the same per-set keys and source column
     assert out["darkcovidnet"]["n"] == val["darkcovidnet"]["n"] and "COVID-19" in out["nih14"]["unknown"]
     assert "source" in pd.read_csv(tmp_path / "eval" / "predictions.csv").columns
