@@ -60,6 +60,9 @@ def test_union_of_findings_and_unknown_is_nan_never_negative(three_sets):
     assert covid["COVID-19"] == 1 and covid["No Finding"] == 0 and math.isnan(covid["Pneumonia"])  # OVERLAPS
     assert dark["patient"] == "nih:3" and _row(table, "nih14", "00000003_000.png")["patient"] == "nih:3"
     assert pn["patient"] == ""  # no patient id in img_000.png: its own group
+    assert MultiSource({**three_sets, "findings": ["Effusion", "Pneumonia"]}).labels == ["Effusion", "Pneumonia"]
+    with pytest.raises(DataError, match="data.findings: 'Tuberculosis' is annotated by none of the sets"):
+        MultiSource({**three_sets, "findings": ["Tuberculosis"]})
 
 
 def test_splits_keep_copies_and_patients_across_sets_together(three_sets, tmp_path):
