@@ -109,6 +109,10 @@ def test_masked_metrics_equal_metrics_over_known_targets():
     assert masked["per_class"]["a"]["auroc"] == pytest.approx(roc_auc_score(targets[known, 0], probs[known, 0]))
     assert masked["per_class"]["a"]["auroc"] != pytest.approx(roc_auc_score(np.nan_to_num(targets[:, 0]), probs[:, 0]))
     assert masked["per_class"]["b"]["positives"] == 2
+    unknown = compute_metrics(probs, np.where(np.arange(2) == 1, np.nan, targets), ["a", "b"], multilabel=True)
+    assert (
+        math.isnan(unknown["per_class"]["b"]["auroc"]) and unknown["auroc_macro"] == masked["per_class"]["a"]["auroc"]
+    )
 
 
 def test_config_interface_and_root_override(tmp_path):
