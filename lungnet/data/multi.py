@@ -11,7 +11,8 @@ onto the finding vocabulary (`lungnet.data.findings`): the model's outputs are t
 - a finding a set does not annotate is unknown (NaN) for its images, never negative: an image labelled
   ``PNEUMONIA`` by a two-class pneumonia set says nothing about Effusion;
 - a single-label set's classes exclude each other: its image labelled ``Pneumonia`` is negative for the set's other
-  classes (``No Finding``, ``COVID-19``), positive for Pneumonia;
+  classes (``No Finding``, ``COVID-19``), positive for Pneumonia; but a class that may show another finding too
+  leaves that one unknown (`OVERLAPS`: a ``COVID-19`` film is unknown for Pneumonia, not negative);
 - a multi-label set (NIH ChestX-ray14) gives its findings as annotated, and ``No Finding`` when none is present.
 
 Patient ids are prefixed by their set (``pneumonia:person12``), except where two sets share an id space:
@@ -38,6 +39,9 @@ from lungnet.schema import with_data_defaults
 
 log = logging.getLogger(__name__)
 
+# a single-label set's class that may show another finding too: its images are unknown for it, not negative (a
+# COVID-19 film of DarkCovidNet or cxr4 shows a viral pneumonia; torchxrayvision marks it Pneumonia as well)
+OVERLAPS = {F.COVID19: (F.PNEUMONIA,)}
 # readers whose patient ids are one id space: NIH ChestX-ray14's, which DarkCovidNet's NIH films are named by
 PATIENT_SPACE = {"nih14": "nih", "nih6": "nih", "darkcovidnet": "nih"}
 
@@ -97,6 +101,9 @@ def _targets(table: pd.DataFrame, reader: Source, mapping: dict[str, str], outpu
         finding = table["label"].map(mapping)
         for f in set(mapping.values()):
             cols[f] = (finding == f).to_numpy(np.float32)
+        for cls, others in OVERLAPS.items():
+            for f in (o for o in others if o in cols):
+                cols[f][(finding == cls).to_numpy()] = np.nan
     out = pd.DataFrame(index=table.index)
     for f in outputs:
         out[f] = np.where(bad, np.nan, cols[f]).astype(np.float32) if f in cols else np.float32(np.nan)

@@ -21,13 +21,13 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 from torchmetrics.functional.classification import (
+    binary_auroc,
     multiclass_accuracy,
     multiclass_auroc,
     multiclass_confusion_matrix,
     multiclass_f1_score,
     multiclass_precision,
     multiclass_recall,
-    multilabel_auroc,
     multilabel_f1_score,
 )
 
@@ -95,8 +95,11 @@ def compute_metrics(probs: np.ndarray, targets: np.ndarray, labels: list[str], m
     if multilabel:
         t = mask_targets(torch.tensor(np.asarray(targets), dtype=torch.float32))
         valid = [(t[:, j] != IGNORE).any() and t[t[:, j] != IGNORE, j].unique().numel() == 2 for j in range(c)]
-        per_auroc = multilabel_auroc(p, t, num_labels=c, average="none", ignore_index=IGNORE).tolist()
-        per_auroc = [a if ok else float("nan") for a, ok in zip(per_auroc, valid, strict=True)]
+        # per finding over its known targets (torchmetrics fails on a finding no image annotates: data=multi)
+        per_auroc = [
+            float(binary_auroc(p[t[:, j] != IGNORE, j], t[t[:, j] != IGNORE, j])) if ok else float("nan")
+            for j, ok in enumerate(valid)
+        ]
         per_f1 = multilabel_f1_score(p, t, num_labels=c, average="none", ignore_index=IGNORE).tolist()
         return {
             "n": int(len(p)),

@@ -19,6 +19,7 @@ from lungnet.scoring.metrics import compute_metrics
 from lungnet.train.training import train
 from tests.conftest import ROOT, TINY, compose_cfg, make_class_folders, offline_env, write_png
 
+QUICK_EVAL = ["bootstrap.resamples=0", "report.figures=false", "report.html=false", "audit.enabled=false"]
 SPEC = ModelSpec(name="t", arch="t", input_size=32, in_chans=1, mean=(0.5,), std=(0.25,))
 
 
@@ -55,8 +56,13 @@ def test_union_of_findings_and_unknown_is_nan_never_negative(three_sets):
     assert dark["Pneumonia"] == 1 and dark["COVID-19"] == 0 and math.isnan(dark["Effusion"])
     nih = _row(table, "nih14", "00000002_000.png")
     assert math.isnan(nih["COVID-19"]) and not math.isnan(nih["Effusion"]) and nih["No Finding"] in (0, 1)
+    covid = table[(table["source"] == "darkcovidnet") & (table["label"] == "Covid-19")].iloc[0]
+    assert covid["COVID-19"] == 1 and covid["No Finding"] == 0 and math.isnan(covid["Pneumonia"])  # OVERLAPS
     assert dark["patient"] == "nih:3" and _row(table, "nih14", "00000003_000.png")["patient"] == "nih:3"
     assert pn["patient"] == ""  # no patient id in img_000.png: its own group
+    assert MultiSource({**three_sets, "findings": ["Effusion", "Pneumonia"]}).labels == ["Effusion", "Pneumonia"]
+    with pytest.raises(DataError, match="data.findings: 'Tuberculosis' is annotated by none of the sets"):
+        MultiSource({**three_sets, "findings": ["Tuberculosis"]})
 
 
 def test_splits_keep_copies_and_patients_across_sets_together(three_sets, tmp_path):
@@ -103,6 +109,10 @@ def test_masked_metrics_equal_metrics_over_known_targets():
     assert masked["per_class"]["a"]["auroc"] == pytest.approx(roc_auc_score(targets[known, 0], probs[known, 0]))
     assert masked["per_class"]["a"]["auroc"] != pytest.approx(roc_auc_score(np.nan_to_num(targets[:, 0]), probs[:, 0]))
     assert masked["per_class"]["b"]["positives"] == 2
+    unknown = compute_metrics(probs, np.where(np.arange(2) == 1, np.nan, targets), ["a", "b"], multilabel=True)
+    assert (
+        math.isnan(unknown["per_class"]["b"]["auroc"]) and unknown["auroc_macro"] == masked["per_class"]["a"]["auroc"]
+    )
 
 
 def test_config_interface_and_root_override(tmp_path):
@@ -157,7 +167,7 @@ def test_train_writes_per_source_metrics_and_predictions(three_sets, tmp_path):
     predictions = pd.read_csv(run / "predictions_val.csv")
     assert predictions.columns[1] == "source" and set(predictions["source"]) <= set(three_sets["roots"])
     assert results["val"]["n"] == len(predictions)
-    cfg = compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "split=val", "bootstrap.resamples=0"])
+    cfg = compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "split=val", *QUICK_EVAL])
     out = evaluate(cfg, tmp_path / "eval")  # evaluate.py: the same per-set keys and source column
     assert out["darkcovidnet"]["n"] == val["darkcovidnet"]["n"] and "COVID-19" in out["nih14"]["unknown"]
     assert "source" in pd.read_csv(tmp_path / "eval" / "predictions.csv").columns
