@@ -43,6 +43,7 @@ LAYERS = {
     "lungnet.checkpoint": 1,
     "lungnet.checkpoint_checks": 1,  # every value a checkpoint stores, checked before lungnet.checkpoint uses it
     "lungnet.ood": 1,  # the out-of-distribution gate (numpy), stored in decision files
+    "lungnet.shift": 1,  # a batch's population shift: its gate scores tested against the gate's calibration scores
     "lungnet.decision_file": 1,  # the decision file format: its one reader, every value checked
     "lungnet.referral": 1,  # why a decision is referred (OOD causes, ambiguous sets) and the empty-set note
     "lungnet.decision": 1,  # the decision record: operating point, temperature, conformal sets, OOD gate
