@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
+from lungnet.data.images import read_image
 from lungnet.decision import sha256_file
 from lungnet.inference import Predictor
 from lungnet.ood import ImageGate, OodGate, layout
@@ -41,18 +42,23 @@ log = logging.getLogger("studies_ood_shift")
 CACHE = Path("outputs/ood_shift_cache")
 SIZES = (8, 16, 32, 64)
 K = 10  # neighbours of the kNN scores
+VIEWS = {"rotated 90 degrees": np.rot90, "rotated 180 degrees": lambda im: np.rot90(im, 2), "upside down": np.flipud}
 POSITIVE = 1  # PNEUMONIA, the second of PneumoniaMNIST's labels (checked in main)
 
 
-def gate_inputs(pred: Predictor, files: list[str]) -> dict[str, np.ndarray]:
-    """Logits and gate inputs (pooled features, then the input thumbnail) of image files, cached."""
-    digest = hashlib.sha256((sha256_file(pred.path) + "\n".join(files)).encode()).hexdigest()[:16]
+def gate_inputs(pred: Predictor, files: list[str], view: str = "") -> dict[str, np.ndarray]:
+    """Logits and gate inputs (pooled features, then the input thumbnail) of image files (``view``: turned as
+    `VIEWS` says), cached."""
+    digest = hashlib.sha256((sha256_file(pred.path) + view + "\n".join(files)).encode()).hexdigest()[:16]
     path = CACHE / f"{digest}.npz"
     if path.is_file():
         return dict(np.load(path))
     logits, inputs = [], []
+    turn = VIEWS.get(view, lambda im: im)
     for start in range(0, len(files), 64):
-        batch = torch.stack([pred.load(f)[1] for f in files[start : start + 64]])
+        batch = torch.stack(
+            [pred.preprocess(np.ascontiguousarray(turn(read_image(f)))) for f in files[start : start + 64]]
+        )
         z, x = pred.outputs(batch)
         logits.append(z)
         inputs.append(x)
@@ -122,33 +128,47 @@ def candidates(train: dict, classes: np.ndarray) -> dict[str, callable]:
     }, gate
 
 
-def per_image(scores: dict, data: dict, val_name: str = "val") -> list[str]:
-    """Markdown rows: each score's flag rate per set (threshold: 0.95 quantile of val; the shipped gate: each part
-    at 0.975, either flags) and the model's AUROC on the films it passes."""
-    names = list(scores)
-    cols = [*names, "shipped gate (either part)"]
-    val = {n: scores[n](data[val_name]["inputs"]) for n in names}
-    limits = {n: np.quantile(v, 0.95) for n, v in val.items()}
-    both = [names[0], names[1]]
-    shipped_lim = {n: np.quantile(val[n], 0.975) for n in both}
+def combos(names: list[str]) -> dict[str, tuple[str, ...]]:
+    """The gates compared: each score alone, the shipped gate (features or layout thumbnail) and the shipped gate
+    with the raw thumbnail as a third part; a gate of k parts flags when any part is above its 1 - 0.05 / k
+    quantile of val."""
+    return {
+        **{n: (n,) for n in names},
+        "shipped gate (either part)": (names[0], names[1]),
+        "shipped + raw thumbnail (any of 3)": (names[0], names[1], names[4]),
+    }
+
+
+def flags_of(parts: tuple[str, ...], s: dict, val: dict) -> np.ndarray:
+    """Flagged by any of ``parts``, each at the ``1 - 0.05 / len(parts)`` quantile of ``val``'s scores."""
+    q = 1 - 0.05 / len(parts)
+    return np.any([s[n] > np.quantile(val[n], q) for n in parts], 0)
+
+
+def per_image(scores: dict, data: dict) -> list[str]:
+    """Markdown rows: each gate's flag rate per set (`combos`; thresholds on val) and the model's AUROC on the
+    films it passes."""
+    cols = combos(list(scores))
+    val = {n: scores[n](data["val"]["inputs"]) for n in scores}
     rng = np.random.default_rng(0)
     cross = {c: [] for c in cols}
     for _ in range(50):
-        order = rng.permutation(len(val[names[0]]))
+        order = rng.permutation(len(data["val"]["inputs"]))
         a, b = order[: len(order) // 2], order[len(order) // 2 :]
-        for n in names:
-            cross[n].append(float((val[n][b] > np.quantile(val[n][a], 0.95)).mean()))
-        cross[cols[-1]].append(float(np.any([val[n][b] > np.quantile(val[n][a], 0.975) for n in both], 0).mean()))
+        for c, parts in cols.items():
+            cross[c].append(
+                float(flags_of(parts, {n: v[b] for n, v in val.items()}, {n: v[a] for n, v in val.items()}).mean())
+            )
     rows = ["| images | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     rows.append("| val, cross-fitted (50 halvings) | " + " | ".join(f"{np.mean(cross[c]):.3f}" for c in cols) + " |")
     for name, d in data.items():
-        if name in ("train", val_name):
+        if name in ("train", "val"):
             continue
-        s = {n: scores[n](d["inputs"]) for n in names}
-        flags = {n: s[n] > limits[n] for n in names}
-        flags[cols[-1]] = np.any([s[n] > shipped_lim[n] for n in both], 0)
-        cells = [f"{int(f.sum())}/{len(f)} = {f.mean():.2f}{auroc_passed(d, ~f)}" for f in (flags[c] for c in cols)]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        s = {n: scores[n](d["inputs"]) for n in scores}
+        flags = [flags_of(parts, s, val) for parts in cols.values()]
+        cells = [f"{int(f.sum())}/{len(f)} = {f.mean():.2f}{auroc_passed(d, ~f)}" for f in flags]
+        every = auroc_passed(d, np.ones(len(d["targets"]), bool))
+        rows.append(f"| {name}{every.replace(' (AUROC', ' (all: AUROC')} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -191,7 +211,8 @@ def per_batch(gate: ImageGate, data: dict, repeats: int) -> list[str]:
                 for x in (x_all[rng.choice(len(x_all), n, replace=False)] for _ in range(repeats))
             ]
             cells.append(f"{np.mean(hits):.3f}")
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        every = auroc_passed(d, np.ones(len(d["targets"]), bool))
+        rows.append(f"| {name}{every.replace(' (AUROC', ' (all: AUROC')} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -208,8 +229,18 @@ def main() -> None:
     if pred.labels[POSITIVE] != "PNEUMONIA":
         raise SystemExit(f"{args.ckpt}: labels {pred.labels}, expected a PneumoniaMNIST model (NORMAL, PNEUMONIA)")
     data = {}
-    for name, (files, targets) in sets(args.ckpt, args.data, pred.labels, args.train_max).items():
+    sets_ = sets(args.ckpt, args.data, pred.labels, args.train_max)
+    for name, (files, targets) in sets_.items():
         data[name] = {**gate_inputs(pred, files), "targets": targets}
+    val_files, val_targets = sets_["val"]
+    for view in VIEWS:  # must-flag: the val films turned
+        data[f"val {view}"] = {**gate_inputs(pred, val_files, view), "targets": np.full(len(val_files), -1)}
+    rng = np.random.default_rng(0)
+    blank = [np.full((256, 256), v, np.float32) for v in (0.5, 0.0, 1.0)]
+    noise = [rng.random((256, 256), dtype=np.float32) for _ in range(20)]
+    for name, images in (("blank grey / black / white", blank), ("uniform noise", noise)):
+        z, x = pred.outputs(torch.stack([pred.preprocess(im) for im in images]))
+        data[name] = {"logits": z, "inputs": x, "targets": np.full(len(images), -1)}
     scores, gate = candidates(data["train"], data["train"]["targets"])
     gate = gate.calibrate(data["val"]["inputs"])
     print(f"Per image ({args.ckpt}; thresholds on val)\n")
