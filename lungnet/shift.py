@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 from scipy.stats import binomtest, ks_2samp
 
-SHIFT_P = 0.01  # below this combined p-value a batch is said not to be exchangeable with the calibration images
+SHIFT_P = 0.01  # below this combined p-value a batch (or split: the conformal shift test) is not exchangeable with val
 MIN_BATCH = 5  # fewer scored images than this: no test (the p-value is None)
 TEST = "Kolmogorov-Smirnov per gate score and binomial on the flag count, against val; Bonferroni"
 
