@@ -11,8 +11,7 @@ import numpy as np  # noqa: E402
 
 from lungnet.artifacts.decision import DecisionRecord  # noqa: E402
 from lungnet.scoring.ood import ANY_MEMBER, THUMB, AnyMemberGate, ImageGate, OodGate  # noqa: E402
-
-SHIFT_P = 0.01  # below this combined p-value the report says conformal coverage is not guaranteed
+from lungnet.scoring.shift import SHIFT_P  # noqa: E402  (below it the report says conformal coverage is not guaranteed)
 
 
 def risk_coverage_figure(confidence: np.ndarray, correct: np.ndarray, kept: np.ndarray, title: str):

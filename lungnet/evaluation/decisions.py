@@ -40,6 +40,7 @@ from lungnet.evaluation.decision_report import (
 from lungnet.scoring import plots, stats
 from lungnet.scoring.ood import AnyMemberGate, ImageGate, OodGate
 from lungnet.scoring.outputs import model_outputs
+from lungnet.scoring.shift import batch_shift
 
 log = logging.getLogger(__name__)
 # the start of scipy's RuntimeWarning when ks_2samp's exact p-value fails and it falls back to the asymptotic one
@@ -275,6 +276,8 @@ def add_decisions(ev) -> None:
     shift = shift_test(record, scores, dec.ood_score, in_sample)
     block = summarise(record, dec, ev, source)
     block["shift"] = shift
+    gated = record.ood is not None and dec.ood_score is not None
+    block["population_shift"] = batch_shift(record.ood, dec.ood_score, dec.ood_parts) if gated else None
     if record.alpha is not None:
         ev.result["conformal_coverage"] = coverage(record, scores)
         ev.result["conformal_mean_set_size"] = float(dec.sets.sum(1).mean())

@@ -19,6 +19,7 @@ from lungnet.errors import DataError
 from lungnet.explain.base import ExplainError
 from lungnet.explain.overlay import heatmap_caption, save_captioned
 from lungnet.io import write_csv, write_json
+from lungnet.scoring.shift import batch_shift
 from lungnet.serve.inference import Prediction, Predictor
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ def write_predictions(run_dir: Path, predictor: Predictor, rows: list[dict], fai
     facts["seen_in_training"] = seen
     facts["abstained"] = int(sum(r.get("decision") == "abstain" for r in rows))
     facts["empty_sets"] = int(sum(bool(r.get("decision_note")) for r in rows))  # decided, with a note
+    facts["population_shift"] = population_shift(predictor, rows)
     write_json(run_dir / "prediction.json", facts)
     if predictor.decision is not None:
         log.info(
@@ -155,3 +157,28 @@ def write_predictions(run_dir: Path, predictor: Predictor, rows: list[dict], fai
             facts["empty_sets"],
         )
     return path
+
+
+def population_shift(predictor: Predictor, rows: list[dict]) -> dict | None:
+    """`lungnet.scoring.shift.batch_shift` of the classified rows' OOD scores (None without a gate holding calibration
+    scores); warns when the batch is not exchangeable with the images the gate was thresholded on."""
+    gate = predictor.decision.ood if predictor.decision is not None else None
+    scored = [r for r in rows if r.get("ood_score") is not None and not r.get("error")]
+    if gate is None or not scored:
+        return None
+    scores = np.array([r["ood_score"] for r in scored], dtype=np.float64)
+    parts = {p: [r.get(f"ood_score_{p}") for r in scored] for p in ("features", "image")}
+    parts = {p: np.array(v, dtype=np.float64) for p, v in parts.items() if None not in v}
+    out = batch_shift(gate, scores, parts or None)
+    if out is not None and out["shifted"]:
+        flagged = out["tests"].get("flag_count", {}).get("flagged")
+        log.warning(
+            "These %d images are not exchangeable with the images the OOD gate was thresholded on (population "
+            "shift test p = %.2g < %g; %s flagged OOD one by one): decisions and prediction sets are not calibrated "
+            "for them (prediction.json: population_shift)",
+            out["n"],
+            out["pvalue"],
+            out["level"],
+            flagged,
+        )
+    return out

@@ -45,6 +45,7 @@ def test_evaluate_val_then_predict_writes_decision_columns(own_ckpt, tiny_run, t
     assert len(record.conformal_scores) == result["n"] and record.summary["split"] == "val"
     assert 0 <= result["conformal_coverage"] <= 1 and result["conformal_mean_set_size"] >= 0
     assert result["decisions"]["shift"]["in_sample"] and result["conformal_shift_warning"] is False
+    assert result["decisions"]["population_shift"]["shifted"] is False  # val against its own calibration scores
     card = (tmp_path / "val" / "model_card.md").read_text()
     assert all(f"## {s}" in card for s in SECTIONS) and "Research use only" in card
     assert own_ckpt.with_name("best.model_card.md").is_file()
@@ -60,6 +61,8 @@ def test_evaluate_val_then_predict_writes_decision_columns(own_ckpt, tiny_run, t
     assert table["ood_score"].notna().all()
     facts = json.loads((out / "prediction.json").read_text())
     assert facts["decision_file"] == str(decision_path(own_ckpt)) and facts["decision"]["split"] == "val"
+    shift = facts["population_shift"]  # the batch tested against the gate's calibration scores, per part
+    assert shift["n"] == len(table) and 0 <= shift["pvalue"] <= 1 and {"ks_features", "ks_image"} <= set(shift["tests"])
 
 
 def test_evaluating_test_reads_the_val_fitted_file_and_keeps_it(tiny_run, tmp_path):
