@@ -3,7 +3,8 @@
 ``python evaluate.py ckpt=<path> [split=test|val|train|all]`` writes into its run directory:
 
 - ``metrics.json``: headline and per-class metrics, loss, bootstrap confidence intervals, calibration
-  (ECE before/after temperature scaling) and the operating point; ``per_class.csv``;
+  (ECE before/after temperature scaling) and the operating point; for a model trained on several data sets, each
+  set's metrics and intervals under its name (`lungnet.evaluation.by_source`); ``per_class.csv``;
 - ``predictions.csv``: one row per image, with ``op_<class>`` columns for the operating-point decisions;
 - ``thresholds.json``: the fitted operating point (re-usable with ``operating_point.file=...``);
 - ``confusion_matrix.png`` (single-label), ``roc.png``, ``pr.png``, ``reliability.png``;
