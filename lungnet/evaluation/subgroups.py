@@ -138,6 +138,8 @@ def subgroup_table(meta: pd.DataFrame, probs, targets, labels, multilabel, thres
             draws_by_group = {}
             for group in sorted(meta[attribute].dropna().unique(), key=str):
                 mask = (meta[attribute] == group).to_numpy()
+                if np.isnan(stats.one_vs_rest(targets[mask], len(labels), multilabel)[:, c]).all():
+                    continue  # a data set that does not annotate the finding (data=multi): nothing to score
                 patients = None if groups is None else groups[mask]
                 point, draws = bootstrap_group(
                     probs[mask], targets[mask], multilabel, c, thresholds[lab], bins, resamples, seed, patients
