@@ -19,7 +19,6 @@ from lungnet.scoring.metrics import compute_metrics
 from lungnet.train.training import train
 from tests.conftest import ROOT, TINY, compose_cfg, make_class_folders, offline_env, write_png
 
-QUICK_EVAL = ["bootstrap.resamples=0", "report.figures=false", "report.html=false", "audit.enabled=false"]
 SPEC = ModelSpec(name="t", arch="t", input_size=32, in_chans=1, mean=(0.5,), std=(0.25,))
 
 
@@ -168,7 +167,7 @@ def test_train_writes_per_source_metrics_and_predictions(three_sets, tmp_path):
     assert predictions.columns[1] == "source" and set(predictions["source"]) <= set(three_sets["roots"])
     assert results["val"]["n"] == len(predictions)
     ckpt = f"ckpt={run / 'checkpoints' / 'best.ckpt'}"
-    per_source = ["report.figures=false", "report.html=false", "bootstrap.resamples=20", "audit.cam_n=0"]
+    per_source = ["report.figures=false", "report.html=false", "bootstrap.resamples=20", "audit.cam_n=0", "explain.n=0"]
     cfg = compose_cfg("evaluate", [ckpt, "split=val", *per_source])  # intervals and the audit's source probe on
     out = evaluate(cfg, tmp_path / "eval")  # evaluate.py: the same per-set keys and source column
     assert out["darkcovidnet"]["n"] == val["darkcovidnet"]["n"] and "COVID-19" in out["nih14"]["unknown"]
