@@ -6,17 +6,20 @@ Three checks on the evaluated images, per class (one-vs-rest), each with its num
   replaced by the image's mean, and with only the border band (``border`` of each side) kept. An AUROC well
   above chance without the lungs means the model reads something outside them (markers, text, collimation,
   borders, the image source).
-- **Source probe**: where the images come from several sources (a folder per hospital, or, by default, the
-  native image size, a proxy for the acquisition: DarkCovidNet's COVID-19 images vs its 256 px NIH images, the
-  NIH sample's 64 vs 256 px files), a linear probe on the model's frozen features predicts the source
-  (cross-validated AUROC), and the source alone predicts each class (AUROC of the class's share per source).
+- **Source probe** (`lungnet.evaluation.source_probe`): where the images come from several sources (the data set of each
+  image for a model trained on several, ``data=multi``; a folder per hospital; or the native image size, a proxy for the
+  acquisition: DarkCovidNet's COVID-19 images vs its 256 px NIH images, the NIH sample's 64 vs 256 px files), a linear
+  probe on the model's frozen features predicts the source (cross-validated AUROC), and the source alone predicts each
+  class (AUROC of the class's share per source).
 - **Where the heat is**: the share of Grad-CAM energy outside the central box and on the border band, against
   the same share for a weight-randomised copy of the model (Adebayo et al. 2018) on the same images.
 
 A class is "shortcut likely" when its AUROC with the lungs hidden or with the border only reaches ``flag_auroc``
 with a bootstrap interval above ``flag_lower``, when its source predicts it (``source_auroc``) and the probe
 tells the sources apart (``source_auroc``), or when its heat outside the centre exceeds the randomised model's by
-``heat_margin``; else "no shortcut signal found". The checks are indicators, not proof: a box is not a lung mask.
+``heat_margin``; else "no shortcut signal found". Whatever the classes, when the probe tells the sources apart (AUROC
+reaching ``source_auroc``, its interval above chance) the audit says so (``source.statement``). The checks are
+indicators, not proof: a box is not a lung mask.
 """
 
 from __future__ import annotations
@@ -28,16 +31,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, Subset
 
 from lungnet.data import images
 from lungnet.data.labels import normalise
 from lungnet.data.preprocessing import logits_to_probs
 from lungnet.evaluation.bootstrap_unit import patient_groups, record
+from lungnet.evaluation.source_probe import probe_statement, source_probe, tells_sources_apart
 from lungnet.explain.base import resolve_layer
 from lungnet.explain.cams import make_explainer
 from lungnet.explain.scoring import randomized_copy
@@ -45,6 +45,8 @@ from lungnet.scoring import stats
 from lungnet.scoring.resample import Resampler
 
 log = logging.getLogger(__name__)
+
+DATA_SET = "the data set each image comes from"
 
 
 def inner_box(height: int, width: int, fraction: float) -> tuple[int, int, int, int]:
@@ -192,7 +194,7 @@ def native_size(path: str | Path) -> str:
 
 
 def source_groups(
-    paths: list[str], mode: str, labels: list[str] | None = None, min_share: float = 0.1
+    paths: list[str], mode: str, labels: list[str] | None = None, min_share: float = 0.1, sets: list | None = None
 ) -> tuple[np.ndarray | None, str]:
     """A source name per image, and how it was found; (None, reason) when there is only one source.
 
@@ -200,12 +202,16 @@ def source_groups(
         paths: image files.
         mode: ``folder`` (the folder holding each image, when it is not the class folder: ``<class>/<hospital>/``
             layouts), ``size`` (native width x height; sizes holding less than ``min_share`` of the images pooled as
-            "other sizes"), ``auto`` (folder when that gives several sources, else size), or ``none``.
+            "other sizes"), ``auto`` (the data sets of ``sets`` when there are several, else folder when that gives
+            several sources, else size), or ``none``.
         labels: each image's label (folders named like it are class folders, not sources).
         min_share: smallest share of images a size needs to be a source of its own.
+        sets: each image's data set (``data=multi``), or None.
     """
     if mode == "none":
         return None, "source probe off (audit.source=none)"
+    if mode == "auto" and sets is not None and len(set(sets)) > 1:
+        return np.asarray(sets, dtype=str), DATA_SET
     if mode in ("folder", "auto"):
         folders = [Path(p).parent.name for p in paths]
         labels = labels if labels is not None else [""] * len(paths)
@@ -222,39 +228,11 @@ def source_groups(
     return groups, "the native image size (an acquisition proxy)"
 
 
-def source_probe(features: np.ndarray, groups: np.ndarray, truth: np.ndarray, seed: int) -> dict:
-    """Cross-validated linear probe of the source on frozen features, and how well the source alone predicts each
-    class (AUROC of each source's class share)."""
-    names, codes = np.unique(groups, return_inverse=True)
-    counts = np.bincount(codes)
-    folds = int(min(5, counts.min()))
-    out: dict = {"sources": {str(n): int(c) for n, c in zip(names, counts, strict=True)}}
-    if folds < 2:
-        out["probe_auroc"] = None
-        out["note"] = "a source has fewer than 2 images: no probe"
-    else:
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-        p = cross_val_predict(probe, features, codes, cv=cv, method="predict_proba")
-        out["probe_auroc"] = float(
-            np.nanmean(
-                stats.per_class_auroc(p, np.eye(len(names))[codes], True)
-                if len(names) > 2
-                else [stats.binary_auroc(codes == 1, p[:, 1])]
-            )
-        )
-    known = ~np.isnan(truth)
-    share = np.array(
-        [
-            [np.nanmean(truth[codes == g, c]) if known[codes == g, c].any() else 0.0 for c in range(truth.shape[1])]
-            for g in range(len(names))
-        ]
-    )
-    out["class_by_source_auroc"] = [
-        stats.binary_auroc(truth[known[:, c], c] == 1, share[codes[known[:, c]], c]) for c in range(truth.shape[1])
-    ]
-    out["class_share"] = {str(n): [float(v) for v in row] for n, row in zip(names, share, strict=True)}
-    return out
+def probe_verdict(probe: dict | None, how: str, opts: dict) -> dict:
+    """``tells_apart`` (the probe's AUROC reaches ``source_auroc`` with its interval above chance) and, when it does,
+    the audit's ``statement``."""
+    apart = tells_sources_apart(probe, float(opts["source_auroc"]))
+    return {"tells_apart": apart, **({"statement": probe_statement(probe, how == DATA_SET)} if apart else {})}
 
 
 def class_images(dataset, indices: np.ndarray, positive: np.ndarray, n: int) -> torch.Tensor | None:
@@ -343,8 +321,11 @@ def run_audit(
         k: auroc_ci(views[k], truth, int(opts["resamples"]), seed, groups=patients)
         for k in ("intact", "hidden", "border")
     }
-    groups, how = source_groups(rows["path"].tolist(), str(opts["source"]), rows["label"].astype(str).tolist())
-    probe = source_probe(views["features"], groups, truth, seed) if groups is not None else None
+    sets = rows["source"].astype(str).tolist() if "source" in rows else None
+    groups, how = source_groups(
+        rows["path"].tolist(), str(opts["source"]), rows["label"].astype(str).tolist(), sets=sets
+    )
+    probe = source_probe(views["features"], groups, truth, seed, patients) if groups is not None else None
     heats, maps, grid = class_heat(model, dataset, idx, truth, model_index, labels, opts, device)
     if grid is not None and min(grid) < 4:  # a 2x2 or 3x3 map cannot place heat at the border: no verdict from it
         heats = [dict(h, coarse=True) if h else h for h in heats]
@@ -354,7 +335,7 @@ def run_audit(
         "n_evaluated": len(dataset),
         "classes": classes,
         "cam_grid": list(grid) if grid else None,
-        "source": {"how": how, **(probe or {})},
+        "source": {"how": how, **(probe or {}), **probe_verdict(probe, how, opts)},
         "settings": {k: opts[k] for k in SETTINGS},
         "bootstrap": record(patients, len(idx), int(opts["resamples"])),
     }

@@ -164,6 +164,25 @@ def grid_note(grid: list | None) -> str:
     return text + "."
 
 
+def probe_text(src: dict) -> str:
+    """The source probe's paragraph: the sources, the probe's AUROC and balanced accuracy against chance, and, when it
+    tells the sources apart, the audit's statement in bold."""
+    if src.get("probe_auroc") is None:
+        return f"Source probe: {src.get('note') or src['how']}."
+    sources = ", ".join(f"{k} {v}" for k, v in src["sources"].items())
+    auroc = {"value": src["probe_auroc"], "lo": src["probe_auroc_ci"][0], "hi": src["probe_auroc_ci"][1]}
+    grouped = ", patients kept in one fold" if src.get("patients_grouped") else ""
+    text = (
+        f"Sources by {src['how']}: {sources}. A linear probe on the model's frozen features ({src['folds']}-fold "
+        f"cross-validated{grouped}) predicts the source with AUROC {fmt_ci(auroc, 2)} (chance "
+        f"{src['chance']['auroc']:.2f}) and balanced accuracy {src['balanced_accuracy']:.2f} (chance "
+        f"{src['chance']['balanced_accuracy']:.2f})."
+    )
+    if src.get("statement"):
+        text += f"\n\n**Source shortcut: {src['statement']}.**"
+    return text
+
+
 def audit_markdown(result: dict) -> str:
     """The report section: verdict table with the numbers, the source probe, the figures."""
     s = result["settings"]
@@ -190,15 +209,7 @@ def audit_markdown(result: dict) -> str:
         "source predicts class (AUROC)",
         "verdict",
     ]
-    src = result["source"]
-    if src.get("probe_auroc") is not None:
-        sources = ", ".join(f"{k} {v}" for k, v in src["sources"].items())
-        probe = (
-            f"Sources by {src['how']}: {sources}. A linear probe on the model's frozen features tells them apart "
-            f"with cross-validated AUROC {src['probe_auroc']:.2f}."
-        )
-    else:
-        probe = f"Source probe: {src.get('note') or src['how']}."
+    probe = probe_text(result["source"])
     return (
         f"## Shortcut audit (after DeGrave et al. 2021)\n\n"
         f"{result['n']} of the {result['n_evaluated']} evaluated images ({result['split']} split), re-scored with "

@@ -3,7 +3,8 @@
 ``python evaluate.py ckpt=<path> [split=test|val|train|all]`` writes into its run directory:
 
 - ``metrics.json``: headline and per-class metrics, loss, bootstrap confidence intervals, calibration
-  (ECE before/after temperature scaling) and the operating point; ``per_class.csv``;
+  (ECE before/after temperature scaling) and the operating point; for a model trained on several data sets, each
+  set's metrics and intervals under its name (`lungnet.evaluation.by_source`); ``per_class.csv``;
 - ``predictions.csv``: one row per image, with ``op_<class>`` columns for the operating-point decisions;
 - ``thresholds.json``: the fitted operating point (re-usable with ``operating_point.file=...``);
 - ``confusion_matrix.png`` (single-label), ``roc.png``, ``pr.png``, ``reliability.png``;
@@ -37,7 +38,7 @@ from lungnet.evaluation import decision_target, external
 from lungnet.evaluation import ensemble as ensembles
 from lungnet.evaluation.audit_report import add_audit, audit_options
 from lungnet.evaluation.bootstrap_unit import groups_for, log_unit, phrase, record
-from lungnet.evaluation.by_source import per_source_metrics, source_column
+from lungnet.evaluation.by_source import add_per_source, per_source_metrics, source_column
 from lungnet.evaluation.eval_data import build_eval_data
 from lungnet.evaluation.fitting import calibration, fit_split, operating_point
 from lungnet.evaluation.model_card import write_model_card
@@ -266,7 +267,7 @@ def score(ev: Evaluation) -> dict:
     }
     sources = source_column(ev.dm.table, ev.data.paths)  # data=multi: each set's metrics beside the pooled ones
     if sources is not None:
-        result.update(per_source_metrics(probs, targets, labels, sources))
+        result.update(per_source_metrics(probs, targets, labels, sources, boot, groups))
     result = _plain(result)
     headline = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     log.info("%s on %s (%d images): %s", ev.loaded.spec.name, ev.split, metrics["n"], headline)
@@ -327,6 +328,7 @@ REPORT_STEPS: list[Callable[[Evaluation], None]] = [
     _add_decisions,
     external.add_lead_sections,  # before the summary: external evaluation (trained on A, evaluated on B), overlap
     ensembles.add_member_comparison,  # an ensemble against each member (paired bootstrap)
+    add_per_source,  # data=multi: each data set's metrics with their intervals, beside the pooled ones
     add_explanations,
     add_audit,  # shortcut audit after DeGrave et al. 2021 (audit=false: skip)
     add_subgroups,  # per patient group metrics where the data carry metadata (subgroups=false: skip)

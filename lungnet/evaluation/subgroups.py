@@ -1,12 +1,13 @@
 """Metrics per patient subgroup (after Seyyed-Kalantari et al., Nature Medicine 2021), where the data say who.
 
-For data sets with patient metadata (NIH ChestX-ray14: ``Patient Age`` in bands 0-17 / 18-39 / 40-59 / 60+,
-``Patient Gender``, ``View Position``), each group gets, per scored class with an operating-point threshold (the
-normal class left out): n and positives, AUROC (one-vs-rest), sensitivity and false-negative rate at the operating
-point, and ECE, each with a percentile bootstrap interval over the group's patients (each drawn with every
-image; images where the split names no patient); per attribute, the largest gap
-between groups of at least ``min_n`` images (the groups with the highest and the lowest estimate, the interval
-from resampling each group independently). Smaller groups are shown and marked too small.
+For data sets with patient metadata (NIH ChestX-ray14: ``Patient Age`` in bands 0-17 / 18-39 / 40-59 / 60+, ``Patient
+Gender``, ``View Position``), and for a model trained on several data sets (``data=multi``: the ``source`` of each
+image, when the evaluated images come from two or more), each group gets, per scored class with an operating-point
+threshold (the normal class left out): n and positives, AUROC (one-vs-rest), sensitivity and false-negative rate at the
+operating point, and ECE, each with a percentile bootstrap interval over the group's patients (each drawn with every
+image; images where the split names no patient); per attribute, the largest gap between groups of at least ``min_n``
+images (the groups with the highest and the lowest estimate, the interval from resampling each group independently).
+Smaller groups are shown and marked too small.
 Written to ``subgroups.csv``, ``subgroups.png`` and a report section.
 """
 
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from lungnet.config_checks import check_ranges
 from lungnet.data.findings import NO_FINDING, finding_of
 from lungnet.evaluation.bootstrap_unit import PATIENT, patient_groups
+from lungnet.evaluation.by_source import source_column
 from lungnet.evaluation.report import fmt, table
 from lungnet.io import write_csv
 from lungnet.schema import SubgroupsConfig
@@ -31,7 +33,7 @@ from lungnet.scoring.resample import Resampler
 log = logging.getLogger(__name__)
 
 AGE_BANDS = ((0, 17, "0-17"), (18, 39, "18-39"), (40, 59, "40-59"), (60, 200, "60+"))
-ATTRIBUTES = ("age", "sex", "view")
+ATTRIBUTES = ("age", "sex", "view", "source")
 METRICS = ("auroc", "sensitivity", "ece")
 
 
@@ -62,6 +64,20 @@ def nih_metadata(root: str | Path, paths: list[str], csv_name: str = "Data_Entry
             "view": meta["View Position"].to_numpy(),
         }
     )
+
+
+def subgroup_metadata(dm, paths: list[str]) -> pd.DataFrame | None:
+    """The grouping columns of the evaluated images: NIH's age band, sex and view (`nih_metadata`), and ``source``
+    when they come from two or more data sets (``data=multi``); None when there is nothing to group by."""
+    source = getattr(dm, "source", None)
+    meta = None
+    if getattr(source, "name", "") in ("nih14", "nih6"):
+        meta = nih_metadata(source.root, paths, source.options.get("csv", "Data_Entry_2017.csv"))
+    sets = source_column(getattr(dm, "table", None), paths)
+    if sets is None or len(set(sets) - {""}) < 2:
+        return meta
+    column = pd.Series(sets, dtype=object).replace("", np.nan)
+    return pd.DataFrame({"source": column}) if meta is None else meta.assign(source=column.to_numpy())
 
 
 def group_metrics(probs, truth, known, c: int, threshold: float, bins: int, multilabel: bool, targets) -> dict:
@@ -118,10 +134,12 @@ def subgroup_table(meta: pd.DataFrame, probs, targets, labels, multilabel, thres
     bins = int(opts["bins"])
     for lab in audited_classes(labels, thresholds, opts.get("source")):
         c = labels.index(lab)
-        for attribute in ATTRIBUTES:
+        for attribute in [a for a in ATTRIBUTES if a in meta]:
             draws_by_group = {}
             for group in sorted(meta[attribute].dropna().unique(), key=str):
                 mask = (meta[attribute] == group).to_numpy()
+                if np.isnan(stats.one_vs_rest(targets[mask], len(labels), multilabel)[:, c]).all():
+                    continue  # a data set that does not annotate the finding (data=multi): nothing to score
                 patients = None if groups is None else groups[mask]
                 point, draws = bootstrap_group(
                     probs[mask], targets[mask], multilabel, c, thresholds[lab], bins, resamples, seed, patients
@@ -173,11 +191,11 @@ def largest_gaps(attribute: str, lab: str, groups: dict, level: float) -> list[d
     return out
 
 
-ATTRIBUTE_NAMES = {"age": "Patient Age", "sex": "Patient Gender", "view": "View Position"}
+ATTRIBUTE_NAMES = {"age": "Patient Age", "sex": "Patient Gender", "view": "View Position", "source": "Data set"}
 METRIC_NAMES = {"auroc": "AUROC", "sensitivity": "sensitivity at the operating point", "ece": "ECE"}
 
 
-ATTRIBUTE_SHORT = {"age": "Age", "sex": "Sex", "view": "View"}
+ATTRIBUTE_SHORT = {"age": "Age", "sex": "Sex", "view": "View", "source": "Data set"}
 ROW_INCHES = 0.26  # one group's line: room for an 8-point label (with its n) and its interval
 IN_SAMPLE = "IN-SAMPLE: thresholds fitted on these same images"
 
@@ -231,7 +249,7 @@ def _forest(ax, part: pd.DataFrame, metric: str, y: np.ndarray) -> None:
     """One point and interval per group, coloured by attribute (grey and hollow: too small)."""
     for yi, (_, row) in zip(y, part.iterrows(), strict=True):
         small = row["too_small"]
-        colour = "#aaaaaa" if small else plots.colours(3)[ATTRIBUTES.index(row["attribute"])]
+        colour = "#aaaaaa" if small else plots.colours(len(ATTRIBUTES))[ATTRIBUTES.index(row["attribute"])]
         ax.errorbar(
             row[metric],
             yi,
@@ -255,8 +273,9 @@ def subgroup_markdown(
     intervals resample the group's patients, each with every image)."""
     unit = "patients (a drawn patient brings every image)" if by_patient else "images"
     parts = [
-        "## Subgroups\n\nPer patient group (NIH metadata): AUROC one-vs-rest, sensitivity and false-negative "
-        f"rate at the operating point, ECE; 95% bootstrap intervals over the group's {unit}. Groups under "
+        "## Subgroups\n\nPer patient group (NIH metadata) and per data set (a model trained on several): AUROC "
+        "one-vs-rest, sensitivity and false-negative rate at the operating point, ECE; 95% bootstrap intervals over "
+        f"the group's {unit}. Groups under "
         f"{min_n} images are shown but too small to judge."
     ]
     if in_sample:
@@ -306,10 +325,7 @@ def subgroup_evaluation(dm, result: dict, probs, targets, paths: list[str], opts
 
     Writes ``subgroups.csv`` and ``subgroups.png`` into ``run_dir``; returns ``{"rows", "gaps", "markdown"}``.
     """
-    source = getattr(dm, "source", None)
-    if getattr(source, "name", "") not in ("nih14", "nih6"):
-        return None
-    meta = nih_metadata(source.root, paths, source.options.get("csv", "Data_Entry_2017.csv"))
+    meta = subgroup_metadata(dm, paths)
     thresholds = result["operating_point"]["thresholds"]
     if meta is None or not thresholds:
         return None

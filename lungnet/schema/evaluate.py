@@ -84,7 +84,8 @@ class AuditConfig:
     cam_n: int = opt(16, "images per class for where the Grad-CAM heat is, trained vs randomised model (0: skip)", ge=0)
     source: AuditSource = opt(
         AuditSource.auto,
-        "the probe's sources: auto (folders below the class folders, else image size), folder, size, none",
+        "the probe's sources: auto (the data sets of a data=multi model, else folders below the class folders, else "
+        "image size), folder, size, none",
     )
     flag_auroc: float = opt(
         0.7, "a class is flagged when its AUROC with the lungs hidden (or border only) reaches this", ge=0, le=1

@@ -19,7 +19,6 @@ from lungnet.scoring.metrics import compute_metrics
 from lungnet.train.training import train
 from tests.conftest import ROOT, TINY, compose_cfg, make_class_folders, offline_env, write_png
 
-QUICK_EVAL = ["bootstrap.resamples=0", "report.figures=false", "report.html=false", "audit.enabled=false"]
 SPEC = ModelSpec(name="t", arch="t", input_size=32, in_chans=1, mean=(0.5,), std=(0.25,))
 
 
@@ -167,7 +166,25 @@ def test_train_writes_per_source_metrics_and_predictions(three_sets, tmp_path):
     predictions = pd.read_csv(run / "predictions_val.csv")
     assert predictions.columns[1] == "source" and set(predictions["source"]) <= set(three_sets["roots"])
     assert results["val"]["n"] == len(predictions)
-    cfg = compose_cfg("evaluate", [f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "split=val", *QUICK_EVAL])
+    ckpt = f"ckpt={run / 'checkpoints' / 'best.ckpt'}"
+    per_source = ["report.figures=false", "report.html=false", "bootstrap.resamples=20", "audit.cam_n=0", "explain.n=0"]
+    cfg = compose_cfg("evaluate", [ckpt, "split=val", *per_source])  # intervals and the audit's source probe on
     out = evaluate(cfg, tmp_path / "eval")  # evaluate.py: the same per-set keys and source column
     assert out["darkcovidnet"]["n"] == val["darkcovidnet"]["n"] and "COVID-19" in out["nih14"]["unknown"]
     assert "source" in pd.read_csv(tmp_path / "eval" / "predictions.csv").columns
+    check_per_source_report(out, tmp_path / "eval", list(three_sets["roots"]))
+
+
+def check_per_source_report(out: dict, run, sets: list[str]) -> None:
+    """Per-set intervals, the Per data set section, the set as a subgroup, the source probe on the data sets."""
+    for name in sets:
+        ci = out[name]["confidence_intervals"]["loss"]
+        assert ci["resamples"] == 20 and ci["lo"] <= ci["value"] <= ci["hi"]
+    report = (run / "report.md").read_text()
+    assert "## Per data set" in report and all(f"| {name} | {out[name]['n']} |" in report for name in sets)
+    groups = {r["group"] for r in out["subgroups"]["rows"] if r["attribute"] == "source"}
+    assert groups == set(sets) and "Data set" in report
+    probe = out["audit"]["source"]
+    assert probe["how"] == "the data set each image comes from" and set(probe["sources"]) == set(sets)
+    assert 0 <= probe["probe_auroc"] <= 1 and isinstance(probe["tells_apart"], bool)
+    assert ("statement" in probe) == probe["tells_apart"]
