@@ -8,8 +8,8 @@ split=val`` fits it, on train, thresholded on val), cached under ``outputs/ood_s
 
 1. **Per image**: the flag rate of each part of the shipped gate (`lungnet.scoring.ood.ImageGate`: features,
    thumbnail) and of candidate scores (kNN distance in feature and thumbnail space, a raw thumbnail that keeps
-   exposure), each thresholded on val (a single score at the 0.95 quantile; the shipped gate's parts at 0.975 each), on: val
-   cross-fitted (threshold on one half, rate on the other; 50 halvings: the exchangeable rate), DarkCovidNet's
+   exposure), each thresholded on val (a single score at the 0.95 quantile; the shipped gate's parts at 0.975 each),
+   on: val cross-fitted (threshold on one half, rate on the other; 50 halvings: the exchangeable rate), DarkCovidNet's
    NIH-sourced adult films (No_findings + Pneumonia) and its COVID-19 films, the NIH sample's adults (age >= 18),
    and the 16 full-size Kermany validation films (a resolution shift of the training population). With labels
    (Pneumonia vs no finding): the model's AUROC on the films each score passes.
