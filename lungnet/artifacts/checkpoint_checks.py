@@ -158,6 +158,9 @@ def check_checkpoint(ckpt: dict, path: Path) -> dict:
         raise CheckpointError(str(exc)) from exc
     if not isinstance(hp["model"].get("name"), str):
         raise _refuse(path, "model.name", hp["model"].get("name"), "a model name")
+    legacy = hp["model"].get("image_size")  # stored by lungnet before data.image_size became the one setting
+    if legacy is not None and not (_is_int(legacy) and 8 <= legacy <= MAX_IMAGE_SIZE):
+        raise _refuse(path, "model.image_size", legacy, f"null or an integer in [8, {MAX_IMAGE_SIZE}]")
     state = check_weights(ckpt["state_dict"], path)
     check_head(state, hp["model"], labels, path)
     check_spec(hp["spec"], labels, path)

@@ -45,7 +45,7 @@ BAD = [  # (edit, what the one-line refusal says)
     (_set("model.head_hidden", -1), "model.head_hidden=-1 must be a number >= 0"),
     (_set("model.head_hidden", "wide"), "model.head_hidden='wide' must be an integer >= 0"),
     (_set("model.in_chans", 2), "model.in_chans=2 must be one of: 1, 3"),
-    (_set("model.image_size", HUGE), "model.image_size=60000 must be in [8, 4096]"),
+    (_set("model.image_size", HUGE), "model.image_size=60000 must be null or an integer in [8, 4096]"),  # older files
     (_set("model.drop_rate", 1.5), "model.drop_rate=1.5 must be in [0, 1)"),
     (_set("spec.input_size", HUGE), "spec.input_size=60000 must be an integer in [8, 4096]"),
     (_set("spec.input_size", 2.5), "spec.input_size=2.5 must be an integer in [8, 4096]"),
