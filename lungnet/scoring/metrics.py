@@ -30,6 +30,7 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
     multilabel_f1_score,
 )
+from torchmetrics.utilities.data import dim_zero_cat
 
 IGNORE = -1
 
@@ -46,12 +47,30 @@ def macro(values, present) -> float:
     return float(np.asarray(values, dtype=np.float64)[keep].mean()) if keep.any() else float("nan")
 
 
+class KnownMultilabelAUROC(MultilabelAUROC):
+    """Macro multi-label AUROC over the findings some image annotates (``data=multi``: a finding one source does not
+    annotate can have no known target in a batch or a split, where torchmetrics' own compute raises IndexError); the
+    same value as `MultilabelAUROC` whenever every finding has a known target."""
+
+    def compute(self) -> torch.Tensor:
+        target = dim_zero_cat(self.target)
+        known = (target != IGNORE).any(0) if target.numel() else torch.zeros(self.num_labels, dtype=torch.bool)
+        if bool(known.all()):
+            return super().compute()
+        preds = dim_zero_cat(self.preds)
+        scores = [
+            binary_auroc(preds[target[:, j] != IGNORE, j], target[target[:, j] != IGNORE, j])
+            for j in torch.nonzero(known).flatten().tolist()
+        ]
+        return torch.stack(scores).mean() if scores else torch.tensor(float("nan"))
+
+
 def metric_collection(num_classes: int, multilabel: bool) -> MetricCollection:
     """Epoch-level metrics for the LightningModule (synced across DDP ranks by torchmetrics)."""
     if multilabel:
         return MetricCollection(
             {
-                "auroc": MultilabelAUROC(num_labels=num_classes, average="macro", ignore_index=IGNORE),
+                "auroc": KnownMultilabelAUROC(num_labels=num_classes, average="macro", ignore_index=IGNORE),
                 "f1": MultilabelF1Score(num_labels=num_classes, average="macro", ignore_index=IGNORE),
             }
         )
