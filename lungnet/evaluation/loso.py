@@ -94,7 +94,8 @@ def load_models(runs) -> list[Model]:
 def _one(models: list[Model], sources: set[str], what: str) -> Model | None:
     found = [m for m in models if set(m.sources) == sources]
     if len(found) > 1:
-        raise DataError(f"runs: {len(found)} models trained on {what} ({', '.join(m.row.name for m in found)}); keep one")
+        names = ", ".join(m.row.name for m in found)
+        raise DataError(f"runs: {len(found)} models trained on {what} ({names}); keep one")
     return found[0] if found else None
 
 

@@ -100,7 +100,9 @@ def loso_markdown(results: list[dict], opts: dict) -> str:
 def write_loso(run_dir: Path, models: list, results: list[dict], opts: dict) -> dict:
     """Writes loso.json, loso.csv and loso.md; returns the JSON content."""
     out = {
-        "models": [{"name": m.row.name, "checkpoint": str(m.row.loaded.path), "sources": list(m.sources)} for m in models],
+        "models": [
+            {"name": m.row.name, "checkpoint": str(m.row.loaded.path), "sources": list(m.sources)} for m in models
+        ],
         "rows": [{**r, "cells": {k: public(c) for k, c in r["cells"].items()}} for r in results],
         "settings": {k: v for k, v in opts.items() if k != "device"},
     }

@@ -25,12 +25,12 @@ from lungnet.schema.evaluate import (
     ConformalConfig,
     DecisionConfig,
     EvaluateConfig,
+    LosoConfig,
     OodConfig,
     OperatingPointConfig,
     PredictConfig,
     ReportConfig,
     SubgroupsConfig,
-    LosoConfig,
     TransferConfig,
 )
 from lungnet.schema.explain import ExplainConfig, ExplainData, ExplainMethod, ExplainOptions, Score

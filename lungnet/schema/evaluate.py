@@ -178,7 +178,8 @@ class LosoConfig(TransferConfig):
         "set, a model trained on all the others and one trained on it alone (and one on all of them)"
     )
     split: str = opt(
-        "auto", "the held-out images: the single-source run's auto (its test split when it has one, else val), val or test"
+        "auto",
+        "the held-out images: the single-source run's auto (its test split when it has one, else val), val or test",
     )
     findings: list[str] | None = opt(None, "score every row on these findings only (else those all its models share)")
     overlap: Overlap = opt(

@@ -136,5 +136,6 @@ def test_command_line_writes_the_table(runs):
         text=True,
         timeout=600,
     )
-    assert only_pooled.returncode == 2 and "no model was trained on all sets but one" in only_pooled.stdout + only_pooled.stderr
+    said = only_pooled.stdout + only_pooled.stderr
+    assert only_pooled.returncode == 2 and "no model was trained on all sets but one" in said
     assert not (runs / "refused").exists()
