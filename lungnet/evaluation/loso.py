@@ -144,6 +144,14 @@ def held_out_column(design: dict, opts: dict) -> tuple[Column, int]:
             found = find_overlap(column.table, model.row.hashes, opts["near_threshold"], against=("train",))
             seen |= np.asarray(found.seen, dtype=bool)
     column.table = column.table[~seen].reset_index(drop=True)
+    if seen.sum() > len(column.table):
+        log.warning(
+            "%s: %d of its %d held-out images are copies of another model's training images and are left out; "
+            "a data=multi run splits a set its own way (not as its single-source run), and sets may share films",
+            design["held_out"],
+            int(seen.sum()),
+            len(seen),
+        )
     return column, int(seen.sum())
 
 
