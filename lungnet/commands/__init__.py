@@ -13,6 +13,7 @@ lungnet-explain    ``python -m lungnet.explain``               ``conf/explain.ya
 lungnet-crossval   ``python -m lungnet.evaluation.crossval``   ``conf/crossval.yaml``  `lungnet.commands.crossval`
 lungnet-audit      ``python -m lungnet.audit``                 ``conf/audit.yaml``     `lungnet.commands.audit`
 lungnet-transfer   ``python -m lungnet.evaluation.transfer``   ``conf/transfer.yaml``  `lungnet.commands.transfer`
+lungnet-loso       ``python -m lungnet.commands.loso``         ``conf/loso.yaml``      `lungnet.commands.loso`
 lungnet-prepare    ``python -m lungnet.prepare``               ``conf/prepare.yaml``   `lungnet.commands.prepare`
 =================  ==========================================  ======================  ==============================
 

@@ -37,6 +37,7 @@ SPLITS = {
     "compare": ("test", "val", "train", "all"),
     "audit": ("val", "test", "train", "all"),
     "transfer": ("auto", "val", "test", "train"),
+    "loso": ("auto", "val", "test"),
 }
 EXPLAIN_SPLITS = ("train", "val", "test")
 OPTIMIZED_SPLITS = ("val", "test")  # metrics.json's blocks a sweeper can optimise
@@ -207,6 +208,7 @@ PATH_KEYS = {
     "explain": ("ckpt",),
     "compare": ("runs",),
     "transfer": ("runs",),
+    "loso": ("runs",),
     "crossval": ("runs", "baseline"),
 }
 PATH_HELP = {

@@ -125,9 +125,14 @@ def predict_rows(loaded: LoadedModel, rows: pd.DataFrame, opts: dict) -> np.ndar
     """The model's probabilities (its own outputs) for ``rows``, with its own preprocessing."""
     cfg = resolve_root(dict(loaded.data))
     dm = LungDataModule(cfg, loaded.spec, seed=loaded.seed)
-    dataset = dm.make_dataset(rows.assign(target=0).reset_index(drop=True), train=False)
+    rows = rows.assign(target=0).reset_index(drop=True)
+    if loaded.multilabel:  # a data=multi model (lungnet-loso): sigmoid outputs per finding; no target is read here
+        rows = rows.assign(**{lab: np.float32(0) for lab in loaded.labels})
+    dataset = dm.make_dataset(rows, train=False)
     loader = DataLoader(dataset, batch_size=int(opts["batch_size"]), num_workers=int(opts["num_workers"]))
-    probs, _, _ = predict_loader(loaded.model, loader, False, opts["device"], desc=f"Scoring {len(rows)} images")
+    probs, _, _ = predict_loader(
+        loaded.model, loader, loaded.multilabel, opts["device"], desc=f"Scoring {len(rows)} images"
+    )
     return probs
 
 

@@ -3,7 +3,7 @@
 The dataclasses are registered in Hydra's ConfigStore (`register`, run when ``lungnet`` is imported) and the
 YAML files build on them: ``conf/data/*.yaml`` and ``conf/model/*.yaml`` start from ``_base`` (`DataConfig`,
 `ModelConfig`) and state only what differs; every command's ``conf/<name>.yaml`` (train, evaluate, compare,
-predict, audit, transfer, prepare, app, export, explain, crossval) starts from ``<name>_schema`` (`SCHEMAS`) and
+predict, audit, transfer, loso, prepare, app, export, explain, crossval) starts from ``<name>_schema`` (`SCHEMAS`) and
 states no option's default: the values are the schema's. Hydra then refuses a value of the wrong type or an
 unknown choice while composing, before any file is written. Ranges (``image_size >= 8``, fractions in
 [0, 1)) are not types: they live in each field's metadata and `lungnet.config_checks.check_ranges` enforces
@@ -25,6 +25,7 @@ from lungnet.schema.evaluate import (
     ConformalConfig,
     DecisionConfig,
     EvaluateConfig,
+    LosoConfig,
     OodConfig,
     OperatingPointConfig,
     PredictConfig,
@@ -110,6 +111,7 @@ __all__ = [
     "EvaluateConfig",
     "AuditAppConfig",
     "TransferConfig",
+    "LosoConfig",
     "CompareConfig",
     "PredictConfig",
     "PrepareConfig",
@@ -139,6 +141,7 @@ SCHEMAS = {
     "predict": PredictConfig,
     "audit": AuditAppConfig,
     "transfer": TransferConfig,
+    "loso": LosoConfig,
     "prepare": PrepareConfig,
     "app": AppConfig,
     "export": ExportConfig,

@@ -171,6 +171,26 @@ class TransferConfig(EvaluateConfig):
 
 
 @dataclass
+class LosoConfig(TransferConfig):
+    """``lungnet-loso``: leave one source out (`lungnet.evaluation.loso`), on the transfer options."""
+
+    runs: Any = opt(
+        help="the trained models: run directories, checkpoints or multirun directories holding, for each held-out "
+        "set, a model trained on all the others and one trained on it alone (and one on all of them)"
+    )
+    split: str = opt(
+        "auto",
+        "the held-out images: the single-source run's auto (its test split when it has one, else val), val or test",
+    )
+    findings: list[str] | None = opt(None, "score every row on these findings only (else those all its models share)")
+    overlap: Overlap = opt(
+        Overlap.drop,
+        "copies of the other models' training or validation images among the held-out ones: drop (left out for "
+        "every model, counted), refuse (no numbers for a model that saw them) or allow (kept, counted)",
+    )
+
+
+@dataclass
 class CompareConfig(EvaluateConfig):
     runs: Any = opt(help="a multirun dir, a run dir, a checkpoint, or a list of them")
     ckpt: str | None = opt(None, "set per model from runs")

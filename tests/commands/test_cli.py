@@ -32,6 +32,7 @@ ENTRY_POINTS = {
     "crossval": (["-m", "lungnet.evaluation.crossval"], "resamples=20", "resamples: 20"),
     "audit": (["-m", "lungnet.audit"], "audit.cam_n=3", "cam_n: 3"),
     "transfer": (["-m", "lungnet.evaluation.transfer"], "overlap=refuse", "overlap: refuse"),
+    "loso": (["-m", "lungnet.commands.loso"], "split=test", "split: test"),
 }
 
 
@@ -125,6 +126,7 @@ def test_refused_calls_leave_no_run_folder(tmp_path, monkeypatch):
         (command_main("explain"), [f"ckpt={missing}"]),
         (command_main("audit"), [f"ckpt={missing}"]),
         (command_main("transfer"), [f"runs={tmp_path / 'nowhere'}"]),
+        (command_main("loso"), [f"runs={tmp_path / 'nowhere'}"]),
     ]:
         with pytest.raises(SystemExit) as exc:
             run_cli(command, [*args, f"paths.log_dir={out}"], monkeypatch)

@@ -26,6 +26,7 @@ REFUSALS = {
     "compare": (["runs={dir}", "split=valid"], "split=valid is not a split"),
     "crossval": (["runs={dir}/nowhere"], "runs="),
     "transfer": (["runs={dir}", "split=valid"], "choose one of: auto, val, test, train"),
+    "loso": (["runs={dir}", "split=train"], "choose one of: auto, val, test"),
     "audit": (["ckpt={ckpt}", "data.root={dir}/nowhere"], "Data root for dataset of the checkpoint not found"),
     "explain": (["ckpt={ckpt}", "images=valid"], "images=valid: not found"),
     "export": (["ckpt={dir}/nonexist.ckpt"], "nonexist.ckpt: not found"),
