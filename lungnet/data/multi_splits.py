@@ -3,9 +3,9 @@ near copies across sets kept on one side, and what ``data_report.json`` says abo
 
 Every image's group joins its patient (ids prefixed by set), its byte copies (``sha1``) and, with
 ``data.near_duplicates=group``, its near copies (``near_group``), across sets too (`lungnet.data.splits`). A group
-that spans sets belongs to the first of them in ``data.sources`` order; each set's own groups are split with that
-set's settings (its ``conf/data`` config's ``val_fraction``, ``test_fraction``, ``carve_val``; the run's
-``split_seed`` and ``cv_folds``), and the copies from other sets follow their group.
+that spans sets belongs to the first of them in ``data.sources`` order. Each set's images are first split as its
+single-source run splits them (its ``conf/data`` config's ``val_fraction``, ``test_fraction``, ``carve_val``; the
+run's ``split_seed`` and ``cv_folds``), then the members of a group spanning sets follow their first set.
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ def assign_multi_splits(table: pd.DataFrame, members: dict[str, dict], seed: int
     """Fills ``split`` set by set (see the module docstring); rows a set's settings drop (a shipped val under
     ``carve_val``) leave the table.
 
+    Each set's own images are split exactly as its single-source run splits them (its patients, its own byte copies,
+    its near copies only where its config groups them, its settings and the run's seed), so a model trained on the
+    pool and one trained on that set alone hold out the same images (`lungnet-loso` compares them there). Then a
+    group spanning sets (the same patient, a byte or a near copy) takes the split of its first set in
+    ``data.sources`` order, so no film sits on both sides.
+
     Args:
         table: the merged table (``source``, ``patient``, ``split``, ``label``; ``sha1``/``near_group`` optional).
         members: each set's data config, in ``data.sources`` order.
@@ -42,24 +48,27 @@ def assign_multi_splits(table: pd.DataFrame, members: dict[str, dict], seed: int
     order = list(members)
     groups, owner = group_owners(table, order)
     split = pd.Series(np.nan, index=table.index, dtype=object)
-    for i, name in enumerate(order):
-        rows = np.flatnonzero(owner == i)
+    for name in order:
+        rows = np.flatnonzero(table["source"].to_numpy() == name)
         if not len(rows):
             continue
-        pool = table.iloc[rows].drop(columns=["near_group"], errors="ignore").copy()
-        pool["patient"] = groups[rows]  # the groups made across sets, kept within the pool
-        pool["_row"] = rows
-        own = pool["source"].to_numpy() == name
-        pool.loc[~own, "split"] = ""  # a copy from another set follows its group (below)
         cfg = members[name]
+        pool = table.iloc[rows].copy()
+        if str(cfg.get("near_duplicates")) != "group":
+            pool = pool.drop(columns=["near_group"], errors="ignore")  # as its own run: near copies not grouped
+        pool["_row"] = rows
         done = assign_splits(
             pool, seed, cfg["val_fraction"], cfg["test_fraction"], cfg["carve_val"], int(cv[0]), int(cv[1])
         )
         split[done["_row"].to_numpy()] = done["split"].to_numpy()
-    follow = pd.Series(split.to_numpy()).where(table["source"].map(order.index).to_numpy() == owner)
-    leader = follow.groupby(groups).transform("first")  # the split of the group's first row from its owner set
-    foreign = table["source"].map(order.index).to_numpy() != owner
-    split[foreign & leader.notna().to_numpy()] = leader[foreign & leader.notna().to_numpy()]
+    rank = table["source"].map(order.index).to_numpy()
+    first = pd.Series(np.where(rank == owner, split.to_numpy(), None)).groupby(groups).transform("first")
+    spans = pd.Series(rank).groupby(groups).transform("nunique").to_numpy() > 1
+    follow = spans & first.notna().to_numpy() & split.notna().to_numpy()
+    moved = int((follow & (split.to_numpy() != first.to_numpy())).sum())
+    if moved:
+        log.info("%d image(s) follow the split of the same film or patient in an earlier data set", moved)
+    split[follow] = first[follow]
     kept = split.notna().to_numpy()
     out = table[kept].copy()
     out["split"] = split[kept].astype(str).to_numpy()
