@@ -185,12 +185,7 @@ class Cxr4Source(FolderSource):
 
     name = "cxr4"
     labels = L.CXR4
-    findings = {
-        "Normal": "No Finding",
-        "COVID-19": "COVID-19",
-        "Pneumonia": "Pneumonia",
-        "Tuberculosis": "Tuberculosis",
-    }
+    findings = {"Normal": "No Finding", **{f: f for f in ("COVID-19", "Pneumonia", "Tuberculosis")}}
     citation = "Kaggle: Chest X-ray (Pneumonia, Covid-19, Tuberculosis)"
     download = "https://www.kaggle.com/datasets/jtiptj/chest-xray-pneumoniacovid19tuberculosis"
 

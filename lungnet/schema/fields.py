@@ -100,3 +100,27 @@ def opt(default: Any = MISSING, help: str = "", factory: Any = None, **limits: A
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+class LogLevel(Choice):
+    """uvicorn's log levels."""
+
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+    trace = "trace"
+
+
+class ExportFormat(Choice):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+class Int8Weights(Choice):
+    """The int8 weight encodings of `lungnet.serve.export.quantize_onnx` (its ``INT8_WEIGHTS``)."""
+
+    reduced = "reduced"
+    full = "full"
+    uint8 = "uint8"

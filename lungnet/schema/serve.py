@@ -6,34 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from lungnet.schema.evaluate import heatmap_alpha
-from lungnet.schema.fields import Choice, opt
+from lungnet.schema.fields import ExportFormat, Int8Weights, LogLevel, opt  # noqa: F401 - re-exported
 from lungnet.schema.loading import LoadConfig
 
 MAX_PORT = 65535
-
-
-class LogLevel(Choice):
-    """uvicorn's log levels."""
-
-    critical = "critical"
-    error = "error"
-    warning = "warning"
-    info = "info"
-    debug = "debug"
-    trace = "trace"
-
-
-class ExportFormat(Choice):
-    onnx = "onnx"
-    torchscript = "torchscript"
-
-
-class Int8Weights(Choice):
-    """The int8 weight encodings of `lungnet.serve.export.quantize_onnx` (its ``INT8_WEIGHTS``)."""
-
-    reduced = "reduced"
-    full = "full"
-    uint8 = "uint8"
 
 
 @dataclass
