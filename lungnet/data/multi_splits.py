@@ -20,12 +20,13 @@ from lungnet.data.splits import SPLITS, _groups, assign_splits
 log = logging.getLogger(__name__)
 
 
-def group_owners(table: pd.DataFrame, order: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(group, owner): each row's split group and the position in ``order`` of the first set its group spans."""
+def group_owners(table: pd.DataFrame, order: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(group, rank, owner): each row's split group, the position in ``order`` of its own set, and that of the first
+    set its group spans."""
     groups = _groups(table.reset_index(drop=True))
     rank = table["source"].map({n: i for i, n in enumerate(order)}).to_numpy()
     owner = pd.Series(rank).groupby(groups).transform("min").to_numpy()
-    return groups, owner
+    return groups, rank, owner
 
 
 def assign_multi_splits(table: pd.DataFrame, members: dict[str, dict], seed: int, cv: tuple[int, int]) -> pd.DataFrame:
@@ -46,10 +47,10 @@ def assign_multi_splits(table: pd.DataFrame, members: dict[str, dict], seed: int
     """
     table = table.reset_index(drop=True)
     order = list(members)
-    groups, owner = group_owners(table, order)
+    groups, rank, owner = group_owners(table, order)
     split = pd.Series(np.nan, index=table.index, dtype=object)
-    for name in order:
-        rows = np.flatnonzero(table["source"].to_numpy() == name)
+    for i, name in enumerate(order):
+        rows = np.flatnonzero(rank == i)
         if not len(rows):
             continue
         cfg = members[name]
@@ -61,7 +62,6 @@ def assign_multi_splits(table: pd.DataFrame, members: dict[str, dict], seed: int
             pool, seed, cfg["val_fraction"], cfg["test_fraction"], cfg["carve_val"], int(cv[0]), int(cv[1])
         )
         split[done["_row"].to_numpy()] = done["split"].to_numpy()
-    rank = table["source"].map(order.index).to_numpy()
     first = pd.Series(np.where(rank == owner, split.to_numpy(), None)).groupby(groups).transform("first")
     spans = pd.Series(rank).groupby(groups).transform("nunique").to_numpy() > 1
     follow = spans & first.notna().to_numpy() & split.notna().to_numpy()
