@@ -122,12 +122,10 @@ def auroc_ci(
     rng, draw = np.random.default_rng(seed), Resampler(len(probs), groups).draw
     draws = np.asarray([stats.per_class_auroc(probs[i], truth[i], True) for i in (draw(rng) for _ in range(resamples))])
     draws = draws.reshape(resamples, -1)
-    alpha = (1 - level) / 2
     out = []
     for j, value in enumerate(point):
-        finite = draws[:, j][np.isfinite(draws[:, j])]
-        lo, hi = np.quantile(finite, [alpha, 1 - alpha]) if len(finite) else (np.nan, np.nan)
-        out.append({"value": float(value), "lo": float(lo), "hi": float(hi)})
+        lo, hi = stats.percentile_interval(draws[:, j], level)
+        out.append({"value": float(value), "lo": lo, "hi": hi})
     return out
 
 

@@ -16,10 +16,8 @@ below 0.01 the report says that the coverage is not guaranteed on this split.
 from __future__ import annotations
 
 import logging
-import warnings
 
 import numpy as np
-from scipy.stats import ks_2samp
 
 from lungnet.artifacts.decision import (
     ABSTAIN,
@@ -40,11 +38,9 @@ from lungnet.evaluation.decision_report import (
 from lungnet.scoring import plots, stats
 from lungnet.scoring.ood import AnyMemberGate, ImageGate, OodGate
 from lungnet.scoring.outputs import model_outputs
-from lungnet.scoring.shift import batch_shift
+from lungnet.scoring.shift import batch_shift, bonferroni, ks_test
 
 log = logging.getLogger(__name__)
-# the start of scipy's RuntimeWarning when ks_2samp's exact p-value fails and it falls back to the asymptotic one
-KS_EXACT_FAILED = "ks_2samp: Exact calculation unsuccessful"
 
 
 def true_scores(probs: np.ndarray, targets: np.ndarray, labels: list[str], multilabel: bool):
@@ -189,21 +185,6 @@ def class_counts(targets: np.ndarray, labels: list[str], multilabel: bool) -> di
     return {lab: int((t == j).sum()) for j, lab in enumerate(labels)}
 
 
-def ks_test(a, b) -> dict:
-    """scipy's two-sample KS test: its exact p-value, or where that cannot be computed (scipy then warns and
-    switches), the asymptotic one, said in ``pvalue_method`` instead of a warning on the console."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res = ks_2samp(a, b)
-    method = "exact or asymptotic (scipy's choice by sample size)"
-    for w in caught:
-        if issubclass(w.category, RuntimeWarning) and str(w.message).startswith(KS_EXACT_FAILED):
-            method = "asymptotic (the exact p-value could not be computed)"
-        else:  # any other warning goes on as it came
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return {"statistic": float(res.statistic), "pvalue": float(res.pvalue), "pvalue_method": method}
-
-
 def shift_test(record: DecisionRecord, scores, ood_scores, in_sample: bool) -> dict:
     """Two-sample KS tests of the evaluated split against the calibration split (nonconformity and OOD scores)."""
     tests = {}
@@ -211,7 +192,7 @@ def shift_test(record: DecisionRecord, scores, ood_scores, in_sample: bool) -> d
         tests["nonconformity"] = ks_test(_pooled(scores), _pooled(record.conformal_scores))
     if record.ood is not None and ood_scores is not None and len(record.ood.reference):
         tests["ood_score"] = ks_test(ood_scores, record.ood.reference)
-    pvalue = min(1.0, len(tests) * min(t["pvalue"] for t in tests.values())) if tests else None
+    pvalue = bonferroni(tests)
     return {
         "test": "two-sample Kolmogorov-Smirnov against the calibration split, Bonferroni over the tests",
         "tests": tests,

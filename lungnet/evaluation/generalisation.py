@@ -218,10 +218,7 @@ def unpaired_drop(internal: tuple, external: tuple, boot: dict) -> dict:
     for _ in range(int(boot["resamples"])):
         i, e = draw_i(rng), draw_e(rng)
         draws.append(auroc(pi[i], ti[i]) - auroc(pe[e], te[e]))
-    draws = np.asarray(draws)
-    finite = draws[np.isfinite(draws)]
-    alpha = (1 - float(boot["level"])) / 2
-    lo, hi = np.quantile(finite, [alpha, 1 - alpha]) if len(finite) else (np.nan, np.nan)
+    lo, hi = stats.percentile_interval(draws, float(boot["level"]))
     a, b = auroc(pi, ti), auroc(pe, te)
     units = {
         "internal_unit": "image" if gi is None else "patient",

@@ -57,12 +57,8 @@ def fit_probe(features: np.ndarray, codes: np.ndarray, patients: np.ndarray | No
 def probe_interval(p: np.ndarray, codes: np.ndarray, k: int, patients, seed: int, level: float = 0.95) -> list:
     """Percentile bootstrap interval ``[lo, hi]`` of the out-of-fold AUROC (patients resampled whole)."""
     rng, draw = np.random.default_rng(seed), Resampler(len(codes), patients).draw
-    draws = np.asarray([probe_auroc(p[i], codes[i], k) for i in (draw(rng) for _ in range(PROBE_RESAMPLES))])
-    finite = draws[np.isfinite(draws)]
-    if not len(finite):
-        return [float("nan"), float("nan")]
-    alpha = (1 - level) / 2
-    return [float(v) for v in np.quantile(finite, [alpha, 1 - alpha])]
+    draws = [probe_auroc(p[i], codes[i], k) for i in (draw(rng) for _ in range(PROBE_RESAMPLES))]
+    return list(stats.percentile_interval(draws, level))
 
 
 def class_by_source(codes: np.ndarray, truth: np.ndarray, k: int) -> tuple[list, np.ndarray]:

@@ -108,16 +108,6 @@ def bootstrap_group(probs, targets, multilabel, c, threshold, bins, resamples, s
     return point, draws
 
 
-def interval(draws: np.ndarray, level: float) -> tuple[float, float]:
-    """Percentile interval of the finite draws (NaN, NaN when none)."""
-    finite = draws[np.isfinite(draws)]
-    if not len(finite):
-        return float("nan"), float("nan")
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(finite, [alpha, 1 - alpha])
-    return float(lo), float(hi)
-
-
 def audited_classes(labels: list[str], thresholds: dict[str, float], source: str | None) -> list[str]:
     """The thresholded classes, without the normal class (unless nothing else is thresholded)."""
     chosen = [lab for lab in labels if lab in thresholds]
@@ -154,7 +144,7 @@ def subgroup_table(meta: pd.DataFrame, probs, targets, labels, multilabel, thres
                     "threshold": float(thresholds[lab]),
                 }
                 for k in METRICS:
-                    row[k], (row[f"{k}_lo"], row[f"{k}_hi"]) = point[k], interval(draws[k], level)
+                    row[k], (row[f"{k}_lo"], row[f"{k}_hi"]) = point[k], stats.percentile_interval(draws[k], level)
                 row["fnr"], row["fnr_lo"], row["fnr_hi"] = (
                     1 - row["sensitivity"],
                     1 - row["sensitivity_hi"],
@@ -175,7 +165,7 @@ def largest_gaps(attribute: str, lab: str, groups: dict, level: float) -> list[d
         if len(finite) < 2:
             continue
         high, low = max(finite, key=finite.get), min(finite, key=finite.get)
-        lo, hi = interval(groups[high][1][k] - groups[low][1][k], level)
+        lo, hi = stats.percentile_interval(groups[high][1][k] - groups[low][1][k], level)
         out.append(
             {
                 "attribute": attribute,

@@ -24,6 +24,8 @@ import warnings
 import numpy as np
 from scipy.stats import binomtest, ks_2samp
 
+# the start of scipy's RuntimeWarning when ks_2samp's exact p-value fails and it falls back to the asymptotic one
+KS_EXACT_FAILED = "ks_2samp: Exact calculation unsuccessful"
 SHIFT_P = 0.01  # below this combined p-value a batch (or split: the conformal shift test) is not exchangeable with val
 MIN_BATCH = 5  # fewer scored images than this: no test (the p-value is None)
 TEST = "Kolmogorov-Smirnov per gate score and binomial on the flag count, against val; Bonferroni"
@@ -45,12 +47,24 @@ def references(gate) -> dict[str, np.ndarray]:
     return {}
 
 
-def ks_pvalue(batch: np.ndarray, reference: np.ndarray) -> dict:
-    """Two-sided two-sample KS test; scipy's exact p-value, or its asymptotic one where the exact one fails."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's "exact calculation unsuccessful": it falls back
-        res = ks_2samp(batch, reference)
-    return {"statistic": float(res.statistic), "pvalue": float(res.pvalue)}
+def ks_test(a, b) -> dict:
+    """scipy's two-sample KS test: its exact p-value, or where that cannot be computed (scipy then warns and
+    switches), the asymptotic one, said in ``pvalue_method`` instead of a warning on the console."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = ks_2samp(a, b)
+    method = "exact or asymptotic (scipy's choice by sample size)"
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning) and str(w.message).startswith(KS_EXACT_FAILED):
+            method = "asymptotic (the exact p-value could not be computed)"
+        else:  # any other warning goes on as it came
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return {"statistic": float(res.statistic), "pvalue": float(res.pvalue), "pvalue_method": method}
+
+
+def bonferroni(tests: dict[str, dict]) -> float | None:
+    """The Bonferroni-combined p-value of ``tests`` (each with a ``pvalue``), or None when there is none."""
+    return min(1.0, len(tests) * min(t["pvalue"] for t in tests.values())) if tests else None
 
 
 def flag_count_test(flags: np.ndarray, reference: np.ndarray) -> dict:
@@ -89,10 +103,10 @@ def batch_shift(gate, scores, parts: dict | None = None, level: float = SHIFT_P)
     out = {"test": TEST, "n": n, "level": float(level), "tests": {}, "pvalue": None, "shifted": False}
     if n < MIN_BATCH or not all(len(r) for r in refs.values()):
         return out
-    tests = {f"ks_{k}": ks_pvalue(v, refs[k]) for k, v in batch.items()}
+    tests = {f"ks_{k}": ks_test(v, refs[k]) for k, v in batch.items()}
     if len(gate.reference) and np.isfinite(gate.threshold):
         combined = np.asarray(gate.reference, dtype=np.float64) / gate.threshold
         tests["flag_count"] = flag_count_test(scores[keep] / gate.threshold > 1, combined)
-    pvalue = min(1.0, len(tests) * min(t["pvalue"] for t in tests.values()))
+    pvalue = bonferroni(tests)
     out.update(tests=tests, pvalue=float(pvalue), shifted=bool(pvalue < level))
     return out

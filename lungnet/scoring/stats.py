@@ -157,6 +157,17 @@ def headline(
 
 
 # ----------------------------------------------------------------------------- bootstrap
+def percentile_interval(draws, level: float) -> tuple[float, float]:
+    """Percentile interval of the finite bootstrap ``draws`` at coverage ``level`` (NaN, NaN when none is finite)."""
+    draws = np.asarray(draws, dtype=np.float64)
+    finite = draws[np.isfinite(draws)]
+    if not len(finite):
+        return float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(finite, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
 def bootstrap_ci(
     probs: np.ndarray,
     targets: np.ndarray,
@@ -202,12 +213,10 @@ def bootstrap_ci(
             idx = draw(rng)
             for key, value in stats(probs[idx], targets[idx]).items():
                 draws[key].append(value)
-    alpha = (1 - level) / 2
     out = {}
     for key, value in point.items():
-        finite = np.asarray([v for v in draws[key] if np.isfinite(v)])
-        lo, hi = np.quantile(finite, [alpha, 1 - alpha]) if len(finite) else (np.nan, np.nan)
-        out[key] = {"value": value, "lo": float(lo), "hi": float(hi), "resamples": len(finite)}
+        lo, hi = percentile_interval(draws[key], level)
+        out[key] = {"value": value, "lo": lo, "hi": hi, "resamples": int(np.isfinite(draws[key]).sum())}
     return out
 
 
@@ -253,18 +262,17 @@ def paired_bootstrap(
         a, b = headline(probs_a[idx], targets[idx], multilabel), headline(probs_b[idx], targets[idx], multilabel)
         for key in draws:
             draws[key].append(a[key] - b[key])
-    alpha = (1 - level) / 2
     out = {}
     for key in point_a:
         finite = np.asarray([d for d in draws[key] if np.isfinite(d)])
-        lo, hi = np.quantile(finite, [alpha, 1 - alpha]) if len(finite) else (np.nan, np.nan)
+        lo, hi = percentile_interval(finite, level)
         better = (finite < 0) if key == "loss" else (finite > 0)
         out[key] = {
             "a": point_a[key],
             "b": point_b[key],
             "diff": point_a[key] - point_b[key],
-            "lo": float(lo),
-            "hi": float(hi),
+            "lo": lo,
+            "hi": hi,
             "resamples": len(finite),
             "a_better": float(better.mean()) if len(finite) else float("nan"),
         }
