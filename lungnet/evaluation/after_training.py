@@ -110,7 +110,14 @@ def split_metrics(out: Outputs, ev: Evaluation) -> dict:
     return metrics
 
 
-def finish_training(cfg: DictConfig, ckpt: Path, dm: LungDataModule, run_dir: Path, progress_bar: bool) -> dict:
+def finish_training(
+    cfg: DictConfig,
+    ckpt: Path,
+    dm: LungDataModule,
+    run_dir: Path,
+    progress_bar: bool,
+    scored: dict[str, Outputs] | None = None,
+) -> dict:
     """Scores the selected checkpoint on val and test and leaves it ready for ``predict.py`` and the app.
 
     Args:
@@ -119,6 +126,9 @@ def finish_training(cfg: DictConfig, ckpt: Path, dm: LungDataModule, run_dir: Pa
         dm: training's data module (its splits; the loaders use ``data.num_workers`` workers).
         run_dir: the run directory.
         progress_bar: show the steps' progress bar.
+        scored: outputs already computed by split (``val``, ``test``, ``train``: the OOD gate's training sample),
+            used instead of scoring again: the ranks' gathered shards after a multi-process training
+            (`lungnet.evaluation.sharded.score_shards`).
 
     Returns:
         ``{"val": metrics, "test": metrics, "decision_file": path}`` for the splits the data has (no decision file
@@ -133,6 +143,8 @@ def finish_training(cfg: DictConfig, ckpt: Path, dm: LungDataModule, run_dir: Pa
     steps = [s for s in STEPS if s in ("scoring test", "writing reports") or has_val]
     steps = [s for s in steps if s != "scoring test" or "test" in dm.datasets]
     ev = Evaluation(ev_cfg, options(ev_cfg), Path(run_dir), loaded, dm, data=None, fit=None)  # type: ignore[arg-type]
+    ev.scored = dict(scored or {})
+    ev.gate_fit = ev.scored.pop("train", None)  # the OOD gate's training sample (`gate_fit_outputs`)
     progress = PostTraining(steps, progress_bar)
     scored: list[Outputs] = []
     try:

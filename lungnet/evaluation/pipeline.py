@@ -119,6 +119,8 @@ class Evaluation:
             them as they were.
         gate_fit: the features of the training images the OOD gate is fitted on, once computed
             (`lungnet.evaluation.decisions.gate_fit_outputs`).
+        scored: outputs computed before, by split, that `outputs` returns instead of scoring again (the ranks'
+            gathered shards after a multi-process training, `lungnet.evaluation.sharded`).
     """
 
     cfg: DictConfig
@@ -136,6 +138,7 @@ class Evaluation:
     files: list[str] = field(default_factory=list)
     beside_model: list[Callable[[], object]] = field(default_factory=list)
     gate_fit: Outputs | None = None
+    scored: dict[str, Outputs] = field(default_factory=dict)
 
     @property
     def split(self) -> str:
@@ -158,11 +161,14 @@ class Evaluation:
         return resolve_device(str(self.cfg.device))
 
     def outputs(self, split: str, features: bool = False) -> Outputs:
-        """The model's outputs on another split of the same data (e.g. ``train`` for the OOD gate)."""
-        desc = f"Predicting {split}"
-        out = model_outputs(
-            self.loaded.model, self.dm.loader(split), self.loaded.multilabel, self.device, desc, features, split
-        )
+        """The model's outputs on another split of the same data (e.g. ``train`` for the OOD gate); those in
+        ``scored`` (with features when asked for) are not computed again."""
+        out = self.scored.get(split)
+        if out is None or (features and out.features is None):
+            desc = f"Predicting {split}"
+            out = model_outputs(
+                self.loaded.model, self.dm.loader(split), self.loaded.multilabel, self.device, desc, features, split
+            )
         return external.scored_outputs(out, self.external)
 
 

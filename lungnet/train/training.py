@@ -33,6 +33,7 @@ from lungnet.data.overlap import RecordImageHashes, image_hashes
 from lungnet.data.sources import Source
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
 from lungnet.errors import ConfigError
+from lungnet.evaluation import sharded
 from lungnet.evaluation.after_training import finish_training
 from lungnet.hardware import PrecisionChoice, choose_training_precision
 from lungnet.io import atomic_write, remove_stale_temporaries, write_json, write_text
@@ -344,22 +345,35 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     return finish(cfg, trainer, module, dm, run_dir)
 
 
-def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: LungDataModule, run_dir: Path) -> dict:
-    """Evaluates the selected checkpoint on val and test (`lungnet.evaluation.after_training`); writes metrics.json,
-    predictions, curves.png, and the checkpoint's decision file and model card."""
-    if not trainer.is_global_zero:
-        return {}
+def selected_checkpoint(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path) -> Path | None:
+    """The checkpoint the finish scores (None: none was written, fast_dev_run or no model_checkpoint callback)."""
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     if trainer.fast_dev_run or checkpoint is None:
         log.info("No checkpoint was written (fast_dev_run or no model_checkpoint callback): no metrics.json")
-        return {}
-    best = Path(checkpoint.best_model_path or run_dir / "checkpoints" / "last.ckpt")
+        return None
     if cfg.checkpoint.select == "last":  # no selection on val (cross-validation folds)
-        best = Path(checkpoint.dirpath) / "last.ckpt"
+        return Path(checkpoint.dirpath) / "last.ckpt"
+    return Path(checkpoint.best_model_path or run_dir / "checkpoints" / "last.ckpt")
+
+
+def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: LungDataModule, run_dir: Path) -> dict:
+    """Evaluates the selected checkpoint on val and test (`lungnet.evaluation.after_training`); writes metrics.json,
+    predictions, curves.png, and the checkpoint's decision file and model card. After a multi-process training each
+    rank scores its share of the splits (`lungnet.evaluation.sharded`), rank 0 goes on; the others return {}."""
+    distributed = sharded.world_size() > 1
+    best = selected_checkpoint(cfg, trainer, run_dir) if trainer.is_global_zero else None
+    if distributed:
+        best = sharded.agreed_path(best)  # rank 0's, once its file is complete
+    if best is None:
+        return {}
     if not best.is_file():
-        raise CheckpointError(f"Training ended without a checkpoint in {checkpoint.dirpath}")
+        raise CheckpointError(f"Training ended without the checkpoint {best}")
+    scored = sharded.score_shards(cfg, best, dm, trainer.strategy.root_device) if distributed else {}
+    if not trainer.is_global_zero:
+        return {}
     # val/test metrics, and the decision file evaluate.py split=val writes (lungnet.evaluation.after_training)
-    results = finish_training(cfg, best, dm, run_dir, progress_bar=bool(cfg.trainer.get("enable_progress_bar", True)))
+    progress_bar = bool(cfg.trainer.get("enable_progress_bar", True))
+    results = finish_training(cfg, best, dm, run_dir, progress_bar=progress_bar, scored=scored)
     if best.name == "last.ckpt":
         mirror_as_best(best, results.get("decision_file"), module.labels)
     results.update(

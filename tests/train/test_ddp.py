@@ -2,11 +2,19 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
+from lungnet.artifacts.checkpoint import load_model
+from lungnet.artifacts.paths import decision_path
+from lungnet.data.datamodule import LungDataModule
+from lungnet.evaluation.after_training import finish_training
+from lungnet.evaluation.eval_data import data_config
 from lungnet.train.training import train
 from tests.conftest import ROOT, compose_cfg, make_class_folders
 
@@ -56,7 +64,9 @@ def test_ddp_metrics_equal_single_process(tiny_ckpt, tmp_path):
 
 def test_train_py_with_two_ddp_processes_completes(tmp_path):
     """python train.py trainer=ddp_cpu: 2 gloo processes train, rank 0 alone writes the run directory; rank 0 scans
-    the data set into its manifest, rank 1 reads it and scans nothing."""
+    the data set into its manifest, rank 1 reads it and scans nothing. After training each rank scores its half of
+    val, test and the OOD gate's training sample, and rank 0's metrics and predictions equal a single-process finish
+    on the same checkpoint."""
     out = tmp_path / "outputs"
     proc = subprocess.run(
         [
@@ -69,6 +79,7 @@ def test_train_py_with_two_ddp_processes_completes(tmp_path):
             "data.options.n_per_class=12",
             "data.options.size=48",
             "trainer.max_epochs=1",
+            "ood.fit_max=15",  # the gate's sample: 15 of the training images, split 7 + 8
             f"paths.log_dir={out}",
         ],
         capture_output=True,
@@ -85,3 +96,26 @@ def test_train_py_with_two_ddp_processes_completes(tmp_path):
     scanned = re.findall(r"manifest: 0 unchanged, (\d+) re-scanned", logged)  # rank 0, first use
     read = re.findall(r"manifest: (\d+) unchanged, 0 re-scanned", logged)  # rank 1
     assert scanned == ["48"] and read == ["48"], re.findall(r"manifest: .*", logged)
+    shares = re.findall(r"Scored (\d+) of (\d+) (\w+) images on rank (\d) of 2", logged)
+    for split, total in (("val", metrics["val"]["n"]), ("test", metrics["test"]["n"]), ("train", 15)):
+        ranks = {int(r): int(n) for n, m, s, r in shares if s == split and int(m) == total}
+        assert sorted(ranks) == [0, 1] and sum(ranks.values()) == total, (split, shares)
+    single_process_finish_is_the_same(runs[0], metrics, tmp_path / "single")
+
+
+def single_process_finish_is_the_same(run, metrics, where):
+    """`finish_training` in this process on a copy of the run's checkpoint: the same metrics and predictions."""
+    ckpt = where / "best.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copy(run / "checkpoints" / "best.ckpt", ckpt)
+    loaded = load_model(ckpt)
+    dm = LungDataModule(data_config(loaded, {}), loaded.spec, seed=loaded.seed)
+    dm.setup("fit")
+    single = finish_training(OmegaConf.load(run / "config.yaml"), ckpt, dm, where, progress_bar=False)
+    for split in ("val", "test"):
+        for key, value in single[split].items():
+            if isinstance(value, float):
+                assert metrics[split][key] == pytest.approx(value, abs=1e-5, nan_ok=True), (split, key)
+    ours, theirs = pd.read_csv(run / "predictions_val.csv"), pd.read_csv(where / "predictions_val.csv")
+    pd.testing.assert_frame_equal(ours, theirs, atol=1e-6)
+    assert json.loads(decision_path(ckpt).read_text())["ood_fit_n"] == 15

@@ -1,0 +1,116 @@
+"""The scoring after a multi-process (DDP) training, shared by its ranks (issue #27 §3).
+
+Every rank loads the selected checkpoint and scores a contiguous shard of each split the finish scores (val with the
+OOD gate's inputs, test, the gate's training sample: `finish_requests`); `torch.distributed.gather_object` brings the
+shards to rank 0 in the split's order, where `lungnet.evaluation.after_training.finish_training` continues with the
+same outputs a single process computes (`lungnet.evaluation.pipeline.Evaluation.outputs` takes them). No sampler
+padding: the shards partition each split, each image scored once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Subset
+
+from lungnet.artifacts.checkpoint import load_model
+from lungnet.data.datamodule import LungDataModule
+from lungnet.evaluation.decisions import training_sample
+from lungnet.scoring.outputs import Outputs, model_outputs
+
+log = logging.getLogger(__name__)
+
+
+def world_size() -> int:
+    """The number of processes of the initialised default process group (1 without one)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def agreed_path(path: Path | None) -> Path | None:
+    """Rank 0's ``path`` on every rank (None: there is nothing to score), once every rank got here: the file rank 0
+    wrote is complete before any other rank reads it."""
+    dist.barrier()
+    box = [str(path) if path is not None else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0]) if box[0] is not None else None
+
+
+def shard(n: int, rank: int, world: int) -> range:
+    """The contiguous share of ``rank`` among ``world`` ranks of ``n`` items (sizes differ by at most one)."""
+    return range(n * rank // world, n * (rank + 1) // world)
+
+
+def finish_requests(cfg, dm: LungDataModule, seed: int) -> list[tuple[str, str, bool]]:
+    """What `lungnet.evaluation.after_training.finish_training` scores, as ``(dataset key, split name, features)``:
+    val with the gate's inputs, test, and the gate's training sample (`training_sample`, only with val)."""
+    requests = []
+    if "val" in dm.datasets:
+        requests.append(("val", "val", True))
+    if "test" in dm.datasets:
+        requests.append(("test", "test", False))
+    if "val" in dm.datasets and "train" in dm.datasets:
+        key, _ = training_sample(dm, int(cfg.ood.fit_max), seed)
+        requests.append((key, "train", True))
+    return requests
+
+
+def joined(parts: list[Outputs], name: str) -> Outputs:
+    """The ranks' shards in rank order, as one split's outputs."""
+    parts = [p for p in parts if len(p.paths)] or parts[:1]  # a rank with no image adds nothing (nor a dtype)
+    feats = [p.features for p in parts if p.features is not None]
+    return Outputs(
+        name,
+        np.concatenate([p.probs for p in parts]),
+        np.concatenate([p.targets for p in parts]),
+        [path for p in parts for path in p.paths],
+        np.concatenate([p.logits for p in parts]),
+        np.concatenate(feats) if feats else None,
+    )
+
+
+def shard_outputs(loaded, dm: LungDataModule, key: str, name: str, features: bool, device) -> Outputs | None:
+    """This rank's shard of ``dm.datasets[key]`` scored, gathered on rank 0: the whole split's outputs there, None on
+    the other ranks."""
+    rank, world = dist.get_rank(), world_size()
+    dataset = dm.datasets[key]
+    share = shard(len(dataset), rank, world)
+    part_key = f"{key}:shard{rank}of{world}"
+    if len(share):
+        dm.datasets[part_key] = Subset(dataset, share)
+        try:
+            desc = f"Predicting {name} (rank {rank})"
+            part = model_outputs(loaded.model, dm.loader(part_key), loaded.multilabel, device, desc, features, name)
+        finally:
+            del dm.datasets[part_key]
+    else:  # fewer images than ranks
+        empty = np.zeros((0, len(loaded.labels)), np.float32)
+        part = Outputs(name, empty, empty if loaded.multilabel else np.zeros(0, np.int64), [], empty)
+    log.info("Scored %d of %d %s images on rank %d of %d", len(part.paths), len(dataset), name, rank, world)
+    parts: list[Outputs | None] | None = [None] * world if rank == 0 else None
+    dist.gather_object(part, parts, dst=0)
+    return joined(parts, name) if parts is not None else None  # type: ignore[arg-type]
+
+
+def score_shards(cfg, ckpt: Path, dm: LungDataModule, device: str | torch.device) -> dict[str, Outputs]:
+    """Every rank: scores its shards of what the finish scores (`finish_requests`) with the checkpoint ``ckpt``.
+
+    Args:
+        cfg: the train config (``ood.fit_max``).
+        ckpt: the selected checkpoint (the same path on every rank, `agreed_path`).
+        dm: training's data module.
+        device: this rank's device.
+
+    Returns:
+        On rank 0, ``{split name: outputs}`` of whole splits (the gate's training sample as ``train``); elsewhere {}.
+    """
+    loaded = load_model(ckpt)
+    scored = {}
+    for key, name, features in finish_requests(cfg, dm, loaded.seed):
+        out = shard_outputs(loaded, dm, key, name, features, device)
+        if out is not None:
+            scored[name] = out
+    return scored
