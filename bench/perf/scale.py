@@ -13,16 +13,25 @@ loader stages read their own process tree) and wall seconds:
   store, then every image through the training dataset (augment=xray, ``--image-size``) from the store and from the
   files (`bench.perf.loader`'s in-process measure: one loader worker's work).
 - ``finish``: the steps after training (`lungnet.evaluation.after_training.finish_training`), timed inside a
-  ``train.py`` run of simple_cnn for ``--train-batches`` batches of one epoch (``data.num_workers=0``).
+  ``train.py`` run of simple_cnn for ``--train-batches`` batches of one epoch (``data.num_workers=0``);
+  ``finish_scoring``: its model outputs (val, test, the OOD gate's training sample: the part DDP ranks share, with
+  the images of each); ``finish_1rank``: the whole `lungnet.train.training.finish`.
+- ``finish_<k>rank`` (``--ranks k``): the same run with ``trainer=ddp_cpu trainer.devices=k``, rank 0's CPU over its
+  `lungnet.train.training.finish` (its shard of the scoring, `lungnet.evaluation.sharded`, then the rest alone);
+  ``finish_<k>rank_scoring``: its shard's scoring; ``finish_<k>rank_rest``: its `finish_training` on the gathered
+  outputs.
 - ``evaluate``: ``python evaluate.py ckpt=<that run's best.ckpt> split=test`` (defaults), whole command.
 - ``predict``: ``python predict.py ckpt=... input=<images folder>`` on every image of the set, whole command.
 
 Then growth exponents (least squares of log seconds on log N, over the sizes run) and the extrapolation to 112k
 and 224k images; the JSON record and a markdown table beside it (.md) are written to ``--out`` (after every size).
+The record's ``finish_figure`` (`finish_figure`): the finish's CPU as a fraction of one epoch's loading, measured
+per size and extrapolated to 112k with at most ``ood.fit_max`` training images scored, for 1 and k ranks.
 
     python -m bench.perf.scale --sizes 1000 4000 16000 --size 256
     python -m bench.perf.scale --sizes 1000 4000 16000 64000 --size 256   # 64k: hours on 2 cores
     python -m bench.perf.scale --sizes 200 --size 128   # smoke check, every stage
+    python -m bench.perf.scale --sizes 1000 4000 --skip evaluate predict --ranks 2   # the finish, 1 and 2 ranks
     python -m bench.perf.scale --merge a.json b.json --out all.json   # unite runs, refit
 """
 
@@ -46,6 +55,7 @@ from bench.common.cli import ROOT, main, record, write_record
 
 log = logging.getLogger("bench.scale")
 STAGES = ("scan_first", "setup_second", "near_duplicates", "store_build", "epoch_store", "epoch_direct", "finish")
+SCORED = ("val", "test", "train")  # the splits the finish scores (train: the OOD gate's sample)
 COMMANDS = ("evaluate", "predict")
 TARGET_N = (112_000, 224_000)
 
@@ -56,11 +66,17 @@ def cpu() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def timed(fn) -> tuple[object, dict]:
-    """``fn()``'s result and its ``{"cpu_s", "wall_s"}``."""
-    c0, w0 = cpu(), time.perf_counter()
+def own_cpu() -> float:
+    """CPU seconds (user + system) of this process alone."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def timed(fn, clock=cpu) -> tuple[object, dict]:
+    """``fn()``'s result and its ``{"cpu_s", "wall_s"}`` (CPU seconds by ``clock``)."""
+    c0, w0 = clock(), time.perf_counter()
     out = fn()
-    return out, {"cpu_s": cpu() - c0, "wall_s": time.perf_counter() - w0}
+    return out, {"cpu_s": clock() - c0, "wall_s": time.perf_counter() - w0}
 
 
 def setup_stages(root: Path, manifests: Path) -> tuple[dict, object]:
@@ -126,7 +142,14 @@ def command_stages(root: Path, work: Path, args) -> dict:
     ]
     train += ["trainer.enable_progress_bar=false", "data.scan_workers=1", *common]
     out = {"train": run_command(train, env, work / "train.log")}
-    out["finish"] = json.loads(finish_json.read_text())
+    out.update(json.loads(finish_json.read_text()))
+    out["finish_forward"] = forward_cost(next((work / "runs").rglob("best.ckpt")), out["finish_scoring"])
+    for k in args.ranks:  # the same run on k DDP processes: rank 0's finish
+        ddp = [a if a != "trainer=cpu" else "trainer=ddp_cpu" for a in train] + [f"trainer.devices={k}"]
+        ddp = [a if not a.startswith("paths.log_dir=") else f"paths.log_dir={work / f'runs-{k}'}" for a in ddp]
+        finish_json.unlink()
+        run_command(ddp, env, work / f"train-{k}.log")
+        out.update(json.loads(finish_json.read_text()))
     ckpt = next((work / "runs").rglob("best.ckpt"))
     if "evaluate" not in args.skip:
         evaluate = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt={ckpt}", "split=test", *common]
@@ -137,22 +160,121 @@ def command_stages(root: Path, work: Path, args) -> dict:
     return out
 
 
+def forward_cost(ckpt: Path, scoring: dict) -> dict:
+    """The model's part of ``finish_scoring``: the checkpoint's forward pass with the OOD gate's inputs on a batch
+    of 32 blank images at its input size (this process, ``OMP_NUM_THREADS=1``; after one untimed batch), per image
+    times the images scored."""
+    import torch
+
+    from lungnet.artifacts.checkpoint import load_model
+    from lungnet.scoring.ood import gate_inputs
+
+    model = load_model(ckpt).model.eval()
+    size = int(load_model(ckpt).spec.input_size)
+    chans = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
+    x = torch.zeros(32, chans, size, size)
+
+    def forward() -> None:
+        with torch.no_grad():
+            f = model.backbone(x)
+            gate_inputs(f, x)
+            model.head(f)
+
+    forward()
+    _, took = timed(lambda: [forward() for _ in range(3)])
+    images = sum(scoring.get(f"{s}_images", 0.0) for s in SCORED)
+    per_image = {k: v / (3 * len(x)) for k, v in took.items()}
+    return {**{k: v * images for k, v in per_image.items()}, "ms_per_image": per_image["cpu_s"] * 1000}
+
+
 def train_child() -> None:
-    """``train.py`` with `finish_training` timed (CPU of this process and its waited-for children, wall), the
-    figures written to ``$BENCH_SCALE_FINISH``."""
-    import lungnet.train.training
+    """``train.py`` with the steps after training timed on rank 0 (CPU of this process alone: its loaders have no
+    workers, and under DDP the other ranks are its children, counted once reaped; wall; the stages ``finish*`` of the
+    module docstring), the figures written to ``$BENCH_SCALE_FINISH``.
+    Under DDP the other ranks run plain ``train.py`` (Lightning starts them as ``python train.py <overrides>``)."""
+    import lungnet.evaluation.decisions as decisions
+    import lungnet.evaluation.pipeline as pipeline
+    import lungnet.train.training as training
     from lungnet.commands.train import main as train
+    from lungnet.evaluation import sharded
 
-    finish = lungnet.train.training.finish_training
+    stages: dict[str, dict] = {}
 
-    def timed_finish(*a, **k):
-        result, took = timed(lambda: finish(*a, **k))
-        Path(os.environ["BENCH_SCALE_FINISH"]).write_text(json.dumps(took))
-        return result
+    def timing(one: str, ranks: str, fn, scoring: bool = False):
+        """``fn`` timed into the stage ``one`` in a single process, ``ranks`` (``{k}``: the world size) under DDP."""
 
-    lungnet.train.training.finish_training = timed_finish
+        def wrapped(*a, **k):
+            result, took = timed(lambda: fn(*a, **k), own_cpu)  # under DDP the other ranks are our children
+            world = sharded.world_size()
+            got = stages.setdefault(one if world == 1 else ranks.format(k=world), {"cpu_s": 0.0, "wall_s": 0.0})
+            got.update(cpu_s=got["cpu_s"] + took["cpu_s"], wall_s=got["wall_s"] + took["wall_s"])
+            if scoring:
+                got[f"{result.name}_images"] = got.get(f"{result.name}_images", 0) + len(result.paths)
+            Path(os.environ["BENCH_SCALE_FINISH"]).write_text(json.dumps(stages))
+            return result
+
+        return wrapped
+
+    for module in (pipeline, decisions, sharded):  # every call of the one output loop the finish makes
+        module.model_outputs = timing("finish_scoring", "finish_{k}rank_scoring", module.model_outputs, scoring=True)
+    training.finish_training = timing("finish", "finish_{k}rank_rest", training.finish_training)
+    training.finish = timing("finish_1rank", "finish_{k}rank", training.finish)
     sys.argv = [str(ROOT / "train.py"), *sys.argv[2:]]
+    if "trainer=ddp_cpu" in sys.argv:
+        sys.modules["__main__"].__spec__ = None  # Lightning starts the other ranks as python <sys.argv[0]> ...
     train()
+
+
+def finish_figure(results: dict[int, dict], fits: dict, ranks: list[int]) -> dict:
+    """The finish's CPU over one epoch's loading (``epoch_direct``, and ``epoch_store``): measured per size, and at
+    112k images extrapolated. There the scoring costs the largest size's CPU per image times the images scored
+    (val and test as in the measured splits, the training split's share capped at ``ood.fit_max``), the rest of the
+    finish grows with its exponent; k ranks share the scoring and one epoch's loading, rank 0 alone does the rest."""
+    from lungnet.schema.train import OodFitConfig
+
+    sizes = [n for n in sorted(results) if {"finish", "finish_scoring"} <= set(results[n])]
+    if not sizes:
+        return {}
+    figure: dict = {"measured": {}, "fit_max": OodFitConfig.fit_max}
+    for n in sizes:
+        got, row = results[n], {}
+        for epoch in ("epoch_direct", "epoch_store"):
+            if epoch in got:
+                row[f"1rank_over_{epoch}"] = got["finish"]["cpu_s"] / got[epoch]["cpu_s"]
+                if "finish_forward" in got:  # the finish less the model's forward passes
+                    less = got["finish"]["cpu_s"] - got["finish_forward"]["cpu_s"]
+                    row[f"1rank_without_forward_over_{epoch}"] = less / got[epoch]["cpu_s"]
+                for k in ranks:
+                    if f"finish_{k}rank" in got:  # rank 0's finish over a rank's 1/k of the epoch
+                        row[f"{k}rank_over_{epoch}"] = got[f"finish_{k}rank"]["cpu_s"] * k / got[epoch]["cpu_s"]
+        figure["measured"][n] = row
+    if len(sizes) > 1:
+        figure["at_112k"] = extrapolated(results, sizes, fits, ranks, figure["fit_max"])
+    return figure
+
+
+def extrapolated(results: dict[int, dict], sizes: list[int], fits: dict, ranks: list[int], fit_max: int) -> dict:
+    """`finish_figure`'s ratios at 112k images (see there), for 1, the measured k and 8 ranks."""
+    last = results[sizes[-1]]["finish_scoring"]
+    scored = {s: last.get(f"{s}_images", 0.0) for s in SCORED}
+    shares = {s: v / sizes[-1] for s, v in scored.items()}  # the train sample is the whole split below fit_max
+    rest = [max(results[n]["finish"]["cpu_s"] - results[n]["finish_scoring"]["cpu_s"], 1e-6) for n in sizes]
+    b, a = np.polyfit(np.log(sizes), np.log(rest), 1)
+    n = TARGET_N[0]
+    images = (shares["val"] + shares["test"]) * n + min(shares["train"] * n, fit_max)
+    scoring = last["cpu_s"] / sum(scored.values()) * images
+    forward = results[sizes[-1]].get("finish_forward", {}).get("ms_per_image", 0.0) / 1000 * images
+    rest_n = float(np.exp(a + b * np.log(n)))
+    out = {"split_shares": shares, "images_scored": images, "scoring_cpu_s": scoring, "forward_cpu_s": forward}
+    out.update(rest_cpu_s=rest_n, rest_exponent=float(b))
+    for stage in ("epoch_direct", "epoch_store"):
+        if stage not in fits:
+            continue
+        epoch = out[f"{stage}_cpu_s"] = fits[stage][f"cpu_s_at_{n // 1000}k"]
+        for k in sorted({1, *ranks, 8}):  # k ranks: each scores 1/k and loads 1/k of an epoch; rank 0 the rest
+            out[f"{k}rank_over_{stage}"] = (scoring / k + rest_n) / (epoch / k)
+            out[f"{k}rank_without_forward_over_{stage}"] = ((scoring - forward) / k + rest_n) / (epoch / k)
+    return out
 
 
 def one_size(n: int, args) -> dict:
@@ -196,7 +318,9 @@ def exponents(results: dict[int, dict]) -> dict:
 def table(results: dict[int, dict], fits: dict) -> str:
     """The markdown table: CPU (wall) seconds per stage and size, the exponent and the extrapolations."""
     sizes = sorted(results)
-    stages = [s for s in (*STAGES, "train", *COMMANDS) if any(s in r for r in results.values())]
+    known = (*STAGES, "train", *COMMANDS)
+    stages = [s for s in known if any(s in r for r in results.values())]
+    stages += sorted({s for r in results.values() for s in r} - set(known))  # finish_scoring, finish_<k>rank
     head = ["stage", *[f"N={n}" for n in sizes], "exponent", *[f"{m // 1000}k (extrap.)" for m in TARGET_N]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for stage in stages:
@@ -215,9 +339,10 @@ def write(out: Path, args, results: dict[int, dict]) -> dict:
     """The JSON record (`bench.common.cli.record`: arguments, results, fits) and the markdown table beside it; the
     result it holds."""
     fits = exponents(results)
-    result = {"args": vars(args), "results": results, "fits": fits}
+    figure = finish_figure(results, fits, list(args.ranks))
+    result = {"args": vars(args), "results": results, "fits": fits, "finish_figure": figure}
     write_record(out, record("scale", result))
-    out.with_suffix(".md").write_text(table(results, fits))
+    out.with_suffix(".md").write_text(table(results, fits) + f"\nfinish_figure: {json.dumps(figure, indent=1)}\n")
     return result
 
 
@@ -245,6 +370,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src", default=None, help="NIH sample to draw from (default ../shared/data/nih)")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "lungnet-scale"))
     parser.add_argument("--train-batches", type=int, default=2, help="training batches before the finish")
+    parser.add_argument("--ranks", type=int, nargs="*", default=[], help="also the finish on k DDP processes")
     parser.add_argument("--skip", nargs="*", default=[], choices=["loading", "train", "evaluate", "predict"])
     parser.add_argument("--keep", action="store_true", help="keep manifests, stores and runs under --work")
     parser.add_argument("--merge", nargs="+", default=None, help="no run: unite these result files and refit")
