@@ -15,9 +15,9 @@ loader stages read their own process tree) and wall seconds:
 - ``finish``: the steps after training (`lungnet.evaluation.after_training.finish_training`), timed inside a
   ``train.py`` run of simple_cnn for ``--train-batches`` batches of one epoch (``data.num_workers=0``);
   ``finish_scoring``: its model outputs (val, test, the OOD gate's training sample: the part DDP ranks share, with
-  the images of each); ``finish_1rank``: the whole `lungnet.train.training.finish`.
+  the images of each); ``finish_1rank``: the whole `lungnet.train.finish.finish`.
 - ``finish_<k>rank`` (``--ranks k``): the same run with ``trainer=ddp_cpu trainer.devices=k``, rank 0's CPU over its
-  `lungnet.train.training.finish` (its shard of the scoring, `lungnet.evaluation.sharded`, then the rest alone);
+  `lungnet.train.finish.finish` (its shard of the scoring, `lungnet.evaluation.sharded`, then the rest alone);
   ``finish_<k>rank_scoring``: its shard's scoring; ``finish_<k>rank_rest``: its `finish_training` on the gathered
   outputs.
 - ``evaluate``: ``python evaluate.py ckpt=<that run's best.ckpt> split=test`` (defaults), whole command.
@@ -194,6 +194,7 @@ def train_child() -> None:
     Under DDP the other ranks run plain ``train.py`` (Lightning starts them as ``python train.py <overrides>``)."""
     import lungnet.evaluation.decisions as decisions
     import lungnet.evaluation.pipeline as pipeline
+    import lungnet.train.finish as finishing
     import lungnet.train.training as training
     from lungnet.commands.train import main as train
     from lungnet.evaluation import sharded
@@ -217,7 +218,7 @@ def train_child() -> None:
 
     for module in (pipeline, decisions, sharded):  # every call of the one output loop the finish makes
         module.model_outputs = timing("finish_scoring", "finish_{k}rank_scoring", module.model_outputs, scoring=True)
-    training.finish_training = timing("finish", "finish_{k}rank_rest", training.finish_training)
+    finishing.finish_training = timing("finish", "finish_{k}rank_rest", finishing.finish_training)
     training.finish = timing("finish_1rank", "finish_{k}rank", training.finish)
     sys.argv = [str(ROOT / "train.py"), *sys.argv[2:]]
     if "trainer=ddp_cpu" in sys.argv:

@@ -1,6 +1,6 @@
 """What training leaves beside its checkpoint once the last epoch is done, computed by ``evaluate.py``'s own code.
 
-`finish_training` (called by `lungnet.train.training.finish` on the selected checkpoint) runs these steps, each shown on
+`finish_training` (called by `lungnet.train.finish.finish` on the selected checkpoint) runs these steps, each shown on
 one progress bar (`PostTraining`; ``trainer.enable_progress_bar=false`` leaves the log lines alone):
 
 1. ``scoring val``: the model's outputs on val with the OOD gate's inputs, computed once: training's val metrics,
