@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 
 from lungnet.io import printable
@@ -32,7 +33,7 @@ def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> l
         log.warning("Skipping %s: %s", printable(exc.filename), exc.strerror or exc)
 
     seen: set[str] = set()
-    found: list[Path] = []
+    found: list[tuple[list[str], Path]] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=on_error):
         real = os.path.realpath(dirpath)
         if real in seen:
@@ -51,8 +52,12 @@ def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> l
                 continue
             keep.append(name)
         dirnames[:] = keep
+        base, key = Path(dirpath), os.path.normcase(dirpath).split(os.sep)
         for name in filenames:
-            path = Path(dirpath) / name
+            path = base / name
             if not name.startswith(".") and (wanted(path) if wanted else path.suffix.lower() in IMAGE_SUFFIXES):
-                found.append(path)
-    return sorted(found)
+                found.append((key + [os.path.normcase(name)], path))
+    # the order of sorted(paths) (part by part, case-folded as the OS folds) from keys built once per folder: Path's
+    # own comparison is a Python call per pair (~50 ms of CPU for 4000 files)
+    found.sort(key=itemgetter(0))
+    return [path for _, path in found]
