@@ -1,5 +1,5 @@
 """Image files on disk: the suffixes lungnet reads (decoded by `lungnet.data.images`) and the folder walk that finds
-them (`walk_images`, used by `lungnet.data.sources`)."""
+them (`walk_images`, `image_files`, used by `lungnet.data.sources`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,13 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".di
 
 
 def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> list[Path]:
-    """All image files below ``folder``, sorted.
+    """All image files below ``folder``, sorted: `image_files` as Paths."""
+    return [Path(p) for p in image_files(folder, wanted)]
+
+
+def image_files(folder: str | os.PathLike, wanted: Callable[[Path], bool] | None = None) -> list[str]:
+    """All image files below ``folder``, sorted as Paths sort, as path strings (a Path per file costs a few µs: a
+    data set's setup reads 112,120 names).
 
     Symlinked folders are followed, except a link back to the folder being walked or one of its
     parents (a symlink loop) and a folder already visited through another link; both are skipped
@@ -33,8 +39,9 @@ def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> l
         log.warning("Skipping %s: %s", printable(exc.filename), exc.strerror or exc)
 
     seen: set[str] = set()
-    found: list[tuple[list[str], Path]] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=on_error):
+    found: list[tuple[list[str], str]] = []
+    top = os.fspath(Path(folder))  # normalised as a Path prints it
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=on_error):
         real = os.path.realpath(dirpath)
         if real in seen:
             log.warning("Skipping %s: already visited as %s (symlinked folder)", printable(dirpath), printable(real))
@@ -52,10 +59,12 @@ def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> l
                 continue
             keep.append(name)
         dirnames[:] = keep
-        base, key = Path(dirpath), os.path.normcase(dirpath).split(os.sep)
+        key = os.path.normcase(dirpath).split(os.sep)
         for name in filenames:
-            path = base / name
-            if not name.startswith(".") and (wanted(path) if wanted else path.suffix.lower() in IMAGE_SUFFIXES):
+            if name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            if wanted(Path(path)) if wanted else os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
                 found.append((key + [os.path.normcase(name)], path))
     # the order of sorted(paths) (part by part, case-folded as the OS folds) from keys built once per folder: Path's
     # own comparison is a Python call per pair (~50 ms of CPU for 4000 files)

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from lungnet.data.checks import available_cores
 from lungnet.data.images import ImageReadError, read_bytes, read_image
 from lungnet.data.png import MAGIC, short_pixel_data
+from lungnet.data.preprocessing import stack
 from lungnet.data.transforms import fit_within
 
 AUTO_WORKERS_MAX = 4  # num_workers=null: this many at most, never more than the cores
@@ -137,7 +138,15 @@ def _names_orientation(head: bytes) -> bool:
 
 
 def collate_inputs(items: list[InputItem]) -> list[InputItem]:
-    """A DataLoader batch: the items as they are (rows with errors included, tensors stacked by the caller)."""
+    """A DataLoader batch: the items (rows with errors included), their tensors views of one stacked batch (an
+    ensemble: one per member), so a worker hands the main process one shared-memory block per batch, not one per
+    image (each costs a segment, its file descriptor and their mapping)."""
+    good = [item for item in items if item.tensor is not None]
+    if not good:
+        return items
+    batch = stack([item.tensor for item in good])
+    for k, item in enumerate(good):
+        item.tensor = tuple(part[k] for part in batch) if isinstance(batch, tuple) else batch[k]
     return items
 
 

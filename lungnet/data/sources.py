@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from lungnet.data import labels as L
-from lungnet.data.formats import walk_images
+from lungnet.data.formats import image_files, walk_images
 from lungnet.data.tables import blank_cells, finding_cells, one_row_per_file, read_label_csv, split_folders
 from lungnet.errors import DataError  # noqa: F401 - re-exported: lungnet.data.sources.DataError
 
@@ -282,7 +282,7 @@ class NIHSource(Source):
         odd = finding_cells(entries["Finding Labels"], L.NIH14, csv.name)
         entries["error"] = [b or o for b, o in zip(blank, odd, strict=True)]
         entries["origin"] = [f"{csv.name} line {line}" for line in range(2, len(entries) + 2)]  # 1: the header
-        files = {p.name: str(p) for p in walk_images(self.root)}
+        files = {os.path.basename(p): p for p in image_files(self.root)}
         entries["path"] = entries["Image Index"].map(files)
         n_missing = int(entries["path"].isna().sum())
         if n_missing:

@@ -1,6 +1,6 @@
 """The folder walk of the data sets (`lungnet.data.formats.walk_images`)."""
 
-from lungnet.data.formats import walk_images
+from lungnet.data.formats import image_files, walk_images
 
 
 def test_walked_files_come_in_path_order(tmp_path):
@@ -14,3 +14,4 @@ def test_walked_files_come_in_path_order(tmp_path):
     found = walk_images(tmp_path)
     assert found == sorted(tmp_path / n for n in names)
     assert found.index(tmp_path / "a/b.png") < found.index(tmp_path / "a-b/c.png")
+    assert image_files(tmp_path) == [str(p) for p in found]

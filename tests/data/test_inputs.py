@@ -63,3 +63,16 @@ def test_pngs_whose_rows_may_be_turned_or_interlaced_are_always_checked(tmp_path
     xmp = plain[:33] + png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0<x/>") + plain[33:]
     assert not _plain_png(exif) and not _plain_png(xmp)
     assert _plain_png(plain[:33] + png_chunk(b"tEXt", b"Comment\0hello") + plain[33:])
+
+
+def test_a_batch_shares_one_stacked_tensor_and_keeps_its_error_rows(tmp_path):
+    from lungnet.data.inputs import InputItem, collate_inputs
+
+    items = [InputItem(0, "a", tensor=torch.ones(1, 4, 4)), InputItem(1, "b", error="bad"), InputItem(2, "c")]
+    items[2].tensor = torch.zeros(1, 4, 4)
+    batch = collate_inputs(items)
+    assert batch is items and batch[1].tensor is None and batch[1].error == "bad"
+    assert batch[0].tensor.untyped_storage().data_ptr() == batch[2].tensor.untyped_storage().data_ptr()
+    assert torch.equal(batch[0].tensor, torch.ones(1, 4, 4)) and torch.equal(batch[2].tensor, torch.zeros(1, 4, 4))
+    members = [InputItem(0, "a", tensor=(torch.ones(1, 2, 2), torch.ones(3, 4, 4)))]
+    assert [t.shape for t in collate_inputs(members)[0].tensor] == [(1, 2, 2), (3, 4, 4)]
