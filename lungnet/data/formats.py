@@ -39,7 +39,7 @@ def image_files(folder: str | os.PathLike, wanted: Callable[[Path], bool] | None
         log.warning("Skipping %s: %s", printable(exc.filename), exc.strerror or exc)
 
     seen: set[str] = set()
-    found: list[tuple[list[str], str]] = []
+    found: list[tuple[str, str]] = []
     top = os.fspath(Path(folder))  # normalised as a Path prints it
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=on_error):
         real = os.path.realpath(dirpath)
@@ -59,14 +59,16 @@ def image_files(folder: str | os.PathLike, wanted: Callable[[Path], bool] | None
                 continue
             keep.append(name)
         dirnames[:] = keep
-        key = os.path.normcase(dirpath).split(os.sep)
+        key = os.path.normcase(dirpath).replace(os.sep, "\0") + "\0"
+        base = dirpath if dirpath.endswith(os.sep) else dirpath + os.sep  # os.path.join's result, without its cost
         for name in filenames:
             if name.startswith("."):
                 continue
-            path = os.path.join(dirpath, name)
-            if wanted(Path(path)) if wanted else os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                found.append((key + [os.path.normcase(name)], path))
-    # the order of sorted(paths) (part by part, case-folded as the OS folds) from keys built once per folder: Path's
-    # own comparison is a Python call per pair (~50 ms of CPU for 4000 files)
+            path = base + name
+            if wanted(Path(path)) if wanted else name[name.rfind(".") :].lower() in IMAGE_SUFFIXES:
+                found.append((key + os.path.normcase(name), path))
+    # the order of sorted(paths): part by part, case-folded as the OS folds, which is the order of the paths' strings
+    # with NUL (below every character a name can hold) for the separator; Path's own comparison is a Python call per
+    # pair (~50 ms of CPU for 4000 files)
     found.sort(key=itemgetter(0))
     return [path for _, path in found]

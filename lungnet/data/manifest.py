@@ -118,57 +118,75 @@ def _row(entry: object) -> dict:
 
 
 def _columns_pass(files: list) -> bool:
-    """Whether every row passes `_row`, checked column by column in C-level passes (set of types, min/max, one
-    translate of the joined hex digits) instead of row by row: the same checks, about 20x less CPU per row. False
-    sends the rows through `_row`, which names the first wrong value.
+    """Whether every row passes `_row` (`_checked_columns`)."""
+    return _checked_columns(files) is not None
+
+
+def _checked_columns(files: list) -> dict[str, tuple] | None:
+    """The rows as columns when every row passes `_row`, checked column by column in C-level passes (set of types,
+    min/max, one translate of the joined hex digits) instead of row by row: the same checks, about 20x less CPU per
+    row. None sends the rows through `_row`, which names the first wrong value.
     """
     n = len(FIELDS)
     if not files:
-        return True
+        return {k: () for k in FIELDS}
     if set(map(type, files)) != {list} or set(map(len, files)) != {n}:
-        return False
+        return None
     cols = dict(zip(FIELDS, zip(*files, strict=True), strict=True))
     for key, low in _INTS.items():
         col = cols[key]
         if set(map(type, col)) != {int} or min(col) < low or max(col) > _MAX_INT:  # a bool is no int here
-            return False
+            return None
     for key, null in _TEXTS.items():
         col = [v for v in cols[key] if v is not None] if null else cols[key]
         if not set(map(type, col)) <= {str} or max(map(len, col), default=0) > _MAX_TEXT:
-            return False
+            return None
     if set(map(type, cols["decoded"])) != {bool}:
-        return False
+        return None
     paths = set(cols["path"])
     if len(paths) != len(files) or "" in paths:  # a path twice, or an empty one
-        return False
+        return None
     for key, (digits, _) in _HEX.items():
         if not set(map(len, cols[key])) <= {0, digits}:
-            return False
+            return None
         try:
             joined = "".join(cols[key]).encode("ascii")
         except UnicodeEncodeError:
-            return False
+            return None
         if joined.translate(None, b"0123456789abcdef"):
-            return False
-    return True
+            return None
+    return cols
 
 
-def _rows(files: list) -> tuple[dict[str, dict], tuple[int, BadValue] | None]:
-    """The manifest's rows by path, every value checked (`_columns_pass`, else `_row` row by row), and None; or ({},
+class Rows:
+    """A manifest's rows as columns (``cols``: one tuple per field of `FIELDS`) and each path's row number
+    (``index``): a data set's 112,120 rows are checked and looked up without a dict per row."""
+
+    def __init__(self, cols: dict[str, tuple]) -> None:
+        self.cols = cols
+        self.index = dict(zip(cols["path"], range(len(cols["path"])), strict=True))
+
+    def row(self, i: int) -> dict:
+        """Row ``i`` as a dict of `FIELDS`."""
+        return {k: self.cols[k][i] for k in FIELDS}
+
+
+def _rows(files: list) -> tuple[Rows | None, tuple[int, BadValue] | None]:
+    """The manifest's rows, every value checked (`_checked_columns`, else `_row` row by row), and None; or (None,
     (row number from 1, the first wrong value))."""
-    if _columns_pass(files):
-        rows = [dict(zip(FIELDS, entry, strict=True)) for entry in files]
-        return {row["path"]: row for row in rows}, None
-    rows: dict[str, dict] = {}
+    cols = _checked_columns(files)
+    if cols is not None:
+        return Rows(cols), None
+    seen: set[str] = set()
     for i, entry in enumerate(files):
         try:
             row = _row(entry)
-            if row["path"] in rows:
+            if row["path"] in seen:
                 raise BadValue("path", row["path"], "a path no earlier row holds")
         except BadValue as exc:
-            return {}, (i + 1, exc)
-        rows[row["path"]] = row
-    return rows, None
+            return None, (i + 1, exc)
+        seen.add(row["path"])
+    return Rows(dict(zip(FIELDS, zip(*files, strict=True), strict=True))), None  # not reached: the checks agree
 
 
 def _header(data: object) -> tuple[str, list, str | None]:
@@ -195,6 +213,12 @@ def _header(data: object) -> tuple[str, list, str | None]:
 def read_manifest(path: Path) -> tuple[dict[str, dict], str | None] | None:
     """The manifest's rows by path and the data set whose labels they hold; None when there is none, or (logged)
     when it cannot be trusted or was written by another version: its files are then scanned again."""
+    got = read_rows(path)
+    return None if got is None else ({p: got[0].row(i) for p, i in got[0].index.items()}, got[1])
+
+
+def read_rows(path: Path) -> tuple[Rows, str | None] | None:
+    """`read_manifest` as `Rows`."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -225,7 +249,7 @@ def read_manifest(path: Path) -> tuple[dict[str, dict], str | None] | None:
         )
         return None
     rows, bad = _rows(files)
-    if bad is not None:
+    if rows is None:
         log.warning("Manifest %s: row %d holds a wrong type or value (%s): rebuilding it", printable(path), *bad)
         return None
     return rows, source
@@ -252,15 +276,16 @@ def _stat(path: str) -> tuple[int, int] | None:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
-def _plan(paths: list[str], old: dict[str, dict], decode: set[str]) -> tuple[dict[str, dict], list[tuple]]:
-    """Splits ``paths`` into the manifest rows still valid (same size and mtime, decoded when it must be) and the
-    files to scan, each as (path, (size, mtime) or None, decode)."""
+def _plan(paths: list[str], old: Rows, decode: set[str]) -> tuple[dict[str, int], list[tuple]]:
+    """Splits ``paths`` into the manifest rows still valid (same size and mtime, decoded when it must be), as each
+    path's row number, and the files to scan, each as (path, (size, mtime) or None, decode)."""
     kept, todo = {}, []
+    size, mtime, decoded, index = old.cols["size"], old.cols["mtime_ns"], old.cols["decoded"], old.index
     for p in dict.fromkeys(paths):
-        st, entry = _stat(p), old.get(p)
-        if st is not None and entry is not None and (entry["size"], entry["mtime_ns"]) == st:
-            if entry["decoded"] or p not in decode:
-                kept[p] = entry
+        st, i = _stat(p), index.get(p)
+        if st is not None and i is not None and size[i] == st[0] and mtime[i] == st[1]:
+            if decoded[i] or p not in decode:
+                kept[p] = i
                 continue
         todo.append((p, st, p in decode))
     return kept, todo
@@ -335,15 +360,12 @@ def _keep(
         write: rewrite the manifest when it changed (False: only log).
     """
     (rows, old_source), (kept, found, todo) = old, scanned
-    relabelled = [p for p, e in kept.items() if (e["label"], e["patient"]) != labels[p]]
-    for p in relabelled:
-        kept[p] = {**kept[p], "label": labels[p][0], "patient": labels[p][1]}
+    label, patient, size, mtime = (rows.cols[k] for k in ("label", "patient", "size", "mtime_ns"))
+    relabelled = {p for p, i in kept.items() if (label[i], patient[i]) != labels[p]}
     for p, e in found.items():
         e["label"], e["patient"] = labels[p]
-    others = {p: e for p, e in rows.items() if p not in kept and p not in found and _stat(p) == _key(e)}
-    if old_source != source:  # another data set's labels (nih6 and nih14 share a root): not this one's
-        others = {p: {**e, "label": None, "patient": None} for p, e in others.items()}
-    removed = len(rows) - len(kept) - len(others) - sum(p in rows for p in found)
+    others = [i for p, i in rows.index.items() if p not in kept and p not in found and _stat(p) == (size[i], mtime[i])]
+    removed = len(rows.index) - len(kept) - len(others) - sum(p in rows.index for p in found)
     log.info(
         "manifest: %d unchanged, %d re-scanned, %d removed, %d with a new label or patient id (%s)",
         len(kept),
@@ -353,8 +375,14 @@ def _keep(
         manifest,
     )
     if write and (todo or removed or relabelled or old_source != source):
-        rows = {**others, **kept, **{p: e for p, e in found.items() if e["keep"]}}
-        write_manifest(manifest, {p: {k: e[k] for k in FIELDS} for p, e in rows.items()}, source)
+        kept_rows = {p: rows.row(i) for p, i in kept.items()}
+        for p in relabelled:
+            kept_rows[p]["label"], kept_rows[p]["patient"] = labels[p]
+        other_rows = {rows.cols["path"][i]: rows.row(i) for i in others}
+        if old_source != source:  # another data set's labels (nih6 and nih14 share a root): not this one's
+            other_rows = {p: {**e, "label": None, "patient": None} for p, e in other_rows.items()}
+        new = {p: {k: e[k] for k in FIELDS} for p, e in found.items() if e["keep"]}
+        write_manifest(manifest, {**other_rows, **kept_rows, **new}, source)
 
 
 def scan_table(
@@ -391,25 +419,29 @@ def scan_table(
     paths = table["path"].astype(str).tolist()
     known = table["error"].fillna("").astype(str).tolist() if "error" in table else [""] * len(paths)
     wanted = [p for p, e in zip(paths, known, strict=True) if not e]
-    old = (read_manifest(manifest) if manifest is not None else None) or ({}, None)
+    old = (read_rows(manifest) if manifest is not None else None) or (Rows({k: () for k in FIELDS}), None)
     decoded = set(wanted) if decode and decode_only is None else set(decode_only or ()) if decode else set()
     kept, todo = _plan(wanted, old[0], decoded)
     found = _scan(todo, workers)
     if manifest is not None:
         _keep(manifest, old, (kept, found, todo), _labels(table), source, write)
-    rows = {**kept, **found}
+    cols = old[0].cols
+    rows = [(p, e, kept.get(p)) for p, e in zip(paths, known, strict=True)]
     out = table.copy()
-    out["sha1"] = [rows[p]["sha1"] if not e else "" for p, e in zip(paths, known, strict=True)]
-    out["error"] = [e or _error(rows[p], decode) for p, e in zip(paths, known, strict=True)]
-    out["dhash"] = [rows[p]["dhash"] if not e and decode else "" for p, e in zip(paths, known, strict=True)]
-    out["decoded"] = [bool(not e and rows[p]["decoded"]) for p, e in zip(paths, known, strict=True)]
+    out["sha1"] = ["" if e else cols["sha1"][i] if i is not None else found[p]["sha1"] for p, e, i in rows]
+    out["error"] = [
+        e or _error(cols["error"][i], cols["sha1"][i], decode)
+        if i is not None
+        else e or _error(found[p]["error"], found[p]["sha1"], decode)
+        for p, e, i in rows
+    ]
+    out["dhash"] = [
+        "" if e or not decode else cols["dhash"][i] if i is not None else found[p]["dhash"] for p, e, i in rows
+    ]
+    out["decoded"] = [not e and (cols["decoded"][i] if i is not None else found[p]["decoded"]) for p, e, i in rows]
     return out
 
 
-def _key(entry: dict) -> tuple[int, int]:
-    return entry["size"], entry["mtime_ns"]
-
-
-def _error(entry: dict, decode: bool) -> str:
+def _error(error: str, sha1: str, decode: bool) -> str:
     """A row's error: with ``decode``, whatever its scan found; without, only a file that could not be read."""
-    return entry["error"] if decode or entry["sha1"] == "" else ""
+    return error if decode or sha1 == "" else ""

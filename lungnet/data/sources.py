@@ -281,7 +281,8 @@ class NIHSource(Source):
         blank = blank_cells(entries, ("Finding Labels", "Patient ID"), csv.name)
         odd = finding_cells(entries["Finding Labels"], L.NIH14, csv.name)
         entries["error"] = [b or o for b, o in zip(blank, odd, strict=True)]
-        entries["origin"] = [f"{csv.name} line {line}" for line in range(2, len(entries) + 2)]  # 1: the header
+        name = csv.name  # once: a Path's name is worked out at each call
+        entries["origin"] = [f"{name} line {line}" for line in range(2, len(entries) + 2)]  # 1: the header
         files = {os.path.basename(p): p for p in image_files(self.root)}
         entries["path"] = entries["Image Index"].map(files)
         n_missing = int(entries["path"].isna().sum())
