@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import lungnet.data.checks as checks
-import lungnet.data.manifest as manifest
+import lungnet.data.manifest_rows as manifest_rows
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.manifest import (
     FIELDS,
@@ -316,11 +316,11 @@ def test_the_column_check_passes_no_row_the_row_check_refuses(field, value):
     """The column-by-column check (the fast path) lets nothing through that `_row` refuses: a tampered value sends
     the rows to the row-by-row check, which names it (a null label is allowed by both)."""
     good = [list(_ROW), ["/d/b.png", *_ROW[1:]]]
-    assert manifest._columns_pass(good) and manifest._rows(good)[1] is None
+    assert manifest_rows._columns_pass(good) and manifest_rows.rows_of(good)[1] is None
     tampered = [list(_ROW), ["/d/b.png", *_ROW[1:]]]
     tampered[1][FIELDS.index(field)] = value
-    refused = manifest._rows(tampered)[1]
-    assert manifest._columns_pass(tampered) is (refused is None)
+    refused = manifest_rows.rows_of(tampered)[1]
+    assert manifest_rows._columns_pass(tampered) is (refused is None)
     if refused is not None:
         assert refused[0] == 2 and str(refused[1]).startswith(f"{field} is")
 
@@ -328,5 +328,5 @@ def test_the_column_check_passes_no_row_the_row_check_refuses(field, value):
 def test_a_good_manifest_is_checked_by_column_not_row_by_row(tmp_path, monkeypatch):
     rows = {f"/d/{i}.png": dict(zip(FIELDS, [f"/d/{i}.png", *_ROW[1:]], strict=True)) for i in range(50)}
     write_manifest(tmp_path / "m.json", rows, "nih14")
-    monkeypatch.setattr(manifest, "_row", lambda entry: pytest.fail("row-by-row check on a good manifest"))
+    monkeypatch.setattr(manifest_rows, "_row", lambda entry: pytest.fail("row-by-row check on a good manifest"))
     assert read_manifest(tmp_path / "m.json") == (rows, "nih14")
