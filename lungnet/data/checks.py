@@ -147,9 +147,9 @@ def scan_files(
 
 def label_key(table: pd.DataFrame) -> pd.Series:
     """Each row's label in a comparable form: a multi-label finding string as its sorted set (``B|A`` is ``A|B``)."""
-    labels = table["label"].fillna("").astype(str)
-    keys = {s: "|".join(sorted({t.strip() for t in s.split("|")})) for s in labels.unique()}  # once per distinct cell
-    return labels.map(keys)
+    labels = table["label"].fillna("").astype(str).tolist()
+    keys = {s: "|".join(sorted({t.strip() for t in s.split("|")})) for s in set(labels)}  # once per distinct cell
+    return pd.Series([keys[s] for s in labels], index=table.index, dtype=object)
 
 
 def drop_repeated_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -268,7 +268,9 @@ def check_training_classes(table: pd.DataFrame, labels: list[str], name: str, mu
     """
     train = table[table["split"] == "train"]
     if multilabel:
-        empty = [lab for lab in labels if lab in train and not (train[lab] == 1).any()]
+        known = [lab for lab in labels if lab in train]
+        positive = (train[known].to_numpy() == 1).any(axis=0)  # one pass over the label columns, not one per label
+        empty = [lab for lab, hit in zip(known, positive, strict=True) if not hit]
         if empty:
             log.warning("Dataset '%s': no positive training image of %s: those outputs stay untrained", name, empty)
         return
