@@ -288,7 +288,7 @@ def scan_table(
         _keep(manifest, old, (kept, found, todo), _labels(table), source, write)
     cols = old[0].cols
     rows = [(p, e, kept.get(p)) for p, e in zip(paths, known, strict=True)]
-    out = table.copy()
+    out = {}  # the four columns added in one copy of the table
     out["sha1"] = ["" if e else cols["sha1"][i] if i is not None else found[p]["sha1"] for p, e, i in rows]
     out["error"] = [
         e or _error(cols["error"][i], cols["sha1"][i], decode)
@@ -300,7 +300,7 @@ def scan_table(
         "" if e or not decode else cols["dhash"][i] if i is not None else found[p]["dhash"] for p, e, i in rows
     ]
     out["decoded"] = [not e and (cols["decoded"][i] if i is not None else found[p]["decoded"]) for p, e, i in rows]
-    return out
+    return table.assign(**out)
 
 
 def _error(error: str, sha1: str, decode: bool) -> str:

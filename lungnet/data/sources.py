@@ -316,9 +316,7 @@ class NIHSource(Source):
         found = np.array([[lab in cell.split("|") for lab in self.labels] for cell in cells], dtype=np.float32)
         found = found.reshape(len(cells), len(self.labels))[codes]
         found[(entries["error"] != "").to_numpy()] = np.nan
-        for k, lab in enumerate(self.labels):
-            table[lab] = found[:, k]
-        return table
+        return pd.concat([table, pd.DataFrame(found, columns=list(self.labels), index=table.index)], axis=1)
 
 
 class NIH6Source(NIHSource):
