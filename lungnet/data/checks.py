@@ -147,7 +147,9 @@ def scan_files(
 
 def label_key(table: pd.DataFrame) -> pd.Series:
     """Each row's label in a comparable form: a multi-label finding string as its sorted set (``B|A`` is ``A|B``)."""
-    return table["label"].fillna("").astype(str).map(lambda s: "|".join(sorted({t.strip() for t in s.split("|")})))
+    labels = table["label"].fillna("").astype(str).tolist()
+    keys = {s: "|".join(sorted({t.strip() for t in s.split("|")})) for s in set(labels)}  # once per distinct cell
+    return pd.Series([keys[s] for s in labels], index=table.index, dtype=object)
 
 
 def drop_repeated_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -266,7 +268,9 @@ def check_training_classes(table: pd.DataFrame, labels: list[str], name: str, mu
     """
     train = table[table["split"] == "train"]
     if multilabel:
-        empty = [lab for lab in labels if lab in train and not (train[lab] == 1).any()]
+        known = [lab for lab in labels if lab in train]
+        positive = (train[known].to_numpy() == 1).any(axis=0)  # one pass over the label columns, not one per label
+        empty = [lab for lab, hit in zip(known, positive, strict=True) if not hit]
         if empty:
             log.warning("Dataset '%s': no positive training image of %s: those outputs stay untrained", name, empty)
         return
@@ -290,12 +294,12 @@ def leakage_report(table: pd.DataFrame, near_threshold: int | None = None) -> di
     report: dict = {"duplicate_images": {}, "shared_patients": check_patient_overlap(table)}
     if "sha1" in table and (table["sha1"] != "").any():
         splits = ["train", "val", "test"]
+        sha1, split = table["sha1"], table["split"]
+        hashes = {s: set(sha1[split == s]) - {""} for s in splits}  # each split's set once, not once per pair
         for i, a in enumerate(splits):
             for b in splits[i + 1 :]:
-                ha = set(table.loc[table["split"] == a, "sha1"])
-                hb = set(table.loc[table["split"] == b, "sha1"])
-                report["duplicate_images"][f"{a}/{b}"] = len((ha & hb) - {""})
-        dup_within = table[table["sha1"] != ""].duplicated("sha1").sum()
+                report["duplicate_images"][f"{a}/{b}"] = len(hashes[a] & hashes[b])
+        dup_within = sha1[sha1 != ""].duplicated().sum()
         report["duplicate_images"]["within_dataset"] = int(dup_within)
     if near_threshold is not None and "dhash" in table:
         report.update(near_duplicate_report(table, int(near_threshold)))

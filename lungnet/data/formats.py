@@ -1,11 +1,12 @@
 """Image files on disk: the suffixes lungnet reads (decoded by `lungnet.data.images`) and the folder walk that finds
-them (`walk_images`, used by `lungnet.data.sources`)."""
+them (`walk_images`, `image_files`, used by `lungnet.data.sources`)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 
 from lungnet.io import printable
@@ -16,7 +17,13 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".di
 
 
 def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> list[Path]:
-    """All image files below ``folder``, sorted.
+    """All image files below ``folder``, sorted: `image_files` as Paths."""
+    return [Path(p) for p in image_files(folder, wanted)]
+
+
+def image_files(folder: str | os.PathLike, wanted: Callable[[Path], bool] | None = None) -> list[str]:
+    """All image files below ``folder``, sorted as Paths sort, as path strings (a Path per file costs a few µs: a
+    data set's setup reads 112,120 names).
 
     Symlinked folders are followed, except a link back to the folder being walked or one of its
     parents (a symlink loop) and a folder already visited through another link; both are skipped
@@ -32,8 +39,9 @@ def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> l
         log.warning("Skipping %s: %s", printable(exc.filename), exc.strerror or exc)
 
     seen: set[str] = set()
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=on_error):
+    found: list[tuple[str, str]] = []
+    top = os.fspath(Path(folder))  # normalised as a Path prints it
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=on_error):
         real = os.path.realpath(dirpath)
         if real in seen:
             log.warning("Skipping %s: already visited as %s (symlinked folder)", printable(dirpath), printable(real))
@@ -51,8 +59,16 @@ def walk_images(folder: Path, wanted: Callable[[Path], bool] | None = None) -> l
                 continue
             keep.append(name)
         dirnames[:] = keep
+        key = os.path.normcase(dirpath).replace(os.sep, "\0") + "\0"
+        base = dirpath if dirpath.endswith(os.sep) else dirpath + os.sep  # os.path.join's result, without its cost
         for name in filenames:
-            path = Path(dirpath) / name
-            if not name.startswith(".") and (wanted(path) if wanted else path.suffix.lower() in IMAGE_SUFFIXES):
-                found.append(path)
-    return sorted(found)
+            if name.startswith("."):
+                continue
+            path = base + name
+            if wanted(Path(path)) if wanted else name[name.rfind(".") :].lower() in IMAGE_SUFFIXES:
+                found.append((key + os.path.normcase(name), path))
+    # the order of sorted(paths): part by part, case-folded as the OS folds, which is the order of the paths' strings
+    # with NUL (below every character a name can hold) for the separator; Path's own comparison is a Python call per
+    # pair (~50 ms of CPU for 4000 files)
+    found.sort(key=itemgetter(0))
+    return [path for _, path in found]

@@ -9,6 +9,8 @@ Batches are plain lists of `InputItem` (`collate_inputs`), in the order of the f
 from __future__ import annotations
 
 import hashlib
+import io
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +20,12 @@ from torch.utils.data import Dataset
 
 from lungnet.data.checks import available_cores
 from lungnet.data.images import ImageReadError, read_bytes, read_image
+from lungnet.data.png import MAGIC, short_pixel_data
+from lungnet.data.preprocessing import stack
 from lungnet.data.transforms import fit_within
 
 AUTO_WORKERS_MAX = 4  # num_workers=null: this many at most, never more than the cores
+_TEXT = (b"tEXt", b"zTXt", b"iTXt")
 
 
 @dataclass
@@ -73,7 +78,7 @@ class InputFiles(Dataset):
         try:
             data = read_bytes(item.file)
             item.sha1 = hashlib.sha1(data).hexdigest()
-            image = read_image(item.file, data=data)
+            image = decode(item.file, data)
             del data
             if self._pipeline is None:
                 self._pipeline = self.prep.pipeline()
@@ -85,12 +90,63 @@ class InputFiles(Dataset):
             item.tensor, item.error = None, f"cannot preprocess image ({exc})"
             return item
         if self.keep_image:  # only what an overlay needs is kept (the full decode is released here)
-            item.image = fit_within(image, self.image_max_side)
+            kept = fit_within(image, self.image_max_side)
+            item.image = kept.astype(np.float32) / 255.0 if kept.dtype == np.uint8 else kept  # [0, 1], as read_image
         return item
 
 
+def decode(path: str, data: bytes) -> np.ndarray:
+    """`read_image` of a file's bytes as the loaders read it: an 8-bit image as its uint8 grey levels (resized before
+    any float work; `lungnet.data.transforms.Normalize` scales it), no full-resolution float array.
+
+    A PNG's check for missing rows (`lungnet.data.png.short_pixel_data`, a second inflate of its pixel data: about a
+    quarter of the read) is made only when the decode cannot rule it out: Pillow fills the rows a short stream lacks
+    with zeros, in order, so a plain PNG (not interlaced, one frame, no orientation to apply) whose last row holds a
+    non-zero pixel had them all.
+
+    Raises:
+        ImageReadError: as `read_image` does, the missing rows included.
+    """
+    image = read_image(path, keep_uint8=True, verified=True, data=data)
+    if data.startswith(MAGIC) and (not _plain_png(data) or not image[-1].any()):
+        short = short_pixel_data(io.BytesIO(data))
+        if short:
+            raise ImageReadError(path, short)
+    return image
+
+
+def _plain_png(data: bytes) -> bool:
+    """Whether a PNG's rows are decoded top to bottom into the image as stored: not interlaced, no animation
+    (``acTL``), no EXIF or XMP (``eXIf``, text chunks naming exif or xmp: Pillow would turn the image)."""
+    if data[12:16] != b"IHDR" or len(data) < 29 or data[28] != 0:  # IHDR first; its last byte: interlace method
+        return False
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind in (b"acTL", b"eXIf") or (kind in _TEXT and _names_orientation(data[pos + 8 : pos + 88])):
+            return False
+        if kind == b"IEND":  # the chunks after the pixel data count too (Pillow reads them into its info)
+            return True
+        pos += 12 + length
+    return True
+
+
+def _names_orientation(head: bytes) -> bool:
+    """Whether a text chunk's keyword (before its NUL) names EXIF or XMP."""
+    keyword = head.split(b"\0", 1)[0].lower()
+    return b"exif" in keyword or b"xmp" in keyword
+
+
 def collate_inputs(items: list[InputItem]) -> list[InputItem]:
-    """A DataLoader batch: the items as they are (rows with errors included, tensors stacked by the caller)."""
+    """A DataLoader batch: the items (rows with errors included), their tensors views of one stacked batch (an
+    ensemble: one per member), so a worker hands the main process one shared-memory block per batch, not one per
+    image (each costs a segment, its file descriptor and their mapping)."""
+    good = [item for item in items if item.tensor is not None]
+    if not good:
+        return items
+    batch = stack([item.tensor for item in good])
+    for k, item in enumerate(good):
+        item.tensor = tuple(part[k] for part in batch) if isinstance(batch, tuple) else batch[k]
     return items
 
 

@@ -13,7 +13,7 @@ can be written (and has a write permission bit), else the user cache (``$XDG_CAC
 ``~/.cache/lungnet``) under
 ``manifests/``; a read-only data root works. The file is JSON (no pyarrow needed), written atomically (temporary
 file and rename) with its format's version (`MANIFEST_VERSION`): one of another version is scanned again, not
-misread. It is untrusted on read: every value is type- and range-checked (`lungnet.untrusted.Fields`), and a file
+misread. It is untrusted on read: every value is type- and range-checked (`lungnet.data.manifest_rows`), and a file
 that is not the expected JSON or holds a wrong type or value is rebuilt with a warning naming the row and the value,
 never a crash.
 """
@@ -24,25 +24,16 @@ import hashlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 import pandas as pd
 
 from lungnet.data.checks import check_paths
+from lungnet.data.manifest_rows import FIELDS, MANIFEST_VERSION, MAX_TEXT, BadValue, Rows, header, rows_of
 from lungnet.errors import WriteError
 from lungnet.io import atomic_write, check_writable, printable
-from lungnet.untrusted import BadValue, Fields
 
 log = logging.getLogger(__name__)
-
-MANIFEST_VERSION = 2  # 2: each file's label and patient id (a version 1 manifest is scanned again, not misread)
-FIELDS = ("path", "size", "mtime_ns", "sha1", "dhash", "error", "decoded", "height", "width", "label", "patient")
-_HEX = {k: (n, re.compile(f"(?:[0-9a-f]{{{n}}})?")) for k, n in (("sha1", 40), ("dhash", 64))}  # '': not read
-_MAX_INT = 2**63 - 1
-_INTS = {"size": 0, "height": 0, "width": 0, "mtime_ns": -_MAX_INT}  # lowest value (mtime: a file before 1970)
-_MAX_TEXT = 16384  # characters of a path, error, label or patient id: a longer one was not written by lungnet
-_TEXTS = {"path": False, "sha1": False, "dhash": False, "error": False, "label": True, "patient": True}  # null ok
 
 
 def user_cache() -> Path:
@@ -80,67 +71,15 @@ def manifest_path(cache_dir: str | os.PathLike | None, root: str | os.PathLike) 
     return manifest_dir(cache_dir, root) / f"manifest-{key}.json"
 
 
-def _text(fields: Fields, name: str, null: bool = False) -> str | None:
-    """A string of at most `_MAX_TEXT` characters (None where ``null`` allows it)."""
-    value = fields.string(name, null=null)
-    if value is not None and len(value) > _MAX_TEXT:
-        raise BadValue(name, value, f"a string of at most {_MAX_TEXT} characters")
-    return value
-
-
-def _row(entry: object) -> dict:
-    """One manifest row as a dict, each value type- and range-checked (a file lungnet may not have written): as
-    `lungnet.untrusted.Fields` checks them, in plain tests (an NIH manifest holds 112,120 rows).
-
-    Raises:
-        BadValue: names the value, what it is and what is accepted.
-    """
-    if not isinstance(entry, list) or len(entry) != len(FIELDS):
-        raise BadValue("the row", entry, f"a list of {len(FIELDS)} values ({', '.join(FIELDS)})")
-    row = dict(zip(FIELDS, entry, strict=True))
-    for key, low in _INTS.items():
-        value = row[key]
-        if type(value) is not int or not low <= value <= _MAX_INT:  # type: a bool is no whole number here
-            raise BadValue(key, value, f"a whole number in [{'-2**63 + 1' if low else 0}, 2**63 - 1]")
-    for key, null in _TEXTS.items():
-        value = row[key]
-        if not (type(value) is str and len(value) <= _MAX_TEXT) and not (null and value is None):
-            accepted = f"a string of at most {_MAX_TEXT} characters" + (", or null" if null else "")
-            raise BadValue(key, value, accepted)
-    if type(row["decoded"]) is not bool:
-        raise BadValue("decoded", row["decoded"], "true or false")
-    if not row["path"]:
-        raise BadValue("path", "", "a file path")
-    for key, (digits, pattern) in _HEX.items():
-        if not pattern.fullmatch(row[key]):
-            raise BadValue(key, row[key], f"'' or {digits} lowercase hex digits")
-    return row
-
-
-def _header(data: object) -> tuple[str, list, str | None]:
-    """(verdict, rows, source): verdict ``ok``, or ``old`` / ``new`` for a manifest of an older / newer version.
-
-    Raises:
-        BadValue: a header value of the wrong type.
-    """
-    fields = Fields(data, "")
-    version = fields.integer("version", ge=1)
-    if version < MANIFEST_VERSION:
-        return "old", [], None
-    if version > MANIFEST_VERSION:
-        return "new", [], None
-    if fields.raw("fields") != list(FIELDS):
-        raise BadValue("fields", fields.raw("fields"), f"{list(FIELDS)} (the version {MANIFEST_VERSION} fields)")
-    source = _text(fields, "source", null=True)
-    files = fields.raw("files")
-    if not isinstance(files, list):
-        raise BadValue("files", files, "a list of rows")
-    return "ok", files, source
-
-
 def read_manifest(path: Path) -> tuple[dict[str, dict], str | None] | None:
     """The manifest's rows by path and the data set whose labels they hold; None when there is none, or (logged)
     when it cannot be trusted or was written by another version: its files are then scanned again."""
+    got = read_rows(path)
+    return None if got is None else ({p: got[0].row(i) for p, i in got[0].index.items()}, got[1])
+
+
+def read_rows(path: Path) -> tuple[Rows, str | None] | None:
+    """`read_manifest` as `Rows`."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -154,7 +93,7 @@ def read_manifest(path: Path) -> tuple[dict[str, dict], str | None] | None:
         log.warning("Manifest %s is not valid JSON (%s): rebuilding it", printable(path), str(exc)[:120])
         return None
     try:
-        verdict, files, source = _header(data)
+        verdict, files, source = header(data)
     except BadValue as exc:
         log.warning(
             "Manifest %s is not a version %d manifest (%s): rebuilding it", printable(path), MANIFEST_VERSION, exc
@@ -170,18 +109,10 @@ def read_manifest(path: Path) -> tuple[dict[str, dict], str | None] | None:
             MANIFEST_VERSION,
         )
         return None
-    rows: dict[str, dict] = {}
-    for i, entry in enumerate(files):
-        try:
-            row = _row(entry)
-            if row["path"] in rows:
-                raise BadValue("path", row["path"], "a path no earlier row holds")
-        except BadValue as exc:
-            log.warning(
-                "Manifest %s: row %d holds a wrong type or value (%s): rebuilding it", printable(path), i + 1, exc
-            )
-            return None
-        rows[row["path"]] = row
+    rows, bad = rows_of(files)
+    if rows is None:
+        log.warning("Manifest %s: row %d holds a wrong type or value (%s): rebuilding it", printable(path), *bad)
+        return None
     return rows, source
 
 
@@ -206,16 +137,18 @@ def _stat(path: str) -> tuple[int, int] | None:
     return int(st.st_size), int(st.st_mtime_ns)
 
 
-def _plan(paths: list[str], old: dict[str, dict], decode: set[str]) -> tuple[dict[str, dict], list[tuple]]:
-    """Splits ``paths`` into the manifest rows still valid (same size and mtime, decoded when it must be) and the
-    files to scan, each as (path, (size, mtime) or None, decode)."""
+def _plan(paths: list[str], old: Rows, decode: set[str]) -> tuple[dict[str, int], list[tuple]]:
+    """Splits ``paths`` into the manifest rows still valid (same size and mtime, decoded when it must be), as each
+    path's row number, and the files to scan, each as (path, (size, mtime) or None, decode)."""
     kept, todo = {}, []
+    size, mtime, decoded, index = old.cols["size"], old.cols["mtime_ns"], old.cols["decoded"], old.index
     for p in dict.fromkeys(paths):
-        st, entry, dec = _stat(p), old.get(p), p in decode
-        if st is not None and entry and (entry["size"], entry["mtime_ns"]) == st and (entry["decoded"] or not dec):
-            kept[p] = entry
-        else:
-            todo.append((p, st, dec))
+        st, i = _stat(p), index.get(p)
+        if st is not None and i is not None and size[i] == st[0] and mtime[i] == st[1]:
+            if decoded[i] or p not in decode:
+                kept[p] = i
+                continue
+        todo.append((p, st, p in decode))
     return kept, todo
 
 
@@ -239,21 +172,34 @@ def _cell(value: object) -> str | None:
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
     text = str(value)
-    return text if text and len(text) <= _MAX_TEXT else None
+    return text if text and len(text) <= MAX_TEXT else None
 
 
 def _labels(table: pd.DataFrame) -> dict[str, tuple[str | None, str | None]]:
     """Each file's (label, patient id) as the current table gives them (None: no such column, or a blank cell); a
     file whose rows give two labels (a conflict the checks report) or two patients has None for it."""
     blank = [None] * len(table)
-    cells = [table[c].tolist() if c in table else blank for c in ("label", "patient")]
+    cells = [_cells(table[c]) if c in table else blank for c in ("label", "patient")]
+    paths = table["path"].astype(str).tolist()
+    if len(set(paths)) == len(paths):  # one row per file (the usual table): nothing to reconcile
+        return dict(zip(paths, zip(*cells, strict=True), strict=True))
     out: dict[str, tuple[str | None, str | None]] = {}
-    for path, label, patient in zip(table["path"].astype(str), *cells, strict=True):
-        value = (_cell(label), _cell(patient))
+    for path, label, patient in zip(paths, *cells, strict=True):
+        value = (label, patient)
         if path in out:
             value = tuple(a if a == b else None for a, b in zip(out[path], value, strict=True))
         out[path] = value
     return out
+
+
+def _cells(column: pd.Series) -> list[str | None]:
+    """`_cell` of each value of ``column``, worked out once per distinct value."""
+    values = column.tolist()
+    try:
+        said = {v: _cell(v) for v in set(values)}
+    except TypeError:  # an unhashable cell (not from a label file): one by one
+        return [_cell(v) for v in values]
+    return [said[v] for v in values]
 
 
 def _keep(
@@ -275,15 +221,12 @@ def _keep(
         write: rewrite the manifest when it changed (False: only log).
     """
     (rows, old_source), (kept, found, todo) = old, scanned
-    relabelled = [p for p, e in kept.items() if (e["label"], e["patient"]) != labels[p]]
-    for p in relabelled:
-        kept[p] = {**kept[p], "label": labels[p][0], "patient": labels[p][1]}
+    label, patient, size, mtime = (rows.cols[k] for k in ("label", "patient", "size", "mtime_ns"))
+    relabelled = {p for p, i in kept.items() if (label[i], patient[i]) != labels[p]}
     for p, e in found.items():
         e["label"], e["patient"] = labels[p]
-    others = {p: e for p, e in rows.items() if p not in kept and p not in found and _stat(p) == _key(e)}
-    if old_source != source:  # another data set's labels (nih6 and nih14 share a root): not this one's
-        others = {p: {**e, "label": None, "patient": None} for p, e in others.items()}
-    removed = len(rows) - len(kept) - len(others) - sum(p in rows for p in found)
+    others = [i for p, i in rows.index.items() if p not in kept and p not in found and _stat(p) == (size[i], mtime[i])]
+    removed = len(rows.index) - len(kept) - len(others) - sum(p in rows.index for p in found)
     log.info(
         "manifest: %d unchanged, %d re-scanned, %d removed, %d with a new label or patient id (%s)",
         len(kept),
@@ -293,8 +236,14 @@ def _keep(
         manifest,
     )
     if write and (todo or removed or relabelled or old_source != source):
-        rows = {**others, **kept, **{p: e for p, e in found.items() if e["keep"]}}
-        write_manifest(manifest, {p: {k: e[k] for k in FIELDS} for p, e in rows.items()}, source)
+        kept_rows = {p: rows.row(i) for p, i in kept.items()}
+        for p in relabelled:
+            kept_rows[p]["label"], kept_rows[p]["patient"] = labels[p]
+        other_rows = {rows.cols["path"][i]: rows.row(i) for i in others}
+        if old_source != source:  # another data set's labels (nih6 and nih14 share a root): not this one's
+            other_rows = {p: {**e, "label": None, "patient": None} for p, e in other_rows.items()}
+        new = {p: {k: e[k] for k in FIELDS} for p, e in found.items() if e["keep"]}
+        write_manifest(manifest, {**other_rows, **kept_rows, **new}, source)
 
 
 def scan_table(
@@ -331,25 +280,29 @@ def scan_table(
     paths = table["path"].astype(str).tolist()
     known = table["error"].fillna("").astype(str).tolist() if "error" in table else [""] * len(paths)
     wanted = [p for p, e in zip(paths, known, strict=True) if not e]
-    old = (read_manifest(manifest) if manifest is not None else None) or ({}, None)
+    old = (read_rows(manifest) if manifest is not None else None) or (Rows({k: () for k in FIELDS}), None)
     decoded = set(wanted) if decode and decode_only is None else set(decode_only or ()) if decode else set()
     kept, todo = _plan(wanted, old[0], decoded)
     found = _scan(todo, workers)
     if manifest is not None:
         _keep(manifest, old, (kept, found, todo), _labels(table), source, write)
-    rows = {**kept, **found}
-    out = table.copy()
-    out["sha1"] = [rows[p]["sha1"] if not e else "" for p, e in zip(paths, known, strict=True)]
-    out["error"] = [e or _error(rows[p], decode) for p, e in zip(paths, known, strict=True)]
-    out["dhash"] = [rows[p]["dhash"] if not e and decode else "" for p, e in zip(paths, known, strict=True)]
-    out["decoded"] = [bool(not e and rows[p]["decoded"]) for p, e in zip(paths, known, strict=True)]
-    return out
+    cols = old[0].cols
+    rows = [(p, e, kept.get(p)) for p, e in zip(paths, known, strict=True)]
+    out = {}  # the four columns added in one copy of the table
+    out["sha1"] = ["" if e else cols["sha1"][i] if i is not None else found[p]["sha1"] for p, e, i in rows]
+    out["error"] = [
+        e or _error(cols["error"][i], cols["sha1"][i], decode)
+        if i is not None
+        else e or _error(found[p]["error"], found[p]["sha1"], decode)
+        for p, e, i in rows
+    ]
+    out["dhash"] = [
+        "" if e or not decode else cols["dhash"][i] if i is not None else found[p]["dhash"] for p, e, i in rows
+    ]
+    out["decoded"] = [not e and (cols["decoded"][i] if i is not None else found[p]["decoded"]) for p, e, i in rows]
+    return table.assign(**out)
 
 
-def _key(entry: dict) -> tuple[int, int]:
-    return entry["size"], entry["mtime_ns"]
-
-
-def _error(entry: dict, decode: bool) -> str:
+def _error(error: str, sha1: str, decode: bool) -> str:
     """A row's error: with ``decode``, whatever its scan found; without, only a file that could not be read."""
-    return entry["error"] if decode or entry["sha1"] == "" else ""
+    return error if decode or sha1 == "" else ""

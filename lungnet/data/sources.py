@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from lungnet.data import labels as L
-from lungnet.data.formats import walk_images
+from lungnet.data.formats import image_files, walk_images
 from lungnet.data.tables import blank_cells, finding_cells, one_row_per_file, read_label_csv, split_folders
 from lungnet.errors import DataError  # noqa: F401 - re-exported: lungnet.data.sources.DataError
 
@@ -281,8 +281,9 @@ class NIHSource(Source):
         blank = blank_cells(entries, ("Finding Labels", "Patient ID"), csv.name)
         odd = finding_cells(entries["Finding Labels"], L.NIH14, csv.name)
         entries["error"] = [b or o for b, o in zip(blank, odd, strict=True)]
-        entries["origin"] = [f"{csv.name} line {line}" for line in range(2, len(entries) + 2)]  # 1: the header
-        files = {p.name: str(p) for p in walk_images(self.root)}
+        name = csv.name  # once: a Path's name is worked out at each call
+        entries["origin"] = [f"{name} line {line}" for line in range(2, len(entries) + 2)]  # 1: the header
+        files = {os.path.basename(p): p for p in image_files(self.root)}
         entries["path"] = entries["Image Index"].map(files)
         n_missing = int(entries["path"].isna().sum())
         if n_missing:
@@ -311,11 +312,11 @@ class NIHSource(Source):
                 "origin": entries["origin"],  # the CSV line, named when two rows contradict
             }
         )
-        findings = entries["Finding Labels"].str.split("|")
-        for lab in self.labels:
-            table[lab] = np.where(entries["error"] == "", findings.map(lambda f, lab=lab: lab in f), np.nan)
-            table[lab] = table[lab].astype(np.float32)
-        return table
+        codes, cells = pd.factorize(entries["Finding Labels"])  # each distinct cell split once, not each row
+        found = np.array([[lab in cell.split("|") for lab in self.labels] for cell in cells], dtype=np.float32)
+        found = found.reshape(len(cells), len(self.labels))[codes]
+        found[(entries["error"] != "").to_numpy()] = np.nan
+        return pd.concat([table, pd.DataFrame(found, columns=list(self.labels), index=table.index)], axis=1)
 
 
 class NIH6Source(NIHSource):

@@ -120,7 +120,7 @@ def cached_assign_splits(
         if not kept.all():
             log.info("Dropping the shipped val split (%d images): carving val from train instead", (~kept).sum())
         out = table[kept].reset_index(drop=True)
-        out["split"] = np.array([_NAMES[c] for c in letters[kept]], dtype=object)
+        out["split"] = pd.Series(letters[kept]).map(_NAMES).to_numpy(dtype=object)
         log.debug("Splits read from %s", path)
         return out
     out = assign_splits(table.assign(**{_ROW: np.arange(len(table))}), *params)

@@ -211,12 +211,12 @@ def assign_splits(
 def check_patient_overlap(table: pd.DataFrame) -> dict[str, int]:
     """Counts patients that appear in more than one split, per pair of splits."""
     out = {}
-    with_id = table[table["patient"].astype(str) != ""]
+    patient, split = table["patient"], table["split"]
+    with_id = patient.astype(str) != ""
+    ids = {s: set(patient[with_id & (split == s)]) for s in SPLITS}  # each split's ids once (not the whole table)
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1 :]:
-            pa = set(with_id.loc[with_id["split"] == a, "patient"])
-            pb = set(with_id.loc[with_id["split"] == b, "patient"])
-            out[f"{a}/{b}"] = len(pa & pb)
+            out[f"{a}/{b}"] = len(ids[a] & ids[b])
     return out
 
 

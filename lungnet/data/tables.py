@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lungnet.errors import DataError
@@ -76,28 +77,32 @@ def read_label_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
 def blank_cells(table: pd.DataFrame, columns: tuple[str, ...], name: str) -> list[str]:
     """Per row of a CSV as read, '' or why it is unusable: which of ``columns`` are blank, on which line of ``name``."""
-    blank = [(table[c].str.strip() == "").tolist() for c in columns]
-    reasons = []
-    for line, flags in enumerate(zip(*blank, strict=True), start=2):  # line 1 is the header
-        which = [f"'{c}'" for c, flag in zip(columns, flags, strict=True) if flag]
-        reasons.append(f"blank {', '.join(which)} in {name} line {line}" if which else "")
+    blank = np.column_stack([(table[c].str.strip() == "").to_numpy(dtype=bool) for c in columns])
+    reasons = [""] * len(table)
+    for i in np.flatnonzero(blank.any(axis=1)):  # only the rows with a blank cell are worded
+        which = [f"'{c}'" for c, flag in zip(columns, blank[i], strict=True) if flag]
+        reasons[i] = f"blank {', '.join(which)} in {name} line {i + 2}"  # line 1 is the header
     return reasons
 
 
 def finding_cells(cells: pd.Series, valid: list[str], name: str, none: str = "No Finding") -> list[str]:
     """Per row of an NIH-style CSV, '' or why its ``|``-joined findings cannot be read: a name not in ``valid`` (a
     misspelt finding would make a positive image a negative), or ``none`` beside a finding (contradictory)."""
-    reasons = []
-    for line, cell in enumerate(cells.fillna("").astype(str), start=2):  # line 1 is the header
+    cells = cells.fillna("").astype(str).tolist()
+    known = set(valid)
+    verdicts: dict[str, tuple[str, str]] = {}  # the reason's words before and after its line number
+    for cell in set(cells):  # each distinct cell judged once (NIH: ~800 distinct cells in 112,120 rows)
         tokens = [t for t in cell.split("|") if t.strip()]
-        unknown = [t for t in tokens if t not in valid and t != none]
+        unknown = [t for t in tokens if t not in known and t != none]
         if unknown:
-            reasons.append(f"unknown finding {unknown[0]!r} in {name} line {line} (valid: {none}, {', '.join(valid)})")
+            listing = f" (valid: {none}, {', '.join(valid)})"
+            verdicts[cell] = (f"unknown finding {unknown[0]!r} in {name} line ", listing)
         elif none in tokens and len(tokens) > 1:
-            reasons.append(f"'{none}' beside a finding ({cell}) in {name} line {line}")
-        else:
-            reasons.append("")
-    return reasons
+            verdicts[cell] = (f"'{none}' beside a finding ({cell}) in {name} line ", "")
+    if not verdicts:
+        return [""] * len(cells)
+    said = [(line, verdicts.get(c)) for line, c in enumerate(cells, start=2)]
+    return [f"{v[0]}{line}{v[1]}" if v else "" for line, v in said]
 
 
 def real_paths(paths: pd.Series) -> pd.Series:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,7 +307,13 @@ RENAMED = {
 
 
 def data_defaults() -> dict:
-    """Every data option's default (old checkpoints' data configs lack the keys added since)."""
+    """Every data option's default (old checkpoints' data configs lack the keys added since): a fresh copy."""
+    return copy.deepcopy(_data_defaults())
+
+
+@functools.cache
+def _data_defaults() -> dict:
+    """`data_defaults`, built once per process (building the structured config costs ~6 ms per data module)."""
     defaults = OmegaConf.to_container(OmegaConf.structured(DataConfig), resolve=False, enum_to_str=True)
     return {k: v for k, v in defaults.items() if v != "???"}
 

@@ -11,6 +11,7 @@ A file that cannot be read becomes an error row; the others go on.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,6 +34,19 @@ from lungnet.scoring.ood import gate_inputs
 from lungnet.scoring.outputs import predictions_table
 
 log = logging.getLogger(__name__)
+
+
+def started(loader: DataLoader) -> Iterator:
+    """``iter(loader)``, its worker processes forked while this process's objects are frozen (`gc.freeze`, as the
+    Python documentation advises before a fork): a collection in a worker then does not touch, and so copy, every
+    page of this process's heap. Unfrozen once they are started."""
+    if not loader.num_workers:
+        return iter(loader)
+    gc.freeze()
+    try:
+        return iter(loader)
+    finally:
+        gc.unfreeze()
 
 
 @dataclass
@@ -337,7 +351,7 @@ class Predictor:
         dataset = InputFiles(paths, self.prep, keep_image=bool(explain), image_max_side=image_max_side)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_inputs)
         try:
-            for items in loader:
+            for items in started(loader):
                 yield from self._predict_batch(items, explain, options)
                 bar.update(len(items))
         finally:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import lungnet.data.checks as checks
+import lungnet.data.manifest_rows as manifest_rows
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.manifest import (
     FIELDS,
@@ -305,3 +306,27 @@ def test_labels_of_another_data_set_on_the_same_root_are_not_kept(tmp_path):
     scan_table(nih14, True, manifest, workers=1, source="nih14")
     rows, source = read_manifest(manifest)
     assert source == "nih14" and [rows[str(f)]["label"] for f in files] == ["A|B", "B", "No Finding"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("size", True), ("mtime_ns", -(2**63)), ("sha1", "é" * 40), ("dhash", "g" * 64), ("label", None), ("path", 7)],
+)
+def test_the_column_check_passes_no_row_the_row_check_refuses(field, value):
+    """The column-by-column check (the fast path) lets nothing through that `_row` refuses: a tampered value sends
+    the rows to the row-by-row check, which names it (a null label is allowed by both)."""
+    good = [list(_ROW), ["/d/b.png", *_ROW[1:]]]
+    assert manifest_rows._columns_pass(good) and manifest_rows.rows_of(good)[1] is None
+    tampered = [list(_ROW), ["/d/b.png", *_ROW[1:]]]
+    tampered[1][FIELDS.index(field)] = value
+    refused = manifest_rows.rows_of(tampered)[1]
+    assert manifest_rows._columns_pass(tampered) is (refused is None)
+    if refused is not None:
+        assert refused[0] == 2 and str(refused[1]).startswith(f"{field} is")
+
+
+def test_a_good_manifest_is_checked_by_column_not_row_by_row(tmp_path, monkeypatch):
+    rows = {f"/d/{i}.png": dict(zip(FIELDS, [f"/d/{i}.png", *_ROW[1:]], strict=True)) for i in range(50)}
+    write_manifest(tmp_path / "m.json", rows, "nih14")
+    monkeypatch.setattr(manifest_rows, "_row", lambda entry: pytest.fail("row-by-row check on a good manifest"))
+    assert read_manifest(tmp_path / "m.json") == (rows, "nih14")
