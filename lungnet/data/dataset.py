@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from lungnet.data.images import read_image
+from lungnet.data.images import read_bytes, read_image
 from lungnet.data.transforms import Normalize, unit_range
 
 # numpy's SeedSequence constants (numpy/random/bit_generator.pyx): `derive_seed` hashes as it does, in Python
@@ -101,11 +101,18 @@ def keep_large_buffers(worker_id: int | None = None) -> None:
 def pixel_reader(verified: bool) -> Callable[[str], np.ndarray]:
     """The loaders' reader: `read_image` keeping 8-bit images as uint8, so resizing and augmenting run on bytes.
 
+    The file is read whole first (`read_bytes`: one open) and decoded from memory: `read_image` given a path opens it
+    three times (size, DICOM magic, decoder), and Pillow reads a PNG in many small pieces (one or more per chunk).
+
     Args:
         verified: every file was decoded whole at setup (``data.verify``): `read_image` then skips its second pass
             over a PNG's compressed data (the check for missing rows, a third of the read time at 1024 px).
     """
-    return functools.partial(read_image, keep_uint8=True, verified=verified)
+    return functools.partial(_read_whole, verified=verified)
+
+
+def _read_whole(path: str, verified: bool) -> np.ndarray:
+    return read_image(path, keep_uint8=True, verified=verified, data=read_bytes(path))
 
 
 class SeededPipeline:

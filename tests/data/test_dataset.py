@@ -4,8 +4,10 @@ import random
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
-from lungnet.data.dataset import derive_seed, seed_transform
+from lungnet.data.dataset import derive_seed, pixel_reader, seed_transform
+from lungnet.data.images import ImageReadError, read_image
 from lungnet.data.transforms import build_transform
 from tests.conftest import ROOT
 
@@ -41,3 +43,17 @@ def test_lazy_seeding_draws_what_eager_seeding_drew_and_survives_pickling():
         np.testing.assert_array_equal(pickle.loads(pickle.dumps(transform))(image=image)["image"], eager)
         outputs.append(eager)
     assert sum(not np.array_equal(out, outputs[0]) for out in outputs) > 30  # the seed decides the draws
+
+
+def test_pixel_reader_reads_the_file_once_as_read_image_does(tmp_path):
+    gray = np.random.default_rng(1).integers(0, 256, (40, 30), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "a.png")
+    Image.fromarray(gray.astype(np.uint16) * 16).save(tmp_path / "b.png")  # 12-bit values in 16 bits: float
+    reader = pickle.loads(pickle.dumps(pixel_reader(verified=True)))
+    for name in ("a.png", "b.png"):
+        out, ref = reader(str(tmp_path / name)), read_image(tmp_path / name, keep_uint8=True)
+        assert out.dtype == ref.dtype and out.shape == (40, 30)
+        np.testing.assert_array_equal(out, ref)
+    assert reader(str(tmp_path / "a.png")).dtype == np.uint8
+    with pytest.raises(ImageReadError, match="cannot read file"):
+        reader(str(tmp_path / "missing.png"))
