@@ -12,6 +12,11 @@ loader worker that has a core to itself; and the wall-clock images/s of a DataLo
 (which does depend on the load). The direct path reads as a training run does after its data checks decoded every
 file (``data.verify``): without the PNG length check (`lungnet.data.images.read_image` ``verified``).
 
+Sizes: ``--source-size`` is the side of the generated PNG files (1024: NIH's), ``--image-size`` the model's input
+size the loader resizes to and augments at (224); ``--files`` times a folder of existing images instead (the
+NIH-like set of `bench.common.nih_like`: ``--files /tmp/nihlike/images``). ``--passes`` repeats the in-process timing
+over that many epochs (each its own augmentation draws): a steadier figure on a shared machine.
+
 Modes: ``direct`` (``data.cache=false``); ``store`` (``data.cache=true``: the prepared store, built first and timed
 separately); ``store_gpu`` (the store with ``data.gpu_augment=true``: the workers only copy bytes; the batch
 augmentation, `lungnet.data.batch_augment`, is timed in the in-process figures on the CPU, one thread, and left
@@ -19,6 +24,7 @@ out of the DataLoader figures: on a GPU it runs on the device).
 
 Example:
     python -m bench.perf.loader --images 300 --image-size 224 --augment xray --workers 2 --modes direct store store_gpu
+    python -m bench.perf.loader --files /tmp/nihlike/images --image-size 224 --workers -1 --passes 3 --modes direct
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from bench.common.cli import ROOT, main  # noqa: E402 - conf/ and ../shared
 from bench.common.proc_cpu import tree_cpu_seconds  # noqa: E402
 from lungnet.data.datamodule import LungDataModule  # noqa: E402
 from lungnet.data.dataset import EpochSampler  # noqa: E402
-from lungnet.data.images import read_image  # noqa: E402
+from lungnet.data.images import native_size, read_image  # noqa: E402
 from lungnet.models.specs import ModelSpec  # noqa: E402
 
 log = logging.getLogger("bench.loader")
@@ -111,7 +117,7 @@ def measure(mode: str, paths: list[Path], args, cache_dir: Path) -> dict:
     keep_buffers = getattr(dataset_module, "keep_large_buffers", None)  # absent in older checkouts
     if keep_buffers is not None:
         keep_buffers()  # the in-process figure stands for one loader worker, which calls it at start
-    keys = [(1, i) for i in range(len(ds))]
+    keys = [(epoch, i) for epoch in range(1, max(1, args.passes) + 1) for i in range(len(ds))]
     ds[keys[0]]  # warm-up (maps the store, imports)
     c0, t0 = time.process_time(), time.perf_counter()
     for start in range(0, len(keys), args.batch_size):
@@ -121,8 +127,9 @@ def measure(mode: str, paths: list[Path], args, cache_dir: Path) -> dict:
     cpu = time.process_time() - c0
     one_core = {"cpu_ms_per_image": 1000 * cpu / len(keys), "images_per_cpu_s": len(keys) / cpu}
     one_core["wall_images_per_s_0_workers"] = len(keys) / (time.perf_counter() - t0)
+    sizes = {"file_size": native_size(paths[0])[0], "image_size": args.image_size, "images_timed": len(keys)}
     if args.workers < 0:  # in-process figures only
-        return {"lungnet": str(Path(dataset_module.__file__).parent.parent), "mode": mode, **built, **one_core}
+        return {"lungnet": str(Path(dataset_module.__file__).parent.parent), "mode": mode, **sizes, **built, **one_core}
     sampler = EpochSampler(len(ds), seed=0)
     loader = torch.utils.data.DataLoader(
         ds,
@@ -139,7 +146,7 @@ def measure(mode: str, paths: list[Path], args, cache_dir: Path) -> dict:
     out = {
         "lungnet": str(Path(dataset_module.__file__).parent.parent),
         "mode": mode,
-        "image_size": args.image_size,
+        **sizes,
         **built,
         **one_core,
         "loader_images_per_s": seen / wall,
@@ -152,8 +159,10 @@ def measure(mode: str, paths: list[Path], args, cache_dir: Path) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The generated set, the input size, the augmentation, the loader and the modes to time."""
     parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--source-size", type=int, default=1024, help="side of the generated PNGs")
-    parser.add_argument("--image-size", type=int, default=224, help="model input size")
+    parser.add_argument("--source-size", type=int, default=1024, help="side of the generated PNG files")
+    parser.add_argument("--image-size", type=int, default=224, help="model input size: the side trained at")
+    parser.add_argument("--files", help="a folder of existing images to time instead of the generated set")
+    parser.add_argument("--passes", type=int, default=1, help="epochs the in-process figures are timed over")
     parser.add_argument("--augment", default="xray", help="conf/augment/<name>.yaml")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers; -1: in-process figures only")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -164,12 +173,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     """Times each mode on the generated set; the record holds one result per mode."""
     torch.set_num_threads(1)
-    paths = make_set(
-        Path(args.set_dir) / f"s{args.source_size}_n{args.images}_seed{args.seed}" / "train",
-        args.images,
-        args.source_size,
-        args.seed,
-    )
+    if args.files:
+        paths = sorted(p for p in Path(args.files).rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+        paths = paths[: args.images]
+    else:
+        paths = make_set(
+            Path(args.set_dir) / f"s{args.source_size}_n{args.images}_seed{args.seed}" / "train",
+            args.images,
+            args.source_size,
+            args.seed,
+        )
     with tempfile.TemporaryDirectory() as cache_dir:
         results = [measure(mode, paths, args, Path(cache_dir)) for mode in args.modes]
     return {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "results": results}

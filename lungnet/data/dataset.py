@@ -20,26 +20,66 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from lungnet.data.images import read_image
+from lungnet.data.images import read_bytes, read_image
 from lungnet.data.transforms import Normalize, unit_range
+
+# numpy's SeedSequence constants (numpy/random/bit_generator.pyx): `derive_seed` hashes as it does, in Python
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_L, _MIX_R, _M32, _POOL = 0xCA01F9DD, 0x4973F715, 0xFFFFFFFF, 4
+_PAIRS = [(src, dst) for src in range(_POOL) for dst in range(_POOL) if src != dst]
 
 
 def derive_seed(*keys: int) -> int:
-    """A well-mixed 32-bit seed from integers (e.g. seed, epoch, index); equal keys give equal seeds."""
-    return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
+    """A well-mixed 32-bit seed from integers (e.g. seed, epoch, index); equal keys give equal seeds.
+
+    The value is ``np.random.SeedSequence([k & 0xFFFFFFFF for k in keys]).generate_state(1)[0]``, computed in plain
+    Python (its hashmix and mix steps written out): making a SeedSequence costs more, and the loader derives seven
+    seeds per image.
+    """
+    words = [int(k) & _M32 for k in keys]
+    words += [0] * (_POOL - len(words))
+    pool, h = [], _INIT_A
+    for word in words[:_POOL]:  # hashmix(word)
+        value, h = word ^ h, (h * _MULT_A) & _M32
+        value = (value * h) & _M32
+        pool.append(value ^ (value >> 16))
+    feed = [(pool, src, dst) for src, dst in _PAIRS] + [([w], 0, dst) for w in words[_POOL:] for dst in range(_POOL)]
+    for source, src, dst in feed:  # pool[dst] = mix(pool[dst], hashmix(source[src]))
+        value, h = source[src] ^ h, (h * _MULT_A) & _M32
+        value = (value * h) & _M32
+        value = (_MIX_L * pool[dst] - _MIX_R * (value ^ (value >> 16))) & _M32
+        pool[dst] = value ^ (value >> 16)
+    value = ((pool[0] ^ _INIT_B) * ((_INIT_B * _MULT_B) & _M32)) & _M32  # generate_state(1)
+    return value ^ (value >> 16)
+
+
+class _Lazy:
+    """A random generator made from its seed on first use: ``np.random.default_rng(seed)`` or ``random.Random(seed)``.
+
+    Seeding a pipeline per image made both generators for every step (~40 us a step, a fifth of the prepared store's
+    CPU time per image), though most steps draw from one of them only, and a step not applied from neither.
+    """
+
+    def __init__(self, make: Callable, seed: int) -> None:
+        self._make, self._seed = make, seed
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # protocols (pickle, copy) find nothing here
+            raise AttributeError(name)
+        rng = self.__dict__.get("_rng")
+        if rng is None:
+            rng = self._rng = self._make(self._seed)
+        return getattr(rng, name)
 
 
 def seed_transform(transform: A.BaseCompose | A.BasicTransform, seed: int) -> None:
     """Seeds an albumentations pipeline; each step gets its own stream (no correlated coin flips)."""
     children = getattr(transform, "transforms", None) or []
-    if isinstance(transform, A.BaseCompose):
-        # what BaseCompose.set_random_seed sets on the compose itself; it would also seed every child with ``seed``,
-        # which the loop below overwrites (a third of the loader's time per image at 224 px)
-        transform.seed = seed
-        transform.random_generator = np.random.default_rng(seed)
-        transform.py_random = random.Random(seed)
-    else:
-        transform.set_random_seed(seed)
+    # what set_random_seed sets, each generator made when first drawn from (a BaseCompose's would also seed every
+    # child with ``seed``, which the loop below overwrites: a third of the loader's time per image at 224 px)
+    transform.seed = seed
+    transform.random_generator = _Lazy(np.random.default_rng, seed)
+    transform.py_random = _Lazy(random.Random, seed)
     for i, child in enumerate(children):
         seed_transform(child, derive_seed(seed, i + 1))
 
@@ -61,11 +101,18 @@ def keep_large_buffers(worker_id: int | None = None) -> None:
 def pixel_reader(verified: bool) -> Callable[[str], np.ndarray]:
     """The loaders' reader: `read_image` keeping 8-bit images as uint8, so resizing and augmenting run on bytes.
 
+    The file is read whole first (`read_bytes`: one open) and decoded from memory: `read_image` given a path opens it
+    three times (size, DICOM magic, decoder), and Pillow reads a PNG in many small pieces (one or more per chunk).
+
     Args:
         verified: every file was decoded whole at setup (``data.verify``): `read_image` then skips its second pass
             over a PNG's compressed data (the check for missing rows, a third of the read time at 1024 px).
     """
-    return functools.partial(read_image, keep_uint8=True, verified=verified)
+    return functools.partial(_read_whole, verified=verified)
+
+
+def _read_whole(path: str, verified: bool) -> np.ndarray:
+    return read_image(path, keep_uint8=True, verified=verified, data=read_bytes(path))
 
 
 class SeededPipeline:

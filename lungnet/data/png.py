@@ -4,6 +4,8 @@ Pillow stops decoding a PNG without complaint where its zlib stream ends, even w
 header's 7999 rows: the rest of the image stays black and is read as valid. libpng calls that "Not enough image
 data"; `short_pixel_data` is the same check, made by inflating the ``IDAT`` stream once more, in bounded pieces,
 and counting the bytes it yields against what the header's size, bit depth, colour type and interlacing need.
+
+`decode_gray8` decodes the commonest radiograph PNG (8-bit grey levels) with OpenCV, faster than Pillow.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import BinaryIO
 
+import cv2
+import numpy as np
+
 MAGIC = b"\x89PNG\r\n\x1a\n"
 CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 PIECE = 1 << 20  # bytes read or inflated at a time
+TEXT = {b"tEXt", b"zTXt", b"iTXt"}  # chunks that start with a keyword
 
 
 def raw_size(width: int, height: int, depth: int, colour: int, interlace: int) -> int:
@@ -93,3 +99,42 @@ def short_pixel_data(path: str | os.PathLike | BinaryIO) -> str:
     if interlace:
         return f"truncated image: its pixel data end after {got} of {need} bytes (interlaced {width}x{height} px)"
     return f"truncated image: its pixel data end after {got * height // need} of {height} rows"
+
+
+def _plain_gray8(data: bytes) -> bool:
+    """True when ``data`` is a PNG of 8-bit grey levels (colour type 0, depth 8) with no tRNS chunk and no EXIF (an
+    ``eXIf`` chunk, or the ``Raw profile type exif`` text Pillow also reads): pixels that every PNG decoder returns
+    alike, with no transparency or orientation for the reader to apply."""
+    if len(data) < 33 or not data.startswith(MAGIC) or data[12:16] != b"IHDR" or data[24:26] != b"\x08\x00":
+        return False
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind in {b"tRNS", b"eXIf"} or (kind in TEXT and data.startswith(b"Raw profile type exif", pos + 8)):
+            return False
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return True
+
+
+def decode_gray8(data: bytes, max_pixels: int) -> np.ndarray | None:
+    """The uint8 (H, W) pixels of an 8-bit greyscale PNG (NIH's format) decoded by OpenCV's libpng, which takes ~20 %
+    less CPU than Pillow on such files and returns the array without a copy; the same pixels (PNG is lossless).
+
+    Returns:
+        None where the file is not such a PNG, its header claims more than ``max_pixels`` pixels, or libpng refuses
+        it: the caller's general reader (Pillow) reads it then, or names the problem.
+    """
+    if not _plain_gray8(data):
+        return None
+    width, height = struct.unpack_from(">II", data, 16)
+    if width * height > max_pixels:
+        return None
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if arr is None or arr.dtype != np.uint8 or arr.shape != (height, width):
+        return None
+    return arr

@@ -1,9 +1,13 @@
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from lungnet.data.images import ImageReadError, collect_inputs, native_size, read_image
+from lungnet.data.images import MAX_PIXELS, ImageReadError, collect_inputs, native_size, read_image
+from lungnet.data.png import decode_gray8
 from tests.conftest import shared
+from tests.data.test_png import png, scanlines
 
 
 def test_8bit_rgb_rgba_palette_and_16bit(tmp_path):
@@ -200,3 +204,36 @@ def test_malformed_dicom_header_values_are_one_reason_naming_the_element(tmp_pat
         with pytest.raises(ImageReadError, match=expected) as info:
             read(path)
         assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_8bit_gray_png_from_memory_is_decoded_by_opencv_with_pillows_pixels(tmp_path):
+    gray = np.random.default_rng(3).integers(0, 256, (37, 53), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: Pillow's reader applies it
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    (tmp_path / "i.png").write_bytes(png(53, 37, scanlines(gray, interlace=1), interlace=1))
+    Image.fromarray(gray).save(tmp_path / "t.png", transparency=0)
+    Image.fromarray(gray).save(tmp_path / "e.png", exif=exif)
+    Image.fromarray(gray.astype(np.uint16) * 16).save(tmp_path / "16.png")
+    for name, opencv in (("g.png", True), ("i.png", True), ("t.png", False), ("e.png", False), ("16.png", False)):
+        data = (tmp_path / name).read_bytes()
+        assert (decode_gray8(data, MAX_PIXELS) is not None) == opencv, name
+        for keep in (True, False):
+            out, ref = read_image(tmp_path / name, keep, data=data), read_image(tmp_path / name, keep)
+            assert out.dtype == ref.dtype and out.flags.c_contiguous, name
+            np.testing.assert_array_equal(out, ref)
+    interlaced = read_image(tmp_path / "i.png", keep_uint8=True, data=(tmp_path / "i.png").read_bytes())
+    np.testing.assert_array_equal(interlaced, gray)
+    assert read_image(tmp_path / "e.png").shape == (53, 37)
+    assert decode_gray8((tmp_path / "g.png").read_bytes(), max_pixels=37 * 53 - 1) is None
+
+
+def test_a_short_8bit_gray_png_from_memory_is_refused_unless_verified(tmp_path):
+    pixels = np.random.default_rng(4).integers(1, 256, (120, 64), dtype=np.uint8)
+    raw = scanlines(pixels)
+    data = png(64, 120, b"", idat=zlib.compress(raw[: len(raw) // 4]))
+    with pytest.raises(ImageReadError, match="truncated image"):
+        read_image(tmp_path / "short.png", data=data)
+    (tmp_path / "short.png").write_bytes(data)
+    verified = read_image(tmp_path / "short.png", keep_uint8=True, verified=True, data=data)
+    np.testing.assert_array_equal(verified, read_image(tmp_path / "short.png", keep_uint8=True, verified=True))

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from lungnet.data.images import read_image
-from lungnet.data.transforms import build_transform
+from lungnet.data.transforms import Normalize, build_transform
 from tests.conftest import CONF, shared
 
 
@@ -107,3 +108,16 @@ def test_crop_keeps_the_centred_square():
     out = build_transform(20, None, "crop")(image=img)["image"]
     assert out.shape == (20, 20, 1)
     assert out.min() == 1.0
+
+
+@pytest.mark.parametrize("side", [64, 600])  # the broadcast path and the channel-at-a-time path
+def test_normalize_standardises_uint8_and_unit_float_images_alike(side):
+    gray = np.random.default_rng(side).integers(0, 256, (side, side + 3), dtype=np.uint8)
+    norm = Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 3)
+    expected = (gray[None] / 255.0 - np.array([0.485, 0.456, 0.406])[:, None, None]) / np.array([0.229, 0.224, 0.225])[
+        :, None, None
+    ]
+    for image in (gray, gray.astype(np.float32) / 255):
+        out = norm(image)
+        assert out.dtype == torch.float32 and out.shape == (3, side, side + 3)
+        np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
