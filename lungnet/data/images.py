@@ -1,9 +1,8 @@
 """The one image reader: PNG, JPEG, TIFF, 16-bit, RGBA, palette, CMYK and DICOM into a float array.
 
-Every file lungnet reads goes through `read_image`, which returns a 2-D float32 array in [0, 1]
-(grayscale; chest X-rays carry no colour information) or raises `ImageReadError` naming the file
-and the problem. Nothing else in the package opens image files. `collect_inputs` finds the files a
-user named (a file, a folder or a glob) for prediction and calibration.
+Every file lungnet reads goes through `read_image`, which returns a 2-D float32 array in [0, 1] (grayscale; chest
+X-rays carry no colour information) or raises `ImageReadError` naming the file and the problem. Nothing else in the
+package opens image files. `collect_inputs` finds the files a user named (a file, a folder or a glob).
 """
 
 from __future__ import annotations
