@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -49,7 +50,14 @@ def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: Lung
         return {}
     if not best.is_file():
         raise CheckpointError(f"Training ended without the checkpoint {best}")
-    scored = sharded.score_shards(cfg, best, dm, trainer.strategy.root_device) if distributed else {}
+    scored, start = {}, time.perf_counter()
+    if distributed:  # the scoring steps below then reuse these outputs (their times show ~0 s)
+        scored = sharded.score_shards(cfg, best, dm, trainer.strategy.root_device)
+        log.info(
+            "After training: %d ranks scored val, test and the OOD sample in %.1f s",
+            sharded.world_size(),
+            time.perf_counter() - start,
+        )
     if not trainer.is_global_zero:
         return {}
     # val/test metrics, and the decision file evaluate.py split=val writes (lungnet.evaluation.after_training)
