@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,12 +19,11 @@ from torch.utils.data import Dataset
 
 from lungnet.data.checks import available_cores
 from lungnet.data.images import ImageReadError, read_bytes, read_image
-from lungnet.data.png import MAGIC, short_pixel_data
+from lungnet.data.png import MAGIC, plain_png, short_pixel_data
 from lungnet.data.preprocessing import stack
 from lungnet.data.transforms import fit_within
 
 AUTO_WORKERS_MAX = 4  # num_workers=null: this many at most, never more than the cores
-_TEXT = (b"tEXt", b"zTXt", b"iTXt")
 
 
 @dataclass
@@ -108,33 +106,11 @@ def decode(path: str, data: bytes) -> np.ndarray:
         ImageReadError: as `read_image` does, the missing rows included.
     """
     image = read_image(path, keep_uint8=True, verified=True, data=data)
-    if data.startswith(MAGIC) and (not _plain_png(data) or not image[-1].any()):
+    if data.startswith(MAGIC) and (not plain_png(data) or not image[-1].any()):
         short = short_pixel_data(io.BytesIO(data))
         if short:
             raise ImageReadError(path, short)
     return image
-
-
-def _plain_png(data: bytes) -> bool:
-    """Whether a PNG's rows are decoded top to bottom into the image as stored: not interlaced, no animation
-    (``acTL``), no EXIF or XMP (``eXIf``, text chunks naming exif or xmp: Pillow would turn the image)."""
-    if data[12:16] != b"IHDR" or len(data) < 29 or data[28] != 0:  # IHDR first; its last byte: interlace method
-        return False
-    pos = 8
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        if kind in (b"acTL", b"eXIf") or (kind in _TEXT and _names_orientation(data[pos + 8 : pos + 88])):
-            return False
-        if kind == b"IEND":  # the chunks after the pixel data count too (Pillow reads them into its info)
-            return True
-        pos += 12 + length
-    return True
-
-
-def _names_orientation(head: bytes) -> bool:
-    """Whether a text chunk's keyword (before its NUL) names EXIF or XMP."""
-    keyword = head.split(b"\0", 1)[0].lower()
-    return b"exif" in keyword or b"xmp" in keyword
 
 
 def collate_inputs(items: list[InputItem]) -> list[InputItem]:

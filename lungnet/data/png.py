@@ -51,6 +51,18 @@ def _chunks(fh: BinaryIO) -> Iterator[tuple[bytes, int]]:
             return
 
 
+def chunk_heads(data: bytes) -> Iterator[tuple[bytes, int]]:
+    """`_chunks` of a PNG held in memory: (type, offset of its data) of each chunk after the signature, IEND
+    included; stops at IEND or a torn chunk header."""
+    pos = len(MAGIC)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        yield kind, pos + 8
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+
+
 def _inflated(fh: BinaryIO, length: int, inflater, need: int) -> int:
     """Feeds ``length`` bytes of chunk data to ``inflater``; the bytes it yields, at most ``need`` more."""
     got = 0
@@ -107,15 +119,28 @@ def _plain_gray8(data: bytes) -> bool:
     alike, with no transparency or orientation for the reader to apply."""
     if len(data) < 33 or not data.startswith(MAGIC) or data[12:16] != b"IHDR" or data[24:26] != b"\x08\x00":
         return False
-    pos = 8
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        if kind in {b"tRNS", b"eXIf"} or (kind in TEXT and data.startswith(b"Raw profile type exif", pos + 8)):
-            return False
-        if kind == b"IEND":
-            break
-        pos += 12 + length
-    return True
+    return not any(
+        kind in {b"tRNS", b"eXIf"} or (kind in TEXT and data.startswith(b"Raw profile type exif", at))
+        for kind, at in chunk_heads(data)
+    )
+
+
+def plain_png(data: bytes) -> bool:
+    """Whether a PNG's rows are decoded top to bottom into the image as stored: not interlaced, no animation
+    (``acTL``), no EXIF or XMP (``eXIf``, text chunks naming exif or xmp: Pillow would turn the image). The chunks
+    after the pixel data count too (Pillow reads them into its info)."""
+    if data[12:16] != b"IHDR" or len(data) < 29 or data[28] != 0:  # IHDR first; its last byte: interlace method
+        return False
+    return not any(
+        kind in (b"acTL", b"eXIf") or (kind in TEXT and _names_orientation(data[at : at + 80]))
+        for kind, at in chunk_heads(data)
+    )
+
+
+def _names_orientation(head: bytes) -> bool:
+    """Whether a text chunk's keyword (before its NUL) names EXIF or XMP."""
+    keyword = head.split(b"\0", 1)[0].lower()
+    return b"exif" in keyword or b"xmp" in keyword
 
 
 def decode_gray8(data: bytes, max_pixels: int) -> np.ndarray | None:

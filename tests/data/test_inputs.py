@@ -8,8 +8,8 @@ import torch
 
 import lungnet.data.inputs as inputs
 from lungnet.data.images import read_image
-from lungnet.data.inputs import InputFiles, _plain_png
-from lungnet.data.png import short_pixel_data
+from lungnet.data.inputs import InputFiles
+from lungnet.data.png import plain_png, short_pixel_data
 from lungnet.data.preprocessing import Preprocessing
 from tests.data.test_bad_inputs import png_chunk
 from tests.data.test_png import png, scanlines
@@ -57,12 +57,12 @@ def test_a_whole_png_is_inflated_again_only_when_its_last_row_is_black(tmp_path,
 def test_pngs_whose_rows_may_be_turned_or_interlaced_are_always_checked(tmp_path):
     raw = scanlines(_pixels(30))
     plain = png(40, 30, raw)
-    assert _plain_png(plain)
-    assert not _plain_png(png(40, 30, scanlines(_pixels(30), interlace=1), interlace=1))
+    assert plain_png(plain)
+    assert not plain_png(png(40, 30, scanlines(_pixels(30), interlace=1), interlace=1))
     exif = plain[:-12] + png_chunk(b"eXIf", b"MM\0*") + plain[-12:]  # after the pixel data, before IEND
     xmp = plain[:33] + png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0<x/>") + plain[33:]
-    assert not _plain_png(exif) and not _plain_png(xmp)
-    assert _plain_png(plain[:33] + png_chunk(b"tEXt", b"Comment\0hello") + plain[33:])
+    assert not plain_png(exif) and not plain_png(xmp)
+    assert plain_png(plain[:33] + png_chunk(b"tEXt", b"Comment\0hello") + plain[33:])
 
 
 def test_a_batch_shares_one_stacked_tensor_and_keeps_its_error_rows(tmp_path):
