@@ -29,7 +29,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from lungnet.artifacts.checkpoint import load_model
+from lungnet.artifacts.checkpoint import LoadedModel, load_model
 from lungnet.artifacts.paths import decision_path
 from lungnet.data.datamodule import LungDataModule
 from lungnet.evaluation import decision_target
@@ -117,6 +117,7 @@ def finish_training(
     run_dir: Path,
     progress_bar: bool,
     scored: dict[str, Outputs] | None = None,
+    loaded: LoadedModel | None = None,
 ) -> dict:
     """Scores the selected checkpoint on val and test and leaves it ready for ``predict.py`` and the app.
 
@@ -129,13 +130,14 @@ def finish_training(
         scored: outputs already computed by split (``val``, ``test``, ``train``: the OOD gate's training sample),
             used instead of scoring again: the ranks' gathered shards after a multi-process training
             (`lungnet.evaluation.sharded.score_shards`).
+        loaded: ``ckpt`` already loaded (by the caller that scored ``scored`` with it), not read again.
 
     Returns:
         ``{"val": metrics, "test": metrics, "decision_file": path}`` for the splits the data has (no decision file
         without val).
     """
     ev_cfg = evaluation_config(cfg, ckpt)
-    loaded = load_model(ckpt)
+    loaded = loaded if loaded is not None else load_model(ckpt)
     has_val = "val" in dm.datasets
     if has_val:  # a folder that cannot take the decision file fails here, before any scoring
         decision_target.check_target(ev_cfg, ckpt, loaded.labels, "val", "val")

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Subset
 
-from lungnet.artifacts.checkpoint import load_model
+from lungnet.artifacts.checkpoint import LoadedModel
 from lungnet.data.datamodule import LungDataModule
 from lungnet.evaluation.decisions import training_sample
 from lungnet.scoring.outputs import Outputs, model_outputs
@@ -95,19 +95,18 @@ def shard_outputs(loaded, dm: LungDataModule, key: str, name: str, features: boo
     return joined(parts, name) if parts is not None else None  # type: ignore[arg-type]
 
 
-def score_shards(cfg, ckpt: Path, dm: LungDataModule, device: str | torch.device) -> dict[str, Outputs]:
-    """Every rank: scores its shards of what the finish scores (`finish_requests`) with the checkpoint ``ckpt``.
+def score_shards(cfg, loaded: LoadedModel, dm: LungDataModule, device: str | torch.device) -> dict[str, Outputs]:
+    """Every rank: scores its shards of what the finish scores (`finish_requests`) with the selected checkpoint.
 
     Args:
         cfg: the train config (``ood.fit_max``).
-        ckpt: the selected checkpoint (the same path on every rank, `agreed_path`).
+        loaded: the selected checkpoint, loaded (the same path on every rank, `agreed_path`).
         dm: training's data module.
         device: this rank's device.
 
     Returns:
         On rank 0, ``{split name: outputs}`` of whole splits (the gate's training sample as ``train``); elsewhere {}.
     """
-    loaded = load_model(ckpt)
     scored = {}
     for key, name, features in finish_requests(cfg, dm, loaded.seed):
         out = shard_outputs(loaded, dm, key, name, features, device)

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from lungnet.artifacts.checkpoint import CheckpointError
+from lungnet.artifacts.checkpoint import CheckpointError, load_model
 from lungnet.artifacts.decision import read_decision
 from lungnet.artifacts.paths import card_path, decision_path
 from lungnet.data.datamodule import LungDataModule
@@ -50,9 +50,10 @@ def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: Lung
         return {}
     if not best.is_file():
         raise CheckpointError(f"Training ended without the checkpoint {best}")
-    scored, start = {}, time.perf_counter()
-    if distributed:  # the scoring steps below then reuse these outputs (their times show ~0 s)
-        scored = sharded.score_shards(cfg, best, dm, trainer.strategy.root_device)
+    scored, loaded, start = {}, None, time.perf_counter()
+    if distributed:  # the scoring steps below then reuse these outputs (their times show ~0 s) and this model
+        loaded = load_model(best)
+        scored = sharded.score_shards(cfg, loaded, dm, trainer.strategy.root_device)
         log.info(
             "After training: %d ranks scored val, test and the OOD sample in %.1f s",
             sharded.world_size(),
@@ -62,7 +63,7 @@ def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: Lung
         return {}
     # val/test metrics, and the decision file evaluate.py split=val writes (lungnet.evaluation.after_training)
     progress_bar = bool(cfg.trainer.get("enable_progress_bar", True))
-    results = finish_training(cfg, best, dm, run_dir, progress_bar=progress_bar, scored=scored)
+    results = finish_training(cfg, best, dm, run_dir, progress_bar=progress_bar, scored=scored, loaded=loaded)
     if best.name == "last.ckpt":
         mirror_as_best(best, results.get("decision_file"), module.labels)
     results.update(
