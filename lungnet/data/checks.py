@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from lungnet.data.images import ImageReadError, read_image
 from lungnet.data.near_duplicates import near_duplicate_report
 from lungnet.data.sources import DataError
-from lungnet.data.splits import check_patient_overlap
+from lungnet.data.splits import check_patient_overlap, split_overlap
 from lungnet.io import printable, write_csv
 
 log = logging.getLogger(__name__)
@@ -293,12 +293,8 @@ def leakage_report(table: pd.DataFrame, near_threshold: int | None = None) -> di
     """
     report: dict = {"duplicate_images": {}, "shared_patients": check_patient_overlap(table)}
     if "sha1" in table and (table["sha1"] != "").any():
-        splits = ["train", "val", "test"]
-        sha1, split = table["sha1"], table["split"]
-        hashes = {s: set(sha1[split == s]) - {""} for s in splits}  # each split's set once, not once per pair
-        for i, a in enumerate(splits):
-            for b in splits[i + 1 :]:
-                report["duplicate_images"][f"{a}/{b}"] = len(hashes[a] & hashes[b])
+        sha1 = table["sha1"]
+        report["duplicate_images"] = split_overlap(sha1, table["split"])
         dup_within = sha1[sha1 != ""].duplicated().sum()
         report["duplicate_images"]["within_dataset"] = int(dup_within)
     if near_threshold is not None and "dhash" in table:

@@ -208,16 +208,16 @@ def assign_splits(
     return table
 
 
+def split_overlap(values: pd.Series, split: pd.Series) -> dict[str, int]:
+    """Per pair of splits (``"train/val"``, ...), how many distinct non-blank ``values`` appear in both (each split's
+    set built once, not once per pair)."""
+    sets = {s: set(values[split == s]) - {""} for s in SPLITS}
+    return {f"{a}/{b}": len(sets[a] & sets[b]) for i, a in enumerate(SPLITS) for b in SPLITS[i + 1 :]}
+
+
 def check_patient_overlap(table: pd.DataFrame) -> dict[str, int]:
     """Counts patients that appear in more than one split, per pair of splits."""
-    out = {}
-    patient, split = table["patient"], table["split"]
-    with_id = patient.astype(str) != ""
-    ids = {s: set(patient[with_id & (split == s)]) for s in SPLITS}  # each split's ids once (not the whole table)
-    for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1 :]:
-            out[f"{a}/{b}"] = len(ids[a] & ids[b])
-    return out
+    return split_overlap(table["patient"], table["split"])
 
 
 def write_splits(table: pd.DataFrame, folder: str | Path) -> None:
