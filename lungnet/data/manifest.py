@@ -288,19 +288,18 @@ def scan_table(
         _keep(manifest, old, (kept, found, todo), _labels(table), source, write)
     cols = old[0].cols
     rows = [(p, e, kept.get(p)) for p, e in zip(paths, known, strict=True)]
-    out = {}  # the four columns added in one copy of the table
-    out["sha1"] = ["" if e else cols["sha1"][i] if i is not None else found[p]["sha1"] for p, e, i in rows]
-    out["error"] = [
-        e or _error(cols["error"][i], cols["sha1"][i], decode)
-        if i is not None
-        else e or _error(found[p]["error"], found[p]["sha1"], decode)
-        for p, e, i in rows
-    ]
-    out["dhash"] = [
-        "" if e or not decode else cols["dhash"][i] if i is not None else found[p]["dhash"] for p, e, i in rows
-    ]
-    out["decoded"] = [not e and (cols["decoded"][i] if i is not None else found[p]["decoded"]) for p, e, i in rows]
-    return table.assign(**out)
+
+    def column(key: str) -> list:
+        """Each row's ``key``: the manifest row kept, else the scan's; None for a row with an error already."""
+        return [None if e else cols[key][i] if i is not None else found[p][key] for p, e, i in rows]
+
+    sha1, error, dhash, decoded = (column(k) for k in ("sha1", "error", "dhash", "decoded"))
+    return table.assign(  # the four columns added in one copy of the table
+        sha1=[s or "" for s in sha1],
+        error=[e or _error(err, s, decode) for e, err, s in zip(known, error, sha1, strict=True)],
+        dhash=[d if decode and d is not None else "" for d in dhash],
+        decoded=[bool(d) for d in decoded],
+    )
 
 
 def _error(error: str, sha1: str, decode: bool) -> str:

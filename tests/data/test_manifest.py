@@ -316,11 +316,11 @@ def test_the_column_check_passes_no_row_the_row_check_refuses(field, value):
     """The column-by-column check (the fast path) lets nothing through that `_row` refuses: a tampered value sends
     the rows to the row-by-row check, which names it (a null label is allowed by both)."""
     good = [list(_ROW), ["/d/b.png", *_ROW[1:]]]
-    assert manifest_rows._columns_pass(good) and manifest_rows.rows_of(good)[1] is None
+    assert manifest_rows._checked_columns(good) is not None and manifest_rows.rows_of(good)[1] is None
     tampered = [list(_ROW), ["/d/b.png", *_ROW[1:]]]
     tampered[1][FIELDS.index(field)] = value
     refused = manifest_rows.rows_of(tampered)[1]
-    assert manifest_rows._columns_pass(tampered) is (refused is None)
+    assert (manifest_rows._checked_columns(tampered) is not None) is (refused is None)
     if refused is not None:
         assert refused[0] == 2 and str(refused[1]).startswith(f"{field} is")
 
