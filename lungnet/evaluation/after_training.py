@@ -3,9 +3,10 @@
 `finish_training` (called by `lungnet.train.finish.finish` on the selected checkpoint) runs these steps, each shown on
 one progress bar (`PostTraining`; ``trainer.enable_progress_bar=false`` leaves the log lines alone):
 
-1. ``scoring val``: the model's outputs on val with the OOD gate's inputs, computed once: training's val metrics,
-   the temperature, the operating point, the conformal scores and the gate's threshold all use them;
-2. ``scoring test``: training's test metrics;
+1. ``scoring val``: the model's outputs on val with the OOD gate's inputs, computed once (or those of the selected
+   epoch's validation pass, `lungnet.train.val_outputs`): training's val metrics, the temperature, the operating
+   point, the conformal scores and the gate's threshold all use them;
+2. ``scoring test``: training's test metrics (``test=false``: none, ``evaluate.py split=test`` scores them later);
 3. ``OOD features``: the gate's inputs on a seeded sample of at most ``ood.fit_max`` training images
    (`lungnet.evaluation.decisions.training_sample`);
 4. ``calibration``: ``evaluate.py ckpt=<ckpt> split=val``'s scoring and report steps (`lungnet.evaluation.pipeline`):
@@ -122,7 +123,7 @@ def finish_training(
     """Scores the selected checkpoint on val and test and leaves it ready for ``predict.py`` and the app.
 
     Args:
-        cfg: the train config (its ``ood.*`` and ``bootstrap.*`` settings).
+        cfg: the train config (its ``ood.*``, ``bootstrap.*`` and ``test`` settings).
         ckpt: the selected checkpoint.
         dm: training's data module (its splits; the loaders use ``data.num_workers`` workers).
         run_dir: the run directory.
@@ -143,7 +144,10 @@ def finish_training(
         decision_target.check_target(ev_cfg, ckpt, loaded.labels, "val", "val")
         drop_stale(ckpt, loaded.labels)
     steps = [s for s in STEPS if s in ("scoring test", "writing reports") or has_val]
-    steps = [s for s in steps if s != "scoring test" or "test" in dm.datasets]
+    test = "test" in dm.datasets and bool(cfg.test)
+    steps = [s for s in steps if s != "scoring test" or test]
+    if "test" in dm.datasets and not test:
+        log.info("test=false: no test metrics now; later: python evaluate.py ckpt=%s split=test", ckpt)
     ev = Evaluation(ev_cfg, options(ev_cfg), Path(run_dir), loaded, dm, data=None, fit=None)  # type: ignore[arg-type]
     ev.scored = dict(scored or {})
     ev.gate_fit = ev.scored.pop("train", None)  # the OOD gate's training sample (`gate_fit_outputs`)

@@ -39,18 +39,26 @@ def agreed_path(path: Path | None) -> Path | None:
     return Path(box[0]) if box[0] is not None else None
 
 
+def agreed_flag(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank."""
+    box = [bool(flag)]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
 def shard(n: int, rank: int, world: int) -> range:
     """The contiguous share of ``rank`` among ``world`` ranks of ``n`` items (sizes differ by at most one)."""
     return range(n * rank // world, n * (rank + 1) // world)
 
 
-def finish_requests(cfg, dm: LungDataModule, seed: int) -> list[tuple[str, str, bool]]:
+def finish_requests(cfg, dm: LungDataModule, seed: int, skip: set[str]) -> list[tuple[str, str, bool]]:
     """What `lungnet.evaluation.after_training.finish_training` scores, as ``(dataset key, split name, features)``:
-    val with the gate's inputs, test, and the gate's training sample (`training_sample`, only with val)."""
+    val with the gate's inputs, test (with ``test=true``), and the gate's training sample (`training_sample`, only
+    with val); less the split names in ``skip`` (val, reused from the last validation pass)."""
     requests = []
-    if "val" in dm.datasets:
+    if "val" in dm.datasets and "val" not in skip:
         requests.append(("val", "val", True))
-    if "test" in dm.datasets:
+    if "test" in dm.datasets and cfg.test and "test" not in skip:
         requests.append(("test", "test", False))
     if "val" in dm.datasets and "train" in dm.datasets:
         key, _ = training_sample(dm, int(cfg.ood.fit_max), seed)
@@ -95,20 +103,23 @@ def shard_outputs(loaded, dm: LungDataModule, key: str, name: str, features: boo
     return joined(parts, name) if parts is not None else None  # type: ignore[arg-type]
 
 
-def score_shards(cfg, loaded: LoadedModel, dm: LungDataModule, device: str | torch.device) -> dict[str, Outputs]:
+def score_shards(
+    cfg, loaded: LoadedModel, dm: LungDataModule, device: str | torch.device, skip: set[str]
+) -> dict[str, Outputs]:
     """Every rank: scores its shards of what the finish scores (`finish_requests`) with the selected checkpoint.
 
     Args:
-        cfg: the train config (``ood.fit_max``).
+        cfg: the train config (``ood.fit_max``, ``test``).
         loaded: the selected checkpoint, loaded (the same path on every rank, `agreed_path`).
         dm: training's data module.
         device: this rank's device.
+        skip: split names not to score (``val``: rank 0 reuses the last validation pass's outputs).
 
     Returns:
         On rank 0, ``{split name: outputs}`` of whole splits (the gate's training sample as ``train``); elsewhere {}.
     """
     scored = {}
-    for key, name, features in finish_requests(cfg, dm, loaded.seed):
+    for key, name, features in finish_requests(cfg, dm, loaded.seed, skip):
         out = shard_outputs(loaded, dm, key, name, features, device)
         if out is not None:
             scored[name] = out

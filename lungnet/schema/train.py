@@ -272,6 +272,7 @@ class TrainConfig:
     channels_last: bool = opt(False, "NHWC weights and batches (faster convolutions on tensor-core GPUs)")
     log_figures_every: int = opt(1, "epochs between confusion-matrix / sample figures in TensorBoard", ge=1)
     checkpoint: CheckpointConfig = opt(factory=CheckpointConfig)
+    test: bool = opt(True, "score the selected checkpoint on test after training (false: evaluate.py split=test)")
     early_stopping: EarlyStoppingConfig = opt(factory=EarlyStoppingConfig)
     divergence: DivergenceConfig = opt(factory=DivergenceConfig)
     finetune: FinetuneConfig = opt(factory=FinetuneConfig)

@@ -23,6 +23,7 @@ from lungnet.io import atomic_write, write_json, write_text
 from lungnet.train.curves import write_training_curves
 from lungnet.train.loggers import log_final_metrics
 from lungnet.train.module import LitClassifier
+from lungnet.train.val_outputs import ValidationOutputs, reusable_val
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,18 @@ def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: Lung
         return {}
     if not best.is_file():
         raise CheckpointError(f"Training ended without the checkpoint {best}")
-    scored, loaded, start = {}, None, time.perf_counter()
-    if distributed:  # the scoring steps below then reuse these outputs (their times show ~0 s) and this model
-        loaded = load_model(best)
-        scored = sharded.score_shards(cfg, loaded, dm, trainer.strategy.root_device)
+    loaded, start = load_model(best), time.perf_counter()
+    device = trainer.strategy.root_device
+    kept = next((c for c in trainer.callbacks if isinstance(c, ValidationOutputs)), None)
+    val = reusable_val(kept, loaded, dm, device) if trainer.is_global_zero and "val" in dm.datasets else None
+    scored = {"val": val} if val is not None else {}
+    if distributed:  # the scoring steps below then reuse these outputs (their times show ~0 s)
+        reused = sharded.agreed_flag(val is not None)
+        scored.update(sharded.score_shards(cfg, loaded, dm, device, skip={"val"} if reused else set()))
         log.info(
-            "After training: %d ranks scored val, test and the OOD sample in %.1f s",
+            "After training: %d ranks scored %s in %.1f s",
             sharded.world_size(),
+            "test and the OOD sample" if reused else "val, test and the OOD sample",
             time.perf_counter() - start,
         )
     if not trainer.is_global_zero:

@@ -20,6 +20,7 @@ from lungnet.data.preprocessing import logits_to_probs
 from lungnet.data.transforms import Normalize
 from lungnet.errors import ConfigError
 from lungnet.scoring.metrics import mask_targets, metric_collection
+from lungnet.scoring.ood import gate_inputs
 from lungnet.train.finetune import build_model
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class LitClassifier(pl.LightningModule):
         self.labels = list(labels)
         self.multilabel = multilabel
         self.channels_last = False  # `use_channels_last`
+        self.keep_val_features = False  # set by `lungnet.train.val_outputs.ValidationOutputs` for a full pass
         self.plateau_monitor = "val/loss"  # training sets train/loss_epoch when the data has no val split
         self.mixer = build_mixer(mixup, len(labels), multilabel)
         self.normalize = Normalize(self.spec.mean, self.spec.std, self.spec.in_chans)
@@ -161,14 +163,24 @@ class LitClassifier(pl.LightningModule):
         self.log_dict({k: v for k, v in values.items() if k in ("train/acc", "train/auroc")})
         self.train_acc.reset()
 
-    def _eval_step(self, batch: dict, metrics, prefix: str) -> None:
-        logits = self(batch["image"])
+    def _eval_step(self, batch: dict, metrics, prefix: str, logits: torch.Tensor | None = None) -> None:
+        logits = self(batch["image"]) if logits is None else logits
         loss = self.loss(logits, batch["target"])
         metrics.update(self.probabilities(logits.float()), self._metric_target(batch["target"]))
         self.log(f"{prefix}/loss", loss, on_epoch=True, batch_size=len(logits), sync_dist=True)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+    def validation_step(self, batch: dict, batch_idx: int) -> dict | None:
+        """Val loss and metrics; with ``keep_val_features`` also returns the logits and the OOD gate's inputs
+        (`lungnet.scoring.ood.gate_inputs`, as `lungnet.scoring.outputs.model_outputs` computes them), which
+        `lungnet.train.val_outputs.ValidationOutputs` keeps for the finish after training."""
+        if not self.keep_val_features:
+            self._eval_step(batch, self.val_metrics, "val")
+            return None
+        x = batch["image"]
+        pooled = self.model.backbone(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
+        logits = self.model.head(pooled)
+        self._eval_step(batch, self.val_metrics, "val", logits)
+        return {"logits": logits.detach(), "features": gate_inputs(pooled, x)}
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True)  # synced by torchmetrics

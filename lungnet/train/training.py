@@ -40,6 +40,7 @@ from lungnet.train.finish import finish
 from lungnet.train.history import HISTORY, EpochHistory
 from lungnet.train.loggers import build_loggers
 from lungnet.train.module import LitClassifier
+from lungnet.train.val_outputs import ValidationOutputs
 
 log = logging.getLogger(__name__)
 NO_VAL_MONITOR = "train/loss_epoch"  # what the checkpoint and a plateau scheduler follow when the data has no val split
@@ -329,6 +330,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     record_data_facts(module, dm)
     trainer.callbacks.append(RecordImageHashes(image_hashes(dm.table)))  # evaluations refuse copies of these
     trainer.callbacks.append(EpochHistory(run_dir / HISTORY))  # curves.png's record, whatever the loggers
+    if "val" in dm.datasets:  # the finish reuses the selected epoch's validation outputs
+        monitor = cfg.checkpoint.monitor if cfg.checkpoint.select != "last" else None
+        trainer.callbacks.append(ValidationOutputs(monitor, str(cfg.checkpoint.mode)))
     if cfg.get("channels_last"):
         module.use_channels_last()
     if int(cfg.trainer.get("devices", 1) or 1) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0":

@@ -64,9 +64,9 @@ def test_ddp_metrics_equal_single_process(tiny_ckpt, tmp_path):
 
 def test_train_py_with_two_ddp_processes_completes(tmp_path):
     """python train.py trainer=ddp_cpu: 2 gloo processes train, rank 0 alone writes the run directory; rank 0 scans
-    the data set into its manifest, rank 1 reads it and scans nothing. After training each rank scores its half of
-    val, test and the OOD gate's training sample, and rank 0's metrics and predictions equal a single-process finish
-    on the same checkpoint."""
+    the data set into its manifest, rank 1 reads it and scans nothing. After training rank 0 reuses the ranks'
+    gathered outputs of the selected epoch's validation pass, each rank scores its half of test and the OOD gate's
+    training sample, and rank 0's metrics and predictions equal a single-process finish on the same checkpoint."""
     out = tmp_path / "outputs"
     proc = subprocess.run(
         [
@@ -97,7 +97,9 @@ def test_train_py_with_two_ddp_processes_completes(tmp_path):
     read = re.findall(r"manifest: (\d+) unchanged, 0 re-scanned", logged)  # rank 1
     assert scanned == ["48"] and read == ["48"], re.findall(r"manifest: .*", logged)
     shares = re.findall(r"Scored (\d+) of (\d+) (\w+) images on rank (\d) of 2", logged)
-    for split, total in (("val", metrics["val"]["n"]), ("test", metrics["test"]["n"]), ("train", 15)):
+    assert "Val outputs: reused from the validation pass of epoch 0" in logged
+    assert not [share for share in shares if share[2] == "val"], shares
+    for split, total in (("test", metrics["test"]["n"]), ("train", 15)):
         ranks = {int(r): int(n) for n, m, s, r in shares if s == split and int(m) == total}
         assert sorted(ranks) == [0, 1] and sum(ranks.values()) == total, (split, shares)
     single_process_finish_is_the_same(runs[0], metrics, tmp_path / "single")
