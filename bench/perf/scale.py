@@ -13,9 +13,11 @@ loader stages read their own process tree) and wall seconds:
   store, then every image through the training dataset (augment=xray, ``--image-size``) from the store and from the
   files (`bench.perf.loader`'s in-process measure: one loader worker's work).
 - ``finish``: the steps after training (`lungnet.evaluation.after_training.finish_training`), timed inside a
-  ``train.py`` run of simple_cnn for ``--train-batches`` batches of one epoch (``data.num_workers=0``);
-  ``finish_scoring``: its model outputs (val, test, the OOD gate's training sample: the part DDP ranks share, with
-  the images of each); ``finish_1rank``: the whole `lungnet.train.finish.finish`.
+  ``train.py`` run of simple_cnn for ``--train-batches`` batches of one epoch (``data.num_workers=0``;
+  ``--train-overrides`` adds overrides, e.g. ``test=false ood.fit_max=5000``); ``finish_scoring``: its model outputs
+  (test, the OOD gate's training sample, val when its validation pass is not reused, and the one batch that checks
+  it: the part DDP ranks share, with the images of each); ``finish_1rank``: the whole `lungnet.train.finish.finish`
+  (loading the checkpoint, the check of the kept validation pass, then ``finish``).
 - ``finish_<k>rank`` (``--ranks k``): the same run with ``trainer=ddp_cpu trainer.devices=k``, rank 0's CPU over its
   `lungnet.train.finish.finish` (its shard of the scoring, `lungnet.evaluation.sharded`, then the rest alone);
   ``finish_<k>rank_scoring``: its shard's scoring; ``finish_<k>rank_rest``: its `finish_training` on the gathered
@@ -32,6 +34,7 @@ per size and extrapolated to 112k with at most ``ood.fit_max`` training images s
     python -m bench.perf.scale --sizes 1000 4000 16000 64000 --size 256   # 64k: hours on 2 cores
     python -m bench.perf.scale --sizes 200 --size 128   # smoke check, every stage
     python -m bench.perf.scale --sizes 1000 4000 --skip evaluate predict --ranks 2   # the finish, 1 and 2 ranks
+    python -m bench.perf.scale --sizes 1000 4000 --skip evaluate predict --train-overrides test=false ood.fit_max=5000
     python -m bench.perf.scale --merge a.json b.json --out all.json   # unite runs, refit
 """
 
@@ -142,7 +145,7 @@ def command_stages(root: Path, work: Path, args) -> dict:
         "trainer.max_epochs=1",
         f"+trainer.limit_train_batches={args.train_batches}",
     ]
-    train += ["trainer.enable_progress_bar=false", "data.scan_workers=1", *common]
+    train += ["trainer.enable_progress_bar=false", "data.scan_workers=1", *common, *args.train_overrides]
     out = {"train": run_command(train, env, work / "train.log")}
     out.update(json.loads(finish_json.read_text()))
     out["finish_forward"] = forward_cost(next((work / "runs").rglob("best.ckpt")), out["finish_scoring"])
@@ -198,6 +201,7 @@ def train_child() -> None:
     import lungnet.evaluation.pipeline as pipeline
     import lungnet.train.finish as finishing
     import lungnet.train.training as training
+    import lungnet.train.val_outputs as val_outputs
     from lungnet.commands.train import main as train
     from lungnet.evaluation import sharded
 
@@ -218,7 +222,7 @@ def train_child() -> None:
 
         return wrapped
 
-    for module in (pipeline, decisions, sharded):  # every call of the one output loop the finish makes
+    for module in (pipeline, decisions, sharded, val_outputs):  # every call of the output loop the finish makes
         module.model_outputs = timing("finish_scoring", "finish_{k}rank_scoring", module.model_outputs, scoring=True)
     finishing.finish_training = timing("finish", "finish_{k}rank_rest", finishing.finish_training)
     training.finish = timing("finish_1rank", "finish_{k}rank", training.finish)
@@ -228,24 +232,26 @@ def train_child() -> None:
     train()
 
 
-def finish_figure(results: dict[int, dict], fits: dict, ranks: list[int]) -> dict:
-    """The finish's CPU over one epoch's loading (``epoch_direct``, and ``epoch_store``): measured per size, and at
-    112k images extrapolated. There the scoring costs the largest size's CPU per image times the images scored
-    (val and test as in the measured splits, the training split's share capped at ``ood.fit_max``), the rest of the
-    finish grows with its exponent; k ranks share the scoring and one epoch's loading, rank 0 alone does the rest."""
+def finish_figure(results: dict[int, dict], fits: dict, ranks: list[int], fit_max: int | None = None) -> dict:
+    """The finish's CPU (the whole `lungnet.train.finish.finish`: ``finish_1rank``) over one epoch's loading
+    (``epoch_direct``, and ``epoch_store``): measured per size, and at 112k images extrapolated. There the scoring
+    costs the largest size's CPU per image times the images scored (val and test as in the measured splits, the
+    training split's share capped at ``fit_max``: ``ood.fit_max`` of ``--train-overrides``, else its default), the
+    rest of the finish grows with its exponent; k ranks share the scoring and one epoch's loading, rank 0 alone does
+    the rest."""
     from lungnet.schema.train import OodFitConfig
 
-    sizes = [n for n in sorted(results) if {"finish", "finish_scoring"} <= set(results[n])]
+    sizes = [n for n in sorted(results) if {"finish_1rank", "finish_scoring"} <= set(results[n])]
     if not sizes:
         return {}
-    figure: dict = {"measured": {}, "fit_max": OodFitConfig.fit_max}
+    figure: dict = {"measured": {}, "fit_max": fit_max or OodFitConfig.fit_max}
     for n in sizes:
         got, row = results[n], {}
         for epoch in ("epoch_direct", "epoch_store"):
             if epoch in got:
-                row[f"1rank_over_{epoch}"] = got["finish"]["cpu_s"] / got[epoch]["cpu_s"]
+                row[f"1rank_over_{epoch}"] = got["finish_1rank"]["cpu_s"] / got[epoch]["cpu_s"]
                 if "finish_forward" in got:  # the finish less the model's forward passes
-                    less = got["finish"]["cpu_s"] - got["finish_forward"]["cpu_s"]
+                    less = got["finish_1rank"]["cpu_s"] - got["finish_forward"]["cpu_s"]
                     row[f"1rank_without_forward_over_{epoch}"] = less / got[epoch]["cpu_s"]
                 for k in ranks:
                     if f"finish_{k}rank" in got:  # rank 0's finish over a rank's 1/k of the epoch
@@ -261,7 +267,7 @@ def extrapolated(results: dict[int, dict], sizes: list[int], fits: dict, ranks: 
     last = results[sizes[-1]]["finish_scoring"]
     scored = {s: last.get(f"{s}_images", 0.0) for s in SCORED}
     shares = {s: v / sizes[-1] for s, v in scored.items()}  # the train sample is the whole split below fit_max
-    rest = [max(results[n]["finish"]["cpu_s"] - results[n]["finish_scoring"]["cpu_s"], 1e-6) for n in sizes]
+    rest = [max(results[n]["finish_1rank"]["cpu_s"] - results[n]["finish_scoring"]["cpu_s"], 1e-6) for n in sizes]
     b, a = np.polyfit(np.log(sizes), np.log(rest), 1)
     n = TARGET_N[0]
     images = (shares["val"] + shares["test"]) * n + min(shares["train"] * n, fit_max)
@@ -342,11 +348,17 @@ def write(out: Path, args, results: dict[int, dict]) -> dict:
     """The JSON record (`bench.common.cli.record`: arguments, results, fits) and the markdown table beside it; the
     result it holds."""
     fits = exponents(results)
-    figure = finish_figure(results, fits, list(args.ranks))
+    figure = finish_figure(results, fits, list(args.ranks), overridden_fit_max(args.train_overrides))
     result = {"args": vars(args), "results": results, "fits": fits, "finish_figure": figure}
     write_record(out, record("scale", result))
     out.with_suffix(".md").write_text(table(results, fits) + f"\nfinish_figure: {json.dumps(figure, indent=1)}\n")
     return result
+
+
+def overridden_fit_max(overrides: list[str]) -> int | None:
+    """``ood.fit_max`` as ``--train-overrides`` sets it (None: not set)."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("ood.fit_max=")]
+    return int(given[-1]) if given else None
 
 
 def merged(files: list[str]) -> dict[int, dict]:
@@ -374,6 +386,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "lungnet-scale"))
     parser.add_argument("--train-batches", type=int, default=2, help="training batches before the finish")
     parser.add_argument("--ranks", type=int, nargs="*", default=[], help="also the finish on k DDP processes")
+    parser.add_argument(
+        "--train-overrides", nargs="*", default=[], help="train.py overrides of the timed run, e.g. test=false"
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["loading", "train", "evaluate", "predict"])
     parser.add_argument("--keep", action="store_true", help="keep manifests, stores and runs under --work")
     parser.add_argument("--merge", nargs="+", default=None, help="no run: unite these result files and refit")
