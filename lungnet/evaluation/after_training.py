@@ -111,6 +111,19 @@ def split_metrics(out: Outputs, ev: Evaluation) -> dict:
     return metrics
 
 
+def finish_splits(cfg: DictConfig, dm: LungDataModule) -> list[str]:
+    """The splits `finish_training` scores, in order: ``val`` (with the OOD gate's inputs), ``test`` (with
+    ``test=true``), ``train`` (the gate's training sample, `lungnet.evaluation.decisions.training_sample`; only with
+    val, which thresholds the gate)."""
+    has_val = "val" in dm.datasets
+    splits = ["val"] if has_val else []
+    if "test" in dm.datasets and bool(cfg.test):
+        splits.append("test")
+    if has_val and "train" in dm.datasets:
+        splits.append("train")
+    return splits
+
+
 def finish_training(
     cfg: DictConfig,
     ckpt: Path,
@@ -129,8 +142,8 @@ def finish_training(
         run_dir: the run directory.
         progress_bar: show the steps' progress bar.
         scored: outputs already computed by split (``val``, ``test``, ``train``: the OOD gate's training sample),
-            used instead of scoring again: the ranks' gathered shards after a multi-process training
-            (`lungnet.evaluation.sharded.score_shards`).
+            used instead of scoring again: the selected epoch's validation pass (`lungnet.train.val_outputs`), the
+            ranks' gathered shards after a multi-process training (`lungnet.evaluation.sharded.score_shards`).
         loaded: ``ckpt`` already loaded (by the caller that scored ``scored`` with it), not read again.
 
     Returns:
@@ -143,10 +156,10 @@ def finish_training(
     if has_val:  # a folder that cannot take the decision file fails here, before any scoring
         decision_target.check_target(ev_cfg, ckpt, loaded.labels, "val", "val")
         drop_stale(ckpt, loaded.labels)
+    splits = finish_splits(cfg, dm)
     steps = [s for s in STEPS if s in ("scoring test", "writing reports") or has_val]
-    test = "test" in dm.datasets and bool(cfg.test)
-    steps = [s for s in steps if s != "scoring test" or test]
-    if "test" in dm.datasets and not test:
+    steps = [s for s in steps if s != "scoring test" or "test" in splits]
+    if "test" in dm.datasets and "test" not in splits:
         log.info("test=false: no test metrics now; later: python evaluate.py ckpt=%s split=test", ckpt)
     ev = Evaluation(ev_cfg, options(ev_cfg), Path(run_dir), loaded, dm, data=None, fit=None)  # type: ignore[arg-type]
     ev.scored = dict(scored or {})

@@ -19,6 +19,7 @@ from torch.utils.data import Subset
 
 from lungnet.artifacts.checkpoint import LoadedModel
 from lungnet.data.datamodule import LungDataModule
+from lungnet.evaluation.after_training import finish_splits
 from lungnet.evaluation.decisions import training_sample
 from lungnet.scoring.outputs import Outputs, model_outputs
 
@@ -52,17 +53,14 @@ def shard(n: int, rank: int, world: int) -> range:
 
 
 def finish_requests(cfg, dm: LungDataModule, seed: int, skip: set[str]) -> list[tuple[str, str, bool]]:
-    """What `lungnet.evaluation.after_training.finish_training` scores, as ``(dataset key, split name, features)``:
-    val with the gate's inputs, test (with ``test=true``), and the gate's training sample (`training_sample`, only
-    with val); less the split names in ``skip`` (val, reused from the last validation pass)."""
+    """What `lungnet.evaluation.after_training.finish_training` scores (`finish_splits`), as ``(dataset key, split
+    name, features)``, less the split names in ``skip`` (val, reused from the last validation pass)."""
     requests = []
-    if "val" in dm.datasets and "val" not in skip:
-        requests.append(("val", "val", True))
-    if "test" in dm.datasets and cfg.test and "test" not in skip:
-        requests.append(("test", "test", False))
-    if "val" in dm.datasets and "train" in dm.datasets:
-        key, _ = training_sample(dm, int(cfg.ood.fit_max), seed)
-        requests.append((key, "train", True))
+    for name in finish_splits(cfg, dm):
+        if name == "train":  # the gate's training sample
+            requests.append((training_sample(dm, int(cfg.ood.fit_max), seed)[0], name, True))
+        elif name not in skip:
+            requests.append((name, name, name == "val"))
     return requests
 
 

@@ -1,5 +1,6 @@
 """What `lungnet.train.training.train` does once ``trainer.fit`` returns: picks the selected checkpoint, scores it
-(`lungnet.evaluation.after_training`; after a multi-process training every rank scores its share,
+(`lungnet.evaluation.after_training`: val from the selected epoch's validation pass where it matches the checkpoint,
+`lungnet.train.val_outputs`; after a multi-process training every rank scores its share of the rest,
 `lungnet.evaluation.sharded`), and writes metrics.json, curves.png and, with ``checkpoint.select=last``, best.ckpt.
 """
 
@@ -41,8 +42,10 @@ def selected_checkpoint(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path) -> 
 
 def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: LungDataModule, run_dir: Path) -> dict:
     """Evaluates the selected checkpoint on val and test (`lungnet.evaluation.after_training`); writes metrics.json,
-    predictions, curves.png, and the checkpoint's decision file and model card. After a multi-process training each
-    rank scores its share of the splits (`lungnet.evaluation.sharded`), rank 0 goes on; the others return {}."""
+    predictions, curves.png, and the checkpoint's decision file and model card. Val's outputs are those of the
+    selected epoch's validation pass when they match the checkpoint's (`lungnet.train.val_outputs.reusable_val`).
+    After a multi-process training each rank scores its share of the other splits (`lungnet.evaluation.sharded`),
+    rank 0 goes on; the others return {}."""
     distributed = sharded.world_size() > 1
     best = selected_checkpoint(cfg, trainer, run_dir) if trainer.is_global_zero else None
     if distributed:
@@ -80,7 +83,7 @@ def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: Lung
         model=cfg.model.name,
         data=cfg.data.name,
     )
-    if "test" not in results:
+    if "test" not in results and "test" not in dm.datasets:
         log.info("No test split for %s: metrics.json holds validation numbers only", cfg.data.name)
     log_final_metrics(trainer, module.hparams, results)
     write_json(run_dir / "metrics.json", results)
