@@ -36,3 +36,17 @@ def test_scale_bench_times_the_setup_stages_and_fits_their_growth(tmp_path):
     assert set(record["fits"]) == {"scan_first", "setup_second", "near_duplicates"}
     assert all(math.isfinite(fit["exponent"]) for fit in record["fits"].values())
     assert "| scan_first |" in out.with_suffix(".md").read_text()
+
+
+def test_scale_bench_times_one_epochs_loading_from_the_store_and_the_files(tmp_path):
+    """The loading stages (`bench.perf.loader`'s in-process measure) on six tiny images: both paths and the store
+    build get positive CPU and wall seconds."""
+    from bench.perf.scale import loading_stages
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(tmp_path / "set" / "images" / f"{i}.png")
+    got = loading_stages(tmp_path / "set", 32, tmp_path / "store")
+    assert set(got) == {"epoch_store", "epoch_direct", "store_build"}
+    assert all(stage["cpu_s"] > 0 and stage["wall_s"] > 0 for stage in got.values()), got

@@ -108,7 +108,7 @@ def loading_stages(root: Path, image_size: int, store_dir: Path) -> dict:
     from bench.perf.loader import measure
 
     paths = sorted((root / "images").glob("*.png"))
-    args = argparse.Namespace(image_size=image_size, augment="xray", batch_size=32, workers=-1)
+    args = argparse.Namespace(image_size=image_size, augment="xray", batch_size=32, workers=-1, passes=1)
     out = {}
     for mode in ("store", "direct"):
         got = measure(mode, paths, args, store_dir)
