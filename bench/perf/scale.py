@@ -16,8 +16,9 @@ loader stages read their own process tree) and wall seconds:
   ``train.py`` run of simple_cnn for ``--train-batches`` batches of one epoch (``data.num_workers=0``;
   ``--train-overrides`` adds overrides, e.g. ``test=false ood.fit_max=5000``); ``finish_scoring``: its model outputs
   (test, the OOD gate's training sample, val when its validation pass is not reused, and the one batch that checks
-  it: the part DDP ranks share, with the images of each); ``finish_1rank``: the whole `lungnet.train.finish.finish`
-  (loading the checkpoint, the check of the kept validation pass, then ``finish``).
+  it: the part DDP ranks share, with the images of each); ``finish_loading``: the CPU of fetching those batches
+  (reading, decoding, transforms: the rest of ``finish_scoring`` is the model); ``finish_1rank``: the whole
+  `lungnet.train.finish.finish` (loading the checkpoint, the check of the kept validation pass, then ``finish``).
 - ``finish_<k>rank`` (``--ranks k``): the same run with ``trainer=ddp_cpu trainer.devices=k``, rank 0's CPU over its
   `lungnet.train.finish.finish` (its shard of the scoring, `lungnet.evaluation.sharded`, then the rest alone);
   ``finish_<k>rank_scoring``: its shard's scoring; ``finish_<k>rank_rest``: its `finish_training` on the gathered
@@ -222,8 +223,26 @@ def train_child() -> None:
 
         return wrapped
 
+    def loading(fn):
+        """``fn`` (the output loop) with the CPU of fetching its batches (``finish_loading``: reading, decoding,
+        transforms; the model's share of ``finish_scoring`` is the rest) timed."""
+
+        def batches(loader):
+            world = sharded.world_size()
+            name = "finish_loading" if world == 1 else f"finish_{world}rank_loading"
+            fetched, total = iter(loader), stages.setdefault(name, {"cpu_s": 0.0, "wall_s": 0.0})
+            while True:
+                got, took = timed(lambda: next(fetched, None), own_cpu)
+                total.update(cpu_s=total["cpu_s"] + took["cpu_s"], wall_s=total["wall_s"] + took["wall_s"])
+                if got is None:
+                    return
+                yield got
+
+        return lambda model, loader, *a, **k: fn(model, batches(loader), *a, **k)
+
     for module in (pipeline, decisions, sharded, val_outputs):  # every call of the output loop the finish makes
-        module.model_outputs = timing("finish_scoring", "finish_{k}rank_scoring", module.model_outputs, scoring=True)
+        scoring = timing("finish_scoring", "finish_{k}rank_scoring", loading(module.model_outputs), scoring=True)
+        module.model_outputs = scoring
     finishing.finish_training = timing("finish", "finish_{k}rank_rest", finishing.finish_training)
     training.finish = timing("finish_1rank", "finish_{k}rank", training.finish)
     sys.argv = [str(ROOT / "train.py"), *sys.argv[2:]]
@@ -274,7 +293,9 @@ def extrapolated(results: dict[int, dict], sizes: list[int], fits: dict, ranks: 
     scoring = last["cpu_s"] / sum(scored.values()) * images
     forward = results[sizes[-1]].get("finish_forward", {}).get("ms_per_image", 0.0) / 1000 * images
     rest_n = float(np.exp(a + b * np.log(n)))
+    loading = results[sizes[-1]].get("finish_loading", {}).get("cpu_s", float("nan")) / sum(scored.values()) * images
     out = {"split_shares": shares, "images_scored": images, "scoring_cpu_s": scoring, "forward_cpu_s": forward}
+    out["loading_cpu_s"] = loading  # the finish's own batches' reading, decoding and transforms
     out.update(rest_cpu_s=rest_n, rest_exponent=float(b))
     for stage in ("epoch_direct", "epoch_store"):
         if stage not in fits:
@@ -283,6 +304,7 @@ def extrapolated(results: dict[int, dict], sizes: list[int], fits: dict, ranks: 
         for k in sorted({1, *ranks, 8}):  # k ranks: each scores 1/k and loads 1/k of an epoch; rank 0 the rest
             out[f"{k}rank_over_{stage}"] = (scoring / k + rest_n) / (epoch / k)
             out[f"{k}rank_without_forward_over_{stage}"] = ((scoring - forward) / k + rest_n) / (epoch / k)
+            out[f"{k}rank_loading_and_rest_over_{stage}"] = (loading / k + rest_n) / (epoch / k)
     return out
 
 
