@@ -10,6 +10,7 @@ padding: the shards partition each split, each image scored once.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,9 +117,12 @@ def score_shards(
     Returns:
         On rank 0, ``{split name: outputs}`` of whole splits (the gate's training sample as ``train``); elsewhere {}.
     """
-    scored = {}
-    for key, name, features in finish_requests(cfg, dm, loaded.seed, skip):
+    scored, start = {}, time.perf_counter()
+    requests = finish_requests(cfg, dm, loaded.seed, skip)
+    for key, name, features in requests:
         out = shard_outputs(loaded, dm, key, name, features, device)
         if out is not None:
             scored[name] = out
+    names = ", ".join("the OOD sample" if name == "train" else name for _, name, _ in requests) or "nothing"
+    log.info("After training: %d ranks scored %s in %.1f s", world_size(), names, time.perf_counter() - start)
     return scored

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -54,7 +53,7 @@ def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: Lung
         return {}
     if not best.is_file():
         raise CheckpointError(f"Training ended without the checkpoint {best}")
-    loaded, start = load_model(best), time.perf_counter()
+    loaded = load_model(best)
     device = trainer.strategy.root_device
     kept = next((c for c in trainer.callbacks if isinstance(c, ValidationOutputs)), None)
     val = reusable_val(kept, loaded, dm, device) if trainer.is_global_zero and "val" in dm.datasets else None
@@ -62,12 +61,6 @@ def finish(cfg: DictConfig, trainer: pl.Trainer, module: LitClassifier, dm: Lung
     if distributed:  # the scoring steps below then reuse these outputs (their times show ~0 s)
         reused = sharded.agreed_flag(val is not None)
         scored.update(sharded.score_shards(cfg, loaded, dm, device, skip={"val"} if reused else set()))
-        log.info(
-            "After training: %d ranks scored %s in %.1f s",
-            sharded.world_size(),
-            "test and the OOD sample" if reused else "val, test and the OOD sample",
-            time.perf_counter() - start,
-        )
     if not trainer.is_global_zero:
         return {}
     # val/test metrics, and the decision file evaluate.py split=val writes (lungnet.evaluation.after_training)
