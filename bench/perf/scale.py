@@ -188,7 +188,7 @@ def forward_cost(ckpt: Path, scoring: dict) -> dict:
 
     forward()
     _, took = timed(lambda: [forward() for _ in range(3)])
-    images = sum(scoring.get(f"{s}_images", 0.0) for s in SCORED)
+    images = sum(scoring.get(f"{s}_images", 0.0) for s in (*SCORED, "probe"))
     per_image = {k: v / (3 * len(x)) for k, v in took.items()}
     return {**{k: v * images for k, v in per_image.items()}, "ms_per_image": per_image["cpu_s"] * 1000}
 
@@ -289,11 +289,13 @@ def extrapolated(results: dict[int, dict], sizes: list[int], fits: dict, ranks: 
     rest = [max(results[n]["finish_1rank"]["cpu_s"] - results[n]["finish_scoring"]["cpu_s"], 1e-6) for n in sizes]
     b, a = np.polyfit(np.log(sizes), np.log(rest), 1)
     n = TARGET_N[0]
-    images = (shares["val"] + shares["test"]) * n + min(shares["train"] * n, fit_max)
-    scoring = last["cpu_s"] / sum(scored.values()) * images
+    probe = last.get("probe_images", 0.0)  # one batch of val checks the kept validation pass, whatever N
+    images = (shares["val"] + shares["test"]) * n + min(shares["train"] * n, fit_max) + probe
+    scoring = last["cpu_s"] / (sum(scored.values()) + probe) * images
     forward = results[sizes[-1]].get("finish_forward", {}).get("ms_per_image", 0.0) / 1000 * images
     rest_n = float(np.exp(a + b * np.log(n)))
-    loading = results[sizes[-1]].get("finish_loading", {}).get("cpu_s", float("nan")) / sum(scored.values()) * images
+    loading = results[sizes[-1]].get("finish_loading", {}).get("cpu_s", float("nan")) / (sum(scored.values()) + probe)
+    loading *= images
     out = {"split_shares": shares, "images_scored": images, "scoring_cpu_s": scoring, "forward_cpu_s": forward}
     out["loading_cpu_s"] = loading  # the finish's own batches' reading, decoding and transforms
     out.update(rest_cpu_s=rest_n, rest_exponent=float(b))

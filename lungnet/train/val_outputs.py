@@ -145,7 +145,7 @@ def reusable_val(kept: ValidationOutputs | None, loaded, dm, device) -> Outputs 
     dataset = dm.datasets["val"]
     batch = default_collate([dataset[i] for i in range(min(len(dataset), int(dm.cfg["batch_size"])))])
     with torch.no_grad():
-        probe = model_outputs(loaded.model, [batch], loaded.multilabel, device, "Checking val outputs", True, "val")
+        probe = model_outputs(loaded.model, [batch], loaded.multilabel, device, "Checking val outputs", True, "probe")
     k = len(probe.paths)
     gaps = []
     for epoch, out in candidates:
