@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from lungnet.data.cache import build_store, larger_than
 from lungnet.data.checks import (
+    bad_rows,
     check_class_sizes,
     check_training_classes,
     drop_repeated_rows,
@@ -150,7 +151,7 @@ class LungDataModule(pl.LightningDataModule):
         report = self.run_dir / "bad_files.csv" if writer else None
         policy = self.cfg["on_bad_file"]
         good = scanned["error"].to_numpy() == ""  # the usable rows (numpy: each pandas comparison costs more)
-        self.bad_files = scanned.loc[~good, ["path", "error"]].reset_index(drop=True)
+        self.bad_files = bad_rows(scanned, good)
         if all_images:
             table = handle_bad_files(scanned, policy, report)
             table["split"] = "all"
@@ -171,7 +172,7 @@ class LungDataModule(pl.LightningDataModule):
             if table is None:  # the splits differ with the undecoded images presumed good: decode them all
                 self.scored_split = None
                 return self.load_table(all_images)
-            self.bad_files = scanned.loc[scanned["error"] != "", ["path", "error"]].reset_index(drop=True)
+            self.bad_files = bad_rows(scanned, scanned["error"].to_numpy() == "")
         if deferred:
             self.expected_splits.verify(table, self.source.root)
         check_training_classes(table, self.labels, self.source.name, self.multilabel)
