@@ -297,7 +297,8 @@ class NIHSource(Source):
         odd = finding_cells(entries["Finding Labels"], L.NIH14, csv.name)
         name = csv.name  # once: a Path's name is worked out at each call
         files = image_names(self.root)
-        paths = [files.get(image) for image in entries["Image Index"].tolist()]
+        images = entries["Image Index"].tolist()
+        paths = [files.get(image) for image in images]
         added = {
             "path": paths,
             "error": [b or o for b, o in zip(blank, odd, strict=True)],
@@ -309,6 +310,7 @@ class NIHSource(Source):
             found = [p is not None for p in paths]
             entries = entries[np.array(found, dtype=bool)].reset_index(drop=True)
             added = {k: [v for v, hit in zip(column, found, strict=True) if hit] for k, column in added.items()}
+            images = [image for image, hit in zip(images, found, strict=True) if hit]
         if entries.empty:
             raise DataError(f"None of the images listed in {csv} were found under {self.root}")
         split = [""] * len(entries)
@@ -316,7 +318,7 @@ class NIHSource(Source):
             lst = self.root / fname
             if lst.is_file():
                 listed = set(lst.read_text().split())
-                split = [part if image in listed else s for image, s in zip(entries["Image Index"], split, strict=True)]
+                split = [part if image in listed else s for image, s in zip(images, split, strict=True)]
         added["split"] = split
         return entries, added
 
