@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from lungnet.data.cache import build_store, larger_than
 from lungnet.data.checks import (
+    bad_rows,
     check_class_sizes,
     check_training_classes,
     drop_repeated_rows,
@@ -149,7 +150,8 @@ class LungDataModule(pl.LightningDataModule):
         scanned = mark_label_conflicts(scanned)  # one image under two labels: both rows are bad rows
         report = self.run_dir / "bad_files.csv" if writer else None
         policy = self.cfg["on_bad_file"]
-        self.bad_files = scanned.loc[scanned["error"] != "", ["path", "error"]].reset_index(drop=True)
+        good = scanned["error"].to_numpy() == ""  # the usable rows (numpy: each pandas comparison costs more)
+        self.bad_files = bad_rows(scanned, good)
         if all_images:
             table = handle_bad_files(scanned, policy, report)
             table["split"] = "all"
@@ -157,9 +159,9 @@ class LungDataModule(pl.LightningDataModule):
         # bad files are left out of the split as `skip` would, and reported once the splits hold (nothing is
         # written before a refusal below; a resumed run directory keeps its reports until its splits are verified)
         deferred = self.expected_splits is not None
-        if policy == "error" and not deferred and (scanned["error"] != "").any():
+        if policy == "error" and not deferred and not good.all():
             handle_bad_files(scanned, policy, report)  # refused at once, with the full list in bad_files.csv
-        table = scanned[scanned["error"] == ""].reset_index(drop=True)
+        table = scanned[good].reset_index(drop=True)
         if not self.multilabel:
             check_class_sizes(table, self.labels, self.source.name, left_out=len(scanned) - len(table))
         if self.cfg["near_duplicates"] == "group":  # near copies kept on one side of every split lungnet makes
@@ -170,7 +172,7 @@ class LungDataModule(pl.LightningDataModule):
             if table is None:  # the splits differ with the undecoded images presumed good: decode them all
                 self.scored_split = None
                 return self.load_table(all_images)
-            self.bad_files = scanned.loc[scanned["error"] != "", ["path", "error"]].reset_index(drop=True)
+            self.bad_files = bad_rows(scanned, scanned["error"].to_numpy() == "")
         if deferred:
             self.expected_splits.verify(table, self.source.root)
         check_training_classes(table, self.labels, self.source.name, self.multilabel)
@@ -178,7 +180,8 @@ class LungDataModule(pl.LightningDataModule):
         self.report = leakage_report(table, int(self.cfg["near_duplicate_threshold"]) if near else None)
         if self.cfg["near_duplicates"] == "group":
             self.report["near_duplicate_groups"] = grouped
-        self.report["sizes"] = {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")}
+        split = table["split"].to_numpy()
+        self.report["sizes"] = {s: int((split == s).sum()) for s in ("train", "val", "test")}
         if isinstance(self.source, MultiSource):  # per set: sizes, findings known and unknown, copies across sets
             self.report["sources"] = sources_report(table, self.labels, self.source.members, self._source_shares(table))
             self.report["sources"]["source_balance"] = str(self.cfg["source_balance"])

@@ -34,12 +34,23 @@ def image_files(folder: str | os.PathLike, wanted: Callable[[Path], bool] | None
         folder: the folder to walk.
         wanted: which files count (default: those with an image suffix, `IMAGE_SUFFIXES`).
     """
+    return [path for _, path, _ in _walk(folder, wanted)]
+
+
+def image_names(folder: str | os.PathLike) -> dict[str, str]:
+    """Each image file's name (no folder) and its path, for the files `image_files` finds (a name in two folders:
+    the path that sorts last), without a path split per file."""
+    return {name: path for _, path, name in _walk(folder, None)}
+
+
+def _walk(folder: str | os.PathLike, wanted: Callable[[Path], bool] | None) -> list[tuple[str, str, str]]:
+    """`image_files`' walk: (sort key, path, file name) of each file, sorted by key."""
 
     def on_error(exc: OSError) -> None:
         log.warning("Skipping %s: %s", printable(exc.filename), exc.strerror or exc)
 
     seen: set[str] = set()
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str, str]] = []
     top = os.fspath(Path(folder))  # normalised as a Path prints it
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=on_error):
         real = os.path.realpath(dirpath)
@@ -66,9 +77,9 @@ def image_files(folder: str | os.PathLike, wanted: Callable[[Path], bool] | None
                 continue
             path = base + name
             if wanted(Path(path)) if wanted else name[name.rfind(".") :].lower() in IMAGE_SUFFIXES:
-                found.append((key + os.path.normcase(name), path))
+                found.append((key + os.path.normcase(name), path, name))
     # the order of sorted(paths): part by part, case-folded as the OS folds, which is the order of the paths' strings
     # with NUL (below every character a name can hold) for the separator; Path's own comparison is a Python call per
     # pair (~50 ms of CPU for 4000 files)
     found.sort(key=itemgetter(0))
-    return [path for _, path in found]
+    return found

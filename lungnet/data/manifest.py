@@ -175,12 +175,12 @@ def _cell(value: object) -> str | None:
     return text if text and len(text) <= MAX_TEXT else None
 
 
-def _labels(table: pd.DataFrame) -> dict[str, tuple[str | None, str | None]]:
+def _labels(table: pd.DataFrame, paths: list[str]) -> dict[str, tuple[str | None, str | None]]:
     """Each file's (label, patient id) as the current table gives them (None: no such column, or a blank cell); a
-    file whose rows give two labels (a conflict the checks report) or two patients has None for it."""
+    file whose rows give two labels (a conflict the checks report) or two patients has None for it. ``paths``: the
+    table's ``path`` column as strings."""
     blank = [None] * len(table)
     cells = [_cells(table[c]) if c in table else blank for c in ("label", "patient")]
-    paths = table["path"].astype(str).tolist()
     if len(set(paths)) == len(paths):  # one row per file (the usual table): nothing to reconcile
         return dict(zip(paths, zip(*cells, strict=True), strict=True))
     out: dict[str, tuple[str | None, str | None]] = {}
@@ -285,7 +285,7 @@ def scan_table(
     kept, todo = _plan(wanted, old[0], decoded)
     found = _scan(todo, workers)
     if manifest is not None:
-        _keep(manifest, old, (kept, found, todo), _labels(table), source, write)
+        _keep(manifest, old, (kept, found, todo), _labels(table, paths), source, write)
     cols = old[0].cols
     rows = [(p, e, kept.get(p)) for p, e in zip(paths, known, strict=True)]
 

@@ -10,11 +10,13 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from lungnet.data import checks
 from lungnet.data.checks import (
+    bad_rows,
     check_class_sizes,
     check_training_classes,
     drop_repeated_rows,
@@ -147,3 +149,21 @@ def test_repeated_rows_count_once(caplog):
     assert kept[["path", "label"]].values.tolist() == [["a", "N"], ["b", "A|B"], ["a", "P"]]
     assert "2 row(s) repeat a file with the same label" in caplog.text
     assert drop_repeated_rows(kept) is kept
+
+
+def test_bad_rows_and_the_no_conflict_path_keep_dtypes_and_copies():
+    """`bad_rows`: the path and error of the bad rows, numbered from 0, as a loc of them would give; a table with no
+    repeated image comes back from `mark_label_conflicts` as a copy (changing it leaves the input alone)."""
+    table = pd.DataFrame(
+        {"path": ["a", "b", "c"], "label": ["x", "y", "x"], "sha1": ["1", "2", ""], "error": ["", "bad", ""]},
+        index=[5, 6, 7],
+    )
+    good = table["error"].to_numpy() == ""
+    expected = table.loc[~good, ["path", "error"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(bad_rows(table, good), expected)
+    pd.testing.assert_frame_equal(bad_rows(table, np.ones(3, bool)), expected.iloc[:0])
+    marked = mark_label_conflicts(table)
+    pd.testing.assert_frame_equal(marked, table)
+    marked.loc[5, "error"] = "changed"
+    assert table.loc[5, "error"] == ""
+    assert drop_repeated_rows(table) is table  # no path twice: nothing to drop

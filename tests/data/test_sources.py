@@ -180,3 +180,30 @@ def test_each_data_set_is_described_once_by_its_source():
     for path in sorted((ROOT / "conf" / "data").glob("*.yaml")):
         source = yaml.safe_load(path.read_text()).get("source")
         assert source in SOURCES or source == MULTI or source is None or "${" in str(source), (path.name, source)
+
+
+def test_nih_rows_without_an_image_are_skipped_and_listed_splits_kept(tiny_nih):
+    """The columns lungnet adds, built as lists: a CSV row naming no file is left out (its line numbers stay those
+    of the CSV), a blank cell is the row's error, the official lists name the splits (test_list over trainval)."""
+    csv = tiny_nih / "Data_Entry_2017.csv"
+    lines = csv.read_text().splitlines()
+    lines.insert(2, "99999999_000.png,Effusion,0,99,50,M,PA")  # line 3: no such image
+    lines[5] = lines[5].replace(",Pneumonia,", ",,")  # line 6: a blank finding
+    csv.write_text("\n".join(lines) + "\n")
+    (tiny_nih / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n00000002_000.png\n")
+    (tiny_nih / "test_list.txt").write_text("00000002_000.png 00000003_000.png\n")
+    table = create_source("nih14", tiny_nih).scan()
+    assert len(table) == 30 and "99999999_000.png" not in " ".join(table["path"])
+    assert list(table.columns[:6]) == ["path", "label", "patient", "split", "error", "origin"]
+    assert table["origin"].iloc[:3].tolist() == [f"Data_Entry_2017.csv line {n}" for n in (2, 4, 5)]
+    split = dict(zip(table["path"].map(os.path.basename), table["split"], strict=True))
+    assert split["00000001_000.png"] == split["00000001_001.png"] == "trainval"
+    assert split["00000002_000.png"] == split["00000003_000.png"] == "test" and split["00000004_000.png"] == ""
+    blank = table[table["error"] != ""]
+    assert blank["error"].tolist() == ["blank 'Finding Labels' in Data_Entry_2017.csv line 6"]
+    assert np.isnan(blank[NIH14].to_numpy()).all() and not np.isnan(table.drop(blank.index)[NIH14].to_numpy()).any()
+    assert all(table[c].dtype == table["path"].dtype for c in ("label", "patient", "split", "error", "origin"))
+    assert all(table[c].dtype == np.float32 for c in NIH14)
+    entries = create_source("nih6", tiny_nih)._read_csv()  # nih6's reading: the same rows and added columns
+    for column in ("path", "patient", "split", "error", "origin"):
+        assert entries[column].tolist() == table[column].tolist(), column
