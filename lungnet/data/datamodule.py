@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from lungnet.data.cache import build_store, larger_than
+from lungnet.data.cache import PreparedReader, build_store, larger_than
 from lungnet.data.checks import (
     bad_rows,
     check_class_sizes,
@@ -276,9 +276,13 @@ class LungDataModule(pl.LightningDataModule):
             return bool(self.cfg["cache"])
         return self.owns_data and split in ("train", "val") and larger_than(rows["path"].tolist(), self.prepared_size)
 
-    def make_dataset(self, rows: pd.DataFrame, train: bool, split: str | None = None) -> XrayDataset:
-        """A Dataset over ``rows`` with the training or the evaluation pipeline (``split``: for the store's choice)."""
-        store = self.uses_store(rows, split or ("train" if train else "test"))
+    def make_dataset(
+        self, rows: pd.DataFrame, train: bool, split: str | None = None, store: PreparedReader | None = None
+    ) -> XrayDataset:
+        """A Dataset over ``rows`` with the training or the evaluation pipeline (``split``: for the store's choice;
+        ``store``: a prepared store that holds ``rows``, read without building one: a sample of a split)."""
+        reader = store
+        store = reader is not None or self.uses_store(rows, split or ("train" if train else "test"))
         # a prepared image is already downsampled and resized: the pipeline resizes it to the input size only
         downsample = None if store else self.cfg["downsample_to"]
         on_device = train and bool(self.cfg["gpu_augment"])  # augmented and normalised in LitClassifier
@@ -290,7 +294,7 @@ class LungDataModule(pl.LightningDataModule):
         if not store:
             reader = pixel_reader(verified=self.owns_data and bool(self.cfg["verify"]))  # decoded by the checks
             return XrayDataset(rows, self.labels, self.multilabel, pipeline, reader=reader, seed=self.seed)
-        reader = build_store(
+        reader = reader or build_store(
             rows["path"].tolist(),
             self.prepared_size,
             self.cfg["resize"],

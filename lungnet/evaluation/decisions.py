@@ -27,6 +27,7 @@ from lungnet.artifacts.decision import (
     decision_path,
     new_record,
 )
+from lungnet.data.cache import PreparedReader
 from lungnet.evaluation import decision_target
 from lungnet.evaluation.decision_report import (
     SHIFT_P,
@@ -79,7 +80,8 @@ def coverage(record: DecisionRecord, scores) -> float:
 def training_sample(dm, fit_max: int, seed: int) -> tuple[str, int]:
     """The training images the OOD gate is fitted on: all of them, or a sample of ``fit_max`` drawn with ``seed``
     (the checkpoint's training seed: training and ``evaluate.py`` draw the same images) from the split sorted by
-    file, through the evaluation pipeline (no augmentation).
+    file, through the evaluation pipeline (no augmentation), read from the training split's prepared store when it
+    has one (after training: no file is decoded again).
 
     Returns:
         (the data module's key of that data set, the size of the training split).
@@ -88,8 +90,10 @@ def training_sample(dm, fit_max: int, seed: int) -> tuple[str, int]:
     if len(train) > fit_max:
         train = train.sample(n=int(fit_max), random_state=int(seed)).sort_values("path", kind="stable")
     key = f"train:ood{len(train)}"
-    if key not in dm.datasets:
-        dm.datasets[key] = dm.make_dataset(train, train=False)
+    if key not in dm.datasets:  # read from the training split's prepared store where it has one
+        reader = getattr(dm.datasets.get("train"), "reader", None)
+        store = reader if isinstance(reader, PreparedReader) else None
+        dm.datasets[key] = dm.make_dataset(train, train=False, store=store)
     return key, int((dm.table["split"] == "train").sum())
 
 

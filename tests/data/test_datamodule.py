@@ -307,6 +307,24 @@ def test_prepared_store_and_direct_path_give_the_same_training_items(tiny_folder
     assert -2.5 < float(items[True].mean()) < 2.5  # (x / 255 - 0.5) / 0.25, as the float path normalised
 
 
+def test_the_ood_sample_of_a_stored_training_split_is_read_from_its_store(tiny_folder, tmp_path):
+    """The OOD gate's training sample (`training_sample`) reads the training split's prepared store: no second store
+    is built, no file decoded again, and its items equal those of an evaluation data set over the same rows."""
+    from lungnet.evaluation.decisions import training_sample
+
+    cfg = _cfg("pneumonia", tiny_folder, carve_val=False, cache=True, cache_dir=str(tmp_path / "store"))
+    dm = LungDataModule(cfg, SPEC, seed=0, augment=XRAY, run_dir=tmp_path / "run", owns_data=True)
+    dm.setup()
+    stores = sorted((tmp_path / "store").glob("*.npy"))
+    key, total = training_sample(dm, 3, seed=0)
+    sample = dm.datasets[key]
+    assert len(sample) == 3 < total and sample.reader is dm.datasets["train"].reader
+    assert sorted((tmp_path / "store").glob("*.npy")) == stores
+    built = dm.make_dataset(sample.table, train=False, split="train")  # a store of its own for these rows
+    for i in range(3):
+        torch.testing.assert_close(sample[i]["image"], built[i]["image"], atol=0, rtol=0)
+
+
 def test_the_store_is_the_default_only_where_it_pays(tiny_folder, tmp_path):
     """data.cache=null: the store for a training run's train/val when the images are larger than the working size."""
     cfg = _cfg("pneumonia", tiny_folder, carve_val=False, cache_dir=str(tmp_path / "s"))
