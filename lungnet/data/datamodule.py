@@ -38,14 +38,8 @@ from lungnet.data.multi_splits import assign_multi_splits, sources_report
 from lungnet.data.near_duplicates import group_near_duplicates
 from lungnet.data.sources import DataError, Source, create_source
 from lungnet.data.split_cache import cached_assign_splits
-from lungnet.data.splits import (
-    ExpectedSplits,
-    changed_splits,
-    patients_from_names,
-    split_fingerprint,
-    write_splits,
-)
-from lungnet.data.transforms import Normalize, build_transform
+from lungnet.data.splits import ExpectedSplits, changed_splits, patients_from_names, split_fingerprint, write_splits
+from lungnet.data.transforms import Normalize, build_transform, check_intensity
 from lungnet.io import write_json
 from lungnet.models.specs import ModelSpec
 from lungnet.schema import with_data_defaults
@@ -316,21 +310,9 @@ class LungDataModule(pl.LightningDataModule):
             self.check_intensity()
 
     def check_intensity(self, n: int = 16) -> dict:
-        """Warns when normalised inputs look wrong (a common silent failure); returns the statistics."""
-        ds = self.datasets.get("val") or self.datasets["train"]
-        idx = np.linspace(0, len(ds) - 1, min(n, len(ds))).astype(int)
-        x = torch.stack([ds[int(i)]["image"] for i in idx])
-        if x.dtype == torch.uint8:  # data.gpu_augment: normalised on the accelerator
-            x = Normalize(self.spec.mean, self.spec.std, self.spec.in_chans).batch(x)
-        stats = {"mean": float(x.mean()), "std": float(x.std())}
-        if abs(stats["mean"]) > 2.0 or not 0.1 < stats["std"] < 5.0:
-            log.warning(
-                "Normalised inputs look out of range (mean %.2f, std %.2f; expected roughly 0 and 1): "
-                "check the images' bit depth and the model's mean/std",
-                stats["mean"],
-                stats["std"],
-            )
-        return stats
+        """Warns when normalised inputs look wrong (`lungnet.data.transforms.check_intensity` on val, else train)."""
+        normalize = Normalize(self.spec.mean, self.spec.std, self.spec.in_chans)
+        return check_intensity(self.datasets.get("val") or self.datasets["train"], normalize, n)
 
     # ------------------------------------------------------------ class balance
     def class_weights(self) -> list[float] | None:

@@ -144,3 +144,21 @@ def make_pipeline(transform: A.Compose, normalize: Normalize) -> Callable[[np.nd
         return normalize(unit_range(transform(image=image[..., None])["image"]))
 
     return run
+
+
+def check_intensity(dataset, normalize: Normalize, n: int = 16) -> dict:
+    """Warns when normalised inputs look wrong (a common silent failure): ``n`` evenly spaced items of ``dataset``
+    (uint8 items, ``data.gpu_augment``, normalised here with ``normalize``); returns their mean and std."""
+    idx = np.linspace(0, len(dataset) - 1, min(n, len(dataset))).astype(int)
+    x = torch.stack([dataset[int(i)]["image"] for i in idx])
+    if x.dtype == torch.uint8:
+        x = normalize.batch(x)
+    stats = {"mean": float(x.mean()), "std": float(x.std())}
+    if abs(stats["mean"]) > 2.0 or not 0.1 < stats["std"] < 5.0:
+        log.warning(
+            "Normalised inputs look out of range (mean %.2f, std %.2f; expected roughly 0 and 1): "
+            "check the images' bit depth and the model's mean/std",
+            stats["mean"],
+            stats["std"],
+        )
+    return stats
