@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n 2: one intra-op thread per worker (and its subprocesses)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 # training runs build prepared stores by default (data.cache: null): in a folder of this session, not ~/.cache
 _CACHE = tempfile.mkdtemp(prefix="lungnet-test-")
 os.environ.setdefault("LUNGNET_CACHE_DIR", os.path.join(_CACHE, "lungnet", "images"))
@@ -118,6 +120,14 @@ def run_module(
     cmd = [sys.executable, "-m", module, *args]
     env = offline_env(PYTHONPATH=path)
     return subprocess.run(cmd, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_module(module: str, args: list[str]) -> subprocess.Popen:
+    """`run_module` started in the background (text pipes): several refusals can run while a test does its work."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", module, *args]
+    env = offline_env(PYTHONPATH=path)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def offline_env(**extra: str) -> dict[str, str]:

@@ -179,7 +179,8 @@ def test_scripts_multirun_then_evaluate(tmp_path):
     runs = sorted(p for p in (out / "multirun").glob("*/*/*") if p.is_dir() and (p / "metrics.json").exists())
     assert [r.name.split("_", 1)[1] for r in runs] == ["pneumoniamnist_simple_cnn", "pneumoniamnist_resnet18"]
     ckpt = runs[1] / "checkpoints" / "best.ckpt"
-    proc = _run([str(ROOT / "evaluate.py"), f"ckpt={ckpt}", "split=val", f"paths.log_dir={out}"], tmp_path)
+    fast = ["audit=false", "explain.n=0", "bootstrap.resamples=50"]  # the audit and heatmaps: tests/evaluation
+    proc = _run([str(ROOT / "evaluate.py"), f"ckpt={ckpt}", "split=val", *fast, f"paths.log_dir={out}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(next((out / "eval").glob("*/*/metrics.json")).read_text())
     assert {"accuracy", "auroc_macro", "confusion_matrix", "per_class"} <= set(metrics)

@@ -50,8 +50,10 @@ def test_two_trial_search_writes_optimization_results_and_a_second_search_contin
         "data.image_size=32",
         "data.batch_size=8",
         "trainer.max_epochs=1",
+        "trainer.precision=32-true",
         "trainer.enable_progress_bar=false",
         "log_figures_every=100",
+        "bootstrap.resamples=50",  # each trial's validation summary: not what this test checks
     ]
     proc = run_script("train.py", args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

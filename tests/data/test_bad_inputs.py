@@ -282,6 +282,8 @@ def _train_cmd(root: Path, out: Path, *extra: str) -> list[str]:
         "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false",
         "log_figures_every=100",
+        "trainer.precision=32-true",
+        "bootstrap.resamples=50",  # the validation summary's intervals: not what this test checks
         f"hydra.run.dir={out}",
         *extra,
     ]
@@ -313,7 +315,7 @@ def test_train_and_evaluate_skip_every_bad_file_or_stop_on_error(mixed_folder, t
     assert len(used) == 30 + len(good)  # the folder loop added no image twice
     evaluate = [sys.executable, str(ROOT / "evaluate.py"), f"ckpt={run / 'checkpoints' / 'best.ckpt'}", "split=test"]
     proc = subprocess.run(
-        [*evaluate, f"hydra.run.dir={tmp_path / 'eval'}"],
+        [*evaluate, "audit=false", "explain.n=0", "bootstrap.resamples=50", f"hydra.run.dir={tmp_path / 'eval'}"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

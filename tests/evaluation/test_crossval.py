@@ -17,7 +17,7 @@ from lungnet.data.sources import DataError
 from lungnet.evaluation.compare import find_checkpoints
 from lungnet.evaluation.folds import compare, find_fold_runs, render, summarise, write_summary
 from lungnet.train.training import train
-from tests.conftest import compose_cfg, make_class_folders, run_cli, run_module
+from tests.conftest import compose_cfg, make_class_folders, run_cli, run_module, start_module
 from tests.evaluation.conftest import TINY
 
 CLASSES = ["Covid-19", "No_findings", "Pneumonia"]
@@ -199,6 +199,10 @@ def test_live_weights_bench_scores_both_weights_of_an_swa_cv(cv_runs, tmp_path):
         overrides += ["checkpoint.select=last", *TINY, "trainer.max_epochs=2", "swa.epochs=2"]
         train(compose_cfg("train", overrides), tmp_path / "swa" / str(fold))
     out, live = tmp_path / "live.json", tmp_path / "live"
+    inside = start_module(
+        "bench.studies.cv_live_weights", [str(tmp_path / "swa"), "--live-runs", str(tmp_path / "swa" / "x")]
+    )
+    refused = start_module("bench.studies.cv_live_weights", [str(cv_runs)])  # both refusals run meanwhile
     args = [str(tmp_path / "swa"), "--resamples", "20", "--out", str(out), "--live-runs", str(live)]
     done = run_module("bench.studies.cv_live_weights", args)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -216,12 +220,10 @@ def test_live_weights_bench_scores_both_weights_of_an_swa_cv(cv_runs, tmp_path):
     assert written.swa.epochs == 0 and written.callbacks.swa.epochs == 0  # the average is off, resolved keys too
     paired = compare(summary, summarise(find_fold_runs(tmp_path / "swa"), resamples=20, seed=0), resamples=20, seed=0)
     assert paired["folds"] == [0, 1] and paired["images"] == len(summary["oof"])  # the same images, paired
-    inside = run_module(
-        "bench.studies.cv_live_weights", [str(tmp_path / "swa"), "--live-runs", str(tmp_path / "swa" / "x")]
-    )
-    assert inside.returncode != 0 and "lies inside" in inside.stderr
-    refused = run_module("bench.studies.cv_live_weights", [str(cv_runs)])
-    assert refused.returncode != 0 and "holds no current_model_state" in refused.stderr
+    _, err = inside.communicate(timeout=600)
+    assert inside.returncode != 0 and "lies inside" in err
+    _, err = refused.communicate(timeout=600)
+    assert refused.returncode != 0 and "holds no current_model_state" in err
 
 
 def test_cv_ensemble_bench_averages_runs_image_by_image(cv_runs, tmp_path):

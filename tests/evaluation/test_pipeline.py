@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -120,9 +122,11 @@ def test_explanation_sections_can_be_added_later(evaluated, tmp_path):
 
 def test_evaluate_script_on_val_then_reuse_its_thresholds(tiny_ckpt, tmp_path):
     """``python evaluate.py ckpt=... split=val`` end to end, with one positive class; then apply its thresholds."""
+    (tmp_path / "checkpoints").mkdir()  # split=val writes the decision file beside the checkpoint: not the shared run's
+    ckpt = Path(shutil.copy(tiny_ckpt, tmp_path / "checkpoints" / "best.ckpt"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     args = [
-        *(sys.executable, str(ROOT / "evaluate.py"), f"ckpt={tiny_ckpt}", "split=val"),
+        *(sys.executable, str(ROOT / "evaluate.py"), f"ckpt={ckpt}", "split=val"),
         *(f"hydra.run.dir={tmp_path / 'v'}", "operating_point.positive_class=Cavity", *FAST_EVAL),
     ]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
@@ -137,7 +141,7 @@ def test_evaluate_script_on_val_then_reuse_its_thresholds(tiny_ckpt, tmp_path):
     cfg = compose_cfg(
         "evaluate",
         [
-            f"ckpt={tiny_ckpt}",
+            f"ckpt={ckpt}",
             "split=test",
             f"operating_point.file={out / 'thresholds.json'}",
             "report.figures=false",

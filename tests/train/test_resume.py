@@ -52,6 +52,7 @@ def _command(data: Path, run_dir: Path, workers: int, *extra: str) -> list[str]:
         "trainer.log_every_n_steps=2",
         "model.drop_rate=0.3",  # dropout draws from the global RNG: must resume exactly too
         "log_figures_every=100",
+        "bootstrap.resamples=50",  # the validation summary's intervals: not what these tests compare
         f"hydra.run.dir={run_dir}",
         *extra,
     ]
