@@ -262,13 +262,16 @@ class LungDataModule(pl.LightningDataModule):
             frame.loc[hit, "error"] = frame.loc[hit, "path"].map(errors)
         return table[table["error"] == ""].reset_index(drop=True), scanned
 
-    def uses_store(self, rows: pd.DataFrame, split: str) -> bool:
+    def uses_store(self, rows: pd.DataFrame, split: str | None) -> bool:
         """Whether ``rows`` are read from the prepared store: ``data.cache`` true or false decides; null (auto) takes
-        it for a training run's train and val splits (read every epoch) when its images are larger than the working
-        resolution (decoding them costs more than copying the prepared bytes), never for a single pass."""
+        it for a training run's train and val splits (read every epoch) and its test split (scored after every run on
+        the same data: decoded once, then read by later runs and sweeps) when its images are larger than the working
+        resolution (decoding them costs more than copying the prepared bytes), never for another single pass
+        (``split`` None: an evaluation's own selection of images)."""
         if self.cfg["cache"] is not None:
             return bool(self.cfg["cache"])
-        return self.owns_data and split in ("train", "val") and larger_than(rows["path"].tolist(), self.prepared_size)
+        stored = split in ("train", "val", "test")
+        return self.owns_data and stored and larger_than(rows["path"].tolist(), self.prepared_size)
 
     def make_dataset(
         self, rows: pd.DataFrame, train: bool, split: str | None = None, store: PreparedReader | None = None
@@ -276,7 +279,7 @@ class LungDataModule(pl.LightningDataModule):
         """A Dataset over ``rows`` with the training or the evaluation pipeline (``split``: for the store's choice;
         ``store``: a prepared store that holds ``rows``, read without building one: a sample of a split)."""
         reader = store
-        store = reader is not None or self.uses_store(rows, split or ("train" if train else "test"))
+        store = reader is not None or self.uses_store(rows, split or ("train" if train else None))
         # a prepared image is already downsampled and resized: the pipeline resizes it to the input size only
         downsample = None if store else self.cfg["downsample_to"]
         on_device = train and bool(self.cfg["gpu_augment"])  # augmented and normalised in LitClassifier

@@ -98,7 +98,7 @@ class DataConfig(EvalDataOverrides):
     cache: bool | None = opt(
         None,
         "the prepared store: decode + resize once to uint8 at prepared_size, memory-mapped (true); decode every "
-        "file every epoch (false); null: the store for a training run's train/val splits when the images are "
+        "file every epoch (false); null: the store for a training run's train/val/test splits when the images are "
         "larger than prepared_size",
     )
     cache_dir: str = opt("${oc.env:LUNGNET_CACHE_DIR,'~/.cache/lungnet/images'}", "where the prepared store is")

@@ -326,14 +326,16 @@ def test_the_ood_sample_of_a_stored_training_split_is_read_from_its_store(tiny_f
 
 
 def test_the_store_is_the_default_only_where_it_pays(tiny_folder, tmp_path):
-    """data.cache=null: the store for a training run's train/val when the images are larger than the working size."""
+    """data.cache=null: the store for a training run's train/val/test when the images are larger than the working
+    size."""
     cfg = _cfg("pneumonia", tiny_folder, carve_val=False, cache_dir=str(tmp_path / "s"))
     rows = pd.DataFrame({"path": [str(next((tiny_folder / "train" / "NORMAL").glob("*.png")))]})
     training = LungDataModule(cfg, SPEC, owns_data=True)
     assert training.cfg["cache"] is None and training.prepared_size == 32
     assert not training.uses_store(rows, "train")  # 32 px files at 32 px: nothing to gain
     small = LungDataModule({**cfg, "prepared_size": 16}, SPEC, owns_data=True)
-    assert small.uses_store(rows, "train") and small.uses_store(rows, "val") and not small.uses_store(rows, "test")
+    assert small.uses_store(rows, "train") and small.uses_store(rows, "val") and small.uses_store(rows, "test")
+    assert not small.uses_store(rows, None)  # an evaluation's own selection: one pass
     assert not LungDataModule({**cfg, "prepared_size": 16}, SPEC).uses_store(rows, "train")  # a one-pass reader
     assert not LungDataModule({**cfg, "prepared_size": 16, "cache": False}, SPEC, owns_data=True).uses_store(
         rows, "train"
