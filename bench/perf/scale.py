@@ -173,7 +173,7 @@ def forward_cost(ckpt: Path, scoring: dict) -> dict:
     import torch
 
     from lungnet.artifacts.checkpoint import load_model
-    from lungnet.scoring.ood import gate_inputs
+    from lungnet.scoring.outputs import logits_and_gate_inputs
 
     model = load_model(ckpt).model.eval()
     size = int(load_model(ckpt).spec.input_size)
@@ -182,9 +182,7 @@ def forward_cost(ckpt: Path, scoring: dict) -> dict:
 
     def forward() -> None:
         with torch.no_grad():
-            f = model.backbone(x)
-            gate_inputs(f, x)
-            model.head(f)
+            logits_and_gate_inputs(model, x)
 
     forward()
     _, took = timed(lambda: [forward() for _ in range(3)])

@@ -274,12 +274,11 @@ class LungDataModule(pl.LightningDataModule):
         return self.owns_data and stored and larger_than(rows["path"].tolist(), self.prepared_size)
 
     def make_dataset(
-        self, rows: pd.DataFrame, train: bool, split: str | None = None, store: PreparedReader | None = None
+        self, rows: pd.DataFrame, train: bool, split: str | None = None, prepared: PreparedReader | None = None
     ) -> XrayDataset:
         """A Dataset over ``rows`` with the training or the evaluation pipeline (``split``: for the store's choice;
-        ``store``: a prepared store that holds ``rows``, read without building one: a sample of a split)."""
-        reader = store
-        store = reader is not None or self.uses_store(rows, split or ("train" if train else None))
+        ``prepared``: a prepared store that holds ``rows``, read without building one: a sample of a split)."""
+        store = prepared is not None or self.uses_store(rows, split or ("train" if train else None))
         # a prepared image is already downsampled and resized: the pipeline resizes it to the input size only
         downsample = None if store else self.cfg["downsample_to"]
         on_device = train and bool(self.cfg["gpu_augment"])  # augmented and normalised in LitClassifier
@@ -291,7 +290,7 @@ class LungDataModule(pl.LightningDataModule):
         if not store:
             reader = pixel_reader(verified=self.owns_data and bool(self.cfg["verify"]))  # decoded by the checks
             return XrayDataset(rows, self.labels, self.multilabel, pipeline, reader=reader, seed=self.seed)
-        reader = reader or build_store(
+        reader = prepared or build_store(
             rows["path"].tolist(),
             self.prepared_size,
             self.cfg["resize"],

@@ -92,8 +92,8 @@ def training_sample(dm, fit_max: int, seed: int) -> tuple[str, int]:
     key = f"train:ood{len(train)}"
     if key not in dm.datasets:  # read from the training split's prepared store where it has one
         reader = getattr(dm.datasets.get("train"), "reader", None)
-        store = reader if isinstance(reader, PreparedReader) else None
-        dm.datasets[key] = dm.make_dataset(train, train=False, store=store)
+        prepared = reader if isinstance(reader, PreparedReader) else None
+        dm.datasets[key] = dm.make_dataset(train, train=False, prepared=prepared)
     return key, int((dm.table["split"] == "train").sum())
 
 

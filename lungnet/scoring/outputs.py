@@ -63,9 +63,8 @@ def model_outputs(
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
         x = batch["image"].to(device)
         if features:
-            f = model.backbone(x)
-            feats.append(gate_inputs(f, x))
-            z = model.head(f)
+            z, gate = logits_and_gate_inputs(model, x)
+            feats.append(gate)
         else:
             z = model(x)
         logits.append(z.float().cpu().numpy())
@@ -80,6 +79,14 @@ def model_outputs(
         z,
         np.concatenate(feats) if feats else None,
     )
+
+
+def logits_and_gate_inputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    """A lungnet `Classifier`'s logits (head(backbone(x))) and the OOD gate's inputs (`gate_inputs`: the pooled
+    backbone features, then a thumbnail of ``x``) from one forward pass: what `model_outputs` and the training's
+    validation pass (`lungnet.train.module.LitClassifier.validation_step`) keep alike."""
+    pooled = model.backbone(x)
+    return model.head(pooled), gate_inputs(pooled, x)
 
 
 def predict_loader(

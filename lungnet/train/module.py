@@ -20,7 +20,7 @@ from lungnet.data.preprocessing import logits_to_probs
 from lungnet.data.transforms import Normalize
 from lungnet.errors import ConfigError
 from lungnet.scoring.metrics import mask_targets, metric_collection
-from lungnet.scoring.ood import gate_inputs
+from lungnet.scoring.outputs import logits_and_gate_inputs
 from lungnet.train.finetune import build_model
 
 log = logging.getLogger(__name__)
@@ -171,16 +171,17 @@ class LitClassifier(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict | None:
         """Val loss and metrics; with ``keep_val_features`` also returns the logits and the OOD gate's inputs
-        (`lungnet.scoring.ood.gate_inputs`, as `lungnet.scoring.outputs.model_outputs` computes them), which
+        (`lungnet.scoring.outputs.logits_and_gate_inputs`, as `model_outputs` computes them), which
         `lungnet.train.val_outputs.ValidationOutputs` keeps for the finish after training."""
         if not self.keep_val_features:
             self._eval_step(batch, self.val_metrics, "val")
             return None
         x = batch["image"]
-        pooled = self.model.backbone(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
-        logits = self.model.head(pooled)
+        logits, gate = logits_and_gate_inputs(
+            self.model, x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        )
         self._eval_step(batch, self.val_metrics, "val", logits)
-        return {"logits": logits.detach(), "features": gate_inputs(pooled, x)}
+        return {"logits": logits.detach(), "features": gate}
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True)  # synced by torchmetrics
