@@ -10,7 +10,8 @@ JSON data, never code, tied to the checkpoint by its SHA-256, and every value ty
   default), none (arg-max) or one class's threshold (``decision.positive_class``) for multi-class models, one
   threshold per finding for multi-label models;
 - **split conformal** calibration scores (1 - calibrated probability of the true label on the validation split,
-  per finding for multi-label models): prediction sets at level 1 - alpha, computed with ``crepes``;
+  per finding for multi-label models): prediction sets at level 1 - alpha (`lungnet.scoring.conformal`: crepes'
+  p-values);
 - the **OOD gate** (`lungnet.scoring.ood.OodGate`) on the penultimate features;
 - the abstention rule and a summary of the model card (shown by the app).
 
@@ -37,6 +38,7 @@ from lungnet.data.labels import DEFAULT_THRESHOLD, default_positive
 from lungnet.data.preprocessing import logits_to_probs
 from lungnet.errors import CheckpointError
 from lungnet.io import write_json
+from lungnet.scoring.conformal import in_set
 from lungnet.scoring.ood import AnyMemberGate, ImageGate, OodGate
 from lungnet.scoring.referral import (
     AMBIGUOUS,
@@ -200,20 +202,16 @@ class DecisionRecord:
         conformal scores."""
         if self.alpha is None or self.conformal_scores is None:
             return None
-        from crepes import ConformalClassifier
-
         confidence = 1.0 - float(self.alpha)
         if not self.multilabel:
-            cc = ConformalClassifier().fit(np.asarray(self.conformal_scores, dtype=np.float64))
-            sets = cc.predict_set(1.0 - probs, confidence=confidence, smoothing=False).astype(bool)
+            sets = in_set(self.conformal_scores, 1.0 - probs, confidence)
             return sets, sets.sum(1) > 1, sets.sum(1) == 0
         sets = np.zeros(probs.shape, dtype=bool)
         ambiguous = np.zeros(len(probs), dtype=bool)
         empty = np.zeros(len(probs), dtype=bool)
         for j, lab in enumerate(self.labels):  # one binary conformal classifier per finding (present, absent)
-            cc = ConformalClassifier().fit(np.asarray(self.conformal_scores[lab], dtype=np.float64))
             both = np.stack([1.0 - probs[:, j], probs[:, j]], axis=1)
-            states = cc.predict_set(both, confidence=confidence, smoothing=False).astype(bool)
+            states = in_set(self.conformal_scores[lab], both, confidence)
             sets[:, j] = states[:, 0]
             ambiguous |= states.sum(1) > 1
             empty |= states.sum(1) == 0
@@ -228,9 +226,12 @@ class DecisionRecord:
         if conformal is not None:
             out.sets, out.ambiguous, out.empty = conformal
         if self.ood is not None and features is not None:
-            out.ood_score, out.ood = self.ood.flag(features)
-            if isinstance(self.ood, ImageGate):
+            if isinstance(self.ood, ImageGate):  # each part scored once: the score is the larger part
                 out.ood_parts = self.ood.parts(features)
+                out.ood_score = np.maximum(*out.ood_parts.values())
+                out.ood = out.ood_score > self.ood.threshold
+            else:
+                out.ood_score, out.ood = self.ood.flag(features)
         confidence = np.maximum(probs, 1 - probs).min(1) if self.multilabel else probs.max(1)
         for i in range(n):
             kind, reason = self._abstain_reason(out, i, float(confidence[i]))

@@ -37,6 +37,7 @@ from lungnet.evaluation.decision_report import (
     risk_coverage_figure,
 )
 from lungnet.scoring import plots, stats
+from lungnet.scoring.conformal import p_values
 from lungnet.scoring.ood import AnyMemberGate, ImageGate, OodGate
 from lungnet.scoring.outputs import model_outputs
 from lungnet.scoring.shift import batch_shift, bonferroni, ks_test
@@ -64,11 +65,9 @@ def _pooled(scores) -> np.ndarray:
 
 def coverage(record: DecisionRecord, scores) -> float:
     """Share of true labels (multi-label: of known image-finding states) inside their 1 - alpha prediction set."""
-    from crepes import ConformalClassifier
 
     def covered(cal, test) -> np.ndarray:
-        p = ConformalClassifier().fit(np.asarray(cal)).predict_p(np.asarray(test), smoothing=False)
-        return np.asarray(p) >= record.alpha
+        return p_values(cal, test) >= record.alpha
 
     if isinstance(scores, dict):
         hits = np.concatenate([covered(record.conformal_scores[k], v) for k, v in scores.items() if len(v)])

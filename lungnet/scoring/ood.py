@@ -29,6 +29,7 @@ import base64
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import scipy.linalg
 
 from lungnet.untrusted import BadValue, Fields
 
@@ -129,15 +130,15 @@ class OodGate:
         means = np.stack([x[groups == g].mean(0) for g in present])
         centred = x - means[np.searchsorted(present, groups)]
         scatter = centred.T @ centred / max(len(x) - len(present), 1)
-        eigval, eigvec = np.linalg.eigh(scatter)
-        order = np.argsort(eigval)[::-1]
-        eigval, eigvec = np.clip(eigval[order], 0.0, None), eigvec[:, order]
-        k = int(max(1, min(dims, x.shape[1] - 1, len(x) - len(present))))
-        floor = max(float(eigval.mean()) * 1e-6, 1e-12)
-        rest = eigval[k:]
-        noise = max(float(rest.mean()) if rest.size else floor, floor)
-        info = {"method": METHOD, "dims": k, "feature_dim": int(x.shape[1]), "fit_n": int(len(x)), **info}
-        return cls(means, eigvec[:, :k], np.maximum(eigval[:k], noise), noise, info=info)
+        width = x.shape[1]
+        k = int(max(1, min(dims, width - 1, len(x) - len(present))))
+        eigval, eigvec = leading_axes(scatter, k)
+        total = max(float(np.trace(scatter)), 0.0)  # the sum of every eigenvalue: the rest's mean without them
+        floor = max(total / width * 1e-6, 1e-12)
+        rest = width - k
+        noise = max((total - float(eigval.sum())) / rest if rest else floor, floor)
+        info = {"method": METHOD, "dims": k, "feature_dim": int(width), "fit_n": int(len(x)), **info}
+        return cls(means, eigvec, np.maximum(eigval, noise), noise, info=info)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance to the nearest class mean, per feature dimension: (N,)."""
@@ -207,6 +208,15 @@ class OodGate:
         )
 
 
+def leading_axes(scatter: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenvalues of a symmetric ``scatter`` (clipped at 0), largest first, and their unit
+    eigenvectors as columns: only those are computed (LAPACK ``syevx``), several times faster than every axis at the
+    2048 features of a ResNet."""
+    width = len(scatter)
+    eigval, eigvec = scipy.linalg.eigh(scatter, subset_by_index=[width - k, width - 1], driver="evx")
+    return np.clip(eigval[::-1], 0.0, None), eigvec[:, ::-1]
+
+
 def layout(thumbnails: np.ndarray) -> np.ndarray:
     """Thumbnails standardised per image: zero mean, unit standard deviation (flat ones: all zeros)."""
     centred = thumbnails - thumbnails.mean(1, keepdims=True)
@@ -272,7 +282,7 @@ class ImageGate:
         feats = self.features.calibrate(x[:, :width], each, split)
         image = self.image.calibrate(layout(x[:, width:]), each, split)
         done = replace(self, features=feats, image=image)
-        scores = done.score(x)
+        scores = np.maximum(feats.reference / feats.threshold, image.reference / image.threshold)  # = done.score(x)
         info = {**self.info, "threshold_split": split, "threshold_n": int(len(x)), "quantile": float(quantile)}
         info["rate_on_threshold_split"] = float((scores > 1).mean()) if len(scores) else None
         return replace(done, reference=scores, info=info)

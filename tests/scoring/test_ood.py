@@ -29,6 +29,25 @@ def test_equals_pytorch_ood_mahalanobis_when_one_direction_is_dropped():
     np.testing.assert_allclose(ours, theirs, rtol=2e-3)
 
 
+@pytest.mark.parametrize("n", [40, 300])  # fewer images than features (a singular scatter), and more
+def test_the_leading_axes_alone_give_the_gate_every_axis_gives(n):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, 6)) @ rng.normal(size=(6, 96)) + 0.05 * rng.normal(size=(n, 96))
+    gate = OodGate.fit(x, dims=16)
+    centred = x - x.mean(0)
+    eigval, eigvec = np.linalg.eigh(centred.T @ centred / (n - 1))  # every axis, as the gate once computed them
+    eigval, eigvec = np.clip(eigval[::-1], 0.0, None), eigvec[:, ::-1]
+    noise = max(eigval[16:].mean(), eigval.mean() * 1e-6)
+    np.testing.assert_allclose(gate.noise, noise, rtol=1e-6)
+    np.testing.assert_allclose(gate.variances, np.maximum(eigval[:16], noise), rtol=1e-9)
+    np.testing.assert_allclose(np.abs((gate.components * eigvec[:, :16]).sum(0)), 1.0, atol=1e-9)  # same axes
+    test = rng.normal(size=(20, 96))
+    d = test - x.mean(0)
+    proj = d @ eigvec[:, :16]
+    expected = (proj**2 / np.maximum(eigval[:16], noise)).sum(1) + ((d * d).sum(1) - (proj**2).sum(1)) / noise
+    np.testing.assert_allclose(gate.score(test), expected / 96, rtol=1e-6)
+
+
 def test_flags_far_points_and_passes_exchangeable_ones():
     rng = np.random.default_rng(1)
     basis = rng.normal(size=(16, 64))
@@ -74,6 +93,12 @@ def test_image_part_flags_turned_films_and_passes_held_out_upright_ones():
     features_only = OodGate.fit(train[:, :12], dims=8).calibrate(val[:, :12], quantile=0.95)
     assert gate.flag(held)[1].mean() < 0.12  # about 5 % of exchangeable films
     assert 0.03 < gate.info["rate_on_threshold_split"] <= 0.07
+    np.testing.assert_array_equal(gate.reference, gate.score(val))  # the parts' own scores, not recomputed
+    decided = DecisionRecord(["NORMAL", "PNEUMONIA"], False, "0" * 64, split="val", ood=gate).decide(
+        np.zeros((300, 2)), val
+    )
+    np.testing.assert_array_equal(decided.ood_score, gate.score(val))
+    np.testing.assert_array_equal(decided.ood, gate.flag(val)[1])
     for name, turn in TURNS.items():
         turned = inputs(films(100, 3, turn))
         assert features_only.flag(turned)[1].mean() < 0.2, name  # the features alone do not see the turn

@@ -1,0 +1,258 @@
+"""The finish's work after scoring, measured at full NIH size rather than extrapolated (issue #27 §3).
+
+`lungnet.evaluation.after_training.finish_training` scores val, test and the OOD gate's training sample, then
+calibrates on val (bootstrap intervals, temperature, operating point, conformal scores, the OOD gate's fit and
+threshold) and writes its reports. The scoring is the model and the loader (`bench.perf.scale` times them); this
+bench times the rest, whose cost grows with the split sizes and the feature width but has a large constant part at
+the sizes `bench.perf.scale` can run (1k-16k images), so an extrapolation from there misleads.
+
+It trains simple_cnn on the real NIH sample of ``../shared/data/nih`` for two batches (a real nih14 checkpoint and
+config), then calls ``finish_training`` with synthetic outputs of the sizes of NIH ChestX-ray14 (by default its
+official split: 25,596 test images; 86,524 train+val, 15 % of them val, ``ood.fit_max`` of the rest scored) and
+``--feature-dim`` pooled features (2048: resnet50/152; 1024: densenet121) plus the gate's 16x16 thumbnail. The data
+module is a stand-in holding the 112,120-row table (path, patient: about 3.6 images per patient, as NIH's 30,805
+patients) and the splits' sizes: nothing is read from disk. Logits follow the findings (AUROC about 0.8), the
+features a low-rank class structure. CPU seconds of this process (``OMP_NUM_THREADS`` as set; numpy's BLAS threads
+count), the whole call and its named parts.
+
+    python -m bench.perf.finish_rest
+    python -m bench.perf.finish_rest --feature-dim 1024 --resamples 1000 --train-overrides ood.fit_max=5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from bench.common.cli import ROOT, main
+
+NIH = ROOT.parent / "shared/data/nih"
+NIH_TEST, NIH_TRAINVAL = 25_596, 86_524  # of NIH ChestX-ray14's 112,120 images
+PARTS = {  # what is timed inside the call: module attribute -> part name
+    "lungnet.scoring.stats.bootstrap_ci": "bootstrap intervals",
+    "lungnet.evaluation.pipeline.calibration": "temperature",
+    "lungnet.evaluation.pipeline.operating_point": "operating point",
+    "lungnet.artifacts.decision.DecisionRecord.prediction_sets": "prediction sets",
+    "lungnet.evaluation.decisions.coverage": "conformal coverage",
+    "lungnet.evaluation.decisions.fit_gate": "OOD gate fit",
+    "lungnet.evaluation.decisions.add_decisions": "decisions (with the gate)",
+    "lungnet.evaluation.after_training.split_metrics": "split metrics and predictions csv",
+    "lungnet.evaluation.after_training.write_model_card": "model card",
+}
+
+
+def cpu() -> float:
+    """CPU seconds of this process (all its threads)."""
+    return time.process_time()
+
+
+def tiny_checkpoint(work: Path, overrides: list[str]) -> tuple[Path, Path]:
+    """Trains simple_cnn on the real NIH sample for two batches at 32 px; its best checkpoint and run directory."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LUNGNET_CACHE_DIR": str(work / "store")}
+    env["LUNGNET_MANIFEST_DIR"] = str(work / "manifests")
+    argv = [sys.executable, str(ROOT / "train.py"), "data=nih14", f"data.root={NIH}", "model=simple_cnn", "trainer=cpu"]
+    argv += ["data.image_size=32", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "data.num_workers=0"]
+    argv += ["trainer.enable_progress_bar=false", "bootstrap.resamples=10", f"paths.log_dir={work / 'runs'}"]
+    argv += overrides
+    with open(work / "train.log", "w") as fh:
+        done = subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the checkpoint's training failed (exit {done.returncode}): {work / 'train.log'}")
+    ckpt = next((work / "runs").rglob("best.ckpt"))
+    return ckpt, ckpt.parent.parent
+
+
+def sizes(args) -> dict[str, int]:
+    """Images per split: NIH's official test list, val a share of train+val, the gate's sample ``fit_max``."""
+    val = int(round(args.trainval * args.val_fraction))
+    return {"test": args.test, "val": val, "train": args.trainval - val}
+
+
+def stand_in_data(counts: dict[str, int], root: str) -> SimpleNamespace:
+    """The data module the finish reads: the table (path, patient, split) and each split's size."""
+    rows = [(name, i) for name, n in counts.items() for i in range(n)]
+    table = pd.DataFrame(
+        {
+            "path": [f"{root}/images/{name}_{i:06d}.png" for name, i in rows],
+            "patient": [f"{k * 10 // 36:06d}" for k in range(len(rows))],  # about 3.6 images per patient
+            "split": [name for name, _ in rows],
+        }
+    )
+    datasets = {name: range(n) for name, n in counts.items()}
+    source = SimpleNamespace(root=root, name="nih14")
+    return SimpleNamespace(table=table, datasets=datasets, source=source, image_size=224, report={})
+
+
+def synthetic(name: str, paths: list[str], labels: int, multilabel: bool, width: int, rng, features: bool):
+    """Outputs of one split: NIH-like finding rates (single-label: classes drawn evenly), logits that follow the
+    truth, low-rank pooled features of ``width`` plus a thumbnail."""
+    from lungnet.scoring.ood import THUMB
+    from lungnet.scoring.outputs import Outputs
+
+    n = len(paths)
+    if multilabel:  # NIH's findings range from about 0.2 % (hernia) to 18 % (infiltration)
+        truth = (rng.random((n, labels)) < np.linspace(0.005, 0.18, labels)).astype(np.float32)
+        targets = truth
+    else:
+        targets = rng.integers(0, labels, n)
+        truth = np.eye(labels, dtype=np.float32)[targets]
+    logits = (1.2 * truth + rng.normal(0.0, 1.0, (n, labels)) - 2.5).astype(np.float32)
+    probs = 1.0 / (1.0 + np.exp(-logits)) if multilabel else np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    feats = None
+    if features:
+        basis = np.random.default_rng(1).normal(size=(32, width)).astype(np.float32)
+        pooled = rng.normal(size=(n, 32)).astype(np.float32) @ basis + rng.normal(0, 0.3, (n, width)).astype(np.float32)
+        feats = np.concatenate([np.maximum(pooled, 0), rng.normal(size=(n, THUMB * THUMB)).astype(np.float32)], 1)
+    return Outputs(name, probs.astype(np.float32), targets, paths, logits, feats)
+
+
+def timed_parts(seconds: dict[str, float]) -> list:
+    """Wraps the functions of `PARTS` so that each call adds its CPU seconds to ``seconds``; the undo list."""
+    import importlib
+
+    undo = []
+    for dotted, part in PARTS.items():
+        owner_name, attr = dotted.rsplit(".", 1)
+        module_name, last = owner_name.rsplit(".", 1)
+        if last[0].isupper():  # a method of a class
+            module = getattr(importlib.import_module(module_name), last)
+        else:
+            module = importlib.import_module(owner_name)
+        fn = getattr(module, attr)
+
+        def wrapped(*a, _fn=fn, _part=part, **k):
+            start = cpu()
+            try:
+                return _fn(*a, **k)
+            finally:
+                seconds[_part] = seconds.get(_part, 0.0) + cpu() - start
+
+        setattr(module, attr, wrapped)
+        undo.append((module, attr, fn))
+    return undo
+
+
+def finish_rest(ckpt: Path, run: Path, args) -> dict:
+    """``finish_training`` on the synthetic outputs of the NIH sizes, its CPU seconds and its parts'."""
+    from omegaconf import OmegaConf
+
+    from lungnet.artifacts.checkpoint import load_model
+    from lungnet.artifacts.paths import decision_path
+    from lungnet.evaluation import after_training
+
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.bootstrap.resamples = args.resamples
+    loaded = load_model(ckpt)
+    decision_path(ckpt).unlink(missing_ok=True)  # the tiny training's: a finish after training fits its own
+    counts = sizes(args)
+    dm = stand_in_data(counts, str(run / "data"))
+    rng = np.random.default_rng(args.seed)
+    by_split = dm.table.groupby("split", sort=False)["path"]
+    fit_max = int(cfg.ood.fit_max)
+    scored = {
+        name: synthetic(
+            name,
+            list(paths)[: fit_max if name == "train" else None],
+            len(loaded.labels),
+            loaded.multilabel,
+            args.feature_dim,
+            rng,
+            name != "test",
+        )
+        for name, paths in by_split
+    }
+    seconds: dict[str, float] = {}
+    undo = timed_parts(seconds)
+    out_dir = Path(tempfile.mkdtemp(prefix="finish-rest-", dir=run))
+    start, wall = cpu(), time.perf_counter()
+    try:
+        after_training.finish_training(cfg, ckpt, dm, out_dir, progress_bar=False, scored=scored, loaded=loaded)
+    finally:
+        for module, attr, fn in undo:
+            setattr(module, attr, fn)
+    total = {"cpu_s": cpu() - start, "wall_s": time.perf_counter() - wall}
+    images = {k: len(v.paths) for k, v in scored.items()}
+    return {"images": images, "train_split": counts["train"], "finish_rest": total, "parts_cpu_s": seconds}
+
+
+def over_epoch(result: dict, scale_record: Path) -> dict:
+    """The finish without the model over one epoch's loading at these sizes: the finish's own batches and one
+    epoch of the training split at the CPU per image `bench.perf.scale` measured from the prepared store (its largest
+    size; ``finish_loading``, ``epoch_store``), plus this bench's rest; 8 ranks: each loads 1/8 of the epoch and
+    scores 1/8 of the finish's images, rank 0 alone does the rest."""
+    rec = json.loads(scale_record.read_text())
+    results = rec["result"]["results"]
+    n = max(results, key=int)
+    got = results[n]
+    scored = sum(got["finish_scoring"].get(f"{s}_images", 0) for s in ("val", "test", "train", "probe"))
+    per_loaded = got["finish_loading"]["cpu_s"] / scored
+    per_epoch_image = got["epoch_store"]["cpu_s"] / int(n)  # every image of the set through the training dataset
+    images = result["images"]
+    loading = per_loaded * (images["test"] + images["train"] + 32)  # val: the validation pass's; one checking batch
+    epoch = per_epoch_image * result["train_split"]
+    rest = result["finish_rest"]["cpu_s"]
+    return {
+        "scale_record": {"path": str(scale_record), "size": int(n), "machine": rec["machine"], "date": rec["date"]},
+        "loading_ms_per_image": per_loaded * 1000,
+        "epoch_ms_per_image": per_epoch_image * 1000,
+        "loading_cpu_s": loading,
+        "epoch_cpu_s": epoch,
+        "1rank": (loading + rest) / epoch,
+        "8rank": (loading / 8 + rest) / (epoch / 8),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Split sizes, feature width, resamples, the checkpoint training's extra overrides."""
+    parser.add_argument("--test", type=int, default=NIH_TEST, help="test images (NIH's official test list)")
+    parser.add_argument("--trainval", type=int, default=NIH_TRAINVAL, help="train+val images (NIH's list)")
+    parser.add_argument("--val-fraction", type=float, default=0.15, help="val's share of NIH's train+val list")
+    parser.add_argument("--feature-dim", type=int, default=2048, help="pooled feature width (resnet50/152: 2048)")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap.resamples (training's default)")
+    parser.add_argument("--train-overrides", nargs="*", default=[], help="overrides of the checkpoint's training")
+    parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    parser.add_argument(
+        "--scale-record",
+        type=Path,
+        default=ROOT / "bench/results/scale_finish.json",
+        help="bench.perf.scale's record whose per-image loading costs give the ratio to an epoch",
+    )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Trains the checkpoint, times the finish's rest, states the headline."""
+    work = Path(args.work or tempfile.mkdtemp(prefix="finish-rest-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt, run_dir = tiny_checkpoint(work, list(args.train_overrides))
+    result = finish_rest(ckpt, run_dir, args)
+    result["threads"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    result["over_epoch"] = ratio = over_epoch(result, args.scale_record)
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(result["parts_cpu_s"].items(), key=lambda kv: -kv[1]))
+    result["figures"] = [
+        {
+            "figure": f"finish after scoring at NIH size ({json.dumps(result['images'])}, {args.feature_dim} features, "
+            f"{args.resamples} resamples): CPU s",
+            "value": f"{result['finish_rest']['cpu_s']:.1f} s ({parts})",
+        },
+        {
+            "figure": "finish without the model over one epoch's loading from the store, at NIH size",
+            "value": f"({ratio['loading_cpu_s']:.1f} s loading + {result['finish_rest']['cpu_s']:.1f} s rest) / "
+            f"{ratio['epoch_cpu_s']:.0f} s = {ratio['1rank']:.3f}x on one rank; {ratio['8rank']:.2f}x of a rank's "
+            "share under 8 ranks",
+        },
+    ]
+    return result
+
+
+if __name__ == "__main__":
+    main("finish_rest", __doc__, add_arguments, run)

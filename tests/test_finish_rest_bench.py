@@ -1,0 +1,53 @@
+"""bench/perf/finish_rest.py: the finish's work after scoring, on synthetic outputs of given split sizes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import pytest
+
+from bench.perf.finish_rest import finish_rest, over_epoch
+from lungnet.artifacts.checkpoint import load_model
+from lungnet.artifacts.decision import read_decision
+from lungnet.artifacts.paths import decision_path
+from tests.evaluation.conftest import tiny_run  # noqa: F401  (the shared trained run)
+
+
+def test_the_finish_runs_on_synthetic_outputs_of_the_given_sizes_and_times_its_parts(tiny_run, tmp_path):  # noqa: F811
+    run = tmp_path / "run"  # a copy: the bench replaces the checkpoint's decision file
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(tiny_run / "config.yaml", run / "config.yaml")
+    ckpt = shutil.copy(tiny_run / "checkpoints" / "best.ckpt", run / "checkpoints" / "best.ckpt")
+    args = argparse.Namespace(test=40, trainval=120, val_fraction=0.25, feature_dim=24, resamples=20, seed=0)
+    got = finish_rest(ckpt, run, args)
+    assert got["images"] == {"test": 40, "val": 30, "train": 90} and got["train_split"] == 90
+    assert got["finish_rest"]["cpu_s"] > 0
+    assert {"bootstrap intervals", "OOD gate fit", "decisions (with the gate)"} <= set(got["parts_cpu_s"])
+    record = read_decision(decision_path(ckpt), ckpt, load_model(ckpt).labels)
+    assert record.ood_fit_n == 90 and record.counts["n"] == 30  # fitted on the synthetic sample, thresholded on val
+
+
+def test_the_ratio_to_an_epoch_uses_the_scale_records_costs_per_image(tmp_path):
+    scale = {
+        "machine": {"model": "Test CPU"},
+        "date": "2026-12-07",
+        "result": {
+            "results": {
+                "1000": {
+                    "finish_scoring": {"test_images": 150, "train_images": 750, "probe_images": 100},
+                    "finish_loading": {"cpu_s": 0.1},  # 0.1 ms per image
+                    "epoch_store": {"cpu_s": 1.0},  # 1 ms per image
+                }
+            }
+        },
+    }
+    path = tmp_path / "scale.json"
+    path.write_text(json.dumps(scale))
+    result = {"images": {"test": 968, "train": 1000, "val": 500}, "train_split": 4000, "finish_rest": {"cpu_s": 0.2}}
+    got = over_epoch(result, path)
+    assert got["loading_cpu_s"] == pytest.approx(0.2)  # (968 + 1000 + 32) images at 0.1 ms
+    assert got["epoch_cpu_s"] == pytest.approx(4.0)
+    assert got["1rank"] == pytest.approx(0.1)
+    assert got["8rank"] == pytest.approx((0.2 / 8 + 0.2) / 0.5)
