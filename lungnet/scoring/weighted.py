@@ -154,8 +154,12 @@ def weight_chunks(resampler: Resampler, rng: np.random.Generator, resamples: int
     n, done = resampler.n, 0
     while done < resamples:
         r = min(chunk, resamples - done)
-        flat = np.concatenate([resampler.draw(rng) * r + k for k in range(r)])
-        yield np.bincount(flat, minlength=n * r).reshape(n, r).astype(np.float64)
+        counts = np.empty((r, n))
+        for k in range(r):
+            counts[k] = np.bincount(resampler.draw(rng), minlength=n)
+        wt = np.ascontiguousarray(counts.T)  # images in rows: the sparse products read whole rows
+        del counts
+        yield wt
         done += r
 
 
