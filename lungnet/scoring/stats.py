@@ -25,11 +25,9 @@ from sklearn.metrics import roc_curve
 
 from lungnet.data.labels import DEFAULT_THRESHOLD
 from lungnet.scoring.metrics import macro
-from lungnet.scoring.resample import Resampler
+from lungnet.scoring.weighted import EPS, resampled_headlines
 
 log = logging.getLogger(__name__)
-
-EPS = 1e-7
 
 
 # ----------------------------------------------------------------------------- point metrics
@@ -196,7 +194,7 @@ def bootstrap_ci(
     """
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets)
-    rng, n = np.random.default_rng(seed), len(probs)
+    rng = np.random.default_rng(seed)
 
     def stats(p: np.ndarray, t: np.ndarray) -> dict[str, float]:
         auroc = per_class_auroc(p, t, multilabel)
@@ -206,13 +204,10 @@ def bootstrap_ci(
         return values
 
     point = stats(probs, targets)
-    draws: dict[str, list[float]] = {k: [] for k in point}
-    if n:
-        draw = Resampler(n, groups).draw
-        for _ in range(int(resamples)):
-            idx = draw(rng)
-            for key, value in stats(probs[idx], targets[idx]).items():
-                draws[key].append(value)
+    # all resamples at once from multiplicity weights (the same draws and numbers as rescoring each resample)
+    [(draws, auroc)] = resampled_headlines([probs], targets, multilabel, resamples, rng, groups)
+    if multilabel:
+        draws.update({f"auroc/{lab}": auroc[:, j] for j, lab in enumerate(labels)})
     out = {}
     for key, value in point.items():
         lo, hi = percentile_interval(draws[key], level)
@@ -255,16 +250,11 @@ def paired_bootstrap(
         raise ValueError(f"Paired predictions need the same images: shapes {probs_a.shape}, {probs_b.shape}")
     point_a, point_b = headline(probs_a, targets, multilabel), headline(probs_b, targets, multilabel)
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in point_a}
-    draw = Resampler(len(targets), groups).draw
-    for _ in range(int(resamples)):
-        idx = draw(rng)
-        a, b = headline(probs_a[idx], targets[idx], multilabel), headline(probs_b[idx], targets[idx], multilabel)
-        for key in draws:
-            draws[key].append(a[key] - b[key])
+    (a, _), (b, _) = resampled_headlines([probs_a, probs_b], targets, multilabel, resamples, rng, groups)
     out = {}
     for key in point_a:
-        finite = np.asarray([d for d in draws[key] if np.isfinite(d)])
+        diff = a[key] - b[key]
+        finite = diff[np.isfinite(diff)]
         lo, hi = percentile_interval(finite, level)
         better = (finite < 0) if key == "loss" else (finite > 0)
         out[key] = {
