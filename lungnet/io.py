@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -27,17 +29,38 @@ def printable(text: object) -> str:
     return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _clean(obj):
-    """NaN/inf -> None and undecodable strings escaped, so the JSON is standard UTF-8."""
+INLINE_MIN = 17  # number lists at least this long are written on one line (scores of every calibration image)
+
+
+def _clean(obj, inline: list[str], token: str):
+    """NaN/inf -> None and undecodable strings escaped, so the JSON is standard UTF-8; a long list of plain numbers
+    becomes a placeholder (``token`` and its index) for its compact JSON, appended to ``inline``."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, str):
         return printable(obj)
     if isinstance(obj, dict):
-        return {printable(k): _clean(v) for k, v in obj.items()}
+        return {printable(k): _clean(v, inline, token) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        if len(obj) >= INLINE_MIN and all(type(v) is float or type(v) is int for v in obj):
+            inline.append(json.dumps([v if math.isfinite(v) else None for v in obj]))  # the C encoder: ~10x faster
+            return f"{token}{len(inline) - 1}"
+        return [_clean(v, inline, token) for v in obj]
     return obj
+
+
+def dumps(data: dict) -> str:
+    """``data`` as indented JSON, NaN and inf as null, long lists of numbers on one line each.
+
+    Linear in the size of ``data``: the indenting encoder is pure Python and slow per value, so the numbers of long
+    lists (a decision file's calibration scores, about 200k at NIH size) go through the C encoder instead.
+    """
+    inline: list[str] = []
+    token = f"@inline-{secrets.token_hex(8)}-"
+    text = json.dumps(_clean(data, inline, token), indent=2, default=str)
+    if not inline:
+        return text
+    return re.sub(f'"{re.escape(token)}(\\d+)"', lambda m: inline[int(m.group(1))], text)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w", **open_kwargs) -> Path:
@@ -73,7 +96,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
     """Writes ``data`` as indented JSON atomically; returns the path."""
-    text = json.dumps(_clean(data), indent=2, default=str)
+    text = dumps(data)
     return atomic_write(path, lambda fh: fh.write(text), encoding="utf-8")
 
 

@@ -1,14 +1,16 @@
-"""lungnet.io.check_writable: the probe a command runs before work that ends by writing into a folder."""
+"""lungnet.io: the probe a command runs before work that ends by writing into a folder, and the JSON writer."""
 
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 
 import pytest
 
 from lungnet import io as lungnet_io
-from lungnet.io import check_writable
+from lungnet.io import check_writable, write_json
 
 
 def test_creates_the_folder_and_leaves_no_probe(tmp_path):
@@ -45,3 +47,24 @@ def test_a_folder_without_write_bits_is_a_permission_error(tmp_path):
             check_writable(folder)
     finally:
         folder.chmod(0o755)
+
+
+def test_json_keeps_long_number_lists_on_one_line_and_reads_back_equal(tmp_path):
+    scores = [0.1 * i for i in range(40)] + [float("nan"), 3]
+    data = {
+        "scores": scores,
+        "short": [1.5, float("inf")],
+        "nested": [{"x": scores[:20]}],
+        "text": "@inline-0000000000000000-0",  # a value shaped like the placeholder stays a string
+        "mixed": ["a"] * 20 + [1.0],
+        "bad\udcffkey": "p\udcff",
+    }
+    path = write_json(tmp_path / "d.json", data)
+    text = path.read_text(encoding="utf-8")
+    back = json.loads(text)
+    assert back["scores"][:40] == scores[:40] and back["scores"][40] is None and back["scores"][41] == 3
+    assert back["short"] == [1.5, None] and back["nested"][0]["x"] == scores[:20]
+    assert back["text"] == data["text"] and back["mixed"] == data["mixed"] and back["bad\\xffkey"] == "p\\xff"
+    lines = text.splitlines()
+    assert any(line.strip().startswith('"scores": [0.0, 0.1') for line in lines)  # one line
+    assert len(lines) < 60 and not any(math.isnan(v) for v in back["scores"][:40])

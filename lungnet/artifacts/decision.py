@@ -34,7 +34,7 @@ import numpy as np
 
 from lungnet.artifacts.decision_file import FORMAT, record_fields
 from lungnet.artifacts.paths import decision_path
-from lungnet.data.labels import DEFAULT_THRESHOLD, default_positive
+from lungnet.data.labels import DEFAULT_THRESHOLD, default_positive, join_flags
 from lungnet.data.preprocessing import logits_to_probs
 from lungnet.errors import CheckpointError
 from lungnet.io import write_json
@@ -100,7 +100,7 @@ class Decisions:
         """The prediction sets as ``A|B`` strings (empty strings without conformal calibration)."""
         if self.sets is None:
             return [""] * len(self.decision)
-        return ["|".join(lab for lab, inside in zip(labels, row, strict=True) if inside) for row in self.sets]
+        return join_flags(self.sets, labels)
 
     def columns(self, labels: list[str]) -> dict[str, list]:
         """Table columns: decision, decision_reason, decision_note, prediction_set, ood, ood_score, p_<label>."""
@@ -186,7 +186,7 @@ class DecisionRecord:
         if self.multilabel:
             thr = np.array([self.thresholds.get(lab, DEFAULT_THRESHOLD) for lab in self.labels])
             on = probs >= thr
-            return ["|".join(lab for lab, x in zip(self.labels, row, strict=True) if x) or NO_FINDING for row in on]
+            return join_flags(on, self.labels, NO_FINDING)
         top = probs.argmax(1)
         if self.rule != "threshold":
             return [self.labels[i] for i in top]

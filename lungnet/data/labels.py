@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 # The decision threshold of a finding (multi-label) or class that has no fitted one: its one home
 # (`lungnet.artifacts.decision`, `lungnet.serve.export`, `lungnet.evaluation`, `lungnet.explain` read it from here).
 DEFAULT_THRESHOLD = 0.5
@@ -100,3 +102,14 @@ def default_positive(labels: list[str]) -> str | None:
         return None
     abnormal = [lab for lab in labels if lab not in NORMAL_LABELS]
     return abnormal[0] if len(abnormal) == 1 else labels[1]
+
+
+def join_flags(flags, labels: list[str], empty: str = "") -> list[str]:
+    """Per row of ``flags`` (N, C; true where a label applies), its labels joined by ``|`` in ``labels``' order, or
+    ``empty`` where none applies. One join per distinct row (a few hundred among NIH's 112k images): O(N log N)."""
+    on = np.asarray(flags, dtype=bool)
+    if len(on) == 0:
+        return []
+    rows, inverse = np.unique(on, axis=0, return_inverse=True)
+    names = ["|".join(lab for lab, x in zip(labels, row, strict=True) if x) or empty for row in rows]
+    return [names[i] for i in inverse.reshape(-1)]

@@ -28,6 +28,7 @@ from lungnet.artifacts.decision import (
     new_record,
 )
 from lungnet.data.cache import PreparedReader
+from lungnet.data.labels import join_flags
 from lungnet.evaluation import decision_target
 from lungnet.evaluation.decision_report import (
     SHIFT_P,
@@ -209,7 +210,7 @@ def truth_strings(targets: np.ndarray, labels: list[str], multilabel: bool) -> l
     """True labels in the decision's format."""
     if not multilabel:
         return [labels[int(t)] for t in targets]
-    return ["|".join(lab for lab, t in zip(labels, row, strict=True) if t == 1) or NO_FINDING for row in targets]
+    return join_flags(np.asarray(targets) == 1, labels, NO_FINDING)
 
 
 def summarise(record: DecisionRecord, dec: Decisions, ev, source: str) -> dict:

@@ -111,7 +111,8 @@ class OodGate:
 
     @classmethod
     def fit(cls, features: np.ndarray, classes: np.ndarray | None = None, dims: int = 64, **info) -> OodGate:
-        """Fits class means and the shared PPCA covariance.
+        """Fits class means and the shared PPCA covariance, in float32 (the precision the gate is stored in; half
+        float64's CPU for the D x D scatter, the finish's largest step at 2048 features), sums in float64.
 
         Args:
             features: (N, D) penultimate features of the training images.
@@ -122,23 +123,24 @@ class OodGate:
         Raises:
             ValueError: fewer than 3 images.
         """
-        x = np.asarray(features, dtype=np.float64)
+        x = np.asarray(features, dtype=np.float32)
         if len(x) < 3:
             raise ValueError(f"the OOD gate needs at least 3 training images, got {len(x)}")
         groups = np.zeros(len(x), dtype=int) if classes is None else np.asarray(classes, dtype=int)
         present = np.unique(groups)
-        means = np.stack([x[groups == g].mean(0) for g in present])
-        centred = x - means[np.searchsorted(present, groups)]
-        scatter = centred.T @ centred / max(len(x) - len(present), 1)
+        means = np.stack([x[groups == g].mean(0, dtype=np.float64) for g in present])
+        centred = x - means[np.searchsorted(present, groups)].astype(np.float32)
+        scatter = centred.T @ centred / np.float32(max(len(x) - len(present), 1))
         width = x.shape[1]
         k = int(max(1, min(dims, width - 1, len(x) - len(present))))
         eigval, eigvec = leading_axes(scatter, k)
-        total = max(float(np.trace(scatter)), 0.0)  # the sum of every eigenvalue: the rest's mean without them
+        total = max(float(np.trace(scatter, dtype=np.float64)), 0.0)  # every eigenvalue's sum: the rest's mean
         floor = max(total / width * 1e-6, 1e-12)
         rest = width - k
         noise = max((total - float(eigval.sum())) / rest if rest else floor, floor)
         info = {"method": METHOD, "dims": k, "feature_dim": int(width), "fit_n": int(len(x)), **info}
-        return cls(means, eigvec, np.maximum(eigval, noise), noise, info=info)
+        variances = np.maximum(eigval.astype(np.float64), noise)
+        return cls(means, eigvec.astype(np.float64), variances, noise, info=info)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance to the nearest class mean, per feature dimension: (N,)."""
@@ -245,7 +247,7 @@ class ImageGate:
     @classmethod
     def fit(cls, inputs: np.ndarray, classes: np.ndarray | None = None, dims: int = 64, **info) -> ImageGate:
         """Fits both parts on `gate_inputs` of the training images (``dims``: the feature part's axes)."""
-        x = np.asarray(inputs, dtype=np.float64)
+        x = np.asarray(inputs, dtype=np.float32)
         width = x.shape[1] - THUMB * THUMB
         if width < 1:
             raise ValueError(f"gate inputs of width {x.shape[1]} hold no features before the {THUMB}x{THUMB} thumbnail")

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lungnet.data.images import read_image
-from lungnet.data.labels import DEFAULT_THRESHOLD
+from lungnet.data.labels import DEFAULT_THRESHOLD, join_flags
 from lungnet.data.preprocessing import logits_to_probs
 from lungnet.scoring.ood import gate_inputs
 
@@ -136,16 +136,11 @@ def predictions_table(
     table = pd.DataFrame({"path": paths})
     if targets is not None:
         if multilabel:
-            table["true"] = [
-                "|".join(lab for lab, t in zip(labels, row, strict=True) if t == 1) or "No Finding" for row in targets
-            ]
+            table["true"] = join_flags(np.asarray(targets) == 1, labels, "No Finding")
         else:
             table["true"] = [labels[int(t)] for t in targets]
     if multilabel:
-        table["predicted"] = [
-            "|".join(lab for lab, p in zip(labels, row, strict=True) if p >= DEFAULT_THRESHOLD) or "No Finding"
-            for row in probs
-        ]
+        table["predicted"] = join_flags(np.asarray(probs) >= DEFAULT_THRESHOLD, labels, "No Finding")
     else:
         table["predicted"] = [labels[int(i)] for i in probs.argmax(1)]
         table["confidence"] = probs.max(1)

@@ -38,14 +38,16 @@ def test_the_leading_axes_alone_give_the_gate_every_axis_gives(n):
     eigval, eigvec = np.linalg.eigh(centred.T @ centred / (n - 1))  # every axis, as the gate once computed them
     eigval, eigvec = np.clip(eigval[::-1], 0.0, None), eigvec[:, ::-1]
     noise = max(eigval[16:].mean(), eigval.mean() * 1e-6)
-    np.testing.assert_allclose(gate.noise, noise, rtol=1e-6)
-    np.testing.assert_allclose(gate.variances, np.maximum(eigval[:16], noise), rtol=1e-9)
-    np.testing.assert_allclose(np.abs((gate.components * eigvec[:, :16]).sum(0)), 1.0, atol=1e-9)  # same axes
+    # the gate fits in float32, the precision it is stored in; this spectrum spans 1e5 (noise 1e-5 of the top axis),
+    # where float32 resolves the small variances to about 0.2 % (a float64 fit gave 1e-9)
+    np.testing.assert_allclose(gate.noise, noise, rtol=5e-3)
+    np.testing.assert_allclose(gate.variances, np.maximum(eigval[:16], noise), rtol=1e-2)
+    np.testing.assert_allclose(np.abs((gate.components * eigvec[:, :16]).sum(0)), 1.0, atol=2e-3)  # same axes
     test = rng.normal(size=(20, 96))
     d = test - x.mean(0)
     proj = d @ eigvec[:, :16]
     expected = (proj**2 / np.maximum(eigval[:16], noise)).sum(1) + ((d * d).sum(1) - (proj**2).sum(1)) / noise
-    np.testing.assert_allclose(gate.score(test), expected / 96, rtol=1e-6)
+    np.testing.assert_allclose(gate.score(test), expected / 96, rtol=5e-3)
 
 
 def test_flags_far_points_and_passes_exchangeable_ones():
