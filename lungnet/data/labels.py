@@ -110,6 +110,10 @@ def join_flags(flags, labels: list[str], empty: str = "") -> list[str]:
     on = np.asarray(flags, dtype=bool)
     if len(on) == 0:
         return []
-    rows, inverse = np.unique(on, axis=0, return_inverse=True)
+    if on.shape[1] < 63:  # each row as one integer: np.unique on int64, several times faster than on rows
+        codes, inverse = np.unique(on @ (1 << np.arange(on.shape[1], dtype=np.int64)), return_inverse=True)
+        rows = (codes[:, None] >> np.arange(on.shape[1])) & 1
+    else:
+        rows, inverse = np.unique(on, axis=0, return_inverse=True)
     names = ["|".join(lab for lab, x in zip(labels, row, strict=True) if x) or empty for row in rows]
     return [names[i] for i in inverse.reshape(-1)]

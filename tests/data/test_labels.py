@@ -22,3 +22,6 @@ def test_join_flags_names_each_rows_labels_in_order_as_a_per_row_join_does():
     assert join_flags(flags, labels, "No Finding") == expected
     assert join_flags(np.array([[np.nan, 1.0, 0.0]]) == 1, labels) == ["Effusion"]  # unknown (NaN) is not a label
     assert join_flags(np.zeros((0, 3), bool), labels) == []
+    wide = [f"L{i}" for i in range(70)]  # more labels than an int64 has bits
+    many = np.random.default_rng(1).random((50, 70)) < 0.05
+    assert join_flags(many, wide) == ["|".join(lab for lab, x in zip(wide, row, strict=True) if x) for row in many]
