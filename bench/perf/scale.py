@@ -29,7 +29,9 @@ loader stages read their own process tree) and wall seconds:
 Then growth exponents (least squares of log seconds on log N, over the sizes run) and the extrapolation to 112k
 and 224k images; the JSON record and a markdown table beside it (.md) are written to ``--out`` (after every size).
 The record's ``finish_figure`` (`finish_figure`): the finish's CPU as a fraction of one epoch's loading, measured
-per size and extrapolated to 112k with at most ``ood.fit_max`` training images scored, for 1 and k ranks.
+per size and extrapolated to 112k with at most ``ood.fit_max`` training images scored, for 1 and k ranks. Its
+``rest`` (calibration and reports) is mostly constant at the sizes run here, so its exponent underestimates it at
+112k: `bench.perf.finish_rest` measures the rest at NIH's full split sizes instead (use that figure).
 
     python -m bench.perf.scale --sizes 1000 4000 16000 --size 256
     python -m bench.perf.scale --sizes 1000 4000 16000 64000 --size 256   # 64k: hours on 2 cores
