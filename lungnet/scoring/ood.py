@@ -25,12 +25,12 @@ features alone.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.linalg
 
+from lungnet.scoring.stored_array import encode_array, read_array
 from lungnet.untrusted import BadValue, Fields
 
 METHOD = "mahalanobis-ppca"
@@ -38,6 +38,7 @@ IMAGE_METHOD = "mahalanobis-ppca+thumbnail"
 THUMB = 16  # side of the grey thumbnail of the model input the image part scores
 IMAGE_DIMS = 8  # principal axes of the thumbnails' covariance
 CONTRAST_FLOOR = 1e-2  # a thumbnail with less contrast (std) than this is scored as flat (blank)
+CHUNK = 4096  # rows scored at a time
 
 
 def gate_inputs(features, batch) -> np.ndarray:
@@ -47,44 +48,6 @@ def gate_inputs(features, batch) -> np.ndarray:
 
     thumbs = torch.nn.functional.adaptive_avg_pool2d(batch.float().mean(1, keepdim=True), THUMB).flatten(1)
     return np.concatenate([features.float().cpu().numpy(), thumbs.cpu().numpy()], axis=1)
-
-
-def encode_array(array: np.ndarray) -> dict:
-    """A float array as JSON-ready data: shape and little-endian float32 bytes in base64."""
-    arr = np.ascontiguousarray(array, dtype="<f4")
-    return {"shape": list(arr.shape), "dtype": "float32", "base64": base64.b64encode(arr.tobytes()).decode("ascii")}
-
-
-def decode_array(data: dict) -> np.ndarray:
-    """Inverse of `encode_array` (float64 result).
-
-    Raises:
-        ValueError: malformed entry (wrong size or type).
-    """
-    if data.get("dtype") != "float32":
-        raise ValueError(f"unsupported array dtype {data.get('dtype')!r} (expected float32)")
-    raw = np.frombuffer(base64.b64decode(data["base64"], validate=True), dtype="<f4")
-    return raw.reshape([int(s) for s in data["shape"]]).astype(np.float64)
-
-
-def read_array(fields: Fields, name: str, ndim: int) -> np.ndarray:
-    """A stored array (`encode_array`) of ``ndim`` dimensions and finite values.
-
-    Raises:
-        BadValue: malformed, of another rank, or holding NaN or inf, named by its key.
-    """
-    entry = fields.nested(name)
-    accepted = f"a {ndim}-d float32 array (shape, dtype, base64) of finite numbers"
-    shape = entry.raw("shape")
-    if not isinstance(shape, list) or len(shape) != ndim or not all(type(s) is int and s > 0 for s in shape):
-        raise BadValue(entry.key("shape"), shape, f"a list of {ndim} positive integers")
-    try:
-        array = decode_array(entry.data)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise BadValue(fields.key(name), None, accepted, said=f"malformed ({exc})") from exc
-    if not np.isfinite(array).all():
-        raise BadValue(fields.key(name), None, accepted, said="an array holding NaN or inf")
-    return array
 
 
 @dataclass(frozen=True)
@@ -143,13 +106,24 @@ class OodGate:
         return cls(means, eigvec.astype(np.float64), variances, noise, info=info)
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance to the nearest class mean, per feature dimension: (N,)."""
-        x = np.asarray(features, dtype=np.float64)[:, : self.means.shape[1]]  # without a thumbnail part
+        """Squared Mahalanobis distance to the nearest class mean, per feature dimension: (N,).
+
+        In float64, ``CHUNK`` rows at a time: memory stays flat in N (112k images of 2048 features would take
+        ~6 GB of float64 temporaries at once).
+        """
+        x = np.asarray(features)[:, : self.means.shape[1]]  # without a thumbnail part
+        out = np.empty(len(x))
+        for start in range(0, len(x), CHUNK):
+            out[start : start + CHUNK] = self._score_rows(np.asarray(x[start : start + CHUNK], dtype=np.float64))
+        return out
+
+    def _score_rows(self, x: np.ndarray) -> np.ndarray:
+        """`score` of a block of float64 rows."""
         best = np.full(len(x), np.inf)
         for mean in self.means:
             d = x - mean
             proj = d @ self.components
-            residual = (d * d).sum(1) - (proj * proj).sum(1)
+            residual = np.einsum("ij,ij->i", d, d) - np.einsum("ij,ij->i", proj, proj)
             dist = (proj * proj / self.variances).sum(1) + np.maximum(residual, 0.0) / self.noise
             best = np.minimum(best, dist)
         return best / self.means.shape[1]
@@ -257,7 +231,7 @@ class ImageGate:
 
     def parts(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Each part's score divided by its threshold: ``{"features": (N,), "image": (N,)}``."""
-        x = np.asarray(inputs, dtype=np.float64)
+        x = np.asarray(inputs)
         width = self.features.means.shape[1]
         if x.shape[1] != width + THUMB * THUMB:
             raise ValueError(f"gate inputs of width {x.shape[1]}, expected {width} features + {THUMB**2} thumbnail")
@@ -278,7 +252,7 @@ class ImageGate:
     def calibrate(self, inputs: np.ndarray, quantile: float = 0.95, split: str = "val") -> ImageGate:
         """A copy with each part thresholded at ``1 - (1 - quantile) / 2`` of ``inputs``' scores (either flags
         about ``1 - quantile`` of such images)."""
-        x = np.asarray(inputs, dtype=np.float64)
+        x = np.asarray(inputs)
         width = self.features.means.shape[1]
         each = 1 - (1 - quantile) / 2
         feats = self.features.calibrate(x[:, :width], each, split)

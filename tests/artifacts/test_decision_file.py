@@ -17,7 +17,8 @@ from lungnet.artifacts.paths import decision_path
 from lungnet.commands import predict as predict_cmd
 from lungnet.commands.wrapper import run_safely
 from lungnet.errors import CheckpointError
-from lungnet.scoring.ood import THUMB, AnyMemberGate, ImageGate, OodGate, encode_array
+from lungnet.scoring.ood import THUMB, AnyMemberGate, ImageGate, OodGate
+from lungnet.scoring.stored_array import encode_array
 from lungnet.untrusted import BadValue
 from tests.conftest import run_cli, shared
 from tests.serve.test_inference import LABELS, make_checkpoint

@@ -10,7 +10,8 @@ import torch
 
 from lungnet.artifacts.decision import DecisionRecord
 from lungnet.data.synthetic import render_phantom
-from lungnet.scoring.ood import THUMB, ImageGate, OodGate, decode_array, encode_array, gate_from_dict, gate_inputs
+from lungnet.scoring import ood
+from lungnet.scoring.ood import THUMB, ImageGate, OodGate, gate_from_dict, gate_inputs
 from lungnet.scoring.referral import CLEARLY_PAST
 
 
@@ -59,14 +60,6 @@ def test_flags_far_points_and_passes_exchangeable_ones():
     assert 0.02 < flags.mean() < 0.09  # about 5 % of exchangeable images, by construction
     off_subspace = draw(50) + rng.normal(size=(50, 64))  # same scale, but leaves the training subspace
     assert gate.flag(off_subspace)[1].all()
-
-
-def test_arrays_round_trip_as_json():
-    a = np.random.default_rng(2).normal(size=(3, 4))
-    back = decode_array(json.loads(json.dumps(encode_array(a))))
-    np.testing.assert_allclose(back, a, rtol=1e-6)
-    with pytest.raises(ValueError, match="dtype"):
-        decode_array({"dtype": "object", "shape": [1], "base64": ""})
 
 
 def films(n: int, seed: int, turn=lambda im: im) -> torch.Tensor:
@@ -150,3 +143,15 @@ def test_a_film_just_past_a_threshold_is_unlike_the_training_images_without_a_gu
     for i in barely:
         assert reasons[i].startswith("unlike the training images (OOD score"), reasons[i]
         assert "layout" not in reasons[i] and "features" not in reasons[i], reasons[i]
+
+
+def test_scores_in_chunks_equal_scores_in_one_block(monkeypatch):
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(size=(300, 24)), rng.normal(size=(300, THUMB**2))], 1).astype(np.float32)
+    gate = ImageGate.fit(x[:200], rng.integers(0, 3, 200), dims=8).calibrate(x[200:250])
+    monkeypatch.setattr(ood, "CHUNK", 10**9)
+    whole = gate.parts(x[250:])
+    monkeypatch.setattr(ood, "CHUNK", 7)  # 50 rows: 7 full chunks and a last one of 1
+    chunked = gate.parts(x[250:])
+    for part in ("features", "image"):
+        np.testing.assert_allclose(chunked[part], whole[part], rtol=1e-12)
