@@ -34,7 +34,7 @@ import numpy as np
 
 from lungnet.artifacts.decision_file import FORMAT, record_fields
 from lungnet.artifacts.paths import decision_path
-from lungnet.data.labels import DEFAULT_THRESHOLD, default_positive, join_flags
+from lungnet.data.labels import DEFAULT_THRESHOLD, NO_FINDING, default_positive, join_flags
 from lungnet.data.preprocessing import logits_to_probs
 from lungnet.errors import CheckpointError
 from lungnet.io import write_json
@@ -53,7 +53,6 @@ from lungnet.scoring.referral import (
 log = logging.getLogger(__name__)
 
 ABSTAIN = "abstain"
-NO_FINDING = "No Finding"
 
 
 def sha256_file(path: str | os.PathLike) -> str:

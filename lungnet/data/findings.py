@@ -27,7 +27,7 @@ from lungnet.data import labels as L
 from lungnet.data.sources import SOURCES
 from lungnet.errors import DataError
 
-NO_FINDING = "No Finding"
+NO_FINDING = L.NO_FINDING
 PNEUMONIA = "Pneumonia"
 COVID19 = "COVID-19"
 TUBERCULOSIS = "Tuberculosis"

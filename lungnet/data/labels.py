@@ -14,6 +14,7 @@ import numpy as np
 # The decision threshold of a finding (multi-label) or class that has no fitted one: its one home
 # (`lungnet.artifacts.decision`, `lungnet.serve.export`, `lungnet.evaluation`, `lungnet.explain` read it from here).
 DEFAULT_THRESHOLD = 0.5
+NO_FINDING = "No Finding"  # a multi-label image with no finding: its one spelling in lungnet's outputs
 
 PNEUMONIA = ["NORMAL", "PNEUMONIA"]
 LUNG5 = ["Bacterial Pneumonia", "Corona Virus Disease", "Normal", "Tuberculosis", "Viral Pneumonia"]

@@ -19,7 +19,7 @@ import torch
 
 from lungnet.artifacts.checkpoint import LoadedModel, load_model
 from lungnet.data.images import read_image
-from lungnet.data.labels import DEFAULT_THRESHOLD
+from lungnet.data.labels import DEFAULT_THRESHOLD, NO_FINDING, join_flags
 from lungnet.data.preprocessing import Preprocessing
 from lungnet.explain.base import ExplainError
 from lungnet.explain.cams import make_explainer
@@ -87,7 +87,7 @@ def _judge(loaded: LoadedModel, probs: np.ndarray, truth, explained: int) -> tup
             true = "unknown"
             verdict = None
         else:
-            true = "|".join(lab for lab, t in zip(labels, truth, strict=True) if t == 1) or "No Finding"
+            true = join_flags(np.asarray(truth)[None] == 1, labels, NO_FINDING)[0]
             verdict = "correct" if (p >= thr) == (truth[explained] == 1) else "wrong"
         return true, pred, p, verdict
     top = int(np.argmax(probs))

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lungnet.data.images import read_image
-from lungnet.data.labels import DEFAULT_THRESHOLD, join_flags
+from lungnet.data.labels import DEFAULT_THRESHOLD, NO_FINDING, join_flags
 from lungnet.data.preprocessing import logits_to_probs
 from lungnet.scoring.ood import gate_inputs
 
@@ -136,11 +136,11 @@ def predictions_table(
     table = pd.DataFrame({"path": paths})
     if targets is not None:
         if multilabel:
-            table["true"] = join_flags(np.asarray(targets) == 1, labels, "No Finding")
+            table["true"] = join_flags(np.asarray(targets) == 1, labels, NO_FINDING)
         else:
             table["true"] = [labels[int(t)] for t in targets]
     if multilabel:
-        table["predicted"] = join_flags(np.asarray(probs) >= DEFAULT_THRESHOLD, labels, "No Finding")
+        table["predicted"] = join_flags(np.asarray(probs) >= DEFAULT_THRESHOLD, labels, NO_FINDING)
     else:
         table["predicted"] = [labels[int(i)] for i in probs.argmax(1)]
         table["confidence"] = probs.max(1)
