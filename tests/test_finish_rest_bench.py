@@ -51,3 +51,21 @@ def test_the_ratio_to_an_epoch_uses_the_scale_records_costs_per_image(tmp_path):
     assert got["epoch_cpu_s"] == pytest.approx(4.0)
     assert got["1rank"] == pytest.approx(0.1)
     assert got["8rank"] == pytest.approx((0.2 / 8 + 0.2) / 0.5)
+    # under --ranks 2: rank 0's measured rest with half the loading and half the epoch
+    two = over_epoch({**result, "world": 2}, path)
+    assert two["2rank"] == pytest.approx((0.2 / 2 + 0.2) / 2.0) and "8rank" not in two
+
+
+def test_under_two_gloo_ranks_rank_0_finishes_with_the_merged_gate_statistics(tiny_run, tmp_path):  # noqa: F811
+    from bench.perf.finish_rest import finish_rest_ranks
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(tiny_run / "config.yaml", run / "config.yaml")
+    ckpt = shutil.copy(tiny_run / "checkpoints" / "best.ckpt", run / "checkpoints" / "best.ckpt")
+    args = argparse.Namespace(test=40, trainval=120, val_fraction=0.25, feature_dim=24, resamples=20, seed=0, ranks=2)
+    got = finish_rest_ranks(ckpt, run, args)
+    assert got["world"] == 2 and [r["rank"] for r in got["ranks"]] == [0, 1]
+    assert got["finish_rest"]["cpu_s"] >= got["finish_rest"]["finish_training"]["cpu_s"] > 0
+    record = read_decision(decision_path(ckpt), ckpt, load_model(ckpt).labels)
+    assert record.ood_fit_n == 90 and record.counts["n"] == 30  # both ranks' halves of the sample

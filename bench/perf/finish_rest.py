@@ -13,9 +13,13 @@ official split: 25,596 test images; 86,524 train+val, 15 % of them val, ``ood.fi
 module is a stand-in holding the 112,120-row table (path, patient: about 3.6 images per patient, as NIH's 30,805
 patients) and the splits' sizes: nothing is read from disk. Logits follow the findings (AUROC about 0.8), the
 features a low-rank class structure. CPU seconds of this process (``OMP_NUM_THREADS`` as set; numpy's BLAS threads
-count), the whole call and its named parts.
+count), the whole call and its named parts. With ``--ranks N`` the finish runs as after an N-process training: N gloo
+processes each hold a contiguous share of test and of the gate's sample, the shares are gathered
+(`lungnet.evaluation.sharded`: test's outputs, the sample's gate statistics only), rank 0 reuses val and finishes; the
+figure is rank 0's CPU from its first gather to the end (each rank's is in the record).
 
     python -m bench.perf.finish_rest
+    python -m bench.perf.finish_rest --ranks 2 --out /tmp/finish_rest_2.json
     python -m bench.perf.finish_rest --feature-dim 1024 --resamples 1000 --train-overrides ood.fit_max=5000
 """
 
@@ -142,13 +146,13 @@ def timed_parts(seconds: dict[str, float]) -> list:
     return undo
 
 
-def finish_rest(ckpt: Path, run: Path, args) -> dict:
-    """``finish_training`` on the synthetic outputs of the NIH sizes, its CPU seconds and its parts'."""
+def stand_in(ckpt: Path, run: Path, args):
+    """The train config, the loaded checkpoint (its decision file removed), the stand-in data module and the
+    synthetic outputs of every split (the same on every rank: seeded)."""
     from omegaconf import OmegaConf
 
     from lungnet.artifacts.checkpoint import load_model
     from lungnet.artifacts.paths import decision_path
-    from lungnet.evaluation import after_training
 
     cfg = OmegaConf.load(run / "config.yaml")
     cfg.bootstrap.resamples = args.resamples
@@ -159,18 +163,18 @@ def finish_rest(ckpt: Path, run: Path, args) -> dict:
     rng = np.random.default_rng(args.seed)
     by_split = dm.table.groupby("split", sort=False)["path"]
     fit_max = int(cfg.ood.fit_max)
-    scored = {
-        name: synthetic(
-            name,
-            list(paths)[: fit_max if name == "train" else None],
-            len(loaded.labels),
-            loaded.multilabel,
-            args.feature_dim,
-            rng,
-            name != "test",
-        )
-        for name, paths in by_split
-    }
+    labels, multilabel, width = len(loaded.labels), loaded.multilabel, args.feature_dim
+    scored = {}
+    for name, paths in by_split:
+        kept = list(paths)[: fit_max if name == "train" else None]  # the gate's sample of train
+        scored[name] = synthetic(name, kept, labels, multilabel, width, rng, name != "test")
+    return cfg, loaded, dm, scored, counts
+
+
+def timed_finish(cfg, ckpt: Path, dm, run: Path, loaded, scored: dict) -> tuple[dict, dict]:
+    """``finish_training`` on ``scored``: its CPU and wall seconds, and its parts' CPU seconds."""
+    from lungnet.evaluation import after_training
+
     seconds: dict[str, float] = {}
     undo = timed_parts(seconds)
     out_dir = Path(tempfile.mkdtemp(prefix="finish-rest-", dir=run))
@@ -180,16 +184,80 @@ def finish_rest(ckpt: Path, run: Path, args) -> dict:
     finally:
         for module, attr, fn in undo:
             setattr(module, attr, fn)
-    total = {"cpu_s": cpu() - start, "wall_s": time.perf_counter() - wall}
+    return {"cpu_s": cpu() - start, "wall_s": time.perf_counter() - wall}, seconds
+
+
+def finish_rest(ckpt: Path, run: Path, args) -> dict:
+    """``finish_training`` on the synthetic outputs of the NIH sizes, its CPU seconds and its parts'."""
+    cfg, loaded, dm, scored, counts = stand_in(ckpt, run, args)
+    total, seconds = timed_finish(cfg, ckpt, dm, run, loaded, scored)
     images = {k: len(v.paths) for k, v in scored.items()}
     return {"images": images, "train_split": counts["train"], "finish_rest": total, "parts_cpu_s": seconds}
+
+
+def share(out, rank: int, world: int):
+    """This rank's contiguous share of one split's outputs (`lungnet.evaluation.sharded.shard`)."""
+    from lungnet.evaluation.sharded import shard
+    from lungnet.scoring.outputs import Outputs
+
+    rows = shard(len(out.paths), rank, world)
+    cut = slice(rows.start, rows.stop)
+    feats = out.features[cut] if out.features is not None else None
+    return Outputs(out.name, out.probs[cut], out.targets[cut], out.paths[cut], out.logits[cut], feats)
+
+
+def rank_finish(rank: int, world: int, ckpt: Path, run: Path, args, port: int, out: Path) -> None:
+    """One gloo rank of a finish after a ``world``-process training: its shares of test and of the gate's sample
+    gathered (`lungnet.evaluation.sharded`: outputs, statistics), val reused on rank 0 (the validation pass's), then
+    rank 0 finishes. Writes this rank's CPU seconds from the first gather to the end to ``out/rank<k>.json``."""
+    import torch.distributed as dist
+
+    from lungnet.evaluation.sharded import gathered_outputs, gathered_scatters
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    cfg, loaded, dm, scored, counts = stand_in(ckpt, run, args)  # rank 0 writes the decision file after the barrier
+    dist.barrier()
+    start = cpu()
+    test = gathered_outputs(share(scored["test"], rank, world), "test")
+    sample = gathered_scatters(share(scored["train"], rank, world), loaded.multilabel)
+    result = {"rank": rank, "gather_cpu_s": cpu() - start}
+    if rank == 0:
+        total, seconds = timed_finish(cfg, ckpt, dm, run, loaded, {"val": scored["val"], "test": test, "train": sample})
+        result.update(finish_rest=total, parts_cpu_s=seconds, images={k: len(v.paths) for k, v in scored.items()})
+        result["train_split"] = counts["train"]
+    result["cpu_s"] = cpu() - start
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def finish_rest_ranks(ckpt: Path, run: Path, args) -> dict:
+    """`rank_finish` in ``args.ranks`` gloo processes: rank 0's CPU seconds (from the first gather on) are the rest
+    a multi-process training's rank 0 does after scoring; the other ranks' are their shares of the gate's
+    statistics and the gathers."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    out = Path(tempfile.mkdtemp(prefix="ranks-", dir=run))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(rank_finish, args=(args.ranks, ckpt, run, args, port, out), nprocs=args.ranks)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(args.ranks)]
+    head = ranks[0]
+    rest = {"cpu_s": head["cpu_s"], "finish_training": head["finish_rest"]}
+    keep = ("images", "train_split", "parts_cpu_s")
+    return {**{k: head[k] for k in keep}, "world": args.ranks, "finish_rest": rest, "ranks": ranks}
 
 
 def over_epoch(result: dict, scale_record: Path) -> dict:
     """The finish without the model over one epoch's loading at these sizes: the finish's own batches and one
     epoch of the training split at the CPU per image `bench.perf.scale` measured from the prepared store (its largest
     size; ``finish_loading``, ``epoch_store``), plus this bench's rest; 8 ranks: each loads 1/8 of the epoch and
-    scores 1/8 of the finish's images, rank 0 alone does the rest."""
+    scores 1/8 of the finish's images, rank 0 alone does the rest (as measured in one process); under ``world``
+    ranks (``--ranks``): rank 0's measured rest with 1/``world`` of the loading and of the epoch."""
     rec = json.loads(scale_record.read_text())
     results = rec["result"]["results"]
     n = max(results, key=int)
@@ -200,15 +268,17 @@ def over_epoch(result: dict, scale_record: Path) -> dict:
     images = result["images"]
     loading = per_loaded * (images["test"] + images["train"] + 32)  # val: the validation pass's; one checking batch
     epoch = per_epoch_image * result["train_split"]
-    rest = result["finish_rest"]["cpu_s"]
+    rest, world = result["finish_rest"]["cpu_s"], int(result.get("world", 1))
+    ratios = {"1rank": (loading + rest) / epoch, "8rank": (loading / 8 + rest) / (epoch / 8)}
+    if world > 1:
+        ratios = {f"{world}rank": (loading / world + rest) / (epoch / world)}
     return {
         "scale_record": {"path": str(scale_record), "size": int(n), "machine": rec["machine"], "date": rec["date"]},
         "loading_ms_per_image": per_loaded * 1000,
         "epoch_ms_per_image": per_epoch_image * 1000,
         "loading_cpu_s": loading,
         "epoch_cpu_s": epoch,
-        "1rank": (loading + rest) / epoch,
-        "8rank": (loading / 8 + rest) / (epoch / 8),
+        **ratios,
     }
 
 
@@ -219,6 +289,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.15, help="val's share of NIH's train+val list")
     parser.add_argument("--feature-dim", type=int, default=2048, help="pooled feature width (resnet50/152: 2048)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap.resamples (training's default)")
+    parser.add_argument("--ranks", type=int, default=1, help="gloo processes of the finish (rank 0's rest is timed)")
     parser.add_argument("--train-overrides", nargs="*", default=[], help="overrides of the checkpoint's training")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument(
@@ -230,25 +301,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Trains the checkpoint, times the finish's rest, states the headline."""
+    """Trains the checkpoint, times the finish's rest (in one process, or on rank 0 of ``--ranks``), states the
+    headline."""
     work = Path(args.work or tempfile.mkdtemp(prefix="finish-rest-"))
     work.mkdir(parents=True, exist_ok=True)
     ckpt, run_dir = tiny_checkpoint(work, list(args.train_overrides))
-    result = finish_rest(ckpt, run_dir, args)
+    result = finish_rest(ckpt, run_dir, args) if args.ranks == 1 else finish_rest_ranks(ckpt, run_dir, args)
     result["threads"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     result["over_epoch"] = ratio = over_epoch(result, args.scale_record)
     parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(result["parts_cpu_s"].items(), key=lambda kv: -kv[1]))
+    where = "one process" if args.ranks == 1 else f"rank 0 of {args.ranks}, from its first gather"
+    rest = result["finish_rest"]["cpu_s"]
+    if args.ranks == 1:
+        share = f"{ratio['1rank']:.3f}x on one rank; {ratio['8rank']:.2f}x of a rank's share under 8 ranks"
+    else:
+        share = f"{ratio[f'{args.ranks}rank']:.3f}x of a rank's share under {args.ranks} ranks"
     result["figures"] = [
         {
             "figure": f"finish after scoring at NIH size ({json.dumps(result['images'])}, {args.feature_dim} features, "
-            f"{args.resamples} resamples): CPU s",
-            "value": f"{result['finish_rest']['cpu_s']:.1f} s ({parts})",
+            f"{args.resamples} resamples): CPU s of {where}",
+            "value": f"{rest:.1f} s ({parts})",
         },
         {
             "figure": "finish without the model over one epoch's loading from the store, at NIH size",
-            "value": f"({ratio['loading_cpu_s']:.1f} s loading + {result['finish_rest']['cpu_s']:.1f} s rest) / "
-            f"{ratio['epoch_cpu_s']:.0f} s = {ratio['1rank']:.3f}x on one rank; {ratio['8rank']:.2f}x of a rank's "
-            "share under 8 ranks",
+            "value": f"({ratio['loading_cpu_s']:.1f} s loading + {rest:.1f} s rest) / {ratio['epoch_cpu_s']:.0f} s = "
+            + share,
         },
     ]
     return result

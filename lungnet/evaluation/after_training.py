@@ -35,12 +35,13 @@ from lungnet.artifacts.paths import decision_path
 from lungnet.data.datamodule import LungDataModule
 from lungnet.evaluation import decision_target
 from lungnet.evaluation.by_source import known_metrics, per_source_metrics, source_column
-from lungnet.evaluation.decisions import gate_fit_outputs
+from lungnet.evaluation.decisions import gate_sample, sample_scatters
 from lungnet.evaluation.model_card import write_model_card
 from lungnet.evaluation.pipeline import Evaluation, options, run_report_steps, score, write_beside_model
 from lungnet.io import write_csv
 from lungnet.schema import EvaluateConfig
 from lungnet.scoring.metrics import compute_metrics
+from lungnet.scoring.ood import GateScatters
 from lungnet.scoring.outputs import Outputs, predictions_table
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def finish_training(
     dm: LungDataModule,
     run_dir: Path,
     progress_bar: bool,
-    scored: dict[str, Outputs] | None = None,
+    scored: dict[str, Outputs | GateScatters] | None = None,
     loaded: LoadedModel | None = None,
 ) -> dict:
     """Scores the selected checkpoint on val and test and leaves it ready for ``predict.py`` and the app.
@@ -141,9 +142,10 @@ def finish_training(
         dm: training's data module (its splits; the loaders use ``data.num_workers`` workers).
         run_dir: the run directory.
         progress_bar: show the steps' progress bar.
-        scored: outputs already computed by split (``val``, ``test``, ``train``: the OOD gate's training sample),
-            used instead of scoring again: the selected epoch's validation pass (`lungnet.train.val_outputs`), the
-            ranks' gathered shards after a multi-process training (`lungnet.evaluation.sharded.score_shards`).
+        scored: outputs already computed by split (``val``, ``test``; ``train``: the OOD gate's training sample, or
+            its statistics), used instead of scoring again: the selected epoch's validation pass
+            (`lungnet.train.val_outputs`), the ranks' gathered shards after a multi-process training
+            (`lungnet.evaluation.sharded.score_shards`).
         loaded: ``ckpt`` already loaded (by the caller that scored ``scored`` with it), not read again.
 
     Returns:
@@ -163,7 +165,7 @@ def finish_training(
         log.info("test=false: no test metrics now; later: python evaluate.py ckpt=%s split=test", ckpt)
     ev = Evaluation(ev_cfg, options(ev_cfg), Path(run_dir), loaded, dm, data=None, fit=None)  # type: ignore[arg-type]
     ev.scored = dict(scored or {})
-    ev.gate_fit = ev.scored.pop("train", None)  # the OOD gate's training sample (`gate_fit_outputs`)
+    sample = ev.scored.pop("train", None)  # the OOD gate's training sample: its outputs, or the ranks' statistics
     progress = PostTraining(steps, progress_bar)
     scored: list[Outputs] = []
     try:
@@ -175,7 +177,7 @@ def finish_training(
             with progress.step("scoring test"):
                 scored.append(ev.outputs("test"))
         if has_val:
-            calibrate(ev, progress)
+            calibrate(ev, progress, sample)
         with progress.step("writing reports"):
             results = {out.name: split_metrics(out, ev) for out in scored}
             if has_val:
@@ -196,12 +198,14 @@ def drop_stale(ckpt: Path, labels: list[str]) -> None:
         path.unlink()
 
 
-def calibrate(ev: Evaluation, progress: PostTraining) -> None:
-    """The OOD gate's training features, then ``evaluate.py split=val``'s scoring and report steps on ``ev.data``
-    (temperature, intervals, operating point, conformal scores, OOD gate, decisions)."""
+def calibrate(ev: Evaluation, progress: PostTraining, sample: Outputs | GateScatters | None) -> None:
+    """The OOD gate's statistics of its training sample (from ``sample``: its outputs or statistics, when given),
+    then ``evaluate.py split=val``'s scoring and report steps on ``ev.data`` (temperature, intervals, operating point,
+    conformal scores, OOD gate, decisions)."""
     with progress.step("OOD features"):
+        ev.gate_fit = sample_scatters(sample, ev.loaded.multilabel) if isinstance(sample, Outputs) else sample
         if "train" in ev.dm.datasets:
-            gate_fit_outputs(ev)
+            gate_sample(ev)
     with progress.step("calibration"):
         ev.result = score(ev)
         run_report_steps(ev)

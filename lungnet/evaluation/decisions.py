@@ -39,8 +39,8 @@ from lungnet.evaluation.decision_report import (
 )
 from lungnet.scoring import plots, stats
 from lungnet.scoring.conformal import p_values
-from lungnet.scoring.ood import AnyMemberGate, ImageGate, OodGate
-from lungnet.scoring.outputs import model_outputs
+from lungnet.scoring.ood import AnyMemberGate, GateScatters, ImageGate, OodGate, gate_scatters
+from lungnet.scoring.outputs import Outputs, model_outputs
 from lungnet.scoring.shift import batch_shift, bonferroni, ks_test
 
 log = logging.getLogger(__name__)
@@ -97,21 +97,28 @@ def training_sample(dm, fit_max: int, seed: int) -> tuple[str, int]:
     return key, int((dm.table["split"] == "train").sum())
 
 
-def gate_fit_outputs(ev):
-    """The features of the training sample the gate is fitted on (`training_sample`, at most ``ood.fit_max``),
-    computed once per evaluation (``ev.gate_fit``)."""
+def gate_sample(ev) -> GateScatters:
+    """The statistics the gate is fitted from (`lungnet.scoring.ood.gate_scatters`) of the training sample
+    (`training_sample`, at most ``ood.fit_max`` images), computed once per evaluation (``ev.gate_fit``): given (after
+    a multi-process training, the ranks' shares merged: `lungnet.evaluation.sharded`) or from the sample's features
+    (dropped once summed)."""
     if ev.gate_fit is None:
         fit_max = int((ev.cfg.get("ood") or {}).get("fit_max"))
         key, total = training_sample(ev.dm, fit_max, ev.loaded.seed)
         desc = "Features of train" if len(ev.dm.datasets[key]) == total else f"Features of a train sample (of {total})"
         out = model_outputs(ev.loaded.model, ev.dm.loader(key), ev.loaded.multilabel, ev.device, desc, True, "train")
-        ev.gate_fit = out
+        ev.gate_fit = sample_scatters(out, ev.loaded.multilabel)
     return ev.gate_fit
+
+
+def sample_scatters(out: Outputs, multilabel: bool) -> GateScatters:
+    """The gate's statistics of scored training images (their gate inputs; single-label: per class)."""
+    return gate_scatters(out.features, None if multilabel else out.targets)
 
 
 def gate(ev, existing: DecisionRecord | None) -> tuple[OodGate | ImageGate | AnyMemberGate | None, int | None]:
     """The OOD gate and the training images it was fitted on: the decision file's, else fitted on a seeded sample
-    of the training split's features (`gate_fit_outputs`) and thresholded on val (an ensemble: its members' own
+    of the training split's features (`gate_sample`) and thresholded on val (an ensemble: its members' own
     gates, `lungnet.scoring.ood.AnyMemberGate`, with the fit split's scores as reference)."""
     opts = ev.cfg.get("ood") or {}
     if existing is not None and existing.ood is not None and not opts.get("refit"):
@@ -125,19 +132,18 @@ def gate(ev, existing: DecisionRecord | None) -> tuple[OodGate | ImageGate | Any
     if "train" not in ev.dm.datasets or ev.fit.name != "val":
         log.info("No OOD gate: it is fitted on the training split and thresholded on val, and this data has neither")
         return None, None
-    train = gate_fit_outputs(ev)
-    fitted = fit_gate(train, ev.fit, ev.loaded.multilabel, opts.get("dims"), opts.get("quantile"))
-    log.info("OOD gate fitted on %d training images: %s", len(train.targets), gate_how(fitted))
-    return fitted, int(len(train.targets))
+    train = gate_sample(ev)
+    fitted = fit_gate(train, ev.fit, opts.get("dims"), opts.get("quantile"))
+    log.info("OOD gate fitted on %d training images: %s", train[0].n, gate_how(fitted))
+    return fitted, train[0].n
 
 
-def fit_gate(train, val, multilabel: bool, dims: int | None = None, quantile: float | None = None) -> ImageGate:
-    """Fits the OOD gate (features and input thumbnail, `lungnet.scoring.ood.ImageGate`) on ``train``'s gate inputs
-    and sets
-    its thresholds on ``val``'s (None: `lungnet.scoring.ood`'s defaults)."""
-    classes = None if multilabel else train.targets
+def fit_gate(train: GateScatters, val, dims: int | None = None, quantile: float | None = None) -> ImageGate:
+    """Fits the OOD gate (features and input thumbnail, `lungnet.scoring.ood.ImageGate`) from the training sample's
+    statistics (`gate_sample`) and sets its thresholds on ``val``'s gate inputs (None: `lungnet.scoring.ood`'s
+    defaults)."""
     extra = {"dims": int(dims)} if dims else {}
-    fitted = ImageGate.fit(train.features, classes, fit_split=train.name, layer="backbone", **extra)
+    fitted = ImageGate.from_scatters(*train, fit_split="train", layer="backbone", **extra)
     return fitted.calibrate(val.features, split=val.name, **({"quantile": float(quantile)} if quantile else {}))
 
 

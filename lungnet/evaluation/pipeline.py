@@ -49,6 +49,7 @@ from lungnet.io import write_csv, write_json
 from lungnet.schema import EvaluateConfig
 from lungnet.scoring import plots, stats
 from lungnet.scoring.metrics import compute_metrics, macro
+from lungnet.scoring.ood import GateScatters
 from lungnet.scoring.outputs import Outputs, model_outputs, predictions_table
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,8 @@ class Evaluation:
         beside_model: writes of files that live beside the checkpoint (its decision file, or ``decision.out``), which
             other tools trust: done only once the evaluation's own files are written, so a failed evaluation leaves
             them as they were.
-        gate_fit: the features of the training images the OOD gate is fitted on, once computed
-            (`lungnet.evaluation.decisions.gate_fit_outputs`).
+        gate_fit: the statistics of the training images the OOD gate is fitted from, once computed
+            (`lungnet.evaluation.decisions.gate_sample`).
         scored: outputs computed before, by split, that `outputs` returns instead of scoring again (the ranks'
             gathered shards after a multi-process training, `lungnet.evaluation.sharded`).
     """
@@ -137,7 +138,7 @@ class Evaluation:
     lead: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     beside_model: list[Callable[[], object]] = field(default_factory=list)
-    gate_fit: Outputs | None = None
+    gate_fit: GateScatters | None = None
     scored: dict[str, Outputs] = field(default_factory=dict)
 
     @property

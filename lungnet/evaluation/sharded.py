@@ -2,9 +2,11 @@
 
 Every rank loads the selected checkpoint and scores a contiguous shard of each split the finish scores (val with the
 OOD gate's inputs, test, the gate's training sample: `finish_requests`); `torch.distributed.gather_object` brings the
-shards to rank 0 in the split's order, where `lungnet.evaluation.after_training.finish_training` continues with the
-same outputs a single process computes (`lungnet.evaluation.pipeline.Evaluation.outputs` takes them). No sampler
-padding: the shards partition each split, each image scored once.
+shards to rank 0 in the split's order (of the gate's training sample only each shard's statistics,
+`lungnet.scoring.scatter.Scatter`, which rank 0 merges), where `lungnet.evaluation.after_training.finish_training`
+continues with the same outputs a single process computes (`lungnet.evaluation.pipeline.Evaluation.outputs` takes
+them) and the same gate to float32 rounding. No sampler padding: the shards partition each split, each image scored
+once.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from torch.utils.data import Subset
 from lungnet.artifacts.checkpoint import LoadedModel
 from lungnet.data.datamodule import LungDataModule
 from lungnet.evaluation.after_training import finish_splits
-from lungnet.evaluation.decisions import training_sample
+from lungnet.evaluation.decisions import sample_scatters, training_sample
+from lungnet.scoring.ood import GateScatters
 from lungnet.scoring.outputs import Outputs, model_outputs
+from lungnet.scoring.scatter import Scatter
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +83,8 @@ def joined(parts: list[Outputs], name: str) -> Outputs:
     )
 
 
-def shard_outputs(loaded, dm: LungDataModule, key: str, name: str, features: bool, device) -> Outputs | None:
-    """This rank's shard of ``dm.datasets[key]`` scored, gathered on rank 0: the whole split's outputs there, None on
-    the other ranks."""
+def score_share(loaded, dm: LungDataModule, key: str, name: str, features: bool, device) -> Outputs:
+    """This rank's contiguous share of ``dm.datasets[key]``, scored (empty when there are fewer images than ranks)."""
     rank, world = dist.get_rank(), world_size()
     dataset = dm.datasets[key]
     share = shard(len(dataset), rank, world)
@@ -93,18 +96,48 @@ def shard_outputs(loaded, dm: LungDataModule, key: str, name: str, features: boo
             part = model_outputs(loaded.model, dm.loader(part_key), loaded.multilabel, device, desc, features, name)
         finally:
             del dm.datasets[part_key]
-    else:  # fewer images than ranks
+    else:
         empty = np.zeros((0, len(loaded.labels)), np.float32)
         part = Outputs(name, empty, empty if loaded.multilabel else np.zeros(0, np.int64), [], empty)
     log.info("Scored %d of %d %s images on rank %d of %d", len(part.paths), len(dataset), name, rank, world)
-    parts: list[Outputs | None] | None = [None] * world if rank == 0 else None
+    return part
+
+
+def shard_outputs(loaded, dm: LungDataModule, key: str, name: str, features: bool, device) -> Outputs | None:
+    """This rank's shard of ``dm.datasets[key]`` scored, gathered on rank 0: the whole split's outputs there, None on
+    the other ranks."""
+    return gathered_outputs(score_share(loaded, dm, key, name, features, device), name)
+
+
+def gathered_outputs(part: Outputs, name: str) -> Outputs | None:
+    """Every rank's ``part`` in rank order, joined on rank 0 (None on the other ranks)."""
+    parts: list[Outputs | None] | None = [None] * world_size() if dist.get_rank() == 0 else None
     dist.gather_object(part, parts, dst=0)
     return joined(parts, name) if parts is not None else None  # type: ignore[arg-type]
 
 
+def shard_scatters(loaded, dm: LungDataModule, key: str, device) -> GateScatters | None:
+    """The OOD gate's statistics of this rank's shard of its training sample, merged on rank 0 (None on the other
+    ranks, `gathered_scatters`)."""
+    return gathered_scatters(score_share(loaded, dm, key, "train", True, device), loaded.multilabel)
+
+
+def gathered_scatters(part: Outputs, multilabel: bool) -> GateScatters | None:
+    """The OOD gate's statistics of every rank's ``part`` (`lungnet.evaluation.decisions.sample_scatters`), merged
+    on rank 0 (None on the other ranks): the sample's features never leave their rank (20k images of 2048 features
+    would be 180 MB to gather), and the D x D products are shared among the ranks."""
+    mine = sample_scatters(part, multilabel) if len(part.paths) else None
+    parts: list[GateScatters | None] | None = [None] * world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(mine, parts, dst=0)
+    if parts is None:
+        return None
+    given = [p for p in parts if p is not None]
+    return Scatter.merged([p[0] for p in given]), Scatter.merged([p[1] for p in given])
+
+
 def score_shards(
     cfg, loaded: LoadedModel, dm: LungDataModule, device: str | torch.device, skip: set[str]
-) -> dict[str, Outputs]:
+) -> dict[str, Outputs | GateScatters]:
     """Every rank: scores its shards of what the finish scores (`finish_requests`) with the selected checkpoint.
 
     Args:
@@ -115,12 +148,17 @@ def score_shards(
         skip: split names not to score (``val``: rank 0 reuses the last validation pass's outputs).
 
     Returns:
-        On rank 0, ``{split name: outputs}`` of whole splits (the gate's training sample as ``train``); elsewhere {}.
+        On rank 0, ``{split name: outputs}`` of whole splits, and as ``train`` the OOD gate's statistics of its
+        training sample; elsewhere {}.
     """
-    scored, start = {}, time.perf_counter()
+    scored: dict[str, Outputs | GateScatters] = {}
+    start = time.perf_counter()
     requests = finish_requests(cfg, dm, loaded.seed, skip)
     for key, name, features in requests:
-        out = shard_outputs(loaded, dm, key, name, features, device)
+        if name == "train":
+            out = shard_scatters(loaded, dm, key, device)
+        else:
+            out = shard_outputs(loaded, dm, key, name, features, device)
         if out is not None:
             scored[name] = out
     names = ", ".join("the OOD sample" if name == "train" else name for _, name, _ in requests) or "nothing"

@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import scipy.linalg
 
+from lungnet.scoring.scatter import Scatter, leading_axes
 from lungnet.scoring.stored_array import encode_array, read_array
 from lungnet.untrusted import BadValue, Fields
 
@@ -86,24 +86,29 @@ class OodGate:
         Raises:
             ValueError: fewer than 3 images.
         """
-        x = np.asarray(features, dtype=np.float32)
-        if len(x) < 3:
-            raise ValueError(f"the OOD gate needs at least 3 training images, got {len(x)}")
-        groups = np.zeros(len(x), dtype=int) if classes is None else np.asarray(classes, dtype=int)
-        present = np.unique(groups)
-        means = np.stack([x[groups == g].mean(0, dtype=np.float64) for g in present])
-        centred = x - means[np.searchsorted(present, groups)].astype(np.float32)
-        scatter = centred.T @ centred / np.float32(max(len(x) - len(present), 1))
-        width = x.shape[1]
-        k = int(max(1, min(dims, width - 1, len(x) - len(present))))
+        return cls.from_scatter(Scatter.of(features, classes), dims, **info)
+
+    @classmethod
+    def from_scatter(cls, stats: Scatter, dims: int = 64, **info) -> OodGate:
+        """`fit` from the training features' statistics (`lungnet.scoring.scatter.Scatter`, merged across ranks).
+
+        Raises:
+            ValueError: fewer than 3 images.
+        """
+        n, classes = stats.n, len(stats.classes)
+        if n < 3:
+            raise ValueError(f"the OOD gate needs at least 3 training images, got {n}")
+        scatter = stats.scatter / np.float32(max(n - classes, 1))
+        width = stats.width
+        k = int(max(1, min(dims, width - 1, n - classes)))
         eigval, eigvec = leading_axes(scatter, k)
         total = max(float(np.trace(scatter, dtype=np.float64)), 0.0)  # every eigenvalue's sum: the rest's mean
         floor = max(total / width * 1e-6, 1e-12)
         rest = width - k
         noise = max((total - float(eigval.sum())) / rest if rest else floor, floor)
-        info = {"method": METHOD, "dims": k, "feature_dim": int(width), "fit_n": int(len(x)), **info}
+        info = {"method": METHOD, "dims": k, "feature_dim": int(width), "fit_n": int(n), **info}
         variances = np.maximum(eigval.astype(np.float64), noise)
-        return cls(means, eigvec.astype(np.float64), variances, noise, info=info)
+        return cls(stats.means, eigvec.astype(np.float64), variances, noise, info=info)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance to the nearest class mean, per feature dimension: (N,).
@@ -184,20 +189,28 @@ class OodGate:
         )
 
 
-def leading_axes(scatter: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` largest eigenvalues of a symmetric ``scatter`` (clipped at 0), largest first, and their unit
-    eigenvectors as columns: only those are computed (LAPACK ``syevx``), several times faster than every axis at the
-    2048 features of a ResNet."""
-    width = len(scatter)
-    eigval, eigvec = scipy.linalg.eigh(scatter, subset_by_index=[width - k, width - 1], driver="evx")
-    return np.clip(eigval[::-1], 0.0, None), eigvec[:, ::-1]
-
-
 def layout(thumbnails: np.ndarray) -> np.ndarray:
     """Thumbnails standardised per image: zero mean, unit standard deviation (flat ones: all zeros)."""
     centred = thumbnails - thumbnails.mean(1, keepdims=True)
     contrast = centred.std(1, keepdims=True)
     return np.where(contrast > CONTRAST_FLOOR, centred / np.maximum(contrast, CONTRAST_FLOOR), 0.0)
+
+
+GateScatters = tuple[Scatter, Scatter]  # what `ImageGate` is fitted from: the features', the thumbnails'
+
+
+def gate_scatters(inputs: np.ndarray, classes: np.ndarray | None = None) -> GateScatters:
+    """The statistics `ImageGate` is fitted from: of the features (every column before the thumbnail) and of the
+    standardised thumbnails (`layout`).
+
+    Raises:
+        ValueError: ``inputs`` hold no feature column before the ``THUMB**2`` thumbnail columns.
+    """
+    x = np.asarray(inputs, dtype=np.float32)
+    width = x.shape[1] - THUMB * THUMB
+    if width < 1:
+        raise ValueError(f"gate inputs of width {x.shape[1]} hold no features before the {THUMB}x{THUMB} thumbnail")
+    return Scatter.of(x[:, :width], classes), Scatter.of(layout(x[:, width:]), classes)
 
 
 @dataclass(frozen=True)
@@ -221,13 +234,14 @@ class ImageGate:
     @classmethod
     def fit(cls, inputs: np.ndarray, classes: np.ndarray | None = None, dims: int = 64, **info) -> ImageGate:
         """Fits both parts on `gate_inputs` of the training images (``dims``: the feature part's axes)."""
-        x = np.asarray(inputs, dtype=np.float32)
-        width = x.shape[1] - THUMB * THUMB
-        if width < 1:
-            raise ValueError(f"gate inputs of width {x.shape[1]} hold no features before the {THUMB}x{THUMB} thumbnail")
-        feats = OodGate.fit(x[:, :width], classes, dims=dims, **info)
-        image = OodGate.fit(layout(x[:, width:]), classes, dims=IMAGE_DIMS, **{**info, "layer": "input thumbnail"})
-        return cls(feats, image, info={"method": IMAGE_METHOD, **info})
+        return cls.from_scatters(*gate_scatters(inputs, classes), dims=dims, **info)
+
+    @classmethod
+    def from_scatters(cls, features: Scatter, image: Scatter, dims: int = 64, **info) -> ImageGate:
+        """`fit` from each part's statistics (`gate_scatters`; merged across ranks)."""
+        feats = OodGate.from_scatter(features, dims=dims, **info)
+        image_part = OodGate.from_scatter(image, dims=IMAGE_DIMS, **{**info, "layer": "input thumbnail"})
+        return cls(feats, image_part, info={"method": IMAGE_METHOD, **info})
 
     def parts(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Each part's score divided by its threshold: ``{"features": (N,), "image": (N,)}``."""

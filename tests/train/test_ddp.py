@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
@@ -120,4 +121,11 @@ def single_process_finish_is_the_same(run, metrics, where):
                 assert metrics[split][key] == pytest.approx(value, abs=1e-5, nan_ok=True), (split, key)
     ours, theirs = pd.read_csv(run / "predictions_val.csv"), pd.read_csv(where / "predictions_val.csv")
     pd.testing.assert_frame_equal(ours, theirs, atol=1e-6)
-    assert json.loads(decision_path(ckpt).read_text())["ood_fit_n"] == 15
+    files = (run / "checkpoints" / "best.decision.json", decision_path(ckpt))
+    ranks, one = (json.loads(path.read_text()) for path in files)
+    assert one["ood_fit_n"] == ranks["ood_fit_n"] == 15
+    # the gate merged from the ranks' statistics of their halves of the sample, as one fitted on the whole sample
+    for part in ("features", "image"):
+        for key in ("noise", "threshold"):
+            assert ranks["ood"][part][key] == pytest.approx(one["ood"][part][key], rel=1e-3), (part, key)
+    np.testing.assert_allclose(ranks["ood"]["reference_scores"], one["ood"]["reference_scores"], rtol=1e-3)
