@@ -216,8 +216,17 @@ class DecisionRecord:
             empty |= states.sum(1) == 0
         return sets, ambiguous, empty & ~ambiguous
 
-    def decide(self, logits: np.ndarray, features: np.ndarray | None = None) -> Decisions:
-        """Decisions for logits (N, C) and, for the OOD gate, penultimate features (N, D)."""
+    def decide(
+        self, logits: np.ndarray, features: np.ndarray | None = None, ood_parts: dict[str, np.ndarray] | None = None
+    ) -> Decisions:
+        """Decisions for logits (N, C) and, for the OOD gate, penultimate features (N, D).
+
+        Args:
+            logits: the model's logits.
+            features: the gate inputs (`lungnet.scoring.ood.gate_inputs`), or None (no OOD flags).
+            ood_parts: an `ImageGate`'s part scores of these images when already computed (its `reference_parts`,
+                when they are the images it was just thresholded on), used instead of scoring ``features`` again.
+        """
         probs = self.calibrated(logits)
         n = len(probs)
         out = Decisions(probs, self.labels_of(probs), [""] * n, [""] * n, [""] * n)
@@ -226,7 +235,7 @@ class DecisionRecord:
             out.sets, out.ambiguous, out.empty = conformal
         if self.ood is not None and features is not None:
             if isinstance(self.ood, ImageGate):  # each part scored once: the score is the larger part
-                out.ood_parts = self.ood.parts(features)
+                out.ood_parts = ood_parts if ood_parts is not None else self.ood.parts(features)
                 out.ood_score = np.maximum(*out.ood_parts.values())
                 out.ood = out.ood_score > self.ood.threshold
             else:

@@ -147,14 +147,15 @@ def fit_gate(train: GateScatters, val, dims: int | None = None, quantile: float 
     return fitted.calibrate(val.features, split=val.name, **({"quantile": float(quantile)} if quantile else {}))
 
 
-def build_record(ev) -> tuple[DecisionRecord, str]:
-    """The record decisions are taken with, and where it came from (``fitted on val`` or the file read)."""
+def build_record(ev) -> tuple[DecisionRecord, str, bool]:
+    """The record decisions are taken with, where it came from (``fitted on val`` or the file read), and whether its
+    OOD gate was fitted now (thresholded on ``ev.fit``) rather than read."""
     ckpt = ev.loaded.path
     path = decision_target.target(ev.cfg, ckpt)
     existing = decision_target.read_existing(path, ckpt, ev.loaded.labels, warn=True)
     if decision_target.reuses(existing, ev.cfg, ev.split, ev.fit.name):
         log.info("Decisions from %s (fitted on %s), not refitted (decision.refit=true does)", path, existing.split)
-        return existing, f"read from `{path}` (fitted on {existing.split})"
+        return existing, f"read from `{path}` (fitted on {existing.split})", False
     record = new_record(ev.loaded.labels, ev.loaded.multilabel, ckpt)
     given = ev.opts["decision_positive_class"]
     record.positive_class = given or record.positive_class
@@ -171,7 +172,8 @@ def build_record(ev) -> tuple[DecisionRecord, str]:
     record.abstain_below = ev.cfg.abstain.below
     record.abstain_ambiguous = bool(ev.cfg.abstain.ambiguous)
     record.ood, record.ood_fit_n = gate(ev, existing)
-    return record, f"fitted on the **{ev.fit.name}** split ({record.counts['n']} images)"
+    fresh = record.ood is not None and (existing is None or record.ood is not existing.ood)
+    return record, f"fitted on the **{ev.fit.name}** split ({record.counts['n']} images)", fresh
 
 
 def finite_thresholds(thresholds: dict) -> dict[str, float]:
@@ -257,9 +259,11 @@ def add_decisions(ev) -> None:
     ``<ckpt stem>.decision.json`` (or ``decision.out``) when the record was fitted on val (``decision.write``).
     """
     labels, multilabel = ev.loaded.labels, ev.loaded.multilabel
-    record, source = build_record(ev)
+    record, source, fresh = build_record(ev)
     logits = stats.to_logits(ev.data.probs, multilabel)
-    dec = record.decide(logits, ev.data.features)
+    # a gate just thresholded on these very images (the finish's val) has their part scores already
+    known = record.ood.reference_parts() if fresh and ev.data is ev.fit and isinstance(record.ood, ImageGate) else None
+    dec = record.decide(logits, ev.data.features, known)
     for key, values in dec.columns(labels).items():
         ev.table[key] = values
     scores = true_scores(dec.probs, ev.data.targets, labels, multilabel)

@@ -254,6 +254,14 @@ class ImageGate:
             "image": self.image.score(layout(x[:, width:])) / self.image.threshold,
         }
 
+    def reference_parts(self) -> dict[str, np.ndarray]:
+        """`parts` of the images the gate was thresholded on, in their order, from the parts' reference scores (no
+        second scoring)."""
+        return {
+            "features": self.features.reference / self.features.threshold,
+            "image": self.image.reference / self.image.threshold,
+        }
+
     def score(self, inputs: np.ndarray) -> np.ndarray:
         """The larger part score relative to its threshold: (N,)."""
         return np.maximum(*self.parts(inputs).values())

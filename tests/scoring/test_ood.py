@@ -94,6 +94,11 @@ def test_image_part_flags_turned_films_and_passes_held_out_upright_ones():
     )
     np.testing.assert_array_equal(decided.ood_score, gate.score(val))
     np.testing.assert_array_equal(decided.ood, gate.flag(val)[1])
+    for part, scores in gate.parts(val).items():  # the images it was thresholded on: their part scores are kept
+        np.testing.assert_array_equal(gate.reference_parts()[part], scores)
+    record = DecisionRecord(["NORMAL", "PNEUMONIA"], False, "0" * 64, split="val", ood=gate)
+    reused = record.decide(np.zeros((300, 2)), val, ood_parts=gate.reference_parts())
+    assert reused.reason == decided.reason and (reused.ood == decided.ood).all()
     for name, turn in TURNS.items():
         turned = inputs(films(100, 3, turn))
         assert features_only.flag(turned)[1].mean() < 0.2, name  # the features alone do not see the turn
