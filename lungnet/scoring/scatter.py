@@ -58,9 +58,13 @@ class Scatter:
         groups = np.zeros(len(x), dtype=int) if classes is None else np.asarray(classes, dtype=int)
         present, counts = np.unique(groups, return_counts=True)
         means = np.zeros((len(present), x.shape[1]))
-        for i, g in enumerate(present):
-            means[i] = x[groups == g].mean(0, dtype=np.float64)
-        centred = x - means[np.searchsorted(present, groups)].astype(np.float32)
+        if len(present) == 1:  # multi-label: one mean, and no (N, D) copies for a class mask or the rows' means
+            means[0] = x.mean(0, dtype=np.float64)
+            centred = x - means[0].astype(np.float32)
+        else:
+            for i, g in enumerate(present):
+                means[i] = x[groups == g].mean(0, dtype=np.float64)
+            centred = x - means.astype(np.float32)[np.searchsorted(present, groups)]
         return cls(present, counts.astype(np.int64), means, centred.T @ centred)
 
     @classmethod
