@@ -56,7 +56,7 @@ def test_the_ratio_to_an_epoch_uses_the_scale_records_costs_per_image(tmp_path):
     assert two["2rank"] == pytest.approx((0.2 / 2 + 0.2) / 2.0) and "8rank" not in two
 
 
-def test_under_two_gloo_ranks_rank_0_finishes_with_the_merged_gate_statistics(tiny_run, tmp_path):  # noqa: F811
+def test_under_two_gloo_ranks_rank_0_finishes_with_the_summed_gate_statistics(tiny_run, tmp_path):  # noqa: F811
     from bench.perf.finish_rest import finish_rest_ranks
 
     run = tmp_path / "run"

@@ -14,8 +14,8 @@ module is a stand-in holding the 112,120-row table (path, patient: about 3.6 ima
 patients) and the splits' sizes: nothing is read from disk. Logits follow the findings (AUROC about 0.8), the
 features a low-rank class structure. CPU seconds of this process (``OMP_NUM_THREADS`` as set; numpy's BLAS threads
 count), the whole call and its named parts. With ``--ranks N`` the finish runs as after an N-process training: N gloo
-processes each hold a contiguous share of test and of the gate's sample, the shares are gathered
-(`lungnet.evaluation.sharded`: test's outputs, the sample's gate statistics only), rank 0 reuses val and finishes; the
+processes each hold a contiguous share of test and of the gate's sample, test's shares are gathered and the sample's
+gate statistics summed (`lungnet.evaluation.sharded`), rank 0 reuses val and finishes; the
 figure is rank 0's CPU from its first gather to the end (each rank's is in the record).
 
     python -m bench.perf.finish_rest
@@ -212,7 +212,7 @@ def rank_finish(rank: int, world: int, ckpt: Path, run: Path, args, port: int, o
     rank 0 finishes. Writes this rank's CPU seconds from the first gather to the end to ``out/rank<k>.json``."""
     import torch.distributed as dist
 
-    from lungnet.evaluation.sharded import gathered_outputs, gathered_scatters
+    from lungnet.evaluation.sharded import gathered_outputs, reduced_scatters
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -220,7 +220,8 @@ def rank_finish(rank: int, world: int, ckpt: Path, run: Path, args, port: int, o
     dist.barrier()
     start = cpu()
     test = gathered_outputs(share(scored["test"], rank, world), "test")
-    sample = gathered_scatters(share(scored["train"], rank, world), loaded.multilabel)
+    classes = 1 if loaded.multilabel else len(loaded.labels)
+    sample = reduced_scatters(share(scored["train"], rank, world), classes, "cpu")
     result = {"rank": rank, "gather_cpu_s": cpu() - start}
     if rank == 0:
         total, seconds = timed_finish(cfg, ckpt, dm, run, loaded, {"val": scored["val"], "test": test, "train": sample})
@@ -313,9 +314,9 @@ def run(args: argparse.Namespace) -> dict:
     where = "one process" if args.ranks == 1 else f"rank 0 of {args.ranks}, from its first gather"
     rest = result["finish_rest"]["cpu_s"]
     if args.ranks == 1:
-        share = f"{ratio['1rank']:.3f}x on one rank; {ratio['8rank']:.2f}x of a rank's share under 8 ranks"
+        ratio_text = f"{ratio['1rank']:.3f}x on one rank; {ratio['8rank']:.2f}x of a rank's share under 8 ranks"
     else:
-        share = f"{ratio[f'{args.ranks}rank']:.3f}x of a rank's share under {args.ranks} ranks"
+        ratio_text = f"{ratio[f'{args.ranks}rank']:.3f}x of a rank's share under {args.ranks} ranks"
     result["figures"] = [
         {
             "figure": f"finish after scoring at NIH size ({json.dumps(result['images'])}, {args.feature_dim} features, "
@@ -325,7 +326,7 @@ def run(args: argparse.Namespace) -> dict:
         {
             "figure": "finish without the model over one epoch's loading from the store, at NIH size",
             "value": f"({ratio['loading_cpu_s']:.1f} s loading + {rest:.1f} s rest) / {ratio['epoch_cpu_s']:.0f} s = "
-            + share,
+            + ratio_text,
         },
     ]
     return result

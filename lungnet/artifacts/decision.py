@@ -39,7 +39,7 @@ from lungnet.data.preprocessing import logits_to_probs
 from lungnet.errors import CheckpointError
 from lungnet.io import write_json
 from lungnet.scoring.conformal import in_set
-from lungnet.scoring.ood import AnyMemberGate, ImageGate, OodGate
+from lungnet.scoring.ood import AnyMemberGate, ImageGate, OodGate, flag_parts
 from lungnet.scoring.referral import (
     AMBIGUOUS,
     CONFIDENCE,
@@ -223,9 +223,12 @@ class DecisionRecord:
 
         Args:
             logits: the model's logits.
-            features: the gate inputs (`lungnet.scoring.ood.gate_inputs`), or None (no OOD flags).
-            ood_parts: an `ImageGate`'s part scores of these images when already computed (its `reference_parts`,
-                when they are the images it was just thresholded on), used instead of scoring ``features`` again.
+            features: the gate inputs (`lungnet.scoring.gate_inputs.gate_inputs`), or None (no OOD flags).
+            ood_parts: an `ImageGate`'s part scores of these images if known (its `reference_parts` when they are the
+                images it was just thresholded on), used instead of scoring ``features`` again.
+
+        Raises:
+            ValueError: ``ood_parts`` of another number of images.
         """
         probs = self.calibrated(logits)
         n = len(probs)
@@ -234,12 +237,7 @@ class DecisionRecord:
         if conformal is not None:
             out.sets, out.ambiguous, out.empty = conformal
         if self.ood is not None and features is not None:
-            if isinstance(self.ood, ImageGate):  # each part scored once: the score is the larger part
-                out.ood_parts = ood_parts if ood_parts is not None else self.ood.parts(features)
-                out.ood_score = np.maximum(*out.ood_parts.values())
-                out.ood = out.ood_score > self.ood.threshold
-            else:
-                out.ood_score, out.ood = self.ood.flag(features)
+            out.ood_parts, out.ood_score, out.ood = flag_parts(self.ood, features, ood_parts)
         confidence = np.maximum(probs, 1 - probs).min(1) if self.multilabel else probs.max(1)
         for i in range(n):
             kind, reason = self._abstain_reason(out, i, float(confidence[i]))

@@ -7,8 +7,9 @@ one progress bar (`PostTraining`; ``trainer.enable_progress_bar=false`` leaves t
    epoch's validation pass, `lungnet.train.val_outputs`): training's val metrics, the temperature, the operating
    point, the conformal scores and the gate's threshold all use them;
 2. ``scoring test``: training's test metrics (``test=false``: none, ``evaluate.py split=test`` scores them later);
-3. ``OOD features``: the gate's inputs on a seeded sample of at most ``ood.fit_max`` training images
-   (`lungnet.evaluation.decisions.training_sample`);
+3. ``OOD features``: the statistics the gate is fitted from (class means and scatter of its inputs,
+   `lungnet.scoring.scatter`) of a seeded sample of at most ``ood.fit_max`` training images
+   (`lungnet.evaluation.decisions.training_sample`), or those the ranks summed after a multi-process training;
 4. ``calibration``: ``evaluate.py ckpt=<ckpt> split=val``'s scoring and report steps (`lungnet.evaluation.pipeline`):
    temperature, bootstrap intervals, operating point, conformal calibration, OOD gate, decisions;
 5. ``writing reports``: ``predictions_<split>.csv``, ``model_card.md`` (also beside the checkpoint, where the app
@@ -40,8 +41,8 @@ from lungnet.evaluation.model_card import write_model_card
 from lungnet.evaluation.pipeline import Evaluation, options, run_report_steps, score, write_beside_model
 from lungnet.io import write_csv
 from lungnet.schema import EvaluateConfig
+from lungnet.scoring.gate_inputs import GateScatters
 from lungnet.scoring.metrics import compute_metrics
-from lungnet.scoring.ood import GateScatters
 from lungnet.scoring.outputs import Outputs, predictions_table
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,8 @@ from lungnet.evaluation.decision_report import (
 )
 from lungnet.scoring import plots, stats
 from lungnet.scoring.conformal import p_values
-from lungnet.scoring.ood import AnyMemberGate, GateScatters, ImageGate, OodGate, gate_scatters
+from lungnet.scoring.gate_inputs import GateScatters, gate_scatters
+from lungnet.scoring.ood import AnyMemberGate, ImageGate, OodGate
 from lungnet.scoring.outputs import Outputs, model_outputs
 from lungnet.scoring.shift import batch_shift, bonferroni, ks_test
 

@@ -48,8 +48,8 @@ from lungnet.hardware import resolve_device
 from lungnet.io import write_csv, write_json
 from lungnet.schema import EvaluateConfig
 from lungnet.scoring import plots, stats
+from lungnet.scoring.gate_inputs import GateScatters
 from lungnet.scoring.metrics import compute_metrics, macro
-from lungnet.scoring.ood import GateScatters
 from lungnet.scoring.outputs import Outputs, model_outputs, predictions_table
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,8 @@ class Evaluation:
         return resolve_device(str(self.cfg.device))
 
     def outputs(self, split: str, features: bool = False) -> Outputs:
-        """The model's outputs on another split of the same data (e.g. ``train`` for the OOD gate); those in
-        ``scored`` (with features when asked for) are not computed again."""
+        """The model's outputs on another split of the same data (val, to fit on, when another is evaluated); those
+        in ``scored`` (with features when asked for; val and test after training) are not computed again."""
         out = self.scored.get(split)
         if out is None or (features and out.features is None):
             desc = f"Predicting {split}"

@@ -2,8 +2,8 @@
 
 Every rank loads the selected checkpoint and scores a contiguous shard of each split the finish scores (val with the
 OOD gate's inputs, test, the gate's training sample: `finish_requests`); `torch.distributed.gather_object` brings the
-shards to rank 0 in the split's order (of the gate's training sample only each shard's statistics,
-`lungnet.scoring.scatter.Scatter`, which rank 0 merges), where `lungnet.evaluation.after_training.finish_training`
+shards to rank 0 in the split's order (of the gate's training sample only its statistics, summed across the ranks:
+`reduced_scatters`), where `lungnet.evaluation.after_training.finish_training`
 continues with the same outputs a single process computes (`lungnet.evaluation.pipeline.Evaluation.outputs` takes
 them) and the same gate to float32 rounding. No sampler padding: the shards partition each split, each image scored
 once.
@@ -23,10 +23,10 @@ from torch.utils.data import Subset
 from lungnet.artifacts.checkpoint import LoadedModel
 from lungnet.data.datamodule import LungDataModule
 from lungnet.evaluation.after_training import finish_splits
-from lungnet.evaluation.decisions import sample_scatters, training_sample
-from lungnet.scoring.ood import GateScatters
+from lungnet.evaluation.decisions import training_sample
+from lungnet.scoring.gate_inputs import GateScatters, split_inputs
 from lungnet.scoring.outputs import Outputs, model_outputs
-from lungnet.scoring.scatter import Scatter
+from lungnet.scoring.scatter import Scatter, class_sums, squares_about
 
 log = logging.getLogger(__name__)
 
@@ -117,22 +117,39 @@ def gathered_outputs(part: Outputs, name: str) -> Outputs | None:
 
 
 def shard_scatters(loaded, dm: LungDataModule, key: str, device) -> GateScatters | None:
-    """The OOD gate's statistics of this rank's shard of its training sample, merged on rank 0 (None on the other
-    ranks, `gathered_scatters`)."""
-    return gathered_scatters(score_share(loaded, dm, key, "train", True, device), loaded.multilabel)
+    """The OOD gate's statistics of its training sample, each rank scoring its shard (`reduced_scatters`): on rank
+    0, None on the other ranks."""
+    part = score_share(loaded, dm, key, "train", True, device)
+    return reduced_scatters(part, 1 if loaded.multilabel else len(loaded.labels), device)
 
 
-def gathered_scatters(part: Outputs, multilabel: bool) -> GateScatters | None:
-    """The OOD gate's statistics of every rank's ``part`` (`lungnet.evaluation.decisions.sample_scatters`), merged
-    on rank 0 (None on the other ranks): the sample's features never leave their rank (20k images of 2048 features
-    would be 180 MB to gather), and the D x D products are shared among the ranks."""
-    mine = sample_scatters(part, multilabel) if len(part.paths) else None
-    parts: list[GateScatters | None] | None = [None] * world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(mine, parts, dst=0)
-    if parts is None:
-        return None
-    given = [p for p in parts if p is not None]
-    return Scatter.merged([p[0] for p in given]), Scatter.merged([p[1] for p in given])
+def reduced_scatters(part: Outputs, n_classes: int, device) -> GateScatters | None:
+    """The OOD gate's statistics of every rank's ``part``, summed on rank 0 (None on the other ranks).
+
+    Two sums per gate part (`lungnet.scoring.scatter`): the class counts and row sums, all-reduced (every rank then
+    knows the class means), and the squares about those means, reduced to rank 0. The sample's features never leave
+    their rank (20k images of 2048 features would be 180 MB to gather), rank 0 receives one D x D array whatever the
+    number of ranks, and each rank computes the squares of its own rows.
+
+    Args:
+        part: this rank's scored share (gate inputs as features; no rows on a rank with no share).
+        n_classes: the class indices (the labels for a single-label model; 1 for multi-label: one mean).
+        device: this rank's device (NCCL sums CUDA tensors, gloo CPU ones).
+    """
+    has_rows = len(part.paths) > 0
+    width = torch.tensor([part.features.shape[1] if has_rows else 0], device=device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)  # a rank with no rows has no features to tell it the width
+    inputs = part.features if has_rows else np.zeros((0, int(width.item())), np.float32)
+    classes = None if n_classes == 1 else np.asarray(part.targets, dtype=np.int64)
+    out = []
+    for x in split_inputs(inputs):
+        sums = torch.from_numpy(class_sums(x, classes, n_classes)).to(device)
+        dist.all_reduce(sums)
+        totals = sums.cpu().numpy()
+        squares = torch.from_numpy(squares_about(x, classes, totals)).to(device)
+        dist.reduce(squares, dst=0)
+        out.append(Scatter.from_sums(totals, squares.cpu().numpy()))
+    return (out[0], out[1]) if dist.get_rank() == 0 else None
 
 
 def score_shards(

@@ -29,25 +29,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from lungnet.scoring.gate_inputs import THUMB, gate_scatters, layout
 from lungnet.scoring.scatter import Scatter, leading_axes
 from lungnet.scoring.stored_array import encode_array, read_array
 from lungnet.untrusted import BadValue, Fields
 
 METHOD = "mahalanobis-ppca"
 IMAGE_METHOD = "mahalanobis-ppca+thumbnail"
-THUMB = 16  # side of the grey thumbnail of the model input the image part scores
 IMAGE_DIMS = 8  # principal axes of the thumbnails' covariance
-CONTRAST_FLOOR = 1e-2  # a thumbnail with less contrast (std) than this is scored as flat (blank)
 CHUNK = 4096  # rows scored at a time
-
-
-def gate_inputs(features, batch) -> np.ndarray:
-    """What a gate scores, per image: the pooled features (N, D), then a ``THUMB`` x ``THUMB`` thumbnail of the
-    model's input batch (N, C, H, W; channel mean, area-averaged): (N, D + THUMB**2) float32."""
-    import torch
-
-    thumbs = torch.nn.functional.adaptive_avg_pool2d(batch.float().mean(1, keepdim=True), THUMB).flatten(1)
-    return np.concatenate([features.float().cpu().numpy(), thumbs.cpu().numpy()], axis=1)
 
 
 @dataclass(frozen=True)
@@ -189,30 +179,6 @@ class OodGate:
         )
 
 
-def layout(thumbnails: np.ndarray) -> np.ndarray:
-    """Thumbnails standardised per image: zero mean, unit standard deviation (flat ones: all zeros)."""
-    centred = thumbnails - thumbnails.mean(1, keepdims=True)
-    contrast = centred.std(1, keepdims=True)
-    return np.where(contrast > CONTRAST_FLOOR, centred / np.maximum(contrast, CONTRAST_FLOOR), 0.0)
-
-
-GateScatters = tuple[Scatter, Scatter]  # what `ImageGate` is fitted from: the features', the thumbnails'
-
-
-def gate_scatters(inputs: np.ndarray, classes: np.ndarray | None = None) -> GateScatters:
-    """The statistics `ImageGate` is fitted from: of the features (every column before the thumbnail) and of the
-    standardised thumbnails (`layout`).
-
-    Raises:
-        ValueError: ``inputs`` hold no feature column before the ``THUMB**2`` thumbnail columns.
-    """
-    x = np.asarray(inputs, dtype=np.float32)
-    width = x.shape[1] - THUMB * THUMB
-    if width < 1:
-        raise ValueError(f"gate inputs of width {x.shape[1]} hold no features before the {THUMB}x{THUMB} thumbnail")
-    return Scatter.of(x[:, :width], classes), Scatter.of(layout(x[:, width:]), classes)
-
-
 @dataclass(frozen=True)
 class ImageGate:
     """Two gates, flagged when either flags: `OodGate` on the pooled features and one on the input's thumbnail.
@@ -311,6 +277,23 @@ class ImageGate:
         info = {k: v for k, v in data.items() if k not in {"threshold", "features", "image", "reference_scores"}}
         reference = f.numbers("reference_scores", default=[], ge=0)
         return cls(*parts, f.number("threshold", default=1.0, gt=0), reference, info)
+
+
+def flag_parts(gate, features, parts: dict[str, np.ndarray] | None = None):
+    """(part scores or None, scores, flags) of ``features`` under a stored gate: an `ImageGate` scores each part once
+    (the score is the larger part) or takes ``parts`` where they are known (`ImageGate.reference_parts`); the
+    others score as their ``flag``.
+
+    Raises:
+        ValueError: ``parts`` of another number of images than ``features``.
+    """
+    if not isinstance(gate, ImageGate):
+        return None, *gate.flag(features)
+    if parts is not None and any(len(v) != len(features) for v in parts.values()):
+        raise ValueError(f"OOD part scores of {[len(v) for v in parts.values()]} images for {len(features)} images")
+    parts = parts if parts is not None else gate.parts(features)
+    scores = np.maximum(*parts.values())
+    return parts, scores, scores > gate.threshold
 
 
 ANY_MEMBER = "any-member"

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from lungnet.data.images import read_image
 from lungnet.data.labels import DEFAULT_THRESHOLD, NO_FINDING, join_flags
 from lungnet.data.preprocessing import logits_to_probs
-from lungnet.scoring.ood import gate_inputs
+from lungnet.scoring.gate_inputs import gate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ class Outputs:
         targets: (N,) class indices or (N, C) multi-label targets.
         paths: image files.
         logits: (N, C) logits.
-        features: (N, D + THUMB**2) OOD gate inputs (`lungnet.scoring.ood.gate_inputs`: pooled backbone features, then a
-            thumbnail of the model input), when asked for.
+        features: (N, D + THUMB**2) OOD gate inputs (`lungnet.scoring.gate_inputs.gate_inputs`: pooled backbone
+            features, then a thumbnail of the model input), when asked for.
     """
 
     name: str

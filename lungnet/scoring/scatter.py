@@ -1,15 +1,15 @@
 """The sufficient statistics of the OOD gate's fit: class counts, class means and the within-class scatter.
 
 `lungnet.scoring.ood.OodGate` is fitted from these alone, so the training images' features need not sit in one
-process: after a multi-process training each rank sums its own share of the gate's training sample
-(`lungnet.evaluation.sharded`) and rank 0 merges the ranks' `Scatter`s with the pairwise update of Chan, Golub &
-LeVeque (1979): the scatter of a union is the sum of the parts' scatters about their own class means plus each part's
-count times the outer product of its mean's offset from the union's. Every part is centred on its own means first
-(no sum of squares about zero, which loses the small variances to cancellation in float32), so a merged scatter
-equals the one-piece scatter to float32 rounding.
+process. The statistics are built in two steps that both add up across shares of the rows: `class_sums` (each
+class's row count and the sum of its rows, float64) and, once the sums of all shares give the class means,
+`squares_about` those means (float32, numpy's ``syrk``). After a multi-process training each rank computes both on its
+own share and the ranks' arrays are summed (`lungnet.evaluation.sharded`): rank 0 receives one D x D array however
+many ranks there are, and the result equals a single process's `Scatter.of` to float32 rounding. Centring on the
+class means before squaring (not a sum of squares about zero, which loses small variances to cancellation in float32)
+is what makes the second step necessary.
 
-Growth: `Scatter.of` is O(N D^2) (one symmetric product, numpy's ``syrk``), `Scatter.merged` O(P C D^2) for P parts
-of C classes; memory O(D^2).
+Growth: O(N D^2) for the squares, O(N D) for the sums; memory O(D^2) beyond the rows.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Scatter:
     """Counts, means and sum of squares about the means, per class, of a set of feature rows.
 
@@ -48,51 +48,65 @@ class Scatter:
 
     @classmethod
     def of(cls, features: np.ndarray, classes: np.ndarray | None = None) -> Scatter:
-        """The statistics of ``features`` (N, D) (float32 products, float64 means).
+        """The statistics of all of ``features`` in one process.
 
         Args:
-            features: the rows.
+            features: (N, D) rows.
             classes: (N,) class index per row, or None for one common mean (multi-label).
         """
-        x = np.asarray(features, dtype=np.float32)
-        groups = np.zeros(len(x), dtype=int) if classes is None else np.asarray(classes, dtype=int)
-        present, counts = np.unique(groups, return_counts=True)
-        means = np.zeros((len(present), x.shape[1]))
-        if len(present) == 1:  # multi-label: one mean, and no (N, D) copies for a class mask or the rows' means
-            means[0] = x.mean(0, dtype=np.float64)
-            centred = x - means[0].astype(np.float32)
-        else:
-            for i, g in enumerate(present):
-                means[i] = x[groups == g].mean(0, dtype=np.float64)
-            centred = x - means.astype(np.float32)[np.searchsorted(present, groups)]
-        return cls(present, counts.astype(np.int64), means, centred.T @ centred)
+        n_classes = 1 if classes is None or not len(classes) else int(np.max(classes)) + 1
+        sums = class_sums(features, classes, n_classes)
+        return cls.from_sums(sums, squares_about(features, classes, sums))
 
     @classmethod
-    def merged(cls, parts: list[Scatter]) -> Scatter:
-        """One `Scatter` of the union of the parts' rows (parts with no rows add nothing).
+    def from_sums(cls, sums: np.ndarray, squares: np.ndarray) -> Scatter:
+        """The statistics from the `class_sums` of all rows and the `squares_about` their means.
 
-        Raises:
-            ValueError: no part has rows, or the parts' widths differ.
+        Args:
+            sums: (K, 1 + D) per class index the row count, then the sum of the rows (classes without rows dropped).
+            squares: (D, D) the rows' sum of squares about their class means.
         """
-        parts = [p for p in parts if p.n]
-        if not parts:
-            raise ValueError("no rows to merge")
-        if len({p.width for p in parts}) > 1:
-            raise ValueError(f"scatters of different widths: {sorted({p.width for p in parts})}")
-        classes = np.unique(np.concatenate([p.classes for p in parts]))
-        counts = np.zeros(len(classes), dtype=np.int64)
-        sums = np.zeros((len(classes), parts[0].width))
-        for p in parts:
-            at = np.searchsorted(classes, p.classes)
-            counts[at] += p.counts
-            sums[at] += p.counts[:, None] * p.means
-        means = sums / counts[:, None]
-        offsets = [np.sqrt(p.counts)[:, None] * (p.means - means[np.searchsorted(classes, p.classes)]) for p in parts]
-        between = np.concatenate(offsets)
-        total = between.T @ between
-        for p in parts:
-            total += p.scatter
-        return cls(classes, counts, means, total.astype(np.float32))
+        present = np.flatnonzero(sums[:, 0] > 0)
+        counts = sums[present, 0]
+        return cls(present, counts.astype(np.int64), sums[present, 1:] / counts[:, None], np.asarray(squares))
+
+
+def _groups(n: int, classes: np.ndarray | None) -> np.ndarray:
+    return np.zeros(n, dtype=np.int64) if classes is None else np.asarray(classes, dtype=np.int64)
+
+
+def class_sums(features: np.ndarray, classes: np.ndarray | None, n_classes: int) -> np.ndarray:
+    """Per class index the row count and the sum of the rows (float64): sums of shares add up to the whole's.
+
+    Args:
+        features: (N, D) rows (N may be 0).
+        classes: (N,) class index per row, or None (every row in class 0).
+        n_classes: K, the class indices counted (0 .. K - 1).
+
+    Returns:
+        (K, 1 + D) float64.
+    """
+    x = np.asarray(features, dtype=np.float32)
+    groups = _groups(len(x), classes)
+    out = np.zeros((n_classes, 1 + x.shape[1]))
+    out[:, 0] = np.bincount(groups, minlength=n_classes)[:n_classes]
+    if n_classes == 1:  # multi-label: no (N, D) copy for a class mask
+        out[0, 1:] = x.sum(0, dtype=np.float64)
+    else:
+        for g in np.flatnonzero(out[:, 0]):
+            out[g, 1:] = x[groups == g].sum(0, dtype=np.float64)
+    return out
+
+
+def squares_about(features: np.ndarray, classes: np.ndarray | None, sums: np.ndarray) -> np.ndarray:
+    """The rows' sum of squares about the class means of ``sums`` (the `class_sums` of all rows, of every share):
+    (D, D) float32; the shares' add up to the whole's."""
+    x = np.asarray(features, dtype=np.float32)
+    groups = _groups(len(x), classes)
+    counts = np.maximum(sums[:, 0], 1.0)
+    means = (sums[:, 1:] / counts[:, None]).astype(np.float32)
+    centred = x - means[0] if len(means) == 1 else x - means[groups]
+    return centred.T @ centred
 
 
 def leading_axes(scatter: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from lungnet.data.images import read_image
 from lungnet.data.inputs import InputFiles, InputItem, collate_inputs, decode_workers
 from lungnet.data.preprocessing import Preprocessing, logits_to_probs, stack
 from lungnet.hardware import resolve_device
-from lungnet.scoring.ood import gate_inputs
+from lungnet.scoring.gate_inputs import gate_inputs
 from lungnet.scoring.outputs import predictions_table
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,8 @@ class _TorchBackend:
 
     @torch.inference_mode()
     def outputs(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, OOD gate inputs): `lungnet.scoring.ood.gate_inputs`, penultimate features and an input thumbnail."""
+        """(logits, OOD gate inputs): `lungnet.scoring.gate_inputs.gate_inputs`, penultimate features and an input
+        thumbnail."""
         from lungnet.artifacts.runtimes import autocast
 
         with autocast(self.device, self.precision):

@@ -183,3 +183,24 @@ def test_the_report_counts_empty_sets_apart_from_referrals():
     assert "Empty prediction sets: **7 of 69**" in text and "more confident on the validation images" in text
     rows = dict(decision_rows(result))
     assert rows["Empty prediction sets (decided, not referred)"].startswith("7 of 69")
+
+
+def test_only_a_gate_just_thresholded_on_the_evaluated_images_reuses_their_scores(tiny_run, tmp_path, monkeypatch):
+    """evaluate.py split=val keeps the decision file's OOD gate (no ood.refit): val is scored through it; with
+    ood.refit=true the gate is fitted and thresholded on val, and its scores of val are the ones the columns show."""
+    from lungnet.scoring.ood import ImageGate
+
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_run / "checkpoints" / "best.ckpt", ckpt)
+    shutil.copy(tiny_run / "checkpoints" / "best.decision.json", decision_path(ckpt))
+    calls, reference_parts = [], ImageGate.reference_parts
+    monkeypatch.setattr(ImageGate, "reference_parts", lambda self: calls.append(1) or reference_parts(self))
+    base = [f"ckpt={ckpt}", "split=val", "explain.n=0", *FAST_EVAL]
+    evaluate(compose_cfg("evaluate", base), tmp_path / "kept")
+    assert calls == []  # the file's gate was thresholded on the val of its own run, not on these outputs
+    evaluate(compose_cfg("evaluate", [*base, "ood.refit=true"]), tmp_path / "fresh")
+    assert calls == [1]
+    reference = json.loads(decision_path(ckpt).read_text())["ood"]["reference_scores"]
+    shown = pd.read_csv(tmp_path / "fresh" / "predictions.csv")["ood_score"]
+    np.testing.assert_allclose(shown, reference, rtol=1e-12)

@@ -28,3 +28,58 @@ def test_joined_shards_are_the_split_and_an_empty_shard_adds_nothing():
     assert got.paths == whole.paths and got.probs.dtype == np.float32
     for field in ("probs", "targets", "logits", "features"):
         np.testing.assert_array_equal(getattr(got, field), getattr(whole, field))
+
+
+def _reduce_on_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One gloo rank: its share of a fixed sample (rank 1's is empty), summed by `reduced_scatters`."""
+    import os
+    import pickle
+
+    import torch.distributed as dist
+
+    from lungnet.evaluation.sharded import reduced_scatters
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    inputs, classes = _sample()
+    rows = {0: slice(0, 30), 1: slice(30, 30), 2: slice(30, 80)}[rank]
+    part = Outputs(
+        "train",
+        np.zeros((0, 3), np.float32),
+        classes[rows],
+        [f"{i}" for i in range(rows.start, rows.stop)],
+        np.zeros((0, 3), np.float32),
+        inputs[rows] if rows.stop > rows.start else None,
+    )
+    got = reduced_scatters(part, 3, "cpu")
+    if rank == 0:
+        with open(out, "wb") as fh:
+            pickle.dump(got, fh)
+    dist.destroy_process_group()
+
+
+def _sample() -> tuple[np.ndarray, np.ndarray]:
+    from lungnet.scoring.gate_inputs import THUMB
+
+    rng = np.random.default_rng(5)
+    return rng.normal(size=(80, 6 + THUMB * THUMB)).astype(np.float32), np.where(np.arange(80) < 30, 0, 2)
+
+
+def test_reduced_gate_statistics_over_three_gloo_ranks_one_empty_equal_one_process(tmp_path):
+    import pickle
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from lungnet.scoring.gate_inputs import gate_scatters
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_reduce_on_rank, args=(3, port, str(tmp_path / "got.pkl")), nprocs=3)
+    got = pickle.loads((tmp_path / "got.pkl").read_bytes())
+    for ranks, one in zip(got, gate_scatters(*_sample()), strict=True):
+        np.testing.assert_array_equal(ranks.classes, [0, 2])  # class 0 on rank 0 only, class 1 nowhere
+        np.testing.assert_array_equal(ranks.counts, one.counts)
+        np.testing.assert_allclose(ranks.means, one.means, rtol=1e-12)
+        np.testing.assert_allclose(ranks.scatter, one.scatter, rtol=1e-5, atol=1e-5 * np.abs(one.scatter).max())

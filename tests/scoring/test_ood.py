@@ -11,7 +11,8 @@ import torch
 from lungnet.artifacts.decision import DecisionRecord
 from lungnet.data.synthetic import render_phantom
 from lungnet.scoring import ood
-from lungnet.scoring.ood import THUMB, ImageGate, OodGate, gate_from_dict, gate_inputs
+from lungnet.scoring.gate_inputs import THUMB, gate_inputs
+from lungnet.scoring.ood import ImageGate, OodGate, gate_from_dict
 from lungnet.scoring.referral import CLEARLY_PAST
 
 

@@ -124,7 +124,7 @@ def single_process_finish_is_the_same(run, metrics, where):
     files = (run / "checkpoints" / "best.decision.json", decision_path(ckpt))
     ranks, one = (json.loads(path.read_text()) for path in files)
     assert one["ood_fit_n"] == ranks["ood_fit_n"] == 15
-    # the gate merged from the ranks' statistics of their halves of the sample, as one fitted on the whole sample
+    # the gate from the ranks' summed statistics of their halves of the sample, as one fitted on the whole sample
     for part in ("features", "image"):
         for key in ("noise", "threshold"):
             assert ranks["ood"][part][key] == pytest.approx(one["ood"][part][key], rel=1e-3), (part, key)
