@@ -20,11 +20,16 @@ over that many epochs (each its own augmentation draws): a steadier figure on a 
 Modes: ``direct`` (``data.cache=false``); ``store`` (``data.cache=true``: the prepared store, built first and timed
 separately); ``store_gpu`` (the store with ``data.gpu_augment=true``: the workers only copy bytes; the batch
 augmentation, `lungnet.data.batch_augment`, is timed in the in-process figures on the CPU, one thread, and left
-out of the DataLoader figures: on a GPU it runs on the device).
+out of the DataLoader figures: on a GPU it runs on the device). ``eval_store`` and ``eval_bytes``: the evaluation
+pipeline from the store (what `lungnet.scoring.outputs.model_outputs` reads: the finish after training, evaluate.py),
+normalised in the loader, or yielding uint8 with the per-batch normalisation as ``store_gpu``'s augmentation
+(`lungnet.data.dataset.bytes_out`); ``device_step_cpu_ms_per_image`` is that per-batch step's share. The spec is a
+3-channel model's (timm's default ``model.in_chans``).
 
 Example:
     python -m bench.perf.loader --images 300 --image-size 224 --augment xray --workers 2 --modes direct store store_gpu
     python -m bench.perf.loader --files /tmp/nihlike/images --image-size 224 --workers -1 --passes 3 --modes direct
+    python -m bench.perf.loader --images 300 --image-size 224 --workers 2 --passes 3 --modes eval_store eval_bytes
 """
 
 from __future__ import annotations
@@ -79,7 +84,8 @@ def make_set(out: Path, n: int, side: int, seed: int) -> list[Path]:
 
 
 def dataset(mode: str, paths: list[Path], args, cache_dir: Path):
-    """The training dataset of ``mode`` from the data module (the store is built here when the mode uses it)."""
+    """The dataset of ``mode`` from the data module (the store is built here when the mode uses it): training's, or
+    for ``eval_*`` the evaluation pipeline's."""
     cfg = {
         "name": "bench",
         "source": "pneumonia",
@@ -96,7 +102,7 @@ def dataset(mode: str, paths: list[Path], args, cache_dir: Path):
     rows = pd.DataFrame({"path": [str(p) for p in paths], "label": "NORMAL", "target": 0})
     rows["sha1"] = [f"{p.stat().st_size}-{p.stat().st_mtime_ns}" for p in paths]  # the old cache's key
     c0, t0 = tree_cpu_seconds(), time.perf_counter()
-    ds = dm.make_dataset(rows, train=True)
+    ds = dm.make_dataset(rows, train=not mode.startswith("eval"))
     built = {
         "build_cpu_ms_per_image": 1000 * (tree_cpu_seconds() - c0) / len(paths),
         "build_s": time.perf_counter() - t0,
@@ -105,9 +111,24 @@ def dataset(mode: str, paths: list[Path], args, cache_dir: Path):
 
 
 def measure(mode: str, paths: list[Path], args, cache_dir: Path) -> dict:
-    """One mode: in-process CPU ms per image, then a DataLoader epoch with ``args.workers`` workers."""
+    """One mode: in-process CPU ms per image, then a DataLoader epoch with ``args.workers`` workers (``eval_bytes``:
+    both inside `lungnet.data.dataset.bytes_out`, the loader yielding uint8)."""
     ds, dm, built = dataset(mode, paths, args, cache_dir)
-    augment_batch = None
+    if mode != "eval_bytes":
+        return measure_dataset(mode, ds, dm, built, paths, args)
+    from lungnet.data.dataset import bytes_out
+
+    with bytes_out(ds) as normalize:
+        if normalize is None:
+            raise SystemExit("eval_bytes: this lungnet's evaluation dataset does not yield bytes")
+        return measure_dataset(mode, ds, dm, built, paths, args, normalize.batch)
+
+
+def measure_dataset(mode: str, ds, dm, built: dict, paths: list[Path], args, device_step=None) -> dict:
+    """`measure` of a built dataset; ``device_step``: what a GPU does to each batch (timed on the CPU in the
+    in-process figure, and apart as ``device_step_cpu_ms_per_image``)."""
+    augment_batch = device_step
+    stepped = [0.0]
     if mode == "store_gpu":
         from lungnet.data.batch_augment import BatchAugment
         from lungnet.data.transforms import Normalize
@@ -117,20 +138,25 @@ def measure(mode: str, paths: list[Path], args, cache_dir: Path) -> dict:
     keep_buffers = getattr(dataset_module, "keep_large_buffers", None)  # absent in older checkouts
     if keep_buffers is not None:
         keep_buffers()  # the in-process figure stands for one loader worker, which calls it at start
-    keys = [(epoch, i) for epoch in range(1, max(1, args.passes) + 1) for i in range(len(ds))]
+    evaluation = mode.startswith("eval")  # read as model_outputs reads: by index, no seeded augmentation
+    passes = range(1, max(1, args.passes) + 1)
+    keys = [i if evaluation else (epoch, i) for epoch in passes for i in range(len(ds))]
     ds[keys[0]]  # warm-up (maps the store, imports)
     c0, t0 = time.process_time(), time.perf_counter()
     for start in range(0, len(keys), args.batch_size):
         batch = torch.stack([ds[k]["image"] for k in keys[start : start + args.batch_size]])
         if augment_batch is not None:
-            batch = augment_batch(batch, step=start)
+            s0 = time.process_time()
+            batch = augment_batch(batch) if device_step is not None else augment_batch(batch, step=start)
+            stepped[0] += time.process_time() - s0
     cpu = time.process_time() - c0
     one_core = {"cpu_ms_per_image": 1000 * cpu / len(keys), "images_per_cpu_s": len(keys) / cpu}
+    one_core["device_step_cpu_ms_per_image"] = 1000 * stepped[0] / len(keys)
     one_core["wall_images_per_s_0_workers"] = len(keys) / (time.perf_counter() - t0)
     sizes = {"file_size": native_size(paths[0])[0], "image_size": args.image_size, "images_timed": len(keys)}
     if args.workers < 0:  # in-process figures only
         return {"lungnet": str(Path(dataset_module.__file__).parent.parent), "mode": mode, **sizes, **built, **one_core}
-    sampler = EpochSampler(len(ds), seed=0)
+    sampler = None if evaluation else EpochSampler(len(ds), seed=0)
     loader = torch.utils.data.DataLoader(
         ds,
         batch_size=args.batch_size,

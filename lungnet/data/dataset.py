@@ -13,13 +13,15 @@ import ctypes
 import functools
 import random
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import albumentations as A
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, Subset
 
+from lungnet.data.cache import PreparedReader
 from lungnet.data.images import read_bytes, read_image
 from lungnet.data.transforms import Normalize, unit_range
 
@@ -248,3 +250,36 @@ class XrayDataset(Dataset):
         if self.multilabel:
             return np.nansum(self.targets.numpy(), axis=0)
         return np.bincount(self.targets.numpy(), minlength=len(self.labels))
+
+
+@contextmanager
+def bytes_out(dataset: Dataset) -> Iterator[Normalize | None]:
+    """While open, an evaluation dataset read from the prepared store yields its uint8 pixels (1, H, W) and gives
+    the `Normalize` its consumer applies per batch (`Normalize.batch`, on the model's device): the loader then only
+    copies bytes, a twelfth of what a 3-channel float32 image moves, and the model sees the same numbers. Otherwise
+    (augmentation, files decoded to float, a pipeline already without `Normalize`) it changes nothing and gives None.
+
+    Loaders must be created inside it (workers take their copy of the dataset when they start).
+
+    Args:
+        dataset: an `XrayDataset`, or a `torch.utils.data.Subset` of one.
+    """
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    pipeline = getattr(base, "pipeline", None)
+    plain = isinstance(pipeline, SeededPipeline) and pipeline.normalize is not None
+    if not (plain and isinstance(base.reader, PreparedReader) and not _augments(pipeline.transform)):
+        yield None
+        return
+    base.pipeline = SeededPipeline(pipeline.transform, None)
+    try:
+        yield pipeline.normalize
+    finally:
+        base.pipeline = pipeline
+
+
+RESIZES = (A.NoOp, A.Resize, A.LongestMaxSize, A.PadIfNeeded)  # uint8 in, the same uint8 out as before `Normalize`
+
+
+def _augments(transform: A.Compose) -> bool:
+    """Whether an albumentations pipeline does more than resize and pad (an augmentation, or a `A.Lambda`)."""
+    return not all(isinstance(t, RESIZES) for t in transform.transforms)

@@ -125,10 +125,11 @@ class Normalize:
         return out
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch (N, 1, H, W), uint8 or float in [0, 1], on any device -> float32 (N, C, H, W)."""
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        """A batch (N, 1, H, W), uint8 or float in [0, 1], on any device -> float32 (N, C, H, W): the same numbers
+        as calling this on each image (the same two float32 operations)."""
         scale = 255.0 if x.dtype == torch.uint8 else 1.0
-        return (x.float() - mean.view(1, -1, 1, 1) * scale) / (std.view(1, -1, 1, 1) * scale)
+        gain = self._gain[scale].to(x.device).view(1, -1, 1, 1)
+        return torch.mul(x, gain).add_(self._offset.to(x.device).view(1, -1, 1, 1))
 
 
 def unit_range(out: np.ndarray) -> np.ndarray:

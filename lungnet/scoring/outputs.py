@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lungnet.data.dataset import bytes_out
 from lungnet.data.images import read_image
 from lungnet.data.labels import DEFAULT_THRESHOLD, NO_FINDING, join_flags
 from lungnet.data.preprocessing import logits_to_probs
@@ -55,21 +56,28 @@ def model_outputs(
 ) -> Outputs:
     """Logits, probabilities, targets, paths (and penultimate features) for every item of ``loader``.
 
+    Images of an evaluation data set read from the prepared store come as uint8 and are normalised per batch on
+    ``device`` (`lungnet.data.dataset.bytes_out`): the same numbers, and the loader only copies bytes.
+
     Args:
         features: also keep ``model.backbone``'s pooled features (lungnet `Classifier`: head(backbone(x))).
     """
     model = model.to(device).eval()
     logits, feats, targets, paths = [], [], [], []
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
-        x = batch["image"].to(device)
-        if features:
-            z, gate = logits_and_gate_inputs(model, x)
-            feats.append(gate)
-        else:
-            z = model(x)
-        logits.append(z.float().cpu().numpy())
-        targets.append(batch["target"].numpy())
-        paths += list(batch["path"])
+    # from the prepared store the loader only copies bytes (its workers start here, with the uint8 pipeline; workers
+    # started before keep theirs, and their float batches pass as they are)
+    with bytes_out(getattr(loader, "dataset", None)) as normalize:
+        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+            x = batch["image"].to(device)
+            x = normalize.batch(x) if normalize is not None and x.dtype == torch.uint8 else x
+            if features:
+                z, gate = logits_and_gate_inputs(model, x)
+                feats.append(gate)
+            else:
+                z = model(x)
+            logits.append(z.float().cpu().numpy())
+            targets.append(batch["target"].numpy())
+            paths += list(batch["path"])
     z = np.concatenate(logits)
     return Outputs(
         name,
