@@ -69,3 +69,23 @@ def test_under_two_gloo_ranks_rank_0_finishes_with_the_summed_gate_statistics(ti
     assert got["finish_rest"]["cpu_s"] >= got["finish_rest"]["finish_training"]["cpu_s"] > 0
     record = read_decision(decision_path(ckpt), ckpt, load_model(ckpt).labels)
     assert record.ood_fit_n == 90 and record.counts["n"] == 30  # both ranks' halves of the sample
+
+
+def test_with_a_loader_record_both_costs_come_from_that_run(tmp_path):
+    loader = {
+        "machine": {"model": "Test CPU"},
+        "date": "2026-12-07",
+        "result": {
+            "results": [
+                {"mode": "eval_bytes", "cpu_ms_per_image": 0.3, "device_step_cpu_ms_per_image": 0.2},
+                {"mode": "store", "cpu_ms_per_image": 1.0, "device_step_cpu_ms_per_image": 0.0},
+            ]
+        },
+    }
+    path = tmp_path / "loader.json"
+    path.write_text(json.dumps(loader))
+    result = {"images": {"test": 968, "train": 1000, "val": 500}, "train_split": 4000, "finish_rest": {"cpu_s": 0.2}}
+    got = over_epoch(result, tmp_path / "unused.json", path)
+    assert got["loading_cpu_s"] == pytest.approx(0.2)  # (968 + 1000 + 32) images at 0.1 ms: the bytes alone
+    assert got["1rank"] == pytest.approx(0.1)  # (0.2 + 0.2) / 4.0
+    assert got["1rank_cpu_only"] == pytest.approx((0.2 + 0.4 + 0.2) / 4.0)  # normalised on the CPU: 0.2 ms more

@@ -253,28 +253,45 @@ def finish_rest_ranks(ckpt: Path, run: Path, args) -> dict:
     return {**{k: head[k] for k in keep}, "world": args.ranks, "finish_rest": rest, "ranks": ranks}
 
 
-def over_epoch(result: dict, scale_record: Path) -> dict:
+def over_epoch(result: dict, scale_record: Path, loader_record: Path | None = None) -> dict:
     """The finish without the model over one epoch's loading at these sizes: the finish's own batches and one
     epoch of the training split at the CPU per image `bench.perf.scale` measured from the prepared store (its largest
     size; ``finish_loading``, ``epoch_store``), plus this bench's rest; 8 ranks: each loads 1/8 of the epoch and
     scores 1/8 of the finish's images, rank 0 alone does the rest (as measured in one process); under ``world``
-    ranks (``--ranks``): rank 0's measured rest with 1/``world`` of the loading and of the epoch."""
-    rec = json.loads(scale_record.read_text())
-    results = rec["result"]["results"]
-    n = max(results, key=int)
-    got = results[n]
-    scored = sum(got["finish_scoring"].get(f"{s}_images", 0) for s in ("val", "test", "train", "probe"))
-    per_loaded = got["finish_loading"]["cpu_s"] / scored
-    per_epoch_image = got["epoch_store"]["cpu_s"] / int(n)  # every image of the set through the training dataset
+    ranks (``--ranks``): rank 0's measured rest with 1/``world`` of the loading and of the epoch.
+
+    With ``loader_record`` (`bench.perf.loader` with the modes ``eval_bytes`` and ``store``, one model's channels)
+    both per-image costs come from that one run instead: the finish's loading is ``eval_bytes`` without its
+    per-batch normalisation (a GPU does that), and ``1rank_cpu_only`` adds it back (a CPU-only machine)."""
+    if loader_record is not None:
+        rec = json.loads(loader_record.read_text())
+        modes = {r["mode"]: r for r in rec["result"]["results"]}
+        scoring = modes["eval_bytes"]
+        per_normalised = scoring["device_step_cpu_ms_per_image"] / 1e3
+        per_loaded = scoring["cpu_ms_per_image"] / 1e3 - per_normalised
+        per_epoch_image = modes["store"]["cpu_ms_per_image"] / 1e3
+        source = {"loader_record": {"path": str(loader_record), "machine": rec["machine"], "date": rec["date"]}}
+    else:
+        rec = json.loads(scale_record.read_text())
+        results = rec["result"]["results"]
+        n = max(results, key=int)
+        got = results[n]
+        scored = sum(got["finish_scoring"].get(f"{s}_images", 0) for s in ("val", "test", "train", "probe"))
+        per_loaded, per_normalised = got["finish_loading"]["cpu_s"] / scored, None
+        per_epoch_image = got["epoch_store"]["cpu_s"] / int(n)  # every image of the set through the training dataset
+        source = {"scale_record": {"path": str(scale_record), "size": int(n), "machine": rec["machine"]}}
+        source["scale_record"]["date"] = rec["date"]
     images = result["images"]
-    loading = per_loaded * (images["test"] + images["train"] + 32)  # val: the validation pass's; one checking batch
-    epoch = per_epoch_image * result["train_split"]
+    finish_images = images["test"] + images["train"] + 32  # val: the validation pass's; one checking batch
+    loading, epoch = per_loaded * finish_images, per_epoch_image * result["train_split"]
     rest, world = result["finish_rest"]["cpu_s"], int(result.get("world", 1))
     ratios = {"1rank": (loading + rest) / epoch, "8rank": (loading / 8 + rest) / (epoch / 8)}
+    if per_normalised is not None:
+        ratios["1rank_cpu_only"] = (loading + per_normalised * finish_images + rest) / epoch
     if world > 1:
         ratios = {f"{world}rank": (loading / world + rest) / (epoch / world)}
     return {
-        "scale_record": {"path": str(scale_record), "size": int(n), "machine": rec["machine"], "date": rec["date"]},
+        **source,
         "loading_ms_per_image": per_loaded * 1000,
         "epoch_ms_per_image": per_epoch_image * 1000,
         "loading_cpu_s": loading,
@@ -294,6 +311,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-overrides", nargs="*", default=[], help="overrides of the checkpoint's training")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument(
+        "--loader-record",
+        type=Path,
+        default=None,
+        help="bench.perf.loader's record (modes eval_bytes and store) whose per-image costs give the ratio instead",
+    )
+    parser.add_argument(
         "--scale-record",
         type=Path,
         default=ROOT / "bench/results/scale_finish.json",
@@ -309,12 +332,14 @@ def run(args: argparse.Namespace) -> dict:
     ckpt, run_dir = tiny_checkpoint(work, list(args.train_overrides))
     result = finish_rest(ckpt, run_dir, args) if args.ranks == 1 else finish_rest_ranks(ckpt, run_dir, args)
     result["threads"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    result["over_epoch"] = ratio = over_epoch(result, args.scale_record)
+    result["over_epoch"] = ratio = over_epoch(result, args.scale_record, args.loader_record)
     parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(result["parts_cpu_s"].items(), key=lambda kv: -kv[1]))
     where = "one process" if args.ranks == 1 else f"rank 0 of {args.ranks}, from its first gather"
     rest = result["finish_rest"]["cpu_s"]
     if args.ranks == 1:
         ratio_text = f"{ratio['1rank']:.3f}x on one rank; {ratio['8rank']:.2f}x of a rank's share under 8 ranks"
+        if "1rank_cpu_only" in ratio:
+            ratio_text += f"; {ratio['1rank_cpu_only']:.3f}x on one rank without a GPU (batches normalised on the CPU)"
     else:
         ratio_text = f"{ratio[f'{args.ranks}rank']:.3f}x of a rank's share under {args.ranks} ranks"
     result["figures"] = [

@@ -24,7 +24,7 @@ out of the DataLoader figures: on a GPU it runs on the device). ``eval_store`` a
 pipeline from the store (what `lungnet.scoring.outputs.model_outputs` reads: the finish after training, evaluate.py),
 normalised in the loader, or yielding uint8 with the per-batch normalisation as ``store_gpu``'s augmentation
 (`lungnet.data.dataset.bytes_out`); ``device_step_cpu_ms_per_image`` is that per-batch step's share. The spec is a
-3-channel model's (timm's default ``model.in_chans``).
+3-channel model's (timm's default ``model.in_chans``; ``--in-chans 1``: a grayscale stem's).
 
 Example:
     python -m bench.perf.loader --images 300 --image-size 224 --augment xray --workers 2 --modes direct store store_gpu
@@ -97,7 +97,7 @@ def dataset(mode: str, paths: list[Path], args, cache_dir: Path):
         "gpu_augment": mode == "store_gpu",
     }
     augment = yaml.safe_load((ROOT / "conf" / "augment" / f"{args.augment}.yaml").read_text())["train"]
-    spec = ModelSpec(name="bench", arch="bench", input_size=args.image_size)
+    spec = ModelSpec(name="bench", arch="bench", input_size=args.image_size, in_chans=args.in_chans)
     dm = LungDataModule(cfg, spec, seed=0, augment=augment, owns_data=True)
     rows = pd.DataFrame({"path": [str(p) for p in paths], "label": "NORMAL", "target": 0})
     rows["sha1"] = [f"{p.stat().st_size}-{p.stat().st_mtime_ns}" for p in paths]  # the old cache's key
@@ -133,7 +133,8 @@ def measure_dataset(mode: str, ds, dm, built: dict, paths: list[Path], args, dev
         from lungnet.data.batch_augment import BatchAugment
         from lungnet.data.transforms import Normalize
 
-        steps, normalize = BatchAugment.from_steps(dm.augment, seed=0), Normalize(dm.spec.mean, dm.spec.std, 3)
+        steps = BatchAugment.from_steps(dm.augment, seed=0)
+        normalize = Normalize(dm.spec.mean, dm.spec.std, dm.spec.in_chans)
         augment_batch = lambda batch, step: normalize.batch(steps(batch, step))  # noqa: E731
     keep_buffers = getattr(dataset_module, "keep_large_buffers", None)  # absent in older checkouts
     if keep_buffers is not None:
@@ -192,6 +193,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", default="xray", help="conf/augment/<name>.yaml")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers; -1: in-process figures only")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--in-chans", type=int, default=3, choices=(1, 3), help="the model's input channels")
     parser.add_argument("--modes", nargs="+", default=["direct", "store", "store_gpu"])
     parser.add_argument("--set-dir", default="/tmp/lungnet-bench-loader")
 

@@ -111,7 +111,8 @@ def loading_stages(root: Path, image_size: int, store_dir: Path) -> dict:
     from bench.perf.loader import measure
 
     paths = sorted((root / "images").glob("*.png"))
-    args = argparse.Namespace(image_size=image_size, augment="xray", batch_size=32, workers=-1, passes=1)
+    # a 3-channel model's input (timm's default), as bench.perf.loader measures by default
+    args = argparse.Namespace(image_size=image_size, augment="xray", batch_size=32, workers=-1, passes=1, in_chans=3)
     out = {}
     for mode in ("store", "direct"):
         got = measure(mode, paths, args, store_dir)
