@@ -3,9 +3,8 @@
 At setup it scans the source, lists unreadable files and images given two labels (``bad_files.csv``), assigns seeded
 stratified/patient-grouped splits (``data.split_seed``), reports duplicate images (exact, and with
 ``near_duplicates`` perceptual; ``near_duplicates=group`` keeps near copies in one split) and shared patients
-across splits (``data_report.json``) and
-writes the split files into the run directory. Training batches come from an `EpochSampler`, so
-order and augmentation depend only on (seed, epoch, index).
+across splits (``data_report.json``) and writes the split files into the run directory. Training batches come from
+an `EpochSampler`, so order and augmentation depend only on (seed, epoch, index).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from lungnet.data import dataset as datasets
 from lungnet.data.cache import PreparedReader, build_store, larger_than
 from lungnet.data.checks import (
     bad_rows,
@@ -318,10 +318,8 @@ class LungDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------ class balance
     def class_weights(self) -> list[float] | None:
-        """Inverse-frequency loss weights from the train split (None unless ``balance=loss``).
-
-        Multi-label: ``pos_weight`` = negatives / positives per label.
-        """
+        """Inverse-frequency loss weights from the train split (None unless ``balance=loss``; multi-label:
+        ``pos_weight`` = negatives / positives per label)."""
         if self.cfg["balance"] not in {"none", "loss", "sampler"}:
             raise DataError(f"data.balance must be none, loss or sampler, got {self.cfg['balance']!r}")
         if self.cfg["balance"] != "loss":
@@ -346,13 +344,16 @@ class LungDataModule(pl.LightningDataModule):
         return EpochSampler(len(ds), self.seed, weights=per_class[ds.targets.numpy()].tolist())
 
     # ------------------------------------------------------------- loaders
-    def loader(self, split: str, shuffle: bool = False, sampler: Sampler | None = None) -> DataLoader:
+    def loader(
+        self, split: str, shuffle: bool = False, sampler: Sampler | None = None, as_bytes: bool = False
+    ) -> DataLoader:
         """DataLoader over one split (``train``, ``val``, ``test``).
 
         Args:
             split: the split.
             shuffle: seeded per-epoch shuffling (an `EpochSampler`; ignored when ``sampler`` is given).
             sampler: a sampler of indices or ``(epoch, index)`` keys.
+            as_bytes: uint8 images where the split can (`lungnet.data.dataset.as_bytes`): the consumer normalises.
         """
         if split not in self.datasets:
             raise DataError(
@@ -361,12 +362,13 @@ class LungDataModule(pl.LightningDataModule):
         workers = int(self.cfg["num_workers"])
         gen = torch.Generator().manual_seed(self.seed)
         batch = int(self.cfg["batch_size"])
+        dataset = datasets.as_bytes(self.datasets[split])[0] if as_bytes else self.datasets[split]
         # a training batch of one image breaks BatchNorm (and is noise): drop it
-        drop_last = sampler is not None and len(self.datasets[split]) % batch == 1
+        drop_last = sampler is not None and len(dataset) % batch == 1
         if sampler is None and shuffle:
-            sampler = EpochSampler(len(self.datasets[split]), self.seed, shuffle=True)
+            sampler = EpochSampler(len(dataset), self.seed, shuffle=True)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=batch,
             sampler=sampler,
             num_workers=workers,
@@ -393,7 +395,9 @@ class LungDataModule(pl.LightningDataModule):
         return self.loader("train", sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self.loader("val") if "val" in self.datasets else []  # none: Lightning skips validation
+        module = self.trainer.lightning_module if self.trainer is not None else None  # normalises uint8 batches:
+        bytes_ok = hasattr(module, "device_batch")  # the workers copy the store's bytes (`device_batch`)
+        return self.loader("val", as_bytes=bytes_ok) if "val" in self.datasets else []  # none: no validation
 
     def test_dataloader(self) -> DataLoader:
         return self.loader("test")

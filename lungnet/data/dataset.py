@@ -9,6 +9,7 @@ sees exactly the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import functools
 import random
@@ -252,8 +253,19 @@ class XrayDataset(Dataset):
         return np.bincount(self.targets.numpy(), minlength=len(self.labels))
 
 
+def _bytes_normalize(dataset) -> Normalize | None:
+    """The `Normalize` that would end ``dataset``'s pipeline when it can yield bytes instead: an evaluation pipeline
+    (resize and pad only) over the prepared store (uint8 pixels); None otherwise."""
+    pipeline = getattr(dataset, "pipeline", None)
+    if not isinstance(pipeline, SeededPipeline) or pipeline.normalize is None:
+        return None
+    if not isinstance(getattr(dataset, "reader", None), PreparedReader) or _augments(pipeline.transform):
+        return None
+    return pipeline.normalize
+
+
 @contextmanager
-def bytes_out(dataset: Dataset) -> Iterator[Normalize | None]:
+def bytes_out(dataset: Dataset | None) -> Iterator[Normalize | None]:
     """While open, an evaluation dataset read from the prepared store yields its uint8 pixels (1, H, W) and gives
     the `Normalize` its consumer applies per batch (`Normalize.batch`, on the model's device): the loader then only
     copies bytes, a twelfth of what a 3-channel float32 image moves, and the model sees the same numbers. Otherwise
@@ -262,19 +274,30 @@ def bytes_out(dataset: Dataset) -> Iterator[Normalize | None]:
     Loaders must be created inside it (workers take their copy of the dataset when they start).
 
     Args:
-        dataset: an `XrayDataset`, or a `torch.utils.data.Subset` of one.
+        dataset: an `XrayDataset`, a `torch.utils.data.Subset` of one, or None.
     """
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    pipeline = getattr(base, "pipeline", None)
-    plain = isinstance(pipeline, SeededPipeline) and pipeline.normalize is not None
-    if not (plain and isinstance(base.reader, PreparedReader) and not _augments(pipeline.transform)):
+    normalize = _bytes_normalize(base)
+    if normalize is None:
         yield None
         return
+    pipeline = base.pipeline
     base.pipeline = SeededPipeline(pipeline.transform, None)
     try:
-        yield pipeline.normalize
+        yield normalize
     finally:
         base.pipeline = pipeline
+
+
+def as_bytes(dataset: Dataset) -> tuple[Dataset, Normalize | None]:
+    """A copy of ``dataset`` that yields uint8 pixels, and the `Normalize` its batches need (`bytes_out`'s terms,
+    for a loader that outlives a ``with`` block: training's validation loader); ``(dataset, None)`` when it cannot."""
+    normalize = _bytes_normalize(dataset)
+    if normalize is None:
+        return dataset, None
+    out = copy.copy(dataset)
+    out.pipeline = SeededPipeline(dataset.pipeline.transform, None)
+    return out, normalize
 
 
 RESIZES = (A.NoOp, A.Resize, A.LongestMaxSize, A.PadIfNeeded)  # uint8 in, the same uint8 out as before `Normalize`

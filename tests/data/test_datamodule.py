@@ -9,6 +9,7 @@ import torch
 
 from lungnet.data.datamodule import LungDataModule
 from lungnet.data.sources import DataError
+from lungnet.data.transforms import Normalize
 from lungnet.io import printable
 from lungnet.models.specs import ModelSpec
 from tests.conftest import shared, write_png
@@ -384,3 +385,21 @@ def test_gpu_augment_trains_on_uint8_batches_augmented_in_the_module(tiny_folder
     assert not torch.allclose(augmented, module.normalize.batch(raw))  # augmented on the batch
     module.eval()
     torch.testing.assert_close(module.device_batch({"image": raw})["image"], module.normalize.batch(raw))
+
+
+def test_a_module_that_normalises_batches_gets_the_stores_bytes_for_validation(tiny_folder, tmp_path):
+    """Training's validation loader: uint8 from the prepared store when the module normalises each batch on its
+    device (LitClassifier.device_batch), the same numbers once normalised; normalised images otherwise."""
+    from types import SimpleNamespace
+
+    cfg = _cfg("pneumonia", tiny_folder, carve_val=False, cache=True, cache_dir=str(tmp_path))
+    dm = LungDataModule(cfg, SPEC, seed=0, run_dir=tmp_path / "run", owns_data=True)
+    dm.setup("fit")
+    floats = next(iter(dm.val_dataloader()))["image"]  # no trainer: nothing normalises batches
+    normalise = Normalize(SPEC.mean, SPEC.std, SPEC.in_chans)
+    module = SimpleNamespace(device_batch=lambda batch: {**batch, "image": normalise.batch(batch["image"])})
+    dm.trainer = SimpleNamespace(lightning_module=module)
+    raw = next(iter(dm.val_dataloader()))["image"]
+    assert floats.dtype == torch.float32 and raw.dtype == torch.uint8
+    assert torch.equal(dm.on_after_batch_transfer({"image": raw}, 0)["image"], floats)
+    assert dm.datasets["val"][0]["image"].dtype == torch.float32  # the split's own data set is unchanged

@@ -70,3 +70,14 @@ def test_model_outputs_from_bytes_equal_those_from_normalised_images(tmp_path, w
     np.testing.assert_array_equal(got.logits, logits)
     np.testing.assert_array_equal(got.features[:, : pooled.shape[1]], pooled.numpy())
     assert ds.pipeline.normalize is not None  # restored after the loop
+
+
+def test_a_copy_yields_bytes_for_a_loader_that_outlives_a_with_block(tmp_path):
+    from lungnet.data.dataset import as_bytes
+
+    ds = store_dataset(tmp_path)
+    copy, normalize = as_bytes(ds)
+    assert copy is not ds and copy[0]["image"].dtype == torch.uint8
+    assert torch.equal(normalize.batch(copy[0]["image"][None])[0], ds[0]["image"])  # the original is unchanged
+    augmented = store_dataset(tmp_path, steps=[__import__("albumentations").HorizontalFlip(p=1.0)])
+    assert as_bytes(augmented) == (augmented, None)
