@@ -99,9 +99,9 @@ def training_sample(dm, fit_max: int, seed: int) -> tuple[str, int]:
 
 
 def gate_sample(ev) -> GateScatters:
-    """The statistics the gate is fitted from (`lungnet.scoring.ood.gate_scatters`) of the training sample
+    """The statistics the gate is fitted from (`lungnet.scoring.gate_inputs.gate_scatters`) of the training sample
     (`training_sample`, at most ``ood.fit_max`` images), computed once per evaluation (``ev.gate_fit``): given (after
-    a multi-process training, the ranks' shares merged: `lungnet.evaluation.sharded`) or from the sample's features
+    a multi-process training, summed across the ranks: `lungnet.evaluation.sharded`) or from the sample's features
     (dropped once summed)."""
     if ev.gate_fit is None:
         fit_max = int((ev.cfg.get("ood") or {}).get("fit_max"))

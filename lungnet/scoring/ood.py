@@ -80,7 +80,7 @@ class OodGate:
 
     @classmethod
     def from_scatter(cls, stats: Scatter, dims: int = 64, **info) -> OodGate:
-        """`fit` from the training features' statistics (`lungnet.scoring.scatter.Scatter`, merged across ranks).
+        """`fit` from the training features' statistics (`lungnet.scoring.scatter.Scatter`, summed across ranks).
 
         Raises:
             ValueError: fewer than 3 images.
@@ -204,7 +204,7 @@ class ImageGate:
 
     @classmethod
     def from_scatters(cls, features: Scatter, image: Scatter, dims: int = 64, **info) -> ImageGate:
-        """`fit` from each part's statistics (`gate_scatters`; merged across ranks)."""
+        """`fit` from each part's statistics (`gate_scatters`, or summed across ranks)."""
         feats = OodGate.from_scatter(features, dims=dims, **info)
         image_part = OodGate.from_scatter(image, dims=IMAGE_DIMS, **{**info, "layer": "input thumbnail"})
         return cls(feats, image_part, info={"method": IMAGE_METHOD, **info})
