@@ -395,9 +395,9 @@ class LungDataModule(pl.LightningDataModule):
         return self.loader("train", sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
-        module = self.trainer.lightning_module if self.trainer is not None else None  # normalises uint8 batches:
-        bytes_ok = hasattr(module, "device_batch")  # the workers copy the store's bytes (`device_batch`)
-        return self.loader("val", as_bytes=bytes_ok) if "val" in self.datasets else []  # none: no validation
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        as_bytes = hasattr(module, "device_batch")  # it normalises uint8 batches on its device: workers copy bytes
+        return self.loader("val", as_bytes=as_bytes) if "val" in self.datasets else []  # none: no validation
 
     def test_dataloader(self) -> DataLoader:
         return self.loader("test")

@@ -147,8 +147,8 @@ def reduced_scatters(part: Outputs, n_classes: int, device) -> GateScatters | No
         dist.all_reduce(sums)
         totals = sums.cpu().numpy()
         squares = torch.from_numpy(squares_about(x, classes, totals)).to(device)
-        dist.reduce(squares, dst=0)
-        out.append(Scatter.from_sums(totals, squares.cpu().numpy()))
+        dist.reduce(squares, dst=0)  # the sum is on rank 0 alone: the others hold only their own share
+        out.append(Scatter.from_sums(totals, squares.cpu().numpy()) if dist.get_rank() == 0 else None)
     return (out[0], out[1]) if dist.get_rank() == 0 else None
 
 
