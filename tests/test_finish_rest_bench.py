@@ -24,7 +24,8 @@ def test_the_finish_runs_on_synthetic_outputs_of_the_given_sizes_and_times_its_p
     got = finish_rest(ckpt, run, args)
     assert got["images"] == {"test": 40, "val": 30, "train": 90} and got["train_split"] == 90
     assert got["finish_rest"]["cpu_s"] > 0
-    assert {"bootstrap intervals", "OOD gate fit", "decisions (with the gate)"} <= set(got["parts_cpu_s"])
+    parts = {"bootstrap intervals", "OOD gate fit", "decisions (with the gate)", "gate squares", "gate axes"}
+    assert parts <= set(got["parts_cpu_s"])
     record = read_decision(decision_path(ckpt), ckpt, load_model(ckpt).labels)
     assert record.ood_fit_n == 90 and record.counts["n"] == 30  # fitted on the synthetic sample, thresholded on val
 
@@ -89,3 +90,6 @@ def test_with_a_loader_record_both_costs_come_from_that_run(tmp_path):
     assert got["loading_cpu_s"] == pytest.approx(0.2)  # (968 + 1000 + 32) images at 0.1 ms: the bytes alone
     assert got["1rank"] == pytest.approx(0.1)  # (0.2 + 0.2) / 4.0
     assert got["1rank_cpu_only"] == pytest.approx((0.2 + 0.4 + 0.2) / 4.0)  # normalised on the CPU: 0.2 ms more
+    parts = {"gate squares": 0.05, "gate axes": 0.03, "bootstrap intervals": 0.1}
+    gpu = over_epoch({**result, "parts_cpu_s": parts}, tmp_path / "unused.json", path)
+    assert gpu["1rank_gpu"] == pytest.approx((0.2 + 0.2 - 0.08) / 4.0)  # the squares and axes on the device

@@ -204,7 +204,9 @@ def calibrate(ev: Evaluation, progress: PostTraining, sample: Outputs | GateScat
     then ``evaluate.py split=val``'s scoring and report steps on ``ev.data`` (temperature, intervals, operating point,
     conformal scores, OOD gate, decisions)."""
     with progress.step("OOD features"):
-        ev.gate_fit = sample_scatters(sample, ev.loaded.multilabel) if isinstance(sample, Outputs) else sample
+        ev.gate_fit = (
+            sample_scatters(sample, ev.loaded.multilabel, ev.device) if isinstance(sample, Outputs) else sample
+        )
         if "train" in ev.dm.datasets:
             gate_sample(ev)
     with progress.step("calibration"):

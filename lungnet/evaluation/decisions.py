@@ -42,6 +42,7 @@ from lungnet.scoring.conformal import p_values
 from lungnet.scoring.gate_inputs import GateScatters, gate_scatters
 from lungnet.scoring.ood import AnyMemberGate, ImageGate, OodGate
 from lungnet.scoring.outputs import Outputs, model_outputs
+from lungnet.scoring.scatter import accelerator
 from lungnet.scoring.shift import batch_shift, bonferroni, ks_test
 
 log = logging.getLogger(__name__)
@@ -108,13 +109,14 @@ def gate_sample(ev) -> GateScatters:
         key, total = training_sample(ev.dm, fit_max, ev.loaded.seed)
         desc = "Features of train" if len(ev.dm.datasets[key]) == total else f"Features of a train sample (of {total})"
         out = model_outputs(ev.loaded.model, ev.dm.loader(key), ev.loaded.multilabel, ev.device, desc, True, "train")
-        ev.gate_fit = sample_scatters(out, ev.loaded.multilabel)
+        ev.gate_fit = sample_scatters(out, ev.loaded.multilabel, ev.device)
     return ev.gate_fit
 
 
-def sample_scatters(out: Outputs, multilabel: bool) -> GateScatters:
-    """The gate's statistics of scored training images (their gate inputs; single-label: per class)."""
-    return gate_scatters(out.features, None if multilabel else out.targets)
+def sample_scatters(out: Outputs, multilabel: bool, device=None) -> GateScatters:
+    """The gate's statistics of scored training images (their gate inputs; single-label: per class); their squares
+    on ``device`` when it is a CUDA device (`lungnet.scoring.scatter.accelerator`), else on the host."""
+    return gate_scatters(out.features, None if multilabel else out.targets, accelerator(device))
 
 
 def gate(ev, existing: DecisionRecord | None) -> tuple[OodGate | ImageGate | AnyMemberGate | None, int | None]:
@@ -134,17 +136,19 @@ def gate(ev, existing: DecisionRecord | None) -> tuple[OodGate | ImageGate | Any
         log.info("No OOD gate: it is fitted on the training split and thresholded on val, and this data has neither")
         return None, None
     train = gate_sample(ev)
-    fitted = fit_gate(train, ev.fit, opts.get("dims"), opts.get("quantile"))
+    fitted = fit_gate(train, ev.fit, opts.get("dims"), opts.get("quantile"), ev.device)
     log.info("OOD gate fitted on %d training images: %s", train[0].n, gate_how(fitted))
     return fitted, train[0].n
 
 
-def fit_gate(train: GateScatters, val, dims: int | None = None, quantile: float | None = None) -> ImageGate:
+def fit_gate(
+    train: GateScatters, val, dims: int | None = None, quantile: float | None = None, device=None
+) -> ImageGate:
     """Fits the OOD gate (features and input thumbnail, `lungnet.scoring.ood.ImageGate`) from the training sample's
     statistics (`gate_sample`) and sets its thresholds on ``val``'s gate inputs (None: `lungnet.scoring.ood`'s
-    defaults)."""
+    defaults); its leading axes on ``device`` when it is a CUDA device, else on the host."""
     extra = {"dims": int(dims)} if dims else {}
-    fitted = ImageGate.from_scatters(*train, fit_split="train", layer="backbone", **extra)
+    fitted = ImageGate.from_scatters(*train, device=accelerator(device), fit_split="train", layer="backbone", **extra)
     return fitted.calibrate(val.features, split=val.name, **({"quantile": float(quantile)} if quantile else {}))
 
 

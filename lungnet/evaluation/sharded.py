@@ -26,7 +26,7 @@ from lungnet.evaluation.after_training import finish_splits
 from lungnet.evaluation.decisions import training_sample
 from lungnet.scoring.gate_inputs import GateScatters, split_inputs
 from lungnet.scoring.outputs import Outputs, model_outputs
-from lungnet.scoring.scatter import Scatter, class_sums, squares_about
+from lungnet.scoring.scatter import Scatter, accelerator, class_sums, squares_about
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def reduced_scatters(part: Outputs, n_classes: int, device) -> GateScatters | No
         sums = torch.from_numpy(class_sums(x, classes, n_classes)).to(device)
         dist.all_reduce(sums)
         totals = sums.cpu().numpy()
-        squares = torch.from_numpy(squares_about(x, classes, totals)).to(device)
+        squares = torch.from_numpy(squares_about(x, classes, totals, accelerator(device))).to(device)
         dist.reduce(squares, dst=0)  # the sum is on rank 0 alone: the others hold only their own share
         out.append(Scatter.from_sums(totals, squares.cpu().numpy()) if dist.get_rank() == 0 else None)
     return (out[0], out[1]) if dist.get_rank() == 0 else None

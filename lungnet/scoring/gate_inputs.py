@@ -49,12 +49,13 @@ def split_inputs(inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x[:, :width], layout(x[:, width:]).astype(np.float32, copy=False)
 
 
-def gate_scatters(inputs: np.ndarray, classes: np.ndarray | None = None) -> GateScatters:
+def gate_scatters(inputs: np.ndarray, classes: np.ndarray | None = None, device=None) -> GateScatters:
     """The statistics `ImageGate` is fitted from, of each part (`split_inputs`).
 
     Args:
         inputs: (N, D + THUMB**2) gate inputs of the training images.
         classes: (N,) class indices (single-label), or None (multi-label: one mean).
+        device: a torch device for the squares (`lungnet.scoring.scatter.squares_about`); None: the host.
     """
     features, thumbnails = split_inputs(inputs)
-    return Scatter.of(features, classes), Scatter.of(thumbnails, classes)
+    return Scatter.of(features, classes, device), Scatter.of(thumbnails, classes, device)

@@ -79,8 +79,9 @@ class OodGate:
         return cls.from_scatter(Scatter.of(features, classes), dims, **info)
 
     @classmethod
-    def from_scatter(cls, stats: Scatter, dims: int = 64, **info) -> OodGate:
-        """`fit` from the training features' statistics (`lungnet.scoring.scatter.Scatter`, summed across ranks).
+    def from_scatter(cls, stats: Scatter, dims: int = 64, device=None, **info) -> OodGate:
+        """`fit` from the training features' statistics (`lungnet.scoring.scatter.Scatter`, summed across ranks);
+        ``device``: a torch device for the leading axes (`lungnet.scoring.scatter.leading_axes`), None: the host.
 
         Raises:
             ValueError: fewer than 3 images.
@@ -91,7 +92,7 @@ class OodGate:
         scatter = stats.scatter / np.float32(max(n - classes, 1))
         width = stats.width
         k = int(max(1, min(dims, width - 1, n - classes)))
-        eigval, eigvec = leading_axes(scatter, k)
+        eigval, eigvec = leading_axes(scatter, k, device)
         total = max(float(np.trace(scatter, dtype=np.float64)), 0.0)  # every eigenvalue's sum: the rest's mean
         floor = max(total / width * 1e-6, 1e-12)
         rest = width - k
@@ -203,10 +204,11 @@ class ImageGate:
         return cls.from_scatters(*gate_scatters(inputs, classes), dims=dims, **info)
 
     @classmethod
-    def from_scatters(cls, features: Scatter, image: Scatter, dims: int = 64, **info) -> ImageGate:
-        """`fit` from each part's statistics (`gate_scatters`, or summed across ranks)."""
-        feats = OodGate.from_scatter(features, dims=dims, **info)
-        image_part = OodGate.from_scatter(image, dims=IMAGE_DIMS, **{**info, "layer": "input thumbnail"})
+    def from_scatters(cls, features: Scatter, image: Scatter, dims: int = 64, device=None, **info) -> ImageGate:
+        """`fit` from each part's statistics (`gate_scatters`, or summed across ranks); ``device``: as
+        `OodGate.from_scatter`."""
+        feats = OodGate.from_scatter(features, dims=dims, device=device, **info)
+        image_part = OodGate.from_scatter(image, IMAGE_DIMS, device, **{**info, "layer": "input thumbnail"})
         return cls(feats, image_part, info={"method": IMAGE_METHOD, **info})
 
     def parts(self, inputs: np.ndarray) -> dict[str, np.ndarray]:

@@ -3,13 +3,16 @@
 `lungnet.scoring.ood.OodGate` is fitted from these alone, so the training images' features need not sit in one
 process. The statistics are built in two steps that both add up across shares of the rows: `class_sums` (each
 class's row count and the sum of its rows, float64) and, once the sums of all shares give the class means,
-`squares_about` those means (float32, numpy's ``syrk``). After a multi-process training each rank computes both on its
-own share and the ranks' arrays are summed (`lungnet.evaluation.sharded`): rank 0 receives one D x D array however
-many ranks there are, and the result equals a single process's `Scatter.of` to float32 rounding. Centring on the
-class means before squaring (not a sum of squares about zero, which loses small variances to cancellation in float32)
-is what makes the second step necessary.
+`squares_about` those means (float32, numpy's ``syrk``). After a multi-process training each rank computes both on
+its own share and the ranks' arrays are summed (`lungnet.evaluation.sharded`): rank 0 receives one D x D array
+however many ranks there are, and the result equals a single process's `Scatter.of` to float32 rounding. Centring on
+the class means before squaring (not a sum of squares about zero, which loses small variances to cancellation in
+float32) is what makes the second step necessary.
 
-Growth: O(N D^2) for the squares, O(N D) for the sums; memory O(D^2) beyond the rows.
+Given a CUDA device (`accelerator`), the squares and the gate's leading axes (`leading_axes`) are computed there in
+float64 rather than on the host's cores: after a GPU training they are most of the gate fit's CPU time.
+
+Growth: O(N D^2) for the squares, O(N D) for the sums, O(D^3) for the axes; memory O(D^2) beyond the rows.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+import torch
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,16 +51,17 @@ class Scatter:
         return int(self.scatter.shape[0])
 
     @classmethod
-    def of(cls, features: np.ndarray, classes: np.ndarray | None = None) -> Scatter:
+    def of(cls, features: np.ndarray, classes: np.ndarray | None = None, device: torch.device | None = None) -> Scatter:
         """The statistics of all of ``features`` in one process.
 
         Args:
             features: (N, D) rows.
             classes: (N,) class index per row, or None for one common mean (multi-label).
+            device: where the squares are computed (`squares_about`); None: numpy on the host.
         """
         n_classes = 1 if classes is None or not len(classes) else int(np.max(classes)) + 1
         sums = class_sums(features, classes, n_classes)
-        return cls.from_sums(sums, squares_about(features, classes, sums))
+        return cls.from_sums(sums, squares_about(features, classes, sums, device))
 
     @classmethod
     def from_sums(cls, sums: np.ndarray, squares: np.ndarray) -> Scatter:
@@ -98,21 +103,51 @@ def class_sums(features: np.ndarray, classes: np.ndarray | None, n_classes: int)
     return out
 
 
-def squares_about(features: np.ndarray, classes: np.ndarray | None, sums: np.ndarray) -> np.ndarray:
+def accelerator(device: str | torch.device | None) -> torch.device | None:
+    """``device`` when it is a CUDA device, where `squares_about` and `leading_axes` run in float64; None otherwise
+    (the host; MPS has no float64)."""
+    if device is None:
+        return None
+    device = torch.device(device)
+    return device if device.type == "cuda" else None
+
+
+def squares_about(
+    features: np.ndarray, classes: np.ndarray | None, sums: np.ndarray, device: torch.device | None = None
+) -> np.ndarray:
     """The rows' sum of squares about the class means of ``sums`` (the `class_sums` of all rows, of every share):
-    (D, D) float32; the shares' add up to the whole's."""
+    (D, D) float32; the shares' add up to the whole's.
+
+    Args:
+        device: a torch device to compute on, in float64 (a GPU's float32 products may round to TF32's 10 bits);
+            None: numpy float32 on the host.
+    """
     x = np.asarray(features, dtype=np.float32)
     groups = _groups(len(x), classes)
     counts = np.maximum(sums[:, 0], 1.0)
-    means = (sums[:, 1:] / counts[:, None]).astype(np.float32)
+    means = sums[:, 1:] / counts[:, None]
+    if device is not None:
+        rows = torch.from_numpy(x).to(device, torch.float64)
+        at = torch.from_numpy(means).to(device)
+        rows -= at[0] if len(means) == 1 else at[torch.from_numpy(groups).to(device)]
+        return (rows.T @ rows).float().cpu().numpy()
+    means = means.astype(np.float32)
     centred = x - means[0] if len(means) == 1 else x - means[groups]
     return centred.T @ centred
 
 
-def leading_axes(scatter: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def leading_axes(scatter: np.ndarray, k: int, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` largest eigenvalues of a symmetric ``scatter`` (clipped at 0), largest first, and their unit
-    eigenvectors as columns: only those are computed (LAPACK ``syevx``), several times faster than every axis at the
-    2048 features of a ResNet."""
+    eigenvectors as columns.
+
+    On the host only those are computed (LAPACK ``syevx``), several times faster than every axis at the 2048 features
+    of a ResNet; on ``device`` (a torch device) every axis in float64, then the leading ``k`` (an eigenvector's sign
+    is arbitrary either way).
+    """
+    if device is not None:
+        values, vectors = torch.linalg.eigh(torch.from_numpy(np.asarray(scatter)).to(device, torch.float64))
+        eigval, eigvec = values[-k:].flip(0).cpu().numpy(), vectors[:, -k:].flip(1).cpu().numpy()
+        return np.clip(eigval, 0.0, None), eigvec
     width = len(scatter)
     eigval, eigvec = scipy.linalg.eigh(scatter, subset_by_index=[width - k, width - 1], driver="evx")
     return np.clip(eigval[::-1], 0.0, None), eigvec[:, ::-1]

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from lungnet.artifacts.decision import DecisionRecord
 from lungnet.artifacts.paths import decision_path
@@ -204,3 +205,23 @@ def test_only_a_gate_just_thresholded_on_the_evaluated_images_reuses_their_score
     reference = json.loads(decision_path(ckpt).read_text())["ood"]["reference_scores"]
     shown = pd.read_csv(tmp_path / "fresh" / "predictions.csv")["ood_score"]
     np.testing.assert_allclose(shown, reference, rtol=1e-12)
+
+
+def test_the_gates_squares_and_axes_are_computed_on_a_cuda_device_and_on_the_host_otherwise(monkeypatch):
+    from lungnet.evaluation import decisions
+    from lungnet.scoring import ood, scatter
+    from lungnet.scoring.gate_inputs import THUMB
+
+    seen = []
+    squares, axes = scatter.squares_about, scatter.leading_axes
+    # the spies record where each step would run and compute on the host (this machine may have no GPU)
+    monkeypatch.setattr(scatter, "squares_about", lambda *a: seen.append(a[3]) or squares(*a[:3]))
+    monkeypatch.setattr(ood, "leading_axes", lambda s, k, d=None: seen.append(d) or axes(s, k))
+    rng = np.random.default_rng(0)
+    train = SimpleNamespace(features=rng.normal(size=(60, 12 + THUMB * THUMB)), targets=rng.integers(0, 2, 60))
+    val = SimpleNamespace(features=rng.normal(size=(30, 12 + THUMB * THUMB)), name="val")
+    for device, expected in [("cuda:0", torch.device("cuda:0")), ("cpu", None)]:
+        seen.clear()
+        gate = decisions.fit_gate(decisions.sample_scatters(train, False, device), val, 4, device=device)
+        assert seen == [expected] * 4  # squares of both parts, then the axes of both
+        assert gate.features.info["fit_n"] == 60

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lungnet.scoring.gate_inputs import THUMB, gate_scatters, split_inputs
 from lungnet.scoring.ood import ImageGate, OodGate
-from lungnet.scoring.scatter import Scatter, class_sums, squares_about
+from lungnet.scoring.scatter import Scatter, accelerator, class_sums, leading_axes, squares_about
 
 
 def shards(n: int, cuts: list[int]) -> list[slice]:
@@ -70,3 +71,33 @@ def test_a_gate_needs_three_rows_and_gate_inputs_need_feature_columns():
         OodGate.from_scatter(Scatter.of(rng.normal(size=(2, 4))))
     with pytest.raises(ValueError, match="hold no features"):
         split_inputs(np.zeros((3, THUMB * THUMB)))
+
+
+def test_on_a_torch_device_the_squares_axes_and_gate_match_the_hosts():
+    """What a CUDA device computes (float64 torch), run on the CPU device: the same statistics and gate scores."""
+    rng = np.random.default_rng(4)
+    inputs = rng.normal(size=(700, 30 + THUMB * THUMB)).astype(np.float32)
+    inputs[:, :30] = rng.normal(size=(700, 4)) @ rng.normal(size=(4, 30)) * 3 + 0.1 * rng.normal(size=(700, 30)) + 2
+    y = rng.integers(0, 3, 700)
+    device = torch.device("cpu")
+    host, on_device = gate_scatters(inputs, y), gate_scatters(inputs, y, device)
+    for a, b in zip(host, on_device, strict=True):
+        np.testing.assert_allclose(b.scatter, a.scatter, rtol=1e-4, atol=1e-5 * np.abs(a.scatter).max())
+        assert b.scatter.dtype == np.float32
+    values, vectors = leading_axes(host[0].scatter, 4)
+    got_values, got_vectors = leading_axes(host[0].scatter, 4, device)
+    np.testing.assert_allclose(got_values, values, rtol=1e-4)
+    # the same leading subspace (an eigenvector's sign is arbitrary)
+    np.testing.assert_allclose(got_vectors @ got_vectors.T, vectors @ vectors.T, atol=1e-4)
+    test = rng.normal(size=(40, inputs.shape[1])).astype(np.float32)
+    gates = [
+        ImageGate.from_scatters(*s, dims=4, device=d).calibrate(inputs[:200])
+        for s, d in [(host, None), (on_device, device)]
+    ]
+    np.testing.assert_allclose(gates[1].score(test), gates[0].score(test), rtol=1e-3)
+
+
+def test_only_a_cuda_device_is_an_accelerator_for_the_statistics():
+    assert accelerator(None) is None and accelerator("cpu") is None and accelerator("mps") is None
+    assert accelerator("cuda:1") == torch.device("cuda:1")
+    assert accelerator(torch.device("cuda")) == torch.device("cuda")
