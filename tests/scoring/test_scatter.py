@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from lungnet.scoring import scatter as scatter_module
 from lungnet.scoring.gate_inputs import THUMB, gate_scatters, split_inputs
 from lungnet.scoring.ood import ImageGate, OodGate
 from lungnet.scoring.scatter import Scatter, accelerator, class_sums, leading_axes, squares_about
@@ -73,8 +74,9 @@ def test_a_gate_needs_three_rows_and_gate_inputs_need_feature_columns():
         split_inputs(np.zeros((3, THUMB * THUMB)))
 
 
-def test_on_a_torch_device_the_squares_axes_and_gate_match_the_hosts():
+def test_on_a_torch_device_the_squares_axes_and_gate_match_the_hosts(monkeypatch):
     """What a CUDA device computes (float64 torch), run on the CPU device: the same statistics and gate scores."""
+    monkeypatch.setattr(scatter_module, "DEVICE_ROWS", 128)  # 700 rows: five whole chunks and a part
     rng = np.random.default_rng(4)
     inputs = rng.normal(size=(700, 30 + THUMB * THUMB)).astype(np.float32)
     inputs[:, :30] = rng.normal(size=(700, 4)) @ rng.normal(size=(4, 30)) * 3 + 0.1 * rng.normal(size=(700, 30)) + 2
