@@ -15,6 +15,8 @@ machine whose cores are all busy with training would show.
 Examples:
     python -m bench.perf.throughput --data-root ../shared/data/darkcovidnet --models densenet121 resnet50 \
         --batch-size 128 --precision bf16-mixed --workers 12            # on a GPU
+    python -m bench.perf.throughput --data-root /tmp/synth --source synthetic --data-options n_per_class=500 \
+        size=256 --models resnet50 --augment xray --gpu-augment --workers 12   # on a GPU, no data needed (gpu_check.sh)
     python -m bench.perf.throughput --data-root ../shared/data/darkcovidnet --models resnet18 --device cpu \
         --batch-size 32 --image-size 224 --precision 32-true --cpu-cache-epochs 1 --workers 2
     python -m bench.perf.throughput --data-root ../shared/data/darkcovidnet --device cpu --precision 32-true \
@@ -41,6 +43,7 @@ import yaml  # noqa: E402
 from bench.common.cli import ROOT, main  # noqa: E402
 from bench.common.proc_cpu import tree_cpu_seconds  # noqa: E402
 from lungnet.data.datamodule import LungDataModule  # noqa: E402
+from lungnet.data.sources import create_source  # noqa: E402
 from lungnet.hardware import cpu_summary  # noqa: E402
 from lungnet.train.module import LitClassifier  # noqa: E402
 
@@ -107,13 +110,20 @@ def model_only(name: str, args, device: str, chans: int = 3) -> float | dict:
 
 def full_loop(name: str, args, device: str, cache: bool, epochs: int, chans: int = 3) -> dict:
     """Images/s of Trainer.fit over real data (the first epoch is warm-up and excluded when epochs > 1)."""
+    steps = augment_steps(args.augment)
+    gpu_augment = bool(getattr(args, "gpu_augment", False))
+    options = data_options(getattr(args, "data_options", None))
     module = LitClassifier(
         {"name": name, "in_chans": chans},
-        ["Covid-19", "No_findings", "Pneumonia"],
+        list(create_source(args.source, args.data_root, **options).labels),
         optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-4},
+        data={"gpu_augment": gpu_augment},
+        extra={"augment": {"train": steps}, "seed": 0},
     )
     data = {
         "source": args.source,
+        "options": options,
+        "gpu_augment": gpu_augment,
         "root": args.data_root,
         "image_size": args.image_size,
         "batch_size": args.batch_size,
@@ -126,7 +136,7 @@ def full_loop(name: str, args, device: str, cache: bool, epochs: int, chans: int
         "cache_dir": args.cache_dir,
         "intensity_check": False,
     }
-    dm = LungDataModule(data, module.spec, seed=0, augment=augment_steps(args.augment))
+    dm = LungDataModule(data, module.spec, seed=0, augment=steps, owns_data=True)  # as training: its own data
     timer = _EpochTimer()
     trainer = pl.Trainer(
         accelerator="gpu" if device != "cpu" else "cpu",
@@ -156,6 +166,17 @@ def full_loop(name: str, args, device: str, cache: bool, epochs: int, chans: int
         "epoch_cpu_s": timer.cpu,
         "fit_wall_s": total,
     }
+
+
+def data_options(pairs: list[str] | None) -> dict:
+    """``key=value`` pairs (values parsed as YAML) as the data source's ``data.options``."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--data-options: '{pair}' is not key=value")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def augment_steps(name: str | None) -> list | None:
@@ -226,7 +247,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "lungnet-bench-cache"))
     p.add_argument("--cpu-cache-epochs", type=int, default=0, help="also time CPU epochs with/without cache")
-    p.add_argument("--augment", default=None, help="conf/augment/<name>.yaml for the training loader (CPU mode)")
+    p.add_argument("--augment", default=None, help="conf/augment/<name>.yaml for the training loader")
+    p.add_argument("--gpu-augment", action="store_true", help="data.gpu_augment: augment batches on the device")
+    p.add_argument(
+        "--data-options", nargs="*", default=[], help="data.options as key=value (synthetic: n_per_class=500)"
+    )
     p.add_argument(
         "--configs", nargs="*", default=[], help="CPU mode: name:size:batch:chans, e.g. efficientnet_lite0:224:32:3"
     )
