@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #27's GPU measurements in one call on a lent GPU machine (about 4-5 minutes; never CI):
+# Issue #27's GPU measurements in one call on a lent GPU machine (a few minutes, not yet timed there; never CI):
 #   1. here: bash bench/gpu_wheels.sh            (the packages the machine's image lacks, into .whl/)
 #   2. the device tool: run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
 # It writes to $OUT (what comes back): card.txt (GPU, driver, torch), gpu_parts.json (the normalisation, the OOD
@@ -14,8 +14,10 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg PYTHONPATH=$PWD
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD
+    || { echo "gpu_check: installing the wheels of .whl/ failed" >&2; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD
 fi
+rc=0
 WORKERS=${WORKERS:-12}
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -23,13 +25,14 @@ WORKERS=${WORKERS:-12}
   nproc
 } > "$OUT/card.txt" 2>&1
 cat "$OUT/card.txt"
-python3 -m bench.perf.gpu_parts --out "$OUT/gpu_parts.json" 2>&1 | tee "$OUT/check.log"
+python3 -m bench.perf.gpu_parts --out "$OUT/gpu_parts.json" 2>&1 | tee "$OUT/check.log" || rc=1
 for aug in cpu gpu; do
   flag=""
   [ "$aug" = gpu ] && flag="--gpu-augment"
   python3 -m bench.perf.throughput --data-root /tmp/lungnet-synthetic --source synthetic \
-    --data-options n_per_class=500 size=256 --models resnet50 --batch-size 128 --image-size 224 \
+    --data-options n_per_class=1000 size=256 --models resnet50 --batch-size 128 --image-size 224 \
     --precision bf16-mixed --workers "$WORKERS" --augment xray --epochs 6 $flag \
-    --cache-dir /tmp/lungnet-synthetic-cache --out "$OUT/throughput_$aug.json" 2>&1 | tee -a "$OUT/check.log"
+    --cache-dir /tmp/lungnet-synthetic-cache --out "$OUT/throughput_$aug.json" 2>&1 | tee -a "$OUT/check.log" || rc=1
 done
 ls -la "$OUT"
+exit $rc

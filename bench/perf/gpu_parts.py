@@ -7,7 +7,8 @@ Three measurements, each on ``--device`` (a CUDA device on a lent GPU machine; `
   the host's numbers bit for bit;
 - ``gate``: the OOD gate's statistics of ``--rows`` x ``--features`` features (the squares about the class means,
   `lungnet.scoring.scatter.squares_about`) and its leading axes (`leading_axes`), on the device and on the host:
-  seconds of each and the largest relative difference of the squares, the eigenvalues and the gate's scores;
+  wall seconds of each, the host's CPU seconds in each (on a GPU machine: what the host still spends), and the
+  largest relative difference of the squares, the eigenvalues and the gate's scores;
 - ``reduce``: `lungnet.evaluation.sharded.reduced_scatters` in a one-process group of the device's backend (NCCL for
   CUDA, gloo for the CPU): the collective path after a DDP training, against `lungnet.scoring.scatter.Scatter.of`.
 
@@ -39,17 +40,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
-    """The median wall seconds of ``repeats`` calls of ``fn`` after one warm-up, and the last result."""
+def timed(fn, device: torch.device, repeats: int) -> tuple[float, object, float]:
+    """The median wall seconds of ``repeats`` calls of ``fn`` after one warm-up, the last result, and the median
+    CPU seconds of this process in those calls (what the host still spends on a step moved to the device)."""
     out = fn()
-    seconds = []
+    seconds, cpu = [], []
     for _ in range(max(1, repeats)):
         _sync(device)
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         out = fn()
         _sync(device)
         seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), out
+        cpu.append(time.process_time() - cpu0)
+    return statistics.median(seconds), out, statistics.median(cpu)
 
 
 def normalize_part(args, device: torch.device) -> dict:
@@ -60,7 +63,7 @@ def normalize_part(args, device: torch.device) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     host = torch.randint(0, 256, (args.batch, 1, args.size, args.size), dtype=torch.uint8, generator=gen)
     on_device = host.to(device)
-    seconds, out = timed(lambda: normalize.batch(on_device), device, args.repeats)
+    seconds, out, _ = timed(lambda: normalize.batch(on_device), device, args.repeats)
     return {
         "batch": args.batch,
         "size": args.size,
@@ -97,13 +100,20 @@ def gate_part(args, device: torch.device) -> dict:
     feats = split_inputs(inputs)[0]
     sums = class_sums(feats, classes, 4)
     out: dict = {"rows": args.rows, "features": args.features}
-    out["squares_host_s"], host = timed(lambda: squares_about(feats, classes, sums), torch.device("cpu"), 1)
-    out["squares_device_s"], dev = timed(lambda: squares_about(feats, classes, sums, device), device, args.repeats)
+    host_device, repeats = torch.device("cpu"), args.repeats
+    out["squares_host_s"], host, out["squares_host_cpu_s"] = timed(
+        lambda: squares_about(feats, classes, sums), host_device, 1
+    )
+    out["squares_device_s"], dev, out["squares_device_host_cpu_s"] = timed(
+        lambda: squares_about(feats, classes, sums, device), device, repeats
+    )
     out["squares_max_rel_diff"] = _rel(dev, host)
     scatter = host / np.float32(args.rows - 4)
     k = min(64, args.features - 1)
-    out["axes_host_s"], (values, _) = timed(lambda: leading_axes(scatter, k), torch.device("cpu"), 1)
-    out["axes_device_s"], (got, _) = timed(lambda: leading_axes(scatter, k, device), device, args.repeats)
+    out["axes_host_s"], (values, _), out["axes_host_cpu_s"] = timed(lambda: leading_axes(scatter, k), host_device, 1)
+    out["axes_device_s"], (got, _), out["axes_device_host_cpu_s"] = timed(
+        lambda: leading_axes(scatter, k, device), device, repeats
+    )
     out["eigenvalues_max_rel_diff"] = _rel(got, values)
     half = args.rows // 2
     gates = [

@@ -47,27 +47,44 @@ from lungnet.data.sources import create_source  # noqa: E402
 from lungnet.hardware import cpu_summary  # noqa: E402
 from lungnet.train.module import LitClassifier  # noqa: E402
 
+STEADY_SKIP = 3  # batches of each epoch before the steady-state clock starts (the workers' first batches)
+
 
 class _EpochTimer(pl.Callback):
+    """Whole epochs (wall, CPU of the process tree, images), and each epoch's steady state: from the end of its
+    ``STEADY_SKIP``-th batch on, leaving out the wait for the workers' first batches (a large share of a short epoch
+    on a fast GPU)."""
+
     def __init__(self) -> None:
         self.times: list[float] = []
         self.images: list[int] = []
         self.cpu: list[float] = []
+        self.steady: list[tuple[int, float]] = []  # (images, seconds) after the first STEADY_SKIP batches
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize()
         self._t0, self._n, self._c0 = time.perf_counter(), 0, tree_cpu_seconds()
+        self._steady_t0, self._steady_n = None, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._n += len(batch["image"])
+        if self._steady_t0 is not None:
+            self._steady_n += len(batch["image"])
+        elif batch_idx == STEADY_SKIP - 1:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize()
+            self._steady_t0 = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self._t0)
+        now = time.perf_counter()
+        self.times.append(now - self._t0)
         self.images.append(self._n)
         self.cpu.append(tree_cpu_seconds() - self._c0)
+        if self._steady_t0 is not None and self._steady_n:
+            self.steady.append((self._steady_n, now - self._steady_t0))
 
 
 def model_only(name: str, args, device: str, chans: int = 3) -> float | dict:
@@ -159,8 +176,10 @@ def full_loop(name: str, args, device: str, cache: bool, epochs: int, chans: int
     steady = slice(1, None) if epochs > 1 else slice(None)
     imgs = sum(timer.images[steady])
     secs = sum(timer.times[steady])
+    within = timer.steady[1:] if len(timer.steady) > 1 else timer.steady
     return {
         "images_per_s": imgs / secs,
+        "steady_images_per_s": sum(n for n, _ in within) / sum(t for _, t in within) if within else None,
         "images_per_cpu_s": imgs / sum(timer.cpu[steady]),
         "epoch_s": timer.times,
         "epoch_cpu_s": timer.cpu,
@@ -276,6 +295,8 @@ def run(args: argparse.Namespace) -> dict:
             entry["model_only_images_per_s"] = model_only(name, args, args.device)
             entry["fit"] = full_loop(name, args, args.device, cache=True, epochs=args.epochs)
             entry["ratio"] = entry["fit"]["images_per_s"] / entry["model_only_images_per_s"]
+            if entry["fit"]["steady_images_per_s"]:  # within epochs, after each epoch's first batches
+                entry["ratio_steady"] = entry["fit"]["steady_images_per_s"] / entry["model_only_images_per_s"]
         if args.cpu_cache_epochs:
             for cache in (False, True):
                 entry[f"cpu_fit_cache_{cache}"] = full_loop(

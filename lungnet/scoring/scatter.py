@@ -18,12 +18,15 @@ Growth: O(N D^2) for the squares, O(N D) for the sums, O(D^3) for the axes; memo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.linalg
-import torch
 
-DEVICE_ROWS = 8192  # rows squared at once on a device: 134 MB of float64 at 2048 features
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_ROWS = 8192  # rows squared at once on a device: 134 MB of float64 at 2048 features (twice that in flight)
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,7 +62,8 @@ class Scatter:
         Args:
             features: (N, D) rows.
             classes: (N,) class index per row, or None for one common mean (multi-label).
-            device: where the squares are computed (`squares_about`); None: numpy on the host.
+            device: where the squares are computed (`squares_about`: a CUDA device, or the CPU's torch); None: numpy
+                on the host.
         """
         n_classes = 1 if classes is None or not len(classes) else int(np.max(classes)) + 1
         sums = class_sums(features, classes, n_classes)
@@ -107,9 +111,11 @@ def class_sums(features: np.ndarray, classes: np.ndarray | None, n_classes: int)
 
 def accelerator(device: str | torch.device | None) -> torch.device | None:
     """``device`` when it is a CUDA device, where `squares_about` and `leading_axes` run in float64; None otherwise
-    (the host; MPS has no float64)."""
+    (the host; MPS has no float64). The callers pass what this returns, never a model's device as it is."""
     if device is None:
         return None
+    import torch
+
     device = torch.device(device)
     return device if device.type == "cuda" else None
 
@@ -121,8 +127,11 @@ def squares_about(
     (D, D) float32; the shares' add up to the whole's.
 
     Args:
-        device: a torch device to compute on, in float64 (a GPU's float32 products may round to TF32's 10 bits);
-            None: numpy float32 on the host.
+        features: (N, D) this share's rows (N may be 0).
+        classes: (N,) their class indices, or None (one common mean: multi-label).
+        sums: (K, 1 + D) the `class_sums` of all rows, of every share.
+        device: a CUDA device (`accelerator`; or the CPU's torch) to compute on in float64 (a GPU's float32 products
+            may round to TF32's 10 bits); None: numpy float32 on the host.
     """
     x = np.asarray(features, dtype=np.float32)
     groups = _groups(len(x), classes)
@@ -136,11 +145,16 @@ def squares_about(
 
 
 def _device_squares(x: np.ndarray, groups: np.ndarray, means: np.ndarray, device: torch.device) -> np.ndarray:
-    """`squares_about` on ``device`` in float64, ``DEVICE_ROWS`` rows at a time (device memory O(DEVICE_ROWS D))."""
+    """`squares_about` on ``device`` in float64, ``DEVICE_ROWS`` rows at a time (device memory O(DEVICE_ROWS D + D^2)).
+
+    Each chunk travels as float32 and is widened on the device: the host only copies it.
+    """
+    import torch
+
     at = torch.from_numpy(means).to(device)
     out = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float64, device=device)
     for start in range(0, len(x), DEVICE_ROWS):
-        rows = torch.from_numpy(x[start : start + DEVICE_ROWS]).to(device, torch.float64)
+        rows = torch.from_numpy(x[start : start + DEVICE_ROWS]).to(device).double()
         rows -= at[0] if len(means) == 1 else at[torch.from_numpy(groups[start : start + DEVICE_ROWS]).to(device)]
         out.addmm_(rows.T, rows)
     return out.float().cpu().numpy()
@@ -151,10 +165,12 @@ def leading_axes(scatter: np.ndarray, k: int, device: torch.device | None = None
     eigenvectors as columns.
 
     On the host only those are computed (LAPACK ``syevx``), several times faster than every axis at the 2048 features
-    of a ResNet; on ``device`` (a torch device) every axis in float64, then the leading ``k`` (an eigenvector's sign
-    is arbitrary either way).
+    of a ResNet; on ``device`` (a CUDA device, `accelerator`; or the CPU's torch) every axis in float64, then the
+    leading ``k`` (an eigenvector's sign is arbitrary either way).
     """
     if device is not None:
+        import torch
+
         values, vectors = torch.linalg.eigh(torch.from_numpy(np.asarray(scatter)).to(device, torch.float64))
         eigval, eigvec = values[-k:].flip(0).cpu().numpy(), vectors[:, -k:].flip(1).cpu().numpy()
         return np.clip(eigval, 0.0, None), eigvec

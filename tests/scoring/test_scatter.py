@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,7 @@ from lungnet.scoring import scatter as scatter_module
 from lungnet.scoring.gate_inputs import THUMB, gate_scatters, split_inputs
 from lungnet.scoring.ood import ImageGate, OodGate
 from lungnet.scoring.scatter import Scatter, accelerator, class_sums, leading_axes, squares_about
+from tests.conftest import ROOT
 
 
 def shards(n: int, cuts: list[int]) -> list[slice]:
@@ -103,3 +107,20 @@ def test_only_a_cuda_device_is_an_accelerator_for_the_statistics():
     assert accelerator(None) is None and accelerator("cpu") is None and accelerator("mps") is None
     assert accelerator("cuda:1") == torch.device("cuda:1")
     assert accelerator(torch.device("cuda")) == torch.device("cuda")
+
+
+def test_on_a_torch_device_one_common_mean_and_a_share_without_rows_match_the_host():
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(300, 10)) + 3.0).astype(np.float32)
+    sums = class_sums(x, None, 1)
+    host = squares_about(x, None, sums)
+    np.testing.assert_allclose(squares_about(x, None, sums, torch.device("cpu")), host, rtol=1e-4, atol=1e-4)
+    empty = squares_about(x[:0], None, sums, torch.device("cpu"))
+    assert empty.shape == (10, 10) and empty.dtype == np.float32 and not empty.any()
+
+
+def test_the_gate_modules_load_without_torch():
+    """The statistics import torch only on the device path: reading a decision file's gate needs no torch."""
+    code = "import sys, lungnet.scoring.ood, lungnet.artifacts.decision_file; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
