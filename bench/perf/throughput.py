@@ -128,8 +128,8 @@ def model_only(name: str, args, device: str, chans: int = 3) -> float | dict:
 def full_loop(name: str, args, device: str, cache: bool, epochs: int, chans: int = 3) -> dict:
     """Images/s of Trainer.fit over real data (the first epoch is warm-up and excluded when epochs > 1)."""
     steps = augment_steps(args.augment)
-    gpu_augment = bool(getattr(args, "gpu_augment", False))
-    options = data_options(getattr(args, "data_options", None))
+    gpu_augment = bool(args.gpu_augment)
+    options = data_options(args.data_options)
     module = LitClassifier(
         {"name": name, "in_chans": chans},
         list(create_source(args.source, args.data_root, **options).labels),
