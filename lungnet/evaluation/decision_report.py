@@ -14,31 +14,52 @@ from lungnet.scoring.ood import ANY_MEMBER, THUMB, AnyMemberGate, ImageGate, Ood
 from lungnet.scoring.shift import SHIFT_P  # noqa: E402  (below it the report says conformal coverage is not guaranteed)
 
 
-def risk_coverage_figure(confidence: np.ndarray, correct: np.ndarray, kept: np.ndarray, title: str):
-    """Error rate of the decisions kept against the share kept, keeping the most confident first."""
-    order = np.argsort(-confidence, kind="stable")
+def risk_curve(confidence: np.ndarray, errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(share kept, mean error of those kept), keeping the most confident first; images whose error is unknown
+    (NaN: no annotated finding) are left out."""
+    known = ~np.isnan(errors)
+    order = np.argsort(-confidence[known], kind="stable")
     n = len(order)
-    share = np.arange(1, n + 1) / n
-    risk = np.cumsum(~correct[order]) / np.arange(1, n + 1)
+    return np.arange(1, n + 1) / max(n, 1), np.cumsum(errors[known][order]) / np.arange(1, n + 1)
+
+
+def risk_coverage_figure(
+    confidence: np.ndarray, errors: np.ndarray, kept: np.ndarray, title: str, whole: np.ndarray | None = None
+):
+    """Error of the decisions kept against the share kept, keeping the most confident first.
+
+    Args:
+        confidence: the calibrated confidence abstention ranks images by (N,).
+        errors: per image, 0 (right) or 1 (wrong); multi-label, the share of its annotated findings called wrong
+            (NaN: none annotated).
+        kept: the images lungnet decides (not abstained).
+        title: the figure's title.
+        whole: multi-label only, 1 where an image's whole set of findings is wrong: drawn beside ``errors``.
+    """
+    share, risk = risk_curve(confidence, errors)
+    multilabel = whole is not None
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
-    ax.plot(share, risk, color="tab:blue", lw=2, label="keep the most confident (calibrated top probability)")
-    ax.axhline(risk[-1], color="gray", ls=":", label=f"no abstention: error {risk[-1]:.3f}")
-    if kept.any():
-        rest = float((~correct[kept]).mean())
-        ax.plot(
-            kept.mean(),
-            rest,
-            "o",
-            color="tab:red",
-            ms=9,
-            label=f"lungnet's abstention: {kept.mean():.0%} kept, error {rest:.3f}",
-        )
+    what = "findings called wrong" if multilabel else "error"
+    ax.plot(share, risk, color="tab:blue", lw=2, label=f"keep the most confident: {what}")
+    top = float(risk.max()) if len(risk) else 0.0
+    if multilabel:
+        set_share, set_risk = risk_curve(confidence, whole)
+        ax.plot(set_share, set_risk, color="tab:purple", lw=1, ls="--", label="images with any finding wrong")
+        top = max(top, float(set_risk.max()) if len(set_risk) else 0.0)
+    if len(risk):
+        ax.axhline(risk[-1], color="gray", ls=":", label=f"no abstention: {what} {risk[-1]:.3f}")
+    known = kept & ~np.isnan(errors)
+    if known.any():
+        rest = float(errors[known].mean())
+        label = f"lungnet's abstention: {kept.mean():.0%} kept, {what} {rest:.3f}"
+        ax.plot(kept.mean(), rest, "o", color="tab:red", ms=9, label=label)
     ax.set_xlabel("share of images decided (coverage)")
-    ax.set_ylabel("error rate of the decisions kept (risk)")
+    ylabel = "share of finding calls wrong in the images kept" if multilabel else "error rate of the decisions kept"
+    ax.set_ylabel(f"{ylabel} (risk)")
     ax.set_xlim(0, 1.01)
-    ax.set_ylim(0, max(0.05, float(risk.max()) * 1.1))
+    ax.set_ylim(0, min(1.05, max(0.05, top * 1.1)))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right" if multilabel else "upper left")
     ax.set_title(title, fontsize=10)
     return fig
 

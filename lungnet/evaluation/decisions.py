@@ -226,6 +226,26 @@ def truth_strings(targets: np.ndarray, labels: list[str], multilabel: bool) -> l
     return join_flags(np.asarray(targets) == 1, labels, NO_FINDING)
 
 
+def decision_errors(record: DecisionRecord, probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, how wrong its operating-point decision is (before abstention): (errors, whole).
+
+    Single label: both are 1 where the decided class is not the true one, else 0. Multi-label: ``errors`` is the
+    share of the image's annotated findings called wrong (one threshold per finding; NaN when no finding is
+    annotated) and ``whole`` is 1 where its decided set of findings differs from the true one.
+    """
+    truth = truth_strings(targets, record.labels, record.multilabel)
+    whole = np.array([d != t for d, t in zip(record.labels_of(probs), truth, strict=True)], dtype=float)
+    if not record.multilabel:
+        return whole, whole
+    thresholds = record.applied_thresholds
+    calls = probs >= np.array([thresholds[lab] for lab in record.labels])
+    t = np.asarray(targets, dtype=float)
+    known = ~np.isnan(t)
+    wrong = ((calls != (t == 1)) & known).sum(1)
+    count = known.sum(1)
+    return np.where(count > 0, wrong / np.maximum(count, 1), np.nan), whole
+
+
 def summarise(record: DecisionRecord, dec: Decisions, ev, source: str) -> dict:
     """The ``decisions`` block of metrics.json (and the conformal_* keys)."""
     labels, multilabel = ev.loaded.labels, ev.loaded.multilabel
@@ -285,12 +305,11 @@ def add_decisions(ev) -> None:
     ev.result["conformal_shift_warning"] = shift["warning"]
     ev.result["decisions"] = block
     if ev.opts["report"]["figures"]:
-        truth = truth_strings(ev.data.targets, labels, multilabel)
-        correct = np.array([d == t for d, t in zip(record.labels_of(dec.probs), truth, strict=True)])
+        errors, whole = decision_errors(record, dec.probs, ev.data.targets)
         conf = np.maximum(dec.probs, 1 - dec.probs).min(1) if multilabel else dec.probs.max(1)
         kept = np.array([d != ABSTAIN for d in dec.decision])
-        title = f"Risk-coverage: {ev.result['model']} on {ev.split} (n={len(truth)})"
-        fig = risk_coverage_figure(conf, correct, kept, title)
+        title = f"Risk-coverage: {ev.result['model']} on {ev.split} (n={len(errors)})"
+        fig = risk_coverage_figure(conf, errors, kept, title, whole if multilabel else None)
         ev.figures["risk_coverage"] = plots.save_figure(fig, ev.run_dir / "risk_coverage.png").name
     ev.sections.append(decision_section(ev.result, record, ev.split, ev.figures.get("risk_coverage")))
     if record.split == "val" and source.startswith("fitted") and bool(ev.cfg.decision.write):

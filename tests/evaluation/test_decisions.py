@@ -16,8 +16,8 @@ import torch
 
 from lungnet.artifacts.decision import DecisionRecord
 from lungnet.artifacts.paths import decision_path
-from lungnet.evaluation.decision_report import decision_section
-from lungnet.evaluation.decisions import shift_test, summarise
+from lungnet.evaluation.decision_report import decision_section, risk_coverage_figure, risk_curve
+from lungnet.evaluation.decisions import decision_errors, shift_test, summarise
 from lungnet.evaluation.model_card import SECTIONS
 from lungnet.evaluation.pipeline import evaluate
 from lungnet.evaluation.report import decision_rows
@@ -225,3 +225,37 @@ def test_the_gates_squares_and_axes_are_computed_on_a_cuda_device_and_on_the_hos
         gate = decisions.fit_gate(decisions.sample_scatters(train, False, device), val, 4, device=device)
         assert seen == [expected] * 4  # squares of both parts, then the axes of both
         assert gate.features.info["fit_n"] == 60
+
+
+def test_decision_errors_multilabel_are_per_finding_and_skip_unknown_findings():
+    """Multi-label risk is the share of annotated findings called wrong (one threshold per finding), not the whole
+    set's: a weak model with one wrong call of three is 1/3 wrong, where the exact set would call it all wrong."""
+    record = DecisionRecord(["A", "B", "C"], True, "0" * 64, split="val", thresholds={"A": 0.5, "B": 0.2, "C": 0.5})
+    probs = np.array([[0.9, 0.3, 0.1], [0.9, 0.1, 0.6], [0.1, 0.1, 0.1], [0.7, 0.7, 0.7]])
+    targets = np.array([[1, 1, 0], [1, 0, np.nan], [np.nan] * 3, [0, 0, 0]], dtype=float)
+    errors, whole = decision_errors(record, probs, targets)
+    np.testing.assert_allclose(errors[[0, 1, 3]], [0.0, 0.0, 1.0])  # B at 0.3 passes its 0.2 threshold
+    assert np.isnan(errors[2])  # nothing annotated: unknown, not right
+    np.testing.assert_array_equal(whole, [0.0, 1.0, 0.0, 1.0])  # row 1: C called, its NaN read as absent
+
+
+def test_risk_curve_orders_by_confidence_and_leaves_out_unknown_errors():
+    share, risk = risk_curve(np.array([0.9, 0.5, 0.99, 0.7]), np.array([1.0, 0.0, 0.0, np.nan]))
+    np.testing.assert_allclose(share, [1 / 3, 2 / 3, 1.0])
+    np.testing.assert_allclose(risk, [0.0, 0.5, 1 / 3])  # 0.99 right, then 0.9 wrong, then 0.5 right
+
+
+def test_risk_coverage_figure_multilabel_draws_the_per_finding_and_whole_set_curves():
+    rng = np.random.default_rng(0)
+    conf, errors = rng.random(50), rng.random(50) * 0.3
+    fig = risk_coverage_figure(conf, errors, conf > 0.2, "t", whole=(errors > 0.1).astype(float))
+    ax = fig.axes[0]
+    assert "finding calls wrong" in ax.get_ylabel()
+    assert [line.get_label() for line in ax.lines][:2] == [
+        "keep the most confident: findings called wrong",
+        "images with any finding wrong",
+    ]
+    assert ax.get_ylim()[1] <= 1.05
+    single = risk_coverage_figure(conf, (errors > 0.1).astype(float), conf > 0.2, "t").axes[0]
+    assert single.get_ylabel() == "error rate of the decisions kept (risk)"
+    assert len([line for line in single.lines if line.get_label() == "images with any finding wrong"]) == 0
