@@ -28,6 +28,8 @@ from lungnet.scoring import plots
 log = logging.getLogger(__name__)
 
 VIEW_NAMES = {"intact": "intact", "hidden": "lungs hidden", "border": "border only"}
+WIDE = 6  # more classes than this: `audit_figure` gives each class a row
+PER_ROW = 7  # classes per row of `views_figure`
 
 
 def audit_options(cfg: DictConfig) -> dict | None:
@@ -70,73 +72,115 @@ def audit_evaluation(
     return result
 
 
+def _bars(ax, at: np.ndarray, values, width: float, across: bool, **kw) -> None:
+    """Bars at positions ``at``: upright, or lying (``across``: one row per class, for many classes)."""
+    if across:
+        if "yerr" in kw:
+            kw["xerr"] = kw.pop("yerr")
+        ax.barh(at, values, width, **kw)
+    else:
+        ax.bar(at, values, width, **kw)
+
+
+def _axis(ax, at: np.ndarray, names: list[str], label: str, across: bool) -> None:
+    """Class names along one axis, the 0-1 value scale (with room for the legend) along the other."""
+    ticks = np.linspace(0, 1, 6)
+    if across:
+        ax.set_yticks(at, names, fontsize=8)
+        ax.set_ylim(len(names) - 0.5, -0.5)  # the first class on top
+        ax.set_xlim(0, 1.02)
+        ax.set_xticks(ticks)
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+        return
+    ax.set_xticks(at, names, fontsize=8)
+    ax.set_ylim(0, 1.22)
+    ax.set_yticks(ticks)
+    ax.set_ylabel(label)
+    ax.grid(axis="y", alpha=0.3)
+
+
 def audit_figure(result: dict):
-    """Per class: AUROC intact / lungs hidden / border only (95% CI), and Grad-CAM energy outside the centre."""
+    """Per class: AUROC intact / lungs hidden / border only (95% CI), and Grad-CAM energy outside the centre.
+
+    Up to `WIDE` classes the bars stand side by side; with more (NIH's 14 findings) each class is a row, so its name
+    and verdict stay readable.
+    """
     import matplotlib.pyplot as plt
 
     classes = result["classes"]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    across = len(classes) > WIDE
+    size = (12, 1.6 + 0.55 * len(classes)) if across else (11, 4.2)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=size, gridspec_kw={"width_ratios": [3, 2]})
     x = np.arange(len(classes))
     for k, (key, colour) in enumerate(zip(VIEW_NAMES, ("#4c72b0", "#dd8452", "#c44e52"), strict=True)):
         vals = np.array([c[key]["value"] for c in classes])
         err = np.nan_to_num(
             np.abs(np.array([[c[key]["value"] - c[key]["lo"], c[key]["hi"] - c[key]["value"]] for c in classes]).T)
         )
-        ax.bar(x + (k - 1) * 0.27, np.nan_to_num(vals), 0.27, yerr=err, capsize=3, color=colour, label=VIEW_NAMES[key])
+        kw = {"yerr": err, "capsize": 3, "color": colour, "label": VIEW_NAMES[key]}
+        _bars(ax, x + (k - 1) * 0.27, np.nan_to_num(vals), 0.27, across, **kw)
     settings = result["settings"]
-    ax.axhline(0.5, color="grey", lw=1, ls="--", label="chance")
-    ax.axhline(settings["flag_auroc"], color="black", lw=1, ls=":", label=f"flag at {settings['flag_auroc']}")
-    ax.set_xticks(x, [f"{c['class']}\n{c['verdict']}" for c in classes], fontsize=8)
-    ax.set_ylim(0, 1.22)
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("AUROC (one-vs-rest, 95% CI)")
+    line = ax.axvline if across else ax.axhline
+    line(0.5, color="grey", lw=1, ls="--", label="chance")
+    line(settings["flag_auroc"], color="black", lw=1, ls=":", label=f"flag at {settings['flag_auroc']}")
+    _axis(ax, x, [f"{c['class']}\n{c['verdict']}" for c in classes], "AUROC (one-vs-rest, 95% CI)", across)
     ax.set_title(f"Does the model need the lungs? (n={result['n']})")
-    ax.legend(fontsize=7, loc="upper center", ncol=5)
+    where = {"loc": "lower left", "bbox_to_anchor": (0, 1.04)} if across else {"loc": "upper center"}
+    ax.legend(fontsize=7, ncol=5, **where)
     with_heat = [c for c in classes if c.get("heat")]
     xs = np.arange(len(with_heat))
     for k, (key, colour, name) in enumerate((("trained", "#c44e52", "trained"), ("random", "#999999", "randomised"))):
         shares = [c["heat"][key]["outside"] for c in with_heat]
-        bx.bar(xs + (k - 0.5) * 0.4, [np.nan if v is None else v for v in shares], 0.4, color=colour, label=name)
-        for x_, v in zip(xs, shares, strict=True):
+        at = xs + (k - 0.5) * 0.4
+        _bars(bx, at, [np.nan if v is None else v for v in shares], 0.4, across, color=colour, label=name)
+        for x_, v in zip(at, shares, strict=True):
             if v is None:
-                bx.text(x_ + (k - 0.5) * 0.4, 0.02, "no map", rotation=90, ha="center", va="bottom", fontsize=7)
+                place = (0.02, x_) if across else (x_, 0.02)
+                bx.text(
+                    *place,
+                    "no map",
+                    rotation=0 if across else 90,
+                    ha="left" if across else "center",
+                    va="center" if across else "bottom",
+                    fontsize=7,
+                )
     if with_heat:
-        bx.axhline(with_heat[0]["heat"]["flat"]["outside"], color="black", lw=1, ls=":", label="flat map")
-    bx.set_xticks(xs, [c["class"] for c in with_heat], fontsize=8)
-    bx.set_ylim(0, 1.22)
-    bx.set_yticks(np.linspace(0, 1, 6))
-    bx.set_ylabel("share of Grad-CAM energy outside the centre")
+        flat = with_heat[0]["heat"]["flat"]["outside"]
+        (bx.axvline if across else bx.axhline)(flat, color="black", lw=1, ls=":", label="flat map")
+    _axis(bx, xs, [c["class"] for c in with_heat], "share of Grad-CAM energy outside the centre", across)
     bx.set_title(f"Where the heat is ({settings['cam_n']} images per class)")
-    bx.legend(fontsize=7, loc="upper center", ncol=3)
-    for a in (ax, bx):
-        a.grid(axis="y", alpha=0.3)
+    bx.legend(fontsize=7, ncol=3, **where)
     fig.tight_layout()
     return fig
 
 
 def views_figure(result: dict, arrays: dict):
-    """An example image intact / lungs hidden / border only, then the mean Grad-CAM per class (trained, random)."""
+    """An example image intact / lungs hidden / border only, then the mean Grad-CAM per class (trained, random),
+    at most `PER_ROW` classes to a row."""
     import matplotlib.pyplot as plt
 
-    maps = arrays["maps"]
-    ncols = max(3, len(maps))
-    fig, axes = plt.subplots(3 if maps else 1, ncols, figsize=(2.6 * ncols, 2.7 * (3 if maps else 1)), squeeze=False)
+    maps = list(arrays["maps"].items())
+    ncols = max(3, min(len(maps), PER_ROW))
+    blocks = -(-len(maps) // ncols)
+    nrows = 1 + 2 * blocks
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.7 * nrows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, view, name in zip(axes[0], arrays["views"], VIEW_NAMES.values(), strict=False):
         ax.imshow(view[0, 0].numpy(), cmap="gray")
         ax.set_title(name, fontsize=9)
     settings = result["settings"]
-    for j, (label, pair) in enumerate(maps.items()):
+    for j, (label, pair) in enumerate(maps):
         for i, key in enumerate(("trained", "random")):
-            ax = axes[1 + i, j]
+            ax = axes[1 + 2 * (j // ncols) + i, j % ncols]
             heat = pair[key]
             ax.imshow(heat, cmap="jet", vmin=0, vmax=max(float(heat.max()), 1e-6))
             y0, y1, x0, x1 = inner_box(*heat.shape, settings["center"])
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", lw=1.5, ls="--"))
             ax.set_title(f"{label}: {key} model", fontsize=8)
     fig.suptitle("What the audit hides (top) and the mean Grad-CAM per class (dashed: the central box)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))  # room for the title above the top row
     return fig
 
 

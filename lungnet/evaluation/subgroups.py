@@ -81,13 +81,18 @@ def subgroup_metadata(dm, paths: list[str]) -> pd.DataFrame | None:
 
 
 def group_metrics(probs, truth, known, c: int, threshold: float, bins: int, multilabel: bool, targets) -> dict:
-    """AUROC, sensitivity and ECE of class ``c`` on one group (arrays already restricted to it)."""
+    """AUROC, sensitivity and ECE of class ``c`` on one group (arrays already restricted to it).
+
+    The ECE is the finding's own (its probability against its presence) for a multi-label model; a single-label
+    model's is its top label's over all classes (`ECE_OF`), the same in every class's row.
+    """
     y, score = truth[known[:, c], c], probs[known[:, c], c]
     sens = stats.sens_spec(y, score, threshold)["sensitivity"]
+    ece_of = (probs[:, [c]], targets[:, [c]]) if multilabel else (probs, targets)
     return {
         "auroc": stats.binary_auroc(y, score),
         "sensitivity": sens,
-        "ece": stats.expected_calibration_error(probs, targets, multilabel, bins) if len(probs) else float("nan"),
+        "ece": stats.expected_calibration_error(*ece_of, multilabel, bins) if len(probs) else float("nan"),
     }
 
 
@@ -183,6 +188,7 @@ def largest_gaps(attribute: str, lab: str, groups: dict, level: float) -> list[d
 
 ATTRIBUTE_NAMES = {"age": "Patient Age", "sex": "Patient Gender", "view": "View Position", "source": "Data set"}
 METRIC_NAMES = {"auroc": "AUROC", "sensitivity": "sensitivity at the operating point", "ece": "ECE"}
+ECE_OF = {True: "ECE", False: "ECE (top label, all classes)"}  # keyed by multilabel: what the ECE column is
 
 
 ATTRIBUTE_SHORT = {"age": "Age", "sex": "Sex", "view": "View", "source": "Data set"}
@@ -196,11 +202,12 @@ def group_label(attribute: str, group: str, n: int, width: int = 28) -> str:
     return f"{ATTRIBUTE_SHORT.get(attribute, attribute)} {name} (n={n})"
 
 
-def subgroup_figure(frame: pd.DataFrame, min_n: int, in_sample: bool = False):
+def subgroup_figure(frame: pd.DataFrame, min_n: int, in_sample: bool = False, multilabel: bool = True):
     """Forest plot: one row of panels per class (AUROC, sensitivity, ECE), one line per group with its 95% CI.
 
     The figure grows with the groups (`ROW_INCHES` a line), so no label overlaps another. With ``in_sample`` (the
-    thresholds were fitted on the evaluated images) the sensitivity panels are titled IN-SAMPLE and shaded.
+    thresholds were fitted on the evaluated images) the sensitivity panels are titled IN-SAMPLE and shaded; the ECE
+    panels say what their ECE is (`ECE_OF`, by ``multilabel``).
     """
     import matplotlib.pyplot as plt
 
@@ -218,7 +225,8 @@ def subgroup_figure(frame: pd.DataFrame, min_n: int, in_sample: bool = False):
             _forest(ax, part, metric, y)
             ax.set_yticks(y, names if k == 0 else [""] * len(y), fontsize=8)
             ax.set_ylim(-0.7, len(part) - 0.3)
-            ax.set_title(f"{lab}: {METRIC_NAMES[metric]}", fontsize=9)
+            name = ECE_OF[multilabel] if metric == "ece" else METRIC_NAMES[metric]
+            ax.set_title(f"{lab}: {name}", fontsize=9)
             if metric == "sensitivity" and in_sample:
                 ax.set_title(f"{lab}: {METRIC_NAMES[metric]}\n{IN_SAMPLE}", fontsize=9, color="tab:red")
                 ax.set_facecolor("#fdecea")
@@ -228,10 +236,9 @@ def subgroup_figure(frame: pd.DataFrame, min_n: int, in_sample: bool = False):
                 ax.axhline(y[edge] - 0.5, color="0.75", lw=0.8)  # between attributes
             if metric == "auroc":
                 ax.axvline(0.5, color="grey", ls="--", lw=1)
-    fig.suptitle(
-        f"Subgroups (95% bootstrap CI; hollow grey: fewer than {min_n} images, too small to judge)", fontsize=10
-    )
-    fig.tight_layout()
+    title = f"Subgroups (95% bootstrap CI; hollow grey: fewer than {min_n} images, too small to judge)"
+    fig.suptitle(title, fontsize=10, y=1 - 0.15 / height, va="top")  # 0.15 in from the top, whatever the height
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # the panels below it
     return fig
 
 
@@ -258,9 +265,10 @@ def subgroup_markdown(
     figure: str | None,
     in_sample: bool = False,
     by_patient: bool = False,
+    multilabel: bool = True,
 ) -> str:
     """The report section: one table per class, then the largest gap per attribute and metric (``by_patient``: the
-    intervals resample the group's patients, each with every image)."""
+    intervals resample the group's patients, each with every image; ``multilabel``: what the ECE column is)."""
     unit = "patients (a drawn patient brings every image)" if by_patient else "images"
     parts = [
         "## Subgroups\n\nPer patient group (NIH metadata) and per data set (a model trained on several): AUROC "
@@ -288,7 +296,8 @@ def subgroup_markdown(
             ]
             for r in part.itertuples()
         ]
-        header = ["attribute", "group", f"n ({lab})", "AUROC", f"sensitivity{mark}", f"FNR{mark}", "ECE", ""]
+        ece = ECE_OF[bool(multilabel)]
+        header = ["attribute", "group", f"n ({lab})", "AUROC", f"sensitivity{mark}", f"FNR{mark}", ece, ""]
         parts.append(f"### {lab} (threshold {part['threshold'].iloc[0]:.3f})\n\n" + table(header, rows))
     if gaps:
         rows = [
@@ -329,13 +338,15 @@ def subgroup_evaluation(dm, result: dict, probs, targets, paths: list[str], opts
     in_sample = thresholds_in_sample(result)
     figure = None
     if opts.get("figures", True):
-        fig = subgroup_figure(frame, int(opts["min_n"]), in_sample)
+        fig = subgroup_figure(frame, int(opts["min_n"]), in_sample, bool(result["multilabel"]))
         figure = plots.save_figure(fig, Path(run_dir) / "subgroups.png").name
     log.info("Subgroup metrics for %d groups written to subgroups.csv", len(frame))
     return {
         "rows": frame.to_dict("records"),
         "gaps": gaps,
-        "markdown": subgroup_markdown(frame, gaps, int(opts["min_n"]), figure, in_sample, groups is not None),
+        "markdown": subgroup_markdown(
+            frame, gaps, int(opts["min_n"]), figure, in_sample, groups is not None, bool(result["multilabel"])
+        ),
         "figure": figure,
         "unit": "image" if groups is None else PATIENT,
     }

@@ -106,3 +106,28 @@ def test_thresholds_fitted_on_the_evaluated_split_are_in_sample():
     frame = _many_groups(1, 3)
     assert "sensitivity (IN-SAMPLE)" in subgroup_markdown(frame, [], 30, None, in_sample=True)
     assert "IN-SAMPLE" not in subgroup_markdown(frame, [], 30, None)
+
+
+def test_multilabel_ece_is_each_findings_own():
+    """A multi-label row's ECE is its finding's calibration: a perfectly calibrated finding beside a badly
+    calibrated one gets a lower ECE than it (the pooled ECE was the same number in both rows)."""
+    rng = np.random.default_rng(1)
+    n = 2000
+    p_good = rng.random(n)
+    good = (rng.random(n) < p_good).astype(float)  # present with its stated probability
+    bad = rng.integers(0, 2, n).astype(float)  # present half the time whatever the model says
+    probs = np.stack([p_good, np.full(n, 0.95)], 1)
+    targets = np.stack([good, bad], 1)
+    meta = pd.DataFrame({"sex": np.where(np.arange(n) % 2 == 0, "M", "F")})
+    opts = {**OPTS, "bootstrap": {**OPTS["bootstrap"], "resamples": 20}}
+    frame, _ = subgroup_table(meta, probs, targets, ["A", "B"], True, {"A": 0.5, "B": 0.5}, opts)
+    ece = frame[frame.group == "M"].set_index("class")["ece"]
+    assert ece["A"] < 0.06 and ece["B"] > 0.4
+
+
+def test_single_label_ece_is_titled_as_the_top_labels_of_all_classes():
+    meta, probs, targets = synthetic_predictions()
+    frame, _ = subgroup_table(meta, probs, targets, ["No Finding", "Pneumonia"], False, {"Pneumonia": 0.5}, OPTS)
+    titles = [ax.get_title() for ax in subgroup_figure(frame, 30, multilabel=False).axes]
+    assert "Pneumonia: ECE (top label, all classes)" in titles
+    assert "ECE (top label, all classes)" in subgroup_markdown(frame, [], 30, None, multilabel=False)
