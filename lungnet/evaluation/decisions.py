@@ -270,6 +270,12 @@ def summarise(record: DecisionRecord, dec: Decisions, ev, source: str) -> dict:
             np.mean([d == t for d, t in zip(record.labels_of(dec.probs), truth, strict=True)])
         ),
     }
+    if multilabel:  # the exact set says little with many findings: the share of finding calls right beside it
+        errors, _ = decision_errors(record, dec.probs, ev.data.targets)
+        known = ~np.isnan(errors)
+        rest = known & kept
+        out["finding_accuracy_on_rest"] = float(1 - errors[rest].mean()) if rest.any() else float("nan")
+        out["finding_accuracy_without_abstention"] = float(1 - errors[known].mean()) if known.any() else float("nan")
     if dec.empty is not None:  # decided by the operating point with a note (`lungnet.scoring.referral`), not referred
         out.update(empty_sets=int(dec.empty.sum()), ambiguous_sets=int(dec.ambiguous.sum()))
     if dec.ood is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from lungnet.artifacts.decision import sha256_file
 from lungnet.artifacts.paths import card_path
 from lungnet.evaluation.bootstrap_unit import phrase
-from lungnet.evaluation.report import DATASET_NOTES, fmt, fmt_ci, table
+from lungnet.evaluation.report import DATASET_NOTES, fmt, fmt_ci, rest_accuracy, table
 from lungnet.io import write_text
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,7 @@ def metrics_section(result: dict) -> str:
         rows.append(
             [
                 "Referred to a person",
-                f"{block.get('referred')} of {block.get('n')}; accuracy of the rest "
-                f"{fmt(block.get('accuracy_on_rest'))}",
+                f"{block.get('referred')} of {block.get('n')}; {rest_accuracy(block)}",
             ]
         )
     if block.get("ood_rate") is not None:

@@ -141,6 +141,15 @@ def summary_rows(result: dict) -> list[list[str]]:
     return rows
 
 
+def rest_accuracy(block: dict) -> str:
+    """``accuracy of the rest X`` of a ``decisions`` block; for a multi-label model also the share of finding calls
+    right (``finding_accuracy_on_rest``), since its accuracy asks for the whole set of findings."""
+    text = f"accuracy of the rest {fmt(block.get('accuracy_on_rest'))}"
+    if block.get("finding_accuracy_on_rest") is None:
+        return text
+    return f"{text} (whole set of findings; per finding {fmt(block['finding_accuracy_on_rest'])})"
+
+
 def decision_rows(result: dict) -> list[list[str]]:
     """Summary rows of the decision path: referrals, accuracy of the rest, conformal coverage (with its caveat)."""
     block = result.get("decisions")
@@ -149,7 +158,7 @@ def decision_rows(result: dict) -> list[list[str]]:
     rows = [
         [
             "Referred to a person (abstain)",
-            f"{block['referred']} of {block['n']}; accuracy of the rest {fmt(block['accuracy_on_rest'])}",
+            f"{block['referred']} of {block['n']}; {rest_accuracy(block)}",
         ]
     ]
     if result.get("conformal_coverage") is not None:

@@ -20,7 +20,7 @@ from lungnet.evaluation.decision_report import decision_section, risk_coverage_f
 from lungnet.evaluation.decisions import decision_errors, shift_test, summarise
 from lungnet.evaluation.model_card import SECTIONS
 from lungnet.evaluation.pipeline import evaluate
-from lungnet.evaluation.report import decision_rows
+from lungnet.evaluation.report import decision_rows, rest_accuracy
 from tests.conftest import ROOT
 from tests.evaluation.conftest import FAST_EVAL, compose_cfg
 
@@ -259,3 +259,19 @@ def test_risk_coverage_figure_multilabel_draws_the_per_finding_and_whole_set_cur
     single = risk_coverage_figure(conf, (errors > 0.1).astype(float), conf > 0.2, "t").axes[0]
     assert single.get_ylabel() == "error rate of the decisions kept (risk)"
     assert len([line for line in single.lines if line.get_label() == "images with any finding wrong"]) == 0
+
+
+def test_a_multilabel_summary_gives_the_share_of_finding_calls_right_beside_the_exact_set():
+    labels = ["A", "B", "C"]
+    record = DecisionRecord(labels, True, "0" * 64, split="val", thresholds={lab: 0.5 for lab in labels})
+    probs = np.array([[0.9, 0.1, 0.1], [0.9, 0.9, 0.1], [0.1, 0.1, 0.1]])
+    targets = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1]], dtype=float)  # right, one call wrong, one call wrong
+    dec = record.decide(np.log(probs / (1 - probs)))
+    ev = SimpleNamespace(loaded=SimpleNamespace(labels=labels, multilabel=True), data=SimpleNamespace(targets=targets))
+    block = summarise(record, dec, ev, "fitted on val")
+    assert block["accuracy_without_abstention"] == pytest.approx(1 / 3)
+    assert block["finding_accuracy_without_abstention"] == pytest.approx(7 / 9)
+    assert block["finding_accuracy_on_rest"] == pytest.approx(7 / 9)  # nothing abstained
+    row = rest_accuracy(block)
+    assert row.startswith("accuracy of the rest 0.333") and "per finding 0.778" in row
+    assert rest_accuracy({"accuracy_on_rest": 0.5}) == "accuracy of the rest 0.500"
