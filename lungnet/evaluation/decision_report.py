@@ -106,7 +106,13 @@ def decision_section(result: dict, record: DecisionRecord, split: str, figure: s
         f"- Referred to a person: **{block['referred']} of {block['n']}** ({fmt(block['referred_share'])}; "
         f"{', '.join(f'{k}: {v}' for k, v in block['referred_by'].items()) or 'none'}); accuracy of the decisions "
         f"kept: **{fmt(block['accuracy_on_rest'])}** "
-        f"(without abstention: {fmt(block['accuracy_without_abstention'])}).",
+        f"(without abstention: {fmt(block['accuracy_without_abstention'])})"
+        + (
+            f"; the whole set of findings right, per finding call **{fmt(block['finding_accuracy_on_rest'])}** "
+            f"(without abstention: {fmt(block['finding_accuracy_without_abstention'])})."
+            if block.get("finding_accuracy_on_rest") is not None
+            else "."
+        ),
     ]
     if record.alpha is not None:
         level = 1 - record.alpha

@@ -275,3 +275,6 @@ def test_a_multilabel_summary_gives_the_share_of_finding_calls_right_beside_the_
     row = rest_accuracy(block)
     assert row.startswith("accuracy of the rest 0.333") and "per finding 0.778" in row
     assert rest_accuracy({"accuracy_on_rest": 0.5}) == "accuracy of the rest 0.500"
+    block["shift"] = {"tests": {}, "in_sample": True, "pvalue": None, "warning": False}
+    text = decision_section({"decisions": block}, record, "test")
+    assert "the whole set of findings right, per finding call **0.778**" in text
