@@ -108,7 +108,8 @@ def decision_section(result: dict, record: DecisionRecord, split: str, figure: s
         f"kept: **{fmt(block['accuracy_on_rest'])}** "
         f"(without abstention: {fmt(block['accuracy_without_abstention'])})"
         + (
-            f"; the whole set of findings right, per finding call **{fmt(block['finding_accuracy_on_rest'])}** "
+            f", an image right only when its whole set of findings is; per finding call: "
+            f"**{fmt(block['finding_accuracy_on_rest'])}** "
             f"(without abstention: {fmt(block['finding_accuracy_without_abstention'])})."
             if block.get("finding_accuracy_on_rest") is not None
             else "."

@@ -277,4 +277,4 @@ def test_a_multilabel_summary_gives_the_share_of_finding_calls_right_beside_the_
     assert rest_accuracy({"accuracy_on_rest": 0.5}) == "accuracy of the rest 0.500"
     block["shift"] = {"tests": {}, "in_sample": True, "pvalue": None, "warning": False}
     text = decision_section({"decisions": block}, record, "test")
-    assert "the whole set of findings right, per finding call **0.778**" in text
+    assert "whole set of findings is; per finding call: **0.778** (without abstention: 0.778)" in text
