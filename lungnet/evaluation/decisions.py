@@ -246,9 +246,13 @@ def decision_errors(record: DecisionRecord, probs: np.ndarray, targets: np.ndarr
     return np.where(count > 0, wrong / np.maximum(count, 1), np.nan), whole
 
 
-def summarise(record: DecisionRecord, dec: Decisions, ev, source: str) -> dict:
-    """The ``decisions`` block of metrics.json (and the conformal_* keys)."""
+def summarise(
+    record: DecisionRecord, dec: Decisions, ev, source: str, scored: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict:
+    """The ``decisions`` block of metrics.json (and the conformal_* keys); ``scored``: the images'
+    `decision_errors` when the caller has them (None: computed here)."""
     labels, multilabel = ev.loaded.labels, ev.loaded.multilabel
+    errors, whole = scored if scored is not None else decision_errors(record, dec.probs, ev.data.targets)
     truth = truth_strings(ev.data.targets, labels, multilabel)
     kept = np.array([d != ABSTAIN for d in dec.decision])
     right = np.array([d == t for d, t in zip(dec.decision, truth, strict=True)])
@@ -266,12 +270,9 @@ def summarise(record: DecisionRecord, dec: Decisions, ev, source: str) -> dict:
         "referred_share": float((~kept).mean()) if len(kept) else float("nan"),
         "referred_by": reasons,
         "accuracy_on_rest": float(right[kept].mean()) if kept.any() else float("nan"),
-        "accuracy_without_abstention": float(
-            np.mean([d == t for d, t in zip(record.labels_of(dec.probs), truth, strict=True)])
-        ),
+        "accuracy_without_abstention": float(np.mean(whole == 0)),
     }
     if multilabel:  # the exact set says little with many findings: the share of finding calls right beside it
-        errors, _ = decision_errors(record, dec.probs, ev.data.targets)
         known = ~np.isnan(errors)
         rest = known & kept
         out["finding_accuracy_on_rest"] = float(1 - errors[rest].mean()) if rest.any() else float("nan")
@@ -300,7 +301,8 @@ def add_decisions(ev) -> None:
     scores = true_scores(dec.probs, ev.data.targets, labels, multilabel)
     in_sample = record.split == ev.split
     shift = shift_test(record, scores, dec.ood_score, in_sample)
-    block = summarise(record, dec, ev, source)
+    scored = decision_errors(record, dec.probs, ev.data.targets)
+    block = summarise(record, dec, ev, source, scored)
     block["shift"] = shift
     gated = record.ood is not None and dec.ood_score is not None
     block["population_shift"] = batch_shift(record.ood, dec.ood_score, dec.ood_parts) if gated else None
@@ -311,7 +313,7 @@ def add_decisions(ev) -> None:
     ev.result["conformal_shift_warning"] = shift["warning"]
     ev.result["decisions"] = block
     if ev.opts["report"]["figures"]:
-        errors, whole = decision_errors(record, dec.probs, ev.data.targets)
+        errors, whole = scored
         conf = np.maximum(dec.probs, 1 - dec.probs).min(1) if multilabel else dec.probs.max(1)
         kept = np.array([d != ABSTAIN for d in dec.decision])
         title = f"Risk-coverage: {ev.result['model']} on {ev.split} (n={len(errors)})"

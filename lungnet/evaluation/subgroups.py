@@ -296,7 +296,7 @@ def subgroup_markdown(
             ]
             for r in part.itertuples()
         ]
-        ece = ECE_OF[bool(multilabel)]
+        ece = ECE_OF[multilabel]
         header = ["attribute", "group", f"n ({lab})", "AUROC", f"sensitivity{mark}", f"FNR{mark}", ece, ""]
         parts.append(f"### {lab} (threshold {part['threshold'].iloc[0]:.3f})\n\n" + table(header, rows))
     if gaps:
@@ -335,17 +335,17 @@ def subgroup_evaluation(dm, result: dict, probs, targets, paths: list[str], opts
     if frame.empty:
         return None
     write_csv(Path(run_dir) / "subgroups.csv", frame)
-    in_sample = thresholds_in_sample(result)
+    in_sample, multilabel = thresholds_in_sample(result), bool(result["multilabel"])
     figure = None
     if opts.get("figures", True):
-        fig = subgroup_figure(frame, int(opts["min_n"]), in_sample, bool(result["multilabel"]))
+        fig = subgroup_figure(frame, int(opts["min_n"]), in_sample, multilabel)
         figure = plots.save_figure(fig, Path(run_dir) / "subgroups.png").name
     log.info("Subgroup metrics for %d groups written to subgroups.csv", len(frame))
     return {
         "rows": frame.to_dict("records"),
         "gaps": gaps,
         "markdown": subgroup_markdown(
-            frame, gaps, int(opts["min_n"]), figure, in_sample, groups is not None, bool(result["multilabel"])
+            frame, gaps, int(opts["min_n"]), figure, in_sample, groups is not None, multilabel
         ),
         "figure": figure,
         "unit": "image" if groups is None else PATIENT,
