@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from lungnet.scoring.gate_inputs import THUMB, gate_scatters, layout
+from lungnet.scoring.gate_inputs import THUMB, gate_scatters, split_inputs
 from lungnet.scoring.scatter import Scatter, leading_axes
 from lungnet.scoring.stored_array import encode_array, read_array
 from lungnet.untrusted import BadValue, Fields
@@ -213,14 +213,23 @@ class ImageGate:
 
     def parts(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Each part's score divided by its threshold: ``{"features": (N,), "image": (N,)}``."""
+        features, thumbnails = self.split(inputs)
+        return {
+            "features": self.features.score(features) / self.features.threshold,
+            "image": self.image.score(thumbnails) / self.image.threshold,
+        }
+
+    def split(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`split_inputs` (what the parts were fitted on) of inputs as wide as this gate's.
+
+        Raises:
+            ValueError: ``inputs`` are not as wide as this gate's features plus the thumbnail.
+        """
         x = np.asarray(inputs)
         width = self.features.means.shape[1]
-        if x.shape[1] != width + THUMB * THUMB:
-            raise ValueError(f"gate inputs of width {x.shape[1]}, expected {width} features + {THUMB**2} thumbnail")
-        return {
-            "features": self.features.score(x[:, :width]) / self.features.threshold,
-            "image": self.image.score(layout(x[:, width:])) / self.image.threshold,
-        }
+        if x.ndim != 2 or x.shape[1] != width + THUMB * THUMB:
+            raise ValueError(f"gate inputs of shape {x.shape}, expected (N, {width} features + {THUMB**2} thumbnail)")
+        return split_inputs(x)
 
     def reference_parts(self) -> dict[str, np.ndarray]:
         """`parts` of the images the gate was thresholded on, in their order, from the parts' reference scores (no
@@ -242,14 +251,13 @@ class ImageGate:
     def calibrate(self, inputs: np.ndarray, quantile: float = 0.95, split: str = "val") -> ImageGate:
         """A copy with each part thresholded at ``1 - (1 - quantile) / 2`` of ``inputs``' scores (either flags
         about ``1 - quantile`` of such images)."""
-        x = np.asarray(inputs)
-        width = self.features.means.shape[1]
+        features, thumbnails = self.split(inputs)
         each = 1 - (1 - quantile) / 2
-        feats = self.features.calibrate(x[:, :width], each, split)
-        image = self.image.calibrate(layout(x[:, width:]), each, split)
+        feats = self.features.calibrate(features, each, split)
+        image = self.image.calibrate(thumbnails, each, split)
         done = replace(self, features=feats, image=image)
         scores = np.maximum(feats.reference / feats.threshold, image.reference / image.threshold)  # = done.score(x)
-        info = {**self.info, "threshold_split": split, "threshold_n": int(len(x)), "quantile": float(quantile)}
+        info = {**self.info, "threshold_split": split, "threshold_n": len(features), "quantile": float(quantile)}
         info["rate_on_threshold_split"] = float((scores > 1).mean()) if len(scores) else None
         return replace(done, reference=scores, info=info)
 

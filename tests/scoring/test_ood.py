@@ -125,6 +125,18 @@ def test_gate_with_image_part_round_trips_and_records_both_scores():
     assert max(cols["ood_score_features"][0], cols["ood_score_image"][0]) == pytest.approx(cols["ood_score"][0])
 
 
+def test_inputs_of_another_width_are_refused_by_scoring_and_thresholding_alike():
+    train = inputs(films(60, 0))
+    gate = ImageGate.fit(train, dims=4)
+    narrow = train[:, 1:]  # another model's features: one column fewer
+    for step in (gate.score, gate.calibrate):
+        with pytest.raises(ValueError, match=r"expected \(N, 12 features \+ 256 thumbnail\)"):
+            step(narrow)
+    features, thumbnails = gate.split(train)
+    assert features.shape == (60, 12) and thumbnails.shape == (60, THUMB * THUMB)
+    np.testing.assert_allclose(thumbnails.mean(1), 0, atol=1e-5)  # standardised per image
+
+
 def test_an_old_gate_without_the_image_part_still_loads_and_scores_the_features():
     train, val = inputs(films(200, 0)), inputs(films(100, 1))
     old = OodGate.fit(train[:, :12], dims=8, fit_split="train").calibrate(val[:, :12])
