@@ -26,7 +26,7 @@ from lungnet.evaluation.after_training import finish_splits
 from lungnet.evaluation.decisions import training_sample
 from lungnet.scoring.gate_inputs import GateScatters, split_inputs
 from lungnet.scoring.outputs import Outputs, model_outputs
-from lungnet.scoring.scatter import Scatter, accelerator, class_sums, squares_about
+from lungnet.scoring.scatter import Scatter, accelerator, class_sums, squares_about, squares_on
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ def reduced_scatters(part: Outputs, n_classes: int, device) -> GateScatters | No
     """The OOD gate's statistics of every rank's ``part``, summed on rank 0 (None on the other ranks).
 
     Two sums per gate part (`lungnet.scoring.scatter`): the class counts and row sums, all-reduced (every rank then
-    knows the class means), and the squares about those means, reduced to rank 0. The sample's features never leave
+    knows the class means), and the squares about those means, reduced to rank 0 (on a CUDA device computed and
+    summed there in float64, `squares_on`; gloo sums host float32). The sample's features never leave
     their rank (20k images of 2048 features would be 180 MB to gather), rank 0 receives one D x D array whatever the
     number of ranks, and each rank computes the squares of its own rows.
 
@@ -141,14 +142,18 @@ def reduced_scatters(part: Outputs, n_classes: int, device) -> GateScatters | No
     dist.all_reduce(width, op=dist.ReduceOp.MAX)  # a rank with no rows has no features to tell it the width
     inputs = part.features if has_rows else np.zeros((0, int(width.item())), np.float32)
     classes = None if n_classes == 1 else np.asarray(part.targets, dtype=np.int64)
+    on_device = accelerator(device)
     out = []
     for x in split_inputs(inputs):
         sums = torch.from_numpy(class_sums(x, classes, n_classes)).to(device)
         dist.all_reduce(sums)
         totals = sums.cpu().numpy()
-        squares = torch.from_numpy(squares_about(x, classes, totals, accelerator(device))).to(device)
+        if on_device is not None:  # float64 where computed, summed there: no host round trip
+            squares = squares_on(x, classes, totals, on_device)
+        else:
+            squares = torch.from_numpy(squares_about(x, classes, totals)).to(device)
         dist.reduce(squares, dst=0)  # the sum is on rank 0 alone: the others hold only their own share
-        out.append(Scatter.from_sums(totals, squares.cpu().numpy()) if dist.get_rank() == 0 else None)
+        out.append(Scatter.from_sums(totals, squares.float().cpu().numpy()) if dist.get_rank() == 0 else None)
     return (out[0], out[1]) if dist.get_rank() == 0 else None
 
 

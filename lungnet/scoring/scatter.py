@@ -133,31 +133,38 @@ def squares_about(
         device: a CUDA device (`accelerator`; or the CPU's torch) to compute on in float64 (a GPU's float32 products
             may round to TF32's 10 bits); None: numpy float32 on the host.
     """
-    x = np.asarray(features, dtype=np.float32)
-    groups = _groups(len(x), classes)
-    counts = np.maximum(sums[:, 0], 1.0)
-    means = sums[:, 1:] / counts[:, None]
     if device is not None:
-        return _device_squares(x, groups, means, device)
-    means = means.astype(np.float32)
-    centred = x - means[0] if len(means) == 1 else x - means[groups]
+        return squares_on(features, classes, sums, device).float().cpu().numpy()
+    x = np.asarray(features, dtype=np.float32)
+    means = _means(sums).astype(np.float32)
+    centred = x - means[0] if len(means) == 1 else x - means[_groups(len(x), classes)]
     return centred.T @ centred
 
 
-def _device_squares(x: np.ndarray, groups: np.ndarray, means: np.ndarray, device: torch.device) -> np.ndarray:
-    """`squares_about` on ``device`` in float64, ``DEVICE_ROWS`` rows at a time (device memory O(DEVICE_ROWS D + D^2)).
+def _means(sums: np.ndarray) -> np.ndarray:
+    """The class means (K, D) of `class_sums` (K, 1 + D); a class without rows has mean 0."""
+    return sums[:, 1:] / np.maximum(sums[:, 0], 1.0)[:, None]
 
-    Each chunk travels as float32 and is widened on the device: the host only copies it.
+
+def squares_on(features: np.ndarray, classes: np.ndarray | None, sums: np.ndarray, device) -> torch.Tensor:
+    """`squares_about` computed on ``device`` and left there: a (D, D) float64 tensor (for a collective that sums
+    the ranks' shares on the device, `lungnet.evaluation.sharded`).
+
+    ``DEVICE_ROWS`` rows at a time (device memory O(DEVICE_ROWS D + D^2)); each chunk travels as float32 and is
+    widened on the device: the host only copies it.
     """
     import torch
 
+    x = np.asarray(features, dtype=np.float32)
+    groups = _groups(len(x), classes)
+    means = _means(sums)
     at = torch.from_numpy(means).to(device)
     out = torch.zeros((x.shape[1], x.shape[1]), dtype=torch.float64, device=device)
     for start in range(0, len(x), DEVICE_ROWS):
         rows = torch.from_numpy(x[start : start + DEVICE_ROWS]).to(device).double()
         rows -= at[0] if len(means) == 1 else at[torch.from_numpy(groups[start : start + DEVICE_ROWS]).to(device)]
         out.addmm_(rows.T, rows)
-    return out.float().cpu().numpy()
+    return out
 
 
 def leading_axes(scatter: np.ndarray, k: int, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:

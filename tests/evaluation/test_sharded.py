@@ -31,12 +31,15 @@ def test_joined_shards_are_the_split_and_an_empty_shard_adds_nothing():
 
 
 def _reduce_on_rank(rank: int, world: int, port: int, out: str) -> None:
-    """One gloo rank: its share of a fixed sample (rank 1's is empty), summed by `reduced_scatters`."""
+    """One gloo rank: its share of a fixed sample (rank 1's is empty), summed by `reduced_scatters` on the host's
+    path, then on a CUDA device's (squares computed and summed as float64 tensors), taken on the CPU's torch."""
     import os
     import pickle
 
+    import torch
     import torch.distributed as dist
 
+    from lungnet.evaluation import sharded
     from lungnet.evaluation.sharded import reduced_scatters
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -51,7 +54,9 @@ def _reduce_on_rank(rank: int, world: int, port: int, out: str) -> None:
         np.zeros((0, 3), np.float32),
         inputs[rows] if rows.stop > rows.start else None,
     )
-    got = reduced_scatters(part, 3, "cpu")
+    got = [reduced_scatters(part, 3, "cpu")]
+    sharded.accelerator = lambda device: torch.device("cpu")
+    got.append(reduced_scatters(part, 3, "cpu"))
     if rank == 0:
         with open(out, "wb") as fh:
             pickle.dump(got, fh)
@@ -77,8 +82,8 @@ def test_reduced_gate_statistics_over_three_gloo_ranks_one_empty_equal_one_proce
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     mp.spawn(_reduce_on_rank, args=(3, port, str(tmp_path / "got.pkl")), nprocs=3)
-    got = pickle.loads((tmp_path / "got.pkl").read_bytes())
-    for ranks, one in zip(got, gate_scatters(*_sample()), strict=True):
+    host, device = pickle.loads((tmp_path / "got.pkl").read_bytes())
+    for ranks, one in [*zip(host, gate_scatters(*_sample()), strict=True), *zip(device, host, strict=True)]:
         np.testing.assert_array_equal(ranks.classes, [0, 2])  # class 0 on rank 0 only, class 1 nowhere
         np.testing.assert_array_equal(ranks.counts, one.counts)
         np.testing.assert_allclose(ranks.means, one.means, rtol=1e-12)

@@ -12,7 +12,7 @@ import torch
 from lungnet.scoring import scatter as scatter_module
 from lungnet.scoring.gate_inputs import THUMB, gate_scatters, split_inputs
 from lungnet.scoring.ood import ImageGate, OodGate
-from lungnet.scoring.scatter import Scatter, accelerator, class_sums, leading_axes, squares_about
+from lungnet.scoring.scatter import Scatter, accelerator, class_sums, leading_axes, squares_about, squares_on
 from tests.conftest import ROOT
 
 
@@ -117,6 +117,9 @@ def test_on_a_torch_device_one_common_mean_and_a_share_without_rows_match_the_ho
     np.testing.assert_allclose(squares_about(x, None, sums, torch.device("cpu")), host, rtol=1e-4, atol=1e-4)
     empty = squares_about(x[:0], None, sums, torch.device("cpu"))
     assert empty.shape == (10, 10) and empty.dtype == np.float32 and not empty.any()
+    kept = squares_on(x, None, sums, torch.device("cpu"))  # what a rank sums on its device
+    assert isinstance(kept, torch.Tensor) and kept.dtype == torch.float64
+    np.testing.assert_allclose(kept.numpy(), host, rtol=1e-4, atol=1e-4)
 
 
 def test_the_gate_modules_load_without_torch():
