@@ -36,6 +36,10 @@ def test_scale_bench_times_the_setup_stages_and_fits_their_growth(tmp_path):
     assert set(record["fits"]) == {"scan_first", "setup_second", "near_duplicates"}
     assert all(math.isfinite(fit["exponent"]) for fit in record["fits"].values())
     assert "| scan_first |" in out.with_suffix(".md").read_text()
+    rows = {row["figure"]: row["value"] for row in json.loads(out.read_text())["figures"]}  # what bench.render shows
+    scan = record["results"]["80"]["scan_first"]["cpu_s"]
+    assert f"{scan:.4g} CPU s; exponent" in rows["scan_first, NIH-like 128 px, N = 40 / 80"]
+    assert rows["second setup / first scan, N = 40 / 80 (target under 2 %)"].count("%") == 2
 
 
 def test_scale_bench_times_one_epochs_loading_from_the_store_and_the_files(tmp_path):
