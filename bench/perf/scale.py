@@ -34,7 +34,7 @@ per size and extrapolated to 112k with at most ``ood.fit_max`` training images s
 112k: `bench.perf.finish_rest` measures the rest at NIH's full split sizes instead (use that figure).
 
     python -m bench.perf.scale --sizes 1000 4000 16000 --size 256
-    python -m bench.perf.scale --sizes 1000 4000 16000 64000 --size 256   # 64k: hours on 2 cores
+    python -m bench.perf.scale --sizes 1000 4000 16000 64000 --size 256   # 64k: ~1 h on 2 cores (15 min generating)
     python -m bench.perf.scale --sizes 200 --size 128   # smoke check, every stage
     python -m bench.perf.scale --sizes 1000 4000 --skip evaluate predict --ranks 2   # the finish, 1 and 2 ranks
     python -m bench.perf.scale --sizes 1000 4000 --skip evaluate predict --train-overrides test=false ood.fit_max=5000
@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common.cli import ROOT, main, record, write_record
+from bench.perf.scale_figures import figures
 
 log = logging.getLogger("bench.scale")
 STAGES = ("scan_first", "setup_second", "near_duplicates", "store_build", "epoch_store", "epoch_direct", "finish")
@@ -375,29 +376,10 @@ def write(out: Path, args, results: dict[int, dict]) -> dict:
     fits = exponents(results)
     figure = finish_figure(results, fits, list(args.ranks), overridden_fit_max(args.train_overrides))
     result = {"args": vars(args), "results": results, "fits": fits, "finish_figure": figure}
-    result["figures"] = figures(results, fits, args.size)
+    result["figures"] = figures(results, fits, args.size, (*STAGES, "train", *COMMANDS, "finish_1rank"), TARGET_N)
     write_record(out, record("scale", result))
     out.with_suffix(".md").write_text(table(results, fits) + f"\nfinish_figure: {json.dumps(figure, indent=1)}\n")
     return result
-
-
-def figures(results: dict[int, dict], fits: dict, px: int) -> list[dict]:
-    """The record's headline rows (`bench.render`): per stage its CPU seconds at every size, exponent and
-    extrapolations; the second setup over the first scan at every size (issue #27's 2 % target)."""
-    sizes = sorted(results)
-    ns = " / ".join(f"{n // 1000}k" if n >= 1000 else str(n) for n in sizes)
-    rows = []
-    for stage in [s for s in (*STAGES, "train", *COMMANDS, "finish_1rank") if s in fits]:
-        cpu = " / ".join(f"{results[n][stage]['cpu_s']:.4g}" if stage in results[n] else "-" for n in sizes)
-        at = [f"{fits[stage][f'cpu_s_at_{m // 1000}k']:.4g}" for m in TARGET_N]
-        value = f"{cpu} CPU s; exponent {fits[stage]['exponent']:.2f}; 112k / 224k extrapolated {' / '.join(at)} s"
-        rows.append({"figure": f"{stage}, NIH-like {px} px, N = {ns}", "value": value})
-    both = [n for n in sizes if {"scan_first", "setup_second"} <= set(results[n])]
-    if both:
-        ratios = [results[n]["setup_second"]["cpu_s"] / results[n]["scan_first"]["cpu_s"] for n in both]
-        share = " / ".join(f"{r:.2%}" for r in ratios)
-        rows.append({"figure": f"second setup / first scan, N = {ns} (target under 2 %)", "value": share})
-    return rows
 
 
 def overridden_fit_max(overrides: list[str]) -> int | None:
