@@ -14,7 +14,7 @@ from bench.common import cli
 from tests.conftest import ROOT
 
 BENCH = ROOT / "bench"
-HELPERS = {"cli", "cv_common", "proc_cpu"}  # imported by the scripts; no command line of their own
+HELPERS = {"cli", "cv_common", "proc_cpu", "scale_figures"}  # imported by the scripts; no command line of their own
 SCRIPTS = sorted(
     p
     for p in [*BENCH.glob("perf/*.py"), *BENCH.glob("studies/*.py"), *BENCH.glob("common/*.py")]

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common.cli import ROOT, main, record, write_record
-from bench.perf.scale_figures import figures
+from bench.common.scale_figures import figures
 
 log = logging.getLogger("bench.scale")
 STAGES = ("scan_first", "setup_second", "near_duplicates", "store_build", "epoch_store", "epoch_direct", "finish")

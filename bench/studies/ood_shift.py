@@ -35,7 +35,8 @@ from sklearn.metrics import roc_auc_score
 from bench.common.cli import main
 from lungnet.artifacts.decision import sha256_file
 from lungnet.data.images import read_image
-from lungnet.scoring.ood import ImageGate, OodGate, layout
+from lungnet.scoring.gate_inputs import layout
+from lungnet.scoring.ood import ImageGate, OodGate
 from lungnet.scoring.shift import batch_shift
 from lungnet.serve.inference import Predictor
 

@@ -44,7 +44,8 @@ from bench.common.cli import main
 from bench.studies.ood_rates import PHOTOS, gray
 from lungnet.artifacts.decision import sha256_file
 from lungnet.data.images import read_image
-from lungnet.scoring.ood import THUMB, ImageGate, OodGate, layout
+from lungnet.scoring.gate_inputs import THUMB, layout
+from lungnet.scoring.ood import ImageGate, OodGate
 from lungnet.serve.inference import Predictor
 
 log = logging.getLogger("ood_study")
