@@ -20,6 +20,8 @@ never a crash.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -78,6 +80,20 @@ def read_manifest(path: Path) -> tuple[dict[str, dict], str | None] | None:
     return None if got is None else ({p: got[0].row(i) for p, i in got[0].index.items()}, got[1])
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """No cyclic garbage collection inside. A manifest's rows are a list and a tuple per file, none in a cycle, and
+    making 100k of them otherwise sets off full collections over a heap that grows as they are made: 0.1-0.5 s of
+    the 1.4-1.9 s a command's setup takes at 64k files (docs/history/benchmarks.md)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def read_rows(path: Path) -> tuple[Rows, str | None] | None:
     """`read_manifest` as `Rows`."""
     try:
@@ -87,6 +103,12 @@ def read_rows(path: Path) -> tuple[Rows, str | None] | None:
     except (OSError, UnicodeDecodeError) as exc:
         log.warning("Manifest %s cannot be read (%s): rebuilding it", printable(path), exc)
         return None
+    with gc_paused():
+        return _rows_of_text(path, text)
+
+
+def _rows_of_text(path: Path, text: str) -> tuple[Rows, str | None] | None:
+    """`read_rows` of the manifest's text, every value checked; None (logged) when it cannot be trusted."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:

@@ -330,3 +330,27 @@ def test_a_good_manifest_is_checked_by_column_not_row_by_row(tmp_path, monkeypat
     write_manifest(tmp_path / "m.json", rows, "nih14")
     monkeypatch.setattr(manifest_rows, "_row", lambda entry: pytest.fail("row-by-row check on a good manifest"))
     assert read_manifest(tmp_path / "m.json") == (rows, "nih14")
+
+
+def test_the_rows_are_read_without_cyclic_collections_and_the_collector_comes_back(tmp_path, monkeypatch):
+    import gc
+
+    import lungnet.data.manifest as manifest
+
+    rows = {f"/d/{i}.png": dict(zip(FIELDS, [f"/d/{i}.png", *_ROW[1:]], strict=True)) for i in range(5)}
+    write_manifest(tmp_path / "m.json", rows, "nih14")
+    seen = []
+    checked = manifest.rows_of
+    monkeypatch.setattr(manifest, "rows_of", lambda files: (seen.append(gc.isenabled()), checked(files))[1])
+    assert read_manifest(tmp_path / "m.json") == (rows, "nih14") and seen == [False] and gc.isenabled()
+    monkeypatch.setattr(manifest, "rows_of", lambda files: 1 / 0)  # a failure inside still turns it back on
+    with pytest.raises(ZeroDivisionError):
+        read_manifest(tmp_path / "m.json")
+    assert gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    try:
+        with manifest.gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
