@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common.cli import ROOT, main, record, write_record
-from bench.common.scale_figures import figures
+from bench.common.scale_figures import figures, fin_rest
 
 log = logging.getLogger("bench.scale")
 STAGES = ("scan_first", "setup_second", "near_duplicates", "store_build", "epoch_store", "epoch_direct", "finish")
@@ -288,7 +288,7 @@ def extrapolated(results: dict[int, dict], sizes: list[int], fits: dict, ranks: 
     last = results[sizes[-1]]["finish_scoring"]
     scored = {s: last.get(f"{s}_images", 0.0) for s in SCORED}
     shares = {s: v / sizes[-1] for s, v in scored.items()}  # the train sample is the whole split below fit_max
-    rest = [max(results[n]["finish_1rank"]["cpu_s"] - results[n]["finish_scoring"]["cpu_s"], 1e-6) for n in sizes]
+    rest = [max(fin_rest(results[n]), 1e-6) for n in sizes]  # above 0 for the log
     b, a = np.polyfit(np.log(sizes), np.log(rest), 1)
     n = TARGET_N[0]
     probe = last.get("probe_images", 0.0)  # one batch of val checks the kept validation pass, whatever N
