@@ -121,7 +121,23 @@ def measure(mode: str, paths: list[Path], args, cache_dir: Path) -> dict:
     with bytes_out(ds) as normalize:
         if normalize is None:
             raise SystemExit("eval_bytes: this lungnet's evaluation dataset does not yield bytes")
-        return measure_dataset(mode, ds, dm, built, paths, args, normalize.batch)
+        return measure_dataset(mode, ds, dm, built, paths, args, reusing(normalize))
+
+
+def reusing(normalize):
+    """``normalize.batch`` as `lungnet.scoring.outputs.model_outputs` calls it: each batch into the previous result
+    (``out``, since 2026-12-07; a checkout without it makes a fresh one per batch)."""
+    import inspect
+
+    if "out" not in inspect.signature(normalize.batch).parameters:
+        return normalize.batch
+    kept = [None]
+
+    def step(batch):
+        kept[0] = normalize.batch(batch, out=kept[0])
+        return kept[0]
+
+    return step
 
 
 def measure_dataset(mode: str, ds, dm, built: dict, paths: list[Path], args, device_step=None) -> dict:

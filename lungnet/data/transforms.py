@@ -124,12 +124,24 @@ class Normalize:
             out[c].copy_(x).mul_(1.0 / (std * scale)).add_(-mean / std)
         return out
 
-    def batch(self, x: torch.Tensor) -> torch.Tensor:
+    def batch(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """A batch (N, 1, H, W), uint8 or float in [0, 1], on any device -> float32 (N, C, H, W): the same numbers
-        as calling this on each image (the same two float32 operations)."""
+        as calling this on each image (the same two float32 operations).
+
+        Args:
+            x: the batch.
+            out: the result is written into it when it is a float32 tensor of the result's shape on ``x``'s device
+                (otherwise a new one is made). A loop over batches passes its previous result back: on a CPU each
+                fresh result (19 MB for 32 images of 224 px in 3 channels) comes from new pages once glibc returns
+                freed large blocks to the system, and faulting them in costs up to three times the arithmetic.
+        """
         scale = 255.0 if x.dtype == torch.uint8 else 1.0
         gain = self._gain[scale].to(x.device).view(1, -1, 1, 1)
-        return torch.mul(x, gain).add_(self._offset.to(x.device).view(1, -1, 1, 1))
+        shape = torch.broadcast_shapes(x.shape, gain.shape)
+        if out is None or out.shape != shape or out.device != x.device or out.dtype != torch.float32:
+            out = torch.empty(shape, dtype=torch.float32, device=x.device)
+        torch.mul(x, gain, out=out)
+        return out.add_(self._offset.to(x.device).view(1, -1, 1, 1))
 
 
 def unit_range(out: np.ndarray) -> np.ndarray:

@@ -57,19 +57,23 @@ def model_outputs(
     """Logits, probabilities, targets, paths (and penultimate features) for every item of ``loader``.
 
     Images of an evaluation data set read from the prepared store come as uint8 and are normalised per batch on
-    ``device`` (`lungnet.data.dataset.bytes_out`): the same numbers, and the loader only copies bytes.
+    ``device`` (`lungnet.data.dataset.bytes_out`): the same numbers, and the loader only copies bytes. Equal-sized
+    batches are normalised into one tensor (`lungnet.data.transforms.Normalize.batch`'s ``out``): the model has
+    finished with a batch before the next is written.
 
     Args:
         features: also keep ``model.backbone``'s pooled features (lungnet `Classifier`: head(backbone(x))).
     """
     model = model.to(device).eval()
     logits, feats, targets, paths = [], [], [], []
+    normalised = None  # one result tensor the byte batches are normalised into, batch after batch
     # from the prepared store the loader only copies bytes (its workers start here, with the uint8 pipeline; workers
     # started before keep theirs, and their float batches pass as they are)
     with bytes_out(getattr(loader, "dataset", None)) as normalize:
         for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
             x = batch["image"].to(device)
-            x = normalize.batch(x) if normalize is not None and x.dtype == torch.uint8 else x
+            if normalize is not None and x.dtype == torch.uint8:
+                x = normalised = normalize.batch(x, out=normalised)
             if features:
                 z, gate = logits_and_gate_inputs(model, x)
                 feats.append(gate)

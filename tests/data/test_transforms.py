@@ -121,3 +121,16 @@ def test_normalize_standardises_uint8_and_unit_float_images_alike(side):
         out = norm(image)
         assert out.dtype == torch.float32 and out.shape == (3, side, side + 3)
         np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
+
+
+def test_normalize_batch_writes_into_a_tensor_of_its_shape_and_only_such():
+    norm = Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 3)
+    raw = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8), dtype=np.uint8))
+    expected = norm.batch(raw)
+    assert expected.shape == (4, 3, 8, 8) and torch.equal(expected[1], norm(raw[1, 0].numpy()))
+    buffer = torch.full((4, 3, 8, 8), 7.0)
+    assert norm.batch(raw, out=buffer) is buffer and torch.equal(buffer, expected)
+    for other in (torch.zeros(2, 3, 8, 8), torch.zeros(4, 3, 8, 8, dtype=torch.float64)):
+        kept = other.clone()
+        got = norm.batch(raw, out=other)
+        assert got is not other and torch.equal(got, expected) and torch.equal(other, kept)

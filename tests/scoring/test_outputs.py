@@ -60,9 +60,17 @@ def test_model_outputs_from_bytes_equal_those_from_normalised_images(tmp_path, w
     model = create_model("simple_cnn", 2, in_chans=3)
     ds = store_dataset(tmp_path)
     batches, per_batch = [], Normalize.batch
-    monkeypatch.setattr(Normalize, "batch", lambda self, x: batches.append(x.dtype) or per_batch(self, x))
+
+    def counted(self, x, out=None):
+        batches.append(x.dtype)
+        return per_batch(self, x, out)
+
+    monkeypatch.setattr(Normalize, "batch", counted)
+    inputs = []  # where each batch the model saw was stored
+    model.backbone.register_forward_pre_hook(lambda module, args: inputs.append(args[0].data_ptr()))
     got = model_outputs(model, DataLoader(ds, batch_size=4, num_workers=workers), False, features=True)
     assert batches == [torch.uint8] * 3  # 10 images in batches of 4, each normalised in this process
+    assert inputs[0] == inputs[1] != inputs[2]  # the two full batches in one tensor; the last (2 images) in its own
     images = torch.stack([ds[i]["image"] for i in range(len(ds))])
     with torch.no_grad():
         pooled = model.eval().backbone(images)
