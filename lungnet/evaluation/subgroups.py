@@ -80,36 +80,45 @@ def subgroup_metadata(dm, paths: list[str]) -> pd.DataFrame | None:
     return pd.DataFrame({"source": column}) if meta is None else meta.assign(source=column.to_numpy())
 
 
-def group_metrics(probs, truth, known, c: int, threshold: float, bins: int, multilabel: bool, targets) -> dict:
-    """AUROC, sensitivity and ECE of class ``c`` on one group (arrays already restricted to it).
+def group_metrics(
+    probs, truth, known, c: int, threshold: float, bins: int, multilabel: bool, targets, ece=True
+) -> dict:
+    """AUROC, sensitivity and (``ece``) ECE of class ``c`` on one group (arrays already restricted to it).
 
     The ECE is the finding's own (its probability against its presence) for a multi-label model; a single-label
     model's is its top label's over all classes (`ECE_OF`), the same in every class's row.
     """
     y, score = truth[known[:, c], c], probs[known[:, c], c]
-    sens = stats.sens_spec(y, score, threshold)["sensitivity"]
-    ece_of = (probs[:, [c]], targets[:, [c]]) if multilabel else (probs, targets)
-    return {
-        "auroc": stats.binary_auroc(y, score),
-        "sensitivity": sens,
-        "ece": stats.expected_calibration_error(*ece_of, multilabel, bins) if len(probs) else float("nan"),
-    }
+    out = {"auroc": stats.binary_auroc(y, score), "sensitivity": stats.sens_spec(y, score, threshold)["sensitivity"]}
+    if ece:
+        ece_of = (probs[:, [c]], targets[:, [c]]) if multilabel else (probs, targets)
+        out["ece"] = stats.expected_calibration_error(*ece_of, multilabel, bins) if len(probs) else float("nan")
+    return out
 
 
-def bootstrap_group(probs, targets, multilabel, c, threshold, bins, resamples, seed, groups=None) -> tuple[dict, dict]:
-    """Point metrics of one group and their bootstrap draws (``{metric: array of resamples}``); ``groups``: the
-    patient of each image (`lungnet.scoring.resample.Resampler`), None to resample images."""
+def bootstrap_group(
+    probs, targets, multilabel, c, threshold, bins, resamples, seed, groups=None, ece=None
+) -> tuple[dict, dict]:
+    """Point metrics of one group and their bootstrap draws (``{metric: array of resamples}``).
+
+    Args:
+        groups: the patient of each image (`lungnet.scoring.resample.Resampler`), None to resample images.
+        ece: a single-label model's ECE of this group as another class's call returned it (point, draws): the same
+            numbers (the top label's over all classes, the same seeded resamples), taken instead of computed again.
+    """
     truth = stats.one_vs_rest(targets, probs.shape[1], multilabel)
     known = ~np.isnan(truth)
-    point = group_metrics(probs, truth, known, c, threshold, bins, multilabel, targets)
+    point = group_metrics(probs, truth, known, c, threshold, bins, multilabel, targets, ece is None)
     rng = np.random.default_rng(seed)
-    draws = {k: np.full(resamples, np.nan) for k in METRICS}
+    draws = {k: np.full(resamples, np.nan) for k in point}
     draw = Resampler(len(probs), groups).draw
     for r in range(resamples if len(probs) else 0):
         i = draw(rng)
-        values = group_metrics(probs[i], truth[i], known[i], c, threshold, bins, multilabel, targets[i])
-        for k in METRICS:
-            draws[k][r] = values[k]
+        values = group_metrics(probs[i], truth[i], known[i], c, threshold, bins, multilabel, targets[i], ece is None)
+        for k, value in values.items():
+            draws[k][r] = value
+    if ece is not None:
+        point["ece"], draws["ece"] = ece
     return point, draws
 
 
@@ -127,6 +136,7 @@ def subgroup_table(meta: pd.DataFrame, probs, targets, labels, multilabel, thres
     boot = opts["bootstrap"]
     resamples, seed, level = int(boot["resamples"]), int(boot["seed"]), float(boot["level"])
     bins = int(opts["bins"])
+    shared_ece = {}  # single-label: (attribute, group) -> the ECE's point and draws, the same for every class
     for lab in audited_classes(labels, thresholds, opts.get("source")):
         c = labels.index(lab)
         for attribute in [a for a in ATTRIBUTES if a in meta]:
@@ -136,9 +146,21 @@ def subgroup_table(meta: pd.DataFrame, probs, targets, labels, multilabel, thres
                 if np.isnan(stats.one_vs_rest(targets[mask], len(labels), multilabel)[:, c]).all():
                     continue  # a data set that does not annotate the finding (data=multi): nothing to score
                 patients = None if groups is None else groups[mask]
+                key = (attribute, str(group))
                 point, draws = bootstrap_group(
-                    probs[mask], targets[mask], multilabel, c, thresholds[lab], bins, resamples, seed, patients
+                    probs[mask],
+                    targets[mask],
+                    multilabel,
+                    c,
+                    thresholds[lab],
+                    bins,
+                    resamples,
+                    seed,
+                    patients,
+                    shared_ece.get(key),
                 )
+                if not multilabel:
+                    shared_ece.setdefault(key, (point["ece"], draws["ece"]))
                 row = {
                     "attribute": attribute,
                     "group": str(group),

@@ -131,3 +131,23 @@ def test_single_label_ece_is_titled_as_the_top_labels_of_all_classes():
     titles = [ax.get_title() for ax in subgroup_figure(frame, 30, multilabel=False).axes]
     assert "Pneumonia: ECE (top label, all classes)" in titles
     assert "ECE (top label, all classes)" in subgroup_markdown(frame, [], 30, None, multilabel=False)
+
+
+def test_a_single_label_models_ece_is_computed_once_per_group_and_is_what_each_class_would_compute(monkeypatch):
+    from lungnet.evaluation import subgroups
+    from lungnet.scoring import stats
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(3), 300)
+    targets = rng.integers(0, 3, 300)
+    meta = pd.DataFrame({"sex": np.where(np.arange(300) % 2 == 0, "M", "F")})
+    opts = {**OPTS, "bootstrap": {**OPTS["bootstrap"], "resamples": 20}}
+    calls, ece = [], stats.expected_calibration_error
+    monkeypatch.setattr(subgroups.stats, "expected_calibration_error", lambda *a: calls.append(1) or ece(*a))
+    frame, _ = subgroup_table(meta, probs, targets, ["No Finding", "A", "B"], False, {"A": 0.4, "B": 0.4}, opts)
+    assert len(frame) == 4 and len(calls) == 2 * 21  # two groups, each once and 20 resamples: not once per class
+    men = meta["sex"].to_numpy() == "M"
+    point, draws = subgroups.bootstrap_group(probs[men], targets[men], False, 2, 0.4, 10, 20, 0)  # B, on its own
+    row = frame.set_index(["group", "class"]).loc[("M", "B")]
+    assert row["ece"] == point["ece"]
+    assert (row["ece_lo"], row["ece_hi"]) == stats.percentile_interval(draws["ece"], 0.95)
