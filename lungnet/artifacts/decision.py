@@ -95,6 +95,11 @@ class Decisions:
     ood_score: np.ndarray | None = None
     ood_parts: dict[str, np.ndarray] | None = None
 
+    @property
+    def kept(self) -> np.ndarray:
+        """(N,) bool: the decision stands (not ``abstain``: referred to a person)."""
+        return np.array([d != ABSTAIN for d in self.decision], dtype=bool)
+
     def set_labels(self, labels: list[str]) -> list[str]:
         """The prediction sets as ``A|B`` strings (empty strings without conformal calibration)."""
         if self.sets is None:

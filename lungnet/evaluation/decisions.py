@@ -16,11 +16,11 @@ below 0.01 the report says that the coverage is not guaranteed on this split.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 
 from lungnet.artifacts.decision import (
-    ABSTAIN,
     NO_FINDING,
     DecisionRecord,
     Decisions,
@@ -226,35 +226,41 @@ def truth_strings(targets: np.ndarray, labels: list[str], multilabel: bool) -> l
     return join_flags(np.asarray(targets) == 1, labels, NO_FINDING)
 
 
-def decision_errors(record: DecisionRecord, probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per image, how wrong its operating-point decision is (before abstention): (errors, whole).
+class Scored(NamedTuple):
+    """Per image, how wrong its operating-point decision is (before abstention), and the true labels.
 
-    Single label: both are 1 where the decided class is not the true one, else 0. Multi-label: ``errors`` is the
-    share of the image's annotated findings called wrong (one threshold per finding; NaN when no finding is
-    annotated) and ``whole`` is 1 where its decided set of findings differs from the true one.
+    Attributes:
+        errors: single label: 1 where the decided class is not the true one, else 0; multi-label: the share of the
+            image's annotated findings called wrong (one threshold per finding; NaN when no finding is annotated).
+        whole: 1 where the decided class, or set of findings, differs from the true one.
+        truth: the true labels in the decision's format (`truth_strings`).
     """
+
+    errors: np.ndarray
+    whole: np.ndarray
+    truth: list[str]
+
+
+def decision_errors(record: DecisionRecord, probs: np.ndarray, targets: np.ndarray) -> Scored:
+    """`Scored` of every image: how wrong its operating-point decision is, and its true labels."""
     truth = truth_strings(targets, record.labels, record.multilabel)
     whole = np.array([d != t for d, t in zip(record.labels_of(probs), truth, strict=True)], dtype=float)
     if not record.multilabel:
-        return whole, whole
+        return Scored(whole, whole, truth)
     thresholds = record.applied_thresholds
     calls = probs >= np.array([thresholds[lab] for lab in record.labels])
     t = np.asarray(targets, dtype=float)
     known = ~np.isnan(t)
     wrong = ((calls != (t == 1)) & known).sum(1)
     count = known.sum(1)
-    return np.where(count > 0, wrong / np.maximum(count, 1), np.nan), whole
+    return Scored(np.where(count > 0, wrong / np.maximum(count, 1), np.nan), whole, truth)
 
 
-def summarise(
-    record: DecisionRecord, dec: Decisions, ev, source: str, scored: tuple[np.ndarray, np.ndarray] | None = None
-) -> dict:
-    """The ``decisions`` block of metrics.json (and the conformal_* keys); ``scored``: the images'
-    `decision_errors` when the caller has them (None: computed here)."""
-    labels, multilabel = ev.loaded.labels, ev.loaded.multilabel
-    errors, whole = scored if scored is not None else decision_errors(record, dec.probs, ev.data.targets)
-    truth = truth_strings(ev.data.targets, labels, multilabel)
-    kept = np.array([d != ABSTAIN for d in dec.decision])
+def summarise(record: DecisionRecord, dec: Decisions, ev, source: str, scored: Scored | None = None) -> dict:
+    """The ``decisions`` block of metrics.json; ``scored``: the images' `decision_errors` when the caller has them
+    (None: computed here)."""
+    errors, whole, truth = scored if scored is not None else decision_errors(record, dec.probs, ev.data.targets)
+    kept = dec.kept
     right = np.array([d == t for d, t in zip(dec.decision, truth, strict=True)])
     reasons: dict[str, int] = {}
     for kind in dec.referral:
@@ -272,7 +278,7 @@ def summarise(
         "accuracy_on_rest": float(right[kept].mean()) if kept.any() else float("nan"),
         "accuracy_without_abstention": float(np.mean(whole == 0)),
     }
-    if multilabel:  # the exact set says little with many findings: the share of finding calls right beside it
+    if record.multilabel:  # the exact set says little with many findings: the share of finding calls right beside it
         known = ~np.isnan(errors)
         rest = known & kept
         out["finding_accuracy_on_rest"] = float(1 - errors[rest].mean()) if rest.any() else float("nan")
@@ -313,11 +319,9 @@ def add_decisions(ev) -> None:
     ev.result["conformal_shift_warning"] = shift["warning"]
     ev.result["decisions"] = block
     if ev.opts["report"]["figures"]:
-        errors, whole = scored
         conf = np.maximum(dec.probs, 1 - dec.probs).min(1) if multilabel else dec.probs.max(1)
-        kept = np.array([d != ABSTAIN for d in dec.decision])
-        title = f"Risk-coverage: {ev.result['model']} on {ev.split} (n={len(errors)})"
-        fig = risk_coverage_figure(conf, errors, kept, title, whole if multilabel else None)
+        title = f"Risk-coverage: {ev.result['model']} on {ev.split} (n={len(scored.errors)})"
+        fig = risk_coverage_figure(conf, scored.errors, dec.kept, title, scored.whole if multilabel else None)
         ev.figures["risk_coverage"] = plots.save_figure(fig, ev.run_dir / "risk_coverage.png").name
     ev.sections.append(decision_section(ev.result, record, ev.split, ev.figures.get("risk_coverage")))
     if record.split == "val" and source.startswith("fitted") and bool(ev.cfg.decision.write):

@@ -233,10 +233,11 @@ def test_decision_errors_multilabel_are_per_finding_and_skip_unknown_findings():
     record = DecisionRecord(["A", "B", "C"], True, "0" * 64, split="val", thresholds={"A": 0.5, "B": 0.2, "C": 0.5})
     probs = np.array([[0.9, 0.3, 0.1], [0.9, 0.1, 0.6], [0.1, 0.1, 0.1], [0.7, 0.7, 0.7]])
     targets = np.array([[1, 1, 0], [1, 0, np.nan], [np.nan] * 3, [0, 0, 0]], dtype=float)
-    errors, whole = decision_errors(record, probs, targets)
+    errors, whole, truth = decision_errors(record, probs, targets)
     np.testing.assert_allclose(errors[[0, 1, 3]], [0.0, 0.0, 1.0])  # B at 0.3 passes its 0.2 threshold
     assert np.isnan(errors[2])  # nothing annotated: unknown, not right
     np.testing.assert_array_equal(whole, [0.0, 1.0, 0.0, 1.0])  # row 1: C called, its NaN read as absent
+    assert truth == ["A|B", "A", "No Finding", "No Finding"]
 
 
 def test_risk_curve_orders_by_confidence_and_leaves_out_unknown_errors():
