@@ -72,46 +72,81 @@ def audit_evaluation(
     return result
 
 
-def _bars(ax, at: np.ndarray, values, width: float, across: bool, **kw) -> None:
-    """Bars at positions ``at``: upright, or lying (``across``: one row per class, for many classes)."""
-    if across:
-        if "yerr" in kw:
-            kw["xerr"] = kw.pop("yerr")
-        ax.barh(at, values, width, **kw)
-    else:
+class _Upright:
+    """Bars standing side by side, a column per class: `audit_figure` with up to `WIDE` classes."""
+
+    legend = {"loc": "upper center"}
+
+    def size(self, n: int) -> tuple[float, float]:
+        return (11, 4.2)
+
+    def bars(self, ax, at: np.ndarray, values, width: float, **kw) -> None:
         ax.bar(at, values, width, **kw)
 
+    def line(self, ax, value: float, **kw) -> None:
+        """A reference value across the bars."""
+        ax.axhline(value, **kw)
 
-def _axis(ax, at: np.ndarray, names: list[str], label: str, across: bool) -> None:
-    """Class names along one axis, the 0-1 value scale (with room for the legend) along the other."""
-    ticks = np.linspace(0, 1, 6)
-    if across:
+    def note(self, ax, at: float, text: str) -> None:
+        """A word at the foot of the bar at ``at``."""
+        ax.text(at, 0.02, text, rotation=90, ha="center", va="bottom", fontsize=7)
+
+    def axis(self, ax, at: np.ndarray, names: list[str], label: str) -> None:
+        """Class names along one axis, the 0-1 value scale (with room for the legend) along the other."""
+        ax.set_xticks(at, names, fontsize=8)
+        ax.set_ylim(0, 1.22)
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+
+
+class _Across(_Upright):
+    """A row per class, bars lying: `audit_figure` with more than `WIDE` classes (NIH's 14 findings), so each
+    class's name and verdict stay readable."""
+
+    legend = {"loc": "lower left", "bbox_to_anchor": (0, 1.04)}
+
+    def size(self, n: int) -> tuple[float, float]:
+        return (12, 1.6 + 0.55 * n)
+
+    def bars(self, ax, at: np.ndarray, values, width: float, yerr=None, **kw) -> None:
+        ax.barh(at, values, width, **({"xerr": yerr} if yerr is not None else {}), **kw)
+
+    def line(self, ax, value: float, **kw) -> None:
+        ax.axvline(value, **kw)
+
+    def note(self, ax, at: float, text: str) -> None:
+        ax.text(0.02, at, text, rotation=0, ha="left", va="center", fontsize=7)
+
+    def axis(self, ax, at: np.ndarray, names: list[str], label: str) -> None:
         ax.set_yticks(at, names, fontsize=8)
         ax.set_ylim(len(names) - 0.5, -0.5)  # the first class on top
         ax.set_xlim(0, 1.02)
-        ax.set_xticks(ticks)
+        ax.set_xticks(np.linspace(0, 1, 6))
         ax.set_xlabel(label)
         ax.grid(axis="x", alpha=0.3)
-        return
-    ax.set_xticks(at, names, fontsize=8)
-    ax.set_ylim(0, 1.22)
-    ax.set_yticks(ticks)
-    ax.set_ylabel(label)
-    ax.grid(axis="y", alpha=0.3)
 
 
 def audit_figure(result: dict):
     """Per class: AUROC intact / lungs hidden / border only (95% CI), and Grad-CAM energy outside the centre.
 
-    Up to `WIDE` classes the bars stand side by side; with more (NIH's 14 findings) each class is a row, so its name
-    and verdict stay readable.
+    Up to `WIDE` classes the bars stand side by side (`_Upright`); with more, each class is a row (`_Across`).
     """
     import matplotlib.pyplot as plt
 
+    layout = _Across() if len(result["classes"]) > WIDE else _Upright()
+    fig, (ax, bx) = plt.subplots(
+        1, 2, figsize=layout.size(len(result["classes"])), gridspec_kw={"width_ratios": [3, 2]}
+    )
+    _auroc_panel(ax, result, layout)
+    _heat_panel(bx, result, layout)
+    fig.tight_layout()
+    return fig
+
+
+def _auroc_panel(ax, result: dict, layout: _Upright) -> None:
+    """AUROC intact / lungs hidden / border only per class, with their intervals, chance and the flag."""
     classes = result["classes"]
-    across = len(classes) > WIDE
-    size = (12, 1.6 + 0.55 * len(classes)) if across else (11, 4.2)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=size, gridspec_kw={"width_ratios": [3, 2]})
     x = np.arange(len(classes))
     for k, (key, colour) in enumerate(zip(VIEW_NAMES, ("#4c72b0", "#dd8452", "#c44e52"), strict=True)):
         vals = np.array([c[key]["value"] for c in classes])
@@ -119,40 +154,31 @@ def audit_figure(result: dict):
             np.abs(np.array([[c[key]["value"] - c[key]["lo"], c[key]["hi"] - c[key]["value"]] for c in classes]).T)
         )
         kw = {"yerr": err, "capsize": 3, "color": colour, "label": VIEW_NAMES[key]}
-        _bars(ax, x + (k - 1) * 0.27, np.nan_to_num(vals), 0.27, across, **kw)
-    settings = result["settings"]
-    line = ax.axvline if across else ax.axhline
-    line(0.5, color="grey", lw=1, ls="--", label="chance")
-    line(settings["flag_auroc"], color="black", lw=1, ls=":", label=f"flag at {settings['flag_auroc']}")
-    _axis(ax, x, [f"{c['class']}\n{c['verdict']}" for c in classes], "AUROC (one-vs-rest, 95% CI)", across)
+        layout.bars(ax, x + (k - 1) * 0.27, np.nan_to_num(vals), 0.27, **kw)
+    flag = result["settings"]["flag_auroc"]
+    layout.line(ax, 0.5, color="grey", lw=1, ls="--", label="chance")
+    layout.line(ax, flag, color="black", lw=1, ls=":", label=f"flag at {flag}")
+    layout.axis(ax, x, [f"{c['class']}\n{c['verdict']}" for c in classes], "AUROC (one-vs-rest, 95% CI)")
     ax.set_title(f"Does the model need the lungs? (n={result['n']})")
-    where = {"loc": "lower left", "bbox_to_anchor": (0, 1.04)} if across else {"loc": "upper center"}
-    ax.legend(fontsize=7, ncol=5, **where)
-    with_heat = [c for c in classes if c.get("heat")]
+    ax.legend(fontsize=7, ncol=5, **layout.legend)
+
+
+def _heat_panel(bx, result: dict, layout: _Upright) -> None:
+    """Share of Grad-CAM energy outside the centre per class, trained vs randomised model, and a flat map's."""
+    with_heat = [c for c in result["classes"] if c.get("heat")]
     xs = np.arange(len(with_heat))
     for k, (key, colour, name) in enumerate((("trained", "#c44e52", "trained"), ("random", "#999999", "randomised"))):
         shares = [c["heat"][key]["outside"] for c in with_heat]
         at = xs + (k - 0.5) * 0.4
-        _bars(bx, at, [np.nan if v is None else v for v in shares], 0.4, across, color=colour, label=name)
+        layout.bars(bx, at, [np.nan if v is None else v for v in shares], 0.4, color=colour, label=name)
         for x_, v in zip(at, shares, strict=True):
             if v is None:
-                place = (0.02, x_) if across else (x_, 0.02)
-                bx.text(
-                    *place,
-                    "no map",
-                    rotation=0 if across else 90,
-                    ha="left" if across else "center",
-                    va="center" if across else "bottom",
-                    fontsize=7,
-                )
+                layout.note(bx, x_, "no map")
     if with_heat:
-        flat = with_heat[0]["heat"]["flat"]["outside"]
-        (bx.axvline if across else bx.axhline)(flat, color="black", lw=1, ls=":", label="flat map")
-    _axis(bx, xs, [c["class"] for c in with_heat], "share of Grad-CAM energy outside the centre", across)
-    bx.set_title(f"Where the heat is ({settings['cam_n']} images per class)")
-    bx.legend(fontsize=7, ncol=3, **where)
-    fig.tight_layout()
-    return fig
+        layout.line(bx, with_heat[0]["heat"]["flat"]["outside"], color="black", lw=1, ls=":", label="flat map")
+    layout.axis(bx, xs, [c["class"] for c in with_heat], "share of Grad-CAM energy outside the centre")
+    bx.set_title(f"Where the heat is ({result['settings']['cam_n']} images per class)")
+    bx.legend(fontsize=7, ncol=3, **layout.legend)
 
 
 def views_figure(result: dict, arrays: dict):
