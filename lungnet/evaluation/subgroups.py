@@ -81,16 +81,16 @@ def subgroup_metadata(dm, paths: list[str]) -> pd.DataFrame | None:
 
 
 def group_metrics(
-    probs, truth, known, c: int, threshold: float, bins: int, multilabel: bool, targets, ece=True
+    probs, truth, known, c: int, threshold: float, bins: int, multilabel: bool, targets, with_ece=True
 ) -> dict:
-    """AUROC, sensitivity and (``ece``) ECE of class ``c`` on one group (arrays already restricted to it).
+    """AUROC, sensitivity and (``with_ece``) ECE of class ``c`` on one group (arrays already restricted to it).
 
     The ECE is the finding's own (its probability against its presence) for a multi-label model; a single-label
     model's is its top label's over all classes (`ECE_OF`), the same in every class's row.
     """
     y, score = truth[known[:, c], c], probs[known[:, c], c]
     out = {"auroc": stats.binary_auroc(y, score), "sensitivity": stats.sens_spec(y, score, threshold)["sensitivity"]}
-    if ece:
+    if with_ece:
         ece_of = (probs[:, [c]], targets[:, [c]]) if multilabel else (probs, targets)
         out["ece"] = stats.expected_calibration_error(*ece_of, multilabel, bins) if len(probs) else float("nan")
     return out
