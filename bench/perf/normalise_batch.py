@@ -4,12 +4,14 @@
 
 `lungnet.scoring.outputs.model_outputs` gets uint8 batches from the prepared store and normalises each with
 `lungnet.data.transforms.Normalize.batch`, since 2026-12-07 into one result tensor reused from batch to batch
-(``out``). This times that call per image, a fresh result per batch against the reused one, at 224 px for 3 and
-1 channels and batch sizes 32 and 64 (``data.batch_size``'s default and evaluate's), in rounds that interleave the two,
-in this process with glibc's allocator as a training or evaluate process has it (`keep_large_buffers` only runs in
-loader workers). Between batches the bench frees and touches ``--between-mb`` of other memory, standing in for the
-forward pass's activations (a resnet50's first stage alone is 100 MB for 32 images). CPU seconds of this process, one
-thread. Growth: linear in ``--batches``.
+(``out``), and on a CPU a few images at a time (`lungnet.data.transforms.CPU_CHUNK_BYTES` of result per step). This
+times that call per image, with a fresh result per batch and with the reused one, and the same two operations over
+the whole batch at once into a reused result (``whole``: the call before it stepped through the images), at 224 px
+for 3 and 1 channels and batch sizes 32 and 64 (``data.batch_size``'s default and evaluate's), in rounds that
+interleave the three, in this process with glibc's allocator as a training or evaluate process has it
+(`keep_large_buffers` only runs in loader workers). Between batches the bench frees and touches ``--between-mb`` of
+other memory, standing in for the forward pass's activations (a resnet50's first stage alone is 100 MB for 32
+images). CPU seconds of this process, one thread. Growth: linear in ``--batches``.
 """
 
 from __future__ import annotations
@@ -34,14 +36,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--between-mb", type=int, default=100, help="memory allocated and touched between batches")
 
 
-def time_loop(norm, raw: torch.Tensor, batches: int, reuse: bool, between_mb: int) -> float:
-    """CPU ms per image of ``batches`` calls of ``norm.batch`` on ``raw`` (fresh results, or one reused)."""
+def whole_batch(norm, raw: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``Normalize.batch`` before it stepped through the images: its two operations over the whole batch at once."""
+    gain = norm._gain[255.0].view(1, -1, 1, 1)
+    if out is None:
+        out = torch.empty(torch.broadcast_shapes(raw.shape, gain.shape))
+    torch.mul(raw, gain, out=out)
+    return out.add_(norm._offset.view(1, -1, 1, 1))
+
+
+def time_loop(norm, raw: torch.Tensor, batches: int, kind: str, between_mb: int) -> float:
+    """CPU ms per image of ``batches`` calls on ``raw``: ``kind`` fresh (``norm.batch``, a new result each), reused
+    (``norm.batch`` into one result) or whole (`whole_batch` into one result)."""
     out, spent = None, 0.0
+    call = (lambda x, o: whole_batch(norm, x, o)) if kind == "whole" else norm.batch
     for _ in range(batches):
         start = time.process_time()
-        result = norm.batch(raw, out=out if reuse else None)
+        result = call(raw, out)
         spent += time.process_time() - start
-        out = result if reuse else None
+        out = None if kind == "fresh" else result
         del result
         if between_mb:
             torch.ones(between_mb << 18)  # float32: 4 bytes each
@@ -60,19 +73,21 @@ def run(args: argparse.Namespace) -> dict:
         for size in args.batch_sizes:
             side = args.image_size
             raw = torch.randint(0, 256, (size, 1, side, side), dtype=torch.uint8, generator=generator)
-            times = {"fresh": [], "reused": []}
-            time_loop(norm, raw, 2, True, args.between_mb)  # warm-up
+            times = {"fresh": [], "reused": [], "whole": []}
+            time_loop(norm, raw, 2, "reused", args.between_mb)  # warm-up
             for _ in range(args.rounds):
                 for kind in times:
-                    times[kind].append(time_loop(norm, raw, args.batches, kind == "reused", args.between_mb))
+                    times[kind].append(time_loop(norm, raw, args.batches, kind, args.between_mb))
             cases[f"{chans}ch_b{size}"] = times
-            fresh, reused = (" / ".join(f"{t:.3f}" for t in times[k]) for k in ("fresh", "reused"))
+            runs = {k: " / ".join(f"{t:.3f}" for t in v) for k, v in times.items()}
+            medians = " vs ".join(f"{statistics.median(times[k]):.3f}" for k in ("fresh", "reused", "whole"))
             figures.append(
                 {
                     "figure": f"Normalize.batch, {chans} channel(s), batch {size}, {side} px: CPU ms per image, a "
-                    "fresh result per batch vs one reused (model_outputs since 2026-12-07)",
-                    "value": f"{fresh} vs {reused} in {args.rounds} rounds (medians "
-                    f"{statistics.median(times['fresh']):.3f} vs {statistics.median(times['reused']):.3f})",
+                    "fresh result per batch vs one reused (model_outputs since 2026-12-07) vs the two operations "
+                    "over the whole batch into one reused result (the call before it stepped through the images)",
+                    "value": f"{runs['fresh']} vs {runs['reused']} vs {runs['whole']} in {args.rounds} rounds "
+                    f"(medians {medians})",
                 }
             )
     return {"args": vars(args), "ms_per_image": cases, "figures": figures}

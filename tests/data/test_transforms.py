@@ -7,7 +7,7 @@ import yaml
 from PIL import Image
 
 from lungnet.data.images import read_image
-from lungnet.data.transforms import Normalize, build_transform
+from lungnet.data.transforms import CPU_CHUNK_BYTES, Normalize, build_transform
 from tests.conftest import CONF, shared
 
 
@@ -134,3 +134,14 @@ def test_normalize_batch_writes_into_a_tensor_of_its_shape_and_only_such():
         kept = other.clone()
         got = norm.batch(raw, out=other)
         assert got is not other and torch.equal(got, expected) and torch.equal(other, kept)
+
+
+def test_normalize_batch_on_a_cpu_steps_through_the_images_with_the_same_numbers():
+    norm = Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 3)
+    raw = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (5, 1, 240, 250), dtype=np.uint8))
+    assert 4 * 3 * 240 * 250 > CPU_CHUNK_BYTES // 2  # at most one image per step: five steps
+    gain, offset = norm._gain[255.0].view(1, -1, 1, 1), norm._offset.view(1, -1, 1, 1)
+    whole = torch.mul(raw, gain).add_(offset)  # the whole batch in one go
+    got = norm.batch(raw, out=torch.full((5, 3, 240, 250), float("nan")))
+    assert torch.equal(got, whole)
+    assert all(torch.equal(got[i], norm(raw[i, 0].numpy())) for i in range(5))
