@@ -167,3 +167,88 @@ def test_bad_rows_and_the_no_conflict_path_keep_dtypes_and_copies():
     marked.loc[5, "error"] = "changed"
     assert table.loc[5, "error"] == ""
     assert drop_repeated_rows(table) is table  # no path twice: nothing to drop
+
+
+class _Pool:
+    """A stand-in for the scan's process pool: records the size asked for and runs the chunks in this process."""
+
+    def __init__(self, sizes: list[int], max_workers: int, mp_context=None) -> None:
+        sizes.append(max_workers)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def map(self, fn, *iterables):
+        return map(fn, *iterables)
+
+
+@pytest.fixture
+def pool_sizes(monkeypatch):
+    """The ``max_workers`` of every pool `check_paths` starts (none started: the files are scanned in-process)."""
+    sizes: list[int] = []
+    monkeypatch.setattr(checks, "ProcessPoolExecutor", lambda **kw: _Pool(sizes, **kw))
+    return sizes
+
+
+def _missing(tmp_path, n: int) -> list[str]:
+    """``n`` paths of files that are not there: each is scanned (a 'cannot read file' row) without any decoding."""
+    return [str(tmp_path / f"{i}.png") for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("cores", "workers", "pool"),
+    [(3, None, [3]), (1, None, []), (3, 5, [5]), (3, 1, []), (3, 40, [13])],  # 200 files: 13 chunks of 16
+)
+def test_the_scan_pool_has_every_available_core_unless_told(tmp_path, monkeypatch, pool_sizes, cores, workers, pool):
+    """``data.scan_workers`` (default null, stated in the schema) is the pool's size; null: `available_cores`; one
+    process (either way): no pool. A pool never has more processes than chunks to hand out."""
+    from lungnet.schema import with_data_defaults
+
+    assert with_data_defaults({"source": "pneumonia"})["scan_workers"] is None
+    monkeypatch.setattr(checks, "available_cores", lambda: cores)
+    paths = _missing(tmp_path, 200)
+    results = checks.check_paths(paths, False, workers)
+    assert pool_sizes == pool
+    assert len(results) == 200 and all(r[0] == "" and r[1].startswith("cannot read file") for r in results)
+
+
+class _Bar:
+    """A stand-in for tqdm: what each bar was opened with and counted."""
+
+    def __init__(self, bars: list, total: int, desc: str, **kw) -> None:
+        self.total, self.desc, self.n, self.closed = total, desc, 0, False
+        bars.append(self)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    """The progress bars `check_paths` opens."""
+    made: list[_Bar] = []
+    monkeypatch.setattr(checks, "tqdm", lambda **kw: _Bar(made, **kw))
+    return made
+
+
+@pytest.mark.parametrize(("n", "workers"), [(5, 1), (200, 2)])
+def test_the_scan_counts_every_file_on_one_progress_bar(tmp_path, pool_sizes, bars, n, workers):
+    """In this process and in a pool: one bar, its total the files to scan, advanced to it, closed."""
+    checks.check_paths(_missing(tmp_path, n), False, workers, desc="Hashing images")
+    assert pool_sizes == ([] if n < checks.POOL_FROM else [workers])
+    assert [(b.desc, b.total, b.n, b.closed) for b in bars] == [("Hashing images", n, n, True)]
+
+
+def test_the_scan_progress_bar_is_drawn_on_stderr(tmp_path, capfd):
+    """The real bar, not only its calls: drawn on stderr with the number of files (also when it is no terminal,
+    as under CI or a batch job: nothing turns it off there)."""
+    files = [str(write_png(tmp_path / f"{i}.png", i)) for i in range(3)]
+    checks.check_paths(files, True, 1, desc="Scanning images")
+    err = capfd.readouterr().err
+    assert "Scanning images" in err and "0/3" in err

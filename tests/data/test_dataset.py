@@ -1,15 +1,21 @@
+import functools
 import pickle
 import random
 
+import albumentations as A
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
+from lungnet.data.cache import PreparedReader
+from lungnet.data.datamodule import LungDataModule
 from lungnet.data.dataset import derive_seed, pixel_reader, seed_transform
 from lungnet.data.images import ImageReadError, read_image
 from lungnet.data.transforms import build_transform
-from tests.conftest import ROOT
+from lungnet.models.specs import ModelSpec
+from tests.conftest import ROOT, make_class_folders
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7])
@@ -57,3 +63,34 @@ def test_pixel_reader_reads_the_file_once_as_read_image_does(tmp_path):
     assert reader(str(tmp_path / "a.png")).dtype == np.uint8
     with pytest.raises(ImageReadError, match="cannot read file"):
         reader(str(tmp_path / "missing.png"))
+
+
+def _spy(seen: list, image: np.ndarray, **_) -> np.ndarray:
+    """An albumentations ``Lambda`` step that records the dtype and shape it is given and changes nothing."""
+    seen.append((image.dtype, image.shape))
+    return image
+
+
+@pytest.mark.parametrize(("cache", "prepared_size"), [(False, None), (True, None), (True, 40)])
+def test_augmentation_runs_on_uint8_at_the_working_resolution(tmp_path, cache, prepared_size):
+    """Issue #27 §2: from the files (data.cache=false) and from the prepared store (at the input size, or larger and
+    resized), every augmentation step of conf/augment/xray.yaml gets uint8 pixels already resized to the input size,
+    and the one float conversion is `Normalize`'s, last."""
+    root = make_class_folders(tmp_path / "chest_xray", ["NORMAL", "PNEUMONIA"], 2, ["train", "val", "test"], 48)
+    first, last, normalised = [], [], []
+    steps = yaml.safe_load((ROOT / "conf" / "augment" / "xray.yaml").read_text())["train"]
+    augment = [A.Lambda(image=functools.partial(_spy, first)), *steps, A.Lambda(image=functools.partial(_spy, last))]
+    spec = ModelSpec(name="t", arch="t", input_size=32, in_chans=1, mean=(0.5,), std=(0.25,))
+    cfg = {"source": "pneumonia", "root": str(root), "cache": cache, "cache_dir": str(tmp_path / "store")}
+    dm = LungDataModule({**cfg, "prepared_size": prepared_size}, spec, augment=augment, owns_data=True)
+    table = dm.load_table()
+    dataset = dm.make_dataset(table[table["split"] == "train"], train=True, split="train")
+    assert isinstance(dataset.reader, PreparedReader) is cache
+    read = dataset.reader(dataset.paths[0])
+    assert read.dtype == np.uint8 and read.shape == ((prepared_size or 32,) * 2 if cache else (48, 48))
+    normalize = dataset.pipeline.normalize
+    dataset.pipeline.normalize = lambda image: (normalised.append((image.dtype, image.shape)), normalize(image))[1]
+    items = [dataset[(0, i)]["image"] for i in range(len(dataset))]
+    assert len(items) == 4 and all(x.dtype == torch.float32 and x.shape == (1, 32, 32) for x in items)
+    assert first == last == [(np.uint8, (32, 32, 1))] * 4
+    assert normalised == [(np.uint8, (32, 32))] * 4

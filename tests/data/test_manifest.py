@@ -1,5 +1,6 @@
 """The data set manifest (issue #27 §1): a data set is scanned once, then only its changed files."""
 
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from lungnet.data.manifest import (
     scan_table,
     write_manifest,
 )
+from lungnet.data.prepare import prepare
 from lungnet.data.splits import ExpectedSplits, split_fingerprint
 from lungnet.models.specs import ModelSpec
 from tests.conftest import write_png
@@ -165,6 +167,23 @@ def test_prepare_writes_the_manifest_the_next_command_reads(tiny_folder, tmp_pat
     assert not list(tmp_path.glob("outputs")) and not (tmp_path / ".hydra").exists()
     _load(tiny_folder, cache)
     assert decodes == []
+
+
+def test_prepare_shows_a_progress_bar_of_the_files_it_scans(tiny_folder, tmp_path, capfd):
+    """lungnet-prepare's scan draws a bar on stderr whose total is the files to (re)scan: all of them first, then
+    the one changed file, then none (no bar at all)."""
+    cfg, cache = {"source": "pneumonia", "root": str(tiny_folder)}, str(tmp_path / "cache")
+    prepare(cfg, cache)
+    err = capfd.readouterr().err
+    assert "Scanning images" in err and "0/36 " in err
+    touched = tiny_folder / "test" / "PNEUMONIA" / "img_002.png"
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    prepare(cfg, cache)
+    err = capfd.readouterr().err
+    assert "Scanning images" in err and "0/1 " in err and "/36" not in err
+    prepare(cfg, cache)
+    assert "Scanning images" not in capfd.readouterr().err
 
 
 def _nih(root, cache, **kw):
@@ -354,3 +373,24 @@ def test_the_rows_are_read_without_cyclic_collections_and_the_collector_comes_ba
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_file_of_another_size_with_its_old_mtime_is_rescanned(tiny_folder, tmp_path, decodes, caplog):
+    """Issue #27: a size change alone (the mtime put back, as a copy tool that keeps times would) invalidates a
+    row: that file only is scanned again and its new size and hash replace the old ones in the manifest."""
+    _load(tiny_folder, tmp_path / "cache")
+    changed = tiny_folder / "train" / "NORMAL" / "img_001.png"
+    st, old = changed.stat(), changed.read_bytes()
+    write_png(changed, 4242, size=40)  # another image, another size
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert changed.stat().st_mtime_ns == st.st_mtime_ns and changed.stat().st_size != st.st_size
+    decodes.clear()
+    with caplog.at_level(logging.INFO):
+        table = _load(tiny_folder, tmp_path / "cache")
+    assert decodes == [str(changed)]
+    assert "manifest: 35 unchanged, 1 re-scanned, 0 removed" in caplog.text
+    new = changed.read_bytes()
+    row = _manifest(tmp_path / "cache", tiny_folder)[1][str(changed)]
+    assert (row["size"], row["mtime_ns"]) == (len(new), st.st_mtime_ns) and (row["height"], row["width"]) == (40, 40)
+    assert row["sha1"] == hashlib.sha1(new).hexdigest() != hashlib.sha1(old).hexdigest()
+    assert table.set_index("path").loc[str(changed), "sha1"] == row["sha1"]

@@ -194,3 +194,28 @@ def test_multilabel_checkpoint_gets_per_finding_roc_and_intervals(tiny_nih, tmp_
     assert f"bootstrap over patients ({patients} patients, {images} images" in text
     audited = result["audit"]["bootstrap"]  # the shortcut audit's intervals too (its subsample: every test image here)
     assert (audited["unit"], audited["n_images"]) == ("patient", result["audit"]["n"])
+
+
+def test_scoring_with_loader_workers_gives_the_same_predictions(tiny_ckpt, tmp_path, monkeypatch):
+    """Issue #27 §4: data.num_workers=2 scores the split and the val split the operating point is fitted on in a
+    DataLoader with 2 workers, and writes the predictions and metrics of the run without workers."""
+    from lungnet.data.datamodule import LungDataModule
+
+    workers, loader = [], LungDataModule.loader
+
+    def counting(self, split, *args, **kw):
+        made = loader(self, split, *args, **kw)
+        workers.append((split, made.num_workers))
+        return made
+
+    monkeypatch.setattr(LungDataModule, "loader", counting)
+    fast = [f"ckpt={tiny_ckpt}", "split=test", *FAST_EVAL, "explain.n=0", "report.figures=false"]
+    fast.append("decision.write=false")  # nothing written beside the shared checkpoint
+    out, preds = {}, {}
+    for n in (0, 2):
+        out[n] = evaluate(compose_cfg("evaluate", [*fast, f"data.num_workers={n}"]), tmp_path / f"w{n}")
+        preds[n] = pd.read_csv(tmp_path / f"w{n}" / "predictions.csv")
+    assert workers == [("test", 0), ("val", 0), ("test", 2), ("val", 2)]
+    assert len(preds[0]) == out[0]["n"] > 0
+    pd.testing.assert_frame_equal(preds[2], preds[0], check_exact=True)
+    assert (out[2]["accuracy"], out[2]["auroc_macro"]) == (out[0]["accuracy"], out[0]["auroc_macro"])
