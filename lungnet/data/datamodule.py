@@ -33,10 +33,10 @@ from lungnet.data.checks import (
 )
 from lungnet.data.dataset import EpochSampler, SeededPipeline, XrayDataset, keep_large_buffers, pixel_reader
 from lungnet.data.manifest import manifest_dir, manifest_path, scan_table
-from lungnet.data.multi import MULTI, MultiSource, sample_weights, source_shares
+from lungnet.data.multi import MultiSource, make_source, sample_weights, source_shares
 from lungnet.data.multi_splits import assign_multi_splits, sources_report
 from lungnet.data.near_duplicates import group_near_duplicates
-from lungnet.data.sources import DataError, Source, create_source
+from lungnet.data.sources import DataError
 from lungnet.data.split_cache import cached_assign_splits
 from lungnet.data.splits import ExpectedSplits, changed_splits, patients_from_names, split_fingerprint, write_splits
 from lungnet.data.transforms import Normalize, build_transform, check_intensity
@@ -45,22 +45,6 @@ from lungnet.models.specs import ModelSpec
 from lungnet.schema import with_data_defaults
 
 log = logging.getLogger(__name__)
-
-
-def resolve_root(data_cfg: dict) -> dict:
-    """A copy of a ``data`` config whose ``root`` is absolute against the directory the user launched from."""
-    data_cfg = dict(data_cfg)
-    if data_cfg.get("root"):
-        data_cfg["root"] = str(Path(os.path.expanduser(str(data_cfg["root"]))).absolute())
-    return data_cfg
-
-
-def make_source(cfg: dict) -> Source:
-    """The configured source (``cfg["source"]``, ``cfg["root"]``, ``cfg["options"]``; ``data=multi``: the sets of
-    ``cfg["sources"]``, `lungnet.data.multi`)."""
-    if cfg.get("source") == MULTI:
-        return MultiSource(cfg)
-    return create_source(cfg["source"], cfg["root"], **dict(cfg.get("options") or {}))
 
 
 def resolve_image_size(data_cfg: dict, spec: ModelSpec) -> int:

@@ -216,3 +216,19 @@ def sample_weights(table: pd.DataFrame, balance: str, class_balance: bool) -> np
     else:
         within = 1.0 / pd.Series(source).map(sizes).to_numpy(np.float64)
     return np.array([shares[s] for s in source]) * within
+
+
+def resolve_root(data_cfg: dict) -> dict:
+    """A copy of a ``data`` config whose ``root`` is absolute against the directory the user launched from."""
+    data_cfg = dict(data_cfg)
+    if data_cfg.get("root"):
+        data_cfg["root"] = str(Path(os.path.expanduser(str(data_cfg["root"]))).absolute())
+    return data_cfg
+
+
+def make_source(cfg: dict) -> Source:
+    """The configured source (``cfg["source"]``, ``cfg["root"]``, ``cfg["options"]``; ``data=multi``:
+    a `MultiSource` over ``cfg["sources"]``)."""
+    if cfg.get("source") == MULTI:
+        return MultiSource(cfg)
+    return create_source(cfg["source"], cfg["root"], **dict(cfg.get("options") or {}))

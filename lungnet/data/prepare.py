@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 from lungnet.data.checks import drop_repeated_rows
-from lungnet.data.datamodule import make_source, resolve_root
 from lungnet.data.manifest import manifest_path, scan_table
+from lungnet.data.multi import make_source, resolve_root
 from lungnet.data.sources import DataError
 from lungnet.data.splits import patients_from_names
 from lungnet.schema import with_data_defaults

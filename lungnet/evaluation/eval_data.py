@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lungnet.artifacts.checkpoint import LoadedModel
-from lungnet.data.datamodule import LungDataModule, resolve_root
+from lungnet.data.datamodule import LungDataModule
+from lungnet.data.multi import resolve_root
 from lungnet.data.sources import DataError, FolderSource, LabelledFolderSource, Source
 from lungnet.data.splits import ExpectedSplits, write_splits
 from lungnet.evaluation import external

@@ -21,8 +21,9 @@ import pandas as pd
 from lungnet.artifacts.checkpoint import LoadedModel, read_checkpoint
 from lungnet.artifacts.decision import read_decision
 from lungnet.artifacts.paths import decision_path
-from lungnet.data.datamodule import LungDataModule, make_source, resolve_root
+from lungnet.data.datamodule import LungDataModule
 from lungnet.data.findings import LabelMapping
+from lungnet.data.multi import make_source, resolve_root
 from lungnet.data.overlap import enforce, fill_dhash, find_overlap, overlap_markdown, recorded_hashes
 from lungnet.errors import CheckpointError, DataError
 from lungnet.evaluation.report import fmt, table

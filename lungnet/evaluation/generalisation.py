@@ -31,8 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from lungnet.artifacts.checkpoint import LoadedModel, load_model, read_checkpoint
-from lungnet.data.datamodule import LungDataModule, resolve_root
+from lungnet.data.datamodule import LungDataModule
 from lungnet.data.findings import LabelMapping
+from lungnet.data.multi import resolve_root
 from lungnet.data.overlap import fill_dhash, find_overlap, recorded_hashes
 from lungnet.data.splits import ExpectedSplits
 from lungnet.errors import DataError

@@ -23,9 +23,10 @@ import torch
 from omegaconf import DictConfig
 
 from lungnet.artifacts.checkpoint import LoadedModel, load_model
-from lungnet.data.datamodule import LungDataModule, resolve_root
+from lungnet.data.datamodule import LungDataModule
 from lungnet.data.formats import walk_images
 from lungnet.data.labels import match_label
+from lungnet.data.multi import resolve_root
 from lungnet.data.splits import ExpectedSplits
 from lungnet.explain.base import ExplainError
 from lungnet.explain.groundtruth import nih_box_cases, synthetic_cases

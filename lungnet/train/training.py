@@ -26,7 +26,8 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from lungnet.artifacts.checkpoint import CheckpointError, read_checkpoint
 from lungnet.config_checks import pin_paths
-from lungnet.data.datamodule import LungDataModule, make_source, resolve_image_size, resolve_root
+from lungnet.data.datamodule import LungDataModule, resolve_image_size
+from lungnet.data.multi import make_source, resolve_root
 from lungnet.data.overlap import RecordImageHashes, image_hashes
 from lungnet.data.sources import Source
 from lungnet.data.splits import ExpectedSplits, split_fingerprint

@@ -154,14 +154,21 @@ def test_evaluating_one_split_decodes_only_its_images(tiny_folder, tmp_path, dec
 
 
 def test_prepare_writes_the_manifest_the_next_command_reads(tiny_folder, tmp_path, decodes):
-    """python -m lungnet.prepare data=pneumonia: the Hydra command scans into the manifest; training's load then
-    decodes nothing."""
+    """python -m lungnet.prepare data=pneumonia: the Hydra command scans into the manifest without importing torch or
+    Lightning (seconds of start-up, for a command that often finds nothing to do); training's load then decodes
+    nothing."""
     cache = tmp_path / "cache"
     args = ["data=pneumonia", f"data.root={tiny_folder}", f"paths.cache_dir={cache}", "data.scan_workers=1"]
+    code = (
+        "import atexit, runpy, sys; atexit.register(lambda: print('HEAVY', sorted(m for m in ('torch', "
+        "'pytorch_lightning') if m in sys.modules))); sys.argv = ['lungnet-prepare', *sys.argv[1:]]; "
+        "runpy.run_module('lungnet.prepare', run_name='__main__')"
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "lungnet.prepare", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "HEAVY []" in proc.stdout
     assert "manifest: 0 unchanged, 36 re-scanned" in proc.stdout + proc.stderr
     assert len(json.loads(manifest_path(cache, tiny_folder).read_text())["files"]) == 36
     assert not list(tmp_path.glob("outputs")) and not (tmp_path / ".hydra").exists()

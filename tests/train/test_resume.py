@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from lungnet.artifacts.checkpoint import CheckpointError, read_checkpoint
-from lungnet.data.datamodule import make_source
+from lungnet.data.multi import make_source
 from lungnet.data.sources import DataError
 from lungnet.train.checks import plain
 from lungnet.train.training import build_module, check_resume_compatible, resume_target, train
