@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common.cli import ROOT, main, record, write_record
+from bench.common.proc_cpu import reaped_cpu_seconds as cpu
 from bench.common.scale_figures import figures, fin_rest
 
 log = logging.getLogger("bench.scale")
@@ -65,12 +66,6 @@ STAGES = ("scan_first", "setup_second", "near_duplicates", "store_build", "epoch
 SCORED = ("val", "test", "train")  # the splits the finish scores (train: the OOD gate's sample)
 COMMANDS = ("evaluate", "predict")
 TARGET_N = (112_000, 224_000)
-
-
-def cpu() -> float:
-    """CPU seconds (user + system) of this process and its finished children."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def own_cpu() -> float:

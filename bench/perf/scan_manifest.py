@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -18,17 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common.cli import main
+from bench.common.proc_cpu import reaped_cpu_seconds as cpu
 from lungnet.data.checks import _check_one, available_cores, check_paths
 from lungnet.data.datamodule import LungDataModule
 from lungnet.models.specs import ModelSpec
 
 log = logging.getLogger("bench")
-
-
-def cpu() -> float:
-    """CPU seconds (user + system) of this process and its finished children."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def timed(fn) -> tuple[float, float]:

@@ -32,7 +32,6 @@ import argparse
 import gc
 import logging
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -43,7 +42,7 @@ import numpy as np
 import torch
 
 from bench.common.cli import main
-from bench.common.proc_cpu import TICK, tree_cpu_seconds
+from bench.common.proc_cpu import all_cpu_seconds as cpu_seconds
 from bench.perf.loader import dataset, make_set
 from lungnet.data.cache import prepare_image
 from lungnet.data.dataset import EpochSampler, derive_seed
@@ -52,15 +51,6 @@ from lungnet.data.transforms import build_transform
 log = logging.getLogger("bench.store_formats")
 FORMATS = ("store", "litdata")
 PIPELINES = ("bytes", "augment")
-
-
-def cpu_seconds() -> float:
-    """CPU seconds of this process, its finished (waited-for) children and its live descendants: a build's worker
-    processes exit before it returns, a loader's persistent workers do not."""
-    own, done = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    live = tree_cpu_seconds() - (int(fields[11]) + int(fields[12])) / TICK  # descendants only
-    return own.ru_utime + own.ru_stime + done.ru_utime + done.ru_stime + live
 
 
 def disk_bytes(folder: Path) -> int:
