@@ -148,7 +148,7 @@ class Normalize:
         shape = torch.broadcast_shapes(x.shape, gain.shape)
         if out is None or out.shape != shape or out.device != x.device or out.dtype != torch.float32:
             out = torch.empty(shape, dtype=torch.float32, device=x.device)
-        per_image = 4 * out[0].numel() if len(out) else 1
+        per_image = out[0].nbytes if len(out) else 1
         step = max(1, CPU_CHUNK_BYTES // per_image) if x.device.type == "cpu" else max(1, len(out))
         for start in range(0, len(out), step):
             part = out[start : start + step]
